@@ -1,0 +1,6 @@
+//! End-to-end decode harness (layer 5): a real Llama-family model decoding
+//! through a pluggable compressed KV cache (for accuracy), and a system model of
+//! GPU, PCIe link, host memory and PIM stacks (for latency), comparing GPU-only,
+//! host offload, FP16 PIM and AQPIM.
+//!
+//! This is the top library crate; only the `aqpim` CLI and `xtask` sit above it.

@@ -1,0 +1,90 @@
+//! Codebook files: a versioned little-endian binary format with a checksum.
+//!
+//! | offset | bytes | field |
+//! |---|---|---|
+//! | 0 | 8 | magic `AQPIMCB\0` |
+//! | 8 | 4 | format version, `u32` (currently 1) |
+//! | 12 | 4 | `d`, `u32` |
+//! | 16 | 4 | `M`, `u32` |
+//! | 20 | 4 | `nbits`, `u32` |
+//! | 24 | 4 | `M * ksub * dsub`, `u32` (number of f32 values that follow) |
+//! | 28 | 4 * that | centroids, `f32`, in [`ProductQuantizer::centroids`] order |
+//! | end - 4 | 4 | CRC-32 (IEEE) of every byte before it, `u32` |
+//!
+//! The CRC is checked before anything else is trusted, so any single-byte
+//! change anywhere in the file is detected. Files are written atomically.
+
+use std::path::Path;
+
+use crate::error::{PqError, Result};
+use crate::params::PqParams;
+use crate::quantizer::ProductQuantizer;
+
+/// The 8 bytes every codebook file starts with.
+pub const CODEBOOK_MAGIC: &[u8; 8] = b"AQPIMCB\0";
+/// The format version this crate writes and reads.
+pub const CODEBOOK_VERSION: u32 = 1;
+const HEADER: usize = 28;
+
+impl ProductQuantizer {
+    /// Serializes the codebook in the format above.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let p = self.params();
+        let c = self.centroids();
+        let mut out = Vec::with_capacity(HEADER + 4 * c.len() + 4);
+        out.extend_from_slice(CODEBOOK_MAGIC);
+        for v in [CODEBOOK_VERSION, p.dim() as u32, p.num_subspaces() as u32, p.nbits(), c.len() as u32] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        for v in c {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        let crc = crc32fast::hash(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    /// Parses a codebook; `path` only names the source in errors.
+    pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Self> {
+        let bad = |reason: String| PqError::BadFile { path: path.to_path_buf(), reason };
+        if bytes.len() < HEADER + 4 {
+            return Err(bad(format!("truncated: {} bytes, a header alone takes {}", bytes.len(), HEADER + 4)));
+        }
+        if &bytes[..8] != CODEBOOK_MAGIC {
+            return Err(bad("not an aqpim codebook (bad magic)".into()));
+        }
+        let (body, tail) = bytes.split_at(bytes.len() - 4);
+        let stored = u32::from_le_bytes(tail.try_into().expect("4 bytes"));
+        let actual = crc32fast::hash(body);
+        if stored != actual {
+            return Err(bad(format!("checksum mismatch (stored {stored:#010x}, computed {actual:#010x}): the file is corrupted or truncated")));
+        }
+        let word = |i: usize| u32::from_le_bytes(body[8 + 4 * i..12 + 4 * i].try_into().expect("4 bytes"));
+        let version = word(0);
+        if version != CODEBOOK_VERSION {
+            return Err(bad(format!("format version {version} is not supported (this build reads {CODEBOOK_VERSION})")));
+        }
+        let params = PqParams::new(word(1) as usize, word(2) as usize, word(3))
+            .map_err(|e| bad(format!("bad shape in header: {e}")))?;
+        let count = word(4) as usize;
+        if count != params.codebook_len() {
+            return Err(bad(format!("header says {count} values, shape needs {}", params.codebook_len())));
+        }
+        let data = &body[HEADER..];
+        if data.len() != 4 * count {
+            return Err(bad(format!("expected {} bytes of centroids, found {}", 4 * count, data.len())));
+        }
+        let centroids = data.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))).collect();
+        ProductQuantizer::from_centroids(params, centroids).map_err(|e| bad(e.to_string()))
+    }
+
+    /// Writes the codebook to `path` atomically (temporary file, then rename).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        crate::io::write_atomic(path, &self.to_bytes())
+    }
+
+    /// Loads and validates a codebook file.
+    pub fn load(path: &Path) -> Result<Self> {
+        Self::from_bytes(&crate::io::read_all(path)?, path)
+    }
+}

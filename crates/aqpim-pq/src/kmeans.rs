@@ -1,0 +1,351 @@
+//! Lloyd's k-means with fast assignment, sampling, k-means++ and empty-cluster repair.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::error::{PqError, Result};
+use crate::nearest::CentroidTable;
+
+/// How the initial centroids are chosen.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum Init {
+    /// `k` distinct training points drawn uniformly (faiss's default).
+    RandomSample,
+    /// k-means++: each next centroid drawn with probability proportional to
+    /// (weight times) its squared distance to the nearest centroid chosen so far.
+    #[default]
+    KMeansPlusPlus,
+    /// Given centroids, `k * d` values, row-major.
+    Precomputed(Vec<f32>),
+}
+
+/// Options of a k-means run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KMeansOptions {
+    /// Lloyd iterations (assignment + update), default 25.
+    pub iterations: usize,
+    /// Seed of every random choice (sampling, initialization).
+    pub seed: u64,
+    /// How centroids start.
+    pub init: Init,
+    /// At most `k * max_points_per_centroid` points are used (a seeded uniform
+    /// sample of the input), default 256 as in faiss.
+    pub max_points_per_centroid: usize,
+}
+
+impl Default for KMeansOptions {
+    fn default() -> Self {
+        KMeansOptions {
+            iterations: 25,
+            seed: 1234,
+            init: Init::default(),
+            max_points_per_centroid: 256,
+        }
+    }
+}
+
+/// The outcome of a k-means run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KMeansResult {
+    /// `k * d` values, row-major.
+    pub centroids: Vec<f32>,
+    /// Objective (weighted sum of squared distances to the assigned centroid)
+    /// at the assignment step of each iteration.
+    pub objective_per_iteration: Vec<f64>,
+    /// Objective of the final centroids on the training points used.
+    pub final_objective: f64,
+    /// Number of points used after sampling.
+    pub points_used: usize,
+    /// How many empty clusters were repaired over the run.
+    pub empty_cluster_repairs: usize,
+}
+
+/// Trains `k` centroids on `data` (`n * d` values, row-major).
+///
+/// `weights`, if given, has one non-negative finite weight per point and makes
+/// the objective `sum_i w_i |x_i - c(i)|^2`. Deterministic for a given seed.
+pub fn kmeans(
+    data: &[f32],
+    d: usize,
+    k: usize,
+    weights: Option<&[f32]>,
+    opts: &KMeansOptions,
+) -> Result<KMeansResult> {
+    if d == 0 {
+        return Err(PqError::OutOfRange { name: "d", value: 0, allowed: "d >= 1" });
+    }
+    if k == 0 {
+        return Err(PqError::OutOfRange { name: "k", value: 0, allowed: "k >= 1" });
+    }
+    if data.len() % d != 0 {
+        return Err(PqError::shape(
+            "kmeans",
+            format!("a multiple of d = {d} values"),
+            format!("{} values", data.len()),
+        ));
+    }
+    let n = data.len() / d;
+    if n < k {
+        return Err(PqError::TooFewPoints { needed: k, got: n });
+    }
+    crate::check_finite(data, d, "training data")?;
+    if let Some(w) = weights {
+        if w.len() != n {
+            return Err(PqError::shape("kmeans weights", format!("{n} weights"), format!("{}", w.len())));
+        }
+        if let Some(i) = w.iter().position(|v| !v.is_finite() || *v < 0.0) {
+            return Err(PqError::NonFinite { what: "sample weights (must be finite and >= 0)", row: i, col: 0, value: w[i] });
+        }
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
+
+    // Sampling cap, as faiss's max_points_per_centroid.
+    let cap = k.saturating_mul(opts.max_points_per_centroid.max(1));
+    let (points, wts): (std::borrow::Cow<'_, [f32]>, Option<std::borrow::Cow<'_, [f32]>>) = if n > cap {
+        let mut perm: Vec<usize> = (0..n).collect();
+        for i in 0..cap {
+            let j = rng.gen_range(i..n);
+            perm.swap(i, j);
+        }
+        let chosen = &mut perm[..cap];
+        chosen.sort_unstable();
+        let mut p = Vec::with_capacity(cap * d);
+        for &i in chosen.iter() {
+            p.extend_from_slice(&data[i * d..(i + 1) * d]);
+        }
+        let w = weights.map(|w| chosen.iter().map(|&i| w[i]).collect::<Vec<_>>().into());
+        (p.into(), w)
+    } else {
+        (data.into(), weights.map(Into::into))
+    };
+    let n = points.len() / d;
+    let wts = wts.as_deref();
+    if let Some(w) = wts {
+        if w.iter().all(|&v| v == 0.0) {
+            return Err(PqError::OutOfRange { name: "total sample weight", value: 0, allowed: "> 0" });
+        }
+    }
+
+    let mut centroids = match &opts.init {
+        Init::Precomputed(c) => {
+            if c.len() != k * d {
+                return Err(PqError::shape("kmeans initial centroids", format!("{} values (k * d)", k * d), c.len()));
+            }
+            crate::check_finite(c, d, "initial centroids")?;
+            c.clone()
+        }
+        Init::RandomSample => {
+            let mut perm: Vec<usize> = (0..n).collect();
+            for i in 0..k {
+                let j = rng.gen_range(i..n);
+                perm.swap(i, j);
+            }
+            perm[..k].iter().flat_map(|&i| points[i * d..(i + 1) * d].iter().copied()).collect()
+        }
+        Init::KMeansPlusPlus => kmeans_plus_plus(&points, d, k, wts, &mut rng),
+    };
+
+    let mut idx = vec![0u32; n];
+    let mut dist = vec![0f32; n];
+    let mut sums = vec![0f64; k * d];
+    let mut mass = vec![0f64; k];
+    let mut objective_per_iteration = Vec::with_capacity(opts.iterations);
+    let mut empty_cluster_repairs = 0;
+    for _ in 0..opts.iterations {
+        CentroidTable::new(&centroids, d, k).assign(&points, &mut idx, &mut dist);
+        objective_per_iteration.push(objective(&dist, wts));
+
+        sums.iter_mut().for_each(|s| *s = 0.0);
+        mass.iter_mut().for_each(|s| *s = 0.0);
+        for (i, x) in points.chunks_exact(d).enumerate() {
+            let w = wts.map_or(1.0, |w| f64::from(w[i]));
+            let a = idx[i] as usize;
+            mass[a] += w;
+            for (s, &v) in sums[a * d..(a + 1) * d].iter_mut().zip(x) {
+                *s += w * f64::from(v);
+            }
+        }
+        empty_cluster_repairs += repair_empty(&points, d, wts, &idx, &mut dist, &mut sums, &mut mass);
+        for j in 0..k {
+            if mass[j] > 0.0 {
+                for t in 0..d {
+                    centroids[j * d + t] = (sums[j * d + t] / mass[j]) as f32;
+                }
+            }
+        }
+    }
+    CentroidTable::new(&centroids, d, k).assign(&points, &mut idx, &mut dist);
+    let final_objective = objective(&dist, wts);
+    Ok(KMeansResult { centroids, objective_per_iteration, final_objective, points_used: n, empty_cluster_repairs })
+}
+
+fn objective(dist: &[f32], w: Option<&[f32]>) -> f64 {
+    match w {
+        None => dist.iter().map(|&v| f64::from(v)).sum(),
+        Some(w) => dist.iter().zip(w).map(|(&v, &w)| f64::from(v) * f64::from(w)).sum(),
+    }
+}
+
+/// Gives every empty cluster (zero mass) a point: the point farthest from its
+/// centroid within the currently heaviest cluster, which that cluster loses.
+/// Never leaves a dead centroid while some cluster holds two or more points.
+fn repair_empty(
+    points: &[f32],
+    d: usize,
+    wts: Option<&[f32]>,
+    idx: &[u32],
+    dist: &mut [f32],
+    sums: &mut [f64],
+    mass: &mut [f64],
+) -> usize {
+    let k = mass.len();
+    let mut repaired = 0;
+    for e in 0..k {
+        if mass[e] > 0.0 {
+            continue;
+        }
+        // The heaviest cluster (smallest index among equals).
+        let (big, _) = mass.iter().enumerate().fold((0, f64::MIN), |acc, (j, &m)| if m > acc.1 { (j, m) } else { acc });
+        let far = (0..idx.len())
+            .filter(|&i| idx[i] as usize == big && dist[i] >= 0.0 && wts.is_none_or(|w| w[i] > 0.0))
+            .fold(None, |acc: Option<(usize, f32)>, i| match acc {
+                Some((_, best)) if best >= dist[i] => acc,
+                _ => Some((i, dist[i])),
+            });
+        let Some((i, _)) = far else { continue };
+        if mass[big] <= wts.map_or(1.0, |w| f64::from(w[i])) {
+            // The heaviest cluster holds a single point: nothing to split.
+            continue;
+        }
+        let w = wts.map_or(1.0, |w| f64::from(w[i]));
+        let x = &points[i * d..(i + 1) * d];
+        for t in 0..d {
+            sums[big * d + t] -= w * f64::from(x[t]);
+            sums[e * d + t] = w * f64::from(x[t]);
+        }
+        mass[big] -= w;
+        mass[e] = w;
+        dist[i] = -1.0; // moved: never chosen again this iteration
+        repaired += 1;
+    }
+    repaired
+}
+
+fn kmeans_plus_plus(points: &[f32], d: usize, k: usize, w: Option<&[f32]>, rng: &mut ChaCha8Rng) -> Vec<f32> {
+    let n = points.len() / d;
+    let mut centroids = Vec::with_capacity(k * d);
+    let first = match w {
+        None => rng.gen_range(0..n),
+        Some(w) => sample_weighted(w.iter().map(|&v| f64::from(v)), rng).unwrap_or(0),
+    };
+    centroids.extend_from_slice(&points[first * d..(first + 1) * d]);
+    let mut best: Vec<f32> = points
+        .chunks_exact(d)
+        .map(|x| x.iter().zip(&centroids[..d]).map(|(a, b)| (a - b) * (a - b)).sum())
+        .collect();
+    for _ in 1..k {
+        let scores = best.iter().enumerate().map(|(i, &b)| f64::from(b) * w.map_or(1.0, |w| f64::from(w[i])));
+        // All points coincide with chosen centroids: fall back to a uniform pick.
+        let next = sample_weighted(scores, rng).unwrap_or_else(|| rng.gen_range(0..n));
+        let c = points[next * d..(next + 1) * d].to_vec();
+        for (b, x) in best.iter_mut().zip(points.chunks_exact(d)) {
+            let dd: f32 = x.iter().zip(&c).map(|(a, b)| (a - b) * (a - b)).sum();
+            if dd < *b {
+                *b = dd;
+            }
+        }
+        centroids.extend_from_slice(&c);
+    }
+    centroids
+}
+
+/// Index drawn with probability proportional to its score; `None` if all are zero.
+fn sample_weighted(scores: impl Iterator<Item = f64> + Clone, rng: &mut ChaCha8Rng) -> Option<usize> {
+    let total: f64 = scores.clone().sum();
+    if total <= 0.0 || !total.is_finite() {
+        return None;
+    }
+    let mut r = rng.gen_range(0.0..total);
+    let mut last = None;
+    for (i, s) in scores.enumerate() {
+        if s > 0.0 {
+            last = Some(i);
+            if r < s {
+                return Some(i);
+            }
+            r -= s;
+        }
+    }
+    last
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn blobs(n_per: usize, seed: u64) -> (Vec<f32>, Vec<[f32; 2]>) {
+        let centers = vec![[0.0f32, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]];
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut v = Vec::new();
+        for c in &centers {
+            for _ in 0..n_per {
+                v.push(c[0] + rng.gen_range(-0.5..0.5));
+                v.push(c[1] + rng.gen_range(-0.5..0.5));
+            }
+        }
+        (v, centers)
+    }
+
+    #[test]
+    fn finds_separated_blobs() {
+        let (data, centers) = blobs(100, 3);
+        let r = kmeans(&data, 2, 4, None, &KMeansOptions::default()).unwrap();
+        for c in &centers {
+            let near = r.centroids.chunks_exact(2).any(|x| (x[0] - c[0]).abs() < 0.3 && (x[1] - c[1]).abs() < 0.3);
+            assert!(near, "no centroid near {c:?}: {:?}", r.centroids);
+        }
+        // Lloyd never increases the objective.
+        for w in r.objective_per_iteration.windows(2) {
+            assert!(w[1] <= w[0] * (1.0 + 1e-6), "{:?}", r.objective_per_iteration);
+        }
+    }
+
+    #[test]
+    fn repairs_empty_clusters() {
+        // All initial centroids on one blob's far side: three start empty.
+        let (data, _) = blobs(50, 5);
+        let init = Init::Precomputed(vec![5.0, 5.0, 100.0, 100.0, 200.0, 200.0, 300.0, 300.0]);
+        let opts = KMeansOptions { init, ..Default::default() };
+        let r = kmeans(&data, 2, 4, None, &opts).unwrap();
+        assert!(r.empty_cluster_repairs >= 3);
+        let (idx, _) = crate::nearest_centroids(&data, &r.centroids, 2);
+        for j in 0..4u32 {
+            assert!(idx.contains(&j), "centroid {j} is dead: {:?}", r.centroids);
+        }
+    }
+
+    #[test]
+    fn weights_pull_centroids() {
+        let data = vec![0.0f32, 1.0, 10.0, 11.0];
+        let w = vec![1.0f32, 3.0, 1.0, 1.0];
+        let init = Init::Precomputed(vec![0.0, 10.0]);
+        let r = kmeans(&data, 1, 2, Some(&w), &KMeansOptions { init, ..Default::default() }).unwrap();
+        assert!((r.centroids[0] - 0.75).abs() < 1e-6 && (r.centroids[1] - 10.5).abs() < 1e-6, "{:?}", r.centroids);
+    }
+
+    #[test]
+    fn rejects_bad_input() {
+        assert!(matches!(kmeans(&[1.0, 2.0], 1, 3, None, &KMeansOptions::default()), Err(PqError::TooFewPoints { needed: 3, got: 2 })));
+        let e = kmeans(&[1.0, f32::NAN, 2.0, 3.0], 2, 1, None, &KMeansOptions::default()).unwrap_err();
+        assert!(matches!(e, PqError::NonFinite { row: 0, col: 1, .. }), "{e}");
+        assert!(kmeans(&[1.0, 2.0, 3.0], 2, 1, None, &KMeansOptions::default()).is_err());
+    }
+
+    #[test]
+    fn sampling_caps_points() {
+        let (data, _) = blobs(100, 9);
+        let opts = KMeansOptions { max_points_per_centroid: 10, ..Default::default() };
+        let r = kmeans(&data, 2, 4, None, &opts).unwrap();
+        assert_eq!(r.points_used, 40);
+    }
+}

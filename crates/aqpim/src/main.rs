@@ -1,0 +1,38 @@
+//! The `aqpim` command-line tool: one binary for PQ codebooks, compressed KV
+//! caches, PIM simulation and LLM decode experiments.
+//!
+//! Every subcommand prints a human-readable table by default and one JSON
+//! object with `--json`; bad input ends with a one-line error and a non-zero
+//! exit status.
+
+mod npy;
+mod pq;
+
+use clap::{Parser, Subcommand};
+
+/// Product-quantized KV caches in processing-in-memory: train, compress, simulate, decode.
+#[derive(Debug, Parser)]
+#[command(name = "aqpim", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Product-quantization codebooks: train, encode, benchmark.
+    #[command(subcommand)]
+    Pq(pq::PqCommand),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Pq(cmd) => pq::run(cmd),
+    };
+    if let Err(e) = result {
+        // One line: the error and its causes, joined.
+        eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+        std::process::exit(1);
+    }
+}

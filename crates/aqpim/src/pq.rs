@@ -1,0 +1,288 @@
+//! `aqpim pq ...`: train, encode and benchmark product quantizers on `.npy` data.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use aqpim_pq::{FastScanCodes, Init, PqParams, ProductQuantizer, TrainOptions};
+use clap::{Args, Subcommand, ValueEnum};
+use serde::Serialize;
+
+use crate::npy;
+
+#[derive(Debug, Subcommand)]
+pub enum PqCommand {
+    /// Train a codebook on a 2-D .npy matrix (float32 or float16) and save it.
+    Train {
+        #[command(flatten)]
+        train: TrainArgs,
+        /// Codebook file to write (atomically).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Encode a .npy matrix with a saved codebook into an n x M uint8 .npy file.
+    Encode {
+        /// Codebook file written by `aqpim pq train`.
+        #[arg(long)]
+        codebook: PathBuf,
+        /// Vectors to encode (n x d, float32 or float16).
+        #[arg(long)]
+        input: PathBuf,
+        /// Output .npy file of codes (n x M, uint8).
+        #[arg(long)]
+        out: PathBuf,
+        /// Worker threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+    /// Train, encode and scan on the input itself; report times and errors.
+    Bench {
+        #[command(flatten)]
+        train: TrainArgs,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write KV-like synthetic data (a few large-variance channels) as float32 .npy.
+    Synth {
+        /// Number of vectors.
+        #[arg(long, default_value_t = 65536)]
+        n: usize,
+        /// Dimension.
+        #[arg(long, default_value_t = 128)]
+        d: usize,
+        /// Seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Output .npy file.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum InitArg {
+    /// k-means++ seeding.
+    KmeansPlusPlus,
+    /// Random distinct training points (faiss's default).
+    Random,
+}
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Training vectors (n x d .npy, float32 or float16).
+    #[arg(long)]
+    input: PathBuf,
+    /// Number of subspaces (M).
+    #[arg(long)]
+    m: usize,
+    /// Bits per code (nbits, 1..=8).
+    #[arg(long, default_value_t = 8)]
+    nbits: u32,
+    /// k-means iterations per subspace.
+    #[arg(long, default_value_t = 25)]
+    iters: usize,
+    /// Random seed.
+    #[arg(long, default_value_t = 1234)]
+    seed: u64,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Initialization of the centroids.
+    #[arg(long, value_enum, default_value_t = InitArg::KmeansPlusPlus)]
+    init: InitArg,
+    /// Sampling cap: at most ksub * this many training points per subspace.
+    #[arg(long, default_value_t = 256)]
+    max_points_per_centroid: usize,
+}
+
+impl TrainArgs {
+    fn options(&self) -> TrainOptions {
+        TrainOptions {
+            iterations: self.iters,
+            seed: self.seed,
+            init: match self.init {
+                InitArg::KmeansPlusPlus => Init::KMeansPlusPlus,
+                InitArg::Random => Init::RandomSample,
+            },
+            max_points_per_centroid: self.max_points_per_centroid,
+        }
+    }
+}
+
+pub fn run(cmd: PqCommand) -> Result<()> {
+    match cmd {
+        PqCommand::Train { train, out } => with_threads(train.threads, || {
+            let x = npy::read_matrix(&train.input)?;
+            let params = PqParams::new(x.cols, train.m, train.nbits)?;
+            let (pq, secs) = train_with_spinner(params, &x.data, &train.options())?;
+            pq.save(&out)?;
+            eprintln!(
+                "trained d={} M={} nbits={} on {} vectors in {secs:.2} s -> {}",
+                x.cols,
+                train.m,
+                train.nbits,
+                x.rows,
+                out.display()
+            );
+            Ok(())
+        }),
+        PqCommand::Encode { codebook, input, out, threads } => with_threads(threads, || {
+            let pq = ProductQuantizer::load(&codebook)?;
+            let x = npy::read_matrix(&input)?;
+            if x.cols != pq.params().dim() {
+                bail!("{}: vectors have d = {}, the codebook expects d = {}", input.display(), x.cols, pq.params().dim());
+            }
+            let codes = pq.encode(&x.data)?;
+            npy::write_u8(&out, x.rows, pq.params().num_subspaces(), &codes)?;
+            Ok(())
+        }),
+        PqCommand::Bench { train, json } => with_threads(train.threads, || {
+            let report = bench(&train)?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                report.print_table();
+            }
+            Ok(())
+        }),
+        PqCommand::Synth { n, d, seed, out } => {
+            if n == 0 || d == 0 {
+                bail!("--n and --d must be positive");
+            }
+            npy::write_f32(&out, n, d, &aqpim_pq::synth::kv_like(n, d, seed))
+        }
+    }
+}
+
+/// Runs `f` on a rayon pool of `threads` workers (all cores when `None`).
+fn with_threads<T: Send>(threads: Option<usize>, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    let mut builder = rayon::ThreadPoolBuilder::new();
+    if let Some(t) = threads {
+        if t == 0 {
+            bail!("--threads must be at least 1");
+        }
+        builder = builder.num_threads(t);
+    }
+    builder.build().context("starting the thread pool")?.install(f)
+}
+
+fn train_with_spinner(params: PqParams, data: &[f32], opts: &TrainOptions) -> Result<(ProductQuantizer, f64)> {
+    let bar = indicatif::ProgressBar::new_spinner().with_message(format!(
+        "training {} k-means of {} centroids",
+        params.num_subspaces(),
+        params.ksub()
+    ));
+    bar.enable_steady_tick(Duration::from_millis(120));
+    let t = Instant::now();
+    let pq = ProductQuantizer::train(params, data, opts);
+    let secs = t.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    Ok((pq?, secs))
+}
+
+/// What `aqpim pq bench` measures.
+#[derive(Debug, Serialize)]
+pub struct BenchReport {
+    n: usize,
+    d: usize,
+    m: usize,
+    nbits: u32,
+    iters: usize,
+    threads: usize,
+    train_s: f64,
+    encode_s: f64,
+    /// ADC scan throughput on the codes' natural layout: one byte per code for
+    /// nbits > 4, packed nibbles for nbits <= 4 (millions of codes per second).
+    adc_mcodes_per_s: f64,
+    /// ADC throughput of the blocked fast-scan layout (nbits <= 4 only).
+    fastscan_mcodes_per_s: Option<f64>,
+    mse_per_vector: f64,
+    rel_mse: f64,
+    max_adc_error: f64,
+}
+
+impl BenchReport {
+    fn print_table(&self) {
+        println!("{:<24} {}", "vectors (n x d)", format!("{} x {}", self.n, self.d));
+        println!("{:<24} M={} nbits={} iters={} threads={}", "quantizer", self.m, self.nbits, self.iters, self.threads);
+        println!("{:<24} {:.3}", "train (s)", self.train_s);
+        println!("{:<24} {:.3}", "encode (s)", self.encode_s);
+        println!("{:<24} {:.1}", "ADC (M codes/s)", self.adc_mcodes_per_s);
+        if let Some(f) = self.fastscan_mcodes_per_s {
+            println!("{:<24} {:.1}", "fast-scan (M codes/s)", f);
+        }
+        println!("{:<24} {:.6}", "MSE per vector", self.mse_per_vector);
+        println!("{:<24} {:.6}", "relative MSE", self.rel_mse);
+    }
+}
+
+fn bench(args: &TrainArgs) -> Result<BenchReport> {
+    let x = npy::read_matrix(&args.input)?;
+    let params = PqParams::new(x.cols, args.m, args.nbits)?;
+    let (pq, train_s) = train_with_spinner(params, &x.data, &args.options())?;
+
+    let t = Instant::now();
+    let codes = pq.encode(&x.data)?;
+    let encode_s = t.elapsed().as_secs_f64();
+
+    let rec = pq.decode(&codes)?;
+    let se: f64 = x.data.iter().zip(&rec).map(|(a, b)| f64::from(a - b).powi(2)).sum();
+    let norms: f64 = x.data.iter().map(|a| f64::from(*a).powi(2)).sum();
+    let mse_per_vector = se / x.rows as f64;
+    let rel_mse = se / norms.max(f64::MIN_POSITIVE);
+
+    // ADC: the first vector as the query, every code scored; the scores are
+    // checked against exact dot products with the decoded vectors.
+    let query = &x.data[..x.cols];
+    let lut = pq.inner_product_table(query)?;
+    let mut scores = vec![0f32; x.rows];
+    let (adc_mcodes_per_s, fastscan) = if args.nbits <= 4 {
+        let packed = aqpim_pq::pack_4bit(&codes, args.m)?;
+        let rate = throughput(x.rows, || lut.scan_packed4(&packed, &mut scores))?;
+        let fast = FastScanCodes::from_codes(&codes, args.m)?;
+        let mut fs = vec![0f32; x.rows];
+        let frate = throughput(x.rows, || fast.scan(&lut, &mut fs))?;
+        if fs.iter().zip(&scores).any(|(a, b)| (a - b).abs() > 1e-3 * (1.0 + b.abs())) {
+            bail!("fast-scan scores disagree with the packed scan");
+        }
+        (rate, Some(frate))
+    } else {
+        (throughput(x.rows, || lut.scan_u8(&codes, &mut scores))?, None)
+    };
+    let mut max_adc_error = 0f64;
+    for (i, s) in scores.iter().enumerate() {
+        let exact: f64 = query.iter().zip(&rec[i * x.cols..(i + 1) * x.cols]).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum();
+        max_adc_error = max_adc_error.max((f64::from(*s) - exact).abs() / (1.0 + exact.abs()));
+    }
+    if max_adc_error > 1e-4 {
+        bail!("ADC scores disagree with exact dot products (relative error {max_adc_error:e})");
+    }
+    Ok(BenchReport {
+        n: x.rows,
+        d: x.cols,
+        m: args.m,
+        nbits: args.nbits,
+        iters: args.iters,
+        threads: rayon::current_num_threads(),
+        train_s,
+        encode_s,
+        adc_mcodes_per_s,
+        fastscan_mcodes_per_s: fastscan,
+        mse_per_vector,
+        rel_mse,
+        max_adc_error,
+    })
+}
+
+/// Codes scanned per second (in millions), repeating the scan for at least 0.3 s.
+fn throughput(n: usize, mut scan: impl FnMut() -> aqpim_pq::Result<()>) -> Result<f64> {
+    scan()?; // warm-up
+    let t = Instant::now();
+    let mut reps = 0u64;
+    while t.elapsed() < Duration::from_millis(300) {
+        scan()?;
+        reps += 1;
+    }
+    Ok(reps as f64 * n as f64 / t.elapsed().as_secs_f64() / 1e6)
+}
