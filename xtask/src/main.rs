@@ -3,6 +3,7 @@
 //! Tasks shell out to the release-built `aqpim` binary for heavy work, so this
 //! crate keeps few dependencies and depends on no workspace library.
 
+mod faiss_compare;
 mod tidy;
 
 use anyhow::{bail, Result};
@@ -10,12 +11,15 @@ use anyhow::{bail, Result};
 const USAGE: &str = "usage: cargo xtask <task>
 
 tasks:
-  tidy             check the layering invariants and file conventions";
+  tidy             check the layering invariants and file conventions
+  faiss-compare    PQ train/encode/ADC speed and MSE against faiss, same data and machine
+                   [--n 65536 --d 128 --m 32 --nbits 8 --iters 25 --threads 1]";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("tidy") => tidy::run(),
+        Some("faiss-compare") => faiss_compare::run(&args[1..], &tidy::workspace_root()),
         Some("-h" | "--help") | None => {
             println!("{USAGE}");
             Ok(())

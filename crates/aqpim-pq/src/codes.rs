@@ -13,14 +13,23 @@ pub fn packed_row_bytes(num_subspaces: usize) -> usize {
 
 /// Packs `n * M` codes (one per byte, each `< 16`) into `n * ceil(M / 2)` bytes.
 pub fn pack_4bit(codes: &[u8], num_subspaces: usize) -> Result<Vec<u8>> {
-    if num_subspaces == 0 || codes.len() % num_subspaces != 0 {
-        return Err(PqError::shape("pack_4bit", format!("a multiple of M = {num_subspaces} codes"), codes.len()));
+    if num_subspaces == 0 || !codes.len().is_multiple_of(num_subspaces) {
+        return Err(PqError::shape(
+            "pack_4bit",
+            format!("a multiple of M = {num_subspaces} codes"),
+            codes.len(),
+        ));
     }
     let row_bytes = packed_row_bytes(num_subspaces);
     let mut out = Vec::with_capacity(codes.len() / num_subspaces * row_bytes);
     for (i, row) in codes.chunks_exact(num_subspaces).enumerate() {
         if let Some(m) = row.iter().position(|&c| c >= 16) {
-            return Err(PqError::CodeOutOfRange { row: i, subspace: m, code: row[m], ksub: 16 });
+            return Err(PqError::CodeOutOfRange {
+                row: i,
+                subspace: m,
+                code: row[m],
+                ksub: 16,
+            });
         }
         for pair in row.chunks(2) {
             out.push(pair[0] | pair.get(1).map_or(0, |hi| hi << 4));
@@ -32,8 +41,12 @@ pub fn pack_4bit(codes: &[u8], num_subspaces: usize) -> Result<Vec<u8>> {
 /// Unpacks `n * ceil(M / 2)` bytes into `n * M` codes, one per byte.
 pub fn unpack_4bit(packed: &[u8], num_subspaces: usize) -> Result<Vec<u8>> {
     let row_bytes = packed_row_bytes(num_subspaces);
-    if num_subspaces == 0 || packed.len() % row_bytes != 0 {
-        return Err(PqError::shape("unpack_4bit", format!("a multiple of ceil(M / 2) = {row_bytes} bytes"), packed.len()));
+    if num_subspaces == 0 || !packed.len().is_multiple_of(row_bytes) {
+        return Err(PqError::shape(
+            "unpack_4bit",
+            format!("a multiple of ceil(M / 2) = {row_bytes} bytes"),
+            packed.len(),
+        ));
     }
     let mut out = Vec::with_capacity(packed.len() / row_bytes * num_subspaces);
     for row in packed.chunks_exact(row_bytes) {
@@ -61,7 +74,14 @@ mod tests {
 
     #[test]
     fn rejects_wide_codes() {
-        assert!(matches!(pack_4bit(&[1, 16], 2), Err(PqError::CodeOutOfRange { row: 0, subspace: 1, .. })));
+        assert!(matches!(
+            pack_4bit(&[1, 16], 2),
+            Err(PqError::CodeOutOfRange {
+                row: 0,
+                subspace: 1,
+                ..
+            })
+        ));
         assert!(pack_4bit(&[1, 2, 3], 2).is_err());
     }
 }

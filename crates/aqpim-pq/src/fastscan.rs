@@ -27,13 +27,21 @@ impl FastScanCodes {
 
     /// An empty store for codes of `M` subspaces.
     pub fn new(num_subspaces: usize) -> Self {
-        FastScanCodes { num_subspaces, len: 0, blocks: Vec::new() }
+        FastScanCodes {
+            num_subspaces,
+            len: 0,
+            blocks: Vec::new(),
+        }
     }
 
     /// Builds the layout from `n * M` codes, one per byte, each `< 16`.
     pub fn from_codes(codes: &[u8], num_subspaces: usize) -> Result<Self> {
-        if num_subspaces == 0 || codes.len() % num_subspaces != 0 {
-            return Err(PqError::shape("FastScanCodes", format!("a multiple of M = {num_subspaces} codes"), codes.len()));
+        if num_subspaces == 0 || !codes.len().is_multiple_of(num_subspaces) {
+            return Err(PqError::shape(
+                "FastScanCodes",
+                format!("a multiple of M = {num_subspaces} codes"),
+                codes.len(),
+            ));
         }
         let mut s = Self::new(num_subspaces);
         for row in codes.chunks_exact(num_subspaces) {
@@ -49,14 +57,24 @@ impl FastScanCodes {
     /// Appends one vector's `M` codes.
     pub fn push(&mut self, codes: &[u8]) -> Result<()> {
         if codes.len() != self.num_subspaces {
-            return Err(PqError::shape("FastScanCodes::push", self.num_subspaces, codes.len()));
+            return Err(PqError::shape(
+                "FastScanCodes::push",
+                self.num_subspaces,
+                codes.len(),
+            ));
         }
         if let Some(m) = codes.iter().position(|&c| c >= 16) {
-            return Err(PqError::CodeOutOfRange { row: self.len, subspace: m, code: codes[m], ksub: 16 });
+            return Err(PqError::CodeOutOfRange {
+                row: self.len,
+                subspace: m,
+                code: codes[m],
+                ksub: 16,
+            });
         }
         let t = self.len % Self::BLOCK;
         if t == 0 {
-            self.blocks.resize(self.blocks.len() + self.block_bytes(), 0);
+            self.blocks
+                .resize(self.blocks.len() + self.block_bytes(), 0);
         }
         let base = self.blocks.len() - self.block_bytes();
         for (p, pair) in codes.chunks(2).enumerate() {
@@ -85,8 +103,9 @@ impl FastScanCodes {
 
     /// Code of vector `i` in subspace `m`.
     pub fn code(&self, i: usize, m: usize) -> u8 {
-        let b = self.blocks[(i / Self::BLOCK) * self.block_bytes() + (m / 2) * Self::BLOCK + i % Self::BLOCK];
-        if m % 2 == 0 {
+        let b = self.blocks
+            [(i / Self::BLOCK) * self.block_bytes() + (m / 2) * Self::BLOCK + i % Self::BLOCK];
+        if m.is_multiple_of(2) {
             b & 0x0f
         } else {
             b >> 4
@@ -97,10 +116,18 @@ impl FastScanCodes {
     /// `out` (`len()` values).
     pub fn scan(&self, lut: &Lut, out: &mut [f32]) -> Result<()> {
         if lut.num_subspaces() != self.num_subspaces {
-            return Err(PqError::shape("FastScanCodes::scan table", self.num_subspaces, lut.num_subspaces()));
+            return Err(PqError::shape(
+                "FastScanCodes::scan table",
+                self.num_subspaces,
+                lut.num_subspaces(),
+            ));
         }
         if out.len() != self.len {
-            return Err(PqError::shape("FastScanCodes::scan output", self.len, out.len()));
+            return Err(PqError::shape(
+                "FastScanCodes::scan output",
+                self.len,
+                out.len(),
+            ));
         }
         let rows = lut.rows16()?;
         #[cfg(target_arch = "x86_64")]
@@ -146,7 +173,10 @@ mod avx512 {
         let m = codes.num_subspaces;
         let bb = codes.block_bytes();
         let low = _mm512_set1_epi32(0x0f);
-        let tables: Vec<__m512> = rows.iter().map(|r| unsafe { _mm512_loadu_ps(r.as_ptr()) }).collect();
+        let tables: Vec<__m512> = rows
+            .iter()
+            .map(|r| unsafe { _mm512_loadu_ps(r.as_ptr()) })
+            .collect();
         let mut tmp = [0.0f32; 16];
         for (b, block) in codes.blocks.chunks_exact(bb).enumerate() {
             let mut acc = _mm512_setzero_ps();
@@ -183,7 +213,9 @@ mod tests {
         for m in [1usize, 2, 3, 7, 32] {
             for n in [0usize, 1, 15, 16, 17, 40] {
                 let codes: Vec<u8> = (0..n * m).map(|i| ((i * 13 + i / 7) % 16) as u8).collect();
-                let vals: Vec<f32> = (0..m * 16).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
+                let vals: Vec<f32> = (0..m * 16)
+                    .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+                    .collect();
                 let lut = Lut::new(m, 16, vals).unwrap();
                 let fs = FastScanCodes::from_codes(&codes, m).unwrap();
                 let mut out = vec![0f32; n];

@@ -33,7 +33,13 @@ impl ProductQuantizer {
         let c = self.centroids();
         let mut out = Vec::with_capacity(HEADER + 4 * c.len() + 4);
         out.extend_from_slice(CODEBOOK_MAGIC);
-        for v in [CODEBOOK_VERSION, p.dim() as u32, p.num_subspaces() as u32, p.nbits(), c.len() as u32] {
+        for v in [
+            CODEBOOK_VERSION,
+            p.dim() as u32,
+            p.num_subspaces() as u32,
+            p.nbits(),
+            c.len() as u32,
+        ] {
             out.extend_from_slice(&v.to_le_bytes());
         }
         for v in c {
@@ -46,9 +52,16 @@ impl ProductQuantizer {
 
     /// Parses a codebook; `path` only names the source in errors.
     pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Self> {
-        let bad = |reason: String| PqError::BadFile { path: path.to_path_buf(), reason };
+        let bad = |reason: String| PqError::BadFile {
+            path: path.to_path_buf(),
+            reason,
+        };
         if bytes.len() < HEADER + 4 {
-            return Err(bad(format!("truncated: {} bytes, a header alone takes {}", bytes.len(), HEADER + 4)));
+            return Err(bad(format!(
+                "truncated: {} bytes, a header alone takes {}",
+                bytes.len(),
+                HEADER + 4
+            )));
         }
         if &bytes[..8] != CODEBOOK_MAGIC {
             return Err(bad("not an aqpim codebook (bad magic)".into()));
@@ -59,22 +72,35 @@ impl ProductQuantizer {
         if stored != actual {
             return Err(bad(format!("checksum mismatch (stored {stored:#010x}, computed {actual:#010x}): the file is corrupted or truncated")));
         }
-        let word = |i: usize| u32::from_le_bytes(body[8 + 4 * i..12 + 4 * i].try_into().expect("4 bytes"));
+        let word =
+            |i: usize| u32::from_le_bytes(body[8 + 4 * i..12 + 4 * i].try_into().expect("4 bytes"));
         let version = word(0);
         if version != CODEBOOK_VERSION {
-            return Err(bad(format!("format version {version} is not supported (this build reads {CODEBOOK_VERSION})")));
+            return Err(bad(format!(
+                "format version {version} is not supported (this build reads {CODEBOOK_VERSION})"
+            )));
         }
         let params = PqParams::new(word(1) as usize, word(2) as usize, word(3))
             .map_err(|e| bad(format!("bad shape in header: {e}")))?;
         let count = word(4) as usize;
         if count != params.codebook_len() {
-            return Err(bad(format!("header says {count} values, shape needs {}", params.codebook_len())));
+            return Err(bad(format!(
+                "header says {count} values, shape needs {}",
+                params.codebook_len()
+            )));
         }
         let data = &body[HEADER..];
         if data.len() != 4 * count {
-            return Err(bad(format!("expected {} bytes of centroids, found {}", 4 * count, data.len())));
+            return Err(bad(format!(
+                "expected {} bytes of centroids, found {}",
+                4 * count,
+                data.len()
+            )));
         }
-        let centroids = data.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))).collect();
+        let centroids = data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
+            .collect();
         ProductQuantizer::from_centroids(params, centroids).map_err(|e| bad(e.to_string()))
     }
 

@@ -18,9 +18,17 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         path: path.to_path_buf(),
         source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "path has no file name"),
     })?;
-    let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
     fn io<'a>(op: &'static str, p: &'a Path) -> impl FnOnce(std::io::Error) -> PqError + 'a {
-        move |source| PqError::Io { op, path: p.to_path_buf(), source }
+        move |source| PqError::Io {
+            op,
+            path: p.to_path_buf(),
+            source,
+        }
     }
     let result = (|| {
         let mut f = std::fs::File::create(&tmp).map_err(io("creating", &tmp))?;
@@ -42,5 +50,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Reads a whole file, naming the path in the error.
 pub fn read_all(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|source| PqError::Io { op: "reading", path: path.to_path_buf(), source })
+    std::fs::read(path).map_err(|source| PqError::Io {
+        op: "reading",
+        path: path.to_path_buf(),
+        source,
+    })
 }

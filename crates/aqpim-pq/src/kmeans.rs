@@ -72,12 +72,20 @@ pub fn kmeans(
     opts: &KMeansOptions,
 ) -> Result<KMeansResult> {
     if d == 0 {
-        return Err(PqError::OutOfRange { name: "d", value: 0, allowed: "d >= 1" });
+        return Err(PqError::OutOfRange {
+            name: "d",
+            value: 0,
+            allowed: "d >= 1",
+        });
     }
     if k == 0 {
-        return Err(PqError::OutOfRange { name: "k", value: 0, allowed: "k >= 1" });
+        return Err(PqError::OutOfRange {
+            name: "k",
+            value: 0,
+            allowed: "k >= 1",
+        });
     }
-    if data.len() % d != 0 {
+    if !data.len().is_multiple_of(d) {
         return Err(PqError::shape(
             "kmeans",
             format!("a multiple of d = {d} values"),
@@ -91,17 +99,29 @@ pub fn kmeans(
     crate::check_finite(data, d, "training data")?;
     if let Some(w) = weights {
         if w.len() != n {
-            return Err(PqError::shape("kmeans weights", format!("{n} weights"), format!("{}", w.len())));
+            return Err(PqError::shape(
+                "kmeans weights",
+                format!("{n} weights"),
+                format!("{}", w.len()),
+            ));
         }
         if let Some(i) = w.iter().position(|v| !v.is_finite() || *v < 0.0) {
-            return Err(PqError::NonFinite { what: "sample weights (must be finite and >= 0)", row: i, col: 0, value: w[i] });
+            return Err(PqError::NonFinite {
+                what: "sample weights (must be finite and >= 0)",
+                row: i,
+                col: 0,
+                value: w[i],
+            });
         }
     }
     let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
 
     // Sampling cap, as faiss's max_points_per_centroid.
     let cap = k.saturating_mul(opts.max_points_per_centroid.max(1));
-    let (points, wts): (std::borrow::Cow<'_, [f32]>, Option<std::borrow::Cow<'_, [f32]>>) = if n > cap {
+    let (points, wts): (
+        std::borrow::Cow<'_, [f32]>,
+        Option<std::borrow::Cow<'_, [f32]>>,
+    ) = if n > cap {
         let mut perm: Vec<usize> = (0..n).collect();
         for i in 0..cap {
             let j = rng.gen_range(i..n);
@@ -122,14 +142,22 @@ pub fn kmeans(
     let wts = wts.as_deref();
     if let Some(w) = wts {
         if w.iter().all(|&v| v == 0.0) {
-            return Err(PqError::OutOfRange { name: "total sample weight", value: 0, allowed: "> 0" });
+            return Err(PqError::OutOfRange {
+                name: "total sample weight",
+                value: 0,
+                allowed: "> 0",
+            });
         }
     }
 
     let mut centroids = match &opts.init {
         Init::Precomputed(c) => {
             if c.len() != k * d {
-                return Err(PqError::shape("kmeans initial centroids", format!("{} values (k * d)", k * d), c.len()));
+                return Err(PqError::shape(
+                    "kmeans initial centroids",
+                    format!("{} values (k * d)", k * d),
+                    c.len(),
+                ));
             }
             crate::check_finite(c, d, "initial centroids")?;
             c.clone()
@@ -140,7 +168,10 @@ pub fn kmeans(
                 let j = rng.gen_range(i..n);
                 perm.swap(i, j);
             }
-            perm[..k].iter().flat_map(|&i| points[i * d..(i + 1) * d].iter().copied()).collect()
+            perm[..k]
+                .iter()
+                .flat_map(|&i| points[i * d..(i + 1) * d].iter().copied())
+                .collect()
         }
         Init::KMeansPlusPlus => kmeans_plus_plus(&points, d, k, wts, &mut rng),
     };
@@ -165,7 +196,8 @@ pub fn kmeans(
                 *s += w * f64::from(v);
             }
         }
-        empty_cluster_repairs += repair_empty(&points, d, wts, &idx, &mut dist, &mut sums, &mut mass);
+        empty_cluster_repairs +=
+            repair_empty(&points, d, wts, &idx, &mut dist, &mut sums, &mut mass);
         for j in 0..k {
             if mass[j] > 0.0 {
                 for t in 0..d {
@@ -176,13 +208,23 @@ pub fn kmeans(
     }
     CentroidTable::new(&centroids, d, k).assign(&points, &mut idx, &mut dist);
     let final_objective = objective(&dist, wts);
-    Ok(KMeansResult { centroids, objective_per_iteration, final_objective, points_used: n, empty_cluster_repairs })
+    Ok(KMeansResult {
+        centroids,
+        objective_per_iteration,
+        final_objective,
+        points_used: n,
+        empty_cluster_repairs,
+    })
 }
 
 fn objective(dist: &[f32], w: Option<&[f32]>) -> f64 {
     match w {
         None => dist.iter().map(|&v| f64::from(v)).sum(),
-        Some(w) => dist.iter().zip(w).map(|(&v, &w)| f64::from(v) * f64::from(w)).sum(),
+        Some(w) => dist
+            .iter()
+            .zip(w)
+            .map(|(&v, &w)| f64::from(v) * f64::from(w))
+            .sum(),
     }
 }
 
@@ -205,7 +247,11 @@ fn repair_empty(
             continue;
         }
         // The heaviest cluster (smallest index among equals).
-        let (big, _) = mass.iter().enumerate().fold((0, f64::MIN), |acc, (j, &m)| if m > acc.1 { (j, m) } else { acc });
+        let (big, _) =
+            mass.iter().enumerate().fold(
+                (0, f64::MIN),
+                |acc, (j, &m)| if m > acc.1 { (j, m) } else { acc },
+            );
         let far = (0..idx.len())
             .filter(|&i| idx[i] as usize == big && dist[i] >= 0.0 && wts.is_none_or(|w| w[i] > 0.0))
             .fold(None, |acc: Option<(usize, f32)>, i| match acc {
@@ -231,7 +277,13 @@ fn repair_empty(
     repaired
 }
 
-fn kmeans_plus_plus(points: &[f32], d: usize, k: usize, w: Option<&[f32]>, rng: &mut ChaCha8Rng) -> Vec<f32> {
+fn kmeans_plus_plus(
+    points: &[f32],
+    d: usize,
+    k: usize,
+    w: Option<&[f32]>,
+    rng: &mut ChaCha8Rng,
+) -> Vec<f32> {
     let n = points.len() / d;
     let mut centroids = Vec::with_capacity(k * d);
     let first = match w {
@@ -241,10 +293,18 @@ fn kmeans_plus_plus(points: &[f32], d: usize, k: usize, w: Option<&[f32]>, rng: 
     centroids.extend_from_slice(&points[first * d..(first + 1) * d]);
     let mut best: Vec<f32> = points
         .chunks_exact(d)
-        .map(|x| x.iter().zip(&centroids[..d]).map(|(a, b)| (a - b) * (a - b)).sum())
+        .map(|x| {
+            x.iter()
+                .zip(&centroids[..d])
+                .map(|(a, b)| (a - b) * (a - b))
+                .sum()
+        })
         .collect();
     for _ in 1..k {
-        let scores = best.iter().enumerate().map(|(i, &b)| f64::from(b) * w.map_or(1.0, |w| f64::from(w[i])));
+        let scores = best
+            .iter()
+            .enumerate()
+            .map(|(i, &b)| f64::from(b) * w.map_or(1.0, |w| f64::from(w[i])));
         // All points coincide with chosen centroids: fall back to a uniform pick.
         let next = sample_weighted(scores, rng).unwrap_or_else(|| rng.gen_range(0..n));
         let c = points[next * d..(next + 1) * d].to_vec();
@@ -260,7 +320,10 @@ fn kmeans_plus_plus(points: &[f32], d: usize, k: usize, w: Option<&[f32]>, rng: 
 }
 
 /// Index drawn with probability proportional to its score; `None` if all are zero.
-fn sample_weighted(scores: impl Iterator<Item = f64> + Clone, rng: &mut ChaCha8Rng) -> Option<usize> {
+fn sample_weighted(
+    scores: impl Iterator<Item = f64> + Clone,
+    rng: &mut ChaCha8Rng,
+) -> Option<usize> {
     let total: f64 = scores.clone().sum();
     if total <= 0.0 || !total.is_finite() {
         return None;
@@ -301,12 +364,19 @@ mod tests {
         let (data, centers) = blobs(100, 3);
         let r = kmeans(&data, 2, 4, None, &KMeansOptions::default()).unwrap();
         for c in &centers {
-            let near = r.centroids.chunks_exact(2).any(|x| (x[0] - c[0]).abs() < 0.3 && (x[1] - c[1]).abs() < 0.3);
+            let near = r
+                .centroids
+                .chunks_exact(2)
+                .any(|x| (x[0] - c[0]).abs() < 0.3 && (x[1] - c[1]).abs() < 0.3);
             assert!(near, "no centroid near {c:?}: {:?}", r.centroids);
         }
         // Lloyd never increases the objective.
         for w in r.objective_per_iteration.windows(2) {
-            assert!(w[1] <= w[0] * (1.0 + 1e-6), "{:?}", r.objective_per_iteration);
+            assert!(
+                w[1] <= w[0] * (1.0 + 1e-6),
+                "{:?}",
+                r.objective_per_iteration
+            );
         }
     }
 
@@ -315,7 +385,10 @@ mod tests {
         // All initial centroids on one blob's far side: three start empty.
         let (data, _) = blobs(50, 5);
         let init = Init::Precomputed(vec![5.0, 5.0, 100.0, 100.0, 200.0, 200.0, 300.0, 300.0]);
-        let opts = KMeansOptions { init, ..Default::default() };
+        let opts = KMeansOptions {
+            init,
+            ..Default::default()
+        };
         let r = kmeans(&data, 2, 4, None, &opts).unwrap();
         assert!(r.empty_cluster_repairs >= 3);
         let (idx, _) = crate::nearest_centroids(&data, &r.centroids, 2);
@@ -329,22 +402,52 @@ mod tests {
         let data = vec![0.0f32, 1.0, 10.0, 11.0];
         let w = vec![1.0f32, 3.0, 1.0, 1.0];
         let init = Init::Precomputed(vec![0.0, 10.0]);
-        let r = kmeans(&data, 1, 2, Some(&w), &KMeansOptions { init, ..Default::default() }).unwrap();
-        assert!((r.centroids[0] - 0.75).abs() < 1e-6 && (r.centroids[1] - 10.5).abs() < 1e-6, "{:?}", r.centroids);
+        let r = kmeans(
+            &data,
+            1,
+            2,
+            Some(&w),
+            &KMeansOptions {
+                init,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(
+            (r.centroids[0] - 0.75).abs() < 1e-6 && (r.centroids[1] - 10.5).abs() < 1e-6,
+            "{:?}",
+            r.centroids
+        );
     }
 
     #[test]
     fn rejects_bad_input() {
-        assert!(matches!(kmeans(&[1.0, 2.0], 1, 3, None, &KMeansOptions::default()), Err(PqError::TooFewPoints { needed: 3, got: 2 })));
-        let e = kmeans(&[1.0, f32::NAN, 2.0, 3.0], 2, 1, None, &KMeansOptions::default()).unwrap_err();
-        assert!(matches!(e, PqError::NonFinite { row: 0, col: 1, .. }), "{e}");
+        assert!(matches!(
+            kmeans(&[1.0, 2.0], 1, 3, None, &KMeansOptions::default()),
+            Err(PqError::TooFewPoints { needed: 3, got: 2 })
+        ));
+        let e = kmeans(
+            &[1.0, f32::NAN, 2.0, 3.0],
+            2,
+            1,
+            None,
+            &KMeansOptions::default(),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(e, PqError::NonFinite { row: 0, col: 1, .. }),
+            "{e}"
+        );
         assert!(kmeans(&[1.0, 2.0, 3.0], 2, 1, None, &KMeansOptions::default()).is_err());
     }
 
     #[test]
     fn sampling_caps_points() {
         let (data, _) = blobs(100, 9);
-        let opts = KMeansOptions { max_points_per_centroid: 10, ..Default::default() };
+        let opts = KMeansOptions {
+            max_points_per_centroid: 10,
+            ..Default::default()
+        };
         let r = kmeans(&data, 2, 4, None, &opts).unwrap();
         assert_eq!(r.points_used, 40);
     }

@@ -17,12 +17,24 @@ impl Lut {
     /// Wraps `num_subspaces * ksub` values (`ksub` a power of two up to 256).
     pub fn new(num_subspaces: usize, ksub: usize, values: Vec<f32>) -> Result<Self> {
         if !(ksub.is_power_of_two() && (2..=256).contains(&ksub)) {
-            return Err(PqError::OutOfRange { name: "ksub", value: ksub as u64, allowed: "a power of two in 2..=256" });
+            return Err(PqError::OutOfRange {
+                name: "ksub",
+                value: ksub as u64,
+                allowed: "a power of two in 2..=256",
+            });
         }
         if values.len() != num_subspaces * ksub {
-            return Err(PqError::shape("lookup table", num_subspaces * ksub, values.len()));
+            return Err(PqError::shape(
+                "lookup table",
+                num_subspaces * ksub,
+                values.len(),
+            ));
         }
-        Ok(Lut { num_subspaces, ksub, values })
+        Ok(Lut {
+            num_subspaces,
+            ksub,
+            values,
+        })
     }
 
     /// Number of subspaces (M).
@@ -53,9 +65,20 @@ impl Lut {
     pub fn scan_u8(&self, codes: &[u8], out: &mut [f32]) -> Result<()> {
         let m = self.num_subspaces;
         if m == 0 || codes.len() != out.len() * m {
-            return Err(PqError::shape("scan_u8", format!("{} codes for {} outputs", out.len() * m, out.len()), codes.len()));
+            return Err(PqError::shape(
+                "scan_u8",
+                format!("{} codes for {} outputs", out.len() * m, out.len()),
+                codes.len(),
+            ));
         }
         if self.ksub == 256 {
+            #[cfg(target_arch = "x86_64")]
+            if m >= 16 && std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: AVX-512F is available (checked above); the table
+                // holds `m * 256` values and every index is `< m * 256`.
+                unsafe { avx512::scan_u8_gather(&self.values, m, codes, out) };
+                return Ok(());
+            }
             let rows: Vec<&[f32; 256]> = self
                 .values
                 .chunks_exact(256)
@@ -76,9 +99,21 @@ impl Lut {
         let rows = self.rows16()?;
         let row_bytes = crate::packed_row_bytes(self.num_subspaces);
         if packed.len() != out.len() * row_bytes {
-            return Err(PqError::shape("scan_packed4", out.len() * row_bytes, packed.len()));
+            return Err(PqError::shape(
+                "scan_packed4",
+                out.len() * row_bytes,
+                packed.len(),
+            ));
         }
         let m = self.num_subspaces;
+        #[cfg(target_arch = "x86_64")]
+        if m >= 32 && std::arch::is_x86_feature_detected!("avx512f") {
+            let flat: Vec<f32> = rows.iter().flatten().copied().collect();
+            // SAFETY: AVX-512F is available (checked above); `flat` holds
+            // `m * 16` values and every index is `< m * 16`.
+            unsafe { avx512::scan_packed4_gather(&flat, m, packed, out) };
+            return Ok(());
+        }
         for (codes, o) in packed.chunks_exact(row_bytes).zip(out.iter_mut()) {
             let mut acc = 0.0f32;
             for (i, &b) in codes.iter().enumerate() {
@@ -95,7 +130,11 @@ impl Lut {
     /// The table with each subspace padded to 16 entries (padding is NaN).
     pub(crate) fn rows16(&self) -> Result<Vec<[f32; 16]>> {
         if self.ksub > 16 {
-            return Err(PqError::OutOfRange { name: "ksub", value: self.ksub as u64, allowed: "<= 16 for 4-bit codes" });
+            return Err(PqError::OutOfRange {
+                name: "ksub",
+                value: self.ksub as u64,
+                allowed: "<= 16 for 4-bit codes",
+            });
         }
         Ok(self
             .values
@@ -109,22 +148,174 @@ impl Lut {
     }
 }
 
-/// 8-bit scan: four independent accumulators per row break the add chain, and
-/// `u8` codes index `[f32; 256]` rows without bounds checks.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    /// 8-bit scan with AVX-512 gathers: the 16 lanes are 16 subspaces of one
+    /// vector, lane `m` fetching `T[m][code[m]]` at `m * 256 + code[m]`; one
+    /// gather does 16 lookups, and a horizontal sum ends each vector. Subspaces
+    /// past the last multiple of 16 are added one by one.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F; `table.len() == m * 256`,
+    /// `codes.len() == out.len() * m`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn scan_u8_gather(table: &[f32], m: usize, codes: &[u8], out: &mut [f32]) {
+        debug_assert_eq!(table.len(), m * 256);
+        let m16 = m / 16 * 16;
+        let lane_base = _mm512_setr_epi32(
+            0, 256, 512, 768, 1024, 1280, 1536, 1792, 2048, 2304, 2560, 2816, 3072, 3328, 3584,
+            3840,
+        );
+        for (code, o) in codes.chunks_exact(m).zip(out.iter_mut()) {
+            let mut acc = _mm512_setzero_ps();
+            let mut s = 0;
+            while s < m16 {
+                // SAFETY: `code[s..s + 16]` is in bounds (`s + 16 <= m16 <= m`).
+                let c =
+                    _mm512_cvtepu8_epi32(unsafe { _mm_loadu_si128(code.as_ptr().add(s).cast()) });
+                let idx = _mm512_add_epi32(
+                    c,
+                    _mm512_add_epi32(lane_base, _mm512_set1_epi32((s * 256) as i32)),
+                );
+                // SAFETY: every index is `(s + lane) * 256 + code < m * 256`.
+                acc = _mm512_add_ps(acc, unsafe {
+                    _mm512_i32gather_ps::<4>(idx, table.as_ptr())
+                });
+                s += 16;
+            }
+            let mut sum = _mm512_reduce_add_ps(acc);
+            for (k, &c) in code[m16..].iter().enumerate() {
+                sum += table[(m16 + k) * 256 + usize::from(c)];
+            }
+            *o = sum;
+        }
+    }
+
+    /// Packed 4-bit scan with AVX-512 gathers: 16 bytes hold 32 subspaces'
+    /// codes; the low nibbles index the even subspaces' 16-entry rows, the high
+    /// nibbles the odd ones'. Bytes past the last multiple of 16 are added one
+    /// by one.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F; `table.len() == m * 16`,
+    /// `packed.len() == out.len() * ceil(m / 2)`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn scan_packed4_gather(
+        table: &[f32],
+        m: usize,
+        packed: &[u8],
+        out: &mut [f32],
+    ) {
+        debug_assert_eq!(table.len(), m * 16);
+        let row_bytes = m.div_ceil(2);
+        let full = m / 32 * 16; // bytes covered by whole 32-subspace chunks
+        let even = _mm512_setr_epi32(
+            0, 32, 64, 96, 128, 160, 192, 224, 256, 288, 320, 352, 384, 416, 448, 480,
+        );
+        let odd = _mm512_add_epi32(even, _mm512_set1_epi32(16));
+        let low = _mm512_set1_epi32(0x0f);
+        for (code, o) in packed.chunks_exact(row_bytes).zip(out.iter_mut()) {
+            let mut acc = _mm512_setzero_ps();
+            let mut b = 0;
+            while b < full {
+                // SAFETY: `code[b..b + 16]` is in bounds (`b + 16 <= full <= row_bytes`).
+                let w =
+                    _mm512_cvtepu8_epi32(unsafe { _mm_loadu_si128(code.as_ptr().add(b).cast()) });
+                let base = _mm512_set1_epi32((b * 32) as i32);
+                let lo = _mm512_add_epi32(_mm512_and_si512(w, low), _mm512_add_epi32(even, base));
+                let hi = _mm512_add_epi32(_mm512_srli_epi32::<4>(w), _mm512_add_epi32(odd, base));
+                // SAFETY: subspace `2 (b + lane) (+1) < m`, so every index is `< m * 16`.
+                acc = _mm512_add_ps(acc, unsafe { _mm512_i32gather_ps::<4>(lo, table.as_ptr()) });
+                acc = _mm512_add_ps(acc, unsafe { _mm512_i32gather_ps::<4>(hi, table.as_ptr()) });
+                b += 16;
+            }
+            let mut sum = _mm512_reduce_add_ps(acc);
+            for (i, &byte) in code.iter().enumerate().skip(full) {
+                sum += table[2 * i * 16 + usize::from(byte & 0x0f)];
+                if 2 * i + 1 < m {
+                    sum += table[(2 * i + 1) * 16 + usize::from(byte >> 4)];
+                }
+            }
+            *o = sum;
+        }
+    }
+}
+
+/// 8-bit scan. Codes are read eight at a time as one little-endian `u64` and
+/// split with shifts (one load instead of eight), four independent accumulators
+/// break the add chain, and `u8` codes index `[f32; 256]` rows without bounds
+/// checks.
 fn scan_u8_full(rows: &[&[f32; 256]], codes: &[u8], out: &mut [f32]) {
     let m = rows.len();
-    let m4 = m / 4 * 4;
+    let m8 = m / 8 * 8;
     for (code, o) in codes.chunks_exact(m).zip(out.iter_mut()) {
         let mut a = [0.0f32; 4];
-        for ((r, c), _) in rows[..m4].chunks_exact(4).zip(code[..m4].chunks_exact(4)).zip(0..) {
-            a[0] += r[0][usize::from(c[0])];
-            a[1] += r[1][usize::from(c[1])];
-            a[2] += r[2][usize::from(c[2])];
-            a[3] += r[3][usize::from(c[3])];
+        for (r, c) in rows[..m8].chunks_exact(8).zip(code[..m8].chunks_exact(8)) {
+            let w = u64::from_le_bytes(c.try_into().expect("8 codes"));
+            let at = |s: u32| usize::from((w >> s) as u8);
+            a[0] += r[0][at(0)];
+            a[1] += r[1][at(8)];
+            a[2] += r[2][at(16)];
+            a[3] += r[3][at(24)];
+            a[0] += r[4][at(32)];
+            a[1] += r[5][at(40)];
+            a[2] += r[6][at(48)];
+            a[3] += r[7][at(56)];
         }
-        for (r, &c) in rows[m4..].iter().zip(&code[m4..]) {
+        for (r, &c) in rows[m8..].iter().zip(&code[m8..]) {
             a[0] += r[usize::from(c)];
         }
         *o = (a[0] + a[1]) + (a[2] + a[3]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_u8_scan_path_equals_row_scores() {
+        for m in [1usize, 7, 8, 15, 16, 17, 32, 33, 40] {
+            let n = 23;
+            let vals: Vec<f32> = (0..m * 256)
+                .map(|i| ((i * 7919 % 1009) as f32 - 500.0) / 64.0)
+                .collect();
+            let lut = Lut::new(m, 256, vals).unwrap();
+            let codes: Vec<u8> = (0..n * m).map(|i| (i * 151 % 256) as u8).collect();
+            let want: Vec<f32> = codes.chunks_exact(m).map(|c| lut.score(c)).collect();
+            let mut out = vec![0f32; n];
+            lut.scan_u8(&codes, &mut out).unwrap();
+            let rows: Vec<&[f32; 256]> = lut
+                .values
+                .chunks_exact(256)
+                .map(|r| r.try_into().unwrap())
+                .collect();
+            let mut portable = vec![0f32; n];
+            scan_u8_full(&rows, &codes, &mut portable);
+            for i in 0..n {
+                assert!(
+                    (out[i] - want[i]).abs() <= 1e-4 * (1.0 + want[i].abs()),
+                    "m={m} i={i}"
+                );
+                assert!(
+                    (portable[i] - want[i]).abs() <= 1e-4 * (1.0 + want[i].abs()),
+                    "m={m} i={i}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn invalid_codes_score_nan_and_shapes_are_checked() {
+        let lut = Lut::new(2, 4, vec![1.0; 8]).unwrap();
+        assert!(lut.score(&[0, 9]).is_nan());
+        let mut out = [0f32; 2];
+        assert!(lut.scan_u8(&[0, 1, 2], &mut out).is_err());
+        assert!(Lut::new(2, 3, vec![0.0; 6]).is_err());
+        assert!(Lut::new(2, 4, vec![0.0; 7]).is_err());
+        let wide = Lut::new(1, 32, vec![0.0; 32]).unwrap();
+        assert!(wide.scan_packed4(&[0], &mut out[..1]).is_err());
     }
 }

@@ -38,7 +38,13 @@ impl CentroidTable {
             }
             norms[j] = c.iter().map(|v| v * v).sum();
         }
-        CentroidTable { dsub, k, k_padded, ct, norms }
+        CentroidTable {
+            dsub,
+            k,
+            k_padded,
+            ct,
+            norms,
+        }
     }
 
     /// Number of real centroids.
@@ -162,11 +168,11 @@ mod avx512 {
         while i < n {
             let g = GROUP.min(n - i);
             let mut xs = [[_mm512_setzero_ps(); D]; GROUP];
-            for p in 0..GROUP {
+            for (p, x) in xs.iter_mut().enumerate() {
                 // Rows past the end of a short last group repeat its first row.
                 let row = if p < g { i + p } else { i };
-                for t in 0..D {
-                    xs[p][t] = _mm512_set1_ps(-2.0 * points[row * D + t]);
+                for (t, v) in x.iter_mut().enumerate() {
+                    *v = _mm512_set1_ps(-2.0 * points[row * D + t]);
                 }
             }
             let mut best = [_mm512_set1_ps(f32::INFINITY); GROUP];
@@ -250,7 +256,11 @@ mod tests {
                         dj <= bd + 1e-4 * (1.0 + bd),
                         "d={d} k={k} i={i}: got {j} ({dj}), brute {bj} ({bd})"
                     );
-                    assert!((dist[i] - dj).abs() <= 1e-3 * (1.0 + dj), "distance {} vs {dj}", dist[i]);
+                    assert!(
+                        (dist[i] - dj).abs() <= 1e-3 * (1.0 + dj),
+                        "distance {} vs {dj}",
+                        dist[i]
+                    );
                 }
             }
         }

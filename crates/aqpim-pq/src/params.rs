@@ -16,10 +16,18 @@ impl PqParams {
     /// positive with `d % M == 0`, `nbits` in `1..=8`.
     pub fn new(dim: usize, num_subspaces: usize, nbits: u32) -> Result<Self> {
         if dim == 0 {
-            return Err(PqError::OutOfRange { name: "d", value: 0, allowed: "d >= 1" });
+            return Err(PqError::OutOfRange {
+                name: "d",
+                value: 0,
+                allowed: "d >= 1",
+            });
         }
         if num_subspaces == 0 {
-            return Err(PqError::OutOfRange { name: "M", value: 0, allowed: "M >= 1" });
+            return Err(PqError::OutOfRange {
+                name: "M",
+                value: 0,
+                allowed: "M >= 1",
+            });
         }
         if !(1..=8).contains(&nbits) {
             return Err(PqError::OutOfRange {
@@ -28,16 +36,20 @@ impl PqParams {
                 allowed: "1..=8",
             });
         }
-        if dim % num_subspaces != 0 {
+        if !dim.is_multiple_of(num_subspaces) {
             return Err(PqError::DimNotDivisible { dim, num_subspaces });
         }
-        Ok(PqParams { dim, num_subspaces, nbits })
+        Ok(PqParams {
+            dim,
+            num_subspaces,
+            nbits,
+        })
     }
 
     /// Builds the parameters from `d` and the sub-vector length `dsub`
     /// (`M = d / dsub`).
     pub fn with_dsub(dim: usize, dsub: usize, nbits: u32) -> Result<Self> {
-        if dsub == 0 || dim % dsub != 0 {
+        if dsub == 0 || !dim.is_multiple_of(dsub) {
             return Err(PqError::OutOfRange {
                 name: "dsub",
                 value: dsub as u64,

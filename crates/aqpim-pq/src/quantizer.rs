@@ -69,7 +69,11 @@ impl ProductQuantizer {
             .chunks_exact(ksub * dsub)
             .map(|c| CentroidTable::new(c, dsub, ksub))
             .collect();
-        Ok(ProductQuantizer { params, centroids, tables })
+        Ok(ProductQuantizer {
+            params,
+            centroids,
+            tables,
+        })
     }
 
     /// Trains one k-means per subspace on `data` (`n * d` values, row-major),
@@ -80,22 +84,48 @@ impl ProductQuantizer {
 
     /// Weighted training: sample `i` counts `weights[i]` times in every
     /// subspace's objective (for attention-aware objectives).
-    pub fn train_weighted(params: PqParams, data: &[f32], weights: &[f32], opts: &TrainOptions) -> Result<Self> {
+    pub fn train_weighted(
+        params: PqParams,
+        data: &[f32],
+        weights: &[f32],
+        opts: &TrainOptions,
+    ) -> Result<Self> {
         Self::train_impl(params, data, Some(weights), opts)
     }
 
-    fn train_impl(params: PqParams, data: &[f32], weights: Option<&[f32]>, opts: &TrainOptions) -> Result<Self> {
-        let (d, m_count, dsub, ksub) = (params.dim(), params.num_subspaces(), params.dsub(), params.ksub());
+    fn train_impl(
+        params: PqParams,
+        data: &[f32],
+        weights: Option<&[f32]>,
+        opts: &TrainOptions,
+    ) -> Result<Self> {
+        let (d, m_count, dsub, ksub) = (
+            params.dim(),
+            params.num_subspaces(),
+            params.dsub(),
+            params.ksub(),
+        );
         let n = check_matrix(data, d, "training data")?;
         if n < ksub {
-            return Err(PqError::TooFewPoints { needed: ksub, got: n });
+            return Err(PqError::TooFewPoints {
+                needed: ksub,
+                got: n,
+            });
         }
         if n < 39 * ksub {
-            tracing::warn!(n, ksub, "fewer than 39 training points per centroid; codebooks may be poor");
+            tracing::warn!(
+                n,
+                ksub,
+                "fewer than 39 training points per centroid; codebooks may be poor"
+            );
         }
         if let Init::Precomputed(c) = &opts.init {
             if c.len() != params.codebook_len() {
-                return Err(PqError::shape("initial codebook", params.codebook_len(), c.len()));
+                return Err(PqError::shape(
+                    "initial codebook",
+                    params.codebook_len(),
+                    c.len(),
+                ));
             }
         }
         let per_sub: Vec<Vec<f32>> = (0..m_count)
@@ -103,7 +133,9 @@ impl ProductQuantizer {
             .map(|m| -> Result<Vec<f32>> {
                 let sub = subspace_points(data, d, dsub, m);
                 let init = match &opts.init {
-                    Init::Precomputed(c) => Init::Precomputed(c[m * ksub * dsub..(m + 1) * ksub * dsub].to_vec()),
+                    Init::Precomputed(c) => {
+                        Init::Precomputed(c[m * ksub * dsub..(m + 1) * ksub * dsub].to_vec())
+                    }
                     other => other.clone(),
                 };
                 let kopts = KMeansOptions {
@@ -145,7 +177,11 @@ impl ProductQuantizer {
     pub fn encode_into(&self, data: &[f32], codes: &mut [u8]) -> Result<()> {
         let n = check_matrix(data, self.params.dim(), "vectors to encode")?;
         if codes.len() != n * self.params.num_subspaces() {
-            return Err(PqError::shape("encode_into codes", n * self.params.num_subspaces(), codes.len()));
+            return Err(PqError::shape(
+                "encode_into codes",
+                n * self.params.num_subspaces(),
+                codes.len(),
+            ));
         }
         self.encode_into_unchecked(data, codes);
         Ok(())
@@ -160,7 +196,11 @@ impl ProductQuantizer {
     }
 
     fn encode_block(&self, rows: &[f32], out: &mut [u8]) {
-        let (d, m_count, dsub) = (self.params.dim(), self.params.num_subspaces(), self.params.dsub());
+        let (d, m_count, dsub) = (
+            self.params.dim(),
+            self.params.num_subspaces(),
+            self.params.dsub(),
+        );
         let n = rows.len() / d;
         let mut idx = vec![0u32; n];
         let mut dist = vec![0f32; n];
@@ -180,7 +220,11 @@ impl ProductQuantizer {
         if x.len() != self.params.dim() || codes.len() != self.params.num_subspaces() {
             return Err(PqError::shape(
                 "encode_one",
-                format!("{} values and {} codes", self.params.dim(), self.params.num_subspaces()),
+                format!(
+                    "{} values and {} codes",
+                    self.params.dim(),
+                    self.params.num_subspaces()
+                ),
                 format!("{} values and {} codes", x.len(), codes.len()),
             ));
         }
@@ -196,8 +240,12 @@ impl ProductQuantizer {
     /// Decodes `n * M` codes into `n * d` values (each sub-vector replaced by its centroid).
     pub fn decode(&self, codes: &[u8]) -> Result<Vec<f32>> {
         let m_count = self.params.num_subspaces();
-        if codes.len() % m_count != 0 {
-            return Err(PqError::shape("decode", format!("a multiple of M = {m_count} codes"), codes.len()));
+        if !codes.len().is_multiple_of(m_count) {
+            return Err(PqError::shape(
+                "decode",
+                format!("a multiple of M = {m_count} codes"),
+                codes.len(),
+            ));
         }
         let mut out = vec![0f32; codes.len() / m_count * self.params.dim()];
         self.decode_into(codes, &mut out)?;
@@ -206,18 +254,36 @@ impl ProductQuantizer {
 
     /// Decodes into `out` (`n * d` values). Codes `>= ksub` are an error.
     pub fn decode_into(&self, codes: &[u8], out: &mut [f32]) -> Result<()> {
-        let (m_count, dsub, ksub) = (self.params.num_subspaces(), self.params.dsub(), self.params.ksub());
-        if codes.len() % m_count != 0 || out.len() != codes.len() / m_count * self.params.dim() {
+        let (m_count, dsub, ksub) = (
+            self.params.num_subspaces(),
+            self.params.dsub(),
+            self.params.ksub(),
+        );
+        if !codes.len().is_multiple_of(m_count)
+            || out.len() != codes.len() / m_count * self.params.dim()
+        {
             return Err(PqError::shape(
                 "decode_into",
-                format!("n * M codes and n * d outputs (M = {m_count}, d = {})", self.params.dim()),
+                format!(
+                    "n * M codes and n * d outputs (M = {m_count}, d = {})",
+                    self.params.dim()
+                ),
                 format!("{} codes and {} outputs", codes.len(), out.len()),
             ));
         }
-        for (i, (row, o)) in codes.chunks_exact(m_count).zip(out.chunks_exact_mut(self.params.dim())).enumerate() {
+        for (i, (row, o)) in codes
+            .chunks_exact(m_count)
+            .zip(out.chunks_exact_mut(self.params.dim()))
+            .enumerate()
+        {
             for (m, (&c, os)) in row.iter().zip(o.chunks_exact_mut(dsub)).enumerate() {
                 if usize::from(c) >= ksub {
-                    return Err(PqError::CodeOutOfRange { row: i, subspace: m, code: c, ksub });
+                    return Err(PqError::CodeOutOfRange {
+                        row: i,
+                        subspace: m,
+                        code: c,
+                        ksub,
+                    });
                 }
                 let base = (m * ksub + usize::from(c)) * dsub;
                 os.copy_from_slice(&self.centroids[base..base + dsub]);
@@ -235,18 +301,28 @@ impl ProductQuantizer {
     /// Squared-L2 lookup table: `T[m][j] = |q_m - C[m][j]|^2`, so that
     /// `|q - decode(code)|^2 = sum_m T[m][code[m]]`.
     pub fn l2_table(&self, q: &[f32]) -> Result<Lut> {
-        self.table(q, |a, b| a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum())
+        self.table(q, |a, b| {
+            a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum()
+        })
     }
 
     fn table(&self, q: &[f32], f: impl Fn(&[f32], &[f32]) -> f32) -> Result<Lut> {
         if q.len() != self.params.dim() {
-            return Err(PqError::shape("lookup table query", self.params.dim(), q.len()));
+            return Err(PqError::shape(
+                "lookup table query",
+                self.params.dim(),
+                q.len(),
+            ));
         }
         crate::check_finite(q, q.len(), "query")?;
         let (dsub, ksub) = (self.params.dsub(), self.params.ksub());
         let mut values = Vec::with_capacity(self.params.num_subspaces() * ksub);
         for (m, qm) in q.chunks_exact(dsub).enumerate() {
-            values.extend(self.subspace_centroids(m).chunks_exact(dsub).map(|c| f(qm, c)));
+            values.extend(
+                self.subspace_centroids(m)
+                    .chunks_exact(dsub)
+                    .map(|c| f(qm, c)),
+            );
         }
         Lut::new(self.params.num_subspaces(), ksub, values)
     }
@@ -256,7 +332,11 @@ impl ProductQuantizer {
         let n = check_matrix(data, self.params.dim(), "vectors")?;
         let codes = self.encode(data)?;
         let rec = self.decode(&codes)?;
-        let se: f64 = data.iter().zip(&rec).map(|(a, b)| f64::from(a - b).powi(2)).sum();
+        let se: f64 = data
+            .iter()
+            .zip(&rec)
+            .map(|(a, b)| f64::from(a - b).powi(2))
+            .sum();
         Ok(se / n.max(1) as f64)
     }
 }
@@ -264,8 +344,12 @@ impl ProductQuantizer {
 /// Validates a row-major matrix of `d` columns: whole rows, finite values.
 /// Returns the number of rows.
 fn check_matrix(data: &[f32], d: usize, what: &'static str) -> Result<usize> {
-    if data.len() % d != 0 {
-        return Err(PqError::shape(what, format!("a multiple of d = {d} values"), format!("{} values", data.len())));
+    if !data.len().is_multiple_of(d) {
+        return Err(PqError::shape(
+            what,
+            format!("a multiple of d = {d} values"),
+            format!("{} values", data.len()),
+        ));
     }
     crate::check_finite(data, d, what)?;
     Ok(data.len() / d)

@@ -13,7 +13,15 @@ use rand_chacha::ChaCha8Rng;
 pub fn kv_like(n: usize, d: usize, seed: u64) -> Vec<f32> {
     const RANK: usize = 8;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let sigma: Vec<f32> = (0..d).map(|c| if c % 37 == 0 { 10.0 } else { rng.gen_range(0.5..1.5) }).collect();
+    let sigma: Vec<f32> = (0..d)
+        .map(|c| {
+            if c % 37 == 0 {
+                10.0
+            } else {
+                rng.gen_range(0.5..1.5)
+            }
+        })
+        .collect();
     let mu: Vec<f32> = (0..d).map(|_| rng.gen_range(-1.0..1.0)).collect();
     let u: Vec<f32> = (0..d * RANK).map(|_| normal(&mut rng) * 0.7).collect();
     let mut out = Vec::with_capacity(n * d);
