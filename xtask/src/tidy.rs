@@ -40,7 +40,13 @@ pub fn workspace_edges(root: &Path) -> Result<Vec<(String, String)>> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     let out = Command::new(cargo)
         .current_dir(root)
-        .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
         .output()
         .context("running `cargo metadata`")?;
     if !out.status.success() {
@@ -121,7 +127,9 @@ pub fn run() -> Result<()> {
     let root = workspace_root();
     let mut problems = Vec::new();
     for e in forbidden_edges(&workspace_edges(&root)?) {
-        problems.push(format!("dependency edge not allowed by ARCHITECTURE.md: {e}"));
+        problems.push(format!(
+            "dependency edge not allowed by ARCHITECTURE.md: {e}"
+        ));
     }
     for f in files_without_module_doc(&root)? {
         problems.push(format!("{}: first line is not a `//!` doc", f.display()));
@@ -130,7 +138,11 @@ pub fn run() -> Result<()> {
         println!("tidy: ok");
         Ok(())
     } else {
-        bail!("tidy found {} problem(s):\n  {}", problems.len(), problems.join("\n  "))
+        bail!(
+            "tidy found {} problem(s):\n  {}",
+            problems.len(),
+            problems.join("\n  ")
+        )
     }
 }
 
@@ -142,9 +154,15 @@ mod tests {
     fn layering_edges_are_all_allowed() {
         let edges = workspace_edges(&workspace_root()).unwrap();
         // The CLI depends on every library crate, so the graph is never empty.
-        assert!(edges.iter().any(|(a, _)| a == "aqpim"), "no edges read: {edges:?}");
+        assert!(
+            edges.iter().any(|(a, _)| a == "aqpim"),
+            "no edges read: {edges:?}"
+        );
         let bad = forbidden_edges(&edges);
-        assert!(bad.is_empty(), "layering violated (see ARCHITECTURE.md): {bad:?}");
+        assert!(
+            bad.is_empty(),
+            "layering violated (see ARCHITECTURE.md): {bad:?}"
+        );
     }
 
     #[test]
