@@ -4,3 +4,12 @@
 //! host offload, FP16 PIM and AQPIM.
 //!
 //! This is the top library crate; only the `aqpim` CLI and `xtask` sit above it.
+//!
+//! [`model`] holds the real model: a GGUF reader, dequantization, the
+//! byte-level BPE tokenizer, the Llama forward pass with its KV-cache
+//! interface, perplexity evaluation and generation.
+
+pub mod error;
+pub mod model;
+
+pub use error::{DecodeError, Result};

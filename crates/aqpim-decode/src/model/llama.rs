@@ -1,0 +1,251 @@
+//! The Llama-family forward pass: RMSNorm, RoPE, grouped-query attention
+//! through a [`KvCache`], SwiGLU feed-forward, (tied) output projection.
+//!
+//! For a block of `n` tokens at positions `p0 .. p0 + n` (`p0` = tokens
+//! already cached), each layer computes, per token row `x` (`dim` values):
+//!
+//! ```text
+//! h = rmsnorm(x) * w_attn_norm            rmsnorm(x) = x / sqrt(mean(x^2) + eps)
+//! q = Wq h, k = Wk h, v = Wv h            n_heads / n_kv_heads heads of head_dim
+//! q, k = rope(q, pos), rope(k, pos)
+//! cache.append(k, v); o_h = attend(q_h, visible = pos + 1)   (causal)
+//! x += Wo o
+//! h = rmsnorm(x) * w_ffn_norm
+//! x += Wdown (silu(Wgate h) * (Wup h))    silu(a) = a / (1 + e^-a)
+//! ```
+//!
+//! and finally `logits = Wout (rmsnorm(x) * w_out_norm)`, `Wout` being the
+//! token embedding when embeddings are tied.
+
+use rayon::prelude::*;
+
+use crate::error::{DecodeError, Result};
+use crate::model::cache::KvCache;
+use crate::model::config::{LlamaConfig, RopeMode};
+use crate::model::gguf::GgufFile;
+use crate::model::quant::QMatrix;
+
+/// Weights of one transformer block.
+#[derive(Debug, Clone)]
+struct Layer {
+    attn_norm: Vec<f32>,
+    wq: QMatrix,
+    wk: QMatrix,
+    wv: QMatrix,
+    wo: QMatrix,
+    ffn_norm: Vec<f32>,
+    w_gate: QMatrix,
+    w_up: QMatrix,
+    w_down: QMatrix,
+}
+
+/// Which rows of logits [`Llama::forward`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// One row per input token (`n x vocab`).
+    All,
+    /// Only the last token's row (`vocab`).
+    Last,
+}
+
+/// A Llama-family model with its weights in their compact storage types.
+#[derive(Debug, Clone)]
+pub struct Llama {
+    config: LlamaConfig,
+    token_embd: QMatrix,
+    output: Option<QMatrix>,
+    output_norm: Vec<f32>,
+    layers: Vec<Layer>,
+    /// `inv_freq[i] = base^(-2i / n_rot)`, `n_rot / 2` values.
+    inv_freq: Vec<f64>,
+}
+
+impl Llama {
+    /// Loads the model from a GGUF file (tensor names as llama.cpp writes them).
+    pub fn from_gguf(file: &GgufFile) -> Result<Self> {
+        let config = LlamaConfig::from_gguf(file)?;
+        Self::from_gguf_with(file, config)
+    }
+
+    /// Loads the weights of `file` under an explicit configuration (for
+    /// example with another [`RopeMode`]).
+    pub fn from_gguf_with(file: &GgufFile, config: LlamaConfig) -> Result<Self> {
+        config.validate()?;
+        let c = &config;
+        let (dim, hd) = (c.dim, c.head_dim);
+        let vec = |name: &str| file.tensor_f32(name, &[dim as u64]);
+        let mut layers = Vec::with_capacity(c.n_layers);
+        for l in 0..c.n_layers {
+            let n = |s: &str| format!("blk.{l}.{s}.weight");
+            layers.push(Layer {
+                attn_norm: vec(&n("attn_norm"))?,
+                wq: file.matrix(&n("attn_q"), c.n_heads * hd, dim)?,
+                wk: file.matrix(&n("attn_k"), c.n_kv_heads * hd, dim)?,
+                wv: file.matrix(&n("attn_v"), c.n_kv_heads * hd, dim)?,
+                wo: file.matrix(&n("attn_output"), dim, c.n_heads * hd)?,
+                ffn_norm: vec(&n("ffn_norm"))?,
+                w_gate: file.matrix(&n("ffn_gate"), c.ffn_dim, dim)?,
+                w_up: file.matrix(&n("ffn_up"), c.ffn_dim, dim)?,
+                w_down: file.matrix(&n("ffn_down"), dim, c.ffn_dim)?,
+            });
+        }
+        let token_embd = file.matrix("token_embd.weight", c.vocab_size, dim)?;
+        let output = if c.tied_embeddings {
+            None
+        } else {
+            Some(file.matrix("output.weight", c.vocab_size, dim)?)
+        };
+        let inv_freq = (0..c.n_rot / 2)
+            .map(|i| c.rope_base.powf(-2.0 * i as f64 / c.n_rot as f64))
+            .collect();
+        Ok(Self {
+            output_norm: vec("output_norm.weight")?,
+            config,
+            token_embd,
+            output,
+            layers,
+            inv_freq,
+        })
+    }
+
+    /// The architecture.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    /// Bytes of weight storage.
+    pub fn weight_bytes(&self) -> usize {
+        let mats = self.layers.iter().map(|l| {
+            [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]
+                .iter()
+                .map(|m| m.bytes())
+                .sum::<usize>()
+                + 4 * (l.attn_norm.len() + l.ffn_norm.len())
+        });
+        mats.sum::<usize>()
+            + self.token_embd.bytes()
+            + self.output.as_ref().map_or(0, QMatrix::bytes)
+            + 4 * self.output_norm.len()
+    }
+
+    /// Rotates one head (`head_dim` values) in place for position `pos`.
+    pub fn rope(&self, x: &mut [f32], pos: usize) {
+        let half = self.config.n_rot / 2;
+        for (i, &f) in self.inv_freq.iter().enumerate() {
+            let (sin, cos) = (pos as f64 * f).sin_cos();
+            let (a, b) = match self.config.rope_mode {
+                RopeMode::Normal => (2 * i, 2 * i + 1),
+                RopeMode::Neox => (i, i + half),
+            };
+            let (x0, x1) = (x[a] as f64, x[b] as f64);
+            x[a] = (x0 * cos - x1 * sin) as f32;
+            x[b] = (x0 * sin + x1 * cos) as f32;
+        }
+    }
+
+    fn rmsnorm(&self, x: &[f32], w: &[f32]) -> Vec<f32> {
+        let d = self.config.dim;
+        let mut out = vec![0f32; x.len()];
+        for (xr, or) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+            let ms = xr.iter().map(|&a| (a as f64) * (a as f64)).sum::<f64>() / d as f64;
+            let inv = (1.0 / (ms + self.config.norm_eps).sqrt()) as f32;
+            for ((o, &a), &g) in or.iter_mut().zip(xr).zip(w) {
+                *o = a * inv * g;
+            }
+        }
+        out
+    }
+
+    /// Runs `tokens` through the model at positions following what `cache`
+    /// already holds, appending their keys and values to it, and returns
+    /// logits (`n x vocab` for [`Logits::All`], `vocab` for [`Logits::Last`]).
+    pub fn forward(
+        &self,
+        tokens: &[u32],
+        cache: &mut dyn KvCache,
+        which: Logits,
+    ) -> Result<Vec<f32>> {
+        let c = &self.config;
+        let n = tokens.len();
+        if n == 0 {
+            return Err(DecodeError::InvalidArgument {
+                name: "tokens",
+                reason: "no tokens to run".into(),
+            });
+        }
+        let p0 = cache.len(0, 0);
+        if p0 + n > c.context_length {
+            return Err(DecodeError::InvalidArgument {
+                name: "tokens",
+                reason: format!(
+                    "positions up to {} exceed the model's context of {}",
+                    p0 + n,
+                    c.context_length
+                ),
+            });
+        }
+        let (dim, hd, nh, nkv) = (c.dim, c.head_dim, c.n_heads, c.n_kv_heads);
+        let mut x = vec![0f32; n * dim];
+        for (row, &t) in x.chunks_exact_mut(dim).zip(tokens) {
+            if t as usize >= c.vocab_size {
+                return Err(DecodeError::TokenOutOfRange {
+                    id: t,
+                    vocab: c.vocab_size,
+                });
+            }
+            self.token_embd.dequantize_row(t as usize, row)?;
+        }
+        let scale = 1.0 / (hd as f32).sqrt();
+        let group = c.group_size();
+        for (l, layer) in self.layers.iter().enumerate() {
+            let h = self.rmsnorm(&x, &layer.attn_norm);
+            let mut q = layer.wq.matmul(&h, n);
+            let mut k = layer.wk.matmul(&h, n);
+            let v = layer.wv.matmul(&h, n);
+            for t in 0..n {
+                for head in q[t * nh * hd..(t + 1) * nh * hd].chunks_exact_mut(hd) {
+                    self.rope(head, p0 + t);
+                }
+                for head in k[t * nkv * hd..(t + 1) * nkv * hd].chunks_exact_mut(hd) {
+                    self.rope(head, p0 + t);
+                }
+                for g in 0..nkv {
+                    let s = (t * nkv + g) * hd;
+                    cache.append(l, g, &k[s..s + hd], &v[s..s + hd])?;
+                }
+            }
+            let mut attn = vec![0f32; n * nh * hd];
+            let cache_ref: &dyn KvCache = cache;
+            attn.par_chunks_mut(hd)
+                .enumerate()
+                .try_for_each(|(i, out)| {
+                    let (t, head) = (i / nh, i % nh);
+                    cache_ref.attend(
+                        l,
+                        head / group,
+                        &q[i * hd..(i + 1) * hd],
+                        p0 + t + 1,
+                        scale,
+                        out,
+                    )
+                })?;
+            let o = layer.wo.matmul(&attn, n);
+            x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+            let h = self.rmsnorm(&x, &layer.ffn_norm);
+            let mut gate = layer.w_gate.matmul(&h, n);
+            let up = layer.w_up.matmul(&h, n);
+            for (g, u) in gate.iter_mut().zip(&up) {
+                *g = *g / (1.0 + (-*g).exp()) * u;
+            }
+            let down = layer.w_down.matmul(&gate, n);
+            x.iter_mut().zip(&down).for_each(|(a, b)| *a += b);
+        }
+        let rows = match which {
+            Logits::All => &x[..],
+            Logits::Last => &x[(n - 1) * dim..],
+        };
+        let h = self.rmsnorm(rows, &self.output_norm);
+        let out = self.output.as_ref().unwrap_or(&self.token_embd);
+        Ok(out.matmul(&h, h.len() / dim))
+    }
+}
