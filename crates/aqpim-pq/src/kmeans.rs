@@ -277,6 +277,9 @@ fn repair_empty(
     repaired
 }
 
+/// k-means++ seeding. Points are copied dimension-major once so that updating
+/// every point's distance to the newest centroid is a vectorizable pass per
+/// dimension; each step then costs a few passes over the points.
 fn kmeans_plus_plus(
     points: &[f32],
     d: usize,
@@ -285,39 +288,75 @@ fn kmeans_plus_plus(
     rng: &mut ChaCha8Rng,
 ) -> Vec<f32> {
     let n = points.len() / d;
-    let mut centroids = Vec::with_capacity(k * d);
+    let mut soa = vec![0f32; n * d];
+    for (i, x) in points.chunks_exact(d).enumerate() {
+        for (t, &v) in x.iter().enumerate() {
+            soa[t * n + i] = v;
+        }
+    }
     let first = match w {
         None => rng.gen_range(0..n),
         Some(w) => sample_weighted(w.iter().map(|&v| f64::from(v)), rng).unwrap_or(0),
     };
-    centroids.extend_from_slice(&points[first * d..(first + 1) * d]);
-    let mut best: Vec<f32> = points
-        .chunks_exact(d)
-        .map(|x| {
-            x.iter()
-                .zip(&centroids[..d])
-                .map(|(a, b)| (a - b) * (a - b))
-                .sum()
-        })
-        .collect();
-    for _ in 1..k {
-        let scores = best
-            .iter()
-            .enumerate()
-            .map(|(i, &b)| f64::from(b) * w.map_or(1.0, |w| f64::from(w[i])));
-        // All points coincide with chosen centroids: fall back to a uniform pick.
-        let next = sample_weighted(scores, rng).unwrap_or_else(|| rng.gen_range(0..n));
-        let c = points[next * d..(next + 1) * d].to_vec();
-        for (b, x) in best.iter_mut().zip(points.chunks_exact(d)) {
-            let dd: f32 = x.iter().zip(&c).map(|(a, b)| (a - b) * (a - b)).sum();
-            if dd < *b {
-                *b = dd;
+    let mut centroids = Vec::with_capacity(k * d);
+    let mut best = vec![f32::INFINITY; n];
+    let mut dist = vec![0f32; n];
+    let mut block_sums = vec![0f64; n.div_ceil(SAMPLE_BLOCK)];
+    let mut next = first;
+    loop {
+        let c = &points[next * d..(next + 1) * d];
+        centroids.extend_from_slice(c);
+        if centroids.len() == k * d {
+            return centroids;
+        }
+        dist.iter_mut().for_each(|v| *v = 0.0);
+        for (t, &ct) in c.iter().enumerate() {
+            for (acc, &x) in dist.iter_mut().zip(&soa[t * n..(t + 1) * n]) {
+                let diff = x - ct;
+                *acc += diff * diff;
             }
         }
-        centroids.extend_from_slice(&c);
+        for (b, &v) in best.iter_mut().zip(&dist) {
+            *b = if v < *b { v } else { *b };
+        }
+        // Sampling proportional to (weighted) best distance: block sums first,
+        // then a scan inside the chosen block only.
+        let score = |i: usize| f64::from(best[i]) * w.map_or(1.0, |w| f64::from(w[i]));
+        for (bi, s) in block_sums.iter_mut().enumerate() {
+            let range = bi * SAMPLE_BLOCK..((bi + 1) * SAMPLE_BLOCK).min(n);
+            *s = match w {
+                None => lane_sum(&best[range]),
+                Some(_) => range.map(score).sum(),
+            };
+        }
+        next = match sample_weighted(block_sums.iter().copied(), rng) {
+            Some(bi) => {
+                let start = bi * SAMPLE_BLOCK;
+                let end = (start + SAMPLE_BLOCK).min(n);
+                start + sample_weighted((start..end).map(score), rng).unwrap_or(0)
+            }
+            // All points coincide with chosen centroids: fall back to a uniform pick.
+            None => rng.gen_range(0..n),
+        };
     }
-    centroids
 }
+
+/// Sum of a short slice in 16 f32 lanes (vectorizes; f32 is ample for one
+/// sampling block), returned as f64.
+fn lane_sum(xs: &[f32]) -> f64 {
+    let mut acc = [0f32; 16];
+    let mut chunks = xs.chunks_exact(16);
+    for c in &mut chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += v;
+        }
+    }
+    let tail: f64 = chunks.remainder().iter().map(|&v| f64::from(v)).sum();
+    acc.iter().map(|&v| f64::from(v)).sum::<f64>() + tail
+}
+
+/// Points per block in k-means++ sampling.
+const SAMPLE_BLOCK: usize = 256;
 
 /// Index drawn with probability proportional to its score; `None` if all are zero.
 fn sample_weighted(
