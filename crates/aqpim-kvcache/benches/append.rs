@@ -1,0 +1,2 @@
+//! Criterion benchmark of `KvStore::append` (placeholder, filled below).
+fn main() {}

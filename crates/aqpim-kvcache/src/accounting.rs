@@ -1,0 +1,344 @@
+//! Exact memory accounting: bytes by component, effective bits per element
+//! and the FP16 baseline, from one function used both for a real cache and
+//! for a shape that is never allocated (`aqpim kv stats`).
+//!
+//! What is counted is every byte that holds cache data: codes, codebooks
+//! (f32, as held), FP16 tokens, and per-group scales. Fixed bookkeeping (a
+//! few integers per layer and per head) is not counted; neither are the
+//! nearest-centroid search tables that `aqpim-pq` derives from each codebook
+//! in memory (they are rebuilt from the codebook and stored nowhere else).
+
+use crate::error::Result;
+use crate::shape::KvShape;
+use crate::spec::KvSpec;
+
+/// How one layer's tokens are split between storage regions. Every KV head
+/// of a layer has the same split. Token positions: sinks `[0, sinks)`,
+/// encoded `[sinks, sinks + encoded)`, recent `[sinks + encoded, total)`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Regions {
+    /// Leading tokens kept in FP16 (attention sinks).
+    pub sinks: usize,
+    /// Tokens stored compressed (PQ codes or scalar-quantized).
+    pub encoded: usize,
+    /// Trailing tokens kept in FP16 (the recent window; for the dense store, every token).
+    pub recent: usize,
+}
+
+impl Regions {
+    /// Total tokens.
+    pub fn total(&self) -> usize {
+        self.sinks + self.encoded + self.recent
+    }
+
+    /// The split a freshly built cache of this spec has after `ctx` tokens
+    /// (prefilled or appended; online PQ training, no codebooks supplied):
+    ///
+    /// - dense: every token recent;
+    /// - pq: `sinks = min(ctx, S)`; of the rest, all but the last `R` are
+    ///   encoded, once the layer holds at least `train_min` tokens (before
+    ///   that, codebooks do not exist yet and the rest stays in FP16);
+    /// - scalar: `sinks = min(ctx, S)`; of the rest, whole groups of `G`
+    ///   tokens that have left the window of `R` are quantized
+    ///   (`floor((rest - R) / G) * G`), the others stay in FP16.
+    pub fn nominal(spec: &KvSpec, ctx: usize) -> Regions {
+        match spec {
+            KvSpec::Dense => Regions {
+                sinks: 0,
+                encoded: 0,
+                recent: ctx,
+            },
+            KvSpec::Pq(p) => {
+                let sinks = ctx.min(p.sinks);
+                let rest = ctx - sinks;
+                let encoded = if ctx >= p.train_threshold() {
+                    rest.saturating_sub(p.window)
+                } else {
+                    0
+                };
+                Regions {
+                    sinks,
+                    encoded,
+                    recent: rest - encoded,
+                }
+            }
+            KvSpec::Scalar(s) => {
+                let sinks = ctx.min(s.sinks);
+                let rest = ctx - sinks;
+                let encoded = rest.saturating_sub(s.window) / s.group * s.group;
+                Regions {
+                    sinks,
+                    encoded,
+                    recent: rest - encoded,
+                }
+            }
+        }
+    }
+}
+
+/// Bytes by component. Keys and values are itemized where they can differ.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ComponentBytes {
+    /// Key codes (PQ: `tokens x row bytes`; scalar: packed `bits`-bit integers).
+    pub key_codes: u64,
+    /// Value codes.
+    pub value_codes: u64,
+    /// Key codebooks: `M * ksub * dsub` f32 values each.
+    pub key_codebooks: u64,
+    /// Value codebooks.
+    pub value_codebooks: u64,
+    /// FP16 attention-sink tokens, keys and values.
+    pub sinks: u64,
+    /// FP16 recent-window tokens, keys and values (dense store: all tokens).
+    pub recent: u64,
+    /// Per-group minimum and scale (FP16) of the scalar store.
+    pub metadata: u64,
+}
+
+impl ComponentBytes {
+    /// Sum of every component.
+    pub fn total(&self) -> u64 {
+        self.key_codes
+            + self.value_codes
+            + self.key_codebooks
+            + self.value_codebooks
+            + self.sinks
+            + self.recent
+            + self.metadata
+    }
+}
+
+/// Bits per cached element (keys and values together), by component.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct BitsPerElement {
+    /// Everything counted: `8 * total_bytes / elements`.
+    pub total: f64,
+    /// Codes (keys and values).
+    pub codes: f64,
+    /// Codebooks.
+    pub codebooks: f64,
+    /// FP16 sink and recent tokens.
+    pub full_precision: f64,
+    /// Scales and minima.
+    pub metadata: f64,
+}
+
+/// The memory taken by a cache of some shape and spec.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct MemoryReport {
+    /// The spec, canonical form.
+    pub spec: String,
+    /// The shape.
+    pub shape: KvShape,
+    /// Tokens of the longest layer (the context length for a uniform cache).
+    pub ctx: usize,
+    /// Tokens per region, summed over layers.
+    pub tokens_by_region: Regions,
+    /// Cached elements: `2 * sum over layers of tokens * H_kv * d` (keys and values).
+    pub elements: u64,
+    /// Bytes by component.
+    pub bytes: ComponentBytes,
+    /// Sum of `bytes`.
+    pub total_bytes: u64,
+    /// The same elements in FP16: `2 * elements`.
+    pub fp16_bytes: u64,
+    /// Bits per element, by component.
+    pub bits_per_element: BitsPerElement,
+    /// `fp16_bytes / total_bytes`.
+    pub compression_ratio: f64,
+}
+
+/// The accounting of an (unallocated) cache of `ctx` tokens in every layer,
+/// split as [`Regions::nominal`] says, with all codebooks present once any
+/// token is encoded.
+pub fn account(shape: &KvShape, spec: &KvSpec, ctx: usize) -> Result<MemoryReport> {
+    spec.validate(shape)?;
+    let r = Regions::nominal(spec, ctx);
+    let layers = vec![r; shape.num_layers()];
+    let codebooks = match spec {
+        KvSpec::Pq(p) if r.encoded > 0 => p.share.num_groups(shape),
+        _ => 0,
+    };
+    account_regions(shape, spec, &layers, codebooks, codebooks)
+}
+
+/// The accounting of a cache whose layer `l` is split as `layers[l]`, holding
+/// `key_codebooks` K and `value_codebooks` V codebooks. Real stores report
+/// their memory through this function.
+///
+/// Per layer with split `(s, e, r)`, `H = H_kv` heads of `d` elements:
+/// - FP16 tokens: `(s + r) * H * d * 2` bytes for keys and again for values;
+/// - PQ codes: `e * H * row` with `row = ceil(M / 2)` for packed codes
+///   (`nbits <= 4`, `pack=true`) and `M` otherwise; codebooks `M * ksub * dsub * 4` each;
+/// - scalar codes: `e * H * ceil(d * bits / 8)` per part; metadata (min and
+///   scale, FP16): keys `(e / G) * H * d * 4`, values `e * H * (d / G) * 4`.
+pub fn account_regions(
+    shape: &KvShape,
+    spec: &KvSpec,
+    layers: &[Regions],
+    key_codebooks: usize,
+    value_codebooks: usize,
+) -> Result<MemoryReport> {
+    spec.validate(shape)?;
+    let (h, d) = (shape.num_kv_heads() as u64, shape.head_dim() as u64);
+    let mut b = ComponentBytes::default();
+    let mut by_region = Regions::default();
+    let mut elements = 0u64;
+    for r in layers {
+        by_region.sinks += r.sinks;
+        by_region.encoded += r.encoded;
+        by_region.recent += r.recent;
+        elements += 2 * r.total() as u64 * h * d;
+        b.sinks += 2 * r.sinks as u64 * h * d * 2;
+        b.recent += 2 * r.recent as u64 * h * d * 2;
+        let e = r.encoded as u64;
+        match spec {
+            KvSpec::Dense => {}
+            KvSpec::Pq(p) => {
+                let pk = p.params(shape.head_dim(), crate::KvPart::Keys)?;
+                let pv = p.params(shape.head_dim(), crate::KvPart::Values)?;
+                b.key_codes += e * h * p.code_row_bytes(&pk) as u64;
+                b.value_codes += e * h * p.code_row_bytes(&pv) as u64;
+            }
+            KvSpec::Scalar(s) => {
+                let row = (d * u64::from(s.bits)).div_ceil(8);
+                b.key_codes += e * h * row;
+                b.value_codes += e * h * row;
+                let g = s.group as u64;
+                b.metadata += (e / g) * h * d * 4 + e * h * (d / g) * 4;
+            }
+        }
+    }
+    if let KvSpec::Pq(p) = spec {
+        let pk = p.params(shape.head_dim(), crate::KvPart::Keys)?;
+        let pv = p.params(shape.head_dim(), crate::KvPart::Values)?;
+        b.key_codebooks = key_codebooks as u64 * pk.codebook_len() as u64 * 4;
+        b.value_codebooks = value_codebooks as u64 * pv.codebook_len() as u64 * 4;
+    }
+    let total = b.total();
+    let per = |bytes: u64| {
+        if elements == 0 {
+            0.0
+        } else {
+            8.0 * bytes as f64 / elements as f64
+        }
+    };
+    Ok(MemoryReport {
+        spec: spec.to_string(),
+        shape: *shape,
+        ctx: layers.iter().map(Regions::total).max().unwrap_or(0),
+        tokens_by_region: by_region,
+        elements,
+        bytes: b,
+        total_bytes: total,
+        fp16_bytes: 2 * elements,
+        bits_per_element: BitsPerElement {
+            total: per(total),
+            codes: per(b.key_codes + b.value_codes),
+            codebooks: per(b.key_codebooks + b.value_codebooks),
+            full_precision: per(b.sinks + b.recent),
+            metadata: per(b.metadata),
+        },
+        compression_ratio: if total == 0 {
+            0.0
+        } else {
+            (2 * elements) as f64 / total as f64
+        },
+    })
+}
+
+/// Heap bytes a store actually holds, counted by walking its buffers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct HeapBytes {
+    /// Bytes of buffer contents (`len * size_of` of every buffer).
+    pub used: u64,
+    /// Bytes allocated (`capacity * size_of`); equal to `used` after
+    /// `shrink_to_fit`, or when growth was reserved exactly.
+    pub capacity: u64,
+}
+
+impl HeapBytes {
+    pub(crate) fn add<T>(&mut self, v: &Vec<T>) {
+        self.used += (v.len() * size_of::<T>()) as u64;
+        self.capacity += (v.capacity() * size_of::<T>()) as u64;
+    }
+    pub(crate) fn add_raw(&mut self, used: usize, capacity: usize) {
+        self.used += used as u64;
+        self.capacity += capacity as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn llama_pq_2_bits_plus_overheads() {
+        let spec: KvSpec = "pq:dsub=4,nbits=8,sinks=4,window=128".parse().unwrap();
+        let r = account(&KvShape::llama2_7b(), &spec, 128 * 1024).unwrap();
+        // M = 32 one-byte codes per 128 elements = 2 bits on encoded tokens.
+        let encoded_fraction = (128 * 1024 - 132) as f64 / (128.0 * 1024.0);
+        assert!((r.bits_per_element.codes - 2.0 * encoded_fraction).abs() < 1e-12);
+        // Codebooks: 2 * 1024 of 32 * 256 * 4 f32.
+        assert_eq!(
+            r.bytes.key_codebooks + r.bytes.value_codebooks,
+            2 * 1024 * 32 * 256 * 4 * 4
+        );
+        assert_eq!(r.total_bytes, r.bytes.total());
+        assert_eq!(r.fp16_bytes, 2 * 2 * 32 * 32 * 128 * 128 * 1024);
+        let sum = r.bits_per_element.codes
+            + r.bits_per_element.codebooks
+            + r.bits_per_element.full_precision;
+        assert!((r.bits_per_element.total - sum).abs() < 1e-9);
+    }
+
+    #[test]
+    fn dense_is_16_bits_and_scalar_counts_scales() {
+        let shape = KvShape::new(2, 4, 64).unwrap();
+        let d = account(&shape, &KvSpec::Dense, 1000).unwrap();
+        assert_eq!(d.bits_per_element.total, 16.0);
+        assert_eq!(d.total_bytes, d.fp16_bytes);
+        let s = account(
+            &shape,
+            &"scalar:bits=2,group=32,window=0".parse().unwrap(),
+            64,
+        )
+        .unwrap();
+        // 2 bits + keys' (min, scale) per 32 tokens per channel + values' per 32 channels per token.
+        assert!(
+            (s.bits_per_element.total - (2.0 + 1.0)).abs() < 1e-12,
+            "{}",
+            s.bits_per_element.total
+        );
+    }
+
+    #[test]
+    fn nominal_regions() {
+        let pq: KvSpec = "pq:sinks=4,window=8,nbits=2".parse().unwrap();
+        assert_eq!(
+            Regions::nominal(&pq, 3),
+            Regions {
+                sinks: 3,
+                encoded: 0,
+                recent: 0
+            }
+        );
+        assert_eq!(
+            Regions::nominal(&pq, 20),
+            Regions {
+                sinks: 4,
+                encoded: 8,
+                recent: 8
+            }
+        );
+        let sc: KvSpec = "scalar:group=4,window=2".parse().unwrap();
+        assert_eq!(
+            Regions::nominal(&sc, 13),
+            Regions {
+                sinks: 0,
+                encoded: 8,
+                recent: 5
+            }
+        );
+    }
+}

@@ -1,0 +1,220 @@
+//! The cache file format: header, per-store body, CRC-32 trailer.
+//!
+//! | offset | bytes | field |
+//! |---|---|---|
+//! | 0 | 8 | magic `AQPIMKV\0` |
+//! | 8 | 4 | format version, `u32` (currently 1) |
+//! | 12 | 8 | file length in bytes, `u64` (trailer included) |
+//! | 20 | 4 | spec length `n`, `u32` |
+//! | 24 | n | spec, UTF-8, canonical form (`pq:dsub=4,nbits=8,...`) |
+//! | 24 + n | 16 | shape: layers, KV heads, query heads, head_dim, `u32` each |
+//! | 40 + n | ... | body (per store, see `docs/kvcache.md`) |
+//! | end - 4 | 4 | CRC-32 (IEEE) of every byte before it |
+//!
+//! Everything is little-endian. The length and the CRC are checked before the
+//! body is read, so truncation and any single-byte change are detected; the
+//! body is then parsed with bounds checks on every read, so even a file with
+//! a valid checksum but inconsistent contents gives an error, not a panic.
+
+use std::path::{Path, PathBuf};
+
+use half::f16;
+
+use crate::error::{KvError, Result};
+use crate::shape::KvShape;
+use crate::spec::KvSpec;
+
+/// The 8 bytes every cache file starts with.
+pub const KV_MAGIC: &[u8; 8] = b"AQPIMKV\0";
+/// The format version this crate writes and reads.
+pub const KV_VERSION: u32 = 1;
+const FIXED_HEADER: usize = 24;
+
+/// A little-endian byte writer for the body.
+#[derive(Debug, Default)]
+pub(crate) struct Writer {
+    pub(crate) out: Vec<u8>,
+}
+
+impl Writer {
+    pub(crate) fn u8(&mut self, v: u8) {
+        self.out.push(v);
+    }
+    pub(crate) fn u64(&mut self, v: usize) {
+        self.out.extend_from_slice(&(v as u64).to_le_bytes());
+    }
+    pub(crate) fn bytes(&mut self, v: &[u8]) {
+        self.out.extend_from_slice(v);
+    }
+    pub(crate) fn f16s(&mut self, v: &[f16]) {
+        self.out.reserve(2 * v.len());
+        for x in v {
+            self.out.extend_from_slice(&x.to_bits().to_le_bytes());
+        }
+    }
+    pub(crate) fn f32s(&mut self, v: &[f32]) {
+        self.out.reserve(4 * v.len());
+        for x in v {
+            self.out.extend_from_slice(&x.to_le_bytes());
+        }
+    }
+}
+
+/// Starts a file: header for `spec` and `shape`; the body follows; [`finish`] seals it.
+pub(crate) fn header(spec: &KvSpec, shape: &KvShape) -> Writer {
+    let mut w = Writer::default();
+    let s = spec.to_string();
+    w.bytes(KV_MAGIC);
+    w.bytes(&KV_VERSION.to_le_bytes());
+    w.u64(0); // length, patched by `finish`
+    w.bytes(&(s.len() as u32).to_le_bytes());
+    w.bytes(s.as_bytes());
+    for v in [
+        shape.num_layers(),
+        shape.num_kv_heads(),
+        shape.num_q_heads(),
+        shape.head_dim(),
+    ] {
+        w.bytes(&(v as u32).to_le_bytes());
+    }
+    w
+}
+
+/// Patches the length field and appends the CRC.
+pub(crate) fn finish(mut w: Writer) -> Vec<u8> {
+    let len = (w.out.len() + 4) as u64;
+    w.out[12..20].copy_from_slice(&len.to_le_bytes());
+    let crc = crc32fast::hash(&w.out);
+    w.out.extend_from_slice(&crc.to_le_bytes());
+    w.out
+}
+
+/// A bounds-checked reader over a file's body.
+#[derive(Debug)]
+pub(crate) struct Reader<'a> {
+    data: &'a [u8],
+    pos: usize,
+    /// Offset of `data[0]` in the file, for error messages.
+    base: usize,
+    path: PathBuf,
+}
+
+impl<'a> Reader<'a> {
+    pub(crate) fn bad(&self, reason: impl Into<String>) -> KvError {
+        KvError::BadFile {
+            path: self.path.clone(),
+            reason: reason.into(),
+        }
+    }
+
+    /// `count * size` bytes, for `what`.
+    pub(crate) fn take(&mut self, count: usize, size: usize, what: &str) -> Result<&'a [u8]> {
+        let at = self.base + self.pos;
+        let n = count
+            .checked_mul(size)
+            .filter(|n| *n <= self.data.len() - self.pos)
+            .ok_or_else(|| {
+                self.bad(format!(
+                    "at offset {at}: {what} needs {count} x {size} bytes, only {} remain",
+                    self.data.len() - self.pos
+                ))
+            })?;
+        let s = &self.data[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+    pub(crate) fn u8(&mut self, what: &str) -> Result<u8> {
+        Ok(self.take(1, 1, what)?[0])
+    }
+    pub(crate) fn u64(&mut self, what: &str) -> Result<usize> {
+        let b = self.take(1, 8, what)?;
+        let v = u64::from_le_bytes(b.try_into().expect("8 bytes"));
+        usize::try_from(v).map_err(|_| self.bad(format!("{what} = {v} is too large")))
+    }
+    pub(crate) fn f16s(&mut self, count: usize, what: &str) -> Result<Vec<f16>> {
+        let b = self.take(count, 2, what)?;
+        Ok(b.chunks_exact(2)
+            .map(|c| f16::from_bits(u16::from_le_bytes([c[0], c[1]])))
+            .collect())
+    }
+    pub(crate) fn f32s(&mut self, count: usize, what: &str) -> Result<Vec<f32>> {
+        let b = self.take(count, 4, what)?;
+        Ok(b.chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect())
+    }
+    /// Checks that the whole body was read.
+    pub(crate) fn finish(self) -> Result<()> {
+        if self.pos != self.data.len() {
+            return Err(self.bad(format!(
+                "{} unexpected bytes after the body",
+                self.data.len() - self.pos
+            )));
+        }
+        Ok(())
+    }
+    /// Checked product of sizes, for allocation sizes read from the file.
+    pub(crate) fn mul(&self, a: usize, b: usize, what: &str) -> Result<usize> {
+        a.checked_mul(b)
+            .ok_or_else(|| self.bad(format!("{what}: {a} x {b} overflows")))
+    }
+}
+
+/// Validates the header, length and checksum; returns the spec, the shape and a reader over the body.
+pub(crate) fn open<'a>(bytes: &'a [u8], path: &Path) -> Result<(KvSpec, KvShape, Reader<'a>)> {
+    let bad = |reason: String| KvError::BadFile {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if bytes.len() < FIXED_HEADER + 4 {
+        return Err(bad(format!(
+            "truncated: {} bytes, the header alone takes at least {}",
+            bytes.len(),
+            FIXED_HEADER + 4
+        )));
+    }
+    if &bytes[..8] != KV_MAGIC {
+        return Err(bad("not an aqpim KV-cache file (bad magic)".into()));
+    }
+    let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+    if version != KV_VERSION {
+        return Err(bad(format!(
+            "format version {version} is not supported (this build reads {KV_VERSION})"
+        )));
+    }
+    let len = u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes"));
+    if len != bytes.len() as u64 {
+        return Err(bad(format!(
+            "the header says {len} bytes but the file has {}: truncated or corrupted",
+            bytes.len()
+        )));
+    }
+    let (body, tail) = bytes.split_at(bytes.len() - 4);
+    let stored = u32::from_le_bytes(tail.try_into().expect("4 bytes"));
+    let actual = crc32fast::hash(body);
+    if stored != actual {
+        return Err(bad(format!("checksum mismatch (stored {stored:#010x}, computed {actual:#010x}): the file is corrupted")));
+    }
+    let mut r = Reader {
+        data: &body[FIXED_HEADER - 4..],
+        pos: 0,
+        base: FIXED_HEADER - 4,
+        path: path.to_path_buf(),
+    };
+    let spec_len =
+        u32::from_le_bytes(r.take(1, 4, "spec length")?.try_into().expect("4 bytes")) as usize;
+    let spec_bytes = r.take(spec_len, 1, "spec")?;
+    let spec_str =
+        std::str::from_utf8(spec_bytes).map_err(|_| bad("the spec is not UTF-8".into()))?;
+    let spec: KvSpec = spec_str
+        .parse()
+        .map_err(|e| bad(format!("bad spec: {e}")))?;
+    let mut dims = [0usize; 4];
+    for d in dims.iter_mut() {
+        *d = u32::from_le_bytes(r.take(1, 4, "shape")?.try_into().expect("4 bytes")) as usize;
+    }
+    let shape = KvShape::with_query_heads(dims[0], dims[1], dims[2], dims[3])
+        .map_err(|e| bad(e.to_string()))?;
+    spec.validate(&shape).map_err(|e| bad(e.to_string()))?;
+    Ok((spec, shape, r))
+}
