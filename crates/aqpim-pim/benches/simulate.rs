@@ -1,0 +1,3 @@
+//! Criterion benchmark: simulated commands per second on the standard mix.
+
+fn main() {}

@@ -1,0 +1,479 @@
+//! The PIM instruction set: the [`Instr`] enum, programs, and their checks.
+//!
+//! Every instruction is one 64-bit word except `LOOP`, which takes two
+//! ([`encode`]); [`asm`] reads and writes the text form. `docs/pim.md` is the
+//! reference for the bit layout and each instruction's semantics.
+
+pub mod asm;
+pub mod encode;
+
+use half::f16;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{PimError, Result};
+
+/// Maximum nesting depth of `LOOP`.
+pub const MAX_LOOP_DEPTH: usize = 4;
+
+/// One bank of a channel: `(pseudo-channel, SID, bank group, bank)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub struct BankSel {
+    /// Pseudo-channel (2 bits).
+    pub pc: u8,
+    /// Stack ID (2 bits).
+    pub sid: u8,
+    /// Bank group (4 bits).
+    pub bg: u8,
+    /// Bank within the group (4 bits).
+    pub bank: u8,
+}
+
+/// Width of a code in a code column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum CodeBits {
+    /// One code per byte.
+    Eight,
+    /// Two codes per byte, low nibble first.
+    Four,
+}
+
+impl CodeBits {
+    /// Bits per code (4 or 8).
+    pub fn bits(self) -> u32 {
+        match self {
+            CodeBits::Eight => 8,
+            CodeBits::Four => 4,
+        }
+    }
+
+    /// Entries per table (`2^bits`).
+    pub fn table_len(self) -> usize {
+        1 << self.bits()
+    }
+}
+
+/// Per-iteration increments that a `LOOP` adds to the fields of the
+/// instructions in its body: on iteration `k` (from 0) each field below gets
+/// `k * stride` added, summed over all enclosing loops. Each stride is a
+/// signed 10-bit value (`-512..=511`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub struct Strides {
+    /// Added to `row` (ACT, ACTAB).
+    pub row: i16,
+    /// Added to `col` (RD, WR, MAC, LUTACC, HISTACC, ARGMIN).
+    pub col: i16,
+    /// Added to bank-buffer offsets (WRGB `buf`, MAC `buf`, LUTACC `table`,
+    /// HISTACC `weights`, ARGMIN `cb`, MVB `buf`).
+    pub buf: i16,
+    /// Added to register offsets (`reg` of MAC, LUTACC, HISTACC, ARGMIN, MVD).
+    pub reg: i16,
+    /// Added to host-data offsets (`data` of WR, WRGB).
+    pub data: i16,
+    /// Added to buffer-die offsets (`die` of MVD, MVB, SFM).
+    pub die: i16,
+}
+
+impl Strides {
+    /// As an array in field order `[row, col, buf, reg, data, die]`.
+    pub fn to_array(self) -> [i16; 6] {
+        [self.row, self.col, self.buf, self.reg, self.data, self.die]
+    }
+}
+
+/// One instruction. Field widths are those of the binary encoding; `ch` is
+/// the device-wide channel index. Offsets into buffers and registers count
+/// elements (FP16 for bank buffers, FP32 for registers and the buffer die);
+/// host-data offsets count bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum Instr {
+    /// Open `row` in one bank.
+    Act {
+        /// Channel.
+        ch: u8,
+        /// Bank.
+        bank: BankSel,
+        /// Row (24 bits).
+        row: u32,
+    },
+    /// Close one bank.
+    Pre {
+        /// Channel.
+        ch: u8,
+        /// Bank.
+        bank: BankSel,
+    },
+    /// Open `row` in every bank of the channel.
+    ActAb {
+        /// Channel.
+        ch: u8,
+        /// Row (24 bits).
+        row: u32,
+    },
+    /// Close every bank of the channel.
+    PreAb {
+        /// Channel.
+        ch: u8,
+    },
+    /// Read column `col` of the open row to the host (appended to the read log).
+    Rd {
+        /// Channel.
+        ch: u8,
+        /// Bank.
+        bank: BankSel,
+        /// Column.
+        col: u8,
+    },
+    /// Write host data bytes `data..data + column_bytes` to column `col`.
+    Wr {
+        /// Channel.
+        ch: u8,
+        /// Bank.
+        bank: BankSel,
+        /// Column.
+        col: u8,
+        /// Host-data byte offset (28 bits).
+        data: u32,
+    },
+    /// Write host data bytes `data..data + column_bytes` into every bank's
+    /// buffer at FP16 element `buf`.
+    Wrgb {
+        /// Channel.
+        ch: u8,
+        /// Buffer element offset.
+        buf: u16,
+        /// Host-data byte offset (32 bits).
+        data: u32,
+    },
+    /// All-bank FP16 multiply-accumulate: `x = column col` (lanes FP16),
+    /// `y = buffer[buf..buf + lanes]`; `reg[reg + l] += x[l] * y[l]`, or with
+    /// `reduce`, `reg[reg] += sum_l x[l] * y[l]`.
+    Mac {
+        /// Channel.
+        ch: u8,
+        /// Column.
+        col: u8,
+        /// Buffer element offset.
+        buf: u16,
+        /// Register offset.
+        reg: u16,
+        /// Sum the lanes into one register.
+        reduce: bool,
+    },
+    /// All-bank lookup-table accumulation; see `docs/pim.md`.
+    LutAcc {
+        /// Channel.
+        ch: u8,
+        /// Column of codes.
+        col: u8,
+        /// Code width.
+        bits: CodeBits,
+        /// Codes per group (tables cycled through, codes summed into one register), 1..=64.
+        group: u8,
+        /// Buffer element offset of table 0.
+        table: u16,
+        /// Register of the first group.
+        reg: u16,
+    },
+    /// All-bank histogram accumulation; see `docs/pim.md`.
+    HistAcc {
+        /// Channel.
+        ch: u8,
+        /// Column of codes.
+        col: u8,
+        /// Code width.
+        bits: CodeBits,
+        /// Codes per group (one weight per group), 1..=64.
+        group: u8,
+        /// Buffer element offset of the per-group weights.
+        weights: u16,
+        /// Register of bin 0.
+        reg: u16,
+    },
+    /// All-bank nearest-centroid search; see `docs/pim.md`.
+    ArgMin {
+        /// Channel.
+        ch: u8,
+        /// Column holding the sub-vector.
+        col: u8,
+        /// First lane of the sub-vector (0..=15).
+        start: u8,
+        /// Sub-vector length (dsub, 1..=16).
+        dsub: u8,
+        /// log2 of the number of centroids (0..=8).
+        nbits: u8,
+        /// Buffer element offset of centroid 0 (centroid-major, `2^nbits x dsub`).
+        cb: u16,
+        /// Register receiving the code (12 bits).
+        reg: u16,
+    },
+    /// Move `len` registers of every bank to the buffer die:
+    /// `die[die + b * len + i] = reg_b[reg + i]`.
+    Mvd {
+        /// Channel.
+        ch: u8,
+        /// Register offset.
+        reg: u16,
+        /// Registers per bank (1..=65535).
+        len: u16,
+        /// Buffer-die element offset.
+        die: u16,
+    },
+    /// Move buffer-die elements into every bank's buffer as FP16:
+    /// `buf_b[buf + i] = die[die + b * len + i]`, or with `broadcast`
+    /// `die[die + i]` for every bank.
+    Mvb {
+        /// Channel.
+        ch: u8,
+        /// Buffer-die element offset.
+        die: u16,
+        /// Elements per bank (1..=32767).
+        len: u16,
+        /// Buffer element offset.
+        buf: u16,
+        /// Same slice to every bank.
+        broadcast: bool,
+    },
+    /// Softmax in place over `die[die..die + len]` with input scale `scale`.
+    Sfm {
+        /// Channel.
+        ch: u8,
+        /// Buffer-die element offset.
+        die: u16,
+        /// Elements (1..=65535).
+        len: u16,
+        /// Scale applied to the inputs before the softmax (finite FP16).
+        scale: f16,
+    },
+    /// Every later command on every channel issues after every earlier one.
+    Barrier,
+    /// Repeat the body up to the matching `ENDLOOP` `count` times (1..2^24).
+    Loop {
+        /// Iterations.
+        count: u32,
+        /// Per-iteration field increments.
+        strides: Strides,
+    },
+    /// End of a loop body.
+    EndLoop,
+}
+
+impl Instr {
+    /// The mnemonic.
+    pub fn mnemonic(&self) -> &'static str {
+        match self {
+            Instr::Act { .. } => "ACT",
+            Instr::Pre { .. } => "PRE",
+            Instr::ActAb { .. } => "ACTAB",
+            Instr::PreAb { .. } => "PREAB",
+            Instr::Rd { .. } => "RD",
+            Instr::Wr { .. } => "WR",
+            Instr::Wrgb { .. } => "WRGB",
+            Instr::Mac { .. } => "MAC",
+            Instr::LutAcc { .. } => "LUTACC",
+            Instr::HistAcc { .. } => "HISTACC",
+            Instr::ArgMin { .. } => "ARGMIN",
+            Instr::Mvd { .. } => "MVD",
+            Instr::Mvb { .. } => "MVB",
+            Instr::Sfm { .. } => "SFM",
+            Instr::Barrier => "BARRIER",
+            Instr::Loop { .. } => "LOOP",
+            Instr::EndLoop => "ENDLOOP",
+        }
+    }
+
+    /// Checks every field against its encoded width and range.
+    pub fn check_fields(&self) -> std::result::Result<(), String> {
+        fn max(name: &str, v: u64, m: u64) -> std::result::Result<(), String> {
+            if v > m {
+                Err(format!("{name}={v} exceeds {m}"))
+            } else {
+                Ok(())
+            }
+        }
+        fn bank(b: &BankSel) -> std::result::Result<(), String> {
+            max("pc", b.pc.into(), 3)?;
+            max("sid", b.sid.into(), 3)?;
+            max("bg", b.bg.into(), 15)?;
+            max("bank", b.bank.into(), 15)
+        }
+        fn group(g: u8) -> std::result::Result<(), String> {
+            if g == 0 || g > 64 {
+                Err(format!("group={g} is outside 1..=64"))
+            } else {
+                Ok(())
+            }
+        }
+        match *self {
+            Instr::Act { bank: b, row, .. } => {
+                bank(&b)?;
+                max("row", row.into(), (1 << 24) - 1)
+            }
+            Instr::Pre { bank: b, .. } | Instr::Rd { bank: b, .. } => bank(&b),
+            Instr::ActAb { row, .. } => max("row", row.into(), (1 << 24) - 1),
+            Instr::Wr { bank: b, data, .. } => {
+                bank(&b)?;
+                max("data", data.into(), (1 << 28) - 1)
+            }
+            Instr::LutAcc { group: g, .. } | Instr::HistAcc { group: g, .. } => group(g),
+            Instr::ArgMin {
+                start,
+                dsub,
+                nbits,
+                reg,
+                ..
+            } => {
+                max("start", start.into(), 15)?;
+                if dsub == 0 || dsub > 16 {
+                    return Err(format!("dsub={dsub} is outside 1..=16"));
+                }
+                max("nbits", nbits.into(), 8)?;
+                max("reg", reg.into(), 4095)
+            }
+            Instr::Mvd { len, .. } => {
+                if len == 0 {
+                    Err("len must be at least 1".into())
+                } else {
+                    Ok(())
+                }
+            }
+            Instr::Mvb { len, .. } => {
+                if len == 0 || len > 32767 {
+                    Err(format!("len={len} is outside 1..=32767"))
+                } else {
+                    Ok(())
+                }
+            }
+            Instr::Sfm { len, scale, .. } => {
+                if len == 0 {
+                    Err("len must be at least 1".into())
+                } else if !scale.is_finite() {
+                    Err("scale must be finite".into())
+                } else {
+                    Ok(())
+                }
+            }
+            Instr::Loop { count, strides } => {
+                if count == 0 || count >= 1 << 24 {
+                    return Err(format!("count={count} is outside 1..2^24"));
+                }
+                for s in strides.to_array() {
+                    if !(-512..=511).contains(&s) {
+                        return Err(format!("stride {s} is outside -512..=511"));
+                    }
+                }
+                Ok(())
+            }
+            Instr::PreAb { .. }
+            | Instr::Wrgb { .. }
+            | Instr::Mac { .. }
+            | Instr::Barrier
+            | Instr::EndLoop => Ok(()),
+        }
+    }
+}
+
+/// A program: a sequence of instructions whose fields fit their encodings
+/// and whose loops are balanced and at most [`MAX_LOOP_DEPTH`] deep.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Program {
+    instrs: Vec<Instr>,
+}
+
+impl Program {
+    /// Checks fields and loop structure.
+    pub fn new(instrs: Vec<Instr>) -> Result<Program> {
+        let mut depth = 0usize;
+        for (i, ins) in instrs.iter().enumerate() {
+            let err = |reason: String| PimError::Program {
+                index: i,
+                instr: asm::format_instr(ins),
+                reason,
+            };
+            ins.check_fields().map_err(err)?;
+            match ins {
+                Instr::Loop { .. } => {
+                    depth += 1;
+                    if depth > MAX_LOOP_DEPTH {
+                        return Err(err(format!("loops nest deeper than {MAX_LOOP_DEPTH}")));
+                    }
+                }
+                Instr::EndLoop => {
+                    if depth == 0 {
+                        return Err(err("ENDLOOP without LOOP".into()));
+                    }
+                    depth -= 1;
+                }
+                _ => {}
+            }
+        }
+        if depth != 0 {
+            return Err(PimError::Program {
+                index: instrs.len(),
+                instr: String::new(),
+                reason: format!("{depth} LOOP(s) without ENDLOOP"),
+            });
+        }
+        Ok(Program { instrs })
+    }
+
+    /// The instructions.
+    pub fn instrs(&self) -> &[Instr] {
+        &self.instrs
+    }
+
+    /// Assembles text (see [`asm`]).
+    pub fn assemble(text: &str) -> Result<Program> {
+        asm::assemble(text)
+    }
+
+    /// Disassembles to text that [`Program::assemble`] reads back unchanged.
+    pub fn disassemble(&self) -> String {
+        asm::disassemble(self)
+    }
+
+    /// Encodes to 64-bit words (see [`encode`]).
+    pub fn encode(&self) -> Vec<u64> {
+        encode::encode_program(self)
+    }
+
+    /// Decodes 64-bit words.
+    pub fn decode(words: &[u64]) -> Result<Program> {
+        encode::decode_program(words)
+    }
+
+    /// The binary file form: magic `AQPIMPRG`, version 1 (u32 LE), word
+    /// count (u32 LE), then the words (u64 LE).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        encode::to_bytes(self)
+    }
+
+    /// Reads the binary file form.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Program> {
+        encode::from_bytes(bytes)
+    }
+
+    /// Number of commands the program issues when run (loops expanded;
+    /// refresh not counted).
+    pub fn command_count(&self) -> u64 {
+        let mut mult: Vec<u64> = vec![1];
+        let mut total = 0u64;
+        for ins in &self.instrs {
+            match ins {
+                Instr::Loop { count, .. } => {
+                    let m = mult
+                        .last()
+                        .copied()
+                        .unwrap_or(1)
+                        .saturating_mul(u64::from(*count));
+                    mult.push(m);
+                }
+                Instr::EndLoop => {
+                    mult.pop();
+                }
+                Instr::Barrier => {}
+                _ => total = total.saturating_add(mult.last().copied().unwrap_or(1)),
+            }
+        }
+        total
+    }
+}

@@ -1,0 +1,552 @@
+//! `DeviceSpec::resolve`: from the on-disk spec to the runtime [`Device`]:
+//! every time in cycles, every name an integer id, every rule checked.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::command::{Command, Level, Scope};
+use crate::error::{PimError, Result};
+use crate::spec::{DeviceSpec, EnergySpec, TimingValue};
+
+/// Runtime organisation: counts per level and derived sizes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Organisation {
+    /// HBM stacks.
+    pub stacks: usize,
+    /// Channels in the whole device (stacks x channels per stack).
+    pub channels: usize,
+    /// Pseudo-channels per channel.
+    pub pseudo_channels: usize,
+    /// SIDs per pseudo-channel.
+    pub sids: usize,
+    /// Bank groups per SID.
+    pub bank_groups: usize,
+    /// Banks per bank group.
+    pub banks_per_group: usize,
+    /// Banks per channel: `pseudo_channels * sids * bank_groups * banks_per_group`.
+    pub banks_per_channel: usize,
+    /// Rows per bank.
+    pub rows: usize,
+    /// Columns per row.
+    pub columns: usize,
+    /// Bytes per column.
+    pub column_bytes: usize,
+    /// Data pins per pseudo-channel.
+    pub dq_bits_per_pseudo_channel: usize,
+}
+
+impl Organisation {
+    /// Nodes per channel at each level: `[1, pc, pc*sid, pc*sid*bg, banks]`.
+    pub fn nodes_per_channel(&self) -> [usize; 5] {
+        let pc = self.pseudo_channels;
+        let sid = pc * self.sids;
+        let bg = sid * self.bank_groups;
+        [1, pc, sid, bg, bg * self.banks_per_group]
+    }
+
+    /// Channel-local bank index of `(pc, sid, bg, bank)`, row-major in that order.
+    pub fn local_bank(&self, pc: usize, sid: usize, bg: usize, bank: usize) -> usize {
+        ((pc * self.sids + sid) * self.bank_groups + bg) * self.banks_per_group + bank
+    }
+
+    /// Index of a channel-local bank's node at each level (channel-local).
+    pub fn bank_path(&self, local_bank: usize) -> [usize; 5] {
+        let bg = local_bank / self.banks_per_group;
+        let sid = bg / self.bank_groups;
+        let pc = sid / self.sids;
+        [0, pc, sid, bg, local_bank]
+    }
+
+    /// `(pc, sid, bg, bank)` of a channel-local bank index.
+    pub fn bank_coords(&self, local_bank: usize) -> (usize, usize, usize, usize) {
+        let bank = local_bank % self.banks_per_group;
+        let bg_all = local_bank / self.banks_per_group;
+        let bg = bg_all % self.bank_groups;
+        let sid_all = bg_all / self.bank_groups;
+        (sid_all / self.sids, sid_all % self.sids, bg, bank)
+    }
+}
+
+/// Runtime PIM parameters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PimParams {
+    /// FP16 lanes per column (`column_bytes / 2`).
+    pub lanes: usize,
+    /// Buffer bytes per bank.
+    pub buffer_bytes: usize,
+    /// FP32 registers per bank.
+    pub registers: usize,
+    /// nCCDAB in force (power limit applied).
+    pub n_ccdab: u32,
+    /// FP32 elements of buffer die per channel.
+    pub buffer_die_elements: usize,
+    /// Bank-to-buffer-die bytes per cycle.
+    pub mv_bytes_per_cycle: u32,
+    /// Softmax elements per cycle.
+    pub sfm_elements_per_cycle: u32,
+    /// Softmax pipeline latency in cycles.
+    pub sfm_latency: u32,
+}
+
+impl PimParams {
+    /// FP16 elements of buffer per bank.
+    pub fn buffer_elements(&self) -> usize {
+        self.buffer_bytes / 2
+    }
+}
+
+/// A resolved timing rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Rule {
+    /// Name from the spec.
+    pub name: String,
+    /// Level at which the commands share a node.
+    pub level: Level,
+    /// Preceding commands.
+    pub preceding: Vec<Command>,
+    /// Following commands.
+    pub following: Vec<Command>,
+    /// Latency in cycles.
+    pub latency: u32,
+    /// Rolling window (1 for plain rules).
+    pub window: u32,
+}
+
+/// A resolved device: what the simulator and the trace checker run on.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Device {
+    /// Preset name.
+    pub name: String,
+    /// Organisation.
+    pub org: Organisation,
+    /// Clock period in picoseconds.
+    pub t_ck_ps: u32,
+    /// Data rate per pin in MT/s.
+    pub data_rate_mtps: u32,
+    /// Every timing parameter in cycles, including the derived `nCCDAB`.
+    pub params: BTreeMap<String, u32>,
+    /// Timing rules.
+    pub rules: Vec<Rule>,
+    /// Refresh interval in cycles, when refresh is enabled.
+    pub refresh_interval: Option<u32>,
+    /// PIM units.
+    pub pim: PimParams,
+    /// Energy per operation.
+    pub energy: EnergySpec,
+}
+
+fn spec_err(field: impl Into<String>, reason: impl Into<String>) -> PimError {
+    PimError::Spec {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// Evaluates a latency expression: integers and parameter names joined by `+`
+/// and `-`, left to right. A negative result is an error.
+pub fn eval_latency(
+    expr: &str,
+    params: &BTreeMap<String, u32>,
+) -> std::result::Result<u32, String> {
+    let mut total: i64 = 0;
+    let mut sign: i64 = 1;
+    let mut expect_term = true;
+    let mut chars = expr.char_indices().peekable();
+    while let Some(&(i, c)) = chars.peek() {
+        if c.is_whitespace() {
+            chars.next();
+        } else if c == '+' || c == '-' {
+            if expect_term {
+                return Err(format!(
+                    "`{expr}`: operator `{c}` where a term was expected"
+                ));
+            }
+            sign = if c == '+' { 1 } else { -1 };
+            expect_term = true;
+            chars.next();
+        } else if c.is_ascii_alphanumeric() || c == '_' {
+            if !expect_term {
+                return Err(format!("`{expr}`: two terms without an operator"));
+            }
+            let mut end = i;
+            while let Some(&(j, d)) = chars.peek() {
+                if d.is_ascii_alphanumeric() || d == '_' {
+                    end = j + d.len_utf8();
+                    chars.next();
+                } else {
+                    break;
+                }
+            }
+            let term = &expr[i..end];
+            let value = if term.as_bytes()[0].is_ascii_digit() {
+                term.parse::<i64>()
+                    .map_err(|_| format!("`{expr}`: `{term}` is not an integer"))?
+            } else {
+                i64::from(
+                    *params
+                        .get(term)
+                        .ok_or_else(|| format!("`{expr}`: unknown timing parameter `{term}`"))?,
+                )
+            };
+            total += sign * value;
+            expect_term = false;
+        } else {
+            return Err(format!("`{expr}`: unexpected character `{c}`"));
+        }
+    }
+    if expect_term {
+        return Err(format!(
+            "`{expr}`: expression is empty or ends with an operator"
+        ));
+    }
+    u32::try_from(total).map_err(|_| format!("`{expr}` evaluates to {total}, outside 0..=u32::MAX"))
+}
+
+impl DeviceSpec {
+    /// Resolves the spec into runtime tables, rejecting inconsistent specs.
+    pub fn resolve(&self) -> Result<Device> {
+        let o = &self.organisation;
+        let limits: [(&str, u32, u32); 10] = [
+            ("stacks", o.stacks, 256),
+            ("channels_per_stack", o.channels_per_stack, 256),
+            ("pseudo_channels", o.pseudo_channels, 4),
+            ("sids", o.sids, 4),
+            ("bank_groups", o.bank_groups, 16),
+            ("banks_per_group", o.banks_per_group, 16),
+            ("rows", o.rows, 1 << 24),
+            ("columns", o.columns, 256),
+            ("column_bytes", o.column_bytes, 128),
+            (
+                "dq_bits_per_pseudo_channel",
+                o.dq_bits_per_pseudo_channel,
+                4096,
+            ),
+        ];
+        for (name, v, max) in limits {
+            if v == 0 || v > max {
+                return Err(spec_err(
+                    format!("organisation.{name}"),
+                    format!("{v} is outside 1..={max}"),
+                ));
+            }
+        }
+        let channels = o.stacks as usize * o.channels_per_stack as usize;
+        if channels > 256 {
+            return Err(spec_err(
+                "organisation",
+                format!("{channels} channels in all; the ISA addresses at most 256"),
+            ));
+        }
+        if !o.column_bytes.is_multiple_of(2) || o.column_bytes < 4 {
+            return Err(spec_err(
+                "organisation.column_bytes",
+                "must be even and at least 4 (FP16 lanes)",
+            ));
+        }
+        let org = Organisation {
+            stacks: o.stacks as usize,
+            channels,
+            pseudo_channels: o.pseudo_channels as usize,
+            sids: o.sids as usize,
+            bank_groups: o.bank_groups as usize,
+            banks_per_group: o.banks_per_group as usize,
+            banks_per_channel: (o.pseudo_channels * o.sids * o.bank_groups * o.banks_per_group)
+                as usize,
+            rows: o.rows as usize,
+            columns: o.columns as usize,
+            column_bytes: o.column_bytes as usize,
+            dq_bits_per_pseudo_channel: o.dq_bits_per_pseudo_channel as usize,
+        };
+        if self.clock.t_ck_ps == 0 || self.clock.data_rate_mtps == 0 {
+            return Err(spec_err(
+                "clock",
+                "t_ck_ps and data_rate_mtps must be positive",
+            ));
+        }
+
+        // Parameters to cycles.
+        let mut params = BTreeMap::new();
+        for (name, v) in &self.timing {
+            if name == "nCCDAB" {
+                return Err(spec_err(
+                    "timing.nCCDAB",
+                    "is derived from [pim]; do not set it in [timing]",
+                ));
+            }
+            let cycles = match *v {
+                TimingValue::Cycles(c) => c,
+                TimingValue::Ns { ns } => {
+                    if !ns.is_finite() || !(0.0..=1e9).contains(&ns) {
+                        return Err(spec_err(
+                            format!("timing.{name}"),
+                            format!("{ns} ns is not a valid time"),
+                        ));
+                    }
+                    // Round up to whole cycles, as JEDEC does (tolerate float noise).
+                    let c = ns * 1000.0 / f64::from(self.clock.t_ck_ps);
+                    (c - 1e-9).ceil().max(0.0) as u32
+                }
+            };
+            params.insert(name.clone(), cycles);
+        }
+        let p = &self.pim;
+        if p.n_ccdab == 0 || p.n_ccdab_power_limited == 0 {
+            return Err(spec_err("pim.n_ccdab", "must be at least 1"));
+        }
+        let n_ccdab = if p.power_limited {
+            p.n_ccdab_power_limited
+        } else {
+            p.n_ccdab
+        };
+        params.insert("nCCDAB".to_string(), n_ccdab);
+
+        if p.lanes as usize * 2 != org.column_bytes {
+            return Err(spec_err(
+                "pim.lanes",
+                format!(
+                    "{} FP16 lanes do not match a {} B column",
+                    p.lanes, org.column_bytes
+                ),
+            ));
+        }
+        if p.buffer_bytes == 0
+            || !p.buffer_bytes.is_multiple_of(2)
+            || p.buffer_bytes > 131072
+            || (p.buffer_bytes as usize) < org.column_bytes
+        {
+            return Err(spec_err(
+                "pim.buffer_bytes",
+                "must be even, at least one column and at most 131072 (65536 FP16 elements)",
+            ));
+        }
+        if p.registers == 0 || p.registers > 65536 {
+            return Err(spec_err("pim.registers", "must be in 1..=65536"));
+        }
+        if p.buffer_die_bytes < 4
+            || !p.buffer_die_bytes.is_multiple_of(4)
+            || p.buffer_die_bytes > 262144
+        {
+            return Err(spec_err(
+                "pim.buffer_die_bytes",
+                "must be a multiple of 4 in 4..=262144 (65536 FP32 elements)",
+            ));
+        }
+        if p.mv_bytes_per_cycle == 0 || p.sfm_elements_per_cycle == 0 {
+            return Err(spec_err(
+                "pim",
+                "mv_bytes_per_cycle and sfm_elements_per_cycle must be positive",
+            ));
+        }
+        let pim = PimParams {
+            lanes: p.lanes as usize,
+            buffer_bytes: p.buffer_bytes as usize,
+            registers: p.registers as usize,
+            n_ccdab,
+            buffer_die_elements: p.buffer_die_bytes as usize / 4,
+            mv_bytes_per_cycle: p.mv_bytes_per_cycle,
+            sfm_elements_per_cycle: p.sfm_elements_per_cycle,
+            sfm_latency: p.sfm_latency,
+        };
+
+        let e = &self.energy;
+        for (name, v) in [
+            ("act_pj", e.act_pj),
+            ("column_pj_per_bit", e.column_pj_per_bit),
+            ("io_pj_per_bit", e.io_pj_per_bit),
+            ("mac_pj", e.mac_pj),
+            ("buffer_pj_per_bit", e.buffer_pj_per_bit),
+            ("buffer_die_pj_per_bit", e.buffer_die_pj_per_bit),
+            ("sfm_pj_per_element", e.sfm_pj_per_element),
+            ("refresh_pj", e.refresh_pj),
+        ] {
+            if !v.is_finite() || v < 0.0 {
+                return Err(spec_err(
+                    format!("energy.{name}"),
+                    format!("{v} is not a finite non-negative energy"),
+                ));
+            }
+        }
+
+        let rules = self.resolve_rules(&params)?;
+
+        let refresh_interval = if self.refresh.enabled {
+            let v = *params.get(&self.refresh.interval).ok_or_else(|| {
+                spec_err(
+                    "refresh.interval",
+                    format!("unknown timing parameter `{}`", self.refresh.interval),
+                )
+            })?;
+            let max_ref_latency = rules
+                .iter()
+                .filter(|r| r.preceding.contains(&Command::Ref))
+                .map(|r| r.latency)
+                .max()
+                .unwrap_or(0);
+            if v <= max_ref_latency {
+                return Err(spec_err(
+                    "refresh.interval",
+                    format!("{v} cycles is not longer than the refresh latency {max_ref_latency}"),
+                ));
+            }
+            Some(v)
+        } else {
+            None
+        };
+
+        Ok(Device {
+            name: self.name.clone(),
+            org,
+            t_ck_ps: self.clock.t_ck_ps,
+            data_rate_mtps: self.clock.data_rate_mtps,
+            params,
+            rules,
+            refresh_interval,
+            pim,
+            energy: self.energy.clone(),
+        })
+    }
+
+    fn resolve_rules(&self, params: &BTreeMap<String, u32>) -> Result<Vec<Rule>> {
+        let mut rules: Vec<Rule> = Vec::with_capacity(self.rules.len());
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, r) in self.rules.iter().enumerate() {
+            let field = format!("rules[{i}] ({})", r.name);
+            if r.name.is_empty() {
+                return Err(spec_err(field, "rule has no name"));
+            }
+            if rules.iter().any(|x| x.name == r.name) {
+                return Err(spec_err(field, "duplicate rule name"));
+            }
+            let names = |list: &[String], what: &str| -> Result<Vec<Command>> {
+                if list.is_empty() {
+                    return Err(spec_err(field.clone(), format!("`{what}` is empty")));
+                }
+                let mut out = Vec::new();
+                for n in list {
+                    let c = Command::from_name(n).ok_or_else(|| {
+                        spec_err(field.clone(), format!("unknown command `{n}` in `{what}`"))
+                    })?;
+                    if out.contains(&c) {
+                        return Err(spec_err(
+                            field.clone(),
+                            format!("`{n}` listed twice in `{what}`"),
+                        ));
+                    }
+                    out.push(c);
+                }
+                Ok(out)
+            };
+            let preceding = names(&r.preceding, "preceding")?;
+            let following = names(&r.following, "following")?;
+            let latency =
+                eval_latency(&r.latency, params).map_err(|m| spec_err(field.clone(), m))?;
+            if r.window == 0 {
+                return Err(spec_err(field, "window must be at least 1"));
+            }
+            if r.window > 1 {
+                if let Some(c) = preceding
+                    .iter()
+                    .chain(&following)
+                    .find(|c| c.scope() == Scope::Channel)
+                {
+                    return Err(spec_err(
+                        field,
+                        format!(
+                            "windowed rules may relate single-bank commands only, not `{}`",
+                            c.name()
+                        ),
+                    ));
+                }
+            } else {
+                for p in &preceding {
+                    for f in &following {
+                        if !seen.insert((r.level, *p, *f)) {
+                            return Err(spec_err(
+                                field,
+                                format!(
+                                    "pair {} -> {} already has a rule at level {}",
+                                    p.name(),
+                                    f.name(),
+                                    r.level.name()
+                                ),
+                            ));
+                        }
+                    }
+                }
+            }
+            rules.push(Rule {
+                name: r.name.clone(),
+                level: r.level,
+                preceding,
+                following,
+                latency,
+                window: r.window,
+            });
+        }
+        if rules.len() > usize::from(u16::MAX) {
+            return Err(spec_err("rules", "too many rules"));
+        }
+        Ok(rules)
+    }
+}
+
+impl Device {
+    /// A named preset, resolved.
+    pub fn preset(name: &str) -> Result<Device> {
+        DeviceSpec::preset(name)?.resolve()
+    }
+
+    /// Clock period in nanoseconds.
+    pub fn t_ck_ns(&self) -> f64 {
+        f64::from(self.t_ck_ps) / 1000.0
+    }
+
+    /// A timing parameter in cycles.
+    pub fn param(&self, name: &str) -> Option<u32> {
+        self.params.get(name).copied()
+    }
+
+    /// Peak bandwidth of the external interface of the whole device in GB/s:
+    /// `channels * pseudo_channels * dq_bits * data_rate / 8`.
+    pub fn external_peak_gbps(&self) -> f64 {
+        let o = &self.org;
+        (o.channels * o.pseudo_channels * o.dq_bits_per_pseudo_channel) as f64
+            * f64::from(self.data_rate_mtps)
+            / 8.0
+            / 1000.0
+    }
+
+    /// Cycles a buffer-die move of `bytes` occupies the channel:
+    /// `ceil(bytes / mv_bytes_per_cycle)`.
+    pub fn mv_cycles(&self, bytes: u64) -> u64 {
+        bytes.div_ceil(u64::from(self.pim.mv_bytes_per_cycle))
+    }
+
+    /// Cycles a softmax over `len` elements occupies the channel:
+    /// `ceil(len / sfm_elements_per_cycle) + sfm_latency`.
+    pub fn sfm_cycles(&self, len: u64) -> u64 {
+        len.div_ceil(u64::from(self.pim.sfm_elements_per_cycle)) + u64::from(self.pim.sfm_latency)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_expressions() {
+        let mut p = BTreeMap::new();
+        p.insert("nCL".to_string(), 19);
+        p.insert("nBL".to_string(), 2);
+        p.insert("nCWL".to_string(), 6);
+        assert_eq!(eval_latency("nCL + nBL + 2 - nCWL", &p), Ok(17));
+        assert_eq!(eval_latency("7", &p), Ok(7));
+        assert!(eval_latency("nCWL - nCL", &p).is_err());
+        assert!(eval_latency("nXX", &p).is_err());
+        assert!(eval_latency("nCL +", &p).is_err());
+        assert!(eval_latency("nCL nBL", &p).is_err());
+        assert!(eval_latency("", &p).is_err());
+        assert!(eval_latency("nCL * 2", &p).is_err());
+    }
+}

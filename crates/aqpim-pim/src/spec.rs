@@ -1,0 +1,241 @@
+//! Device specs as they live on disk: serde structs read from the TOML presets
+//! in `configs/devices/`, turned into a runtime [`Device`](crate::Device) by
+//! [`DeviceSpec::resolve`].
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::command::Level;
+use crate::error::{PimError, Result};
+
+/// The named presets shipped with the crate: `(name, TOML text)`.
+pub const PRESETS: &[(&str, &str)] = &[
+    (
+        "hbm3-attacc-5.2",
+        include_str!("../../../configs/devices/hbm3-attacc-5.2.toml"),
+    ),
+    (
+        "hbm3-jedec-6.4",
+        include_str!("../../../configs/devices/hbm3-jedec-6.4.toml"),
+    ),
+];
+
+/// A PIM-enabled HBM device: organisation, clock, timing parameters and
+/// rules, refresh, PIM units and energy per operation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceSpec {
+    /// Preset name.
+    pub name: String,
+    /// One line saying what the device is.
+    #[serde(default)]
+    pub description: String,
+    /// Counts at each level of the hierarchy and the column geometry.
+    pub organisation: OrganisationSpec,
+    /// The command clock and the pin data rate.
+    pub clock: ClockSpec,
+    /// Named timing parameters (`nRCDRD`, ...), in cycles or nanoseconds.
+    pub timing: BTreeMap<String, TimingValue>,
+    /// Refresh policy.
+    pub refresh: RefreshSpec,
+    /// PIM units.
+    pub pim: PimSpec,
+    /// Energy per operation.
+    pub energy: EnergySpec,
+    /// Timing rules, one row each.
+    pub rules: Vec<RuleSpec>,
+}
+
+/// Organisation: counts per level and column geometry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrganisationSpec {
+    /// HBM stacks.
+    pub stacks: u32,
+    /// Channels per stack.
+    pub channels_per_stack: u32,
+    /// Pseudo-channels per channel (at most 4).
+    pub pseudo_channels: u32,
+    /// Stack IDs (ranks) per pseudo-channel (at most 4).
+    pub sids: u32,
+    /// Bank groups per SID (at most 16).
+    pub bank_groups: u32,
+    /// Banks per bank group (at most 16).
+    pub banks_per_group: u32,
+    /// Rows per bank.
+    pub rows: u32,
+    /// Columns per row.
+    pub columns: u32,
+    /// Bytes per column access (one burst).
+    pub column_bytes: u32,
+    /// Data pins per pseudo-channel.
+    pub dq_bits_per_pseudo_channel: u32,
+}
+
+/// Clock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClockSpec {
+    /// Command clock period (tCK) in picoseconds.
+    pub t_ck_ps: u32,
+    /// Data rate per pin in mega-transfers per second.
+    pub data_rate_mtps: u32,
+}
+
+/// A timing parameter: a cycle count, or a time that resolve() rounds up to
+/// cycles.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum TimingValue {
+    /// Command-clock cycles.
+    Cycles(u32),
+    /// Nanoseconds (`{ ns = 350.0 }`).
+    Ns {
+        /// The time in nanoseconds.
+        ns: f64,
+    },
+}
+
+/// Refresh policy: an all-bank REF per channel every `interval` cycles.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshSpec {
+    /// Whether the simulator inserts refresh.
+    pub enabled: bool,
+    /// Name of the timing parameter that holds the refresh interval (tREFI).
+    pub interval: String,
+}
+
+/// PIM units: one per bank, plus the buffer die of each channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PimSpec {
+    /// FP16 lanes per unit; must equal `column_bytes / 2`.
+    pub lanes: u32,
+    /// Bytes of buffer per bank (FP16 elements: `buffer_bytes / 2`, at most 65536).
+    pub buffer_bytes: u32,
+    /// FP32 accumulation registers per bank (at most 65536).
+    pub registers: u32,
+    /// Cycles between all-bank column operations (nCCDAB) without the power limit.
+    pub n_ccdab: u32,
+    /// nCCDAB under the power limit.
+    pub n_ccdab_power_limited: u32,
+    /// Whether the power limit applies (selects which nCCDAB resolve() uses).
+    pub power_limited: bool,
+    /// Bytes of buffer-die storage per channel (FP32 elements: `/ 4`, at most 65536 elements).
+    pub buffer_die_bytes: u32,
+    /// Bank-to-buffer-die transfer rate, bytes per cycle (MVD, MVB).
+    pub mv_bytes_per_cycle: u32,
+    /// Softmax throughput, elements per cycle.
+    pub sfm_elements_per_cycle: u32,
+    /// Softmax pipeline latency, cycles.
+    pub sfm_latency: u32,
+}
+
+/// Energy per operation, in picojoules.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnergySpec {
+    /// One bank activation (row open and its precharge).
+    pub act_pj: f64,
+    /// Per bit read from or written to a bank's array (column access).
+    pub column_pj_per_bit: f64,
+    /// Per bit across the external interface.
+    pub io_pj_per_bit: f64,
+    /// One FP16 lane operation (multiply-accumulate, table lookup-add, distance term).
+    pub mac_pj: f64,
+    /// Per bit read from or written to a per-bank buffer.
+    pub buffer_pj_per_bit: f64,
+    /// Per bit moved between banks and the buffer die.
+    pub buffer_die_pj_per_bit: f64,
+    /// Per element of softmax on the buffer die.
+    pub sfm_pj_per_element: f64,
+    /// One all-bank refresh of a channel.
+    pub refresh_pj: f64,
+}
+
+/// One timing rule: `following` may not issue earlier than `latency` cycles
+/// after `preceding` at the same node of `level` (with `window > 1`: after the
+/// `window`-th most recent `preceding` at that node, as tFAW).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSpec {
+    /// Rule name, used in errors (`tRCDRD`).
+    pub name: String,
+    /// Level at which the two commands must share a node.
+    pub level: Level,
+    /// Commands that start the constraint.
+    pub preceding: Vec<String>,
+    /// Commands that it constrains.
+    pub following: Vec<String>,
+    /// Latency: a sum of timing parameter names and integers (`nCWL + nBL + nWR`).
+    pub latency: String,
+    /// Window for rolling-window rules (1 for plain rules).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub window: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn is_one(w: &u32) -> bool {
+    *w == 1
+}
+
+impl DeviceSpec {
+    /// Parses a spec from TOML text.
+    pub fn from_toml_str(text: &str) -> Result<Self> {
+        toml::from_str(text).map_err(|e| PimError::Parse(e.to_string()))
+    }
+
+    /// Serializes the spec to TOML text.
+    pub fn to_toml_string(&self) -> Result<String> {
+        toml::to_string(self).map_err(|e| PimError::Parse(e.to_string()))
+    }
+
+    /// Reads a spec from a TOML file.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| PimError::Parse(format!("reading {}: {e}", path.display())))?;
+        Self::from_toml_str(&text)
+    }
+
+    /// A named preset (`hbm3-attacc-5.2`, `hbm3-jedec-6.4`).
+    pub fn preset(name: &str) -> Result<Self> {
+        match PRESETS.iter().find(|(n, _)| *n == name) {
+            Some((_, text)) => Self::from_toml_str(text),
+            None => Err(PimError::UnknownPreset {
+                name: name.to_string(),
+                known: PRESETS
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }),
+        }
+    }
+
+    /// A preset name or a path to a TOML file.
+    pub fn preset_or_file(name_or_path: &str) -> Result<Self> {
+        if PRESETS.iter().any(|(n, _)| *n == name_or_path) {
+            Self::preset(name_or_path)
+        } else if Path::new(name_or_path).exists() {
+            Self::from_file(Path::new(name_or_path))
+        } else {
+            Self::preset(name_or_path)
+        }
+    }
+
+    /// AttAcc's HBM3 5.2 Gbps device.
+    pub fn hbm3_attacc() -> Self {
+        Self::preset("hbm3-attacc-5.2").expect("the shipped preset parses (tested)")
+    }
+
+    /// The JEDEC-derived HBM3 6.4 Gbps device.
+    pub fn hbm3_jedec() -> Self {
+        Self::preset("hbm3-jedec-6.4").expect("the shipped preset parses (tested)")
+    }
+}

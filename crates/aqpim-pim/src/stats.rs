@@ -1,0 +1,97 @@
+//! Run statistics: cycles and time, commands by type, row hits and misses,
+//! bytes moved, energy by component.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::command::{Command, NUM_COMMANDS};
+
+/// Counters the simulator bumps while it runs.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Counters {
+    pub(crate) commands: [u64; NUM_COMMANDS],
+    pub(crate) bank_activations: u64,
+    pub(crate) bank_column_accesses: u64,
+    pub(crate) lane_ops: u64,
+    pub(crate) bytes_external: u64,
+    pub(crate) bytes_buffer: u64,
+    pub(crate) bytes_buffer_die: u64,
+    pub(crate) sfm_elements: u64,
+}
+
+/// Energy by component, in picojoules (see `EnergySpec` for each unit cost).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EnergyBreakdown {
+    /// Row activations: `bank_activations * act_pj`.
+    pub activate_pj: f64,
+    /// Column accesses in bank arrays: `bytes_internal * 8 * column_pj_per_bit`.
+    pub column_pj: f64,
+    /// External interface: `bytes_external * 8 * io_pj_per_bit`.
+    pub io_pj: f64,
+    /// PIM lane operations: `lane_ops * mac_pj`.
+    pub pim_pj: f64,
+    /// Per-bank buffers: `bytes_buffer * 8 * buffer_pj_per_bit`.
+    pub buffer_pj: f64,
+    /// Buffer die: moves (`bytes_buffer_die * 8 * buffer_die_pj_per_bit`) and softmax.
+    pub buffer_die_pj: f64,
+    /// Refresh: `refreshes * refresh_pj`.
+    pub refresh_pj: f64,
+    /// Sum of the above.
+    pub total_pj: f64,
+}
+
+/// Statistics of one run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Device name.
+    pub device: String,
+    /// Cycles from the run's start to the end of its last command on the
+    /// slowest channel (channels run in parallel).
+    pub cycles: u64,
+    /// `cycles * tCK`, in nanoseconds.
+    pub ns: f64,
+    /// Commands issued, by mnemonic (refresh-inserted PREAB/REF/ACT included).
+    pub commands: BTreeMap<String, u64>,
+    /// All commands issued.
+    pub total_commands: u64,
+    /// All-bank refreshes inserted.
+    pub refreshes: u64,
+    /// Bank activations (an ACT counts one, an ACTAB one per bank).
+    pub bank_activations: u64,
+    /// Column accesses inside banks (an RD or WR counts one, an all-bank
+    /// column operation one per bank).
+    pub bank_column_accesses: u64,
+    /// Column accesses that found their row already open and used: every
+    /// access after the first one following an activation
+    /// (`bank_column_accesses - row_misses`).
+    pub row_hits: u64,
+    /// Column accesses that needed an activation: `min(bank_activations, bank_column_accesses)`.
+    pub row_misses: u64,
+    /// Bytes read or written in bank arrays: `bank_column_accesses * column_bytes`.
+    pub bytes_internal: u64,
+    /// Bytes across the external interface (RD, WR, WRGB).
+    pub bytes_external: u64,
+    /// Bytes read or written in per-bank buffers.
+    pub bytes_buffer: u64,
+    /// Bytes moved between banks and buffer dies (MVD, MVB).
+    pub bytes_buffer_die: u64,
+    /// FP16 lane operations in PIM units.
+    pub lane_ops: u64,
+    /// Internal bandwidth: `bytes_internal / ns`, in GB/s.
+    pub internal_gbps: f64,
+    /// External bandwidth: `bytes_external / ns`, in GB/s.
+    pub external_gbps: f64,
+    /// Energy by component.
+    pub energy: EnergyBreakdown,
+}
+
+impl Counters {
+    pub(crate) fn commands_map(&self) -> BTreeMap<String, u64> {
+        Command::ALL
+            .iter()
+            .filter(|c| self.commands[c.index()] > 0)
+            .map(|c| (c.name().to_string(), self.commands[c.index()]))
+            .collect()
+    }
+}

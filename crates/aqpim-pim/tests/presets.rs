@@ -1,0 +1,139 @@
+//! Preset files load, resolve, and round-trip through serde; inconsistent
+//! specs are rejected with an error naming the field.
+
+use aqpim_pim::{DeviceSpec, PimError, TimingValue, PRESETS};
+
+#[test]
+fn presets_load_resolve_and_round_trip() {
+    assert!(PRESETS.len() >= 2);
+    for (name, _) in PRESETS {
+        let spec = DeviceSpec::preset(name).unwrap();
+        assert_eq!(&spec.name, name);
+        let dev = spec.resolve().unwrap();
+        assert_eq!(dev.org.banks_per_channel, 64);
+        assert_eq!(dev.org.channels, 80);
+        assert!(dev.rules.len() >= 20);
+        // TOML round trip.
+        let text = spec.to_toml_string().unwrap();
+        let back = DeviceSpec::from_toml_str(&text).unwrap();
+        assert_eq!(back, spec);
+        // JSON round trip.
+        let json = serde_json::to_string(&spec).unwrap();
+        let back: DeviceSpec = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, spec);
+        assert_eq!(back.resolve().unwrap(), dev);
+    }
+}
+
+#[test]
+fn attacc_figures_resolve_to_the_brief() {
+    let d = DeviceSpec::hbm3_attacc().resolve().unwrap();
+    let p = |n: &str| d.param(n).unwrap();
+    assert_eq!(d.t_ck_ps, 769);
+    assert_eq!(
+        (p("nCL"), p("nRCDRD"), p("nRP"), p("nRAS"), p("nRC")),
+        (19, 19, 19, 45, 63)
+    );
+    assert_eq!(
+        (p("nCCDS"), p("nCCDL"), p("nRRDS"), p("nRRDL"), p("nFAW")),
+        (2, 4, 2, 4, 39)
+    );
+    assert_eq!(p("nREFI"), 5070);
+    // 350 ns at 0.769 ns rounds up to 456 cycles.
+    assert_eq!(p("nRFC"), 456);
+    assert_eq!(p("nCCDAB"), 4);
+    // 16 channels x 2 PCs x 32 DQ x 5.2 Gbps = 665.6 GB/s per stack (AttAcc quotes 670.4 at its exact clock).
+    assert!((d.external_peak_gbps() / 5.0 - 665.6).abs() < 0.1);
+    let j = DeviceSpec::hbm3_jedec().resolve().unwrap();
+    assert_eq!(
+        (j.param("nRCDRD"), j.param("nRC"), j.param("nREFI")),
+        (Some(31), Some(72), Some(6240))
+    );
+}
+
+#[test]
+fn power_limit_selects_nccdab() {
+    let mut s = DeviceSpec::hbm3_attacc();
+    s.pim.power_limited = true;
+    let d = s.resolve().unwrap();
+    assert_eq!(d.pim.n_ccdab, 6);
+    let r = d.rules.iter().find(|r| r.name == "tCCDAB").unwrap();
+    assert_eq!(r.latency, 6);
+}
+
+fn rejects(mutate: impl FnOnce(&mut DeviceSpec), field_part: &str) {
+    let mut s = DeviceSpec::hbm3_attacc();
+    mutate(&mut s);
+    match s.resolve() {
+        Err(PimError::Spec { field, reason }) => {
+            assert!(
+                field.contains(field_part) || reason.contains(field_part),
+                "error `{field}: {reason}` does not mention `{field_part}`"
+            )
+        }
+        other => panic!("expected a spec error mentioning {field_part}, got {other:?}"),
+    }
+}
+
+#[test]
+fn inconsistent_specs_are_rejected() {
+    rejects(|s| s.organisation.pseudo_channels = 0, "pseudo_channels");
+    rejects(|s| s.organisation.bank_groups = 17, "bank_groups");
+    rejects(|s| s.pim.lanes = 8, "lanes");
+    rejects(|s| s.pim.n_ccdab = 0, "n_ccdab");
+    rejects(|s| s.energy.act_pj = f64::NAN, "act_pj");
+    rejects(|s| s.rules[0].latency = "nNOPE".into(), "nNOPE");
+    rejects(|s| s.rules[0].latency = "nCWL - nCL".into(), "evaluates");
+    rejects(|s| s.rules[0].preceding.push("FOO".into()), "FOO");
+    rejects(|s| s.rules[1].name = s.rules[0].name.clone(), "duplicate");
+    rejects(|s| s.rules[0].following.clear(), "following");
+    rejects(
+        |s| {
+            let faw = s.rules.iter_mut().find(|r| r.window > 1).unwrap();
+            faw.following.push("ACTAB".into());
+        },
+        "windowed",
+    );
+    rejects(|s| s.refresh.interval = "nMISSING".into(), "nMISSING");
+    rejects(
+        |s| {
+            s.timing.insert("nREFI".into(), TimingValue::Cycles(10));
+        },
+        "refresh",
+    );
+    rejects(
+        |s| {
+            s.timing.insert("nCCDAB".into(), TimingValue::Cycles(4));
+        },
+        "derived",
+    );
+    rejects(
+        |s| {
+            s.timing.insert("nX".into(), TimingValue::Ns { ns: -1.0 });
+        },
+        "nX",
+    );
+}
+
+#[test]
+fn duplicate_pair_at_one_level_is_rejected() {
+    let mut s = DeviceSpec::hbm3_attacc();
+    let mut dup = s.rules[0].clone();
+    dup.name = "copy".into();
+    s.rules.push(dup);
+    assert!(
+        matches!(s.resolve(), Err(PimError::Spec { reason, .. }) if reason.contains("already has a rule"))
+    );
+}
+
+#[test]
+fn bad_toml_is_a_parse_error() {
+    assert!(matches!(
+        DeviceSpec::from_toml_str("name = 3"),
+        Err(PimError::Parse(_))
+    ));
+    assert!(matches!(
+        DeviceSpec::preset("nope"),
+        Err(PimError::UnknownPreset { .. })
+    ));
+}
