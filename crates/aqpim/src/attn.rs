@@ -1,0 +1,251 @@
+//! `aqpim attn ...`: decode-attention kernels on real-sized caches.
+
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use aqpim_attn::reference::{attention_f64, relative_error};
+use aqpim_kvcache::{build, KvShape, KvSpec};
+use clap::{Args, Subcommand};
+use serde::Serialize;
+
+#[derive(Debug, Subcommand)]
+pub enum AttnCommand {
+    /// Time dense FP16 attention against attention on PQ codes for one decode step of one layer.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Context length (tokens in the cache).
+    #[arg(long, default_value_t = 32768)]
+    ctx: usize,
+    /// Query heads (H).
+    #[arg(long, default_value_t = 32)]
+    heads: usize,
+    /// KV heads (G; H must be a multiple).
+    #[arg(long, default_value_t = 32)]
+    kv_heads: usize,
+    /// Head dimension (d).
+    #[arg(long, default_value_t = 128)]
+    head_dim: usize,
+    /// Elements per PQ sub-vector (dsub).
+    #[arg(long, default_value_t = 4)]
+    dsub: usize,
+    /// Bits per PQ code (nbits).
+    #[arg(long, default_value_t = 8)]
+    nbits: u32,
+    /// FP16 attention-sink tokens.
+    #[arg(long, default_value_t = 4)]
+    sinks: usize,
+    /// FP16 recent-window tokens.
+    #[arg(long, default_value_t = 128)]
+    window: usize,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Timed repetitions of each kernel (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    reps: usize,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// What `aqpim attn bench` measures.
+#[derive(Debug, Serialize)]
+struct BenchReport {
+    ctx: usize,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    dsub: usize,
+    nbits: u32,
+    threads: usize,
+    encoded_tokens: usize,
+    /// Median time of the dense FP16 kernel, one layer, all heads.
+    dense_ms: f64,
+    /// Median time of the PQ kernel, one layer, all heads.
+    pq_ms: f64,
+    speedup: f64,
+    /// Query-head x encoded-token codes scored and accumulated per second by the PQ kernel.
+    codes_per_s: f64,
+    /// Bytes of the PQ cache (codes, FP16 sinks and window) read per second.
+    gb_per_s: f64,
+    /// Lookup-table scoring alone, one thread: codes per second.
+    score_codes_per_s_per_thread: f64,
+    /// PQ output against f64 attention on the decoded cache, worst head.
+    rel_err_vs_decoded: f64,
+    /// PQ output against f64 attention on the uncompressed cache, mean over heads (the PQ approximation itself).
+    rel_err_vs_fp16: f64,
+}
+
+pub fn run(cmd: AttnCommand) -> Result<()> {
+    match cmd {
+        AttnCommand::Bench(args) => {
+            let mut pool = rayon::ThreadPoolBuilder::new();
+            if let Some(t) = args.threads {
+                if t == 0 {
+                    bail!("--threads must be at least 1");
+                }
+                pool = pool.num_threads(t);
+            }
+            let report = pool.build()?.install(|| bench(&args))?;
+            if args.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                for (k, v) in serde_json::to_value(&report)?
+                    .as_object()
+                    .context("report is an object")?
+                {
+                    println!("{k:<30} {v}");
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn median_ms(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?; // warm-up
+    let mut times = Vec::with_capacity(reps);
+    for _ in 0..reps.max(1) {
+        let t = Instant::now();
+        f()?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+fn bench(a: &BenchArgs) -> Result<BenchReport> {
+    let shape = KvShape::with_query_heads(1, a.kv_heads, a.heads, a.head_dim)?;
+    let (g, d, h, ctx) = (a.kv_heads, a.head_dim, a.heads, a.ctx);
+    if ctx == 0 {
+        bail!("--ctx must be positive");
+    }
+    let bar =
+        indicatif::ProgressBar::new_spinner().with_message("generating KV-like keys and values");
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    let keys: Vec<f32> = aqpim_pq::synth::kv_like(g * ctx, d, 1)
+        .iter()
+        .map(|v| v * 0.15)
+        .collect();
+    let values = aqpim_pq::synth::kv_like(g * ctx, d, 2);
+
+    bar.set_message("filling the dense cache");
+    let mut dense = build(shape, &KvSpec::Dense)?;
+    dense.reserve(ctx);
+    dense.prefill(0, &keys, &values)?;
+
+    // One codebook shared by every head keeps set-up short (a single k-means
+    // per subspace); the kernel's work does not depend on the sharing.
+    bar.set_message("training codebooks and encoding the PQ cache");
+    let spec: KvSpec = format!(
+        "pq:dsub={},nbits={},sinks={},window={},share=all,iters=10",
+        a.dsub, a.nbits, a.sinks, a.window
+    )
+    .parse()?;
+    let mut pq = build(shape, &spec)?;
+    pq.reserve(ctx);
+    pq.prefill(0, &keys, &values)?;
+    drop((keys, values));
+    bar.finish_and_clear();
+
+    let mut rng_state = 0x2545_f491_4f6c_dd1du64;
+    let queries: Vec<f32> = (0..h * d)
+        .map(|_| {
+            rng_state ^= rng_state << 13;
+            rng_state ^= rng_state >> 7;
+            rng_state ^= rng_state << 17;
+            (rng_state % 2000) as f32 / 1000.0 - 1.0
+        })
+        .collect();
+    let mut out_dense = vec![0f32; h * d];
+    let mut out_pq = vec![0f32; h * d];
+    let dense_ms = median_ms(a.reps, || {
+        Ok(aqpim_attn::attend(
+            dense.as_ref(),
+            0,
+            &queries,
+            &mut out_dense,
+        )?)
+    })?;
+    let pq_ms = median_ms(a.reps, || {
+        Ok(aqpim_attn::attend(pq.as_ref(), 0, &queries, &mut out_pq)?)
+    })?;
+
+    // Check the outputs: PQ against f64 attention on the decoded cache (must be
+    // float rounding), and against the uncompressed cache (the PQ error).
+    let scale = 1.0 / (d as f64).sqrt();
+    let (mut worst, mut fp_err) = (0f64, 0f64);
+    let pq_store = pq.as_pq().context("PQ cache")?;
+    for qh in 0..h {
+        let kv = pq.reconstruct(0, shape.kv_head_of(qh))?;
+        let q = &queries[qh * d..(qh + 1) * d];
+        worst = worst.max(relative_error(
+            &out_pq[qh * d..(qh + 1) * d],
+            &attention_f64(q, &kv.keys, &kv.values, scale),
+        ));
+        let exact = dense.reconstruct(0, shape.kv_head_of(qh))?;
+        let want = attention_f64(q, &exact.keys, &exact.values, scale);
+        fp_err += relative_error(&out_pq[qh * d..(qh + 1) * d], &want) / h as f64;
+        if qh == 0 {
+            let dense_err = relative_error(&out_dense[..d], &want);
+            if dense_err > 1e-4 {
+                bail!("the dense kernel disagrees with the f64 reference (relative error {dense_err:e})");
+            }
+        }
+    }
+    if worst > 1e-4 {
+        bail!("the PQ kernel disagrees with attention on the decoded cache (relative error {worst:e})");
+    }
+
+    // Scoring alone, one thread: the lookup-table scan over one head's key codes.
+    let view = pq_store.head(0, 0)?;
+    let encoded = view.key_codes.tokens();
+    let score_codes_per_s_per_thread = if encoded > 0 {
+        let kpq = view.key_codebook.context("codebook")?;
+        let lut = kpq.inner_product_table(&queries[..d])?;
+        let mut scores = vec![0f32; encoded];
+        let data = view.key_codes.data();
+        let packed = view.key_codes.is_packed();
+        let ms = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()?
+            .install(|| {
+                median_ms(a.reps.max(5), || {
+                    if packed {
+                        lut.scan_packed4(data, &mut scores)?;
+                    } else {
+                        lut.scan_u8(data, &mut scores)?;
+                    }
+                    Ok(())
+                })
+            })?;
+        encoded as f64 / (ms / 1e3)
+    } else {
+        0.0
+    };
+    let report = pq.memory_report();
+    Ok(BenchReport {
+        ctx,
+        heads: h,
+        kv_heads: g,
+        head_dim: d,
+        dsub: a.dsub,
+        nbits: a.nbits,
+        threads: rayon::current_num_threads(),
+        encoded_tokens: encoded,
+        dense_ms,
+        pq_ms,
+        speedup: dense_ms / pq_ms,
+        codes_per_s: (h * encoded) as f64 / (pq_ms / 1e3),
+        gb_per_s: {
+            let b = &report.bytes;
+            (b.key_codes + b.value_codes + b.sinks + b.recent) as f64 / (pq_ms / 1e3) / 1e9
+        },
+        score_codes_per_s_per_thread,
+        rel_err_vs_decoded: worst,
+        rel_err_vs_fp16: fp_err,
+    })
+}
