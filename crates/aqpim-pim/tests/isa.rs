@@ -1,0 +1,337 @@
+//! The ISA: exact round trips (binary words, binary files, assembly text) on
+//! random programs, and random bytes, words and text into the decoder and the
+//! assembler never panic (over 10^4 cases in all, fixed seeds).
+
+use aqpim_pim::isa::encode::is_binary;
+use aqpim_pim::{BankSel, CodeBits, Instr, PimError, Program, Strides};
+use half::f16;
+use proptest::prelude::*;
+use proptest::test_runner::{Config, RngSeed};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn config(cases: u32, seed: u64) -> Config {
+    Config {
+        cases,
+        rng_seed: RngSeed::Fixed(seed),
+        failure_persistence: None,
+        ..Config::default()
+    }
+}
+
+fn bank(r: &mut ChaCha8Rng) -> BankSel {
+    BankSel {
+        pc: r.gen_range(0..4),
+        sid: r.gen_range(0..4),
+        bg: r.gen_range(0..16),
+        bank: r.gen_range(0..16),
+    }
+}
+
+fn bits(r: &mut ChaCha8Rng) -> CodeBits {
+    if r.gen() {
+        CodeBits::Eight
+    } else {
+        CodeBits::Four
+    }
+}
+
+/// A random instruction whose fields fit their encodings (not necessarily a device).
+fn random_instr(r: &mut ChaCha8Rng) -> Instr {
+    let ch = r.gen();
+    match r.gen_range(0..15) {
+        0 => Instr::Act {
+            ch,
+            bank: bank(r),
+            row: r.gen_range(0..1 << 24),
+        },
+        1 => Instr::Pre { ch, bank: bank(r) },
+        2 => Instr::ActAb {
+            ch,
+            row: r.gen_range(0..1 << 24),
+        },
+        3 => Instr::PreAb { ch },
+        4 => Instr::Rd {
+            ch,
+            bank: bank(r),
+            col: r.gen(),
+        },
+        5 => Instr::Wr {
+            ch,
+            bank: bank(r),
+            col: r.gen(),
+            data: r.gen_range(0..1 << 28),
+        },
+        6 => Instr::Wrgb {
+            ch,
+            buf: r.gen(),
+            data: r.gen(),
+        },
+        7 => Instr::Mac {
+            ch,
+            col: r.gen(),
+            buf: r.gen(),
+            reg: r.gen(),
+            reduce: r.gen(),
+        },
+        8 => Instr::LutAcc {
+            ch,
+            col: r.gen(),
+            bits: bits(r),
+            group: r.gen_range(1..=64),
+            table: r.gen(),
+            reg: r.gen(),
+        },
+        9 => Instr::HistAcc {
+            ch,
+            col: r.gen(),
+            bits: bits(r),
+            group: r.gen_range(1..=64),
+            weights: r.gen(),
+            reg: r.gen(),
+        },
+        10 => Instr::ArgMin {
+            ch,
+            col: r.gen(),
+            start: r.gen_range(0..16),
+            dsub: r.gen_range(1..=16),
+            nbits: r.gen_range(0..=8),
+            cb: r.gen(),
+            reg: r.gen_range(0..4096),
+        },
+        11 => Instr::Mvd {
+            ch,
+            reg: r.gen(),
+            len: r.gen_range(1..=u16::MAX),
+            die: r.gen(),
+        },
+        12 => Instr::Mvb {
+            ch,
+            die: r.gen(),
+            len: r.gen_range(1..32768),
+            buf: r.gen(),
+            broadcast: r.gen(),
+        },
+        13 => {
+            let mut scale = f16::from_bits(r.gen());
+            if !scale.is_finite() {
+                scale = f16::from_f32(0.125);
+            }
+            Instr::Sfm {
+                ch,
+                die: r.gen(),
+                len: r.gen_range(1..=u16::MAX),
+                scale,
+            }
+        }
+        _ => Instr::Barrier,
+    }
+}
+
+fn random_program(seed: u64) -> Program {
+    let mut r = ChaCha8Rng::seed_from_u64(seed);
+    let mut v = Vec::new();
+    let mut depth = 0;
+    for _ in 0..r.gen_range(0..60) {
+        match r.gen_range(0..10) {
+            0 if depth < 4 => {
+                let mut st = || r.gen_range(-512i16..=511);
+                let strides = Strides {
+                    row: st(),
+                    col: st(),
+                    buf: st(),
+                    reg: st(),
+                    data: st(),
+                    die: st(),
+                };
+                v.push(Instr::Loop {
+                    count: r.gen_range(1..1 << 24),
+                    strides,
+                });
+                depth += 1;
+            }
+            1 if depth > 0 => {
+                v.push(Instr::EndLoop);
+                depth -= 1;
+            }
+            _ => v.push(random_instr(&mut r)),
+        }
+    }
+    for _ in 0..depth {
+        v.push(Instr::EndLoop);
+    }
+    Program::new(v).expect("random program is well-formed")
+}
+
+proptest! {
+    #![proptest_config(config(600, 0x15a))]
+    #[test]
+    fn programs_round_trip_exactly(seed in any::<u64>()) {
+        let p = random_program(seed);
+        prop_assert_eq!(&Program::decode(&p.encode()).unwrap(), &p);
+        let bytes = p.to_bytes();
+        prop_assert!(is_binary(&bytes));
+        prop_assert_eq!(&Program::from_bytes(&bytes).unwrap(), &p);
+        let text = p.disassemble();
+        prop_assert_eq!(&Program::assemble(&text).unwrap(), &p);
+        // Re-encoding decoded words gives the same words.
+        prop_assert_eq!(Program::decode(&p.encode()).unwrap().encode(), p.encode());
+    }
+}
+
+proptest! {
+    #![proptest_config(config(3000, 0xdec0de))]
+    #[test]
+    fn random_words_never_panic_the_decoder(words in prop::collection::vec(any::<u64>(), 0..8), op in 0u64..0x14) {
+        // Half of the words get a valid opcode so the field decoders are exercised.
+        let mut w = words;
+        if let Some(first) = w.first_mut() {
+            *first = (*first & 0x00FF_FFFF_FFFF_FFFF) | (op << 56);
+        }
+        if let Ok(p) = Program::decode(&w) {
+            // Whatever decodes re-encodes to the same words.
+            prop_assert_eq!(p.encode(), w);
+        }
+    }
+
+    #[test]
+    fn random_bytes_never_panic_the_file_reader(bytes in prop::collection::vec(any::<u8>(), 0..64), header in any::<bool>()) {
+        let mut b = bytes;
+        if header {
+            let mut h = b"AQPIMPRG\x01\0\0\0".to_vec();
+            h.extend_from_slice(&((b.len() / 8) as u32).to_le_bytes());
+            h.extend_from_slice(&b[..b.len() / 8 * 8]);
+            b = h;
+        }
+        let _ = Program::from_bytes(&b);
+    }
+}
+
+const TOKENS: &[&str] = &[
+    "ACT",
+    "PRE",
+    "ACTAB",
+    "PREAB",
+    "RD",
+    "WR",
+    "WRGB",
+    "MAC",
+    "LUTACC",
+    "HISTACC",
+    "ARGMIN",
+    "MVD",
+    "MVB",
+    "SFM",
+    "BARRIER",
+    "LOOP",
+    "ENDLOOP",
+    "ch=",
+    "pc=",
+    "sid=",
+    "bg=",
+    "bank=",
+    "row=",
+    "col=",
+    "data=",
+    "buf=",
+    "reg=",
+    "bits=",
+    "group=",
+    "table=",
+    "weights=",
+    "start=",
+    "dsub=",
+    "nbits=",
+    "cb=",
+    "len=",
+    "die=",
+    "scale=",
+    "reduce",
+    "bcast",
+    "0",
+    "1",
+    "4",
+    "8",
+    "-3",
+    "0x1F",
+    "65536",
+    "1e9",
+    "nan",
+    "inf",
+    "=",
+    "#",
+    ";",
+    "\n",
+    " ",
+    "\t",
+    "é",
+    "\u{0}",
+    "99999999999999999999999",
+];
+
+proptest! {
+    #![proptest_config(config(3000, 0x7e47))]
+    #[test]
+    fn random_token_text_never_panics_the_assembler(picks in prop::collection::vec(0usize..TOKENS.len(), 0..40)) {
+        let text: String = picks.iter().map(|&i| TOKENS[i]).collect::<Vec<_>>().join("");
+        if let Ok(p) = Program::assemble(&text) {
+            prop_assert_eq!(&Program::assemble(&p.disassemble()).unwrap(), &p);
+        }
+    }
+
+    #[test]
+    fn mutated_programs_never_panic_the_assembler(seed in any::<u64>(), edits in prop::collection::vec((any::<usize>(), any::<char>()), 1..6)) {
+        let mut chars: Vec<char> = random_program(seed).disassemble().chars().collect();
+        for (pos, c) in edits {
+            if chars.is_empty() { break; }
+            let i = pos % chars.len();
+            chars[i] = c;
+        }
+        let text: String = chars.into_iter().collect();
+        match Program::assemble(&text) {
+            Ok(p) => prop_assert_eq!(&Program::assemble(&p.disassemble()).unwrap(), &p),
+            Err(e) => {
+                let ok = matches!(e, PimError::Asm { .. } | PimError::Program { .. });
+                prop_assert!(ok, "unexpected error kind: {}", e);
+            }
+        }
+    }
+}
+
+#[test]
+fn assembly_examples() {
+    let p = Program::assemble(
+        "# one row of scores\n\
+         ACTAB ch=0 row=7\n\
+         loop 32 col=1 reg=1   ; strides\n\
+           LUTACC ch=0 col=0 bits=8 group=32 table=0x0 reg=0\n\
+         ENDLOOP\n\
+         SFM ch=0 die=0 len=64 scale=0.125\n",
+    )
+    .unwrap();
+    assert_eq!(p.instrs().len(), 5);
+    assert_eq!(p.command_count(), 1 + 32 + 1);
+    assert!(matches!(
+        p.instrs()[1],
+        Instr::Loop {
+            count: 32,
+            strides: Strides { col: 1, reg: 1, .. }
+        }
+    ));
+    for (text, needle) in [
+        ("ACT ch=0 pc=0 sid=0 bg=0 row=1", "bank"),
+        ("ACT ch=0 pc=4 sid=0 bg=0 bank=0 row=1", "pc=4"),
+        ("MAC ch=0 col=0 buf=0 reg=0 reduce extra", "extra"),
+        ("LUTACC ch=0 col=0 bits=6 group=1 table=0 reg=0", "bits=6"),
+        ("LUTACC ch=0 col=0 bits=8 group=0 table=0 reg=0", "group"),
+        ("ENDLOOP", "ENDLOOP without LOOP"),
+        ("LOOP 2\nBARRIER", "without ENDLOOP"),
+        ("LOOP 0\nENDLOOP", "count"),
+        ("FOO ch=1", "FOO"),
+        ("SFM ch=0 die=0 len=1 scale=1e9", "finite"),
+        ("RD ch=0 ch=1 pc=0 sid=0 bg=0 bank=0 col=0", "twice"),
+    ] {
+        let e = Program::assemble(text).unwrap_err().to_string();
+        assert!(e.contains(needle), "`{text}`: error `{e}` lacks `{needle}`");
+    }
+}
