@@ -5,6 +5,7 @@
 //! object with `--json`; bad input ends with a one-line error and a non-zero
 //! exit status.
 
+mod model;
 mod npy;
 mod pq;
 
@@ -23,12 +24,19 @@ enum Command {
     /// Product-quantization codebooks: train, encode, benchmark.
     #[command(subcommand)]
     Pq(pq::PqCommand),
+    /// Evaluate a real model (GGUF): perplexity on a text.
+    #[command(subcommand)]
+    Eval(model::EvalCommand),
+    /// Generate text with a real model (GGUF), streaming tokens.
+    Generate(model::GenerateArgs),
 }
 
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Pq(cmd) => pq::run(cmd),
+        Command::Eval(cmd) => model::run_eval(cmd),
+        Command::Generate(args) => model::run_generate(args),
     };
     if let Err(e) = result {
         // One line: the error and its causes, joined.

@@ -495,7 +495,7 @@ mod kernels {
     }
 
     #[inline(always)]
-    fn dot_rows_impl(
+    pub(super) fn dot_rows_impl(
         ty: GgmlType,
         rows: &[u8],
         row_bytes: usize,
@@ -508,17 +508,230 @@ mod kernels {
         }
     }
 
+    /// Hand-written AVX2 + FMA + F16C kernels for the block types (the
+    /// compiler does not vectorize the nibble unpacking well on its own).
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn dot_rows_avx2(
+    mod avx2 {
+        use std::arch::x86_64::*;
+
+        use super::{dot_row_impl, GgmlType, QK};
+
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        fn hsum(v: __m256) -> f32 {
+            let lo = _mm256_castps256_ps128(v);
+            let hi = _mm256_extractf128_ps::<1>(v);
+            let s = _mm_add_ps(lo, hi);
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+            _mm_cvtss_f32(s)
+        }
+
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        fn half(b: &[u8], i: usize) -> f32 {
+            let bits = u16::from_le_bytes([b[i], b[i + 1]]);
+            _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+        }
+
+        /// Loads 8 f32 from `x[i..i + 8]`.
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        fn load8(x: &[f32], i: usize) -> __m256 {
+            let s = &x[i..i + 8];
+            // SAFETY: `s` holds exactly 8 readable f32 values.
+            unsafe { _mm256_loadu_ps(s.as_ptr()) }
+        }
+
+        /// Loads 16 bytes.
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        fn load16(b: &[u8]) -> __m128i {
+            let s = &b[..16];
+            // SAFETY: `s` holds exactly 16 readable bytes.
+            unsafe { _mm_loadu_si128(s.as_ptr().cast()) }
+        }
+
+        #[target_feature(enable = "avx2,fma,f16c")]
+        fn dot_q4(q4_0: bool, row: &[u8], x: &[f32], xsum: &[f32]) -> f32 {
+            let (off, bb) = if q4_0 { (2, 18) } else { (4, 20) };
+            let mask = _mm_set1_epi8(15);
+            let mut acc = _mm256_setzero_ps();
+            let mut msum = 0f32;
+            for ((b, xb), &xs) in row.chunks_exact(bb).zip(x.chunks_exact(QK)).zip(xsum) {
+                let d = half(b, 0);
+                let m = if q4_0 { -8.0 * d } else { half(b, 2) };
+                let qs = load16(&b[off..]);
+                let lo = _mm_and_si128(qs, mask);
+                let hi = _mm_and_si128(_mm_srli_epi16::<4>(qs), mask);
+                let f = |v: __m128i| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v));
+                let mut s = _mm256_mul_ps(f(lo), load8(xb, 0));
+                s = _mm256_fmadd_ps(f(_mm_srli_si128::<8>(lo)), load8(xb, 8), s);
+                s = _mm256_fmadd_ps(f(hi), load8(xb, 16), s);
+                s = _mm256_fmadd_ps(f(_mm_srli_si128::<8>(hi)), load8(xb, 24), s);
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(d), s, acc);
+                msum += m * xs;
+            }
+            hsum(acc) + msum
+        }
+
+        #[target_feature(enable = "avx2,fma,f16c")]
+        fn dot_q8_0(row: &[u8], x: &[f32]) -> f32 {
+            let mut acc = _mm256_setzero_ps();
+            for (b, xb) in row.chunks_exact(34).zip(x.chunks_exact(QK)) {
+                let d = half(b, 0);
+                let q0 = load16(&b[2..]);
+                let q1 = load16(&b[18..]);
+                let f = |v: __m128i| _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v));
+                let mut s = _mm256_mul_ps(f(q0), load8(xb, 0));
+                s = _mm256_fmadd_ps(f(_mm_srli_si128::<8>(q0)), load8(xb, 8), s);
+                s = _mm256_fmadd_ps(f(q1), load8(xb, 16), s);
+                s = _mm256_fmadd_ps(f(_mm_srli_si128::<8>(q1)), load8(xb, 24), s);
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(d), s, acc);
+            }
+            hsum(acc)
+        }
+
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub(super) fn dot_rows(
+            ty: GgmlType,
+            rows: &[u8],
+            row_bytes: usize,
+            x: &[f32],
+            xsum: &[f32],
+            y: &mut [f32],
+        ) {
+            for (yi, row) in y.iter_mut().zip(rows.chunks_exact(row_bytes)) {
+                *yi = match ty {
+                    GgmlType::Q4_0 => dot_q4(true, row, x, xsum),
+                    GgmlType::Q4_1 => dot_q4(false, row, x, xsum),
+                    GgmlType::Q8_0 => dot_q8_0(row, x),
+                    GgmlType::F32 | GgmlType::F16 => dot_row_impl(ty, row, x, xsum),
+                };
+            }
+        }
+    }
+
+    /// AVX-512 kernels: one 16-lane conversion per half block instead of
+    /// two 8-lane ones.
+    #[cfg(target_arch = "x86_64")]
+    mod avx512 {
+        use std::arch::x86_64::*;
+
+        use super::{dot_row_impl, GgmlType, QK};
+
+        #[inline]
+        #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+        fn half(b: &[u8], i: usize) -> f32 {
+            let bits = u16::from_le_bytes([b[i], b[i + 1]]);
+            _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+        }
+
+        #[inline]
+        #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+        fn load16f(x: &[f32], i: usize) -> __m512 {
+            let s = &x[i..i + 16];
+            // SAFETY: `s` holds exactly 16 readable f32 values.
+            unsafe { _mm512_loadu_ps(s.as_ptr()) }
+        }
+
+        #[inline]
+        #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+        fn load16b(b: &[u8]) -> __m128i {
+            let s = &b[..16];
+            // SAFETY: `s` holds exactly 16 readable bytes.
+            unsafe { _mm_loadu_si128(s.as_ptr().cast()) }
+        }
+
+        #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+        fn dot_q4(q4_0: bool, row: &[u8], x: &[f32], xsum: &[f32]) -> f32 {
+            let (off, bb) = if q4_0 { (2, 18) } else { (4, 20) };
+            let mask = _mm_set1_epi8(15);
+            let mut acc = _mm512_setzero_ps();
+            let mut msum = 0f32;
+            for ((b, xb), &xs) in row.chunks_exact(bb).zip(x.chunks_exact(QK)).zip(xsum) {
+                let d = half(b, 0);
+                let m = if q4_0 { -8.0 * d } else { half(b, 2) };
+                let qs = load16b(&b[off..]);
+                let lo = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(qs, mask)));
+                let hi = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(
+                    _mm_srli_epi16::<4>(qs),
+                    mask,
+                )));
+                let s = _mm512_fmadd_ps(hi, load16f(xb, 16), _mm512_mul_ps(lo, load16f(xb, 0)));
+                acc = _mm512_fmadd_ps(_mm512_set1_ps(d), s, acc);
+                msum += m * xs;
+            }
+            _mm512_reduce_add_ps(acc) + msum
+        }
+
+        #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+        fn dot_q8_0(row: &[u8], x: &[f32]) -> f32 {
+            let mut acc = _mm512_setzero_ps();
+            for (b, xb) in row.chunks_exact(34).zip(x.chunks_exact(QK)) {
+                let d = half(b, 0);
+                let q0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(load16b(&b[2..])));
+                let q1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(load16b(&b[18..])));
+                let s = _mm512_fmadd_ps(q1, load16f(xb, 16), _mm512_mul_ps(q0, load16f(xb, 0)));
+                acc = _mm512_fmadd_ps(_mm512_set1_ps(d), s, acc);
+            }
+            _mm512_reduce_add_ps(acc)
+        }
+
+        #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+        pub(super) fn dot_rows(
+            ty: GgmlType,
+            rows: &[u8],
+            row_bytes: usize,
+            x: &[f32],
+            xsum: &[f32],
+            y: &mut [f32],
+        ) {
+            for (yi, row) in y.iter_mut().zip(rows.chunks_exact(row_bytes)) {
+                *yi = match ty {
+                    GgmlType::Q4_0 => dot_q4(true, row, x, xsum),
+                    GgmlType::Q4_1 => dot_q4(false, row, x, xsum),
+                    GgmlType::Q8_0 => dot_q8_0(row, x),
+                    GgmlType::F32 | GgmlType::F16 => dot_row_impl(ty, row, x, xsum),
+                };
+            }
+        }
+    }
+
+    /// Every kernel this CPU can run, for tests: `(name, y)` pairs.
+    #[cfg(test)]
+    pub(super) fn all_variants(
         ty: GgmlType,
         rows: &[u8],
         row_bytes: usize,
         x: &[f32],
         xsum: &[f32],
-        y: &mut [f32],
-    ) {
-        dot_rows_impl(ty, rows, row_bytes, x, xsum, y)
+        n: usize,
+    ) -> Vec<(&'static str, Vec<f32>)> {
+        let mut out = Vec::new();
+        let mut y = vec![0f32; n];
+        dot_rows_impl(ty, rows, row_bytes, x, xsum, &mut y);
+        out.push(("portable", y.clone()));
+        #[cfg(target_arch = "x86_64")]
+        {
+            let f = |s| {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                    && std::arch::is_x86_feature_detected!("f16c")
+                    && s
+            };
+            if f(true) {
+                // SAFETY: the CPU supports the features the function enables.
+                unsafe { avx2::dot_rows(ty, rows, row_bytes, x, xsum, &mut y) };
+                out.push(("avx2", y.clone()));
+            }
+            if f(std::arch::is_x86_feature_detected!("avx512f")) {
+                // SAFETY: as above, plus AVX-512F.
+                unsafe { avx512::dot_rows(ty, rows, row_bytes, x, xsum, &mut y) };
+                out.push(("avx512", y.clone()));
+            }
+        }
+        out
     }
 
     /// `y[i] = row_i . x` for the rows packed in `rows` (`row_bytes` each).
@@ -532,12 +745,21 @@ mod kernels {
     ) {
         #[cfg(target_arch = "x86_64")]
         {
+            if std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+                && std::arch::is_x86_feature_detected!("f16c")
+            {
+                // SAFETY: the CPU supports the features the function enables.
+                unsafe { avx512::dot_rows(ty, rows, row_bytes, x, xsum, y) };
+                return;
+            }
             if std::arch::is_x86_feature_detected!("avx2")
                 && std::arch::is_x86_feature_detected!("fma")
                 && std::arch::is_x86_feature_detected!("f16c")
             {
                 // SAFETY: the CPU supports the features the function enables.
-                unsafe { dot_rows_avx2(ty, rows, row_bytes, x, xsum, y) };
+                unsafe { avx2::dot_rows(ty, rows, row_bytes, x, xsum, y) };
                 return;
             }
         }
@@ -599,6 +821,34 @@ mod tests {
             dequantize(ty, &q, &mut y).unwrap();
             for (a, b) in x.iter().zip(&y) {
                 assert!((a - b).abs() <= tol, "{ty:?}: {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn dispatched_kernels_equal_portable_kernels() {
+        let (rows, cols) = (9, 128);
+        let w = randv(rows * cols, 5);
+        let x = randv(cols, 6);
+        let xsum: Vec<f32> = x.chunks(QK).map(|c| c.iter().sum()).collect();
+        for ty in [
+            GgmlType::F32,
+            GgmlType::F16,
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q8_0,
+        ] {
+            let q = quantize(ty, &w).unwrap();
+            let rb = q.len() / rows;
+            let variants = kernels::all_variants(ty, &q, rb, &x, &xsum, rows);
+            let reference = &variants[0].1;
+            for (name, y) in &variants {
+                for (p, r) in y.iter().zip(reference) {
+                    assert!(
+                        (p - r).abs() < 1e-4 * (1.0 + r.abs()),
+                        "{ty:?} {name}: {p} vs {r}"
+                    );
+                }
             }
         }
     }

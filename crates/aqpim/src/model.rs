@@ -1,0 +1,271 @@
+//! `aqpim eval ppl` and `aqpim generate`: a real GGUF model (Llama family)
+//! run through the dense KV cache; perplexity on a text and streamed generation.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use aqpim_decode::model::cache::{DenseCache, DensePrecision, KvCache};
+use aqpim_decode::model::eval::{self, PplOptions, Sampling};
+use aqpim_decode::model::llama::Llama;
+use aqpim_decode::model::tokenizer::Tokenizer;
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+#[derive(Debug, Subcommand)]
+pub enum EvalCommand {
+    /// Perplexity of a GGUF model on a UTF-8 text, in sliding windows.
+    Ppl(PplArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PplArgs {
+    /// Model file (GGUF, Llama family).
+    #[arg(long)]
+    model: PathBuf,
+    /// UTF-8 text to score.
+    #[arg(long)]
+    text: PathBuf,
+    /// KV cache: `fp16` (dense, half precision) or `f32` (dense, exact).
+    #[arg(long, default_value = "fp16")]
+    kv: String,
+    /// Text tokens per window (W).
+    #[arg(long, default_value_t = 512)]
+    window: usize,
+    /// Start-to-start distance of windows (default: the window, i.e. disjoint windows).
+    #[arg(long)]
+    stride: Option<usize>,
+    /// Inputs of each window run as one batched prefill; the rest are decoded
+    /// one token at a time through the cache (default: the whole window).
+    #[arg(long)]
+    prefill: Option<usize>,
+    /// Score only the text's first N tokens (default: all).
+    #[arg(long)]
+    tokens: Option<usize>,
+    /// Token placed before each window: `auto` (the `<|endoftext|>` separator,
+    /// or EOS), `none`, or a token id.
+    #[arg(long, default_value = "auto")]
+    bos_token: String,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Model file (GGUF, Llama family).
+    #[arg(long)]
+    model: PathBuf,
+    /// Prompt text.
+    #[arg(long)]
+    prompt: String,
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 64)]
+    max_tokens: usize,
+    /// KV cache: `fp16` or `f32`.
+    #[arg(long, default_value = "fp16")]
+    kv: String,
+    /// Sampling temperature; without it decoding is greedy.
+    #[arg(long)]
+    temperature: Option<f32>,
+    /// Nucleus mass kept when sampling.
+    #[arg(long, default_value_t = 0.9)]
+    top_p: f32,
+    /// Sampling seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Wrap the prompt in the ChatML template (`<|im_start|>user ... assistant`).
+    #[arg(long)]
+    chat: bool,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+fn precision(kv: &str) -> Result<DensePrecision> {
+    match kv {
+        "fp16" => Ok(DensePrecision::F16),
+        "f32" => Ok(DensePrecision::F32),
+        other => bail!(
+            "--kv {other}: only the dense caches `fp16` and `f32` are available in this build (compressed caches come with aqpim-kvcache)"
+        ),
+    }
+}
+
+fn set_threads(threads: Option<usize>) -> Result<()> {
+    if let Some(n) = threads {
+        rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("setting the thread count")?;
+    }
+    Ok(())
+}
+
+fn load(path: &Path) -> Result<(Llama, Tokenizer)> {
+    let spinner = ProgressBar::new_spinner().with_message(format!("loading {}", path.display()));
+    spinner.enable_steady_tick(std::time::Duration::from_millis(120));
+    let out = aqpim_decode::model::load(path).with_context(|| format!("loading model {}", path.display()));
+    spinner.finish_and_clear();
+    out
+}
+
+fn new_cache(model: &Llama, precision: DensePrecision) -> DenseCache {
+    let c = model.config();
+    DenseCache::new(c.n_layers, c.n_kv_heads, c.head_dim, precision)
+}
+
+#[derive(Debug, Serialize)]
+struct PplOutput {
+    model: String,
+    text: String,
+    kv: String,
+    window: usize,
+    stride: usize,
+    prefill: usize,
+    doc_start: Option<u32>,
+    text_tokens: usize,
+    scored_tokens: usize,
+    windows: usize,
+    perplexity: f64,
+    nll: f64,
+    cache_bytes: usize,
+    bits_per_element: f64,
+    prefill_tokens: usize,
+    prefill_tokens_per_s: f64,
+    decode_tokens: usize,
+    decode_tokens_per_s: Option<f64>,
+    threads: usize,
+}
+
+pub fn run_eval(cmd: EvalCommand) -> Result<()> {
+    let EvalCommand::Ppl(a) = cmd;
+    set_threads(a.threads)?;
+    let precision = precision(&a.kv)?;
+    let text = std::fs::read_to_string(&a.text).with_context(|| format!("reading text {} (UTF-8 expected)", a.text.display()))?;
+    let (model, tok) = load(&a.model)?;
+    let doc_start = match a.bos_token.as_str() {
+        "none" => None,
+        "auto" => tok.token_id("<|endoftext|>").or(tok.eos),
+        id => {
+            let id: u32 = id.parse().with_context(|| format!("--bos-token {id}: expected `auto`, `none` or a token id"))?;
+            if id as usize >= tok.vocab_size() {
+                bail!("--bos-token {id} is outside the vocabulary of {} tokens", tok.vocab_size());
+            }
+            Some(id)
+        }
+    };
+    let mut tokens = tok.encode(&text).context("tokenizing the text")?;
+    if let Some(n) = a.tokens {
+        if n > tokens.len() {
+            bail!("--tokens {n}: the text has only {} tokens", tokens.len());
+        }
+        tokens.truncate(n);
+    }
+    let max_window = model.config().context_length - usize::from(doc_start.is_some());
+    if a.window > max_window {
+        bail!("--window {} exceeds the model's context of {} tokens", a.window, model.config().context_length);
+    }
+    let opts = PplOptions { window: a.window, stride: a.stride.unwrap_or(a.window), prefill: a.prefill.unwrap_or(a.window + 1), doc_start };
+    let bar = ProgressBar::new(0);
+    bar.set_style(ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} tokens ({per_sec}, eta {eta})").unwrap_or_else(|_| ProgressStyle::default_bar()));
+    bar.set_message("perplexity");
+    let mut cache = || Box::new(new_cache(&model, precision)) as Box<dyn KvCache>;
+    let report = eval::perplexity(&model, &tokens, &opts, &mut cache, &mut |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })?;
+    bar.finish_and_clear();
+    let out = PplOutput {
+        model: a.model.display().to_string(),
+        text: a.text.display().to_string(),
+        kv: a.kv.clone(),
+        window: opts.window,
+        stride: opts.stride,
+        prefill: opts.prefill.min(opts.window),
+        doc_start,
+        text_tokens: tokens.len(),
+        scored_tokens: report.scored_tokens,
+        windows: report.windows,
+        perplexity: report.perplexity,
+        nll: report.nll,
+        cache_bytes: report.cache_bytes,
+        bits_per_element: report.bits_per_element,
+        prefill_tokens: report.prefill_tokens,
+        prefill_tokens_per_s: report.prefill_tokens as f64 / report.prefill_seconds.max(1e-9),
+        decode_tokens: report.decode_tokens,
+        decode_tokens_per_s: (report.decode_tokens > 0).then(|| report.decode_tokens as f64 / report.decode_seconds.max(1e-9)),
+        threads: rayon::current_num_threads(),
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!("model        {}", out.model);
+        println!("text         {} ({} tokens)", out.text, out.text_tokens);
+        println!("kv cache     {} ({} bits/element, {} bytes at most)", out.kv, out.bits_per_element, out.cache_bytes);
+        println!("windows      {} x W={} stride={} prefill={}", out.windows, out.window, out.stride, out.prefill);
+        println!("scored       {} tokens", out.scored_tokens);
+        println!("perplexity   {:.4}  (NLL {:.5} nats)", out.perplexity, out.nll);
+        println!("prefill      {:.1} tokens/s", out.prefill_tokens_per_s);
+        if let Some(d) = out.decode_tokens_per_s {
+            println!("decode       {:.1} tokens/s ({} tokens, teacher-forced)", d, out.decode_tokens);
+        }
+    }
+    Ok(())
+}
+
+pub fn run_generate(a: GenerateArgs) -> Result<()> {
+    set_threads(a.threads)?;
+    let precision = precision(&a.kv)?;
+    let sampling = match a.temperature {
+        None => Sampling::Greedy,
+        Some(temperature) => Sampling::TopP { temperature, top_p: a.top_p, seed: a.seed },
+    };
+    let (model, tok) = load(&a.model)?;
+    let prompt = if a.chat { format!("<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n", a.prompt) } else { a.prompt.clone() };
+    let mut ids = tok.encode(&prompt)?;
+    if tok.add_bos {
+        if let Some(b) = tok.bos {
+            ids.insert(0, b);
+        }
+    }
+    if ids.is_empty() {
+        bail!("the prompt has no tokens");
+    }
+    let stop: Vec<u32> = tok.eos.into_iter().chain(tok.token_id("<|im_end|>")).collect();
+    let mut cache = new_cache(&model, precision);
+    let mut generated = Vec::new();
+    let mut printed = 0;
+    let stdout = std::io::stdout();
+    let start = Instant::now();
+    let report = eval::generate(&model, &ids, a.max_tokens, sampling, &stop, &mut cache, &mut |t| {
+        generated.push(t);
+        // Decode everything so far and print the new suffix, so that
+        // characters split across tokens come out whole.
+        let text = tok.decode(&generated)?;
+        if !text.ends_with('\u{FFFD}') && text.len() > printed {
+            let mut out = stdout.lock();
+            let _ = write!(out, "{}", &text[printed..]);
+            let _ = out.flush();
+            printed = text.len();
+        }
+        Ok(())
+    })?;
+    let text = tok.decode(&generated)?;
+    if text.len() > printed {
+        print!("{}", &text[printed..]);
+    }
+    println!();
+    let steps = report.tokens.len().saturating_sub(1).max(1);
+    eprintln!(
+        "[{} prompt tokens, {} generated in {:.2} s; prefill {:.1} tokens/s, decode {:.1} tokens/s]",
+        ids.len(),
+        report.tokens.len(),
+        start.elapsed().as_secs_f64(),
+        ids.len() as f64 / report.prefill_seconds.max(1e-9),
+        steps as f64 / report.decode_seconds.max(1e-9),
+    );
+    Ok(())
+}
