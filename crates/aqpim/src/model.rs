@@ -99,7 +99,10 @@ fn precision(kv: &str) -> Result<DensePrecision> {
 
 fn set_threads(threads: Option<usize>) -> Result<()> {
     if let Some(n) = threads {
-        rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("setting the thread count")?;
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .context("setting the thread count")?;
     }
     Ok(())
 }
@@ -107,7 +110,8 @@ fn set_threads(threads: Option<usize>) -> Result<()> {
 fn load(path: &Path) -> Result<(Llama, Tokenizer)> {
     let spinner = ProgressBar::new_spinner().with_message(format!("loading {}", path.display()));
     spinner.enable_steady_tick(std::time::Duration::from_millis(120));
-    let out = aqpim_decode::model::load(path).with_context(|| format!("loading model {}", path.display()));
+    let out = aqpim_decode::model::load(path)
+        .with_context(|| format!("loading model {}", path.display()));
     spinner.finish_and_clear();
     out
 }
@@ -144,15 +148,21 @@ pub fn run_eval(cmd: EvalCommand) -> Result<()> {
     let EvalCommand::Ppl(a) = cmd;
     set_threads(a.threads)?;
     let precision = precision(&a.kv)?;
-    let text = std::fs::read_to_string(&a.text).with_context(|| format!("reading text {} (UTF-8 expected)", a.text.display()))?;
+    let text = std::fs::read_to_string(&a.text)
+        .with_context(|| format!("reading text {} (UTF-8 expected)", a.text.display()))?;
     let (model, tok) = load(&a.model)?;
     let doc_start = match a.bos_token.as_str() {
         "none" => None,
         "auto" => tok.token_id("<|endoftext|>").or(tok.eos),
         id => {
-            let id: u32 = id.parse().with_context(|| format!("--bos-token {id}: expected `auto`, `none` or a token id"))?;
+            let id: u32 = id.parse().with_context(|| {
+                format!("--bos-token {id}: expected `auto`, `none` or a token id")
+            })?;
             if id as usize >= tok.vocab_size() {
-                bail!("--bos-token {id} is outside the vocabulary of {} tokens", tok.vocab_size());
+                bail!(
+                    "--bos-token {id} is outside the vocabulary of {} tokens",
+                    tok.vocab_size()
+                );
             }
             Some(id)
         }
@@ -166,11 +176,23 @@ pub fn run_eval(cmd: EvalCommand) -> Result<()> {
     }
     let max_window = model.config().context_length - usize::from(doc_start.is_some());
     if a.window > max_window {
-        bail!("--window {} exceeds the model's context of {} tokens", a.window, model.config().context_length);
+        bail!(
+            "--window {} exceeds the model's context of {} tokens",
+            a.window,
+            model.config().context_length
+        );
     }
-    let opts = PplOptions { window: a.window, stride: a.stride.unwrap_or(a.window), prefill: a.prefill.unwrap_or(a.window + 1), doc_start };
+    let opts = PplOptions {
+        window: a.window,
+        stride: a.stride.unwrap_or(a.window),
+        prefill: a.prefill.unwrap_or(a.window + 1),
+        doc_start,
+    };
     let bar = ProgressBar::new(0);
-    bar.set_style(ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} tokens ({per_sec}, eta {eta})").unwrap_or_else(|_| ProgressStyle::default_bar()));
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} tokens ({per_sec}, eta {eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
     bar.set_message("perplexity");
     let mut cache = || Box::new(new_cache(&model, precision)) as Box<dyn KvCache>;
     let report = eval::perplexity(&model, &tokens, &opts, &mut cache, &mut |done, total| {
@@ -196,7 +218,8 @@ pub fn run_eval(cmd: EvalCommand) -> Result<()> {
         prefill_tokens: report.prefill_tokens,
         prefill_tokens_per_s: report.prefill_tokens as f64 / report.prefill_seconds.max(1e-9),
         decode_tokens: report.decode_tokens,
-        decode_tokens_per_s: (report.decode_tokens > 0).then(|| report.decode_tokens as f64 / report.decode_seconds.max(1e-9)),
+        decode_tokens_per_s: (report.decode_tokens > 0)
+            .then(|| report.decode_tokens as f64 / report.decode_seconds.max(1e-9)),
         threads: rayon::current_num_threads(),
     };
     if a.json {
@@ -204,13 +227,25 @@ pub fn run_eval(cmd: EvalCommand) -> Result<()> {
     } else {
         println!("model        {}", out.model);
         println!("text         {} ({} tokens)", out.text, out.text_tokens);
-        println!("kv cache     {} ({} bits/element, {} bytes at most)", out.kv, out.bits_per_element, out.cache_bytes);
-        println!("windows      {} x W={} stride={} prefill={}", out.windows, out.window, out.stride, out.prefill);
+        println!(
+            "kv cache     {} ({} bits/element, {} bytes at most)",
+            out.kv, out.bits_per_element, out.cache_bytes
+        );
+        println!(
+            "windows      {} x W={} stride={} prefill={}",
+            out.windows, out.window, out.stride, out.prefill
+        );
         println!("scored       {} tokens", out.scored_tokens);
-        println!("perplexity   {:.4}  (NLL {:.5} nats)", out.perplexity, out.nll);
+        println!(
+            "perplexity   {:.4}  (NLL {:.5} nats)",
+            out.perplexity, out.nll
+        );
         println!("prefill      {:.1} tokens/s", out.prefill_tokens_per_s);
         if let Some(d) = out.decode_tokens_per_s {
-            println!("decode       {:.1} tokens/s ({} tokens, teacher-forced)", d, out.decode_tokens);
+            println!(
+                "decode       {:.1} tokens/s ({} tokens, teacher-forced)",
+                d, out.decode_tokens
+            );
         }
     }
     Ok(())
@@ -221,10 +256,21 @@ pub fn run_generate(a: GenerateArgs) -> Result<()> {
     let precision = precision(&a.kv)?;
     let sampling = match a.temperature {
         None => Sampling::Greedy,
-        Some(temperature) => Sampling::TopP { temperature, top_p: a.top_p, seed: a.seed },
+        Some(temperature) => Sampling::TopP {
+            temperature,
+            top_p: a.top_p,
+            seed: a.seed,
+        },
     };
     let (model, tok) = load(&a.model)?;
-    let prompt = if a.chat { format!("<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n", a.prompt) } else { a.prompt.clone() };
+    let prompt = if a.chat {
+        format!(
+            "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n",
+            a.prompt
+        )
+    } else {
+        a.prompt.clone()
+    };
     let mut ids = tok.encode(&prompt)?;
     if tok.add_bos {
         if let Some(b) = tok.bos {
@@ -234,25 +280,37 @@ pub fn run_generate(a: GenerateArgs) -> Result<()> {
     if ids.is_empty() {
         bail!("the prompt has no tokens");
     }
-    let stop: Vec<u32> = tok.eos.into_iter().chain(tok.token_id("<|im_end|>")).collect();
+    let stop: Vec<u32> = tok
+        .eos
+        .into_iter()
+        .chain(tok.token_id("<|im_end|>"))
+        .collect();
     let mut cache = new_cache(&model, precision);
     let mut generated = Vec::new();
     let mut printed = 0;
     let stdout = std::io::stdout();
     let start = Instant::now();
-    let report = eval::generate(&model, &ids, a.max_tokens, sampling, &stop, &mut cache, &mut |t| {
-        generated.push(t);
-        // Decode everything so far and print the new suffix, so that
-        // characters split across tokens come out whole.
-        let text = tok.decode(&generated)?;
-        if !text.ends_with('\u{FFFD}') && text.len() > printed {
-            let mut out = stdout.lock();
-            let _ = write!(out, "{}", &text[printed..]);
-            let _ = out.flush();
-            printed = text.len();
-        }
-        Ok(())
-    })?;
+    let report = eval::generate(
+        &model,
+        &ids,
+        a.max_tokens,
+        sampling,
+        &stop,
+        &mut cache,
+        &mut |t| {
+            generated.push(t);
+            // Decode everything so far and print the new suffix, so that
+            // characters split across tokens come out whole.
+            let text = tok.decode(&generated)?;
+            if !text.ends_with('\u{FFFD}') && text.len() > printed {
+                let mut out = stdout.lock();
+                let _ = write!(out, "{}", &text[printed..]);
+                let _ = out.flush();
+                printed = text.len();
+            }
+            Ok(())
+        },
+    )?;
     let text = tok.decode(&generated)?;
     if text.len() > printed {
         print!("{}", &text[printed..]);
