@@ -89,12 +89,11 @@ fn fp_tokens_body(
 ) {
     let d = keys.head_dim();
     let n = keys.len().min(values.len());
-    scratch.keys.resize(BLOCK * d, 0.0);
-    scratch.values.resize(BLOCK * d, 0.0);
-    scratch.scores.resize(BLOCK, 0.0);
     let mut start = 0;
     while start < n {
         let b = BLOCK.min(n - start);
+        scratch.keys.resize(b * d, 0.0);
+        scratch.values.resize(b * d, 0.0);
         for t in 0..b {
             f16_to_f32(keys.token(start + t), &mut scratch.keys[t * d..(t + 1) * d]);
             f16_to_f32(
@@ -102,18 +101,43 @@ fn fp_tokens_body(
                 &mut scratch.values[t * d..(t + 1) * d],
             );
         }
-        for (q, acc) in queries.chunks_exact(d).zip(accs.iter_mut()) {
-            let scores = &mut scratch.scores[..b];
-            for (s, k) in scores.iter_mut().zip(scratch.keys.chunks_exact(d)) {
-                *s = dot(q, k);
-            }
-            let f = acc.softmax.absorb(scores);
-            acc.rescale(f);
-            for (p, v) in scores.iter().zip(scratch.values.chunks_exact(d)) {
-                axpy(*p, v, &mut acc.o);
-            }
-        }
+        block_body(queries, d, accs, scratch);
         start += b;
+    }
+}
+
+/// Adds one block of f32 tokens (`scratch.keys`, `scratch.values`: `b x d`)
+/// to the accumulators of every query head of a group.
+pub(crate) fn f32_block(queries: &[f32], d: usize, accs: &mut [Acc], scratch: &mut Scratch) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: AVX-512F is available (checked above).
+        unsafe { f32_block_avx512(queries, d, accs, scratch) };
+        return;
+    }
+    block_body(queries, d, accs, scratch);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn f32_block_avx512(queries: &[f32], d: usize, accs: &mut [Acc], scratch: &mut Scratch) {
+    block_body(queries, d, accs, scratch);
+}
+
+#[inline(always)]
+fn block_body(queries: &[f32], d: usize, accs: &mut [Acc], scratch: &mut Scratch) {
+    let b = scratch.keys.len() / d;
+    scratch.scores.resize(b, 0.0);
+    for (q, acc) in queries.chunks_exact(d).zip(accs.iter_mut()) {
+        let scores = &mut scratch.scores[..b];
+        for (s, k) in scores.iter_mut().zip(scratch.keys.chunks_exact(d)) {
+            *s = dot(q, k);
+        }
+        let f = acc.softmax.absorb(scores);
+        acc.rescale(f);
+        for (p, v) in scores.iter().zip(scratch.values.chunks_exact(d)) {
+            axpy(*p, v, &mut acc.o);
+        }
     }
 }
 

@@ -9,14 +9,17 @@ use crate::error::{AttnError, Result};
 /// Decode attention of one layer on any cache: `queries` holds `H x d`
 /// (H query heads of the cache's shape), `out` receives `H x d`. The softmax
 /// scale is `1 / sqrt(d)`. Dense caches use [`crate::attend_dense`], PQ caches
-/// [`crate::attend_pq`] (on the codes, never decoding them).
+/// [`crate::attend_pq`] (on the codes, never decoding them), scalar caches
+/// [`crate::attend_scalar`].
 pub fn attend(cache: &dyn KvStore, layer: usize, queries: &[f32], out: &mut [f32]) -> Result<()> {
     if let Some(pq) = cache.as_pq() {
         crate::attend_pq(pq, layer, queries, out)
     } else if let Some(dense) = cache.as_dense() {
         crate::attend_dense(dense, layer, queries, out)
+    } else if let Some(scalar) = cache.as_scalar() {
+        crate::attend_scalar(scalar, layer, queries, out)
     } else {
-        Err(AttnError::Unsupported("scalar"))
+        Err(AttnError::Unsupported("this kind of"))
     }
 }
 

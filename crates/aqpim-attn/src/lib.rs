@@ -20,7 +20,7 @@
 //! (running-maximum) softmax, so every token is read once.
 //!
 //! Entry points: [`attend`] (any [`aqpim_kvcache::KvStore`]), the per-store
-//! kernels [`attend_dense`] and [`attend_pq`], and the plain f64
+//! kernels [`attend_dense`], [`attend_pq`] and [`attend_scalar`], and the plain f64
 //! [`reference`] that tests hold them to.
 
 mod dense;
@@ -29,11 +29,13 @@ mod layer;
 pub(crate) mod math;
 mod pq;
 pub mod reference;
+mod scalar;
 
 pub use dense::attend_dense;
 pub use error::{AttnError, Result};
 pub use layer::attend;
 pub use pq::{attend_pq, pq_head_attention};
+pub use scalar::attend_scalar;
 
 /// The stages of the PQ kernel, public for benchmarks and for checking the
 /// PIM programs stage by stage.

@@ -1,0 +1,109 @@
+//! Decode attention over the KIVI-style scalar store: the baseline that PQ
+//! must beat at equal bits, read the same way (FP16 sinks and window in the
+//! same online softmax), with quantized tokens dequantized block by block
+//! (`x = min + q * scale`, the store's formula) into f32 scratch.
+
+use aqpim_kvcache::{KvSpec, KvStore, ScalarHeadView, ScalarStore};
+
+use crate::dense::{f32_block, finish, fp_tokens, Acc, Scratch, BLOCK};
+use crate::error::{AttnError, Result};
+
+/// Decode attention over a scalar-quantized cache for one layer: `queries`
+/// holds `H x d`, `out` receives `H x d`. Parallel over KV heads.
+pub fn attend_scalar(
+    store: &ScalarStore,
+    layer: usize,
+    queries: &[f32],
+    out: &mut [f32],
+) -> Result<()> {
+    let KvSpec::Scalar(sc) = store.spec() else {
+        return Err(AttnError::Unsupported("scalar store without a scalar spec"));
+    };
+    let (bits, group) = (sc.bits, sc.group);
+    crate::layer::for_each_group(
+        store.shape(),
+        layer,
+        store.num_tokens(layer)?,
+        queries,
+        out,
+        |g, qs, outs| {
+            let view = store.head(layer, g)?;
+            let d = view.sink_keys.head_dim();
+            let mut accs = vec![Acc::new(d, 0); qs.len() / d];
+            let mut scratch = Scratch::default();
+            fp_tokens(
+                qs,
+                view.sink_keys,
+                view.sink_values,
+                &mut accs,
+                &mut scratch,
+            );
+            encoded_tokens(&view, qs, d, bits, group, &mut accs, &mut scratch)?;
+            fp_tokens(
+                qs,
+                view.recent_keys,
+                view.recent_values,
+                &mut accs,
+                &mut scratch,
+            );
+            finish(&accs, outs);
+            Ok(())
+        },
+    )
+}
+
+fn encoded_tokens(
+    view: &ScalarHeadView<'_>,
+    queries: &[f32],
+    d: usize,
+    bits: u32,
+    group: usize,
+    accs: &mut [Acc],
+    scratch: &mut Scratch,
+) -> Result<()> {
+    let n = view.regions.encoded;
+    if n == 0 {
+        return Ok(());
+    }
+    let row_bytes = (d * bits as usize).div_ceil(8);
+    if view.key_codes.len() != n * row_bytes
+        || view.value_codes.len() != n * row_bytes
+        || group == 0
+        || !d.is_multiple_of(group)
+    {
+        return Err(AttnError::shape(
+            "scalar head",
+            format!("{n} tokens x {row_bytes} code bytes"),
+            view.key_codes.len(),
+        ));
+    }
+    // Blocks hold whole key groups (G tokens share a channel's min and scale).
+    let block = (BLOCK / group).max(1) * group;
+    let mask = ((1u32 << bits) - 1) as u8;
+    let code = |row: &[u8], c: usize| {
+        let bit = c * bits as usize;
+        f32::from((row[bit / 8] >> (bit % 8)) & mask)
+    };
+    let mut start = 0;
+    while start < n {
+        let b = block.min(n - start);
+        scratch.keys.resize(b * d, 0.0);
+        scratch.values.resize(b * d, 0.0);
+        for t in 0..b {
+            let tok = start + t;
+            let krow = &view.key_codes[tok * row_bytes..(tok + 1) * row_bytes];
+            let vrow = &view.value_codes[tok * row_bytes..(tok + 1) * row_bytes];
+            for c in 0..d {
+                let kp = ((tok / group) * d + c) * 2;
+                let vp = (tok * (d / group) + c / group) * 2;
+                scratch.keys[t * d + c] =
+                    view.key_params[kp].to_f32() + code(krow, c) * view.key_params[kp + 1].to_f32();
+                scratch.values[t * d + c] = view.value_params[vp].to_f32()
+                    + code(vrow, c) * view.value_params[vp + 1].to_f32();
+            }
+        }
+        f32_block(queries, d, accs, scratch);
+        start += b;
+    }
+    Ok(())
+}
