@@ -38,6 +38,7 @@
 #![allow(clippy::needless_range_loop)]
 
 mod accounting;
+pub mod bench;
 mod dense;
 mod error;
 mod persist;
@@ -46,6 +47,7 @@ mod scalar;
 mod shape;
 mod spec;
 mod store;
+pub mod synth;
 mod tokens;
 
 pub use accounting::{

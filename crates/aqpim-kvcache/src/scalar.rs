@@ -57,6 +57,11 @@ struct ScalarHead {
 /// first `S` tokens stay FP16 (sinks, default 0); the others enter the FP16
 /// window, and whenever at least `G` tokens have left the last `R`, the
 /// oldest whole groups of `G` are quantized (keys need whole groups of tokens).
+///
+/// The window's buffer is sized for the most it holds, `R + G - 1` tokens,
+/// so beside the bytes [`KvStore::memory_report`] counts, a full-length cache
+/// carries up to `G - 1` empty token slots per head and part (released by
+/// [`KvStore::shrink_to_fit`]).
 #[derive(Debug, Clone)]
 pub struct ScalarStore {
     shape: KvShape,
@@ -360,6 +365,8 @@ impl KvStore for ScalarStore {
         let d = self.shape.head_dim();
         let rb = self.row_bytes;
         let plen = [self.params_len(n.encoded, 0), self.params_len(n.encoded, 1)];
+        // The window fills up to `R + G - 1` tokens before a group of `G` leaves it.
+        let ring = (tokens - n.sinks).min(self.sc.window + self.sc.group - 1);
         for head in self.layers.iter_mut().flat_map(|l| &mut l.1) {
             for p in 0..2 {
                 let v = &mut head.sinks[p];
@@ -368,7 +375,7 @@ impl KvStore for ScalarStore {
                 c.reserve_exact((n.encoded * rb).saturating_sub(c.len()));
                 let q = &mut head.params[p];
                 q.reserve_exact(plen[p].saturating_sub(q.len()));
-                head.recent[p].reserve_tokens(n.recent);
+                head.recent[p].reserve_tokens(ring);
             }
         }
     }

@@ -109,7 +109,10 @@ pub(crate) fn check_layer_input(
     }
     let n = keys.len() / per_token;
     for (part, data) in [(KvPart::Keys, keys), (KvPart::Values, values)] {
-        if let Some(pos) = data.iter().position(|v| !v.is_finite() || v.abs() > f16::MAX.to_f32()) {
+        if let Some(pos) = data
+            .iter()
+            .position(|v| !v.is_finite() || v.abs() > f16::MAX.to_f32())
+        {
             let d = shape.head_dim();
             let value = data[pos];
             return Err(KvError::NonFinite {

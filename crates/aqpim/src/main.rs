@@ -5,6 +5,7 @@
 //! object with `--json`; bad input ends with a one-line error and a non-zero
 //! exit status.
 
+mod kv;
 mod model;
 mod npy;
 mod pq;
@@ -24,6 +25,9 @@ enum Command {
     /// Product-quantization codebooks: train, encode, benchmark.
     #[command(subcommand)]
     Pq(pq::PqCommand),
+    /// Compressed KV caches: memory accounting, append benchmark.
+    #[command(subcommand)]
+    Kv(kv::KvCommand),
     /// Evaluate a real model (GGUF): perplexity on a text.
     #[command(subcommand)]
     Eval(model::EvalCommand),
@@ -35,6 +39,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Pq(cmd) => pq::run(cmd),
+        Command::Kv(cmd) => kv::run(cmd),
         Command::Eval(cmd) => model::run_eval(cmd),
         Command::Generate(args) => model::run_generate(args),
     };

@@ -1,0 +1,129 @@
+//! The `aqpim kv` commands end to end: `stats` prints the library's
+//! accounting, bad shapes and specs end with a one-line error naming them.
+
+use std::process::{Command, Output};
+
+use aqpim_kvcache::{account, KvShape, KvSpec};
+
+fn aqpim(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_aqpim"))
+        .args(args)
+        .output()
+        .expect("running aqpim")
+}
+
+#[test]
+fn stats_json_is_the_library_accounting() {
+    for spec in [
+        "dense",
+        "scalar:bits=2,group=32,window=128",
+        "pq:dsub=4,nbits=8,sinks=4,window=128",
+    ] {
+        let out = aqpim(&[
+            "kv",
+            "stats",
+            "--model-shape",
+            "32,32,128",
+            "--ctx",
+            "131072",
+            "--kv",
+            spec,
+            "--json",
+        ]);
+        assert!(
+            out.status.success(),
+            "{spec}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+        let want = account(
+            &KvShape::llama2_7b(),
+            &spec.parse::<KvSpec>().unwrap(),
+            131_072,
+        )
+        .unwrap();
+        assert_eq!(
+            json["total_bytes"].as_u64(),
+            Some(want.total_bytes),
+            "{spec}"
+        );
+        assert_eq!(json["fp16_bytes"].as_u64(), Some(want.fp16_bytes), "{spec}");
+        assert_eq!(
+            json["bits_per_element"]["total"].as_f64(),
+            Some(want.bits_per_element.total),
+            "{spec}"
+        );
+    }
+    // The table form, with grouped-query heads.
+    let out = aqpim(&[
+        "kv",
+        "stats",
+        "--model-shape",
+        "30,3,64",
+        "--q-heads",
+        "9",
+        "--ctx",
+        "4096",
+        "--kv",
+        "pq:dsub=4,nbits=4",
+    ]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("bits per element"));
+}
+
+#[test]
+fn bad_input_is_one_line_and_names_it() {
+    for (args, needle) in [
+        (
+            vec!["--model-shape", "32,32", "--ctx", "8", "--kv", "dense"],
+            "--model-shape",
+        ),
+        (
+            vec![
+                "--model-shape",
+                "32,32,128",
+                "--ctx",
+                "8",
+                "--kv",
+                "pq:dsub=4,nbitz=8",
+            ],
+            "`nbitz`",
+        ),
+        (
+            vec![
+                "--model-shape",
+                "32,32,128",
+                "--ctx",
+                "8",
+                "--kv",
+                "pq:dsub=3",
+            ],
+            "dsub = 3",
+        ),
+        (
+            vec![
+                "--model-shape",
+                "4,3,64",
+                "--q-heads",
+                "8",
+                "--ctx",
+                "8",
+                "--kv",
+                "dense",
+            ],
+            "query heads",
+        ),
+    ] {
+        let mut all = vec!["kv", "stats"];
+        all.extend(args);
+        let out = aqpim(&all);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.starts_with("error: ")
+                && err.trim_end().lines().count() == 1
+                && err.contains(needle),
+            "{err}"
+        );
+    }
+}
