@@ -179,7 +179,10 @@ impl KvSpec {
         match self {
             KvSpec::Dense => Ok(()),
             KvSpec::Scalar(s) => {
-                if !shape.head_dim().is_multiple_of(s.group) {
+                if ![2, 4, 8].contains(&s.bits) {
+                    return Err(bad(format!("bits = {} is not 2, 4 or 8", s.bits)));
+                }
+                if s.group == 0 || !shape.head_dim().is_multiple_of(s.group) {
                     return Err(bad(format!(
                         "group = {} does not divide head_dim = {}",
                         s.group,
@@ -189,7 +192,15 @@ impl KvSpec {
                 Ok(())
             }
             KvSpec::Pq(p) => {
-                if !shape.head_dim().is_multiple_of(p.dsub) {
+                for (name, bits) in [("kbits", p.key_bits), ("vbits", p.value_bits)] {
+                    if !(1..=8).contains(&bits) {
+                        return Err(bad(format!("{name} = {bits} is not in 1..=8")));
+                    }
+                }
+                if p.iterations == 0 {
+                    return Err(bad("iters must be at least 1".into()));
+                }
+                if p.dsub == 0 || !shape.head_dim().is_multiple_of(p.dsub) {
                     return Err(bad(format!(
                         "dsub = {} does not divide head_dim = {}",
                         p.dsub,
@@ -487,5 +498,31 @@ mod tests {
             .unwrap()
             .validate(&shape)
             .is_err());
+        // Specs built in code, not parsed, are checked too.
+        let bad_scalar = KvSpec::Scalar(ScalarSpec {
+            group: 0,
+            ..ScalarSpec::default()
+        });
+        assert!(bad_scalar.validate(&shape).is_err());
+        assert!(KvSpec::Scalar(ScalarSpec {
+            bits: 3,
+            group: 2,
+            ..ScalarSpec::default()
+        })
+        .validate(&shape)
+        .is_err());
+        assert!(KvSpec::Pq(PqSpec {
+            dsub: 0,
+            ..PqSpec::default()
+        })
+        .validate(&shape)
+        .is_err());
+        assert!(KvSpec::Pq(PqSpec {
+            dsub: 2,
+            key_bits: 9,
+            ..PqSpec::default()
+        })
+        .validate(&shape)
+        .is_err());
     }
 }
