@@ -127,11 +127,21 @@ pub fn run(cmd: PqCommand) -> Result<()> {
             );
             Ok(())
         }),
-        PqCommand::Encode { codebook, input, out, threads } => with_threads(threads, || {
+        PqCommand::Encode {
+            codebook,
+            input,
+            out,
+            threads,
+        } => with_threads(threads, || {
             let pq = ProductQuantizer::load(&codebook)?;
             let x = npy::read_matrix(&input)?;
             if x.cols != pq.params().dim() {
-                bail!("{}: vectors have d = {}, the codebook expects d = {}", input.display(), x.cols, pq.params().dim());
+                bail!(
+                    "{}: vectors have d = {}, the codebook expects d = {}",
+                    input.display(),
+                    x.cols,
+                    pq.params().dim()
+                );
             }
             let codes = pq.encode(&x.data)?;
             npy::write_u8(&out, x.rows, pq.params().num_subspaces(), &codes)?;
@@ -156,7 +166,10 @@ pub fn run(cmd: PqCommand) -> Result<()> {
 }
 
 /// Runs `f` on a rayon pool of `threads` workers (all cores when `None`).
-fn with_threads<T: Send>(threads: Option<usize>, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+fn with_threads<T: Send>(
+    threads: Option<usize>,
+    f: impl FnOnce() -> Result<T> + Send,
+) -> Result<T> {
     let mut builder = rayon::ThreadPoolBuilder::new();
     if let Some(t) = threads {
         if t == 0 {
@@ -164,10 +177,17 @@ fn with_threads<T: Send>(threads: Option<usize>, f: impl FnOnce() -> Result<T> +
         }
         builder = builder.num_threads(t);
     }
-    builder.build().context("starting the thread pool")?.install(f)
+    builder
+        .build()
+        .context("starting the thread pool")?
+        .install(f)
 }
 
-fn train_with_spinner(params: PqParams, data: &[f32], opts: &TrainOptions) -> Result<(ProductQuantizer, f64)> {
+fn train_with_spinner(
+    params: PqParams,
+    data: &[f32],
+    opts: &TrainOptions,
+) -> Result<(ProductQuantizer, f64)> {
     let bar = indicatif::ProgressBar::new_spinner().with_message(format!(
         "training {} k-means of {} centroids",
         params.num_subspaces(),
@@ -204,8 +224,15 @@ pub struct BenchReport {
 
 impl BenchReport {
     fn print_table(&self) {
-        println!("{:<24} {}", "vectors (n x d)", format!("{} x {}", self.n, self.d));
-        println!("{:<24} M={} nbits={} iters={} threads={}", "quantizer", self.m, self.nbits, self.iters, self.threads);
+        println!(
+            "{:<24} {}",
+            "vectors (n x d)",
+            format!("{} x {}", self.n, self.d)
+        );
+        println!(
+            "{:<24} M={} nbits={} iters={} threads={}",
+            "quantizer", self.m, self.nbits, self.iters, self.threads
+        );
         println!("{:<24} {:.3}", "train (s)", self.train_s);
         println!("{:<24} {:.3}", "encode (s)", self.encode_s);
         println!("{:<24} {:.1}", "ADC (M codes/s)", self.adc_mcodes_per_s);
@@ -227,7 +254,12 @@ fn bench(args: &TrainArgs) -> Result<BenchReport> {
     let encode_s = t.elapsed().as_secs_f64();
 
     let rec = pq.decode(&codes)?;
-    let se: f64 = x.data.iter().zip(&rec).map(|(a, b)| f64::from(a - b).powi(2)).sum();
+    let se: f64 = x
+        .data
+        .iter()
+        .zip(&rec)
+        .map(|(a, b)| f64::from(a - b).powi(2))
+        .sum();
     let norms: f64 = x.data.iter().map(|a| f64::from(*a).powi(2)).sum();
     let mse_per_vector = se / x.rows as f64;
     let rel_mse = se / norms.max(f64::MIN_POSITIVE);
@@ -243,16 +275,27 @@ fn bench(args: &TrainArgs) -> Result<BenchReport> {
         let fast = FastScanCodes::from_codes(&codes, args.m)?;
         let mut fs = vec![0f32; x.rows];
         let frate = throughput(x.rows, || fast.scan(&lut, &mut fs))?;
-        if fs.iter().zip(&scores).any(|(a, b)| (a - b).abs() > 1e-3 * (1.0 + b.abs())) {
+        if fs
+            .iter()
+            .zip(&scores)
+            .any(|(a, b)| (a - b).abs() > 1e-3 * (1.0 + b.abs()))
+        {
             bail!("fast-scan scores disagree with the packed scan");
         }
         (rate, Some(frate))
     } else {
-        (throughput(x.rows, || lut.scan_u8(&codes, &mut scores))?, None)
+        (
+            throughput(x.rows, || lut.scan_u8(&codes, &mut scores))?,
+            None,
+        )
     };
     let mut max_adc_error = 0f64;
     for (i, s) in scores.iter().enumerate() {
-        let exact: f64 = query.iter().zip(&rec[i * x.cols..(i + 1) * x.cols]).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum();
+        let exact: f64 = query
+            .iter()
+            .zip(&rec[i * x.cols..(i + 1) * x.cols])
+            .map(|(a, b)| f64::from(*a) * f64::from(*b))
+            .sum();
         max_adc_error = max_adc_error.max((f64::from(*s) - exact).abs() / (1.0 + exact.abs()));
     }
     if max_adc_error > 1e-4 {
