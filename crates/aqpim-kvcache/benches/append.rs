@@ -16,6 +16,12 @@
 use aqpim_kvcache::{synth, KvShape, KvSpec, KvStore};
 use criterion::{criterion_group, criterion_main, Criterion};
 
+/// Whether criterion runs as a benchmark (`cargo bench`) rather than as a
+/// smoke test (`cargo test --all-targets`), which gets a small shape.
+fn benchmarking() -> bool {
+    std::env::args().any(|a| a == "--bench")
+}
+
 fn append_step(c: &mut Criterion) {
     let shares = std::env::var("AQPIM_KV_BENCH_SHARE").unwrap_or_else(|_| "none,heads,all".into());
     for share in shares.split(',') {
@@ -24,13 +30,18 @@ fn append_step(c: &mut Criterion) {
 }
 
 fn bench_share(c: &mut Criterion, share: &str) {
-    let shape = KvShape::llama2_7b();
+    let shape = if benchmarking() {
+        KvShape::llama2_7b()
+    } else {
+        KvShape::new(2, 2, 128).expect("shape")
+    };
     let text = format!("pq:dsub=4,nbits=8,sinks=4,window=128,share={share}");
     let KvSpec::Pq(spec) = text.parse::<KvSpec>().expect("valid spec") else {
         unreachable!("a pq spec")
     };
+    let points = if benchmarking() { 4096 } else { 256 };
     let codebooks =
-        synth::calibrated_codebooks(shape.head_dim(), &spec, 4096, 4, 1).expect("training");
+        synth::calibrated_codebooks(shape.head_dim(), &spec, points, 4, 1).expect("training");
     let mut store = synth::store_with_codebooks(shape, spec, &codebooks).expect("store");
     for layer in 0..shape.num_layers() {
         synth::fill_layer(&mut store, layer, 256, 256, layer as u64).expect("prefill");
@@ -38,7 +49,12 @@ fn bench_share(c: &mut Criterion, share: &str) {
     let (k, v) = synth::layer_tokens(&shape, 1, 99);
     let before = store.regions(0).expect("layer 0").encoded;
     c.bench_function(
-        &format!("append/llama2-7b/32-layers/pq-dsub4-nbits8-share-{share}"),
+        &format!(
+            "append/{}x{}x{}/pq-dsub4-nbits8-share-{share}",
+            shape.num_layers(),
+            shape.num_kv_heads(),
+            shape.head_dim()
+        ),
         |b| {
             b.iter(|| {
                 for layer in 0..shape.num_layers() {
