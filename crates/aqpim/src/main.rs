@@ -9,6 +9,7 @@ mod kv;
 mod model;
 mod npy;
 mod pq;
+mod sim;
 
 use clap::{Parser, Subcommand};
 
@@ -25,6 +26,9 @@ enum Command {
     /// Product-quantization codebooks: train, encode, benchmark.
     #[command(subcommand)]
     Pq(pq::PqCommand),
+    /// PIM programs: assemble, disassemble, run on an HBM3 device, benchmark the simulator.
+    #[command(subcommand)]
+    Sim(sim::SimCommand),
     /// Compressed KV caches: memory accounting, append benchmark.
     #[command(subcommand)]
     Kv(kv::KvCommand),
@@ -39,6 +43,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Pq(cmd) => pq::run(cmd),
+        Command::Sim(cmd) => sim::run(cmd),
         Command::Kv(cmd) => kv::run(cmd),
         Command::Eval(cmd) => model::run_eval(cmd),
         Command::Generate(args) => model::run_generate(args),

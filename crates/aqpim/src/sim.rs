@@ -1,0 +1,384 @@
+//! `aqpim sim ...`: assemble and disassemble PIM programs, run them on a
+//! device preset, and benchmark the simulator.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use aqpim_pim::bench::{
+    external_bandwidth, internal_bandwidth, standard_mix, BandwidthCheck, MIX_DESCRIPTION,
+    MIX_HOST_BYTES,
+};
+use aqpim_pim::isa::encode::is_binary;
+use aqpim_pim::{check_trace, Device, DeviceSpec, Mode, Program, SimOptions, Simulator, Stats};
+use clap::Subcommand;
+use serde::Serialize;
+
+#[derive(Debug, Subcommand)]
+pub enum SimCommand {
+    /// Assemble a text program into the binary form (magic AQPIMPRG, 64-bit words).
+    Asm {
+        /// Assembly text (see docs/pim.md).
+        file: PathBuf,
+        /// Output file (default: FILE with extension .pimb).
+        #[arg(short, long)]
+        out: Option<PathBuf>,
+    },
+    /// Disassemble a binary program to text (stdout, or --out).
+    Disasm {
+        /// Binary program.
+        file: PathBuf,
+        /// Output file (default: stdout).
+        #[arg(short, long)]
+        out: Option<PathBuf>,
+    },
+    /// Run a program (text or binary) on a device and print its statistics.
+    Run {
+        /// Program file, assembly text or binary.
+        program: PathBuf,
+        /// Device preset name (hbm3-attacc-5.2, hbm3-jedec-6.4) or a TOML spec file.
+        #[arg(long, default_value = "hbm3-attacc-5.2")]
+        device: String,
+        /// Host data file that WR and WRGB read (their `data` operands are byte offsets).
+        #[arg(long)]
+        host_data: Option<PathBuf>,
+        /// Skip functional work (identical cycle counts).
+        #[arg(long)]
+        timing_only: bool,
+        /// Do not insert refresh.
+        #[arg(long)]
+        no_refresh: bool,
+        /// Validate the command trace with the independent checker.
+        #[arg(long)]
+        check: bool,
+        /// Write the command trace as JSON lines (one TraceEntry per line).
+        #[arg(long)]
+        trace: Option<PathBuf>,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Simulated commands per second on the standard mix, and the analytic bandwidth checks.
+    Bench {
+        /// Device preset name or TOML spec file.
+        #[arg(long, default_value = "hbm3-attacc-5.2")]
+        device: String,
+        /// Channels the mix runs on.
+        #[arg(long, default_value_t = 16)]
+        channels: usize,
+        /// Row iterations per channel (115 commands each).
+        #[arg(long, default_value_t = 2000)]
+        rows: u32,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn run(cmd: SimCommand) -> Result<()> {
+    match cmd {
+        SimCommand::Asm { file, out } => asm(&file, out),
+        SimCommand::Disasm { file, out } => disasm(&file, out),
+        SimCommand::Run {
+            program,
+            device,
+            host_data,
+            timing_only,
+            no_refresh,
+            check,
+            trace,
+            json,
+        } => run_program(
+            &program,
+            &device,
+            host_data,
+            timing_only,
+            no_refresh,
+            check,
+            trace,
+            json,
+        ),
+        SimCommand::Bench {
+            device,
+            channels,
+            rows,
+            json,
+        } => bench(&device, channels, rows, json),
+    }
+}
+
+fn device(name: &str) -> Result<Device> {
+    let spec =
+        DeviceSpec::preset_or_file(name).with_context(|| format!("loading device `{name}`"))?;
+    Ok(spec.resolve()?)
+}
+
+fn load_program(path: &Path) -> Result<Program> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    if is_binary(&bytes) {
+        Ok(Program::from_bytes(&bytes).with_context(|| format!("decoding {}", path.display()))?)
+    } else {
+        let text = String::from_utf8(bytes).with_context(|| {
+            format!(
+                "{} is neither a binary program nor UTF-8 text",
+                path.display()
+            )
+        })?;
+        Ok(Program::assemble(&text).with_context(|| format!("assembling {}", path.display()))?)
+    }
+}
+
+fn asm(file: &Path, out: Option<PathBuf>) -> Result<()> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let p = Program::assemble(&text).with_context(|| format!("assembling {}", file.display()))?;
+    let out = out.unwrap_or_else(|| file.with_extension("pimb"));
+    let bytes = p.to_bytes();
+    aqpim_pq::io::write_atomic(&out, &bytes)?;
+    println!(
+        "{}: {} instructions, {} words, {} commands when run -> {}",
+        file.display(),
+        p.instrs().len(),
+        p.encode().len(),
+        p.command_count(),
+        out.display()
+    );
+    Ok(())
+}
+
+fn disasm(file: &Path, out: Option<PathBuf>) -> Result<()> {
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    if !is_binary(&bytes) {
+        bail!(
+            "{} is not a binary PIM program (no AQPIMPRG magic)",
+            file.display()
+        );
+    }
+    let p = Program::from_bytes(&bytes).with_context(|| format!("decoding {}", file.display()))?;
+    let text = p.disassemble();
+    match out {
+        Some(o) => aqpim_pq::io::write_atomic(&o, text.as_bytes())?,
+        None => print!("{text}"),
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct RunReport {
+    program: String,
+    mode: Mode,
+    refresh: bool,
+    trace_checked: bool,
+    wall_s: f64,
+    stats: Stats,
+}
+
+fn print_stats(s: &Stats) {
+    println!("{:<26} {}", "device", s.device);
+    println!("{:<26} {} ({:.1} ns)", "cycles", s.cycles, s.ns);
+    println!(
+        "{:<26} {} ({} refreshes)",
+        "commands", s.total_commands, s.refreshes
+    );
+    for (k, v) in &s.commands {
+        println!("  {k:<24} {v}");
+    }
+    println!(
+        "{:<26} {} / {}",
+        "row hits / misses", s.row_hits, s.row_misses
+    );
+    println!(
+        "{:<26} {} B ({:.1} GB/s)",
+        "bytes inside banks", s.bytes_internal, s.internal_gbps
+    );
+    println!(
+        "{:<26} {} B ({:.1} GB/s)",
+        "bytes across interface", s.bytes_external, s.external_gbps
+    );
+    println!("{:<26} {} B", "bytes bank buffers", s.bytes_buffer);
+    println!(
+        "{:<26} {} B",
+        "bytes to/from buffer die", s.bytes_buffer_die
+    );
+    let e = &s.energy;
+    println!("{:<26} {:.3} uJ", "energy", e.total_pj / 1e6);
+    for (k, v) in [
+        ("activate", e.activate_pj),
+        ("column", e.column_pj),
+        ("io", e.io_pj),
+        ("pim", e.pim_pj),
+        ("buffer", e.buffer_pj),
+        ("buffer die", e.buffer_die_pj),
+        ("refresh", e.refresh_pj),
+    ] {
+        println!("  {k:<24} {:.3} uJ", v / 1e6);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_program(
+    path: &Path,
+    device_name: &str,
+    host_data: Option<PathBuf>,
+    timing_only: bool,
+    no_refresh: bool,
+    check: bool,
+    trace: Option<PathBuf>,
+    json: bool,
+) -> Result<()> {
+    let d = device(device_name)?;
+    let p = load_program(path)?;
+    let mode = if timing_only {
+        Mode::TimingOnly
+    } else {
+        Mode::Functional
+    };
+    let record = check || trace.is_some();
+    let mut sim = Simulator::new(
+        &d,
+        SimOptions {
+            mode,
+            refresh: !no_refresh,
+            record_trace: record,
+        },
+    );
+    if let Some(h) = host_data {
+        sim.set_host_data(std::fs::read(&h).with_context(|| format!("reading {}", h.display()))?);
+    }
+    let t0 = Instant::now();
+    let stats = sim
+        .run(&p)
+        .with_context(|| format!("running {}", path.display()))?;
+    let wall_s = t0.elapsed().as_secs_f64();
+    if check {
+        check_trace(&d, sim.trace()).context("the independent trace checker rejected the run")?;
+    }
+    if let Some(t) = trace {
+        let mut text = String::new();
+        for e in sim.trace() {
+            text.push_str(&serde_json::to_string(e)?);
+            text.push('\n');
+        }
+        aqpim_pq::io::write_atomic(&t, text.as_bytes())?;
+    }
+    if json {
+        let r = RunReport {
+            program: path.display().to_string(),
+            mode,
+            refresh: !no_refresh,
+            trace_checked: check,
+            wall_s,
+            stats,
+        };
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        print_stats(&stats);
+        if check {
+            println!("{:<26} passed", "trace checker");
+        }
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct BenchReport {
+    device: String,
+    mix: String,
+    channels: usize,
+    rows_per_channel: u32,
+    commands: u64,
+    timing_only_s: f64,
+    timing_only_mcmds_per_s: f64,
+    functional_s: f64,
+    functional_mcmds_per_s: f64,
+    simulated_cycles: u64,
+    simulated_ns: f64,
+    bandwidth: Vec<BandwidthCheck>,
+}
+
+fn bench(device_name: &str, channels: usize, rows: u32, json: bool) -> Result<()> {
+    let d = device(device_name)?;
+    let mix = standard_mix(&d, channels, rows);
+    let mut runs = Vec::new();
+    for mode in [Mode::TimingOnly, Mode::Functional] {
+        let mut sim = Simulator::new(
+            &d,
+            SimOptions {
+                mode,
+                refresh: true,
+                record_trace: false,
+            },
+        );
+        sim.set_host_data(vec![0x3c; MIX_HOST_BYTES]);
+        let t0 = Instant::now();
+        let stats = sim.run(&mix)?;
+        runs.push((t0.elapsed().as_secs_f64(), stats));
+    }
+    // The benchmark checks its own output: both modes agree, and the mix
+    // issued what it was built to issue.
+    if runs[0].1 != runs[1].1 {
+        bail!("timing-only and functional statistics differ");
+    }
+    let expected = mix.command_count();
+    let st = &runs[0].1;
+    if st.total_commands < expected {
+        bail!(
+            "the mix issued {} commands, expected at least {expected}",
+            st.total_commands
+        );
+    }
+    let bandwidth = vec![internal_bandwidth(&d, 4000)?, external_bandwidth(&d, 1000)?];
+    let r = BenchReport {
+        device: d.name.clone(),
+        mix: MIX_DESCRIPTION.to_string(),
+        channels: channels.min(d.org.channels),
+        rows_per_channel: rows,
+        commands: st.total_commands,
+        timing_only_s: runs[0].0,
+        timing_only_mcmds_per_s: st.total_commands as f64 / runs[0].0 / 1e6,
+        functional_s: runs[1].0,
+        functional_mcmds_per_s: st.total_commands as f64 / runs[1].0 / 1e6,
+        simulated_cycles: st.cycles,
+        simulated_ns: st.ns,
+        bandwidth,
+    };
+    if json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!("{:<28} {}", "device", r.device);
+        println!("{:<28} {}", "mix", r.mix);
+        println!(
+            "{:<28} {} channels x {} rows = {} commands",
+            "size", r.channels, r.rows_per_channel, r.commands
+        );
+        println!(
+            "{:<28} {:.1} M commands/s ({:.3} s)",
+            "timing-only", r.timing_only_mcmds_per_s, r.timing_only_s
+        );
+        println!(
+            "{:<28} {:.1} M commands/s ({:.3} s)",
+            "functional", r.functional_mcmds_per_s, r.functional_s
+        );
+        println!(
+            "{:<28} {} cycles ({:.1} us)",
+            "simulated",
+            r.simulated_cycles,
+            r.simulated_ns / 1e3
+        );
+        for b in &r.bandwidth {
+            println!(
+                "{:<28} simulated {:.1} GB/s, analytic {:.1} GB/s per channel, ratio {:.4} ({}); {:.1} GB/s per stack",
+                b.what.split(':').next().unwrap_or(""),
+                b.simulated_gbps,
+                b.analytic_gbps,
+                b.ratio,
+                if b.within_2_percent { "within 2 %" } else { "OUTSIDE 2 %" },
+                b.analytic_stack_gbps
+            );
+        }
+    }
+    if r.bandwidth.iter().any(|b| !b.within_2_percent) {
+        bail!("a bandwidth check is outside 2 %");
+    }
+    Ok(())
+}
