@@ -4,9 +4,11 @@
 //! 128K-token allocation of one layer compared with the accounting of all 32.
 //!
 //! `cargo run --release -p aqpim-kvcache --example llama_bars [ALLOC_CTX] [ALLOC_LAYERS]`
-//! prints one JSON object, the same as `aqpim kv bench --alloc-ctx 131072 --json`.
+//! prints one JSON object (`ALLOC_CTX = 0` skips the allocation check), as
+//! `aqpim kv bench --alloc-ctx 131072 --json` does, plus the same step with
+//! `flush=16`.
 
-use aqpim_kvcache::{bench, KvShape, KvSpec};
+use aqpim_kvcache::{bench, KvShape, KvSpec, PqSpec};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
@@ -20,12 +22,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let KvSpec::Pq(spec) = "pq:dsub=4,nbits=8,sinks=4,window=128".parse::<KvSpec>()? else {
         unreachable!("a pq spec")
     };
-    let append = bench::append_latency(shape, spec, 256, 30, 1)?;
-    eprintln!("append: median {:.2} ms per step", append.median_step_ms);
-    let alloc = bench::allocation_check(shape, spec, ctx, layers, 1)?;
+    let append = bench::append_latency(shape, spec, 256, 64, 1)?;
+    eprintln!(
+        "append, flush=1: median {:.2} ms per step",
+        append.median_step_ms
+    );
+    let batched = bench::append_latency(shape, PqSpec { flush: 16, ..spec }, 256, 64, 1)?;
+    eprintln!(
+        "append, flush=16: median {:.2} ms per step",
+        batched.median_step_ms
+    );
+    let alloc = if ctx > 0 {
+        Some(bench::allocation_check(shape, spec, ctx, layers, 1)?)
+    } else {
+        None
+    };
     println!(
         "{}",
-        serde_json::json!({ "append": append, "allocation": alloc })
+        serde_json::json!({ "append": append, "append_flush16": batched, "allocation": alloc })
     );
     Ok(())
 }

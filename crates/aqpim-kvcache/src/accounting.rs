@@ -41,7 +41,17 @@ impl Regions {
     /// - scalar: `sinks = min(ctx, S)`; of the rest, whole groups of `G`
     ///   tokens that have left the window of `R` are quantized
     ///   (`floor((rest - R) / G) * G`), the others stay in FP16.
+    ///
+    /// This is layer 0's split; with `flush = B > 1` layers flush at
+    /// staggered points, see [`Regions::nominal_layer`].
     pub fn nominal(spec: &KvSpec, ctx: usize) -> Regions {
+        Self::nominal_layer(spec, ctx, 0, 1)
+    }
+
+    /// The split of layer `layer` of `num_layers` after `ctx` tokens; for pq,
+    /// `encoded = PqSpec::encoded_target(ctx, layer, num_layers)` once
+    /// `ctx >= train_min`.
+    pub fn nominal_layer(spec: &KvSpec, ctx: usize, layer: usize, num_layers: usize) -> Regions {
         match spec {
             KvSpec::Dense => Regions {
                 sinks: 0,
@@ -52,7 +62,7 @@ impl Regions {
                 let sinks = ctx.min(p.sinks);
                 let rest = ctx - sinks;
                 let encoded = if ctx >= p.train_threshold() {
-                    rest.saturating_sub(p.window)
+                    p.encoded_target(ctx, layer, num_layers)
                 } else {
                     0
                 };
@@ -149,14 +159,25 @@ pub struct MemoryReport {
 }
 
 /// The accounting of an (unallocated) cache of `ctx` tokens in every layer,
-/// split as [`Regions::nominal`] says, with all codebooks present once any
-/// token is encoded.
+/// split as [`Regions::nominal_layer`] says, with a codebook present once a
+/// (layer, head) using it has encoded a token.
 pub fn account(shape: &KvShape, spec: &KvSpec, ctx: usize) -> Result<MemoryReport> {
     spec.validate(shape)?;
-    let r = Regions::nominal(spec, ctx);
-    let layers = vec![r; shape.num_layers()];
+    let l_count = shape.num_layers();
+    let layers: Vec<Regions> = (0..l_count)
+        .map(|l| Regions::nominal_layer(spec, ctx, l, l_count))
+        .collect();
+    // A codebook exists once a (layer, head) using it has encoded a token.
     let codebooks = match spec {
-        KvSpec::Pq(p) if r.encoded > 0 => p.share.num_groups(shape),
+        KvSpec::Pq(p) => {
+            let mut used = vec![false; p.share.num_groups(shape)];
+            for (l, r) in layers.iter().enumerate() {
+                for h in 0..shape.num_kv_heads() {
+                    used[p.share.group_of(shape, l, h)] |= r.encoded > 0;
+                }
+            }
+            used.iter().filter(|u| **u).count()
+        }
         _ => 0,
     };
     account_regions(shape, spec, &layers, codebooks, codebooks)

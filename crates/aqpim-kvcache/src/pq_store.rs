@@ -130,7 +130,8 @@ struct PqLayer {
 /// The AQPIM store.
 ///
 /// Token life cycle, per layer: the first `S` tokens become FP16 sinks; the
-/// others enter the FP16 recent window; when the window holds more than `R`,
+/// others enter the FP16 recent window; when the window holds more than `R`
+/// (at the layer's flush points when `flush = B > 1`, see [`PqSpec::flush`]),
 /// its oldest tokens are encoded with the current codebooks (of their FP16
 /// values, so that encoding does not depend on when it happens). A layer
 /// without codebooks trains them (online, one k-means per subspace, K and V
@@ -336,10 +337,12 @@ impl PqStore {
             return Ok(());
         }
         let reg = self.layers[layer].regions;
-        let (s_max, r_max) = (self.pq.sinks, self.pq.window);
-        let to_sinks = s_max.saturating_sub(reg.sinks).min(n);
+        let to_sinks = self.pq.sinks.saturating_sub(reg.sinks).min(n);
         let to_recent = n - to_sinks;
-        let need = (reg.recent + to_recent).saturating_sub(r_max);
+        let target = self
+            .pq
+            .encoded_target(reg.total() + n, layer, self.shape.num_layers());
+        let need = target.saturating_sub(reg.encoded);
         if need > 0 && !self.layer_ready(layer) && reg.total() + n >= self.pq.train_threshold() {
             self.train_layer(layer, keys, values, n)?;
         }
@@ -360,31 +363,33 @@ impl PqStore {
         } = self;
         let packed = *packed;
         let codebooks = &*codebooks;
-        layers[layer]
-            .heads
-            .par_iter_mut()
-            .enumerate()
-            .try_for_each(|(h, head)| -> Result<()> {
-                let g = share.group_of(&shape, layer, h);
-                for p in 0..2 {
-                    let x = &[keys, values][p][h * n * d..(h + 1) * n * d];
-                    extend_f16(&mut head.sinks[p], &x[..to_sinks * d]);
-                    let fresh = &x[to_sinks * d..];
-                    if overflow > 0 {
-                        let pq = codebooks[p][g]
-                            .as_ref()
-                            .expect("layer_ready checked every group");
-                        let mut buf = Vec::with_capacity(overflow * d);
-                        head.recent[p].pop_front_f32(from_ring, &mut buf);
-                        buf.extend(round_f16(&fresh[..from_new * d]));
-                        encode_append(pq, &buf, packed[p], &mut head.codes[p])?;
-                    }
-                    let mut tail = Vec::new();
-                    extend_f16(&mut tail, &fresh[from_new * d..]);
-                    head.recent[p].push(&tail);
+        let work = |(h, head): (usize, &mut PqHead)| -> Result<()> {
+            let g = share.group_of(&shape, layer, h);
+            for p in 0..2 {
+                let x = &[keys, values][p][h * n * d..(h + 1) * n * d];
+                extend_f16(&mut head.sinks[p], &x[..to_sinks * d]);
+                let fresh = &x[to_sinks * d..];
+                if overflow > 0 {
+                    let pq = codebooks[p][g]
+                        .as_ref()
+                        .expect("layer_ready checked every group");
+                    let mut buf = Vec::with_capacity(overflow * d);
+                    head.recent[p].pop_front_f32(from_ring, &mut buf);
+                    buf.extend(round_f16(&fresh[..from_new * d]));
+                    encode_append(pq, &buf, packed[p], &mut head.codes[p])?;
                 }
-                Ok(())
-            })?;
+                head.recent[p].push_f32(&fresh[from_new * d..]);
+            }
+            Ok(())
+        };
+        let heads = &mut layers[layer].heads;
+        if overflow > 0 {
+            // Encoding: nearest-centroid searches, worth spreading over threads.
+            heads.par_iter_mut().enumerate().try_for_each(work)?;
+        } else {
+            // Copies only: cheaper than waking the thread pool.
+            heads.iter_mut().enumerate().try_for_each(work)?;
+        }
         let r = &mut layers[layer].regions;
         r.sinks += to_sinks;
         r.encoded += overflow;
@@ -420,9 +425,17 @@ impl PqStore {
                 encoded: r.u64("encoded count")?,
                 recent: r.u64("recent count")?,
             };
-            let ok = reg.sinks <= pq.sinks
+            let total = reg
+                .sinks
+                .checked_add(reg.encoded)
+                .and_then(|t| t.checked_add(reg.recent));
+            let ok = total.is_some()
+                && reg.sinks <= pq.sinks
                 && (reg.sinks == pq.sinks || reg.encoded + reg.recent == 0)
-                && (reg.encoded == 0 || (reg.recent == pq.window && s.layer_ready(layer)));
+                && (reg.encoded == 0
+                    || (reg.encoded
+                        == pq.encoded_target(total.unwrap_or(0), layer, shape.num_layers())
+                        && s.layer_ready(layer)));
             if !ok {
                 return Err(r.bad(format!(
                     "layer {layer}: regions {reg:?} are impossible for `{}`",
@@ -583,7 +596,8 @@ impl KvStore for PqStore {
         let (s, r) = (self.pq.sinks, self.pq.window);
         let d = self.shape.head_dim();
         let encoded = tokens.saturating_sub(s + r);
-        let recent = tokens.saturating_sub(s).min(r);
+        // The window holds up to `R + B - 1` tokens between flushes.
+        let recent = tokens.saturating_sub(s).min(r + self.pq.flush.max(1) - 1);
         let rows = self.row_bytes;
         for head in self.layers.iter_mut().flat_map(|l| &mut l.heads) {
             for p in 0..2 {

@@ -235,9 +235,7 @@ impl ScalarStore {
                     buf.extend(round_f16(&fresh[..from_new * d]));
                     self.quantize(&buf, p, &mut head.codes[p], &mut head.params[p]);
                 }
-                let mut tail = Vec::new();
-                extend_f16(&mut tail, &fresh[from_new * d..]);
-                head.recent[p].push(&tail);
+                head.recent[p].push_f32(&fresh[from_new * d..]);
             }
         }
         let (r, slot) = &mut self.layers[layer];

@@ -118,6 +118,14 @@ pub struct PqSpec {
     /// Online training waits until a layer holds this many tokens (default:
     /// `ksub`, the fewest k-means accepts); until then tokens stay in FP16.
     pub train_min: Option<usize>,
+    /// Tokens leave the window in batches of `B` (`flush=B`, default 1): a
+    /// layer encodes only at its flush points, the token counts `n` with
+    /// `(n + offset) % B == 0`, `offset = layer * B / num_layers`, so that
+    /// layers flush at staggered steps. Each codebook is then read once per
+    /// `B` tokens instead of once per token (a decode step's appends are
+    /// bound by reading every head's codebook), and the window holds between
+    /// `R` and `R + B - 1` tokens.
+    pub flush: usize,
 }
 
 impl Default for PqSpec {
@@ -133,6 +141,7 @@ impl Default for PqSpec {
             iterations: 25,
             seed: 1234,
             train_min: None,
+            flush: 1,
         }
     }
 }
@@ -159,6 +168,22 @@ impl PqSpec {
         } else {
             params.num_subspaces()
         }
+    }
+
+    /// The latest flush point of `layer` at or before `n` tokens (see [`PqSpec::flush`]).
+    pub fn flush_point(&self, n: usize, layer: usize, num_layers: usize) -> usize {
+        let b = self.flush.max(1);
+        let offset = layer * b / num_layers.max(1);
+        // Before the first flush point (`n < offset`) nothing is due.
+        n.saturating_sub((n % b + offset) % b)
+    }
+
+    /// Tokens of `layer` that are encoded once it holds `n` tokens and has
+    /// codebooks: every token past the sinks and older than the last `R` at
+    /// the latest flush point.
+    pub fn encoded_target(&self, n: usize, layer: usize, num_layers: usize) -> usize {
+        self.flush_point(n, layer, num_layers)
+            .saturating_sub(self.sinks + self.window)
     }
 
     /// Tokens a layer must hold before online training runs.
@@ -196,6 +221,9 @@ impl KvSpec {
                     if !(1..=8).contains(&bits) {
                         return Err(bad(format!("{name} = {bits} is not in 1..=8")));
                     }
+                }
+                if p.flush == 0 {
+                    return Err(bad("flush must be at least 1".into()));
                 }
                 if p.iterations == 0 {
                     return Err(bad("iters must be at least 1".into()));
@@ -258,6 +286,9 @@ impl fmt::Display for KvSpec {
                     p.iterations,
                     p.seed
                 )?;
+                if p.flush != 1 {
+                    write!(f, ",flush={}", p.flush)?;
+                }
                 if let Some(t) = p.train_min {
                     write!(f, ",train_min={t}")?;
                 }
@@ -312,6 +343,7 @@ impl FromStr for KvSpec {
                 "iters",
                 "seed",
                 "train_min",
+                "flush",
             ],
             other => {
                 return Err(err(format!(
@@ -410,6 +442,7 @@ impl FromStr for KvSpec {
                         })?,
                     },
                     train_min: num("train_min", 1, BIG)?.map(|v| v as usize),
+                    flush: num("flush", 1, 65536)?.map_or(d.flush, |v| v as usize),
                 }))
             }
         }
@@ -448,7 +481,7 @@ mod tests {
 
     #[test]
     fn canonical_form_round_trips() {
-        for s in ["dense", "scalar:bits=4,group=64,window=0,sinks=2", "pq:dsub=2,kbits=4,vbits=3,sinks=0,window=0,share=all,pack=true,iters=5,seed=9,train_min=300", "pq"] {
+        for s in ["dense", "scalar:bits=4,group=64,window=0,sinks=2", "pq:dsub=2,kbits=4,vbits=3,sinks=0,window=0,share=all,pack=true,iters=5,seed=9,flush=8,train_min=300", "pq"] {
             let spec: KvSpec = s.parse().unwrap();
             assert_eq!(spec.to_string().parse::<KvSpec>().unwrap(), spec, "{s}");
         }

@@ -181,17 +181,17 @@ impl TokenRing {
         }
     }
 
-    /// Appends tokens (`k x d`).
-    pub(crate) fn push(&mut self, tokens: &[f16]) {
+    /// Appends tokens given as f32 (`k x d`), rounding them to FP16.
+    pub(crate) fn push_f32(&mut self, tokens: &[f32]) {
         let d = self.d;
         for t in tokens.chunks_exact(d) {
             let cap = self.cap();
             if self.len < cap {
                 let slot = (self.start + self.len) % cap;
-                self.buf[slot * d..(slot + 1) * d].copy_from_slice(t);
+                self.buf[slot * d..(slot + 1) * d].convert_from_f32_slice(t);
             } else {
                 self.linearize();
-                self.buf.extend_from_slice(t);
+                extend_f16(&mut self.buf, t);
             }
             self.len += 1;
         }
@@ -258,21 +258,17 @@ impl TokenRing {
 mod tests {
     use super::*;
 
-    fn toks(v: &[f32]) -> Vec<f16> {
-        v.iter().map(|&x| f16::from_f32(x)).collect()
-    }
-
     #[test]
     fn ring_is_fifo_and_stays_exact() {
         let mut r = TokenRing::new(2);
-        r.push(&toks(&[0., 0., 1., 1., 2., 2.]));
+        r.push_f32(&[0., 0., 1., 1., 2., 2.]);
         r.shrink_to_fit();
         let mut out = Vec::new();
         for step in 3..10 {
             out.clear();
             r.pop_front_f32(1, &mut out);
             assert_eq!(out, vec![(step - 3) as f32; 2]);
-            r.push(&toks(&[step as f32; 2]));
+            r.push_f32(&[step as f32; 2]);
             assert_eq!(r.capacity_bytes(), r.used_bytes());
             let all: Vec<f32> = r.slices().to_f32();
             assert_eq!(
@@ -281,7 +277,7 @@ mod tests {
             );
         }
         // Growing a wrapped ring keeps the order.
-        r.push(&toks(&[10., 10.]));
+        r.push_f32(&[10., 10.]);
         assert_eq!(r.slices().to_f32(), [7., 7., 8., 8., 9., 9., 10., 10.]);
         r.shrink_to_fit();
         assert_eq!(r.capacity_bytes(), r.used_bytes());

@@ -11,7 +11,7 @@ use common::{layer_input, tokens};
 const SPECS: [&str; 4] = [
     "dense",
     "scalar:bits=2,group=4,window=3,sinks=1",
-    "pq:dsub=2,nbits=4,sinks=2,window=3,iters=3",
+    "pq:dsub=2,nbits=4,sinks=2,window=3,flush=3,iters=3",
     "pq:dsub=4,kbits=3,vbits=2,sinks=0,window=2,pack=false,share=heads,iters=3",
 ];
 

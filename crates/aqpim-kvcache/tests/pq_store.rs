@@ -89,10 +89,10 @@ proptest! {
     #[test]
     fn tokens_come_back_as_stored(
         sinks in 0usize..4, window in 0usize..12, n in 0usize..60, prefill_frac in 0.0f64..1.0,
-        kbits in 3u32..5, vbits in 2u32..5, pack: bool, gqa: bool, seed in 0u64..1000,
+        kbits in 3u32..5, vbits in 2u32..5, pack: bool, gqa: bool, flush in 1usize..5, seed in 0u64..1000,
     ) {
         let shape = if gqa { KvShape::with_query_heads(2, 2, 6, 8).unwrap() } else { KvShape::new(2, 3, 8).unwrap() };
-        let s = spec(&format!("pq:dsub=2,kbits={kbits},vbits={vbits},sinks={sinks},window={window},pack={pack},iters=4,seed={seed}"));
+        let s = spec(&format!("pq:dsub=2,kbits={kbits},vbits={vbits},sinks={sinks},window={window},pack={pack},flush={flush},iters=4,seed={seed}"));
         let mut store = build(shape, &s).unwrap();
         let prefill = (n as f64 * prefill_frac) as usize;
         for layer in 0..2 {
@@ -327,4 +327,42 @@ fn bad_inputs_say_what_and_where() {
         build(shape, &spec("pq:dsub=3")),
         Err(KvError::Incompatible { .. })
     ));
+}
+
+#[test]
+fn batched_flushes_are_staggered_across_layers() {
+    // flush = 4 over 4 layers: layer l encodes when (n + l) % 4 == 0.
+    let shape = KvShape::new(4, 1, 8).unwrap();
+    let s = spec("pq:dsub=2,nbits=4,sinks=1,window=2,flush=4,iters=2");
+    let KvSpec::Pq(p) = &s else { unreachable!() };
+    let mut store = build(shape, &s).unwrap();
+    let (k, v) = layer_input(&shape, 40, 2);
+    let first = |x: &[f32]| common::tokens(x, 1, 40, 8, 0, 20);
+    for layer in 0..4 {
+        store.prefill(layer, &first(&k), &first(&v)).unwrap();
+    }
+    for n in 20..40 {
+        let flushing: Vec<usize> = (0..4).filter(|&l| (n + l) % 4 == 0).collect();
+        assert_eq!(flushing.len(), 1, "one layer flushes per step");
+        for layer in 0..4 {
+            let reg = store.regions(layer).unwrap();
+            assert_eq!(reg.encoded, p.encoded_target(n, layer, 4));
+            assert!(reg.recent >= 2 && reg.recent <= 2 + 3, "{reg:?}");
+            let t = n - 20;
+            let one = |x: &[f32]| common::tokens(x, 1, 40, 8, 20 + t, 21 + t);
+            if n < 39 {
+                store.append(layer, &one(&k), &one(&v)).unwrap();
+            }
+        }
+    }
+    for layer in 0..4 {
+        check_layer(
+            store.as_pq().unwrap(),
+            layer,
+            &common::tokens(&k, 1, 40, 8, 0, 39),
+            &common::tokens(&v, 1, 40, 8, 0, 39),
+            39,
+        );
+    }
+    assert_eq!(store.memory_report(), account(&shape, &s, 39).unwrap());
 }
