@@ -29,14 +29,53 @@ use crate::model::quant::QMatrix;
 #[derive(Debug, Clone)]
 struct Layer {
     attn_norm: Vec<f32>,
-    wq: QMatrix,
-    wk: QMatrix,
-    wv: QMatrix,
+    /// `Wq`, `Wk`, `Wv`, applied to the same input.
+    wqkv: Stacked<3>,
     wo: QMatrix,
     ffn_norm: Vec<f32>,
-    w_gate: QMatrix,
-    w_up: QMatrix,
+    /// `Wgate`, `Wup`, applied to the same input.
+    w_gate_up: Stacked<2>,
     w_down: QMatrix,
+}
+
+/// Matrices applied to the same input. When they share a storage type they
+/// are stacked by rows into one matrix, so that one parallel product (one
+/// pass over the input, one thread hand-off) serves them all.
+#[derive(Debug, Clone)]
+struct Stacked<const N: usize> {
+    parts: [QMatrix; N],
+    fused: Option<QMatrix>,
+}
+
+impl<const N: usize> Stacked<N> {
+    fn new(parts: [QMatrix; N]) -> Self {
+        let fused = QMatrix::concat_rows(&parts.each_ref());
+        Self { parts, fused }
+    }
+
+    /// Bytes of weight storage (the fused copy replaces the parts at run time).
+    fn bytes(&self) -> usize {
+        self.parts.iter().map(QMatrix::bytes).sum()
+    }
+
+    /// `X W_i^T` for each part: `x` is `n x cols`, result `i` is `n x rows_i`.
+    fn apply(&self, x: &[f32], n: usize) -> [Vec<f32>; N] {
+        let Some(f) = &self.fused else {
+            return std::array::from_fn(|i| self.parts[i].matmul(x, n));
+        };
+        let all = f.matmul(x, n);
+        let total = f.rows();
+        let mut start = 0;
+        std::array::from_fn(|i| {
+            let rows = self.parts[i].rows();
+            let out = all
+                .chunks_exact(total)
+                .flat_map(|r| r[start..start + rows].iter().copied())
+                .collect();
+            start += rows;
+            out
+        })
+    }
 }
 
 /// Which rows of logits [`Llama::forward`] returns.
@@ -79,13 +118,17 @@ impl Llama {
             let n = |s: &str| format!("blk.{l}.{s}.weight");
             layers.push(Layer {
                 attn_norm: vec(&n("attn_norm"))?,
-                wq: file.matrix(&n("attn_q"), c.n_heads * hd, dim)?,
-                wk: file.matrix(&n("attn_k"), c.n_kv_heads * hd, dim)?,
-                wv: file.matrix(&n("attn_v"), c.n_kv_heads * hd, dim)?,
+                wqkv: Stacked::new([
+                    file.matrix(&n("attn_q"), c.n_heads * hd, dim)?,
+                    file.matrix(&n("attn_k"), c.n_kv_heads * hd, dim)?,
+                    file.matrix(&n("attn_v"), c.n_kv_heads * hd, dim)?,
+                ]),
                 wo: file.matrix(&n("attn_output"), dim, c.n_heads * hd)?,
                 ffn_norm: vec(&n("ffn_norm"))?,
-                w_gate: file.matrix(&n("ffn_gate"), c.ffn_dim, dim)?,
-                w_up: file.matrix(&n("ffn_up"), c.ffn_dim, dim)?,
+                w_gate_up: Stacked::new([
+                    file.matrix(&n("ffn_gate"), c.ffn_dim, dim)?,
+                    file.matrix(&n("ffn_up"), c.ffn_dim, dim)?,
+                ]),
                 w_down: file.matrix(&n("ffn_down"), dim, c.ffn_dim)?,
             });
         }
@@ -116,10 +159,10 @@ impl Llama {
     /// Bytes of weight storage.
     pub fn weight_bytes(&self) -> usize {
         let mats = self.layers.iter().map(|l| {
-            [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]
-                .iter()
-                .map(|m| m.bytes())
-                .sum::<usize>()
+            l.wqkv.bytes()
+                + l.w_gate_up.bytes()
+                + l.wo.bytes()
+                + l.w_down.bytes()
                 + 4 * (l.attn_norm.len() + l.ffn_norm.len())
         });
         mats.sum::<usize>()
@@ -199,9 +242,7 @@ impl Llama {
         let group = c.group_size();
         for (l, layer) in self.layers.iter().enumerate() {
             let h = self.rmsnorm(&x, &layer.attn_norm);
-            let mut q = layer.wq.matmul(&h, n);
-            let mut k = layer.wk.matmul(&h, n);
-            let v = layer.wv.matmul(&h, n);
+            let [mut q, mut k, v] = layer.wqkv.apply(&h, n);
             for t in 0..n {
                 for head in q[t * nh * hd..(t + 1) * nh * hd].chunks_exact_mut(hd) {
                     self.rope(head, p0 + t);
@@ -232,8 +273,7 @@ impl Llama {
             let o = layer.wo.matmul(&attn, n);
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
             let h = self.rmsnorm(&x, &layer.ffn_norm);
-            let mut gate = layer.w_gate.matmul(&h, n);
-            let up = layer.w_up.matmul(&h, n);
+            let [mut gate, up] = layer.w_gate_up.apply(&h, n);
             for (g, u) in gate.iter_mut().zip(&up) {
                 *g = *g / (1.0 + (-*g).exp()) * u;
             }

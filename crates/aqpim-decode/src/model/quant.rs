@@ -240,6 +240,8 @@ pub struct QMatrix {
 
 /// Rows per parallel task in the products.
 const ROW_CHUNK: usize = 64;
+/// Fewest rows per parallel task in [`QMatrix::gemv`].
+const GEMV_MIN_ROWS: usize = 64;
 
 impl QMatrix {
     /// Wraps `bytes` as a `rows x cols` matrix of type `ty`.
@@ -276,6 +278,25 @@ impl QMatrix {
             });
         }
         Self::new(ty, rows, cols, quantize(ty, values)?)
+    }
+
+    /// The matrices stacked by rows (`[A; B; ...]`), when they share a
+    /// storage type and a column count.
+    pub fn concat_rows(parts: &[&QMatrix]) -> Option<QMatrix> {
+        let first = parts.first()?;
+        if parts
+            .iter()
+            .any(|m| m.ty != first.ty || m.cols != first.cols)
+        {
+            return None;
+        }
+        let bytes = parts.iter().flat_map(|m| m.bytes.iter().copied()).collect();
+        Some(QMatrix {
+            ty: first.ty,
+            rows: parts.iter().map(|m| m.rows).sum(),
+            cols: first.cols,
+            bytes,
+        })
     }
 
     /// Storage type.
@@ -342,8 +363,17 @@ impl QMatrix {
         // sum_j (q_j d + m) x_j = d sum_j q_j x_j + m sum_j x_j.
         let xsum: Vec<f32> = x.chunks(QK).map(|c| c.iter().sum()).collect();
         let rb = self.row_bytes();
-        y.par_chunks_mut(ROW_CHUNK).enumerate().for_each(|(c, yc)| {
-            let r0 = c * ROW_CHUNK;
+        // A few tasks per thread (multiples of 4 rows for the 4-row kernels):
+        // fewer, larger tasks than in `matmul`, since a GEMV is only tens of
+        // microseconds of work and task hand-offs would dominate.
+        let threads = rayon::current_num_threads().max(1);
+        let chunk = self
+            .rows
+            .div_ceil(4 * threads)
+            .next_multiple_of(4)
+            .max(GEMV_MIN_ROWS);
+        y.par_chunks_mut(chunk).enumerate().for_each(|(c, yc)| {
+            let r0 = c * chunk;
             let rows = &self.bytes[r0 * rb..(r0 + yc.len()) * rb];
             kernels::dot_rows(self.ty, rows, rb, x, &xsum, yc);
         });
@@ -678,8 +708,89 @@ mod kernels {
             _mm512_reduce_add_ps(acc)
         }
 
+        /// Four Q4_0/Q4_1 rows at once: the activations are loaded once per
+        /// block for all four, and four independent accumulators keep more
+        /// loads in flight. Each row's sum is formed in the same order as in
+        /// [`dot_q4`].
+        #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+        fn dot_q4_x4(q4_0: bool, rows: [&[u8]; 4], x: &[f32], xsum: &[f32]) -> [f32; 4] {
+            let (off, bb) = if q4_0 { (2, 18) } else { (4, 20) };
+            let mask = _mm_set1_epi8(15);
+            let mut acc = [_mm512_setzero_ps(); 4];
+            let mut msum = [0f32; 4];
+            for (blk, (xb, &xs)) in x.chunks_exact(QK).zip(xsum).enumerate() {
+                let (x0, x1) = (load16f(xb, 0), load16f(xb, 16));
+                for r in 0..4 {
+                    let b = &rows[r][blk * bb..(blk + 1) * bb];
+                    let d = half(b, 0);
+                    let m = if q4_0 { -8.0 * d } else { half(b, 2) };
+                    let qs = load16b(&b[off..]);
+                    let lo = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(qs, mask)));
+                    let hi = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(
+                        _mm_srli_epi16::<4>(qs),
+                        mask,
+                    )));
+                    let s = _mm512_fmadd_ps(hi, x1, _mm512_mul_ps(lo, x0));
+                    acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(d), s, acc[r]);
+                    msum[r] += m * xs;
+                }
+            }
+            [0, 1, 2, 3].map(|r| _mm512_reduce_add_ps(acc[r]) + msum[r])
+        }
+
+        /// Four Q8_0 rows at once (see [`dot_q4_x4`]).
+        #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+        fn dot_q8_0_x4(rows: [&[u8]; 4], x: &[f32]) -> [f32; 4] {
+            let mut acc = [_mm512_setzero_ps(); 4];
+            for (blk, xb) in x.chunks_exact(QK).enumerate() {
+                let (x0, x1) = (load16f(xb, 0), load16f(xb, 16));
+                for r in 0..4 {
+                    let b = &rows[r][blk * 34..(blk + 1) * 34];
+                    let d = half(b, 0);
+                    let q0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(load16b(&b[2..])));
+                    let q1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(load16b(&b[18..])));
+                    let s = _mm512_fmadd_ps(q1, x1, _mm512_mul_ps(q0, x0));
+                    acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(d), s, acc[r]);
+                }
+            }
+            [0, 1, 2, 3].map(|r| _mm512_reduce_add_ps(acc[r]))
+        }
+
         #[target_feature(enable = "avx512f,avx2,fma,f16c")]
         pub(super) fn dot_rows(
+            ty: GgmlType,
+            rows: &[u8],
+            row_bytes: usize,
+            x: &[f32],
+            xsum: &[f32],
+            y: &mut [f32],
+        ) {
+            if !matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0) {
+                return dot_rows_single(ty, rows, row_bytes, x, xsum, y);
+            }
+            let quads = y.len() / 4;
+            for (q, yq) in y.chunks_exact_mut(4).enumerate() {
+                let r = |i: usize| &rows[(4 * q + i) * row_bytes..(4 * q + i + 1) * row_bytes];
+                let four = [r(0), r(1), r(2), r(3)];
+                let out = match ty {
+                    GgmlType::Q8_0 => dot_q8_0_x4(four, x),
+                    _ => dot_q4_x4(ty == GgmlType::Q4_0, four, x, xsum),
+                };
+                yq.copy_from_slice(&out);
+            }
+            let done = 4 * quads;
+            dot_rows_single(
+                ty,
+                &rows[done * row_bytes..],
+                row_bytes,
+                x,
+                xsum,
+                &mut y[done..],
+            );
+        }
+
+        #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+        fn dot_rows_single(
             ty: GgmlType,
             rows: &[u8],
             row_bytes: usize,

@@ -66,6 +66,12 @@ fn mat(
 /// Writes a tiny random Llama as GGUF bytes, its matrices in a mix of storage
 /// types (`tied`: no `output.weight`).
 pub fn tiny_model(seed: u64, tied: bool) -> Vec<u8> {
+    tiny_model_with(seed, tied, false)
+}
+
+/// [`tiny_model`], with `uniform`: Q, K, V (and gate, up) in one storage type,
+/// as in real files, so that the model stacks them into one matrix.
+pub fn tiny_model_with(seed: u64, tied: bool, uniform: bool) -> Vec<u8> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let (tokens, merges, types) = vocab();
     let vocab = tokens.len();
@@ -132,7 +138,11 @@ pub fn tiny_model(seed: u64, tied: bool) -> Vec<u8> {
             &n("attn_v"),
             KV_HEADS * HEAD_DIM,
             DIM,
-            GgmlType::Q8_0,
+            if uniform {
+                GgmlType::Q4_1
+            } else {
+                GgmlType::Q8_0
+            },
             0.3,
         );
         mat(
@@ -153,7 +163,12 @@ pub fn tiny_model(seed: u64, tied: bool) -> Vec<u8> {
             GgmlType::Q4_0,
             0.3,
         );
-        mat(&mut w, &mut rng, &n("ffn_up"), FFN, DIM, GgmlType::F32, 0.3);
+        let up_ty = if uniform {
+            GgmlType::Q4_0
+        } else {
+            GgmlType::F32
+        };
+        mat(&mut w, &mut rng, &n("ffn_up"), FFN, DIM, up_ty, 0.3);
         mat(
             &mut w,
             &mut rng,
