@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use aqpim_decode::model::cache::{DenseCache, DensePrecision, KvCache};
 use aqpim_decode::model::eval::{self, PplOptions, Sampling};
-use aqpim_decode::model::llama::Llama;
+use aqpim_decode::model::llama::{Llama, Logits};
 use aqpim_decode::model::tokenizer::Tokenizer;
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -85,6 +85,21 @@ pub struct GenerateArgs {
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Print one JSON object (prompt ids, generated ids, text, the five most
+    /// likely first tokens with their logits) instead of streaming.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct GenerateOutput {
+    prompt_ids: Vec<u32>,
+    tokens: Vec<u32>,
+    text: String,
+    /// The five most likely tokens after the prompt: (id, logit).
+    first_top5: Vec<(u32, f32)>,
+    prefill_tokens_per_s: f64,
+    decode_tokens_per_s: f64,
 }
 
 fn precision(kv: &str) -> Result<DensePrecision> {
@@ -299,6 +314,9 @@ pub fn run_generate(a: GenerateArgs) -> Result<()> {
         &mut cache,
         &mut |t| {
             generated.push(t);
+            if a.json {
+                return Ok(());
+            }
             // Decode everything so far and print the new suffix, so that
             // characters split across tokens come out whole.
             let text = tok.decode(&generated)?;
@@ -312,18 +330,42 @@ pub fn run_generate(a: GenerateArgs) -> Result<()> {
         },
     )?;
     let text = tok.decode(&generated)?;
+    let steps = report.tokens.len().saturating_sub(1).max(1);
+    let prefill_tps = ids.len() as f64 / report.prefill_seconds.max(1e-9);
+    let decode_tps = steps as f64 / report.decode_seconds.max(1e-9);
+    if a.json {
+        let logits = model.forward(&ids, &mut new_cache(&model, precision), Logits::Last)?;
+        let mut order: Vec<u32> = (0..logits.len() as u32).collect();
+        order.sort_by(|&x, &y| {
+            logits[y as usize]
+                .total_cmp(&logits[x as usize])
+                .then(x.cmp(&y))
+        });
+        let out = GenerateOutput {
+            prompt_ids: ids.clone(),
+            tokens: report.tokens.clone(),
+            text,
+            first_top5: order[..5.min(order.len())]
+                .iter()
+                .map(|&i| (i, logits[i as usize]))
+                .collect(),
+            prefill_tokens_per_s: prefill_tps,
+            decode_tokens_per_s: decode_tps,
+        };
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
     if text.len() > printed {
         print!("{}", &text[printed..]);
     }
     println!();
-    let steps = report.tokens.len().saturating_sub(1).max(1);
     eprintln!(
         "[{} prompt tokens, {} generated in {:.2} s; prefill {:.1} tokens/s, decode {:.1} tokens/s]",
         ids.len(),
         report.tokens.len(),
         start.elapsed().as_secs_f64(),
-        ids.len() as f64 / report.prefill_seconds.max(1e-9),
-        steps as f64 / report.decode_seconds.max(1e-9),
+        prefill_tps,
+        decode_tps,
     );
     Ok(())
 }
