@@ -5,11 +5,36 @@
 //! timing-only mode exact.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use half::f16;
 
 use crate::isa::CodeBits;
 use crate::resolve::Device;
+
+/// A fast hasher for the `u64` row keys (a multiply-xorshift; the keys are
+/// not adversarial).
+#[derive(Debug, Default, Clone, Copy)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(self.0 ^ u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        let h = (v ^ (v >> 32)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.0 = h ^ (h >> 29);
+    }
+}
+
+type RowMap = HashMap<u64, Box<[u8]>, BuildHasherDefault<KeyHasher>>;
 
 /// Functional state of a device.
 #[derive(Debug, Clone)]
@@ -23,7 +48,7 @@ pub(crate) struct Functional {
     banks_per_channel: usize,
     zeros: Vec<u8>,
     /// Rows that were written: key `global_bank << 24 | row`, `row_bytes` each.
-    rows: HashMap<u64, Box<[u8]>>,
+    rows: RowMap,
     /// Per global bank: buffer bytes (allocated on first write).
     buffers: Vec<Option<Box<[u8]>>>,
     /// Per global bank: FP32 registers (allocated on first write).
@@ -34,9 +59,18 @@ pub(crate) struct Functional {
     pub(crate) read_log: Vec<u8>,
 }
 
+/// A shared zero page as large as any buffer (at most 128 KiB, checked by resolve()).
+static ZEROS: [u8; 131072] = [0; 131072];
+
+/// FP16 to FP32 for every bit pattern, built once (exact: every FP16 is an FP32).
+fn f16_table() -> &'static [f32] {
+    static TABLE: std::sync::OnceLock<Box<[f32]>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| (0..=u16::MAX).map(|b| f16::from_bits(b).to_f32()).collect())
+}
+
 #[inline]
 fn f16_at(bytes: &[u8], elem: usize) -> f32 {
-    f16::from_bits(u16::from_le_bytes([bytes[2 * elem], bytes[2 * elem + 1]])).to_f32()
+    f16_table()[usize::from(u16::from_le_bytes([bytes[2 * elem], bytes[2 * elem + 1]]))]
 }
 
 /// Code `p` of a column of `bits`-bit codes (4-bit: low nibble first).
@@ -61,7 +95,7 @@ impl Functional {
             die_elements: device.pim.buffer_die_elements,
             banks_per_channel: o.banks_per_channel,
             zeros: vec![0; o.column_bytes * o.columns],
-            rows: HashMap::new(),
+            rows: RowMap::default(),
             buffers: vec![None; banks],
             regs: vec![None; banks],
             die: vec![None; o.channels],
@@ -87,18 +121,11 @@ impl Functional {
             .or_insert_with(|| vec![0; n].into_boxed_slice())
     }
 
-    fn column(&self, gb: usize, row: u32, col: usize) -> &[u8] {
-        let c = self.column_bytes;
-        &self.row(gb, row)[col * c..(col + 1) * c]
-    }
-
     pub(crate) fn buffer(&self, gb: usize) -> &[u8] {
         self.buffers[gb].as_deref().unwrap_or(self.zeros_buffer())
     }
 
     fn zeros_buffer(&self) -> &'static [u8] {
-        // A shared zero page large enough for any buffer (at most 128 KiB, checked by resolve()).
-        static ZEROS: [u8; 131072] = [0; 131072];
         &ZEROS[..self.buffer_bytes]
     }
 
@@ -171,26 +198,40 @@ impl Functional {
         reduce: bool,
     ) {
         let lanes = self.lanes;
+        let c = self.column_bytes;
         for (b, row) in open.iter().enumerate() {
             let gb = ch * self.banks_per_channel + b;
-            let row = row.unwrap_or(0);
-            let mut prod = [0f32; 64];
-            {
-                let x = self.column(gb, row, col);
-                let y = self.buffer(gb);
-                for (l, p) in prod.iter_mut().enumerate().take(lanes) {
-                    *p = f16_at(x, l) * f16_at(y, buf + l);
-                }
-            }
-            let r = self.regs_mut(gb);
+            let (x, y, r) = self.operands(gb, row.unwrap_or(0), col);
+            let x = &x[..c];
             if reduce {
-                r[reg] += prod[..lanes].iter().sum::<f32>();
+                let mut sum = 0f32;
+                for l in 0..lanes {
+                    sum += f16_at(x, l) * f16_at(y, buf + l);
+                }
+                r[reg] += sum;
             } else {
-                for (l, p) in prod[..lanes].iter().enumerate() {
-                    r[reg + l] += p;
+                for l in 0..lanes {
+                    r[reg + l] += f16_at(x, l) * f16_at(y, buf + l);
                 }
             }
         }
+    }
+
+    /// The open row's column `col`, the bank's buffer and its registers, borrowed together.
+    #[inline]
+    fn operands(&mut self, gb: usize, row: u32, col: usize) -> (&[u8], &[u8], &mut [f32]) {
+        let c = self.column_bytes;
+        let n = self.registers;
+        let x = match self.rows.get(&Self::key(gb, row)) {
+            Some(r) => &r[col * c..(col + 1) * c],
+            None => &self.zeros[..c],
+        };
+        let y: &[u8] = match &self.buffers[gb] {
+            Some(b) => b,
+            None => &ZEROS[..self.buffer_bytes],
+        };
+        let r = self.regs[gb].get_or_insert_with(|| vec![0.0; n].into_boxed_slice());
+        (x, y, r)
     }
 
     /// LUTACC: for code `p` of the column (p ascending),
@@ -210,18 +251,9 @@ impl Functional {
         let tlen = bits.table_len();
         for (b, row) in open.iter().enumerate() {
             let gb = ch * self.banks_per_channel + b;
-            let row = row.unwrap_or(0);
-            let mut add = [0f32; 512];
-            {
-                let x = self.column(gb, row, col);
-                let y = self.buffer(gb);
-                for (p, a) in add.iter_mut().enumerate().take(n) {
-                    *a = f16_at(y, table + (p % group) * tlen + code_at(x, bits, p));
-                }
-            }
-            let r = self.regs_mut(gb);
-            for (p, a) in add[..n].iter().enumerate() {
-                r[reg + p / group] += a;
+            let (x, y, r) = self.operands(gb, row.unwrap_or(0), col);
+            for p in 0..n {
+                r[reg + p / group] += f16_at(y, table + (p % group) * tlen + code_at(x, bits, p));
             }
         }
     }
@@ -243,21 +275,9 @@ impl Functional {
         let tlen = bits.table_len();
         for (b, row) in open.iter().enumerate() {
             let gb = ch * self.banks_per_channel + b;
-            let row = row.unwrap_or(0);
-            let mut upd = [(0usize, 0f32); 512];
-            {
-                let x = self.column(gb, row, col);
-                let y = self.buffer(gb);
-                for (p, u) in upd.iter_mut().enumerate().take(n) {
-                    *u = (
-                        (p % group) * tlen + code_at(x, bits, p),
-                        f16_at(y, weights + p / group),
-                    );
-                }
-            }
-            let r = self.regs_mut(gb);
-            for &(i, w) in &upd[..n] {
-                r[reg + i] += w;
+            let (x, y, r) = self.operands(gb, row.unwrap_or(0), col);
+            for p in 0..n {
+                r[reg + (p % group) * tlen + code_at(x, bits, p)] += f16_at(y, weights + p / group);
             }
         }
     }
@@ -279,30 +299,25 @@ impl Functional {
     ) {
         for (b, row) in open.iter().enumerate() {
             let gb = ch * self.banks_per_channel + b;
-            let row = row.unwrap_or(0);
-            let best = {
-                let x = self.column(gb, row, col);
-                let y = self.buffer(gb);
-                let mut xs = [0f32; 64];
-                for (i, v) in xs.iter_mut().enumerate().take(dsub) {
-                    *v = f16_at(x, start + i);
+            let (x, y, r) = self.operands(gb, row.unwrap_or(0), col);
+            let mut xs = [0f32; 64];
+            for (i, v) in xs.iter_mut().enumerate().take(dsub) {
+                *v = f16_at(x, start + i);
+            }
+            let mut best = 0usize;
+            let mut best_d = f32::INFINITY;
+            for j in 0..ksub {
+                let mut d = 0f32;
+                for (i, xv) in xs[..dsub].iter().enumerate() {
+                    let t = xv - f16_at(y, cb + j * dsub + i);
+                    d += t * t;
                 }
-                let mut best = 0usize;
-                let mut best_d = f32::INFINITY;
-                for j in 0..ksub {
-                    let mut d = 0f32;
-                    for (i, xv) in xs[..dsub].iter().enumerate() {
-                        let t = xv - f16_at(y, cb + j * dsub + i);
-                        d += t * t;
-                    }
-                    if d < best_d {
-                        best_d = d;
-                        best = j;
-                    }
+                if d < best_d {
+                    best_d = d;
+                    best = j;
                 }
-                best
-            };
-            self.regs_mut(gb)[reg] = best as f32;
+            }
+            r[reg] = best as f32;
         }
     }
 
