@@ -1,6 +1,8 @@
 //! Criterion benchmark: the standard mix (`aqpim_pim::bench::standard_mix`)
 //! in timing-only and functional mode; throughput in simulated commands.
 
+#![allow(missing_docs)] // criterion_group! generates undocumented public items
+
 use aqpim_pim::bench::{standard_mix, MIX_HOST_BYTES};
 use aqpim_pim::{Device, Mode, SimOptions, Simulator};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
