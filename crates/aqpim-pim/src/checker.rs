@@ -167,7 +167,7 @@ pub fn check_trace(device: &Device, trace: &[TraceEntry]) -> Result<()> {
             }
             _ => 0,
         };
-        busy_until[ch] = busy_until[ch].max(e.cycle + busy);
+        busy_until[ch] = busy_until[ch].max(e.cycle.saturating_add(busy));
         history[ch].push(j);
     }
     Ok(())

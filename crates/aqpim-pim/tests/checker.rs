@@ -405,3 +405,20 @@ fn streaming_reaches_the_analytic_bandwidth_within_2_percent() {
         assert!(ext.stats.refreshes >= 10);
     }
 }
+
+proptest! {
+    #![proptest_config(config(1000, 0xbad7ace))]
+    #[test]
+    fn random_traces_never_panic_the_checker(raw in prop::collection::vec((any::<u64>(), 0usize..15, 0u16..90, any::<u16>(), any::<u32>(), any::<u32>()), 0..24)) {
+        let d = Device::preset("hbm3-attacc-5.2").unwrap();
+        let mut cycle = 0u64;
+        let trace: Vec<TraceEntry> = raw
+            .into_iter()
+            .map(|(dt, c, ch, bank, row, len)| {
+                cycle = cycle.saturating_add(dt % 64);
+                TraceEntry { cycle, cmd: aqpim_pim::Command::ALL[c], channel: ch % 3, bank: bank % 70, row, col: 0, len, auto: false }
+            })
+            .collect();
+        let _ = check_trace(&d, &trace);
+    }
+}

@@ -451,3 +451,21 @@ fn energy_components_follow_the_counts() {
     let back: aqpim_pim::Stats = serde_json::from_str(&json).unwrap();
     assert_eq!(back, st);
 }
+
+#[test]
+fn deserialized_programs_are_checked_before_running() {
+    let d = dev();
+    // Serde bypasses `Program::new`; the run still rejects bad fields and structure.
+    for json in [
+        r#"{"instrs":[{"ArgMin":{"ch":0,"col":0,"start":0,"dsub":4,"nbits":200,"cb":0,"reg":0}}]}"#,
+        r#"{"instrs":[{"Loop":{"count":0,"strides":{"row":0,"col":0,"buf":0,"reg":0,"data":0,"die":0}}},"EndLoop"]}"#,
+        r#"{"instrs":["EndLoop"]}"#,
+        r#"{"instrs":[{"Loop":{"count":2,"strides":{"row":0,"col":0,"buf":0,"reg":0,"data":0,"die":0}}}]}"#,
+    ] {
+        let p: Program = serde_json::from_str(json).unwrap();
+        assert!(
+            matches!(sim(&d).run(&p), Err(PimError::Program { .. })),
+            "{json}"
+        );
+    }
+}

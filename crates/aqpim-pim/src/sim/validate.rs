@@ -87,6 +87,9 @@ pub(crate) fn check_program(p: &Program, d: &Device, host_bytes: usize) -> Resul
                 Ok(())
             }
         };
+        // Programs built through `Program::new` are already checked; a
+        // deserialized one may not be.
+        ins.check_fields().map_err(err)?;
         let rows = o.rows as i64;
         let cols = o.columns as i64;
         match ins {
