@@ -173,9 +173,22 @@ impl Llama {
 
     /// Rotates one head (`head_dim` values) in place for position `pos`.
     pub fn rope(&self, x: &mut [f32], pos: usize) {
+        self.rope_with(x, &self.rotations(pos, 1));
+    }
+
+    /// `(sin, cos)` of `pos * inv_freq[i]` for positions `pos .. pos + n`:
+    /// `n x n_rot/2` pairs, computed once per forward and shared by every
+    /// head and layer.
+    fn rotations(&self, pos: usize, n: usize) -> Vec<(f64, f64)> {
+        (pos..pos + n)
+            .flat_map(|p| self.inv_freq.iter().map(move |&f| (p as f64 * f).sin_cos()))
+            .collect()
+    }
+
+    /// Rotates one head with the `n_rot/2` `(sin, cos)` pairs of its position.
+    fn rope_with(&self, x: &mut [f32], rot: &[(f64, f64)]) {
         let half = self.config.n_rot / 2;
-        for (i, &f) in self.inv_freq.iter().enumerate() {
-            let (sin, cos) = (pos as f64 * f).sin_cos();
+        for (i, &(sin, cos)) in rot.iter().enumerate().take(half) {
             let (a, b) = match self.config.rope_mode {
                 RopeMode::Normal => (2 * i, 2 * i + 1),
                 RopeMode::Neox => (i, i + half),
@@ -240,15 +253,17 @@ impl Llama {
         }
         let scale = 1.0 / (hd as f32).sqrt();
         let group = c.group_size();
+        let half = self.inv_freq.len();
+        let rot = self.rotations(p0, n);
         for (l, layer) in self.layers.iter().enumerate() {
             let h = self.rmsnorm(&x, &layer.attn_norm);
             let [mut q, mut k, v] = layer.wqkv.apply(&h, n);
             for t in 0..n {
                 for head in q[t * nh * hd..(t + 1) * nh * hd].chunks_exact_mut(hd) {
-                    self.rope(head, p0 + t);
+                    self.rope_with(head, &rot[t * half..(t + 1) * half]);
                 }
                 for head in k[t * nkv * hd..(t + 1) * nkv * hd].chunks_exact_mut(hd) {
-                    self.rope(head, p0 + t);
+                    self.rope_with(head, &rot[t * half..(t + 1) * half]);
                 }
                 for g in 0..nkv {
                     let s = (t * nkv + g) * hd;
