@@ -156,16 +156,26 @@ pub fn attend_dense(
         store.num_tokens(layer)?,
         queries,
         out,
-        |g, qs, outs| {
-            let keys = store.keys(layer, g)?;
-            let values = store.values(layer, g)?;
-            let d = keys.head_dim();
-            let mut accs = vec![Acc::new(d, 0); qs.len() / d];
-            fp_tokens(qs, keys, values, &mut accs, &mut Scratch::default());
-            finish(&accs, outs);
-            Ok(())
-        },
+        |g, qs, outs| dense_head_attention(store, layer, g, qs, outs),
     )
+}
+
+/// Attention of a group of query heads (`queries`: `g x d`, already scaled)
+/// over one KV head of a dense cache, into `out` (`g x d`).
+pub fn dense_head_attention(
+    store: &DenseStore,
+    layer: usize,
+    kv_head: usize,
+    queries: &[f32],
+    out: &mut [f32],
+) -> Result<()> {
+    let keys = store.keys(layer, kv_head)?;
+    let values = store.values(layer, kv_head)?;
+    let d = keys.head_dim();
+    let mut accs = vec![Acc::new(d, 0); queries.len() / d];
+    fp_tokens(queries, keys, values, &mut accs, &mut Scratch::default());
+    finish(&accs, out);
+    Ok(())
 }
 
 /// Writes `o / sum` of each accumulator into `out` (`g x d`).

@@ -31,11 +31,11 @@ mod pq;
 pub mod reference;
 mod scalar;
 
-pub use dense::attend_dense;
+pub use dense::{attend_dense, dense_head_attention};
 pub use error::{AttnError, Result};
-pub use layer::attend;
+pub use layer::{attend, attend_head};
 pub use pq::{attend_pq, pq_head_attention};
-pub use scalar::attend_scalar;
+pub use scalar::{attend_scalar, scalar_head_attention};
 
 /// The stages of the PQ kernel, public for benchmarks and for checking the
 /// PIM programs stage by stage.

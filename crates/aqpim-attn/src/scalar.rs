@@ -16,40 +16,57 @@ pub fn attend_scalar(
     queries: &[f32],
     out: &mut [f32],
 ) -> Result<()> {
-    let KvSpec::Scalar(sc) = store.spec() else {
-        return Err(AttnError::Unsupported("scalar store without a scalar spec"));
-    };
-    let (bits, group) = (sc.bits, sc.group);
     crate::layer::for_each_group(
         store.shape(),
         layer,
         store.num_tokens(layer)?,
         queries,
         out,
-        |g, qs, outs| {
-            let view = store.head(layer, g)?;
-            let d = view.sink_keys.head_dim();
-            let mut accs = vec![Acc::new(d, 0); qs.len() / d];
-            let mut scratch = Scratch::default();
-            fp_tokens(
-                qs,
-                view.sink_keys,
-                view.sink_values,
-                &mut accs,
-                &mut scratch,
-            );
-            encoded_tokens(&view, qs, d, bits, group, &mut accs, &mut scratch)?;
-            fp_tokens(
-                qs,
-                view.recent_keys,
-                view.recent_values,
-                &mut accs,
-                &mut scratch,
-            );
-            finish(&accs, outs);
-            Ok(())
-        },
+        |g, qs, outs| scalar_head_attention(store, layer, g, qs, outs),
     )
+}
+
+/// Attention of a group of query heads (`queries`: `g x d`, already scaled)
+/// over one KV head of a scalar cache, into `out` (`g x d`).
+pub fn scalar_head_attention(
+    store: &ScalarStore,
+    layer: usize,
+    kv_head: usize,
+    queries: &[f32],
+    out: &mut [f32],
+) -> Result<()> {
+    let KvSpec::Scalar(sc) = store.spec() else {
+        return Err(AttnError::Unsupported("scalar store without a scalar spec"));
+    };
+    let view = store.head(layer, kv_head)?;
+    let d = view.sink_keys.head_dim();
+    let mut accs = vec![Acc::new(d, 0); queries.len() / d];
+    let mut scratch = Scratch::default();
+    fp_tokens(
+        queries,
+        view.sink_keys,
+        view.sink_values,
+        &mut accs,
+        &mut scratch,
+    );
+    encoded_tokens(
+        &view,
+        queries,
+        d,
+        sc.bits,
+        sc.group,
+        &mut accs,
+        &mut scratch,
+    )?;
+    fp_tokens(
+        queries,
+        view.recent_keys,
+        view.recent_values,
+        &mut accs,
+        &mut scratch,
+    );
+    finish(&accs, out);
+    Ok(())
 }
 
 fn encoded_tokens(

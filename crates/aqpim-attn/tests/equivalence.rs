@@ -189,3 +189,38 @@ fn bad_queries_and_empty_caches_are_errors() {
     ));
     assert!(attend(cache.as_ref(), 5, &[0.0; 16], &mut out).is_err());
 }
+
+#[test]
+fn head_by_head_equals_whole_layer() {
+    for spec in [
+        "fp16",
+        "pq:dsub=2,nbits=4,sinks=2,window=16",
+        "scalar:bits=2,group=16,window=16",
+    ] {
+        let shape = KvShape::with_query_heads(1, 2, 4, 16).unwrap();
+        let mut cache = build(shape, &spec.parse().unwrap()).unwrap();
+        let data = aqpim_pq::synth::kv_like(2 * 300, 16, 4);
+        cache.prefill(0, &data, &data).unwrap();
+        let queries: Vec<f32> = (0..64).map(|i| (i as f32 * 0.37).sin()).collect();
+        let mut whole = vec![0f32; 64];
+        attend(cache.as_ref(), 0, &queries, &mut whole).unwrap();
+        let mut by_head = vec![0f32; 64];
+        for g in 0..2 {
+            let (q, o) = (
+                &queries[g * 32..(g + 1) * 32],
+                &mut by_head[g * 32..(g + 1) * 32],
+            );
+            aqpim_attn::attend_head(cache.as_ref(), 0, g, q, 0.25, o).unwrap();
+        }
+        assert_eq!(whole, by_head, "{spec}");
+        assert!(aqpim_attn::attend_head(
+            cache.as_ref(),
+            0,
+            2,
+            &queries[..16],
+            0.25,
+            &mut by_head[..16]
+        )
+        .is_err());
+    }
+}

@@ -149,8 +149,9 @@ mod avx512 {
     use super::{CentroidTable, GROUP, LANES};
     use std::arch::x86_64::*;
 
-    /// AVX-512 nearest-centroid search for sub-vectors of `D` elements, `GROUP`
-    /// points at a time so that each block of 16 centroids is loaded once per group.
+    /// AVX-512 nearest-centroid search for sub-vectors of `D` elements:
+    /// `GROUP` points at a time so that each block of 16 centroids is loaded
+    /// once per group, and the last `n % GROUP` points one at a time.
     ///
     /// # Safety
     /// The CPU must support AVX-512F.
@@ -161,53 +162,72 @@ mod avx512 {
         idx: &mut [u32],
         dist: &mut [f32],
     ) {
-        let kp = tab.k_padded;
         let n = idx.len();
-        let iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        let full = n / GROUP * GROUP;
         let mut i = 0;
+        while i < full {
+            // SAFETY: AVX-512F is available (this function's contract).
+            unsafe { assign_group::<D, GROUP>(tab, points, i, idx, dist) };
+            i += GROUP;
+        }
         while i < n {
-            let g = GROUP.min(n - i);
-            let mut xs = [[_mm512_setzero_ps(); D]; GROUP];
-            for (p, x) in xs.iter_mut().enumerate() {
-                // Rows past the end of a short last group repeat its first row.
-                let row = if p < g { i + p } else { i };
-                for (t, v) in x.iter_mut().enumerate() {
-                    *v = _mm512_set1_ps(-2.0 * points[row * D + t]);
-                }
+            // SAFETY: as above.
+            unsafe { assign_group::<D, 1>(tab, points, i, idx, dist) };
+            i += 1;
+        }
+    }
+
+    /// Points `i..i + P` against every centroid.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F; `i + P <= idx.len()`.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn assign_group<const D: usize, const P: usize>(
+        tab: &CentroidTable,
+        points: &[f32],
+        i: usize,
+        idx: &mut [u32],
+        dist: &mut [f32],
+    ) {
+        let kp = tab.k_padded;
+        let iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        let mut xs = [[_mm512_setzero_ps(); D]; P];
+        for (p, x) in xs.iter_mut().enumerate() {
+            for (t, v) in x.iter_mut().enumerate() {
+                *v = _mm512_set1_ps(-2.0 * points[(i + p) * D + t]);
             }
-            let mut best = [_mm512_set1_ps(f32::INFINITY); GROUP];
-            let mut bidx = [_mm512_setzero_si512(); GROUP];
-            let mut c = 0;
-            while c < kp {
-                // SAFETY: `c + LANES <= kp`, and `norms` has `kp` values and
-                // `ct` has `D * kp` values (CentroidTable::new).
-                let norm = unsafe { _mm512_loadu_ps(tab.norms.as_ptr().add(c)) };
-                let mut cv = [_mm512_setzero_ps(); D];
-                for (t, v) in cv.iter_mut().enumerate() {
-                    *v = unsafe { _mm512_loadu_ps(tab.ct.as_ptr().add(t * kp + c)) };
-                }
-                let lanes = _mm512_add_epi32(iota, _mm512_set1_epi32(c as i32));
-                for p in 0..GROUP {
-                    let mut d = norm;
-                    for t in 0..D {
-                        d = _mm512_fmadd_ps(xs[p][t], cv[t], d);
-                    }
-                    let lt = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(d, best[p]);
-                    best[p] = _mm512_mask_blend_ps(lt, best[p], d);
-                    bidx[p] = _mm512_mask_blend_epi32(lt, bidx[p], lanes);
-                }
-                c += LANES;
+        }
+        let mut best = [_mm512_set1_ps(f32::INFINITY); P];
+        let mut bidx = [_mm512_setzero_si512(); P];
+        let mut c = 0;
+        while c < kp {
+            // SAFETY: `c + LANES <= kp`, and `norms` has `kp` values and
+            // `ct` has `D * kp` values (CentroidTable::new).
+            let norm = unsafe { _mm512_loadu_ps(tab.norms.as_ptr().add(c)) };
+            let mut cv = [_mm512_setzero_ps(); D];
+            for (t, v) in cv.iter_mut().enumerate() {
+                *v = unsafe { _mm512_loadu_ps(tab.ct.as_ptr().add(t * kp + c)) };
             }
-            for p in 0..g {
-                let mn = _mm512_reduce_min_ps(best[p]);
-                let eq = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(best[p], _mm512_set1_ps(mn));
-                let j = _mm512_mask_reduce_min_epi32(eq, bidx[p]) as u32;
-                let x = &points[(i + p) * D..(i + p + 1) * D];
-                let xn: f32 = x.iter().map(|v| v * v).sum();
-                idx[i + p] = j;
-                dist[i + p] = (mn + xn).max(0.0);
+            let lanes = _mm512_add_epi32(iota, _mm512_set1_epi32(c as i32));
+            for p in 0..P {
+                let mut d = norm;
+                for t in 0..D {
+                    d = _mm512_fmadd_ps(xs[p][t], cv[t], d);
+                }
+                let lt = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(d, best[p]);
+                best[p] = _mm512_mask_blend_ps(lt, best[p], d);
+                bidx[p] = _mm512_mask_blend_epi32(lt, bidx[p], lanes);
             }
-            i += g;
+            c += LANES;
+        }
+        for p in 0..P {
+            let mn = _mm512_reduce_min_ps(best[p]);
+            let eq = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(best[p], _mm512_set1_ps(mn));
+            let j = _mm512_mask_reduce_min_epi32(eq, bidx[p]) as u32;
+            let x = &points[(i + p) * D..(i + p + 1) * D];
+            let xn: f32 = x.iter().map(|v| v * v).sum();
+            idx[i + p] = j;
+            dist[i + p] = (mn + xn).max(0.0);
         }
     }
 }

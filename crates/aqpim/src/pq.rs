@@ -224,11 +224,7 @@ pub struct BenchReport {
 
 impl BenchReport {
     fn print_table(&self) {
-        println!(
-            "{:<24} {}",
-            "vectors (n x d)",
-            format!("{} x {}", self.n, self.d)
-        );
+        println!("{:<24} {} x {}", "vectors (n x d)", self.n, self.d);
         println!(
             "{:<24} M={} nbits={} iters={} threads={}",
             "quantizer", self.m, self.nbits, self.iters, self.threads

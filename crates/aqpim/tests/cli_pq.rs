@@ -15,10 +15,9 @@ fn path(p: &Path) -> &str {
     p.to_str().expect("utf-8 temp path")
 }
 
-/// Writes a float32 .npy file by hand (header v1.0), independent of the CLI's writer.
-fn write_npy_f32(p: &Path, rows: usize, cols: usize, data: &[f32]) {
-    let mut header =
-        format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
+/// Writes a .npy file by hand (header v1.0), independent of the CLI's writer.
+fn write_npy(p: &Path, descr: &str, shape: &str, body: &[u8]) {
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
     while (10 + header.len() + 1) % 64 != 0 {
         header.push(' ');
     }
@@ -26,10 +25,13 @@ fn write_npy_f32(p: &Path, rows: usize, cols: usize, data: &[f32]) {
     let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
     bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
     bytes.extend_from_slice(header.as_bytes());
-    for v in data {
-        bytes.extend_from_slice(&v.to_le_bytes());
-    }
+    bytes.extend_from_slice(body);
     std::fs::write(p, bytes).unwrap();
+}
+
+fn write_npy_f32(p: &Path, rows: usize, cols: usize, data: &[f32]) {
+    let body: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+    write_npy(p, "<f4", &format!("({rows}, {cols})"), &body);
 }
 
 fn assert_one_line_error(out: &Output, needle: &str) {
@@ -203,16 +205,22 @@ fn bad_inputs_fail_with_one_line_errors() {
     );
 
     let three_d = dir.path().join("3d.npy");
-    let mut header = "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 2, 2), }".to_string();
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
-    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
-    bytes.extend_from_slice(header.as_bytes());
-    bytes.extend_from_slice(&[0u8; 32]);
-    std::fs::write(&three_d, bytes).unwrap();
+    write_npy(&three_d, "<f4", "(2, 2, 2)", &[0u8; 32]);
+    let float64 = dir.path().join("f8.npy");
+    write_npy(&float64, "<f8", "(2, 2)", &[0u8; 32]);
+    assert_one_line_error(
+        &aqpim(&[
+            "pq",
+            "train",
+            "--input",
+            path(&float64),
+            "--m",
+            "2",
+            "--out",
+            cbs,
+        ]),
+        "unsupported dtype",
+    );
     assert_one_line_error(
         &aqpim(&[
             "pq",
