@@ -388,3 +388,56 @@ fn bench(device_name: &str, channels: usize, rows: u32, json: bool) -> Result<()
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PROGRAM: &str = "ACTAB ch=0 row=7\nLOOP 32 col=1 reg=1\n  LUTACC ch=0 col=0 bits=8 group=32 table=0 reg=0\nENDLOOP\nPREAB ch=0\n";
+
+    #[test]
+    fn asm_disasm_run_round_trip_through_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = dir.path().join("p.pim");
+        std::fs::write(&text, PROGRAM).unwrap();
+        asm(&text, None).unwrap();
+        let bin = dir.path().join("p.pimb");
+        let back = dir.path().join("back.pim");
+        disasm(&bin, Some(back.clone())).unwrap();
+        assert_eq!(std::fs::read_to_string(&back).unwrap(), PROGRAM);
+        assert_eq!(load_program(&bin).unwrap(), load_program(&text).unwrap());
+        let trace = dir.path().join("t.jsonl");
+        run_program(
+            &bin,
+            "hbm3-attacc-5.2",
+            None,
+            false,
+            false,
+            true,
+            Some(trace.clone()),
+            true,
+        )
+        .unwrap();
+        assert_eq!(std::fs::read_to_string(&trace).unwrap().lines().count(), 34);
+        // Errors: unknown device, text that is not a program, disasm of text.
+        assert!(run_program(
+            &bin,
+            "no-such-device",
+            None,
+            false,
+            false,
+            false,
+            None,
+            true
+        )
+        .is_err());
+        std::fs::write(&text, "FOO ch=0").unwrap();
+        assert!(load_program(&text).is_err());
+        assert!(disasm(&text, None).is_err());
+    }
+
+    #[test]
+    fn bench_checks_its_output_on_a_small_mix() {
+        bench("hbm3-jedec-6.4", 2, 20, true).unwrap();
+    }
+}
