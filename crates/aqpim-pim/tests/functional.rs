@@ -469,3 +469,18 @@ fn deserialized_programs_are_checked_before_running() {
         );
     }
 }
+
+#[test]
+fn loader_rejects_out_of_range_without_panicking() {
+    let d = dev();
+    let mut s = sim(&d);
+    let b = BankSel::default();
+    assert!(s.write_bank(0, b, 0, usize::MAX, &[1]).is_err());
+    assert!(s.read_bank(0, b, 0, usize::MAX, 2).is_err());
+    assert!(s.write_buffer(0, None, usize::MAX, &[1]).is_err());
+    assert!(s.write_buffer(99, None, 0, &[1]).is_err());
+    assert!(s.write_registers(0, b, usize::MAX, &[1.0]).is_err());
+    assert!(s.write_buffer_die(0, usize::MAX, &[1.0]).is_err());
+    assert!(s.registers(0, BankSel { pc: 3, ..b }).is_err());
+    assert!(s.buffer_die(80).is_err());
+}

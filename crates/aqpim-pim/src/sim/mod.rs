@@ -817,10 +817,10 @@ impl Simulator {
     ) -> Result<()> {
         let gb = self.global(ch, bank)?;
         let row_bytes = self.device.org.columns * self.device.org.column_bytes;
-        if row as usize >= self.device.org.rows || offset + bytes.len() > row_bytes {
+        if row as usize >= self.device.org.rows || offset.saturating_add(bytes.len()) > row_bytes {
             return Err(PimError::Load(format!(
                 "row {row}, bytes {offset}..{} exceed the bank",
-                offset + bytes.len()
+                offset.saturating_add(bytes.len())
             )));
         }
         self.func.row_mut(gb, row)[offset..offset + bytes.len()].copy_from_slice(bytes);
@@ -838,10 +838,10 @@ impl Simulator {
     ) -> Result<Vec<u8>> {
         let gb = self.global(ch, bank)?;
         let row_bytes = self.device.org.columns * self.device.org.column_bytes;
-        if row as usize >= self.device.org.rows || offset + len > row_bytes {
+        if row as usize >= self.device.org.rows || offset.saturating_add(len) > row_bytes {
             return Err(PimError::Load(format!(
                 "row {row}, bytes {offset}..{} exceed the bank",
-                offset + len
+                offset.saturating_add(len)
             )));
         }
         Ok(self.func.row(gb, row)[offset..offset + len].to_vec())
@@ -856,10 +856,10 @@ impl Simulator {
         offset: usize,
         bytes: &[u8],
     ) -> Result<()> {
-        if offset + bytes.len() > self.device.pim.buffer_bytes {
+        if offset.saturating_add(bytes.len()) > self.device.pim.buffer_bytes {
             return Err(PimError::Load(format!(
                 "buffer bytes {offset}..{} exceed {}",
-                offset + bytes.len(),
+                offset.saturating_add(bytes.len()),
                 self.device.pim.buffer_bytes
             )));
         }
@@ -893,10 +893,10 @@ impl Simulator {
         values: &[f32],
     ) -> Result<()> {
         let gb = self.global(ch, bank)?;
-        if index + values.len() > self.device.pim.registers {
+        if index.saturating_add(values.len()) > self.device.pim.registers {
             return Err(PimError::Load(format!(
                 "registers {index}..{} exceed {}",
-                index + values.len(),
+                index.saturating_add(values.len()),
                 self.device.pim.registers
             )));
         }
@@ -912,11 +912,11 @@ impl Simulator {
     /// Writes buffer-die elements of a channel from `index` (untimed).
     pub fn write_buffer_die(&mut self, ch: usize, index: usize, values: &[f32]) -> Result<()> {
         if ch >= self.device.org.channels
-            || index + values.len() > self.device.pim.buffer_die_elements
+            || index.saturating_add(values.len()) > self.device.pim.buffer_die_elements
         {
             return Err(PimError::Load(format!(
                 "channel {ch} buffer die {index}..{} out of range",
-                index + values.len()
+                index.saturating_add(values.len())
             )));
         }
         self.func.die_mut(ch)[index..index + values.len()].copy_from_slice(values);
