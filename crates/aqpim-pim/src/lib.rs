@@ -15,6 +15,33 @@
 //! run and read results after it. [`check_trace`] validates a recorded command
 //! trace against the device's rules by a separate code path. `docs/pim.md` is
 //! the ISA reference.
+//!
+//! ```
+//! use aqpim_pim::{BankSel, Device, Program, SimOptions, Simulator};
+//! use half::f16;
+//!
+//! let device = Device::preset("hbm3-attacc-5.2")?;
+//! let mut sim = Simulator::new(&device, SimOptions::default());
+//! // Untimed loader: one column of 8-bit codes in row 7 of every bank of
+//! // channel 0, and a table of 32 x 256 FP16 entries (all 0.5) in every buffer.
+//! for b in 0..device.org.banks_per_channel {
+//!     let (pc, sid, bg, bank) = device.org.bank_coords(b);
+//!     let sel = BankSel { pc: pc as u8, sid: sid as u8, bg: bg as u8, bank: bank as u8 };
+//!     sim.write_bank(0, sel, 7, 0, &[3u8; 32])?;
+//! }
+//! let half = f16::from_f32(0.5).to_bits().to_le_bytes();
+//! sim.write_buffer(0, None, 0, &half.repeat(32 * 256))?;
+//! let program = Program::assemble(
+//!     "ACTAB ch=0 row=7\n\
+//!      LUTACC ch=0 col=0 bits=8 group=32 table=0 reg=0\n\
+//!      PREAB ch=0\n",
+//! )?;
+//! let stats = sim.run(&program)?;
+//! assert_eq!(sim.registers(0, BankSel::default())?[0], 16.0); // 32 codes x 0.5
+//! assert_eq!(stats.commands["LUTACC"], 1);
+//! assert!(stats.cycles >= u64::from(device.param("nRCDRD").unwrap()));
+//! # Ok::<(), aqpim_pim::PimError>(())
+//! ```
 
 pub mod bench;
 mod checker;

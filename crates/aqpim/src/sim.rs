@@ -39,6 +39,9 @@ pub enum SimCommand {
         /// Device preset name (hbm3-attacc-5.2, hbm3-jedec-6.4) or a TOML spec file.
         #[arg(long, default_value = "hbm3-attacc-5.2")]
         device: String,
+        /// Apply the all-bank power limit (nCCDAB = n_ccdab_power_limited).
+        #[arg(long)]
+        power_limited: bool,
         /// Host data file that WR and WRGB read (their `data` operands are byte offsets).
         #[arg(long)]
         host_data: Option<PathBuf>,
@@ -63,6 +66,9 @@ pub enum SimCommand {
         /// Device preset name or TOML spec file.
         #[arg(long, default_value = "hbm3-attacc-5.2")]
         device: String,
+        /// Apply the all-bank power limit (nCCDAB = n_ccdab_power_limited).
+        #[arg(long)]
+        power_limited: bool,
         /// Channels the mix runs on.
         #[arg(long, default_value_t = 16)]
         channels: usize,
@@ -82,6 +88,7 @@ pub fn run(cmd: SimCommand) -> Result<()> {
         SimCommand::Run {
             program,
             device,
+            power_limited,
             host_data,
             timing_only,
             no_refresh,
@@ -91,6 +98,7 @@ pub fn run(cmd: SimCommand) -> Result<()> {
         } => run_program(
             &program,
             &device,
+            power_limited,
             host_data,
             timing_only,
             no_refresh,
@@ -100,16 +108,18 @@ pub fn run(cmd: SimCommand) -> Result<()> {
         ),
         SimCommand::Bench {
             device,
+            power_limited,
             channels,
             rows,
             json,
-        } => bench(&device, channels, rows, json),
+        } => bench(&device, power_limited, channels, rows, json),
     }
 }
 
-fn device(name: &str) -> Result<Device> {
-    let spec =
+fn device(name: &str, power_limited: bool) -> Result<Device> {
+    let mut spec =
         DeviceSpec::preset_or_file(name).with_context(|| format!("loading device `{name}`"))?;
+    spec.pim.power_limited |= power_limited;
     Ok(spec.resolve()?)
 }
 
@@ -219,6 +229,7 @@ fn print_stats(s: &Stats) {
 fn run_program(
     path: &Path,
     device_name: &str,
+    power_limited: bool,
     host_data: Option<PathBuf>,
     timing_only: bool,
     no_refresh: bool,
@@ -226,7 +237,7 @@ fn run_program(
     trace: Option<PathBuf>,
     json: bool,
 ) -> Result<()> {
-    let d = device(device_name)?;
+    let d = device(device_name, power_limited)?;
     let p = load_program(path)?;
     let mode = if timing_only {
         Mode::TimingOnly
@@ -297,8 +308,14 @@ struct BenchReport {
     bandwidth: Vec<BandwidthCheck>,
 }
 
-fn bench(device_name: &str, channels: usize, rows: u32, json: bool) -> Result<()> {
-    let d = device(device_name)?;
+fn bench(
+    device_name: &str,
+    power_limited: bool,
+    channels: usize,
+    rows: u32,
+    json: bool,
+) -> Result<()> {
+    let d = device(device_name, power_limited)?;
     let run_mix = |mix: &Program, mode: Mode| -> Result<(f64, Stats)> {
         let mut sim = Simulator::new(
             &d,
@@ -410,6 +427,7 @@ mod tests {
         run_program(
             &bin,
             "hbm3-attacc-5.2",
+            true,
             None,
             false,
             false,
@@ -423,6 +441,7 @@ mod tests {
         assert!(run_program(
             &bin,
             "no-such-device",
+            false,
             None,
             false,
             false,
@@ -438,6 +457,6 @@ mod tests {
 
     #[test]
     fn bench_checks_its_output_on_a_small_mix() {
-        bench("hbm3-jedec-6.4", 2, 20, true).unwrap();
+        bench("hbm3-jedec-6.4", false, 2, 20, true).unwrap();
     }
 }
