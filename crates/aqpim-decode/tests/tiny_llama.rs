@@ -165,6 +165,19 @@ fn perplexity_is_the_same_prefilled_or_decoded() {
     // Overlapping windows without a document start score all but the first token.
     let c = run(16, 5, None);
     assert_eq!(c.scored_tokens, 49);
+    // Disjoint windows without one lose each window's first token; 50 = 3 x 16 + 2.
+    let d = run(16, 16, None);
+    assert_eq!(d.scored_tokens, 50 - 4);
+    let opts = PplOptions {
+        window: 16,
+        stride: 16,
+        prefill: 16,
+        doc_start: None,
+    };
+    let mut new_cache = || Box::new(cache(DensePrecision::F32)) as Box<dyn KvCache>;
+    // 33 tokens: the last window holds one token and predicts nothing.
+    let e = eval::perplexity(&model, &tokens[..33], &opts, &mut new_cache, &mut |_, _| {}).unwrap();
+    assert_eq!(e.scored_tokens, 30);
 }
 
 #[test]

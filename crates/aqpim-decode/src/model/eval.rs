@@ -160,6 +160,10 @@ pub fn perplexity(
         // Input i predicts seq[i + 1], i.e. text token w.begin + i + 1 - lead.
         let inputs = &seq[..seq.len() - 1];
         let first_scored = w.score_from + lead - w.begin - 1;
+        if first_scored >= inputs.len() {
+            // A one-token tail window without a document start predicts nothing.
+            continue;
+        }
         let mut cache = new_cache();
         let p = opts.prefill.min(inputs.len());
         let t0 = Instant::now();

@@ -7,10 +7,12 @@
 //! - [`config`]: architecture metadata ([`config::LlamaConfig`]);
 //! - [`tokenizer`]: byte-level BPE from the GGUF metadata;
 //! - [`cache`]: the [`cache::KvCache`] interface and the exact dense cache;
+//! - [`compressed`]: any `aqpim-kvcache` store behind that interface;
 //! - [`llama`]: the forward pass;
 //! - [`eval`]: perplexity, teacher-forced decode, generation.
 
 pub mod cache;
+pub mod compressed;
 pub mod config;
 pub mod eval;
 pub mod gguf;
