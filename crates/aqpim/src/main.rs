@@ -5,6 +5,7 @@
 //! object with `--json`; bad input ends with a one-line error and a non-zero
 //! exit status.
 
+mod attn;
 mod kv;
 mod model;
 mod npy;
@@ -32,6 +33,9 @@ enum Command {
     /// Compressed KV caches: memory accounting, append benchmark.
     #[command(subcommand)]
     Kv(kv::KvCommand),
+    /// Attention kernels on compressed KV caches: benchmark.
+    #[command(subcommand)]
+    Attn(attn::AttnCommand),
     /// Evaluate a real model (GGUF): perplexity on a text.
     #[command(subcommand)]
     Eval(model::EvalCommand),
@@ -45,6 +49,7 @@ fn main() {
         Command::Pq(cmd) => pq::run(cmd),
         Command::Sim(cmd) => sim::run(cmd),
         Command::Kv(cmd) => kv::run(cmd),
+        Command::Attn(cmd) => attn::run(cmd),
         Command::Eval(cmd) => model::run_eval(cmd),
         Command::Generate(args) => model::run_generate(args),
     };
