@@ -135,7 +135,7 @@ fn perplexity_is_the_same_prefilled_or_decoded() {
             prefill,
             doc_start,
         };
-        let mut new_cache = || Box::new(cache(DensePrecision::F32)) as Box<dyn KvCache>;
+        let mut new_cache = || Ok(Box::new(cache(DensePrecision::F32)) as Box<dyn KvCache>);
         eval::perplexity(&model, &tokens, &opts, &mut new_cache, &mut |_, _| {}).unwrap()
     };
     let a = run(16, 16, Some(0));
@@ -174,7 +174,7 @@ fn perplexity_is_the_same_prefilled_or_decoded() {
         prefill: 16,
         doc_start: None,
     };
-    let mut new_cache = || Box::new(cache(DensePrecision::F32)) as Box<dyn KvCache>;
+    let mut new_cache = || Ok(Box::new(cache(DensePrecision::F32)) as Box<dyn KvCache>);
     // 33 tokens: the last window holds one token and predicts nothing.
     let e = eval::perplexity(&model, &tokens[..33], &opts, &mut new_cache, &mut |_, _| {}).unwrap();
     assert_eq!(e.scored_tokens, 30);

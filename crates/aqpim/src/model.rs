@@ -1,5 +1,6 @@
 //! `aqpim eval ppl` and `aqpim generate`: a real GGUF model (Llama family)
-//! run through the dense KV cache; perplexity on a text and streamed generation.
+//! run through a dense or compressed KV cache; perplexity on a text and
+//! streamed generation.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -7,9 +8,11 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use aqpim_decode::model::cache::{DenseCache, DensePrecision, KvCache};
+use aqpim_decode::model::compressed::CompressedCache;
 use aqpim_decode::model::eval::{self, PplOptions, Sampling};
 use aqpim_decode::model::llama::{Llama, Logits};
 use aqpim_decode::model::tokenizer::Tokenizer;
+use aqpim_kvcache::{KvShape, KvSpec};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -28,9 +31,15 @@ pub struct PplArgs {
     /// UTF-8 text to score.
     #[arg(long)]
     text: PathBuf,
-    /// KV cache: `fp16` (dense, half precision) or `f32` (dense, exact).
+    /// KV cache: `fp16` (dense, half precision), `f32` (dense, exact), or a
+    /// compressed store: `scalar:bits=2,group=32,window=128`,
+    /// `pq:dsub=4,nbits=8,sinks=4,window=128` (see `aqpim kv stats`).
     #[arg(long, default_value = "fp16")]
     kv: String,
+    /// Calibrated codebooks (a directory written by `aqpim pq calibrate`) for
+    /// a `pq:` cache; without it codebooks are trained online per window.
+    #[arg(long)]
+    codebooks: Option<PathBuf>,
     /// Text tokens per window (W).
     #[arg(long, default_value_t = 512)]
     window: usize,
@@ -67,9 +76,12 @@ pub struct GenerateArgs {
     /// Most tokens to generate.
     #[arg(long, default_value_t = 64)]
     max_tokens: usize,
-    /// KV cache: `fp16` or `f32`.
+    /// KV cache: `fp16`, `f32`, `scalar:...` or `pq:...` (as for `aqpim eval ppl`).
     #[arg(long, default_value = "fp16")]
     kv: String,
+    /// Calibrated codebooks for a `pq:` cache (from `aqpim pq calibrate`).
+    #[arg(long)]
+    codebooks: Option<PathBuf>,
     /// Sampling temperature; without it decoding is greedy.
     #[arg(long)]
     temperature: Option<f32>,
@@ -102,14 +114,46 @@ struct GenerateOutput {
     decode_tokens_per_s: f64,
 }
 
-fn precision(kv: &str) -> Result<DensePrecision> {
-    match kv {
-        "fp16" => Ok(DensePrecision::F16),
-        "f32" => Ok(DensePrecision::F32),
-        other => bail!(
-            "--kv {other}: only the dense caches `fp16` and `f32` are available in this build (compressed caches come with aqpim-kvcache)"
+/// The cache a run uses, from `--kv` and `--codebooks`.
+#[derive(Debug, Clone)]
+enum CacheChoice {
+    /// The model crate's exact dense cache.
+    Dense(DensePrecision),
+    /// An `aqpim-kvcache` store read through the `aqpim-attn` kernels.
+    Store(KvSpec, Option<PathBuf>),
+}
+
+fn cache_choice(kv: &str, codebooks: Option<&Path>) -> Result<CacheChoice> {
+    let choice = match kv {
+        "fp16" => CacheChoice::Dense(DensePrecision::F16),
+        "f32" => CacheChoice::Dense(DensePrecision::F32),
+        spec => CacheChoice::Store(
+            spec.parse().with_context(|| format!("--kv {spec}"))?,
+            codebooks.map(Path::to_path_buf),
         ),
+    };
+    if codebooks.is_some() && !matches!(&choice, CacheChoice::Store(KvSpec::Pq(_), _)) {
+        bail!("--codebooks needs a `pq:` cache, not --kv {kv}");
     }
+    Ok(choice)
+}
+
+fn make_cache(model: &Llama, choice: &CacheChoice) -> Result<Box<dyn KvCache>> {
+    let c = model.config();
+    Ok(match choice {
+        CacheChoice::Dense(p) => {
+            Box::new(DenseCache::new(c.n_layers, c.n_kv_heads, c.head_dim, *p))
+        }
+        CacheChoice::Store(spec, books) => {
+            let shape = KvShape::with_query_heads(c.n_layers, c.n_kv_heads, c.n_heads, c.head_dim)?;
+            let mut store = aqpim_kvcache::build(shape, spec)?;
+            if let Some(dir) = books {
+                let pq = store.as_pq_mut().context("--codebooks needs a pq cache")?;
+                aqpim_decode::model::calibrate::load_into(dir, pq)?;
+            }
+            Box::new(CompressedCache::from_store(store))
+        }
+    })
 }
 
 fn set_threads(threads: Option<usize>) -> Result<()> {
@@ -129,11 +173,6 @@ fn load(path: &Path) -> Result<(Llama, Tokenizer)> {
         .with_context(|| format!("loading model {}", path.display()));
     spinner.finish_and_clear();
     out
-}
-
-fn new_cache(model: &Llama, precision: DensePrecision) -> DenseCache {
-    let c = model.config();
-    DenseCache::new(c.n_layers, c.n_kv_heads, c.head_dim, precision)
 }
 
 #[derive(Debug, Serialize)]
@@ -162,7 +201,7 @@ struct PplOutput {
 pub fn run_eval(cmd: EvalCommand) -> Result<()> {
     let EvalCommand::Ppl(a) = cmd;
     set_threads(a.threads)?;
-    let precision = precision(&a.kv)?;
+    let choice = cache_choice(&a.kv, a.codebooks.as_deref())?;
     let text = std::fs::read_to_string(&a.text)
         .with_context(|| format!("reading text {} (UTF-8 expected)", a.text.display()))?;
     let (model, tok) = load(&a.model)?;
@@ -209,7 +248,11 @@ pub fn run_eval(cmd: EvalCommand) -> Result<()> {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.set_message("perplexity");
-    let mut cache = || Box::new(new_cache(&model, precision)) as Box<dyn KvCache>;
+    let mut cache = || {
+        make_cache(&model, &choice).map_err(|e| aqpim_decode::DecodeError::Cache {
+            reason: format!("{e:#}"),
+        })
+    };
     let report = eval::perplexity(&model, &tokens, &opts, &mut cache, &mut |done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
@@ -268,7 +311,7 @@ pub fn run_eval(cmd: EvalCommand) -> Result<()> {
 
 pub fn run_generate(a: GenerateArgs) -> Result<()> {
     set_threads(a.threads)?;
-    let precision = precision(&a.kv)?;
+    let choice = cache_choice(&a.kv, a.codebooks.as_deref())?;
     let sampling = match a.temperature {
         None => Sampling::Greedy,
         Some(temperature) => Sampling::TopP {
@@ -300,7 +343,7 @@ pub fn run_generate(a: GenerateArgs) -> Result<()> {
         .into_iter()
         .chain(tok.token_id("<|im_end|>"))
         .collect();
-    let mut cache = new_cache(&model, precision);
+    let mut cache = make_cache(&model, &choice)?;
     let mut generated = Vec::new();
     let mut printed = 0;
     let stdout = std::io::stdout();
@@ -311,7 +354,7 @@ pub fn run_generate(a: GenerateArgs) -> Result<()> {
         a.max_tokens,
         sampling,
         &stop,
-        &mut cache,
+        cache.as_mut(),
         &mut |t| {
             generated.push(t);
             if a.json {
@@ -334,7 +377,7 @@ pub fn run_generate(a: GenerateArgs) -> Result<()> {
     let prefill_tps = ids.len() as f64 / report.prefill_seconds.max(1e-9);
     let decode_tps = steps as f64 / report.decode_seconds.max(1e-9);
     if a.json {
-        let logits = model.forward(&ids, &mut new_cache(&model, precision), Logits::Last)?;
+        let logits = model.forward(&ids, make_cache(&model, &choice)?.as_mut(), Logits::Last)?;
         let mut order: Vec<u32> = (0..logits.len() as u32).collect();
         order.sort_by(|&x, &y| {
             logits[y as usize]

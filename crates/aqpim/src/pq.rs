@@ -43,6 +43,32 @@ pub enum PqCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Calibrate K and V codebooks for every layer and KV head of a GGUF model
+    /// on a text (post-RoPE keys and values), for `--codebooks` of `aqpim eval ppl`.
+    Calibrate {
+        /// Model file (GGUF, Llama family).
+        #[arg(long)]
+        model: PathBuf,
+        /// UTF-8 calibration text.
+        #[arg(long)]
+        text: PathBuf,
+        /// Calibration tokens taken from the start of the text.
+        #[arg(long, default_value_t = 8192)]
+        tokens: usize,
+        /// The PQ cache the codebooks are for (`pq:dsub=..,nbits=..`; dsub, bits,
+        /// iterations and seed are used).
+        #[arg(long)]
+        kv: String,
+        /// Tokens per forward sequence (the text is cut into independent chunks).
+        #[arg(long, default_value_t = 2048)]
+        chunk: usize,
+        /// Output directory (one codebook file per layer, KV head, K and V).
+        #[arg(long)]
+        out: PathBuf,
+        /// Worker threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
     /// Write KV-like synthetic data (a few large-variance channels) as float32 .npy.
     Synth {
         /// Number of vectors.
@@ -154,6 +180,65 @@ pub fn run(cmd: PqCommand) -> Result<()> {
             } else {
                 report.print_table();
             }
+            Ok(())
+        }),
+        PqCommand::Calibrate {
+            model,
+            text,
+            tokens,
+            kv,
+            chunk,
+            out,
+            threads,
+        } => with_threads(threads, || {
+            let spec = match kv
+                .parse::<aqpim_kvcache::KvSpec>()
+                .with_context(|| format!("--kv {kv}"))?
+            {
+                aqpim_kvcache::KvSpec::Pq(p) => p,
+                other => bail!("--kv {other}: calibration trains PQ codebooks; give a `pq:` spec"),
+            };
+            let (llama, tok) = aqpim_decode::model::load(&model)
+                .with_context(|| format!("loading model {}", model.display()))?;
+            let body = std::fs::read_to_string(&text)
+                .with_context(|| format!("reading text {} (UTF-8 expected)", text.display()))?;
+            let mut ids = tok.encode(&body)?;
+            if ids.len() < tokens {
+                bail!(
+                    "{} holds {} tokens, fewer than --tokens {tokens}",
+                    text.display(),
+                    ids.len()
+                );
+            }
+            ids.truncate(tokens);
+            let bar = indicatif::ProgressBar::new(1);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{msg:24} [{bar:30}] {pos}/{len} {elapsed}",
+                )
+                .expect("valid template"),
+            );
+            let t = Instant::now();
+            let books = aqpim_decode::model::calibrate::calibrate(
+                &llama,
+                &ids,
+                &spec,
+                chunk,
+                &mut |what, done, total| {
+                    bar.set_message(what.to_string());
+                    bar.set_length(total as u64);
+                    bar.set_position(done as u64);
+                },
+            )?;
+            bar.finish_and_clear();
+            aqpim_decode::model::calibrate::save(&books, &out)?;
+            eprintln!(
+                "calibrated {} layers x {} KV heads on {tokens} tokens in {:.1} s -> {}",
+                books.len(),
+                books.first().map_or(0, Vec::len),
+                t.elapsed().as_secs_f64(),
+                out.display()
+            );
             Ok(())
         }),
         PqCommand::Synth { n, d, seed, out } => {

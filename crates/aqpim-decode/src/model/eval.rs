@@ -133,7 +133,7 @@ pub fn perplexity(
     model: &Llama,
     tokens: &[u32],
     opts: &PplOptions,
-    new_cache: &mut dyn FnMut() -> Box<dyn KvCache>,
+    new_cache: &mut dyn FnMut() -> Result<Box<dyn KvCache>>,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<PplReport> {
     let wins = windows(tokens.len(), opts)?;
@@ -164,7 +164,7 @@ pub fn perplexity(
             // A one-token tail window without a document start predicts nothing.
             continue;
         }
-        let mut cache = new_cache();
+        let mut cache = new_cache()?;
         let p = opts.prefill.min(inputs.len());
         let t0 = Instant::now();
         let logits = model.forward(&inputs[..p], cache.as_mut(), Logits::All)?;

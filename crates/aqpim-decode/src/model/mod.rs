@@ -8,10 +8,12 @@
 //! - [`tokenizer`]: byte-level BPE from the GGUF metadata;
 //! - [`cache`]: the [`cache::KvCache`] interface and the exact dense cache;
 //! - [`compressed`]: any `aqpim-kvcache` store behind that interface;
+//! - [`calibrate`]: offline codebook calibration on real text;
 //! - [`llama`]: the forward pass;
 //! - [`eval`]: perplexity, teacher-forced decode, generation.
 
 pub mod cache;
+pub mod calibrate;
 pub mod compressed;
 pub mod config;
 pub mod eval;
