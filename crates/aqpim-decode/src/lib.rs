@@ -7,9 +7,12 @@
 //!
 //! [`model`] holds the real model: a GGUF reader, dequantization, the
 //! byte-level BPE tokenizer, the Llama forward pass with its KV-cache
-//! interface, perplexity evaluation and generation.
+//! interface, perplexity evaluation and generation. [`system`] holds the
+//! latency model: model and system presets (`configs/models`,
+//! `configs/systems`) and the decode-step policies.
 
 pub mod error;
 pub mod model;
+pub mod system;
 
 pub use error::{DecodeError, Result};

@@ -11,6 +11,7 @@ mod model;
 mod npy;
 mod pq;
 mod sim;
+mod simulate;
 
 use clap::{Parser, Subcommand};
 
@@ -39,6 +40,8 @@ enum Command {
     /// Evaluate a real model (GGUF): perplexity on a text.
     #[command(subcommand)]
     Eval(model::EvalCommand),
+    /// Latency of a decode step on a system (GPU, host offload), itemized.
+    Simulate(simulate::SimulateArgs),
     /// Generate text with a real model (GGUF), streaming tokens.
     Generate(model::GenerateArgs),
 }
@@ -51,6 +54,7 @@ fn main() {
         Command::Kv(cmd) => kv::run(cmd),
         Command::Attn(cmd) => attn::run(cmd),
         Command::Eval(cmd) => model::run_eval(cmd),
+        Command::Simulate(args) => simulate::run(args),
         Command::Generate(args) => model::run_generate(args),
     };
     if let Err(e) = result {

@@ -1,0 +1,304 @@
+//! Model and system presets: serde structs for the TOML files in `configs/`,
+//! compiled in by name, validated before use.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{DecodeError, Result};
+
+/// FP16 bytes per element, for weights and the uncompressed KV cache.
+pub const FP16_BYTES: u64 = 2;
+
+/// The shape of a decoder-only transformer (Llama family).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    /// Preset name.
+    pub name: String,
+    /// Transformer layers.
+    pub layers: usize,
+    /// Hidden size.
+    pub hidden: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads (grouped-query attention when fewer than `heads`).
+    pub kv_heads: usize,
+    /// Elements per head.
+    pub head_dim: usize,
+    /// SwiGLU intermediate size.
+    pub ffn: usize,
+    /// Vocabulary size.
+    pub vocab: usize,
+    /// Where the numbers come from.
+    pub source: String,
+}
+
+impl ModelSpec {
+    /// Checks that the shape is a transformer: positive sizes, `heads` dividing
+    /// `hidden`, `kv_heads` dividing `heads`.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |reason: String| {
+            Err(DecodeError::Preset {
+                name: self.name.clone(),
+                reason,
+            })
+        };
+        for (field, v) in [
+            ("layers", self.layers),
+            ("hidden", self.hidden),
+            ("heads", self.heads),
+            ("kv_heads", self.kv_heads),
+            ("head_dim", self.head_dim),
+            ("ffn", self.ffn),
+            ("vocab", self.vocab),
+        ] {
+            if v == 0 {
+                return bad(format!("{field} must be positive"));
+            }
+        }
+        if !self.hidden.is_multiple_of(self.heads) {
+            return bad(format!(
+                "heads = {} does not divide hidden = {}",
+                self.heads, self.hidden
+            ));
+        }
+        if !self.heads.is_multiple_of(self.kv_heads) {
+            return bad(format!(
+                "kv_heads = {} does not divide heads = {}",
+                self.kv_heads, self.heads
+            ));
+        }
+        Ok(())
+    }
+
+    /// FP16 weight bytes of one layer: Q and O (`2 * hidden * heads * head_dim`),
+    /// K and V (`2 * hidden * kv_heads * head_dim`) and the SwiGLU FFN
+    /// (`3 * hidden * ffn`). Norms are negligible and left out.
+    pub fn layer_weight_bytes(&self) -> u64 {
+        let (h, hd) = (self.hidden as u64, self.head_dim as u64);
+        let attn = 2 * h * self.heads as u64 * hd + 2 * h * self.kv_heads as u64 * hd;
+        FP16_BYTES * (attn + 3 * h * self.ffn as u64)
+    }
+
+    /// FP16 bytes of the output projection (`vocab x hidden`), read once per step.
+    pub fn head_weight_bytes(&self) -> u64 {
+        FP16_BYTES * self.vocab as u64 * self.hidden as u64
+    }
+
+    /// FP16 weight bytes of the whole model (layers, output projection, embeddings).
+    pub fn weight_bytes(&self) -> u64 {
+        self.layers as u64 * self.layer_weight_bytes() + 2 * self.head_weight_bytes()
+    }
+
+    /// FP16 KV bytes of one token in one layer: `2 (K and V) x kv_heads x head_dim x 2 B`.
+    pub fn kv_bytes_per_token_layer(&self) -> u64 {
+        2 * self.kv_heads as u64 * self.head_dim as u64 * FP16_BYTES
+    }
+}
+
+/// The GPU of a system, with the measured efficiencies of decode.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpuSpec {
+    /// Product name.
+    pub name: String,
+    /// Device memory, bytes.
+    pub memory_bytes: u64,
+    /// Datasheet peak memory bandwidth, GB/s.
+    pub peak_hbm_gbps: f64,
+    /// Fixed cost of one layer's decode attention, ms.
+    pub attn_fixed_ms: f64,
+    /// Achieved KV bandwidth of decode attention, GB/s.
+    pub attn_gbps: f64,
+    /// Achieved weight bandwidth of decode linear layers, GB/s.
+    pub linear_gbps: f64,
+}
+
+/// The host link.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkSpec {
+    /// Name.
+    pub name: String,
+    /// Host-to-device bandwidth, GB/s.
+    pub gbps: f64,
+}
+
+/// Host memory available to the KV cache.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostSpec {
+    /// Bytes.
+    pub memory_bytes: u64,
+}
+
+/// A system: a GPU, and optionally a host link and host memory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SystemSpec {
+    /// Preset name.
+    pub name: String,
+    /// The GPU.
+    pub gpu: GpuSpec,
+    /// The host link, if the KV cache may live in host memory.
+    pub link: Option<LinkSpec>,
+    /// Host memory.
+    pub host: Option<HostSpec>,
+}
+
+impl SystemSpec {
+    /// Checks every figure: positive capacities and bandwidths, achieved
+    /// bandwidths not above the peak, link and host given together.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |reason: String| {
+            Err(DecodeError::Preset {
+                name: self.name.clone(),
+                reason,
+            })
+        };
+        let g = &self.gpu;
+        if g.memory_bytes == 0 {
+            return bad("gpu.memory_bytes is 0: the GPU has no capacity".into());
+        }
+        for (field, v) in [
+            ("gpu.peak_hbm_gbps", g.peak_hbm_gbps),
+            ("gpu.attn_gbps", g.attn_gbps),
+            ("gpu.linear_gbps", g.linear_gbps),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                return bad(format!("{field} = {v} must be a positive number"));
+            }
+            if v > g.peak_hbm_gbps {
+                return bad(format!(
+                    "{field} = {v} exceeds the peak {} GB/s",
+                    g.peak_hbm_gbps
+                ));
+            }
+        }
+        if !(g.attn_fixed_ms.is_finite() && g.attn_fixed_ms >= 0.0) {
+            return bad(format!(
+                "gpu.attn_fixed_ms = {} must be >= 0",
+                g.attn_fixed_ms
+            ));
+        }
+        match (&self.link, &self.host) {
+            (Some(l), Some(h)) => {
+                if !(l.gbps.is_finite() && l.gbps > 0.0) {
+                    return bad(format!("link.gbps = {} must be a positive number", l.gbps));
+                }
+                if h.memory_bytes == 0 {
+                    return bad("host.memory_bytes is 0: the host has no capacity".into());
+                }
+            }
+            (None, None) => {}
+            _ => return bad("[link] and [host] go together".into()),
+        }
+        Ok(())
+    }
+}
+
+/// Model presets by name, from `configs/models/`.
+pub const MODEL_PRESETS: &[(&str, &str)] = &[
+    (
+        "llama2-7b",
+        include_str!("../../../../configs/models/llama2-7b.toml"),
+    ),
+    (
+        "llama2-13b",
+        include_str!("../../../../configs/models/llama2-13b.toml"),
+    ),
+    (
+        "llama2-70b",
+        include_str!("../../../../configs/models/llama2-70b.toml"),
+    ),
+    (
+        "llama3-8b",
+        include_str!("../../../../configs/models/llama3-8b.toml"),
+    ),
+    (
+        "llama3-70b",
+        include_str!("../../../../configs/models/llama3-70b.toml"),
+    ),
+    (
+        "mistral-7b",
+        include_str!("../../../../configs/models/mistral-7b.toml"),
+    ),
+    (
+        "smollm2-135m",
+        include_str!("../../../../configs/models/smollm2-135m.toml"),
+    ),
+];
+
+/// System presets by name, from `configs/systems/`.
+pub const SYSTEM_PRESETS: &[(&str, &str)] = &[
+    (
+        "h100",
+        include_str!("../../../../configs/systems/h100.toml"),
+    ),
+    (
+        "h100+host",
+        include_str!("../../../../configs/systems/h100+host.toml"),
+    ),
+];
+
+fn lookup<'a>(table: &'a [(&str, &str)], kind: &str, name: &str) -> Result<&'a str> {
+    table
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, t)| *t)
+        .ok_or_else(|| DecodeError::Preset {
+            name: name.to_string(),
+            reason: format!(
+                "no such {kind} preset (known: {})",
+                table.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+            ),
+        })
+}
+
+/// Parses and validates a model from TOML text; `name` names it in errors.
+pub fn parse_model(text: &str, name: &str) -> Result<ModelSpec> {
+    let m: ModelSpec = toml::from_str(text).map_err(|e| DecodeError::Preset {
+        name: name.to_string(),
+        reason: e.to_string().trim().to_string(),
+    })?;
+    m.validate()?;
+    Ok(m)
+}
+
+/// Parses and validates a system from TOML text; `name` names it in errors.
+pub fn parse_system(text: &str, name: &str) -> Result<SystemSpec> {
+    let s: SystemSpec = toml::from_str(text).map_err(|e| DecodeError::Preset {
+        name: name.to_string(),
+        reason: e.to_string().trim().to_string(),
+    })?;
+    s.validate()?;
+    Ok(s)
+}
+
+/// A model preset by name, or a TOML file path (ending in `.toml`).
+pub fn model(name_or_path: &str) -> Result<ModelSpec> {
+    if name_or_path.ends_with(".toml") {
+        let text = std::fs::read_to_string(name_or_path).map_err(|source| DecodeError::Io {
+            op: "reading",
+            path: name_or_path.into(),
+            source,
+        })?;
+        return parse_model(&text, name_or_path);
+    }
+    parse_model(lookup(MODEL_PRESETS, "model", name_or_path)?, name_or_path)
+}
+
+/// A system preset by name, or a TOML file path (ending in `.toml`).
+pub fn system(name_or_path: &str) -> Result<SystemSpec> {
+    if name_or_path.ends_with(".toml") {
+        let text = std::fs::read_to_string(name_or_path).map_err(|source| DecodeError::Io {
+            op: "reading",
+            path: name_or_path.into(),
+            source,
+        })?;
+        return parse_system(&text, name_or_path);
+    }
+    parse_system(
+        lookup(SYSTEM_PRESETS, "system", name_or_path)?,
+        name_or_path,
+    )
+}

@@ -1,0 +1,137 @@
+//! `aqpim simulate` end to end: one point as JSON, a grid as CSV (points that
+//! do not fit skipped), and clear one-line errors.
+
+use std::process::{Command, Output};
+
+fn aqpim(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_aqpim"))
+        .args(args)
+        .output()
+        .expect("running aqpim")
+}
+
+#[test]
+fn one_point_and_a_grid() {
+    let out = aqpim(&[
+        "simulate",
+        "--model",
+        "llama2-7b",
+        "--system",
+        "h100+host",
+        "--policy",
+        "offload",
+        "--ctx",
+        "16384",
+        "--batch",
+        "1",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let share = v["transfer_share_of_attention"].as_f64().unwrap();
+    assert!(share > 0.9 && share < 1.0, "{v}");
+    let total = v["total_ms"].as_f64().unwrap();
+    let parts = v["linear_ms"].as_f64().unwrap()
+        + v["attention_ms"].as_f64().unwrap()
+        + v["transfer_ms"].as_f64().unwrap();
+    assert!((total - parts).abs() < 1e-9);
+
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("grid.csv");
+    let out = aqpim(&[
+        "simulate",
+        "--model",
+        "llama2-7b",
+        "--system",
+        "h100",
+        "--policy",
+        "gpu",
+        "--ctx",
+        "4096,262144",
+        "--batch",
+        "1,8",
+        "--out",
+        csv.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&csv).unwrap();
+    // 4 points; 262,144 tokens need 137 GB of KV alone, more than 79.2 GiB,
+    // at either batch: header + 2 rows.
+    assert_eq!(text.lines().count(), 3, "{text}");
+    assert!(text.starts_with("model,system,policy,ctx,batch,"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not fit"));
+}
+
+#[test]
+fn bad_requests_are_one_line_errors() {
+    for (args, needle) in [
+        (
+            vec![
+                "simulate",
+                "--model",
+                "llama2-7b",
+                "--system",
+                "h100",
+                "--ctx",
+                "1000000",
+                "--batch",
+                "8",
+            ],
+            "bytes too many",
+        ),
+        (
+            vec!["simulate", "--model", "gpt-9", "--system", "h100"],
+            "no such model preset",
+        ),
+        (
+            vec![
+                "simulate",
+                "--model",
+                "llama2-7b",
+                "--system",
+                "h100",
+                "--policy",
+                "attacc",
+            ],
+            "not a policy",
+        ),
+        (
+            vec![
+                "simulate",
+                "--model",
+                "llama2-7b",
+                "--system",
+                "h100",
+                "--policy",
+                "offload",
+            ],
+            "no host link",
+        ),
+        (
+            vec![
+                "simulate",
+                "--model",
+                "llama2-7b",
+                "--system",
+                "h100",
+                "--ctx",
+                "12x",
+            ],
+            "--ctx",
+        ),
+    ] {
+        let out = aqpim(&args);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}
