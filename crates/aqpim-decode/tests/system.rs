@@ -194,3 +194,11 @@ fn offload_lands_on_the_measured_h100_transfer_shares() {
     let per_layer = gpu.attention_ms / 32.0;
     assert!((per_layer - 0.0597).abs() < 0.05 * 0.0597, "{per_layer}");
 }
+
+#[test]
+fn policy_names_round_trip() {
+    for name in ["gpu", "offload", "offload-overlap"] {
+        let p: Policy = name.parse().unwrap();
+        assert_eq!(p.to_string(), name);
+    }
+}

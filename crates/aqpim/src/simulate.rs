@@ -50,15 +50,11 @@ where
 const CSV_HEADER: &str = "model,system,policy,ctx,batch,linear_ms,attention_ms,transfer_ms,overlapped_ms,total_ms,tokens_per_s,transfer_share,transfer_share_of_attention,weight_bytes,kv_bytes,gpu_bytes_used,host_bytes_used";
 
 fn csv_row(s: &Step) -> String {
-    let policy = match s.policy {
-        Policy::Gpu => "gpu",
-        Policy::Offload { overlap: false } => "offload",
-        Policy::Offload { overlap: true } => "offload-overlap",
-    };
     format!(
-        "{},{},{policy},{},{},{:.6},{:.6},{:.6},{:.6},{:.6},{:.3},{:.6},{:.6},{},{},{},{}",
+        "{},{},{},{},{},{:.6},{:.6},{:.6},{:.6},{:.6},{:.3},{:.6},{:.6},{},{},{},{}",
         s.model,
         s.system,
+        s.policy,
         s.ctx,
         s.batch,
         s.linear_ms,
@@ -93,7 +89,7 @@ pub fn run(a: SimulateArgs) -> Result<()> {
                 match decode_step(&model, &system, p, c, b) {
                     Ok(step) => steps.push(step),
                     Err(e @ aqpim_decode::DecodeError::Capacity { .. }) if !single => {
-                        skipped.push(format!("{p:?} ctx {c} batch {b}: {e}"))
+                        skipped.push(format!("{p} ctx {c} batch {b}: {e}"))
                     }
                     Err(e) => return Err(e).with_context(|| format!("ctx {c}, batch {b}")),
                 }
@@ -126,10 +122,9 @@ pub fn run(a: SimulateArgs) -> Result<()> {
             "transfer"
         );
         for s in &steps {
-            let policy = csv_row(s).split(',').nth(2).unwrap_or_default().to_string();
             println!(
                 "{:<16} {:>8} {:>6} {:>10.3} {:>10.3} {:>11.3} {:>10.3} {:>10.1} {:>8.1}%",
-                policy,
+                s.policy.to_string(),
                 s.ctx,
                 s.batch,
                 s.linear_ms,

@@ -14,7 +14,7 @@ use crate::error::{DecodeError, Result};
 use crate::system::presets::{ModelSpec, SystemSpec};
 
 /// Where the KV cache lives and how a step uses it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Policy {
     /// Weights and KV cache in GPU memory.
     Gpu,
@@ -25,6 +25,24 @@ pub enum Policy {
         /// Overlap transfers with compute.
         overlap: bool,
     },
+}
+
+impl std::fmt::Display for Policy {
+    /// The name `FromStr` reads back: `gpu`, `offload`, `offload-overlap`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Policy::Gpu => "gpu",
+            Policy::Offload { overlap: false } => "offload",
+            Policy::Offload { overlap: true } => "offload-overlap",
+        })
+    }
+}
+
+impl Serialize for Policy {
+    /// Serialized by name, as the CLI and the CSV write it.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
 }
 
 impl std::str::FromStr for Policy {
