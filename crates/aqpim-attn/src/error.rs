@@ -38,6 +38,9 @@ pub enum AttnError {
     /// An error from the KV cache.
     #[error(transparent)]
     Kv(#[from] aqpim_kvcache::KvError),
+    /// An error from the PIM simulator.
+    #[error(transparent)]
+    Pim(#[from] aqpim_pim::PimError),
     /// An error from the PQ library.
     #[error(transparent)]
     Pq(#[from] aqpim_pq::PqError),

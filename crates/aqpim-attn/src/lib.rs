@@ -27,6 +27,7 @@ mod dense;
 mod error;
 mod layer;
 pub(crate) mod math;
+pub mod pim;
 mod pq;
 pub mod reference;
 mod scalar;
