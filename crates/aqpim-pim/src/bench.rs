@@ -81,6 +81,7 @@ pub fn standard_mix(device: &Device, channels: usize, rows: u32) -> Program {
             buf: 0,
             reg: 64,
             reduce: true,
+            bcast: false,
         });
         v.push(Instr::EndLoop);
         v.push(Instr::PreAb { ch });
@@ -119,6 +120,7 @@ pub fn standard_mix(device: &Device, channels: usize, rows: u32) -> Program {
             die: 0,
             len: 256,
             scale: half::f16::from_f32(0.125),
+            stats: false,
         });
         v.push(Instr::EndLoop);
     }
@@ -201,6 +203,7 @@ pub fn internal_bandwidth(d: &Device, rows: u32) -> Result<BandwidthCheck> {
             buf: 0,
             reg: 0,
             reduce: true,
+            bcast: false,
         },
         Instr::EndLoop,
         Instr::EndLoop,

@@ -13,7 +13,7 @@ use crate::sim::TraceEntry;
 /// Checks `trace` (in issue order, as [`Simulator::trace`](crate::Simulator::trace)
 /// records it, from a fresh device) against `device`: per channel, one command
 /// per cycle in increasing cycle order; bank-state prerequisites; no command
-/// during an MVD/MVB/SFM occupancy; and every timing rule, windowed ones
+/// during an MVD/MVB/SFM/CLR/RED/RDD occupancy; and every timing rule, windowed ones
 /// included. Returns the first violation.
 pub fn check_trace(device: &Device, trace: &[TraceEntry]) -> Result<()> {
     let o = &device.org;
@@ -83,7 +83,7 @@ pub fn check_trace(device: &Device, trace: &[TraceEntry]) -> Result<()> {
             Command::Act if st[b].is_some() => {
                 return Err(fail("bank-closed", "ACT to an open bank".into()))
             }
-            Command::Rd | Command::Wr if st[b].is_none() => {
+            Command::Rd | Command::Wr | Command::Stc if st[b].is_none() => {
                 return Err(fail("row-open", "column access to a closed bank".into()))
             }
             Command::ActAb | Command::Ref if st.iter().any(Option::is_some) => {
@@ -165,6 +165,14 @@ pub fn check_trace(device: &Device, trace: &[TraceEntry]) -> Result<()> {
                 len.div_ceil(u64::from(device.pim.sfm_elements_per_cycle))
                     + u64::from(device.pim.sfm_latency)
             }
+            Command::Clr if e.len & TraceEntry::DIE != 0 => {
+                (4 * len).div_ceil(u64::from(device.pim.mv_bytes_per_cycle))
+            }
+            Command::Clr => len.div_ceil(device.pim.lanes as u64),
+            Command::Red => {
+                (banks as u64 * len).div_ceil(u64::from(device.pim.sfm_elements_per_cycle))
+            }
+            Command::Rdd => (4 * len).div_ceil(device.external_bytes_per_cycle()),
             _ => 0,
         };
         busy_until[ch] = busy_until[ch].max(e.cycle.saturating_add(busy));

@@ -46,7 +46,7 @@ impl Level {
 /// What a command addresses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
-    /// One bank (ACT, PRE, RD, WR).
+    /// One bank (ACT, PRE, RD, WR, STC).
     Bank,
     /// Every bank of a channel at once, or the channel's buffer die.
     Channel,
@@ -110,10 +110,20 @@ commands! {
     Sfm = "SFM", Channel;
     /// All-bank refresh (inserted by the simulator every tREFI).
     Ref = "REF", Channel;
+    /// Clear registers of every bank, or a range of the buffer die.
+    Clr = "CLR", Channel;
+    /// All-bank bins-times-codebook multiply-accumulate of a column.
+    BinMac = "BINMAC", Channel;
+    /// Buffer-die reduction across the channel's bank slices.
+    Red = "RED", Channel;
+    /// Read buffer-die elements out to the host.
+    Rdd = "RDD", Channel;
+    /// Store code registers into a column of one bank's open row.
+    Stc = "STC", Bank;
 }
 
 /// Number of commands.
-pub const NUM_COMMANDS: usize = 15;
+pub const NUM_COMMANDS: usize = 20;
 
 impl Command {
     /// Dense id, `0..NUM_COMMANDS`.
@@ -132,7 +142,7 @@ impl Command {
     pub fn is_pim_column(self) -> bool {
         matches!(
             self,
-            Command::Mac | Command::LutAcc | Command::HistAcc | Command::ArgMin
+            Command::Mac | Command::LutAcc | Command::HistAcc | Command::ArgMin | Command::BinMac
         )
     }
 }

@@ -99,6 +99,17 @@ pub enum PimError {
         /// Details (the earlier entry involved, the gap and the latency).
         detail: String,
     },
+    /// A command met data it cannot process (Functional mode only): an STC
+    /// register that does not hold a code.
+    #[error("`{instr}` on {target}: {reason}")]
+    Data {
+        /// The instruction, disassembled with its loop offsets applied.
+        instr: String,
+        /// The bank addressed.
+        target: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// Loader arguments out of range.
     #[error("loader: {0}")]
     Load(String),

@@ -523,6 +523,49 @@ impl Device {
         bytes.div_ceil(u64::from(self.pim.mv_bytes_per_cycle))
     }
 
+    /// External bytes per cycle of one channel, for RDD: `pseudo_channels *
+    /// column_bytes / nBL` (each pseudo-channel moves a column per burst of
+    /// `nBL` cycles; 32 B per cycle in both presets), or, without an `nBL`
+    /// parameter, `pseudo_channels * dq_bits * data_rate * tCK / 8` rounded
+    /// down; at least 1.
+    pub fn external_bytes_per_cycle(&self) -> u64 {
+        let o = &self.org;
+        let b = match self.param("nBL") {
+            Some(bl) if bl > 0 => (o.pseudo_channels * o.column_bytes) as u64 / u64::from(bl),
+            _ => {
+                (o.pseudo_channels * o.dq_bits_per_pseudo_channel) as u64
+                    * u64::from(self.data_rate_mtps)
+                    * u64::from(self.t_ck_ps)
+                    / 8_000_000
+            }
+        };
+        b.max(1)
+    }
+
+    /// Cycles a CLR of `len` elements occupies the channel: `ceil(len /
+    /// lanes)` for registers (each bank clears `lanes` per cycle), or
+    /// `ceil(4 * len / mv_bytes_per_cycle)` for the buffer die.
+    pub fn clr_cycles(&self, len: u64, die: bool) -> u64 {
+        if die {
+            self.mv_cycles(4 * len)
+        } else {
+            len.div_ceil(self.pim.lanes as u64)
+        }
+    }
+
+    /// Cycles a RED of `len` elements per bank slice occupies the channel:
+    /// `ceil(banks * len / sfm_elements_per_cycle)` (the buffer die's vector unit).
+    pub fn red_cycles(&self, len: u64) -> u64 {
+        (self.org.banks_per_channel as u64 * len)
+            .div_ceil(u64::from(self.pim.sfm_elements_per_cycle))
+    }
+
+    /// Cycles an RDD of `len` elements occupies the channel:
+    /// `ceil(4 * len / external_bytes_per_cycle)`.
+    pub fn rdd_cycles(&self, len: u64) -> u64 {
+        (4 * len).div_ceil(self.external_bytes_per_cycle())
+    }
+
     /// Cycles a softmax over `len` elements occupies the channel:
     /// `ceil(len / sfm_elements_per_cycle) + sfm_latency`.
     pub fn sfm_cycles(&self, len: u64) -> u64 {

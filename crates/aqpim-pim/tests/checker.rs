@@ -80,6 +80,7 @@ fn pim_op(r: &mut ChaCha8Rng, ch: u8) -> Instr {
             buf: r.gen_range(0..64),
             reg: r.gen_range(0..64),
             reduce: r.gen(),
+            bcast: r.gen(),
         },
         1 => Instr::LutAcc {
             ch,
@@ -134,6 +135,7 @@ fn misc_op(r: &mut ChaCha8Rng, ch: u8) -> Instr {
             die: 0,
             len: r.gen_range(1..300),
             scale: f16::from_f32(0.5),
+            stats: r.gen(),
         },
     }
 }

@@ -188,9 +188,10 @@ fn histacc_adds_weights_into_bins() {
 fn histacc_bins_past_the_registers_are_rejected_before_running() {
     let d = dev();
     let mut s = sim(&d);
-    let p =
-        Program::assemble("ACTAB ch=2 row=5\nHISTACC ch=2 col=0 bits=8 group=32 weights=0 reg=1\n")
-            .unwrap();
+    let p = Program::assemble(
+        "ACTAB ch=2 row=5\nHISTACC ch=2 col=0 bits=8 group=32 weights=0 reg=257\n",
+    )
+    .unwrap();
     let e = s.run(&p).unwrap_err();
     assert!(matches!(e, PimError::Program { index: 1, .. }), "{e}");
 }

@@ -39,7 +39,7 @@ fn bits(r: &mut ChaCha8Rng) -> CodeBits {
 /// A random instruction whose fields fit their encodings (not necessarily a device).
 fn random_instr(r: &mut ChaCha8Rng) -> Instr {
     let ch = r.gen();
-    match r.gen_range(0..15) {
+    match r.gen_range(0..20) {
         0 => Instr::Act {
             ch,
             bank: bank(r),
@@ -73,6 +73,7 @@ fn random_instr(r: &mut ChaCha8Rng) -> Instr {
             buf: r.gen(),
             reg: r.gen(),
             reduce: r.gen(),
+            bcast: r.gen(),
         },
         8 => Instr::LutAcc {
             ch,
@@ -122,8 +123,40 @@ fn random_instr(r: &mut ChaCha8Rng) -> Instr {
                 die: r.gen(),
                 len: r.gen_range(1..=u16::MAX),
                 scale,
+                stats: r.gen(),
             }
         }
+        14 => Instr::Clr {
+            ch,
+            off: r.gen(),
+            len: r.gen_range(1..=u16::MAX),
+            die: r.gen(),
+        },
+        15 => Instr::BinMac {
+            ch,
+            col: r.gen(),
+            dsub: r.gen_range(1..=16),
+            bins: r.gen(),
+            out: r.gen(),
+        },
+        16 => Instr::Red {
+            ch,
+            src: r.gen(),
+            len: r.gen_range(1..=u16::MAX),
+            dst: r.gen(),
+        },
+        17 => Instr::Rdd {
+            ch,
+            die: r.gen(),
+            len: r.gen_range(1..=u16::MAX),
+        },
+        18 => Instr::Stc {
+            ch,
+            bank: bank(r),
+            col: r.gen(),
+            reg: r.gen(),
+            bits: bits(r),
+        },
         _ => Instr::Barrier,
     }
 }
@@ -182,7 +215,7 @@ proptest! {
 proptest! {
     #![proptest_config(config(3000, 0xdec0de))]
     #[test]
-    fn random_words_never_panic_the_decoder(words in prop::collection::vec(any::<u64>(), 0..8), op in 0u64..0x14) {
+    fn random_words_never_panic_the_decoder(words in prop::collection::vec(any::<u64>(), 0..8), op in 0u64..0x19) {
         // Half of the words get a valid opcode so the field decoders are exercised.
         let mut w = words;
         if let Some(first) = w.first_mut() {
@@ -222,6 +255,11 @@ const TOKENS: &[&str] = &[
     "MVD",
     "MVB",
     "SFM",
+    "CLR",
+    "BINMAC",
+    "RED",
+    "RDD",
+    "STC",
     "BARRIER",
     "LOOP",
     "ENDLOOP",
@@ -246,8 +284,15 @@ const TOKENS: &[&str] = &[
     "len=",
     "die=",
     "scale=",
+    "off=",
+    "bins=",
+    "out=",
+    "src=",
+    "dst=",
     "reduce",
     "bcast",
+    "stats",
+    "die",
     "0",
     "1",
     "4",
@@ -295,6 +340,73 @@ proptest! {
                 prop_assert!(ok, "unexpected error kind: {}", e);
             }
         }
+    }
+}
+
+#[test]
+fn new_instructions_encode_as_specified() {
+    let p = Program::assemble(
+        "CLR ch=0 off=0 len=8192\n\
+         CLR ch=0 off=100 len=20 die\n\
+         BINMAC ch=3 col=5 dsub=4 bins=8192 out=8200\n\
+         MAC ch=1 col=2 buf=3 reg=4 bcast\n\
+         MAC ch=1 col=2 buf=3 reg=4 reduce bcast\n\
+         SFM ch=2 die=10 len=300 scale=0.5 stats\n\
+         RED ch=4 src=0 len=32 dst=2048\n\
+         RDD ch=5 die=2048 len=32\n\
+         STC ch=6 pc=1 sid=0 bg=2 bank=3 col=7 reg=40 bits=4\n\
+         STC ch=6 pc=1 sid=0 bg=2 bank=3 col=7 reg=40\n",
+    )
+    .unwrap();
+    let w = p.encode();
+    assert_eq!(
+        w,
+        vec![
+            0x12 << 56 | 8192 << 16,
+            0x12 << 56 | 100 << 32 | 20 << 16 | 1 << 15,
+            0x13 << 56 | 3 << 48 | 5 << 40 | 3 << 36 | 8192 << 20 | 8200 << 4,
+            0x08 << 56 | 1 << 48 | 2 << 40 | 3 << 24 | 4 << 8 | 1 << 6,
+            0x08 << 56 | 1 << 48 | 2 << 40 | 3 << 24 | 4 << 8 | 1 << 7 | 1 << 6,
+            0x14 << 56 | 2 << 48 | 10 << 32 | 300 << 16 | u64::from(f16::from_f32(0.5).to_bits()),
+            0x15 << 56 | 4 << 48 | 32 << 16 | 2048,
+            0x16 << 56 | 5 << 48 | 2048 << 32 | 32 << 16,
+            0x17 << 56 | 6 << 48 | (1 << 10 | 2 << 4 | 3) << 36 | 7 << 28 | 40 << 12 | 1 << 11,
+            0x17 << 56 | 6 << 48 | (1 << 10 | 2 << 4 | 3) << 36 | 7 << 28 | 40 << 12,
+        ]
+    );
+    assert_eq!(Program::decode(&w).unwrap(), p);
+    assert_eq!(Program::assemble(&p.disassemble()).unwrap(), p);
+    assert!(matches!(
+        p.instrs()[9],
+        Instr::Stc {
+            bits: CodeBits::Eight,
+            ..
+        }
+    ));
+    // Reserved bits are rejected: CLR bits 14..0, BINMAC 3..0, RDD 15..0, STC 10..0, MAC 5..0.
+    for bad in [
+        w[0] | 1 << 14,
+        w[2] | 1,
+        w[7] | 1,
+        w[8] | 1 << 10,
+        w[3] | 1 << 5,
+    ] {
+        assert!(Program::decode(&[bad]).is_err(), "{bad:#x}");
+    }
+    for (text, needle) in [
+        ("CLR ch=0 off=0 len=0", "len"),
+        ("BINMAC ch=0 col=0 dsub=0 bins=0 out=0", "dsub"),
+        ("BINMAC ch=0 col=0 dsub=17 bins=0 out=0", "dsub"),
+        ("RED ch=0 src=0 len=0 dst=0", "len"),
+        ("RDD ch=0 die=0 len=0", "len"),
+        (
+            "STC ch=0 pc=0 sid=0 bg=0 bank=0 col=0 reg=0 bits=6",
+            "bits=6",
+        ),
+        ("SFM ch=0 die=0 len=1 scale=1 stat", "stat"),
+    ] {
+        let e = Program::assemble(text).unwrap_err().to_string();
+        assert!(e.contains(needle), "`{text}`: error `{e}` lacks `{needle}`");
     }
 }
 

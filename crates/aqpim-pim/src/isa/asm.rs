@@ -1,6 +1,6 @@
 //! The assembly text form. One instruction per line: a mnemonic
 //! (case-insensitive) then `key=value` operands in any order, plus bare flags
-//! (`reduce`, `bcast`); `#` or `;` start a comment. Numbers are decimal or
+//! (`reduce`, `bcast`, `stats`, `die`); `#` or `;` start a comment. Numbers are decimal or
 //! `0x` hex; strides may be negative; `scale` is a decimal float.
 //!
 //! ```text
@@ -42,10 +42,12 @@ pub fn format_instr(ins: &Instr) -> String {
             buf,
             reg,
             reduce,
+            bcast,
         } => {
             format!(
-                "{m} ch={ch} col={col} buf={buf} reg={reg}{}",
-                if *reduce { " reduce" } else { "" }
+                "{m} ch={ch} col={col} buf={buf} reg={reg}{}{}",
+                if *reduce { " reduce" } else { "" },
+                if *bcast { " bcast" } else { "" }
             )
         }
         Instr::LutAcc {
@@ -107,7 +109,36 @@ pub fn format_instr(ins: &Instr) -> String {
             die,
             len,
             scale,
-        } => format!("{m} ch={ch} die={die} len={len} scale={}", scale.to_f32()),
+            stats,
+        } => format!(
+            "{m} ch={ch} die={die} len={len} scale={}{}",
+            scale.to_f32(),
+            if *stats { " stats" } else { "" }
+        ),
+        Instr::Clr { ch, off, len, die } => format!(
+            "{m} ch={ch} off={off} len={len}{}",
+            if *die { " die" } else { "" }
+        ),
+        Instr::BinMac {
+            ch,
+            col,
+            dsub,
+            bins,
+            out,
+        } => format!("{m} ch={ch} col={col} dsub={dsub} bins={bins} out={out}"),
+        Instr::Red { ch, src, len, dst } => format!("{m} ch={ch} src={src} len={len} dst={dst}"),
+        Instr::Rdd { ch, die, len } => format!("{m} ch={ch} die={die} len={len}"),
+        Instr::Stc {
+            ch,
+            bank,
+            col,
+            reg,
+            bits: c,
+        } => format!(
+            "{m} ch={ch} {} col={col} reg={reg} bits={}",
+            b(bank),
+            bits(*c)
+        ),
         Instr::Barrier | Instr::EndLoop => m.to_string(),
         Instr::Loop { count, strides } => {
             let mut s = format!("{m} {count}");
@@ -306,6 +337,7 @@ pub fn parse_line(text: &str, line: usize) -> Result<Option<Instr>> {
             buf: ops.u16("buf")?,
             reg: ops.u16("reg")?,
             reduce: ops.flag("reduce"),
+            bcast: ops.flag("bcast"),
         },
         "LUTACC" => Instr::LutAcc {
             ch: ops.u8("ch", 255)?,
@@ -362,8 +394,44 @@ pub fn parse_line(text: &str, line: usize) -> Result<Option<Instr>> {
                 die,
                 len,
                 scale,
+                stats: ops.flag("stats"),
             }
         }
+        "CLR" => Instr::Clr {
+            ch: ops.u8("ch", 255)?,
+            off: ops.u16("off")?,
+            len: ops.u16("len")?,
+            die: ops.flag("die"),
+        },
+        "BINMAC" => Instr::BinMac {
+            ch: ops.u8("ch", 255)?,
+            col: ops.u8("col", 255)?,
+            dsub: ops.u8("dsub", 16)?,
+            bins: ops.u16("bins")?,
+            out: ops.u16("out")?,
+        },
+        "RED" => Instr::Red {
+            ch: ops.u8("ch", 255)?,
+            src: ops.u16("src")?,
+            len: ops.u16("len")?,
+            dst: ops.u16("dst")?,
+        },
+        "RDD" => Instr::Rdd {
+            ch: ops.u8("ch", 255)?,
+            die: ops.u16("die")?,
+            len: ops.u16("len")?,
+        },
+        "STC" => Instr::Stc {
+            ch: ops.u8("ch", 255)?,
+            bank: ops.bank()?,
+            col: ops.u8("col", 255)?,
+            reg: ops.u16("reg")?,
+            bits: if ops.values.contains_key("bits") {
+                ops.code_bits()?
+            } else {
+                CodeBits::Eight
+            },
+        },
         "BARRIER" => Instr::Barrier,
         "ENDLOOP" => Instr::EndLoop,
         "LOOP" => {

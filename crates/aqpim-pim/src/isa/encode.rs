@@ -29,6 +29,12 @@ mod op {
     pub const BARRIER: u64 = 0x0F;
     pub const LOOP: u64 = 0x10;
     pub const ENDLOOP: u64 = 0x11;
+    pub const CLR: u64 = 0x12;
+    pub const BINMAC: u64 = 0x13;
+    pub const SFM_STATS: u64 = 0x14;
+    pub const RED: u64 = 0x15;
+    pub const RDD: u64 = 0x16;
+    pub const STC: u64 = 0x17;
 }
 
 /// `v` placed at bits `lo..lo + width`.
@@ -129,19 +135,21 @@ pub fn encode_instr(ins: &Instr, out: &mut Vec<u64>) {
         Instr::Wrgb { ch, buf, data } => {
             head(op::WRGB, ch) | put(buf.into(), 32, 16) | put(data.into(), 0, 32)
         }
-        // MAC: col 47..40, buf 39..24, reg 23..8, reduce 7.
+        // MAC: col 47..40, buf 39..24, reg 23..8, reduce 7, bcast 6.
         Instr::Mac {
             ch,
             col,
             buf,
             reg,
             reduce,
+            bcast,
         } => {
             head(op::MAC, ch)
                 | put(col.into(), 40, 8)
                 | put(buf.into(), 24, 16)
                 | put(reg.into(), 8, 16)
                 | put(reduce.into(), 7, 1)
+                | put(bcast.into(), 6, 1)
         }
         // LUTACC / HISTACC: col 47..40, bits 39 (1 = 4-bit), group 38..32, table|weights 31..16, reg 15..0.
         Instr::LutAcc {
@@ -213,17 +221,64 @@ pub fn encode_instr(ins: &Instr, out: &mut Vec<u64>) {
                 | put(len.into(), 16, 15)
                 | put(buf.into(), 0, 16)
         }
-        // SFM: die 47..32, len 31..16, scale (FP16 bits) 15..0.
+        // SFM (0x0E) and SFM stats (0x14): die 47..32, len 31..16, scale (FP16 bits) 15..0.
         Instr::Sfm {
             ch,
             die,
             len,
             scale,
+            stats,
         } => {
-            head(op::SFM, ch)
+            head(if stats { op::SFM_STATS } else { op::SFM }, ch)
                 | put(die.into(), 32, 16)
                 | put(len.into(), 16, 16)
                 | put(scale.to_bits().into(), 0, 16)
+        }
+        // CLR: off 47..32, len 31..16, die 15.
+        Instr::Clr { ch, off, len, die } => {
+            head(op::CLR, ch)
+                | put(off.into(), 32, 16)
+                | put(len.into(), 16, 16)
+                | put(die.into(), 15, 1)
+        }
+        // BINMAC: col 47..40, dsub-1 39..36, bins 35..20, out 19..4.
+        Instr::BinMac {
+            ch,
+            col,
+            dsub,
+            bins,
+            out,
+        } => {
+            head(op::BINMAC, ch)
+                | put(col.into(), 40, 8)
+                | put(u64::from(dsub.wrapping_sub(1)), 36, 4)
+                | put(bins.into(), 20, 16)
+                | put(out.into(), 4, 16)
+        }
+        // RED: src 47..32, len 31..16, dst 15..0.
+        Instr::Red { ch, src, len, dst } => {
+            head(op::RED, ch)
+                | put(src.into(), 32, 16)
+                | put(len.into(), 16, 16)
+                | put(dst.into(), 0, 16)
+        }
+        // RDD: die 47..32, len 31..16.
+        Instr::Rdd { ch, die, len } => {
+            head(op::RDD, ch) | put(die.into(), 32, 16) | put(len.into(), 16, 16)
+        }
+        // STC: B 47..36, col 35..28, reg 27..12, bits 11 (1 = 4-bit).
+        Instr::Stc {
+            ch,
+            bank,
+            col,
+            reg,
+            bits,
+        } => {
+            head(op::STC, ch)
+                | put_bank(bank)
+                | put(col.into(), 28, 8)
+                | put(reg.into(), 12, 16)
+                | put(bits_flag(bits), 11, 1)
         }
         Instr::Barrier => put(op::BARRIER, 56, 8),
         // LOOP: count 55..32; a second word holds the strides.
@@ -314,8 +369,9 @@ pub fn decode_instr(words: &[u64], i: usize) -> Result<(Instr, usize)> {
                 buf: get(w, 24, 16) as u16,
                 reg: get(w, 8, 16) as u16,
                 reduce: get(w, 7, 1) == 1,
+                bcast: get(w, 6, 1) == 1,
             },
-            mask(7, 57),
+            mask(6, 58),
             1,
         ),
         op::LUTACC => (
@@ -376,14 +432,66 @@ pub fn decode_instr(words: &[u64], i: usize) -> Result<(Instr, usize)> {
             u64::MAX,
             1,
         ),
-        op::SFM => (
+        op::SFM | op::SFM_STATS => (
             Instr::Sfm {
                 ch,
                 die: get(w, 32, 16) as u16,
                 len: get(w, 16, 16) as u16,
                 scale: f16::from_bits(get(w, 0, 16) as u16),
+                stats: opcode == op::SFM_STATS,
             },
             u64::MAX,
+            1,
+        ),
+        op::CLR => (
+            Instr::Clr {
+                ch,
+                off: get(w, 32, 16) as u16,
+                len: get(w, 16, 16) as u16,
+                die: get(w, 15, 1) == 1,
+            },
+            mask(15, 49),
+            1,
+        ),
+        op::BINMAC => (
+            Instr::BinMac {
+                ch,
+                col: get(w, 40, 8) as u8,
+                dsub: get(w, 36, 4) as u8 + 1,
+                bins: get(w, 20, 16) as u16,
+                out: get(w, 4, 16) as u16,
+            },
+            mask(4, 60),
+            1,
+        ),
+        op::RED => (
+            Instr::Red {
+                ch,
+                src: get(w, 32, 16) as u16,
+                len: get(w, 16, 16) as u16,
+                dst: get(w, 0, 16) as u16,
+            },
+            u64::MAX,
+            1,
+        ),
+        op::RDD => (
+            Instr::Rdd {
+                ch,
+                die: get(w, 32, 16) as u16,
+                len: get(w, 16, 16) as u16,
+            },
+            mask(16, 48),
+            1,
+        ),
+        op::STC => (
+            Instr::Stc {
+                ch,
+                bank: get_bank(w),
+                col: get(w, 28, 8) as u8,
+                reg: get(w, 12, 16) as u16,
+                bits: flag_bits(get(w, 11, 1)),
+            },
+            mask(11, 53),
             1,
         ),
         op::BARRIER => (Instr::Barrier, mask(56, 8), 1),

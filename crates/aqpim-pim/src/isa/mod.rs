@@ -60,16 +60,18 @@ impl CodeBits {
 pub struct Strides {
     /// Added to `row` (ACT, ACTAB).
     pub row: i16,
-    /// Added to `col` (RD, WR, MAC, LUTACC, HISTACC, ARGMIN).
+    /// Added to `col` (RD, WR, MAC, LUTACC, HISTACC, ARGMIN, BINMAC, STC).
     pub col: i16,
     /// Added to bank-buffer offsets (WRGB `buf`, MAC `buf`, LUTACC `table`,
     /// HISTACC `weights`, ARGMIN `cb`, MVB `buf`).
     pub buf: i16,
-    /// Added to register offsets (`reg` of MAC, LUTACC, HISTACC, ARGMIN, MVD).
+    /// Added to register offsets (`reg` of MAC, LUTACC, HISTACC, ARGMIN, MVD,
+    /// STC; BINMAC `bins`; CLR `off` without `die`).
     pub reg: i16,
     /// Added to host-data offsets (`data` of WR, WRGB).
     pub data: i16,
-    /// Added to buffer-die offsets (`die` of MVD, MVB, SFM).
+    /// Added to buffer-die offsets (`die` of MVD, MVB, SFM, RDD; RED `src`
+    /// and `dst`; CLR `off` with `die`).
     pub die: i16,
 }
 
@@ -146,7 +148,8 @@ pub enum Instr {
     },
     /// All-bank FP16 multiply-accumulate: `x = column col` (lanes FP16),
     /// `y = buffer[buf..buf + lanes]`; `reg[reg + l] += x[l] * y[l]`, or with
-    /// `reduce`, `reg[reg] += sum_l x[l] * y[l]`.
+    /// `reduce`, `reg[reg] += sum_l x[l] * y[l]`. With `bcast`, `y[l] =
+    /// buffer[buf]` for every lane.
     Mac {
         /// Channel.
         ch: u8,
@@ -158,6 +161,8 @@ pub enum Instr {
         reg: u16,
         /// Sum the lanes into one register.
         reduce: bool,
+        /// One buffer element, `buffer[buf]`, multiplies every lane.
+        bcast: bool,
     },
     /// All-bank lookup-table accumulation; see `docs/pim.md`.
     LutAcc {
@@ -243,6 +248,71 @@ pub enum Instr {
         len: u16,
         /// Scale applied to the inputs before the softmax (finite FP16).
         scale: f16,
+        /// Also write `max_i y_i` to `die[die + len]` and `sum_i exp(y_i - max)`
+        /// to `die[die + len + 1]` (encoded as its own opcode).
+        stats: bool,
+    },
+    /// Clear registers of every bank of the channel (`reg[off..off + len] =
+    /// 0`), or with `die` the channel's buffer die (`die[off..off + len] = 0`).
+    Clr {
+        /// Channel.
+        ch: u8,
+        /// First register (or buffer-die element with `die`).
+        off: u16,
+        /// Elements (1..=65535).
+        len: u16,
+        /// Clear the buffer die instead of the registers.
+        die: bool,
+    },
+    /// All-bank bins-times-codebook: `x` = column `col` (lanes FP16); for `l`
+    /// ascending, `reg[out + l % dsub] += reg[bins + l / dsub] * x[l]`.
+    BinMac {
+        /// Channel.
+        ch: u8,
+        /// Column (lanes / dsub centroids of dsub FP16 values, centroid-major).
+        col: u8,
+        /// Sub-vector length (1..=16; must divide the lanes).
+        dsub: u8,
+        /// Register of the first centroid's weight (bin).
+        bins: u16,
+        /// Register of the first of the dsub outputs.
+        out: u16,
+    },
+    /// Buffer-die reduction across the channel's bank slices:
+    /// `die[dst + i] = sum_b die[src + b * len + i]` (b ascending).
+    Red {
+        /// Channel.
+        ch: u8,
+        /// Buffer-die element offset of bank 0's slice.
+        src: u16,
+        /// Elements per slice (1..=65535).
+        len: u16,
+        /// Buffer-die element offset of the result.
+        dst: u16,
+    },
+    /// Read `die[die..die + len]` to the host (FP32 little-endian bytes,
+    /// appended to the read log).
+    Rdd {
+        /// Channel.
+        ch: u8,
+        /// Buffer-die element offset.
+        die: u16,
+        /// Elements (1..=65535).
+        len: u16,
+    },
+    /// Store code registers into column `col` of one bank's open row: code
+    /// `p` = `reg[reg + p]`, which must hold an exact integer in `0..2^bits`.
+    Stc {
+        /// Channel.
+        ch: u8,
+        /// Bank.
+        bank: BankSel,
+        /// Column.
+        col: u8,
+        /// Register of code 0.
+        reg: u16,
+        /// Code width.
+        bits: CodeBits,
     },
     /// Every later command on every channel issues after every earlier one.
     Barrier,
@@ -275,6 +345,11 @@ impl Instr {
             Instr::Mvd { .. } => "MVD",
             Instr::Mvb { .. } => "MVB",
             Instr::Sfm { .. } => "SFM",
+            Instr::Clr { .. } => "CLR",
+            Instr::BinMac { .. } => "BINMAC",
+            Instr::Red { .. } => "RED",
+            Instr::Rdd { .. } => "RDD",
+            Instr::Stc { .. } => "STC",
             Instr::Barrier => "BARRIER",
             Instr::Loop { .. } => "LOOP",
             Instr::EndLoop => "ENDLOOP",
@@ -308,7 +383,9 @@ impl Instr {
                 bank(&b)?;
                 max("row", row.into(), (1 << 24) - 1)
             }
-            Instr::Pre { bank: b, .. } | Instr::Rd { bank: b, .. } => bank(&b),
+            Instr::Pre { bank: b, .. } | Instr::Rd { bank: b, .. } | Instr::Stc { bank: b, .. } => {
+                bank(&b)
+            }
             Instr::ActAb { row, .. } => max("row", row.into(), (1 << 24) - 1),
             Instr::Wr { bank: b, data, .. } => {
                 bank(&b)?;
@@ -329,7 +406,17 @@ impl Instr {
                 max("nbits", nbits.into(), 8)?;
                 max("reg", reg.into(), 4095)
             }
-            Instr::Mvd { len, .. } => {
+            Instr::BinMac { dsub, .. } => {
+                if dsub == 0 || dsub > 16 {
+                    Err(format!("dsub={dsub} is outside 1..=16"))
+                } else {
+                    Ok(())
+                }
+            }
+            Instr::Mvd { len, .. }
+            | Instr::Clr { len, .. }
+            | Instr::Red { len, .. }
+            | Instr::Rdd { len, .. } => {
                 if len == 0 {
                     Err("len must be at least 1".into())
                 } else {

@@ -188,6 +188,7 @@ impl Functional {
 
     /// MAC: `reg[reg + l] += x[l] * y[l]` or, reduced, `reg[reg] += sum_l x[l] * y[l]`
     /// (FP16 inputs, FP32 products and sums, lanes in order).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn mac(
         &mut self,
         ch: usize,
@@ -196,9 +197,12 @@ impl Functional {
         buf: usize,
         reg: usize,
         reduce: bool,
+        bcast: bool,
     ) {
         let lanes = self.lanes;
         let c = self.column_bytes;
+        // With `bcast`, every lane reads buffer element `buf`.
+        let step = usize::from(!bcast);
         for (b, row) in open.iter().enumerate() {
             let gb = ch * self.banks_per_channel + b;
             let (x, y, r) = self.operands(gb, row.unwrap_or(0), col);
@@ -206,15 +210,116 @@ impl Functional {
             if reduce {
                 let mut sum = 0f32;
                 for l in 0..lanes {
-                    sum += f16_at(x, l) * f16_at(y, buf + l);
+                    sum += f16_at(x, l) * f16_at(y, buf + l * step);
                 }
                 r[reg] += sum;
             } else {
                 for l in 0..lanes {
-                    r[reg + l] += f16_at(x, l) * f16_at(y, buf + l);
+                    r[reg + l] += f16_at(x, l) * f16_at(y, buf + l * step);
                 }
             }
         }
+    }
+
+    /// BINMAC: for lanes `l` ascending, `reg[out + l % dsub] += reg[bins + l / dsub] * x[l]`
+    /// (FP32; `x` the column's FP16 values widened).
+    pub(crate) fn binmac(
+        &mut self,
+        ch: usize,
+        open: &[Option<u32>],
+        col: usize,
+        dsub: usize,
+        bins: usize,
+        out: usize,
+    ) {
+        let lanes = self.lanes;
+        for (b, row) in open.iter().enumerate() {
+            let gb = ch * self.banks_per_channel + b;
+            let (x, _, r) = self.operands(gb, row.unwrap_or(0), col);
+            for l in 0..lanes {
+                let w = r[bins + l / dsub];
+                r[out + l % dsub] += w * f16_at(x, l);
+            }
+        }
+    }
+
+    /// CLR: every bank's `reg[off..off + len] = 0`, or with `die` the
+    /// channel's `die[off..off + len] = 0`.
+    pub(crate) fn clr(&mut self, ch: usize, off: usize, len: usize, die: bool) {
+        if die {
+            if let Some(d) = self.die[ch].as_deref_mut() {
+                d[off..off + len].fill(0.0);
+            }
+            return;
+        }
+        for b in 0..self.banks_per_channel {
+            let gb = ch * self.banks_per_channel + b;
+            if let Some(r) = self.regs[gb].as_deref_mut() {
+                r[off..off + len].fill(0.0);
+            }
+        }
+    }
+
+    /// RED: `die[dst + i] = die[src + i] + die[src + len + i] + ...` over the
+    /// channel's banks in order (FP32, computed before any element is written).
+    pub(crate) fn red(&mut self, ch: usize, src: usize, len: usize, dst: usize) {
+        let banks = self.banks_per_channel;
+        let Some(d) = self.die[ch].as_deref_mut() else {
+            return; // all zero: the sums are zero too
+        };
+        let sums: Vec<f32> = (0..len)
+            .map(|i| {
+                let mut acc = d[src + i];
+                for b in 1..banks {
+                    acc += d[src + b * len + i];
+                }
+                acc
+            })
+            .collect();
+        d[dst..dst + len].copy_from_slice(&sums);
+    }
+
+    /// RDD: append `die[die..die + len]` to the read log as FP32 little-endian bytes.
+    pub(crate) fn rdd(&mut self, ch: usize, die: usize, len: usize) {
+        match self.die[ch].as_deref() {
+            Some(d) => {
+                for v in &d[die..die + len] {
+                    self.read_log.extend_from_slice(&v.to_le_bytes());
+                }
+            }
+            None => self.read_log.extend(std::iter::repeat_n(0u8, 4 * len)),
+        }
+    }
+
+    /// STC, step 1: the column of codes that registers `reg..` of bank `gb`
+    /// hold, or the first register that is not a `bits`-bit code (its index
+    /// and value).
+    pub(crate) fn stc_column(
+        &self,
+        gb: usize,
+        reg: usize,
+        bits: CodeBits,
+    ) -> Result<Vec<u8>, (usize, f32)> {
+        let c = self.column_bytes;
+        let n = c * 8 / bits.bits() as usize;
+        let limit = bits.table_len() as f32;
+        let mut col = vec![0u8; c];
+        let Some(r) = self.regs[gb].as_deref() else {
+            return Ok(col); // all zero: code 0 everywhere
+        };
+        for p in 0..n {
+            let v = r[reg + p];
+            // NaN fails every comparison, so it is rejected here too.
+            if !(v >= 0.0 && v < limit && v.fract() == 0.0) {
+                return Err((reg + p, v));
+            }
+            let code = v as u8;
+            match bits {
+                CodeBits::Eight => col[p] = code,
+                CodeBits::Four => col[p / 2] |= code << (4 * (p % 2)),
+            }
+        }
+        Ok(col)
     }
 
     /// The open row's column `col`, the bank's buffer and its registers, borrowed together.
@@ -349,8 +454,10 @@ impl Functional {
 
     /// SFM: in place over `die[die..die + len]`: `y_i = x_i * scale`,
     /// `m = max_i y_i`, `e_i = exp(y_i - m)`, `x_i = e_i / sum_i e_i` (FP32, i ascending).
-    pub(crate) fn sfm(&mut self, ch: usize, die: usize, len: usize, scale: f32) {
-        let x = &mut self.die_mut(ch)[die..die + len];
+    /// With `stats`, also `die[die + len] = m` and `die[die + len + 1] = sum_i e_i`.
+    pub(crate) fn sfm(&mut self, ch: usize, die: usize, len: usize, scale: f32, stats: bool) {
+        let all = self.die_mut(ch);
+        let x = &mut all[die..die + len];
         let m = x
             .iter()
             .map(|v| v * scale)
@@ -362,6 +469,10 @@ impl Functional {
         }
         for v in x.iter_mut() {
             *v /= sum;
+        }
+        if stats {
+            all[die + len] = m;
+            all[die + len + 1] = sum;
         }
     }
 }

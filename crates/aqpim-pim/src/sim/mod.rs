@@ -57,8 +57,9 @@ impl Default for SimOptions {
 /// One issued command. `bank` is the channel-local bank index
 /// (`((pc * sids + sid) * bank_groups + bg) * banks_per_group + bank`) for
 /// single-bank commands and 0 for all-bank ones; `row` is set for ACT and
-/// ACTAB, `col` for column commands, `len` for MVD, MVB and SFM (elements per
-/// bank for MVD/MVB, with `broadcast` MVB recorded as `len` with bit 31 set).
+/// ACTAB, `col` for column commands, `len` for MVD, MVB, SFM, CLR, RED and RDD
+/// (elements per bank for MVD/MVB, with `broadcast` MVB recorded as `len` with
+/// bit 31 set, and a buffer-die CLR likewise with bit 31 set).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TraceEntry {
     /// Issue cycle.
@@ -73,7 +74,7 @@ pub struct TraceEntry {
     pub row: u32,
     /// Column (column commands).
     pub col: u16,
-    /// Length operand (MVD, MVB, SFM).
+    /// Length operand (MVD, MVB, SFM, CLR, RED, RDD).
     pub len: u32,
     /// Inserted by the simulator (refresh and the row restores after it).
     pub auto: bool,
@@ -82,6 +83,8 @@ pub struct TraceEntry {
 impl TraceEntry {
     /// Whether an MVB entry was a broadcast.
     pub const BROADCAST: u32 = 1 << 31;
+    /// Whether a CLR entry cleared the buffer die (same bit as [`Self::BROADCAST`]).
+    pub const DIE: u32 = 1 << 31;
 }
 
 #[derive(Debug, Clone)]
@@ -117,7 +120,8 @@ struct Operand {
     row: u32,
     col: u16,
     len: u32,
-    /// Cycles the command occupies the channel after issue (MVD, MVB, SFM).
+    /// Cycles the command occupies the channel after issue (MVD, MVB, SFM,
+    /// CLR, RED, RDD).
     busy: u64,
 }
 
@@ -344,6 +348,7 @@ impl Simulator {
                 buf,
                 reg,
                 reduce,
+                bcast,
             } => {
                 let col = f(col.into(), COL);
                 self.schedule(
@@ -356,7 +361,7 @@ impl Simulator {
                     },
                 )?;
                 self.counters.lane_ops += banks * lanes;
-                self.counters.bytes_buffer += banks * lanes * 2;
+                self.counters.bytes_buffer += banks * if bcast { 2 } else { lanes * 2 };
                 if functional {
                     let c = usize::from(ch);
                     self.func.mac(
@@ -366,7 +371,154 @@ impl Simulator {
                         f(buf.into(), BUF) as usize,
                         f(reg.into(), REG) as usize,
                         reduce,
+                        bcast,
                     );
+                }
+            }
+            Instr::BinMac {
+                ch,
+                col,
+                dsub,
+                bins,
+                out,
+            } => {
+                let col = f(col.into(), COL);
+                self.schedule(
+                    Command::BinMac,
+                    ch.into(),
+                    0,
+                    Operand {
+                        col: col as u16,
+                        ..Default::default()
+                    },
+                )?;
+                self.counters.lane_ops += banks * lanes;
+                if functional {
+                    let c = usize::from(ch);
+                    self.func.binmac(
+                        c,
+                        &self.channels[c].open,
+                        col as usize,
+                        dsub.into(),
+                        f(bins.into(), REG) as usize,
+                        out.into(),
+                    );
+                }
+            }
+            Instr::Clr { ch, off, len, die } => {
+                let busy = self.device.clr_cycles(len.into(), die);
+                let rec = u32::from(len) | if die { TraceEntry::DIE } else { 0 };
+                self.schedule(
+                    Command::Clr,
+                    ch.into(),
+                    0,
+                    Operand {
+                        len: rec,
+                        busy,
+                        ..Default::default()
+                    },
+                )?;
+                if functional {
+                    let off = f(off.into(), if die { DIE } else { REG }) as usize;
+                    self.func.clr(ch.into(), off, len.into(), die);
+                }
+            }
+            Instr::Red { ch, src, len, dst } => {
+                let busy = self.device.red_cycles(len.into());
+                self.schedule(
+                    Command::Red,
+                    ch.into(),
+                    0,
+                    Operand {
+                        len: len.into(),
+                        busy,
+                        ..Default::default()
+                    },
+                )?;
+                self.counters.bytes_buffer_die += 4 * banks * u64::from(len);
+                if functional {
+                    self.func.red(
+                        ch.into(),
+                        f(src.into(), DIE) as usize,
+                        len.into(),
+                        f(dst.into(), DIE) as usize,
+                    );
+                }
+            }
+            Instr::Rdd { ch, die, len } => {
+                let busy = self.device.rdd_cycles(len.into());
+                self.schedule(
+                    Command::Rdd,
+                    ch.into(),
+                    0,
+                    Operand {
+                        len: len.into(),
+                        busy,
+                        ..Default::default()
+                    },
+                )?;
+                self.counters.bytes_external += 4 * u64::from(len);
+                if functional {
+                    self.func
+                        .rdd(ch.into(), f(die.into(), DIE) as usize, len.into());
+                }
+            }
+            Instr::Stc {
+                ch,
+                bank,
+                col,
+                reg,
+                bits,
+            } => {
+                let (b, col, reg) = (
+                    self.bank_of(&bank),
+                    f(col.into(), COL),
+                    f(reg.into(), REG) as usize,
+                );
+                let c = usize::from(ch);
+                // Check the codes before anything issues, so that on an error
+                // the state is that of the commands before this one.
+                let data = if functional {
+                    self.prerequisite(Command::Stc, c, b)?;
+                    let gb = c * banks_per_channel + b;
+                    match self.func.stc_column(gb, reg, bits) {
+                        Ok(d) => Some(d),
+                        Err((r, v)) => {
+                            let mut shown = *ins;
+                            if let Instr::Stc {
+                                col: sc, reg: sr, ..
+                            } = &mut shown
+                            {
+                                *sc = col as u8;
+                                *sr = reg as u16;
+                            }
+                            return Err(PimError::Data {
+                                instr: crate::isa::asm::format_instr(&shown),
+                                target: self.target_text(Command::Stc, c, b),
+                                reason: format!(
+                                    "register {r} holds {v}, not a {}-bit code (an integer in 0..{})",
+                                    bits.bits(),
+                                    bits.table_len()
+                                ),
+                            });
+                        }
+                    }
+                } else {
+                    None
+                };
+                self.schedule(
+                    Command::Stc,
+                    c,
+                    b,
+                    Operand {
+                        col: col as u16,
+                        ..Default::default()
+                    },
+                )?;
+                if let Some(d) = data {
+                    let row = self.channels[c].open[b].unwrap_or(0);
+                    self.func
+                        .wr(c * banks_per_channel + b, row, col as usize, &d);
                 }
             }
             Instr::LutAcc {
@@ -537,6 +689,7 @@ impl Simulator {
                 die,
                 len,
                 scale,
+                stats,
             } => {
                 let busy = self.device.sfm_cycles(len.into());
                 self.schedule(
@@ -556,6 +709,7 @@ impl Simulator {
                         f(die.into(), DIE) as usize,
                         len.into(),
                         scale.to_f32(),
+                        stats,
                     );
                 }
             }
@@ -602,15 +756,13 @@ impl Simulator {
                     format!("{} bank(s) are open; PREAB first", c.open_count),
                 ));
             }
-            Command::Rd | Command::Wr if c.open[bank].is_none() => {
+            Command::Rd | Command::Wr | Command::Stc if c.open[bank].is_none() => {
                 return Err(fail(
                     "row-open",
                     "the bank has no open row; ACT first".into(),
                 ));
             }
-            Command::Mac | Command::LutAcc | Command::HistAcc | Command::ArgMin
-                if c.open_count < banks =>
-            {
+            _ if cmd.is_pim_column() && c.open_count < banks => {
                 return Err(fail(
                     "all-banks-open",
                     format!(
@@ -727,8 +879,8 @@ impl Simulator {
                 c.open.iter_mut().for_each(|r| *r = None);
                 c.open_count = 0;
             }
-            Command::Rd | Command::Wr => k.bank_column_accesses += 1,
-            Command::Mac | Command::LutAcc | Command::HistAcc | Command::ArgMin => {
+            Command::Rd | Command::Wr | Command::Stc => k.bank_column_accesses += 1,
+            _ if cmd.is_pim_column() => {
                 k.bank_column_accesses += banks as u64;
             }
             _ => {}

@@ -156,10 +156,18 @@ pub(crate) fn check_program(p: &Program, d: &Device, host_bytes: usize) -> Resul
                 buf,
                 reg,
                 reduce,
+                bcast,
             } => {
                 ch(*c)?;
                 fits("col", (*col).into(), COL, 1, cols, "columns")?;
-                fits("buf", (*buf).into(), BUF, lanes, buf_elems, "bank buffer")?;
+                fits(
+                    "buf",
+                    (*buf).into(),
+                    BUF,
+                    if *bcast { 1 } else { lanes },
+                    buf_elems,
+                    "bank buffer",
+                )?;
                 fits(
                     "reg",
                     (*reg).into(),
@@ -304,10 +312,93 @@ pub(crate) fn check_program(p: &Program, d: &Device, host_bytes: usize) -> Resul
                 ch: c,
                 die: dd,
                 len,
+                stats,
                 ..
             } => {
                 ch(*c)?;
+                let extra = if *stats { 2 } else { 0 };
+                fits(
+                    "die",
+                    (*dd).into(),
+                    DIE,
+                    i64::from(*len) + extra,
+                    die,
+                    "buffer die",
+                )?;
+            }
+            Instr::Clr {
+                ch: c,
+                off,
+                len,
+                die: to_die,
+            } => {
+                ch(*c)?;
+                if *to_die {
+                    fits("off", (*off).into(), DIE, (*len).into(), die, "buffer die")?;
+                } else {
+                    fits("off", (*off).into(), REG, (*len).into(), regs, "registers")?;
+                }
+            }
+            Instr::BinMac {
+                ch: c,
+                col,
+                dsub,
+                bins,
+                out,
+            } => {
+                ch(*c)?;
+                fits("col", (*col).into(), COL, 1, cols, "columns")?;
+                let dsub = i64::from(*dsub);
+                if lanes % dsub != 0 {
+                    return Err(err(format!(
+                        "dsub={dsub} does not divide the {lanes} lanes of a column"
+                    )));
+                }
+                fits("bins", (*bins).into(), REG, lanes / dsub, regs, "registers")?;
+                // `out` is not strided.
+                if i64::from(*out) + dsub > regs {
+                    return Err(err(format!(
+                        "`out` reaches {out} (+{dsub}) past the registers ({regs})"
+                    )));
+                }
+            }
+            Instr::Red {
+                ch: c,
+                src,
+                len,
+                dst,
+            } => {
+                ch(*c)?;
+                fits(
+                    "src",
+                    (*src).into(),
+                    DIE,
+                    banks * i64::from(*len),
+                    die,
+                    "buffer die",
+                )?;
+                fits("dst", (*dst).into(), DIE, (*len).into(), die, "buffer die")?;
+            }
+            Instr::Rdd {
+                ch: c,
+                die: dd,
+                len,
+            } => {
+                ch(*c)?;
                 fits("die", (*dd).into(), DIE, (*len).into(), die, "buffer die")?;
+            }
+            Instr::Stc {
+                ch: c,
+                bank: b,
+                col,
+                reg,
+                bits,
+            } => {
+                ch(*c)?;
+                bank(b)?;
+                fits("col", (*col).into(), COL, 1, cols, "columns")?;
+                let n = col_bytes * 8 / i64::from(bits.bits());
+                fits("reg", (*reg).into(), REG, n, regs, "registers")?;
             }
             Instr::Barrier => {}
             Instr::Loop { count, strides } => {
