@@ -37,6 +37,47 @@ pub trait KvCache: Sync {
         out: &mut [f32],
     ) -> Result<()>;
 
+    /// Attention of the `g` query heads that share `kv_head` (grouped-query
+    /// attention): `queries` and `out` hold `g x head_dim` values, query head
+    /// `i` in rows `i * head_dim..`. The default runs [`KvCache::attend`] per
+    /// query; caches whose kernels read a group at once (compressed stores
+    /// dequantize or build tables once per KV head) override it.
+    fn attend_group(
+        &self,
+        layer: usize,
+        kv_head: usize,
+        queries: &[f32],
+        visible: usize,
+        scale: f32,
+        out: &mut [f32],
+    ) -> Result<()> {
+        if queries.len() != out.len() {
+            return Err(DecodeError::Cache {
+                reason: format!(
+                    "attend_group: {} query values for {} output values",
+                    queries.len(),
+                    out.len()
+                ),
+            });
+        }
+        let hd = self.head_dim();
+        if !queries.len().is_multiple_of(hd) {
+            return Err(DecodeError::Cache {
+                reason: format!(
+                    "attend_group: {} query values are not whole heads of {hd}",
+                    queries.len()
+                ),
+            });
+        }
+        for (q, o) in queries.chunks_exact(hd).zip(out.chunks_exact_mut(hd)) {
+            self.attend(layer, kv_head, q, visible, scale, o)?;
+        }
+        Ok(())
+    }
+
+    /// Head dimension of the cached keys and values.
+    fn head_dim(&self) -> usize;
+
     /// Bytes the cache holds for keys and values.
     fn bytes(&self) -> usize;
 
@@ -211,6 +252,10 @@ impl KvCache for DenseCache {
             }
         }
         Ok(())
+    }
+
+    fn head_dim(&self) -> usize {
+        self.head_dim
     }
 
     fn bytes(&self) -> usize {

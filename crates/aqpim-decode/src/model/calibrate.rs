@@ -46,6 +46,9 @@ impl KvCache for RecordingCache {
         self.inner
             .attend(layer, kv_head, query, visible, scale, out)
     }
+    fn head_dim(&self) -> usize {
+        self.inner.head_dim()
+    }
     fn bytes(&self) -> usize {
         self.inner.bytes()
     }

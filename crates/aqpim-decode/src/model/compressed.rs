@@ -180,6 +180,21 @@ impl KvCache for CompressedCache {
         scale: f32,
         out: &mut [f32],
     ) -> Result<()> {
+        self.attend_group(layer, kv_head, query, visible, scale, out)
+    }
+
+    /// The whole group goes to one kernel call, which builds each KV head's
+    /// tables (PQ) or dequantizes its tokens (scalar) once for all its
+    /// query heads.
+    fn attend_group(
+        &self,
+        layer: usize,
+        kv_head: usize,
+        query: &[f32],
+        visible: usize,
+        scale: f32,
+        out: &mut [f32],
+    ) -> Result<()> {
         if layer >= self.shape.num_layers() {
             return Err(cache_err(format!(
                 "layer {layer} out of range ({} layers)",
@@ -196,7 +211,7 @@ impl KvCache for CompressedCache {
             drop(inner);
             return self
                 .exact
-                .attend(layer, kv_head, query, visible, scale, out);
+                .attend_group(layer, kv_head, query, visible, scale, out);
         }
         if visible != len {
             return Err(cache_err(format!(
@@ -205,6 +220,10 @@ impl KvCache for CompressedCache {
         }
         aqpim_attn::attend_head(inner.store.as_ref(), layer, kv_head, query, scale, out)
             .map_err(cache_err)
+    }
+
+    fn head_dim(&self) -> usize {
+        self.shape.head_dim()
     }
 
     fn bytes(&self) -> usize {

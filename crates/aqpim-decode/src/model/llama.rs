@@ -272,18 +272,14 @@ impl Llama {
             }
             let mut attn = vec![0f32; n * nh * hd];
             let cache_ref: &dyn KvCache = cache;
-            attn.par_chunks_mut(hd)
+            // One task per (token, KV head): the group's query heads are
+            // adjacent in `q` and read their KV head together.
+            let gd = group * hd;
+            attn.par_chunks_mut(gd)
                 .enumerate()
                 .try_for_each(|(i, out)| {
-                    let (t, head) = (i / nh, i % nh);
-                    cache_ref.attend(
-                        l,
-                        head / group,
-                        &q[i * hd..(i + 1) * hd],
-                        p0 + t + 1,
-                        scale,
-                        out,
-                    )
+                    let (t, g) = (i / nkv, i % nkv);
+                    cache_ref.attend_group(l, g, &q[i * gd..(i + 1) * gd], p0 + t + 1, scale, out)
                 })?;
             let o = layer.wo.matmul(&attn, n);
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
