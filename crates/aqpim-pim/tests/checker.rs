@@ -73,7 +73,14 @@ const BANKS: [BankSel; 6] = [
 
 fn pim_op(r: &mut ChaCha8Rng, ch: u8) -> Instr {
     let col = r.gen_range(0..32);
-    match r.gen_range(0..4) {
+    match r.gen_range(0..5) {
+        4 => Instr::BinMac {
+            ch,
+            col,
+            dsub: [1, 2, 4, 8, 16][r.gen_range(0..5)],
+            bins: r.gen_range(0..64),
+            out: 100,
+        },
         0 => Instr::Mac {
             ch,
             col,
@@ -111,7 +118,24 @@ fn pim_op(r: &mut ChaCha8Rng, ch: u8) -> Instr {
 }
 
 fn misc_op(r: &mut ChaCha8Rng, ch: u8) -> Instr {
-    match r.gen_range(0..4) {
+    match r.gen_range(0..7) {
+        4 => Instr::Clr {
+            ch,
+            off: r.gen_range(0..64),
+            len: r.gen_range(1..300),
+            die: r.gen(),
+        },
+        5 => Instr::Red {
+            ch,
+            src: 0,
+            len: r.gen_range(1..8),
+            dst: 1024,
+        },
+        6 => Instr::Rdd {
+            ch,
+            die: r.gen_range(0..64),
+            len: r.gen_range(1..100),
+        },
         0 => Instr::Wrgb {
             ch,
             buf: r.gen_range(0..256),
@@ -191,19 +215,29 @@ fn legal_program(seed: u64, len: usize) -> Program {
                     });
                     open[c][b] = Some(row);
                 }
-                Some(_) => v.push(if r.gen() {
-                    Instr::Rd {
+                Some(_) => v.push(match r.gen_range(0..3) {
+                    0 => Instr::Rd {
                         ch,
                         bank: BANKS[b],
                         col: r.gen_range(0..32),
-                    }
-                } else {
-                    Instr::Wr {
+                    },
+                    1 => Instr::Wr {
                         ch,
                         bank: BANKS[b],
                         col: r.gen_range(0..32),
                         data: r.gen_range(0..32),
-                    }
+                    },
+                    _ => Instr::Stc {
+                        ch,
+                        bank: BANKS[b],
+                        col: r.gen_range(0..32),
+                        reg: r.gen_range(0..64),
+                        bits: if r.gen() {
+                            CodeBits::Eight
+                        } else {
+                            CodeBits::Four
+                        },
+                    },
                 }),
             }
         } else if roll < 60 {
@@ -286,13 +320,16 @@ fn model_accepts(p: &Program) -> Option<usize> {
                 open = [Some(*row); 64];
             }
             Instr::PreAb { .. } => open = [None; 64],
-            Instr::Rd { bank, .. } | Instr::Wr { bank, .. } if open[idx(bank)].is_none() => {
+            Instr::Rd { bank, .. } | Instr::Wr { bank, .. } | Instr::Stc { bank, .. }
+                if open[idx(bank)].is_none() =>
+            {
                 return Some(i);
             }
             Instr::Mac { .. }
             | Instr::LutAcc { .. }
             | Instr::HistAcc { .. }
             | Instr::ArgMin { .. }
+            | Instr::BinMac { .. }
                 if open.iter().any(Option::is_none) =>
             {
                 return Some(i);
@@ -411,7 +448,7 @@ fn streaming_reaches_the_analytic_bandwidth_within_2_percent() {
 proptest! {
     #![proptest_config(config(1000, 0xbad7ace))]
     #[test]
-    fn random_traces_never_panic_the_checker(raw in prop::collection::vec((any::<u64>(), 0usize..15, 0u16..90, any::<u16>(), any::<u32>(), any::<u32>()), 0..24)) {
+    fn random_traces_never_panic_the_checker(raw in prop::collection::vec((any::<u64>(), 0usize..aqpim_pim::Command::ALL.len(), 0u16..90, any::<u16>(), any::<u32>(), any::<u32>()), 0..24)) {
         let d = Device::preset("hbm3-attacc-5.2").unwrap();
         let mut cycle = 0u64;
         let trace: Vec<TraceEntry> = raw
