@@ -157,7 +157,7 @@ fn mac_bcast_multiplies_every_lane_by_one_buffer_element() {
     assert_eq!(st.lane_ops, 5 * 64 * 16);
     for b in [1usize, 62] {
         let (x, y) = (&rows[b], &bufs[b]);
-        let mut want = vec![0f32; 41];
+        let mut want = [0f32; 41];
         for k in 0..4 {
             for l in 0..16 {
                 want[l] += x[k * 16 + l] * y[10 + k];
