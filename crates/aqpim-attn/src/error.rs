@@ -38,6 +38,9 @@ pub enum AttnError {
     /// An error from the KV cache.
     #[error(transparent)]
     Kv(#[from] aqpim_kvcache::KvError),
+    /// A cache (or a slice of it) that does not fit the PIM device.
+    #[error("PIM placement: {0}")]
+    Placement(String),
     /// An error from the PIM simulator.
     #[error(transparent)]
     Pim(#[from] aqpim_pim::PimError),

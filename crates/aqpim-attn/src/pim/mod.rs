@@ -4,12 +4,35 @@
 //! it and for AQPIM attention on PQ codes, in-memory quantization of a new
 //! token, and the per-layer cost the system model reads.
 //!
-//! The design and the ISA it needs are in `docs/design/pim-lowering.md`.
+//! A cache is cut into *slices* of consecutive tokens, one channel each
+//! (layout in [`layout`](self)); every slice computes a softmax over its own
+//! tokens and returns its statistics (max, sum) and normalized output, and
+//! the host merges the slices' partial softmaxes ([`merge`]). PQ caches add
+//! one FP16 slice for their sink and recent-window tokens. The design, and
+//! the ISA additions it needed, are in `docs/design/pim-lowering.md`.
+//!
+//! Entry points: [`pq_head_on_pim`] and [`fp16_head_on_pim`] run one head
+//! functionally and return its output beside the simulator's statistics
+//! (tests hold them to the CPU kernels); [`quantize_on_pim`] runs in-memory
+//! quantization of one token; [`simulate_layer`] times one layer of a
+//! batch in timing-only mode, [`analytic_layer`] is its closed form, and
+//! [`layer_rows_per_bank`] is the placement's footprint.
 
-use aqpim_pim::Device;
+mod analytic;
+mod layout;
+mod program;
+
+use aqpim_kvcache::PqHeadView;
+use aqpim_pim::{BankSel, CodeBits, Device, Instr, Mode, Program, SimOptions, Simulator, Stats};
+use aqpim_pq::ProductQuantizer;
+use half::f16;
 use serde::Serialize;
 
 use crate::error::{AttnError, Result};
+use layout::Geom;
+use program::{NewToken, Rows};
+
+pub use analytic::analytic_layer;
 
 /// What the banks hold for each token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -38,6 +61,9 @@ pub struct LayerJob {
     pub head_dim: usize,
     /// Caches in the layer: batch x KV heads.
     pub heads: usize,
+    /// KV heads per sequence: caches `s * kv_heads + h` share head `h`'s
+    /// codebooks. 0 is read as `heads` (no sharing).
+    pub kv_heads: usize,
     /// Query heads per KV head (grouped-query attention).
     pub group: usize,
     /// Tokens per cache held in the banks in `kind`'s format (for PQ, the
@@ -46,7 +72,8 @@ pub struct LayerJob {
     /// FP16 tokens per cache beside the codes (PQ sinks and recent window);
     /// 0 for `Fp16`.
     pub fp_tokens: usize,
-    /// Also quantize one new token per cache in memory (PQ only).
+    /// Also run one in-memory quantization flush per cache: a block of
+    /// [`quantize_block`] tokens (PQ only; amortized over that many steps).
     pub quantize: bool,
 }
 
@@ -71,24 +98,826 @@ pub struct PimCost {
     pub channels_used: usize,
 }
 
+impl PimCost {
+    fn from_stats(s: &Stats, channels_used: usize) -> PimCost {
+        PimCost {
+            cycles: s.cycles,
+            ns: s.ns,
+            energy_pj: s.energy.total_pj,
+            bytes_internal: s.bytes_internal,
+            bytes_external: s.bytes_external,
+            bytes_buffer_die: s.bytes_buffer_die,
+            commands: s.total_commands,
+            channels_used,
+        }
+    }
+}
+
+/// A head's output computed by the simulator, with what it cost.
+#[derive(Debug, Clone)]
+pub struct PimRun {
+    /// `g x d` outputs.
+    pub out: Vec<f32>,
+    /// The simulator's statistics of the whole run.
+    pub stats: Stats,
+    /// The program that ran (to re-run it, e.g. in timing-only mode).
+    pub program: Program,
+    /// Bytes of host data the program reads.
+    pub host_bytes: usize,
+}
+
+/// One slice's softmax statistics and normalized output, as the read log
+/// returns them.
+#[derive(Debug, Clone, Copy)]
+pub struct Partial<'a> {
+    /// Largest (scaled) score of the slice.
+    pub max: f32,
+    /// `sum_t exp(score_t - max)` over the slice.
+    pub sum: f32,
+    /// The slice's output, normalized by `sum`.
+    pub out: &'a [f32],
+}
+
+/// Merges slices' partial softmaxes into `out`:
+/// `o = sum_s w_s o_s / sum_s w_s`, `w_s = sum_s exp(max_s - max)`.
+pub fn merge(parts: &[Partial<'_>], out: &mut [f32]) {
+    let top = parts
+        .iter()
+        .map(|p| p.max)
+        .fold(f32::NEG_INFINITY, f32::max);
+    let mut total = 0f64;
+    let mut acc = vec![0f64; out.len()];
+    for p in parts {
+        let w = f64::from(p.sum) * f64::from(p.max - top).exp();
+        total += w;
+        for (a, &o) in acc.iter_mut().zip(p.out) {
+            *a += w * f64::from(o);
+        }
+    }
+    for (o, a) in out.iter_mut().zip(acc) {
+        *o = (a / total) as f32;
+    }
+}
+
+fn bank_sel(device: &Device, b: usize) -> BankSel {
+    let (pc, sid, bg, bank) = device.org.bank_coords(b);
+    BankSel {
+        pc: pc as u8,
+        sid: sid as u8,
+        bg: bg as u8,
+        bank: bank as u8,
+    }
+}
+
+fn row_bytes(device: &Device) -> usize {
+    device.org.columns * device.org.column_bytes
+}
+
+/// Writes `bytes` for slot `s` of a range starting at `base` (tokens of `tb`
+/// bytes, never straddling rows) in bank `b`.
+fn load_slot(
+    sim: &mut Simulator,
+    device: &Device,
+    ch: usize,
+    b: usize,
+    base: u32,
+    at: usize,
+    bytes: &[u8],
+) -> Result<()> {
+    let rb = row_bytes(device);
+    let row = base + (at / rb) as u32;
+    sim.write_bank(ch, bank_sel(device, b), row, at % rb, bytes)?;
+    Ok(())
+}
+
+/// Writes the same bytes from the start of row `base` in every bank of `ch`.
+fn load_all_banks(
+    sim: &mut Simulator,
+    device: &Device,
+    ch: usize,
+    base: u32,
+    bytes: &[u8],
+) -> Result<()> {
+    let rb = row_bytes(device);
+    for b in 0..device.org.banks_per_channel {
+        for (r, chunk) in bytes.chunks(rb).enumerate() {
+            sim.write_bank(ch, bank_sel(device, b), base + r as u32, 0, chunk)?;
+        }
+    }
+    Ok(())
+}
+
+fn f16_bytes(values: impl IntoIterator<Item = f32>) -> Vec<u8> {
+    values
+        .into_iter()
+        .flat_map(|v| f16::from_f32(v).to_le_bytes())
+        .collect()
+}
+
+/// Balanced split of `n` tokens into `parts` runs: `(start, len)`.
+fn split(n: usize, parts: usize) -> Vec<(usize, usize)> {
+    let parts = parts.clamp(1, n.max(1));
+    (0..parts)
+        .map(|i| (i * n / parts, (i + 1) * n / parts - i * n / parts))
+        .filter(|&(_, len)| len > 0)
+        .collect()
+}
+
+/// Reads `[max, sum]` then `d` outputs per (slice, query head) from the
+/// read log and merges the slices per query head.
+fn collect(log: &[u8], slices: usize, g: usize, d: usize) -> Result<Vec<f32>> {
+    let vals: Vec<f32> = log
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    let per = 2 + d;
+    if vals.len() != slices * g * per {
+        return Err(AttnError::shape(
+            "PIM read log",
+            format!("{} values", slices * g * per),
+            vals.len(),
+        ));
+    }
+    let mut out = vec![0f32; g * d];
+    for (h, o) in out.chunks_exact_mut(d).enumerate() {
+        let parts: Vec<Partial<'_>> = (0..slices)
+            .map(|s| {
+                let v = &vals[(s * g + h) * per..(s * g + h + 1) * per];
+                Partial {
+                    max: v[0],
+                    sum: v[1],
+                    out: &v[2..],
+                }
+            })
+            .collect();
+        merge(&parts, o);
+    }
+    Ok(out)
+}
+
+fn check_queries(queries: &[f32], d: usize, op: &'static str) -> Result<usize> {
+    if queries.is_empty() || !queries.len().is_multiple_of(d) {
+        return Err(AttnError::shape(
+            op,
+            format!("g x {d} queries"),
+            queries.len(),
+        ));
+    }
+    crate::error::check_queries(queries, queries.len() / d, d)?;
+    Ok(queries.len() / d)
+}
+
+/// FP16 attention of `g` scaled queries (`g x d`) over `n` tokens (`keys`,
+/// `values`: `n x d`), run functionally as AttAcc programs on `slices`
+/// channels (`MAC` scores, `SFM`, `MAC` values).
+pub fn fp16_head_on_pim(
+    device: &Device,
+    keys: &[f32],
+    values: &[f32],
+    queries: &[f32],
+    d: usize,
+    slices: usize,
+) -> Result<PimRun> {
+    let g = check_queries(queries, d, "fp16_head_on_pim")?;
+    if keys.len() != values.len() || keys.is_empty() || !keys.len().is_multiple_of(d) {
+        return Err(AttnError::shape(
+            "fp16_head_on_pim",
+            format!("n x {d} keys and values"),
+            format!("{} and {}", keys.len(), values.len()),
+        ));
+    }
+    let n = keys.len() / d;
+    let parts = split(n, slices);
+    let mut sim = Simulator::new(device, SimOptions::default());
+    let mut host = Vec::new();
+    for q in queries.chunks_exact(d) {
+        host.extend(f16_bytes(q.iter().copied()));
+    }
+    let host_bytes = host.len();
+    sim.set_host_data(host);
+    let mut instrs = Vec::new();
+    let mut cursor = vec![0u32; device.org.channels];
+    for (i, &(start, len)) in parts.iter().enumerate() {
+        let ch = i % device.org.channels;
+        let geom = Geom::new(device, PimKind::Fp16, d, len)?;
+        let rows = Rows {
+            k: cursor[ch],
+            v: cursor[ch] + geom.rows_kv as u32,
+            cb: 0,
+        };
+        cursor[ch] += geom.rows() as u32;
+        for t in 0..len {
+            let (b, s) = geom.place(t);
+            let at = s * geom.tb;
+            let tok = start + t;
+            load_slot(
+                &mut sim,
+                device,
+                ch,
+                b,
+                rows.k,
+                at,
+                &f16_bytes(keys[tok * d..(tok + 1) * d].iter().copied()),
+            )?;
+            load_slot(
+                &mut sim,
+                device,
+                ch,
+                b,
+                rows.v,
+                at,
+                &f16_bytes(values[tok * d..(tok + 1) * d].iter().copied()),
+            )?;
+        }
+        for h in 0..g {
+            program::fp16_slice(
+                &mut instrs,
+                &geom,
+                ch as u8,
+                rows,
+                (h * 2 * d) as u32,
+                device.pim.lanes,
+                device.org.column_bytes,
+            );
+        }
+    }
+    let program = Program::new(instrs)?;
+    let stats = sim.run(&program)?;
+    let out = collect(sim.read_log(), parts.len(), g, d)?;
+    Ok(PimRun {
+        out,
+        stats,
+        program,
+        host_bytes,
+    })
+}
+
+/// Code bytes of one token as the banks hold them: 8-bit codes as they are,
+/// 4-bit codes packed two per byte (low nibble first).
+fn bank_codes(row: &[u8], packed: bool, bits: CodeBits, m: usize) -> Vec<u8> {
+    match bits {
+        CodeBits::Eight => row.to_vec(),
+        CodeBits::Four if packed => row.to_vec(),
+        CodeBits::Four => (0..m.div_ceil(2))
+            .map(|i| row[2 * i] | row.get(2 * i + 1).map_or(0, |&c| c << 4))
+            .collect(),
+    }
+}
+
+/// The value codebook as the banks hold it: FP16, subspace-major,
+/// centroid-major inside a subspace.
+fn codebook_bytes(pq: &ProductQuantizer) -> Vec<u8> {
+    let m = pq.params().num_subspaces();
+    f16_bytes((0..m).flat_map(|s| pq.subspace_centroids(s).iter().copied()))
+}
+
+/// AQPIM attention of `g` scaled queries (`g x d`) over one PQ head view
+/// (sinks, codes, recent window), run functionally: the encoded tokens in
+/// `slices` PQ slices on as many channels (`LUTACC`, `SFM`, `HISTACC`,
+/// `BINMAC`), the FP16 sink and window tokens in one AttAcc slice, merged
+/// on the host.
+pub fn pq_head_on_pim(
+    device: &Device,
+    view: &PqHeadView<'_>,
+    queries: &[f32],
+    slices: usize,
+) -> Result<PimRun> {
+    let d = view.sink_keys.head_dim();
+    let g = check_queries(queries, d, "pq_head_on_pim")?;
+    let n = view.key_codes.tokens();
+    let channels = device.org.channels;
+    let mut sim = Simulator::new(device, SimOptions::default());
+    let mut host = Vec::new();
+    let mut instrs = Vec::new();
+    let mut cursor = vec![0u32; channels];
+    let mut count = 0;
+    if n > 0 {
+        let (Some(kq), Some(vq)) = (view.key_codebook, view.value_codebook) else {
+            return Err(AttnError::Unsupported(
+                "PQ head with codes but no codebooks",
+            ));
+        };
+        let params = kq.params();
+        let kind = PimKind::Pq {
+            dsub: params.dsub(),
+            nbits: params.nbits(),
+        };
+        let parts = split(n, slices);
+        let probe = Geom::new(device, kind, d, parts[0].1)?;
+        let p = probe.pq.expect("PQ geometry");
+        // One FP16 table per query head, stride 2^bits per subspace.
+        let mut table_at = Vec::with_capacity(g);
+        for q in queries.chunks_exact(d) {
+            let lut = kq.inner_product_table(q)?;
+            table_at.push(host.len() as u32);
+            for m in 0..p.m {
+                let row = &lut.values()[m * p.ksub..(m + 1) * p.ksub];
+                host.extend(f16_bytes(
+                    (0..p.stride).map(|j| row.get(j).copied().unwrap_or(0.0)),
+                ));
+            }
+        }
+        let cb = codebook_bytes(vq);
+        let mut cb_row = vec![None; channels];
+        for (i, &(start, len)) in parts.iter().enumerate() {
+            let ch = i % channels;
+            let geom = Geom::new(device, kind, d, len)?;
+            let cb_at = match cb_row[ch] {
+                Some(at) => at,
+                None => {
+                    let at = cursor[ch];
+                    cursor[ch] += p.cb_rows as u32;
+                    load_all_banks(&mut sim, device, ch, at, &cb)?;
+                    cb_row[ch] = Some(at);
+                    at
+                }
+            };
+            let rows = Rows {
+                k: cursor[ch],
+                v: cursor[ch] + geom.rows_kv as u32,
+                cb: cb_at,
+            };
+            cursor[ch] += geom.rows() as u32;
+            for t in 0..len {
+                let (b, s) = geom.place(t);
+                let at = s * geom.tb;
+                let tok = start + t;
+                let kc = bank_codes(
+                    view.key_codes.row(tok),
+                    view.key_codes.is_packed(),
+                    p.bits,
+                    p.m,
+                );
+                let vc = bank_codes(
+                    view.value_codes.row(tok),
+                    view.value_codes.is_packed(),
+                    p.bits,
+                    p.m,
+                );
+                load_slot(&mut sim, device, ch, b, rows.k, at, &kc)?;
+                load_slot(&mut sim, device, ch, b, rows.v, at, &vc)?;
+            }
+            for &table in &table_at {
+                program::pq_slice(
+                    &mut instrs,
+                    &geom,
+                    ch as u8,
+                    rows,
+                    table,
+                    device.pim.lanes,
+                    device.org.column_bytes,
+                );
+            }
+            count += 1;
+        }
+    }
+    // FP16 sinks and recent window: one AttAcc slice on the next channel.
+    let fp: Vec<(&[f16], &[f16])> = view
+        .sink_keys
+        .iter()
+        .zip(view.sink_values.iter())
+        .chain(view.recent_keys.iter().zip(view.recent_values.iter()))
+        .collect();
+    if !fp.is_empty() {
+        let ch = count % channels;
+        let geom = Geom::new(device, PimKind::Fp16, d, fp.len())?;
+        let rows = Rows {
+            k: cursor[ch],
+            v: cursor[ch] + geom.rows_kv as u32,
+            cb: 0,
+        };
+        for (t, (k, v)) in fp.iter().enumerate() {
+            let (b, s) = geom.place(t);
+            let at = s * geom.tb;
+            let kb: Vec<u8> = k.iter().flat_map(|x| x.to_le_bytes()).collect();
+            let vb: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+            load_slot(&mut sim, device, ch, b, rows.k, at, &kb)?;
+            load_slot(&mut sim, device, ch, b, rows.v, at, &vb)?;
+        }
+        for q in queries.chunks_exact(d) {
+            let at = host.len() as u32;
+            host.extend(f16_bytes(q.iter().copied()));
+            program::fp16_slice(
+                &mut instrs,
+                &geom,
+                ch as u8,
+                rows,
+                at,
+                device.pim.lanes,
+                device.org.column_bytes,
+            );
+        }
+        count += 1;
+    }
+    if count == 0 {
+        return Err(AttnError::EmptyCache { layer: 0 });
+    }
+    let host_bytes = host.len();
+    sim.set_host_data(host);
+    let program = Program::new(instrs)?;
+    let stats = sim.run(&program)?;
+    let out = collect(sim.read_log(), count, g, d)?;
+    Ok(PimRun {
+        out,
+        stats,
+        program,
+        host_bytes,
+    })
+}
+
+/// Codes of one token quantized in memory, read back from the banks.
+#[derive(Debug, Clone)]
+pub struct QuantizeRun {
+    /// Key codes, one byte per subspace.
+    pub key_codes: Vec<u8>,
+    /// Value codes.
+    pub value_codes: Vec<u8>,
+    /// The simulator's statistics.
+    pub stats: Stats,
+    /// The program that ran.
+    pub program: Program,
+}
+
+/// Quantizes one new token in memory: its FP16 key and value written to a
+/// staging row of bank `bank` of channel 0, `ARGMIN` against the codebooks
+/// streamed into the buffers, `STC` of the codes into the token's code
+/// columns; the codes are read back from the bank array.
+pub fn quantize_on_pim(
+    device: &Device,
+    key_codebook: &ProductQuantizer,
+    value_codebook: &ProductQuantizer,
+    key: &[f32],
+    value: &[f32],
+    bank: usize,
+) -> Result<QuantizeRun> {
+    let params = key_codebook.params();
+    if value_codebook.params() != params {
+        return Err(AttnError::shape(
+            "quantize_on_pim",
+            format!("{params:?} for the value codebook"),
+            format!("{:?}", value_codebook.params()),
+        ));
+    }
+    let d = params.dim();
+    if key.len() != d || value.len() != d {
+        return Err(AttnError::shape(
+            "quantize_on_pim",
+            format!("{d} key and value elements"),
+            format!("{} and {}", key.len(), value.len()),
+        ));
+    }
+    check_queries(key, d, "quantize_on_pim key")?;
+    check_queries(value, d, "quantize_on_pim value")?;
+    if bank >= device.org.banks_per_channel {
+        return Err(AttnError::shape(
+            "quantize_on_pim bank",
+            format!("< {}", device.org.banks_per_channel),
+            bank,
+        ));
+    }
+    let kind = PimKind::Pq {
+        dsub: params.dsub(),
+        nbits: params.nbits(),
+    };
+    let geom = Geom::new(device, kind, d, 1)?;
+    check_quantizable(&geom)?;
+    let p = geom.pq.expect("PQ geometry");
+    let mut host = f16_bytes(key.iter().chain(value).copied());
+    let books = host.len() as u32;
+    host.extend(codebook_bytes(key_codebook));
+    host.extend(codebook_bytes(value_codebook));
+    let mut sim = Simulator::new(device, SimOptions::default());
+    sim.set_host_data(host);
+    let token = NewToken {
+        bank,
+        pass: 0,
+        stage: (0, 0),
+        k_at: (1, 0),
+        v_at: (2, 0),
+        data: 0,
+    };
+    let mut instrs = Vec::new();
+    program::quantize(
+        &mut instrs,
+        &geom,
+        0,
+        &[token],
+        books,
+        device.pim.buffer_elements(),
+        device.pim.lanes,
+        device.org.column_bytes,
+        |b| bank_sel(device, b),
+    );
+    let program = Program::new(instrs)?;
+    let stats = sim.run(&program)?;
+    let read = |row: u32| -> Result<Vec<u8>> {
+        let raw = sim.read_bank(0, bank_sel(device, bank), row, 0, geom.tb)?;
+        Ok(match p.bits {
+            CodeBits::Eight => raw,
+            CodeBits::Four => (0..p.m)
+                .map(|i| (raw[i / 2] >> (4 * (i % 2))) & 15)
+                .collect(),
+        })
+    };
+    Ok(QuantizeRun {
+        key_codes: read(1)?,
+        value_codes: read(2)?,
+        stats,
+        program,
+    })
+}
+
+fn check_quantizable(geom: &Geom) -> Result<()> {
+    if geom.tpc > 1 {
+        return Err(AttnError::Placement(format!(
+            "in-memory quantization writes whole code columns; {}-byte tokens share columns",
+            geom.tb
+        )));
+    }
+    Ok(())
+}
+
+/// One slice of a layer's placement.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PlacedSlice {
+    pub ch: usize,
+    pub geom: Geom,
+    pub rows: Rows,
+}
+
+/// A layer's placement: slices per channel, new tokens to quantize per
+/// channel, and the rows every bank of the fullest channel uses.
+#[derive(Debug, Clone)]
+pub(crate) struct Plan {
+    pub slices: Vec<PlacedSlice>,
+    /// `(channel, geometry, tokens)` per quantization program.
+    pub quantize: Vec<(usize, Geom, Vec<NewToken>)>,
+    pub rows_per_bank: usize,
+    pub channels_used: usize,
+}
+
+/// Places one layer of `job` on `device`.
+///
+/// Caches are ordered by KV head, then sequence; each is cut into `s` equal
+/// slices, `s` the larger of what one channel can hold and `channels /
+/// caches` (so a small batch still spreads over every channel); the `T`
+/// slices in that order go to channels in contiguous blocks (slice `k` to
+/// channel `k * C / T`), so that a channel serves few KV heads and keeps few
+/// value codebooks. A PQ cache's FP16 sink and window slice goes to the
+/// channel of its first slice; its new token is quantized on the channel of
+/// its last slice.
+pub(crate) fn plan(device: &Device, job: &LayerJob) -> Result<Plan> {
+    let d = job.head_dim;
+    let caches = job.heads;
+    if caches == 0 || job.group == 0 || d == 0 {
+        return Err(AttnError::Placement(
+            "a layer needs at least one cache, one query head per KV head and a head dimension"
+                .into(),
+        ));
+    }
+    let kv_heads = if job.kv_heads == 0 {
+        caches
+    } else {
+        job.kv_heads
+    };
+    if !caches.is_multiple_of(kv_heads) {
+        return Err(AttnError::Placement(format!(
+            "{caches} caches are not whole sequences of {kv_heads} KV heads"
+        )));
+    }
+    let pq = matches!(job.kind, PimKind::Pq { .. });
+    if !pq && job.fp_tokens > 0 {
+        return Err(AttnError::Placement(
+            "FP16 sink/window tokens only go beside PQ codes".into(),
+        ));
+    }
+    if job.ctx == 0 && job.fp_tokens == 0 {
+        return Err(AttnError::Placement("a cache with no tokens".into()));
+    }
+    let channels = device.org.channels;
+    let fp_geom = if job.fp_tokens > 0 {
+        Some(Geom::new(device, PimKind::Fp16, d, job.fp_tokens)?)
+    } else {
+        None
+    };
+    // Main slices per cache: at least what one channel's budgets require,
+    // at most enough to spread a small batch over every channel; among
+    // those, the count with the least estimated time (each PQ slice pays
+    // its own bins-times-codebook, so splitting is not always faster).
+    let per_cache = if job.ctx == 0 {
+        0
+    } else {
+        let max = Geom::max_tokens(device, job.kind, d)?;
+        let lo = job.ctx.div_ceil(max).clamp(1, job.ctx);
+        let hi = lo.max(channels / caches).min(job.ctx);
+        let mut best = (u64::MAX, lo);
+        for s in lo..=hi {
+            let geom = Geom::new(device, job.kind, d, job.ctx.div_ceil(s))?;
+            let waves = (caches * s).div_ceil(channels) as u64;
+            let est = waves * analytic::slice_cycles(device, &geom);
+            if est < best.0 {
+                best = (est, s);
+            }
+        }
+        best.1
+    };
+    let mut order: Vec<usize> = (0..caches).collect();
+    order.sort_by_key(|&c| (c % kv_heads, c / kv_heads));
+    let total = caches * per_cache;
+    let mut cursor = vec![0u32; channels];
+    let mut used = vec![false; channels];
+    // (channel, kv head) -> codebook rows.
+    let mut books: std::collections::BTreeMap<(usize, usize), u32> = Default::default();
+    let mut slices = Vec::new();
+    let mut fp_slices = Vec::new();
+    let mut last_of: Vec<(usize, usize, PlacedSlice)> = Vec::new();
+    let parts = split(job.ctx, per_cache);
+    for (ci, &c) in order.iter().enumerate() {
+        let head = c % kv_heads;
+        let mut first_ch = None;
+        let mut last = None;
+        for (pi, &(_, len)) in parts.iter().enumerate() {
+            let k = ci * per_cache + pi;
+            let ch = k * channels / total.max(1);
+            let geom = Geom::new(device, job.kind, d, len)?;
+            let cb = match geom.pq {
+                Some(p) => *books.entry((ch, head)).or_insert_with(|| {
+                    let at = cursor[ch];
+                    cursor[ch] += p.cb_rows as u32;
+                    at
+                }),
+                None => 0,
+            };
+            let rows = Rows {
+                k: cursor[ch],
+                v: cursor[ch] + geom.rows_kv as u32,
+                cb,
+            };
+            cursor[ch] += geom.rows() as u32;
+            used[ch] = true;
+            let s = PlacedSlice { ch, geom, rows };
+            slices.push(s);
+            first_ch.get_or_insert(ch);
+            last = Some(s);
+        }
+        let home = first_ch.unwrap_or(ci * channels / caches);
+        if let Some(geom) = fp_geom {
+            let rows = Rows {
+                k: cursor[home],
+                v: cursor[home] + geom.rows_kv as u32,
+                cb: 0,
+            };
+            cursor[home] += geom.rows() as u32;
+            used[home] = true;
+            fp_slices.push(PlacedSlice {
+                ch: home,
+                geom,
+                rows,
+            });
+        }
+        if let (true, Some(s)) = (job.quantize && pq, last) {
+            last_of.push((s.ch, head, s));
+        }
+    }
+    slices.extend(fp_slices);
+    // New tokens: per (channel, KV head), up to one per bank per program.
+    let mut quantize = Vec::new();
+    if job.quantize && pq {
+        let mut groups: std::collections::BTreeMap<(usize, usize), Vec<PlacedSlice>> =
+            Default::default();
+        for (ch, head, s) in last_of {
+            groups.entry((ch, head)).or_default().push(s);
+        }
+        let banks = device.org.banks_per_channel;
+        let stage_cols = 4 * d / device.org.column_bytes;
+        if stage_cols > device.org.columns {
+            return Err(AttnError::Placement(format!(
+                "a staged FP16 key and value of {d} elements exceed one row"
+            )));
+        }
+        let per_row = device.org.columns / stage_cols;
+        for ((ch, _), members) in groups {
+            let geom = members[0].geom;
+            check_quantizable(&geom)?;
+            let m = geom.pq.map_or(1, |p| p.m);
+            let max_passes = (device.pim.registers / (2 * m)).max(1);
+            for chunk in members.chunks(max_passes) {
+                let base = cursor[ch];
+                cursor[ch] += chunk.len().div_ceil(per_row) as u32;
+                let mut tokens = Vec::with_capacity(chunk.len() * banks);
+                for (pass, s) in chunk.iter().enumerate() {
+                    let stage = (
+                        base + (pass / per_row) as u32,
+                        (pass % per_row) * stage_cols,
+                    );
+                    tokens.extend((0..banks).map(|bank| NewToken {
+                        bank,
+                        pass,
+                        stage,
+                        k_at: (s.rows.k, 0),
+                        v_at: (s.rows.v, 0),
+                        data: 0,
+                    }));
+                }
+                quantize.push((ch, geom, tokens));
+            }
+        }
+    }
+    let rows_per_bank = cursor.iter().copied().max().unwrap_or(0) as usize;
+    if rows_per_bank > device.org.rows {
+        return Err(AttnError::Placement(format!(
+            "one layer needs {rows_per_bank} rows per bank; the banks have {} ({} over)",
+            device.org.rows,
+            rows_per_bank - device.org.rows
+        )));
+    }
+    Ok(Plan {
+        slices,
+        quantize,
+        rows_per_bank,
+        channels_used: used.iter().filter(|&&u| u).count(),
+    })
+}
+
+/// The instructions of a placed layer, channel by channel.
+fn layer_program(device: &Device, job: &LayerJob, plan: &Plan) -> Vec<Instr> {
+    let lanes = device.pim.lanes;
+    let cw = device.org.column_bytes;
+    let mut instrs = Vec::new();
+    for ch in 0..device.org.channels {
+        for s in plan.slices.iter().filter(|s| s.ch == ch) {
+            for _ in 0..job.group {
+                match s.geom.pq {
+                    Some(_) => {
+                        program::pq_slice(&mut instrs, &s.geom, ch as u8, s.rows, 0, lanes, cw)
+                    }
+                    None => {
+                        program::fp16_slice(&mut instrs, &s.geom, ch as u8, s.rows, 0, lanes, cw)
+                    }
+                }
+            }
+        }
+        for (_, geom, tokens) in plan.quantize.iter().filter(|q| q.0 == ch) {
+            program::quantize(
+                &mut instrs,
+                geom,
+                ch as u8,
+                tokens,
+                0,
+                device.pim.buffer_elements(),
+                lanes,
+                cw,
+                |b| bank_sel(device, b),
+            );
+        }
+    }
+    instrs
+}
+
+/// Host data large enough for every offset a timing-only layer program uses
+/// (all tables, queries, tokens and codebooks read from offset 0).
+fn timing_host_data(job: &LayerJob) -> Vec<u8> {
+    let d = job.head_dim;
+    let bytes = match job.kind {
+        PimKind::Fp16 => 4 * d,
+        PimKind::Pq { dsub, nbits } => {
+            let m = d / dsub.max(1);
+            let ksub = 1usize << nbits.min(8);
+            (2 * m * ksub * dsub * 2).max(m * 256 * 2).max(4 * d)
+        }
+    };
+    vec![0; bytes]
+}
+
+/// Tokens per cache that one in-memory quantization flush encodes: one per
+/// bank of a channel (the all-bank `ARGMIN` quantizes them together). A
+/// [`LayerJob`] with `quantize` runs one flush per cache, which the store
+/// performs once every this many decode steps.
+pub fn quantize_block(device: &Device) -> usize {
+    device.org.banks_per_channel
+}
+
 /// Runs one layer's lowered programs in the simulator's timing-only mode
 /// and returns their cost.
 pub fn simulate_layer(device: &Device, job: &LayerJob) -> Result<PimCost> {
-    let _ = (device, job);
-    Err(AttnError::Unsupported("PIM lowering (in progress)"))
-}
-
-/// The closed-form cost of the same programs, for sweeps; tests hold it
-/// within 5 % of [`simulate_layer`].
-pub fn analytic_layer(device: &Device, job: &LayerJob) -> Result<PimCost> {
-    let _ = (device, job);
-    Err(AttnError::Unsupported("PIM lowering (in progress)"))
+    let plan = plan(device, job)?;
+    let program = Program::new(layer_program(device, job, &plan))?;
+    let mut sim = Simulator::new(
+        device,
+        SimOptions {
+            mode: Mode::TimingOnly,
+            ..SimOptions::default()
+        },
+    );
+    sim.set_host_data(timing_host_data(job));
+    let stats = sim.run(&program)?;
+    Ok(PimCost::from_stats(&stats, plan.channels_used))
 }
 
 /// Rows of every bank that one layer's caches occupy under the placement
-/// (codes or FP16 tokens, FP16 window tokens, value codebooks): a model of
-/// `L` layers fits when `L` times this is at most the device's rows.
+/// (codes or FP16 tokens, FP16 window tokens, value codebooks, a staging
+/// row for new tokens), on the fullest channel: a model of `L` layers fits
+/// when `L` times this is at most the device's rows.
 pub fn layer_rows_per_bank(device: &Device, job: &LayerJob) -> Result<usize> {
-    let _ = (device, job);
-    Err(AttnError::Unsupported("PIM lowering (in progress)"))
+    Ok(plan(device, job)?.rows_per_bank)
 }

@@ -1,0 +1,248 @@
+//! The closed-form cost of a placed layer: the same placement and programs
+//! as [`super::simulate_layer`], timed phase by phase from the device's
+//! parameters instead of command by command.
+//!
+//! Per channel, the programs run back to back; the layer takes as long as
+//! its slowest channel. Within a program:
+//!
+//! - a row of `k` all-bank column ops (LUTACC, HISTACC, MAC, BINMAC) costs
+//!   `max(max(nRCDRD + (k - 1) nCCDAB + nRTP, nRAS) + nRP, nRC)`;
+//! - `k` buffer writes (WRGB) cost `k nCCDS`;
+//! - a channel-occupying op (MVD, MVB, SFM, CLR, RED, RDD) costs its
+//!   occupancy plus one issue cycle; the first one after column ops also
+//!   waits `nCL + nBL` (tPIM_MV) from the last op, less the `nRTP + nRP`
+//!   already spent closing the row;
+//! - refresh: walking each channel's phases against the `nREFI` deadlines, a
+//!   refresh due in a row phase adds `nRFC + nRP + nRCDRD`; one due in a
+//!   channel-occupying phase only holds back the next row phase until that
+//!   overhead has passed.
+//!
+//! Tests hold the result within 5 % of the simulator on a grid of shapes.
+
+use std::cell::RefCell;
+
+use aqpim_pim::Device;
+
+use super::layout::Geom;
+use super::{plan, LayerJob, PimCost};
+use crate::error::Result;
+
+struct Params {
+    rcd: u64,
+    ras: u64,
+    rp: u64,
+    rc: u64,
+    rtp: u64,
+    ccdab: u64,
+    ccds: u64,
+    mv_wait: u64,
+    wr_gap: u64,
+    twr: u64,
+}
+
+impl Params {
+    fn new(device: &Device) -> Params {
+        let p = |name: &str| u64::from(device.param(name).unwrap_or(0));
+        Params {
+            rcd: p("nRCDRD"),
+            ras: p("nRAS"),
+            rp: p("nRP"),
+            rc: p("nRC"),
+            rtp: p("nRTP"),
+            ccdab: u64::from(device.pim.n_ccdab),
+            ccds: p("nCCDS").max(1),
+            mv_wait: (p("nCL") + p("nBL")).saturating_sub(p("nRTP") + p("nRP")),
+            wr_gap: p("nCCDL").max(1),
+            twr: p("nCWL") + p("nBL") + p("nWR"),
+        }
+    }
+
+    /// One row of `k` all-bank column ops.
+    fn row(&self, k: u64) -> u64 {
+        if k == 0 {
+            return self.rc;
+        }
+        ((self.rcd + (k - 1) * self.ccdab + self.rtp).max(self.ras) + self.rp).max(self.rc)
+    }
+}
+
+/// Cycles of the softmax hand-off of a slice.
+fn softmax(device: &Device, p: &Params, g: &Geom) -> u64 {
+    let banks = g.banks as u64;
+    let n_b = g.n_b as u64;
+    let n = g.n as u64;
+    let mut c = p.mv_wait + device.mv_cycles(banks * n_b * 4) + 1;
+    c += device.sfm_cycles(n) + 1;
+    c += device.rdd_cycles(2) + 1;
+    if banks * n_b > n {
+        c += device.clr_cycles(banks * n_b - n, true) + 1;
+    }
+    c + device.mv_cycles(banks * n_b * 2) + 1
+}
+
+/// Cycles of the cross-bank output reduction of a slice.
+fn reduce(device: &Device, p: &Params, g: &Geom) -> u64 {
+    let d = g.d as u64;
+    p.mv_wait
+        + device.mv_cycles(g.banks as u64 * d * 4)
+        + 1
+        + device.red_cycles(d)
+        + 1
+        + device.rdd_cycles(d)
+        + 1
+}
+
+thread_local! {
+    /// The phases the estimates walked since the last reset, in order:
+    /// `(cycles, row phase)`. A refresh due in a row phase delays it by the
+    /// refresh overhead; one due in a channel-occupying phase only delays
+    /// what follows by what remains of the overhead when the phase ends.
+    static PHASES: RefCell<Vec<(u64, bool)>> = const { RefCell::new(Vec::new()) };
+}
+
+fn row_phase(c: u64) -> u64 {
+    PHASES.with(|v| v.borrow_mut().push((c, true)));
+    c
+}
+
+fn busy(c: u64) -> u64 {
+    PHASES.with(|v| v.borrow_mut().push((c, false)));
+    c
+}
+
+/// Rows of `per_row` slots (or columns), `ops(slots)` column ops each, over
+/// `n_b` slots.
+fn rows(p: &Params, g: &Geom, ops: impl Fn(u64) -> u64) -> u64 {
+    let spr = g.slots_per_row();
+    row_phase(
+        (0..g.rows_kv)
+            .map(|r| {
+                let slots = spr.min(g.n_b - r * spr) as u64;
+                p.row(ops(slots))
+            })
+            .sum(),
+    )
+}
+
+/// Cycles of one query head over one slice.
+pub(crate) fn slice_cycles(device: &Device, g: &Geom) -> u64 {
+    let p = Params::new(device);
+    let lanes = device.pim.lanes as u64;
+    let clr = |len: u64| device.clr_cycles(len, false) + 1;
+    let d = g.d as u64;
+    let tpc = g.tpc as u64;
+    let cpt = g.cpt as u64;
+    let col_ops = |slots: u64| {
+        if tpc > 1 {
+            slots.div_ceil(tpc)
+        } else {
+            slots * cpt
+        }
+    };
+    match g.pq {
+        None => {
+            let mut c = busy((d / lanes) * p.ccds + clr(g.n_b as u64));
+            c += rows(&p, g, col_ops);
+            c += busy(softmax(device, &p, g) + clr(d));
+            c += rows(&p, g, col_ops);
+            c + busy(reduce(device, &p, g))
+        }
+        Some(q) => {
+            let mut c = busy((q.m * q.stride) as u64 / lanes * p.ccds + clr(g.n_b as u64));
+            c += rows(&p, g, col_ops);
+            c += busy(softmax(device, &p, g) + clr(d));
+            let hist_ops = |slots: u64| if tpc > 1 { slots.div_ceil(tpc) } else { slots };
+            for chunk in 0..q.chunks {
+                c += busy(clr(q.bins as u64));
+                c += rows(&p, g, hist_ops);
+                // BINMAC over the chunk's subspaces' codebook columns, row by row.
+                let first = chunk * q.group;
+                let last = ((chunk + 1) * q.group).min(q.m);
+                let (u0, u1) = (first * q.cb_cols_per_sub, last * q.cb_cols_per_sub);
+                let mut u = u0;
+                while u < u1 {
+                    let row_end = (u / g.columns + 1) * g.columns;
+                    let k = (row_end.min(u1) - u) as u64;
+                    c += row_phase(p.row(k));
+                    u = row_end.min(u1);
+                }
+            }
+            c + busy(reduce(device, &p, g))
+        }
+    }
+}
+
+/// Cycles of one in-memory quantization program of `tokens` new tokens in
+/// `passes` passes.
+fn quantize_cycles(device: &Device, g: &Geom, tokens: usize, passes: usize) -> u64 {
+    let p = Params::new(device);
+    let q = g.pq.expect("PQ geometry");
+    let lanes = device.pim.lanes;
+    let cw = device.org.column_bytes;
+    let t = tokens as u64;
+    let fp_cols = (2 * g.d / cw) as u64;
+    // Staging writes, per token: ACT, tRCDWR, the writes tCCDL apart, tWR
+    // to its PRE; the next token's bank activates right after.
+    let staging = t * (p.rcd + (2 * fp_cols - 1) * p.wr_gap + p.twr + 1);
+    let sub = q.ksub * q.dsub;
+    let per_chunk = (device.pim.buffer_elements() / sub).clamp(1, q.m);
+    let chunks = q.m.div_ceil(per_chunk) as u64;
+    let wrgb = 2 * (q.m * sub / lanes) as u64 * p.ccds;
+    let argmin = 2 * (passes * q.m) as u64 * p.ccdab + 2 * chunks * p.rcd;
+    // Code stores, per token: key row then value row of the same bank,
+    // each ACT, tRCDWR, the STCs, tWR, PRE (tRP before the second ACT).
+    let store = t * (2 * (p.rcd + (g.cpt as u64 - 1) * p.wr_gap + p.twr) + p.rp + 1);
+    row_phase(staging + p.rcd + wrgb + argmin + p.rtp + p.rp + store)
+}
+
+/// The closed-form cost of the same programs, for sweeps; tests hold it
+/// within 5 % of [`super::simulate_layer`]. Only `cycles`, `ns` and
+/// `channels_used` are filled.
+pub fn analytic_layer(device: &Device, job: &LayerJob) -> Result<PimCost> {
+    let plan = plan(device, job)?;
+    let overhead = {
+        let p = |name: &str| u64::from(device.param(name).unwrap_or(0));
+        p("nRFC") + p("nRP") + p("nRCDRD")
+    };
+    let refi = device.refresh_interval.map(u64::from);
+    let mut cycles = 0u64;
+    for ch in 0..device.org.channels {
+        PHASES.with(|v| v.borrow_mut().clear());
+        for s in plan.slices.iter().filter(|s| s.ch == ch) {
+            for _ in 0..job.group {
+                slice_cycles(device, &s.geom);
+            }
+        }
+        for (_, geom, tokens) in plan.quantize.iter().filter(|q| q.0 == ch) {
+            let passes = tokens.iter().map(|t| t.pass + 1).max().unwrap_or(0);
+            quantize_cycles(device, geom, tokens.len(), passes);
+        }
+        let phases = PHASES.with(|v| std::mem::take(&mut *v.borrow_mut()));
+        // Walk the channel's phases against the refresh deadlines.
+        let mut t = 0u64;
+        let mut row_ready = 0u64;
+        let mut next = refi.unwrap_or(u64::MAX);
+        for (len, row) in phases {
+            if row {
+                t = t.max(row_ready);
+            }
+            let mut end = t + len;
+            while end > next {
+                if row {
+                    end += overhead;
+                } else {
+                    row_ready = row_ready.max(next + overhead);
+                }
+                next = next.saturating_add(refi.unwrap_or(u64::MAX));
+            }
+            t = end;
+        }
+        cycles = cycles.max(t);
+    }
+    Ok(PimCost {
+        cycles,
+        ns: cycles as f64 * device.t_ck_ns(),
+        channels_used: plan.channels_used,
+        ..PimCost::default()
+    })
+}

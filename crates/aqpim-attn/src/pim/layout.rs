@@ -1,0 +1,288 @@
+//! Where a slice of a cache lives in a channel's banks, and the checks that
+//! it fits.
+//!
+//! A *slice* is a run of `n` tokens of one (sequence, layer, KV head) cache
+//! that one channel processes. Its tokens are dealt to the channel's `B`
+//! banks bank-major: token `i` of the slice goes to bank `i / n_b`, slot
+//! `i % n_b`, with `n_b = ceil(n / B)` slots per bank. Every bank but the
+//! last non-empty one is full, so the padding slots sit at the end of the
+//! buffer die after `MVD` (`die[b * n_b + s]`), where a softmax over the
+//! first `n` elements leaves them out and one `CLR die` zeroes them.
+//!
+//! Per bank, a slice's keys and values occupy two row ranges: slot `s` at
+//! byte `s * tb` of its range, `tb` the bytes per token (`M * bits / 8` for
+//! codes, `2 d` for FP16). A token never straddles a row: `tb` divides the
+//! column size or is a multiple of it. PQ slices also need the value
+//! codebook (`ksub x d` FP16, subspace-major, centroid-major inside a
+//! subspace) in every bank, shared by the slices of the same KV head on a
+//! channel.
+
+use aqpim_pim::{CodeBits, Device};
+
+use crate::error::{AttnError, Result};
+use crate::pim::PimKind;
+
+/// Geometry of one slice on a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Geom {
+    /// Tokens in the slice.
+    pub n: usize,
+    /// Slots per bank: `ceil(n / banks)`, rounded up to whole columns.
+    pub n_b: usize,
+    /// Banks per channel.
+    pub banks: usize,
+    /// Head dimension.
+    pub d: usize,
+    /// Bytes per token in a bank (codes or FP16).
+    pub tb: usize,
+    /// Tokens per column (`tb <= column bytes`), else 1.
+    pub tpc: usize,
+    /// Columns per token (`tb >= column bytes`), else 1.
+    pub cpt: usize,
+    /// Columns per row.
+    pub columns: usize,
+    /// Rows of keys (and as many of values) per bank.
+    pub rows_kv: usize,
+    /// PQ geometry, when the slice holds codes.
+    pub pq: Option<PqGeom>,
+}
+
+/// The PQ part of a slice's geometry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PqGeom {
+    /// Subspaces.
+    pub m: usize,
+    /// Sub-vector length.
+    pub dsub: usize,
+    /// Centroids per subspace.
+    pub ksub: usize,
+    /// Code width in the banks.
+    pub bits: CodeBits,
+    /// Table entries (and bins) per subspace: `2^bits` (16 or 256).
+    pub stride: usize,
+    /// Codes per LUTACC/HISTACC group: the subspaces of one column.
+    pub group: usize,
+    /// Column chunks a token's codes span (`cpt`); bins are built per chunk.
+    pub chunks: usize,
+    /// Codebook columns per subspace: `ksub * dsub * 2 / column bytes`.
+    pub cb_cols_per_sub: usize,
+    /// Codebook rows per bank.
+    pub cb_rows: usize,
+    /// Registers of bins for one chunk: `group * stride`.
+    pub bins: usize,
+}
+
+fn unfit(what: impl Into<String>) -> AttnError {
+    AttnError::Placement(what.into())
+}
+
+impl Geom {
+    /// The geometry of an `n`-token slice of `kind` with head dimension `d`.
+    pub fn new(device: &Device, kind: PimKind, d: usize, n: usize) -> Result<Geom> {
+        let org = &device.org;
+        let pim = &device.pim;
+        let cw = org.column_bytes;
+        let lanes = pim.lanes;
+        let banks = org.banks_per_channel;
+        if n == 0 {
+            return Err(unfit("a slice needs at least one token"));
+        }
+        let n_b = n.div_ceil(banks);
+        let (tb, pq) = match kind {
+            PimKind::Fp16 => {
+                if d == 0 || !(2 * d).is_multiple_of(cw) {
+                    return Err(unfit(format!(
+                        "FP16 tokens of head dimension {d} do not fill whole {cw}-byte columns"
+                    )));
+                }
+                (2 * d, None)
+            }
+            PimKind::Pq { dsub, nbits } => {
+                if dsub == 0 || !d.is_multiple_of(dsub) {
+                    return Err(unfit(format!(
+                        "dsub {dsub} does not divide head dimension {d}"
+                    )));
+                }
+                if nbits == 0 || nbits > 8 {
+                    return Err(unfit(format!(
+                        "{nbits}-bit codes: the PIM code columns hold 4- or 8-bit codes"
+                    )));
+                }
+                let m = d / dsub;
+                let bits = if nbits == 4 {
+                    CodeBits::Four
+                } else {
+                    CodeBits::Eight
+                };
+                let stride = bits.table_len();
+                let ksub = 1usize << nbits;
+                if nbits == 4 && !m.is_multiple_of(2) {
+                    return Err(unfit(format!(
+                        "{m} subspaces of 4-bit codes do not fill whole bytes"
+                    )));
+                }
+                let tb = m * bits.bits() as usize / 8;
+                let codes_per_col = cw * 8 / bits.bits() as usize;
+                let (group, chunks) = if tb <= cw {
+                    (m, 1)
+                } else {
+                    (codes_per_col, tb / cw)
+                };
+                if !lanes.is_multiple_of(dsub) || !(ksub * dsub * 2).is_multiple_of(cw) {
+                    return Err(unfit(format!(
+                        "value codebook of {ksub} x {dsub} FP16 per subspace does not fill whole columns of {lanes} lanes"
+                    )));
+                }
+                if group > 64 {
+                    return Err(unfit(format!("{group} codes per group exceed LUTACC's 64")));
+                }
+                let cb_cols_per_sub = ksub * dsub * 2 / cw;
+                let cb_rows = (m * cb_cols_per_sub).div_ceil(org.columns);
+                (
+                    tb,
+                    Some(PqGeom {
+                        m,
+                        dsub,
+                        ksub,
+                        bits,
+                        stride,
+                        group,
+                        chunks,
+                        cb_cols_per_sub,
+                        cb_rows,
+                        bins: group * stride,
+                    }),
+                )
+            }
+        };
+        if !(tb <= cw && cw.is_multiple_of(tb) || tb > cw && tb.is_multiple_of(cw)) {
+            return Err(unfit(format!(
+                "{tb}-byte tokens neither divide nor fill whole {cw}-byte columns"
+            )));
+        }
+        let (tpc, cpt) = if tb <= cw { (cw / tb, 1) } else { (1, tb / cw) };
+        // Whole columns per bank: a column's every slot is a real slot (its
+        // weight comes from the buffer die, zero for padding).
+        let n_b = n_b.div_ceil(tpc) * tpc;
+        if !org.columns.is_multiple_of(cpt) {
+            return Err(unfit(format!(
+                "{cpt}-column tokens do not tile {}-column rows",
+                org.columns
+            )));
+        }
+        let row_bytes = org.columns * cw;
+        let rows_kv = (n_b * tb).div_ceil(row_bytes);
+        let g = Geom {
+            n,
+            n_b,
+            banks,
+            d,
+            tb,
+            tpc,
+            cpt,
+            columns: org.columns,
+            rows_kv,
+            pq,
+        };
+        g.check(device)?;
+        Ok(g)
+    }
+
+    /// Register, buffer and buffer-die budgets.
+    fn check(&self, device: &Device) -> Result<()> {
+        let pim = &device.pim;
+        let regs = pim.registers;
+        let buf = pim.buffer_elements();
+        let die = pim.buffer_die_elements;
+        let score_regs = self.n_b;
+        if score_regs > regs {
+            return Err(unfit(format!(
+                "{} tokens per bank need {score_regs} score registers; a bank has {regs}",
+                self.n_b
+            )));
+        }
+        if self.banks * self.n_b + 2 > die {
+            return Err(unfit(format!(
+                "{} scores (+2 statistics) exceed the buffer die's {die} elements by {}",
+                self.banks * self.n_b,
+                self.banks * self.n_b + 2 - die
+            )));
+        }
+        if self.banks * self.d + self.d > die {
+            return Err(unfit(format!(
+                "{} partial outputs exceed the buffer die's {die} elements",
+                self.banks * self.d + self.d
+            )));
+        }
+        if self.n_b > buf {
+            return Err(unfit(format!(
+                "{} softmax weights per bank exceed the {buf}-element buffer",
+                self.n_b
+            )));
+        }
+        match self.pq {
+            None if self.d > buf => Err(unfit(format!(
+                "a {}-element query exceeds the {buf}-element buffer",
+                self.d
+            ))),
+            None => Ok(()),
+            Some(p) => {
+                if p.m * p.stride > buf {
+                    return Err(unfit(format!(
+                        "a lookup table of {} x {} FP16 exceeds the {buf}-element buffer by {}",
+                        p.m,
+                        p.stride,
+                        p.m * p.stride - buf
+                    )));
+                }
+                if p.bins + self.d > regs {
+                    return Err(unfit(format!(
+                        "{} bins plus {} outputs exceed the {regs} registers by {}",
+                        p.bins,
+                        self.d,
+                        p.bins + self.d - regs
+                    )));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The largest slice that fits a channel's registers, buffer and buffer
+    /// die for this kind and head dimension.
+    pub fn max_tokens(device: &Device, kind: PimKind, d: usize) -> Result<usize> {
+        let banks = device.org.banks_per_channel;
+        // Budgets are monotone in n: bisect on slots per bank.
+        let fits = |n_b: usize| Geom::new(device, kind, d, n_b * banks).is_ok();
+        if !fits(1) {
+            // Report why a single-slot slice does not fit.
+            Geom::new(device, kind, d, banks)?;
+        }
+        let (mut lo, mut hi) = (1usize, 1usize << 20);
+        while lo < hi {
+            let mid = (lo + hi).div_ceil(2);
+            if fits(mid) {
+                lo = mid;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        Ok(lo * banks)
+    }
+
+    /// Slots per row.
+    pub fn slots_per_row(&self) -> usize {
+        self.columns * self.tpc / self.cpt
+    }
+
+    /// Bank and slot of token `i` of the slice.
+    pub fn place(&self, i: usize) -> (usize, usize) {
+        (i / self.n_b, i % self.n_b)
+    }
+
+    /// Rows of one bank that the slice's keys and values occupy (the value
+    /// codebook is counted per channel and KV head, not per slice).
+    pub fn rows(&self) -> usize {
+        2 * self.rows_kv
+    }
+}

@@ -1,0 +1,462 @@
+//! Program generators: one slice's attention for one query head, FP16
+//! (AttAcc) or on PQ codes (AQPIM), and in-memory quantization of new
+//! tokens. Each appends instructions for one channel; channels run in
+//! parallel, so a layer's program is the concatenation of its channels'.
+//!
+//! Every slice program leaves in the read log, per query head, first the
+//! softmax statistics `[max, sum]` of its tokens, then its `d` outputs
+//! (normalized within the slice): the host merges slices as partial
+//! softmaxes (see [`crate::pim::merge`]).
+
+use aqpim_pim::{BankSel, Instr, Strides};
+use half::f16;
+
+use crate::pim::layout::Geom;
+
+/// First rows of a slice's keys, values and (PQ) value codebook in every bank.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Rows {
+    /// Key rows (codes or FP16).
+    pub k: u32,
+    /// Value rows.
+    pub v: u32,
+    /// Value codebook rows (PQ).
+    pub cb: u32,
+}
+
+/// Appends `body` run `count` times with `strides` (nothing for 0, the body
+/// alone for 1).
+fn looped(
+    out: &mut Vec<Instr>,
+    count: usize,
+    strides: Strides,
+    body: impl FnOnce(&mut Vec<Instr>),
+) {
+    match count {
+        0 => {}
+        1 => body(out),
+        _ => {
+            out.push(Instr::Loop {
+                count: count as u32,
+                strides,
+            });
+            body(out);
+            out.push(Instr::EndLoop);
+        }
+    }
+}
+
+fn strides(col: i16, buf: i16, reg: i16, data: i16) -> Strides {
+    Strides {
+        col,
+        buf,
+        reg,
+        data,
+        ..Strides::default()
+    }
+}
+
+/// Streams `words` 32-byte column writes of host data from `data` into every
+/// bank's buffer from element 0.
+fn write_buffer(out: &mut Vec<Instr>, ch: u8, elements: usize, lanes: usize, cw: usize, data: u32) {
+    looped(
+        out,
+        elements / lanes,
+        strides(0, lanes as i16, 0, cw as i16),
+        |o| o.push(Instr::Wrgb { ch, buf: 0, data }),
+    );
+}
+
+/// For each row of a slice's key or value range: `ACTAB`, the row's work
+/// (given the row index, its first slot and the slots or columns it holds),
+/// `PREAB`.
+fn rows_of(
+    out: &mut Vec<Instr>,
+    g: &Geom,
+    ch: u8,
+    base: u32,
+    mut row: impl FnMut(&mut Vec<Instr>, usize, usize),
+) {
+    let spr = g.slots_per_row();
+    for r in 0..g.rows_kv {
+        let first = r * spr;
+        let slots = spr.min(g.n_b - first);
+        out.push(Instr::ActAb {
+            ch,
+            row: base + r as u32,
+        });
+        row(out, first, slots);
+        out.push(Instr::PreAb { ch });
+    }
+}
+
+/// Scores in every bank's registers `0..n_b` -> softmax over the slice on
+/// the buffer die (statistics to the host) -> weights in every bank's
+/// buffer `0..n_b` (padding slots zero).
+fn softmax(out: &mut Vec<Instr>, g: &Geom, ch: u8) {
+    let n = g.n as u16;
+    out.push(Instr::Mvd {
+        ch,
+        reg: 0,
+        len: g.n_b as u16,
+        die: 0,
+    });
+    out.push(Instr::Sfm {
+        ch,
+        die: 0,
+        len: n,
+        scale: f16::ONE,
+        stats: true,
+    });
+    out.push(Instr::Rdd { ch, die: n, len: 2 });
+    let padded = g.banks * g.n_b;
+    if padded > g.n {
+        out.push(Instr::Clr {
+            ch,
+            off: n,
+            len: (padded - g.n) as u16,
+            die: true,
+        });
+    }
+    out.push(Instr::Mvb {
+        ch,
+        die: 0,
+        len: g.n_b as u16,
+        buf: 0,
+        broadcast: false,
+    });
+}
+
+/// Partial outputs in every bank's registers `reg..reg + d` -> summed over
+/// the banks on the buffer die -> to the host.
+fn reduce_out(out: &mut Vec<Instr>, g: &Geom, ch: u8, reg: u16) {
+    let d = g.d as u16;
+    let dst = (g.banks * g.d) as u16;
+    out.push(Instr::Mvd {
+        ch,
+        reg,
+        len: d,
+        die: 0,
+    });
+    out.push(Instr::Red {
+        ch,
+        src: 0,
+        len: d,
+        dst,
+    });
+    out.push(Instr::Rdd {
+        ch,
+        die: dst,
+        len: d,
+    });
+}
+
+/// FP16 attention as AttAcc computes it, for one query head whose scaled
+/// FP16 query sits in host data at byte `query`: `MAC reduce` scores over
+/// the key rows, softmax on the buffer die, `MAC bcast` of each value token
+/// by its weight, cross-bank reduction.
+pub(crate) fn fp16_slice(
+    out: &mut Vec<Instr>,
+    g: &Geom,
+    ch: u8,
+    rows: Rows,
+    query: u32,
+    lanes: usize,
+    cw: usize,
+) {
+    write_buffer(out, ch, g.d, lanes, cw, query);
+    out.push(Instr::Clr {
+        ch,
+        off: 0,
+        len: g.n_b as u16,
+        die: false,
+    });
+    let cpt = g.cpt;
+    rows_of(out, g, ch, rows.k, |o, first, slots| {
+        looped(o, slots, strides(cpt as i16, 0, 1, 0), |o| {
+            looped(o, cpt, strides(1, lanes as i16, 0, 0), |o| {
+                o.push(Instr::Mac {
+                    ch,
+                    col: 0,
+                    buf: 0,
+                    reg: first as u16,
+                    reduce: true,
+                    bcast: false,
+                })
+            })
+        })
+    });
+    softmax(out, g, ch);
+    out.push(Instr::Clr {
+        ch,
+        off: 0,
+        len: g.d as u16,
+        die: false,
+    });
+    rows_of(out, g, ch, rows.v, |o, first, slots| {
+        looped(o, slots, strides(cpt as i16, 1, 0, 0), |o| {
+            looped(o, cpt, strides(1, 0, lanes as i16, 0), |o| {
+                o.push(Instr::Mac {
+                    ch,
+                    col: 0,
+                    buf: first as u16,
+                    reg: 0,
+                    reduce: false,
+                    bcast: true,
+                })
+            })
+        })
+    });
+    reduce_out(out, g, ch, 0);
+}
+
+/// AQPIM attention on codes for one query head whose FP16 lookup table
+/// (`M x 2^bits`, subspace-major) sits in host data at byte `table`:
+/// `WRGB` the table, `LUTACC` scores, softmax, per chunk of subspaces
+/// `HISTACC` bins and `BINMAC` bins times the value codebook, cross-bank
+/// reduction.
+pub(crate) fn pq_slice(
+    out: &mut Vec<Instr>,
+    g: &Geom,
+    ch: u8,
+    rows: Rows,
+    table: u32,
+    lanes: usize,
+    cw: usize,
+) {
+    let p = g.pq.expect("pq_slice on a PQ geometry");
+    let (tpc, cpt) = (g.tpc, g.cpt);
+    let bits = p.bits;
+    let group = p.group as u8;
+    write_buffer(out, ch, p.m * p.stride, lanes, cw, table);
+    out.push(Instr::Clr {
+        ch,
+        off: 0,
+        len: (g.n_b.div_ceil(tpc) * tpc) as u16,
+        die: false,
+    });
+    rows_of(out, g, ch, rows.k, |o, first, slots| {
+        if tpc > 1 {
+            looped(o, slots.div_ceil(tpc), strides(1, 0, tpc as i16, 0), |o| {
+                o.push(Instr::LutAcc {
+                    ch,
+                    col: 0,
+                    bits,
+                    group,
+                    table: 0,
+                    reg: first as u16,
+                })
+            })
+        } else {
+            looped(o, slots, strides(cpt as i16, 0, 1, 0), |o| {
+                for j in 0..cpt {
+                    o.push(Instr::LutAcc {
+                        ch,
+                        col: j as u8,
+                        bits,
+                        group,
+                        table: (j * p.group * p.stride) as u16,
+                        reg: first as u16,
+                    });
+                }
+            })
+        }
+    });
+    softmax(out, g, ch);
+    let out_reg = p.bins as u16;
+    out.push(Instr::Clr {
+        ch,
+        off: out_reg,
+        len: g.d as u16,
+        die: false,
+    });
+    let per_col = (lanes / p.dsub) as u16;
+    for chunk in 0..p.chunks {
+        out.push(Instr::Clr {
+            ch,
+            off: 0,
+            len: p.bins as u16,
+            die: false,
+        });
+        rows_of(out, g, ch, rows.v, |o, first, slots| {
+            if tpc > 1 {
+                looped(o, slots.div_ceil(tpc), strides(1, tpc as i16, 0, 0), |o| {
+                    o.push(Instr::HistAcc {
+                        ch,
+                        col: 0,
+                        bits,
+                        group,
+                        weights: first as u16,
+                        reg: 0,
+                    })
+                })
+            } else {
+                looped(o, slots, strides(cpt as i16, 1, 0, 0), |o| {
+                    o.push(Instr::HistAcc {
+                        ch,
+                        col: chunk as u8,
+                        bits,
+                        group,
+                        weights: first as u16,
+                        reg: 0,
+                    })
+                })
+            }
+        });
+        let subspaces = chunk * p.group..((chunk + 1) * p.group).min(p.m);
+        let mut open: Option<usize> = None;
+        for m in subspaces {
+            let local = m - chunk * p.group;
+            let start = m * p.cb_cols_per_sub;
+            let end = start + p.cb_cols_per_sub;
+            let mut u = start;
+            while u < end {
+                let (row, col) = (u / g.columns, u % g.columns);
+                let seg = (end - u).min(g.columns - col);
+                if open != Some(row) {
+                    if open.is_some() {
+                        out.push(Instr::PreAb { ch });
+                    }
+                    out.push(Instr::ActAb {
+                        ch,
+                        row: rows.cb + row as u32,
+                    });
+                    open = Some(row);
+                }
+                let bins = (local * p.stride) as u16 + (u - start) as u16 * per_col;
+                looped(out, seg, strides(1, 0, per_col as i16, 0), |o| {
+                    o.push(Instr::BinMac {
+                        ch,
+                        col: col as u8,
+                        dsub: p.dsub as u8,
+                        bins,
+                        out: out_reg + (m * p.dsub) as u16,
+                    })
+                });
+                u += seg;
+            }
+        }
+        if open.is_some() {
+            out.push(Instr::PreAb { ch });
+        }
+    }
+    reduce_out(out, g, ch, out_reg);
+}
+
+/// Where one new token goes and where its FP16 key and value are staged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct NewToken {
+    /// Bank (channel-local index).
+    pub bank: usize,
+    /// Pass: tokens of one pass sit in different banks at the same staging
+    /// place and are quantized by the same all-bank `ARGMIN`s.
+    pub pass: usize,
+    /// Staging row and first column of the pass (key, then value: `4 d`
+    /// bytes).
+    pub stage: (u32, usize),
+    /// Row and first column of its key codes.
+    pub k_at: (u32, usize),
+    /// Row and first column of its value codes.
+    pub v_at: (u32, usize),
+    /// Host-data byte offset of its FP16 key, then value (`4 d` bytes).
+    pub data: u32,
+}
+
+/// In-memory quantization of new tokens under one pair of codebooks, in
+/// passes of at most one token per bank: each token's FP16 key and value
+/// are written (`WR`) to its pass's staging place in its bank; each
+/// codebook is streamed into the buffers in chunks of whole subspaces
+/// (`WRGB` from host data at `codebooks`: key codebook then value codebook,
+/// FP16, centroid-major per subspace), and per chunk and pass `ARGMIN` finds
+/// every subspace's nearest centroid in every bank at once (pass `p`'s key
+/// codes to registers `2Mp..2Mp+M`, value codes after them); `STC` writes
+/// each token's code columns in place.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn quantize(
+    out: &mut Vec<Instr>,
+    g: &Geom,
+    ch: u8,
+    tokens: &[NewToken],
+    codebooks: u32,
+    buffer_elements: usize,
+    lanes: usize,
+    cw: usize,
+    bank_sel: impl Fn(usize) -> BankSel,
+) {
+    let p = g.pq.expect("quantize on a PQ geometry");
+    let fp_cols = 2 * g.d / cw;
+    for t in tokens {
+        let bank = bank_sel(t.bank);
+        out.push(Instr::Act {
+            ch,
+            bank,
+            row: t.stage.0,
+        });
+        looped(out, 2 * fp_cols, strides(1, 0, 0, cw as i16), |o| {
+            o.push(Instr::Wr {
+                ch,
+                bank,
+                col: t.stage.1 as u8,
+                data: t.data,
+            })
+        });
+        out.push(Instr::Pre { ch, bank });
+    }
+    let mut passes: Vec<(usize, (u32, usize))> = tokens.iter().map(|t| (t.pass, t.stage)).collect();
+    passes.sort_unstable();
+    passes.dedup();
+    let sub_elems = p.ksub * p.dsub;
+    let per_chunk = (buffer_elements / sub_elems).clamp(1, p.m);
+    let nbits = p.ksub.trailing_zeros() as u8;
+    let mut open: Option<u32> = None;
+    for part in 0..2 {
+        let mut m0 = 0;
+        while m0 < p.m {
+            let subs = per_chunk.min(p.m - m0);
+            let data = codebooks + ((part * p.m + m0) * sub_elems * 2) as u32;
+            write_buffer(out, ch, subs * sub_elems, lanes, cw, data);
+            for &(pass, (row, col0)) in &passes {
+                if open != Some(row) {
+                    if open.is_some() {
+                        out.push(Instr::PreAb { ch });
+                    }
+                    out.push(Instr::ActAb { ch, row });
+                    open = Some(row);
+                }
+                for m in m0..m0 + subs {
+                    let lane = m * p.dsub;
+                    out.push(Instr::ArgMin {
+                        ch,
+                        col: (col0 + part * fp_cols + lane / lanes) as u8,
+                        start: (lane % lanes) as u8,
+                        dsub: p.dsub as u8,
+                        nbits,
+                        cb: ((m - m0) * sub_elems) as u16,
+                        reg: (pass * 2 * p.m + part * p.m + m) as u16,
+                    });
+                }
+            }
+            m0 += subs;
+        }
+    }
+    if open.is_some() {
+        out.push(Instr::PreAb { ch });
+    }
+    let codes_per_col = cw * 8 / p.bits.bits() as usize;
+    for t in tokens {
+        let bank = bank_sel(t.bank);
+        for (part, (row, col)) in [t.k_at, t.v_at].into_iter().enumerate() {
+            out.push(Instr::Act { ch, bank, row });
+            for j in 0..g.cpt {
+                out.push(Instr::Stc {
+                    ch,
+                    bank,
+                    col: (col + j) as u8,
+                    reg: (t.pass * 2 * p.m + part * p.m + j * codes_per_col) as u16,
+                    bits: p.bits,
+                });
+            }
+            out.push(Instr::Pre { ch, bank });
+        }
+    }
+}

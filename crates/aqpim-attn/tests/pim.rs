@@ -1,0 +1,273 @@
+//! The lowered PIM programs against the CPU kernels: the simulator's outputs
+//! (functional mode) equal `pq_head_attention` / the f64 reference within
+//! FP16 tolerance over random shapes, contexts and placements; in-memory
+//! quantization picks the nearest FP16 centroid; timing-only runs time
+//! exactly like functional ones; the analytic layer cost stays within 5 %
+//! of the simulator; placements that do not fit are errors.
+
+use aqpim_attn::pim::{
+    analytic_layer, fp16_head_on_pim, layer_rows_per_bank, pq_head_on_pim, quantize_on_pim,
+    simulate_layer, LayerJob, PimKind,
+};
+use aqpim_attn::pq_head_attention;
+use aqpim_attn::reference::{attention_f64, relative_error};
+use aqpim_kvcache::{build, KvShape, KvSpec};
+use aqpim_pim::{Device, Mode, SimOptions, Simulator};
+use aqpim_pq::{PqParams, ProductQuantizer};
+use half::f16;
+use proptest::prelude::*;
+use proptest::test_runner::{Config, RngSeed};
+use rand::{Rng, SeedableRng};
+
+fn config(cases: u32, seed: u64) -> Config {
+    Config {
+        cases,
+        rng_seed: RngSeed::Fixed(seed),
+        failure_persistence: None,
+        ..Config::default()
+    }
+}
+
+fn device() -> Device {
+    Device::preset("hbm3-attacc-5.2").unwrap()
+}
+
+/// FP16 tolerance: tables, probabilities, codebooks and tokens are FP16 in
+/// the banks (relative rounding 2^-11 each); outputs agree to about 1e-3.
+const TOL: f64 = 5e-3;
+
+/// Re-runs a functional run's program in timing-only mode: same cycles.
+fn same_timing(run: &aqpim_attn::pim::PimRun) -> Result<(), TestCaseError> {
+    let mut sim = Simulator::new(
+        &device(),
+        SimOptions {
+            mode: Mode::TimingOnly,
+            ..SimOptions::default()
+        },
+    );
+    sim.set_host_data(vec![0; run.host_bytes]);
+    let t = sim.run(&run.program).unwrap();
+    prop_assert_eq!(t.cycles, run.stats.cycles);
+    prop_assert_eq!(t.total_commands, run.stats.total_commands);
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(config(12, 0x0000_A77A))]
+
+    #[test]
+    fn attacc_program_equals_dense_attention(
+        d in prop_oneof![Just(16usize), Just(32), Just(64), Just(128)],
+        n in 1usize..=2500,
+        g in 1usize..=2,
+        slices in 1usize..=3,
+        seed in 0u64..10_000,
+    ) {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let keys: Vec<f32> = (0..n * d).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+        let values: Vec<f32> = (0..n * d).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+        let queries: Vec<f32> = (0..g * d).map(|_| rng.gen_range(-0.6f32..0.6)).collect();
+        let run = fp16_head_on_pim(&device(), &keys, &values, &queries, d, slices).unwrap();
+        // The reference sees the FP16 values the banks hold.
+        let r16 = |v: &[f32]| -> Vec<f32> { v.iter().map(|&x| f16::from_f32(x).to_f32()).collect() };
+        let (k16, v16) = (r16(&keys), r16(&values));
+        for h in 0..g {
+            let q = r16(&queries[h * d..(h + 1) * d]);
+            let want = attention_f64(&q, &k16, &v16, 1.0);
+            let err = relative_error(&run.out[h * d..(h + 1) * d], &want);
+            prop_assert!(err <= TOL, "d={d} n={n} head {h}: relative error {err:e}");
+        }
+        prop_assert!(run.stats.cycles > 0);
+        same_timing(&run)?;
+    }
+
+    #[test]
+    fn aqpim_program_equals_attention_on_codes(
+        shape in prop_oneof![
+            Just((128usize, 4usize, 8u32)),
+            Just((128, 2, 8)),
+            Just((64, 4, 8)),
+            Just((64, 2, 4)),
+            Just((32, 1, 8)),
+            Just((16, 4, 4)),
+            Just((128, 8, 4)),
+        ],
+        ctx in 1usize..=2500,
+        sinks in 0usize..=4,
+        window in 0usize..=40,
+        g in 1usize..=2,
+        slices in 1usize..=3,
+        seed in 0u64..10_000,
+    ) {
+        let (d, dsub, nbits) = shape;
+        let kshape = KvShape::with_query_heads(1, 1, g, d).unwrap();
+        let spec: KvSpec = format!("pq:dsub={dsub},nbits={nbits},sinks={sinks},window={window},iters=4")
+            .parse()
+            .unwrap();
+        let mut cache = build(kshape, &spec).unwrap();
+        let keys: Vec<f32> = aqpim_pq::synth::kv_like(ctx, d, seed).iter().map(|v| v * 0.15).collect();
+        let values: Vec<f32> = keys.iter().map(|v| -0.5 * v + 0.1).collect();
+        cache.prefill(0, &keys, &values).unwrap();
+        let view = cache.as_pq().unwrap().head(0, 0).unwrap();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed + 1);
+        let queries: Vec<f32> = (0..g * d).map(|_| rng.gen_range(-0.5f32..0.5)).collect();
+        let mut want = vec![0f32; g * d];
+        pq_head_attention(&view, &queries, &mut want).unwrap();
+        let run = pq_head_on_pim(&device(), &view, &queries, slices).unwrap();
+        for h in 0..g {
+            let w: Vec<f64> = want[h * d..(h + 1) * d].iter().map(|&x| f64::from(x)).collect();
+            let err = relative_error(&run.out[h * d..(h + 1) * d], &w);
+            prop_assert!(
+                err <= TOL,
+                "d={d} dsub={dsub} nbits={nbits} ctx={ctx} sinks={sinks} window={window} slices={slices} head {h}: relative error {err:e}"
+            );
+        }
+        same_timing(&run)?;
+    }
+
+    #[test]
+    fn in_memory_quantization_picks_the_nearest_fp16_centroid(
+        shape in prop_oneof![Just((128usize, 4usize, 8u32)), Just((128, 2, 8)), Just((64, 2, 8)), Just((64, 1, 4))],
+        bank in 0usize..64,
+        seed in 0u64..10_000,
+    ) {
+        let (d, dsub, nbits) = shape;
+        let params = PqParams::new(d, d / dsub, nbits).unwrap();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let mut book = || {
+            let c: Vec<f32> = (0..params.ksub() * d).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+            ProductQuantizer::from_centroids(params, c).unwrap()
+        };
+        let (kq, vq) = (book(), book());
+        let key: Vec<f32> = (0..d).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+        let value: Vec<f32> = (0..d).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+        let run = quantize_on_pim(&device(), &kq, &vq, &key, &value, bank).unwrap();
+        // Witness: argmin over FP16-rounded sub-vectors and centroids, f32 sums.
+        let nearest = |pq: &ProductQuantizer, x: &[f32]| -> Vec<u8> {
+            let r = |v: f32| f16::from_f32(v).to_f32();
+            (0..params.num_subspaces())
+                .map(|m| {
+                    let xs = &x[m * dsub..(m + 1) * dsub];
+                    let c = pq.subspace_centroids(m);
+                    let mut best = (f32::INFINITY, 0usize);
+                    for j in 0..params.ksub() {
+                        let dist: f32 = (0..dsub).map(|i| { let e = r(xs[i]) - r(c[j * dsub + i]); e * e }).sum();
+                        if dist < best.0 { best = (dist, j); }
+                    }
+                    best.1 as u8
+                })
+                .collect()
+        };
+        prop_assert_eq!(run.key_codes, nearest(&kq, &key));
+        prop_assert_eq!(run.value_codes, nearest(&vq, &value));
+    }
+}
+
+#[test]
+fn analytic_layer_cost_tracks_the_simulator_within_5_percent() {
+    let dev = device();
+    let mut bad = Vec::new();
+    let kinds = [
+        PimKind::Fp16,
+        PimKind::Pq { dsub: 4, nbits: 8 },
+        PimKind::Pq { dsub: 2, nbits: 8 },
+    ];
+    for kind in kinds {
+        for (heads, kv_heads) in [(8, 8), (32, 32), (96, 32)] {
+            for ctx in [1000, 8192, 32768] {
+                let pq = matches!(kind, PimKind::Pq { .. });
+                let job = LayerJob {
+                    kind,
+                    head_dim: 128,
+                    heads,
+                    kv_heads,
+                    group: if heads == 8 { 4 } else { 1 },
+                    ctx,
+                    fp_tokens: if pq { 132 } else { 0 },
+                    quantize: pq,
+                };
+                let sim = simulate_layer(&dev, &job).unwrap();
+                let ana = analytic_layer(&dev, &job).unwrap();
+                let err = (ana.cycles as f64 - sim.cycles as f64) / sim.cycles as f64;
+                let line = format!(
+                    "{kind:?} heads={heads} ctx={ctx}: analytic {} vs simulated {} cycles ({:+.1} %)",
+                    ana.cycles,
+                    sim.cycles,
+                    100.0 * err
+                );
+                if std::env::var_os("AQPIM_SHOW").is_some() {
+                    eprintln!("{line}");
+                }
+                if err.abs() > 0.05 {
+                    bad.push(line);
+                }
+                assert_eq!(ana.channels_used, sim.channels_used);
+            }
+        }
+    }
+    assert!(bad.is_empty(), "beyond 5 %:\n{}", bad.join("\n"));
+}
+
+#[test]
+fn pq_attention_is_faster_than_fp16_attention_at_long_context() {
+    let dev = device();
+    let job = |kind| LayerJob {
+        kind,
+        head_dim: 128,
+        heads: 32,
+        kv_heads: 32,
+        group: 1,
+        ctx: 32768,
+        fp_tokens: 0,
+        quantize: false,
+    };
+    let fp = simulate_layer(&dev, &job(PimKind::Fp16)).unwrap();
+    let pq = simulate_layer(&dev, &job(PimKind::Pq { dsub: 4, nbits: 8 })).unwrap();
+    assert!(
+        pq.cycles < fp.cycles,
+        "pq {} vs fp16 {}",
+        pq.cycles,
+        fp.cycles
+    );
+    assert!(pq.bytes_internal < fp.bytes_internal);
+}
+
+#[test]
+fn placements_that_do_not_fit_say_by_how_much() {
+    let dev = device();
+    // 128K FP16 tokens x 4096 caches of one layer: far beyond 16K rows per bank.
+    let job = LayerJob {
+        kind: PimKind::Fp16,
+        head_dim: 128,
+        heads: 4096,
+        kv_heads: 32,
+        group: 1,
+        ctx: 131_072,
+        fp_tokens: 0,
+        quantize: false,
+    };
+    let e = layer_rows_per_bank(&dev, &job).unwrap_err().to_string();
+    assert!(e.contains("rows per bank") && e.contains("over"), "{e}");
+    // A head dimension that does not fill columns.
+    let bad = LayerJob {
+        head_dim: 12,
+        heads: 1,
+        kv_heads: 1,
+        ctx: 10,
+        ..job
+    };
+    let e = simulate_layer(&dev, &bad).unwrap_err().to_string();
+    assert!(e.contains("head dimension 12"), "{e}");
+    // Codes too wide for the registers' bins: 4-bit codes are fine, 3-bit are not.
+    let e = simulate_layer(
+        &dev,
+        &LayerJob {
+            kind: PimKind::Pq { dsub: 4, nbits: 9 },
+            head_dim: 128,
+            ..bad
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("9-bit"), "{e}");
+}
