@@ -12,6 +12,182 @@ use serde::Serialize;
 pub enum AttnCommand {
     /// Time dense FP16 attention against attention on PQ codes for one decode step of one layer.
     Bench(BenchArgs),
+    /// Run the PIM programs of one decode step's attention (every layer, every head) in the simulator.
+    Sim(SimArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SimArgs {
+    /// Model shape: layers, KV heads, head dimension (Llama-2-7B: 32,32,128).
+    #[arg(long, value_name = "L,H,D")]
+    model_shape: String,
+    /// Query heads per KV head (grouped-query attention).
+    #[arg(long, default_value_t = 1)]
+    group: usize,
+    /// Sequences decoded together.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Tokens per sequence in PIM (for `pq`, the encoded tokens).
+    #[arg(long)]
+    ctx: usize,
+    /// Device preset or TOML file (configs/devices).
+    #[arg(long, default_value = "hbm3-attacc-5.2")]
+    device: String,
+    /// What the banks hold: fp16 (AttAcc) or pq (AQPIM).
+    #[arg(long, default_value = "pq")]
+    kind: String,
+    /// PQ sub-vector length.
+    #[arg(long, default_value_t = 4)]
+    dsub: usize,
+    /// PQ bits per code (4 or 8).
+    #[arg(long, default_value_t = 8)]
+    nbits: u32,
+    /// PQ: FP16 sink and recent-window tokens per sequence beside the codes.
+    #[arg(long, default_value_t = 0)]
+    fp_tokens: usize,
+    /// PQ: include one in-memory quantization flush per cache (a block of one token per bank).
+    #[arg(long)]
+    quantize: bool,
+    /// Compute every instruction's data too (slow); timing is identical.
+    #[arg(long)]
+    functional: bool,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct SimReport {
+    device: String,
+    kind: aqpim_attn::pim::PimKind,
+    layers: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    group: usize,
+    batch: usize,
+    ctx: usize,
+    fp_tokens: usize,
+    quantize: bool,
+    mode: &'static str,
+    /// Layers run one after another: the step's attention.
+    cycles: u64,
+    time_us: f64,
+    energy_uj: f64,
+    bytes_internal: u64,
+    bytes_external: u64,
+    bytes_buffer_die: u64,
+    commands: u64,
+    channels_used: usize,
+    rows_per_bank_per_layer: usize,
+    /// Wall-clock seconds the simulation took.
+    wall_s: f64,
+}
+
+fn sim(a: &SimArgs) -> Result<SimReport> {
+    use aqpim_attn::pim::{layer_rows_per_bank, simulate_layer_mode, LayerJob, PimKind};
+    let dims: Vec<usize> = a
+        .model_shape
+        .split(',')
+        .map(|v| v.trim().parse::<usize>())
+        .collect::<Result<_, _>>()
+        .with_context(|| {
+            format!(
+                "--model-shape `{}` is not L,H,D (three integers)",
+                a.model_shape
+            )
+        })?;
+    let [layers, kv_heads, head_dim] = dims[..] else {
+        bail!(
+            "--model-shape `{}` is not L,H,D (three integers)",
+            a.model_shape
+        );
+    };
+    if layers == 0 || kv_heads == 0 || head_dim == 0 || a.batch == 0 || a.group == 0 {
+        bail!("layers, heads, head dimension, batch and group must be positive");
+    }
+    let kind = match a.kind.as_str() {
+        "fp16" => PimKind::Fp16,
+        "pq" => PimKind::Pq {
+            dsub: a.dsub,
+            nbits: a.nbits,
+        },
+        other => bail!("--kind `{other}`: use fp16 or pq"),
+    };
+    let device = aqpim_pim::DeviceSpec::preset_or_file(&a.device)?.resolve()?;
+    let job = LayerJob {
+        kind,
+        head_dim,
+        heads: a.batch * kv_heads,
+        kv_heads,
+        group: a.group,
+        ctx: a.ctx,
+        fp_tokens: a.fp_tokens,
+        quantize: a.quantize,
+    };
+    let rows = layer_rows_per_bank(&device, &job)?;
+    if rows * layers > device.org.rows {
+        bail!(
+            "{layers} layers need {} rows per bank; the device has {} ({} over)",
+            rows * layers,
+            device.org.rows,
+            rows * layers - device.org.rows
+        );
+    }
+    let mode = if a.functional {
+        aqpim_pim::Mode::Functional
+    } else {
+        aqpim_pim::Mode::TimingOnly
+    };
+    let bar = indicatif::ProgressBar::new(layers as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("simulating layers [{bar:40}] {pos}/{len} ({eta})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let start = Instant::now();
+    let mut report = SimReport {
+        device: device.name.clone(),
+        kind,
+        layers,
+        kv_heads,
+        head_dim,
+        group: a.group,
+        batch: a.batch,
+        ctx: a.ctx,
+        fp_tokens: a.fp_tokens,
+        quantize: a.quantize,
+        mode: if a.functional {
+            "functional"
+        } else {
+            "timing-only"
+        },
+        cycles: 0,
+        time_us: 0.0,
+        energy_uj: 0.0,
+        bytes_internal: 0,
+        bytes_external: 0,
+        bytes_buffer_die: 0,
+        commands: 0,
+        channels_used: 0,
+        rows_per_bank_per_layer: rows,
+        wall_s: 0.0,
+    };
+    // Every layer's programs run (layers are identical in shape, and each
+    // is simulated in full: no sampling, no scaling).
+    for _ in 0..layers {
+        let c = simulate_layer_mode(&device, &job, mode)?;
+        report.cycles += c.cycles;
+        report.time_us += c.ns / 1e3;
+        report.energy_uj += c.energy_pj / 1e6;
+        report.bytes_internal += c.bytes_internal;
+        report.bytes_external += c.bytes_external;
+        report.bytes_buffer_die += c.bytes_buffer_die;
+        report.commands += c.commands;
+        report.channels_used = c.channels_used;
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    report.wall_s = start.elapsed().as_secs_f64();
+    Ok(report)
 }
 
 #[derive(Debug, Args)]
@@ -81,6 +257,20 @@ struct BenchReport {
 
 pub fn run(cmd: AttnCommand) -> Result<()> {
     match cmd {
+        AttnCommand::Sim(args) => {
+            let report = sim(&args)?;
+            if args.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                for (k, v) in serde_json::to_value(&report)?
+                    .as_object()
+                    .context("report is an object")?
+                {
+                    println!("{k:<26} {v}");
+                }
+            }
+            Ok(())
+        }
         AttnCommand::Bench(args) => {
             let mut pool = rayon::ThreadPoolBuilder::new();
             if let Some(t) = args.threads {

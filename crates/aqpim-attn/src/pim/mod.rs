@@ -900,12 +900,20 @@ pub fn quantize_block(device: &Device) -> usize {
 /// Runs one layer's lowered programs in the simulator's timing-only mode
 /// and returns their cost.
 pub fn simulate_layer(device: &Device, job: &LayerJob) -> Result<PimCost> {
+    simulate_layer_mode(device, job, Mode::TimingOnly)
+}
+
+/// [`simulate_layer`] in either mode. `Functional` computes every
+/// instruction's data (on zero-filled banks and tables: the work, not a
+/// particular answer, which [`pq_head_on_pim`] checks), and times exactly
+/// as `TimingOnly`.
+pub fn simulate_layer_mode(device: &Device, job: &LayerJob, mode: Mode) -> Result<PimCost> {
     let plan = plan(device, job)?;
     let program = Program::new(layer_program(device, job, &plan))?;
     let mut sim = Simulator::new(
         device,
         SimOptions {
-            mode: Mode::TimingOnly,
+            mode,
             ..SimOptions::default()
         },
     );
