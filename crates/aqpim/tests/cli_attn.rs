@@ -1,0 +1,144 @@
+//! `aqpim attn sim` end to end: the step's cost is the library's layer cost
+//! times the layers, and bad shapes, kinds and placements are one-line errors.
+
+use std::process::{Command, Output};
+
+use aqpim_attn::pim::{simulate_layer, LayerJob, PimKind};
+use aqpim_pim::Device;
+
+fn aqpim(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_aqpim"))
+        .args(args)
+        .output()
+        .expect("running aqpim")
+}
+
+#[test]
+fn sim_json_is_layers_times_the_library_layer_cost() {
+    for kind in ["pq", "fp16"] {
+        let out = aqpim(&[
+            "attn",
+            "sim",
+            "--model-shape",
+            "3,4,64",
+            "--ctx",
+            "3000",
+            "--batch",
+            "2",
+            "--kind",
+            kind,
+            "--json",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+        let job = LayerJob {
+            kind: if kind == "pq" {
+                PimKind::Pq { dsub: 4, nbits: 8 }
+            } else {
+                PimKind::Fp16
+            },
+            head_dim: 64,
+            heads: 8,
+            kv_heads: 4,
+            group: 1,
+            ctx: 3000,
+            fp_tokens: 0,
+            quantize: false,
+        };
+        let layer = simulate_layer(&Device::preset("hbm3-attacc-5.2").unwrap(), &job).unwrap();
+        assert_eq!(json["cycles"].as_u64(), Some(3 * layer.cycles), "{kind}");
+        assert_eq!(json["mode"], "timing-only");
+    }
+}
+
+#[test]
+fn functional_mode_times_like_timing_only() {
+    let run = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec![
+            "attn",
+            "sim",
+            "--model-shape",
+            "1,2,128",
+            "--ctx",
+            "700",
+            "--kind",
+            "pq",
+            "--fp-tokens",
+            "20",
+            "--quantize",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let out = aqpim(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let t = run(&[]);
+    let f = run(&["--functional"]);
+    assert_eq!(t["cycles"], f["cycles"]);
+    assert_eq!(t["commands"], f["commands"]);
+    assert_eq!(f["mode"], "functional");
+}
+
+#[test]
+fn bad_input_is_a_one_line_error() {
+    for (args, needle) in [
+        (vec!["--model-shape", "32,32", "--ctx", "10"], "L,H,D"),
+        (
+            vec![
+                "--model-shape",
+                "32,32,128",
+                "--ctx",
+                "10",
+                "--kind",
+                "int8",
+            ],
+            "int8",
+        ),
+        (
+            vec!["--model-shape", "32,32,12", "--ctx", "10", "--kind", "fp16"],
+            "head dimension 12",
+        ),
+        (
+            vec![
+                "--model-shape",
+                "32,32,128",
+                "--ctx",
+                "10",
+                "--device",
+                "nope",
+            ],
+            "nope",
+        ),
+        // Llama-2-7B at 128K tokens x 32 sequences in FP16: far beyond the stacks.
+        (
+            vec![
+                "--model-shape",
+                "32,32,128",
+                "--ctx",
+                "131072",
+                "--batch",
+                "32",
+                "--kind",
+                "fp16",
+            ],
+            "over",
+        ),
+    ] {
+        let mut all = vec!["attn", "sim"];
+        all.extend(args.iter().copied());
+        let out = aqpim(&all);
+        assert!(!out.status.success(), "{all:?} succeeded");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{all:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{all:?}: {err}");
+    }
+}
