@@ -154,6 +154,12 @@ pub enum DecodeError {
         /// `needed - available`.
         over: u64,
     },
+    /// The PIM attention model (lowering, simulation, placement) failed.
+    #[error("PIM attention: {reason}")]
+    Pim {
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 /// The crate's result type.

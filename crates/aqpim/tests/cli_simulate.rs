@@ -101,6 +101,18 @@ fn bad_requests_are_one_line_errors() {
                 "--policy",
                 "attacc",
             ],
+            "no PIM stacks",
+        ),
+        (
+            vec![
+                "simulate",
+                "--model",
+                "llama2-7b",
+                "--system",
+                "h100",
+                "--policy",
+                "attac",
+            ],
             "not a policy",
         ),
         (
@@ -134,4 +146,102 @@ fn bad_requests_are_one_line_errors() {
         assert_eq!(err.trim_end().lines().count(), 1, "{err}");
         assert!(err.contains(needle), "{args:?}: {err}");
     }
+}
+
+#[test]
+fn pim_point_and_sweep() {
+    let out = aqpim(&[
+        "simulate",
+        "--model",
+        "llama2-7b",
+        "--system",
+        "h100+aqpim",
+        "--policy",
+        "aqpim",
+        "--ctx",
+        "32768",
+        "--batch",
+        "16",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["policy"], "aqpim");
+    let parts: f64 = [
+        "linear_ms",
+        "attention_ms",
+        "pim_attention_ms",
+        "quantize_ms",
+        "sync_ms",
+        "transfer_ms",
+    ]
+    .iter()
+    .map(|k| v[k].as_f64().unwrap())
+    .sum();
+    assert!(
+        (v["total_ms"].as_f64().unwrap() - parts).abs() < 1e-9,
+        "{v}"
+    );
+    assert!(v["pim_bytes_used"].as_u64().unwrap() > 0);
+    assert_eq!(v["ctx_spilled"], 0);
+
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("sweep.csv");
+    let out = aqpim(&[
+        "simulate",
+        "sweep",
+        "--model",
+        "llama2-7b",
+        "--system",
+        "h100+aqpim",
+        "--policy",
+        "gpu,offload,attacc,aqpim",
+        "--ctx",
+        "4096,65536",
+        "--batch",
+        "1,8",
+        "--pim-model",
+        "analytic",
+        "--out",
+        csv.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&csv).unwrap();
+    // 16 points; gpu at 64K x 8 does not fit: header + 15 rows.
+    assert_eq!(text.lines().count(), 16, "{text}");
+    // The capacity crossover: the FP16 cache spills, the PQ cache does not.
+    let col = text
+        .lines()
+        .next()
+        .unwrap()
+        .split(',')
+        .position(|h| h == "ctx_spilled")
+        .unwrap();
+    let spilled = |policy: &str| -> usize {
+        let row = text
+            .lines()
+            .find(|l| l.contains(&format!(",{policy},65536,8,")))
+            .unwrap();
+        row.split(',').nth(col).unwrap().parse().unwrap()
+    };
+    assert!(spilled("attacc") > 0);
+    assert_eq!(spilled("aqpim"), 0);
+    // A sweep needs --out.
+    let out = aqpim(&[
+        "simulate",
+        "sweep",
+        "--model",
+        "llama2-7b",
+        "--system",
+        "h100",
+    ]);
+    assert!(!out.status.success());
 }

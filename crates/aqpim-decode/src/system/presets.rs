@@ -111,6 +111,19 @@ pub struct GpuSpec {
     pub attn_gbps: f64,
     /// Achieved weight bandwidth of decode linear layers, GB/s.
     pub linear_gbps: f64,
+    /// Fixed cost of one layer's decode attention directly on PQ codes, ms
+    /// (used for tokens an `aqpim` system spilled to host memory as codes).
+    #[serde(default)]
+    pub pq_attn_fixed_ms: Option<f64>,
+    /// Achieved code bandwidth of decode attention on PQ codes, GB/s.
+    #[serde(default)]
+    pub pq_attn_gbps: Option<f64>,
+    /// Dense FP16 tensor peak, TFLOP/s (prefill and codebook-training estimates).
+    #[serde(default)]
+    pub fp16_tflops: Option<f64>,
+    /// Share of `fp16_tflops` that prefill and k-means reach (an estimate).
+    #[serde(default)]
+    pub compute_efficiency: Option<f64>,
 }
 
 /// The host link.
@@ -131,7 +144,70 @@ pub struct HostSpec {
     pub memory_bytes: u64,
 }
 
-/// A system: a GPU, and optionally a host link and host memory.
+/// PIM stacks beside the GPU (AttAcc-style): the GPU runs the linear layers,
+/// the stacks hold the KV cache and run attention in their banks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PimStacksSpec {
+    /// Device preset (`configs/devices`: `hbm3-attacc-5.2`, ...) or a TOML file.
+    pub device: String,
+    /// Stacks, overriding the device preset's count (capacity and bandwidth
+    /// scale with it).
+    #[serde(default)]
+    pub stacks: Option<u32>,
+    /// The compressed format the stacks hold under the `aqpim` policy: a
+    /// `pq:` cache spec (`aqpim kv stats` reads the same). Absent: the system
+    /// runs FP16 PIM attention only (`attacc`).
+    #[serde(default)]
+    pub kv: Option<String>,
+    /// GPU<->PIM handoff per layer (the query or lookup table in, the outputs
+    /// back, and the launch that waits for them), ms.
+    pub sync_ms: f64,
+}
+
+impl PimStacksSpec {
+    /// The device with the stack count applied, resolved.
+    pub fn device(&self) -> Result<aqpim_pim::Device> {
+        let bad = |reason: String| DecodeError::Preset {
+            name: self.device.clone(),
+            reason,
+        };
+        let mut spec =
+            aqpim_pim::DeviceSpec::preset_or_file(&self.device).map_err(|e| bad(e.to_string()))?;
+        if let Some(s) = self.stacks {
+            if s == 0 {
+                return Err(bad("pim.stacks is 0: the PIM device has no capacity".into()));
+            }
+            spec.organisation.stacks = s;
+        }
+        spec.resolve().map_err(|e| bad(e.to_string()))
+    }
+
+    /// The PQ spec of `kv`, if any.
+    pub fn pq_spec(&self) -> Result<Option<aqpim_kvcache::PqSpec>> {
+        let Some(kv) = &self.kv else { return Ok(None) };
+        let bad = |reason: String| DecodeError::Preset {
+            name: self.device.clone(),
+            reason: format!("pim.kv = `{kv}`: {reason}"),
+        };
+        match kv.parse::<aqpim_kvcache::KvSpec>() {
+            Ok(aqpim_kvcache::KvSpec::Pq(p)) => Ok(Some(p)),
+            Ok(other) => Err(bad(format!(
+                "the stacks hold PQ codes; `{}` is not a pq: spec",
+                other.kind()
+            ))),
+            Err(e) => Err(bad(e.to_string())),
+        }
+    }
+}
+
+/// Bytes of every bank of a device: stacks x channels x banks x rows x row bytes.
+pub fn device_bytes(d: &aqpim_pim::Device) -> u64 {
+    let o = &d.org;
+    (o.channels * o.banks_per_channel * o.rows * o.columns * o.column_bytes) as u64
+}
+
+/// A system: a GPU, and optionally a host link and host memory, and PIM stacks.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SystemSpec {
@@ -143,6 +219,9 @@ pub struct SystemSpec {
     pub link: Option<LinkSpec>,
     /// Host memory.
     pub host: Option<HostSpec>,
+    /// PIM stacks holding the KV cache (`attacc`, `aqpim`).
+    #[serde(default)]
+    pub pim: Option<PimStacksSpec>,
 }
 
 impl SystemSpec {
@@ -192,6 +271,39 @@ impl SystemSpec {
             (None, None) => {}
             _ => return bad("[link] and [host] go together".into()),
         }
+        for (field, v) in [
+            ("gpu.pq_attn_fixed_ms", g.pq_attn_fixed_ms),
+            ("gpu.pq_attn_gbps", g.pq_attn_gbps),
+            ("gpu.fp16_tflops", g.fp16_tflops),
+            ("gpu.compute_efficiency", g.compute_efficiency),
+        ] {
+            if let Some(v) = v {
+                if !(v.is_finite() && v >= 0.0) || (v == 0.0 && field != "gpu.pq_attn_fixed_ms") {
+                    return bad(format!("{field} = {v} must be a positive number"));
+                }
+            }
+        }
+        if let Some(e) = g.compute_efficiency {
+            if e > 1.0 {
+                return bad(format!("gpu.compute_efficiency = {e} exceeds 1"));
+            }
+        }
+        if let Some(p) = &self.pim {
+            if !(p.sync_ms.is_finite() && p.sync_ms >= 0.0) {
+                return bad(format!("pim.sync_ms = {} must be >= 0", p.sync_ms));
+            }
+            let d = p.device().map_err(|e| DecodeError::Preset {
+                name: self.name.clone(),
+                reason: format!("[pim]: {e}"),
+            })?;
+            if device_bytes(&d) == 0 {
+                return bad(format!("PIM device `{}` has no capacity", d.name));
+            }
+            p.pq_spec().map_err(|e| DecodeError::Preset {
+                name: self.name.clone(),
+                reason: format!("[pim]: {e}"),
+            })?;
+        }
         Ok(())
     }
 }
@@ -237,6 +349,14 @@ pub const SYSTEM_PRESETS: &[(&str, &str)] = &[
     (
         "h100+host",
         include_str!("../../../../configs/systems/h100+host.toml"),
+    ),
+    (
+        "h100+attacc",
+        include_str!("../../../../configs/systems/h100+attacc.toml"),
+    ),
+    (
+        "h100+aqpim",
+        include_str!("../../../../configs/systems/h100+aqpim.toml"),
     ),
 ];
 
