@@ -1,6 +1,6 @@
-//! `aqpim eval ppl` and `aqpim generate`: a real GGUF model (Llama family)
-//! run through a dense or compressed KV cache; perplexity on a text and
-//! streamed generation.
+//! `aqpim eval ppl` and `aqpim generate`: a real model (Llama family; a GGUF
+//! file or a Hugging Face checkpoint directory) run through a dense or
+//! compressed KV cache; perplexity on a text and streamed generation.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -19,13 +19,14 @@ use serde::Serialize;
 
 #[derive(Debug, Subcommand)]
 pub enum EvalCommand {
-    /// Perplexity of a GGUF model on a UTF-8 text, in sliding windows.
+    /// Perplexity of a model on a UTF-8 text, in sliding windows.
     Ppl(PplArgs),
 }
 
 #[derive(Debug, Args)]
 pub struct PplArgs {
-    /// Model file (GGUF, Llama family).
+    /// Model (Llama family): a GGUF file, or a Hugging Face checkpoint
+    /// directory (config.json, tokenizer.json, *.safetensors).
     #[arg(long)]
     model: PathBuf,
     /// UTF-8 text to score.
@@ -67,7 +68,8 @@ pub struct PplArgs {
 
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
-    /// Model file (GGUF, Llama family).
+    /// Model (Llama family): a GGUF file, or a Hugging Face checkpoint
+    /// directory (config.json, tokenizer.json, *.safetensors).
     #[arg(long)]
     model: PathBuf,
     /// Prompt text.

@@ -24,6 +24,7 @@ use crate::model::cache::KvCache;
 use crate::model::config::{LlamaConfig, RopeMode};
 use crate::model::gguf::GgufFile;
 use crate::model::quant::QMatrix;
+use crate::model::weights::{Weight, WeightSource};
 
 /// Weights of one transformer block.
 #[derive(Debug, Clone)]
@@ -109,40 +110,44 @@ impl Llama {
     /// Loads the weights of `file` under an explicit configuration (for
     /// example with another [`RopeMode`]).
     pub fn from_gguf_with(file: &GgufFile, config: LlamaConfig) -> Result<Self> {
+        Self::from_weights(file, config)
+    }
+
+    /// Loads the weights of any [`WeightSource`] (a GGUF file, a Hugging
+    /// Face checkpoint) under `config`, checking every shape against it.
+    pub fn from_weights(src: &dyn WeightSource, config: LlamaConfig) -> Result<Self> {
         config.validate()?;
         let c = &config;
         let (dim, hd) = (c.dim, c.head_dim);
-        let vec = |name: &str| file.tensor_f32(name, &[dim as u64]);
         let mut layers = Vec::with_capacity(c.n_layers);
         for l in 0..c.n_layers {
-            let n = |s: &str| format!("blk.{l}.{s}.weight");
             layers.push(Layer {
-                attn_norm: vec(&n("attn_norm"))?,
+                attn_norm: src.vector(Weight::AttnNorm(l), dim)?,
                 wqkv: Stacked::new([
-                    file.matrix(&n("attn_q"), c.n_heads * hd, dim)?,
-                    file.matrix(&n("attn_k"), c.n_kv_heads * hd, dim)?,
-                    file.matrix(&n("attn_v"), c.n_kv_heads * hd, dim)?,
+                    src.matrix(Weight::Q(l), c.n_heads * hd, dim)?,
+                    src.matrix(Weight::K(l), c.n_kv_heads * hd, dim)?,
+                    src.matrix(Weight::V(l), c.n_kv_heads * hd, dim)?,
                 ]),
-                wo: file.matrix(&n("attn_output"), dim, c.n_heads * hd)?,
-                ffn_norm: vec(&n("ffn_norm"))?,
+                wo: src.matrix(Weight::AttnOutput(l), dim, c.n_heads * hd)?,
+                ffn_norm: src.vector(Weight::FfnNorm(l), dim)?,
                 w_gate_up: Stacked::new([
-                    file.matrix(&n("ffn_gate"), c.ffn_dim, dim)?,
-                    file.matrix(&n("ffn_up"), c.ffn_dim, dim)?,
+                    src.matrix(Weight::Gate(l), c.ffn_dim, dim)?,
+                    src.matrix(Weight::Up(l), c.ffn_dim, dim)?,
                 ]),
-                w_down: file.matrix(&n("ffn_down"), dim, c.ffn_dim)?,
+                w_down: src.matrix(Weight::Down(l), dim, c.ffn_dim)?,
             });
         }
-        let token_embd = file.matrix("token_embd.weight", c.vocab_size, dim)?;
+        let token_embd = src.matrix(Weight::TokenEmbd, c.vocab_size, dim)?;
         let output = if c.tied_embeddings {
             None
         } else {
-            Some(file.matrix("output.weight", c.vocab_size, dim)?)
+            Some(src.matrix(Weight::Output, c.vocab_size, dim)?)
         };
         let inv_freq = (0..c.n_rot / 2)
             .map(|i| c.rope_base.powf(-2.0 * i as f64 / c.n_rot as f64))
             .collect();
         Ok(Self {
-            output_norm: vec("output_norm.weight")?,
+            output_norm: src.vector(Weight::OutputNorm, dim)?,
             config,
             token_embd,
             output,

@@ -10,6 +10,9 @@
 //! model without unknown token; a byte-level decoder. Tokens of type
 //! CONTROL (3) or USER_DEFINED (4) are special tokens matched verbatim in the
 //! input (`<|im_start|>` and the like).
+//!
+//! [`Tokenizer::from_file`] reads a Hugging Face `tokenizer.json` instead
+//! (the checkpoint-directory path, see [`crate::model::hf`]).
 
 use tokenizers::models::bpe::{Vocab, BPE};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
@@ -146,6 +149,32 @@ impl Tokenizer {
             Some(MetaValue::Bool(true))
         );
         Ok(tok)
+    }
+
+    /// Loads a Hugging Face `tokenizer.json` (any model the `tokenizers`
+    /// crate reads: byte-level BPE, SentencePiece-style BPE with byte
+    /// fallback, ...). The vocabulary size counts the added tokens; the
+    /// special-token ids and `add_bos` are left for the caller to set (from
+    /// `config.json` / `tokenizer_config.json`).
+    pub fn from_file(path: &std::path::Path) -> Result<Self> {
+        let inner = HfTokenizer::from_file(path)
+            .map_err(|e| tok_err(format!("reading {}: {e}", path.display())))?;
+        let vocab_size = inner.get_vocab_size(true);
+        Ok(Self {
+            inner,
+            vocab_size,
+            bos: None,
+            eos: None,
+            add_bos: false,
+        })
+    }
+
+    /// Whether the tokenizer's post-processor puts `id` first when asked to
+    /// add special tokens (how `tokenizer.json` files say "add BOS").
+    pub fn post_processor_prepends(&self, id: u32) -> bool {
+        self.inner
+            .encode("a", true)
+            .is_ok_and(|e| e.get_ids().first() == Some(&id))
     }
 
     /// Number of tokens in the vocabulary.
