@@ -6,6 +6,7 @@
 mod faiss_compare;
 mod fetch_assets;
 mod rdata;
+mod reproduce;
 mod tidy;
 
 use anyhow::{bail, Result};
@@ -17,13 +18,16 @@ tasks:
   faiss-compare    PQ train/encode/ADC speed and MSE against faiss, same data and machine
                    [--n 65536 --d 128 --m 32 --nbits 8 --iters 25 --threads 1]
   fetch-assets     SmolLM2-135M-Instruct (GGUF) and the Jane Austen novels into assets/
-                   [--model FILE.gguf|FILE.whl] [--text-deb FILE.deb | --rdata DIR] [--out DIR]";
+                   [--model FILE.gguf|FILE.whl] [--text-deb FILE.deb | --rdata DIR] [--out DIR]
+  reproduce        system-model sweeps into docs/results: CSV, summary.md, SVG plots
+                   [--quick (a small grid, into target/reproduce-quick)] [--out DIR]";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("tidy") => tidy::run(),
         Some("fetch-assets") => fetch_assets::run(&args[1..]),
+        Some("reproduce") => reproduce::run(&args[1..], &tidy::workspace_root()),
         Some("faiss-compare") => faiss_compare::run(&args[1..], &tidy::workspace_root()),
         Some("-h" | "--help") | None => {
             println!("{USAGE}");
