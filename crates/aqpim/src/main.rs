@@ -37,12 +37,12 @@ enum Command {
     /// Attention kernels on compressed KV caches: benchmark.
     #[command(subcommand)]
     Attn(attn::AttnCommand),
-    /// Evaluate a real model (GGUF): perplexity on a text.
+    /// Evaluate a real model (GGUF or Hugging Face safetensors): perplexity on a text.
     #[command(subcommand)]
     Eval(model::EvalCommand),
     /// Latency of a decode step on a system (GPU, host offload), itemized.
     Simulate(simulate::SimulateArgs),
-    /// Generate text with a real model (GGUF), streaming tokens.
+    /// Generate text with a real model (GGUF or Hugging Face safetensors), streaming tokens.
     Generate(model::GenerateArgs),
 }
 

@@ -43,10 +43,10 @@ pub enum PqCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Calibrate K and V codebooks for every layer and KV head of a GGUF model
+    /// Calibrate K and V codebooks for every layer and KV head of a model (GGUF or Hugging Face directory)
     /// on a text (post-RoPE keys and values), for `--codebooks` of `aqpim eval ppl`.
     Calibrate {
-        /// Model file (GGUF, Llama family).
+        /// Model: a GGUF file or a Hugging Face checkpoint directory (Llama family).
         #[arg(long)]
         model: PathBuf,
         /// UTF-8 calibration text.
