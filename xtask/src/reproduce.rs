@@ -697,3 +697,46 @@ fn plot_transfer_share(off: &Rows, path: &Path) -> Result<()> {
     root.present().map_err(plot_err)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(policy: &str, ctx: usize, batch: usize, total: f64, spilled: usize) -> Row {
+        [
+            ("policy", policy.to_string()),
+            ("ctx", ctx.to_string()),
+            ("batch", batch.to_string()),
+            ("total_ms", total.to_string()),
+            ("ctx_spilled", spilled.to_string()),
+            ("ctx_in_pim", (ctx - spilled).to_string()),
+            ("kv_bytes", "1".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    #[test]
+    fn summary_finds_the_speedup_and_the_crossover() {
+        let pim = Rows(vec![
+            row("attacc", 4096, 8, 8.0, 0),
+            row("aqpim", 4096, 8, 10.0, 0),
+            row("attacc", 65536, 8, 1000.0, 100),
+            row("aqpim", 65536, 8, 10.0, 0),
+        ]);
+        let s = summarize(&pim, &Rows(vec![]), true);
+        assert!(s.contains("| 8 | 0.80x | 100.00x* |"), "{s}");
+        assert!(
+            s.contains("batch 8: ctx 64K (attacc keeps 65436 tokens"),
+            "{s}"
+        );
+        // Geometric mean of 0.8 and 100.
+        assert!(
+            s.contains(&format!("**{:.2}x** over every point", (80f64).sqrt())),
+            "{s}"
+        );
+        assert_eq!(log2_label(&12.0), "4K");
+        assert_eq!(log2_label(&12.5), "");
+    }
+}
