@@ -40,7 +40,7 @@ enum Command {
     /// Evaluate a real model (GGUF or Hugging Face safetensors): perplexity on a text.
     #[command(subcommand)]
     Eval(model::EvalCommand),
-    /// Latency of a decode step on a system (GPU, host offload), itemized.
+    /// Latency of a decode step on a system (GPU, host offload, FP16 PIM, AQPIM), itemized; `sweep` for grids.
     Simulate(simulate::SimulateArgs),
     /// Generate text with a real model (GGUF or Hugging Face safetensors), streaming tokens.
     Generate(model::GenerateArgs),
