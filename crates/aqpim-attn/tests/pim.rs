@@ -127,11 +127,21 @@ proptest! {
 
     #[test]
     fn in_memory_quantization_picks_the_nearest_fp16_centroid(
-        shape in prop_oneof![Just((128usize, 4usize, 8u32)), Just((128, 2, 8)), Just((64, 2, 8)), Just((64, 1, 4))],
+        shape in prop_oneof![
+            Just((128usize, 4usize, 8u32, 1usize)),
+            Just((128, 2, 8, 1)),
+            Just((64, 2, 8, 1)),
+            Just((64, 1, 4, 1)),
+            Just((64, 4, 8, 2)),
+            Just((128, 8, 4, 4)),
+        ],
+        columns in 1usize..=3,
         bank in 0usize..64,
         seed in 0u64..10_000,
     ) {
-        let (d, dsub, nbits) = shape;
+        // `tpc` tokens share a code column; quantize whole columns.
+        let (d, dsub, nbits, tpc) = shape;
+        let n = tpc * columns;
         let params = PqParams::new(d, d / dsub, nbits).unwrap();
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let mut book = || {
@@ -139,14 +149,15 @@ proptest! {
             ProductQuantizer::from_centroids(params, c).unwrap()
         };
         let (kq, vq) = (book(), book());
-        let key: Vec<f32> = (0..d).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
-        let value: Vec<f32> = (0..d).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
-        let run = quantize_on_pim(&device(), &kq, &vq, &key, &value, bank).unwrap();
+        let keys: Vec<f32> = (0..n * d).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+        let values: Vec<f32> = (0..n * d).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+        let run = quantize_on_pim(&device(), &kq, &vq, &keys, &values, bank).unwrap();
         // Witness: argmin over FP16-rounded sub-vectors and centroids, f32 sums.
         let nearest = |pq: &ProductQuantizer, x: &[f32]| -> Vec<u8> {
             let r = |v: f32| f16::from_f32(v).to_f32();
-            (0..params.num_subspaces())
-                .map(|m| {
+            x.chunks_exact(d)
+                .flat_map(|x| (0..params.num_subspaces()).map(move |m| (x, m)))
+                .map(|(x, m)| {
                     let xs = &x[m * dsub..(m + 1) * dsub];
                     let c = pq.subspace_centroids(m);
                     let mut best = (f32::INFINITY, 0usize);
@@ -158,8 +169,8 @@ proptest! {
                 })
                 .collect()
         };
-        prop_assert_eq!(run.key_codes, nearest(&kq, &key));
-        prop_assert_eq!(run.value_codes, nearest(&vq, &value));
+        prop_assert_eq!(run.key_codes, nearest(&kq, &keys));
+        prop_assert_eq!(run.value_codes, nearest(&vq, &values));
     }
 }
 
@@ -203,6 +214,31 @@ fn analytic_layer_cost_tracks_the_simulator_within_5_percent() {
                 }
                 assert_eq!(ana.channels_used, sim.channels_used);
             }
+        }
+    }
+    // SmolLM2's shape: 64-element heads, 16-byte codes (two tokens per code
+    // column), three query heads per KV head.
+    for (heads, ctx) in [(3, 1000), (3, 8192), (24, 8192)] {
+        let job = LayerJob {
+            kind: PimKind::Pq { dsub: 4, nbits: 8 },
+            head_dim: 64,
+            heads,
+            kv_heads: 3,
+            group: 3,
+            ctx,
+            fp_tokens: 132,
+            quantize: true,
+        };
+        let sim = simulate_layer(&dev, &job).unwrap();
+        let ana = analytic_layer(&dev, &job).unwrap();
+        let err = (ana.cycles as f64 - sim.cycles as f64) / sim.cycles as f64;
+        if err.abs() > 0.05 {
+            bad.push(format!(
+                "d=64 heads={heads} ctx={ctx}: analytic {} vs simulated {} ({:+.1} %)",
+                ana.cycles,
+                sim.cycles,
+                100.0 * err
+            ));
         }
     }
     assert!(bad.is_empty(), "beyond 5 %:\n{}", bad.join("\n"));

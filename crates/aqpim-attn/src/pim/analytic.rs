@@ -191,7 +191,8 @@ fn quantize_cycles(device: &Device, g: &Geom, tokens: usize, passes: usize) -> u
     let argmin = 2 * (passes * q.m) as u64 * p.ccdab + 2 * chunks * p.rcd;
     // Code stores, per token: key row then value row of the same bank,
     // each ACT, tRCDWR, the STCs, tWR, PRE (tRP before the second ACT).
-    let store = t * (2 * (p.rcd + (g.cpt as u64 - 1) * p.wr_gap + p.twr) + p.rp + 1);
+    let stores = (tokens / g.tpc) as u64;
+    let store = stores * (2 * (p.rcd + (g.cpt as u64 - 1) * p.wr_gap + p.twr) + p.rp + 1);
     row_phase(staging + p.rcd + wrgb + argmin + p.rtp + p.rp + store)
 }
 

@@ -525,10 +525,10 @@ pub fn pq_head_on_pim(
     })
 }
 
-/// Codes of one token quantized in memory, read back from the banks.
+/// Codes of tokens quantized in memory, read back from the banks.
 #[derive(Debug, Clone)]
 pub struct QuantizeRun {
-    /// Key codes, one byte per subspace.
+    /// Key codes, one byte per subspace, token after token.
     pub key_codes: Vec<u8>,
     /// Value codes.
     pub value_codes: Vec<u8>,
@@ -538,16 +538,18 @@ pub struct QuantizeRun {
     pub program: Program,
 }
 
-/// Quantizes one new token in memory: its FP16 key and value written to a
-/// staging row of bank `bank` of channel 0, `ARGMIN` against the codebooks
-/// streamed into the buffers, `STC` of the codes into the token's code
-/// columns; the codes are read back from the bank array.
+/// Quantizes `n` new tokens in memory (`keys`, `values`: `n x d`), all in
+/// bank `bank` of channel 0, one pass each: their FP16 keys and values
+/// staged in the bank, `ARGMIN` against the codebooks streamed into the
+/// buffers, `STC` of the codes into consecutive code slots (tokens that
+/// share a code column are stored together, so `n` must fill whole
+/// columns); the codes are read back from the bank array.
 pub fn quantize_on_pim(
     device: &Device,
     key_codebook: &ProductQuantizer,
     value_codebook: &ProductQuantizer,
-    key: &[f32],
-    value: &[f32],
+    keys: &[f32],
+    values: &[f32],
     bank: usize,
 ) -> Result<QuantizeRun> {
     let params = key_codebook.params();
@@ -559,15 +561,15 @@ pub fn quantize_on_pim(
         ));
     }
     let d = params.dim();
-    if key.len() != d || value.len() != d {
+    let n = check_queries(keys, d, "quantize_on_pim keys")?;
+    if values.len() != keys.len() {
         return Err(AttnError::shape(
             "quantize_on_pim",
-            format!("{d} key and value elements"),
-            format!("{} and {}", key.len(), value.len()),
+            format!("{} value elements", keys.len()),
+            values.len(),
         ));
     }
-    check_queries(key, d, "quantize_on_pim key")?;
-    check_queries(value, d, "quantize_on_pim value")?;
+    check_queries(values, d, "quantize_on_pim values")?;
     if bank >= device.org.banks_per_channel {
         return Err(AttnError::shape(
             "quantize_on_pim bank",
@@ -580,28 +582,52 @@ pub fn quantize_on_pim(
         nbits: params.nbits(),
     };
     let geom = Geom::new(device, kind, d, 1)?;
-    check_quantizable(&geom)?;
     let p = geom.pq.expect("PQ geometry");
-    let mut host = f16_bytes(key.iter().chain(value).copied());
+    if !n.is_multiple_of(geom.tpc) {
+        return Err(AttnError::Placement(format!(
+            "{n} tokens do not fill whole code columns of {} tokens",
+            geom.tpc
+        )));
+    }
+    let rb = row_bytes(device);
+    let stage_cols = 4 * d / device.org.column_bytes;
+    let per_row = (device.org.columns / stage_cols.max(1)).max(1);
+    let rows_per_part = (n * geom.tb).div_ceil(rb) as u32;
+    let stage_rows = n.div_ceil(per_row) as u32;
+    let (k_row, v_row) = (stage_rows, stage_rows + rows_per_part);
+    let mut host = Vec::new();
+    let mut tokens = Vec::with_capacity(n);
+    for i in 0..n {
+        let data = host.len() as u32;
+        host.extend(f16_bytes(
+            keys[i * d..(i + 1) * d]
+                .iter()
+                .chain(&values[i * d..(i + 1) * d])
+                .copied(),
+        ));
+        let at = i * geom.tb;
+        let col = (at % rb) / device.org.column_bytes;
+        tokens.push(NewToken {
+            bank,
+            pass: i,
+            stage: ((i / per_row) as u32, (i % per_row) * stage_cols),
+            store: i.is_multiple_of(geom.tpc),
+            k_at: (k_row + (at / rb) as u32, col),
+            v_at: (v_row + (at / rb) as u32, col),
+            data,
+        });
+    }
     let books = host.len() as u32;
     host.extend(codebook_bytes(key_codebook));
     host.extend(codebook_bytes(value_codebook));
     let mut sim = Simulator::new(device, SimOptions::default());
     sim.set_host_data(host);
-    let token = NewToken {
-        bank,
-        pass: 0,
-        stage: (0, 0),
-        k_at: (1, 0),
-        v_at: (2, 0),
-        data: 0,
-    };
     let mut instrs = Vec::new();
     program::quantize(
         &mut instrs,
         &geom,
         0,
-        &[token],
+        &tokens,
         books,
         device.pim.buffer_elements(),
         device.pim.lanes,
@@ -610,31 +636,31 @@ pub fn quantize_on_pim(
     );
     let program = Program::new(instrs)?;
     let stats = sim.run(&program)?;
-    let read = |row: u32| -> Result<Vec<u8>> {
-        let raw = sim.read_bank(0, bank_sel(device, bank), row, 0, geom.tb)?;
+    let read = |base: u32| -> Result<Vec<u8>> {
+        let mut raw = Vec::with_capacity(n * geom.tb);
+        for i in 0..n {
+            let at = i * geom.tb;
+            raw.extend(sim.read_bank(
+                0,
+                bank_sel(device, bank),
+                base + (at / rb) as u32,
+                at % rb,
+                geom.tb,
+            )?);
+        }
         Ok(match p.bits {
             CodeBits::Eight => raw,
-            CodeBits::Four => (0..p.m)
+            CodeBits::Four => (0..n * p.m)
                 .map(|i| (raw[i / 2] >> (4 * (i % 2))) & 15)
                 .collect(),
         })
     };
     Ok(QuantizeRun {
-        key_codes: read(1)?,
-        value_codes: read(2)?,
+        key_codes: read(k_row)?,
+        value_codes: read(v_row)?,
         stats,
         program,
     })
-}
-
-fn check_quantizable(geom: &Geom) -> Result<()> {
-    if geom.tpc > 1 {
-        return Err(AttnError::Placement(format!(
-            "in-memory quantization writes whole code columns; {}-byte tokens share columns",
-            geom.tb
-        )));
-    }
-    Ok(())
 }
 
 /// One slice of a layer's placement.
@@ -798,26 +824,33 @@ pub(crate) fn plan(device: &Device, job: &LayerJob) -> Result<Plan> {
         let per_row = device.org.columns / stage_cols;
         for ((ch, _), members) in groups {
             let geom = members[0].geom;
-            check_quantizable(&geom)?;
             let m = geom.pq.map_or(1, |p| p.m);
-            let max_passes = (device.pim.registers / (2 * m)).max(1);
-            for chunk in members.chunks(max_passes) {
+            // A cache flushes `tpc` tokens per bank (whole code columns), one
+            // pass each; the passes of one program share the registers.
+            let tpc = geom.tpc;
+            let caches_per_program = (device.pim.registers / (2 * m * tpc)).max(1);
+            for chunk in members.chunks(caches_per_program) {
+                let passes = chunk.len() * tpc;
                 let base = cursor[ch];
-                cursor[ch] += chunk.len().div_ceil(per_row) as u32;
-                let mut tokens = Vec::with_capacity(chunk.len() * banks);
-                for (pass, s) in chunk.iter().enumerate() {
-                    let stage = (
-                        base + (pass / per_row) as u32,
-                        (pass % per_row) * stage_cols,
-                    );
-                    tokens.extend((0..banks).map(|bank| NewToken {
-                        bank,
-                        pass,
-                        stage,
-                        k_at: (s.rows.k, 0),
-                        v_at: (s.rows.v, 0),
-                        data: 0,
-                    }));
+                cursor[ch] += passes.div_ceil(per_row) as u32;
+                let mut tokens = Vec::with_capacity(passes * banks);
+                for (i, s) in chunk.iter().enumerate() {
+                    for k in 0..tpc {
+                        let pass = i * tpc + k;
+                        let stage = (
+                            base + (pass / per_row) as u32,
+                            (pass % per_row) * stage_cols,
+                        );
+                        tokens.extend((0..banks).map(|bank| NewToken {
+                            bank,
+                            pass,
+                            stage,
+                            store: k == 0,
+                            k_at: (s.rows.k, 0),
+                            v_at: (s.rows.v, 0),
+                            data: 0,
+                        }));
+                    }
                 }
                 quantize.push((ch, geom, tokens));
             }
@@ -890,11 +923,16 @@ fn timing_host_data(job: &LayerJob) -> Vec<u8> {
 }
 
 /// Tokens per cache that one in-memory quantization flush encodes: one per
-/// bank of a channel (the all-bank `ARGMIN` quantizes them together). A
+/// bank of a channel and pass (the all-bank `ARGMIN` quantizes a pass
+/// together), with as many passes as tokens share a code column. A
 /// [`LayerJob`] with `quantize` runs one flush per cache, which the store
 /// performs once every this many decode steps.
-pub fn quantize_block(device: &Device) -> usize {
-    device.org.banks_per_channel
+pub fn quantize_block(device: &Device, job: &LayerJob) -> Result<usize> {
+    let tpc = match job.kind {
+        PimKind::Fp16 => 1,
+        kind => Geom::new(device, kind, job.head_dim, 1)?.tpc,
+    };
+    Ok(device.org.banks_per_channel * tpc)
 }
 
 /// Runs one layer's lowered programs in the simulator's timing-only mode

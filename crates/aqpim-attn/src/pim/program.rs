@@ -354,6 +354,10 @@ pub(crate) struct NewToken {
     /// Staging row and first column of the pass (key, then value: `4 d`
     /// bytes).
     pub stage: (u32, usize),
+    /// Whether this token's `STC` writes its code columns: tokens that
+    /// share a column (`tpc > 1`) sit in consecutive passes of one bank and
+    /// the first of them stores the column for all.
+    pub store: bool,
     /// Row and first column of its key codes.
     pub k_at: (u32, usize),
     /// Row and first column of its value codes.
@@ -369,8 +373,9 @@ pub(crate) struct NewToken {
 /// (`WRGB` from host data at `codebooks`: key codebook then value codebook,
 /// FP16, centroid-major per subspace), and per chunk and pass `ARGMIN` finds
 /// every subspace's nearest centroid in every bank at once (pass `p`'s key
-/// codes to registers `2Mp..2Mp+M`, value codes after them); `STC` writes
-/// each token's code columns in place.
+/// codes to registers `Mp..Mp+M`, its value codes to `M(P+p)..` for `P`
+/// passes, so the codes of consecutive passes are adjacent); `STC` writes
+/// the code columns in place, one column for the tokens that share it.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn quantize(
     out: &mut Vec<Instr>,
@@ -402,6 +407,7 @@ pub(crate) fn quantize(
         });
         out.push(Instr::Pre { ch, bank });
     }
+    let npasses = tokens.iter().map(|t| t.pass + 1).max().unwrap_or(0);
     let mut passes: Vec<(usize, (u32, usize))> = tokens.iter().map(|t| (t.pass, t.stage)).collect();
     passes.sort_unstable();
     passes.dedup();
@@ -432,7 +438,7 @@ pub(crate) fn quantize(
                         dsub: p.dsub as u8,
                         nbits,
                         cb: ((m - m0) * sub_elems) as u16,
-                        reg: (pass * 2 * p.m + part * p.m + m) as u16,
+                        reg: ((part * npasses + pass) * p.m + m) as u16,
                     });
                 }
             }
@@ -443,7 +449,7 @@ pub(crate) fn quantize(
         out.push(Instr::PreAb { ch });
     }
     let codes_per_col = cw * 8 / p.bits.bits() as usize;
-    for t in tokens {
+    for t in tokens.iter().filter(|t| t.store) {
         let bank = bank_sel(t.bank);
         for (part, (row, col)) in [t.k_at, t.v_at].into_iter().enumerate() {
             out.push(Instr::Act { ch, bank, row });
@@ -452,7 +458,7 @@ pub(crate) fn quantize(
                     ch,
                     bank,
                     col: (col + j) as u8,
-                    reg: (t.pass * 2 * p.m + part * p.m + j * codes_per_col) as u16,
+                    reg: ((part * npasses + t.pass) * p.m + j * codes_per_col) as u16,
                     bits: p.bits,
                 });
             }

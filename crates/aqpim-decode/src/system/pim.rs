@@ -23,8 +23,10 @@ pub trait PimTimer: Sync {
     fn rows_per_bank(&self, job: &LayerJob) -> Result<usize>;
     /// Decode steps per in-memory quantization flush: a job with `quantize`
     /// encodes this many tokens per cache at once.
-    fn quantize_block(&self) -> usize {
-        aqpim_attn::pim::quantize_block(self.device()).max(1)
+    fn quantize_block(&self, job: &LayerJob) -> Result<usize> {
+        Ok(aqpim_attn::pim::quantize_block(self.device(), job)
+            .map_err(pim_err)?
+            .max(1))
     }
 }
 

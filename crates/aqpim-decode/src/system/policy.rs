@@ -545,7 +545,7 @@ fn pim_step(
             // `quantize_block` steps: the step pays that share.
             if r.encoded > 0 {
                 let q: PimCost = timer.layer(&job(in_pim, true))?;
-                let block = timer.quantize_block() as f64;
+                let block = timer.quantize_block(&job(in_pim, true))? as f64;
                 step.quantize_ms = layers as f64 * (q.ns - cost.ns).max(0.0) / 1e6 / block;
                 energy += (q.energy_pj - cost.energy_pj).max(0.0) / block;
             }

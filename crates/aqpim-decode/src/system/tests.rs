@@ -42,6 +42,10 @@ impl PimTimer for Fake {
     fn rows_per_bank(&self, job: &LayerJob) -> Result<usize> {
         Ok(((job.ctx + job.fp_tokens) * job.heads).div_ceil(10))
     }
+    fn quantize_block(&self, _job: &LayerJob) -> Result<usize> {
+        // One token per bank: the tiny heads have one code column per token.
+        Ok(self.device.org.banks_per_channel)
+    }
 }
 
 fn tiny() -> (ModelSpec, SystemSpec) {
