@@ -213,41 +213,75 @@ impl KvCache for DenseCache {
         scale: f32,
         out: &mut [f32],
     ) -> Result<()> {
+        self.attend_group(layer, kv_head, query, visible, scale, out)
+    }
+
+    /// Every query of the group reads each tile of keys and values after
+    /// one conversion to f32; per query, the scores, the softmax and the
+    /// weighted sum are formed in the same order as for a single query.
+    fn attend_group(
+        &self,
+        layer: usize,
+        kv_head: usize,
+        queries: &[f32],
+        visible: usize,
+        scale: f32,
+        out: &mut [f32],
+    ) -> Result<()> {
         let i = self.slot(layer, kv_head)?;
         let d = self.head_dim;
         let len = self.keys[i].len() / d;
-        if visible == 0 || visible > len || query.len() != d || out.len() != d {
+        if visible == 0
+            || visible > len
+            || queries.is_empty()
+            || !queries.len().is_multiple_of(d)
+            || out.len() != queries.len()
+        {
             return Err(DecodeError::Cache {
                 reason: format!(
-                    "attend over {visible} of {len} tokens with query {} / out {} (head_dim {d})",
-                    query.len(),
+                    "attend over {visible} of {len} tokens with queries {} / out {} (head_dim {d})",
+                    queries.len(),
                     out.len()
                 ),
             });
         }
-        let mut scores = vec![0f32; visible];
+        let g = queries.len() / d;
+        let mut scores = vec![0f32; g * visible];
         let mut tile = vec![0f32; TILE * d];
         for t0 in (0..visible).step_by(TILE) {
             let n = TILE.min(visible - t0);
             self.keys[i].rows_f32(t0 * d, &mut tile[..n * d]);
-            for (s, k) in scores[t0..t0 + n].iter_mut().zip(tile.chunks_exact(d)) {
-                *s = scale * dot(query, k);
+            for (q, sq) in queries
+                .chunks_exact(d)
+                .zip(scores.chunks_exact_mut(visible))
+            {
+                for (s, k) in sq[t0..t0 + n].iter_mut().zip(tile.chunks_exact(d)) {
+                    *s = scale * dot(q, k);
+                }
             }
         }
-        let max = scores.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-        let mut sum = 0f32;
-        for s in &mut scores {
-            *s = (*s - max).exp();
-            sum += *s;
+        let mut sums = vec![0f32; g];
+        for (sq, sum) in scores.chunks_exact_mut(visible).zip(&mut sums) {
+            let max = sq.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+            for s in sq.iter_mut() {
+                *s = (*s - max).exp();
+                *sum += *s;
+            }
         }
         out.fill(0.0);
         for t0 in (0..visible).step_by(TILE) {
             let n = TILE.min(visible - t0);
             self.values[i].rows_f32(t0 * d, &mut tile[..n * d]);
-            for (&p, v) in scores[t0..t0 + n].iter().zip(tile.chunks_exact(d)) {
-                let w = p / sum;
-                for (o, &x) in out.iter_mut().zip(v) {
-                    *o += w * x;
+            for ((sq, &sum), o) in scores
+                .chunks_exact(visible)
+                .zip(&sums)
+                .zip(out.chunks_exact_mut(d))
+            {
+                for (&p, v) in sq[t0..t0 + n].iter().zip(tile.chunks_exact(d)) {
+                    let w = p / sum;
+                    for (o, &x) in o.iter_mut().zip(v) {
+                        *o += w * x;
+                    }
                 }
             }
         }
