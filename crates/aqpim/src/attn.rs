@@ -257,20 +257,7 @@ struct BenchReport {
 
 pub fn run(cmd: AttnCommand) -> Result<()> {
     match cmd {
-        AttnCommand::Sim(args) => {
-            let report = sim(&args)?;
-            if args.json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else {
-                for (k, v) in serde_json::to_value(&report)?
-                    .as_object()
-                    .context("report is an object")?
-                {
-                    println!("{k:<26} {v}");
-                }
-            }
-            Ok(())
-        }
+        AttnCommand::Sim(args) => print_report(&sim(&args)?, args.json),
         AttnCommand::Bench(args) => {
             let mut pool = rayon::ThreadPoolBuilder::new();
             if let Some(t) = args.threads {
@@ -280,19 +267,24 @@ pub fn run(cmd: AttnCommand) -> Result<()> {
                 pool = pool.num_threads(t);
             }
             let report = pool.build()?.install(|| bench(&args))?;
-            if args.json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else {
-                for (k, v) in serde_json::to_value(&report)?
-                    .as_object()
-                    .context("report is an object")?
-                {
-                    println!("{k:<30} {v}");
-                }
-            }
-            Ok(())
+            print_report(&report, args.json)
         }
     }
+}
+
+/// One JSON object, or one `key value` line per field.
+fn print_report(report: &impl Serialize, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(report)?);
+    } else {
+        for (k, v) in serde_json::to_value(report)?
+            .as_object()
+            .context("report is an object")?
+        {
+            println!("{k:<30} {v}");
+        }
+    }
+    Ok(())
 }
 
 fn median_ms(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
