@@ -94,36 +94,34 @@ pub enum DensePrecision {
     F16,
 }
 
+/// Keys or values of one `(layer, kv_head)`, held as f32. With
+/// [`DensePrecision::F16`] every value is rounded to FP16 on the way in, so
+/// the cache holds exactly the FP16 values (`bytes` counts 2 bytes each, the
+/// storage a real system would use) while attention reads them without a
+/// conversion per step.
 #[derive(Debug, Clone)]
-enum Store {
-    F32(Vec<f32>),
-    F16(Vec<f16>),
+struct Store {
+    values: Vec<f32>,
+    half: bool,
 }
 
 impl Store {
     fn len(&self) -> usize {
-        match self {
-            Store::F32(v) => v.len(),
-            Store::F16(v) => v.len(),
-        }
+        self.values.len()
     }
 
     fn push(&mut self, x: &[f32]) {
-        match self {
-            Store::F32(v) => v.extend_from_slice(x),
-            Store::F16(v) => v.extend(x.iter().map(|&a| f16::from_f32(a))),
+        if self.half {
+            self.values
+                .extend(x.iter().map(|&a| f16::from_f32(a).to_f32()));
+        } else {
+            self.values.extend_from_slice(x);
         }
     }
 
-    /// Copies rows `t0..t0 + out.len() / d` into `out` as f32.
-    fn rows_f32(&self, start: usize, out: &mut [f32]) {
-        match self {
-            Store::F32(v) => out.copy_from_slice(&v[start..start + out.len()]),
-            Store::F16(v) => {
-                use half::slice::HalfFloatSliceExt;
-                v[start..start + out.len()].convert_to_f32_slice(out)
-            }
-        }
+    /// Elements `start..start + len`.
+    fn rows(&self, start: usize, len: usize) -> &[f32] {
+        &self.values[start..start + len]
     }
 }
 
@@ -152,8 +150,14 @@ impl DenseCache {
         precision: DensePrecision,
     ) -> Self {
         let empty = || match precision {
-            DensePrecision::F32 => Store::F32(Vec::new()),
-            DensePrecision::F16 => Store::F16(Vec::new()),
+            DensePrecision::F32 => Store {
+                values: Vec::new(),
+                half: false,
+            },
+            DensePrecision::F16 => Store {
+                values: Vec::new(),
+                half: true,
+            },
         };
         let n = n_layers * n_kv_heads;
         Self {
@@ -247,10 +251,10 @@ impl KvCache for DenseCache {
         }
         let g = queries.len() / d;
         let mut scores = vec![0f32; g * visible];
-        let mut tile = vec![0f32; TILE * d];
+        let (keys, values) = (&self.keys[i], &self.values[i]);
         for t0 in (0..visible).step_by(TILE) {
             let n = TILE.min(visible - t0);
-            self.keys[i].rows_f32(t0 * d, &mut tile[..n * d]);
+            let tile = keys.rows(t0 * d, n * d);
             for (q, sq) in queries
                 .chunks_exact(d)
                 .zip(scores.chunks_exact_mut(visible))
@@ -271,7 +275,7 @@ impl KvCache for DenseCache {
         out.fill(0.0);
         for t0 in (0..visible).step_by(TILE) {
             let n = TILE.min(visible - t0);
-            self.values[i].rows_f32(t0 * d, &mut tile[..n * d]);
+            let tile = values.rows(t0 * d, n * d);
             for ((sq, &sum), o) in scores
                 .chunks_exact(visible)
                 .zip(&sums)
