@@ -24,24 +24,12 @@ pub trait KvCache: Sync {
         self.len(layer, kv_head) == 0
     }
 
-    /// Attention of one query over cached tokens `0..visible`:
-    /// `out = sum_t p_t v_t`, `p = softmax_t(scale * query . k_t)`.
-    /// `query` and `out` have `head_dim` values.
-    fn attend(
-        &self,
-        layer: usize,
-        kv_head: usize,
-        query: &[f32],
-        visible: usize,
-        scale: f32,
-        out: &mut [f32],
-    ) -> Result<()>;
-
     /// Attention of the `g` query heads that share `kv_head` (grouped-query
-    /// attention): `queries` and `out` hold `g x head_dim` values, query head
-    /// `i` in rows `i * head_dim..`. The default runs [`KvCache::attend`] per
-    /// query; caches whose kernels read a group at once (compressed stores
-    /// dequantize or build tables once per KV head) override it.
+    /// attention) over cached tokens `0..visible`: for each query head `i`,
+    /// `out_i = sum_t p_t v_t`, `p = softmax_t(scale * query_i . k_t)`.
+    /// `queries` and `out` hold `g x head_dim` values, head `i` in rows
+    /// `i * head_dim..`. Caches read each key/value tile (or build each
+    /// table) once for the whole group.
     fn attend_group(
         &self,
         layer: usize,
@@ -50,33 +38,20 @@ pub trait KvCache: Sync {
         visible: usize,
         scale: f32,
         out: &mut [f32],
-    ) -> Result<()> {
-        if queries.len() != out.len() {
-            return Err(DecodeError::Cache {
-                reason: format!(
-                    "attend_group: {} query values for {} output values",
-                    queries.len(),
-                    out.len()
-                ),
-            });
-        }
-        let hd = self.head_dim();
-        if !queries.len().is_multiple_of(hd) {
-            return Err(DecodeError::Cache {
-                reason: format!(
-                    "attend_group: {} query values are not whole heads of {hd}",
-                    queries.len()
-                ),
-            });
-        }
-        for (q, o) in queries.chunks_exact(hd).zip(out.chunks_exact_mut(hd)) {
-            self.attend(layer, kv_head, q, visible, scale, o)?;
-        }
-        Ok(())
-    }
+    ) -> Result<()>;
 
-    /// Head dimension of the cached keys and values.
-    fn head_dim(&self) -> usize;
+    /// [`KvCache::attend_group`] for one query (`head_dim` values).
+    fn attend(
+        &self,
+        layer: usize,
+        kv_head: usize,
+        query: &[f32],
+        visible: usize,
+        scale: f32,
+        out: &mut [f32],
+    ) -> Result<()> {
+        self.attend_group(layer, kv_head, query, visible, scale, out)
+    }
 
     /// Bytes the cache holds for keys and values.
     fn bytes(&self) -> usize;
@@ -208,18 +183,6 @@ impl KvCache for DenseCache {
             .map_or(0, |i| self.keys[i].len() / self.head_dim)
     }
 
-    fn attend(
-        &self,
-        layer: usize,
-        kv_head: usize,
-        query: &[f32],
-        visible: usize,
-        scale: f32,
-        out: &mut [f32],
-    ) -> Result<()> {
-        self.attend_group(layer, kv_head, query, visible, scale, out)
-    }
-
     /// Every query of the group reads each tile of keys and values after
     /// one conversion to f32; per query, the scores, the softmax and the
     /// weighted sum are formed in the same order as for a single query.
@@ -290,10 +253,6 @@ impl KvCache for DenseCache {
             }
         }
         Ok(())
-    }
-
-    fn head_dim(&self) -> usize {
-        self.head_dim
     }
 
     fn bytes(&self) -> usize {

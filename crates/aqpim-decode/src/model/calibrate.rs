@@ -34,20 +34,17 @@ impl KvCache for RecordingCache {
     fn len(&self, layer: usize, kv_head: usize) -> usize {
         self.inner.len(layer, kv_head)
     }
-    fn attend(
+    fn attend_group(
         &self,
         layer: usize,
         kv_head: usize,
-        query: &[f32],
+        queries: &[f32],
         visible: usize,
         scale: f32,
         out: &mut [f32],
     ) -> Result<()> {
         self.inner
-            .attend(layer, kv_head, query, visible, scale, out)
-    }
-    fn head_dim(&self) -> usize {
-        self.inner.head_dim()
+            .attend_group(layer, kv_head, queries, visible, scale, out)
     }
     fn bytes(&self) -> usize {
         self.inner.bytes()

@@ -171,18 +171,6 @@ impl KvCache for CompressedCache {
         inner.store.num_tokens(layer).unwrap_or(0) + staged
     }
 
-    fn attend(
-        &self,
-        layer: usize,
-        kv_head: usize,
-        query: &[f32],
-        visible: usize,
-        scale: f32,
-        out: &mut [f32],
-    ) -> Result<()> {
-        self.attend_group(layer, kv_head, query, visible, scale, out)
-    }
-
     /// The whole group goes to one kernel call, which builds each KV head's
     /// tables (PQ) or dequantizes its tokens (scalar) once for all its
     /// query heads.
@@ -220,10 +208,6 @@ impl KvCache for CompressedCache {
         }
         aqpim_attn::attend_head(inner.store.as_ref(), layer, kv_head, query, scale, out)
             .map_err(cache_err)
-    }
-
-    fn head_dim(&self) -> usize {
-        self.shape.head_dim()
     }
 
     fn bytes(&self) -> usize {
