@@ -17,8 +17,6 @@
 //! and finally `logits = Wout (rmsnorm(x) * w_out_norm)`, `Wout` being the
 //! token embedding when embeddings are tied.
 
-use rayon::prelude::*;
-
 use crate::error::{DecodeError, Result};
 use crate::model::cache::KvCache;
 use crate::model::config::{LlamaConfig, RopeMode};
@@ -280,12 +278,18 @@ impl Llama {
             // One task per (token, KV head): the group's query heads are
             // adjacent in `q` and read their KV head together.
             let gd = group * hd;
-            attn.par_chunks_mut(gd)
-                .enumerate()
-                .try_for_each(|(i, out)| {
-                    let (t, g) = (i / nkv, i % nkv);
+            let failed = std::sync::Mutex::new(None);
+            super::spin::for_each_chunk_mut(&mut attn, gd, &|i, out| {
+                let (t, g) = (i / nkv, i % nkv);
+                if let Err(e) =
                     cache_ref.attend_group(l, g, &q[i * gd..(i + 1) * gd], p0 + t + 1, scale, out)
-                })?;
+                {
+                    *failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+                }
+            });
+            if let Some(e) = failed.into_inner().unwrap_or_else(|e| e.into_inner()) {
+                return Err(e);
+            }
             let o = layer.wo.matmul(&attn, n);
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
             let h = self.rmsnorm(&x, &layer.ffn_norm);

@@ -25,6 +25,7 @@ pub mod gguf;
 pub mod hf;
 pub mod llama;
 pub mod quant;
+pub mod spin;
 pub mod tokenizer;
 pub mod weights;
 

@@ -372,7 +372,7 @@ impl QMatrix {
             .div_ceil(4 * threads)
             .next_multiple_of(4)
             .max(GEMV_MIN_ROWS);
-        y.par_chunks_mut(chunk).enumerate().for_each(|(c, yc)| {
+        super::spin::for_each_chunk_mut(y, chunk, &|c, yc| {
             let r0 = c * chunk;
             let rows = &self.bytes[r0 * rb..(r0 + yc.len()) * rb];
             kernels::dot_rows(self.ty, rows, rb, x, &xsum, yc);
