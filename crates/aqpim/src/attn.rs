@@ -299,6 +299,34 @@ fn median_ms(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     Ok(times[times.len() / 2])
 }
 
+/// Median wall times (ms) of `a` and `b` over `reps` repetitions each, run
+/// alternately after one warm-up call of each.
+fn interleaved_medians_ms(
+    reps: usize,
+    mut a: impl FnMut() -> Result<()>,
+    mut b: impl FnMut() -> Result<()>,
+) -> Result<(f64, f64)> {
+    a()?;
+    b()?;
+    let mut ta = Vec::with_capacity(reps);
+    let mut tb = Vec::with_capacity(reps);
+    let time = |f: &mut dyn FnMut() -> Result<()>, out: &mut Vec<f64>| -> Result<()> {
+        let t = Instant::now();
+        f()?;
+        out.push(t.elapsed().as_secs_f64() * 1e3);
+        Ok(())
+    };
+    for _ in 0..reps.max(1) {
+        time(&mut a, &mut ta)?;
+        time(&mut b, &mut tb)?;
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Ok((median(ta), median(tb)))
+}
+
 fn bench(a: &BenchArgs) -> Result<BenchReport> {
     let shape = KvShape::with_query_heads(1, a.kv_heads, a.heads, a.head_dim)?;
     let (g, d, h, ctx) = (a.kv_heads, a.head_dim, a.heads, a.ctx);
@@ -344,17 +372,21 @@ fn bench(a: &BenchArgs) -> Result<BenchReport> {
         .collect();
     let mut out_dense = vec![0f32; h * d];
     let mut out_pq = vec![0f32; h * d];
-    let dense_ms = median_ms(a.reps, || {
-        Ok(aqpim_attn::attend(
-            dense.as_ref(),
-            0,
-            &queries,
-            &mut out_dense,
-        )?)
-    })?;
-    let pq_ms = median_ms(a.reps, || {
-        Ok(aqpim_attn::attend(pq.as_ref(), 0, &queries, &mut out_pq)?)
-    })?;
+    // Dense and PQ repetitions alternate, so that a change in what else the
+    // machine is doing (memory traffic from other tenants, clock) weighs on
+    // both medians alike.
+    let (dense_ms, pq_ms) = interleaved_medians_ms(
+        a.reps,
+        || {
+            Ok(aqpim_attn::attend(
+                dense.as_ref(),
+                0,
+                &queries,
+                &mut out_dense,
+            )?)
+        },
+        || Ok(aqpim_attn::attend(pq.as_ref(), 0, &queries, &mut out_pq)?),
+    )?;
 
     // Check the outputs: PQ against f64 attention on the decoded cache (must be
     // float rounding), and against the uncompressed cache (the PQ error).
