@@ -277,8 +277,10 @@ mod tests {
 
     #[test]
     fn every_u8_scan_path_equals_row_scores() {
-        for m in [1usize, 7, 8, 15, 16, 17, 32, 33, 40] {
-            let n = 23;
+        for (m, n) in [1usize, 7, 8, 15, 16, 17, 32, 33, 40]
+            .into_iter()
+            .flat_map(|m| [0usize, 5, 16, 23, 40].map(|n| (m, n)))
+        {
             let vals: Vec<f32> = (0..m * 256)
                 .map(|i| ((i * 7919 % 1009) as f32 - 500.0) / 64.0)
                 .collect();
