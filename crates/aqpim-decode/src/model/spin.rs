@@ -272,14 +272,20 @@ mod tests {
     use super::*;
     use std::sync::atomic::AtomicU64;
 
+    /// Runs `f` inside a rayon pool of `threads` threads (which sizes the
+    /// spin pool that `for_each` uses).
+    fn on_threads(threads: usize, f: impl FnOnce() + Send) {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(f);
+    }
+
     #[test]
     fn every_index_runs_once() {
         for threads in [1, 2, 3] {
-            let rp = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            rp.install(|| {
+            on_threads(threads, || {
                 for n in [0usize, 1, 2, 7, 100, 1000] {
                     let hits: Vec<AtomicU64> = (0..n).map(|_| AtomicU64::new(0)).collect();
                     for_each(n, &|i| {
@@ -293,11 +299,7 @@ mod tests {
 
     #[test]
     fn chunks_cover_the_slice_once() {
-        let rp = rayon::ThreadPoolBuilder::new()
-            .num_threads(2)
-            .build()
-            .unwrap();
-        rp.install(|| {
+        on_threads(2, || {
             for (len, chunk) in [(0, 4), (1, 4), (10, 3), (64, 8), (1000, 7)] {
                 let mut v = vec![0usize; len];
                 for_each_chunk_mut(&mut v, chunk, &|c, piece| {
@@ -315,11 +317,7 @@ mod tests {
 
     #[test]
     fn nested_calls_and_parked_workers_still_finish() {
-        let rp = rayon::ThreadPoolBuilder::new()
-            .num_threads(2)
-            .build()
-            .unwrap();
-        rp.install(|| {
+        on_threads(2, || {
             let total = AtomicU64::new(0);
             for round in 0..3 {
                 for_each(4, &|i| {
@@ -338,11 +336,7 @@ mod tests {
 
     #[test]
     fn a_panicking_task_is_reraised_and_the_pool_recovers() {
-        let rp = rayon::ThreadPoolBuilder::new()
-            .num_threads(2)
-            .build()
-            .unwrap();
-        rp.install(|| {
+        on_threads(2, || {
             let r = panic::catch_unwind(|| {
                 for_each(64, &|i| {
                     if i == 40 {
@@ -361,11 +355,7 @@ mod tests {
 
     #[test]
     fn concurrent_callers_share_a_pool_safely() {
-        let rp = rayon::ThreadPoolBuilder::new()
-            .num_threads(2)
-            .build()
-            .unwrap();
-        rp.install(|| {
+        on_threads(2, || {
             let total = AtomicU64::new(0);
             rayon::scope(|sc| {
                 for _ in 0..4 {
