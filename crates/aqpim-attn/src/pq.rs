@@ -90,7 +90,7 @@ pub fn pq_head_attention(view: &PqHeadView<'_>, queries: &[f32], out: &mut [f32]
 
     if let Some((_, vpq)) = codebooks {
         for acc in &mut accs {
-            add_bins_times_codebook(&acc.w, vpq, &mut acc.o);
+            add_bins_times_codebook(&acc.w, vpq, &mut acc.o)?;
         }
     }
     finish(&accs, out);
@@ -216,22 +216,17 @@ pub fn histogram_packed4(codes: &[u8], m: usize, weights: &[f32], bins: &mut [f3
 }
 
 /// `o[m * dsub + j] += sum_c W[m][c] C_V[m][c][j]`: the bins times the value
-/// codebook, subspace by subspace.
-pub fn add_bins_times_codebook(bins: &[f32], vpq: &ProductQuantizer, o: &mut [f32]) {
+/// codebook, subspace by subspace (bins: `M x ksub`, `o`: `M x dsub`).
+pub fn add_bins_times_codebook(bins: &[f32], vpq: &ProductQuantizer, o: &mut [f32]) -> Result<()> {
     let (ksub, dsub) = (vpq.params().ksub(), vpq.params().dsub());
     for (m, (w, om)) in bins
         .chunks_exact(ksub)
         .zip(o.chunks_exact_mut(dsub))
         .enumerate()
     {
-        for (&wc, c) in w.iter().zip(vpq.subspace_centroids(m).chunks_exact(dsub)) {
-            if wc != 0.0 {
-                for (x, y) in om.iter_mut().zip(c) {
-                    *x += wc * y;
-                }
-            }
-        }
+        vpq.add_weighted_centroids(m, w, om)?;
     }
+    Ok(())
 }
 
 #[cfg(test)]

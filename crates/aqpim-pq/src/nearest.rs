@@ -47,6 +47,55 @@ impl CentroidTable {
         }
     }
 
+    /// `out[j] = q . c_j` for every real centroid (`q`: `dsub`, `out`: `k`),
+    /// summed in element order like `q.iter().zip(c).map(|(x, y)| x * y).sum()`,
+    /// so the result is bit-for-bit that of the row-major loop. The
+    /// transposed layout lets the centroid loop vectorize.
+    pub(crate) fn inner_products(&self, q: &[f32], out: &mut [f32]) {
+        debug_assert_eq!(q.len(), self.dsub);
+        debug_assert_eq!(out.len(), self.k);
+        let kp = self.k_padded;
+        let Some((&q0, rest)) = q.split_first() else {
+            // An empty sum is -0.0, as `Sum` for f32 gives.
+            out.fill(-0.0);
+            return;
+        };
+        for (o, &c) in out.iter_mut().zip(&self.ct[..kp]) {
+            *o = q0 * c;
+        }
+        for (t, &qt) in rest.iter().enumerate() {
+            let row = &self.ct[(t + 1) * kp..(t + 2) * kp];
+            for (o, &c) in out.iter_mut().zip(row) {
+                *o += qt * c;
+            }
+        }
+    }
+
+    /// `out[t] += sum_j w[j] c_j[t]` (`w`: `k` weights, `out`: `dsub`): the
+    /// weighted sum of the centroids, in 16 interleaved partial sums per
+    /// element so that the loop over centroids vectorizes.
+    pub(crate) fn add_weighted_sum(&self, w: &[f32], out: &mut [f32]) {
+        debug_assert_eq!(w.len(), self.k);
+        debug_assert_eq!(out.len(), self.dsub);
+        let kp = self.k_padded;
+        let (wc, wr) = w.as_chunks::<LANES>();
+        for (t, o) in out.iter_mut().enumerate() {
+            let row = &self.ct[t * kp..(t + 1) * kp];
+            let (rc, _) = row.as_chunks::<LANES>();
+            let mut acc = [0f32; LANES];
+            for (a, b) in wc.iter().zip(rc) {
+                for l in 0..LANES {
+                    acc[l] += a[l] * b[l];
+                }
+            }
+            let tail = &row[wc.len() * LANES..];
+            for (l, (a, b)) in wr.iter().zip(tail).enumerate() {
+                acc[l] += a * b;
+            }
+            *o += acc.iter().sum::<f32>();
+        }
+    }
+
     /// Number of real centroids.
     #[cfg(test)]
     pub(crate) fn k(&self) -> usize {

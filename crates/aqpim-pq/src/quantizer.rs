@@ -164,6 +164,30 @@ impl ProductQuantizer {
         &self.centroids[m * len..(m + 1) * len]
     }
 
+    /// `out[t] += sum_j weights[j] C[m][j][t]`: the weighted sum of subspace
+    /// `m`'s centroids (`weights`: `ksub`, `out`: `dsub`), as attention on
+    /// codes needs it to turn per-centroid weights into a value. The order of
+    /// the additions is not that of a plain loop over `j`.
+    pub fn add_weighted_centroids(&self, m: usize, weights: &[f32], out: &mut [f32]) -> Result<()> {
+        let (ksub, dsub) = (self.params.ksub(), self.params.dsub());
+        let Some(table) = self.tables.get(m) else {
+            return Err(PqError::shape(
+                "subspace index",
+                format!("< {}", self.params.num_subspaces()),
+                m,
+            ));
+        };
+        if weights.len() != ksub || out.len() != dsub {
+            return Err(PqError::shape(
+                "weighted centroids",
+                format!("{ksub} weights and {dsub} outputs"),
+                format!("{} and {}", weights.len(), out.len()),
+            ));
+        }
+        table.add_weighted_sum(weights, out);
+        Ok(())
+    }
+
     /// Encodes `data` (`n * d` values) into `n * M` codes, one byte each,
     /// row-major. Runs in parallel over blocks of rows on the current rayon pool.
     pub fn encode(&self, data: &[f32]) -> Result<Vec<u8>> {
@@ -295,7 +319,24 @@ impl ProductQuantizer {
     /// Inner-product lookup table of a query `q` (`d` values):
     /// `T[m][j] = q_m . C[m][j]`, so that `q . decode(code) = sum_m T[m][code[m]]`.
     pub fn inner_product_table(&self, q: &[f32]) -> Result<Lut> {
-        self.table(q, |a, b| a.iter().zip(b).map(|(x, y)| x * y).sum())
+        if q.len() != self.params.dim() {
+            return Err(PqError::shape(
+                "lookup table query",
+                self.params.dim(),
+                q.len(),
+            ));
+        }
+        crate::check_finite(q, q.len(), "query")?;
+        let (dsub, ksub) = (self.params.dsub(), self.params.ksub());
+        let mut values = vec![0f32; self.params.num_subspaces() * ksub];
+        for ((qm, out), table) in q
+            .chunks_exact(dsub)
+            .zip(values.chunks_exact_mut(ksub))
+            .zip(&self.tables)
+        {
+            table.inner_products(qm, out);
+        }
+        Lut::new(self.params.num_subspaces(), ksub, values)
     }
 
     /// Squared-L2 lookup table: `T[m][j] = |q_m - C[m][j]|^2`, so that

@@ -71,6 +71,60 @@ proptest! {
         prop_assert_eq!(again, codes);
     }
 
+    /// The inner-product table is bit-for-bit the row-major dot product of the
+    /// query's subspace with each centroid, summed in element order.
+    #[test]
+    fn inner_product_table_is_the_ordered_dot_product((dsub, m, nbits) in shapes(), seed in 0u64..1000) {
+        let params = PqParams::new(dsub * m, m, nbits).unwrap();
+        let pq = random_codebook(params, seed);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed + 3);
+        let q: Vec<f32> = (0..params.dim()).map(|_| rng.gen_range(-2.0f32..2.0)).collect();
+        let lut = pq.inner_product_table(&q).unwrap();
+        let want: Vec<f32> = q
+            .chunks_exact(dsub)
+            .enumerate()
+            .flat_map(|(s, qm)| {
+                pq.subspace_centroids(s)
+                    .chunks_exact(dsub)
+                    .map(|c| qm.iter().zip(c).map(|(x, y)| x * y).sum::<f32>())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        prop_assert_eq!(lut.values().len(), want.len());
+        for (i, (g, w)) in lut.values().iter().zip(&want).enumerate() {
+            prop_assert_eq!(g.to_bits(), w.to_bits(), "entry {}", i);
+        }
+    }
+
+    /// The weighted sum of a subspace's centroids equals the f64 sum, and bad
+    /// shapes are errors.
+    #[test]
+    fn weighted_centroids_equal_the_f64_sum((dsub, m, nbits) in shapes(), seed in 0u64..1000) {
+        let params = PqParams::new(dsub * m, m, nbits).unwrap();
+        let pq = random_codebook(params, seed);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed + 5);
+        let ksub = params.ksub();
+        for s in 0..m {
+            let w: Vec<f32> = (0..ksub).map(|_| rng.gen_range(0.0f32..1.0)).collect();
+            let mut out = vec![0.5f32; dsub];
+            pq.add_weighted_centroids(s, &w, &mut out).unwrap();
+            for (t, &got) in out.iter().enumerate() {
+                let want: f64 = 0.5 + pq
+                    .subspace_centroids(s)
+                    .chunks_exact(dsub)
+                    .zip(&w)
+                    .map(|(c, &wj)| f64::from(wj) * f64::from(c[t]))
+                    .sum::<f64>();
+                let scale: f64 = 0.5 + w.iter().map(|&x| f64::from(x) * 4.0).sum::<f64>();
+                prop_assert!((f64::from(got) - want).abs() <= 1e-6 * scale, "{} vs {}", got, want);
+            }
+        }
+        let mut out = vec![0f32; dsub];
+        prop_assert!(pq.add_weighted_centroids(m, &vec![0.0; ksub], &mut out).is_err());
+        prop_assert!(pq.add_weighted_centroids(0, &vec![0.0; ksub + 1], &mut out).is_err());
+        prop_assert!(pq.add_weighted_centroids(0, &vec![0.0; ksub], &mut [0.0; 10][..dsub + 1]).is_err());
+    }
+
     /// ADC equals the dot product with the decoded vector (f64 brute force), for
     /// one-byte codes, packed 4-bit codes and the blocked fast-scan layout.
     #[test]
