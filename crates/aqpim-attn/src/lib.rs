@@ -42,7 +42,7 @@ pub use scalar::{attend_scalar, scalar_head_attention};
 /// PIM programs stage by stage.
 pub mod stages {
     pub use crate::pq::{
-        add_bins_times_codebook, histogram_packed4, histogram_u8, histogram_u8_full,
+        add_bins_times_codebook, fold_pair_bins, histogram_packed4, histogram_u8, histogram_u8_full,
     };
 
     /// Turns a block of scores into softmax weights relative to a running

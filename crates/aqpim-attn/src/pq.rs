@@ -6,7 +6,9 @@
 //! 2. the encoded tokens, in blocks: scores `sum_m LUT[m][kcode_t[m]]` from the
 //!    query's lookup table (`M x ksub`, built once per query head), softmax
 //!    weights against the running maximum, and the weights added into
-//!    per-centroid bins `W[m][vcode_t[m]]` (`M x ksub`);
+//!    per-centroid bins `W[m][vcode_t[m]]` (`M x ksub`). Packed 4-bit
+//!    values are binned by whole bytes (`ceil(M / 2) x 256`, one store per
+//!    pair of subspaces) and folded into `W` at the end;
 //! 3. the FP16 recent tokens, through the full-precision path;
 //! 4. `o = (o_fp + sum_m W[m] x C_V[m]) / sum`, with `C_V[m]` the value
 //!    codebook of subspace `m` (`ksub x dsub`).
@@ -55,7 +57,16 @@ pub fn pq_head_attention(view: &PqHeadView<'_>, queries: &[f32], out: &mut [f32]
         }
         _ => None,
     };
-    let bins = codebooks.map_or(0, |(_, v)| v.params().num_subspaces() * v.params().ksub());
+    // Packed 4-bit values are binned by whole bytes (pairs of subspaces, 256
+    // bins each), then folded into per-subspace bins at the end.
+    let value_bins = |v: &ProductQuantizer| {
+        if view.value_codes.is_packed() {
+            view.value_codes.row_bytes() * 256
+        } else {
+            v.params().num_subspaces() * v.params().ksub()
+        }
+    };
+    let bins = codebooks.map_or(0, |(_, v)| value_bins(v));
     let mut accs = vec![Acc::new(d, bins); queries.len() / d];
     let mut scratch = Scratch::default();
 
@@ -89,8 +100,18 @@ pub fn pq_head_attention(view: &PqHeadView<'_>, queries: &[f32], out: &mut [f32]
     );
 
     if let Some((_, vpq)) = codebooks {
+        let (m, ksub) = (vpq.params().num_subspaces(), vpq.params().ksub());
+        let mut folded = Vec::new();
         for acc in &mut accs {
-            add_bins_times_codebook(&acc.w, vpq, &mut acc.o)?;
+            let bins = if view.value_codes.is_packed() {
+                folded.clear();
+                folded.resize(m * ksub, 0.0);
+                fold_pair_bins(&acc.w, m, ksub, &mut folded);
+                &folded
+            } else {
+                &acc.w
+            };
+            add_bins_times_codebook(bins, vpq, &mut acc.o)?;
         }
     }
     finish(&accs, out);
@@ -131,7 +152,8 @@ fn encoded_tokens(
             let f = acc.softmax.absorb(scores);
             acc.rescale(f);
             if vcodes.is_packed() {
-                histogram_packed4(vblock, vcodes.num_subspaces(), scores, &mut acc.w);
+                // One byte holds two subspaces' codes: bin the byte.
+                histogram_u8_full(vblock, vb, scores, &mut acc.w);
             } else if ksub_v == 256 {
                 histogram_u8_full(vblock, vcodes.num_subspaces(), scores, &mut acc.w);
             } else {
@@ -196,8 +218,39 @@ pub fn histogram_u8(codes: &[u8], m: usize, ksub: usize, weights: &[f32], bins: 
     }
 }
 
+/// Folds byte bins of packed 4-bit codes into per-subspace bins: byte `b`
+/// holds subspace `2b`'s code in its low nibble and `2b + 1`'s in its high
+/// nibble, so `W[2b][lo] += sum_hi P[b][hi * 16 + lo]` and
+/// `W[2b + 1][hi] += sum_lo P[b][hi * 16 + lo]` (`pairs`: `ceil(M / 2) x 256`,
+/// `bins`: `M x ksub`, `ksub <= 16`). Nibbles past `ksub` (never written for
+/// validated codes) are ignored.
+pub fn fold_pair_bins(pairs: &[f32], m: usize, ksub: usize, bins: &mut [f32]) {
+    let ksub = ksub.min(16);
+    if ksub == 0 {
+        return;
+    }
+    let (rows, _) = pairs.as_chunks::<256>();
+    let mut subspaces = bins.chunks_exact_mut(ksub);
+    for pair in rows.iter().take(m.div_ceil(2)) {
+        let grid: &[[f32; 16]; 16] = pair.as_chunks::<16>().0.try_into().expect("256 = 16 x 16");
+        if let Some(even) = subspaces.next() {
+            for row in &grid[..ksub] {
+                for (w, &v) in even.iter_mut().zip(row) {
+                    *w += v;
+                }
+            }
+        }
+        if let Some(odd) = subspaces.next() {
+            for (w, row) in odd.iter_mut().zip(&grid[..ksub]) {
+                *w += row[..ksub].iter().sum::<f32>();
+            }
+        }
+    }
+}
+
 /// `W[m][code_t[m]] += p_t` for packed 4-bit codes (`ksub <= 16`; bins rows of
-/// `ksub`, codes validated by the store).
+/// `ksub`, codes validated by the store): the direct loop, which the kernel
+/// replaces by byte bins and [`fold_pair_bins`].
 pub fn histogram_packed4(codes: &[u8], m: usize, weights: &[f32], bins: &mut [f32]) {
     let ksub = bins.len() / m;
     let row_bytes = m.div_ceil(2);
@@ -233,7 +286,7 @@ pub fn add_bins_times_codebook(bins: &[f32], vpq: &ProductQuantizer, o: &mut [f3
 mod histogram_tests {
     use rand::{Rng, SeedableRng};
 
-    use super::histogram_u8_full;
+    use super::{fold_pair_bins, histogram_packed4, histogram_u8_full};
 
     #[test]
     fn histogram_equals_the_indexed_loop_bit_for_bit() {
@@ -257,6 +310,33 @@ mod histogram_tests {
                     a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
                     "m={m} tokens={tokens}"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn byte_bins_folded_equal_the_packed_histogram() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        for m in [1, 2, 7, 8, 31, 32] {
+            for ksub in [2, 4, 16] {
+                let tokens = 300;
+                let codes: Vec<u8> = (0..tokens * m)
+                    .map(|_| rng.gen_range(0..ksub as u8))
+                    .collect();
+                let packed = aqpim_pq::pack_4bit(&codes, m).unwrap();
+                // Weights that are multiples of 2^-10: every sum is exact, so
+                // the two orders of addition agree bit for bit.
+                let weights: Vec<f32> = (0..tokens)
+                    .map(|_| f32::from(rng.gen_range(0..1024u16)) / 1024.0)
+                    .collect();
+                let mut direct = vec![0f32; m * ksub];
+                histogram_packed4(&packed, m, &weights, &mut direct);
+                let row_bytes = m.div_ceil(2);
+                let mut pairs = vec![0f32; row_bytes * 256];
+                histogram_u8_full(&packed, row_bytes, &weights, &mut pairs);
+                let mut folded = vec![0f32; m * ksub];
+                fold_pair_bins(&pairs, m, ksub, &mut folded);
+                assert_eq!(folded, direct, "m={m} ksub={ksub}");
             }
         }
     }

@@ -107,6 +107,15 @@ impl Lut {
         }
         let m = self.num_subspaces;
         #[cfg(target_arch = "x86_64")]
+        if row_bytes.is_multiple_of(4) && std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: AVX-512F is available (checked above); `rows` holds `m`
+            // tables, `packed` holds `out.len()` rows of `row_bytes`, a
+            // multiple of 4.
+            let done = unsafe { avx512::scan_packed4_permute(&rows, m, packed, out) };
+            scan_packed4_rows(&rows, &packed[done * row_bytes..], &mut out[done..]);
+            return Ok(());
+        }
+        #[cfg(target_arch = "x86_64")]
         if m >= 32 && std::arch::is_x86_feature_detected!("avx512f") {
             let flat: Vec<f32> = rows.iter().flatten().copied().collect();
             // SAFETY: AVX-512F is available (checked above); `flat` holds
@@ -114,16 +123,7 @@ impl Lut {
             unsafe { avx512::scan_packed4_gather(&flat, m, packed, out) };
             return Ok(());
         }
-        for (codes, o) in packed.chunks_exact(row_bytes).zip(out.iter_mut()) {
-            let mut acc = 0.0f32;
-            for (i, &b) in codes.iter().enumerate() {
-                acc += rows[2 * i][usize::from(b & 0x0f)];
-                if 2 * i + 1 < m {
-                    acc += rows[2 * i + 1][usize::from(b >> 4)];
-                }
-            }
-            *o = acc;
-        }
+        scan_packed4_rows(&rows, packed, out);
         Ok(())
     }
 
@@ -193,6 +193,78 @@ mod avx512 {
         }
     }
 
+    /// Packed 4-bit scan with in-register lookups (faiss's fast-scan idea on
+    /// exact f32 tables, over the row-major packed layout): a subspace's 16
+    /// entries fill one register, and one permute looks up 16 tokens at once.
+    /// Each 16-token group gathers its 4-byte columns (8 subspaces each,
+    /// `row_bytes` apart), and the nibble of subspace `8k + i` is column `k`
+    /// shifted right by `4i` (a permute reads only the low 4 bits of its
+    /// index). Four groups run side by side so that their add chains overlap.
+    /// Each token's score is summed in subspace order from 0, so it equals
+    /// [`super::Lut::score`] bit for bit. Returns the number of tokens scored
+    /// (a multiple of 64); the caller scores the rest.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F; `rows.len() == m`, `ceil(m / 2)` is a
+    /// multiple of 4, and `packed.len() == out.len() * ceil(m / 2)`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn scan_packed4_permute(
+        rows: &[[f32; 16]],
+        m: usize,
+        packed: &[u8],
+        out: &mut [f32],
+    ) -> usize {
+        const GROUPS: usize = 4;
+        const STEP: usize = 16 * GROUPS;
+        let row_bytes = m.div_ceil(2);
+        debug_assert!(row_bytes.is_multiple_of(4));
+        debug_assert_eq!(packed.len(), out.len() * row_bytes);
+        let tables: Vec<__m512> = rows
+            .iter()
+            // SAFETY: each row is 16 floats.
+            .map(|r| unsafe { _mm512_loadu_ps(r.as_ptr()) })
+            .collect();
+        let stride = row_bytes as i32;
+        let offsets = _mm512_mullo_epi32(
+            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+            _mm512_set1_epi32(stride),
+        );
+        let shifts: [__m512i; 8] = std::array::from_fn(|i| _mm512_set1_epi32(4 * i as i32));
+        let n = out.len() / STEP * STEP;
+        let mut t0 = 0;
+        while t0 < n {
+            // SAFETY: rows `t0 .. t0 + STEP` are in bounds (`t0 + STEP <= n`).
+            let base = unsafe { packed.as_ptr().add(t0 * row_bytes) };
+            let mut acc = [_mm512_setzero_ps(); GROUPS];
+            for k in 0..row_bytes / 4 {
+                let cols: [__m512i; GROUPS] = std::array::from_fn(|g| {
+                    // SAFETY: lane `t` reads bytes `4k .. 4k + 4` of row
+                    // `t0 + 16 g + t`, inside that row (`4k + 4 <= row_bytes`).
+                    unsafe {
+                        _mm512_i32gather_epi32::<1>(
+                            offsets,
+                            base.add(g * 16 * row_bytes + 4 * k).cast(),
+                        )
+                    }
+                });
+                let s0 = 8 * k;
+                for (i, shift) in shifts.iter().enumerate().take(m - s0) {
+                    let table = tables[s0 + i];
+                    for (a, &col) in acc.iter_mut().zip(&cols) {
+                        let idx = _mm512_srlv_epi32(col, *shift);
+                        *a = _mm512_add_ps(*a, _mm512_permutexvar_ps(idx, table));
+                    }
+                }
+            }
+            for (g, a) in acc.iter().enumerate() {
+                // SAFETY: `out[t0 + 16 g ..][..16]` is in bounds.
+                unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(t0 + 16 * g), *a) };
+            }
+            t0 += STEP;
+        }
+        n
+    }
+
     /// Packed 4-bit scan with AVX-512 gathers: 16 bytes hold 32 subspaces'
     /// codes; the low nibbles index the even subspaces' 16-entry rows, the high
     /// nibbles the odd ones'. Bytes past the last multiple of 16 are added one
@@ -240,6 +312,27 @@ mod avx512 {
             }
             *o = sum;
         }
+    }
+}
+
+/// Packed 4-bit scan, one row at a time, summed in subspace order (the
+/// portable path, and the tail of the vector one). `rows` holds the `M`
+/// tables padded to 16 entries.
+fn scan_packed4_rows(rows: &[[f32; 16]], packed: &[u8], out: &mut [f32]) {
+    let m = rows.len();
+    let row_bytes = m.div_ceil(2);
+    if row_bytes == 0 {
+        return;
+    }
+    for (codes, o) in packed.chunks_exact(row_bytes).zip(out.iter_mut()) {
+        let mut acc = 0.0f32;
+        for (i, &b) in codes.iter().enumerate() {
+            acc += rows[2 * i][usize::from(b & 0x0f)];
+            if 2 * i + 1 < m {
+                acc += rows[2 * i + 1][usize::from(b >> 4)];
+            }
+        }
+        *o = acc;
     }
 }
 
@@ -307,6 +400,43 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn every_packed4_scan_path_equals_row_scores_bit_for_bit() {
+        for (m, n) in [1usize, 7, 8, 9, 15, 16, 24, 31, 32, 33, 40, 64]
+            .into_iter()
+            .flat_map(|m| [0usize, 5, 63, 64, 65, 130].map(|n| (m, n)))
+        {
+            let vals: Vec<f32> = (0..m * 16)
+                .map(|i| ((i * 7919 % 1009) as f32 - 500.0) / 64.0)
+                .collect();
+            let lut = Lut::new(m, 16, vals).unwrap();
+            let codes: Vec<u8> = (0..n * m).map(|i| (i * 151 % 16) as u8).collect();
+            let packed = crate::pack_4bit(&codes, m).unwrap();
+            let want: Vec<f32> = codes.chunks_exact(m).map(|c| lut.score(c)).collect();
+            let mut out = vec![0f32; n];
+            lut.scan_packed4(&packed, &mut out).unwrap();
+            let mut portable = vec![0f32; n];
+            scan_packed4_rows(&lut.rows16().unwrap(), &packed, &mut portable);
+            for i in 0..n {
+                assert_eq!(out[i].to_bits(), want[i].to_bits(), "m={m} n={n} i={i}");
+                assert_eq!(
+                    portable[i].to_bits(),
+                    want[i].to_bits(),
+                    "m={m} n={n} i={i}"
+                );
+            }
+        }
+        // Codes past ksub score NaN on the vector path too.
+        let lut = Lut::new(8, 4, vec![1.0; 32]).unwrap();
+        let mut codes = vec![1u8; 64 * 8];
+        codes[3 * 8 + 5] = 9;
+        let packed = crate::pack_4bit(&codes, 8).unwrap();
+        let mut out = vec![0f32; 64];
+        lut.scan_packed4(&packed, &mut out).unwrap();
+        assert!(out[3].is_nan());
+        assert!(out.iter().enumerate().all(|(i, v)| i == 3 || *v == 8.0));
     }
 
     #[test]
