@@ -1,11 +1,16 @@
 //! Criterion: the stages of PQ attention for one query head over 32,768
 //! encoded tokens (d = 128, dsub = 4, nbits = 8): scoring (lookup-table scan),
 //! softmax (online, in blocks of 256), and values (per-centroid histogram,
-//! then bins times codebook). Single-threaded.
+//! then bins times codebook); and the packed 4-bit stages (nbits = 4: scoring
+//! by in-register permutes, values binned by whole bytes and folded).
+//! Single-threaded.
 
 #![allow(missing_docs)] // criterion_group! generates undocumented public items
 
-use aqpim_attn::stages::{add_bins_times_codebook, histogram_u8_full, OnlineSoftmax};
+use aqpim_attn::stages::{
+    add_bins_times_codebook, fold_pair_bins, histogram_u8_full, OnlineSoftmax,
+};
+use aqpim_pq::pack_4bit;
 use aqpim_pq::{PqParams, ProductQuantizer};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use rand::{Rng, SeedableRng};
@@ -58,6 +63,34 @@ fn bench(c: &mut Criterion) {
     g.bench_function("bins_times_codebook", |b| {
         b.iter(|| add_bins_times_codebook(&bins, &pq, &mut o))
     });
+    g.finish();
+
+    // Packed 4-bit: 16 bytes per token.
+    let params4 = PqParams::new(128, M, 4).unwrap();
+    let cents4 = (0..params4.codebook_len())
+        .map(|_| rng.gen_range(-1.0f32..1.0))
+        .collect();
+    let pq4 = ProductQuantizer::from_centroids(params4, cents4).unwrap();
+    let lut4 = pq4.inner_product_table(&q).unwrap();
+    let codes4: Vec<u8> = (0..N * M).map(|_| rng.gen_range(0..16u8)).collect();
+    let packed = pack_4bit(&codes4, M).unwrap();
+    let row_bytes = M / 2;
+    let mut g = c.benchmark_group("pq_attention_stages_32k_4bit");
+    g.throughput(Throughput::Elements(N as u64));
+    g.bench_function("scoring_packed4", |b| {
+        b.iter(|| lut4.scan_packed4(&packed, &mut scores).unwrap())
+    });
+    let mut pairs = vec![0f32; row_bytes * 256];
+    let mut bins4 = vec![0f32; M * 16];
+    g.bench_function("values_byte_bins_and_fold", |b| {
+        b.iter(|| {
+            pairs.iter_mut().for_each(|v| *v = 0.0);
+            histogram_u8_full(&packed, row_bytes, &weights, &mut pairs);
+            bins4.iter_mut().for_each(|v| *v = 0.0);
+            fold_pair_bins(&pairs, M, 16, &mut bins4);
+        })
+    });
+    assert!((bins4.iter().sum::<f32>() - M as f32).abs() < 1e-2);
     g.finish();
 }
 
