@@ -319,14 +319,7 @@ impl ProductQuantizer {
     /// Inner-product lookup table of a query `q` (`d` values):
     /// `T[m][j] = q_m . C[m][j]`, so that `q . decode(code) = sum_m T[m][code[m]]`.
     pub fn inner_product_table(&self, q: &[f32]) -> Result<Lut> {
-        if q.len() != self.params.dim() {
-            return Err(PqError::shape(
-                "lookup table query",
-                self.params.dim(),
-                q.len(),
-            ));
-        }
-        crate::check_finite(q, q.len(), "query")?;
+        self.check_query(q)?;
         let (dsub, ksub) = (self.params.dsub(), self.params.ksub());
         let mut values = vec![0f32; self.params.num_subspaces() * ksub];
         for ((qm, out), table) in q
@@ -347,7 +340,8 @@ impl ProductQuantizer {
         })
     }
 
-    fn table(&self, q: &[f32], f: impl Fn(&[f32], &[f32]) -> f32) -> Result<Lut> {
+    /// A lookup-table query has `d` finite values.
+    fn check_query(&self, q: &[f32]) -> Result<()> {
         if q.len() != self.params.dim() {
             return Err(PqError::shape(
                 "lookup table query",
@@ -355,7 +349,11 @@ impl ProductQuantizer {
                 q.len(),
             ));
         }
-        crate::check_finite(q, q.len(), "query")?;
+        crate::check_finite(q, q.len(), "query")
+    }
+
+    fn table(&self, q: &[f32], f: impl Fn(&[f32], &[f32]) -> f32) -> Result<Lut> {
+        self.check_query(q)?;
         let (dsub, ksub) = (self.params.dsub(), self.params.ksub());
         let mut values = Vec::with_capacity(self.params.num_subspaces() * ksub);
         for (m, qm) in q.chunks_exact(dsub).enumerate() {
