@@ -52,6 +52,25 @@ impl CentroidTable {
     /// so the result is bit-for-bit that of the row-major loop. The
     /// transposed layout lets the centroid loop vectorize.
     pub(crate) fn inner_products(&self, q: &[f32], out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: AVX-512F is available (checked above).
+            unsafe { self.inner_products_avx512(q, out) };
+            return;
+        }
+        self.inner_products_body(q, out);
+    }
+
+    /// [`Self::inner_products`] compiled for AVX-512 (the same operations in
+    /// the same order, so the same bits).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn inner_products_avx512(&self, q: &[f32], out: &mut [f32]) {
+        self.inner_products_body(q, out);
+    }
+
+    #[inline(always)]
+    fn inner_products_body(&self, q: &[f32], out: &mut [f32]) {
         debug_assert_eq!(q.len(), self.dsub);
         debug_assert_eq!(out.len(), self.k);
         let kp = self.k_padded;
@@ -75,6 +94,24 @@ impl CentroidTable {
     /// weighted sum of the centroids, in 16 interleaved partial sums per
     /// element so that the loop over centroids vectorizes.
     pub(crate) fn add_weighted_sum(&self, w: &[f32], out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: AVX-512F is available (checked above).
+            unsafe { self.add_weighted_sum_avx512(w, out) };
+            return;
+        }
+        self.add_weighted_sum_body(w, out);
+    }
+
+    /// [`Self::add_weighted_sum`] compiled for AVX-512.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn add_weighted_sum_avx512(&self, w: &[f32], out: &mut [f32]) {
+        self.add_weighted_sum_body(w, out);
+    }
+
+    #[inline(always)]
+    fn add_weighted_sum_body(&self, w: &[f32], out: &mut [f32]) {
         debug_assert_eq!(w.len(), self.k);
         debug_assert_eq!(out.len(), self.dsub);
         let kp = self.k_padded;
