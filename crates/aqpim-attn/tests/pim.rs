@@ -196,6 +196,7 @@ fn analytic_layer_cost_tracks_the_simulator_within_5_percent() {
                     ctx,
                     fp_tokens: if pq { 132 } else { 0 },
                     quantize: pq,
+                    codebooks: aqpim_attn::pim::CodebookScope::Model,
                 };
                 let sim = simulate_layer(&dev, &job).unwrap();
                 let ana = analytic_layer(&dev, &job).unwrap();
@@ -228,6 +229,7 @@ fn analytic_layer_cost_tracks_the_simulator_within_5_percent() {
             ctx,
             fp_tokens: 132,
             quantize: true,
+            codebooks: aqpim_attn::pim::CodebookScope::Model,
         };
         let sim = simulate_layer(&dev, &job).unwrap();
         let ana = analytic_layer(&dev, &job).unwrap();
@@ -256,6 +258,7 @@ fn pq_attention_is_faster_than_fp16_attention_at_long_context() {
         ctx: 32768,
         fp_tokens: 0,
         quantize: false,
+        codebooks: aqpim_attn::pim::CodebookScope::Model,
     };
     let fp = simulate_layer(&dev, &job(PimKind::Fp16)).unwrap();
     let pq = simulate_layer(&dev, &job(PimKind::Pq { dsub: 4, nbits: 8 })).unwrap();
@@ -281,6 +284,7 @@ fn placements_that_do_not_fit_say_by_how_much() {
         ctx: 131_072,
         fp_tokens: 0,
         quantize: false,
+        codebooks: aqpim_attn::pim::CodebookScope::Model,
     };
     let e = layer_rows_per_bank(&dev, &job).unwrap_err().to_string();
     assert!(e.contains("rows per bank") && e.contains("over"), "{e}");

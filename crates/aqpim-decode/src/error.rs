@@ -132,34 +132,6 @@ pub enum DecodeError {
         /// What is wrong.
         reason: String,
     },
-    /// A model or system preset is malformed or inconsistent.
-    #[error("preset `{name}`: {reason}")]
-    Preset {
-        /// Preset name or file.
-        name: String,
-        /// What is wrong.
-        reason: String,
-    },
-    /// The workload does not fit the memory a policy may use.
-    #[error("{what} needs {needed} bytes but {place} holds {available}: {over} bytes too many")]
-    Capacity {
-        /// What is being placed.
-        what: String,
-        /// Where.
-        place: &'static str,
-        /// Bytes needed.
-        needed: u64,
-        /// Bytes available.
-        available: u64,
-        /// `needed - available`.
-        over: u64,
-    },
-    /// The PIM attention model (lowering, simulation, placement) failed.
-    #[error("PIM attention: {reason}")]
-    Pim {
-        /// What is wrong.
-        reason: String,
-    },
 }
 
 /// The crate's result type.

@@ -123,6 +123,7 @@ fn sim(a: &SimArgs) -> Result<SimReport> {
         ctx: a.ctx,
         fp_tokens: a.fp_tokens,
         quantize: a.quantize,
+        codebooks: aqpim_attn::pim::CodebookScope::Model,
     };
     let rows = layer_rows_per_bank(&device, &job)?;
     if rows * layers > device.org.rows {

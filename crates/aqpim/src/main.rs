@@ -58,6 +58,14 @@ fn main() {
         Command::Generate(args) => model::run_generate(args),
     };
     if let Err(e) = result {
+        // A reader that closed the pipe (`aqpim ... | head`) ends the program quietly.
+        let closed = e.chain().any(|c| {
+            c.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        });
+        if closed {
+            std::process::exit(0);
+        }
         // One line: the error and its causes, joined.
         eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
         std::process::exit(1);

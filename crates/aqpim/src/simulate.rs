@@ -1,15 +1,22 @@
 //! `aqpim simulate`: the itemized latency of one decode step, for one point or
 //! a grid of contexts, batches and policies; `aqpim simulate sweep` writes a
-//! grid to CSV with a progress bar.
+//! grid to CSV with a progress bar; `aqpim simulate serve` finds, per
+//! context, the batch with the highest tokens/s that fits without host memory.
+//!
+//! JSON (`--json`) is one object per line; CSV columns are the JSON keys of
+//! the same rows (`aqpim_system::Step`, and for `serve` the serving fields
+//! before the step's), so the schema is written once, in the struct.
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use aqpim_decode::system::pim::{PimMode, PimTimer, SimTimer};
-use aqpim_decode::system::policy::{decode_step_with, Policy, Step};
-use aqpim_decode::system::presets::{self, ModelSpec, SystemSpec};
+use aqpim_system::pim::{PimMode, PimTimer, SimTimer};
+use aqpim_system::presets::{self, ModelSpec, SystemSpec};
+use aqpim_system::{decode_step_with, serve, Policy, ServePoint, Step, SystemError};
 use clap::{Args, Subcommand};
 use rayon::prelude::*;
+use serde_json::Value;
 
 #[derive(Debug, Args)]
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
@@ -31,6 +38,10 @@ enum SimulateCommand {
     /// Every point of a grid (policies x batches x contexts) into a CSV file,
     /// with a progress bar; points that do not fit are reported and skipped.
     Sweep(SweepArgs),
+    /// The serving view: per policy and context, the batch with the highest
+    /// tokens/s whose KV cache fits without host memory (PIM stacks, then
+    /// free GPU memory), and the itemized step there.
+    Serve(ServeArgs),
 }
 
 #[derive(Debug, Args)]
@@ -40,6 +51,31 @@ struct SweepArgs {
     /// The CSV file to write (atomically).
     #[arg(long)]
     out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Model preset or a TOML file.
+    #[arg(long)]
+    model: String,
+    /// System preset or a TOML file.
+    #[arg(long)]
+    system: String,
+    /// Policies, comma-separated: gpu, offload, offload-overlap, attacc, aqpim.
+    #[arg(long, default_value = "aqpim")]
+    policy: String,
+    /// Context lengths, comma-separated (K and M suffixes: 32K = 32768).
+    #[arg(long, default_value = "32K")]
+    ctx: String,
+    /// PIM attention cost: `simulated` or `analytic`.
+    #[arg(long, default_value = "simulated")]
+    pim_model: String,
+    /// Write the rows as CSV to this file (atomically).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// One JSON object per line instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -54,7 +90,7 @@ struct GridArgs {
     /// Policies, comma-separated: gpu, offload, offload-overlap, attacc, aqpim.
     #[arg(long, default_value = "gpu")]
     policy: String,
-    /// Context lengths, comma-separated.
+    /// Context lengths, comma-separated (K and M suffixes: 32K = 32768).
     #[arg(long, default_value = "4096")]
     ctx: String,
     /// Batch sizes, comma-separated.
@@ -67,58 +103,44 @@ struct GridArgs {
     pim_model: String,
 }
 
-fn list<T: std::str::FromStr>(s: &str, what: &str) -> Result<Vec<T>>
-where
-    T::Err: std::fmt::Display,
-{
+/// Parses a count with an optional `K` (x1024) or `M` (x1024^2) suffix.
+pub fn parse_count(v: &str) -> Result<usize> {
+    let v = v.trim();
+    let (digits, scale) = match v.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&v[..i], 1usize << 10),
+        Some((i, 'M' | 'm')) => (&v[..i], 1usize << 20),
+        _ => (v, 1),
+    };
+    let n: usize = digits
+        .parse()
+        .map_err(|_| anyhow::anyhow!("not a count (digits, optionally with K or M)"))?;
+    n.checked_mul(scale)
+        .ok_or_else(|| anyhow::anyhow!("too large"))
+}
+
+fn shown(v: &str) -> String {
+    const MAX: usize = 40;
+    if v.chars().count() > MAX {
+        format!("{}...", v.chars().take(MAX).collect::<String>())
+    } else {
+        v.to_string()
+    }
+}
+
+fn counts(s: &str, what: &str) -> Result<Vec<usize>> {
     s.split(',')
-        .map(|v| {
-            v.trim()
-                .parse::<T>()
-                .map_err(|e| anyhow::anyhow!("--{what} `{v}`: {e}"))
-        })
+        .map(|v| parse_count(v).with_context(|| format!("--{what} `{}`", shown(v))))
         .collect()
 }
 
-const CSV_HEADER: &str = "model,system,policy,ctx,batch,linear_ms,attention_ms,transfer_ms,overlapped_ms,total_ms,tokens_per_s,transfer_share,transfer_share_of_attention,weight_bytes,kv_bytes,gpu_bytes_used,host_bytes_used,pim_attention_ms,quantize_ms,sync_ms,pim_bytes_used,pim_capacity_bytes,pim_rows_used,pim_rows,ctx_in_pim,ctx_spilled,pim_energy_uj,prefill_ms,codebook_training_ms";
-
-fn opt(v: Option<f64>) -> String {
-    v.map(|v| format!("{v:.6}")).unwrap_or_default()
-}
-
-fn csv_row(s: &Step) -> String {
-    format!(
-        "{},{},{},{},{},{:.6},{:.6},{:.6},{:.6},{:.6},{:.3},{:.6},{:.6},{},{},{},{},{:.6},{:.6},{:.6},{},{},{},{},{},{},{:.3},{},{}",
-        s.model,
-        s.system,
-        s.policy,
-        s.ctx,
-        s.batch,
-        s.linear_ms,
-        s.attention_ms,
-        s.transfer_ms,
-        s.overlapped_ms,
-        s.total_ms,
-        s.tokens_per_s,
-        s.transfer_share,
-        s.transfer_share_of_attention,
-        s.weight_bytes,
-        s.kv_bytes,
-        s.gpu_bytes_used,
-        s.host_bytes_used,
-        s.pim_attention_ms,
-        s.quantize_ms,
-        s.sync_ms,
-        s.pim_bytes_used,
-        s.pim_capacity_bytes,
-        s.pim_rows_used,
-        s.pim_rows,
-        s.ctx_in_pim,
-        s.ctx_spilled,
-        s.pim_energy_uj,
-        opt(s.prefill_ms),
-        opt(s.codebook_training_ms),
-    )
+fn policies(s: &str) -> Result<Vec<Policy>> {
+    s.split(',')
+        .map(|v| {
+            v.trim()
+                .parse::<Policy>()
+                .with_context(|| format!("--policy `{}`", shown(v)))
+        })
+        .collect()
 }
 
 /// A parsed grid: presets, the points, and the PIM timer they share.
@@ -129,19 +151,23 @@ struct Grid {
     timer: Option<SimTimer>,
 }
 
+fn timer(system: &SystemSpec, policies: &[Policy], mode: &str) -> Result<Option<SimTimer>> {
+    let mode: PimMode = mode.parse()?;
+    Ok(match (&system.pim, policies.iter().any(|p| p.uses_pim())) {
+        (Some(p), true) => Some(SimTimer::new(p.device()?, mode)),
+        _ => None,
+    })
+}
+
 impl GridArgs {
     fn load(&self) -> Result<Grid> {
         // clap enforces both unless a subcommand is given, which has its own.
         let model = presets::model(self.model.as_deref().unwrap_or_default())?;
         let system = presets::system(self.system.as_deref().unwrap_or_default())?;
-        let policies: Vec<Policy> = list(&self.policy, "policy")?;
-        let ctxs: Vec<usize> = list(&self.ctx, "ctx")?;
-        let batches: Vec<usize> = list(&self.batch, "batch")?;
-        let mode: PimMode = self.pim_model.parse()?;
-        let timer = match (&system.pim, policies.iter().any(|p| p.uses_pim())) {
-            (Some(p), true) => Some(SimTimer::new(p.device()?, mode)),
-            _ => None,
-        };
+        let policies = policies(&self.policy)?;
+        let ctxs = counts(&self.ctx, "ctx")?;
+        let batches = counts(&self.batch, "batch")?;
+        let timer = timer(&system, &policies, &self.pim_model)?;
         let mut points = Vec::new();
         for &p in &policies {
             for &b in &batches {
@@ -180,7 +206,7 @@ fn run_grid(g: &Grid, bar: Option<&indicatif::ProgressBar>) -> Result<(Vec<Step>
     for (p, c, b, r) in results {
         match r {
             Ok(step) => steps.push(step),
-            Err(e @ aqpim_decode::DecodeError::Capacity { .. }) if !single => {
+            Err(e @ SystemError::Capacity { .. }) if !single => {
                 skipped.push(format!("{p} ctx {c} batch {b}: {e}"))
             }
             Err(e) => return Err(e).with_context(|| format!("{p}, ctx {c}, batch {b}")),
@@ -189,87 +215,150 @@ fn run_grid(g: &Grid, bar: Option<&indicatif::ProgressBar>) -> Result<(Vec<Step>
     Ok((steps, skipped))
 }
 
-fn write_csv(out: &std::path::Path, steps: &[Step]) -> Result<()> {
-    let mut text = format!("{CSV_HEADER}\n");
-    for s in steps {
-        text.push_str(&csv_row(s));
+/// CSV of rows that serialize as flat JSON objects: the header is the first
+/// row's keys, a value is its JSON text (strings bare, `null` empty).
+fn write_csv(out: &std::path::Path, rows: &[Value]) -> Result<()> {
+    let mut text = String::new();
+    if let Some(Value::Object(first)) = rows.first() {
+        text.push_str(&first.keys().cloned().collect::<Vec<_>>().join(","));
+        text.push('\n');
+    }
+    for r in rows {
+        let Value::Object(m) = r else {
+            anyhow::bail!("a CSV row must be an object");
+        };
+        let cells: Vec<String> = m
+            .values()
+            .map(|v| match v {
+                Value::Null => String::new(),
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+            .collect();
+        text.push_str(&cells.join(","));
         text.push('\n');
     }
     aqpim_pq::io::write_atomic(out, text.as_bytes())?;
     Ok(())
 }
 
+fn step_rows(steps: &[Step]) -> Result<Vec<Value>> {
+    steps.iter().map(|s| Ok(serde_json::to_value(s)?)).collect()
+}
+
+/// A serving point as one flat row: the serving fields, then the step's
+/// (whose `batch` is the best batch).
+fn serve_row(p: &ServePoint) -> Result<Value> {
+    let mut row = serde_json::Map::new();
+    row.insert("best_batch".into(), p.best_batch.into());
+    row.insert("max_batch".into(), p.max_batch.into());
+    row.insert(
+        "max_batch_in_pim".into(),
+        p.max_batch_in_pim.map_or(Value::Null, Value::from),
+    );
+    row.insert("batches_timed".into(), p.batches_timed.into());
+    if let Value::Object(step) = serde_json::to_value(&p.step)? {
+        row.extend(step);
+    }
+    Ok(Value::Object(row))
+}
+
 fn gb(bytes: u64) -> f64 {
     bytes as f64 / 1e9
 }
 
-fn print_point(s: &Step) {
-    println!(
+fn print_point(o: &mut impl Write, s: &Step) -> std::io::Result<()> {
+    writeln!(
+        o,
         "{} on {}, policy {}, ctx {}, batch {}",
         s.model, s.system, s.policy, s.ctx, s.batch
-    );
+    )?;
     let rows = [
         ("linear layers (GPU)", s.linear_ms),
+        ("lookup tables (GPU)", s.table_ms),
         ("attention (GPU)", s.attention_ms),
         ("attention (PIM)", s.pim_attention_ms),
         ("quantization (PIM)", s.quantize_ms),
+        ("GPU-PIM link", s.link_ms),
         ("synchronization", s.sync_ms),
-        ("transfers (link)", s.transfer_ms),
+        ("transfers (host link)", s.transfer_ms),
         ("overlapped", -s.overlapped_ms),
     ];
     for (name, v) in rows {
         if v != 0.0 || name.starts_with("linear") || name.starts_with("attention (GPU)") {
-            println!("  {name:<24} {v:>12.3} ms {:>6.1}%", 100.0 * v / s.total_ms);
+            writeln!(
+                o,
+                "  {name:<24} {v:>12.3} ms {:>6.1}%",
+                100.0 * v / s.total_ms
+            )?;
         }
     }
-    println!("  {:<24} {:>12.3} ms", "step", s.total_ms);
-    println!("  {:<24} {:>12.1}", "tokens/s", s.tokens_per_s);
-    println!(
+    writeln!(o, "  {:<24} {:>12.3} ms", "step", s.total_ms)?;
+    writeln!(o, "  {:<24} {:>12.1}", "tokens/s", s.tokens_per_s)?;
+    writeln!(
+        o,
         "  {:<24} {:>12.2} GB (weights {:.2} GB on the GPU)",
         "KV cache",
         gb(s.kv_bytes),
         gb(s.weight_bytes)
-    );
+    )?;
     if s.pim_rows > 0 {
-        println!(
+        writeln!(
+            o,
             "  {:<24} {:>12.2} GB of {:.2} GB; {} of {} rows per bank",
             "PIM capacity used",
             gb(s.pim_bytes_used),
             gb(s.pim_capacity_bytes),
             s.pim_rows_used,
             s.pim_rows
-        );
-        println!(
-            "  {:<24} {:>12} tokens per sequence in PIM, {} spilled ({:.2} GB in host memory)",
+        )?;
+        writeln!(
+            o,
+            "  {:<24} {:>12} tokens per sequence in PIM, {} in GPU memory, {} spilled to the host ({:.2} GB)",
             "placement",
             s.ctx_in_pim,
+            s.ctx_on_gpu,
             s.ctx_spilled,
             gb(s.host_bytes_used)
-        );
+        )?;
+        if s.link_bytes > 0 {
+            writeln!(
+                o,
+                "  {:<24} {:>12.2} MB per step ({:.1} % of the step busy)",
+                "GPU-PIM link",
+                s.link_bytes as f64 / 1e6,
+                100.0 * s.link_share
+            )?;
+        }
     } else if s.host_bytes_used > 0 {
-        println!(
+        writeln!(
+            o,
             "  {:<24} {:>12.2} GB",
             "in host memory",
             gb(s.host_bytes_used)
-        );
+        )?;
     }
     if let Some(p) = s.prefill_ms {
-        println!(
+        writeln!(
+            o,
             "  {:<24} {:>12.3} ms (estimate, not in the step)",
             "prefill", p
-        );
+        )?;
     }
     if let Some(t) = s.codebook_training_ms {
-        println!(
+        writeln!(
+            o,
             "  {:<24} {:>12.3} ms (estimate, not in the step)",
             "codebook training", t
-        );
+        )?;
     }
+    Ok(())
 }
 
-fn print_table(steps: &[Step]) {
-    println!(
-        "{:<16} {:>8} {:>6} {:>10} {:>10} {:>10} {:>9} {:>8} {:>11} {:>10} {:>10} {:>9} {:>9}",
+fn print_table(o: &mut impl Write, steps: &[Step]) -> std::io::Result<()> {
+    writeln!(
+        o,
+        "{:<16} {:>8} {:>6} {:>10} {:>10} {:>10} {:>9} {:>9} {:>11} {:>10} {:>10} {:>9} {:>9}",
         "policy",
         "ctx",
         "batch",
@@ -277,16 +366,17 @@ fn print_table(steps: &[Step]) {
         "attn ms",
         "pim ms",
         "quant ms",
-        "sync ms",
+        "link ms",
         "transfer ms",
         "step ms",
         "tokens/s",
-        "transfer",
+        "on GPU",
         "spilled"
-    );
+    )?;
     for s in steps {
-        println!(
-            "{:<16} {:>8} {:>6} {:>10.3} {:>10.3} {:>10.3} {:>9.3} {:>8.3} {:>11.3} {:>10.3} {:>10.1} {:>8.1}% {:>9}",
+        writeln!(
+            o,
+            "{:<16} {:>8} {:>6} {:>10.3} {:>10.3} {:>10.3} {:>9.3} {:>9.3} {:>11.3} {:>10.3} {:>10.1} {:>9} {:>9}",
             s.policy.to_string(),
             s.ctx,
             s.batch,
@@ -294,33 +384,37 @@ fn print_table(steps: &[Step]) {
             s.attention_ms,
             s.pim_attention_ms,
             s.quantize_ms,
-            s.sync_ms,
+            s.link_ms,
             s.transfer_ms,
             s.total_ms,
             s.tokens_per_s,
-            100.0 * s.transfer_share,
+            s.ctx_on_gpu,
             s.ctx_spilled
-        );
+        )?;
     }
+    Ok(())
 }
 
 pub fn run(a: SimulateArgs) -> Result<()> {
-    if let Some(SimulateCommand::Sweep(s)) = a.command {
-        return run_sweep(s);
+    match a.command {
+        Some(SimulateCommand::Sweep(s)) => return run_sweep(s),
+        Some(SimulateCommand::Serve(s)) => return run_serve(s),
+        None => {}
     }
     let g = a.grid.load()?;
     let (steps, skipped) = run_grid(&g, None)?;
     if let Some(out) = &a.out {
-        write_csv(out, &steps)?;
+        write_csv(out, &step_rows(&steps)?)?;
     }
+    let mut o = std::io::stdout().lock();
     if a.json {
         for s in &steps {
-            println!("{}", serde_json::to_string(s)?);
+            writeln!(o, "{}", serde_json::to_string(s)?)?;
         }
     } else if steps.len() == 1 && g.points.len() == 1 {
-        print_point(&steps[0]);
+        print_point(&mut o, &steps[0])?;
     } else {
-        print_table(&steps);
+        print_table(&mut o, &steps)?;
     }
     for s in &skipped {
         eprintln!("skipped (does not fit): {s}");
@@ -337,7 +431,7 @@ fn run_sweep(a: SweepArgs) -> Result<()> {
     );
     let (steps, skipped) = run_grid(&g, Some(&bar))?;
     bar.finish_and_clear();
-    write_csv(&a.out, &steps)?;
+    write_csv(&a.out, &step_rows(&steps)?)?;
     eprintln!(
         "{} points written to {}, {} skipped",
         steps.len(),
@@ -346,6 +440,66 @@ fn run_sweep(a: SweepArgs) -> Result<()> {
     );
     for s in &skipped {
         eprintln!("skipped (does not fit): {s}");
+    }
+    Ok(())
+}
+
+fn run_serve(a: ServeArgs) -> Result<()> {
+    let model = presets::model(&a.model)?;
+    let system = presets::system(&a.system)?;
+    let policies = policies(&a.policy)?;
+    let ctxs = counts(&a.ctx, "ctx")?;
+    let timer = timer(&system, &policies, &a.pim_model)?;
+    let t = timer.as_ref().map(|t| t as &dyn PimTimer);
+    let jobs: Vec<(Policy, usize)> = policies
+        .iter()
+        .flat_map(|&p| ctxs.iter().map(move |&c| (p, c)))
+        .collect();
+    let bar = indicatif::ProgressBar::new(jobs.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} contexts searched {elapsed}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let points = jobs
+        .par_iter()
+        .map(|&(p, c)| {
+            let r = serve(&model, &system, p, c, t).with_context(|| format!("{p}, ctx {c}"));
+            bar.inc(1);
+            r
+        })
+        .collect::<Result<Vec<ServePoint>>>()?;
+    bar.finish_and_clear();
+    if let Some(out) = &a.out {
+        let rows = points.iter().map(serve_row).collect::<Result<Vec<_>>>()?;
+        write_csv(out, &rows)?;
+    }
+    let mut o = std::io::stdout().lock();
+    if a.json {
+        for p in &points {
+            writeln!(o, "{}", serde_json::to_string(p)?)?;
+        }
+        return Ok(());
+    }
+    writeln!(
+        o,
+        "{:<16} {:>8} {:>6} {:>9} {:>9} {:>11} {:>10} {:>8} {:>8}",
+        "policy", "ctx", "batch", "max", "max PIM", "tokens/s", "step ms", "link %", "on GPU"
+    )?;
+    for p in &points {
+        writeln!(
+            o,
+            "{:<16} {:>8} {:>6} {:>9} {:>9} {:>11.1} {:>10.3} {:>7.1}% {:>8}",
+            p.policy.to_string(),
+            p.ctx,
+            p.best_batch,
+            p.max_batch,
+            p.max_batch_in_pim
+                .map_or("-".to_string(), |b| b.to_string()),
+            p.tokens_per_s,
+            p.step.total_ms,
+            100.0 * p.step.link_share,
+            p.step.ctx_on_gpu
+        )?;
     }
     Ok(())
 }

@@ -35,7 +35,7 @@ use program::{NewToken, Rows};
 pub use analytic::analytic_layer;
 
 /// What the banks hold for each token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum PimKind {
     /// FP16 keys and values (AttAcc).
@@ -53,7 +53,7 @@ pub enum PimKind {
 /// One layer's decode attention on a PIM device: `heads` independent
 /// (sequence, KV head) caches of `ctx` tokens each, every one read by `group`
 /// query heads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub struct LayerJob {
     /// What the banks hold per token.
     pub kind: PimKind,
@@ -61,8 +61,8 @@ pub struct LayerJob {
     pub head_dim: usize,
     /// Caches in the layer: batch x KV heads.
     pub heads: usize,
-    /// KV heads per sequence: caches `s * kv_heads + h` share head `h`'s
-    /// codebooks. 0 is read as `heads` (no sharing).
+    /// KV heads per sequence: cache `s * kv_heads + h` is KV head `h` of
+    /// sequence `s`; `heads` must be a multiple of it.
     pub kv_heads: usize,
     /// Query heads per KV head (grouped-query attention).
     pub group: usize,
@@ -75,6 +75,45 @@ pub struct LayerJob {
     /// Also run one in-memory quantization flush per cache: a block of
     /// [`quantize_block`] tokens (PQ only; amortized over that many steps).
     pub quantize: bool,
+    /// Who shares a PQ cache's codebooks, and so how many copies the banks
+    /// hold (ignored for `Fp16`).
+    pub codebooks: CodebookScope,
+}
+
+/// The scope of PQ codebooks: what the placement stores once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CodebookScope {
+    /// Calibrated offline, one key and one value codebook per layer and KV
+    /// head, shared by every sequence: a channel holds one copy of a KV
+    /// head's value codebook for all the caches of that head it serves.
+    #[default]
+    Model,
+    /// Trained online per cache (sequence, layer, KV head): every cache's
+    /// value codebook takes its own rows on each channel that holds it.
+    Sequence,
+}
+
+impl std::fmt::Display for CodebookScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CodebookScope::Model => "model",
+            CodebookScope::Sequence => "sequence",
+        })
+    }
+}
+
+impl std::str::FromStr for CodebookScope {
+    type Err = AttnError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "model" => Ok(CodebookScope::Model),
+            "sequence" => Ok(CodebookScope::Sequence),
+            other => Err(AttnError::Placement(format!(
+                "`{other}` is not a codebook scope (model, sequence)"
+            ))),
+        }
+    }
 }
 
 /// What running a layer's programs cost.
@@ -672,14 +711,25 @@ pub(crate) struct PlacedSlice {
 }
 
 /// A layer's placement: slices per channel, new tokens to quantize per
-/// channel, and the rows every bank of the fullest channel uses.
+/// channel, and the rows every bank of each channel uses.
 #[derive(Debug, Clone)]
 pub(crate) struct Plan {
     pub slices: Vec<PlacedSlice>,
     /// `(channel, geometry, tokens)` per quantization program.
     pub quantize: Vec<(usize, Geom, Vec<NewToken>)>,
-    pub rows_per_bank: usize,
+    /// Rows of every bank of channel `c` that the layer occupies.
+    pub rows_per_channel: Vec<usize>,
+    /// Value codebook copies the banks hold (per channel and KV head under
+    /// [`CodebookScope::Model`], per channel and cache under `Sequence`).
+    pub codebook_copies: usize,
     pub channels_used: usize,
+}
+
+impl Plan {
+    /// Rows of every bank of the fullest channel.
+    pub fn rows_per_bank(&self) -> usize {
+        self.rows_per_channel.iter().copied().max().unwrap_or(0)
+    }
 }
 
 /// Places one layer of `job` on `device`.
@@ -701,12 +751,8 @@ pub(crate) fn plan(device: &Device, job: &LayerJob) -> Result<Plan> {
                 .into(),
         ));
     }
-    let kv_heads = if job.kv_heads == 0 {
-        caches
-    } else {
-        job.kv_heads
-    };
-    if !caches.is_multiple_of(kv_heads) {
+    let kv_heads = job.kv_heads;
+    if kv_heads == 0 || !caches.is_multiple_of(kv_heads) {
         return Err(AttnError::Placement(format!(
             "{caches} caches are not whole sequences of {kv_heads} KV heads"
         )));
@@ -752,7 +798,7 @@ pub(crate) fn plan(device: &Device, job: &LayerJob) -> Result<Plan> {
     let total = caches * per_cache;
     let mut cursor = vec![0u32; channels];
     let mut used = vec![false; channels];
-    // (channel, kv head) -> codebook rows.
+    // (channel, kv head or cache) -> codebook rows.
     let mut books: std::collections::BTreeMap<(usize, usize), u32> = Default::default();
     let mut slices = Vec::new();
     let mut fp_slices = Vec::new();
@@ -766,8 +812,12 @@ pub(crate) fn plan(device: &Device, job: &LayerJob) -> Result<Plan> {
             let k = ci * per_cache + pi;
             let ch = k * channels / total.max(1);
             let geom = Geom::new(device, job.kind, d, len)?;
+            let owner = match job.codebooks {
+                CodebookScope::Model => head,
+                CodebookScope::Sequence => c,
+            };
             let cb = match geom.pq {
-                Some(p) => *books.entry((ch, head)).or_insert_with(|| {
+                Some(p) => *books.entry((ch, owner)).or_insert_with(|| {
                     let at = cursor[ch];
                     cursor[ch] += p.cb_rows as u32;
                     at
@@ -828,7 +878,10 @@ pub(crate) fn plan(device: &Device, job: &LayerJob) -> Result<Plan> {
             // A cache flushes `tpc` tokens per bank (whole code columns), one
             // pass each; the passes of one program share the registers.
             let tpc = geom.tpc;
-            let caches_per_program = (device.pim.registers / (2 * m * tpc)).max(1);
+            // ARGMIN's register field addresses the first 4096 registers
+            // (aqpim-pim's 12-bit `reg`), whatever the device has.
+            let regs = device.pim.registers.min(program::ARGMIN_REGISTERS);
+            let caches_per_program = (regs / (2 * m * tpc)).max(1);
             for chunk in members.chunks(caches_per_program) {
                 let passes = chunk.len() * tpc;
                 let base = cursor[ch];
@@ -856,18 +909,11 @@ pub(crate) fn plan(device: &Device, job: &LayerJob) -> Result<Plan> {
             }
         }
     }
-    let rows_per_bank = cursor.iter().copied().max().unwrap_or(0) as usize;
-    if rows_per_bank > device.org.rows {
-        return Err(AttnError::Placement(format!(
-            "one layer needs {rows_per_bank} rows per bank; the banks have {} ({} over)",
-            device.org.rows,
-            rows_per_bank - device.org.rows
-        )));
-    }
     Ok(Plan {
         slices,
         quantize,
-        rows_per_bank,
+        rows_per_channel: cursor.iter().map(|&r| r as usize).collect(),
+        codebook_copies: books.len(),
         channels_used: used.iter().filter(|&&u| u).count(),
     })
 }
@@ -964,6 +1010,78 @@ pub fn simulate_layer_mode(device: &Device, job: &LayerJob, mode: Mode) -> Resul
 /// (codes or FP16 tokens, FP16 window tokens, value codebooks, a staging
 /// row for new tokens), on the fullest channel: a model of `L` layers fits
 /// when `L` times this is at most the device's rows.
+/// An error when one layer alone needs more rows than a bank has.
 pub fn layer_rows_per_bank(device: &Device, job: &LayerJob) -> Result<usize> {
-    Ok(plan(device, job)?.rows_per_bank)
+    let rows = plan(device, job)?.rows_per_bank();
+    if rows > device.org.rows {
+        return Err(AttnError::Placement(format!(
+            "one layer needs {rows} rows per bank; the banks have {} ({} over)",
+            device.org.rows,
+            rows - device.org.rows
+        )));
+    }
+    Ok(rows)
+}
+
+/// What one layer of a job occupies in the banks and moves over the
+/// GPU-PIM link, read off its placement (the same [`plan`] that
+/// [`simulate_layer`] times).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Footprint {
+    /// Rows of every bank of channel `c` that the layer occupies (codes or
+    /// FP16 tokens, FP16 sink and window tokens, value codebooks, staging).
+    pub rows_per_channel: Vec<usize>,
+    /// Value codebook copies the banks hold.
+    pub codebook_copies: usize,
+    /// Channels that hold part of the layer.
+    pub channels_used: usize,
+    /// Bytes the GPU sends per decode step: for every cache and query head
+    /// its FP16 lookup table (`M x 2^bits`, PQ slices) and its FP16 query
+    /// (FP16 slices, including a PQ cache's sink and window slice), once
+    /// per cache whatever its slice count (the device broadcasts a payload
+    /// to the channels that need it), plus the new token's FP16 key and
+    /// value (`4 d` bytes per cache).
+    pub link_in_bytes: u64,
+    /// Bytes the GPU reads back per decode step: per slice and query head
+    /// the softmax statistics `[max, sum]` and `d` outputs, FP32.
+    pub link_out_bytes: u64,
+    /// Bytes per in-memory quantization flush: every quantization program
+    /// streams the FP16 key and value codebooks into its buffers.
+    pub link_flush_bytes: u64,
+}
+
+/// The placement's [`Footprint`] of one layer of `job`. Unlike
+/// [`layer_rows_per_bank`], a layer that needs more rows than a bank has is
+/// not an error here: the caller sums rows over layers and decides.
+pub fn layer_footprint(device: &Device, job: &LayerJob) -> Result<Footprint> {
+    let plan = plan(device, job)?;
+    let d = job.head_dim as u64;
+    let group = job.group as u64;
+    let caches = job.heads as u64;
+    let mut per_query = 0u64;
+    let mut flush = 0u64;
+    if let PimKind::Pq { .. } = job.kind {
+        if job.ctx > 0 {
+            let p = Geom::new(device, job.kind, job.head_dim, 1)?
+                .pq
+                .expect("PQ geometry");
+            per_query += (p.m * p.stride * 2) as u64;
+            let books = 2 * (p.m * p.ksub * p.dsub * 2) as u64;
+            flush = books * plan.quantize.len() as u64;
+        }
+        if job.fp_tokens > 0 {
+            per_query += 2 * d;
+        }
+    } else {
+        per_query += 2 * d;
+    }
+    let slices = plan.slices.len() as u64;
+    Ok(Footprint {
+        link_in_bytes: caches * (group * per_query + 4 * d),
+        link_out_bytes: slices * group * (2 + d) * 4,
+        link_flush_bytes: flush,
+        rows_per_channel: plan.rows_per_channel,
+        codebook_copies: plan.codebook_copies,
+        channels_used: plan.channels_used,
+    })
 }

@@ -13,6 +13,9 @@ use half::f16;
 
 use crate::pim::layout::Geom;
 
+/// Registers an `ARGMIN` can write: its `reg` field has 12 bits.
+pub(crate) const ARGMIN_REGISTERS: usize = 4096;
+
 /// First rows of a slice's keys, values and (PQ) value codebook in every bank.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Rows {

@@ -1,16 +1,16 @@
-//! PIM attention latency for the system model: the [`PimTimer`] trait, read
-//! by the `attacc` and `aqpim` policies, and its production implementation
+//! PIM attention for the system model: the [`PimTimer`] trait, read by the
+//! `attacc` and `aqpim` policies, and its production implementation
 //! [`SimTimer`], which runs `aqpim_attn::pim` (the lowered attention programs
 //! in the simulator's timing-only mode, or their closed form) and memoizes
-//! every job, since sweeps repeat them.
+//! every job, since sweeps and the serving search repeat them.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use aqpim_attn::pim::{LayerJob, PimCost, PimKind};
+use aqpim_attn::pim::{Footprint, LayerJob, PimCost};
 use aqpim_pim::Device;
 
-use crate::error::{DecodeError, Result};
+use crate::error::{Result, SystemError};
 
 /// The per-layer PIM attention cost and placement the policies need.
 pub trait PimTimer: Sync {
@@ -18,15 +18,12 @@ pub trait PimTimer: Sync {
     fn device(&self) -> &Device;
     /// The cost of one layer's attention over every cache of `job`.
     fn layer(&self, job: &LayerJob) -> Result<PimCost>;
-    /// Rows of every bank that one layer of `job` occupies; `usize::MAX`
-    /// when one layer alone overflows the banks.
-    fn rows_per_bank(&self, job: &LayerJob) -> Result<usize>;
+    /// What one layer of `job` occupies per channel and moves over the link.
+    fn footprint(&self, job: &LayerJob) -> Result<Footprint>;
     /// Decode steps per in-memory quantization flush: a job with `quantize`
     /// encodes this many tokens per cache at once.
     fn quantize_block(&self, job: &LayerJob) -> Result<usize> {
-        Ok(aqpim_attn::pim::quantize_block(self.device(), job)
-            .map_err(pim_err)?
-            .max(1))
+        Ok(aqpim_attn::pim::quantize_block(self.device(), job)?.max(1))
     }
 }
 
@@ -43,54 +40,16 @@ pub enum PimMode {
 }
 
 impl std::str::FromStr for PimMode {
-    type Err = DecodeError;
+    type Err = SystemError;
     fn from_str(s: &str) -> Result<Self> {
         match s {
             "simulated" | "sim" => Ok(PimMode::Simulated),
             "analytic" => Ok(PimMode::Analytic),
-            other => Err(DecodeError::InvalidArgument {
+            other => Err(SystemError::InvalidArgument {
                 name: "pim-model",
                 reason: format!("`{other}` is not a PIM model (simulated, analytic)"),
             }),
         }
-    }
-}
-
-type Key = (
-    u8,
-    usize,
-    u32,
-    usize,
-    usize,
-    usize,
-    usize,
-    usize,
-    usize,
-    bool,
-);
-
-fn key(j: &LayerJob) -> Key {
-    let (tag, dsub, nbits) = match j.kind {
-        PimKind::Fp16 => (0, 0, 0),
-        PimKind::Pq { dsub, nbits } => (1, dsub, nbits),
-    };
-    (
-        tag,
-        dsub,
-        nbits,
-        j.head_dim,
-        j.heads,
-        j.kv_heads,
-        j.group,
-        j.ctx,
-        j.fp_tokens,
-        j.quantize,
-    )
-}
-
-fn pim_err(e: aqpim_attn::AttnError) -> DecodeError {
-    DecodeError::Pim {
-        reason: e.to_string(),
     }
 }
 
@@ -99,8 +58,8 @@ fn pim_err(e: aqpim_attn::AttnError) -> DecodeError {
 pub struct SimTimer {
     device: Device,
     mode: PimMode,
-    costs: Mutex<HashMap<Key, PimCost>>,
-    rows: Mutex<HashMap<Key, usize>>,
+    costs: Mutex<HashMap<LayerJob, PimCost>>,
+    footprints: Mutex<HashMap<LayerJob, Footprint>>,
 }
 
 impl SimTimer {
@@ -110,7 +69,7 @@ impl SimTimer {
             device,
             mode,
             costs: Mutex::new(HashMap::new()),
-            rows: Mutex::new(HashMap::new()),
+            footprints: Mutex::new(HashMap::new()),
         }
     }
 
@@ -126,37 +85,71 @@ impl PimTimer for SimTimer {
     }
 
     fn layer(&self, job: &LayerJob) -> Result<PimCost> {
-        let k = key(job);
-        if let Some(c) = self.costs.lock().ok().and_then(|m| m.get(&k).copied()) {
+        if let Some(c) = self.costs.lock().ok().and_then(|m| m.get(job).copied()) {
             return Ok(c);
         }
         let c = match self.mode {
             PimMode::Simulated => aqpim_attn::pim::simulate_layer(&self.device, job),
             PimMode::Analytic => aqpim_attn::pim::analytic_layer(&self.device, job),
-        }
-        .map_err(pim_err)?;
+        }?;
         if let Ok(mut m) = self.costs.lock() {
-            m.insert(k, c);
+            m.insert(*job, c);
         }
         Ok(c)
     }
 
-    fn rows_per_bank(&self, job: &LayerJob) -> Result<usize> {
-        let k = key(job);
-        if let Some(r) = self.rows.lock().ok().and_then(|m| m.get(&k).copied()) {
-            return Ok(r);
+    fn footprint(&self, job: &LayerJob) -> Result<Footprint> {
+        if let Some(f) = self
+            .footprints
+            .lock()
+            .ok()
+            .and_then(|m| m.get(job).cloned())
+        {
+            return Ok(f);
         }
-        let r = match aqpim_attn::pim::layer_rows_per_bank(&self.device, job) {
-            Ok(r) => r,
-            // The placement refuses a layer that needs more rows than a bank has.
-            Err(aqpim_attn::AttnError::Placement(_)) if job.ctx + job.fp_tokens > 0 => usize::MAX,
-            Err(e) => return Err(pim_err(e)),
-        };
-        if let Ok(mut m) = self.rows.lock() {
-            m.insert(k, r);
+        let f = aqpim_attn::pim::layer_footprint(&self.device, job)?;
+        if let Ok(mut m) = self.footprints.lock() {
+            m.insert(*job, f.clone());
         }
-        Ok(r)
+        Ok(f)
     }
+}
+
+/// Rows of every bank of the fullest channel when `layers` layers, each
+/// occupying `per_channel[c]` rows of channel `c`, are placed with each
+/// layer's channel map rotated: layer by layer, the rotation that leaves the
+/// fullest channel least full so far (ties to the smallest rotation), so
+/// that the channels one layer's placement loads most are not loaded by
+/// every layer. Deterministic; `O(layers x C^2)`.
+pub fn balanced_rows(per_channel: &[usize], layers: usize) -> usize {
+    let c = per_channel.len();
+    if c == 0 || layers == 0 {
+        return 0;
+    }
+    // Rows per channel are the same for every layer, so only the distinct
+    // shapes matter; a uniform layer needs no search.
+    let max = per_channel.iter().copied().max().unwrap_or(0);
+    if per_channel.iter().all(|&r| r == max) {
+        return max.saturating_mul(layers);
+    }
+    let mut total = vec![0usize; c];
+    for _ in 0..layers {
+        let mut best = (usize::MAX, 0);
+        for shift in 0..c {
+            let worst = (0..c)
+                .map(|ch| total[(ch + shift) % c].saturating_add(per_channel[ch]))
+                .max()
+                .unwrap_or(0);
+            if worst < best.0 {
+                best = (worst, shift);
+            }
+        }
+        for (ch, &r) in per_channel.iter().enumerate() {
+            let t = &mut total[(ch + best.1) % c];
+            *t = t.saturating_add(r);
+        }
+    }
+    total.into_iter().max().unwrap_or(0)
 }
 
 /// The largest `n` in `0..=max` for which `fits(n)` holds, assuming `fits`

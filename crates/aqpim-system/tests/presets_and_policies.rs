@@ -1,10 +1,10 @@
-//! The latency model: presets load and validate, policies match hand-computed
+//! System model tests through the public API: every preset loads, bad presets are clear errors, the policies give hand-computed
 //! figures on a tiny shape, the capacity rule is exact, and the offload model
 //! lands on the measured H100 transfer shares.
 
-use aqpim_decode::system::policy::{decode_step, Policy};
-use aqpim_decode::system::presets::{self, ModelSpec, SystemSpec, MODEL_PRESETS, SYSTEM_PRESETS};
-use aqpim_decode::DecodeError;
+use aqpim_system::policy::{decode_step, Policy};
+use aqpim_system::presets::{self, ModelSpec, SystemSpec, MODEL_PRESETS, SYSTEM_PRESETS};
+use aqpim_system::SystemError;
 
 #[test]
 fn every_preset_loads_and_validates() {
@@ -49,7 +49,9 @@ fn bad_presets_are_clear_errors() {
     let e = model("kv_heads = 5").unwrap_err();
     assert!(e.to_string().contains("does not divide heads"), "{e}");
     let e = model("layers = 0").unwrap_err();
-    assert!(e.to_string().contains("layers must be positive"), "{e}");
+    assert!(e.to_string().contains("layers = 0 must be in 1..="), "{e}");
+    let e = model("layers = 4294967296").unwrap_err();
+    assert!(e.to_string().contains("must be in 1..="), "{e}");
     assert!(presets::parse_model("name = \"x\"\nlayers = 1", "bad").is_err());
     let e =
         presets::parse_model(&format!("{}\ncolour = 3", MODEL_PRESETS[0].1), "bad").unwrap_err();
@@ -58,7 +60,10 @@ fn bad_presets_are_clear_errors() {
     let system =
         |from: &str, to: &str| presets::parse_system(&SYSTEM_PRESETS[1].1.replace(from, to), "bad");
     let e = system("memory_bytes = 85039980544", "memory_bytes = 0").unwrap_err();
-    assert!(e.to_string().contains("no capacity"), "{e}");
+    assert!(e.to_string().contains("gpu.memory_bytes = 0"), "{e}");
+    // Figures past any real part are refused, not carried into sums.
+    let e = system("attn_fixed_ms = 0.0378", "attn_fixed_ms = 1e308").unwrap_err();
+    assert!(e.to_string().contains("gpu.attn_fixed_ms"), "{e}");
     let e = system("linear_gbps = 2160.0", "linear_gbps = 9000.0").unwrap_err();
     assert!(e.to_string().contains("exceeds the peak"), "{e}");
     let e = system("gbps = 54.9", "gbps = -1.0").unwrap_err();
@@ -70,7 +75,7 @@ fn bad_presets_are_clear_errors() {
     );
     assert!(matches!(
         presets::system("missing.toml"),
-        Err(DecodeError::Io { .. })
+        Err(SystemError::Io { .. })
     ));
 }
 
@@ -152,7 +157,7 @@ fn gpu_capacity_boundary_is_exact() {
     let fits = (10_000 - m.weight_bytes()) / 32;
     assert!(decode_step(&m, &s, Policy::Gpu, fits as usize, 1).is_ok());
     match decode_step(&m, &s, Policy::Gpu, fits as usize + 1, 1) {
-        Err(DecodeError::Capacity {
+        Err(SystemError::Capacity {
             needed,
             available,
             over,

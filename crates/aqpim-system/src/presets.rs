@@ -1,12 +1,26 @@
-//! Model and system presets: serde structs for the TOML files in `configs/`,
-//! compiled in by name, validated before use.
+//! Model and system presets: serde structs for the TOML files in this
+//! crate's `presets/`, compiled in by name, validated before use.
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{DecodeError, Result};
+use aqpim_attn::pim::CodebookScope;
+
+use crate::error::{Result, SystemError};
 
 /// FP16 bytes per element, for weights and the uncompressed KV cache.
 pub const FP16_BYTES: u64 = 2;
+
+/// The largest time (ms), bandwidth (GB/s) or throughput (TFLOP/s) a
+/// preset may state: no real part comes near it, and anything larger is a
+/// typo that would swamp every sum it enters.
+pub const MAX_FIGURE: f64 = 1e6;
+
+/// The largest memory (bytes) a preset may state: 1 PiB.
+pub const MAX_MEMORY_BYTES: u64 = 1 << 50;
+
+/// The largest size of a model dimension (layers, heads, hidden, ffn,
+/// vocab): products of a few of them stay far inside 64 bits.
+pub const MAX_MODEL_DIM: usize = 1 << 20;
 
 /// The shape of a decoder-only transformer (Llama family).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -37,7 +51,7 @@ impl ModelSpec {
     /// `hidden`, `kv_heads` dividing `heads`.
     pub fn validate(&self) -> Result<()> {
         let bad = |reason: String| {
-            Err(DecodeError::Preset {
+            Err(SystemError::Preset {
                 name: self.name.clone(),
                 reason,
             })
@@ -51,8 +65,8 @@ impl ModelSpec {
             ("ffn", self.ffn),
             ("vocab", self.vocab),
         ] {
-            if v == 0 {
-                return bad(format!("{field} must be positive"));
+            if v == 0 || v > MAX_MODEL_DIM {
+                return bad(format!("{field} = {v} must be in 1..={MAX_MODEL_DIM}"));
             }
         }
         if !self.hidden.is_multiple_of(self.heads) {
@@ -160,15 +174,31 @@ pub struct PimStacksSpec {
     /// runs FP16 PIM attention only (`attacc`).
     #[serde(default)]
     pub kv: Option<String>,
-    /// GPU<->PIM handoff per layer (the query or lookup table in, the outputs
-    /// back, and the launch that waits for them), ms.
+    /// GPU kernel boundaries per layer around the PIM attention (the launch
+    /// that hands the work over and the one that waits for it), ms.
     pub sync_ms: f64,
+    /// Bandwidth of the GPU<->PIM link, GB/s: queries or lookup tables and
+    /// new tokens in, partial outputs and softmax statistics out, codebooks
+    /// for in-memory quantization.
+    pub link_gbps: f64,
+    /// Latency of one transfer over the GPU<->PIM link, microseconds (two
+    /// per layer: in, then out).
+    pub link_latency_us: f64,
+    /// Codebook scope under `aqpim`: `model` (calibrated offline, shared by
+    /// every sequence; the default) or `sequence` (trained online per cache).
+    #[serde(default)]
+    pub codebooks: Option<String>,
+    /// Overlap the GPU's linear layers with PIM attention (AttAcc's
+    /// `--pipeopt`, head-level pipelining). Default off, as in AttAcc's
+    /// simulator.
+    #[serde(default)]
+    pub overlap_linear: bool,
 }
 
 impl PimStacksSpec {
     /// The device with the stack count applied, resolved.
     pub fn device(&self) -> Result<aqpim_pim::Device> {
-        let bad = |reason: String| DecodeError::Preset {
+        let bad = |reason: String| SystemError::Preset {
             name: self.device.clone(),
             reason,
         };
@@ -183,10 +213,21 @@ impl PimStacksSpec {
         spec.resolve().map_err(|e| bad(e.to_string()))
     }
 
+    /// The codebook scope (`model` unless the preset says otherwise).
+    pub fn codebook_scope(&self) -> Result<CodebookScope> {
+        match &self.codebooks {
+            None => Ok(CodebookScope::Model),
+            Some(s) => s.parse().map_err(|_| SystemError::Preset {
+                name: self.device.clone(),
+                reason: format!("pim.codebooks = `{s}`: use `model` or `sequence`"),
+            }),
+        }
+    }
+
     /// The PQ spec of `kv`, if any.
     pub fn pq_spec(&self) -> Result<Option<aqpim_kvcache::PqSpec>> {
         let Some(kv) = &self.kv else { return Ok(None) };
-        let bad = |reason: String| DecodeError::Preset {
+        let bad = |reason: String| SystemError::Preset {
             name: self.device.clone(),
             reason: format!("pim.kv = `{kv}`: {reason}"),
         };
@@ -229,22 +270,27 @@ impl SystemSpec {
     /// bandwidths not above the peak, link and host given together.
     pub fn validate(&self) -> Result<()> {
         let bad = |reason: String| {
-            Err(DecodeError::Preset {
+            Err(SystemError::Preset {
                 name: self.name.clone(),
                 reason,
             })
         };
         let g = &self.gpu;
-        if g.memory_bytes == 0 {
-            return bad("gpu.memory_bytes is 0: the GPU has no capacity".into());
+        if g.memory_bytes == 0 || g.memory_bytes > MAX_MEMORY_BYTES {
+            return bad(format!(
+                "gpu.memory_bytes = {} must be in 1..={MAX_MEMORY_BYTES}",
+                g.memory_bytes
+            ));
         }
         for (field, v) in [
             ("gpu.peak_hbm_gbps", g.peak_hbm_gbps),
             ("gpu.attn_gbps", g.attn_gbps),
             ("gpu.linear_gbps", g.linear_gbps),
         ] {
-            if !(v.is_finite() && v > 0.0) {
-                return bad(format!("{field} = {v} must be a positive number"));
+            if !(v.is_finite() && v > 0.0 && v <= MAX_FIGURE) {
+                return bad(format!(
+                    "{field} = {v} must be a positive number up to {MAX_FIGURE}"
+                ));
             }
             if v > g.peak_hbm_gbps {
                 return bad(format!(
@@ -253,19 +299,25 @@ impl SystemSpec {
                 ));
             }
         }
-        if !(g.attn_fixed_ms.is_finite() && g.attn_fixed_ms >= 0.0) {
+        if !(g.attn_fixed_ms.is_finite() && (0.0..=MAX_FIGURE).contains(&g.attn_fixed_ms)) {
             return bad(format!(
-                "gpu.attn_fixed_ms = {} must be >= 0",
+                "gpu.attn_fixed_ms = {} must be a number in 0..={MAX_FIGURE}",
                 g.attn_fixed_ms
             ));
         }
         match (&self.link, &self.host) {
             (Some(l), Some(h)) => {
-                if !(l.gbps.is_finite() && l.gbps > 0.0) {
-                    return bad(format!("link.gbps = {} must be a positive number", l.gbps));
+                if !(l.gbps.is_finite() && l.gbps > 0.0 && l.gbps <= MAX_FIGURE) {
+                    return bad(format!(
+                        "link.gbps = {} must be a positive number up to {MAX_FIGURE}",
+                        l.gbps
+                    ));
                 }
-                if h.memory_bytes == 0 {
-                    return bad("host.memory_bytes is 0: the host has no capacity".into());
+                if h.memory_bytes == 0 || h.memory_bytes > MAX_MEMORY_BYTES {
+                    return bad(format!(
+                        "host.memory_bytes = {} must be in 1..={MAX_MEMORY_BYTES}",
+                        h.memory_bytes
+                    ));
                 }
             }
             (None, None) => {}
@@ -278,8 +330,12 @@ impl SystemSpec {
             ("gpu.compute_efficiency", g.compute_efficiency),
         ] {
             if let Some(v) = v {
-                if !(v.is_finite() && v >= 0.0) || (v == 0.0 && field != "gpu.pq_attn_fixed_ms") {
-                    return bad(format!("{field} = {v} must be a positive number"));
+                if !(v.is_finite() && (0.0..=MAX_FIGURE).contains(&v))
+                    || (v == 0.0 && field != "gpu.pq_attn_fixed_ms")
+                {
+                    return bad(format!(
+                        "{field} = {v} must be a positive number up to {MAX_FIGURE}"
+                    ));
                 }
             }
         }
@@ -289,17 +345,31 @@ impl SystemSpec {
             }
         }
         if let Some(p) = &self.pim {
-            if !(p.sync_ms.is_finite() && p.sync_ms >= 0.0) {
-                return bad(format!("pim.sync_ms = {} must be >= 0", p.sync_ms));
+            for (field, v) in [
+                ("pim.sync_ms", p.sync_ms),
+                ("pim.link_latency_us", p.link_latency_us),
+            ] {
+                if !(v.is_finite() && (0.0..=MAX_FIGURE).contains(&v)) {
+                    return bad(format!(
+                        "{field} = {v} must be a number in 0..={MAX_FIGURE}"
+                    ));
+                }
             }
-            let d = p.device().map_err(|e| DecodeError::Preset {
+            if !(p.link_gbps.is_finite() && p.link_gbps > 0.0 && p.link_gbps <= MAX_FIGURE) {
+                return bad(format!(
+                    "pim.link_gbps = {} must be a positive number up to {MAX_FIGURE}",
+                    p.link_gbps
+                ));
+            }
+            p.codebook_scope()?;
+            let d = p.device().map_err(|e| SystemError::Preset {
                 name: self.name.clone(),
                 reason: format!("[pim]: {e}"),
             })?;
             if device_bytes(&d) == 0 {
                 return bad(format!("PIM device `{}` has no capacity", d.name));
             }
-            p.pq_spec().map_err(|e| DecodeError::Preset {
+            p.pq_spec().map_err(|e| SystemError::Preset {
                 name: self.name.clone(),
                 reason: format!("[pim]: {e}"),
             })?;
@@ -308,55 +378,52 @@ impl SystemSpec {
     }
 }
 
-/// Model presets by name, from `configs/models/`.
+/// Model presets by name, from `presets/models/`.
 pub const MODEL_PRESETS: &[(&str, &str)] = &[
     (
         "llama2-7b",
-        include_str!("../../../../configs/models/llama2-7b.toml"),
+        include_str!("../presets/models/llama2-7b.toml"),
     ),
     (
         "llama2-13b",
-        include_str!("../../../../configs/models/llama2-13b.toml"),
+        include_str!("../presets/models/llama2-13b.toml"),
     ),
     (
         "llama2-70b",
-        include_str!("../../../../configs/models/llama2-70b.toml"),
+        include_str!("../presets/models/llama2-70b.toml"),
     ),
     (
         "llama3-8b",
-        include_str!("../../../../configs/models/llama3-8b.toml"),
+        include_str!("../presets/models/llama3-8b.toml"),
     ),
     (
         "llama3-70b",
-        include_str!("../../../../configs/models/llama3-70b.toml"),
+        include_str!("../presets/models/llama3-70b.toml"),
     ),
     (
         "mistral-7b",
-        include_str!("../../../../configs/models/mistral-7b.toml"),
+        include_str!("../presets/models/mistral-7b.toml"),
     ),
     (
         "smollm2-135m",
-        include_str!("../../../../configs/models/smollm2-135m.toml"),
+        include_str!("../presets/models/smollm2-135m.toml"),
     ),
 ];
 
-/// System presets by name, from `configs/systems/`.
+/// System presets by name, from `presets/systems/`.
 pub const SYSTEM_PRESETS: &[(&str, &str)] = &[
-    (
-        "h100",
-        include_str!("../../../../configs/systems/h100.toml"),
-    ),
+    ("h100", include_str!("../presets/systems/h100.toml")),
     (
         "h100+host",
-        include_str!("../../../../configs/systems/h100+host.toml"),
+        include_str!("../presets/systems/h100+host.toml"),
     ),
     (
         "h100+attacc",
-        include_str!("../../../../configs/systems/h100+attacc.toml"),
+        include_str!("../presets/systems/h100+attacc.toml"),
     ),
     (
         "h100+aqpim",
-        include_str!("../../../../configs/systems/h100+aqpim.toml"),
+        include_str!("../presets/systems/h100+aqpim.toml"),
     ),
 ];
 
@@ -365,7 +432,7 @@ fn lookup<'a>(table: &'a [(&str, &str)], kind: &str, name: &str) -> Result<&'a s
         .iter()
         .find(|(n, _)| *n == name)
         .map(|(_, t)| *t)
-        .ok_or_else(|| DecodeError::Preset {
+        .ok_or_else(|| SystemError::Preset {
             name: name.to_string(),
             reason: format!(
                 "no such {kind} preset (known: {})",
@@ -376,7 +443,7 @@ fn lookup<'a>(table: &'a [(&str, &str)], kind: &str, name: &str) -> Result<&'a s
 
 /// Parses and validates a model from TOML text; `name` names it in errors.
 pub fn parse_model(text: &str, name: &str) -> Result<ModelSpec> {
-    let m: ModelSpec = toml::from_str(text).map_err(|e| DecodeError::Preset {
+    let m: ModelSpec = toml::from_str(text).map_err(|e| SystemError::Preset {
         name: name.to_string(),
         reason: e.to_string().trim().to_string(),
     })?;
@@ -386,10 +453,22 @@ pub fn parse_model(text: &str, name: &str) -> Result<ModelSpec> {
 
 /// Parses and validates a system from TOML text; `name` names it in errors.
 pub fn parse_system(text: &str, name: &str) -> Result<SystemSpec> {
-    let s: SystemSpec = toml::from_str(text).map_err(|e| DecodeError::Preset {
+    parse_system_in(text, name, None)
+}
+
+/// [`parse_system`], with a `[pim] device` path that ends in `.toml` taken
+/// relative to `dir` (the folder of the system file) unless it is absolute.
+fn parse_system_in(text: &str, name: &str, dir: Option<&std::path::Path>) -> Result<SystemSpec> {
+    let mut s: SystemSpec = toml::from_str(text).map_err(|e| SystemError::Preset {
         name: name.to_string(),
         reason: e.to_string().trim().to_string(),
     })?;
+    if let (Some(dir), Some(p)) = (dir, s.pim.as_mut()) {
+        let dev = std::path::Path::new(&p.device);
+        if p.device.ends_with(".toml") && dev.is_relative() {
+            p.device = dir.join(dev).to_string_lossy().into_owned();
+        }
+    }
     s.validate()?;
     Ok(s)
 }
@@ -397,7 +476,7 @@ pub fn parse_system(text: &str, name: &str) -> Result<SystemSpec> {
 /// A model preset by name, or a TOML file path (ending in `.toml`).
 pub fn model(name_or_path: &str) -> Result<ModelSpec> {
     if name_or_path.ends_with(".toml") {
-        let text = std::fs::read_to_string(name_or_path).map_err(|source| DecodeError::Io {
+        let text = std::fs::read_to_string(name_or_path).map_err(|source| SystemError::Io {
             op: "reading",
             path: name_or_path.into(),
             source,
@@ -410,12 +489,13 @@ pub fn model(name_or_path: &str) -> Result<ModelSpec> {
 /// A system preset by name, or a TOML file path (ending in `.toml`).
 pub fn system(name_or_path: &str) -> Result<SystemSpec> {
     if name_or_path.ends_with(".toml") {
-        let text = std::fs::read_to_string(name_or_path).map_err(|source| DecodeError::Io {
+        let text = std::fs::read_to_string(name_or_path).map_err(|source| SystemError::Io {
             op: "reading",
             path: name_or_path.into(),
             source,
         })?;
-        return parse_system(&text, name_or_path);
+        let dir = std::path::Path::new(name_or_path).parent();
+        return parse_system_in(&text, name_or_path, dir);
     }
     parse_system(
         lookup(SYSTEM_PRESETS, "system", name_or_path)?,

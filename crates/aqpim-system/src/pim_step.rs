@@ -1,0 +1,435 @@
+//! The PIM policies (`attacc`, `aqpim`): where the KV cache goes, what the
+//! GPU<->PIM link carries, and how the parts of a step overlap.
+//!
+//! - **Placement.** Each sequence keeps the largest `ctx' <= ctx` tokens in
+//!   the stacks for which every channel's rows, summed over the layers, fit a
+//!   bank (`aqpim_attn::pim::layer_footprint`; layer `l`'s placement is
+//!   rotated by `l x C / L` channels so that no channel is the fullest in
+//!   every layer). For `aqpim` the FP16 sinks and window always stay and the
+//!   encoded tokens are what may not fit.
+//! - **Overflow** goes first to free GPU memory (FP16 for `attacc`, codes for
+//!   `aqpim`), attended there at the measured rate (SDPA for FP16, the Triton
+//!   kernel on codes for PQ), beside the PIM attention; only what GPU memory
+//!   cannot hold spills to host memory, crossing the host link every step.
+//!   A spilled point is a what-if: the serving view never picks one.
+//! - **Codebooks** are counted at their scope everywhere: `model` scope keeps
+//!   one key and one value codebook per layer and KV head (FP16) on the GPU,
+//!   for the lookup tables and for in-memory quantization, and one value
+//!   codebook copy per channel and KV head in the banks; `sequence` scope
+//!   multiplies both by the batch and charges online k-means (beside the step).
+//! - **Link.** Per layer the GPU sends each query head's lookup table
+//!   (`aqpim`) or query (`attacc`, and `aqpim`'s FP16 slice) and the new
+//!   token, and reads back each slice's statistics and outputs; in-memory
+//!   quantization streams the codebooks once per flush (amortized over the
+//!   flush's tokens). `bytes / pim.link_gbps + 2 x pim.link_latency_us`.
+//! - **Overlap**, the same for both designs, as AttAcc's simulator models a
+//!   decoder block: the link's transfers pipeline with PIM attention head by
+//!   head, so of the shorter of the two only `1 / heads` stays exposed;
+//!   GPU attention of held tokens runs beside PIM attention; the linear
+//!   layers run before attention unless `pim.overlap_linear` (AttAcc's
+//!   `--pipeopt`, off by default there and here) pipelines them too.
+
+use aqpim_attn::pim::{CodebookScope, LayerJob, PimCost, PimKind};
+use aqpim_kvcache::{KvPart, KvShape, KvSpec, PqSpec, Regions};
+
+use crate::error::{Result, SystemError};
+use crate::pim::{balanced_rows, largest_fitting, PimMode, PimTimer, SimTimer};
+use crate::policy::{capacity, codebook_training_ms, layer_linear_ms, linear_ms, ms, Policy};
+use crate::presets::{device_bytes, ModelSpec, PimStacksSpec, SystemSpec, FP16_BYTES};
+use crate::step::Step;
+
+/// What a PIM policy stores per token and per cache.
+struct Format {
+    kind: PimKind,
+    /// FP16 tokens per cache beside the codes (PQ sinks and window).
+    fp_tokens: usize,
+    /// Tokens per sequence that may leave the stacks (FP16 tokens for
+    /// `attacc`, encoded tokens for `aqpim`).
+    movable: usize,
+    /// Bytes of one movable token of one sequence in one layer.
+    token_bytes: u64,
+    pq: Option<Pq>,
+}
+
+struct Pq {
+    spec: PqSpec,
+    regions: Regions,
+    scope: CodebookScope,
+    /// FP16 bytes of one key and one value codebook of one KV head.
+    key_book_bytes: u64,
+    value_book_bytes: u64,
+    /// FP16 bytes of one query head's lookup table.
+    table_bytes: u64,
+}
+
+fn format(
+    model: &ModelSpec,
+    stacks: &PimStacksSpec,
+    system: &SystemSpec,
+    policy: Policy,
+    ctx: usize,
+) -> Result<Format> {
+    if policy == Policy::Attacc {
+        return Ok(Format {
+            kind: PimKind::Fp16,
+            fp_tokens: 0,
+            movable: ctx,
+            token_bytes: model.kv_bytes_per_token_layer(),
+            pq: None,
+        });
+    }
+    let spec = stacks.pq_spec()?.ok_or_else(|| SystemError::InvalidArgument {
+        name: "system",
+        reason: format!(
+            "`{}` states no PQ format for its stacks ([pim] kv = \"pq:...\"): aqpim needs one (try h100+aqpim)",
+            system.name
+        ),
+    })?;
+    let pk = spec.params(model.head_dim, KvPart::Keys)?;
+    let pv = spec.params(model.head_dim, KvPart::Values)?;
+    if (pk.dsub(), pk.nbits()) != (pv.dsub(), pv.nbits()) {
+        return Err(SystemError::InvalidArgument {
+            name: "pim.kv",
+            reason: format!(
+                "keys as dsub {} x {} bits and values as dsub {} x {} bits: the PIM lowering takes one code format for both",
+                pk.dsub(),
+                pk.nbits(),
+                pv.dsub(),
+                pv.nbits()
+            ),
+        });
+    }
+    let regions = Regions::nominal(&KvSpec::Pq(spec), ctx);
+    let code_bytes = (spec.code_row_bytes(&pk) + spec.code_row_bytes(&pv)) as u64;
+    // Table entries per subspace: the banks' code width (4 or 8 bits).
+    let stride = if pk.nbits() <= 4 { 16 } else { 256 };
+    Ok(Format {
+        kind: PimKind::Pq {
+            dsub: pk.dsub(),
+            nbits: pk.nbits(),
+        },
+        fp_tokens: regions.sinks + regions.recent,
+        movable: regions.encoded,
+        token_bytes: code_bytes * model.kv_heads as u64,
+        pq: Some(Pq {
+            spec,
+            regions,
+            scope: stacks.codebook_scope()?,
+            key_book_bytes: pk.codebook_len() as u64 * FP16_BYTES,
+            value_book_bytes: pv.codebook_len() as u64 * FP16_BYTES,
+            table_bytes: (pk.num_subspaces() * stride) as u64 * FP16_BYTES,
+        }),
+    })
+}
+
+/// The layer job of a batch with `n` movable tokens per cache in the stacks.
+fn job(model: &ModelSpec, f: &Format, batch: usize, n: usize, quantize: bool) -> LayerJob {
+    LayerJob {
+        kind: f.kind,
+        head_dim: model.head_dim,
+        heads: batch * model.kv_heads,
+        kv_heads: model.kv_heads,
+        group: model.heads / model.kv_heads,
+        ctx: n,
+        fp_tokens: f.fp_tokens,
+        quantize: quantize && f.pq.as_ref().is_some_and(|p| p.regions.encoded > 0),
+        codebooks: f.pq.as_ref().map_or(CodebookScope::Model, |p| p.scope),
+    }
+}
+
+/// Where a batch's KV cache goes under a PIM policy, before any timing.
+pub(crate) struct Placed {
+    f: Format,
+    /// Movable tokens per sequence in the stacks.
+    in_pim: usize,
+    footprint: Option<aqpim_attn::pim::Footprint>,
+    /// Rows of every bank of the fullest channel over all layers.
+    rows_used: usize,
+    /// Movable tokens per sequence in GPU memory and in host memory.
+    pub(crate) on_gpu: usize,
+    pub(crate) spilled: usize,
+    /// FP16 codebook bytes the GPU holds.
+    gpu_books: u64,
+}
+
+fn stacks_of<'a>(system: &'a SystemSpec, policy: Policy) -> Result<&'a PimStacksSpec> {
+    system.pim.as_ref().ok_or_else(|| SystemError::InvalidArgument {
+        name: "system",
+        reason: format!(
+            "`{}` has no PIM stacks: {policy} needs a [pim] section (try h100+attacc or h100+aqpim)",
+            system.name
+        ),
+    })
+}
+
+/// Places a batch: the most movable tokens per sequence whose rows fit the
+/// banks, then free GPU memory, then host memory.
+pub(crate) fn place(
+    model: &ModelSpec,
+    system: &SystemSpec,
+    policy: Policy,
+    ctx: usize,
+    batch: usize,
+    timer: &dyn PimTimer,
+) -> Result<Placed> {
+    let stacks = stacks_of(system, policy)?;
+    let f = format(model, stacks, system, policy, ctx)?;
+    let layers = model.layers;
+    let rows = timer.device().org.rows;
+    let rows_of = |n: usize| -> Result<usize> {
+        if n + f.fp_tokens == 0 {
+            return Ok(0);
+        }
+        let fp = timer.footprint(&job(model, &f, batch, n, true))?;
+        Ok(balanced_rows(&fp.rows_per_channel, layers))
+    };
+    let Some(in_pim) = largest_fitting(f.movable, |n| Ok(rows_of(n)? <= rows))? else {
+        let org = &timer.device().org;
+        let row_bytes =
+            (org.channels * org.banks_per_channel * org.columns * org.column_bytes) as u64;
+        let needed = rows_of(0)? as u64 * row_bytes;
+        let available = rows as u64 * row_bytes;
+        return Err(SystemError::Capacity {
+            what: format!(
+                "the {} FP16 sink and window tokens and the codebooks of {batch} sequences",
+                f.fp_tokens
+            ),
+            place: "PIM banks (rows of the fullest channel)",
+            needed,
+            available,
+            over: needed.saturating_sub(available),
+        });
+    };
+    let footprint = if in_pim + f.fp_tokens > 0 {
+        Some(timer.footprint(&job(model, &f, batch, in_pim, true))?)
+    } else {
+        None
+    };
+    let rows_used = footprint
+        .as_ref()
+        .map_or(0, |fp| balanced_rows(&fp.rows_per_channel, layers));
+    let gpu_books = match &f.pq {
+        Some(p) => {
+            let sets = match p.scope {
+                CodebookScope::Model => 1,
+                CodebookScope::Sequence => batch as u64,
+            };
+            sets * (layers * model.kv_heads) as u64 * (p.key_book_bytes + p.value_book_bytes)
+        }
+        None => 0,
+    };
+    let overflow = f.movable - in_pim;
+    let per_token = f.token_bytes * batch as u64 * layers as u64;
+    let gpu_free = system
+        .gpu
+        .memory_bytes
+        .saturating_sub(model.weight_bytes())
+        .saturating_sub(gpu_books);
+    let on_gpu = if per_token == 0 {
+        0
+    } else if overflow as u64 * per_token <= gpu_free {
+        overflow
+    } else {
+        // Some tokens spill: one layer of them is staged on the GPU each
+        // step, so the tokens held there leave room for it:
+        // `held x per_token + (overflow - held) x per_layer <= free`.
+        let per_layer = per_token / layers as u64;
+        let room = gpu_free.saturating_sub(overflow as u64 * per_layer);
+        let held = room / (per_token - per_layer).max(1);
+        usize::try_from(held).unwrap_or(usize::MAX).min(overflow)
+    };
+    Ok(Placed {
+        in_pim,
+        footprint,
+        rows_used,
+        on_gpu,
+        spilled: overflow - on_gpu,
+        gpu_books,
+        f,
+    })
+}
+
+/// The PIM part of [`crate::decode_step_with`]: placement, overflow, PIM
+/// attention, quantization, link, tables, and the overlap of all of them
+/// with the linear layers.
+pub(crate) fn pim_step(
+    model: &ModelSpec,
+    system: &SystemSpec,
+    policy: Policy,
+    ctx: usize,
+    batch: usize,
+    pim: Option<&dyn PimTimer>,
+) -> Result<Step> {
+    let stacks = stacks_of(system, policy)?;
+    let owned;
+    let timer: &dyn PimTimer = match pim {
+        Some(t) => t,
+        None => {
+            owned = SimTimer::new(stacks.device()?, PimMode::Simulated);
+            &owned
+        }
+    };
+    let g = &system.gpu;
+    let placed = place(model, system, policy, ctx, batch, timer)?;
+    let f = &placed.f;
+    let in_pim = placed.in_pim;
+    let layers = model.layers;
+    let mut step = Step::empty(model, system, policy, ctx, batch);
+    step.pim_rows = timer.device().org.rows;
+    step.pim_capacity_bytes = device_bytes(timer.device());
+    step.ctx_in_pim = ctx - (f.movable - in_pim);
+    step.pim_rows_used = placed.rows_used;
+    let held = placed.footprint.is_some();
+    if let Some(fp) = &placed.footprint {
+        let org = &timer.device().org;
+        let row_bytes = (org.banks_per_channel * org.columns * org.column_bytes) as u64;
+        step.pim_bytes_used =
+            layers as u64 * fp.rows_per_channel.iter().map(|&r| r as u64).sum::<u64>() * row_bytes;
+        step.pim_codebook_copies = layers * fp.codebook_copies;
+    }
+    let gpu_books = placed.gpu_books;
+    let (on_gpu, spilled) = (placed.on_gpu, placed.spilled);
+    step.ctx_on_gpu = on_gpu;
+    step.ctx_spilled = spilled;
+    let gpu_layer = on_gpu as u64 * batch as u64 * f.token_bytes;
+    let spill_layer = spilled as u64 * batch as u64 * f.token_bytes;
+    let spill_total = spill_layer * layers as u64;
+    if spilled > 0 {
+        let (Some(link), Some(host)) = (&system.link, &system.host) else {
+            return Err(SystemError::Capacity {
+                what: format!(
+                    "the KV cache of {batch} x {ctx} tokens ({spilled} tokens per sequence past the PIM stacks and GPU memory; `{}` has no host link to spill to)",
+                    system.name
+                ),
+                place: "PIM banks and GPU memory",
+                needed: step.pim_bytes_used + gpu_layer * layers as u64 + spill_total,
+                available: step.pim_bytes_used + gpu_layer * layers as u64,
+                over: spill_total,
+            });
+        };
+        capacity(
+            format!("the spilled KV cache ({spilled} tokens x {batch} sequences)"),
+            "host memory",
+            spill_total,
+            host.memory_bytes,
+        )?;
+        step.transfer_ms = layers as f64 * ms(spill_layer, link.gbps);
+        step.host_bytes_used = spill_total;
+    }
+    let staged = if spilled > 0 { spill_layer } else { 0 };
+    let gpu_used = step.weight_bytes + gpu_books + gpu_layer * layers as u64 + staged;
+    capacity(
+        format!(
+            "{} weights, {gpu_books} bytes of codebooks, {on_gpu} tokens per sequence of KV cache and {staged} bytes of staged spilled KV cache",
+            model.name
+        ),
+        "GPU memory",
+        gpu_used,
+        g.memory_bytes,
+    )?;
+    step.gpu_bytes_used = gpu_used;
+
+    // GPU attention over the tokens it holds or receives.
+    let gpu_tokens_layer = gpu_layer + spill_layer;
+    let gpu_attn_layer = if gpu_tokens_layer == 0 {
+        0.0
+    } else if f.pq.is_none() {
+        g.attn_fixed_ms + ms(gpu_tokens_layer, g.attn_gbps)
+    } else {
+        let (Some(fixed), Some(gbps)) = (g.pq_attn_fixed_ms, g.pq_attn_gbps) else {
+            return Err(SystemError::InvalidArgument {
+                name: "system",
+                reason: format!(
+                    "`{}` keeps PQ codes outside the stacks but states no gpu.pq_attn_fixed_ms / gpu.pq_attn_gbps",
+                    system.name
+                ),
+            });
+        };
+        fixed + ms(gpu_tokens_layer, gbps)
+    };
+    step.attention_ms = layers as f64 * gpu_attn_layer;
+
+    // PIM attention, quantization, energy, link, tables.
+    let (mut pim_layer, mut quant_layer, mut link_layer) = (0.0, 0.0, 0.0);
+    if let Some(fp) = &placed.footprint {
+        let cost = timer.layer(&job(model, f, batch, in_pim, false))?;
+        pim_layer = cost.ns / 1e6;
+        let mut energy = cost.energy_pj;
+        let mut flush_share = 0.0;
+        if f.pq.as_ref().is_some_and(|p| p.regions.encoded > 0) {
+            // Once codebooks exist a token leaves the window each step; the
+            // banks quantize a block of them per flush, one flush every
+            // `quantize_block` steps: the step pays that share.
+            let qjob = job(model, f, batch, in_pim, true);
+            let q: PimCost = timer.layer(&qjob)?;
+            let block = timer.quantize_block(&qjob)? as f64;
+            quant_layer = (q.ns - cost.ns).max(0.0) / 1e6 / block;
+            energy += (q.energy_pj - cost.energy_pj).max(0.0) / block;
+            flush_share = fp.link_flush_bytes as f64 / block;
+        }
+        step.pim_energy_uj = layers as f64 * energy / 1e6;
+        let bytes = (fp.link_in_bytes + fp.link_out_bytes) as f64 + flush_share;
+        link_layer = bytes / (stacks.link_gbps * 1e6) + 2.0 * stacks.link_latency_us / 1e3;
+        step.link_bytes = (layers as f64 * bytes).round() as u64;
+        step.sync_ms = layers as f64 * stacks.sync_ms;
+    }
+    step.pim_attention_ms = layers as f64 * pim_layer;
+    step.quantize_ms = layers as f64 * quant_layer;
+    step.link_ms = layers as f64 * link_layer;
+    let mut table_layer = 0.0;
+    if let Some(p) = &f.pq {
+        step.codebooks = p.scope.to_string();
+        if p.regions.encoded > 0 {
+            // The GPU reads each KV head's key codebook once per layer (every
+            // sequence's under `sequence` scope) and writes one table per
+            // query head and cache.
+            let books = match p.scope {
+                CodebookScope::Model => model.kv_heads as u64,
+                CodebookScope::Sequence => (batch * model.kv_heads) as u64,
+            } * p.key_book_bytes;
+            let tables = (batch * model.heads) as u64 * p.table_bytes;
+            table_layer = ms(books + tables, g.attn_gbps);
+        }
+        step.table_ms = layers as f64 * table_layer;
+        let data = aqpim_kvcache::account_regions(
+            &KvShape::new(layers, model.kv_heads, model.head_dim)?,
+            &KvSpec::Pq(p.spec),
+            &vec![p.regions; layers],
+            0,
+            0,
+        )?;
+        step.kv_bytes = data.total_bytes * batch as u64 + gpu_books;
+        if p.scope == CodebookScope::Sequence {
+            step.codebook_training_ms =
+                codebook_training_ms(model, system, &p.spec, p.regions.encoded, batch)?;
+        }
+    } else {
+        step.kv_bytes = model.kv_bytes_per_token_layer() * (ctx * batch * layers) as u64;
+    }
+
+    // Overlap, per layer (see the module docs).
+    let heads = model.heads as f64;
+    let linear_layer = layer_linear_ms(model, system, batch);
+    let pim_busy = pim_layer + quant_layer;
+    let pim_part = pim_busy.max(link_layer) + pim_busy.min(link_layer) / heads;
+    let gpu_part = step.transfer_ms / layers as f64 + gpu_attn_layer;
+    let layer_ms = if stacks.overlap_linear {
+        (linear_layer + gpu_part).max(pim_part) + linear_layer.min(pim_part) / heads
+    } else {
+        linear_layer + gpu_part.max(pim_part)
+    } + table_layer
+        + stacks.sync_ms * f64::from(u8::from(held));
+    step.linear_ms = linear_ms(model, system, batch);
+    let head_linear = step.linear_ms - layers as f64 * linear_layer;
+    let total = layers as f64 * layer_ms + head_linear;
+    step.overlapped_ms = (step.parts_ms() - total).max(0.0);
+    Ok(step)
+}
+
+/// Bytes a placement keeps in GPU memory when nothing spills: weights,
+/// codebooks and the tokens held there.
+pub(crate) fn gpu_bytes(model: &ModelSpec, p: &Placed, batch: usize) -> u64 {
+    model.weight_bytes()
+        + p.gpu_books
+        + p.on_gpu as u64 * batch as u64 * p.f.token_bytes * model.layers as u64
+}

@@ -1,0 +1,162 @@
+//! The serving view: for one context, the batch with the highest tokens/s
+//! among those whose KV cache fits without spilling to host memory (the
+//! PIM stacks, then free GPU memory), as a serving scheduler would cap it.
+//!
+//! The largest such batch is found by doubling then bisection on the
+//! placement alone (no timing); tokens/s is then timed at every power of
+//! two up to it, the eight largest batches, and the four largest that fit in
+//! the PIM stacks alone, and the best is kept. Step time grows about
+//! linearly with the batch, so tokens/s rises with it; the extra candidates
+//! catch the steps where one more sequence adds a wave of slices or moves
+//! tokens to the slower GPU path.
+
+use serde::Serialize;
+
+use crate::error::{Result, SystemError};
+use crate::pim::PimTimer;
+use crate::pim_step::place;
+use crate::policy::{decode_step_with, Policy, MAX_BATCH};
+use crate::presets::{ModelSpec, SystemSpec};
+use crate::step::Step;
+
+/// The best batch of one context under one policy, with its step.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ServePoint {
+    /// Tokens per sequence.
+    pub ctx: usize,
+    /// The policy.
+    pub policy: Policy,
+    /// The batch with the highest tokens/s among the candidates.
+    pub best_batch: usize,
+    /// Tokens per second at `best_batch`.
+    pub tokens_per_s: f64,
+    /// The largest batch whose cache fits without host memory.
+    pub max_batch: usize,
+    /// PIM policies: the largest batch held entirely in the PIM stacks
+    /// (nothing in GPU memory); `None` otherwise or when not even one
+    /// sequence fits there.
+    pub max_batch_in_pim: Option<usize>,
+    /// Batches timed.
+    pub batches_timed: usize,
+    /// The itemized step at `best_batch`.
+    pub step: Step,
+}
+
+/// Where a batch's cache would go: `None` when it does not fit without host
+/// memory, else whether it is held entirely in the PIM stacks.
+fn fit(
+    model: &ModelSpec,
+    system: &SystemSpec,
+    policy: Policy,
+    ctx: usize,
+    batch: usize,
+    timer: Option<&dyn PimTimer>,
+) -> Result<Option<bool>> {
+    if let (true, Some(t)) = (policy.uses_pim(), timer) {
+        return match place(model, system, policy, ctx, batch, t) {
+            Ok(p) if p.spilled == 0 => {
+                let gpu = crate::pim_step::gpu_bytes(model, &p, batch);
+                Ok((gpu <= system.gpu.memory_bytes).then_some(p.on_gpu == 0))
+            }
+            Ok(_) | Err(SystemError::Capacity { .. }) => Ok(None),
+            Err(e) => Err(e),
+        };
+    }
+    if policy.uses_pim() {
+        return Err(SystemError::InvalidArgument {
+            name: "system",
+            reason: format!("{policy} needs a PIM timer"),
+        });
+    }
+    match decode_step_with(model, system, policy, ctx, batch, None) {
+        Ok(_) => Ok(Some(false)),
+        Err(SystemError::Capacity { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The largest batch in `1..=MAX_BATCH` for which `ok` holds (`ok` is
+/// monotone: true up to some batch, false after); `None` if not even 1.
+fn largest(mut ok: impl FnMut(usize) -> Result<bool>) -> Result<Option<usize>> {
+    if !ok(1)? {
+        return Ok(None);
+    }
+    let mut lo = 1;
+    let mut hi = 2;
+    while hi <= MAX_BATCH && ok(hi)? {
+        lo = hi;
+        hi *= 2;
+    }
+    if hi > MAX_BATCH {
+        if ok(MAX_BATCH)? {
+            return Ok(Some(MAX_BATCH));
+        }
+        hi = MAX_BATCH;
+    }
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if ok(mid)? {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    Ok(Some(lo))
+}
+
+/// The serving view of one context: see the module docs. `timer` is
+/// required for the PIM policies.
+pub fn serve(
+    model: &ModelSpec,
+    system: &SystemSpec,
+    policy: Policy,
+    ctx: usize,
+    timer: Option<&dyn PimTimer>,
+) -> Result<ServePoint> {
+    let max_batch = largest(|b| Ok(fit(model, system, policy, ctx, b, timer)?.is_some()))?
+        .ok_or_else(|| SystemError::Capacity {
+            what: format!(
+                "one sequence of {ctx} tokens of {} under {policy}",
+                model.name
+            ),
+            place: "the memory this policy may use without host memory",
+            needed: 0,
+            available: 0,
+            over: 0,
+        })?;
+    let in_pim = if policy.uses_pim() {
+        largest(|b| Ok(b <= max_batch && fit(model, system, policy, ctx, b, timer)? == Some(true)))?
+    } else {
+        None
+    };
+    let mut candidates: Vec<usize> = std::iter::successors(Some(1usize), |b| b.checked_mul(2))
+        .take_while(|&b| b <= max_batch)
+        .collect();
+    candidates.extend(max_batch.saturating_sub(7).max(1)..=max_batch);
+    if let Some(p) = in_pim {
+        candidates.extend(p.saturating_sub(3).max(1)..=p);
+    }
+    candidates.sort_unstable();
+    candidates.dedup();
+    let mut best: Option<Step> = None;
+    for &b in &candidates {
+        let step = decode_step_with(model, system, policy, ctx, b, timer)?;
+        if best
+            .as_ref()
+            .is_none_or(|s| step.tokens_per_s > s.tokens_per_s)
+        {
+            best = Some(step);
+        }
+    }
+    let step = best.expect("batch 1 fits, so there is a candidate");
+    Ok(ServePoint {
+        ctx,
+        policy,
+        best_batch: step.batch,
+        tokens_per_s: step.tokens_per_s,
+        max_batch,
+        max_batch_in_pim: in_pim,
+        batches_timed: candidates.len(),
+        step,
+    })
+}
