@@ -173,21 +173,27 @@ fn pim_point_and_sweep() {
     assert_eq!(v["policy"], "aqpim");
     let parts: f64 = [
         "linear_ms",
+        "table_ms",
         "attention_ms",
         "pim_attention_ms",
         "quantize_ms",
+        "link_ms",
         "sync_ms",
         "transfer_ms",
     ]
     .iter()
     .map(|k| v[k].as_f64().unwrap())
     .sum();
+    let overlapped = v["overlapped_ms"].as_f64().unwrap();
     assert!(
-        (v["total_ms"].as_f64().unwrap() - parts).abs() < 1e-9,
+        (v["total_ms"].as_f64().unwrap() - (parts - overlapped)).abs() < 1e-9,
         "{v}"
     );
+    assert!(v["link_ms"].as_f64().unwrap() > 0.0, "{v}");
     assert!(v["pim_bytes_used"].as_u64().unwrap() > 0);
+    assert!(v["pim_bytes_used"].as_u64().unwrap() <= v["pim_capacity_bytes"].as_u64().unwrap());
     assert_eq!(v["ctx_spilled"], 0);
+    assert_eq!(v["codebooks"], "model");
 
     let dir = tempfile::tempdir().unwrap();
     let csv = dir.path().join("sweep.csv");
@@ -244,4 +250,54 @@ fn pim_point_and_sweep() {
         "h100",
     ]);
     assert!(!out.status.success());
+}
+
+#[test]
+fn serve_finds_a_best_batch_per_context() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("serve.csv");
+    let out = aqpim(&[
+        "simulate",
+        "serve",
+        "--model",
+        "llama2-7b",
+        "--system",
+        "h100+aqpim",
+        "--policy",
+        "attacc,aqpim",
+        "--ctx",
+        "32K,64K",
+        "--pim-model",
+        "analytic",
+        "--json",
+        "--out",
+        csv.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let rows: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 4, "{text}");
+    for r in &rows {
+        let best = r["best_batch"].as_u64().unwrap();
+        assert!(best >= 1 && best <= r["max_batch"].as_u64().unwrap(), "{r}");
+        assert!(r["tokens_per_s"].as_f64().unwrap() > 0.0);
+        assert_eq!(r["step"]["batch"].as_u64().unwrap(), best);
+        assert_eq!(r["step"]["ctx_spilled"], 0);
+    }
+    assert_eq!(rows[0]["ctx"], 32768);
+    // CSV: the serving fields, then the step's columns, one row per point.
+    let csv = std::fs::read_to_string(&csv).unwrap();
+    let header = csv.lines().next().unwrap();
+    assert!(
+        header.starts_with("best_batch,max_batch,max_batch_in_pim,batches_timed,model,"),
+        "{header}"
+    );
+    assert_eq!(csv.lines().count(), 5);
 }
