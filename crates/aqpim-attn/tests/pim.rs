@@ -7,7 +7,7 @@
 
 use aqpim_attn::pim::{
     analytic_layer, fp16_head_on_pim, layer_rows_per_bank, pq_head_on_pim, quantize_on_pim,
-    simulate_layer, LayerJob, PimKind,
+    simulate_layer, LayerJob, PimKind, PqCodes,
 };
 use aqpim_attn::pq_head_attention;
 use aqpim_attn::reference::{attention_f64, relative_error};
@@ -84,13 +84,18 @@ proptest! {
     #[test]
     fn aqpim_program_equals_attention_on_codes(
         shape in prop_oneof![
-            Just((128usize, 4usize, 8u32)),
-            Just((128, 2, 8)),
-            Just((64, 4, 8)),
-            Just((64, 2, 4)),
-            Just((32, 1, 8)),
-            Just((16, 4, 4)),
-            Just((128, 8, 4)),
+            Just((128usize, 4usize, 8u32, 8u32)),
+            Just((128, 2, 8, 8)),
+            Just((64, 4, 8, 8)),
+            Just((64, 2, 4, 4)),
+            Just((32, 1, 8, 8)),
+            Just((16, 4, 4, 4)),
+            Just((128, 8, 4, 4)),
+            // Keys and values in their own formats (64 B and 32 B per token;
+            // 32 B and 16 B: the values share code columns, the keys not).
+            Just((128, 2, 8, 4)),
+            Just((64, 2, 8, 4)),
+            Just((64, 4, 4, 8)),
         ],
         ctx in 1usize..=2500,
         sinks in 0usize..=4,
@@ -99,9 +104,10 @@ proptest! {
         slices in 1usize..=3,
         seed in 0u64..10_000,
     ) {
-        let (d, dsub, nbits) = shape;
+        let (d, dsub, kbits, vbits) = shape;
+        let nbits = (kbits, vbits);
         let kshape = KvShape::with_query_heads(1, 1, g, d).unwrap();
-        let spec: KvSpec = format!("pq:dsub={dsub},nbits={nbits},sinks={sinks},window={window},iters=4")
+        let spec: KvSpec = format!("pq:dsub={dsub},kbits={kbits},vbits={vbits},sinks={sinks},window={window},iters=4")
             .parse()
             .unwrap();
         let mut cache = build(kshape, &spec).unwrap();
@@ -119,7 +125,7 @@ proptest! {
             let err = relative_error(&run.out[h * d..(h + 1) * d], &w);
             prop_assert!(
                 err <= TOL,
-                "d={d} dsub={dsub} nbits={nbits} ctx={ctx} sinks={sinks} window={window} slices={slices} head {h}: relative error {err:e}"
+                "d={d} dsub={dsub} nbits={nbits:?} ctx={ctx} sinks={sinks} window={window} slices={slices} head {h}: relative error {err:e}"
             );
         }
         same_timing(&run)?;
@@ -128,27 +134,30 @@ proptest! {
     #[test]
     fn in_memory_quantization_picks_the_nearest_fp16_centroid(
         shape in prop_oneof![
-            Just((128usize, 4usize, 8u32, 1usize)),
-            Just((128, 2, 8, 1)),
-            Just((64, 2, 8, 1)),
-            Just((64, 1, 4, 1)),
-            Just((64, 4, 8, 2)),
-            Just((128, 8, 4, 4)),
+            Just((128usize, 4usize, 8u32, 8u32, 1usize)),
+            Just((128, 2, 8, 8, 1)),
+            Just((64, 2, 8, 8, 1)),
+            Just((64, 1, 4, 4, 1)),
+            Just((64, 4, 8, 8, 2)),
+            Just((128, 8, 4, 4, 4)),
+            // Keys at 8 bits, values at 4 (64 B and 32 B of codes per token).
+            Just((128, 2, 8, 4, 1)),
         ],
         columns in 1usize..=3,
         bank in 0usize..64,
         seed in 0u64..10_000,
     ) {
         // `tpc` tokens share a code column; quantize whole columns.
-        let (d, dsub, nbits, tpc) = shape;
+        let (d, dsub, kbits, vbits, tpc) = shape;
         let n = tpc * columns;
-        let params = PqParams::new(d, d / dsub, nbits).unwrap();
+        let params = PqParams::new(d, d / dsub, kbits).unwrap();
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        let mut book = || {
+        let mut book = |bits| {
+            let params = PqParams::new(d, d / dsub, bits).unwrap();
             let c: Vec<f32> = (0..params.ksub() * d).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
             ProductQuantizer::from_centroids(params, c).unwrap()
         };
-        let (kq, vq) = (book(), book());
+        let (kq, vq) = (book(kbits), book(vbits));
         let keys: Vec<f32> = (0..n * d).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
         let values: Vec<f32> = (0..n * d).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
         let run = quantize_on_pim(&device(), &kq, &vq, &keys, &values, bank).unwrap();
@@ -161,7 +170,7 @@ proptest! {
                     let xs = &x[m * dsub..(m + 1) * dsub];
                     let c = pq.subspace_centroids(m);
                     let mut best = (f32::INFINITY, 0usize);
-                    for j in 0..params.ksub() {
+                    for j in 0..pq.params().ksub() {
                         let dist: f32 = (0..dsub).map(|i| { let e = r(xs[i]) - r(c[j * dsub + i]); e * e }).sum();
                         if dist < best.0 { best = (dist, j); }
                     }
@@ -178,11 +187,7 @@ proptest! {
 fn analytic_layer_cost_tracks_the_simulator_within_5_percent() {
     let dev = device();
     let mut bad = Vec::new();
-    let kinds = [
-        PimKind::Fp16,
-        PimKind::Pq { dsub: 4, nbits: 8 },
-        PimKind::Pq { dsub: 2, nbits: 8 },
-    ];
+    let kinds = [PimKind::Fp16, PimKind::pq(4, 8), PimKind::pq(2, 8)];
     for kind in kinds {
         for (heads, kv_heads) in [(8, 8), (32, 32), (96, 32)] {
             for ctx in [1000, 8192, 32768] {
@@ -221,7 +226,7 @@ fn analytic_layer_cost_tracks_the_simulator_within_5_percent() {
     // column), three query heads per KV head.
     for (heads, ctx) in [(3, 1000), (3, 8192), (24, 8192)] {
         let job = LayerJob {
-            kind: PimKind::Pq { dsub: 4, nbits: 8 },
+            kind: PimKind::pq(4, 8),
             head_dim: 64,
             heads,
             kv_heads: 3,
@@ -261,7 +266,7 @@ fn pq_attention_is_faster_than_fp16_attention_at_long_context() {
         codebooks: aqpim_attn::pim::CodebookScope::Model,
     };
     let fp = simulate_layer(&dev, &job(PimKind::Fp16)).unwrap();
-    let pq = simulate_layer(&dev, &job(PimKind::Pq { dsub: 4, nbits: 8 })).unwrap();
+    let pq = simulate_layer(&dev, &job(PimKind::pq(4, 8))).unwrap();
     assert!(
         pq.cycles < fp.cycles,
         "pq {} vs fp16 {}",
@@ -302,7 +307,7 @@ fn placements_that_do_not_fit_say_by_how_much() {
     let e = simulate_layer(
         &dev,
         &LayerJob {
-            kind: PimKind::Pq { dsub: 4, nbits: 9 },
+            kind: PimKind::pq(4, 9),
             head_dim: 128,
             ..bad
         },
@@ -310,4 +315,80 @@ fn placements_that_do_not_fit_say_by_how_much() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("9-bit"), "{e}");
+}
+
+#[test]
+fn keys_and_values_in_their_own_formats_equal_attention_on_codes() {
+    // Every mixed shape at a few fixed points (the property test above
+    // samples them among others).
+    for (d, dsub, kbits, vbits) in [(128usize, 2usize, 8u32, 4u32), (64, 2, 8, 4), (64, 4, 4, 8)] {
+        for (ctx, slices, window) in [(700usize, 1usize, 0usize), (2100, 3, 33)] {
+            let kshape = KvShape::with_query_heads(1, 1, 2, d).unwrap();
+            let spec: KvSpec = format!(
+                "pq:dsub={dsub},kbits={kbits},vbits={vbits},sinks=2,window={window},iters=4"
+            )
+            .parse()
+            .unwrap();
+            let mut cache = build(kshape, &spec).unwrap();
+            let keys: Vec<f32> = aqpim_pq::synth::kv_like(ctx, d, 7)
+                .iter()
+                .map(|v| v * 0.15)
+                .collect();
+            let values: Vec<f32> = keys.iter().map(|v| -0.5 * v + 0.1).collect();
+            cache.prefill(0, &keys, &values).unwrap();
+            let view = cache.as_pq().unwrap().head(0, 0).unwrap();
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+            let queries: Vec<f32> = (0..2 * d).map(|_| rng.gen_range(-0.5f32..0.5)).collect();
+            let mut want = vec![0f32; 2 * d];
+            pq_head_attention(&view, &queries, &mut want).unwrap();
+            let run = pq_head_on_pim(&device(), &view, &queries, slices).unwrap();
+            for h in 0..2 {
+                let w: Vec<f64> = want[h * d..(h + 1) * d]
+                    .iter()
+                    .map(|&x| f64::from(x))
+                    .collect();
+                let err = relative_error(&run.out[h * d..(h + 1) * d], &w);
+                assert!(
+                    err <= TOL,
+                    "d={d} dsub={dsub} k{kbits} v{vbits} ctx={ctx}: {err:e}"
+                );
+            }
+        }
+    }
+    // A layer in a mixed format: the closed form tracks the simulator, and
+    // its bins-times-codebook step costs what the value format costs.
+    let dev = device();
+    let job = |kind| LayerJob {
+        kind,
+        head_dim: 128,
+        heads: 32,
+        kv_heads: 32,
+        group: 1,
+        ctx: 8192,
+        fp_tokens: 132,
+        quantize: true,
+        codebooks: aqpim_attn::pim::CodebookScope::Model,
+    };
+    let mixed = PimKind::Pq {
+        key: PqCodes { dsub: 4, nbits: 8 },
+        value: PqCodes { dsub: 2, nbits: 4 },
+    };
+    let sim = simulate_layer(&dev, &job(mixed)).unwrap();
+    let ana = analytic_layer(&dev, &job(mixed)).unwrap();
+    let err = (ana.cycles as f64 - sim.cycles as f64).abs() / sim.cycles as f64;
+    assert!(
+        err < 0.05,
+        "analytic {} vs simulated {}",
+        ana.cycles,
+        sim.cycles
+    );
+    let k8 = simulate_layer(&dev, &job(PimKind::pq(4, 8))).unwrap();
+    let v4 = simulate_layer(&dev, &job(PimKind::pq(2, 4))).unwrap();
+    assert!(
+        v4.cycles <= sim.cycles && sim.cycles < k8.cycles,
+        "{} {} {}",
+        v4.cycles,
+        sim.cycles,
+        k8.cycles
+    );
 }

@@ -29,7 +29,7 @@
 //!   layers run before attention unless `pim.overlap_linear` (AttAcc's
 //!   `--pipeopt`, off by default there and here) pipelines them too.
 
-use aqpim_attn::pim::{CodebookScope, LayerJob, PimCost, PimKind};
+use aqpim_attn::pim::{CodebookScope, LayerJob, PimCost, PimKind, PqCodes};
 use aqpim_kvcache::{KvPart, KvShape, KvSpec, PqSpec, Regions};
 
 use crate::error::{Result, SystemError};
@@ -87,26 +87,20 @@ fn format(
     })?;
     let pk = spec.params(model.head_dim, KvPart::Keys)?;
     let pv = spec.params(model.head_dim, KvPart::Values)?;
-    if (pk.dsub(), pk.nbits()) != (pv.dsub(), pv.nbits()) {
-        return Err(SystemError::InvalidArgument {
-            name: "pim.kv",
-            reason: format!(
-                "keys as dsub {} x {} bits and values as dsub {} x {} bits: the PIM lowering takes one code format for both",
-                pk.dsub(),
-                pk.nbits(),
-                pv.dsub(),
-                pv.nbits()
-            ),
-        });
-    }
     let regions = Regions::nominal(&KvSpec::Pq(spec), ctx);
     let code_bytes = (spec.code_row_bytes(&pk) + spec.code_row_bytes(&pv)) as u64;
     // Table entries per subspace: the banks' code width (4 or 8 bits).
     let stride = if pk.nbits() <= 4 { 16 } else { 256 };
     Ok(Format {
         kind: PimKind::Pq {
-            dsub: pk.dsub(),
-            nbits: pk.nbits(),
+            key: PqCodes {
+                dsub: pk.dsub(),
+                nbits: pk.nbits(),
+            },
+            value: PqCodes {
+                dsub: pv.dsub(),
+                nbits: pv.nbits(),
+            },
         },
         fp_tokens: regions.sinks + regions.recent,
         movable: regions.encoded,
@@ -152,7 +146,7 @@ pub(crate) struct Placed {
     gpu_books: u64,
 }
 
-fn stacks_of<'a>(system: &'a SystemSpec, policy: Policy) -> Result<&'a PimStacksSpec> {
+fn stacks_of(system: &SystemSpec, policy: Policy) -> Result<&PimStacksSpec> {
     system.pim.as_ref().ok_or_else(|| SystemError::InvalidArgument {
         name: "system",
         reason: format!(

@@ -107,10 +107,7 @@ fn sim(a: &SimArgs) -> Result<SimReport> {
     }
     let kind = match a.kind.as_str() {
         "fp16" => PimKind::Fp16,
-        "pq" => PimKind::Pq {
-            dsub: a.dsub,
-            nbits: a.nbits,
-        },
+        "pq" => PimKind::pq(a.dsub, a.nbits),
         other => bail!("--kind `{other}`: use fp16 or pq"),
     };
     let device = aqpim_pim::DeviceSpec::preset_or_file(&a.device)?.resolve()?;

@@ -37,7 +37,7 @@ fn sim_json_is_layers_times_the_library_layer_cost() {
         let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
         let job = LayerJob {
             kind: if kind == "pq" {
-                PimKind::Pq { dsub: 4, nbits: 8 }
+                PimKind::pq(4, 8)
             } else {
                 PimKind::Fp16
             },

@@ -23,7 +23,7 @@ use std::cell::RefCell;
 
 use aqpim_pim::Device;
 
-use super::layout::Geom;
+use super::layout::{Geom, Part};
 use super::{plan, LayerJob, PimCost};
 use crate::error::Result;
 
@@ -110,12 +110,12 @@ fn busy(c: u64) -> u64 {
     c
 }
 
-/// Rows of `per_row` slots (or columns), `ops(slots)` column ops each, over
-/// `n_b` slots.
-fn rows(p: &Params, g: &Geom, ops: impl Fn(u64) -> u64) -> u64 {
-    let spr = g.slots_per_row();
+/// Rows of `per_row` slots (or columns) of one part, `ops(slots)` column
+/// ops each, over `n_b` slots.
+fn rows(p: &Params, g: &Geom, part: &Part, ops: impl Fn(u64) -> u64) -> u64 {
+    let spr = part.slots_per_row(g.columns);
     row_phase(
-        (0..g.rows_kv)
+        (0..part.rows)
             .map(|r| {
                 let slots = spr.min(g.n_b - r * spr) as u64;
                 p.row(ops(slots))
@@ -130,31 +130,28 @@ pub(crate) fn slice_cycles(device: &Device, g: &Geom) -> u64 {
     let lanes = device.pim.lanes as u64;
     let clr = |len: u64| device.clr_cycles(len, false) + 1;
     let d = g.d as u64;
-    let tpc = g.tpc as u64;
-    let cpt = g.cpt as u64;
-    let col_ops = |slots: u64| {
-        if tpc > 1 {
-            slots.div_ceil(tpc)
-        } else {
-            slots * cpt
+    // Column ops over `slots` slots of a part: one per column of `tpc`
+    // tokens, or `cpt` per token.
+    let col_ops = |part: &Part| {
+        let (tpc, cpt) = (part.tpc as u64, part.cpt as u64);
+        move |slots: u64| {
+            if tpc > 1 {
+                slots.div_ceil(tpc)
+            } else {
+                slots * cpt
+            }
         }
     };
-    match g.pq {
-        None => {
-            let mut c = busy((d / lanes) * p.ccds + clr(g.n_b as u64));
-            c += rows(&p, g, col_ops);
+    match (g.k.pq, g.v.pq) {
+        (Some(kq), Some(q)) => {
+            let mut c = busy((kq.m * kq.stride) as u64 / lanes * p.ccds + clr(g.n_b as u64));
+            c += rows(&p, g, &g.k, col_ops(&g.k));
             c += busy(softmax(device, &p, g) + clr(d));
-            c += rows(&p, g, col_ops);
-            c + busy(reduce(device, &p, g))
-        }
-        Some(q) => {
-            let mut c = busy((q.m * q.stride) as u64 / lanes * p.ccds + clr(g.n_b as u64));
-            c += rows(&p, g, col_ops);
-            c += busy(softmax(device, &p, g) + clr(d));
+            let tpc = g.v.tpc as u64;
             let hist_ops = |slots: u64| if tpc > 1 { slots.div_ceil(tpc) } else { slots };
             for chunk in 0..q.chunks {
                 c += busy(clr(q.bins as u64));
-                c += rows(&p, g, hist_ops);
+                c += rows(&p, g, &g.v, hist_ops);
                 // BINMAC over the chunk's subspaces' codebook columns, row by row.
                 let first = chunk * q.group;
                 let last = ((chunk + 1) * q.group).min(q.m);
@@ -169,6 +166,13 @@ pub(crate) fn slice_cycles(device: &Device, g: &Geom) -> u64 {
             }
             c + busy(reduce(device, &p, g))
         }
+        _ => {
+            let mut c = busy((d / lanes) * p.ccds + clr(g.n_b as u64));
+            c += rows(&p, g, &g.k, col_ops(&g.k));
+            c += busy(softmax(device, &p, g) + clr(d));
+            c += rows(&p, g, &g.v, col_ops(&g.v));
+            c + busy(reduce(device, &p, g))
+        }
     }
 }
 
@@ -176,7 +180,6 @@ pub(crate) fn slice_cycles(device: &Device, g: &Geom) -> u64 {
 /// `passes` passes.
 fn quantize_cycles(device: &Device, g: &Geom, tokens: usize, passes: usize) -> u64 {
     let p = Params::new(device);
-    let q = g.pq.expect("PQ geometry");
     let lanes = device.pim.lanes;
     let cw = device.org.column_bytes;
     let t = tokens as u64;
@@ -184,15 +187,20 @@ fn quantize_cycles(device: &Device, g: &Geom, tokens: usize, passes: usize) -> u
     // Staging writes, per token: ACT, tRCDWR, the writes tCCDL apart, tWR
     // to its PRE; the next token's bank activates right after.
     let staging = t * (p.rcd + (2 * fp_cols - 1) * p.wr_gap + p.twr + 1);
-    let sub = q.ksub * q.dsub;
-    let per_chunk = (device.pim.buffer_elements() / sub).clamp(1, q.m);
-    let chunks = q.m.div_ceil(per_chunk) as u64;
-    let wrgb = 2 * (q.m * sub / lanes) as u64 * p.ccds;
-    let argmin = 2 * (passes * q.m) as u64 * p.ccdab + 2 * chunks * p.rcd;
+    let (mut wrgb, mut argmin, mut cpts) = (0u64, 0u64, 0u64);
+    for part in [&g.k, &g.v] {
+        let q = part.pq.expect("PQ geometry");
+        let sub = q.ksub * q.dsub;
+        let per_chunk = (device.pim.buffer_elements() / sub).clamp(1, q.m);
+        let chunks = q.m.div_ceil(per_chunk) as u64;
+        wrgb += (q.m * sub / lanes) as u64 * p.ccds;
+        argmin += (passes * q.m) as u64 * p.ccdab + chunks * p.rcd;
+        cpts += part.cpt as u64 - 1;
+    }
     // Code stores, per token: key row then value row of the same bank,
     // each ACT, tRCDWR, the STCs, tWR, PRE (tRP before the second ACT).
-    let stores = (tokens / g.tpc) as u64;
-    let store = stores * (2 * (p.rcd + (g.cpt as u64 - 1) * p.wr_gap + p.twr) + p.rp + 1);
+    let stores = (tokens / g.k.tpc) as u64;
+    let store = stores * (2 * (p.rcd + p.twr) + cpts * p.wr_gap + p.rp + 1);
     row_phase(staging + p.rcd + wrgb + argmin + p.rtp + p.rp + store)
 }
 

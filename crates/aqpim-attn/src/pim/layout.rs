@@ -20,34 +20,51 @@
 use aqpim_pim::{CodeBits, Device};
 
 use crate::error::{AttnError, Result};
-use crate::pim::PimKind;
+use crate::pim::{PimKind, PqCodes};
 
-/// Geometry of one slice on a device.
+/// How one part (keys or values) of a slice lies in a bank.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Geom {
-    /// Tokens in the slice.
-    pub n: usize,
-    /// Slots per bank: `ceil(n / banks)`, rounded up to whole columns.
-    pub n_b: usize,
-    /// Banks per channel.
-    pub banks: usize,
-    /// Head dimension.
-    pub d: usize,
+pub(crate) struct Part {
     /// Bytes per token in a bank (codes or FP16).
     pub tb: usize,
     /// Tokens per column (`tb <= column bytes`), else 1.
     pub tpc: usize,
     /// Columns per token (`tb >= column bytes`), else 1.
     pub cpt: usize,
-    /// Columns per row.
-    pub columns: usize,
-    /// Rows of keys (and as many of values) per bank.
-    pub rows_kv: usize,
-    /// PQ geometry, when the slice holds codes.
+    /// Rows of this part per bank.
+    pub rows: usize,
+    /// PQ geometry, when the part holds codes.
     pub pq: Option<PqGeom>,
 }
 
-/// The PQ part of a slice's geometry.
+impl Part {
+    /// Slots per row.
+    pub fn slots_per_row(&self, columns: usize) -> usize {
+        columns * self.tpc / self.cpt
+    }
+}
+
+/// Geometry of one slice on a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Geom {
+    /// Tokens in the slice.
+    pub n: usize,
+    /// Slots per bank: `ceil(n / banks)`, rounded up to whole columns of
+    /// both parts.
+    pub n_b: usize,
+    /// Banks per channel.
+    pub banks: usize,
+    /// Head dimension.
+    pub d: usize,
+    /// Columns per row.
+    pub columns: usize,
+    /// The keys.
+    pub k: Part,
+    /// The values.
+    pub v: Part,
+}
+
+/// The PQ part of a slice's geometry (keys or values).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct PqGeom {
     /// Subspaces.
@@ -76,113 +93,138 @@ fn unfit(what: impl Into<String>) -> AttnError {
     AttnError::Placement(what.into())
 }
 
+/// Bytes per token and the PQ geometry of one part in `codes`' format.
+fn pq_part(device: &Device, d: usize, codes: PqCodes) -> Result<(usize, PqGeom)> {
+    let org = &device.org;
+    let cw = org.column_bytes;
+    let lanes = device.pim.lanes;
+    let PqCodes { dsub, nbits } = codes;
+    if dsub == 0 || !d.is_multiple_of(dsub) {
+        return Err(unfit(format!(
+            "dsub {dsub} does not divide head dimension {d}"
+        )));
+    }
+    if nbits == 0 || nbits > 8 {
+        return Err(unfit(format!(
+            "{nbits}-bit codes: the PIM code columns hold 4- or 8-bit codes"
+        )));
+    }
+    let m = d / dsub;
+    let bits = if nbits == 4 {
+        CodeBits::Four
+    } else {
+        CodeBits::Eight
+    };
+    let stride = bits.table_len();
+    let ksub = aqpim_pq::PqParams::with_dsub(d, dsub, nbits)
+        .map_err(|e| unfit(e.to_string()))?
+        .ksub();
+    if nbits == 4 && !m.is_multiple_of(2) {
+        return Err(unfit(format!(
+            "{m} subspaces of 4-bit codes do not fill whole bytes"
+        )));
+    }
+    let tb = m * bits.bits() as usize / 8;
+    let codes_per_col = cw * 8 / bits.bits() as usize;
+    let (group, chunks) = if tb <= cw {
+        (m, 1)
+    } else {
+        (codes_per_col, tb / cw)
+    };
+    if !lanes.is_multiple_of(dsub) || !(ksub * dsub * 2).is_multiple_of(cw) {
+        return Err(unfit(format!(
+            "value codebook of {ksub} x {dsub} FP16 per subspace does not fill whole columns of {lanes} lanes"
+        )));
+    }
+    if group > 64 {
+        return Err(unfit(format!("{group} codes per group exceed LUTACC's 64")));
+    }
+    let cb_cols_per_sub = ksub * dsub * 2 / cw;
+    let cb_rows = (m * cb_cols_per_sub).div_ceil(org.columns);
+    Ok((
+        tb,
+        PqGeom {
+            m,
+            dsub,
+            ksub,
+            bits,
+            stride,
+            group,
+            chunks,
+            cb_cols_per_sub,
+            cb_rows,
+            bins: group * stride,
+        },
+    ))
+}
+
+/// A part of `tb`-byte tokens: its column tiling (rows are filled in once
+/// the slots per bank are known).
+fn part(device: &Device, tb: usize, pq: Option<PqGeom>) -> Result<Part> {
+    let org = &device.org;
+    let cw = org.column_bytes;
+    if !(tb <= cw && cw.is_multiple_of(tb) || tb > cw && tb.is_multiple_of(cw)) {
+        return Err(unfit(format!(
+            "{tb}-byte tokens neither divide nor fill whole {cw}-byte columns"
+        )));
+    }
+    let (tpc, cpt) = if tb <= cw { (cw / tb, 1) } else { (1, tb / cw) };
+    if !org.columns.is_multiple_of(cpt) {
+        return Err(unfit(format!(
+            "{cpt}-column tokens do not tile {}-column rows",
+            org.columns
+        )));
+    }
+    Ok(Part {
+        tb,
+        tpc,
+        cpt,
+        rows: 0,
+        pq,
+    })
+}
+
 impl Geom {
     /// The geometry of an `n`-token slice of `kind` with head dimension `d`.
     pub fn new(device: &Device, kind: PimKind, d: usize, n: usize) -> Result<Geom> {
         let org = &device.org;
-        let pim = &device.pim;
         let cw = org.column_bytes;
-        let lanes = pim.lanes;
         let banks = org.banks_per_channel;
         if n == 0 {
             return Err(unfit("a slice needs at least one token"));
         }
-        let n_b = n.div_ceil(banks);
-        let (tb, pq) = match kind {
+        let (mut k, mut v) = match kind {
             PimKind::Fp16 => {
                 if d == 0 || !(2 * d).is_multiple_of(cw) {
                     return Err(unfit(format!(
                         "FP16 tokens of head dimension {d} do not fill whole {cw}-byte columns"
                     )));
                 }
-                (2 * d, None)
+                let p = part(device, 2 * d, None)?;
+                (p, p)
             }
-            PimKind::Pq { dsub, nbits } => {
-                if dsub == 0 || !d.is_multiple_of(dsub) {
-                    return Err(unfit(format!(
-                        "dsub {dsub} does not divide head dimension {d}"
-                    )));
-                }
-                if nbits == 0 || nbits > 8 {
-                    return Err(unfit(format!(
-                        "{nbits}-bit codes: the PIM code columns hold 4- or 8-bit codes"
-                    )));
-                }
-                let m = d / dsub;
-                let bits = if nbits == 4 {
-                    CodeBits::Four
-                } else {
-                    CodeBits::Eight
-                };
-                let stride = bits.table_len();
-                let ksub = 1usize << nbits;
-                if nbits == 4 && !m.is_multiple_of(2) {
-                    return Err(unfit(format!(
-                        "{m} subspaces of 4-bit codes do not fill whole bytes"
-                    )));
-                }
-                let tb = m * bits.bits() as usize / 8;
-                let codes_per_col = cw * 8 / bits.bits() as usize;
-                let (group, chunks) = if tb <= cw {
-                    (m, 1)
-                } else {
-                    (codes_per_col, tb / cw)
-                };
-                if !lanes.is_multiple_of(dsub) || !(ksub * dsub * 2).is_multiple_of(cw) {
-                    return Err(unfit(format!(
-                        "value codebook of {ksub} x {dsub} FP16 per subspace does not fill whole columns of {lanes} lanes"
-                    )));
-                }
-                if group > 64 {
-                    return Err(unfit(format!("{group} codes per group exceed LUTACC's 64")));
-                }
-                let cb_cols_per_sub = ksub * dsub * 2 / cw;
-                let cb_rows = (m * cb_cols_per_sub).div_ceil(org.columns);
-                (
-                    tb,
-                    Some(PqGeom {
-                        m,
-                        dsub,
-                        ksub,
-                        bits,
-                        stride,
-                        group,
-                        chunks,
-                        cb_cols_per_sub,
-                        cb_rows,
-                        bins: group * stride,
-                    }),
-                )
+            PimKind::Pq { key, value } => {
+                let (kt, kq) = pq_part(device, d, key)?;
+                let (vt, vq) = pq_part(device, d, value)?;
+                (part(device, kt, Some(kq))?, part(device, vt, Some(vq))?)
             }
         };
-        if !(tb <= cw && cw.is_multiple_of(tb) || tb > cw && tb.is_multiple_of(cw)) {
-            return Err(unfit(format!(
-                "{tb}-byte tokens neither divide nor fill whole {cw}-byte columns"
-            )));
-        }
-        let (tpc, cpt) = if tb <= cw { (cw / tb, 1) } else { (1, tb / cw) };
-        // Whole columns per bank: a column's every slot is a real slot (its
-        // weight comes from the buffer die, zero for padding).
-        let n_b = n_b.div_ceil(tpc) * tpc;
-        if !org.columns.is_multiple_of(cpt) {
-            return Err(unfit(format!(
-                "{cpt}-column tokens do not tile {}-column rows",
-                org.columns
-            )));
-        }
+        // Whole columns per bank for both parts: a column's every slot is a
+        // real slot (its weight comes from the buffer die, zero for padding).
+        // Tokens per column are powers of two, so the larger is a multiple.
+        let tpc = k.tpc.max(v.tpc);
+        let n_b = n.div_ceil(banks).div_ceil(tpc) * tpc;
         let row_bytes = org.columns * cw;
-        let rows_kv = (n_b * tb).div_ceil(row_bytes);
+        k.rows = (n_b * k.tb).div_ceil(row_bytes);
+        v.rows = (n_b * v.tb).div_ceil(row_bytes);
         let g = Geom {
             n,
             n_b,
             banks,
             d,
-            tb,
-            tpc,
-            cpt,
             columns: org.columns,
-            rows_kv,
-            pq,
+            k,
+            v,
         };
         g.check(device)?;
         Ok(g)
@@ -220,31 +262,31 @@ impl Geom {
                 self.n_b
             )));
         }
-        match self.pq {
-            None if self.d > buf => Err(unfit(format!(
-                "a {}-element query exceeds the {buf}-element buffer",
-                self.d
-            ))),
-            None => Ok(()),
-            Some(p) => {
-                if p.m * p.stride > buf {
+        match (self.k.pq, self.v.pq) {
+            (Some(kp), Some(vp)) => {
+                if kp.m * kp.stride > buf {
                     return Err(unfit(format!(
                         "a lookup table of {} x {} FP16 exceeds the {buf}-element buffer by {}",
-                        p.m,
-                        p.stride,
-                        p.m * p.stride - buf
+                        kp.m,
+                        kp.stride,
+                        kp.m * kp.stride - buf
                     )));
                 }
-                if p.bins + self.d > regs {
+                if vp.bins + self.d > regs {
                     return Err(unfit(format!(
                         "{} bins plus {} outputs exceed the {regs} registers by {}",
-                        p.bins,
+                        vp.bins,
                         self.d,
-                        p.bins + self.d - regs
+                        vp.bins + self.d - regs
                     )));
                 }
                 Ok(())
             }
+            _ if self.d > buf => Err(unfit(format!(
+                "a {}-element query exceeds the {buf}-element buffer",
+                self.d
+            ))),
+            _ => Ok(()),
         }
     }
 
@@ -270,11 +312,6 @@ impl Geom {
         Ok(lo * banks)
     }
 
-    /// Slots per row.
-    pub fn slots_per_row(&self) -> usize {
-        self.columns * self.tpc / self.cpt
-    }
-
     /// Bank and slot of token `i` of the slice.
     pub fn place(&self, i: usize) -> (usize, usize) {
         (i / self.n_b, i % self.n_b)
@@ -283,6 +320,6 @@ impl Geom {
     /// Rows of one bank that the slice's keys and values occupy (the value
     /// codebook is counted per channel and KV head, not per slice).
     pub fn rows(&self) -> usize {
-        2 * self.rows_kv
+        self.k.rows + self.v.rows
     }
 }

@@ -33,6 +33,7 @@ use layout::Geom;
 use program::{NewToken, Rows};
 
 pub use analytic::analytic_layer;
+pub(crate) use layout::Part;
 
 /// What the banks hold for each token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -40,14 +41,31 @@ pub use analytic::analytic_layer;
 pub enum PimKind {
     /// FP16 keys and values (AttAcc).
     Fp16,
-    /// PQ codes of keys and values (AQPIM), `2^nbits` centroids per subspace
-    /// of `dsub` elements.
+    /// PQ codes of keys and values (AQPIM), each part in its own format.
     Pq {
-        /// Sub-vector length.
-        dsub: usize,
-        /// Bits per code (4 or 8).
-        nbits: u32,
+        /// The key codes.
+        key: PqCodes,
+        /// The value codes.
+        value: PqCodes,
     },
+}
+
+impl PimKind {
+    /// PQ codes in one format for keys and values.
+    pub fn pq(dsub: usize, nbits: u32) -> PimKind {
+        let c = PqCodes { dsub, nbits };
+        PimKind::Pq { key: c, value: c }
+    }
+}
+
+/// A PQ code format in the banks: `2^nbits` centroids per subspace of
+/// `dsub` elements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub struct PqCodes {
+    /// Sub-vector length.
+    pub dsub: usize,
+    /// Bits per code (4 or 8).
+    pub nbits: u32,
 }
 
 /// One layer's decode attention on a PIM device: `heads` independent
@@ -341,13 +359,13 @@ pub fn fp16_head_on_pim(
         let geom = Geom::new(device, PimKind::Fp16, d, len)?;
         let rows = Rows {
             k: cursor[ch],
-            v: cursor[ch] + geom.rows_kv as u32,
+            v: cursor[ch] + geom.k.rows as u32,
             cb: 0,
         };
         cursor[ch] += geom.rows() as u32;
         for t in 0..len {
             let (b, s) = geom.place(t);
-            let at = s * geom.tb;
+            let at = s * geom.k.tb;
             let tok = start + t;
             load_slot(
                 &mut sim,
@@ -403,6 +421,30 @@ fn bank_codes(row: &[u8], packed: bool, bits: CodeBits, m: usize) -> Vec<u8> {
     }
 }
 
+/// Tokens that share a code column in a slice quantized in memory: both
+/// parts must tile columns alike, since one flush stores them together.
+fn quantizable(geom: &Geom) -> Result<usize> {
+    if geom.k.tpc != geom.v.tpc {
+        return Err(AttnError::Placement(format!(
+            "in-memory quantization stores key and value codes of the same tokens together: keys of {} B and values of {} B per token do not share code columns alike",
+            geom.k.tb, geom.v.tb
+        )));
+    }
+    Ok(geom.k.tpc)
+}
+
+/// The bank format of a key and a value quantizer.
+fn pq_kind(key: &ProductQuantizer, value: &ProductQuantizer) -> PimKind {
+    let codes = |pq: &ProductQuantizer| PqCodes {
+        dsub: pq.params().dsub(),
+        nbits: pq.params().nbits(),
+    };
+    PimKind::Pq {
+        key: codes(key),
+        value: codes(value),
+    }
+}
+
 /// The value codebook as the banks hold it: FP16, subspace-major,
 /// centroid-major inside a subspace.
 fn codebook_bytes(pq: &ProductQuantizer) -> Vec<u8> {
@@ -436,14 +478,12 @@ pub fn pq_head_on_pim(
                 "PQ head with codes but no codebooks",
             ));
         };
-        let params = kq.params();
-        let kind = PimKind::Pq {
-            dsub: params.dsub(),
-            nbits: params.nbits(),
-        };
+        let kind = pq_kind(kq, vq);
         let parts = split(n, slices);
         let probe = Geom::new(device, kind, d, parts[0].1)?;
-        let p = probe.pq.expect("PQ geometry");
+        let (Some(p), Some(vp)) = (probe.k.pq, probe.v.pq) else {
+            unreachable!("a PQ kind has PQ geometry");
+        };
         // One FP16 table per query head, stride 2^bits per subspace.
         let mut table_at = Vec::with_capacity(g);
         for q in queries.chunks_exact(d) {
@@ -465,7 +505,7 @@ pub fn pq_head_on_pim(
                 Some(at) => at,
                 None => {
                     let at = cursor[ch];
-                    cursor[ch] += p.cb_rows as u32;
+                    cursor[ch] += vp.cb_rows as u32;
                     load_all_banks(&mut sim, device, ch, at, &cb)?;
                     cb_row[ch] = Some(at);
                     at
@@ -473,13 +513,12 @@ pub fn pq_head_on_pim(
             };
             let rows = Rows {
                 k: cursor[ch],
-                v: cursor[ch] + geom.rows_kv as u32,
+                v: cursor[ch] + geom.k.rows as u32,
                 cb: cb_at,
             };
             cursor[ch] += geom.rows() as u32;
             for t in 0..len {
                 let (b, s) = geom.place(t);
-                let at = s * geom.tb;
                 let tok = start + t;
                 let kc = bank_codes(
                     view.key_codes.row(tok),
@@ -490,11 +529,11 @@ pub fn pq_head_on_pim(
                 let vc = bank_codes(
                     view.value_codes.row(tok),
                     view.value_codes.is_packed(),
-                    p.bits,
-                    p.m,
+                    vp.bits,
+                    vp.m,
                 );
-                load_slot(&mut sim, device, ch, b, rows.k, at, &kc)?;
-                load_slot(&mut sim, device, ch, b, rows.v, at, &vc)?;
+                load_slot(&mut sim, device, ch, b, rows.k, s * geom.k.tb, &kc)?;
+                load_slot(&mut sim, device, ch, b, rows.v, s * geom.v.tb, &vc)?;
             }
             for &table in &table_at {
                 program::pq_slice(
@@ -522,12 +561,12 @@ pub fn pq_head_on_pim(
         let geom = Geom::new(device, PimKind::Fp16, d, fp.len())?;
         let rows = Rows {
             k: cursor[ch],
-            v: cursor[ch] + geom.rows_kv as u32,
+            v: cursor[ch] + geom.k.rows as u32,
             cb: 0,
         };
         for (t, (k, v)) in fp.iter().enumerate() {
             let (b, s) = geom.place(t);
-            let at = s * geom.tb;
+            let at = s * geom.k.tb;
             let kb: Vec<u8> = k.iter().flat_map(|x| x.to_le_bytes()).collect();
             let vb: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
             load_slot(&mut sim, device, ch, b, rows.k, at, &kb)?;
@@ -592,11 +631,11 @@ pub fn quantize_on_pim(
     bank: usize,
 ) -> Result<QuantizeRun> {
     let params = key_codebook.params();
-    if value_codebook.params() != params {
+    if value_codebook.params().dim() != params.dim() {
         return Err(AttnError::shape(
             "quantize_on_pim",
-            format!("{params:?} for the value codebook"),
-            format!("{:?}", value_codebook.params()),
+            format!("a value codebook of dimension {}", params.dim()),
+            value_codebook.params().dim(),
         ));
     }
     let d = params.dim();
@@ -616,22 +655,17 @@ pub fn quantize_on_pim(
             bank,
         ));
     }
-    let kind = PimKind::Pq {
-        dsub: params.dsub(),
-        nbits: params.nbits(),
-    };
-    let geom = Geom::new(device, kind, d, 1)?;
-    let p = geom.pq.expect("PQ geometry");
-    if !n.is_multiple_of(geom.tpc) {
+    let geom = Geom::new(device, pq_kind(key_codebook, value_codebook), d, 1)?;
+    let tpc = quantizable(&geom)?;
+    if !n.is_multiple_of(tpc) {
         return Err(AttnError::Placement(format!(
-            "{n} tokens do not fill whole code columns of {} tokens",
-            geom.tpc
+            "{n} tokens do not fill whole code columns of {tpc} tokens"
         )));
     }
     let rb = row_bytes(device);
     let stage_cols = 4 * d / device.org.column_bytes;
     let per_row = (device.org.columns / stage_cols.max(1)).max(1);
-    let rows_per_part = (n * geom.tb).div_ceil(rb) as u32;
+    let rows_per_part = (n * geom.k.tb.max(geom.v.tb)).div_ceil(rb) as u32;
     let stage_rows = n.div_ceil(per_row) as u32;
     let (k_row, v_row) = (stage_rows, stage_rows + rows_per_part);
     let mut host = Vec::new();
@@ -644,15 +678,15 @@ pub fn quantize_on_pim(
                 .chain(&values[i * d..(i + 1) * d])
                 .copied(),
         ));
-        let at = i * geom.tb;
-        let col = (at % rb) / device.org.column_bytes;
+        let (ka, va) = (i * geom.k.tb, i * geom.v.tb);
+        let cw = device.org.column_bytes;
         tokens.push(NewToken {
             bank,
             pass: i,
             stage: ((i / per_row) as u32, (i % per_row) * stage_cols),
-            store: i.is_multiple_of(geom.tpc),
-            k_at: (k_row + (at / rb) as u32, col),
-            v_at: (v_row + (at / rb) as u32, col),
+            store: i.is_multiple_of(tpc),
+            k_at: (k_row + (ka / rb) as u32, (ka % rb) / cw),
+            v_at: (v_row + (va / rb) as u32, (va % rb) / cw),
             data,
         });
     }
@@ -675,16 +709,17 @@ pub fn quantize_on_pim(
     );
     let program = Program::new(instrs)?;
     let stats = sim.run(&program)?;
-    let read = |base: u32| -> Result<Vec<u8>> {
-        let mut raw = Vec::with_capacity(n * geom.tb);
+    let read = |base: u32, part: &Part| -> Result<Vec<u8>> {
+        let p = part.pq.expect("PQ geometry");
+        let mut raw = Vec::with_capacity(n * part.tb);
         for i in 0..n {
-            let at = i * geom.tb;
+            let at = i * part.tb;
             raw.extend(sim.read_bank(
                 0,
                 bank_sel(device, bank),
                 base + (at / rb) as u32,
                 at % rb,
-                geom.tb,
+                part.tb,
             )?);
         }
         Ok(match p.bits {
@@ -695,8 +730,8 @@ pub fn quantize_on_pim(
         })
     };
     Ok(QuantizeRun {
-        key_codes: read(k_row)?,
-        value_codes: read(v_row)?,
+        key_codes: read(k_row, &geom.k)?,
+        value_codes: read(v_row, &geom.v)?,
         stats,
         program,
     })
@@ -816,7 +851,7 @@ pub(crate) fn plan(device: &Device, job: &LayerJob) -> Result<Plan> {
                 CodebookScope::Model => head,
                 CodebookScope::Sequence => c,
             };
-            let cb = match geom.pq {
+            let cb = match geom.v.pq {
                 Some(p) => *books.entry((ch, owner)).or_insert_with(|| {
                     let at = cursor[ch];
                     cursor[ch] += p.cb_rows as u32;
@@ -826,7 +861,7 @@ pub(crate) fn plan(device: &Device, job: &LayerJob) -> Result<Plan> {
             };
             let rows = Rows {
                 k: cursor[ch],
-                v: cursor[ch] + geom.rows_kv as u32,
+                v: cursor[ch] + geom.k.rows as u32,
                 cb,
             };
             cursor[ch] += geom.rows() as u32;
@@ -840,7 +875,7 @@ pub(crate) fn plan(device: &Device, job: &LayerJob) -> Result<Plan> {
         if let Some(geom) = fp_geom {
             let rows = Rows {
                 k: cursor[home],
-                v: cursor[home] + geom.rows_kv as u32,
+                v: cursor[home] + geom.k.rows as u32,
                 cb: 0,
             };
             cursor[home] += geom.rows() as u32;
@@ -874,14 +909,15 @@ pub(crate) fn plan(device: &Device, job: &LayerJob) -> Result<Plan> {
         let per_row = device.org.columns / stage_cols;
         for ((ch, _), members) in groups {
             let geom = members[0].geom;
-            let m = geom.pq.map_or(1, |p| p.m);
+            // Registers per pass: one per key and one per value subspace.
+            let m = geom.k.pq.map_or(1, |p| p.m) + geom.v.pq.map_or(1, |p| p.m);
             // A cache flushes `tpc` tokens per bank (whole code columns), one
             // pass each; the passes of one program share the registers.
-            let tpc = geom.tpc;
+            let tpc = quantizable(&geom)?;
             // ARGMIN's register field addresses the first 4096 registers
             // (aqpim-pim's 12-bit `reg`), whatever the device has.
             let regs = device.pim.registers.min(program::ARGMIN_REGISTERS);
-            let caches_per_program = (regs / (2 * m * tpc)).max(1);
+            let caches_per_program = (regs / (m * tpc)).max(1);
             for chunk in members.chunks(caches_per_program) {
                 let passes = chunk.len() * tpc;
                 let base = cursor[ch];
@@ -926,7 +962,7 @@ fn layer_program(device: &Device, job: &LayerJob, plan: &Plan) -> Vec<Instr> {
     for ch in 0..device.org.channels {
         for s in plan.slices.iter().filter(|s| s.ch == ch) {
             for _ in 0..job.group {
-                match s.geom.pq {
+                match s.geom.k.pq {
                     Some(_) => {
                         program::pq_slice(&mut instrs, &s.geom, ch as u8, s.rows, 0, lanes, cw)
                     }
@@ -959,10 +995,14 @@ fn timing_host_data(job: &LayerJob) -> Vec<u8> {
     let d = job.head_dim;
     let bytes = match job.kind {
         PimKind::Fp16 => 4 * d,
-        PimKind::Pq { dsub, nbits } => {
-            let m = d / dsub.max(1);
-            let ksub = 1usize << nbits.min(8);
-            (2 * m * ksub * dsub * 2).max(m * 256 * 2).max(4 * d)
+        PimKind::Pq { key, value } => {
+            // Both codebooks (FP16), or a table of M x 256 entries.
+            let book = |c: PqCodes| {
+                let m = d / c.dsub.max(1);
+                (m, m * (1usize << c.nbits.min(8)) * c.dsub * 2)
+            };
+            let ((mk, bk), (_, bv)) = (book(key), book(value));
+            (bk + bv).max(mk * 256 * 2).max(4 * d)
         }
     };
     vec![0; bytes]
@@ -976,7 +1016,7 @@ fn timing_host_data(job: &LayerJob) -> Vec<u8> {
 pub fn quantize_block(device: &Device, job: &LayerJob) -> Result<usize> {
     let tpc = match job.kind {
         PimKind::Fp16 => 1,
-        kind => Geom::new(device, kind, job.head_dim, 1)?.tpc,
+        kind => quantizable(&Geom::new(device, kind, job.head_dim, 1)?)?,
     };
     Ok(device.org.banks_per_channel * tpc)
 }
@@ -1062,11 +1102,12 @@ pub fn layer_footprint(device: &Device, job: &LayerJob) -> Result<Footprint> {
     let mut flush = 0u64;
     if let PimKind::Pq { .. } = job.kind {
         if job.ctx > 0 {
-            let p = Geom::new(device, job.kind, job.head_dim, 1)?
-                .pq
-                .expect("PQ geometry");
-            per_query += (p.m * p.stride * 2) as u64;
-            let books = 2 * (p.m * p.ksub * p.dsub * 2) as u64;
+            let g = Geom::new(device, job.kind, job.head_dim, 1)?;
+            let (Some(kp), Some(vp)) = (g.k.pq, g.v.pq) else {
+                unreachable!("a PQ kind has PQ geometry");
+            };
+            per_query += (kp.m * kp.stride * 2) as u64;
+            let books = (kp.m * kp.ksub * kp.dsub * 2 + vp.m * vp.ksub * vp.dsub * 2) as u64;
             flush = books * plan.quantize.len() as u64;
         }
         if job.fp_tokens > 0 {

@@ -11,7 +11,7 @@
 use aqpim_pim::{BankSel, Instr, Strides};
 use half::f16;
 
-use crate::pim::layout::Geom;
+use crate::pim::layout::{Geom, Part};
 
 /// Registers an `ARGMIN` can write: its `reg` field has 12 bits.
 pub(crate) const ARGMIN_REGISTERS: usize = 4096;
@@ -76,12 +76,13 @@ fn write_buffer(out: &mut Vec<Instr>, ch: u8, elements: usize, lanes: usize, cw:
 fn rows_of(
     out: &mut Vec<Instr>,
     g: &Geom,
+    part: &Part,
     ch: u8,
     base: u32,
     mut row: impl FnMut(&mut Vec<Instr>, usize, usize),
 ) {
-    let spr = g.slots_per_row();
-    for r in 0..g.rows_kv {
+    let spr = part.slots_per_row(g.columns);
+    for r in 0..part.rows {
         let first = r * spr;
         let slots = spr.min(g.n_b - first);
         out.push(Instr::ActAb {
@@ -174,8 +175,8 @@ pub(crate) fn fp16_slice(
         len: g.n_b as u16,
         die: false,
     });
-    let cpt = g.cpt;
-    rows_of(out, g, ch, rows.k, |o, first, slots| {
+    let cpt = g.k.cpt;
+    rows_of(out, g, &g.k, ch, rows.k, |o, first, slots| {
         looped(o, slots, strides(cpt as i16, 0, 1, 0), |o| {
             looped(o, cpt, strides(1, lanes as i16, 0, 0), |o| {
                 o.push(Instr::Mac {
@@ -196,7 +197,7 @@ pub(crate) fn fp16_slice(
         len: g.d as u16,
         die: false,
     });
-    rows_of(out, g, ch, rows.v, |o, first, slots| {
+    rows_of(out, g, &g.v, ch, rows.v, |o, first, slots| {
         looped(o, slots, strides(cpt as i16, 1, 0, 0), |o| {
             looped(o, cpt, strides(1, 0, lanes as i16, 0), |o| {
                 o.push(Instr::Mac {
@@ -227,18 +228,20 @@ pub(crate) fn pq_slice(
     lanes: usize,
     cw: usize,
 ) {
-    let p = g.pq.expect("pq_slice on a PQ geometry");
-    let (tpc, cpt) = (g.tpc, g.cpt);
-    let bits = p.bits;
-    let group = p.group as u8;
-    write_buffer(out, ch, p.m * p.stride, lanes, cw, table);
+    let (Some(kp), Some(p)) = (g.k.pq, g.v.pq) else {
+        unreachable!("pq_slice on a PQ geometry")
+    };
+    let (tpc, cpt) = (g.k.tpc, g.k.cpt);
+    let bits = kp.bits;
+    let group = kp.group as u8;
+    write_buffer(out, ch, kp.m * kp.stride, lanes, cw, table);
     out.push(Instr::Clr {
         ch,
         off: 0,
-        len: (g.n_b.div_ceil(tpc) * tpc) as u16,
+        len: g.n_b as u16,
         die: false,
     });
-    rows_of(out, g, ch, rows.k, |o, first, slots| {
+    rows_of(out, g, &g.k, ch, rows.k, |o, first, slots| {
         if tpc > 1 {
             looped(o, slots.div_ceil(tpc), strides(1, 0, tpc as i16, 0), |o| {
                 o.push(Instr::LutAcc {
@@ -258,7 +261,7 @@ pub(crate) fn pq_slice(
                         col: j as u8,
                         bits,
                         group,
-                        table: (j * p.group * p.stride) as u16,
+                        table: (j * kp.group * kp.stride) as u16,
                         reg: first as u16,
                     });
                 }
@@ -274,6 +277,8 @@ pub(crate) fn pq_slice(
         die: false,
     });
     let per_col = (lanes / p.dsub) as u16;
+    // The values in their own code format.
+    let (tpc, cpt, bits, group) = (g.v.tpc, g.v.cpt, p.bits, p.group as u8);
     for chunk in 0..p.chunks {
         out.push(Instr::Clr {
             ch,
@@ -281,7 +286,7 @@ pub(crate) fn pq_slice(
             len: p.bins as u16,
             die: false,
         });
-        rows_of(out, g, ch, rows.v, |o, first, slots| {
+        rows_of(out, g, &g.v, ch, rows.v, |o, first, slots| {
             if tpc > 1 {
                 looped(o, slots.div_ceil(tpc), strides(1, tpc as i16, 0, 0), |o| {
                     o.push(Instr::HistAcc {
@@ -391,7 +396,9 @@ pub(crate) fn quantize(
     cw: usize,
     bank_sel: impl Fn(usize) -> BankSel,
 ) {
-    let p = g.pq.expect("quantize on a PQ geometry");
+    let (Some(kp), Some(vp)) = (g.k.pq, g.v.pq) else {
+        unreachable!("quantize on a PQ geometry")
+    };
     let fp_cols = 2 * g.d / cw;
     for t in tokens {
         let bank = bank_sel(t.bank);
@@ -414,15 +421,26 @@ pub(crate) fn quantize(
     let mut passes: Vec<(usize, (u32, usize))> = tokens.iter().map(|t| (t.pass, t.stage)).collect();
     passes.sort_unstable();
     passes.dedup();
-    let sub_elems = p.ksub * p.dsub;
-    let per_chunk = (buffer_elements / sub_elems).clamp(1, p.m);
-    let nbits = p.ksub.trailing_zeros() as u8;
+    // Part `i` (keys, then values): its geometry, its first register (pass
+    // `p`'s codes at `base + p M_i`) and its codebook's first host byte.
+    let parts = [
+        (kp, g.k.cpt, 0, codebooks),
+        (
+            vp,
+            g.v.cpt,
+            npasses * kp.m,
+            codebooks + (kp.m * kp.ksub * kp.dsub * 2) as u32,
+        ),
+    ];
     let mut open: Option<u32> = None;
-    for part in 0..2 {
+    for (part, &(p, _, base, books)) in parts.iter().enumerate() {
+        let sub_elems = p.ksub * p.dsub;
+        let per_chunk = (buffer_elements / sub_elems).clamp(1, p.m);
+        let nbits = p.ksub.trailing_zeros() as u8;
         let mut m0 = 0;
         while m0 < p.m {
             let subs = per_chunk.min(p.m - m0);
-            let data = codebooks + ((part * p.m + m0) * sub_elems * 2) as u32;
+            let data = books + (m0 * sub_elems * 2) as u32;
             write_buffer(out, ch, subs * sub_elems, lanes, cw, data);
             for &(pass, (row, col0)) in &passes {
                 if open != Some(row) {
@@ -441,7 +459,7 @@ pub(crate) fn quantize(
                         dsub: p.dsub as u8,
                         nbits,
                         cb: ((m - m0) * sub_elems) as u16,
-                        reg: ((part * npasses + pass) * p.m + m) as u16,
+                        reg: (base + pass * p.m + m) as u16,
                     });
                 }
             }
@@ -451,17 +469,17 @@ pub(crate) fn quantize(
     if open.is_some() {
         out.push(Instr::PreAb { ch });
     }
-    let codes_per_col = cw * 8 / p.bits.bits() as usize;
     for t in tokens.iter().filter(|t| t.store) {
         let bank = bank_sel(t.bank);
-        for (part, (row, col)) in [t.k_at, t.v_at].into_iter().enumerate() {
+        for (&(p, cpt, base, _), (row, col)) in parts.iter().zip([t.k_at, t.v_at]) {
+            let codes_per_col = cw * 8 / p.bits.bits() as usize;
             out.push(Instr::Act { ch, bank, row });
-            for j in 0..g.cpt {
+            for j in 0..cpt {
                 out.push(Instr::Stc {
                     ch,
                     bank,
                     col: (col + j) as u8,
-                    reg: ((part * npasses + t.pass) * p.m + j * codes_per_col) as u16,
+                    reg: (base + t.pass * p.m + j * codes_per_col) as u16,
                     bits: p.bits,
                 });
             }
