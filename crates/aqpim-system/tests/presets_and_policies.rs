@@ -177,7 +177,7 @@ fn gpu_capacity_boundary_is_exact() {
 fn offload_lands_on_the_measured_h100_transfer_shares() {
     let m = presets::model("llama2-7b").unwrap();
     let s = presets::system("h100+host").unwrap();
-    // shared/data/h100_anchors.jsonl, section "offload" (Llama-2-7B, one layer:
+    // crates/aqpim-system/presets/data/h100_anchors.jsonl, section "offload" (Llama-2-7B, one layer:
     // copy the KV cache from pinned host memory, then attention): copy share.
     for (batch, ctx, measured) in [
         (1, 4096, 0.9591),

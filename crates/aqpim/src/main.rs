@@ -46,7 +46,21 @@ enum Command {
     Generate(model::GenerateArgs),
 }
 
+/// Restores the default action of SIGPIPE, so that a reader that closes the
+/// pipe (`aqpim ... | head`) ends the program quietly, as it ends any Unix
+/// tool, instead of a panic inside `println!` (Rust ignores SIGPIPE by
+/// default).
+fn quiet_on_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: called first in `main`, before any other thread exists, with
+    // the default action, which is valid for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() {
+    quiet_on_closed_pipe();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Pq(cmd) => pq::run(cmd),

@@ -301,3 +301,38 @@ fn serve_finds_a_best_batch_per_context() {
     );
     assert_eq!(csv.lines().count(), 5);
 }
+
+#[test]
+fn a_closed_pipe_ends_the_program_quietly() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    // Thousands of rows: far more than a pipe buffers.
+    let ctx: Vec<String> = (1..=400).map(|c| (c * 16).to_string()).collect();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_aqpim"))
+        .args([
+            "simulate",
+            "--model",
+            "llama2-7b",
+            "--system",
+            "h100",
+            "--policy",
+            "gpu",
+            "--batch",
+            "1,2,3,4,5,6,7,8",
+            "--ctx",
+            &ctx.join(","),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    assert!(first.starts_with("policy"), "{first}");
+    drop(out);
+    let done = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&done.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(err.trim().is_empty(), "{err}");
+}
