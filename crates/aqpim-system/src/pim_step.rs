@@ -263,25 +263,66 @@ pub(crate) fn pim_step(
             &owned
         }
     };
-    let g = &system.gpu;
     let placed = place(model, system, policy, ctx, batch, timer)?;
-    let f = &placed.f;
-    let in_pim = placed.in_pim;
-    let layers = model.layers;
     let mut step = Step::empty(model, system, policy, ctx, batch);
-    step.pim_rows = timer.device().org.rows;
+    memory(&mut step, model, system, timer, &placed)?;
+    let mut layer = LayerMs {
+        gpu_attention: gpu_attention_layer(system, &placed, batch)?,
+        transfer: step.transfer_ms / model.layers as f64,
+        ..LayerMs::default()
+    };
+    if placed.footprint.is_some() {
+        pim_costs(&mut step, &mut layer, model, stacks, timer, &placed, batch)?;
+    }
+    if let Some(p) = &placed.f.pq {
+        layer.table = pq_parts(&mut step, model, system, p, batch, placed.gpu_books)?;
+    } else {
+        step.kv_bytes = model.kv_bytes_per_token_layer() * (ctx * batch * model.layers) as u64;
+    }
+    overlap(
+        &mut step,
+        model,
+        system,
+        stacks,
+        &layer,
+        placed.footprint.is_some(),
+    );
+    Ok(step)
+}
+
+/// One layer's parts of a PIM step, ms.
+#[derive(Debug, Default)]
+struct LayerMs {
+    pim: f64,
+    quantize: f64,
+    link: f64,
+    table: f64,
+    gpu_attention: f64,
+    transfer: f64,
+}
+
+/// Where the bytes are: PIM rows, GPU memory, host memory (an error when a
+/// spill has no host link or host memory is short), and the host-link time
+/// of the spilled tokens.
+fn memory(
+    step: &mut Step,
+    model: &ModelSpec,
+    system: &SystemSpec,
+    timer: &dyn PimTimer,
+    placed: &Placed,
+) -> Result<()> {
+    let (f, layers, batch, ctx) = (&placed.f, model.layers, step.batch, step.ctx);
+    let org = &timer.device().org;
+    step.pim_rows = org.rows;
     step.pim_capacity_bytes = device_bytes(timer.device());
-    step.ctx_in_pim = ctx - (f.movable - in_pim);
+    step.ctx_in_pim = ctx - (f.movable - placed.in_pim);
     step.pim_rows_used = placed.rows_used;
-    let held = placed.footprint.is_some();
     if let Some(fp) = &placed.footprint {
-        let org = &timer.device().org;
         let row_bytes = (org.banks_per_channel * org.columns * org.column_bytes) as u64;
         step.pim_bytes_used =
             layers as u64 * fp.rows_per_channel.iter().map(|&r| r as u64).sum::<u64>() * row_bytes;
         step.pim_codebook_copies = layers * fp.codebook_copies;
     }
-    let gpu_books = placed.gpu_books;
     let (on_gpu, spilled) = (placed.on_gpu, placed.spilled);
     step.ctx_on_gpu = on_gpu;
     step.ctx_spilled = spilled;
@@ -311,6 +352,7 @@ pub(crate) fn pim_step(
         step.host_bytes_used = spill_total;
     }
     let staged = if spilled > 0 { spill_layer } else { 0 };
+    let gpu_books = placed.gpu_books;
     let gpu_used = step.weight_bytes + gpu_books + gpu_layer * layers as u64 + staged;
     capacity(
         format!(
@@ -319,105 +361,144 @@ pub(crate) fn pim_step(
         ),
         "GPU memory",
         gpu_used,
-        g.memory_bytes,
+        system.gpu.memory_bytes,
     )?;
     step.gpu_bytes_used = gpu_used;
+    Ok(())
+}
 
-    // GPU attention over the tokens it holds or receives.
-    let gpu_tokens_layer = gpu_layer + spill_layer;
-    let gpu_attn_layer = if gpu_tokens_layer == 0 {
-        0.0
-    } else if f.pq.is_none() {
-        g.attn_fixed_ms + ms(gpu_tokens_layer, g.attn_gbps)
-    } else {
-        let (Some(fixed), Some(gbps)) = (g.pq_attn_fixed_ms, g.pq_attn_gbps) else {
-            return Err(SystemError::InvalidArgument {
-                name: "system",
-                reason: format!(
-                    "`{}` keeps PQ codes outside the stacks but states no gpu.pq_attn_fixed_ms / gpu.pq_attn_gbps",
-                    system.name
-                ),
-            });
-        };
-        fixed + ms(gpu_tokens_layer, gbps)
+/// GPU attention of one layer over the tokens the GPU holds or receives:
+/// SDPA's measured rate for FP16, the Triton kernel's for PQ codes.
+fn gpu_attention_layer(system: &SystemSpec, placed: &Placed, batch: usize) -> Result<f64> {
+    let g = &system.gpu;
+    let bytes = (placed.on_gpu + placed.spilled) as u64 * batch as u64 * placed.f.token_bytes;
+    if bytes == 0 {
+        return Ok(0.0);
+    }
+    if placed.f.pq.is_none() {
+        return Ok(g.attn_fixed_ms + ms(bytes, g.attn_gbps));
+    }
+    let (Some(fixed), Some(gbps)) = (g.pq_attn_fixed_ms, g.pq_attn_gbps) else {
+        return Err(SystemError::InvalidArgument {
+            name: "system",
+            reason: format!(
+                "`{}` keeps PQ codes outside the stacks but states no gpu.pq_attn_fixed_ms / gpu.pq_attn_gbps",
+                system.name
+            ),
+        });
     };
-    step.attention_ms = layers as f64 * gpu_attn_layer;
+    Ok(fixed + ms(bytes, gbps))
+}
 
-    // PIM attention, quantization, energy, link, tables.
-    let (mut pim_layer, mut quant_layer, mut link_layer) = (0.0, 0.0, 0.0);
-    if let Some(fp) = &placed.footprint {
-        let cost = timer.layer(&job(model, f, batch, in_pim, false))?;
-        pim_layer = cost.ns / 1e6;
-        let mut energy = cost.energy_pj;
-        let mut flush_share = 0.0;
-        if f.pq.as_ref().is_some_and(|p| p.regions.encoded > 0) {
-            // Once codebooks exist a token leaves the window each step; the
-            // banks quantize a block of them per flush, one flush every
-            // `quantize_block` steps: the step pays that share.
-            let qjob = job(model, f, batch, in_pim, true);
-            let q: PimCost = timer.layer(&qjob)?;
-            let block = timer.quantize_block(&qjob)? as f64;
-            quant_layer = (q.ns - cost.ns).max(0.0) / 1e6 / block;
-            energy += (q.energy_pj - cost.energy_pj).max(0.0) / block;
-            flush_share = fp.link_flush_bytes as f64 / block;
-        }
-        step.pim_energy_uj = layers as f64 * energy / 1e6;
-        let bytes = (fp.link_in_bytes + fp.link_out_bytes) as f64 + flush_share;
-        link_layer = bytes / (stacks.link_gbps * 1e6) + 2.0 * stacks.link_latency_us / 1e3;
-        step.link_bytes = (layers as f64 * bytes).round() as u64;
-        step.sync_ms = layers as f64 * stacks.sync_ms;
+/// PIM attention, quantization (a flush's share per step), energy, the
+/// GPU-PIM link and the kernel boundaries of one layer.
+fn pim_costs(
+    step: &mut Step,
+    layer: &mut LayerMs,
+    model: &ModelSpec,
+    stacks: &PimStacksSpec,
+    timer: &dyn PimTimer,
+    placed: &Placed,
+    batch: usize,
+) -> Result<()> {
+    let (f, layers) = (&placed.f, model.layers as f64);
+    let Some(fp) = &placed.footprint else {
+        return Ok(());
+    };
+    let cost = timer.layer(&job(model, f, batch, placed.in_pim, false))?;
+    layer.pim = cost.ns / 1e6;
+    let mut energy = cost.energy_pj;
+    let mut flush_share = 0.0;
+    if f.pq.as_ref().is_some_and(|p| p.regions.encoded > 0) {
+        // Once codebooks exist a token leaves the window each step; the
+        // banks quantize a block of them per flush, one flush every
+        // `quantize_block` steps: the step pays that share.
+        let qjob = job(model, f, batch, placed.in_pim, true);
+        let q: PimCost = timer.layer(&qjob)?;
+        let block = timer.quantize_block(&qjob)? as f64;
+        layer.quantize = (q.ns - cost.ns).max(0.0) / 1e6 / block;
+        energy += (q.energy_pj - cost.energy_pj).max(0.0) / block;
+        flush_share = fp.link_flush_bytes as f64 / block;
     }
-    step.pim_attention_ms = layers as f64 * pim_layer;
-    step.quantize_ms = layers as f64 * quant_layer;
-    step.link_ms = layers as f64 * link_layer;
+    let bytes = (fp.link_in_bytes + fp.link_out_bytes) as f64 + flush_share;
+    layer.link = bytes / (stacks.link_gbps * 1e6) + 2.0 * stacks.link_latency_us / 1e3;
+    step.pim_energy_uj = layers * energy / 1e6;
+    step.link_bytes = (layers * bytes).round() as u64;
+    step.sync_ms = layers * stacks.sync_ms;
+    step.pim_attention_ms = layers * layer.pim;
+    step.quantize_ms = layers * layer.quantize;
+    step.link_ms = layers * layer.link;
+    Ok(())
+}
+
+/// The PQ cache's own parts: the lookup tables the GPU builds (returned,
+/// ms per layer), the bytes at the codebooks' scope and the k-means estimate.
+fn pq_parts(
+    step: &mut Step,
+    model: &ModelSpec,
+    system: &SystemSpec,
+    p: &Pq,
+    batch: usize,
+    gpu_books: u64,
+) -> Result<f64> {
+    let layers = model.layers;
+    step.codebooks = p.scope.to_string();
     let mut table_layer = 0.0;
-    if let Some(p) = &f.pq {
-        step.codebooks = p.scope.to_string();
-        if p.regions.encoded > 0 {
-            // The GPU reads each KV head's key codebook once per layer (every
-            // sequence's under `sequence` scope) and writes one table per
-            // query head and cache.
-            let books = match p.scope {
-                CodebookScope::Model => model.kv_heads as u64,
-                CodebookScope::Sequence => (batch * model.kv_heads) as u64,
-            } * p.key_book_bytes;
-            let tables = (batch * model.heads) as u64 * p.table_bytes;
-            table_layer = ms(books + tables, g.attn_gbps);
-        }
-        step.table_ms = layers as f64 * table_layer;
-        let data = aqpim_kvcache::account_regions(
-            &KvShape::new(layers, model.kv_heads, model.head_dim)?,
-            &KvSpec::Pq(p.spec),
-            &vec![p.regions; layers],
-            0,
-            0,
-        )?;
-        step.kv_bytes = data.total_bytes * batch as u64 + gpu_books;
-        if p.scope == CodebookScope::Sequence {
-            step.codebook_training_ms =
-                codebook_training_ms(model, system, &p.spec, p.regions.encoded, batch)?;
-        }
-    } else {
-        step.kv_bytes = model.kv_bytes_per_token_layer() * (ctx * batch * layers) as u64;
+    if p.regions.encoded > 0 {
+        // The GPU reads each KV head's key codebook once per layer (every
+        // sequence's under `sequence` scope) and writes one table per
+        // query head and cache.
+        let books = match p.scope {
+            CodebookScope::Model => model.kv_heads as u64,
+            CodebookScope::Sequence => (batch * model.kv_heads) as u64,
+        } * p.key_book_bytes;
+        let tables = (batch * model.heads) as u64 * p.table_bytes;
+        table_layer = ms(books + tables, system.gpu.attn_gbps);
     }
+    step.table_ms = layers as f64 * table_layer;
+    let data = aqpim_kvcache::account_regions(
+        &KvShape::new(layers, model.kv_heads, model.head_dim)?,
+        &KvSpec::Pq(p.spec),
+        &vec![p.regions; layers],
+        0,
+        0,
+    )?;
+    step.kv_bytes = data.total_bytes * batch as u64 + gpu_books;
+    if p.scope == CodebookScope::Sequence {
+        step.codebook_training_ms =
+            codebook_training_ms(model, system, &p.spec, p.regions.encoded, batch)?;
+    }
+    Ok(table_layer)
+}
 
-    // Overlap, per layer (see the module docs).
-    let heads = model.heads as f64;
+/// The step's total from its per-layer parts (see the module docs):
+/// the link pipelines with PIM attention head by head; GPU attention of
+/// held tokens runs beside PIM attention; linear layers precede attention
+/// unless `overlap_linear`. `overlapped_ms` is what the overlap hides.
+fn overlap(
+    step: &mut Step,
+    model: &ModelSpec,
+    system: &SystemSpec,
+    stacks: &PimStacksSpec,
+    l: &LayerMs,
+    held: bool,
+) {
+    let (layers, heads, batch) = (model.layers as f64, model.heads as f64, step.batch);
+    step.attention_ms = layers * l.gpu_attention;
     let linear_layer = layer_linear_ms(model, system, batch);
-    let pim_busy = pim_layer + quant_layer;
-    let pim_part = pim_busy.max(link_layer) + pim_busy.min(link_layer) / heads;
-    let gpu_part = step.transfer_ms / layers as f64 + gpu_attn_layer;
-    let layer_ms = if stacks.overlap_linear {
+    let pim_busy = l.pim + l.quantize;
+    let pim_part = pim_busy.max(l.link) + pim_busy.min(l.link) / heads;
+    let gpu_part = l.transfer + l.gpu_attention;
+    let attention = if stacks.overlap_linear {
         (linear_layer + gpu_part).max(pim_part) + linear_layer.min(pim_part) / heads
     } else {
         linear_layer + gpu_part.max(pim_part)
-    } + table_layer
-        + stacks.sync_ms * f64::from(u8::from(held));
+    };
+    let layer_ms = attention + l.table + if held { stacks.sync_ms } else { 0.0 };
     step.linear_ms = linear_ms(model, system, batch);
-    let head_linear = step.linear_ms - layers as f64 * linear_layer;
-    let total = layers as f64 * layer_ms + head_linear;
+    let head_linear = step.linear_ms - layers * linear_layer;
+    let total = layers * layer_ms + head_linear;
     step.overlapped_ms = (step.parts_ms() - total).max(0.0);
-    Ok(step)
 }
 
 /// Bytes a placement keeps in GPU memory when nothing spills: weights,
