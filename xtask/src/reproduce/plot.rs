@@ -285,7 +285,8 @@ pub fn serve_throughput<DB: DrawingBackend>(
 }
 
 /// aqpim/attacc tokens/s at the best batch of each, against context (log x),
-/// with the paper's 3.4x and parity as labelled reference lines.
+/// with the paper's 3.4x and parity as labelled reference lines (the values
+/// are in the summary's table).
 pub fn serve_ratio<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
     serve: &Serve,
@@ -342,8 +343,8 @@ pub fn serve_ratio<DB: DrawingBackend>(
     chart
         .draw_series(std::iter::once(Text::new(
             format!("paper {PAPER_RATIO}x"),
-            (x0 + 0.1, PAPER_RATIO + hi * 0.015),
-            anchored(red, HPos::Left, VPos::Bottom),
+            (x1 - 0.1, PAPER_RATIO - hi * 0.015),
+            anchored(red, HPos::Right, VPos::Top),
         )))
         .map_err(plot_err)?;
     chart
@@ -366,15 +367,6 @@ pub fn serve_ratio<DB: DrawingBackend>(
     chart
         .draw_series(pts.iter().map(|&p| Circle::new(p, 7, color.filled())))
         .map_err(plot_err)?;
-    for &(x, y) in &pts {
-        chart
-            .draw_series(std::iter::once(Text::new(
-                format!("{y:.2}"),
-                (x, y - hi * 0.03),
-                anchored(BLACK, HPos::Center, VPos::Top),
-            )))
-            .map_err(plot_err)?;
-    }
     draw_legend(&legend, &entries, 1)?;
     root.present().map_err(plot_err)?;
     Ok(())
@@ -595,7 +587,7 @@ pub fn breakdown<DB: DrawingBackend>(
             chart
                 .draw_series(std::iter::once(Text::new(
                     format!("{label}{}", if r.outside_pim() { "*" } else { "" }),
-                    ((x0 + x1) / 2.0, 101.0),
+                    ((x0 + x1) / 2.0, if crowded { 103.0 } else { 101.0 }),
                     if crowded {
                         TextStyle {
                             font: (FONT, TICK).into_font().transform(FontTransform::Rotate270),

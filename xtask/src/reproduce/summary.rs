@@ -13,7 +13,8 @@ use super::rows::{Serve, StepRow, Sweep};
 pub const PAPER_RATIO: f64 = 3.4;
 
 /// The measured H100 transfer shares of offloaded decode (copy / (copy +
-/// attention)), from `configs/` anchors section "offload": (batch, ctx, share).
+/// attention)), from shared/data/h100_anchors.jsonl, section "offload":
+/// (batch, ctx, share).
 pub const H100_OFFLOAD: [(usize, usize, f64); 6] = [
     (1, 4096, 0.9591),
     (1, 16384, 0.9806),
