@@ -1,5 +1,5 @@
-//! The figures of a reproduction, sized for a paper's single column: an
-//! 800-px-wide canvas with 26-28 px text (about 8-9 pt at 3.3 in), the legend
+//! The figures of a reproduction, sized for a paper's single column: a
+//! 720-px-wide canvas with 28 px text (9.2 pt when scaled to 3.3 in), the legend
 //! in its own band below the plot, what-if points drawn with their own marker
 //! and legend entry, reference lines labelled beside the line.
 //!
@@ -23,8 +23,8 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 use super::rows::{Serve, StepRow, Sweep};
 use super::summary::{ctx_label, speedup, H100_OFFLOAD, PAPER_RATIO};
 
-const W: u32 = 800;
-const TICK: u32 = 26;
+const W: u32 = 720;
+const TICK: u32 = 28;
 const LABEL: u32 = 28;
 const CAPTION: u32 = 28;
 const FONT: &str = "sans-serif";
@@ -204,7 +204,7 @@ pub fn serve_throughput<DB: DrawingBackend>(
         .map(|p| (p.to_string(), Mark::Line(policy_color(p))))
         .collect();
     if any_gpu {
-        entries.push(("cache partly in GPU memory".into(), Mark::Hollow(BLACK)));
+        entries.push(("partly on GPU".into(), Mark::Hollow(BLACK)));
     }
     let (plot, legend) = with_legend(root, entries.len(), 2);
     let ys: Vec<f64> = serve
@@ -415,7 +415,7 @@ pub fn speedup_plot<DB: DrawingBackend>(
         Mark::Dashed(RGBColor(200, 0, 0)),
     ));
     if any_whatif {
-        entries.push(("what-if (off the stacks)".into(), Mark::Cross(BLACK)));
+        entries.push(("what-if: off PIM".into(), Mark::Cross(BLACK)));
     }
     let (plot, legend) = with_legend(root, entries.len(), 2);
     let (x0, x1) = log2_range(&ctxs);
@@ -482,7 +482,7 @@ const PARTS: [(&str, RGBColor); 8] = [
     ("tables (GPU)", RGBColor(170, 170, 170)),
     ("attention (GPU)", RGBColor(230, 159, 0)),
     ("attention (PIM)", RGBColor(0, 114, 178)),
-    ("quantization (PIM)", RGBColor(0, 158, 115)),
+    ("quantize (PIM)", RGBColor(0, 158, 115)),
     ("GPU-PIM link", RGBColor(86, 180, 233)),
     ("synchronization", RGBColor(204, 121, 167)),
     ("host transfers", RGBColor(213, 94, 0)),
@@ -525,7 +525,7 @@ pub fn breakdown<DB: DrawingBackend>(
         .iter()
         .map(|(n, c)| (n.to_string(), Mark::Block(*c)))
         .collect();
-    entries.push(("* what-if: a cache off the stacks".into(), Mark::Hatched));
+    entries.push(("* what-if: off PIM".into(), Mark::Hatched));
     let (plot, legend) = with_legend(root, entries.len(), 2);
     let n = ctxs.len() as f64;
     // More than three contexts: the step times stand upright above the bars.

@@ -89,8 +89,10 @@ pub fn summarize(h: &Header, serve: &Serve, pim: &Sweep, off: &Sweep) -> String 
          offload on `h100+host` (`offload.csv`). PIM attention: `{}` in the serve run, `{}` in the \
          sweeps (`simulated`: the lowered programs in the simulator's timing-only mode; `analytic`: \
          their closed form, held within 5 % of it by aqpim-attn's tests). Every figure is the \
-         model's, not a measurement of PIM hardware. Do not edit by hand; `docs/results/pim.md` \
-         explains the numbers.\n",
+         model's, not a measurement of PIM hardware. Figures: `serve_throughput`, `serve_ratio`, \
+         `speedup`, `latency_breakdown`, `transfer_share` (`.svg`; `.png` beside them when the \
+         xtask is built with `--features png`); `cargo xtask plot` redraws them from the CSV \
+         files. Do not edit by hand; `docs/results/pim.md` explains the numbers.\n",
         h.command, h.model, h.system, h.serve_pim_model, h.pim_model
     );
     for n in &h.notes {
