@@ -19,8 +19,12 @@ tasks:
                    [--n 65536 --d 128 --m 32 --nbits 8 --iters 25 --threads 1]
   fetch-assets     SmolLM2-135M-Instruct (GGUF) and the Jane Austen novels into assets/
                    [--model FILE.gguf|FILE.whl] [--text-deb FILE.deb | --rdata DIR] [--out DIR]
-  reproduce        system-model sweeps into docs/results: CSV, summary.md, SVG plots
-                   [--quick (a small grid, into target/reproduce-quick)] [--out DIR]";
+  reproduce        the serving view and system-model sweeps into docs/results: CSV,
+                   summary.md, figures [--quick (a small grid, into target/reproduce-quick)]
+                   [--out DIR] [--model M] [--system S] [--ctx LIST] [--batch LIST]
+                   [--pim-model simulated|analytic]
+  plot             the reproduce figures from CSV files `aqpim simulate serve|sweep` wrote
+                   [--serve FILE.csv] [--sweep FILE.csv] [--offload FILE.csv] --out DIR";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -28,6 +32,7 @@ fn main() -> Result<()> {
         Some("tidy") => tidy::run(),
         Some("fetch-assets") => fetch_assets::run(&args[1..]),
         Some("reproduce") => reproduce::run(&args[1..], &tidy::workspace_root()),
+        Some("plot") => reproduce::plot_cmd(&args[1..]),
         Some("faiss-compare") => faiss_compare::run(&args[1..], &tidy::workspace_root()),
         Some("-h" | "--help") | None => {
             println!("{USAGE}");
