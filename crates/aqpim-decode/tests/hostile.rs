@@ -128,6 +128,9 @@ fn non_finite_config_values_are_errors() {
     }
 }
 
+/// A change to one file of a calibrated folder.
+type Corruption = Box<dyn Fn(&std::path::Path)>;
+
 #[test]
 fn calibrated_folders_with_bad_files_are_errors() {
     use aqpim_decode::model::calibrate::{load_into, save};
@@ -144,7 +147,7 @@ fn calibrated_folders_with_bad_files_are_errors() {
     };
     let pq = ProductQuantizer::train(PqParams::new(8, 2, 2).unwrap(), &data, &opts).unwrap();
     let books = vec![vec![(pq.clone(), pq.clone()); 2]; 2];
-    let corruptions: Vec<Box<dyn Fn(&std::path::Path)>> = vec![
+    let corruptions: Vec<Corruption> = vec![
         Box::new(|p| std::fs::write(p, b"").unwrap()),
         Box::new(|p| {
             let b = std::fs::read(p).unwrap();

@@ -140,13 +140,9 @@ pub fn clean_stale_temporaries(dir: &Path, name: &str) -> Vec<PathBuf> {
         }
         let p = entry.path();
         // Only plain files and symlinks; never a directory.
-        match std::fs::symlink_metadata(&p) {
-            Ok(m) if !m.is_dir() => {
-                if std::fs::remove_file(&p).is_ok() {
-                    removed.push(p);
-                }
-            }
-            _ => {}
+        let is_file_or_link = std::fs::symlink_metadata(&p).is_ok_and(|m| !m.is_dir());
+        if is_file_or_link && std::fs::remove_file(&p).is_ok() {
+            removed.push(p);
         }
     }
     removed
