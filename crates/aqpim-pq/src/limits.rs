@@ -24,10 +24,11 @@ pub const MAX_CODEBOOK_FILE_BYTES: u64 = 28 + 4 * (MAX_DIM as u64) * 256 + 4;
 pub fn elements(rows: usize, cols: usize, what: &'static str) -> Result<usize> {
     rows.checked_mul(cols)
         .filter(|&n| n <= MAX_ELEMENTS)
-        .ok_or(PqError::OutOfRange {
-            name: what,
-            value: (rows as u128 * cols as u128).min(u128::from(u64::MAX)) as u64,
-            allowed: "at most 2^31 values (rows x cols)",
+        .ok_or(PqError::TooLarge {
+            what,
+            rows,
+            cols,
+            limit: MAX_ELEMENTS,
         })
 }
 

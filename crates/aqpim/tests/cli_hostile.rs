@@ -186,7 +186,7 @@ fn synth_and_train_refuse_sizes_past_their_limits() {
     for n in [MAX, "1000000000000"] {
         refused(
             &["pq", "synth", "--n", n, "--d", "1", "--out", p(&out)],
-            "2^31",
+            "limit of 2147483648",
         );
     }
     refused(
