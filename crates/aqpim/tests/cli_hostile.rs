@@ -436,3 +436,19 @@ fn outputs_never_write_through_a_symlink() {
     assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
     assert!(!std::fs::symlink_metadata(&out).unwrap().is_symlink());
 }
+
+#[cfg(target_os = "linux")]
+#[test]
+fn stale_temporaries_of_killed_writers_are_cleaned_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    // PID 4294967295 never runs: the temporary of a killed writer.
+    let stale = dir
+        .path()
+        .join(".x.npy.aqpim-tmp-4294967295-0123456789abcdef");
+    std::fs::write(&stale, vec![0u8; 4096]).unwrap();
+    let out = dir.path().join("x.npy");
+    let r = run(&["pq", "synth", "--n", "10", "--d", "4", "--out", p(&out)]);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(!stale.exists());
+    assert!(r.stderr.contains("removed"), "{}", r.stderr);
+}
