@@ -25,7 +25,9 @@ fn check(store: &dyn KvStore) {
     let shape = *store.shape();
     for layer in 0..shape.num_layers() {
         for head in 0..shape.num_kv_heads() {
-            let kv = store.reconstruct(layer, head).expect("a loaded store reconstructs");
+            let kv = store
+                .reconstruct(layer, head)
+                .expect("a loaded store reconstructs");
             assert!(kv.keys.iter().chain(&kv.values).all(|x| x.is_finite()));
         }
     }
@@ -36,7 +38,11 @@ fn crc(bytes: &[u8]) -> u32 {
     for &b in bytes {
         crc ^= u32::from(b);
         for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
