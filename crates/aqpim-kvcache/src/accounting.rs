@@ -8,7 +8,7 @@
 //! nearest-centroid search tables that `aqpim-pq` derives from each codebook
 //! in memory (they are rebuilt from the codebook and stored nowhere else).
 
-use crate::error::Result;
+use crate::error::{KvError, Result};
 use crate::shape::KvShape;
 use crate::spec::KvSpec;
 
@@ -163,6 +163,7 @@ pub struct MemoryReport {
 /// (layer, head) using it has encoded a token.
 pub fn account(shape: &KvShape, spec: &KvSpec, ctx: usize) -> Result<MemoryReport> {
     spec.validate(shape)?;
+    crate::limits::check_ctx("the context", ctx)?;
     let l_count = shape.num_layers();
     let layers: Vec<Regions> = (0..l_count)
         .map(|l| Regions::nominal_layer(spec, ctx, l, l_count))
@@ -202,40 +203,82 @@ pub fn account_regions(
 ) -> Result<MemoryReport> {
     spec.validate(shape)?;
     let (h, d) = (shape.num_kv_heads() as u64, shape.head_dim() as u64);
+    // Every count below is checked: a shape or context past the limits of
+    // `crate::limits` is refused before this point, and a caller-built
+    // `layers` that still overflows 64 bits is an error, never a wrapped total.
+    let overflow = || KvError::BadShape("the cache's size overflows 64 bits".into());
+    let mul = |factors: &[u64]| -> Result<u64> {
+        factors
+            .iter()
+            .try_fold(1u64, |a, &f| a.checked_mul(f))
+            .ok_or_else(overflow)
+    };
+    let add = |acc: &mut u64, v: u64| -> Result<()> {
+        *acc = acc.checked_add(v).ok_or_else(overflow)?;
+        Ok(())
+    };
+    let add_tokens = |acc: &mut usize, v: usize| -> Result<()> {
+        *acc = acc.checked_add(v).ok_or_else(overflow)?;
+        Ok(())
+    };
     let mut b = ComponentBytes::default();
     let mut by_region = Regions::default();
     let mut elements = 0u64;
     for r in layers {
-        by_region.sinks += r.sinks;
-        by_region.encoded += r.encoded;
-        by_region.recent += r.recent;
-        elements += 2 * r.total() as u64 * h * d;
-        b.sinks += 2 * r.sinks as u64 * h * d * 2;
-        b.recent += 2 * r.recent as u64 * h * d * 2;
+        add_tokens(&mut by_region.sinks, r.sinks)?;
+        add_tokens(&mut by_region.encoded, r.encoded)?;
+        add_tokens(&mut by_region.recent, r.recent)?;
+        let total = (r.sinks as u64)
+            .checked_add(r.encoded as u64)
+            .and_then(|t| t.checked_add(r.recent as u64))
+            .ok_or_else(overflow)?;
+        add(&mut elements, mul(&[2, total, h, d])?)?;
+        add(&mut b.sinks, mul(&[2, r.sinks as u64, h, d, 2])?)?;
+        add(&mut b.recent, mul(&[2, r.recent as u64, h, d, 2])?)?;
         let e = r.encoded as u64;
         match spec {
             KvSpec::Dense => {}
             KvSpec::Pq(p) => {
                 let pk = p.params(shape.head_dim(), crate::KvPart::Keys)?;
                 let pv = p.params(shape.head_dim(), crate::KvPart::Values)?;
-                b.key_codes += e * h * p.code_row_bytes(&pk) as u64;
-                b.value_codes += e * h * p.code_row_bytes(&pv) as u64;
+                add(
+                    &mut b.key_codes,
+                    mul(&[e, h, p.code_row_bytes(&pk) as u64])?,
+                )?;
+                add(
+                    &mut b.value_codes,
+                    mul(&[e, h, p.code_row_bytes(&pv) as u64])?,
+                )?;
             }
             KvSpec::Scalar(s) => {
-                let row = (d * u64::from(s.bits)).div_ceil(8);
-                b.key_codes += e * h * row;
-                b.value_codes += e * h * row;
+                let row = mul(&[d, u64::from(s.bits)])?.div_ceil(8);
+                add(&mut b.key_codes, mul(&[e, h, row])?)?;
+                add(&mut b.value_codes, mul(&[e, h, row])?)?;
                 let g = s.group as u64;
-                b.metadata += (e / g) * h * d * 4 + e * h * (d / g) * 4;
+                add(&mut b.metadata, mul(&[e / g, h, d, 4])?)?;
+                add(&mut b.metadata, mul(&[e, h, d / g, 4])?)?;
             }
         }
     }
     if let KvSpec::Pq(p) = spec {
         let pk = p.params(shape.head_dim(), crate::KvPart::Keys)?;
         let pv = p.params(shape.head_dim(), crate::KvPart::Values)?;
-        b.key_codebooks = key_codebooks as u64 * pk.codebook_len() as u64 * 4;
-        b.value_codebooks = value_codebooks as u64 * pv.codebook_len() as u64 * 4;
+        b.key_codebooks = mul(&[key_codebooks as u64, pk.codebook_len() as u64, 4])?;
+        b.value_codebooks = mul(&[value_codebooks as u64, pv.codebook_len() as u64, 4])?;
     }
+    [
+        b.key_codes,
+        b.value_codes,
+        b.key_codebooks,
+        b.value_codebooks,
+        b.sinks,
+        b.recent,
+        b.metadata,
+    ]
+    .iter()
+    .try_fold(0u64, |a, &v| a.checked_add(v))
+    .ok_or_else(overflow)?;
+    mul(&[2, elements])?;
     let total = b.total();
     let per = |bytes: u64| {
         if elements == 0 {

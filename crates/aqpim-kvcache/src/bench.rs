@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use crate::accounting::{account, HeapBytes, MemoryReport};
 use crate::error::{KvError, KvPart, Result};
+use crate::limits;
 use crate::shape::KvShape;
 use crate::spec::{KvSpec, PqSpec};
 use crate::store::KvStore;
@@ -45,9 +46,22 @@ pub fn append_latency(
     steps: usize,
     seed: u64,
 ) -> Result<AppendBench> {
+    if steps == 0 {
+        return Err(KvError::BadShape(
+            "the benchmark needs at least one step".into(),
+        ));
+    }
+    let total = prefill.saturating_add(steps);
+    limits::check_ctx("prefill + steps", total)?;
+    limits::product(
+        "steps x KV heads x head_dim",
+        &[steps, shape.num_kv_heads(), shape.head_dim()],
+        limits::MAX_BENCH_ELEMENTS,
+    )?;
+    check_bench_bytes(&shape, spec, total)?;
     let codebooks = synth::calibrated_codebooks(shape.head_dim(), &spec, 4096, 6, seed)?;
     let mut store = synth::store_with_codebooks(shape, spec, &codebooks)?;
-    store.reserve(prefill + steps);
+    store.reserve(total);
     for layer in 0..shape.num_layers() {
         synth::fill_layer(&mut store, layer, prefill, 4096, seed + layer as u64)?;
     }
@@ -141,12 +155,20 @@ pub fn allocation_check(
     layers: usize,
     seed: u64,
 ) -> Result<AllocationCheck> {
+    if layers == 0 || layers > shape.num_layers() {
+        return Err(KvError::BadShape(format!(
+            "layers allocated must be in 1..={}",
+            shape.num_layers()
+        )));
+    }
+    limits::check_ctx("the allocated context", ctx)?;
     let small = KvShape::with_query_heads(
         layers,
         shape.num_kv_heads(),
         shape.num_q_heads(),
         shape.head_dim(),
     )?;
+    check_bench_bytes(&small, spec, ctx)?;
     let codebooks = synth::calibrated_codebooks(shape.head_dim(), &spec, 2048, 2, seed)?;
     let mut store = synth::store_with_codebooks(small, spec, &codebooks)?;
     store.reserve(ctx);
@@ -164,4 +186,18 @@ pub fn allocation_check(
         scaled_heap_bytes: scaled,
         full_shape: full,
     })
+}
+
+/// Refuses a benchmark cache of `shape` at `ctx` tokens whose accounting
+/// passes [`limits::MAX_BENCH_BYTES`], before anything is allocated.
+fn check_bench_bytes(shape: &KvShape, spec: PqSpec, ctx: usize) -> Result<()> {
+    let bytes = account(shape, &KvSpec::Pq(spec), ctx)?.total_bytes;
+    if bytes > limits::MAX_BENCH_BYTES {
+        return Err(KvError::BadShape(format!(
+            "a cache of {ctx} tokens in {} needs {bytes} bytes, more than the benchmark limit of {}",
+            shape,
+            limits::MAX_BENCH_BYTES
+        )));
+    }
+    Ok(())
 }

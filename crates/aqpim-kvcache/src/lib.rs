@@ -41,6 +41,7 @@ mod accounting;
 pub mod bench;
 mod dense;
 mod error;
+pub mod limits;
 mod persist;
 mod pq_store;
 mod scalar;

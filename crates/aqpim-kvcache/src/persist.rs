@@ -29,6 +29,8 @@ pub const KV_MAGIC: &[u8; 8] = b"AQPIMKV\0";
 /// The format version this crate writes and reads.
 pub const KV_VERSION: u32 = 1;
 const FIXED_HEADER: usize = 24;
+/// Longest spec string a cache file may hold.
+const MAX_SPEC_BYTES: usize = 1024;
 
 /// A little-endian byte writer for the body.
 #[derive(Debug, Default)]
@@ -131,17 +133,40 @@ impl<'a> Reader<'a> {
         let v = u64::from_le_bytes(b.try_into().expect("8 bytes"));
         usize::try_from(v).map_err(|_| self.bad(format!("{what} = {v} is too large")))
     }
+    /// `count` FP16 values, every one finite: a cache never stores a NaN
+    /// or an infinity (its inputs are checked), so one in a file is corruption.
     pub(crate) fn f16s(&mut self, count: usize, what: &str) -> Result<Vec<f16>> {
+        let at = self.base + self.pos;
         let b = self.take(count, 2, what)?;
-        Ok(b.chunks_exact(2)
+        let v: Vec<f16> = b
+            .chunks_exact(2)
             .map(|c| f16::from_bits(u16::from_le_bytes([c[0], c[1]])))
-            .collect())
+            .collect();
+        match v.iter().position(|x| !x.is_finite()) {
+            Some(i) => Err(self.bad(format!(
+                "at offset {}: {what} hold a non-finite value ({})",
+                at + 2 * i,
+                v[i]
+            ))),
+            None => Ok(v),
+        }
     }
+    /// `count` f32 values, every one finite (see [`Reader::f16s`]).
     pub(crate) fn f32s(&mut self, count: usize, what: &str) -> Result<Vec<f32>> {
+        let at = self.base + self.pos;
         let b = self.take(count, 4, what)?;
-        Ok(b.chunks_exact(4)
+        let v: Vec<f32> = b
+            .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect())
+            .collect();
+        match v.iter().position(|x| !x.is_finite()) {
+            Some(i) => Err(self.bad(format!(
+                "at offset {}: {what} hold a non-finite value ({})",
+                at + 4 * i,
+                v[i]
+            ))),
+            None => Ok(v),
+        }
     }
     /// Checks that the whole body was read.
     pub(crate) fn finish(self) -> Result<()> {
@@ -203,12 +228,18 @@ pub(crate) fn open<'a>(bytes: &'a [u8], path: &Path) -> Result<(KvSpec, KvShape,
     };
     let spec_len =
         u32::from_le_bytes(r.take(1, 4, "spec length")?.try_into().expect("4 bytes")) as usize;
+    // Canonical specs are a few dozen bytes; a longer one is corruption.
+    if spec_len > MAX_SPEC_BYTES {
+        return Err(bad(format!(
+            "the spec takes {spec_len} bytes, more than the limit of {MAX_SPEC_BYTES}"
+        )));
+    }
     let spec_bytes = r.take(spec_len, 1, "spec")?;
     let spec_str =
         std::str::from_utf8(spec_bytes).map_err(|_| bad("the spec is not UTF-8".into()))?;
     let spec: KvSpec = spec_str
         .parse()
-        .map_err(|e| bad(format!("bad spec: {e}")))?;
+        .map_err(|e: KvError| bad(format!("bad spec: {}", cut(&e.to_string()))))?;
     let mut dims = [0usize; 4];
     for d in dims.iter_mut() {
         *d = u32::from_le_bytes(r.take(1, 4, "shape")?.try_into().expect("4 bytes")) as usize;
@@ -217,4 +248,12 @@ pub(crate) fn open<'a>(bytes: &'a [u8], path: &Path) -> Result<(KvSpec, KvShape,
         .map_err(|e| bad(e.to_string()))?;
     spec.validate(&shape).map_err(|e| bad(e.to_string()))?;
     Ok((spec, shape, r))
+}
+
+/// `s` cut to 200 characters with `...`, for errors that echo file contents.
+fn cut(s: &str) -> String {
+    match s.char_indices().nth(200) {
+        Some((i, _)) => format!("{}...", &s[..i]),
+        None => s.to_string(),
+    }
 }

@@ -3,6 +3,7 @@
 use std::fmt;
 
 use crate::error::{KvError, Result};
+use crate::limits::{MAX_HEAD_DIM, MAX_KV_HEADS, MAX_LAYERS};
 
 /// The shape of a model's KV cache: `num_layers x num_kv_heads x tokens x head_dim`
 /// for keys and again for values.
@@ -32,17 +33,19 @@ impl KvShape {
         num_q_heads: usize,
         head_dim: usize,
     ) -> Result<Self> {
-        for (name, v) in [
-            ("layers", num_layers),
-            ("KV heads", num_kv_heads),
-            ("query heads", num_q_heads),
-            ("head_dim", head_dim),
+        for (name, v, max) in [
+            ("layers", num_layers, MAX_LAYERS),
+            ("KV heads", num_kv_heads, MAX_KV_HEADS),
+            ("query heads", num_q_heads, MAX_KV_HEADS),
+            ("head_dim", head_dim, MAX_HEAD_DIM),
         ] {
             if v == 0 {
                 return Err(KvError::BadShape(format!("{name} must be at least 1")));
             }
-            if v > u32::MAX as usize {
-                return Err(KvError::BadShape(format!("{name} = {v} is too large")));
+            if v > max {
+                return Err(KvError::BadShape(format!(
+                    "{name} = {v} is more than the limit of {max}"
+                )));
             }
         }
         if !num_q_heads.is_multiple_of(num_kv_heads) {
@@ -141,6 +144,9 @@ mod tests {
         assert_eq!(s.kv_head_of(5), 1);
         assert!(KvShape::with_query_heads(1, 3, 8, 64).is_err());
         assert!(KvShape::new(0, 1, 1).is_err());
+        assert!(KvShape::new(4_294_967_295, 1, 128).is_err());
+        assert!(KvShape::with_query_heads(1, 1_048_576, 1_048_576, 128).is_err());
+        assert!(KvShape::new(MAX_LAYERS, MAX_KV_HEADS, MAX_HEAD_DIM).is_ok());
         assert!(matches!(
             s.check_head(30, 0),
             Err(KvError::LayerOutOfRange { layer: 30, .. })

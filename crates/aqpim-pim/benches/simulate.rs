@@ -15,7 +15,7 @@ fn simulate(c: &mut Criterion) {
         ("timing_only", Mode::TimingOnly, 500),
         ("functional", Mode::Functional, 20),
     ] {
-        let mix = standard_mix(&d, 16, rows);
+        let mix = standard_mix(&d, 16, rows).expect("a valid mix");
         // One simulator, reused: the mix leaves every bank closed, so it can
         // run again; the clock and refresh schedule carry on.
         let mut sim = Simulator::new(

@@ -29,8 +29,10 @@ fn s(row: i16, col: i16, buf: i16, reg: i16, data: i16, die: i16) -> Strides {
 }
 
 /// The standard mix on the first `channels` channels, `rows` row iterations
-/// per channel (115 commands each, before refresh).
-pub fn standard_mix(device: &Device, channels: usize, rows: u32) -> Program {
+/// per channel (115 commands each, before refresh). `rows` outside what a
+/// loop may count (zero, or past the ISA's loop limit) is an error; callers
+/// bound it by [`crate::limits::MAX_BENCH_ROWS`] first.
+pub fn standard_mix(device: &Device, channels: usize, rows: u32) -> Result<Program> {
     let mut v = Vec::new();
     let bank = BankSel {
         pc: 0,
@@ -124,7 +126,7 @@ pub fn standard_mix(device: &Device, channels: usize, rows: u32) -> Program {
         });
         v.push(Instr::EndLoop);
     }
-    Program::new(v).expect("the standard mix is well-formed")
+    Program::new(v)
 }
 
 /// A bandwidth check: simulated against analytic.

@@ -49,6 +49,7 @@ mod command;
 mod energy;
 mod error;
 pub mod isa;
+pub mod limits;
 mod resolve;
 mod sim;
 mod spec;

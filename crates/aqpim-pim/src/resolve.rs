@@ -7,6 +7,10 @@ use serde::Serialize;
 
 use crate::command::{Command, Level, Scope};
 use crate::error::{PimError, Result};
+use crate::limits::{
+    cut, MAX_ENERGY_PJ, MAX_RULES, MAX_RULE_LATENCY, MAX_RULE_WINDOW, MAX_TIMING_CYCLES,
+    MAX_TIMING_PARAMS,
+};
 use crate::spec::{DeviceSpec, EnergySpec, TimingValue};
 
 /// Runtime organisation: counts per level and derived sizes.
@@ -149,10 +153,19 @@ pub fn eval_latency(
     expr: &str,
     params: &BTreeMap<String, u32>,
 ) -> std::result::Result<u32, String> {
+    let shown = crate::limits::cut(expr);
+    if expr.chars().count() > crate::limits::MAX_EXPRESSION_CHARS {
+        return Err(format!(
+            "`{shown}`: the expression is longer than {} characters",
+            crate::limits::MAX_EXPRESSION_CHARS
+        ));
+    }
+    let expr_full = expr;
+    let expr = shown.as_str();
     let mut total: i64 = 0;
     let mut sign: i64 = 1;
     let mut expect_term = true;
-    let mut chars = expr.char_indices().peekable();
+    let mut chars = expr_full.char_indices().peekable();
     while let Some(&(i, c)) = chars.peek() {
         if c.is_whitespace() {
             chars.next();
@@ -178,18 +191,25 @@ pub fn eval_latency(
                     break;
                 }
             }
-            let term = &expr[i..end];
+            let term = &expr_full[i..end];
             let value = if term.as_bytes()[0].is_ascii_digit() {
-                term.parse::<i64>()
-                    .map_err(|_| format!("`{expr}`: `{term}` is not an integer"))?
+                term.parse::<i64>().map_err(|_| {
+                    format!(
+                        "`{expr}`: `{}` is not an integer below 2^63",
+                        crate::limits::cut(term)
+                    )
+                })?
             } else {
-                i64::from(
-                    *params
-                        .get(term)
-                        .ok_or_else(|| format!("`{expr}`: unknown timing parameter `{term}`"))?,
-                )
+                i64::from(*params.get(term).ok_or_else(|| {
+                    format!(
+                        "`{expr}`: unknown timing parameter `{}`",
+                        crate::limits::cut(term)
+                    )
+                })?)
             };
-            total += sign * value;
+            total = total
+                .checked_add(sign * value)
+                .ok_or_else(|| format!("`{expr}` overflows"))?;
             expect_term = false;
         } else {
             return Err(format!("`{expr}`: unexpected character `{c}`"));
@@ -266,6 +286,15 @@ impl DeviceSpec {
         }
 
         // Parameters to cycles.
+        if self.timing.len() > MAX_TIMING_PARAMS {
+            return Err(spec_err(
+                "timing",
+                format!(
+                    "{} parameters, more than the limit of {MAX_TIMING_PARAMS}",
+                    self.timing.len()
+                ),
+            ));
+        }
         let mut params = BTreeMap::new();
         for (name, v) in &self.timing {
             if name == "nCCDAB" {
@@ -285,14 +314,38 @@ impl DeviceSpec {
                     }
                     // Round up to whole cycles, as JEDEC does (tolerate float noise).
                     let c = ns * 1000.0 / f64::from(self.clock.t_ck_ps);
-                    (c - 1e-9).ceil().max(0.0) as u32
+                    let c = (c - 1e-9).ceil().max(0.0);
+                    if c > f64::from(MAX_TIMING_CYCLES) {
+                        return Err(spec_err(
+                            format!("timing.{}", cut(name)),
+                            format!(
+                                "{ns} ns is {c} cycles, more than the limit of {MAX_TIMING_CYCLES}"
+                            ),
+                        ));
+                    }
+                    c as u32
                 }
             };
+            if cycles > MAX_TIMING_CYCLES {
+                return Err(spec_err(
+                    format!("timing.{}", cut(name)),
+                    format!("{cycles} cycles is more than the limit of {MAX_TIMING_CYCLES}"),
+                ));
+            }
             params.insert(name.clone(), cycles);
         }
         let p = &self.pim;
-        if p.n_ccdab == 0 || p.n_ccdab_power_limited == 0 {
-            return Err(spec_err("pim.n_ccdab", "must be at least 1"));
+        for (name, v) in [
+            ("n_ccdab", p.n_ccdab),
+            ("n_ccdab_power_limited", p.n_ccdab_power_limited),
+            ("sfm_latency", p.sfm_latency.max(1)),
+        ] {
+            if v == 0 || v > MAX_RULE_LATENCY {
+                return Err(spec_err(
+                    format!("pim.{name}"),
+                    format!("{v} cycles is outside 1..={MAX_RULE_LATENCY}"),
+                ));
+            }
         }
         let n_ccdab = if p.power_limited {
             p.n_ccdab_power_limited
@@ -360,10 +413,10 @@ impl DeviceSpec {
             ("sfm_pj_per_element", e.sfm_pj_per_element),
             ("refresh_pj", e.refresh_pj),
         ] {
-            if !v.is_finite() || v < 0.0 {
+            if !v.is_finite() || !(0.0..=MAX_ENERGY_PJ).contains(&v) {
                 return Err(spec_err(
                     format!("energy.{name}"),
-                    format!("{v} is not a finite non-negative energy"),
+                    format!("{v} is not an energy in 0..={MAX_ENERGY_PJ} pJ"),
                 ));
             }
         }
@@ -389,6 +442,25 @@ impl DeviceSpec {
                     format!("{v} cycles is not longer than the refresh latency {max_ref_latency}"),
                 ));
             }
+            // Longer than every gate: then any wait holds at most one
+            // refresh, and the simulator's refresh work stays proportional
+            // to the program, not to the device's timing values.
+            let longest = rules
+                .iter()
+                .map(|r| (r.latency, r.name.as_str()))
+                .chain([(n_ccdab, "nCCDAB"), (p.sfm_latency, "sfm_latency")])
+                .max_by_key(|(l, _)| *l)
+                .unwrap_or((0, ""));
+            if v <= longest.0 {
+                return Err(spec_err(
+                    "refresh.interval",
+                    format!(
+                        "{v} cycles is not longer than {} ({} cycles); refresh would dominate every wait",
+                        cut(longest.1),
+                        longest.0
+                    ),
+                ));
+            }
             Some(v)
         } else {
             None
@@ -408,10 +480,19 @@ impl DeviceSpec {
     }
 
     fn resolve_rules(&self, params: &BTreeMap<String, u32>) -> Result<Vec<Rule>> {
+        if self.rules.len() > MAX_RULES {
+            return Err(spec_err(
+                "rules",
+                format!(
+                    "{} rules, more than the limit of {MAX_RULES}",
+                    self.rules.len()
+                ),
+            ));
+        }
         let mut rules: Vec<Rule> = Vec::with_capacity(self.rules.len());
         let mut seen = std::collections::BTreeSet::new();
         for (i, r) in self.rules.iter().enumerate() {
-            let field = format!("rules[{i}] ({})", r.name);
+            let field = format!("rules[{i}] ({})", cut(&r.name));
             if r.name.is_empty() {
                 return Err(spec_err(field, "rule has no name"));
             }
@@ -425,7 +506,10 @@ impl DeviceSpec {
                 let mut out = Vec::new();
                 for n in list {
                     let c = Command::from_name(n).ok_or_else(|| {
-                        spec_err(field.clone(), format!("unknown command `{n}` in `{what}`"))
+                        spec_err(
+                            field.clone(),
+                            format!("unknown command `{}` in `{what}`", cut(n)),
+                        )
                     })?;
                     if out.contains(&c) {
                         return Err(spec_err(
@@ -441,8 +525,19 @@ impl DeviceSpec {
             let following = names(&r.following, "following")?;
             let latency =
                 eval_latency(&r.latency, params).map_err(|m| spec_err(field.clone(), m))?;
-            if r.window == 0 {
-                return Err(spec_err(field, "window must be at least 1"));
+            if latency > MAX_RULE_LATENCY {
+                return Err(spec_err(
+                    field,
+                    format!(
+                        "latency {latency} cycles is more than the limit of {MAX_RULE_LATENCY}"
+                    ),
+                ));
+            }
+            if r.window == 0 || r.window > MAX_RULE_WINDOW {
+                return Err(spec_err(
+                    field,
+                    format!("window {} is outside 1..={MAX_RULE_WINDOW}", r.window),
+                ));
             }
             if r.window > 1 {
                 if let Some(c) = preceding

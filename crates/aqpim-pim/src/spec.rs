@@ -188,7 +188,15 @@ fn is_one(w: &u32) -> bool {
 impl DeviceSpec {
     /// Parses a spec from TOML text.
     pub fn from_toml_str(text: &str) -> Result<Self> {
-        toml::from_str(text).map_err(|e| PimError::Parse(e.to_string()))
+        if text.len() as u64 > crate::limits::MAX_DEVICE_FILE_BYTES {
+            return Err(PimError::Parse(format!(
+                "{} bytes of TOML, more than the limit of {} for a device file",
+                text.len(),
+                crate::limits::MAX_DEVICE_FILE_BYTES
+            )));
+        }
+        // toml's messages quote the offending line; keep them short.
+        toml::from_str(text).map_err(|e| PimError::Parse(shorten_lines(&e.to_string())))
     }
 
     /// Serializes the spec to TOML text.
@@ -198,6 +206,16 @@ impl DeviceSpec {
 
     /// Reads a spec from a TOML file.
     pub fn from_file(path: &Path) -> Result<Self> {
+        let len = std::fs::metadata(path)
+            .map_err(|e| PimError::Parse(format!("reading {}: {e}", path.display())))?
+            .len();
+        if len > crate::limits::MAX_DEVICE_FILE_BYTES {
+            return Err(PimError::Parse(format!(
+                "{} has {len} bytes, more than the limit of {} for a device file",
+                path.display(),
+                crate::limits::MAX_DEVICE_FILE_BYTES
+            )));
+        }
         let text = std::fs::read_to_string(path)
             .map_err(|e| PimError::Parse(format!("reading {}: {e}", path.display())))?;
         Self::from_toml_str(&text)
@@ -208,7 +226,7 @@ impl DeviceSpec {
         match PRESETS.iter().find(|(n, _)| *n == name) {
             Some((_, text)) => Self::from_toml_str(text),
             None => Err(PimError::UnknownPreset {
-                name: name.to_string(),
+                name: crate::limits::cut(name),
                 known: PRESETS
                     .iter()
                     .map(|(n, _)| *n)
@@ -238,4 +256,18 @@ impl DeviceSpec {
     pub fn hbm3_jedec() -> Self {
         Self::preset("hbm3-jedec-6.4").expect("the shipped preset parses (tested)")
     }
+}
+
+/// `message` with every line cut to 160 characters and joined by `; `.
+fn shorten_lines(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim_end)
+        .filter(|l| !l.is_empty())
+        .map(|l| match l.char_indices().nth(160) {
+            Some((i, _)) => format!("{}...", &l[..i]),
+            None => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }

@@ -369,7 +369,7 @@ fn out_of_range_programs_are_rejected_before_running() {
 #[test]
 fn timing_only_mode_matches_functional_mode_exactly() {
     let d = dev();
-    let mix = standard_mix(&d, 3, 60);
+    let mix = standard_mix(&d, 3, 60).unwrap();
     let mut stats = Vec::new();
     for mode in [Mode::Functional, Mode::TimingOnly] {
         let mut s = Simulator::new(

@@ -27,6 +27,19 @@ pub enum PqError {
         /// The allowed range, in words.
         allowed: &'static str,
     },
+    /// A matrix larger than [`crate::limits::MAX_ELEMENTS`] (or one whose
+    /// element count overflows).
+    #[error("{what}: {rows} x {cols} values is more than the limit of {limit}")]
+    TooLarge {
+        /// Which matrix or flags.
+        what: &'static str,
+        /// Rows declared.
+        rows: usize,
+        /// Columns declared.
+        cols: usize,
+        /// The limit on rows x cols.
+        limit: usize,
+    },
     /// Fewer training points than centroids.
     #[error("k-means needs at least ksub = {needed} training points, got {got}")]
     TooFewPoints {

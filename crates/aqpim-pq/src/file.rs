@@ -80,7 +80,14 @@ impl ProductQuantizer {
                 "format version {version} is not supported (this build reads {CODEBOOK_VERSION})"
             )));
         }
-        let params = PqParams::new(word(1) as usize, word(2) as usize, word(3))
+        let dim = word(1) as usize;
+        if dim > crate::limits::MAX_DIM {
+            return Err(bad(format!(
+                "d = {dim} is larger than the limit of {}",
+                crate::limits::MAX_DIM
+            )));
+        }
+        let params = PqParams::new(dim, word(2) as usize, word(3))
             .map_err(|e| bad(format!("bad shape in header: {e}")))?;
         let count = word(4) as usize;
         if count != params.codebook_len() {
@@ -111,6 +118,7 @@ impl ProductQuantizer {
 
     /// Loads and validates a codebook file.
     pub fn load(path: &Path) -> Result<Self> {
-        Self::from_bytes(&crate::io::read_all(path)?, path)
+        let bytes = crate::limits::read_bounded(path, crate::limits::MAX_CODEBOOK_FILE_BYTES)?;
+        Self::from_bytes(&bytes, path)
     }
 }

@@ -174,8 +174,13 @@ pub fn decode_step_with(
     let linear_ms = linear_ms(model, system, batch);
     let attention_ms = layers * (g.attn_fixed_ms + ms(kv_layer, g.attn_gbps));
     if policy.uses_pim() {
-        let step = crate::pim_step::pim_step(model, system, policy, ctx, batch, pim)?;
-        return Ok(finish(model, system, step));
+        let step = finish(
+            model,
+            system,
+            crate::pim_step::pim_step(model, system, policy, ctx, batch, pim)?,
+        );
+        step.check_finite()?;
+        return Ok(step);
     }
     let (transfer_ms, overlapped_ms, gpu_bytes_used, host_bytes_used) = match policy {
         Policy::Attacc | Policy::Aqpim => unreachable!("handled above"),
@@ -242,7 +247,9 @@ pub fn decode_step_with(
         host_bytes_used,
         ..Step::empty(model, system, policy, ctx, batch)
     };
-    Ok(finish(model, system, step))
+    let step = finish(model, system, step);
+    step.check_finite()?;
+    Ok(step)
 }
 
 /// Milliseconds to move `bytes` at `gbps` (GB/s = bytes / 1e6 per ms).

@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::error::{Result, SystemError};
 use crate::pim::PimTimer;
 use crate::pim_step::place;
-use crate::policy::{decode_step_with, Policy, MAX_BATCH};
+use crate::policy::{decode_step_with, Policy, MAX_BATCH, MAX_CTX};
 use crate::presets::{ModelSpec, SystemSpec};
 use crate::step::Step;
 
@@ -113,6 +113,12 @@ pub fn serve(
     ctx: usize,
     timer: Option<&dyn PimTimer>,
 ) -> Result<ServePoint> {
+    if ctx == 0 || ctx > MAX_CTX {
+        return Err(SystemError::InvalidArgument {
+            name: "ctx",
+            reason: format!("context {ctx} must be in 1..={MAX_CTX}"),
+        });
+    }
     let max_batch = largest(|b| Ok(fit(model, system, policy, ctx, b, timer)?.is_some()))?
         .ok_or_else(|| SystemError::Capacity {
             what: format!(

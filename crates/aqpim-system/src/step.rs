@@ -152,6 +152,47 @@ impl Step {
         }
     }
 
+    /// Every figure finite (presets are bounded, so a non-finite one is a
+    /// bug or an input past the limits): an error naming it, never a
+    /// `null` in JSON.
+    pub(crate) fn check_finite(&self) -> crate::Result<()> {
+        let figures = [
+            ("linear_ms", self.linear_ms),
+            ("attention_ms", self.attention_ms),
+            ("pim_attention_ms", self.pim_attention_ms),
+            ("quantize_ms", self.quantize_ms),
+            ("table_ms", self.table_ms),
+            ("link_ms", self.link_ms),
+            ("sync_ms", self.sync_ms),
+            ("transfer_ms", self.transfer_ms),
+            ("overlapped_ms", self.overlapped_ms),
+            ("total_ms", self.total_ms),
+            ("tokens_per_s", self.tokens_per_s),
+            ("transfer_share", self.transfer_share),
+            (
+                "transfer_share_of_attention",
+                self.transfer_share_of_attention,
+            ),
+            ("link_share", self.link_share),
+            ("pim_energy_uj", self.pim_energy_uj),
+            ("prefill_ms", self.prefill_ms.unwrap_or(0.0)),
+            (
+                "codebook_training_ms",
+                self.codebook_training_ms.unwrap_or(0.0),
+            ),
+        ];
+        match figures.iter().find(|(_, v)| !v.is_finite()) {
+            Some((name, v)) => Err(crate::SystemError::InvalidArgument {
+                name: "system",
+                reason: format!(
+                    "{name} came out {v} for {} x {} tokens under {}: a preset figure is out of range",
+                    self.batch, self.ctx, self.policy
+                ),
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// The parts that add up to the step before overlap.
     pub fn parts_ms(&self) -> f64 {
         self.linear_ms

@@ -8,6 +8,8 @@ use aqpim_kvcache::{build, KvShape, KvSpec};
 use clap::{Args, Subcommand};
 use serde::Serialize;
 
+use crate::limits;
+
 #[derive(Debug, Subcommand)]
 pub enum AttnCommand {
     /// Time dense FP16 attention against attention on PQ codes for one decode step of one layer.
@@ -85,36 +87,46 @@ struct SimReport {
 
 fn sim(a: &SimArgs) -> Result<SimReport> {
     use aqpim_attn::pim::{layer_rows_per_bank, simulate_layer_mode, LayerJob, PimKind};
-    let dims: Vec<usize> = a
-        .model_shape
-        .split(',')
-        .map(|v| v.trim().parse::<usize>())
-        .collect::<Result<_, _>>()
-        .with_context(|| {
-            format!(
-                "--model-shape `{}` is not L,H,D (three integers)",
-                a.model_shape
-            )
-        })?;
-    let [layers, kv_heads, head_dim] = dims[..] else {
-        bail!(
-            "--model-shape `{}` is not L,H,D (three integers)",
-            a.model_shape
-        );
-    };
-    if layers == 0 || kv_heads == 0 || head_dim == 0 || a.batch == 0 || a.group == 0 {
-        bail!("layers, heads, head dimension, batch and group must be positive");
+    use aqpim_kvcache::limits::{MAX_CTX, MAX_HEAD_DIM, MAX_KV_HEADS, MAX_LAYERS};
+    let [layers, kv_heads, head_dim] = limits::model_shape("--model-shape", &a.model_shape)?;
+    limits::in_range("layers of --model-shape", layers, MAX_LAYERS)?;
+    limits::in_range("KV heads of --model-shape", kv_heads, MAX_KV_HEADS)?;
+    limits::in_range("head size of --model-shape", head_dim, MAX_HEAD_DIM)?;
+    limits::in_range("--batch", a.batch, limits::MAX_BATCH)?;
+    limits::in_range("--group", a.group, MAX_KV_HEADS)?;
+    for (flag, v) in [("--ctx", a.ctx), ("--fp-tokens", a.fp_tokens)] {
+        if v > MAX_CTX {
+            bail!("{flag} {v} is more than the limit of {MAX_CTX}");
+        }
     }
+    if a.kind == "pq" {
+        if a.nbits != 4 && a.nbits != 8 {
+            bail!(
+                "--nbits {}: the PIM kernels take 4- or 8-bit codes",
+                a.nbits
+            );
+        }
+        if a.dsub == 0 || !head_dim.is_multiple_of(a.dsub) {
+            bail!(
+                "--dsub {} must be a positive divisor of the head size {head_dim}",
+                a.dsub
+            );
+        }
+    }
+    // At most MAX_BATCH x MAX_KV_HEADS = 2^22 heads: no overflow.
+    let heads = a.batch * kv_heads;
     let kind = match a.kind.as_str() {
         "fp16" => PimKind::Fp16,
         "pq" => PimKind::pq(a.dsub, a.nbits),
-        other => bail!("--kind `{other}`: use fp16 or pq"),
+        other => bail!("--kind `{}`: use fp16 or pq", limits::cut(other)),
     };
-    let device = aqpim_pim::DeviceSpec::preset_or_file(&a.device)?.resolve()?;
+    let device = aqpim_pim::DeviceSpec::preset_or_file(&a.device)
+        .with_context(|| format!("loading device `{}`", limits::cut(&a.device)))?
+        .resolve()?;
     let job = LayerJob {
         kind,
         head_dim,
-        heads: a.batch * kv_heads,
+        heads,
         kv_heads,
         group: a.group,
         ctx: a.ctx,
@@ -123,12 +135,12 @@ fn sim(a: &SimArgs) -> Result<SimReport> {
         codebooks: aqpim_attn::pim::CodebookScope::Model,
     };
     let rows = layer_rows_per_bank(&device, &job)?;
-    if rows * layers > device.org.rows {
+    let needed = rows.saturating_mul(layers);
+    if needed > device.org.rows {
         bail!(
-            "{layers} layers need {} rows per bank; the device has {} ({} over)",
-            rows * layers,
+            "{layers} layers need {needed} rows per bank; the device has {} ({} over)",
             device.org.rows,
-            rows * layers - device.org.rows
+            needed - device.org.rows
         );
     }
     let mode = if a.functional {
@@ -257,14 +269,7 @@ pub fn run(cmd: AttnCommand) -> Result<()> {
     match cmd {
         AttnCommand::Sim(args) => print_report(&sim(&args)?, args.json),
         AttnCommand::Bench(args) => {
-            let mut pool = rayon::ThreadPoolBuilder::new();
-            if let Some(t) = args.threads {
-                if t == 0 {
-                    bail!("--threads must be at least 1");
-                }
-                pool = pool.num_threads(t);
-            }
-            let report = pool.build()?.install(|| bench(&args))?;
+            let report = limits::thread_pool(args.threads)?.install(|| bench(&args))?;
             print_report(&report, args.json)
         }
     }
@@ -328,9 +333,17 @@ fn interleaved_medians_ms(
 fn bench(a: &BenchArgs) -> Result<BenchReport> {
     let shape = KvShape::with_query_heads(1, a.kv_heads, a.heads, a.head_dim)?;
     let (g, d, h, ctx) = (a.kv_heads, a.head_dim, a.heads, a.ctx);
-    if ctx == 0 {
-        bail!("--ctx must be positive");
+    // Every size is checked before anything is generated or allocated.
+    limits::in_range("--ctx", ctx, aqpim_kvcache::limits::MAX_CTX)?;
+    limits::in_range("--reps", a.reps, limits::MAX_REPS)?;
+    for (flag, v) in [("--sinks", a.sinks), ("--window", a.window)] {
+        aqpim_kvcache::limits::check_ctx(flag, v)?;
     }
+    aqpim_kvcache::limits::product(
+        "--kv-heads x --ctx x --head-dim",
+        &[g, ctx, d],
+        aqpim_kvcache::limits::MAX_BENCH_ELEMENTS,
+    )?;
     let bar =
         indicatif::ProgressBar::new_spinner().with_message("generating KV-like keys and values");
     bar.enable_steady_tick(std::time::Duration::from_millis(120));
@@ -439,6 +452,12 @@ fn bench(a: &BenchArgs) -> Result<BenchReport> {
         0.0
     };
     let report = pq.memory_report();
+    if !(dense_ms > 0.0 && pq_ms > 0.0 && dense_ms.is_finite() && pq_ms.is_finite()) {
+        bail!("a kernel's median time came out as {dense_ms} / {pq_ms} ms; raise --ctx or --reps");
+    }
+    if !score_codes_per_s_per_thread.is_finite() {
+        bail!("the scoring time was too short to measure; raise --ctx or --reps");
+    }
     Ok(BenchReport {
         ctx,
         heads: h,

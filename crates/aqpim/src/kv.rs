@@ -4,6 +4,8 @@ use anyhow::{bail, Context, Result};
 use aqpim_kvcache::{account, bench, KvShape, KvSpec, MemoryReport};
 use clap::{Args, Subcommand};
 
+use crate::limits;
+
 #[derive(Debug, Subcommand)]
 pub enum KvCommand {
     /// Memory of a cache (bytes by component, bits per element, FP16 baseline), without allocating it.
@@ -61,25 +63,12 @@ pub struct CacheArgs {
 
 impl CacheArgs {
     fn resolve(&self) -> Result<(KvShape, KvSpec)> {
-        let dims: Vec<usize> = self
-            .model_shape
-            .split(',')
-            .map(|s| s.trim().parse::<usize>())
-            .collect::<std::result::Result<_, _>>()
-            .with_context(|| {
-                format!(
-                    "--model-shape `{}`: expected L,H,D (three positive integers)",
-                    self.model_shape
-                )
-            })?;
-        let [l, h, d] = dims[..] else {
-            bail!(
-                "--model-shape `{}`: expected L,H,D (three positive integers)",
-                self.model_shape
-            );
-        };
+        let [l, h, d] = limits::model_shape("--model-shape", &self.model_shape)?;
         let shape = KvShape::with_query_heads(l, h, self.q_heads.unwrap_or(h), d)?;
-        let spec: KvSpec = self.kv.parse()?;
+        let spec: KvSpec = self
+            .kv
+            .parse()
+            .with_context(|| format!("--kv `{}`", limits::cut(&self.kv)))?;
         spec.validate(&shape)?;
         Ok((shape, spec))
     }
@@ -114,17 +103,13 @@ pub fn run(cmd: KvCommand) -> Result<()> {
             if steps == 0 {
                 bail!("--steps must be at least 1");
             }
+            if let Some(c) = alloc_ctx {
+                aqpim_kvcache::limits::check_ctx("--alloc-ctx", c)?;
+            }
             if alloc_layers == 0 || alloc_layers > shape.num_layers() {
                 bail!("--alloc-layers must be in 1..={}", shape.num_layers());
             }
-            let mut builder = rayon::ThreadPoolBuilder::new();
-            if let Some(t) = threads {
-                if t == 0 {
-                    bail!("--threads must be at least 1");
-                }
-                builder = builder.num_threads(t);
-            }
-            let pool = builder.build().context("starting the thread pool")?;
+            let pool = limits::thread_pool(threads)?;
             let (append, alloc) = pool.install(|| -> Result<_> {
                 let append = bench::append_latency(shape, pq, prefill, steps, seed)?;
                 let alloc = alloc_ctx

@@ -7,6 +7,7 @@
 
 mod attn;
 mod kv;
+mod limits;
 mod model;
 mod npy;
 mod pq;
@@ -80,8 +81,59 @@ fn main() {
         if closed {
             std::process::exit(0);
         }
-        // One line: the error and its causes, joined.
-        eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+        // One line: the error and its causes, joined, with any overlong
+        // token (a pasted spec, an operand) cut to a readable length.
+        eprintln!("error: {}", one_line(&format!("{e:#}")));
         std::process::exit(1);
+    }
+}
+
+/// `message` on one line, every whitespace-separated word longer than 128
+/// characters cut to its first [`limits::MAX_TOKEN_CHARS`] and `...`, and the
+/// whole cut at 2000 characters: the backstop for errors that echo input.
+fn one_line(message: &str) -> String {
+    let mut out = String::new();
+    for (i, word) in message.split_whitespace().enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        if word.chars().count() > 128 {
+            out.push_str(&limits::cut(word));
+        } else {
+            out.push_str(word);
+        }
+        if out.len() > 2000 {
+            out.truncate(out.floor_char_boundary_compat(2000));
+            out.push_str("...");
+            break;
+        }
+    }
+    out
+}
+
+/// `str::floor_char_boundary` for the workspace's Rust version.
+trait FloorCharBoundary {
+    fn floor_char_boundary_compat(&self, at: usize) -> usize;
+}
+
+impl FloorCharBoundary for String {
+    fn floor_char_boundary_compat(&self, mut at: usize) -> usize {
+        at = at.min(self.len());
+        while !self.is_char_boundary(at) {
+            at -= 1;
+        }
+        at
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn errors_print_on_one_short_line() {
+        let long = format!("--kv pq:{}: unknown key\ncaused by: x", "a".repeat(100_000));
+        let line = super::one_line(&long);
+        assert!(!line.contains('\n'));
+        assert!(line.len() < 200, "{line}");
+        assert!(line.ends_with("unknown key caused by: x"));
     }
 }

@@ -130,12 +130,16 @@ fn cache_choice(kv: &str, codebooks: Option<&Path>) -> Result<CacheChoice> {
         "fp16" => CacheChoice::Dense(DensePrecision::F16),
         "f32" => CacheChoice::Dense(DensePrecision::F32),
         spec => CacheChoice::Store(
-            spec.parse().with_context(|| format!("--kv {spec}"))?,
+            spec.parse()
+                .with_context(|| format!("--kv {}", crate::limits::cut(spec)))?,
             codebooks.map(Path::to_path_buf),
         ),
     };
     if codebooks.is_some() && !matches!(&choice, CacheChoice::Store(KvSpec::Pq(_), _)) {
-        bail!("--codebooks needs a `pq:` cache, not --kv {kv}");
+        bail!(
+            "--codebooks needs a `pq:` cache, not --kv {}",
+            crate::limits::cut(kv)
+        );
     }
     Ok(choice)
 }
@@ -164,14 +168,7 @@ fn make_cache(model: &Llama, choice: &CacheChoice) -> Result<Box<dyn KvCache>> {
 /// until it ends, which costs two thread wake-ups per loop (five loops per
 /// layer in single-token decode).
 fn in_pool<T: Send>(threads: Option<usize>, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
-    let mut pool = rayon::ThreadPoolBuilder::new();
-    if let Some(n) = threads {
-        if n == 0 {
-            anyhow::bail!("--threads must be at least 1");
-        }
-        pool = pool.num_threads(n);
-    }
-    pool.build().context("starting the thread pool")?.install(f)
+    crate::limits::thread_pool(threads)?.install(f)
 }
 
 fn load(path: &Path) -> Result<(Llama, Tokenizer)> {
@@ -221,7 +218,10 @@ fn ppl(a: PplArgs) -> Result<()> {
         "auto" => tok.token_id("<|endoftext|>").or(tok.eos),
         id => {
             let id: u32 = id.parse().with_context(|| {
-                format!("--bos-token {id}: expected `auto`, `none` or a token id")
+                format!(
+                    "--bos-token {}: expected `auto`, `none` or a token id",
+                    crate::limits::cut(id)
+                )
             })?;
             if id as usize >= tok.vocab_size() {
                 bail!(
@@ -269,6 +269,13 @@ fn ppl(a: PplArgs) -> Result<()> {
         bar.set_position(done as u64);
     })?;
     bar.finish_and_clear();
+    // A non-finite perplexity means non-finite logits: broken weights, not a result.
+    if !report.perplexity.is_finite() || !report.nll.is_finite() {
+        bail!(
+            "the model produced non-finite logits (perplexity {}); its weights are corrupt or out of range",
+            report.perplexity
+        );
+    }
     let out = PplOutput {
         model: a.model.display().to_string(),
         text: a.text.display().to_string(),
@@ -351,6 +358,23 @@ fn generate(a: GenerateArgs) -> Result<()> {
     }
     if ids.is_empty() {
         bail!("the prompt has no tokens");
+    }
+    // Refuse up front, before any text streams, a run that would pass the
+    // model's context (the last token generated is never fed back).
+    let context = model.config().context_length;
+    if ids.len() > context {
+        bail!(
+            "the prompt has {} tokens, more than the model's context of {context}",
+            ids.len()
+        );
+    }
+    if ids.len().saturating_add(a.max_tokens.saturating_sub(1)) > context {
+        bail!(
+            "the prompt ({} tokens) and --max-tokens {} exceed the model's context of {context} tokens; use --max-tokens {} or less",
+            ids.len(),
+            a.max_tokens,
+            context - ids.len() + 1
+        );
     }
     let stop: Vec<u32> = tok
         .eos

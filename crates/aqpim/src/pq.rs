@@ -8,7 +8,13 @@ use aqpim_pq::{FastScanCodes, Init, PqParams, ProductQuantizer, TrainOptions};
 use clap::{Args, Subcommand, ValueEnum};
 use serde::Serialize;
 
+use crate::limits;
 use crate::npy;
+
+/// Most k-means iterations (`--iters`); faiss's default is 25.
+const MAX_ITERS: usize = 100_000;
+/// Largest `--max-points-per-centroid` (faiss's default is 256).
+const MAX_POINTS_PER_CENTROID: usize = 1 << 20;
 
 #[derive(Debug, Subcommand)]
 pub enum PqCommand {
@@ -123,8 +129,19 @@ pub struct TrainArgs {
 }
 
 impl TrainArgs {
-    fn options(&self) -> TrainOptions {
-        TrainOptions {
+    fn options(&self) -> Result<TrainOptions> {
+        if self.iters > MAX_ITERS {
+            bail!(
+                "--iters {} is more than the limit of {MAX_ITERS}",
+                self.iters
+            );
+        }
+        limits::in_range(
+            "--max-points-per-centroid",
+            self.max_points_per_centroid,
+            MAX_POINTS_PER_CENTROID,
+        )?;
+        Ok(TrainOptions {
             iterations: self.iters,
             seed: self.seed,
             init: match self.init {
@@ -132,7 +149,7 @@ impl TrainArgs {
                 InitArg::Random => Init::RandomSample,
             },
             max_points_per_centroid: self.max_points_per_centroid,
-        }
+        })
     }
 }
 
@@ -141,7 +158,7 @@ pub fn run(cmd: PqCommand) -> Result<()> {
         PqCommand::Train { train, out } => with_threads(train.threads, || {
             let x = npy::read_matrix(&train.input)?;
             let params = PqParams::new(x.cols, train.m, train.nbits)?;
-            let (pq, secs) = train_with_spinner(params, &x.data, &train.options())?;
+            let (pq, secs) = train_with_spinner(params, &x.data, &train.options()?)?;
             pq.save(&out)?;
             eprintln!(
                 "trained d={} M={} nbits={} on {} vectors in {secs:.2} s -> {}",
@@ -191,9 +208,11 @@ pub fn run(cmd: PqCommand) -> Result<()> {
             out,
             threads,
         } => with_threads(threads, || {
+            limits::in_range("--tokens", tokens, aqpim_kvcache::limits::MAX_CTX)?;
+            limits::in_range("--chunk", chunk, aqpim_kvcache::limits::MAX_CTX)?;
             let spec = match kv
                 .parse::<aqpim_kvcache::KvSpec>()
-                .with_context(|| format!("--kv {kv}"))?
+                .with_context(|| format!("--kv {}", limits::cut(&kv)))?
             {
                 aqpim_kvcache::KvSpec::Pq(p) => p,
                 other => bail!("--kv {other}: calibration trains PQ codebooks; give a `pq:` spec"),
@@ -245,6 +264,13 @@ pub fn run(cmd: PqCommand) -> Result<()> {
             if n == 0 || d == 0 {
                 bail!("--n and --d must be positive");
             }
+            if d > aqpim_pq::limits::MAX_DIM {
+                bail!(
+                    "--d {d} is larger than the limit of {}",
+                    aqpim_pq::limits::MAX_DIM
+                );
+            }
+            aqpim_pq::limits::elements(n, d, "--n x --d")?;
             npy::write_f32(&out, n, d, &aqpim_pq::synth::kv_like(n, d, seed))
         }
     }
@@ -255,17 +281,7 @@ fn with_threads<T: Send>(
     threads: Option<usize>,
     f: impl FnOnce() -> Result<T> + Send,
 ) -> Result<T> {
-    let mut builder = rayon::ThreadPoolBuilder::new();
-    if let Some(t) = threads {
-        if t == 0 {
-            bail!("--threads must be at least 1");
-        }
-        builder = builder.num_threads(t);
-    }
-    builder
-        .build()
-        .context("starting the thread pool")?
-        .install(f)
+    limits::thread_pool(threads)?.install(f)
 }
 
 fn train_with_spinner(
@@ -328,7 +344,7 @@ impl BenchReport {
 fn bench(args: &TrainArgs) -> Result<BenchReport> {
     let x = npy::read_matrix(&args.input)?;
     let params = PqParams::new(x.cols, args.m, args.nbits)?;
-    let (pq, train_s) = train_with_spinner(params, &x.data, &args.options())?;
+    let (pq, train_s) = train_with_spinner(params, &x.data, &args.options()?)?;
 
     let t = Instant::now();
     let codes = pq.encode(&x.data)?;

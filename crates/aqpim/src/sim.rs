@@ -10,6 +10,7 @@ use aqpim_pim::bench::{
     MIX_HOST_BYTES,
 };
 use aqpim_pim::isa::encode::is_binary;
+use aqpim_pim::limits::MAX_BENCH_ROWS;
 use aqpim_pim::{check_trace, Device, DeviceSpec, Mode, Program, SimOptions, Simulator, Stats};
 use clap::Subcommand;
 use serde::Serialize;
@@ -117,8 +118,8 @@ pub fn run(cmd: SimCommand) -> Result<()> {
 }
 
 fn device(name: &str, power_limited: bool) -> Result<Device> {
-    let mut spec =
-        DeviceSpec::preset_or_file(name).with_context(|| format!("loading device `{name}`"))?;
+    let mut spec = DeviceSpec::preset_or_file(name)
+        .with_context(|| format!("loading device `{}`", crate::limits::cut(name)))?;
     spec.pim.power_limited |= power_limited;
     Ok(spec.resolve()?)
 }
@@ -315,6 +316,12 @@ fn bench(
     rows: u32,
     json: bool,
 ) -> Result<()> {
+    if rows == 0 || rows > MAX_BENCH_ROWS {
+        bail!("--rows {rows} is outside 1..={MAX_BENCH_ROWS}");
+    }
+    if channels == 0 {
+        bail!("--channels must be at least 1");
+    }
     let d = device(device_name, power_limited)?;
     let run_mix = |mix: &Program, mode: Mode| -> Result<(f64, Stats)> {
         let mut sim = Simulator::new(
@@ -332,9 +339,9 @@ fn bench(
     };
     // Timing-only on the full mix; both modes on a twentieth of it (the
     // functional mode does the arithmetic of every bank), which must agree.
-    let mix = standard_mix(&d, channels, rows);
+    let mix = standard_mix(&d, channels, rows)?;
     let (timing_s, st) = run_mix(&mix, Mode::TimingOnly)?;
-    let small = standard_mix(&d, channels, (rows / 20).max(1));
+    let small = standard_mix(&d, channels, (rows / 20).max(1))?;
     let (_, small_timing) = run_mix(&small, Mode::TimingOnly)?;
     let (functional_s, small_functional) = run_mix(&small, Mode::Functional)?;
     // The benchmark checks its own output: both modes agree, and the mix

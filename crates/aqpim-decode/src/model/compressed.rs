@@ -203,7 +203,7 @@ impl KvCache for CompressedCache {
         }
         if visible != len {
             return Err(cache_err(format!(
-                "a compressed cache attends over all {len} tokens of layer {layer}, not {visible}: after the first prefill block, run one token per step"
+                "a compressed KV cache can only add one token at a time after the prompt (it holds {len} tokens, this step asked for {visible}); feed later text one token per step, or use --kv fp16"
             )));
         }
         aqpim_attn::attend_head(inner.store.as_ref(), layer, kv_head, query, scale, out)

@@ -120,6 +120,24 @@ impl LlamaConfig {
     /// Checks the relations between the fields.
     pub fn validate(&self) -> Result<()> {
         let bad = |reason: String| Err(DecodeError::InvalidConfig { reason });
+        use crate::model::limits::*;
+        for (name, v, max) in [
+            ("layers", self.n_layers, MAX_LAYERS),
+            ("hidden size", self.dim, MAX_DIM),
+            ("feed-forward size", self.ffn_dim, MAX_FFN_DIM),
+            ("attention heads", self.n_heads, MAX_HEADS),
+            ("KV heads", self.n_kv_heads, MAX_HEADS),
+            ("head size", self.head_dim, MAX_HEAD_DIM),
+            ("vocabulary size", self.vocab_size, MAX_VOCAB),
+            ("context length", self.context_length, MAX_CONTEXT),
+        ] {
+            if v > max {
+                return bad(format!("{v} {name} is more than the limit of {max}"));
+            }
+        }
+        if self.context_length == 0 {
+            return bad("the context length is zero".into());
+        }
         if self.n_layers == 0 || self.dim == 0 || self.ffn_dim == 0 || self.vocab_size == 0 {
             return bad(format!("zero-sized model: {self:?}"));
         }
@@ -139,9 +157,9 @@ impl LlamaConfig {
                 self.head_dim, self.n_rot
             ));
         }
-        if self.rope_base.is_nan()
+        if !self.rope_base.is_finite()
             || self.rope_base <= 0.0
-            || self.norm_eps.is_nan()
+            || !self.norm_eps.is_finite()
             || self.norm_eps < 0.0
         {
             return bad(format!(

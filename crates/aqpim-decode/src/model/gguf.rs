@@ -22,6 +22,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::error::{DecodeError, Result};
+use crate::model::limits::MAX_METADATA_BYTES;
 use crate::model::quant::{dequantize, GgmlType, QMatrix};
 
 /// GGUF magic, the first four bytes of a file.
@@ -159,6 +160,8 @@ pub struct GgufFile {
 struct Cursor<'a> {
     buf: &'a [u8],
     pos: usize,
+    /// Bytes of metadata memory still allowed (see [`MAX_METADATA_BYTES`]).
+    budget: usize,
 }
 
 impl<'a> Cursor<'a> {
@@ -196,10 +199,32 @@ impl<'a> Cursor<'a> {
         let at = self.pos as u64;
         let len = self.u64(what)?;
         let bytes = self.take(len, what)?;
+        self.charge(len, what)?;
         String::from_utf8(bytes.to_vec()).map_err(|_| DecodeError::Malformed {
             offset: at,
             reason: format!("{} is not valid UTF-8", what()),
         })
+    }
+
+    /// Charges `bytes` of parsed-metadata memory, failing once the total
+    /// would pass [`MAX_METADATA_BYTES`]; called before allocating them.
+    fn charge(&mut self, bytes: u64, what: &dyn Fn() -> String) -> Result<()> {
+        match usize::try_from(bytes)
+            .ok()
+            .and_then(|b| self.budget.checked_sub(b))
+        {
+            Some(left) => {
+                self.budget = left;
+                Ok(())
+            }
+            None => Err(DecodeError::Malformed {
+                offset: self.pos as u64,
+                reason: format!(
+                    "{} would take the metadata past the limit of {MAX_METADATA_BYTES} bytes in memory",
+                    what()
+                ),
+            }),
+        }
     }
 
     fn remaining(&self) -> u64 {
@@ -269,7 +294,19 @@ impl<'a> Cursor<'a> {
                     }
                 };
                 self.check_count(count, min, &what)?;
-                let mut values = Vec::with_capacity(count as usize);
+                // Each element costs a parsed value whatever its size on disk
+                // (a u8 array of N bytes takes N values): charge it first.
+                self.charge(
+                    count.saturating_mul(std::mem::size_of::<MetaValue>() as u64),
+                    &what,
+                )?;
+                let mut values = Vec::new();
+                values
+                    .try_reserve_exact(count as usize)
+                    .map_err(|_| DecodeError::Malformed {
+                        offset: at,
+                        reason: format!("cannot allocate the {count} values of `{key}`"),
+                    })?;
                 for _ in 0..count {
                     values.push(self.value(element_type, key, depth + 1)?);
                 }
@@ -304,7 +341,11 @@ impl GgufFile {
 
     /// Parses a whole file held in memory.
     pub fn parse(data: Vec<u8>) -> Result<Self> {
-        let mut c = Cursor { buf: &data, pos: 0 };
+        let mut c = Cursor {
+            buf: &data,
+            pos: 0,
+            budget: MAX_METADATA_BYTES,
+        };
         let magic: [u8; 4] = c.array(&|| "magic".into())?;
         if magic != MAGIC {
             return Err(DecodeError::BadMagic { got: magic });
@@ -321,6 +362,10 @@ impl GgufFile {
         for i in 0..n_kv {
             let key = c.string(&|| format!("key of metadata entry {i}"))?;
             let code = c.u32(&|| format!("type of metadata `{key}`"))?;
+            // The map entry itself: the value and about 64 bytes of node.
+            c.charge(64 + std::mem::size_of::<MetaValue>() as u64, &|| {
+                format!("metadata entry {i}")
+            })?;
             let value = c.value(code, &key, 0)?;
             metadata.insert(key, value);
         }
@@ -411,6 +456,25 @@ impl GgufFile {
                 n_elements,
                 n_bytes,
             });
+        }
+        // No two tensors may share bytes: a tensor whose data aliases
+        // another's would load another tensor's weights.
+        let mut ranges: Vec<(u64, u64, &str)> = tensors
+            .iter()
+            .filter(|t| t.n_bytes > 0)
+            .map(|t| (t.offset, t.offset + t.n_bytes as u64, t.name.as_str()))
+            .collect();
+        ranges.sort_unstable();
+        for pair in ranges.windows(2) {
+            let ((_, end, first), (start, _, second)) = (pair[0], pair[1]);
+            if start < end {
+                return Err(DecodeError::BadTensor {
+                    tensor: second.to_string(),
+                    reason: format!(
+                        "its data at offset {start} overlaps tensor `{first}`, which ends at {end}"
+                    ),
+                });
+            }
         }
         Ok(Self {
             version,

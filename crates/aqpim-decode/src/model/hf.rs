@@ -210,6 +210,14 @@ fn missing_file(dir: &Path, what: &str) -> DecodeError {
 }
 
 fn read_text(path: &Path) -> Result<String> {
+    let len = std::fs::metadata(path).map_or(0, |m| m.len());
+    if len > crate::model::limits::MAX_JSON_BYTES {
+        return Err(invalid(format!(
+            "{} has {len} bytes, more than the limit of {} for a JSON file",
+            path.display(),
+            crate::model::limits::MAX_JSON_BYTES
+        )));
+    }
     std::fs::read_to_string(path).map_err(|source| DecodeError::Io {
         op: "reading",
         path: path.to_path_buf(),

@@ -23,6 +23,7 @@ pub mod config;
 pub mod eval;
 pub mod gguf;
 pub mod hf;
+pub mod limits;
 pub mod llama;
 pub mod quant;
 pub mod spin;

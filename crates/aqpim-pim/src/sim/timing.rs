@@ -154,7 +154,9 @@ impl ChannelTiming {
                     } else {
                         t.total_nodes - t.level_offset[4]
                     };
-                    vec![VecDeque::with_capacity(w.window + 1); n]
+                    // resolve() bounds windows; the cap keeps a hand-built
+                    // Device from reserving unbounded memory up front.
+                    vec![VecDeque::with_capacity((w.window + 1).min(65)); n]
                 })
                 .collect(),
         }
