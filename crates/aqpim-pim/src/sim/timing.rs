@@ -154,7 +154,7 @@ impl ChannelTiming {
                     } else {
                         t.total_nodes - t.level_offset[4]
                     };
-                    vec![VecDeque::with_capacity(w.window + 1); n]
+                    vec![VecDeque::new(); n]
                 })
                 .collect(),
         }
