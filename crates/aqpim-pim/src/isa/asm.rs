@@ -172,16 +172,7 @@ impl<'a> Operands<'a> {
                         };
                     }
                 }
-                let [row, col, buf, reg, data, die] = s;
-                Strides {
-                    row,
-                    col,
-                    buf,
-                    reg,
-                    data,
-                    die,
-                }
-                .raw()
+                Strides::from_array(s).raw()
             }
         })
     }

@@ -44,18 +44,10 @@ fn put_strides(s: [i16; 6]) -> u64 {
 }
 
 fn get_strides(w: u64) -> Strides {
-    let f = |i: u32| -> i16 {
-        let raw = get(w, 54 - 10 * i, 10) as i16;
-        (raw << 6) >> 6
-    };
-    Strides {
-        row: f(0),
-        col: f(1),
-        buf: f(2),
-        reg: f(3),
-        data: f(4),
-        die: f(5),
-    }
+    // Sign-extend each 10-bit field.
+    Strides::from_array(std::array::from_fn(|i| {
+        ((get(w, 54 - 10 * i as u32, 10) as i16) << 6) >> 6
+    }))
 }
 
 /// Encodes one instruction into one or two words (fields must be in range:

@@ -94,6 +94,18 @@ impl Strides {
     pub fn to_array(self) -> [i16; 6] {
         [self.row, self.col, self.buf, self.reg, self.data, self.die]
     }
+
+    /// From an array in field order `[row, col, buf, reg, data, die]`.
+    pub fn from_array([row, col, buf, reg, data, die]: [i16; 6]) -> Strides {
+        Strides {
+            row,
+            col,
+            buf,
+            reg,
+            data,
+            die,
+        }
+    }
 }
 
 /// One instruction. Field widths are those of the binary encoding; `ch` is

@@ -154,14 +154,18 @@ const BANK: Field = Field::new("bank", Kind::Bank, 36, 12);
 const fn u16f(name: &'static str, lo: u32) -> Field {
     uint(name, lo, 16)
 }
-/// Lengths of one or more elements.
-const fn len(lo: u32) -> Field {
-    uint("len", lo, 16).range(1, 65535)
-}
+/// Lengths of one or more elements at bits 31..16.
+const LEN: Field = uint("len", 16, 16).range(1, 65535);
 /// Code width at bit `lo`.
 const fn bits(lo: u32) -> Field {
     Field::new("bits", Kind::CodeBits, lo, 1).range(4, 8)
 }
+/// Column at bits 47..40 (all-bank commands).
+const COL_HI: Field = uint("col", 40, 8).strided(Space::Col);
+/// Column at bits 35..28 (single-bank commands, after the bank select).
+const COL_LO: Field = uint("col", 28, 8).strided(Space::Col);
+/// Register at bits 15..0 (LUTACC, HISTACC).
+const REG_LO: Field = u16f("reg", 0).strided(Space::Reg);
 /// Codes per group, 1..=64 in 7 bits.
 const GROUP: Field = uint("group", 32, 7).range(1, 64);
 
@@ -285,15 +289,9 @@ impl FieldValue for Strides {
             .fold(0u128, |a, &s| (a << 16) | u128::from(s as u16))
     }
     fn from_raw(v: u128) -> Option<Self> {
-        let s = |i: u32| (v >> (16 * (5 - i))) as u16 as i16;
-        Some(Strides {
-            row: s(0),
-            col: s(1),
-            buf: s(2),
-            reg: s(3),
-            data: s(4),
-            die: s(5),
-        })
+        Some(Strides::from_array(std::array::from_fn(|i| {
+            (v >> (16 * (5 - i))) as u16 as i16
+        })))
     }
 }
 
@@ -411,13 +409,13 @@ instruction_table! {
     PreAb = 0x04 "PREAB" Some(Command::PreAb); { ch: CH }
     // RD: col 35..28.
     Rd = 0x05 "RD" Some(Command::Rd); {
-        ch: CH, bank: BANK, col: uint("col", 28, 8).strided(Space::Col),
+        ch: CH, bank: BANK, col: COL_LO,
     }
     // WR: col 35..28, data 27..0.
     Wr = 0x06 "WR" Some(Command::Wr); {
         ch: CH,
         bank: BANK,
-        col: uint("col", 28, 8).strided(Space::Col),
+        col: COL_LO,
         data: uint("data", 0, 28).strided(Space::Data),
     }
     // WRGB: buf 47..32, data 31..0.
@@ -429,7 +427,7 @@ instruction_table! {
     // MAC: col 47..40, buf 39..24, reg 23..8, reduce 7, bcast 6.
     Mac = 0x08 "MAC" Some(Command::Mac); {
         ch: CH,
-        col: uint("col", 40, 8).strided(Space::Col),
+        col: COL_HI,
         buf: u16f("buf", 24).strided(Space::Buf),
         reg: u16f("reg", 8).strided(Space::Reg),
         reduce: flag("reduce", 7),
@@ -437,26 +435,18 @@ instruction_table! {
     }
     // LUTACC: col 47..40, bits 39 (1 = 4-bit), group 38..32, table 31..16, reg 15..0.
     LutAcc = 0x09 "LUTACC" Some(Command::LutAcc); {
-        ch: CH,
-        col: uint("col", 40, 8).strided(Space::Col),
-        bits: bits(39),
-        group: GROUP,
-        table: u16f("table", 16).strided(Space::Buf),
-        reg: u16f("reg", 0).strided(Space::Reg),
+        ch: CH, col: COL_HI, bits: bits(39), group: GROUP,
+        table: u16f("table", 16).strided(Space::Buf), reg: REG_LO,
     }
     // HISTACC: as LUTACC with weights in place of table.
     HistAcc = 0x0A "HISTACC" Some(Command::HistAcc); {
-        ch: CH,
-        col: uint("col", 40, 8).strided(Space::Col),
-        bits: bits(39),
-        group: GROUP,
-        weights: u16f("weights", 16).strided(Space::Buf),
-        reg: u16f("reg", 0).strided(Space::Reg),
+        ch: CH, col: COL_HI, bits: bits(39), group: GROUP,
+        weights: u16f("weights", 16).strided(Space::Buf), reg: REG_LO,
     }
     // ARGMIN: col 47..40, start 39..36, dsub-1 35..32, nbits 31..28, cb 27..12, reg 11..0.
     ArgMin = 0x0B "ARGMIN" Some(Command::ArgMin); {
         ch: CH,
-        col: uint("col", 40, 8).strided(Space::Col),
+        col: COL_HI,
         start: uint("start", 36, 4),
         dsub: uint("dsub", 32, 4).range(1, 16).bias(1),
         nbits: uint("nbits", 28, 4).range(0, 8),
@@ -465,10 +455,7 @@ instruction_table! {
     }
     // MVD: reg 47..32, len 31..16, die 15..0.
     Mvd = 0x0C "MVD" Some(Command::Mvd); {
-        ch: CH,
-        reg: u16f("reg", 32).strided(Space::Reg),
-        len: len(16),
-        die: u16f("die", 0).strided(Space::Die),
+        ch: CH, reg: u16f("reg", 32).strided(Space::Reg), len: LEN, die: u16f("die", 0).strided(Space::Die),
     }
     // MVB: die 47..32, broadcast 31, len 30..16, buf 15..0.
     Mvb = 0x0D "MVB" Some(Command::Mvb); {
@@ -482,7 +469,7 @@ instruction_table! {
     Sfm = 0x0E "SFM" Some(Command::Sfm); {
         ch: CH,
         die: u16f("die", 32).strided(Space::Die),
-        len: len(16),
+        len: LEN,
         scale: Field::new("scale", Kind::Scale, 0, 16),
         stats: Field::new("stats", Kind::AltOpcode(0x14), 0, 0),
     }
@@ -497,35 +484,28 @@ instruction_table! {
     Clr = 0x12 "CLR" Some(Command::Clr); {
         ch: CH,
         off: u16f("off", 32).strided(Space::Reg).space_if("die", Space::Die),
-        len: len(16),
+        len: LEN,
         die: flag("die", 15),
     }
     // BINMAC: col 47..40, dsub-1 39..36, bins 35..20, out 19..4.
     BinMac = 0x13 "BINMAC" Some(Command::BinMac); {
         ch: CH,
-        col: uint("col", 40, 8).strided(Space::Col),
+        col: COL_HI,
         dsub: uint("dsub", 36, 4).range(1, 16).bias(1),
         bins: u16f("bins", 20).strided(Space::Reg),
         out: u16f("out", 4).fixed(Space::Reg),
     }
     // RED: src 47..32, len 31..16, dst 15..0.
     Red = 0x15 "RED" Some(Command::Red); {
-        ch: CH,
-        src: u16f("src", 32).strided(Space::Die),
-        len: len(16),
-        dst: u16f("dst", 0).strided(Space::Die),
+        ch: CH, src: u16f("src", 32).strided(Space::Die), len: LEN, dst: u16f("dst", 0).strided(Space::Die),
     }
     // RDD: die 47..32, len 31..16.
-    Rdd = 0x16 "RDD" Some(Command::Rdd); {
-        ch: CH,
-        die: u16f("die", 32).strided(Space::Die),
-        len: len(16),
-    }
+    Rdd = 0x16 "RDD" Some(Command::Rdd); { ch: CH, die: u16f("die", 32).strided(Space::Die), len: LEN }
     // STC: bank 47..36, col 35..28, reg 27..12, bits 11 (1 = 4-bit; 8 when omitted in text).
     Stc = 0x17 "STC" Some(Command::Stc); {
         ch: CH,
         bank: BANK,
-        col: uint("col", 28, 8).strided(Space::Col),
+        col: COL_LO,
         reg: u16f("reg", 12).strided(Space::Reg),
         bits: bits(11).default(8),
     }

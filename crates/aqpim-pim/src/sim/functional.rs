@@ -82,6 +82,17 @@ fn code_at(col: &[u8], bits: CodeBits, p: usize) -> usize {
     }
 }
 
+/// A copy of lazily allocated FP32 state (`n` zeros when never written).
+fn copied(slot: &Option<Box<[f32]>>, n: usize) -> Vec<f32> {
+    slot.as_deref()
+        .map_or_else(|| vec![0.0; n], <[f32]>::to_vec)
+}
+
+/// Lazily allocated FP32 state, allocated (zeroed, `n` long) on first use.
+fn allocated(slot: &mut Option<Box<[f32]>>, n: usize) -> &mut [f32] {
+    slot.get_or_insert_with(|| vec![0.0; n].into_boxed_slice())
+}
+
 impl Functional {
     pub(crate) fn new(device: &Device) -> Self {
         let o = &device.org;
@@ -135,25 +146,19 @@ impl Functional {
     }
 
     pub(crate) fn registers(&self, gb: usize) -> Vec<f32> {
-        self.regs[gb]
-            .as_deref()
-            .map_or_else(|| vec![0.0; self.registers], <[f32]>::to_vec)
+        copied(&self.regs[gb], self.registers)
     }
 
     pub(crate) fn regs_mut(&mut self, gb: usize) -> &mut [f32] {
-        let n = self.registers;
-        self.regs[gb].get_or_insert_with(|| vec![0.0; n].into_boxed_slice())
+        allocated(&mut self.regs[gb], self.registers)
     }
 
     pub(crate) fn die(&self, ch: usize) -> Vec<f32> {
-        self.die[ch]
-            .as_deref()
-            .map_or_else(|| vec![0.0; self.die_elements], <[f32]>::to_vec)
+        copied(&self.die[ch], self.die_elements)
     }
 
     pub(crate) fn die_mut(&mut self, ch: usize) -> &mut [f32] {
-        let n = self.die_elements;
-        self.die[ch].get_or_insert_with(|| vec![0.0; n].into_boxed_slice())
+        allocated(&mut self.die[ch], self.die_elements)
     }
 
     // ---- commands ------------------------------------------------------
