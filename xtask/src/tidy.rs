@@ -342,6 +342,121 @@ pub fn oversized_modules(root: &Path) -> Result<Vec<(PathBuf, usize)>> {
     Ok(big)
 }
 
+/// Import cycles between the top-level modules of each crate: module `a`
+/// depends on module `b` when a file of `a` names a `crate::b` path (its own
+/// `crate::b::...` or `use crate::{b, ...}` items; re-exports at the crate
+/// root are not followed). Each cycle is `crate: a -> b -> ... -> a`.
+pub fn module_cycles(root: &Path) -> Result<Vec<String>> {
+    let mut cycles = Vec::new();
+    for dir in ["crates", "xtask"] {
+        let base = root.join(dir);
+        let crate_dirs: Vec<PathBuf> = if dir == "xtask" {
+            vec![base]
+        } else {
+            std::fs::read_dir(&base)?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.join("src").is_dir())
+                .collect()
+        };
+        for krate in crate_dirs {
+            let src = krate.join("src");
+            let mut modules: Vec<String> = Vec::new();
+            for e in std::fs::read_dir(&src)? {
+                let path = e?.path();
+                let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+                if !["lib", "main"].contains(&stem) && (path.is_dir() || stem_is_rs(&path)) {
+                    modules.push(stem.to_string());
+                }
+            }
+            modules.sort();
+            modules.dedup();
+            let mut deps: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); modules.len()];
+            for (i, m) in modules.iter().enumerate() {
+                let mut texts = Vec::new();
+                let file = src.join(format!("{m}.rs"));
+                if file.is_file() {
+                    texts.push(std::fs::read_to_string(&file)?);
+                }
+                let sub = src.join(m);
+                if sub.is_dir() {
+                    walk(&sub, &mut |p| {
+                        if stem_is_rs(p) {
+                            texts.push(std::fs::read_to_string(p)?);
+                        }
+                        Ok(())
+                    })?;
+                }
+                for text in &texts {
+                    for (j, other) in modules.iter().enumerate() {
+                        let named = text.contains(&format!("crate::{other}::"))
+                            || text.contains(&format!("crate::{other};"))
+                            || text.contains(&format!("crate::{{{other},"))
+                            || text.contains(&format!("crate::{{{other}::"));
+                        if j != i && named {
+                            deps[i].insert(j);
+                        }
+                    }
+                }
+            }
+            let name = krate.file_name().and_then(|n| n.to_str()).unwrap_or("?");
+            for cycle in find_cycles(&deps) {
+                let path: Vec<&str> = cycle.iter().map(|&k| modules[k].as_str()).collect();
+                cycles.push(format!("{name}: {} -> {}", path.join(" -> "), path[0]));
+            }
+        }
+    }
+    Ok(cycles)
+}
+
+fn stem_is_rs(path: &Path) -> bool {
+    path.is_file() && path.extension().is_some_and(|e| e == "rs")
+}
+
+/// One cycle through each strongly connected group of `deps` that has one
+/// (depth-first search from each node, nodes in order).
+fn find_cycles(deps: &[BTreeSet<usize>]) -> Vec<Vec<usize>> {
+    let mut found: Vec<Vec<usize>> = Vec::new();
+    for start in 0..deps.len() {
+        // Shortest cycle through `start` by breadth-first search back to it.
+        let mut prev = vec![usize::MAX; deps.len()];
+        let mut queue = std::collections::VecDeque::from([start]);
+        let mut hit = None;
+        while let Some(n) = queue.pop_front() {
+            for &m in &deps[n] {
+                if m == start {
+                    hit = Some(n);
+                    break;
+                }
+                if prev[m] == usize::MAX {
+                    prev[m] = n;
+                    queue.push_back(m);
+                }
+            }
+            if hit.is_some() {
+                break;
+            }
+        }
+        if let Some(mut n) = hit {
+            let mut cycle = vec![n];
+            while n != start {
+                n = prev[n];
+                cycle.push(n);
+            }
+            cycle.reverse();
+            let mut key = cycle.clone();
+            key.sort();
+            if !found.iter().any(|c| {
+                let mut k = c.clone();
+                k.sort();
+                k == key
+            }) {
+                found.push(cycle);
+            }
+        }
+    }
+    found
+}
+
 /// Runs every tidy check and fails with a list of what is wrong.
 pub fn run() -> Result<()> {
     let root = workspace_root();
@@ -362,6 +477,9 @@ pub fn run() -> Result<()> {
         ));
     }
     problems.extend(packaging_problems(&root)?);
+    for c in module_cycles(&root)? {
+        problems.push(format!("import cycle between modules: {c}"));
+    }
     if problems.is_empty() {
         println!("tidy: ok");
         Ok(())
@@ -449,6 +567,23 @@ mod tests {
         assert!(embedded.len() >= 2, "the device presets: {embedded:?}");
         let problems = packaging_problems(&root).unwrap();
         assert!(problems.is_empty(), "{problems:#?}");
+    }
+
+    #[test]
+    fn no_crate_has_an_import_cycle() {
+        let cycles = module_cycles(&workspace_root()).unwrap();
+        assert!(cycles.is_empty(), "import cycles: {cycles:#?}");
+    }
+
+    #[test]
+    fn cycles_are_found() {
+        let deps = vec![
+            BTreeSet::from([1]),
+            BTreeSet::from([2]),
+            BTreeSet::from([0]),
+            BTreeSet::new(),
+        ];
+        assert_eq!(find_cycles(&deps), vec![vec![0, 1, 2]]);
     }
 
     #[test]

@@ -111,7 +111,7 @@ pub enum PimError {
         reason: String,
     },
     /// A quantity that sizes time or memory exceeds its documented limit
-    /// ([`MAX_PROGRAM_COMMANDS`](crate::isa::MAX_PROGRAM_COMMANDS),
+    /// ([`MAX_PROGRAM_COMMANDS`](crate::MAX_PROGRAM_COMMANDS),
     /// [`MAX_TRACE_ENTRIES`](crate::MAX_TRACE_ENTRIES),
     /// [`MAX_REFRESHES`](crate::MAX_REFRESHES)).
     #[error("{what} exceed the limit of {limit}")]

@@ -353,6 +353,12 @@ pub enum Instr {
     EndLoop,
 }
 
+/// Centroids an `ARGMIN` searches: `ksub = 2^nbits` (the ISA's own copy of
+/// the PQ symbol; `aqpim-pim` depends on no PQ crate).
+pub fn argmin_centroids(nbits: u8) -> u64 {
+    1u64 << nbits
+}
+
 impl Instr {
     /// The mnemonic.
     pub fn mnemonic(&self) -> &'static str {

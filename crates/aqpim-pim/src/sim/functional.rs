@@ -9,7 +9,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 use half::f16;
 
-use crate::isa::{CodeBits, Instr};
+use crate::isa::{argmin_centroids, CodeBits, Instr};
 use crate::resolve::Device;
 
 /// A fast hasher for the `u64` row keys (a multiply-xorshift; the keys are
@@ -344,7 +344,7 @@ impl Functional {
                 reg,
             } => {
                 let (start, dsub, cb) = (usize::from(start), usize::from(dsub), usize::from(cb));
-                let (ksub, reg) = (1usize << nbits, usize::from(reg));
+                let (ksub, reg) = (argmin_centroids(nbits) as usize, usize::from(reg));
                 self.each_bank(ch, open, col, |x, y, r| {
                     let mut xs = [0f32; 64];
                     for (i, v) in xs.iter_mut().enumerate().take(dsub) {

@@ -18,7 +18,7 @@ use self::validate::{check_program, Checked};
 use crate::command::{Command, Scope};
 use crate::energy::energy;
 use crate::error::{PimError, Result};
-use crate::isa::{asm::format_instr, BankSel, Instr, Program};
+use crate::isa::{argmin_centroids, asm::format_instr, BankSel, Instr, Program};
 use crate::resolve::Device;
 use crate::stats::{Counters, Stats};
 
@@ -400,7 +400,7 @@ impl Simulator {
                 k.bytes_buffer += banks * n.div_ceil(group.into()) * 2;
             }
             Instr::ArgMin { dsub, nbits, .. } => {
-                let work = (1u64 << nbits) * u64::from(dsub);
+                let work = argmin_centroids(nbits) * u64::from(dsub);
                 k.lane_ops += banks * work;
                 k.bytes_buffer += banks * work * 2;
             }

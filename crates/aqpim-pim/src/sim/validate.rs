@@ -9,7 +9,7 @@
 
 use crate::error::{PimError, Result};
 use crate::isa::table::Space;
-use crate::isa::{asm::format_instr, BankSel, Instr, Program};
+use crate::isa::{argmin_centroids, asm::format_instr, BankSel, Instr, Program};
 use crate::resolve::Device;
 
 /// A program ready to run: every address checked for every loop offset.
@@ -88,7 +88,9 @@ fn extent(ins: &Instr, field: &str, l: &Limits) -> i64 {
         (Instr::LutAcc { bits, group, .. }, "reg") => ceil_div(l.codes(bits), group.into()),
         (Instr::HistAcc { bits, group, .. }, "weights") => ceil_div(l.codes(bits), group.into()),
         (Instr::HistAcc { bits, group, .. }, "reg") => i64::from(group) * bits.table_len() as i64,
-        (Instr::ArgMin { dsub, nbits, .. }, "cb") => (1i64 << nbits) * i64::from(dsub),
+        (Instr::ArgMin { dsub, nbits, .. }, "cb") => {
+            argmin_centroids(nbits) as i64 * i64::from(dsub)
+        }
         (Instr::Mvd { len, .. }, "reg") => len.into(),
         (Instr::Mvd { len, .. }, "die") => banks * i64::from(len),
         (Instr::Mvb { len, broadcast, .. }, "die") => {
