@@ -1,145 +1,10 @@
-//! The dense FP16 baseline kernel, and the full-precision token path that the
-//! PQ kernel shares (attention sinks and the recent window).
+//! The dense FP16 baseline kernel: every token through the shared
+//! full-precision streaming path of [`crate::stream`].
 
-use aqpim_kvcache::{DenseStore, KvStore, TokenSlices};
+use aqpim_kvcache::{DenseStore, KvStore};
 
-use crate::error::{check_queries, Result};
-use crate::math::{axpy, dot, f16_to_f32, OnlineSoftmax};
-
-/// Tokens per block: scores of a block are computed, exponentiated and
-/// accumulated before the next block is read.
-pub(crate) const BLOCK: usize = 256;
-
-/// Accumulators of one query head while its softmax streams over tokens:
-/// the weighted sum of full-precision values `o` (`d`), the per-centroid
-/// weights `w` of encoded values (`M * ksub`, empty for dense caches), both
-/// relative to the running maximum of `softmax`.
-#[derive(Debug, Clone)]
-pub(crate) struct Acc {
-    pub(crate) o: Vec<f32>,
-    pub(crate) w: Vec<f32>,
-    pub(crate) softmax: OnlineSoftmax,
-}
-
-impl Acc {
-    pub(crate) fn new(d: usize, bins: usize) -> Self {
-        Acc {
-            o: vec![0.0; d],
-            w: vec![0.0; bins],
-            softmax: OnlineSoftmax::new(),
-        }
-    }
-
-    /// Multiplies every accumulator by `f` (after the running maximum moved).
-    pub(crate) fn rescale(&mut self, f: f32) {
-        if f != 1.0 {
-            self.o.iter_mut().for_each(|v| *v *= f);
-            self.w.iter_mut().for_each(|v| *v *= f);
-        }
-    }
-}
-
-/// Scratch buffers reused across blocks.
-#[derive(Debug, Default)]
-pub(crate) struct Scratch {
-    pub(crate) keys: Vec<f32>,
-    pub(crate) values: Vec<f32>,
-    pub(crate) scores: Vec<f32>,
-}
-
-/// Streams FP16 tokens (`keys`, `values`: the same number of tokens) into the
-/// accumulators of every query head of a group (`queries`: `g x d`, already
-/// multiplied by the softmax scale). K and V blocks are converted to f32 once
-/// per block and shared by the group's query heads.
-pub(crate) fn fp_tokens(
-    queries: &[f32],
-    keys: TokenSlices<'_>,
-    values: TokenSlices<'_>,
-    accs: &mut [Acc],
-    scratch: &mut Scratch,
-) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: AVX-512F is available (checked above).
-        unsafe { fp_tokens_avx512(queries, keys, values, accs, scratch) };
-        return;
-    }
-    fp_tokens_body(queries, keys, values, accs, scratch);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn fp_tokens_avx512(
-    queries: &[f32],
-    keys: TokenSlices<'_>,
-    values: TokenSlices<'_>,
-    accs: &mut [Acc],
-    scratch: &mut Scratch,
-) {
-    fp_tokens_body(queries, keys, values, accs, scratch);
-}
-
-#[inline(always)]
-fn fp_tokens_body(
-    queries: &[f32],
-    keys: TokenSlices<'_>,
-    values: TokenSlices<'_>,
-    accs: &mut [Acc],
-    scratch: &mut Scratch,
-) {
-    let d = keys.head_dim();
-    let n = keys.len().min(values.len());
-    let mut start = 0;
-    while start < n {
-        let b = BLOCK.min(n - start);
-        scratch.keys.resize(b * d, 0.0);
-        scratch.values.resize(b * d, 0.0);
-        for t in 0..b {
-            f16_to_f32(keys.token(start + t), &mut scratch.keys[t * d..(t + 1) * d]);
-            f16_to_f32(
-                values.token(start + t),
-                &mut scratch.values[t * d..(t + 1) * d],
-            );
-        }
-        block_body(queries, d, accs, scratch);
-        start += b;
-    }
-}
-
-/// Adds one block of f32 tokens (`scratch.keys`, `scratch.values`: `b x d`)
-/// to the accumulators of every query head of a group.
-pub(crate) fn f32_block(queries: &[f32], d: usize, accs: &mut [Acc], scratch: &mut Scratch) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: AVX-512F is available (checked above).
-        unsafe { f32_block_avx512(queries, d, accs, scratch) };
-        return;
-    }
-    block_body(queries, d, accs, scratch);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn f32_block_avx512(queries: &[f32], d: usize, accs: &mut [Acc], scratch: &mut Scratch) {
-    block_body(queries, d, accs, scratch);
-}
-
-#[inline(always)]
-fn block_body(queries: &[f32], d: usize, accs: &mut [Acc], scratch: &mut Scratch) {
-    let b = scratch.keys.len() / d;
-    scratch.scores.resize(b, 0.0);
-    for (q, acc) in queries.chunks_exact(d).zip(accs.iter_mut()) {
-        let scores = &mut scratch.scores[..b];
-        for (s, k) in scores.iter_mut().zip(scratch.keys.chunks_exact(d)) {
-            *s = dot(q, k);
-        }
-        let f = acc.softmax.absorb(scores);
-        acc.rescale(f);
-        for (p, v) in scores.iter().zip(scratch.values.chunks_exact(d)) {
-            axpy(*p, v, &mut acc.o);
-        }
-    }
-}
+use crate::error::Result;
+use crate::stream::{finish, for_each_group, fp_tokens, Acc, Scratch};
 
 /// Decode attention over a dense FP16 cache for one layer: `queries` holds
 /// `H x d` (H query heads), `out` receives `H x d`. Query head `h` reads KV
@@ -150,7 +15,7 @@ pub fn attend_dense(
     queries: &[f32],
     out: &mut [f32],
 ) -> Result<()> {
-    crate::layer::for_each_group(
+    for_each_group(
         store.shape(),
         layer,
         store.num_tokens(layer)?,
@@ -176,26 +41,4 @@ pub fn dense_head_attention(
     fp_tokens(queries, keys, values, &mut accs, &mut Scratch::default());
     finish(&accs, out);
     Ok(())
-}
-
-/// Writes `o / sum` of each accumulator into `out` (`g x d`).
-pub(crate) fn finish(accs: &[Acc], out: &mut [f32]) {
-    let d = out.len() / accs.len().max(1);
-    for (acc, o) in accs.iter().zip(out.chunks_exact_mut(d)) {
-        let inv = 1.0 / acc.softmax.sum;
-        for (x, y) in o.iter_mut().zip(&acc.o) {
-            *x = y * inv;
-        }
-    }
-}
-
-/// Scales a `g x d` block of queries by `scale` after checking it.
-pub(crate) fn scaled_queries(
-    queries: &[f32],
-    heads: usize,
-    d: usize,
-    scale: f32,
-) -> Result<Vec<f32>> {
-    check_queries(queries, heads, d)?;
-    Ok(queries.iter().map(|q| q * scale).collect())
 }

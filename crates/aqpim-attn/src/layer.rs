@@ -1,8 +1,7 @@
 //! One decode step of one layer: queries checked and scaled, split by KV head
 //! (grouped-query attention), kernels run in parallel, dispatch by cache kind.
 
-use aqpim_kvcache::{KvShape, KvStore};
-use rayon::prelude::*;
+use aqpim_kvcache::KvStore;
 
 use crate::error::{AttnError, Result};
 
@@ -54,7 +53,7 @@ pub fn attend_head(
     if cache.num_tokens(layer)? == 0 {
         return Err(AttnError::EmptyCache { layer });
     }
-    let scaled = crate::dense::scaled_queries(queries, queries.len() / d, d, scale)?;
+    let scaled = crate::stream::scaled_queries(queries, queries.len() / d, d, scale)?;
     if let Some(pq) = cache.as_pq() {
         crate::pq_head_attention(&pq.head(layer, kv_head)?, &scaled, out)
     } else if let Some(dense) = cache.as_dense() {
@@ -64,44 +63,4 @@ pub fn attend_head(
     } else {
         Err(AttnError::Unsupported("this kind of"))
     }
-}
-
-/// Validates a layer's queries and output, scales the queries by
-/// `1 / sqrt(d)`, and runs `kernel(kv_head, group_queries, group_out)` for
-/// every KV head in parallel; `group_queries` and `group_out` are the
-/// `(H / G) x d` rows of the query heads that read that KV head.
-pub(crate) fn for_each_group<F>(
-    shape: &KvShape,
-    layer: usize,
-    tokens: usize,
-    queries: &[f32],
-    out: &mut [f32],
-    kernel: F,
-) -> Result<()>
-where
-    F: Fn(usize, &[f32], &mut [f32]) -> Result<()> + Sync,
-{
-    let (h, d, g) = (shape.num_q_heads(), shape.head_dim(), shape.group_size());
-    if layer >= shape.num_layers() {
-        return Err(AttnError::shape(
-            "layer",
-            format!("< {}", shape.num_layers()),
-            layer,
-        ));
-    }
-    if out.len() != h * d {
-        return Err(AttnError::shape(
-            "attention output",
-            format!("{h} heads x {d}"),
-            format!("{} values", out.len()),
-        ));
-    }
-    if tokens == 0 {
-        return Err(AttnError::EmptyCache { layer });
-    }
-    let scaled = crate::dense::scaled_queries(queries, h, d, 1.0 / (d as f32).sqrt())?;
-    out.par_chunks_mut(g * d)
-        .zip(scaled.par_chunks(g * d))
-        .enumerate()
-        .try_for_each(|(kv_head, (o, q))| kernel(kv_head, q, o))
 }

@@ -31,6 +31,7 @@ pub mod pim;
 mod pq;
 pub mod reference;
 mod scalar;
+mod stream;
 
 pub use dense::{attend_dense, dense_head_attention};
 pub use error::{AttnError, Result};

@@ -19,14 +19,14 @@
 use aqpim_kvcache::{Codes, KvStore, PqHeadView, PqStore};
 use aqpim_pq::{Lut, ProductQuantizer};
 
-use crate::dense::{finish, fp_tokens, Acc, Scratch};
 use crate::error::{AttnError, Result};
+use crate::stream::{finish, fp_tokens, Acc, Scratch};
 
 /// Decode attention over a PQ cache for one layer: `queries` holds `H x d`,
 /// `out` receives `H x d` (query head `h` reads KV head `h / (H / G)`).
 /// Parallel over KV heads.
 pub fn attend_pq(store: &PqStore, layer: usize, queries: &[f32], out: &mut [f32]) -> Result<()> {
-    crate::layer::for_each_group(
+    crate::stream::for_each_group(
         store.shape(),
         layer,
         store.num_tokens(layer)?,

@@ -5,8 +5,8 @@
 
 use aqpim_kvcache::{KvSpec, KvStore, ScalarHeadView, ScalarStore};
 
-use crate::dense::{f32_block, finish, fp_tokens, Acc, Scratch, BLOCK};
 use crate::error::{AttnError, Result};
+use crate::stream::{f32_block, finish, fp_tokens, Acc, Scratch, BLOCK};
 
 /// Decode attention over a scalar-quantized cache for one layer: `queries`
 /// holds `H x d`, `out` receives `H x d`. Parallel over KV heads.
@@ -16,7 +16,7 @@ pub fn attend_scalar(
     queries: &[f32],
     out: &mut [f32],
 ) -> Result<()> {
-    crate::layer::for_each_group(
+    crate::stream::for_each_group(
         store.shape(),
         layer,
         store.num_tokens(layer)?,

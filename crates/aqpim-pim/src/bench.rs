@@ -18,14 +18,7 @@ pub const MIX_DESCRIPTION: &str =
 pub const MIX_HOST_BYTES: usize = 4096;
 
 fn s(row: i16, col: i16, buf: i16, reg: i16, data: i16, die: i16) -> Strides {
-    Strides {
-        row,
-        col,
-        buf,
-        reg,
-        data,
-        die,
-    }
+    Strides::from_array([row, col, buf, reg, data, die])
 }
 
 /// The standard mix on the first `channels` channels, `rows` row iterations

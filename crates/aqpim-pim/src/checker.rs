@@ -1,9 +1,17 @@
 //! The independent trace checker: validates a finished command trace against
 //! a device's rules by a different algorithm from the scheduler's. The
-//! scheduler keeps incremental per-node ready cycles; the checker replays the
-//! bank state itself and, for every command, scans the earlier commands of its
-//! channel pairwise against every rule row. A scheduler bug therefore shows up
-//! as a checker failure rather than being repeated by it.
+//! scheduler pushes ready cycles forward when a command issues (lifting
+//! all-bank rules to the channel node); the checker replays the bank state
+//! itself, remembers where and when each command last issued, and for every
+//! command evaluates each rule row that names it as the following command
+//! against the latest preceding command at the rule's node. A scheduler bug
+//! therefore shows up as a checker failure rather than being repeated by it.
+//!
+//! The work per entry is bounded by the number of rule rows (a windowed rule
+//! keeps its last `window` issue cycles per node), so a check takes time
+//! linear in the trace whatever the device's timing values are.
+
+use std::collections::VecDeque;
 
 use crate::command::{Command, Scope, NUM_COMMANDS};
 use crate::error::{PimError, Result};
@@ -18,26 +26,27 @@ use crate::sim::TraceEntry;
 pub fn check_trace(device: &Device, trace: &[TraceEntry]) -> Result<()> {
     let o = &device.org;
     let banks = o.banks_per_channel;
-    // rules_for[p][f]: indices of the rules relating p to f.
-    let mut rules_for = vec![vec![Vec::new(); NUM_COMMANDS]; NUM_COMMANDS];
+    // following[f]: indices of the rules that constrain f.
+    let mut following = vec![Vec::new(); NUM_COMMANDS];
+    // Window rules: slot of each rule, and the rules whose preceding list holds c.
+    let mut window_slot = vec![usize::MAX; device.rules.len()];
+    let mut windows_of = vec![Vec::new(); NUM_COMMANDS];
+    let mut windows = Vec::new();
     for (i, r) in device.rules.iter().enumerate() {
-        for p in &r.preceding {
-            for f in &r.following {
-                rules_for[p.index()][f.index()].push(i);
+        for f in &r.following {
+            if !following[f.index()].contains(&i) {
+                following[f.index()].push(i);
+            }
+        }
+        if r.window > 1 {
+            window_slot[i] = windows.len();
+            windows.push(i);
+            for p in &r.preceding {
+                windows_of[p.index()].push(i);
             }
         }
     }
-    let horizon = device
-        .rules
-        .iter()
-        .map(|r| u64::from(r.latency))
-        .max()
-        .unwrap_or(0);
-
-    // Per channel: indices of its entries so far, open rows, busy-until.
-    let mut history: Vec<Vec<usize>> = vec![Vec::new(); o.channels];
-    let mut open: Vec<Vec<Option<u32>>> = vec![vec![None; banks]; o.channels];
-    let mut busy_until = vec![0u64; o.channels];
+    let mut channels: Vec<Option<ChannelState>> = vec![None; o.channels];
 
     for (j, e) in trace.iter().enumerate() {
         let ch = usize::from(e.channel);
@@ -52,32 +61,31 @@ pub fn check_trace(device: &Device, trace: &[TraceEntry]) -> Result<()> {
         if ch >= o.channels {
             return Err(fail("organisation", format!("channel {ch} does not exist")));
         }
-        if e.cmd.scope() == Scope::Bank && usize::from(e.bank) >= banks {
+        let bank_scope = e.cmd.scope() == Scope::Bank;
+        if bank_scope && usize::from(e.bank) >= banks {
             return Err(fail(
                 "organisation",
                 format!("bank {} does not exist", e.bank),
             ));
         }
-        if let Some(&prev) = history[ch].last() {
-            if trace[prev].cycle >= e.cycle {
+        let c = channels[ch].get_or_insert_with(|| ChannelState::new(device, windows.len()));
+        if let Some((prev, cycle)) = c.last_entry {
+            if cycle >= e.cycle {
                 return Err(fail(
                     "command-bus",
-                    format!(
-                        "entry {prev} issued at cycle {} on the same channel",
-                        trace[prev].cycle
-                    ),
+                    format!("entry {prev} issued at cycle {cycle} on the same channel"),
                 ));
             }
         }
-        if e.cycle < busy_until[ch] {
+        if e.cycle < c.busy_until {
             return Err(fail(
                 "channel-busy",
-                format!("the channel is occupied until cycle {}", busy_until[ch]),
+                format!("the channel is occupied until cycle {}", c.busy_until),
             ));
         }
 
         // Bank state.
-        let st = &mut open[ch];
+        let st = &mut c.open;
         let b = usize::from(e.bank);
         match e.cmd {
             Command::Act if st[b].is_some() => {
@@ -102,49 +110,72 @@ pub fn check_trace(device: &Device, trace: &[TraceEntry]) -> Result<()> {
             _ => {}
         }
 
-        // Timing rules, pairwise against the channel's recent commands.
-        let same_node = |a: &TraceEntry, level: usize| -> bool {
-            if level == 0 || a.cmd.scope() == Scope::Channel || e.cmd.scope() == Scope::Channel {
-                return true;
+        // Timing rules: each rule that constrains this command, against the
+        // latest preceding command that shares the rule's node (an all-bank
+        // command on either side shares every node).
+        let path = if bank_scope { o.bank_path(b) } else { [0; 5] };
+        for &r in &following[e.cmd.index()] {
+            let rule = &device.rules[r];
+            let level = rule.level as usize;
+            if rule.window > 1 {
+                let h = &c.windows[window_slot[r]][path[level]];
+                let w = rule.window as usize;
+                if h.len() >= w && e.cycle - h[h.len() - w] < u64::from(rule.latency) {
+                    return Err(fail(
+                        &rule.name,
+                        format!(
+                            "{w} {} commands within {} cycles",
+                            names(&rule.preceding),
+                            rule.latency
+                        ),
+                    ));
+                }
+                continue;
             }
-            o.bank_path(usize::from(a.bank))[level] == o.bank_path(usize::from(e.bank))[level]
-        };
-        let mut window_counts = vec![0u32; device.rules.len()];
-        for &i in history[ch].iter().rev() {
-            let a = &trace[i];
-            let gap = e.cycle - a.cycle;
-            if gap >= horizon {
-                break;
+            // Latest (cycle, entry, command) among the rule's preceding commands.
+            let mut latest: Option<(u64, usize, Command)> = None;
+            for p in &rule.preceding {
+                let last = if p.scope() == Scope::Channel {
+                    c.last_all_bank[p.index()]
+                } else if bank_scope {
+                    c.last_at[level][path[level]][p.index()]
+                } else {
+                    c.last_at[0][0][p.index()]
+                };
+                if let Some((t, i)) = last {
+                    if latest.is_none_or(|(lt, _, _)| t > lt) {
+                        latest = Some((t, i, *p));
+                    }
+                }
             }
-            for &r in &rules_for[a.cmd.index()][e.cmd.index()] {
+            if let Some((t, i, p)) = latest {
+                let gap = e.cycle - t;
+                if gap < u64::from(rule.latency) {
+                    return Err(fail(
+                        &rule.name,
+                        format!(
+                            "{} {gap} cycles earlier (entry {i}); the rule needs {}",
+                            p.name(),
+                            rule.latency
+                        ),
+                    ));
+                }
+            }
+        }
+        if bank_scope {
+            for (level, last) in c.last_at.iter_mut().enumerate() {
+                last[path[level]][e.cmd.index()] = Some((e.cycle, j));
+            }
+            for &r in &windows_of[e.cmd.index()] {
                 let rule = &device.rules[r];
-                if gap >= u64::from(rule.latency) || !same_node(a, rule.level as usize) {
-                    continue;
-                }
-                if rule.window <= 1 {
-                    return Err(fail(
-                        &rule.name,
-                        format!(
-                            "{} {} cycles earlier (entry {i}); the rule needs {}",
-                            a.cmd.name(),
-                            gap,
-                            rule.latency
-                        ),
-                    ));
-                }
-                window_counts[r] += 1;
-                if window_counts[r] >= rule.window {
-                    return Err(fail(
-                        &rule.name,
-                        format!(
-                            "{} {} commands within {} cycles",
-                            window_counts[r],
-                            a.cmd.name(),
-                            rule.latency
-                        ),
-                    ));
+                let h = &mut c.windows[window_slot[r]][path[rule.level as usize]];
+                h.push_back(e.cycle);
+                if h.len() > rule.window as usize {
+                    h.pop_front();
                 }
             }
+        } else {
+            c.last_all_bank[e.cmd.index()] = Some((e.cycle, j));
         }
 
         // Occupancy of buffer-die commands, recomputed from the operands.
@@ -175,8 +206,57 @@ pub fn check_trace(device: &Device, trace: &[TraceEntry]) -> Result<()> {
             Command::Rdd => (4 * len).div_ceil(device.external_bytes_per_cycle()),
             _ => 0,
         };
-        busy_until[ch] = busy_until[ch].max(e.cycle.saturating_add(busy));
-        history[ch].push(j);
+        c.busy_until = c.busy_until.max(e.cycle.saturating_add(busy));
+        c.last_entry = Some((j, e.cycle));
     }
     Ok(())
+}
+
+/// Last issue of a command: `(cycle, trace entry)`.
+type Last = Option<(u64, usize)>;
+
+/// What the checker remembers of one channel.
+#[derive(Debug, Clone)]
+struct ChannelState {
+    /// The channel's latest entry: `(trace entry, cycle)`.
+    last_entry: Option<(usize, u64)>,
+    open: Vec<Option<u32>>,
+    busy_until: u64,
+    /// Last issue of each all-bank command.
+    last_all_bank: [Last; NUM_COMMANDS],
+    /// `last_at[level][node][command]`: last issue of each single-bank
+    /// command in each node of each level (level 0: the whole channel).
+    last_at: Vec<Vec<[Last; NUM_COMMANDS]>>,
+    /// `windows[w][node]`: issue cycles of the last `window` preceding
+    /// commands of window rule `w` in each node of its level (at most
+    /// `window` each, so bounded by the trace, never by the rule's numbers).
+    windows: Vec<Vec<VecDeque<u64>>>,
+}
+
+impl ChannelState {
+    fn new(device: &Device, windows: usize) -> ChannelState {
+        let nodes = device.org.nodes_per_channel();
+        ChannelState {
+            last_entry: None,
+            open: vec![None; device.org.banks_per_channel],
+            busy_until: 0,
+            last_all_bank: [None; NUM_COMMANDS],
+            last_at: nodes
+                .iter()
+                .map(|&n| vec![[None; NUM_COMMANDS]; n])
+                .collect(),
+            windows: device
+                .rules
+                .iter()
+                .filter(|r| r.window > 1)
+                .map(|r| vec![VecDeque::new(); nodes[r.level as usize]])
+                .take(windows)
+                .collect(),
+        }
+    }
+}
+
+/// Command names joined with `/`.
+fn names(cmds: &[Command]) -> String {
+    cmds.iter().map(|c| c.name()).collect::<Vec<_>>().join("/")
 }

@@ -110,6 +110,17 @@ pub enum PimError {
         /// What is wrong.
         reason: String,
     },
+    /// A quantity that sizes time or memory exceeds its documented limit
+    /// ([`MAX_PROGRAM_COMMANDS`](crate::MAX_PROGRAM_COMMANDS),
+    /// [`MAX_TRACE_ENTRIES`](crate::MAX_TRACE_ENTRIES),
+    /// [`MAX_REFRESHES`](crate::MAX_REFRESHES)).
+    #[error("{what} exceed the limit of {limit}")]
+    Limit {
+        /// What was counted (plural).
+        what: &'static str,
+        /// The limit.
+        limit: u64,
+    },
     /// Loader arguments out of range.
     #[error("loader: {0}")]
     Load(String),

@@ -6,7 +6,7 @@
 //! The simulator executes programs; it knows nothing of product quantization or
 //! language models, and it depends on no other workspace crate.
 //!
-//! The flow: a [`DeviceSpec`] (a TOML preset in `configs/devices/`) is
+//! The flow: a [`DeviceSpec`] (a TOML preset in the crate's `presets/` folder) is
 //! [`resolve`](DeviceSpec::resolve)d into a [`Device`] (cycles, integer ids,
 //! rule tables); a [`Program`] (assembled from text or decoded from 64-bit
 //! words) runs on a [`Simulator`] for that device, which issues every command
@@ -59,8 +59,9 @@ pub use checker::check_trace;
 pub use command::{Command, Level, Scope};
 pub use error::{PimError, Result};
 pub use isa::{BankSel, CodeBits, Instr, Program, Strides};
+pub use isa::{MAX_LOOP_COUNT, MAX_LOOP_DEPTH, MAX_PROGRAM_COMMANDS};
 pub use resolve::{Device, Organisation, PimParams, Rule};
-pub use sim::{Mode, SimOptions, Simulator, Timer, TraceEntry};
+pub use sim::{Mode, SimOptions, Simulator, Timer, TraceEntry, MAX_REFRESHES, MAX_TRACE_ENTRIES};
 pub use spec::{
     ClockSpec, DeviceSpec, EnergySpec, OrganisationSpec, PimSpec, RefreshSpec, RuleSpec,
     TimingValue, PRESETS,

@@ -1,5 +1,6 @@
 //! Device specs as they live on disk: serde structs read from the TOML presets
-//! in `configs/devices/`, turned into a runtime [`Device`](crate::Device) by
+//! in this crate's `presets/` folder (embedded from inside the crate, so that
+//! it packages alone), turned into a runtime [`Device`](crate::Device) by
 //! [`DeviceSpec::resolve`].
 
 use std::collections::BTreeMap;
@@ -14,11 +15,11 @@ use crate::error::{PimError, Result};
 pub const PRESETS: &[(&str, &str)] = &[
     (
         "hbm3-attacc-5.2",
-        include_str!("../../../configs/devices/hbm3-attacc-5.2.toml"),
+        include_str!("../presets/hbm3-attacc-5.2.toml"),
     ),
     (
         "hbm3-jedec-6.4",
-        include_str!("../../../configs/devices/hbm3-jedec-6.4.toml"),
+        include_str!("../presets/hbm3-jedec-6.4.toml"),
     ),
 ];
 

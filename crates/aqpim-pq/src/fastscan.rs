@@ -175,6 +175,7 @@ mod avx512 {
         let low = _mm512_set1_epi32(0x0f);
         let tables: Vec<__m512> = rows
             .iter()
+            // SAFETY: each row is exactly 16 f32 values, one unaligned load.
             .map(|r| unsafe { _mm512_loadu_ps(r.as_ptr()) })
             .collect();
         let mut tmp = [0.0f32; 16];
@@ -197,6 +198,7 @@ mod avx512 {
                 // SAFETY: `out[start..start + 16]` is in bounds.
                 unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(start), acc) };
             } else {
+                // SAFETY: `tmp` holds exactly 16 f32 values.
                 unsafe { _mm512_storeu_ps(tmp.as_mut_ptr(), acc) };
                 out[start..end].copy_from_slice(&tmp[..end - start]);
             }

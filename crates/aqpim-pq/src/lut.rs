@@ -300,6 +300,7 @@ mod avx512 {
                 let hi = _mm512_add_epi32(_mm512_srli_epi32::<4>(w), _mm512_add_epi32(odd, base));
                 // SAFETY: subspace `2 (b + lane) (+1) < m`, so every index is `< m * 16`.
                 acc = _mm512_add_ps(acc, unsafe { _mm512_i32gather_ps::<4>(lo, table.as_ptr()) });
+                // SAFETY: as above, for the odd subspaces.
                 acc = _mm512_add_ps(acc, unsafe { _mm512_i32gather_ps::<4>(hi, table.as_ptr()) });
                 b += 16;
             }

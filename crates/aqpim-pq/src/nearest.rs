@@ -292,6 +292,7 @@ mod avx512 {
             let norm = unsafe { _mm512_loadu_ps(tab.norms.as_ptr().add(c)) };
             let mut cv = [_mm512_setzero_ps(); D];
             for (t, v) in cv.iter_mut().enumerate() {
+                // SAFETY: `t < D` and `c + LANES <= kp`, inside `ct` (above).
                 *v = unsafe { _mm512_loadu_ps(tab.ct.as_ptr().add(t * kp + c)) };
             }
             let lanes = _mm512_add_epi32(iota, _mm512_set1_epi32(c as i32));

@@ -163,7 +163,7 @@ pub struct HostSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PimStacksSpec {
-    /// Device preset (`configs/devices`: `hbm3-attacc-5.2`, ...) or a TOML file.
+    /// Device preset (`aqpim-pim`'s presets: `hbm3-attacc-5.2`, ...) or a TOML file.
     pub device: String,
     /// Stacks, overriding the device preset's count (capacity and bandwidth
     /// scale with it).

@@ -32,7 +32,7 @@ pub struct SimArgs {
     /// Tokens per sequence in PIM (for `pq`, the encoded tokens).
     #[arg(long)]
     ctx: usize,
-    /// Device preset or TOML file (configs/devices).
+    /// Device preset (crates/aqpim-pim/presets) or TOML file.
     #[arg(long, default_value = "hbm3-attacc-5.2")]
     device: String,
     /// What the banks hold: fp16 (AttAcc) or pq (AQPIM).

@@ -143,6 +143,10 @@ fn asm(file: &Path, out: Option<PathBuf>) -> Result<()> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let p = Program::assemble(&text).with_context(|| format!("assembling {}", file.display()))?;
+    // Refused before anything is written: such a program could never run.
+    let commands = p
+        .checked_command_count()
+        .with_context(|| format!("assembling {}", file.display()))?;
     let out = out.unwrap_or_else(|| file.with_extension("pimb"));
     let bytes = p.to_bytes();
     aqpim_pq::io::write_atomic(&out, &bytes)?;
@@ -151,7 +155,7 @@ fn asm(file: &Path, out: Option<PathBuf>) -> Result<()> {
         file.display(),
         p.instrs().len(),
         p.encode().len(),
-        p.command_count(),
+        commands,
         out.display()
     );
     Ok(())

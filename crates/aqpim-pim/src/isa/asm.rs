@@ -14,143 +14,41 @@ use std::collections::BTreeMap;
 
 use half::f16;
 
-use super::{BankSel, CodeBits, Instr, Program, Strides};
+use super::table::{
+    bank_parts, by_mnemonic, check_value, stride_parts, Field, FieldValue, Kind, Values,
+    BANK_PARTS, MAX_FIELDS, STRIDE_NAMES,
+};
+use super::{Instr, Program, Strides};
 use crate::error::{PimError, Result};
 
-/// Formats one instruction in canonical form (operands in a fixed order,
+/// Formats one instruction in canonical form (operands in table order,
 /// strides and flags only when set).
 pub fn format_instr(ins: &Instr) -> String {
-    let m = ins.mnemonic();
-    let b = |b: &BankSel| format!("pc={} sid={} bg={} bank={}", b.pc, b.sid, b.bg, b.bank);
-    let bits = |c: CodeBits| c.bits();
-    match ins {
-        Instr::Act { ch, bank, row } => format!("{m} ch={ch} {} row={row}", b(bank)),
-        Instr::Pre { ch, bank } => format!("{m} ch={ch} {}", b(bank)),
-        Instr::ActAb { ch, row } => format!("{m} ch={ch} row={row}"),
-        Instr::PreAb { ch } => format!("{m} ch={ch}"),
-        Instr::Rd { ch, bank, col } => format!("{m} ch={ch} {} col={col}", b(bank)),
-        Instr::Wr {
-            ch,
-            bank,
-            col,
-            data,
-        } => format!("{m} ch={ch} {} col={col} data={data}", b(bank)),
-        Instr::Wrgb { ch, buf, data } => format!("{m} ch={ch} buf={buf} data={data}"),
-        Instr::Mac {
-            ch,
-            col,
-            buf,
-            reg,
-            reduce,
-            bcast,
-        } => {
-            format!(
-                "{m} ch={ch} col={col} buf={buf} reg={reg}{}{}",
-                if *reduce { " reduce" } else { "" },
-                if *bcast { " bcast" } else { "" }
-            )
-        }
-        Instr::LutAcc {
-            ch,
-            col,
-            bits: c,
-            group,
-            table,
-            reg,
-        } => {
-            format!(
-                "{m} ch={ch} col={col} bits={} group={group} table={table} reg={reg}",
-                bits(*c)
-            )
-        }
-        Instr::HistAcc {
-            ch,
-            col,
-            bits: c,
-            group,
-            weights,
-            reg,
-        } => {
-            format!(
-                "{m} ch={ch} col={col} bits={} group={group} weights={weights} reg={reg}",
-                bits(*c)
-            )
-        }
-        Instr::ArgMin {
-            ch,
-            col,
-            start,
-            dsub,
-            nbits,
-            cb,
-            reg,
-        } => {
-            format!(
-                "{m} ch={ch} col={col} start={start} dsub={dsub} nbits={nbits} cb={cb} reg={reg}"
-            )
-        }
-        Instr::Mvd { ch, reg, len, die } => format!("{m} ch={ch} reg={reg} len={len} die={die}"),
-        Instr::Mvb {
-            ch,
-            die,
-            len,
-            buf,
-            broadcast,
-        } => {
-            format!(
-                "{m} ch={ch} die={die} len={len} buf={buf}{}",
-                if *broadcast { " bcast" } else { "" }
-            )
-        }
-        // f32's Display is the shortest text that parses back to the same
-        // f32, and every f16 is exact in f32, so the scale round-trips.
-        Instr::Sfm {
-            ch,
-            die,
-            len,
-            scale,
-            stats,
-        } => format!(
-            "{m} ch={ch} die={die} len={len} scale={}{}",
-            scale.to_f32(),
-            if *stats { " stats" } else { "" }
-        ),
-        Instr::Clr { ch, off, len, die } => format!(
-            "{m} ch={ch} off={off} len={len}{}",
-            if *die { " die" } else { "" }
-        ),
-        Instr::BinMac {
-            ch,
-            col,
-            dsub,
-            bins,
-            out,
-        } => format!("{m} ch={ch} col={col} dsub={dsub} bins={bins} out={out}"),
-        Instr::Red { ch, src, len, dst } => format!("{m} ch={ch} src={src} len={len} dst={dst}"),
-        Instr::Rdd { ch, die, len } => format!("{m} ch={ch} die={die} len={len}"),
-        Instr::Stc {
-            ch,
-            bank,
-            col,
-            reg,
-            bits: c,
-        } => format!(
-            "{m} ch={ch} {} col={col} reg={reg} bits={}",
-            b(bank),
-            bits(*c)
-        ),
-        Instr::Barrier | Instr::EndLoop => m.to_string(),
-        Instr::Loop { count, strides } => {
-            let mut s = format!("{m} {count}");
-            let names = ["row", "col", "buf", "reg", "data", "die"];
-            for (n, v) in names.iter().zip(strides.to_array()) {
-                if v != 0 {
-                    s.push_str(&format!(" {n}={v}"));
-                }
-            }
-            s
-        }
+    use std::fmt::Write;
+    let spec = ins.spec();
+    let mut s = String::from(spec.mnemonic);
+    for (f, &v) in spec.fields.iter().zip(&ins.values()) {
+        // Writing to a String cannot fail.
+        let _ = match f.kind {
+            Kind::Uint | Kind::Channel | Kind::CodeBits => write!(s, " {}={v}", f.name),
+            Kind::Count => write!(s, " {v}"),
+            Kind::Flag | Kind::AltOpcode(_) if v != 0 => write!(s, " {}", f.name),
+            Kind::Flag | Kind::AltOpcode(_) => Ok(()),
+            // f32's Display is the shortest text that parses back to the same
+            // f32, and every f16 is exact in f32, so the scale round-trips.
+            Kind::Scale => write!(s, " {}={}", f.name, f16::from_bits(v as u16).to_f32()),
+            Kind::Bank => BANK_PARTS
+                .iter()
+                .zip(bank_parts(v))
+                .try_for_each(|((name, _, _), part)| write!(s, " {name}={part}")),
+            Kind::Strides => STRIDE_NAMES
+                .iter()
+                .zip(stride_parts(v))
+                .filter(|(_, x)| *x != 0)
+                .try_for_each(|(name, x)| write!(s, " {name}={x}")),
+        };
     }
+    s
 }
 
 /// Disassembles a program, indenting loop bodies by two spaces.
@@ -194,20 +92,13 @@ impl<'a> Operands<'a> {
 
     fn int(&mut self, key: &str, max: u64) -> Result<u64> {
         let text = self.take(key)?;
-        let v = parse_uint(text)
-            .ok_or_else(|| self.err(format!("`{key}={text}` is not an unsigned integer")))?;
+        let v = parse_uint(text).ok_or_else(|| {
+            self.err(format!("`{key}={}` is not an unsigned integer", clip(text)))
+        })?;
         if v > max {
             return Err(self.err(format!("`{key}={v}` exceeds {max}")));
         }
         Ok(v)
-    }
-
-    fn u8(&mut self, key: &str, max: u64) -> Result<u8> {
-        Ok(self.int(key, max.min(255))? as u8)
-    }
-
-    fn u16(&mut self, key: &str) -> Result<u16> {
-        Ok(self.int(key, 65535)? as u16)
     }
 
     fn flag(&mut self, name: &str) -> bool {
@@ -220,29 +111,78 @@ impl<'a> Operands<'a> {
         }
     }
 
-    fn bank(&mut self) -> Result<BankSel> {
-        Ok(BankSel {
-            pc: self.u8("pc", 3)?,
-            sid: self.u8("sid", 3)?,
-            bg: self.u8("bg", 15)?,
-            bank: self.u8("bank", 15)?,
+    /// The value of field `f` (its table value: see `table::Values`).
+    fn field(&mut self, f: &Field, positional: &[&str]) -> Result<u128> {
+        Ok(match f.kind {
+            Kind::Uint | Kind::Channel => self.int(f.name, f.max)?.into(),
+            Kind::Count => {
+                let text = positional
+                    .first()
+                    .ok_or_else(|| self.err(format!("the {} is missing", f.name)))?;
+                let v = parse_uint(text).ok_or_else(|| {
+                    self.err(format!("{} `{}` is not an integer", f.name, clip(text)))
+                })?;
+                check_value(f, v.into()).map_err(|r| self.err(r))?;
+                v.into()
+            }
+            Kind::Flag | Kind::AltOpcode(_) => self.flag(f.name).into(),
+            Kind::CodeBits => match f.default {
+                Some(d) if !self.values.contains_key(f.name) => d.into(),
+                _ => match self.int(f.name, 8)? {
+                    v @ (4 | 8) => v.into(),
+                    other => {
+                        return Err(self.err(format!("`{}={other}`: codes are 4 or 8 bits", f.name)))
+                    }
+                },
+            },
+            Kind::Scale => {
+                let text = self.take(f.name)?;
+                let v: f32 = text.parse().map_err(|_| {
+                    self.err(format!("`{}={}` is not a number", f.name, clip(text)))
+                })?;
+                let scale = f16::from_f32(v);
+                if !scale.is_finite() {
+                    return Err(self.err(format!(
+                        "`{}={}` is not a finite FP16 value",
+                        f.name,
+                        clip(text)
+                    )));
+                }
+                scale.raw()
+            }
+            Kind::Bank => {
+                let mut packed = 0u128;
+                for (name, _, max) in BANK_PARTS {
+                    packed = (packed << 8) | u128::from(self.int(name, max)?);
+                }
+                packed
+            }
+            Kind::Strides => {
+                let mut s = [0i16; 6];
+                for (slot, key) in s.iter_mut().zip(STRIDE_NAMES) {
+                    if let Some(t) = self.values.remove(key) {
+                        *slot = match parse_int(t) {
+                            Some(v) if (-512..=511).contains(&v) => v as i16,
+                            _ => {
+                                return Err(self.err(format!(
+                                    "stride `{key}={}` is not an integer in -512..=511",
+                                    clip(t)
+                                )))
+                            }
+                        };
+                    }
+                }
+                Strides::from_array(s).raw()
+            }
         })
-    }
-
-    fn code_bits(&mut self) -> Result<CodeBits> {
-        match self.int("bits", 8)? {
-            8 => Ok(CodeBits::Eight),
-            4 => Ok(CodeBits::Four),
-            other => Err(self.err(format!("`bits={other}`: codes are 4 or 8 bits"))),
-        }
     }
 
     fn finish(self) -> Result<()> {
         if let Some((k, _)) = self.values.iter().next() {
-            return Err(self.err(format!("unknown operand `{k}=`")));
+            return Err(self.err(format!("unknown operand `{}=`", clip(k))));
         }
         if let Some(f) = self.flags.first() {
-            return Err(self.err(format!("unknown operand `{f}`")));
+            return Err(self.err(format!("unknown operand `{}`", clip(f))));
         }
         Ok(())
     }
@@ -276,6 +216,10 @@ pub fn parse_line(text: &str, line: usize) -> Result<Option<Instr>> {
     };
     let err = |reason: String| PimError::Asm { line, reason };
     let mnemonic = mnemonic.to_ascii_uppercase();
+    let Some((row, spec)) = by_mnemonic(&mnemonic) else {
+        return Err(err(format!("unknown mnemonic `{}`", clip(&mnemonic))));
+    };
+    let takes_positional = spec.fields.iter().any(|f| f.kind == Kind::Count);
     let mut positional = Vec::new();
     let mut ops = Operands {
         line,
@@ -286,192 +230,36 @@ pub fn parse_line(text: &str, line: usize) -> Result<Option<Instr>> {
         match w.split_once('=') {
             Some((k, v)) => {
                 if k.is_empty() || v.is_empty() {
-                    return Err(err(format!("malformed operand `{w}`")));
+                    return Err(err(format!("malformed operand `{}`", clip(w))));
                 }
                 if ops.values.insert(k, v).is_some() {
-                    return Err(err(format!("operand `{k}=` given twice")));
+                    return Err(err(format!("operand `{}=` given twice", clip(k))));
                 }
             }
-            None if mnemonic == "LOOP" && positional.is_empty() && ops.values.is_empty() => {
+            None if takes_positional && positional.is_empty() && ops.values.is_empty() => {
                 positional.push(w)
             }
             None => ops.flags.push(w),
         }
     }
-    let ins = match mnemonic.as_str() {
-        "ACT" => Instr::Act {
-            ch: ops.u8("ch", 255)?,
-            bank: ops.bank()?,
-            row: ops.int("row", (1 << 24) - 1)? as u32,
-        },
-        "PRE" => Instr::Pre {
-            ch: ops.u8("ch", 255)?,
-            bank: ops.bank()?,
-        },
-        "ACTAB" => Instr::ActAb {
-            ch: ops.u8("ch", 255)?,
-            row: ops.int("row", (1 << 24) - 1)? as u32,
-        },
-        "PREAB" => Instr::PreAb {
-            ch: ops.u8("ch", 255)?,
-        },
-        "RD" => Instr::Rd {
-            ch: ops.u8("ch", 255)?,
-            bank: ops.bank()?,
-            col: ops.u8("col", 255)?,
-        },
-        "WR" => Instr::Wr {
-            ch: ops.u8("ch", 255)?,
-            bank: ops.bank()?,
-            col: ops.u8("col", 255)?,
-            data: ops.int("data", (1 << 28) - 1)? as u32,
-        },
-        "WRGB" => Instr::Wrgb {
-            ch: ops.u8("ch", 255)?,
-            buf: ops.u16("buf")?,
-            data: ops.int("data", u32::MAX.into())? as u32,
-        },
-        "MAC" => Instr::Mac {
-            ch: ops.u8("ch", 255)?,
-            col: ops.u8("col", 255)?,
-            buf: ops.u16("buf")?,
-            reg: ops.u16("reg")?,
-            reduce: ops.flag("reduce"),
-            bcast: ops.flag("bcast"),
-        },
-        "LUTACC" => Instr::LutAcc {
-            ch: ops.u8("ch", 255)?,
-            col: ops.u8("col", 255)?,
-            bits: ops.code_bits()?,
-            group: ops.u8("group", 64)?,
-            table: ops.u16("table")?,
-            reg: ops.u16("reg")?,
-        },
-        "HISTACC" => Instr::HistAcc {
-            ch: ops.u8("ch", 255)?,
-            col: ops.u8("col", 255)?,
-            bits: ops.code_bits()?,
-            group: ops.u8("group", 64)?,
-            weights: ops.u16("weights")?,
-            reg: ops.u16("reg")?,
-        },
-        "ARGMIN" => Instr::ArgMin {
-            ch: ops.u8("ch", 255)?,
-            col: ops.u8("col", 255)?,
-            start: ops.u8("start", 15)?,
-            dsub: ops.u8("dsub", 16)?,
-            nbits: ops.u8("nbits", 8)?,
-            cb: ops.u16("cb")?,
-            reg: ops.int("reg", 4095)? as u16,
-        },
-        "MVD" => Instr::Mvd {
-            ch: ops.u8("ch", 255)?,
-            reg: ops.u16("reg")?,
-            len: ops.u16("len")?,
-            die: ops.u16("die")?,
-        },
-        "MVB" => Instr::Mvb {
-            ch: ops.u8("ch", 255)?,
-            die: ops.u16("die")?,
-            len: ops.int("len", 32767)? as u16,
-            buf: ops.u16("buf")?,
-            broadcast: ops.flag("bcast"),
-        },
-        "SFM" => {
-            let ch = ops.u8("ch", 255)?;
-            let die = ops.u16("die")?;
-            let len = ops.u16("len")?;
-            let text = ops.take("scale")?;
-            let v: f32 = text
-                .parse()
-                .map_err(|_| err(format!("`scale={text}` is not a number")))?;
-            let scale = f16::from_f32(v);
-            if !scale.is_finite() {
-                return Err(err(format!("`scale={text}` is not a finite FP16 value")));
-            }
-            Instr::Sfm {
-                ch,
-                die,
-                len,
-                scale,
-                stats: ops.flag("stats"),
-            }
-        }
-        "CLR" => Instr::Clr {
-            ch: ops.u8("ch", 255)?,
-            off: ops.u16("off")?,
-            len: ops.u16("len")?,
-            die: ops.flag("die"),
-        },
-        "BINMAC" => Instr::BinMac {
-            ch: ops.u8("ch", 255)?,
-            col: ops.u8("col", 255)?,
-            dsub: ops.u8("dsub", 16)?,
-            bins: ops.u16("bins")?,
-            out: ops.u16("out")?,
-        },
-        "RED" => Instr::Red {
-            ch: ops.u8("ch", 255)?,
-            src: ops.u16("src")?,
-            len: ops.u16("len")?,
-            dst: ops.u16("dst")?,
-        },
-        "RDD" => Instr::Rdd {
-            ch: ops.u8("ch", 255)?,
-            die: ops.u16("die")?,
-            len: ops.u16("len")?,
-        },
-        "STC" => Instr::Stc {
-            ch: ops.u8("ch", 255)?,
-            bank: ops.bank()?,
-            col: ops.u8("col", 255)?,
-            reg: ops.u16("reg")?,
-            bits: if ops.values.contains_key("bits") {
-                ops.code_bits()?
-            } else {
-                CodeBits::Eight
-            },
-        },
-        "BARRIER" => Instr::Barrier,
-        "ENDLOOP" => Instr::EndLoop,
-        "LOOP" => {
-            let count_text = positional
-                .first()
-                .ok_or_else(|| err("LOOP needs a count".into()))?;
-            let count = parse_uint(count_text)
-                .ok_or_else(|| err(format!("LOOP count `{count_text}` is not an integer")))?;
-            if count == 0 || count >= 1 << 24 {
-                return Err(err(format!("LOOP count {count} is outside 1..2^24")));
-            }
-            let mut stride = |key: &str| -> Result<i16> {
-                match ops.values.remove(key) {
-                    None => Ok(0),
-                    Some(t) => match parse_int(t) {
-                        Some(v) if (-512..=511).contains(&v) => Ok(v as i16),
-                        _ => Err(err(format!(
-                            "stride `{key}={t}` is not an integer in -512..=511"
-                        ))),
-                    },
-                }
-            };
-            let strides = Strides {
-                row: stride("row")?,
-                col: stride("col")?,
-                buf: stride("buf")?,
-                reg: stride("reg")?,
-                data: stride("data")?,
-                die: stride("die")?,
-            };
-            Instr::Loop {
-                count: count as u32,
-                strides,
-            }
-        }
-        other => return Err(err(format!("unknown mnemonic `{other}`"))),
-    };
+    let mut v: Values = [0; MAX_FIELDS];
+    for (slot, f) in v.iter_mut().zip(spec.fields) {
+        *slot = ops.field(f, &positional)?;
+    }
     ops.finish()?;
+    let ins = Instr::from_values(row, &v)
+        .ok_or_else(|| err(format!("a {} operand is out of range", spec.mnemonic)))?;
     ins.check_fields().map_err(err)?;
     Ok(Some(ins))
+}
+
+/// `text` cut to a readable length for an error message.
+fn clip(text: &str) -> String {
+    const MAX: usize = 40;
+    match text.char_indices().nth(MAX) {
+        Some((i, _)) => format!("{}...", &text[..i]),
+        None => text.to_string(),
+    }
 }
 
 /// Assembles a program from text.

@@ -6,14 +6,28 @@
 
 pub mod asm;
 pub mod encode;
+pub(crate) mod table;
+
+pub use table::MAX_LOOP_COUNT;
 
 use half::f16;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{PimError, Result};
 
-/// Maximum nesting depth of `LOOP`.
+/// Maximum nesting depth of `LOOP` (a design choice of this ISA: four levels
+/// cover heads x tokens x sub-vectors x columns).
 pub const MAX_LOOP_DEPTH: usize = 4;
+
+/// Most commands one program may issue when run, loops expanded (2^32). A
+/// design limit, sized so that a run ends in minutes: the simulator issues
+/// on the order of 10^7 commands per second on one core (`aqpim sim bench`),
+/// and a recorded trace is bounded separately by
+/// [`MAX_TRACE_ENTRIES`](crate::MAX_TRACE_ENTRIES). Encodable programs may
+/// describe more (four nested `LOOP 16777215` describe 2^96); they assemble,
+/// decode and disassemble, but [`Program::checked_command_count`] and every
+/// run refuse them.
+pub const MAX_PROGRAM_COMMANDS: u64 = 1 << 32;
 
 /// One bank of a channel: `(pseudo-channel, SID, bank group, bank)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -79,6 +93,18 @@ impl Strides {
     /// As an array in field order `[row, col, buf, reg, data, die]`.
     pub fn to_array(self) -> [i16; 6] {
         [self.row, self.col, self.buf, self.reg, self.data, self.die]
+    }
+
+    /// From an array in field order `[row, col, buf, reg, data, die]`.
+    pub fn from_array([row, col, buf, reg, data, die]: [i16; 6]) -> Strides {
+        Strides {
+            row,
+            col,
+            buf,
+            reg,
+            data,
+            die,
+        }
     }
 }
 
@@ -327,135 +353,26 @@ pub enum Instr {
     EndLoop,
 }
 
+/// Centroids an `ARGMIN` searches: `ksub = 2^nbits` (the ISA's own copy of
+/// the PQ symbol; `aqpim-pim` depends on no PQ crate).
+pub fn argmin_centroids(nbits: u8) -> u64 {
+    1u64 << nbits
+}
+
 impl Instr {
     /// The mnemonic.
     pub fn mnemonic(&self) -> &'static str {
-        match self {
-            Instr::Act { .. } => "ACT",
-            Instr::Pre { .. } => "PRE",
-            Instr::ActAb { .. } => "ACTAB",
-            Instr::PreAb { .. } => "PREAB",
-            Instr::Rd { .. } => "RD",
-            Instr::Wr { .. } => "WR",
-            Instr::Wrgb { .. } => "WRGB",
-            Instr::Mac { .. } => "MAC",
-            Instr::LutAcc { .. } => "LUTACC",
-            Instr::HistAcc { .. } => "HISTACC",
-            Instr::ArgMin { .. } => "ARGMIN",
-            Instr::Mvd { .. } => "MVD",
-            Instr::Mvb { .. } => "MVB",
-            Instr::Sfm { .. } => "SFM",
-            Instr::Clr { .. } => "CLR",
-            Instr::BinMac { .. } => "BINMAC",
-            Instr::Red { .. } => "RED",
-            Instr::Rdd { .. } => "RDD",
-            Instr::Stc { .. } => "STC",
-            Instr::Barrier => "BARRIER",
-            Instr::Loop { .. } => "LOOP",
-            Instr::EndLoop => "ENDLOOP",
-        }
+        self.spec().mnemonic
     }
 
-    /// Checks every field against its encoded width and range.
+    /// Checks every field against its encoded width and range (the
+    /// instruction table's `min..=max` of each field).
     pub fn check_fields(&self) -> std::result::Result<(), String> {
-        fn max(name: &str, v: u64, m: u64) -> std::result::Result<(), String> {
-            if v > m {
-                Err(format!("{name}={v} exceeds {m}"))
-            } else {
-                Ok(())
-            }
-        }
-        fn bank(b: &BankSel) -> std::result::Result<(), String> {
-            max("pc", b.pc.into(), 3)?;
-            max("sid", b.sid.into(), 3)?;
-            max("bg", b.bg.into(), 15)?;
-            max("bank", b.bank.into(), 15)
-        }
-        fn group(g: u8) -> std::result::Result<(), String> {
-            if g == 0 || g > 64 {
-                Err(format!("group={g} is outside 1..=64"))
-            } else {
-                Ok(())
-            }
-        }
-        match *self {
-            Instr::Act { bank: b, row, .. } => {
-                bank(&b)?;
-                max("row", row.into(), (1 << 24) - 1)
-            }
-            Instr::Pre { bank: b, .. } | Instr::Rd { bank: b, .. } | Instr::Stc { bank: b, .. } => {
-                bank(&b)
-            }
-            Instr::ActAb { row, .. } => max("row", row.into(), (1 << 24) - 1),
-            Instr::Wr { bank: b, data, .. } => {
-                bank(&b)?;
-                max("data", data.into(), (1 << 28) - 1)
-            }
-            Instr::LutAcc { group: g, .. } | Instr::HistAcc { group: g, .. } => group(g),
-            Instr::ArgMin {
-                start,
-                dsub,
-                nbits,
-                reg,
-                ..
-            } => {
-                max("start", start.into(), 15)?;
-                if dsub == 0 || dsub > 16 {
-                    return Err(format!("dsub={dsub} is outside 1..=16"));
-                }
-                max("nbits", nbits.into(), 8)?;
-                max("reg", reg.into(), 4095)
-            }
-            Instr::BinMac { dsub, .. } => {
-                if dsub == 0 || dsub > 16 {
-                    Err(format!("dsub={dsub} is outside 1..=16"))
-                } else {
-                    Ok(())
-                }
-            }
-            Instr::Mvd { len, .. }
-            | Instr::Clr { len, .. }
-            | Instr::Red { len, .. }
-            | Instr::Rdd { len, .. } => {
-                if len == 0 {
-                    Err("len must be at least 1".into())
-                } else {
-                    Ok(())
-                }
-            }
-            Instr::Mvb { len, .. } => {
-                if len == 0 || len > 32767 {
-                    Err(format!("len={len} is outside 1..=32767"))
-                } else {
-                    Ok(())
-                }
-            }
-            Instr::Sfm { len, scale, .. } => {
-                if len == 0 {
-                    Err("len must be at least 1".into())
-                } else if !scale.is_finite() {
-                    Err("scale must be finite".into())
-                } else {
-                    Ok(())
-                }
-            }
-            Instr::Loop { count, strides } => {
-                if count == 0 || count >= 1 << 24 {
-                    return Err(format!("count={count} is outside 1..2^24"));
-                }
-                for s in strides.to_array() {
-                    if !(-512..=511).contains(&s) {
-                        return Err(format!("stride {s} is outside -512..=511"));
-                    }
-                }
-                Ok(())
-            }
-            Instr::PreAb { .. }
-            | Instr::Wrgb { .. }
-            | Instr::Mac { .. }
-            | Instr::Barrier
-            | Instr::EndLoop => Ok(()),
-        }
+        let spec = self.spec();
+        spec.fields
+            .iter()
+            .zip(&self.values())
+            .try_for_each(|(f, &v)| table::check_value(f, v))
     }
 }
 
@@ -540,27 +457,43 @@ impl Program {
     }
 
     /// Number of commands the program issues when run (loops expanded;
-    /// refresh not counted).
+    /// refresh not counted), saturating at `u64::MAX`. See
+    /// [`Program::checked_command_count`] for the bounded count.
     pub fn command_count(&self) -> u64 {
+        self.count_commands(u64::MAX).unwrap_or(u64::MAX)
+    }
+
+    /// Number of commands the program issues when run (loops expanded;
+    /// refresh not counted), or an error naming [`MAX_PROGRAM_COMMANDS`]
+    /// when it issues more. Computed with checked arithmetic.
+    pub fn checked_command_count(&self) -> Result<u64> {
+        self.count_commands(MAX_PROGRAM_COMMANDS)
+            .ok_or(PimError::Limit {
+                what: "commands issued by the program (loops expanded)",
+                limit: MAX_PROGRAM_COMMANDS,
+            })
+    }
+
+    /// The expanded command count, `None` past `limit`.
+    fn count_commands(&self, limit: u64) -> Option<u64> {
+        // Multiplicity of the current loop body, per nesting level.
         let mut mult: Vec<u64> = vec![1];
         let mut total = 0u64;
         for ins in &self.instrs {
+            let m = mult.last().copied().unwrap_or(1);
             match ins {
-                Instr::Loop { count, .. } => {
-                    let m = mult
-                        .last()
-                        .copied()
-                        .unwrap_or(1)
-                        .saturating_mul(u64::from(*count));
-                    mult.push(m);
-                }
+                // A body that issues nothing costs nothing however often it
+                // repeats; its multiplicity is checked when it issues.
+                Instr::Loop { count, .. } => mult.push(m.saturating_mul(u64::from(*count))),
                 Instr::EndLoop => {
                     mult.pop();
                 }
                 Instr::Barrier => {}
-                _ => total = total.saturating_add(mult.last().copied().unwrap_or(1)),
+                _ => {
+                    total = total.checked_add(m).filter(|&t| t <= limit)?;
+                }
             }
         }
-        total
+        Some(total)
     }
 }

@@ -9,7 +9,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 use half::f16;
 
-use crate::isa::CodeBits;
+use crate::isa::{argmin_centroids, CodeBits, Instr};
 use crate::resolve::Device;
 
 /// A fast hasher for the `u64` row keys (a multiply-xorshift; the keys are
@@ -82,6 +82,17 @@ fn code_at(col: &[u8], bits: CodeBits, p: usize) -> usize {
     }
 }
 
+/// A copy of lazily allocated FP32 state (`n` zeros when never written).
+fn copied(slot: &Option<Box<[f32]>>, n: usize) -> Vec<f32> {
+    slot.as_deref()
+        .map_or_else(|| vec![0.0; n], <[f32]>::to_vec)
+}
+
+/// Lazily allocated FP32 state, allocated (zeroed, `n` long) on first use.
+fn allocated(slot: &mut Option<Box<[f32]>>, n: usize) -> &mut [f32] {
+    slot.get_or_insert_with(|| vec![0.0; n].into_boxed_slice())
+}
+
 impl Functional {
     pub(crate) fn new(device: &Device) -> Self {
         let o = &device.org;
@@ -135,25 +146,19 @@ impl Functional {
     }
 
     pub(crate) fn registers(&self, gb: usize) -> Vec<f32> {
-        self.regs[gb]
-            .as_deref()
-            .map_or_else(|| vec![0.0; self.registers], <[f32]>::to_vec)
+        copied(&self.regs[gb], self.registers)
     }
 
     pub(crate) fn regs_mut(&mut self, gb: usize) -> &mut [f32] {
-        let n = self.registers;
-        self.regs[gb].get_or_insert_with(|| vec![0.0; n].into_boxed_slice())
+        allocated(&mut self.regs[gb], self.registers)
     }
 
     pub(crate) fn die(&self, ch: usize) -> Vec<f32> {
-        self.die[ch]
-            .as_deref()
-            .map_or_else(|| vec![0.0; self.die_elements], <[f32]>::to_vec)
+        copied(&self.die[ch], self.die_elements)
     }
 
     pub(crate) fn die_mut(&mut self, ch: usize) -> &mut [f32] {
-        let n = self.die_elements;
-        self.die[ch].get_or_insert_with(|| vec![0.0; n].into_boxed_slice())
+        allocated(&mut self.die[ch], self.die_elements)
     }
 
     // ---- commands ------------------------------------------------------
@@ -183,111 +188,6 @@ impl Functional {
         for b in 0..self.banks_per_channel {
             let gb = ch * self.banks_per_channel + b;
             self.buffer_mut(gb)[2 * buf..2 * buf + data.len()].copy_from_slice(data);
-        }
-    }
-
-    /// MAC: `reg[reg + l] += x[l] * y[l]` or, reduced, `reg[reg] += sum_l x[l] * y[l]`
-    /// (FP16 inputs, FP32 products and sums, lanes in order).
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn mac(
-        &mut self,
-        ch: usize,
-        open: &[Option<u32>],
-        col: usize,
-        buf: usize,
-        reg: usize,
-        reduce: bool,
-        bcast: bool,
-    ) {
-        let lanes = self.lanes;
-        let c = self.column_bytes;
-        // With `bcast`, every lane reads buffer element `buf`.
-        let step = usize::from(!bcast);
-        for (b, row) in open.iter().enumerate() {
-            let gb = ch * self.banks_per_channel + b;
-            let (x, y, r) = self.operands(gb, row.unwrap_or(0), col);
-            let x = &x[..c];
-            if reduce {
-                let mut sum = 0f32;
-                for l in 0..lanes {
-                    sum += f16_at(x, l) * f16_at(y, buf + l * step);
-                }
-                r[reg] += sum;
-            } else {
-                for l in 0..lanes {
-                    r[reg + l] += f16_at(x, l) * f16_at(y, buf + l * step);
-                }
-            }
-        }
-    }
-
-    /// BINMAC: for lanes `l` ascending, `reg[out + l % dsub] += reg[bins + l / dsub] * x[l]`
-    /// (FP32; `x` the column's FP16 values widened).
-    pub(crate) fn binmac(
-        &mut self,
-        ch: usize,
-        open: &[Option<u32>],
-        col: usize,
-        dsub: usize,
-        bins: usize,
-        out: usize,
-    ) {
-        let lanes = self.lanes;
-        for (b, row) in open.iter().enumerate() {
-            let gb = ch * self.banks_per_channel + b;
-            let (x, _, r) = self.operands(gb, row.unwrap_or(0), col);
-            for l in 0..lanes {
-                let w = r[bins + l / dsub];
-                r[out + l % dsub] += w * f16_at(x, l);
-            }
-        }
-    }
-
-    /// CLR: every bank's `reg[off..off + len] = 0`, or with `die` the
-    /// channel's `die[off..off + len] = 0`.
-    pub(crate) fn clr(&mut self, ch: usize, off: usize, len: usize, die: bool) {
-        if die {
-            if let Some(d) = self.die[ch].as_deref_mut() {
-                d[off..off + len].fill(0.0);
-            }
-            return;
-        }
-        for b in 0..self.banks_per_channel {
-            let gb = ch * self.banks_per_channel + b;
-            if let Some(r) = self.regs[gb].as_deref_mut() {
-                r[off..off + len].fill(0.0);
-            }
-        }
-    }
-
-    /// RED: `die[dst + i] = die[src + i] + die[src + len + i] + ...` over the
-    /// channel's banks in order (FP32, computed before any element is written).
-    pub(crate) fn red(&mut self, ch: usize, src: usize, len: usize, dst: usize) {
-        let banks = self.banks_per_channel;
-        let Some(d) = self.die[ch].as_deref_mut() else {
-            return; // all zero: the sums are zero too
-        };
-        let sums: Vec<f32> = (0..len)
-            .map(|i| {
-                let mut acc = d[src + i];
-                for b in 1..banks {
-                    acc += d[src + b * len + i];
-                }
-                acc
-            })
-            .collect();
-        d[dst..dst + len].copy_from_slice(&sums);
-    }
-
-    /// RDD: append `die[die..die + len]` to the read log as FP32 little-endian bytes.
-    pub(crate) fn rdd(&mut self, ch: usize, die: usize, len: usize) {
-        match self.die[ch].as_deref() {
-            Some(d) => {
-                for v in &d[die..die + len] {
-                    self.read_log.extend_from_slice(&v.to_le_bytes());
-                }
-            }
-            None => self.read_log.extend(std::iter::repeat_n(0u8, 4 * len)),
         }
     }
 
@@ -339,140 +239,268 @@ impl Functional {
         (x, y, r)
     }
 
-    /// LUTACC: for code `p` of the column (p ascending),
-    /// `reg[reg + p / group] += buffer[table + (p % group) * 2^bits + code_p]`.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn lutacc(
-        &mut self,
-        ch: usize,
-        open: &[Option<u32>],
-        col: usize,
-        bits: CodeBits,
-        group: usize,
-        table: usize,
-        reg: usize,
-    ) {
-        let n = self.column_bytes * 8 / bits.bits() as usize;
-        let tlen = bits.table_len();
-        for (b, row) in open.iter().enumerate() {
-            let gb = ch * self.banks_per_channel + b;
-            let (x, y, r) = self.operands(gb, row.unwrap_or(0), col);
-            for p in 0..n {
-                r[reg + p / group] += f16_at(y, table + (p % group) * tlen + code_at(x, bits, p));
+    /// Runs the data semantics of one concrete all-bank or buffer-die
+    /// instruction (loop offsets already applied) on its channel, whose
+    /// banks have the rows `open` open. Single-bank and host-data
+    /// instructions (RD, WR, WRGB, STC) have their own methods above; on
+    /// anything else this does nothing.
+    pub(crate) fn exec(&mut self, ins: &Instr, open: &[Option<u32>]) {
+        let banks = self.banks_per_channel;
+        let lanes = self.lanes;
+        match *ins {
+            // reg[reg + l] += x[l] * y[l], or reduced reg[reg] += sum_l x[l] * y[l]
+            // (FP16 inputs, FP32 products and sums, lanes in order); with
+            // `bcast` every lane reads buffer element `buf`.
+            Instr::Mac {
+                ch,
+                col,
+                buf,
+                reg,
+                reduce,
+                bcast,
+            } => {
+                let (buf, reg, step) = (usize::from(buf), usize::from(reg), usize::from(!bcast));
+                self.each_bank(ch, open, col, |x, y, r| {
+                    if reduce {
+                        let mut sum = 0f32;
+                        for l in 0..lanes {
+                            sum += f16_at(x, l) * f16_at(y, buf + l * step);
+                        }
+                        r[reg] += sum;
+                    } else {
+                        for l in 0..lanes {
+                            r[reg + l] += f16_at(x, l) * f16_at(y, buf + l * step);
+                        }
+                    }
+                });
             }
-        }
-    }
-
-    /// HISTACC: for code `p` of the column (p ascending),
-    /// `reg[reg + (p % group) * 2^bits + code_p] += buffer[weights + p / group]`.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn histacc(
-        &mut self,
-        ch: usize,
-        open: &[Option<u32>],
-        col: usize,
-        bits: CodeBits,
-        group: usize,
-        weights: usize,
-        reg: usize,
-    ) {
-        let n = self.column_bytes * 8 / bits.bits() as usize;
-        let tlen = bits.table_len();
-        for (b, row) in open.iter().enumerate() {
-            let gb = ch * self.banks_per_channel + b;
-            let (x, y, r) = self.operands(gb, row.unwrap_or(0), col);
-            for p in 0..n {
-                r[reg + (p % group) * tlen + code_at(x, bits, p)] += f16_at(y, weights + p / group);
+            // For lanes l ascending, reg[out + l % dsub] += reg[bins + l / dsub] * x[l]
+            // (FP32; x the column's FP16 values widened).
+            Instr::BinMac {
+                ch,
+                col,
+                dsub,
+                bins,
+                out,
+            } => {
+                let (dsub, bins, out) = (usize::from(dsub), usize::from(bins), usize::from(out));
+                self.each_bank(ch, open, col, |x, _, r| {
+                    for l in 0..lanes {
+                        let w = r[bins + l / dsub];
+                        r[out + l % dsub] += w * f16_at(x, l);
+                    }
+                });
             }
-        }
-    }
-
-    /// ARGMIN: `x = column lanes start..start + dsub`; centroid `j` is
-    /// `buffer[cb + j * dsub ..][..dsub]`; `reg[reg] = argmin_j sum_i (x_i - c_ji)^2`
-    /// (FP32, i ascending; the lowest `j` wins ties; NaN distances never win).
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn argmin(
-        &mut self,
-        ch: usize,
-        open: &[Option<u32>],
-        col: usize,
-        start: usize,
-        dsub: usize,
-        ksub: usize,
-        cb: usize,
-        reg: usize,
-    ) {
-        for (b, row) in open.iter().enumerate() {
-            let gb = ch * self.banks_per_channel + b;
-            let (x, y, r) = self.operands(gb, row.unwrap_or(0), col);
-            let mut xs = [0f32; 64];
-            for (i, v) in xs.iter_mut().enumerate().take(dsub) {
-                *v = f16_at(x, start + i);
+            // For code p of the column (p ascending),
+            // reg[reg + p / group] += buffer[table + (p % group) * 2^bits + code_p].
+            Instr::LutAcc {
+                ch,
+                col,
+                bits,
+                group,
+                table,
+                reg,
+            } => {
+                let n = self.column_bytes * 8 / bits.bits() as usize;
+                let (tlen, group) = (bits.table_len(), usize::from(group));
+                let (table, reg) = (usize::from(table), usize::from(reg));
+                self.each_bank(ch, open, col, |x, y, r| {
+                    for p in 0..n {
+                        r[reg + p / group] +=
+                            f16_at(y, table + (p % group) * tlen + code_at(x, bits, p));
+                    }
+                });
             }
-            let mut best = 0usize;
-            let mut best_d = f32::INFINITY;
-            for j in 0..ksub {
-                let mut d = 0f32;
-                for (i, xv) in xs[..dsub].iter().enumerate() {
-                    let t = xv - f16_at(y, cb + j * dsub + i);
-                    d += t * t;
+            // For code p of the column (p ascending),
+            // reg[reg + (p % group) * 2^bits + code_p] += buffer[weights + p / group].
+            Instr::HistAcc {
+                ch,
+                col,
+                bits,
+                group,
+                weights,
+                reg,
+            } => {
+                let n = self.column_bytes * 8 / bits.bits() as usize;
+                let (tlen, group) = (bits.table_len(), usize::from(group));
+                let (weights, reg) = (usize::from(weights), usize::from(reg));
+                self.each_bank(ch, open, col, |x, y, r| {
+                    for p in 0..n {
+                        r[reg + (p % group) * tlen + code_at(x, bits, p)] +=
+                            f16_at(y, weights + p / group);
+                    }
+                });
+            }
+            // x = column lanes start..start + dsub; centroid j is
+            // buffer[cb + j * dsub ..][..dsub]; reg[reg] = argmin_j sum_i (x_i - c_ji)^2
+            // (FP32, i ascending; the lowest j wins ties; NaN distances never win).
+            Instr::ArgMin {
+                ch,
+                col,
+                start,
+                dsub,
+                nbits,
+                cb,
+                reg,
+            } => {
+                let (start, dsub, cb) = (usize::from(start), usize::from(dsub), usize::from(cb));
+                let (ksub, reg) = (argmin_centroids(nbits) as usize, usize::from(reg));
+                self.each_bank(ch, open, col, |x, y, r| {
+                    let mut xs = [0f32; 64];
+                    for (i, v) in xs.iter_mut().enumerate().take(dsub) {
+                        *v = f16_at(x, start + i);
+                    }
+                    let mut best = 0usize;
+                    let mut best_d = f32::INFINITY;
+                    for j in 0..ksub {
+                        let mut d = 0f32;
+                        for (i, xv) in xs[..dsub].iter().enumerate() {
+                            let t = xv - f16_at(y, cb + j * dsub + i);
+                            d += t * t;
+                        }
+                        if d < best_d {
+                            best_d = d;
+                            best = j;
+                        }
+                    }
+                    r[reg] = best as f32;
+                });
+            }
+            // Every bank's reg[off..off + len] = 0, or with `die` the
+            // channel's die[off..off + len] = 0.
+            Instr::Clr { ch, off, len, die } => {
+                let (ch, off, len) = (usize::from(ch), usize::from(off), usize::from(len));
+                if die {
+                    if let Some(d) = self.die[ch].as_deref_mut() {
+                        d[off..off + len].fill(0.0);
+                    }
+                    return;
                 }
-                if d < best_d {
-                    best_d = d;
-                    best = j;
+                for gb in ch * banks..(ch + 1) * banks {
+                    if let Some(r) = self.regs[gb].as_deref_mut() {
+                        r[off..off + len].fill(0.0);
+                    }
                 }
             }
-            r[reg] = best as f32;
-        }
-    }
-
-    /// MVD: `die[die + b * len + i] = reg_b[reg + i]` for every bank `b` of the channel.
-    pub(crate) fn mvd(&mut self, ch: usize, reg: usize, len: usize, die: usize) {
-        for b in 0..self.banks_per_channel {
-            let gb = ch * self.banks_per_channel + b;
-            let src: Vec<f32> = match &self.regs[gb] {
-                Some(r) => r[reg..reg + len].to_vec(),
-                None => vec![0.0; len],
-            };
-            self.die_mut(ch)[die + b * len..die + (b + 1) * len].copy_from_slice(&src);
-        }
-    }
-
-    /// MVB: `buf_b[buf + i] = f16(die[die + b * len + i])` (or `die[die + i]` broadcast).
-    pub(crate) fn mvb(&mut self, ch: usize, die: usize, len: usize, buf: usize, broadcast: bool) {
-        let src = self.die(ch);
-        for b in 0..self.banks_per_channel {
-            let gb = ch * self.banks_per_channel + b;
-            let base = if broadcast { die } else { die + b * len };
-            let dst = self.buffer_mut(gb);
-            for i in 0..len {
-                let bits = f16::from_f32(src[base + i]).to_bits().to_le_bytes();
-                dst[2 * (buf + i)..2 * (buf + i) + 2].copy_from_slice(&bits);
+            // die[dst + i] = die[src + i] + die[src + len + i] + ... over the
+            // channel's banks in order (FP32, computed before any element is written).
+            Instr::Red { ch, src, len, dst } => {
+                let (src, len, dst) = (usize::from(src), usize::from(len), usize::from(dst));
+                let Some(d) = self.die[usize::from(ch)].as_deref_mut() else {
+                    return; // all zero: the sums are zero too
+                };
+                let sums: Vec<f32> = (0..len)
+                    .map(|i| {
+                        let mut acc = d[src + i];
+                        for b in 1..banks {
+                            acc += d[src + b * len + i];
+                        }
+                        acc
+                    })
+                    .collect();
+                d[dst..dst + len].copy_from_slice(&sums);
             }
+            // Append die[die..die + len] to the read log as FP32 little-endian bytes.
+            Instr::Rdd { ch, die, len } => {
+                let (die, len) = (usize::from(die), usize::from(len));
+                match self.die[usize::from(ch)].as_deref() {
+                    Some(d) => {
+                        for v in &d[die..die + len] {
+                            self.read_log.extend_from_slice(&v.to_le_bytes());
+                        }
+                    }
+                    None => self.read_log.extend(std::iter::repeat_n(0u8, 4 * len)),
+                }
+            }
+            // die[die + b * len + i] = reg_b[reg + i] for every bank b of the channel.
+            Instr::Mvd { ch, reg, len, die } => {
+                let (ch, reg, len, die) = (
+                    usize::from(ch),
+                    usize::from(reg),
+                    usize::from(len),
+                    usize::from(die),
+                );
+                for b in 0..banks {
+                    let src: Vec<f32> = match &self.regs[ch * banks + b] {
+                        Some(r) => r[reg..reg + len].to_vec(),
+                        None => vec![0.0; len],
+                    };
+                    self.die_mut(ch)[die + b * len..die + (b + 1) * len].copy_from_slice(&src);
+                }
+            }
+            // buf_b[buf + i] = f16(die[die + b * len + i]) (or die[die + i] broadcast).
+            Instr::Mvb {
+                ch,
+                die,
+                len,
+                buf,
+                broadcast,
+            } => {
+                let (ch, die, len, buf) = (
+                    usize::from(ch),
+                    usize::from(die),
+                    usize::from(len),
+                    usize::from(buf),
+                );
+                let src = self.die(ch);
+                for b in 0..banks {
+                    let base = if broadcast { die } else { die + b * len };
+                    let dst = self.buffer_mut(ch * banks + b);
+                    for i in 0..len {
+                        let bits = f16::from_f32(src[base + i]).to_bits().to_le_bytes();
+                        dst[2 * (buf + i)..2 * (buf + i) + 2].copy_from_slice(&bits);
+                    }
+                }
+            }
+            // In place over die[die..die + len]: y_i = x_i * scale, m = max_i y_i,
+            // e_i = exp(y_i - m), x_i = e_i / sum_i e_i (FP32, i ascending).
+            // With `stats`, also die[die + len] = m and die[die + len + 1] = sum_i e_i.
+            Instr::Sfm {
+                ch,
+                die,
+                len,
+                scale,
+                stats,
+            } => {
+                let (die, len, scale) = (usize::from(die), usize::from(len), scale.to_f32());
+                let all = self.die_mut(usize::from(ch));
+                let x = &mut all[die..die + len];
+                let m = x
+                    .iter()
+                    .map(|v| v * scale)
+                    .fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0f32;
+                for v in x.iter_mut() {
+                    *v = (*v * scale - m).exp();
+                    sum += *v;
+                }
+                for v in x.iter_mut() {
+                    *v /= sum;
+                }
+                if stats {
+                    all[die + len] = m;
+                    all[die + len + 1] = sum;
+                }
+            }
+            _ => {}
         }
     }
 
-    /// SFM: in place over `die[die..die + len]`: `y_i = x_i * scale`,
-    /// `m = max_i y_i`, `e_i = exp(y_i - m)`, `x_i = e_i / sum_i e_i` (FP32, i ascending).
-    /// With `stats`, also `die[die + len] = m` and `die[die + len + 1] = sum_i e_i`.
-    pub(crate) fn sfm(&mut self, ch: usize, die: usize, len: usize, scale: f32, stats: bool) {
-        let all = self.die_mut(ch);
-        let x = &mut all[die..die + len];
-        let m = x
-            .iter()
-            .map(|v| v * scale)
-            .fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0f32;
-        for v in x.iter_mut() {
-            *v = (*v * scale - m).exp();
-            sum += *v;
-        }
-        for v in x.iter_mut() {
-            *v /= sum;
-        }
-        if stats {
-            all[die + len] = m;
-            all[die + len + 1] = sum;
+    /// Runs `f(column, buffer, registers)` on every bank of channel `ch`
+    /// (banks ascending), with `column` the open row's column `col`.
+    #[inline]
+    fn each_bank(
+        &mut self,
+        ch: u8,
+        open: &[Option<u32>],
+        col: u8,
+        mut f: impl FnMut(&[u8], &[u8], &mut [f32]),
+    ) {
+        let ch = usize::from(ch);
+        for (b, row) in open.iter().enumerate() {
+            let gb = ch * self.banks_per_channel + b;
+            let (x, y, r) = self.operands(gb, row.unwrap_or(0), col.into());
+            f(x, y, r);
         }
     }
 }

@@ -14,13 +14,26 @@ pub use timing::Timer;
 
 use self::functional::Functional;
 use self::timing::{ChannelTiming, Tables};
-use self::validate::{check_program, Checked, BUF, COL, DATA, DIE, REG, ROW};
+use self::validate::{check_program, Checked};
 use crate::command::{Command, Scope};
 use crate::energy::energy;
 use crate::error::{PimError, Result};
-use crate::isa::{BankSel, Instr, Program};
+use crate::isa::{argmin_centroids, asm::format_instr, BankSel, Instr, Program};
 use crate::resolve::Device;
 use crate::stats::{Counters, Stats};
+
+/// Most entries a recorded trace may hold (2^24, about 0.5 GiB of
+/// [`TraceEntry`]s): a run with `record_trace` that would record more is an
+/// error, refused before it starts when the program alone issues more. A
+/// design limit, sized to keep `sim run --check` within a few GiB.
+pub const MAX_TRACE_ENTRIES: u64 = 1 << 24;
+
+/// Most refreshes one run may insert (2^28). Refreshes follow simulated
+/// time, not the program, so a device whose timing values stretch time far
+/// past its refresh interval could otherwise make a short program run for
+/// hours; the limit turns that into an error. A design limit: a one-second
+/// run of a 32-channel HBM3 device at tREFI = 3.9 us needs about 2^23.
+pub const MAX_REFRESHES: u64 = 1 << 28;
 
 /// What the simulator computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,6 +125,8 @@ pub struct Simulator {
     counters: Counters,
     refreshes: u64,
     trace: Vec<TraceEntry>,
+    /// Set when an entry could not be recorded ([`MAX_TRACE_ENTRIES`]).
+    trace_full: bool,
 }
 
 /// Operand of one scheduled command.
@@ -149,6 +164,7 @@ impl Simulator {
             counters: Counters::default(),
             refreshes: 0,
             trace: Vec::new(),
+            trace_full: false,
         }
     }
 
@@ -169,6 +185,7 @@ impl Simulator {
 
     /// Takes the recorded trace, leaving it empty.
     pub fn take_trace(&mut self) -> Vec<TraceEntry> {
+        self.trace_full = false;
         std::mem::take(&mut self.trace)
     }
 
@@ -183,6 +200,12 @@ impl Simulator {
     /// state is that of the commands before the failing one.
     pub fn run(&mut self, program: &Program) -> Result<Stats> {
         let checked = check_program(program, &self.device, self.host_data.len())?;
+        if self.opts.record_trace {
+            let commands = program.checked_command_count()?;
+            if (self.trace.len() as u64).saturating_add(commands) > MAX_TRACE_ENTRIES {
+                return Err(trace_limit());
+            }
+        }
         self.counters = Counters::default();
         self.refreshes = 0;
         let start = self.channels.iter().map(|c| c.end).max().unwrap_or(0);
@@ -245,479 +268,153 @@ impl Simulator {
             .local_bank(b.pc.into(), b.sid.into(), b.bg.into(), b.bank.into())
     }
 
-    /// Runs one command instruction with loop offsets `offs`.
+    /// Runs one command instruction under loop offsets `offs`: the
+    /// concrete instruction (offsets applied) is checked, timed, issued,
+    /// counted and, in functional mode, computed.
     fn exec(&mut self, ins: &Instr, offs: &[i64; 6]) -> Result<()> {
-        let f = |base: u32, k: usize| (i64::from(base) + offs[k]) as u32;
+        let concrete = ins.offset_by(offs).ok_or_else(|| PimError::Program {
+            index: 0,
+            instr: format_instr(ins),
+            reason: "an address leaves its field under the loop strides".into(),
+        })?;
+        let ins = &concrete;
+        let (ch, bank) = ins.target();
+        let (Some(cmd), Some(ch)) = (ins.spec().command, ch) else {
+            return Ok(()); // BARRIER, LOOP and ENDLOOP are handled by `execute`
+        };
+        let ch = usize::from(ch);
+        let bank = bank.map_or(0, |b| self.bank_of(&b));
         let functional = self.opts.mode == Mode::Functional;
-        let banks_per_channel = self.device.org.banks_per_channel;
-        let banks = banks_per_channel as u64;
-        let col_bytes = self.device.org.column_bytes as u64;
-        let lanes = self.device.pim.lanes as u64;
-        match *ins {
-            Instr::Act { ch, bank, row } => {
-                let b = self.bank_of(&bank);
-                self.schedule(
-                    Command::Act,
-                    ch.into(),
-                    b,
-                    Operand {
-                        row: f(row, ROW),
-                        ..Default::default()
-                    },
-                )?;
-            }
-            Instr::Pre { ch, bank } => {
-                let b = self.bank_of(&bank);
-                self.schedule(Command::Pre, ch.into(), b, Operand::default())?;
-            }
-            Instr::ActAb { ch, row } => {
-                self.schedule(
-                    Command::ActAb,
-                    ch.into(),
-                    0,
-                    Operand {
-                        row: f(row, ROW),
-                        ..Default::default()
-                    },
-                )?;
-            }
-            Instr::PreAb { ch } => {
-                self.schedule(Command::PreAb, ch.into(), 0, Operand::default())?;
-            }
-            Instr::Rd { ch, bank, col } => {
-                let (b, col) = (self.bank_of(&bank), f(col.into(), COL));
-                self.schedule(
-                    Command::Rd,
-                    ch.into(),
-                    b,
-                    Operand {
-                        col: col as u16,
-                        ..Default::default()
-                    },
-                )?;
-                self.counters.bytes_external += col_bytes;
-                if functional {
-                    let row = self.channels[usize::from(ch)].open[b].unwrap_or(0);
+        // STC checks its codes before anything issues, so that on an error
+        // the state is that of the commands before this one.
+        let codes = match *ins {
+            Instr::Stc { reg, bits, .. } if functional => {
+                self.prerequisite(cmd, ch, bank)?;
+                let gb = ch * self.device.org.banks_per_channel + bank;
+                Some(
                     self.func
-                        .rd(usize::from(ch) * banks_per_channel + b, row, col as usize);
-                }
+                        .stc_column(gb, reg.into(), bits)
+                        .map_err(|(r, v)| PimError::Data {
+                            instr: format_instr(ins),
+                            target: self.target_text(cmd, ch, bank),
+                            reason: format!(
+                                "register {r} holds {v}, not a {}-bit code (an integer in 0..{})",
+                                bits.bits(),
+                                bits.table_len()
+                            ),
+                        })?,
+                )
             }
-            Instr::Wr {
-                ch,
-                bank,
-                col,
-                data,
-            } => {
-                let (b, col, data) = (
-                    self.bank_of(&bank),
-                    f(col.into(), COL),
-                    f(data, DATA) as usize,
-                );
-                self.schedule(
-                    Command::Wr,
-                    ch.into(),
-                    b,
-                    Operand {
-                        col: col as u16,
-                        ..Default::default()
-                    },
-                )?;
-                self.counters.bytes_external += col_bytes;
-                if functional {
-                    let row = self.channels[usize::from(ch)].open[b].unwrap_or(0);
-                    let gb = usize::from(ch) * self.device.org.banks_per_channel + b;
-                    let n = self.device.org.column_bytes;
+            _ => None,
+        };
+        let op = self.operand(ins);
+        self.schedule(cmd, ch, bank, op)?;
+        self.count(ins);
+        if functional {
+            let gb = ch * self.device.org.banks_per_channel + bank;
+            let row = self.channels[ch].open[bank].unwrap_or(0);
+            let n = self.device.org.column_bytes;
+            match *ins {
+                Instr::Rd { col, .. } => self.func.rd(gb, row, col.into()),
+                Instr::Wr { col, data, .. } => {
+                    let data = data as usize;
                     self.func
-                        .wr(gb, row, col as usize, &self.host_data[data..data + n]);
+                        .wr(gb, row, col.into(), &self.host_data[data..data + n]);
                 }
-            }
-            Instr::Wrgb { ch, buf, data } => {
-                self.schedule(Command::Wrgb, ch.into(), 0, Operand::default())?;
-                self.counters.bytes_external += col_bytes;
-                self.counters.bytes_buffer += banks * col_bytes;
-                if functional {
-                    let (buf, data) = (f(buf.into(), BUF) as usize, f(data, DATA) as usize);
-                    let n = self.device.org.column_bytes;
+                Instr::Wrgb { buf, data, .. } => {
+                    let data = data as usize;
                     self.func
-                        .wrgb(ch.into(), buf, &self.host_data[data..data + n]);
+                        .wrgb(ch, buf.into(), &self.host_data[data..data + n]);
                 }
-            }
-            Instr::Mac {
-                ch,
-                col,
-                buf,
-                reg,
-                reduce,
-                bcast,
-            } => {
-                let col = f(col.into(), COL);
-                self.schedule(
-                    Command::Mac,
-                    ch.into(),
-                    0,
-                    Operand {
-                        col: col as u16,
-                        ..Default::default()
-                    },
-                )?;
-                self.counters.lane_ops += banks * lanes;
-                self.counters.bytes_buffer += banks * if bcast { 2 } else { lanes * 2 };
-                if functional {
-                    let c = usize::from(ch);
-                    self.func.mac(
-                        c,
-                        &self.channels[c].open,
-                        col as usize,
-                        f(buf.into(), BUF) as usize,
-                        f(reg.into(), REG) as usize,
-                        reduce,
-                        bcast,
-                    );
-                }
-            }
-            Instr::BinMac {
-                ch,
-                col,
-                dsub,
-                bins,
-                out,
-            } => {
-                let col = f(col.into(), COL);
-                self.schedule(
-                    Command::BinMac,
-                    ch.into(),
-                    0,
-                    Operand {
-                        col: col as u16,
-                        ..Default::default()
-                    },
-                )?;
-                self.counters.lane_ops += banks * lanes;
-                if functional {
-                    let c = usize::from(ch);
-                    self.func.binmac(
-                        c,
-                        &self.channels[c].open,
-                        col as usize,
-                        dsub.into(),
-                        f(bins.into(), REG) as usize,
-                        out.into(),
-                    );
-                }
-            }
-            Instr::Clr { ch, off, len, die } => {
-                let busy = self.device.clr_cycles(len.into(), die);
-                let rec = u32::from(len) | if die { TraceEntry::DIE } else { 0 };
-                self.schedule(
-                    Command::Clr,
-                    ch.into(),
-                    0,
-                    Operand {
-                        len: rec,
-                        busy,
-                        ..Default::default()
-                    },
-                )?;
-                if functional {
-                    let off = f(off.into(), if die { DIE } else { REG }) as usize;
-                    self.func.clr(ch.into(), off, len.into(), die);
-                }
-            }
-            Instr::Red { ch, src, len, dst } => {
-                let busy = self.device.red_cycles(len.into());
-                self.schedule(
-                    Command::Red,
-                    ch.into(),
-                    0,
-                    Operand {
-                        len: len.into(),
-                        busy,
-                        ..Default::default()
-                    },
-                )?;
-                self.counters.bytes_buffer_die += 4 * banks * u64::from(len);
-                if functional {
-                    self.func.red(
-                        ch.into(),
-                        f(src.into(), DIE) as usize,
-                        len.into(),
-                        f(dst.into(), DIE) as usize,
-                    );
-                }
-            }
-            Instr::Rdd { ch, die, len } => {
-                let busy = self.device.rdd_cycles(len.into());
-                self.schedule(
-                    Command::Rdd,
-                    ch.into(),
-                    0,
-                    Operand {
-                        len: len.into(),
-                        busy,
-                        ..Default::default()
-                    },
-                )?;
-                self.counters.bytes_external += 4 * u64::from(len);
-                if functional {
-                    self.func
-                        .rdd(ch.into(), f(die.into(), DIE) as usize, len.into());
-                }
-            }
-            Instr::Stc {
-                ch,
-                bank,
-                col,
-                reg,
-                bits,
-            } => {
-                let (b, col, reg) = (
-                    self.bank_of(&bank),
-                    f(col.into(), COL),
-                    f(reg.into(), REG) as usize,
-                );
-                let c = usize::from(ch);
-                // Check the codes before anything issues, so that on an error
-                // the state is that of the commands before this one.
-                let data = if functional {
-                    self.prerequisite(Command::Stc, c, b)?;
-                    let gb = c * banks_per_channel + b;
-                    match self.func.stc_column(gb, reg, bits) {
-                        Ok(d) => Some(d),
-                        Err((r, v)) => {
-                            let mut shown = *ins;
-                            if let Instr::Stc {
-                                col: sc, reg: sr, ..
-                            } = &mut shown
-                            {
-                                *sc = col as u8;
-                                *sr = reg as u16;
-                            }
-                            return Err(PimError::Data {
-                                instr: crate::isa::asm::format_instr(&shown),
-                                target: self.target_text(Command::Stc, c, b),
-                                reason: format!(
-                                    "register {r} holds {v}, not a {}-bit code (an integer in 0..{})",
-                                    bits.bits(),
-                                    bits.table_len()
-                                ),
-                            });
-                        }
+                Instr::Stc { col, .. } => {
+                    if let Some(d) = codes {
+                        self.func.wr(gb, row, col.into(), &d);
                     }
-                } else {
-                    None
-                };
-                self.schedule(
-                    Command::Stc,
-                    c,
-                    b,
-                    Operand {
-                        col: col as u16,
-                        ..Default::default()
-                    },
-                )?;
-                if let Some(d) = data {
-                    let row = self.channels[c].open[b].unwrap_or(0);
-                    self.func
-                        .wr(c * banks_per_channel + b, row, col as usize, &d);
                 }
-            }
-            Instr::LutAcc {
-                ch,
-                col,
-                bits,
-                group,
-                table,
-                reg,
-            } => {
-                let col = f(col.into(), COL);
-                self.schedule(
-                    Command::LutAcc,
-                    ch.into(),
-                    0,
-                    Operand {
-                        col: col as u16,
-                        ..Default::default()
-                    },
-                )?;
-                let n = col_bytes * 8 / u64::from(bits.bits());
-                self.counters.lane_ops += banks * n;
-                self.counters.bytes_buffer += banks * n * 2;
-                if functional {
-                    let c = usize::from(ch);
-                    self.func.lutacc(
-                        c,
-                        &self.channels[c].open,
-                        col as usize,
-                        bits,
-                        group.into(),
-                        f(table.into(), BUF) as usize,
-                        f(reg.into(), REG) as usize,
-                    );
-                }
-            }
-            Instr::HistAcc {
-                ch,
-                col,
-                bits,
-                group,
-                weights,
-                reg,
-            } => {
-                let col = f(col.into(), COL);
-                self.schedule(
-                    Command::HistAcc,
-                    ch.into(),
-                    0,
-                    Operand {
-                        col: col as u16,
-                        ..Default::default()
-                    },
-                )?;
-                let n = col_bytes * 8 / u64::from(bits.bits());
-                self.counters.lane_ops += banks * n;
-                self.counters.bytes_buffer += banks * n.div_ceil(group.into()) * 2;
-                if functional {
-                    let c = usize::from(ch);
-                    self.func.histacc(
-                        c,
-                        &self.channels[c].open,
-                        col as usize,
-                        bits,
-                        group.into(),
-                        f(weights.into(), BUF) as usize,
-                        f(reg.into(), REG) as usize,
-                    );
-                }
-            }
-            Instr::ArgMin {
-                ch,
-                col,
-                start,
-                dsub,
-                nbits,
-                cb,
-                reg,
-            } => {
-                let col = f(col.into(), COL);
-                self.schedule(
-                    Command::ArgMin,
-                    ch.into(),
-                    0,
-                    Operand {
-                        col: col as u16,
-                        ..Default::default()
-                    },
-                )?;
-                let work = (1u64 << nbits) * u64::from(dsub);
-                self.counters.lane_ops += banks * work;
-                self.counters.bytes_buffer += banks * work * 2;
-                if functional {
-                    let c = usize::from(ch);
-                    self.func.argmin(
-                        c,
-                        &self.channels[c].open,
-                        col as usize,
-                        start.into(),
-                        dsub.into(),
-                        1 << nbits,
-                        f(cb.into(), BUF) as usize,
-                        f(reg.into(), REG) as usize,
-                    );
-                }
-            }
-            Instr::Mvd { ch, reg, len, die } => {
-                let bytes = banks * u64::from(len) * 4;
-                let busy = self.device.mv_cycles(bytes);
-                self.schedule(
-                    Command::Mvd,
-                    ch.into(),
-                    0,
-                    Operand {
-                        len: len.into(),
-                        busy,
-                        ..Default::default()
-                    },
-                )?;
-                self.counters.bytes_buffer_die += bytes;
-                if functional {
-                    self.func.mvd(
-                        ch.into(),
-                        f(reg.into(), REG) as usize,
-                        len.into(),
-                        f(die.into(), DIE) as usize,
-                    );
-                }
-            }
-            Instr::Mvb {
-                ch,
-                die,
-                len,
-                buf,
-                broadcast,
-            } => {
-                let bytes = if broadcast {
-                    u64::from(len) * 2
-                } else {
-                    banks * u64::from(len) * 2
-                };
-                let busy = self.device.mv_cycles(bytes);
-                let rec = u32::from(len) | if broadcast { TraceEntry::BROADCAST } else { 0 };
-                self.schedule(
-                    Command::Mvb,
-                    ch.into(),
-                    0,
-                    Operand {
-                        len: rec,
-                        busy,
-                        ..Default::default()
-                    },
-                )?;
-                self.counters.bytes_buffer_die += bytes;
-                self.counters.bytes_buffer += banks * u64::from(len) * 2;
-                if functional {
-                    self.func.mvb(
-                        ch.into(),
-                        f(die.into(), DIE) as usize,
-                        len.into(),
-                        f(buf.into(), BUF) as usize,
-                        broadcast,
-                    );
-                }
-            }
-            Instr::Sfm {
-                ch,
-                die,
-                len,
-                scale,
-                stats,
-            } => {
-                let busy = self.device.sfm_cycles(len.into());
-                self.schedule(
-                    Command::Sfm,
-                    ch.into(),
-                    0,
-                    Operand {
-                        len: len.into(),
-                        busy,
-                        ..Default::default()
-                    },
-                )?;
-                self.counters.sfm_elements += u64::from(len);
-                if functional {
-                    self.func.sfm(
-                        ch.into(),
-                        f(die.into(), DIE) as usize,
-                        len.into(),
-                        scale.to_f32(),
-                        stats,
-                    );
-                }
-            }
-            Instr::Barrier | Instr::Loop { .. } | Instr::EndLoop => {
-                unreachable!("handled by execute")
+                _ => self.func.exec(ins, &self.channels[ch].open),
             }
         }
         Ok(())
+    }
+
+    /// The trace operand and channel occupancy of a concrete instruction.
+    fn operand(&self, ins: &Instr) -> Operand {
+        let d = &self.device;
+        let banks = d.org.banks_per_channel as u64;
+        let flagged = |len: u16, flag: bool| u32::from(len) | if flag { 1 << 31 } else { 0 };
+        let (row, col, len, busy) = match *ins {
+            Instr::Act { row, .. } | Instr::ActAb { row, .. } => (row, 0, 0, 0),
+            Instr::Rd { col, .. }
+            | Instr::Wr { col, .. }
+            | Instr::Mac { col, .. }
+            | Instr::LutAcc { col, .. }
+            | Instr::HistAcc { col, .. }
+            | Instr::ArgMin { col, .. }
+            | Instr::BinMac { col, .. }
+            | Instr::Stc { col, .. } => (0, col, 0, 0),
+            Instr::Mvd { len, .. } => (0, 0, len.into(), d.mv_cycles(banks * u64::from(len) * 4)),
+            Instr::Mvb { len, broadcast, .. } => {
+                let per = if broadcast { 1 } else { banks };
+                let busy = d.mv_cycles(per * u64::from(len) * 2);
+                (0, 0, flagged(len, broadcast), busy)
+            }
+            Instr::Sfm { len, .. } => (0, 0, len.into(), d.sfm_cycles(len.into())),
+            Instr::Clr { len, die, .. } => (0, 0, flagged(len, die), d.clr_cycles(len.into(), die)),
+            Instr::Red { len, .. } => (0, 0, len.into(), d.red_cycles(len.into())),
+            Instr::Rdd { len, .. } => (0, 0, len.into(), d.rdd_cycles(len.into())),
+            _ => (0, 0, 0, 0),
+        };
+        Operand {
+            row,
+            col: col.into(),
+            len,
+            busy,
+        }
+    }
+
+    /// Adds a concrete instruction's bytes and lane operations to the counters.
+    fn count(&mut self, ins: &Instr) {
+        let banks = self.device.org.banks_per_channel as u64;
+        let col_bytes = self.device.org.column_bytes as u64;
+        let lanes = self.device.pim.lanes as u64;
+        let k = &mut self.counters;
+        match *ins {
+            Instr::Rd { .. } | Instr::Wr { .. } => k.bytes_external += col_bytes,
+            Instr::Wrgb { .. } => {
+                k.bytes_external += col_bytes;
+                k.bytes_buffer += banks * col_bytes;
+            }
+            Instr::Mac { bcast, .. } => {
+                k.lane_ops += banks * lanes;
+                k.bytes_buffer += banks * if bcast { 2 } else { lanes * 2 };
+            }
+            Instr::BinMac { .. } => k.lane_ops += banks * lanes,
+            Instr::LutAcc { bits, .. } => {
+                let n = col_bytes * 8 / u64::from(bits.bits());
+                k.lane_ops += banks * n;
+                k.bytes_buffer += banks * n * 2;
+            }
+            Instr::HistAcc { bits, group, .. } => {
+                let n = col_bytes * 8 / u64::from(bits.bits());
+                k.lane_ops += banks * n;
+                k.bytes_buffer += banks * n.div_ceil(group.into()) * 2;
+            }
+            Instr::ArgMin { dsub, nbits, .. } => {
+                let work = argmin_centroids(nbits) * u64::from(dsub);
+                k.lane_ops += banks * work;
+                k.bytes_buffer += banks * work * 2;
+            }
+            Instr::Mvd { len, .. } => k.bytes_buffer_die += banks * u64::from(len) * 4,
+            Instr::Mvb { len, broadcast, .. } => {
+                let per = if broadcast { 1 } else { banks };
+                k.bytes_buffer_die += per * u64::from(len) * 2;
+                k.bytes_buffer += banks * u64::from(len) * 2;
+            }
+            Instr::Red { len, .. } => k.bytes_buffer_die += 4 * banks * u64::from(len),
+            Instr::Rdd { len, .. } => k.bytes_external += 4 * u64::from(len),
+            Instr::Sfm { len, .. } => k.sfm_elements += u64::from(len),
+            _ => {}
+        }
     }
 
     fn target_text(&self, cmd: Command, ch: usize, bank: usize) -> String {
@@ -788,17 +485,20 @@ impl Simulator {
         self.prerequisite(cmd, ch, bank)?;
         let mut t = self.earliest(cmd, ch, bank);
         if self.opts.refresh && t >= self.channels[ch].next_refresh {
-            self.refresh(ch, t);
+            self.refresh(ch, t)?;
             t = self.earliest(cmd, ch, bank);
         }
         self.issue(cmd, ch, bank, t, op, false);
+        if self.trace_full {
+            return Err(trace_limit());
+        }
         Ok(t)
     }
 
     /// Inserts the refreshes due by cycle `until` on channel `ch`: close the
     /// open rows (PREAB), REF once per elapsed tREFI, then reopen the rows
     /// (one ACTAB if every bank had the same row open, else one ACT per bank).
-    fn refresh(&mut self, ch: usize, until: u64) {
+    fn refresh(&mut self, ch: usize, until: u64) -> Result<()> {
         let interval = self.device.refresh_interval.map_or(u64::MAX, u64::from);
         let snapshot = (self.channels[ch].open_count > 0).then(|| self.channels[ch].open.clone());
         while until >= self.channels[ch].next_refresh {
@@ -810,6 +510,12 @@ impl Simulator {
             let t = self.earliest(Command::Ref, ch, 0).max(due);
             self.issue(Command::Ref, ch, 0, t, Operand::default(), true);
             self.refreshes += 1;
+            if self.refreshes > MAX_REFRESHES {
+                return Err(PimError::Limit {
+                    what: "refreshes inserted in one run",
+                    limit: MAX_REFRESHES,
+                });
+            }
             self.channels[ch].next_refresh = due.saturating_add(interval);
         }
         if let Some(open) = snapshot {
@@ -847,6 +553,7 @@ impl Simulator {
                 }
             }
         }
+        Ok(())
     }
 
     fn issue(&mut self, cmd: Command, ch: usize, bank: usize, t: u64, op: Operand, auto: bool) {
@@ -886,6 +593,10 @@ impl Simulator {
             _ => {}
         }
         if self.opts.record_trace {
+            if self.trace.len() as u64 >= MAX_TRACE_ENTRIES {
+                self.trace_full = true;
+                return;
+            }
             self.trace.push(TraceEntry {
                 cycle: t,
                 cmd,
@@ -931,5 +642,13 @@ impl Simulator {
             external_gbps: gbps(k.bytes_external),
             energy: energy(&self.device, k, self.refreshes),
         }
+    }
+}
+
+/// The error of a trace that would pass [`MAX_TRACE_ENTRIES`].
+fn trace_limit() -> PimError {
+    PimError::Limit {
+        what: "trace entries (commands and refreshes) recorded",
+        limit: MAX_TRACE_ENTRIES,
     }
 }

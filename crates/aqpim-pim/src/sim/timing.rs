@@ -154,9 +154,7 @@ impl ChannelTiming {
                     } else {
                         t.total_nodes - t.level_offset[4]
                     };
-                    // resolve() bounds windows; the cap keeps a hand-built
-                    // Device from reserving unbounded memory up front.
-                    vec![VecDeque::with_capacity((w.window + 1).min(65)); n]
+                    vec![VecDeque::new(); n]
                 })
                 .collect(),
         }
