@@ -27,7 +27,7 @@ pub enum PqError {
         /// The allowed range, in words.
         allowed: &'static str,
     },
-    /// A matrix larger than [`crate::limits::MAX_ELEMENTS`] (or one whose
+    /// A matrix larger than `limits::MAX_ELEMENTS` (or one whose
     /// element count overflows).
     #[error("{what}: {rows} x {cols} values is more than the limit of {limit}")]
     TooLarge {

@@ -6,8 +6,10 @@
 //!
 //! - [`presets`]: model shapes and systems (`presets/models/*.toml`,
 //!   `presets/systems/*.toml`, compiled in), loaded and validated;
-//! - [`policy`]: the policies and the itemized [`Step`] of `gpu` and
-//!   `offload`, and the entry point [`decode_step`];
+//! - [`policy`]: the policies; [`decode`]: the entry point [`decode_step`]
+//!   and the `gpu` and `offload` steps; [`gpu`]: linear layers on a
+//!   roofline, the capacity rule, prefill and k-means estimates;
+//! - `step.rs`: [`Step`], the itemized step;
 //! - [`pim_step`](crate::policy): the PIM policies' placement, link and
 //!   overlap (module `pim_step`);
 //! - [`pim`]: the PIM attention cost and footprint, from the lowered
@@ -20,7 +22,9 @@
 //! datasheet) or "estimate" beside it. It never depends on the real-model
 //! code of `aqpim-decode`.
 
+pub mod decode;
 pub mod error;
+pub mod gpu;
 pub mod pim;
 mod pim_step;
 pub mod policy;
@@ -28,9 +32,10 @@ pub mod presets;
 pub mod serve;
 mod step;
 
+pub use decode::{decode_step, decode_step_with, MAX_BATCH, MAX_CTX};
 pub use error::{Result, SystemError};
 pub use pim::{PimMode, PimTimer, SimTimer};
-pub use policy::{decode_step, decode_step_with, Policy};
+pub use policy::Policy;
 pub use presets::{ModelSpec, SystemSpec};
 pub use serve::{serve, ServePoint};
 pub use step::Step;

@@ -33,8 +33,9 @@ use aqpim_attn::pim::{CodebookScope, LayerJob, PimCost, PimKind, PqCodes};
 use aqpim_kvcache::{KvPart, KvShape, KvSpec, PqSpec, Regions};
 
 use crate::error::{Result, SystemError};
+use crate::gpu::{capacity, codebook_training_ms, layer_linear_ms, linear_ms, ms};
 use crate::pim::{balanced_rows, largest_fitting, PimMode, PimTimer, SimTimer};
-use crate::policy::{capacity, codebook_training_ms, layer_linear_ms, linear_ms, ms, Policy};
+use crate::policy::Policy;
 use crate::presets::{device_bytes, ModelSpec, PimStacksSpec, SystemSpec, FP16_BYTES};
 use crate::step::Step;
 

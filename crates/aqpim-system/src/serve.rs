@@ -12,10 +12,11 @@
 
 use serde::Serialize;
 
+use crate::decode::{decode_step_with, MAX_BATCH, MAX_CTX};
 use crate::error::{Result, SystemError};
 use crate::pim::PimTimer;
 use crate::pim_step::place;
-use crate::policy::{decode_step_with, Policy, MAX_BATCH, MAX_CTX};
+use crate::policy::Policy;
 use crate::presets::{ModelSpec, SystemSpec};
 use crate::step::Step;
 

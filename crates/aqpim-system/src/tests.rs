@@ -7,9 +7,10 @@
 use aqpim_attn::pim::{CodebookScope, Footprint, LayerJob, PimCost};
 use aqpim_pim::Device;
 
+use crate::decode::{decode_step, decode_step_with};
 use crate::error::{Result, SystemError};
 use crate::pim::{balanced_rows, largest_fitting, PimMode, PimTimer, SimTimer};
-use crate::policy::{decode_step, decode_step_with, Policy};
+use crate::policy::Policy;
 use crate::presets::{self, ModelSpec, SystemSpec};
 use crate::step::Step;
 
@@ -460,7 +461,7 @@ fn linear_layers_turn_compute_bound_at_large_batch() {
     // 405 MB in 0.187 ms; 2 x 202M x batch FLOP exceed that from batch ~330.
     let m = presets::model("llama2-7b").unwrap();
     let s = presets::system("h100+attacc").unwrap();
-    let l = |b| crate::policy::layer_linear_ms(&m, &s, b);
+    let l = |b| crate::gpu::layer_linear_ms(&m, &s, b);
     assert_eq!(l(1), l(64));
     assert!(l(1024) > 2.0 * l(1));
     let params = m.layer_weight_bytes() as f64 / 2.0;

@@ -2,9 +2,9 @@
 //! figures on a tiny shape, the capacity rule is exact, and the offload model
 //! lands on the measured H100 transfer shares.
 
-use aqpim_system::policy::{decode_step, Policy};
 use aqpim_system::presets::{self, ModelSpec, SystemSpec, MODEL_PRESETS, SYSTEM_PRESETS};
 use aqpim_system::SystemError;
+use aqpim_system::{decode_step, Policy};
 
 #[test]
 fn every_preset_loads_and_validates() {
