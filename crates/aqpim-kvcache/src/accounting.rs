@@ -103,6 +103,8 @@ pub struct ComponentBytes {
     pub recent: u64,
     /// Per-group minimum and scale (FP16) of the scalar store.
     pub metadata: u64,
+    /// FP16 copies of PQ outlier tokens (`outliers=`), keys and values.
+    pub outliers: u64,
 }
 
 impl ComponentBytes {
@@ -115,6 +117,7 @@ impl ComponentBytes {
             + self.sinks
             + self.recent
             + self.metadata
+            + self.outliers
     }
 }
 
@@ -127,7 +130,7 @@ pub struct BitsPerElement {
     pub codes: f64,
     /// Codebooks.
     pub codebooks: f64,
-    /// FP16 sink and recent tokens.
+    /// FP16 sink, recent and outlier tokens.
     pub full_precision: f64,
     /// Scales and minima.
     pub metadata: f64,
@@ -190,7 +193,11 @@ pub fn account(shape: &KvShape, spec: &KvSpec, ctx: usize) -> Result<MemoryRepor
 /// Per layer with split `(s, e, r)`, `H = H_kv` heads of `d` elements:
 /// - FP16 tokens: `(s + r) * H * d * 2` bytes for keys and again for values;
 /// - PQ codes: `e * H * row` with `row = ceil(M / 2)` for packed codes
-///   (`nbits <= 4`, `pack=true`) and `M` otherwise; codebooks `M * ksub * dsub * 4` each;
+///   (`nbits <= 4`, `pack=true`) and `M` otherwise; codebooks `M * ksub * dsub * 4`
+///   each (`* 2` with `cb16=true`), plus their pre-transform if any (`mu`, and
+///   `A` and `A^-1` when there is a matrix, f32, see [`crate::PqSpec::transform_bytes`]);
+///   outlier tokens (`outliers=`): `floor(e * outliers / 1000) * H * d * 2`
+///   bytes for keys and again for values, on top of their codes;
 /// - scalar codes: `e * H * ceil(d * bits / 8)` per part; metadata (min and
 ///   scale, FP16): keys `(e / G) * H * d * 4`, values `e * H * (d / G) * 4`.
 pub fn account_regions(
@@ -220,6 +227,7 @@ pub fn account_regions(
                 let pv = p.params(shape.head_dim(), crate::KvPart::Values)?;
                 b.key_codes += e * h * p.code_row_bytes(&pk) as u64;
                 b.value_codes += e * h * p.code_row_bytes(&pv) as u64;
+                b.outliers += 2 * p.outlier_budget(r.encoded) as u64 * h * d * 2;
             }
             KvSpec::Scalar(s) => {
                 let row = (d * u64::from(s.bits)).div_ceil(8);
@@ -233,8 +241,13 @@ pub fn account_regions(
     if let KvSpec::Pq(p) = spec {
         let pk = p.params(shape.head_dim(), crate::KvPart::Keys)?;
         let pv = p.params(shape.head_dim(), crate::KvPart::Values)?;
-        b.key_codebooks = key_codebooks as u64 * pk.codebook_len() as u64 * 4;
-        b.value_codebooks = value_codebooks as u64 * pv.codebook_len() as u64 * 4;
+        let cb = if p.fp16_codebooks { 2 } else { 4 };
+        let (tk, tv) = (
+            p.transform_bytes(crate::KvPart::Keys, shape.head_dim()),
+            p.transform_bytes(crate::KvPart::Values, shape.head_dim()),
+        );
+        b.key_codebooks = key_codebooks as u64 * (pk.codebook_len() as u64 * cb + tk as u64);
+        b.value_codebooks = value_codebooks as u64 * (pv.codebook_len() as u64 * cb + tv as u64);
     }
     let total = b.total();
     let per = |bytes: u64| {
@@ -257,7 +270,7 @@ pub fn account_regions(
             total: per(total),
             codes: per(b.key_codes + b.value_codes),
             codebooks: per(b.key_codebooks + b.value_codebooks),
-            full_precision: per(b.sinks + b.recent),
+            full_precision: per(b.sinks + b.recent + b.outliers),
             metadata: per(b.metadata),
         },
         compression_ratio: if total == 0 {

@@ -495,7 +495,7 @@ fn pim_step(
                 * model.kv_heads as u64;
             (
                 PimKind::Pq {
-                    dsub: spec.dsub,
+                    dsub: pk.dsub(),
                     nbits: spec.key_bits,
                 },
                 r.sinks + r.recent,
