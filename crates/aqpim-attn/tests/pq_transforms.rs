@@ -7,7 +7,7 @@
 
 use aqpim_attn::attend;
 use aqpim_attn::reference::{attention_f64, relative_error};
-use aqpim_kvcache::{build, fit_transform, KvPart, KvShape, KvSpec, KvStore};
+use aqpim_kvcache::{build, fit_transform, KvPart, KvShape, KvSpec};
 use aqpim_pq::{ProductQuantizer, TrainOptions};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed};
