@@ -15,9 +15,18 @@
 //!
 //! Codes are read once; nothing is decoded. Blocks of codes are shared by the
 //! query heads of a group while they are in cache.
+//!
+//! Pre-transforms (`x' = A (x - mu)`, see [`aqpim_pq::PreTransform`]) fold
+//! away: a key transform builds the lookup table from `A^-T q` and adds
+//! `q . mu` to every encoded score; a value transform turns step 4's sum into
+//! `A^-1 (sum_m W[m] x C_V[m]) + w mu`, `w` the encoded tokens' weight. Outlier
+//! tokens (FP16 copies of some encoded tokens) replace their codes: their
+//! scores are computed exactly, and their weights go to their FP16 values
+//! instead of the bins.
 
-use aqpim_kvcache::{Codes, KvStore, PqHeadView, PqStore};
+use aqpim_kvcache::{Codes, KvStore, OutlierToken, PqHeadView, PqStore};
 use aqpim_pq::{Lut, ProductQuantizer};
+use half::f16;
 
 use crate::error::{AttnError, Result};
 use crate::stream::{finish, fp_tokens, Acc, Scratch};
@@ -78,12 +87,29 @@ pub fn pq_head_attention(view: &PqHeadView<'_>, queries: &[f32], out: &mut [f32]
         &mut scratch,
     );
     if let Some((kpq, vpq)) = codebooks {
-        let luts = queries
-            .chunks_exact(d)
-            .map(|q| kpq.inner_product_table(q))
-            .collect::<Result<Vec<Lut>, _>>()?;
+        let mut luts = Vec::with_capacity(accs.len());
+        let mut offsets = Vec::with_capacity(accs.len());
+        for q in queries.chunks_exact(d) {
+            match view.key_transform {
+                Some(t) => {
+                    let (tq, off) = t.query(q)?;
+                    luts.push(kpq.inner_product_table(&tq)?);
+                    offsets.push(off);
+                }
+                None => {
+                    luts.push(kpq.inner_product_table(q)?);
+                    offsets.push(0.0);
+                }
+            }
+        }
         encoded_tokens(
             &luts,
+            &offsets,
+            Exact {
+                queries,
+                d,
+                outliers: view.outliers,
+            },
             view.key_codes,
             view.value_codes,
             vpq.params().ksub(),
@@ -111,7 +137,16 @@ pub fn pq_head_attention(view: &PqHeadView<'_>, queries: &[f32], out: &mut [f32]
             } else {
                 &acc.w
             };
-            add_bins_times_codebook(bins, vpq, &mut acc.o)?;
+            match view.value_transform {
+                None => add_bins_times_codebook(bins, vpq, &mut acc.o)?,
+                Some(t) => {
+                    let mut s = vec![0f32; d];
+                    add_bins_times_codebook(bins, vpq, &mut s)?;
+                    // Every encoded token adds its weight once per subspace.
+                    let w: f32 = bins[..ksub].iter().sum();
+                    t.undo_sum(&s, w, &mut acc.o)?;
+                }
+            }
         }
     }
     finish(&accs, out);
@@ -124,10 +159,26 @@ pub fn pq_head_attention(view: &PqHeadView<'_>, queries: &[f32], out: &mut [f32]
 /// values) stay in cache while the group's query heads read them.
 const CODE_BLOCK: usize = 4096;
 
-/// Streams the encoded tokens block by block: scores from the lookup tables,
-/// online softmax, weights into per-centroid bins.
+/// What outlier tokens need: the (scaled) queries and the FP16 copies.
+struct Exact<'a> {
+    queries: &'a [f32],
+    d: usize,
+    outliers: &'a [OutlierToken],
+}
+
+fn dot_f16(q: &[f32], k: &[f16]) -> f32 {
+    q.iter().zip(k).map(|(a, b)| a * b.to_f32()).sum()
+}
+
+/// Streams the encoded tokens block by block: scores from the lookup tables
+/// (plus each query's offset), online softmax, weights into per-centroid
+/// bins; outlier tokens are scored on their FP16 keys and their weights go to
+/// their FP16 values.
+#[allow(clippy::too_many_arguments)]
 fn encoded_tokens(
     luts: &[Lut],
+    offsets: &[f32],
+    exact: Exact<'_>,
     kcodes: Codes<'_>,
     vcodes: Codes<'_>,
     ksub_v: usize,
@@ -142,15 +193,31 @@ fn encoded_tokens(
         let b = CODE_BLOCK.min(n - start);
         let kblock = &kcodes.data()[start * kb..(start + b) * kb];
         let vblock = &vcodes.data()[start * vb..(start + b) * vb];
-        for (lut, acc) in luts.iter().zip(accs.iter_mut()) {
+        let lo = exact.outliers.partition_point(|o| o.index < start);
+        let hi = exact.outliers.partition_point(|o| o.index < start + b);
+        let block_outliers = &exact.outliers[lo..hi];
+        for (i, ((lut, acc), &off)) in luts.iter().zip(accs.iter_mut()).zip(offsets).enumerate() {
             let scores = &mut scratch.scores[..b];
             if kcodes.is_packed() {
                 lut.scan_packed4(kblock, scores)?;
             } else {
                 lut.scan_u8(kblock, scores)?;
             }
+            if off != 0.0 {
+                scores.iter_mut().for_each(|s| *s += off);
+            }
+            let q = &exact.queries[i * exact.d..(i + 1) * exact.d];
+            for o in block_outliers {
+                scores[o.index - start] = dot_f16(q, &o.key);
+            }
             let f = acc.softmax.absorb(scores);
             acc.rescale(f);
+            for o in block_outliers {
+                let w = std::mem::take(&mut scores[o.index - start]);
+                for (a, v) in acc.o.iter_mut().zip(&o.value) {
+                    *a += w * v.to_f32();
+                }
+            }
             if vcodes.is_packed() {
                 // One byte holds two subspaces' codes: bin the byte.
                 histogram_u8_full(vblock, vb, scores, &mut acc.w);

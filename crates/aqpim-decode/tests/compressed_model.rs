@@ -85,6 +85,29 @@ fn compressed_caches_decode_the_tiny_model() {
     assert!(calibrated.nll.is_finite());
     assert_ne!(calibrated.nll, online.nll);
 
+    // Calibration with the accuracy keys (query metric, attention-weighted
+    // values, centering) saves a transform per codebook; the store folds them.
+    let acc: KvSpec = "pq:dsub=4,nbits=4,sinks=2,window=8,center=true,whiten=full,vweight=true"
+        .parse()
+        .unwrap();
+    let KvSpec::Pq(acc_pq) = acc else {
+        unreachable!()
+    };
+    let books = calibrate::calibrate(&model, &calib, &acc_pq, 100, &mut |_, _, _| {}).unwrap();
+    assert!(books[0][0].key_transform.is_some() && books[0][0].value_transform.is_some());
+    let adir = tempfile::tempdir().unwrap();
+    calibrate::save(&books, adir.path()).unwrap();
+    let folded = ppl(&model, &tokens, &mut || {
+        let mut store = build(shape(), &acc).unwrap();
+        calibrate::load_into(adir.path(), store.as_pq_mut().unwrap())?;
+        Ok(Box::new(CompressedCache::from_store(store)) as Box<dyn KvCache>)
+    });
+    assert!(folded.nll.is_finite());
+    // Codebooks calibrated with transforms do not load into a spec without them.
+    let mut store = build(shape(), &spec).unwrap();
+    let e = calibrate::load_into(adir.path(), store.as_pq_mut().unwrap()).unwrap_err();
+    assert!(e.to_string().contains("another spec"), "{e}");
+
     // A corrupted codebook file is an error naming it, not a panic.
     let victim = std::fs::read_dir(dir.path())
         .unwrap()

@@ -146,7 +146,13 @@ fn calibrated_folders_with_bad_files_are_errors() {
         ..TrainOptions::default()
     };
     let pq = ProductQuantizer::train(PqParams::new(8, 2, 2).unwrap(), &data, &opts).unwrap();
-    let books = vec![vec![(pq.clone(), pq.clone()); 2]; 2];
+    let head = aqpim_decode::model::calibrate::HeadBooks {
+        keys: pq.clone(),
+        values: pq,
+        key_transform: None,
+        value_transform: None,
+    };
+    let books = vec![vec![head; 2]; 2];
     let corruptions: Vec<Corruption> = vec![
         Box::new(|p| std::fs::write(p, b"").unwrap()),
         Box::new(|p| {

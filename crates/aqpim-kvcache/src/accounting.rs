@@ -103,6 +103,8 @@ pub struct ComponentBytes {
     pub recent: u64,
     /// Per-group minimum and scale (FP16) of the scalar store.
     pub metadata: u64,
+    /// FP16 copies of PQ outlier tokens (`outliers=`), keys and values.
+    pub outliers: u64,
 }
 
 impl ComponentBytes {
@@ -115,6 +117,7 @@ impl ComponentBytes {
             + self.sinks
             + self.recent
             + self.metadata
+            + self.outliers
     }
 }
 
@@ -127,7 +130,7 @@ pub struct BitsPerElement {
     pub codes: f64,
     /// Codebooks.
     pub codebooks: f64,
-    /// FP16 sink and recent tokens.
+    /// FP16 sink, recent and outlier tokens.
     pub full_precision: f64,
     /// Scales and minima.
     pub metadata: f64,
@@ -191,7 +194,11 @@ pub fn account(shape: &KvShape, spec: &KvSpec, ctx: usize) -> Result<MemoryRepor
 /// Per layer with split `(s, e, r)`, `H = H_kv` heads of `d` elements:
 /// - FP16 tokens: `(s + r) * H * d * 2` bytes for keys and again for values;
 /// - PQ codes: `e * H * row` with `row = ceil(M / 2)` for packed codes
-///   (`nbits <= 4`, `pack=true`) and `M` otherwise; codebooks `M * ksub * dsub * 4` each;
+///   (`nbits <= 4`, `pack=true`) and `M` otherwise; codebooks `M * ksub * dsub * 4`
+///   each (`* 2` with `cb16=true`), plus their pre-transform if any (`mu`, and
+///   `A` and `A^-1` when there is a matrix, f32, see [`crate::PqSpec::transform_bytes`]);
+///   outlier tokens (`outliers=`): `floor(e * outliers / 1000) * H * d * 2`
+///   bytes for keys and again for values, on top of their codes;
 /// - scalar codes: `e * H * ceil(d * bits / 8)` per part; metadata (min and
 ///   scale, FP16): keys `(e / G) * H * d * 4`, values `e * H * (d / G) * 4`.
 pub fn account_regions(
@@ -249,6 +256,10 @@ pub fn account_regions(
                     &mut b.value_codes,
                     mul(&[e, h, p.code_row_bytes(&pv) as u64])?,
                 )?;
+                add(
+                    &mut b.outliers,
+                    mul(&[2, p.outlier_budget(r.encoded) as u64, h, d, 2])?,
+                )?;
             }
             KvSpec::Scalar(s) => {
                 let row = mul(&[d, u64::from(s.bits)])?.div_ceil(8);
@@ -263,8 +274,19 @@ pub fn account_regions(
     if let KvSpec::Pq(p) = spec {
         let pk = p.params(shape.head_dim(), crate::KvPart::Keys)?;
         let pv = p.params(shape.head_dim(), crate::KvPart::Values)?;
-        b.key_codebooks = mul(&[key_codebooks as u64, pk.codebook_len() as u64, 4])?;
-        b.value_codebooks = mul(&[value_codebooks as u64, pv.codebook_len() as u64, 4])?;
+        let cb = if p.fp16_codebooks { 2 } else { 4 };
+        let (tk, tv) = (
+            p.transform_bytes(crate::KvPart::Keys, shape.head_dim()) as u64,
+            p.transform_bytes(crate::KvPart::Values, shape.head_dim()) as u64,
+        );
+        let book = |n: usize, len: usize, t: u64| -> Result<u64> {
+            let one = mul(&[len as u64, cb])?
+                .checked_add(t)
+                .ok_or_else(overflow)?;
+            mul(&[n as u64, one])
+        };
+        b.key_codebooks = book(key_codebooks, pk.codebook_len(), tk)?;
+        b.value_codebooks = book(value_codebooks, pv.codebook_len(), tv)?;
     }
     [
         b.key_codes,
@@ -274,6 +296,7 @@ pub fn account_regions(
         b.sinks,
         b.recent,
         b.metadata,
+        b.outliers,
     ]
     .iter()
     .try_fold(0u64, |a, &v| a.checked_add(v))
@@ -300,7 +323,7 @@ pub fn account_regions(
             total: per(total),
             codes: per(b.key_codes + b.value_codes),
             codebooks: per(b.key_codebooks + b.value_codebooks),
-            full_precision: per(b.sinks + b.recent),
+            full_precision: per(b.sinks + b.recent + b.outliers),
             metadata: per(b.metadata),
         },
         compression_ratio: if total == 0 {

@@ -57,9 +57,9 @@ pub use accounting::{
 pub use dense::DenseStore;
 pub use error::{KvError, KvPart, Result};
 pub use persist::{KV_MAGIC, KV_VERSION};
-pub use pq_store::{Codes, PqHeadView, PqStore};
+pub use pq_store::{fit_transform, Codes, OutlierToken, PqHeadView, PqStore};
 pub use scalar::{ScalarHeadView, ScalarStore};
 pub use shape::KvShape;
-pub use spec::{CodebookSharing, KvSpec, PqSpec, ScalarSpec};
+pub use spec::{CodebookSharing, KeyMetric, KvSpec, PqSpec, ScalarSpec, SubspaceLayout};
 pub use store::{build, from_bytes, load, DenseKv, KvStore};
 pub use tokens::TokenSlices;

@@ -2,7 +2,8 @@
 //! PQ codes of the middle tokens, and an FP16 recent window; separate K and V
 //! codebooks, per layer and head unless shared.
 
-use aqpim_pq::{PqParams, ProductQuantizer, TrainOptions};
+use aqpim_pq::transform::{channel_mean, matmul, permutation_matrix, sym_sqrt};
+use aqpim_pq::{PqParams, PreTransform, ProductQuantizer, TrainOptions};
 use half::f16;
 use rayon::prelude::*;
 
@@ -10,7 +11,7 @@ use crate::accounting::{account_regions, HeapBytes, MemoryReport, Regions};
 use crate::error::{KvError, KvPart, Result};
 use crate::persist::{self, Reader};
 use crate::shape::KvShape;
-use crate::spec::{KvSpec, PqSpec};
+use crate::spec::{KeyMetric, KvSpec, PqSpec};
 use crate::store::{DenseKv, KvStore};
 use crate::tokens::{check_layer_input, extend_f16, extend_f32, round_f16, TokenRing, TokenSlices};
 
@@ -87,6 +88,20 @@ impl<'a> Codes<'a> {
     }
 }
 
+/// An encoded token kept in FP16 as well (an outlier): attention uses these
+/// rows instead of its codes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutlierToken {
+    /// Position among the encoded tokens (`0..encoded`).
+    pub index: usize,
+    /// Its quantization error (relative, keys plus values), which ranked it.
+    pub error: f32,
+    /// The FP16 key.
+    pub key: Vec<f16>,
+    /// The FP16 value.
+    pub value: Vec<f16>,
+}
+
 /// Everything attention needs of one (layer, KV head), borrowed. Token
 /// positions follow [`Regions`]: sinks first, then encoded, then recent.
 #[derive(Debug, Clone, Copy)]
@@ -109,6 +124,12 @@ pub struct PqHeadView<'a> {
     pub key_codebook: Option<&'a ProductQuantizer>,
     /// The value codebook.
     pub value_codebook: Option<&'a ProductQuantizer>,
+    /// The key pre-transform (`None`: identity): codes hold `A (k - mu)`.
+    pub key_transform: Option<&'a PreTransform>,
+    /// The value pre-transform.
+    pub value_transform: Option<&'a PreTransform>,
+    /// Outlier tokens, by ascending `index`.
+    pub outliers: &'a [OutlierToken],
 }
 
 #[derive(Debug, Clone)]
@@ -119,6 +140,8 @@ struct PqHead {
     codes: [Vec<u8>; 2],
     /// `[part]`: recent tokens.
     recent: [TokenRing; 2],
+    /// Outlier tokens, by ascending index.
+    outliers: Vec<OutlierToken>,
 }
 
 #[derive(Debug, Clone)]
@@ -151,7 +174,89 @@ pub struct PqStore {
     packed: [bool; 2],
     /// `[part][group]`
     codebooks: [Vec<Option<ProductQuantizer>>; 2],
+    /// `[part][group]`: pre-transforms (`None`: identity).
+    transforms: [Vec<Option<PreTransform>>; 2],
     layers: Vec<PqLayer>,
+}
+
+/// The pre-transform that `spec` asks for on `part` (`None`: identity), fit
+/// to `data` (`n x d` training rows): `x' = P M (x - mu)` with `mu` the mean
+/// (`center`), `M` the per-channel `1 / std` (`scale`) or, for keys under
+/// `whiten`, the query metric's square root (`diag`: per-channel RMS of the
+/// queries, `full`: `S^(1/2)` of `S = E[q q^T]`, which `query_moment` holds,
+/// `d x d` row-major), and `P` the subspace layout's permutation.
+pub fn fit_transform(
+    spec: &PqSpec,
+    part: KvPart,
+    data: &[f32],
+    d: usize,
+    query_moment: Option<&[f64]>,
+) -> Result<Option<PreTransform>> {
+    if !spec.transforms(part) {
+        return Ok(None);
+    }
+    let dsub = spec.params(d, part)?.dsub();
+    let mean = if spec.center {
+        channel_mean(data, d, None)
+    } else {
+        vec![0.0; d]
+    };
+    let diag = |v: &[f32]| {
+        let mut m = vec![0f32; d * d];
+        v.iter().enumerate().for_each(|(i, &x)| m[i * d + i] = x);
+        m
+    };
+    let whiten = part == KvPart::Keys && spec.whiten != KeyMetric::Euclidean;
+    let mut m: Option<Vec<f32>> = None;
+    if whiten {
+        let s = query_moment.ok_or_else(|| KvError::Incompatible {
+            spec: KvSpec::Pq(*spec).to_string(),
+            shape: format!("head_dim {d}"),
+            reason: "whiten= needs calibration queries (aqpim pq calibrate)".into(),
+        })?;
+        if s.len() != d * d {
+            return Err(KvError::shape("fit_transform", d * d, s.len()));
+        }
+        m = Some(match spec.whiten {
+            KeyMetric::QueryDiagonal => {
+                let top = (0..d).map(|i| s[i * d + i]).fold(0f64, f64::max).max(1e-30);
+                diag(
+                    &(0..d)
+                        .map(|i| s[i * d + i].max(1e-6 * top).sqrt() as f32)
+                        .collect::<Vec<_>>(),
+                )
+            }
+            _ => sym_sqrt(s, d, 1e-6),
+        });
+    } else if spec.scale {
+        let mu = channel_mean(data, d, None);
+        let sq: Vec<f32> = data
+            .iter()
+            .zip(mu.iter().cycle())
+            .map(|(x, m)| (x - m) * (x - m))
+            .collect();
+        let var = channel_mean(&sq, d, None);
+        let top = var.iter().cloned().fold(0f32, f32::max).max(1e-30);
+        m = Some(diag(
+            &var.iter()
+                .map(|&v| 1.0 / v.max(1e-6 * top).sqrt())
+                .collect::<Vec<_>>(),
+        ));
+    }
+    if spec.layout != crate::spec::SubspaceLayout::Contiguous {
+        let p = permutation_matrix(&spec.layout.permutation(d, dsub));
+        m = Some(match m {
+            None => p,
+            Some(m) => matmul(&p, &m, d),
+        });
+    }
+    Ok(Some(PreTransform::new(mean, m)?))
+}
+
+/// Rounds a codebook's centroids to FP16 (`cb16=true`).
+fn round_codebook(pq: ProductQuantizer) -> Result<ProductQuantizer> {
+    let c = round_f16(pq.centroids());
+    Ok(ProductQuantizer::from_centroids(pq.params(), c)?)
 }
 
 impl PqStore {
@@ -168,6 +273,7 @@ impl PqStore {
             sinks: Default::default(),
             codes: Default::default(),
             recent: [TokenRing::new(d), TokenRing::new(d)],
+            outliers: Vec::new(),
         };
         let groups = pq.share.num_groups(&shape);
         Ok(PqStore {
@@ -178,6 +284,7 @@ impl PqStore {
             row_bytes: [pq.code_row_bytes(&params[0]), pq.code_row_bytes(&params[1])],
             packed: [pq.packed(params[0].nbits()), pq.packed(params[1].nbits())],
             codebooks: [vec![None; groups], vec![None; groups]],
+            transforms: [vec![None; groups], vec![None; groups]],
             layers: vec![
                 PqLayer {
                     regions: Regions::default(),
@@ -235,7 +342,67 @@ impl PqStore {
             recent_values: h.recent[1].slices(),
             key_codebook: self.codebooks[0][g].as_ref(),
             value_codebook: self.codebooks[1][g].as_ref(),
+            key_transform: self.transforms[0][g].as_ref(),
+            value_transform: self.transforms[1][g].as_ref(),
+            outliers: &h.outliers,
         })
+    }
+
+    /// The pre-transform of `part` for the group of `(layer, head)`, if any.
+    pub fn transform(
+        &self,
+        layer: usize,
+        head: usize,
+        part: KvPart,
+    ) -> Result<Option<&PreTransform>> {
+        self.shape.check_head(layer, head)?;
+        Ok(
+            self.transforms[part_index(part)][self.pq.share.group_of(&self.shape, layer, head)]
+                .as_ref(),
+        )
+    }
+
+    /// Supplies calibrated pre-transforms for the group of `(layer, head)`
+    /// (with [`PqStore::set_codebooks`]; `None` is the identity). Errors if
+    /// their dimension is not `head_dim` or if the group already encoded tokens.
+    pub fn set_transforms(
+        &mut self,
+        layer: usize,
+        head: usize,
+        keys: Option<PreTransform>,
+        values: Option<PreTransform>,
+    ) -> Result<()> {
+        self.shape.check_head(layer, head)?;
+        let d = self.shape.head_dim();
+        for t in [&keys, &values].into_iter().flatten() {
+            if t.dim() != d {
+                return Err(KvError::shape("set_transforms", d, t.dim()));
+            }
+        }
+        let g = self.pq.share.group_of(&self.shape, layer, head);
+        let in_use = self.group_encoded(g);
+        if in_use > 0 {
+            return Err(KvError::CodebookInUse {
+                part: KvPart::Keys,
+                layer,
+                head,
+                tokens: in_use,
+            });
+        }
+        self.transforms[0][g] = keys;
+        self.transforms[1][g] = values;
+        Ok(())
+    }
+
+    /// Encoded tokens of every layer using codebook group `g`.
+    fn group_encoded(&self, g: usize) -> usize {
+        (0..self.shape.num_layers())
+            .filter(|&l| {
+                (0..self.shape.num_kv_heads())
+                    .any(|h| self.pq.share.group_of(&self.shape, l, h) == g)
+            })
+            .map(|l| self.layers[l].regions.encoded)
+            .sum()
     }
 
     /// Supplies calibrated codebooks for the group of `(layer, head)` (every
@@ -269,13 +436,7 @@ impl PqStore {
             }
         }
         let g = self.pq.share.group_of(&self.shape, layer, head);
-        let in_use: usize = (0..self.shape.num_layers())
-            .filter(|&l| {
-                (0..self.shape.num_kv_heads())
-                    .any(|h| self.pq.share.group_of(&self.shape, l, h) == g)
-            })
-            .map(|l| self.layers[l].regions.encoded)
-            .sum();
+        let in_use = self.group_encoded(g);
         if in_use > 0 {
             return Err(KvError::CodebookInUse {
                 part: KvPart::Keys,
@@ -284,6 +445,11 @@ impl PqStore {
                 tokens: in_use,
             });
         }
+        let (keys, values) = if self.pq.fp16_codebooks {
+            (round_codebook(keys)?, round_codebook(values)?)
+        } else {
+            (keys, values)
+        };
         self.codebooks[0][g] = Some(keys);
         self.codebooks[1][g] = Some(values);
         Ok(())
@@ -301,6 +467,13 @@ impl PqStore {
     /// layer holds plus the `n` new ones (`keys`, `values`: `H x n x d`).
     fn train_layer(&mut self, layer: usize, keys: &[f32], values: &[f32], n: usize) -> Result<()> {
         let (h_count, d) = (self.shape.num_kv_heads(), self.shape.head_dim());
+        if self.pq.needs_calibration() {
+            return Err(KvError::Incompatible {
+                spec: self.spec.to_string(),
+                shape: self.shape.to_string(),
+                reason: "whiten= and vweight= need calibrated codebooks (aqpim pq calibrate); online training cannot use them".into(),
+            });
+        }
         let share = self.pq.share;
         let mut groups: Vec<usize> = (0..h_count)
             .map(|h| share.group_of(&self.shape, layer, h))
@@ -325,7 +498,17 @@ impl PqStore {
                         ^ ((2 * g + p + 1) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
                     ..TrainOptions::default()
                 };
-                self.codebooks[p][g] = Some(ProductQuantizer::train(self.params[p], &data, &opts)?);
+                let xf = fit_transform(&self.pq, PARTS[p], &data, d, None)?;
+                let data = match &xf {
+                    Some(t) => t.apply(&data)?,
+                    None => data,
+                };
+                let mut pq = ProductQuantizer::train(self.params[p], &data, &opts)?;
+                if self.pq.fp16_codebooks {
+                    pq = round_codebook(pq)?;
+                }
+                self.codebooks[p][g] = Some(pq);
+                self.transforms[p][g] = xf;
             }
         }
         Ok(())
@@ -355,16 +538,21 @@ impl PqStore {
         let from_new = overflow - from_ring;
 
         let (shape, share, d) = (self.shape, self.pq.share, self.shape.head_dim());
+        let spec = self.pq;
         let PqStore {
             codebooks,
+            transforms,
             layers,
             packed,
             ..
         } = self;
         let packed = *packed;
-        let codebooks = &*codebooks;
+        let (codebooks, transforms) = (&*codebooks, &*transforms);
+        let first_encoded = reg.encoded;
         let work = |(h, head): (usize, &mut PqHead)| -> Result<()> {
             let g = share.group_of(&shape, layer, h);
+            let mut rows: [Vec<f32>; 2] = Default::default();
+            let mut errors = vec![0f32; overflow];
             for p in 0..2 {
                 let x = &[keys, values][p][h * n * d..(h + 1) * n * d];
                 extend_f16(&mut head.sinks[p], &x[..to_sinks * d]);
@@ -376,9 +564,58 @@ impl PqStore {
                     let mut buf = Vec::with_capacity(overflow * d);
                     head.recent[p].pop_front_f32(from_ring, &mut buf);
                     buf.extend(round_f16(&fresh[..from_new * d]));
-                    encode_append(pq, &buf, packed[p], &mut head.codes[p])?;
+                    let xt = match &transforms[p][g] {
+                        Some(t) => t.apply(&buf)?,
+                        None => buf.clone(),
+                    };
+                    let codes = encode_append(pq, &xt, packed[p], &mut head.codes[p])?;
+                    if spec.outliers_per_mille > 0 {
+                        let approx = pq.decode(&codes)?;
+                        for ((e, x), a) in errors
+                            .iter_mut()
+                            .zip(xt.chunks_exact(d))
+                            .zip(approx.chunks_exact(d))
+                        {
+                            let err: f32 = x.iter().zip(a).map(|(u, v)| (u - v) * (u - v)).sum();
+                            let norm: f32 = x.iter().map(|u| u * u).sum();
+                            *e += err / norm.max(f32::MIN_POSITIVE);
+                        }
+                    }
+                    rows[p] = buf;
                 }
                 head.recent[p].push_f32(&fresh[from_new * d..]);
+            }
+            if spec.outliers_per_mille > 0 {
+                for (i, &e) in errors.iter().enumerate() {
+                    let index = first_encoded + i;
+                    let budget = spec.outlier_budget(index + 1);
+                    let token = || OutlierToken {
+                        index,
+                        error: e,
+                        key: rows[0][i * d..(i + 1) * d]
+                            .iter()
+                            .map(|&v| f16::from_f32(v))
+                            .collect(),
+                        value: rows[1][i * d..(i + 1) * d]
+                            .iter()
+                            .map(|&v| f16::from_f32(v))
+                            .collect(),
+                    };
+                    if head.outliers.len() < budget {
+                        head.outliers.push(token());
+                    } else if budget > 0 {
+                        let (weakest, _) = head
+                            .outliers
+                            .iter()
+                            .enumerate()
+                            .min_by(|a, b| a.1.error.total_cmp(&b.1.error))
+                            .expect("budget > 0 and the list is full");
+                        if e > head.outliers[weakest].error {
+                            head.outliers.remove(weakest);
+                            head.outliers.push(token());
+                        }
+                    }
+                }
             }
             Ok(())
         };
@@ -395,6 +632,14 @@ impl PqStore {
         r.encoded += overflow;
         r.recent = r.recent - from_ring + (to_recent - from_new);
         Ok(())
+    }
+
+    /// Whether files of this spec carry transforms and outliers (specs
+    /// without them keep the original layout).
+    fn has_extras(&self) -> bool {
+        self.pq.transforms(KvPart::Keys)
+            || self.pq.transforms(KvPart::Values)
+            || self.pq.outliers_per_mille > 0
     }
 
     pub(crate) fn read_body(shape: KvShape, pq: PqSpec, r: &mut Reader<'_>) -> Result<Self> {
@@ -419,6 +664,30 @@ impl PqStore {
             }
         }
         let d = shape.head_dim();
+        if s.has_extras() {
+            for p in 0..2 {
+                for g in 0..s.transforms[p].len() {
+                    let flag = r.u8("transform flag")?;
+                    if flag > 2 {
+                        return Err(r.bad(format!(
+                            "{} transform {g}: flag {flag} is not 0, 1 or 2",
+                            PARTS[p]
+                        )));
+                    }
+                    if flag > 0 {
+                        let mean = r.f32s(d, "transform mean")?;
+                        let a = if flag == 2 {
+                            Some(r.f32s(r.mul(d, d, "transform")?, "transform matrix")?)
+                        } else {
+                            None
+                        };
+                        let t = PreTransform::new(mean, a)
+                            .map_err(|e| r.bad(format!("{} transform {g}: {e}", PARTS[p])))?;
+                        s.transforms[p][g] = Some(t);
+                    }
+                }
+            }
+        }
         for layer in 0..shape.num_layers() {
             let reg = Regions {
                 sinks: r.u64("sink count")?,
@@ -455,6 +724,31 @@ impl PqStore {
                     head.codes[p] = codes;
                     head.recent[p] = TokenRing::from_vec(recent, d);
                 }
+                if s.has_extras() {
+                    let mut outliers = Vec::new();
+                    for _ in 0..pq.outlier_budget(reg.encoded) {
+                        let index = r.u64("outlier index")?;
+                        let error = r.f32s(1, "outlier error")?[0];
+                        let key = r.f16s(d, "outlier key")?;
+                        let value = r.f16s(d, "outlier value")?;
+                        if index >= reg.encoded
+                            || outliers
+                                .last()
+                                .is_some_and(|o: &OutlierToken| o.index >= index)
+                        {
+                            return Err(r.bad(format!(
+                                "layer {layer}, head {h}: outlier index {index} is out of order or range"
+                            )));
+                        }
+                        outliers.push(OutlierToken {
+                            index,
+                            error,
+                            key,
+                            value,
+                        });
+                    }
+                    s.layers[layer].heads[h].outliers = outliers;
+                }
             }
             s.layers[layer].regions = reg;
         }
@@ -486,13 +780,14 @@ fn check_codes(codes: &[u8], params: &PqParams, packed: bool) -> std::result::Re
     Ok(())
 }
 
-/// Encodes `data` (`k x d`, FP16-exact) with `pq` and appends the codes to `out`.
+/// Encodes `data` (`k x d`, FP16-exact) with `pq` and appends the codes to
+/// `out`; returns the codes, one per byte.
 fn encode_append(
     pq: &ProductQuantizer,
     data: &[f32],
     packed: bool,
     out: &mut Vec<u8>,
-) -> Result<()> {
+) -> Result<Vec<u8>> {
     let m = pq.params().num_subspaces();
     let k = data.len() / pq.params().dim();
     let codes = if k == 1 {
@@ -512,7 +807,7 @@ fn encode_append(
     } else {
         out.extend_from_slice(&codes);
     }
-    Ok(())
+    Ok(codes)
 }
 
 impl KvStore for PqStore {
@@ -546,19 +841,37 @@ impl KvStore for PqStore {
         let v = self.head(layer, head)?;
         let mut out = [Vec::new(), Vec::new()];
         let parts = [
-            (v.sink_keys, v.key_codes, v.recent_keys, v.key_codebook),
+            (
+                v.sink_keys,
+                v.key_codes,
+                v.recent_keys,
+                v.key_codebook,
+                v.key_transform,
+            ),
             (
                 v.sink_values,
                 v.value_codes,
                 v.recent_values,
                 v.value_codebook,
+                v.value_transform,
             ),
         ];
-        for (o, (sinks, codes, recent, pq)) in out.iter_mut().zip(parts) {
+        let d = self.shape.head_dim();
+        for (p, (o, (sinks, codes, recent, pq, xf))) in out.iter_mut().zip(parts).enumerate() {
             *o = sinks.to_f32();
             if codes.tokens() > 0 {
                 let pq = pq.expect("encoded tokens imply a codebook");
-                o.extend(pq.decode(&codes.to_u8())?);
+                let mut x = pq.decode(&codes.to_u8())?;
+                if let Some(t) = xf {
+                    x = t.undo(&x)?;
+                }
+                for t in v.outliers {
+                    let row = if p == 0 { &t.key } else { &t.value };
+                    for (dst, &src) in x[t.index * d..(t.index + 1) * d].iter_mut().zip(row) {
+                        *dst = src.to_f32();
+                    }
+                }
+                o.extend(x);
             }
             o.extend(recent.to_f32());
         }
@@ -574,6 +887,10 @@ impl KvStore for PqStore {
     fn memory_report(&self) -> MemoryReport {
         let layers: Vec<Regions> = self.layers.iter().map(|l| l.regions).collect();
         let count = |p: usize| self.codebooks[p].iter().filter(|c| c.is_some()).count();
+        debug_assert!(self.layers.iter().all(|l| l
+            .heads
+            .iter()
+            .all(|h| h.outliers.len() == self.pq.outlier_budget(l.regions.encoded))));
         account_regions(&self.shape, &self.spec, &layers, count(0), count(1))
             .expect("the spec was validated at construction")
     }
@@ -585,10 +902,17 @@ impl KvStore for PqStore {
                 b.add(&head.codes[p]);
                 b.add_raw(head.recent[p].used_bytes(), head.recent[p].capacity_bytes());
             }
+            for t in &head.outliers {
+                b.add(&t.key);
+                b.add(&t.value);
+            }
         }
         for pq in self.codebooks.iter().flatten().flatten() {
             // The codebook as held: `M * ksub * dsub` f32 (its capacity is not visible from here).
             b.add_raw(pq.centroids().len() * 4, pq.centroids().len() * 4);
+        }
+        for t in self.transforms.iter().flatten().flatten() {
+            b.add_raw(t.bytes(), t.bytes());
         }
         b
     }
@@ -631,6 +955,20 @@ impl KvStore for PqStore {
                 }
             }
         }
+        if self.has_extras() {
+            for t in self.transforms.iter().flatten() {
+                match t {
+                    None => w.u8(0),
+                    Some(t) => {
+                        w.u8(1 + u8::from(t.matrix().is_some()));
+                        w.f32s(t.mean());
+                        if let Some(a) = t.matrix() {
+                            w.f32s(a);
+                        }
+                    }
+                }
+            }
+        }
         for l in &self.layers {
             w.u64(l.regions.sinks);
             w.u64(l.regions.encoded);
@@ -641,6 +979,14 @@ impl KvStore for PqStore {
                     w.bytes(&head.codes[p]);
                     for part in head.recent[p].slices().parts() {
                         w.f16s(part);
+                    }
+                }
+                if self.has_extras() {
+                    for t in &head.outliers {
+                        w.u64(t.index);
+                        w.f32s(&[t.error]);
+                        w.f16s(&t.key);
+                        w.f16s(&t.value);
                     }
                 }
             }

@@ -94,11 +94,70 @@ impl CodebookSharing {
     }
 }
 
+/// How a head's channels are grouped into PQ subspaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SubspaceLayout {
+    /// Subspace `m` holds channels `m * dsub .. (m + 1) * dsub` (`layout=contig`,
+    /// the default). For Llama-layout GGUF models (RoPE pairs `(2i, 2i + 1)`) a
+    /// 2-element sub-vector is one rotation pair.
+    Contiguous,
+    /// Subspace `m` holds channels `m, m + d / dsub, m + 2 d / dsub, ...`
+    /// (`layout=halves`): with `dsub = 2`, the pairs `(i, i + d / 2)`, the RoPE
+    /// pairs of NeoX-layout models (and a misaligned layout for Llama-layout ones).
+    Halves,
+}
+
+impl SubspaceLayout {
+    /// The channel at position `i` of the permuted vector (`perm[i]`).
+    pub fn permutation(self, d: usize, dsub: usize) -> Vec<usize> {
+        match self {
+            SubspaceLayout::Contiguous => (0..d).collect(),
+            SubspaceLayout::Halves => {
+                let m = d / dsub.max(1);
+                (0..d).map(|i| (i % dsub) * m + i / dsub).collect()
+            }
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            SubspaceLayout::Contiguous => "contig",
+            SubspaceLayout::Halves => "halves",
+        }
+    }
+}
+
+/// The metric key codebooks are trained in (`whiten=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KeyMetric {
+    /// Euclidean (`whiten=none`, the default).
+    Euclidean,
+    /// Keys scaled per channel by the RMS of the calibration queries
+    /// (`whiten=diag`): the diagonal of the score metric.
+    QueryDiagonal,
+    /// Keys multiplied by `S^(1/2)`, `S = E[q q^T]` over calibration queries
+    /// (`whiten=full`): k-means then minimizes `E[(q . (k - k^))^2]`.
+    QueryFull,
+}
+
+impl KeyMetric {
+    fn name(self) -> &'static str {
+        match self {
+            KeyMetric::Euclidean => "none",
+            KeyMetric::QueryDiagonal => "diag",
+            KeyMetric::QueryFull => "full",
+        }
+    }
+}
+
 /// Parameters of the PQ store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PqSpec {
-    /// Elements per sub-vector (dsub); `M = head_dim / dsub`.
-    pub dsub: usize,
+    /// Elements per key sub-vector (`kdsub`, or `dsub` for both parts); `M = head_dim / dsub`.
+    /// Read it through [`PqSpec::params`].
+    pub key_dsub: usize,
+    /// Elements per value sub-vector (`vdsub`).
+    pub value_dsub: usize,
     /// Bits per key code (nbits of the K codebooks), 1..=8.
     pub key_bits: u32,
     /// Bits per value code (nbits of the V codebooks), 1..=8.
@@ -126,12 +185,37 @@ pub struct PqSpec {
     /// bound by reading every head's codebook), and the window holds between
     /// `R` and `R + B - 1` tokens.
     pub flush: usize,
+    /// Mean centering (`center=true`): keys and values minus their
+    /// per-channel mean (per codebook group) before k-means and encoding.
+    /// Scores drop nothing (the key mean's score `q . mu` is added to every
+    /// encoded score); the value mean is added back on the output.
+    pub center: bool,
+    /// Per-channel scaling (`scale=true`): keys and values divided by their
+    /// per-channel standard deviation before k-means and encoding, undone in
+    /// the query (keys) and on the output (values).
+    pub scale: bool,
+    /// Subspace layout (`layout=contig|halves`).
+    pub layout: SubspaceLayout,
+    /// Key metric (`whiten=none|diag|full`); needs calibration queries
+    /// (`aqpim pq calibrate`), not available to online training.
+    pub whiten: KeyMetric,
+    /// Value codebooks weighted by the attention mass each calibration token
+    /// receives (`vweight=true`); calibration only.
+    pub value_weighting: bool,
+    /// Outlier tokens per 1,000 encoded tokens (`outliers=N`, per head): the
+    /// encoded tokens with the largest relative quantization error keep an
+    /// FP16 copy (keys and values) that attention uses instead of their codes.
+    pub outliers_per_mille: usize,
+    /// Codebooks held as FP16 (`cb16=true`): centroids rounded to FP16 and
+    /// counted at 2 bytes.
+    pub fp16_codebooks: bool,
 }
 
 impl Default for PqSpec {
     fn default() -> Self {
         PqSpec {
-            dsub: 4,
+            key_dsub: 4,
+            value_dsub: 4,
             key_bits: 8,
             value_bits: 8,
             sinks: 4,
@@ -142,6 +226,13 @@ impl Default for PqSpec {
             seed: 1234,
             train_min: None,
             flush: 1,
+            center: false,
+            scale: false,
+            layout: SubspaceLayout::Contiguous,
+            whiten: KeyMetric::Euclidean,
+            value_weighting: false,
+            outliers_per_mille: 0,
+            fp16_codebooks: false,
         }
     }
 }
@@ -149,11 +240,11 @@ impl Default for PqSpec {
 impl PqSpec {
     /// PQ parameters of the key (`Keys`) or value codebooks for head size `head_dim`.
     pub fn params(&self, head_dim: usize, part: crate::KvPart) -> Result<PqParams> {
-        let bits = match part {
-            crate::KvPart::Keys => self.key_bits,
-            crate::KvPart::Values => self.value_bits,
+        let (dsub, bits) = match part {
+            crate::KvPart::Keys => (self.key_dsub, self.key_bits),
+            crate::KvPart::Values => (self.value_dsub, self.value_bits),
         };
-        Ok(PqParams::with_dsub(head_dim, self.dsub, bits)?)
+        Ok(PqParams::with_dsub(head_dim, dsub, bits)?)
     }
 
     /// Whether codes of `nbits` bits are stored packed (two per byte).
@@ -184,6 +275,40 @@ impl PqSpec {
     pub fn encoded_target(&self, n: usize, layer: usize, num_layers: usize) -> usize {
         self.flush_point(n, layer, num_layers)
             .saturating_sub(self.sinks + self.window)
+    }
+
+    /// Whether the spec asks for a pre-transform of `part` (centering,
+    /// scaling, a non-contiguous layout or, for keys, a query metric).
+    pub fn transforms(&self, part: crate::KvPart) -> bool {
+        self.center
+            || self.scale
+            || self.layout != SubspaceLayout::Contiguous
+            || (part == crate::KvPart::Keys && self.whiten != KeyMetric::Euclidean)
+    }
+
+    /// Whether codebooks must come from calibration (query metric or
+    /// attention-weighted values).
+    pub fn needs_calibration(&self) -> bool {
+        self.whiten != KeyMetric::Euclidean || self.value_weighting
+    }
+
+    /// Outlier tokens kept in FP16 per head when `encoded` tokens are encoded
+    /// (`floor(encoded * outliers / 1000)`).
+    pub fn outlier_budget(&self, encoded: usize) -> usize {
+        encoded * self.outliers_per_mille / 1000
+    }
+
+    /// Bytes of the pre-transform of one `part` codebook, as the store holds
+    /// it: `4 d` for the mean, plus `8 d^2` for `A` and `A^-1` when there is
+    /// a matrix (scaling, a query metric or a non-contiguous layout); 0 without one.
+    pub fn transform_bytes(&self, part: crate::KvPart, d: usize) -> usize {
+        if !self.transforms(part) {
+            return 0;
+        }
+        let matrix = self.scale
+            || self.layout != SubspaceLayout::Contiguous
+            || (part == crate::KvPart::Keys && self.whiten != KeyMetric::Euclidean);
+        4 * d + if matrix { 8 * d * d } else { 0 }
     }
 
     /// Tokens a layer must hold before online training runs.
@@ -228,11 +353,18 @@ impl KvSpec {
                 if p.iterations == 0 {
                     return Err(bad("iters must be at least 1".into()));
                 }
-                if p.dsub == 0 || !shape.head_dim().is_multiple_of(p.dsub) {
+                for (name, dsub) in [("kdsub", p.key_dsub), ("vdsub", p.value_dsub)] {
+                    if dsub == 0 || !shape.head_dim().is_multiple_of(dsub) {
+                        return Err(bad(format!(
+                            "{name} = {dsub} does not divide head_dim = {}",
+                            shape.head_dim()
+                        )));
+                    }
+                }
+                if p.outliers_per_mille > 1000 {
                     return Err(bad(format!(
-                        "dsub = {} does not divide head_dim = {}",
-                        p.dsub,
-                        shape.head_dim()
+                        "outliers = {} per mille is above 1000",
+                        p.outliers_per_mille
                     )));
                 }
                 let ksub = 1usize << p.key_bits.max(p.value_bits);
@@ -270,7 +402,11 @@ impl fmt::Display for KvSpec {
                 )
             }
             KvSpec::Pq(p) => {
-                write!(f, "pq:dsub={},", p.dsub)?;
+                if p.key_dsub == p.value_dsub {
+                    write!(f, "pq:dsub={},", p.key_dsub)?;
+                } else {
+                    write!(f, "pq:kdsub={},vdsub={},", p.key_dsub, p.value_dsub)?;
+                }
                 if p.key_bits == p.value_bits {
                     write!(f, "nbits={}", p.key_bits)?;
                 } else {
@@ -291,6 +427,27 @@ impl fmt::Display for KvSpec {
                 }
                 if let Some(t) = p.train_min {
                     write!(f, ",train_min={t}")?;
+                }
+                if p.center {
+                    f.write_str(",center=true")?;
+                }
+                if p.scale {
+                    f.write_str(",scale=true")?;
+                }
+                if p.layout != SubspaceLayout::Contiguous {
+                    write!(f, ",layout={}", p.layout.name())?;
+                }
+                if p.whiten != KeyMetric::Euclidean {
+                    write!(f, ",whiten={}", p.whiten.name())?;
+                }
+                if p.value_weighting {
+                    f.write_str(",vweight=true")?;
+                }
+                if p.outliers_per_mille > 0 {
+                    write!(f, ",outliers={}", p.outliers_per_mille)?;
+                }
+                if p.fp16_codebooks {
+                    f.write_str(",cb16=true")?;
                 }
                 Ok(())
             }
@@ -333,6 +490,8 @@ impl FromStr for KvSpec {
             "scalar" => &["bits", "group", "window", "sinks"],
             "pq" => &[
                 "dsub",
+                "kdsub",
+                "vdsub",
                 "nbits",
                 "kbits",
                 "vbits",
@@ -344,6 +503,13 @@ impl FromStr for KvSpec {
                 "seed",
                 "train_min",
                 "flush",
+                "center",
+                "scale",
+                "layout",
+                "whiten",
+                "vweight",
+                "outliers",
+                "cb16",
             ],
             other => {
                 return Err(err(format!(
@@ -408,18 +574,44 @@ impl FromStr for KvSpec {
                         )))
                     }
                 };
-                let pack = match get("pack") {
-                    None => d.pack,
-                    Some("true" | "1" | "yes") => true,
-                    Some("false" | "0" | "no") => false,
+                let flag = |k: &str, default: bool| match get(k) {
+                    None => Ok(default),
+                    Some("true" | "1" | "yes") => Ok(true),
+                    Some("false" | "0" | "no") => Ok(false),
+                    Some(v) => Err(err(format!(
+                        "bad value `{v}` for `{k}`: expected true or false"
+                    ))),
+                };
+                let pack = flag("pack", d.pack)?;
+                let layout = match get("layout") {
+                    None | Some("contig") => SubspaceLayout::Contiguous,
+                    Some("halves") => SubspaceLayout::Halves,
                     Some(v) => {
                         return Err(err(format!(
-                            "bad value `{v}` for `pack`: expected true or false"
+                            "bad value `{v}` for `layout`: expected contig or halves"
                         )))
                     }
                 };
+                let whiten = match get("whiten") {
+                    None | Some("none") => KeyMetric::Euclidean,
+                    Some("diag") => KeyMetric::QueryDiagonal,
+                    Some("full") => KeyMetric::QueryFull,
+                    Some(v) => {
+                        return Err(err(format!(
+                            "bad value `{v}` for `whiten`: expected none, diag or full"
+                        )))
+                    }
+                };
+                let dsub = num("dsub", 1, 65536)?.map(|v| v as usize);
                 Ok(KvSpec::Pq(PqSpec {
-                    dsub: num("dsub", 1, 65536)?.map_or(d.dsub, |v| v as usize),
+                    key_dsub: num("kdsub", 1, 65536)?
+                        .map(|v| v as usize)
+                        .or(dsub)
+                        .unwrap_or(d.key_dsub),
+                    value_dsub: num("vdsub", 1, 65536)?
+                        .map(|v| v as usize)
+                        .or(dsub)
+                        .unwrap_or(d.value_dsub),
                     key_bits: num("kbits", 1, 8)?
                         .map(|b| b as u32)
                         .or(nbits)
@@ -443,6 +635,14 @@ impl FromStr for KvSpec {
                     },
                     train_min: num("train_min", 1, BIG)?.map(|v| v as usize),
                     flush: num("flush", 1, 65536)?.map_or(d.flush, |v| v as usize),
+                    center: flag("center", d.center)?,
+                    scale: flag("scale", d.scale)?,
+                    layout,
+                    whiten,
+                    value_weighting: flag("vweight", d.value_weighting)?,
+                    outliers_per_mille: num("outliers", 0, 1000)?
+                        .map_or(d.outliers_per_mille, |v| v as usize),
+                    fp16_codebooks: flag("cb16", d.fp16_codebooks)?,
                 }))
             }
         }
@@ -480,8 +680,51 @@ mod tests {
     }
 
     #[test]
+    fn per_part_dsub_and_accuracy_keys() {
+        let KvSpec::Pq(p) = "pq:dsub=2,vdsub=4,nbits=4,center=1,whiten=full,outliers=5"
+            .parse()
+            .unwrap()
+        else {
+            panic!("not pq")
+        };
+        assert_eq!((p.key_dsub, p.value_dsub), (2, 4));
+        let k = p.params(64, crate::KvPart::Keys).unwrap();
+        let v = p.params(64, crate::KvPart::Values).unwrap();
+        assert_eq!(
+            (k.dsub(), v.dsub(), k.num_subspaces(), v.num_subspaces()),
+            (2, 4, 32, 16)
+        );
+        assert!(p.center && p.needs_calibration() && p.transforms(crate::KvPart::Values));
+        assert_eq!(p.outlier_budget(2000), 10);
+        // Mean (4 d) for values; mean plus A and A^-1 (8 d^2) for whitened keys.
+        assert_eq!(p.transform_bytes(crate::KvPart::Values, 64), 256);
+        assert_eq!(
+            p.transform_bytes(crate::KvPart::Keys, 64),
+            256 + 8 * 64 * 64
+        );
+        for (bad, needle) in [
+            ("pq:whiten=yes", "`whiten`"),
+            ("pq:layout=rope", "`layout`"),
+            ("pq:outliers=1001", "`outliers`"),
+            ("pq:center=maybe", "`center`"),
+        ] {
+            let e = bad.parse::<KvSpec>().unwrap_err().to_string();
+            assert!(e.contains(needle), "{bad}: {e}");
+        }
+        // Halves pair channel i with i + d / 2.
+        assert_eq!(
+            SubspaceLayout::Halves.permutation(8, 2),
+            vec![0, 4, 1, 5, 2, 6, 3, 7]
+        );
+        assert_eq!(
+            SubspaceLayout::Contiguous.permutation(4, 2),
+            vec![0, 1, 2, 3]
+        );
+    }
+
+    #[test]
     fn canonical_form_round_trips() {
-        for s in ["dense", "scalar:bits=4,group=64,window=0,sinks=2", "pq:dsub=2,kbits=4,vbits=3,sinks=0,window=0,share=all,pack=true,iters=5,seed=9,flush=8,train_min=300", "pq"] {
+        for s in ["dense", "scalar:bits=4,group=64,window=0,sinks=2", "pq:dsub=2,kbits=4,vbits=3,sinks=0,window=0,share=all,pack=true,iters=5,seed=9,flush=8,train_min=300", "pq", "pq:kdsub=2,vdsub=4,center=true,scale=true,layout=halves,whiten=full,vweight=true,outliers=5,cb16=true", "pq:dsub=2,whiten=diag"] {
             let spec: KvSpec = s.parse().unwrap();
             assert_eq!(spec.to_string().parse::<KvSpec>().unwrap(), spec, "{s}");
         }
@@ -545,13 +788,14 @@ mod tests {
         .validate(&shape)
         .is_err());
         assert!(KvSpec::Pq(PqSpec {
-            dsub: 0,
+            value_dsub: 0,
             ..PqSpec::default()
         })
         .validate(&shape)
         .is_err());
         assert!(KvSpec::Pq(PqSpec {
-            dsub: 2,
+            key_dsub: 2,
+            value_dsub: 2,
             key_bits: 9,
             ..PqSpec::default()
         })

@@ -8,11 +8,12 @@ use std::path::Path;
 use aqpim_kvcache::{build, from_bytes, load, KvError, KvShape, KvSpec, KvStore};
 use common::{layer_input, tokens};
 
-const SPECS: [&str; 4] = [
+const SPECS: [&str; 5] = [
     "dense",
     "scalar:bits=2,group=4,window=3,sinks=1",
     "pq:dsub=2,nbits=4,sinks=2,window=3,flush=3,iters=3",
     "pq:dsub=4,kbits=3,vbits=2,sinks=0,window=2,pack=false,share=heads,iters=3",
+    "pq:kdsub=2,vdsub=4,nbits=4,sinks=1,window=2,iters=3,center=true,scale=true,layout=halves,outliers=100,cb16=true",
 ];
 
 /// A small filled cache: 2 layers x 2 KV heads (4 query heads) x d = 8, `n` tokens.

@@ -43,6 +43,7 @@ mod nearest;
 mod params;
 mod quantizer;
 pub mod synth;
+pub mod transform;
 
 pub use codes::{pack_4bit, packed_row_bytes, unpack_4bit};
 pub use error::{PqError, Result};
@@ -53,6 +54,7 @@ pub use lut::Lut;
 pub use nearest::nearest_centroids;
 pub use params::PqParams;
 pub use quantizer::{ProductQuantizer, TrainOptions};
+pub use transform::PreTransform;
 
 /// Checks that every value of a row-major `rows x cols` matrix is finite.
 ///

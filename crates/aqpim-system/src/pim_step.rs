@@ -103,7 +103,10 @@ fn format(
                 nbits: pv.nbits(),
             },
         },
-        fp_tokens: regions.sinks + regions.recent,
+        // FP16 sinks, window and outlier copies (`outliers=`): one FP16
+        // slice per cache. An outlier also keeps its codes; masking their
+        // code slots out of the scores is not modelled (a few CLRs).
+        fp_tokens: regions.sinks + regions.recent + spec.outlier_budget(regions.encoded),
         movable: regions.encoded,
         token_bytes: code_bytes * model.kv_heads as u64,
         pq: Some(Pq {

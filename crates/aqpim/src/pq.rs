@@ -61,8 +61,11 @@ pub enum PqCommand {
         /// Calibration tokens taken from the start of the text.
         #[arg(long, default_value_t = 8192)]
         tokens: usize,
-        /// The PQ cache the codebooks are for (`pq:dsub=..,nbits=..`; dsub, bits,
-        /// iterations and seed are used).
+        /// The PQ cache the codebooks are for (`pq:dsub=..,nbits=..`; dsub,
+        /// kdsub, vdsub, bits, iterations and seed are used, and the accuracy
+        /// keys center, scale, layout, whiten and vweight, which save a
+        /// transform beside each codebook; vweight also reads sinks and window).
+        /// Evaluate with the same keys.
         #[arg(long)]
         kv: String,
         /// Tokens per forward sequence (the text is cut into independent chunks).
