@@ -67,3 +67,23 @@ mod tests {
         assert!(check_ctx("ctx", usize::MAX).is_err());
     }
 }
+
+/// The most k-means iterations a `pq:` spec may ask for (`iters=`): faiss
+/// uses 25; a thousand is far past convergence and still bounded in time.
+pub const MAX_KMEANS_ITERATIONS: usize = 1000;
+
+/// The most characters of a user's token echoed in an error message.
+pub const MAX_ECHO_CHARS: usize = 64;
+
+/// `token`, cut to [`MAX_ECHO_CHARS`] characters (with `...`) for an error
+/// message.
+pub fn cut(token: &str) -> String {
+    if token.chars().count() > MAX_ECHO_CHARS {
+        format!(
+            "{}...",
+            token.chars().take(MAX_ECHO_CHARS).collect::<String>()
+        )
+    } else {
+        token.to_string()
+    }
+}

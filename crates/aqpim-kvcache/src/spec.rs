@@ -461,7 +461,7 @@ impl FromStr for KvSpec {
     fn from_str(s: &str) -> Result<Self> {
         let spec = s.trim();
         let err = |reason: String| KvError::Spec {
-            spec: s.to_string(),
+            spec: crate::limits::cut(s),
             reason,
         };
         let (kind, rest) = match spec.split_once(':') {
@@ -536,12 +536,15 @@ impl FromStr for KvSpec {
                 Some(v) => match v.parse::<u64>() {
                     Ok(n) if (min..=max).contains(&n) => Ok(Some(n)),
                     _ => Err(err(format!(
-                        "bad value `{v}` for `{k}`: expected an integer in {min}..={max}"
+                        "bad value `{}` for `{k}`: expected an integer in {min}..={max}",
+                        crate::limits::cut(v)
                     ))),
                 },
             }
         };
-        const BIG: u64 = u32::MAX as u64;
+        // Token counts (window, sinks, train_min) are bounded by the longest
+        // context a cache may hold.
+        const BIG: u64 = crate::limits::MAX_CTX as u64;
         match kind {
             "dense" | "fp16" => Ok(KvSpec::Dense),
             "scalar" => {
@@ -624,7 +627,8 @@ impl FromStr for KvSpec {
                     window: num("window", 0, BIG)?.map_or(d.window, |v| v as usize),
                     share,
                     pack,
-                    iterations: num("iters", 1, 100_000)?.map_or(d.iterations, |v| v as usize),
+                    iterations: num("iters", 1, crate::limits::MAX_KMEANS_ITERATIONS as u64)?
+                        .map_or(d.iterations, |v| v as usize),
                     seed: match get("seed") {
                         None => d.seed,
                         Some(v) => v.parse().map_err(|_| {

@@ -174,3 +174,25 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn spec_counts_are_bounded_and_echoes_are_cut() {
+    for (spec, limit) in [
+        ("pq:iters=4294967295", "1..=1000"),
+        ("pq:window=4294967295", "0..=16777216"),
+        ("pq:sinks=99999999999", "0..=16777216"),
+        ("pq:train_min=16777217", "1..=16777216"),
+    ] {
+        let e = spec
+            .parse::<aqpim_kvcache::KvSpec>()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(limit), "{spec}: {e}");
+    }
+    let long = format!("pq:window={}", "9".repeat(10_000));
+    let e = long
+        .parse::<aqpim_kvcache::KvSpec>()
+        .unwrap_err()
+        .to_string();
+    assert!(e.len() < 400 && e.contains("..."), "{} chars", e.len());
+}
