@@ -54,20 +54,6 @@ pub fn product(what: &str, factors: &[usize], max: usize) -> Result<usize> {
         })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn products_that_wrap_or_pass_the_limit_are_errors() {
-        assert_eq!(product("x", &[2, 3, 4], 24).unwrap(), 24);
-        assert!(product("x", &[2, 3, 4], 23).is_err());
-        assert!(product("x", &[usize::MAX, 2], usize::MAX).is_err());
-        assert!(check_ctx("ctx", MAX_CTX).is_ok());
-        assert!(check_ctx("ctx", usize::MAX).is_err());
-    }
-}
-
 /// The most k-means iterations a `pq:` spec may ask for (`iters=`): faiss
 /// uses 25; a thousand is far past convergence and still bounded in time.
 pub const MAX_KMEANS_ITERATIONS: usize = 1000;
@@ -85,5 +71,19 @@ pub fn cut(token: &str) -> String {
         )
     } else {
         token.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn products_that_wrap_or_pass_the_limit_are_errors() {
+        assert_eq!(product("x", &[2, 3, 4], 24).unwrap(), 24);
+        assert!(product("x", &[2, 3, 4], 23).is_err());
+        assert!(product("x", &[usize::MAX, 2], usize::MAX).is_err());
+        assert!(check_ctx("ctx", MAX_CTX).is_ok());
+        assert!(check_ctx("ctx", usize::MAX).is_err());
     }
 }
