@@ -189,7 +189,7 @@ pub(crate) fn place(
         let available = rows as u64 * row_bytes;
         return Err(SystemError::Capacity {
             what: format!(
-                "the {} FP16 sink and window tokens and the codebooks of {batch} sequences",
+                "the {} FP16 sink, window and outlier tokens and the codebooks of {batch} sequences",
                 f.fp_tokens
             ),
             place: "PIM banks (rows of the fullest channel)",

@@ -250,7 +250,10 @@ fn nothing_fits_and_no_link_are_clear_errors() {
     let (m, mut s) = tiny(100_000);
     // 3 FP16 tokens x 30 caches = 9 rows per layer: nothing fits 8 rows.
     let e = decode_step_with(&m, &s, Policy::Aqpim, 13, 30, Some(&Fake::new())).unwrap_err();
-    assert!(e.to_string().contains("sink and window tokens"), "{e}");
+    assert!(
+        e.to_string().contains("sink, window and outlier tokens"),
+        "{e}"
+    );
     s.link = None;
     s.host = None;
     s.gpu.memory_bytes = WEIGHTS;
