@@ -50,7 +50,7 @@ impl ShapeArgs {
             let [layers, kv_heads, head_dim] = limits::model_shape("--model-shape", text)?;
             let q_heads = self.q_heads.unwrap_or(kv_heads);
             if kv_heads == 0 || q_heads == 0 || !q_heads.is_multiple_of(kv_heads) {
-                bail!("--q-heads {q_heads} must be a positive multiple of the {kv_heads} KV heads of --model-shape");
+                bail!("--q-heads {q_heads}: query heads must be a positive multiple of the {kv_heads} KV heads of --model-shape");
             }
             return Ok(Shape {
                 name: format!("{layers},{kv_heads},{head_dim}"),
@@ -115,9 +115,30 @@ pub fn kv_name(spec: &aqpim_kvcache::KvSpec) -> String {
     }
 }
 
+/// A duration given in ms, shown in the unit that reads best (ns, us, ms, s).
+pub fn duration(ms: f64) -> String {
+    if ms < 1e-3 {
+        format!("{:.1} ns", ms * 1e6)
+    } else if ms < 1.0 {
+        format!("{:.3} us", ms * 1e3)
+    } else if ms < 1e4 {
+        format!("{ms:.3} ms")
+    } else {
+        format!("{:.2} s", ms / 1e3)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_pick_their_unit() {
+        assert_eq!(duration(0.0000354), "35.4 ns");
+        assert_eq!(duration(0.5), "500.000 us");
+        assert_eq!(duration(12.0), "12.000 ms");
+        assert_eq!(duration(20_000.0), "20.00 s");
+    }
 
     #[test]
     fn sizes_take_k_and_m() {
@@ -131,7 +152,10 @@ mod tests {
     fn devices_say_what_they_were_taken_as() {
         assert!(device_spec("hbm3-attacc-5.2").is_ok());
         let e = format!("{:#}", device_spec("no-such-device").unwrap_err());
-        assert!(e.contains("not a device preset") && e.contains("hbm3-attacc-5.2"), "{e}");
+        assert!(
+            e.contains("not a device preset") && e.contains("hbm3-attacc-5.2"),
+            "{e}"
+        );
         assert!(e.contains("tried"), "{e}");
     }
 }

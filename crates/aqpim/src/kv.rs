@@ -55,7 +55,11 @@ pub struct CacheArgs {
     #[command(flatten)]
     shape: ShapeArgs,
     /// Cache spec: `fp16` (dense), `scalar:bits=2,group=32,window=128`, `pq:dsub=4,nbits=8,sinks=4,window=128`, ...
-    #[arg(long, value_name = "SPEC", default_value = "pq:dsub=4,nbits=8,sinks=4,window=128")]
+    #[arg(
+        long,
+        value_name = "SPEC",
+        default_value = "pq:dsub=4,nbits=8,sinks=4,window=128"
+    )]
     kv: String,
 }
 

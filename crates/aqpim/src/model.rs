@@ -305,7 +305,11 @@ fn ppl(a: PplArgs) -> Result<()> {
             opts.prefill,
             opts.window
         );
-    } else if compressed && breakdown.as_ref().is_some_and(|b| b.tokens_by_region.encoded == 0) {
+    } else if compressed
+        && breakdown
+            .as_ref()
+            .is_some_and(|b| b.tokens_by_region.encoded == 0)
+    {
         eprintln!(
             "warning: a window of {} tokens fits in the cache's FP16 sinks and recent window; no token is read from codes",
             opts.window
@@ -388,10 +392,7 @@ fn breakdown(
 
 fn print_ppl(out: &PplOutput) {
     println!("{:<14} {}", "model", out.model);
-    println!(
-        "{:<14} {} ({} tokens)",
-        "text", out.text, out.text_tokens
-    );
+    println!("{:<14} {} ({} tokens)", "text", out.text, out.text_tokens);
     println!(
         "{:<14} {} x {} tokens, stride {}, prefill {}",
         "windows", out.windows, out.window, out.stride, out.prefill
@@ -408,7 +409,12 @@ fn print_ppl(out: &PplOutput) {
         "{:<14} {}, {} bytes at most",
         "kv cache", out.kv, out.cache_bytes
     );
-    match (out.bits_codes, out.bits_codebooks, out.bits_fp16_tokens, out.bits_scales) {
+    match (
+        out.bits_codes,
+        out.bits_codebooks,
+        out.bits_fp16_tokens,
+        out.bits_scales,
+    ) {
         (Some(codes), Some(books), Some(fp16), Some(scales)) => {
             println!(
                 "{:<14} {:.2} (codes {codes:.2} + codebooks {books:.2} + FP16 tokens {fp16:.2} + scales {scales:.2}, at {} tokens)",
@@ -429,10 +435,7 @@ fn print_ppl(out: &PplOutput) {
         }
         _ => println!("{:<14} {:.2}", "bits/element", out.bits_per_element),
     }
-    println!(
-        "{:<14} {:.1} tokens/s",
-        "prefill", out.prefill_tokens_per_s
-    );
+    println!("{:<14} {:.1} tokens/s", "prefill", out.prefill_tokens_per_s);
     if let Some(d) = out.decode_tokens_per_s {
         println!(
             "{:<14} {:.1} tokens/s ({} tokens, teacher-forced)",

@@ -207,7 +207,12 @@ fn mode_name(mode: Mode) -> &'static str {
 
 fn print_stats(s: &Stats) {
     println!("{:<26} {}", "device", s.device);
-    println!("{:<26} {} ({:.3} ms)", "cycles", s.cycles, s.ns / 1e6);
+    println!(
+        "{:<26} {} ({})",
+        "cycles",
+        s.cycles,
+        crate::args::duration(s.ns / 1e6)
+    );
     println!(
         "{:<26} {} ({} refreshes)",
         "commands", s.total_commands, s.refreshes
