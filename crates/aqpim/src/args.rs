@@ -65,8 +65,8 @@ impl ShapeArgs {
             (None, Some(d)) => d,
             (None, None) => bail!("give --model NAME|FILE.toml or --model-shape L,KVH,D"),
         };
-        let m = aqpim_system::presets::model(name)
-            .with_context(|| format!("--model `{}`", limits::cut(name)))?;
+        // The library's error names the value and how it was taken.
+        let m = aqpim_system::presets::model(name).context("--model")?;
         Ok(Shape {
             name: m.name,
             layers: m.layers,

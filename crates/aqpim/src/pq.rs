@@ -90,8 +90,8 @@ pub enum PqCommand {
         /// UTF-8 calibration text.
         #[arg(long)]
         text: PathBuf,
-        /// Calibration tokens taken from the start of the text.
-        #[arg(long, default_value_t = 8192)]
+        /// Calibration tokens taken from the start of the text (K/M suffixes).
+        #[arg(long, default_value = "8K", value_parser = crate::args::count)]
         tokens: usize,
         /// The PQ cache the codebooks are for (`pq:dsub=..,nbits=..`; dsub,
         /// kdsub, vdsub, bits, iterations and seed are used, and the accuracy
@@ -100,8 +100,8 @@ pub enum PqCommand {
         /// Evaluate with the same keys.
         #[arg(long)]
         kv: String,
-        /// Tokens per forward sequence (the text is cut into independent chunks).
-        #[arg(long, default_value_t = 2048)]
+        /// Tokens per forward sequence (the text is cut into independent chunks; K/M suffixes).
+        #[arg(long, default_value = "2K", value_parser = crate::args::count)]
         chunk: usize,
         /// Output directory (one codebook file per layer, KV head, K and V).
         #[arg(long)]
@@ -112,8 +112,8 @@ pub enum PqCommand {
     },
     /// Write KV-like synthetic data (a few large-variance channels) as float32 .npy.
     Synth {
-        /// Number of vectors.
-        #[arg(long, default_value_t = 65536)]
+        /// Number of vectors (K/M suffixes).
+        #[arg(long, default_value = "64K", value_parser = crate::args::count)]
         n: usize,
         /// Dimension.
         #[arg(long, default_value_t = 128)]
