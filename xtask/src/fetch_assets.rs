@@ -10,7 +10,7 @@
 //!   lazy-load database ([`crate::rdata`]) into `assets/austen/<name>.txt`
 //!   (lines joined with `\n`, UTF-8).
 //!
-//! Every download is checked against the sha256 sums of the project brief;
+//! Every download is checked against the sha256 sums written in this file;
 //! every output is written to a temporary file, synced and renamed, so an
 //! error leaves no partial file. Work happens in a temporary directory that
 //! is removed at the end.

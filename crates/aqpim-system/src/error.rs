@@ -17,7 +17,7 @@ pub enum SystemError {
         source: std::io::Error,
     },
     /// A model or system preset is malformed or inconsistent.
-    #[error("preset `{name}`: {reason}")]
+    #[error("`{name}`: {reason}")]
     Preset {
         /// Preset name or file.
         name: String,

@@ -165,9 +165,10 @@ pub struct HostSpec {
 pub struct PimStacksSpec {
     /// Device preset (`aqpim-pim`'s presets: `hbm3-attacc-5.2`, ...) or a TOML file.
     pub device: String,
-    /// Stacks, overriding the device preset's count (capacity and bandwidth
-    /// scale with it).
-    #[serde(default)]
+    /// Not accepted: the stack count is the device's (`[organisation]
+    /// stacks` in the device file), defined in one place. Present only to
+    /// refuse it with a message that says where it goes.
+    #[serde(default, skip_serializing)]
     pub stacks: Option<u32>,
     /// The compressed format the stacks hold under the `aqpim` policy: a
     /// `pq:` cache spec (`aqpim kv stats` reads the same). Absent: the system
@@ -202,14 +203,14 @@ impl PimStacksSpec {
             name: self.device.clone(),
             reason,
         };
-        let mut spec =
-            aqpim_pim::DeviceSpec::preset_or_file(&self.device).map_err(|e| bad(e.to_string()))?;
-        if let Some(s) = self.stacks {
-            if s == 0 {
-                return Err(bad("pim.stacks is 0: the PIM device has no capacity".into()));
-            }
-            spec.organisation.stacks = s;
+        if self.stacks.is_some() {
+            return Err(bad(
+                "[pim] stacks: the stack count belongs to the device (`[organisation] stacks` in its TOML file); \
+                 set it there, in a device file next to the system file (`device = \"mydev.toml\"`)"
+                    .into(),
+            ));
         }
+        let spec = device_spec(&self.device).map_err(bad)?;
         spec.resolve().map_err(|e| bad(e.to_string()))
     }
 
@@ -240,6 +241,42 @@ impl PimStacksSpec {
             Err(e) => Err(bad(e.to_string())),
         }
     }
+}
+
+/// A device preset of `aqpim-pim` by name, or a device TOML file; the error
+/// says which the name was taken as, and what was tried.
+fn device_spec(name_or_path: &str) -> std::result::Result<aqpim_pim::DeviceSpec, String> {
+    let presets = || {
+        aqpim_pim::PRESETS
+            .iter()
+            .map(|(n, _)| *n)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if aqpim_pim::PRESETS.iter().any(|(n, _)| *n == name_or_path) {
+        return aqpim_pim::DeviceSpec::preset(name_or_path)
+            .map_err(|e| format!("device preset `{name_or_path}`: {e}"));
+    }
+    let path = std::path::Path::new(name_or_path);
+    if path.exists() {
+        return aqpim_pim::DeviceSpec::from_file(path)
+            .map_err(|e| format!("device `{name_or_path}` (taken as a file path): {e}"));
+    }
+    Err(format!(
+        "device `{name_or_path}`: not a device preset (known: {}) and no such file (tried {})",
+        presets(),
+        tried(path)
+    ))
+}
+
+/// `path` as it was looked up: joined to the working directory when relative.
+fn tried(path: &std::path::Path) -> String {
+    if path.is_absolute() {
+        return path.display().to_string();
+    }
+    std::env::current_dir()
+        .map(|d| d.join(path).display().to_string())
+        .unwrap_or_else(|_| path.display().to_string())
 }
 
 /// Bytes of every bank of a device: stacks x channels x banks x rows x row bytes.
@@ -435,7 +472,7 @@ fn lookup<'a>(table: &'a [(&str, &str)], kind: &str, name: &str) -> Result<&'a s
         .ok_or_else(|| SystemError::Preset {
             name: name.to_string(),
             reason: format!(
-                "no such {kind} preset (known: {})",
+                "taken as a {kind} preset name (a file path ends in `.toml`): no such preset (known: {})",
                 table.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
             ),
         })
@@ -476,10 +513,12 @@ fn parse_system_in(text: &str, name: &str, dir: Option<&std::path::Path>) -> Res
 /// A model preset by name, or a TOML file path (ending in `.toml`).
 pub fn model(name_or_path: &str) -> Result<ModelSpec> {
     if name_or_path.ends_with(".toml") {
-        let text = std::fs::read_to_string(name_or_path).map_err(|source| SystemError::Io {
-            op: "reading",
-            path: name_or_path.into(),
-            source,
+        let text = std::fs::read_to_string(name_or_path).map_err(|e| SystemError::Preset {
+            name: name_or_path.to_string(),
+            reason: format!(
+                "taken as a model file path (it ends in `.toml`): reading {}: {e}",
+                tried(std::path::Path::new(name_or_path))
+            ),
         })?;
         return parse_model(&text, name_or_path);
     }
@@ -489,10 +528,12 @@ pub fn model(name_or_path: &str) -> Result<ModelSpec> {
 /// A system preset by name, or a TOML file path (ending in `.toml`).
 pub fn system(name_or_path: &str) -> Result<SystemSpec> {
     if name_or_path.ends_with(".toml") {
-        let text = std::fs::read_to_string(name_or_path).map_err(|source| SystemError::Io {
-            op: "reading",
-            path: name_or_path.into(),
-            source,
+        let text = std::fs::read_to_string(name_or_path).map_err(|e| SystemError::Preset {
+            name: name_or_path.to_string(),
+            reason: format!(
+                "taken as a system file path (it ends in `.toml`): reading {}: {e}",
+                tried(std::path::Path::new(name_or_path))
+            ),
         })?;
         let dir = std::path::Path::new(name_or_path).parent();
         return parse_system_in(&text, name_or_path, dir);

@@ -73,10 +73,27 @@ fn bad_presets_are_clear_errors() {
         e.to_string().contains("llama2-7b"),
         "known presets are listed: {e}"
     );
-    assert!(matches!(
-        presets::system("missing.toml"),
-        Err(SystemError::Io { .. })
-    ));
+    assert!(
+        e.to_string().contains("taken as a model preset name"),
+        "the error says how the name was taken: {e}"
+    );
+    // A missing file: taken as a path, and the path tried is named.
+    let e = presets::system("missing.toml").unwrap_err();
+    assert!(matches!(e, SystemError::Preset { .. }), "{e}");
+    let text = e.to_string();
+    assert!(
+        text.contains("taken as a system file path") && text.contains("missing.toml"),
+        "{text}"
+    );
+    // Stacks are the device's: a system file that sets them is refused.
+    let stacked = SYSTEM_PRESETS
+        .iter()
+        .find(|(n, _)| *n == "h100+aqpim")
+        .unwrap()
+        .1
+        .replace("[pim]\n", "[pim]\nstacks = 3\n");
+    let e = presets::parse_system(&stacked, "stacked").unwrap_err();
+    assert!(e.to_string().contains("[organisation] stacks"), "{e}");
 }
 
 fn tiny() -> (ModelSpec, SystemSpec) {

@@ -8,6 +8,7 @@ use aqpim_kvcache::{build, KvShape, KvSpec};
 use clap::{Args, Subcommand};
 use serde::Serialize;
 
+use crate::args::{count, ShapeArgs};
 use crate::limits;
 
 #[derive(Debug, Subcommand)]
@@ -20,64 +21,61 @@ pub enum AttnCommand {
 
 #[derive(Debug, Args)]
 pub struct SimArgs {
-    /// Model shape: layers, KV heads, head dimension (Llama-2-7B: 32,32,128).
-    #[arg(long, value_name = "L,H,D")]
-    model_shape: String,
-    /// Query heads per KV head (grouped-query attention).
-    #[arg(long, default_value_t = 1)]
-    group: usize,
-    /// Sequences decoded together.
-    #[arg(long, default_value_t = 1)]
+    #[command(flatten)]
+    shape: ShapeArgs,
+    /// Sequences decoded together (K/M suffixes).
+    #[arg(long, default_value = "1", value_parser = count)]
     batch: usize,
-    /// Tokens per sequence in PIM (for `pq`, the encoded tokens).
-    #[arg(long)]
+    /// Tokens per sequence (K/M suffixes: 32K = 32768); for `pq:`, the
+    /// encoded tokens are these less the spec's FP16 sinks and window.
+    #[arg(long, value_parser = count)]
     ctx: usize,
     /// Device preset (crates/aqpim-pim/presets) or TOML file.
-    #[arg(long, default_value = "hbm3-attacc-5.2")]
+    #[arg(long, value_name = "NAME|FILE", default_value = "hbm3-attacc-5.2")]
     device: String,
-    /// What the banks hold: fp16 (AttAcc) or pq (AQPIM).
-    #[arg(long, default_value = "pq")]
-    kind: String,
-    /// PQ sub-vector length.
-    #[arg(long, default_value_t = 4)]
-    dsub: usize,
-    /// PQ bits per code (4 or 8).
-    #[arg(long, default_value_t = 8)]
-    nbits: u32,
-    /// PQ: FP16 sink and recent-window tokens per sequence beside the codes.
-    #[arg(long, default_value_t = 0)]
-    fp_tokens: usize,
+    /// What the banks hold: `fp16` (AttAcc) or a `pq:` spec (AQPIM; 4- or
+    /// 8-bit codes; its sinks and window are FP16 tokens beside the codes).
+    #[arg(long, value_name = "SPEC", default_value = "pq:dsub=4,nbits=8")]
+    kv: String,
     /// PQ: include one in-memory quantization flush per cache (a block of one token per bank).
     #[arg(long)]
     quantize: bool,
     /// Compute every instruction's data too (slow); timing is identical.
     #[arg(long)]
     functional: bool,
-    /// Print one JSON object.
+    /// Print one JSON object on one line.
     #[arg(long)]
     json: bool,
 }
 
 #[derive(Debug, Serialize)]
 struct SimReport {
+    model: String,
     device: String,
-    kind: aqpim_attn::pim::PimKind,
+    /// The cache spec, canonical (`fp16` for the dense cache).
+    kv: String,
+    /// `fp16` or `pq`.
+    kind: &'static str,
     layers: usize,
     kv_heads: usize,
+    q_heads: usize,
     head_dim: usize,
-    group: usize,
     batch: usize,
+    /// Tokens per sequence.
     ctx: usize,
+    /// Of `ctx`, the tokens held as codes (all of them for `fp16`).
+    encoded_tokens: usize,
+    /// Of `ctx`, the FP16 sink, window and outlier tokens beside the codes.
     fp_tokens: usize,
     quantize: bool,
     mode: &'static str,
     /// Layers run one after another: the step's attention.
     cycles: u64,
-    time_us: f64,
+    time_ms: f64,
     energy_uj: f64,
-    bytes_internal: u64,
-    bytes_external: u64,
-    bytes_buffer_die: u64,
+    internal_bytes: u64,
+    external_bytes: u64,
+    buffer_die_bytes: u64,
     commands: u64,
     channels_used: usize,
     rows_per_bank_per_layer: usize,
@@ -85,52 +83,87 @@ struct SimReport {
     wall_s: f64,
 }
 
+/// The PIM kind, the FP16 tokens per sequence and the encoded tokens of
+/// `ctx` tokens in the format `kv`.
+fn pim_format(
+    kv: &KvSpec,
+    head_dim: usize,
+    ctx: usize,
+) -> Result<(aqpim_attn::pim::PimKind, usize, usize)> {
+    use aqpim_attn::pim::{PimKind, PqCodes};
+    match kv {
+        KvSpec::Dense => Ok((PimKind::Fp16, 0, ctx)),
+        KvSpec::Pq(spec) => {
+            let pk = spec.params(head_dim, aqpim_kvcache::KvPart::Keys)?;
+            let pv = spec.params(head_dim, aqpim_kvcache::KvPart::Values)?;
+            for p in [&pk, &pv] {
+                if p.nbits() != 4 && p.nbits() != 8 {
+                    bail!(
+                        "--kv {kv}: {}-bit codes; the PIM kernels take 4- or 8-bit codes",
+                        p.nbits()
+                    );
+                }
+            }
+            let regions = aqpim_kvcache::Regions::nominal(kv, ctx);
+            let kind = PimKind::Pq {
+                key: PqCodes {
+                    dsub: pk.dsub(),
+                    nbits: pk.nbits(),
+                },
+                value: PqCodes {
+                    dsub: pv.dsub(),
+                    nbits: pv.nbits(),
+                },
+            };
+            let fp = regions.sinks + regions.recent + spec.outlier_budget(regions.encoded);
+            Ok((kind, fp, regions.encoded))
+        }
+        KvSpec::Scalar(_) => {
+            bail!("--kv {kv}: the PIM kernels hold `fp16` or `pq:` caches, not scalar codes")
+        }
+    }
+}
+
 fn sim(a: &SimArgs) -> Result<SimReport> {
     use aqpim_attn::pim::{layer_rows_per_bank, simulate_layer_mode, LayerJob, PimKind};
     use aqpim_kvcache::limits::{MAX_CTX, MAX_HEAD_DIM, MAX_KV_HEADS, MAX_LAYERS};
-    let [layers, kv_heads, head_dim] = limits::model_shape("--model-shape", &a.model_shape)?;
-    limits::in_range("layers of --model-shape", layers, MAX_LAYERS)?;
-    limits::in_range("KV heads of --model-shape", kv_heads, MAX_KV_HEADS)?;
-    limits::in_range("head size of --model-shape", head_dim, MAX_HEAD_DIM)?;
+    let shape = a.shape.resolve(None)?;
+    let (layers, kv_heads, head_dim) = (shape.layers, shape.kv_heads, shape.head_dim);
+    limits::in_range("layers of the model", layers, MAX_LAYERS)?;
+    limits::in_range("KV heads of the model", kv_heads, MAX_KV_HEADS)?;
+    limits::in_range("head size of the model", head_dim, MAX_HEAD_DIM)?;
     limits::in_range("--batch", a.batch, limits::MAX_BATCH)?;
-    limits::in_range("--group", a.group, MAX_KV_HEADS)?;
-    for (flag, v) in [("--ctx", a.ctx), ("--fp-tokens", a.fp_tokens)] {
-        if v > MAX_CTX {
-            bail!("{flag} {v} is more than the limit of {MAX_CTX}");
-        }
+    limits::in_range(
+        "query heads of the model",
+        shape.q_heads,
+        MAX_KV_HEADS * MAX_KV_HEADS,
+    )?;
+    if a.ctx > MAX_CTX {
+        bail!("--ctx {} is more than the limit of {MAX_CTX}", a.ctx);
     }
-    if a.kind == "pq" {
-        if a.nbits != 4 && a.nbits != 8 {
-            bail!(
-                "--nbits {}: the PIM kernels take 4- or 8-bit codes",
-                a.nbits
-            );
-        }
-        if a.dsub == 0 || !head_dim.is_multiple_of(a.dsub) {
-            bail!(
-                "--dsub {} must be a positive divisor of the head size {head_dim}",
-                a.dsub
-            );
-        }
+    let spec: KvSpec =
+        a.kv.parse()
+            .with_context(|| format!("--kv `{}`", limits::cut(&a.kv)))?;
+    if !matches!(spec, KvSpec::Dense) {
+        spec.validate(&KvShape::with_query_heads(
+            1,
+            kv_heads,
+            shape.q_heads,
+            head_dim,
+        )?)?;
     }
+    let (kind, fp_tokens, encoded) = pim_format(&spec, head_dim, a.ctx)?;
     // At most MAX_BATCH x MAX_KV_HEADS = 2^22 heads: no overflow.
     let heads = a.batch * kv_heads;
-    let kind = match a.kind.as_str() {
-        "fp16" => PimKind::Fp16,
-        "pq" => PimKind::pq(a.dsub, a.nbits),
-        other => bail!("--kind `{}`: use fp16 or pq", limits::cut(other)),
-    };
-    let device = aqpim_pim::DeviceSpec::preset_or_file(&a.device)
-        .with_context(|| format!("loading device `{}`", limits::cut(&a.device)))?
-        .resolve()?;
+    let device = crate::args::device_spec(&a.device)?.resolve()?;
     let job = LayerJob {
         kind,
         head_dim,
         heads,
         kv_heads,
-        group: a.group,
-        ctx: a.ctx,
-        fp_tokens: a.fp_tokens,
+        group: shape.q_heads / kv_heads,
+        ctx: encoded,
+        fp_tokens,
         quantize: a.quantize,
         codebooks: aqpim_attn::pim::CodebookScope::Model,
     };
@@ -155,15 +188,21 @@ fn sim(a: &SimArgs) -> Result<SimReport> {
     );
     let start = Instant::now();
     let mut report = SimReport {
+        model: shape.name.clone(),
         device: device.name.clone(),
-        kind,
+        kv: crate::args::kv_name(&spec),
+        kind: match kind {
+            PimKind::Fp16 => "fp16",
+            PimKind::Pq { .. } => "pq",
+        },
         layers,
         kv_heads,
+        q_heads: shape.q_heads,
         head_dim,
-        group: a.group,
         batch: a.batch,
         ctx: a.ctx,
-        fp_tokens: a.fp_tokens,
+        encoded_tokens: encoded,
+        fp_tokens,
         quantize: a.quantize,
         mode: if a.functional {
             "functional"
@@ -171,11 +210,11 @@ fn sim(a: &SimArgs) -> Result<SimReport> {
             "timing-only"
         },
         cycles: 0,
-        time_us: 0.0,
+        time_ms: 0.0,
         energy_uj: 0.0,
-        bytes_internal: 0,
-        bytes_external: 0,
-        bytes_buffer_die: 0,
+        internal_bytes: 0,
+        external_bytes: 0,
+        buffer_die_bytes: 0,
         commands: 0,
         channels_used: 0,
         rows_per_bank_per_layer: rows,
@@ -186,11 +225,11 @@ fn sim(a: &SimArgs) -> Result<SimReport> {
     for _ in 0..layers {
         let c = simulate_layer_mode(&device, &job, mode)?;
         report.cycles += c.cycles;
-        report.time_us += c.ns / 1e3;
+        report.time_ms += c.ns / 1e6;
         report.energy_uj += c.energy_pj / 1e6;
-        report.bytes_internal += c.bytes_internal;
-        report.bytes_external += c.bytes_external;
-        report.bytes_buffer_die += c.bytes_buffer_die;
+        report.internal_bytes += c.bytes_internal;
+        report.external_bytes += c.bytes_external;
+        report.buffer_die_bytes += c.bytes_buffer_die;
         report.commands += c.commands;
         report.channels_used = c.channels_used;
         bar.inc(1);
@@ -200,39 +239,84 @@ fn sim(a: &SimArgs) -> Result<SimReport> {
     Ok(report)
 }
 
+impl SimReport {
+    fn print_table(&self) {
+        println!(
+            "{:<22} {} ({} layers, {} KV heads x {}, {} query heads)",
+            "model", self.model, self.layers, self.kv_heads, self.head_dim, self.q_heads
+        );
+        println!(
+            "{:<22} {} ({} tokens per sequence: {} encoded, {} fp16)",
+            "cache",
+            self.kv,
+            self.ctx,
+            if self.kind == "pq" {
+                self.encoded_tokens
+            } else {
+                0
+            },
+            if self.kind == "pq" {
+                self.fp_tokens
+            } else {
+                self.ctx
+            }
+        );
+        println!(
+            "{:<22} {}, batch {}, {}{}",
+            "device",
+            self.device,
+            self.batch,
+            self.mode,
+            if self.quantize {
+                ", one quantization flush"
+            } else {
+                ""
+            }
+        );
+        println!(
+            "{:<22} {:>14.3} ms ({} cycles)",
+            "time", self.time_ms, self.cycles
+        );
+        println!("{:<22} {:>14.1} uJ", "energy", self.energy_uj);
+        println!("{:<22} {:>14}", "commands", self.commands);
+        for (name, b) in [
+            ("bytes inside banks", self.internal_bytes),
+            ("bytes over interface", self.external_bytes),
+            ("bytes to buffer die", self.buffer_die_bytes),
+        ] {
+            println!("{:<22} {:>14} ({:.3} GB)", name, b, b as f64 / 1e9);
+        }
+        println!(
+            "{:<22} {:>14} rows per bank per layer, {} channels",
+            "placement", self.rows_per_bank_per_layer, self.channels_used
+        );
+        println!("{:<22} {:>14.2} s", "wall", self.wall_s);
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Context length (tokens in the cache).
-    #[arg(long, default_value_t = 32768)]
+    #[command(flatten)]
+    shape: ShapeArgs,
+    /// Context length: tokens in the cache (K/M suffixes).
+    #[arg(long, default_value = "32K", value_parser = count)]
     ctx: usize,
-    /// Query heads (H).
-    #[arg(long, default_value_t = 32)]
-    heads: usize,
-    /// KV heads (G; H must be a multiple).
-    #[arg(long, default_value_t = 32)]
-    kv_heads: usize,
-    /// Head dimension (d).
-    #[arg(long, default_value_t = 128)]
-    head_dim: usize,
-    /// Elements per PQ sub-vector (dsub).
-    #[arg(long, default_value_t = 4)]
-    dsub: usize,
-    /// Bits per PQ code (nbits).
-    #[arg(long, default_value_t = 8)]
-    nbits: u32,
-    /// FP16 attention-sink tokens.
-    #[arg(long, default_value_t = 4)]
-    sinks: usize,
-    /// FP16 recent-window tokens.
-    #[arg(long, default_value_t = 128)]
-    window: usize,
+    /// The compressed cache timed against fp16: a `pq:` spec (codebooks are
+    /// shared by every head, `share=all`, and trained with `iters=10` unless
+    /// the spec says otherwise).
+    #[arg(
+        long,
+        value_name = "SPEC",
+        default_value = "pq:dsub=4,nbits=8,sinks=4,window=128"
+    )]
+    kv: String,
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
     /// Timed repetitions of each kernel (the median is reported).
     #[arg(long, default_value_t = 5)]
     reps: usize,
-    /// Print one JSON object instead of a table.
+    /// Print one JSON object on one line instead of a table.
     #[arg(long)]
     json: bool,
 }
@@ -240,23 +324,24 @@ pub struct BenchArgs {
 /// What `aqpim attn bench` measures.
 #[derive(Debug, Serialize)]
 struct BenchReport {
+    model: String,
+    kv: String,
     ctx: usize,
-    heads: usize,
+    q_heads: usize,
     kv_heads: usize,
     head_dim: usize,
-    dsub: usize,
-    nbits: u32,
     threads: usize,
+    reps: usize,
     encoded_tokens: usize,
-    /// Median time of the dense FP16 kernel, one layer, all heads.
-    dense_ms: f64,
+    /// Median time of the fp16 kernel, one layer, all heads.
+    fp16_ms: f64,
     /// Median time of the PQ kernel, one layer, all heads.
     pq_ms: f64,
     speedup: f64,
     /// Query-head x encoded-token codes scored and accumulated per second by the PQ kernel.
     codes_per_s: f64,
     /// Bytes of the PQ cache (codes, FP16 sinks and window) read per second.
-    gb_per_s: f64,
+    bytes_per_s: f64,
     /// Lookup-table scoring alone, one thread: codes per second.
     score_codes_per_s_per_thread: f64,
     /// PQ output against f64 attention on the decoded cache, worst head.
@@ -265,29 +350,66 @@ struct BenchReport {
     rel_err_vs_fp16: f64,
 }
 
-pub fn run(cmd: AttnCommand) -> Result<()> {
-    match cmd {
-        AttnCommand::Sim(args) => print_report(&sim(&args)?, args.json),
-        AttnCommand::Bench(args) => {
-            let report = limits::thread_pool(args.threads)?.install(|| bench(&args))?;
-            print_report(&report, args.json)
-        }
+impl BenchReport {
+    fn print_table(&self) {
+        println!(
+            "{:<22} {} (one layer: {} query heads, {} KV heads x {})",
+            "model", self.model, self.q_heads, self.kv_heads, self.head_dim
+        );
+        println!(
+            "{:<22} {} ({} tokens, {} encoded)",
+            "cache", self.kv, self.ctx, self.encoded_tokens
+        );
+        println!(
+            "{:<22} {} threads, median of {} runs",
+            "run", self.threads, self.reps
+        );
+        println!("{:<22} {:>12.3} ms", "fp16 kernel", self.fp16_ms);
+        println!("{:<22} {:>12.3} ms", "pq kernel", self.pq_ms);
+        println!("{:<22} {:>12.2}x", "speedup", self.speedup);
+        println!(
+            "{:<22} {:>12.1} M codes/s ({:.2} GB/s of cache read)",
+            "pq throughput",
+            self.codes_per_s / 1e6,
+            self.bytes_per_s / 1e9
+        );
+        println!(
+            "{:<22} {:>12.1} M codes/s per thread",
+            "scoring alone",
+            self.score_codes_per_s_per_thread / 1e6
+        );
+        println!(
+            "{:<22} {:>12.2e} (worst head, against the decoded cache)",
+            "relative error", self.rel_err_vs_decoded
+        );
+        println!(
+            "{:<22} {:>12.4} (mean over heads, against fp16: the PQ error)",
+            "", self.rel_err_vs_fp16
+        );
     }
 }
 
-/// One JSON object, or one `key value` line per field.
-fn print_report(report: &impl Serialize, json: bool) -> Result<()> {
-    if json {
-        println!("{}", serde_json::to_string(report)?);
-    } else {
-        for (k, v) in serde_json::to_value(report)?
-            .as_object()
-            .context("report is an object")?
-        {
-            println!("{k:<30} {v}");
+pub fn run(cmd: AttnCommand) -> Result<()> {
+    match cmd {
+        AttnCommand::Sim(args) => {
+            let report = sim(&args)?;
+            if args.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                report.print_table();
+            }
+            Ok(())
+        }
+        AttnCommand::Bench(args) => {
+            let report = limits::thread_pool(args.threads)?.install(|| bench(&args))?;
+            if args.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                report.print_table();
+            }
+            Ok(())
         }
     }
-    Ok(())
 }
 
 fn median_ms(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
@@ -331,19 +453,38 @@ fn interleaved_medians_ms(
 }
 
 fn bench(a: &BenchArgs) -> Result<BenchReport> {
-    let shape = KvShape::with_query_heads(1, a.kv_heads, a.heads, a.head_dim)?;
-    let (g, d, h, ctx) = (a.kv_heads, a.head_dim, a.heads, a.ctx);
+    let model = a.shape.resolve(Some("llama2-7b"))?;
+    // One layer is timed: the model's layer count does not enter.
+    let shape = KvShape::with_query_heads(1, model.kv_heads, model.q_heads, model.head_dim)?;
+    let (g, d, h, ctx) = (model.kv_heads, model.head_dim, model.q_heads, a.ctx);
     // Every size is checked before anything is generated or allocated.
     limits::in_range("--ctx", ctx, aqpim_kvcache::limits::MAX_CTX)?;
     limits::in_range("--reps", a.reps, limits::MAX_REPS)?;
-    for (flag, v) in [("--sinks", a.sinks), ("--window", a.window)] {
-        aqpim_kvcache::limits::check_ctx(flag, v)?;
-    }
     aqpim_kvcache::limits::product(
-        "--kv-heads x --ctx x --head-dim",
+        "KV heads x --ctx x head size",
         &[g, ctx, d],
         aqpim_kvcache::limits::MAX_BENCH_ELEMENTS,
     )?;
+    let spec = match a
+        .kv
+        .parse::<KvSpec>()
+        .with_context(|| format!("--kv `{}`", limits::cut(&a.kv)))?
+    {
+        // One codebook shared by every head keeps set-up short (a single
+        // k-means per subspace); the kernel's work does not depend on the
+        // sharing.
+        KvSpec::Pq(mut p) => {
+            if !a.kv.contains("share=") {
+                p.share = aqpim_kvcache::CodebookSharing::All;
+            }
+            if !a.kv.contains("iters=") {
+                p.iterations = 10;
+            }
+            KvSpec::Pq(p)
+        }
+        other => bail!("--kv {other}: `attn bench` times a `pq:` cache against fp16"),
+    };
+    spec.validate(&shape)?;
     let bar =
         indicatif::ProgressBar::new_spinner().with_message("generating KV-like keys and values");
     bar.enable_steady_tick(std::time::Duration::from_millis(120));
@@ -353,19 +494,12 @@ fn bench(a: &BenchArgs) -> Result<BenchReport> {
         .collect();
     let values = aqpim_pq::synth::kv_like(g * ctx, d, 2);
 
-    bar.set_message("filling the dense cache");
+    bar.set_message("filling the fp16 cache");
     let mut dense = build(shape, &KvSpec::Dense)?;
     dense.reserve(ctx);
     dense.prefill(0, &keys, &values)?;
 
-    // One codebook shared by every head keeps set-up short (a single k-means
-    // per subspace); the kernel's work does not depend on the sharing.
     bar.set_message("training codebooks and encoding the PQ cache");
-    let spec: KvSpec = format!(
-        "pq:dsub={},nbits={},sinks={},window={},share=all,iters=10",
-        a.dsub, a.nbits, a.sinks, a.window
-    )
-    .parse()?;
     let mut pq = build(shape, &spec)?;
     pq.reserve(ctx);
     pq.prefill(0, &keys, &values)?;
@@ -459,21 +593,22 @@ fn bench(a: &BenchArgs) -> Result<BenchReport> {
         bail!("the scoring time was too short to measure; raise --ctx or --reps");
     }
     Ok(BenchReport {
+        model: model.name,
+        kv: spec.to_string(),
         ctx,
-        heads: h,
+        q_heads: h,
         kv_heads: g,
         head_dim: d,
-        dsub: a.dsub,
-        nbits: a.nbits,
         threads: rayon::current_num_threads(),
+        reps: a.reps,
         encoded_tokens: encoded,
-        dense_ms,
+        fp16_ms: dense_ms,
         pq_ms,
         speedup: dense_ms / pq_ms,
         codes_per_s: (h * encoded) as f64 / (pq_ms / 1e3),
-        gb_per_s: {
+        bytes_per_s: {
             let b = &report.bytes;
-            (b.key_codes + b.value_codes + b.sinks + b.recent) as f64 / (pq_ms / 1e3) / 1e9
+            (b.key_codes + b.value_codes + b.sinks + b.recent) as f64 / (pq_ms / 1e3)
         },
         score_codes_per_s_per_thread,
         rel_err_vs_decoded: worst,

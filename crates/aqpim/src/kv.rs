@@ -4,6 +4,7 @@ use anyhow::{bail, Context, Result};
 use aqpim_kvcache::{account, bench, KvShape, KvSpec, MemoryReport};
 use clap::{Args, Subcommand};
 
+use crate::args::{count, ShapeArgs};
 use crate::limits;
 
 #[derive(Debug, Subcommand)]
@@ -12,8 +13,8 @@ pub enum KvCommand {
     Stats {
         #[command(flatten)]
         cache: CacheArgs,
-        /// Tokens per layer (context length).
-        #[arg(long)]
+        /// Tokens per sequence (the context length; K/M suffixes: 128K = 131072).
+        #[arg(long, value_parser = count)]
         ctx: usize,
         /// Print one JSON object instead of a table.
         #[arg(long)]
@@ -24,14 +25,14 @@ pub enum KvCommand {
     Bench {
         #[command(flatten)]
         cache: CacheArgs,
-        /// Tokens per layer before the timed steps (at least sinks + window, so that appends encode).
-        #[arg(long, default_value_t = 256)]
+        /// Tokens per sequence before the timed steps (at least sinks + window, so that appends encode; K/M suffixes).
+        #[arg(long, default_value = "256", value_parser = count)]
         prefill: usize,
         /// Timed decode steps.
         #[arg(long, default_value_t = 50)]
         steps: usize,
-        /// Also allocate this many tokens on `--alloc-layers` layers and compare the bytes with the report.
-        #[arg(long)]
+        /// Also allocate this many tokens on `--alloc-layers` layers and compare the bytes with the report (K/M suffixes).
+        #[arg(long, value_parser = count)]
         alloc_ctx: Option<usize>,
         /// Layers allocated for the allocation check.
         #[arg(long, default_value_t = 1)]
@@ -50,21 +51,22 @@ pub enum KvCommand {
 
 #[derive(Debug, Args)]
 pub struct CacheArgs {
-    /// Model shape `L,H,D`: layers, KV heads, head size (Llama-2-7B: 32,32,128).
-    #[arg(long, default_value = "32,32,128")]
-    model_shape: String,
-    /// Query heads per layer (grouped-query attention; default: as many as KV heads).
-    #[arg(long)]
-    q_heads: Option<usize>,
-    /// Cache spec: `dense`, `scalar:bits=2,group=32,window=128`, `pq:dsub=4,nbits=8,sinks=4,window=128`, ...
-    #[arg(long, default_value = "pq:dsub=4,nbits=8,sinks=4,window=128")]
+    /// The model shape (default: --model llama2-7b).
+    #[command(flatten)]
+    shape: ShapeArgs,
+    /// Cache spec: `fp16` (dense), `scalar:bits=2,group=32,window=128`, `pq:dsub=4,nbits=8,sinks=4,window=128`, ...
+    #[arg(
+        long,
+        value_name = "SPEC",
+        default_value = "pq:dsub=4,nbits=8,sinks=4,window=128"
+    )]
     kv: String,
 }
 
 impl CacheArgs {
     fn resolve(&self) -> Result<(KvShape, KvSpec)> {
-        let [l, h, d] = limits::model_shape("--model-shape", &self.model_shape)?;
-        let shape = KvShape::with_query_heads(l, h, self.q_heads.unwrap_or(h), d)?;
+        let m = self.shape.resolve(Some("llama2-7b"))?;
+        let shape = KvShape::with_query_heads(m.layers, m.kv_heads, m.q_heads, m.head_dim)?;
         let spec: KvSpec = self
             .kv
             .parse()
@@ -78,7 +80,9 @@ pub fn run(cmd: KvCommand) -> Result<()> {
     match cmd {
         KvCommand::Stats { cache, ctx, json } => {
             let (shape, spec) = cache.resolve()?;
-            let report = account(&shape, &spec, ctx)?;
+            let mut report = account(&shape, &spec, ctx)?;
+            // The dense cache is called `fp16` in every output.
+            report.spec = crate::args::kv_name(&spec);
             if json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
@@ -159,28 +163,45 @@ pub fn run(cmd: KvCommand) -> Result<()> {
 fn print_report(r: &MemoryReport) {
     const MIB: f64 = 1024.0 * 1024.0;
     let b = &r.bytes;
+    let layers = r.shape.num_layers() as u64;
+    let t = &r.tokens_by_region;
     println!("{:<26} {}", "cache", r.spec);
     println!("{:<26} {}", "shape", r.shape);
-    println!(
-        "{:<26} {} (sinks {}, encoded {}, recent {} token-layers)",
-        "tokens per layer",
-        r.ctx,
-        r.tokens_by_region.sinks,
-        r.tokens_by_region.encoded,
-        r.tokens_by_region.recent
-    );
+    println!("{:<26} {}", "tokens per sequence", r.ctx);
+    if r.spec != "fp16" {
+        // Regions are summed over layers: token-layers, named as such.
+        println!(
+            "{:<26} {} sinks, {} encoded, {} recent window ({} token-layers in all, over {layers} layers)",
+            "token-layers by region",
+            t.sinks,
+            t.encoded,
+            t.recent,
+            t.sinks + t.encoded + t.recent,
+        );
+    }
+    let dense = r.spec == "fp16";
     let rows = [
         ("key codes", b.key_codes),
         ("value codes", b.value_codes),
         ("key codebooks", b.key_codebooks),
         ("value codebooks", b.value_codebooks),
         ("FP16 sinks", b.sinks),
-        ("FP16 recent window", b.recent),
+        (
+            if dense {
+                "FP16 keys and values"
+            } else {
+                "FP16 recent window"
+            },
+            b.recent,
+        ),
         ("scales and minima", b.metadata),
         ("total", r.total_bytes),
         ("FP16 baseline", r.fp16_bytes),
     ];
     for (name, bytes) in rows {
+        if bytes == 0 && name != "total" {
+            continue;
+        }
         println!(
             "{:<26} {:>16} bytes {:>12.2} MiB",
             name,

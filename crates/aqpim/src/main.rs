@@ -5,6 +5,7 @@
 //! object with `--json`; bad input ends with a one-line error and a non-zero
 //! exit status.
 
+mod args;
 mod attn;
 mod kv;
 mod limits;

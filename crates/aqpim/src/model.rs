@@ -17,6 +17,8 @@ use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
+use crate::args::count;
+
 #[derive(Debug, Subcommand)]
 pub enum EvalCommand {
     /// Perplexity of a model on a UTF-8 text, in sliding windows.
@@ -41,18 +43,19 @@ pub struct PplArgs {
     /// a `pq:` cache; without it codebooks are trained online per window.
     #[arg(long)]
     codebooks: Option<PathBuf>,
-    /// Text tokens per window (W).
-    #[arg(long, default_value_t = 512)]
+    /// Text tokens per window (W; K/M suffixes).
+    #[arg(long, default_value = "512", value_parser = count)]
     window: usize,
     /// Start-to-start distance of windows (default: the window, i.e. disjoint windows).
-    #[arg(long)]
+    #[arg(long, value_parser = count)]
     stride: Option<usize>,
     /// Inputs of each window run as one batched prefill; the rest are decoded
-    /// one token at a time through the cache (default: the whole window).
-    #[arg(long)]
+    /// one token at a time through the cache, so that a compressed cache's
+    /// error shows (default: 64, and at most half the window).
+    #[arg(long, value_parser = count)]
     prefill: Option<usize>,
-    /// Score only the text's first N tokens (default: all).
-    #[arg(long)]
+    /// Score only the text's first N tokens (default: all; K/M suffixes).
+    #[arg(long, value_parser = count)]
     tokens: Option<usize>,
     /// Token placed before each window: `auto` (the `<|endoftext|>` separator,
     /// or EOS), `none`, or a token id.
@@ -75,8 +78,8 @@ pub struct GenerateArgs {
     /// Prompt text.
     #[arg(long)]
     prompt: String,
-    /// Most tokens to generate.
-    #[arg(long, default_value_t = 64)]
+    /// Most tokens to generate (K/M suffixes).
+    #[arg(long, default_value = "64", value_parser = count)]
     max_tokens: usize,
     /// KV cache: `fp16`, `f32`, `scalar:...` or `pq:...` (as for `aqpim eval ppl`).
     #[arg(long, default_value = "fp16")]
@@ -99,8 +102,8 @@ pub struct GenerateArgs {
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
-    /// Print one JSON object (prompt ids, generated ids, text, the five most
-    /// likely first tokens with their logits) instead of streaming.
+    /// Print one JSON object on one line (prompt ids, generated ids, text, the
+    /// five most likely first tokens with their logits) instead of streaming.
     #[arg(long)]
     json: bool,
 }
@@ -185,6 +188,8 @@ struct PplOutput {
     model: String,
     text: String,
     kv: String,
+    /// The calibrated codebooks directory, if any (else codebooks are trained per window).
+    codebooks: Option<String>,
     window: usize,
     stride: usize,
     prefill: usize,
@@ -196,6 +201,17 @@ struct PplOutput {
     nll: f64,
     cache_bytes: usize,
     bits_per_element: f64,
+    /// Bits per element by component, from the accounting of one full
+    /// window's cache (`breakdown_tokens` tokens): codes, codebooks, FP16
+    /// tokens (sinks, window, outliers; every token of a dense cache) and
+    /// scales. `null` for the f32 cache.
+    bits_codes: Option<f64>,
+    bits_codebooks: Option<f64>,
+    bits_fp16_tokens: Option<f64>,
+    bits_scales: Option<f64>,
+    breakdown_tokens: usize,
+    /// The codebooks weigh more than the codes.
+    codebooks_dominate: bool,
     prefill_tokens: usize,
     prefill_tokens_per_s: f64,
     decode_tokens: usize,
@@ -250,7 +266,7 @@ fn ppl(a: PplArgs) -> Result<()> {
     let opts = PplOptions {
         window: a.window,
         stride: a.stride.unwrap_or(a.window),
-        prefill: a.prefill.unwrap_or(a.window + 1),
+        prefill: a.prefill.unwrap_or_else(|| default_prefill(a.window)),
         doc_start,
     };
     let bar = ProgressBar::new(0);
@@ -276,10 +292,46 @@ fn ppl(a: PplArgs) -> Result<()> {
             report.perplexity
         );
     }
+    // The accounting of the largest window's cache: inputs are the window's
+    // tokens, less the last, plus the document-start token.
+    let lead = usize::from(doc_start.is_some());
+    let breakdown_tokens = (a.window.min(tokens.len()) + lead).saturating_sub(1);
+    let breakdown = breakdown(&model, &choice, breakdown_tokens)?;
+    let compressed = matches!(&choice, CacheChoice::Store(s, _) if !matches!(s, KvSpec::Dense));
+    if compressed && report.decode_tokens == 0 {
+        eprintln!(
+            "warning: no token was decoded through the compressed cache (--prefill {} covers every window of {} tokens); \
+             perplexity then shows prefill attention, not the cache: lower --prefill",
+            opts.prefill,
+            opts.window
+        );
+    } else if compressed
+        && breakdown
+            .as_ref()
+            .is_some_and(|b| b.tokens_by_region.encoded == 0)
+    {
+        eprintln!(
+            "warning: a window of {} tokens fits in the cache's FP16 sinks and recent window; no token is read from codes",
+            opts.window
+        );
+    }
+    if let CacheChoice::Store(KvSpec::Pq(p), None) = &choice {
+        // Online training waits for `train_min` tokens (2^nbits by default);
+        // until then every token stays in the FP16 window.
+        let threshold = p.train_threshold();
+        if report.decode_tokens > 0 && breakdown_tokens <= threshold + p.sinks + p.window {
+            eprintln!(
+                "warning: online codebooks train once a layer holds {threshold} tokens, and a window holds {breakdown_tokens}: \
+                 few or no decoded tokens are read from codes; use a longer --window, `train_min=` in --kv, or calibrated --codebooks"
+            );
+        }
+    }
+    let bits = breakdown.as_ref().map(|b| &b.bits_per_element);
     let out = PplOutput {
         model: a.model.display().to_string(),
         text: a.text.display().to_string(),
         kv: a.kv.clone(),
+        codebooks: a.codebooks.as_ref().map(|p| p.display().to_string()),
         window: opts.window,
         stride: opts.stride,
         prefill: opts.prefill.min(opts.window),
@@ -291,6 +343,12 @@ fn ppl(a: PplArgs) -> Result<()> {
         nll: report.nll,
         cache_bytes: report.cache_bytes,
         bits_per_element: report.bits_per_element,
+        bits_codes: bits.map(|b| b.codes),
+        bits_codebooks: bits.map(|b| b.codebooks),
+        bits_fp16_tokens: bits.map(|b| b.full_precision),
+        bits_scales: bits.map(|b| b.metadata),
+        breakdown_tokens,
+        codebooks_dominate: bits.is_some_and(|b| b.codebooks > b.codes),
         prefill_tokens: report.prefill_tokens,
         prefill_tokens_per_s: report.prefill_tokens as f64 / report.prefill_seconds.max(1e-9),
         decode_tokens: report.decode_tokens,
@@ -299,32 +357,91 @@ fn ppl(a: PplArgs) -> Result<()> {
         threads: rayon::current_num_threads(),
     };
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        println!("{}", serde_json::to_string(&out)?);
     } else {
-        println!("model        {}", out.model);
-        println!("text         {} ({} tokens)", out.text, out.text_tokens);
-        println!(
-            "kv cache     {} ({} bits/element, {} bytes at most)",
-            out.kv, out.bits_per_element, out.cache_bytes
-        );
-        println!(
-            "windows      {} x W={} stride={} prefill={}",
-            out.windows, out.window, out.stride, out.prefill
-        );
-        println!("scored       {} tokens", out.scored_tokens);
-        println!(
-            "perplexity   {:.4}  (NLL {:.5} nats)",
-            out.perplexity, out.nll
-        );
-        println!("prefill      {:.1} tokens/s", out.prefill_tokens_per_s);
-        if let Some(d) = out.decode_tokens_per_s {
-            println!(
-                "decode       {:.1} tokens/s ({} tokens, teacher-forced)",
-                d, out.decode_tokens
-            );
-        }
+        print_ppl(&out);
     }
     Ok(())
+}
+
+/// The default `--prefill`: 64 tokens, and at most half the window, so that
+/// most of each window is decoded through the cache.
+fn default_prefill(window: usize) -> usize {
+    64.min(window / 2).max(1)
+}
+
+/// The accounting of a cache of `tokens` tokens of `model` in the format of
+/// `choice` (`None` for the f32 cache, which `aqpim-kvcache` does not hold).
+fn breakdown(
+    model: &Llama,
+    choice: &CacheChoice,
+    tokens: usize,
+) -> Result<Option<aqpim_kvcache::MemoryReport>> {
+    let spec = match choice {
+        CacheChoice::Dense(DensePrecision::F16) => KvSpec::Dense,
+        CacheChoice::Dense(_) => return Ok(None),
+        CacheChoice::Store(spec, _) => spec.clone(),
+    };
+    if tokens == 0 {
+        return Ok(None);
+    }
+    let c = model.config();
+    let shape = KvShape::with_query_heads(c.n_layers, c.n_kv_heads, c.n_heads, c.head_dim)?;
+    Ok(Some(aqpim_kvcache::account(&shape, &spec, tokens)?))
+}
+
+fn print_ppl(out: &PplOutput) {
+    println!("{:<14} {}", "model", out.model);
+    println!("{:<14} {} ({} tokens)", "text", out.text, out.text_tokens);
+    println!(
+        "{:<14} {} x {} tokens, stride {}, prefill {}",
+        "windows", out.windows, out.window, out.stride, out.prefill
+    );
+    println!(
+        "{:<14} {} tokens ({} prefilled, {} decoded through the cache)",
+        "scored", out.scored_tokens, out.prefill_tokens, out.decode_tokens
+    );
+    println!(
+        "{:<14} {:.4}  (NLL {:.5} nats)",
+        "perplexity", out.perplexity, out.nll
+    );
+    println!(
+        "{:<14} {}, {} bytes at most",
+        "kv cache", out.kv, out.cache_bytes
+    );
+    match (
+        out.bits_codes,
+        out.bits_codebooks,
+        out.bits_fp16_tokens,
+        out.bits_scales,
+    ) {
+        (Some(codes), Some(books), Some(fp16), Some(scales)) => {
+            println!(
+                "{:<14} {:.2} (codes {codes:.2} + codebooks {books:.2} + FP16 tokens {fp16:.2} + scales {scales:.2}, at {} tokens)",
+                "bits/element", out.bits_per_element, out.breakdown_tokens
+            );
+            if out.codebooks_dominate && out.codebooks.is_none() {
+                println!(
+                    "{:<14} codebooks outweigh the codes: each window trains its own f32 codebooks, \
+                     amortized over only {} tokens; longer windows or calibrated --codebooks shrink them",
+                    "", out.breakdown_tokens
+                );
+            } else if out.codebooks_dominate {
+                println!(
+                    "{:<14} codebooks outweigh the codes: f32 codebooks per layer and KV head, counted in one window's cache of {} tokens",
+                    "", out.breakdown_tokens
+                );
+            }
+        }
+        _ => println!("{:<14} {:.2}", "bits/element", out.bits_per_element),
+    }
+    println!("{:<14} {:.1} tokens/s", "prefill", out.prefill_tokens_per_s);
+    if let Some(d) = out.decode_tokens_per_s {
+        println!(
+            "{:<14} {:.1} tokens/s ({} tokens, teacher-forced)",
+            "decode", d, out.decode_tokens
+        );
+    }
 }
 
 pub fn run_generate(a: GenerateArgs) -> Result<()> {
@@ -433,7 +550,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
             prefill_tokens_per_s: prefill_tps,
             decode_tokens_per_s: decode_tps,
         };
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        println!("{}", serde_json::to_string(&out)?);
         return Ok(());
     }
     if text.len() > printed {

@@ -92,6 +92,51 @@ pub fn parse_matrix(bytes: &[u8]) -> Result<Matrix> {
     })
 }
 
+/// A row-major 2-D `uint8` matrix (PQ codes, one byte per code).
+#[derive(Debug)]
+pub struct Codes {
+    pub rows: usize,
+    pub cols: usize,
+    pub data: Vec<u8>,
+}
+
+/// Reads a 2-D uint8 `.npy` file (C order): codes as `aqpim pq encode` writes them.
+pub fn read_codes(path: &Path) -> Result<Codes> {
+    let bytes = read_bounded(path, MAX_ELEMENTS as u64 + (1 << 20))?;
+    parse_codes(&bytes).with_context(|| path.display().to_string())
+}
+
+fn parse_codes(bytes: &[u8]) -> Result<Codes> {
+    let header = Header::parse(bytes)?;
+    let data = &bytes[header.data_start..];
+    if header.shape.len() != 2 || header.fortran_order {
+        bail!("expected a 2-D C-ordered array of codes (n x M)");
+    }
+    if !matches!(header.descr.as_str(), "|u1" | "<u1" | ">u1") {
+        bail!(
+            "unsupported dtype '{}'; codes are uint8 (|u1)",
+            crate::limits::cut(&header.descr)
+        );
+    }
+    let rows = usize::try_from(header.shape[0]).context("rows too large")?;
+    let cols = usize::try_from(header.shape[1]).context("columns too large")?;
+    if rows == 0 || cols == 0 {
+        bail!("the array is empty ({rows} x {cols})");
+    }
+    let n = elements(rows, cols, "rows x columns")?;
+    if data.len() != n {
+        bail!(
+            "the header says {rows} x {cols} codes ({n} bytes) but the file holds {} bytes of data",
+            data.len()
+        );
+    }
+    Ok(Codes {
+        rows,
+        cols,
+        data: data.to_vec(),
+    })
+}
+
 /// The header of a `.npy` file (format versions 1 to 3), parsed here rather
 /// than by npyz, whose reader multiplies the shape unchecked (a wrapping
 /// product in release builds, an overflow panic in debug ones).
@@ -206,18 +251,32 @@ fn write<T: npyz::Serialize + npyz::AutoSerialize + Copy>(
     cols: usize,
     data: &[T],
 ) -> Result<()> {
-    if rows.checked_mul(cols) != Some(data.len()) {
+    write_nd(path, &[rows, cols], data)
+}
+
+/// Writes a float32 array of any shape (a codebook: M x ksub x dsub).
+pub fn write_f32_nd(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
+    write_nd(path, shape, data)
+}
+
+fn write_nd<T: npyz::Serialize + npyz::AutoSerialize + Copy>(
+    path: &Path,
+    shape: &[usize],
+    data: &[T],
+) -> Result<()> {
+    if shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)) != Some(data.len()) {
         bail!(
-            "{}: refusing to write a {rows} x {cols} header over {} values",
+            "{}: refusing to write a {shape:?} header over {} values",
             path.display(),
             data.len()
         );
     }
+    let dims: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
     let mut buf = Cursor::new(Vec::new());
     {
         let mut w = npyz::WriteOptions::new()
             .default_dtype()
-            .shape(&[rows as u64, cols as u64])
+            .shape(&dims)
             .writer(&mut buf)
             .begin_nd()?;
         w.extend(data.iter().copied())?;

@@ -41,6 +41,38 @@ pub enum PqCommand {
         #[arg(long)]
         threads: Option<usize>,
     },
+    /// Decode a codes file (n x M uint8 .npy, as `encode` writes) with its
+    /// codebook into the reconstructed vectors (n x d float32 .npy).
+    Decode {
+        /// Codebook file written by `aqpim pq train`.
+        #[arg(long)]
+        codebook: PathBuf,
+        /// Codes to decode (n x M, uint8 .npy).
+        #[arg(long)]
+        codes: PathBuf,
+        /// Output .npy file of vectors (n x d, float32).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// What a codebook or codes file holds: shape, bits, sizes and, for a
+    /// codebook, whether its checksum holds.
+    Info {
+        /// A codebook file (`aqpim pq train`) or a codes .npy file (`aqpim pq encode`).
+        file: PathBuf,
+        /// Print one JSON object on one line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Export a codebook's centroids as a float32 .npy array of shape
+    /// M x ksub x dsub (faiss's `ProductQuantizer.centroids` layout).
+    Export {
+        /// Codebook file written by `aqpim pq train`.
+        #[arg(long)]
+        codebook: PathBuf,
+        /// Output .npy file.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Train, encode and scan on the input itself; report times and errors.
     Bench {
         #[command(flatten)]
@@ -58,8 +90,8 @@ pub enum PqCommand {
         /// UTF-8 calibration text.
         #[arg(long)]
         text: PathBuf,
-        /// Calibration tokens taken from the start of the text.
-        #[arg(long, default_value_t = 8192)]
+        /// Calibration tokens taken from the start of the text (K/M suffixes).
+        #[arg(long, default_value = "8K", value_parser = crate::args::count)]
         tokens: usize,
         /// The PQ cache the codebooks are for (`pq:dsub=..,nbits=..`; dsub,
         /// kdsub, vdsub, bits, iterations and seed are used, and the accuracy
@@ -68,8 +100,8 @@ pub enum PqCommand {
         /// Evaluate with the same keys.
         #[arg(long)]
         kv: String,
-        /// Tokens per forward sequence (the text is cut into independent chunks).
-        #[arg(long, default_value_t = 2048)]
+        /// Tokens per forward sequence (the text is cut into independent chunks; K/M suffixes).
+        #[arg(long, default_value = "2K", value_parser = crate::args::count)]
         chunk: usize,
         /// Output directory (one codebook file per layer, KV head, K and V).
         #[arg(long)]
@@ -80,8 +112,8 @@ pub enum PqCommand {
     },
     /// Write KV-like synthetic data (a few large-variance channels) as float32 .npy.
     Synth {
-        /// Number of vectors.
-        #[arg(long, default_value_t = 65536)]
+        /// Number of vectors (K/M suffixes).
+        #[arg(long, default_value = "64K", value_parser = crate::args::count)]
         n: usize,
         /// Dimension.
         #[arg(long, default_value_t = 128)]
@@ -193,6 +225,51 @@ pub fn run(cmd: PqCommand) -> Result<()> {
             npy::write_u8(&out, x.rows, pq.params().num_subspaces(), &codes)?;
             Ok(())
         }),
+        PqCommand::Decode {
+            codebook,
+            codes,
+            out,
+        } => {
+            let pq = ProductQuantizer::load(&codebook)?;
+            let c = npy::read_codes(&codes)?;
+            let p = pq.params();
+            if c.cols != p.num_subspaces() {
+                bail!(
+                    "{}: codes have M = {} columns, the codebook has M = {}",
+                    codes.display(),
+                    c.cols,
+                    p.num_subspaces()
+                );
+            }
+            if let Some(bad) = c.data.iter().find(|&&v| usize::from(v) >= p.ksub()) {
+                bail!(
+                    "{}: code {bad} is out of range for {}-bit codes (ksub = {})",
+                    codes.display(),
+                    p.nbits(),
+                    p.ksub()
+                );
+            }
+            let x = pq.decode(&c.data)?;
+            npy::write_f32(&out, c.rows, p.dim(), &x)
+        }
+        PqCommand::Info { file, json } => {
+            let info = info(&file)?;
+            if json {
+                println!("{}", serde_json::to_string(&info)?);
+            } else {
+                info.print_table();
+            }
+            Ok(())
+        }
+        PqCommand::Export { codebook, out } => {
+            let pq = ProductQuantizer::load(&codebook)?;
+            let p = pq.params();
+            npy::write_f32_nd(
+                &out,
+                &[p.num_subspaces(), p.ksub(), p.dsub()],
+                pq.centroids(),
+            )
+        }
         PqCommand::Bench { train, json } => with_threads(train.threads, || {
             let report = bench(&train)?;
             if json {
@@ -428,4 +505,125 @@ fn throughput(n: usize, mut scan: impl FnMut() -> aqpim_pq::Result<()>) -> Resul
         reps += 1;
     }
     Ok(reps as f64 * n as f64 / t.elapsed().as_secs_f64() / 1e6)
+}
+
+/// What `aqpim pq info` reports.
+#[derive(Debug, Serialize)]
+struct Info {
+    file: String,
+    /// `codebook` or `codes`.
+    kind: &'static str,
+    file_bytes: u64,
+    /// Codebook: vector dimension.
+    d: Option<usize>,
+    /// Subspaces (a codebook's M, a codes file's columns).
+    m: usize,
+    /// Codebook: bits per code; codes: the fewest bits that hold the largest code.
+    nbits: u32,
+    ksub: Option<usize>,
+    dsub: Option<usize>,
+    /// Codes: vectors encoded.
+    vectors: Option<usize>,
+    /// Codebook: the bytes of its f32 centroids.
+    centroid_bytes: Option<u64>,
+    /// Codes: the largest code present.
+    max_code: Option<u8>,
+    /// `ok`, `mismatch` (the file is corrupt or truncated), or `none` (a
+    /// .npy file has no checksum).
+    checksum: &'static str,
+    /// Why the file does not load, if it does not.
+    error: Option<String>,
+}
+
+impl Info {
+    fn print_table(&self) {
+        println!("{:<16} {} ({})", "file", self.file, self.kind);
+        println!("{:<16} {} bytes", "size", self.file_bytes);
+        if let Some(v) = self.vectors {
+            println!("{:<16} {v} x {} codes", "shape", self.m);
+        }
+        if let (Some(d), Some(k), Some(ds)) = (self.d, self.ksub, self.dsub) {
+            println!(
+                "{:<16} d={d} M={} nbits={} (ksub {k}, dsub {ds})",
+                "quantizer", self.m, self.nbits
+            );
+        } else {
+            println!(
+                "{:<16} {} (largest code {:?})",
+                "bits needed",
+                self.nbits,
+                self.max_code.unwrap_or(0)
+            );
+        }
+        if let Some(b) = self.centroid_bytes {
+            println!("{:<16} {b} bytes of f32 centroids", "codebook");
+        }
+        println!("{:<16} {}", "checksum", self.checksum);
+        if let Some(e) = &self.error {
+            println!("{:<16} {e}", "error");
+        }
+    }
+}
+
+fn info(path: &std::path::Path) -> Result<Info> {
+    let bytes = aqpim_pq::io::read_all(path)?;
+    let file = path.display().to_string();
+    let file_bytes = bytes.len() as u64;
+    if bytes.starts_with(aqpim_pq::CODEBOOK_MAGIC) {
+        if bytes.len() < 32 {
+            bail!("{file}: a truncated codebook ({} bytes)", bytes.len());
+        }
+        let word = |i: usize| {
+            u32::from_le_bytes(bytes[8 + 4 * i..12 + 4 * i].try_into().expect("4 bytes"))
+        };
+        let (d, m, nbits) = (word(1) as usize, word(2) as usize, word(3));
+        let loaded = ProductQuantizer::from_bytes(&bytes, path);
+        let error = loaded.as_ref().err().map(|e| e.to_string());
+        let checksum = match &error {
+            Some(e) if e.contains("checksum") => "mismatch",
+            _ => "ok",
+        };
+        let (ksub, dsub) = match &loaded {
+            Ok(pq) => (Some(pq.params().ksub()), Some(pq.params().dsub())),
+            Err(_) => (None, None),
+        };
+        return Ok(Info {
+            file,
+            kind: "codebook",
+            file_bytes,
+            d: Some(d),
+            m,
+            nbits,
+            ksub,
+            dsub,
+            vectors: None,
+            centroid_bytes: loaded
+                .as_ref()
+                .ok()
+                .map(|pq| 4 * pq.centroids().len() as u64),
+            max_code: None,
+            checksum,
+            error,
+        });
+    }
+    if bytes.starts_with(b"\x93NUMPY") {
+        let c = npy::read_codes(path)?;
+        let max = c.data.iter().copied().max().unwrap_or(0);
+        return Ok(Info {
+            file,
+            kind: "codes",
+            file_bytes,
+            d: None,
+            m: c.cols,
+            nbits: (u8::BITS - max.leading_zeros()).max(1),
+            ksub: None,
+            dsub: None,
+            vectors: Some(c.rows),
+            centroid_bytes: None,
+            max_code: Some(max),
+            checksum: "none",
+            error: None,
+        });
+    }
+    bail!("{file} is neither an aqpim codebook (magic AQPIMCB) nor a .npy file of codes")
 }

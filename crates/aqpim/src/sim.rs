@@ -11,7 +11,7 @@ use aqpim_pim::bench::{
 };
 use aqpim_pim::isa::encode::is_binary;
 use aqpim_pim::limits::MAX_BENCH_ROWS;
-use aqpim_pim::{check_trace, Device, DeviceSpec, Mode, Program, SimOptions, Simulator, Stats};
+use aqpim_pim::{check_trace, Device, Mode, Program, SimOptions, Simulator, Stats};
 use clap::Subcommand;
 use serde::Serialize;
 
@@ -118,8 +118,7 @@ pub fn run(cmd: SimCommand) -> Result<()> {
 }
 
 fn device(name: &str, power_limited: bool) -> Result<Device> {
-    let mut spec = DeviceSpec::preset_or_file(name)
-        .with_context(|| format!("loading device `{}`", crate::limits::cut(name)))?;
+    let mut spec = crate::args::device_spec(name)?;
     spec.pim.power_limited |= power_limited;
     Ok(spec.resolve()?)
 }
@@ -178,19 +177,42 @@ fn disasm(file: &Path, out: Option<PathBuf>) -> Result<()> {
     Ok(())
 }
 
+/// `aqpim sim run --json`: the totals under the CLI's unit rule, then the
+/// simulator's own statistics (`stats`, in its units: `ns`, `_pj`).
 #[derive(Serialize)]
 struct RunReport {
     program: String,
-    mode: Mode,
+    device: String,
+    /// `functional` or `timing-only`.
+    mode: &'static str,
     refresh: bool,
     trace_checked: bool,
+    cycles: u64,
+    time_ms: f64,
+    energy_uj: f64,
+    commands: u64,
+    internal_bytes: u64,
+    external_bytes: u64,
     wall_s: f64,
     stats: Stats,
 }
 
+/// The mode as output names it.
+fn mode_name(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Functional => "functional",
+        Mode::TimingOnly => "timing-only",
+    }
+}
+
 fn print_stats(s: &Stats) {
     println!("{:<26} {}", "device", s.device);
-    println!("{:<26} {} ({:.1} ns)", "cycles", s.cycles, s.ns);
+    println!(
+        "{:<26} {} ({})",
+        "cycles",
+        s.cycles,
+        crate::args::duration(s.ns / 1e6)
+    );
     println!(
         "{:<26} {} ({} refreshes)",
         "commands", s.total_commands, s.refreshes
@@ -280,9 +302,16 @@ fn run_program(
     if json {
         let r = RunReport {
             program: path.display().to_string(),
-            mode,
+            device: stats.device.clone(),
+            mode: mode_name(mode),
             refresh: !no_refresh,
             trace_checked: check,
+            cycles: stats.cycles,
+            time_ms: stats.ns / 1e6,
+            energy_uj: stats.energy.total_pj / 1e6,
+            commands: stats.total_commands,
+            internal_bytes: stats.bytes_internal,
+            external_bytes: stats.bytes_external,
             wall_s,
             stats,
         };
@@ -309,7 +338,7 @@ struct BenchReport {
     functional_s: f64,
     functional_mcmds_per_s: f64,
     simulated_cycles: u64,
-    simulated_ns: f64,
+    simulated_ms: f64,
     bandwidth: Vec<BandwidthCheck>,
 }
 
@@ -373,7 +402,7 @@ fn bench(
         functional_s,
         functional_mcmds_per_s: small_functional.total_commands as f64 / functional_s / 1e6,
         simulated_cycles: st.cycles,
-        simulated_ns: st.ns,
+        simulated_ms: st.ns / 1e6,
         bandwidth,
     };
     if json {
@@ -397,7 +426,7 @@ fn bench(
             "{:<28} {} cycles ({:.1} us)",
             "simulated",
             r.simulated_cycles,
-            r.simulated_ns / 1e3
+            r.simulated_ms * 1e3
         );
         for b in &r.bandwidth {
             println!(

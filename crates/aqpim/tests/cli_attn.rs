@@ -1,21 +1,18 @@
 //! `aqpim attn sim` end to end: the step's cost is the library's layer cost
 //! times the layers, and bad shapes, kinds and placements are one-line errors.
 
-use std::process::{Command, Output};
+mod common;
 
 use aqpim_attn::pim::{simulate_layer, LayerJob, PimKind};
 use aqpim_pim::Device;
-
-fn aqpim(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_aqpim"))
-        .args(args)
-        .output()
-        .expect("running aqpim")
-}
+use common::aqpim;
 
 #[test]
 fn sim_json_is_layers_times_the_library_layer_cost() {
-    for kind in ["pq", "fp16"] {
+    for (kind, kv) in [
+        ("pq", "pq:dsub=4,nbits=8,sinks=0,window=0"),
+        ("fp16", "fp16"),
+    ] {
         let out = aqpim(&[
             "attn",
             "sim",
@@ -25,8 +22,8 @@ fn sim_json_is_layers_times_the_library_layer_cost() {
             "3000",
             "--batch",
             "2",
-            "--kind",
-            kind,
+            "--kv",
+            kv,
             "--json",
         ]);
         assert!(
@@ -65,11 +62,9 @@ fn functional_mode_times_like_timing_only() {
             "--model-shape",
             "1,2,128",
             "--ctx",
-            "700",
-            "--kind",
-            "pq",
-            "--fp-tokens",
-            "20",
+            "720",
+            "--kv",
+            "pq:dsub=4,nbits=8,sinks=4,window=16",
             "--quantize",
             "--json",
         ];
@@ -84,9 +79,66 @@ fn functional_mode_times_like_timing_only() {
     };
     let t = run(&[]);
     let f = run(&["--functional"]);
+    assert_eq!(t["fp_tokens"], 20);
+    assert_eq!(t["encoded_tokens"], 700);
     assert_eq!(t["cycles"], f["cycles"]);
     assert_eq!(t["commands"], f["commands"]);
     assert_eq!(f["mode"], "functional");
+}
+
+#[test]
+fn model_presets_and_sizes_with_suffixes() {
+    // The bar: a preset, `32K`, a `--kv` spec, one JSON line.
+    let out = aqpim(&[
+        "attn",
+        "sim",
+        "--model",
+        "llama2-7b",
+        "--ctx",
+        "32K",
+        "--kv",
+        "pq:dsub=4,nbits=8",
+        "--json",
+    ]);
+    let v = common::json_line(&out, "attn sim --model llama2-7b");
+    assert_eq!(v["ctx"], 32768);
+    assert_eq!(v["layers"], 32);
+    assert_eq!(v["kind"], "pq");
+    // The same shape given explicitly gives the same cycles.
+    let out = aqpim(&[
+        "attn",
+        "sim",
+        "--model-shape",
+        "32,32,128",
+        "--ctx",
+        "32768",
+        "--kv",
+        "pq:dsub=4,nbits=8",
+        "--json",
+    ]);
+    assert_eq!(
+        common::json_line(&out, "--model-shape")["cycles"],
+        v["cycles"]
+    );
+    // The table names its units.
+    let out = aqpim(&["attn", "sim", "--model", "llama2-7b", "--ctx", "4K"]);
+    common::assert_ok(&out, "attn sim table");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains(" ms ") && table.contains(" uJ"), "{table}");
+    // Both shape flags at once, and an unknown preset, are refused.
+    let out = aqpim(&[
+        "attn",
+        "sim",
+        "--model",
+        "llama2-7b",
+        "--model-shape",
+        "1,1,64",
+        "--ctx",
+        "64",
+    ]);
+    assert!(!out.status.success());
+    let out = aqpim(&["attn", "sim", "--model", "llama9", "--ctx", "64"]);
+    common::assert_one_line_error(&out, "llama9");
 }
 
 #[test]
@@ -94,18 +146,11 @@ fn bad_input_is_a_one_line_error() {
     for (args, needle) in [
         (vec!["--model-shape", "32,32", "--ctx", "10"], "L,H,D"),
         (
-            vec![
-                "--model-shape",
-                "32,32,128",
-                "--ctx",
-                "10",
-                "--kind",
-                "int8",
-            ],
+            vec!["--model-shape", "32,32,128", "--ctx", "10", "--kv", "int8"],
             "int8",
         ),
         (
-            vec!["--model-shape", "32,32,12", "--ctx", "10", "--kind", "fp16"],
+            vec!["--model-shape", "32,32,12", "--ctx", "10", "--kv", "fp16"],
             "head dimension 12",
         ),
         (
@@ -128,7 +173,7 @@ fn bad_input_is_a_one_line_error() {
                 "131072",
                 "--batch",
                 "32",
-                "--kind",
+                "--kv",
                 "fp16",
             ],
             "over",

@@ -2,6 +2,8 @@
 //! exits non-zero with one clear line (or succeeds with correct figures),
 //! under a memory limit and a hang guard; none panics, aborts or hangs.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -24,7 +26,7 @@ struct Run {
 /// two rayon workers (a pool per core would reserve more address space on a
 /// many-core CI machine than the limit allows).
 fn run(args: &[&str]) -> Run {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::tempdir();
     let (out, err) = (dir.path().join("out"), dir.path().join("err"));
     let bin = env!("CARGO_BIN_EXE_aqpim");
     let mut cmd = if cfg!(unix) {
@@ -98,9 +100,7 @@ fn refused(args: &[&str], needle: &str) {
     );
 }
 
-fn p(path: &Path) -> &str {
-    path.to_str().expect("utf-8 temp path")
-}
+use common::path as p;
 
 const MAX: &str = "18446744073709551615";
 
@@ -135,8 +135,8 @@ fn size_flags_past_their_limits_are_refused() {
                 "32,32,128",
                 "--ctx",
                 "1024",
-                "--nbits",
-                "3",
+                "--kv",
+                "pq:dsub=4,nbits=3",
             ],
             "4- or 8-bit",
         ),
@@ -146,9 +146,9 @@ fn size_flags_past_their_limits_are_refused() {
             &[
                 "attn",
                 "bench",
-                "--heads",
-                "1048576",
-                "--kv-heads",
+                "--model-shape",
+                "1,1048576,128",
+                "--q-heads",
                 "1048576",
             ],
             "limit of 1024",
@@ -182,7 +182,7 @@ fn size_flags_past_their_limits_are_refused() {
 
 #[test]
 fn synth_and_train_refuse_sizes_past_their_limits() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::tempdir();
     let out = dir.path().join("x.npy");
     for n in [MAX, "1000000000000"] {
         refused(
@@ -238,23 +238,9 @@ fn synth_and_train_refuse_sizes_past_their_limits() {
     );
 }
 
-/// A hand-written `.npy` file.
-fn npy(path: &Path, descr: &str, shape: &str, body: &[u8]) {
-    let mut h = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
-    while (10 + h.len() + 1) % 64 != 0 {
-        h.push(' ');
-    }
-    h.push('\n');
-    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
-    bytes.extend_from_slice(&(h.len() as u16).to_le_bytes());
-    bytes.extend_from_slice(h.as_bytes());
-    bytes.extend_from_slice(body);
-    std::fs::write(path, bytes).unwrap();
-}
-
 #[test]
 fn npy_headers_that_wrap_or_overstate_are_refused() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::tempdir();
     let x = dir.path().join("x.npy");
     let cb = dir.path().join("c.pqcb");
     // 1152921504606848000 x 16 wraps to a small number in 64 bits.
@@ -263,7 +249,7 @@ fn npy_headers_that_wrap_or_overstate_are_refused() {
         "(1152921504606846976, 16)",
         "(4, 16)",
     ] {
-        npy(&x, "<f4", shape, &[0u8; 64]);
+        common::write_npy(&x, "<f4", shape, &[0u8; 64]);
         for cmd in ["train", "bench"] {
             let mut args = vec!["pq", cmd, "--input", p(&x), "--m", "4", "--nbits", "1"];
             if cmd == "train" {
@@ -277,7 +263,7 @@ fn npy_headers_that_wrap_or_overstate_are_refused() {
 
 #[test]
 fn encode_never_writes_an_npy_that_claims_more_than_it_holds() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::tempdir();
     let (x, cb, codes) = (
         dir.path().join("x.npy"),
         dir.path().join("c.pqcb"),
@@ -320,7 +306,7 @@ fn encode_never_writes_an_npy_that_claims_more_than_it_holds() {
     std::fs::remove_file(&codes).unwrap();
     let data = std::fs::read(&x).unwrap();
     let body = &data[data.len() - 300 * 8 * 4..];
-    npy(&x, "<f4", "(4611686018427387904, 8)", body);
+    common::write_npy(&x, "<f4", "(4611686018427387904, 8)", body);
     refused(
         &[
             "pq",
@@ -350,7 +336,7 @@ fn device_file(dir: &Path, edit: impl FnOnce(&mut DeviceSpec)) -> std::path::Pat
 
 #[test]
 fn device_files_with_huge_timings_are_refused_at_load() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::tempdir();
     let cases: Vec<(Edit, &str)> = vec![
         (
             Box::new(|s| {
@@ -423,7 +409,7 @@ fn long_tokens_are_cut_in_errors() {
 #[cfg(unix)]
 #[test]
 fn outputs_never_write_through_a_symlink() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::tempdir();
     let victim = dir.path().join("victim");
     std::fs::write(&victim, b"precious").unwrap();
     let out = dir.path().join("x.npy");
@@ -441,7 +427,7 @@ fn outputs_never_write_through_a_symlink() {
 #[cfg(target_os = "linux")]
 #[test]
 fn stale_temporaries_of_killed_writers_are_cleaned_and_reported() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::tempdir();
     // PID 4294967295 never runs: the temporary of a killed writer.
     let stale = dir
         .path()

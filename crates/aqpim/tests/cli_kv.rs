@@ -1,16 +1,10 @@
 //! The `aqpim kv` commands end to end: `stats` prints the library's
 //! accounting, bad shapes and specs end with a one-line error naming them.
 
-use std::process::{Command, Output};
+mod common;
 
 use aqpim_kvcache::{account, KvShape, KvSpec};
-
-fn aqpim(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_aqpim"))
-        .args(args)
-        .output()
-        .expect("running aqpim")
-}
+use common::aqpim;
 
 #[test]
 fn stats_json_is_the_library_accounting() {
@@ -69,6 +63,56 @@ fn stats_json_is_the_library_accounting() {
     ]);
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("bits per element"));
+}
+
+#[test]
+fn presets_suffixes_and_wording() {
+    // `--model` and `--ctx 128K` give what the explicit shape gives.
+    let preset = aqpim(&[
+        "kv",
+        "stats",
+        "--model",
+        "llama2-7b",
+        "--ctx",
+        "128K",
+        "--kv",
+        "fp16",
+        "--json",
+    ]);
+    let v = common::json_line(&preset, "kv stats --model");
+    let explicit = aqpim(&[
+        "kv",
+        "stats",
+        "--model-shape",
+        "32,32,128",
+        "--ctx",
+        "131072",
+        "--kv",
+        "dense",
+        "--json",
+    ]);
+    assert_eq!(v, common::json_line(&explicit, "kv stats --model-shape"));
+    // The dense cache is called fp16 in output.
+    assert_eq!(v["spec"], "fp16");
+    let table = aqpim(&[
+        "kv",
+        "stats",
+        "--model",
+        "llama2-7b",
+        "--ctx",
+        "4K",
+        "--kv",
+        "fp16",
+    ]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.contains("tokens per sequence") && text.contains("fp16"),
+        "{text}"
+    );
+    assert!(!text.contains("recent window"), "{text}");
+    let table = aqpim(&["kv", "stats", "--model", "llama2-7b", "--ctx", "4K"]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.contains("token-layers"), "{text}");
 }
 
 #[test]

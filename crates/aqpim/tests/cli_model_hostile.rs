@@ -3,24 +3,17 @@
 //! whose tensors alias each other is refused at load instead of printing a
 //! NaN perplexity.
 
-#[path = "../../aqpim-decode/tests/common/mod.rs"]
 mod common;
+#[path = "../../aqpim-decode/tests/common/mod.rs"]
+mod tiny;
 
-use std::process::Command;
-
-fn aqpim(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_aqpim"))
-        .args(args)
-        .env("RAYON_NUM_THREADS", "2")
-        .output()
-        .expect("running aqpim")
-}
+use common::aqpim;
 
 #[test]
 fn max_tokens_past_the_context_is_refused_before_streaming() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::tempdir();
     let model = dir.path().join("tiny.gguf");
-    std::fs::write(&model, common::tiny_model(1, true)).unwrap();
+    std::fs::write(&model, tiny::tiny_model(1, true)).unwrap();
     let m = model.to_str().unwrap();
     let out = aqpim(&[
         "generate",
@@ -56,8 +49,8 @@ fn max_tokens_past_the_context_is_refused_before_streaming() {
 #[test]
 fn a_model_whose_tensors_alias_is_refused() {
     use aqpim_decode::model::gguf::GgufFile;
-    let dir = tempfile::tempdir().unwrap();
-    let bytes = common::tiny_model(1, true);
+    let dir = common::tempdir();
+    let bytes = tiny::tiny_model(1, true);
     let f = GgufFile::parse(bytes.clone()).unwrap();
     let (a, b) = (
         f.tensor("blk.0.attn_norm.weight").unwrap(),

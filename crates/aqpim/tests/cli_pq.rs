@@ -1,57 +1,13 @@
 //! The `aqpim pq` commands end to end: real files in, real files out, and a
 //! one-line error with a non-zero exit on bad input.
 
-use std::path::Path;
-use std::process::{Command, Output};
+mod common;
 
-fn aqpim(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_aqpim"))
-        .args(args)
-        .output()
-        .expect("running aqpim")
-}
-
-fn path(p: &Path) -> &str {
-    p.to_str().expect("utf-8 temp path")
-}
-
-/// Writes a .npy file by hand (header v1.0), independent of the CLI's writer.
-fn write_npy(p: &Path, descr: &str, shape: &str, body: &[u8]) {
-    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
-    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
-    bytes.extend_from_slice(header.as_bytes());
-    bytes.extend_from_slice(body);
-    std::fs::write(p, bytes).unwrap();
-}
-
-fn write_npy_f32(p: &Path, rows: usize, cols: usize, data: &[f32]) {
-    let body: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
-    write_npy(p, "<f4", &format!("({rows}, {cols})"), &body);
-}
-
-fn assert_one_line_error(out: &Output, needle: &str) {
-    assert!(!out.status.success(), "expected failure, got success");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(
-        err.trim_end().lines().count(),
-        1,
-        "error is not one line: {err}"
-    );
-    assert!(err.starts_with("error: "), "{err}");
-    assert!(
-        err.contains(needle),
-        "error {err:?} does not mention {needle:?}"
-    );
-}
+use common::{aqpim, assert_one_line_error, path, write_npy, write_npy_f32};
 
 #[test]
 fn synth_train_encode_bench_round_trip() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::tempdir();
     let x = dir.path().join("x.npy");
     let cb = dir.path().join("x.pqcb");
     let codes = dir.path().join("codes.npy");
@@ -149,9 +105,114 @@ fn synth_train_encode_bench_round_trip() {
     assert!(v["rel_mse"].as_f64().unwrap() > 0.0 && v["rel_mse"].as_f64().unwrap() < 1.0);
 }
 
+/// The float32 values of a `.npy` file written by the CLI (header v1).
+fn read_f32_body(p: &std::path::Path) -> Vec<f32> {
+    let bytes = std::fs::read(p).unwrap();
+    let start = 10 + usize::from(u16::from_le_bytes([bytes[8], bytes[9]]));
+    bytes[start..]
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
+#[test]
+fn decode_info_and_export() {
+    let dir = common::tempdir();
+    let x = dir.path().join("x.npy");
+    let cb = dir.path().join("x.pqcb");
+    let codes = dir.path().join("codes.npy");
+    let y = dir.path().join("y.npy");
+    let e = dir.path().join("centroids.npy");
+    let (xs, cbs, cs) = (path(&x), path(&cb), path(&codes));
+    common::assert_ok(
+        &aqpim(&["pq", "synth", "--n", "300", "--d", "8", "--out", xs]),
+        "synth",
+    );
+    common::assert_ok(
+        &aqpim(&[
+            "pq", "train", "--input", xs, "--m", "2", "--nbits", "4", "--iters", "3", "--out", cbs,
+        ]),
+        "train",
+    );
+    common::assert_ok(
+        &aqpim(&[
+            "pq",
+            "encode",
+            "--codebook",
+            cbs,
+            "--input",
+            xs,
+            "--out",
+            cs,
+        ]),
+        "encode",
+    );
+    common::assert_ok(
+        &aqpim(&[
+            "pq",
+            "decode",
+            "--codebook",
+            cbs,
+            "--codes",
+            cs,
+            "--out",
+            path(&y),
+        ]),
+        "decode",
+    );
+    common::assert_ok(
+        &aqpim(&["pq", "export", "--codebook", cbs, "--out", path(&e)]),
+        "export",
+    );
+    // decode is the library's decode of the library's codes.
+    let pq = aqpim_pq::ProductQuantizer::load(&cb).unwrap();
+    let data = aqpim_pq::synth::kv_like(300, 8, 1);
+    let want = pq.decode(&pq.encode(&data).unwrap()).unwrap();
+    assert_eq!(read_f32_body(&y), want);
+    // export is the centroids, M x ksub x dsub.
+    assert_eq!(read_f32_body(&e), pq.centroids());
+    let header = String::from_utf8_lossy(&std::fs::read(&e).unwrap()[..128]).to_string();
+    assert!(header.contains("(2, 16, 4"), "{header}");
+    // info on both kinds of file, then on a corrupted codebook.
+    let v = common::json_line(&aqpim(&["pq", "info", cbs, "--json"]), "info codebook");
+    assert_eq!(
+        (v["kind"].as_str(), v["m"].as_u64(), v["nbits"].as_u64()),
+        (Some("codebook"), Some(2), Some(4))
+    );
+    assert_eq!(v["checksum"], "ok");
+    let v = common::json_line(&aqpim(&["pq", "info", cs, "--json"]), "info codes");
+    assert_eq!(
+        (v["kind"].as_str(), v["vectors"].as_u64()),
+        (Some("codes"), Some(300))
+    );
+    let mut bytes = std::fs::read(&cb).unwrap();
+    bytes[40] ^= 1;
+    std::fs::write(&cb, bytes).unwrap();
+    let v = common::json_line(&aqpim(&["pq", "info", cbs, "--json"]), "info corrupt");
+    assert_eq!(v["checksum"], "mismatch");
+    // decode refuses codes of the wrong width.
+    let wrong = dir.path().join("wrong.npy");
+    write_npy(&wrong, "|u1", "(2, 3)", &[0; 6]);
+    let pq_ok = dir.path().join("ok.pqcb");
+    pq.save(&pq_ok).unwrap();
+    assert_one_line_error(
+        &aqpim(&[
+            "pq",
+            "decode",
+            "--codebook",
+            path(&pq_ok),
+            "--codes",
+            path(&wrong),
+            "--out",
+            path(&y),
+        ]),
+        "M = 3",
+    );
+}
+
 #[test]
 fn bad_inputs_fail_with_one_line_errors() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::tempdir();
     let cb = dir.path().join("cb");
     let cbs = path(&cb);
 

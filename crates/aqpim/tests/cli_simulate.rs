@@ -1,14 +1,9 @@
 //! `aqpim simulate` end to end: one point as JSON, a grid as CSV (points that
 //! do not fit skipped), and clear one-line errors.
 
-use std::process::{Command, Output};
+mod common;
 
-fn aqpim(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_aqpim"))
-        .args(args)
-        .output()
-        .expect("running aqpim")
-}
+use common::aqpim;
 
 #[test]
 fn one_point_and_a_grid() {
@@ -40,7 +35,7 @@ fn one_point_and_a_grid() {
         + v["transfer_ms"].as_f64().unwrap();
     assert!((total - parts).abs() < 1e-9);
 
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::tempdir();
     let csv = dir.path().join("grid.csv");
     let out = aqpim(&[
         "simulate",
@@ -89,7 +84,7 @@ fn bad_requests_are_one_line_errors() {
         ),
         (
             vec!["simulate", "--model", "gpt-9", "--system", "h100"],
-            "no such model preset",
+            "taken as a model preset name",
         ),
         (
             vec![
@@ -195,7 +190,7 @@ fn pim_point_and_sweep() {
     assert_eq!(v["ctx_spilled"], 0);
     assert_eq!(v["codebooks"], "model");
 
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::tempdir();
     let csv = dir.path().join("sweep.csv");
     let out = aqpim(&[
         "simulate",
@@ -254,7 +249,7 @@ fn pim_point_and_sweep() {
 
 #[test]
 fn serve_finds_a_best_batch_per_context() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::tempdir();
     let csv = dir.path().join("serve.csv");
     let out = aqpim(&[
         "simulate",
@@ -335,4 +330,82 @@ fn a_closed_pipe_ends_the_program_quietly() {
     let err = String::from_utf8_lossy(&done.stderr);
     assert!(!err.contains("panicked"), "{err}");
     assert!(err.trim().is_empty(), "{err}");
+}
+
+#[test]
+fn config_files_resolve_next_to_themselves_and_say_what_they_were_taken_as() {
+    let dir = common::tempdir();
+    let preset = |table: &[(&str, &str)], name: &str| -> String {
+        table
+            .iter()
+            .find(|(n, _)| *n == name)
+            .unwrap()
+            .1
+            .to_string()
+    };
+    // A device of 2 stacks, and a system that names it by a relative path.
+    let dev = preset(aqpim_pim::PRESETS, "hbm3-attacc-5.2").replace("stacks = 5 ", "stacks = 2 ");
+    assert!(dev.contains("stacks = 2"), "the preset's stack line moved");
+    std::fs::write(dir.path().join("mydev.toml"), dev).unwrap();
+    let sys = preset(aqpim_system::presets::SYSTEM_PRESETS, "h100+aqpim")
+        .replace("device = \"hbm3-attacc-5.2\"", "device = \"mydev.toml\"");
+    let sys_path = dir.path().join("mysys.toml");
+    std::fs::write(&sys_path, &sys).unwrap();
+    let run = |system: &str, cwd: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_aqpim"))
+            .args([
+                "simulate",
+                "--model",
+                "llama2-7b",
+                "--system",
+                system,
+                "--policy",
+                "aqpim",
+                "--ctx",
+                "4K",
+                "--pim-model",
+                "analytic",
+                "--json",
+            ])
+            .current_dir(cwd)
+            .output()
+            .unwrap()
+    };
+    // From another working directory, the device next to the system file loads.
+    let elsewhere = common::tempdir();
+    let v = common::json_line(
+        &run(common::path(&sys_path), elsewhere.path()),
+        "mysys.toml",
+    );
+    let base = common::json_line(&run("h100+aqpim", elsewhere.path()), "h100+aqpim");
+    assert!(
+        v["pim_capacity_bytes"].as_u64().unwrap() * 5
+            == base["pim_capacity_bytes"].as_u64().unwrap() * 2,
+        "{v}\n{base}"
+    );
+    // Stacks are the device's: a system file that sets them is refused, saying where they go.
+    let stacked = dir.path().join("stacked.toml");
+    std::fs::write(&stacked, sys.replace("[pim]\n", "[pim]\nstacks = 3\n")).unwrap();
+    common::assert_one_line_error(
+        &run(common::path(&stacked), elsewhere.path()),
+        "[organisation] stacks",
+    );
+    // Errors say whether a name was taken as a preset or a path, and what was tried.
+    common::assert_one_line_error(
+        &run("h100+nope", elsewhere.path()),
+        "taken as a system preset name",
+    );
+    let missing = run("missing.toml", elsewhere.path());
+    common::assert_one_line_error(&missing, "taken as a system file path");
+    common::assert_one_line_error(&missing, "missing.toml");
+    let bad_dev = dir.path().join("baddev.toml");
+    std::fs::write(
+        &bad_dev,
+        sys.replace("device = \"mydev.toml\"", "device = \"nodev.toml\""),
+    )
+    .unwrap();
+    common::assert_one_line_error(
+        &run(common::path(&bad_dev), elsewhere.path()),
+        "no such file (tried",
+    );
 }

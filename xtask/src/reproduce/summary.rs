@@ -13,7 +13,7 @@ use super::rows::{Serve, StepRow, Sweep};
 pub const PAPER_RATIO: f64 = 3.4;
 
 /// The measured H100 transfer shares of offloaded decode (copy / (copy +
-/// attention)), from shared/data/h100_anchors.jsonl, section "offload":
+/// attention)), from crates/aqpim-system/presets/data/h100_anchors.jsonl, section "offload":
 /// (batch, ctx, share).
 pub const H100_OFFLOAD: [(usize, usize, f64); 6] = [
     (1, 4096, 0.9591),
