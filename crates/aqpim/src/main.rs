@@ -6,6 +6,7 @@
 //! exit status.
 
 mod attn;
+mod attn_inspect;
 mod kv;
 mod limits;
 mod model;
