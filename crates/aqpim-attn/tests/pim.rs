@@ -10,8 +10,8 @@
 
 use aqpim_attn::pim::{
     analytic_layer, fp16_head_on_pim, layer_rows_per_bank, lower_layer, pq_head_on_pim,
-    quantize_on_pim, run_layer, simulate_layer, simulate_layer_breakdown, CacheData, CodebookScope,
-    LayerJob, Phase, PimKind, PqCodes,
+    quantize_block, quantize_on_pim, run_layer, simulate_layer, simulate_layer_breakdown,
+    CacheData, CodebookScope, LayerJob, NewTokens, Phase, PimKind, PqCodes,
 };
 use aqpim_attn::reference::{attention_f64, relative_error};
 use aqpim_attn::{dense_head_attention, pq_head_attention};
@@ -397,6 +397,35 @@ fn keys_and_values_in_their_own_formats_equal_attention_on_codes() {
     );
 }
 
+/// Per vector of `x` and subspace, the nearest centroid of `pq` by squared
+/// distance over FP16-rounded sub-vectors and centroids, summed in f32 (what
+/// `ARGMIN` computes).
+fn nearest_fp16(pq: &ProductQuantizer, x: &[f32]) -> Vec<u8> {
+    let p = pq.params();
+    let (d, dsub) = (p.dim(), p.dsub());
+    let r = |v: f32| f16::from_f32(v).to_f32();
+    x.chunks_exact(d)
+        .flat_map(|x| (0..p.num_subspaces()).map(move |m| (x, m)))
+        .map(|(x, m)| {
+            let xs = &x[m * dsub..(m + 1) * dsub];
+            let c = pq.subspace_centroids(m);
+            let mut best = (f32::INFINITY, 0usize);
+            for j in 0..p.ksub() {
+                let dist: f32 = (0..dsub)
+                    .map(|i| {
+                        let e = r(xs[i]) - r(c[j * dsub + i]);
+                        e * e
+                    })
+                    .sum();
+                if dist < best.0 {
+                    best = (dist, j);
+                }
+            }
+            best.1 as u8
+        })
+        .collect()
+}
+
 /// Caches of `batch` sequences of `kv_heads` heads (`tokens` each, random
 /// KV-like data), PQ in `spec` or FP16 when `spec` is `None`. Under
 /// `share_books` every sequence uses the first one's codebooks (calibrated
@@ -503,6 +532,10 @@ proptest! {
             ),
             _ => (PimKind::Fp16, tokens, 0),
         };
+        // In-memory quantization of a block of new tokens per cache where
+        // one program's caches share codebooks and both parts tile columns
+        // alike.
+        let quantize = matches!(format, Some((_, k, v)) if k == v) && !sequence_books;
         let job = LayerJob {
             kind,
             head_dim: d,
@@ -511,10 +544,22 @@ proptest! {
             group,
             ctx,
             fp_tokens,
-            quantize: false,
+            quantize,
             codebooks: scope,
         };
-        let run = run_layer(&dev, &job, &data, &queries).unwrap();
+        let block = if quantize { quantize_block(&dev, &job).unwrap() } else { 0 };
+        let new_keys: Vec<f32> = (0..heads * block * d).map(|_| rng.gen_range(-0.3f32..0.3)).collect();
+        let new_values: Vec<f32> = (0..heads * block * d).map(|_| rng.gen_range(-0.3f32..0.3)).collect();
+        let new = quantize.then_some(NewTokens { keys: &new_keys, values: &new_values });
+        let run = run_layer(&dev, &job, &data, &queries, new).unwrap();
+        if quantize {
+            for (c, codes) in run.new_codes.iter().enumerate() {
+                let CacheData::Pq(view) = data[c] else { unreachable!() };
+                let at = c * block * d..(c + 1) * block * d;
+                prop_assert_eq!(&codes.key_codes, &nearest_fp16(view.key_codebook.unwrap(), &new_keys[at.clone()]));
+                prop_assert_eq!(&codes.value_codes, &nearest_fp16(view.value_codebook.unwrap(), &new_values[at]));
+            }
+        }
         for i in 0..heads * group {
             let w: Vec<f64> = want[i * d..(i + 1) * d].iter().map(|&x| f64::from(x)).collect();
             let err = relative_error(&run.out[i * d..(i + 1) * d], &w);
@@ -560,7 +605,7 @@ fn model_scope_needs_one_value_codebook_per_kv_head() {
         codebooks: CodebookScope::Model,
     };
     let queries = vec![0.1f32; n * 64];
-    let e = match run_layer(&device(), &job, &data, &queries) {
+    let e = match run_layer(&device(), &job, &data, &queries, None) {
         Ok(_) => panic!("caches with their own codebooks ran under the model scope"),
         Err(e) => e.to_string(),
     };
@@ -570,23 +615,38 @@ fn model_scope_needs_one_value_codebook_per_kv_head() {
         codebooks: CodebookScope::Sequence,
         ..job
     };
-    run_layer(&device(), &own, &data, &queries).unwrap();
-    let e = run_layer(&device(), &LayerJob { ctx: 63, ..own }, &data, &queries)
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("token count"), "{e}");
+    run_layer(&device(), &own, &data, &queries, None).unwrap();
     let e = run_layer(
         &device(),
-        &LayerJob {
-            quantize: true,
-            ..own
-        },
+        &LayerJob { ctx: 63, ..own },
         &data,
         &queries,
+        None,
     )
     .unwrap_err()
     .to_string();
-    assert!(e.contains("quantize"), "{e}");
+    assert!(e.contains("token count"), "{e}");
+    let quantize = LayerJob {
+        quantize: true,
+        ..own
+    };
+    let e = run_layer(&device(), &quantize, &data, &queries, None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("new tokens"), "{e}");
+    // One program quantizes the new tokens of caches that share channel 0
+    // with one pair of codebooks: theirs differ.
+    let block = quantize_block(&device(), &quantize).unwrap();
+    let x = vec![0.1f32; n * block * 64];
+    let new = Some(NewTokens {
+        keys: &x,
+        values: &x,
+    });
+    let e = match run_layer(&device(), &quantize, &data, &queries, new) {
+        Ok(_) => panic!("one quantization program with two pairs of codebooks"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("share their codebooks"), "{e}");
 }
 
 #[test]

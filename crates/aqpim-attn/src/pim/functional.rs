@@ -1,73 +1,73 @@
-//! Functional runs: data loaded into the banks, programs run in the
-//! simulator's functional mode, outputs read back and merged on the host.
-//!
-//! [`run_layer`] runs a whole layer under the same placement and the same
-//! program that [`simulate_layer`](crate::pim::simulate_layer) times, on
-//! real keys, values and codes; [`fp16_head_on_pim`] and [`pq_head_on_pim`]
-//! run one head cut into any number of slices; [`quantize_on_pim`] runs
-//! in-memory quantization of new tokens.
+//! Functional runs of one head or one token: data loaded into the banks,
+//! programs run in the simulator's functional mode, outputs read back and
+//! merged on the host. [`fp16_head_on_pim`] and [`pq_head_on_pim`] run one
+//! head cut into any number of slices; [`quantize_on_pim`] runs in-memory
+//! quantization of new tokens. The loaders and host-data helpers here also
+//! serve `layer_run` (a whole layer under the plan that timing uses).
 
-use std::collections::BTreeMap;
-
-use aqpim_kvcache::{PqHeadView, TokenSlices};
+use aqpim_kvcache::PqHeadView;
 use aqpim_pim::{CodeBits, Device, Program, SimOptions, Simulator, Stats};
 use aqpim_pq::ProductQuantizer;
 use half::f16;
 
 use crate::error::{AttnError, Result};
 use crate::pim::layout::{Geom, Part};
-use crate::pim::placement::{plan, quantizable, split, RowAlloc};
+use crate::pim::placement::{quantizable, split, RowAlloc};
 use crate::pim::program::{self, bank_sel, NewToken, Out, Phase};
-use crate::pim::timing::{layer_program, phase_costs, PhaseCost};
-use crate::pim::{merge, LayerJob, Partial, PimKind, PimRun, PqCodes};
+use crate::pim::{merge, Partial, PimKind, PimRun, PqCodes};
 
-fn row_bytes(device: &Device) -> usize {
+pub(crate) fn row_bytes(device: &Device) -> usize {
     device.org.columns * device.org.column_bytes
 }
 
 /// Writes `bytes` at byte `at` of a range starting at row `base` (tokens
 /// never straddle rows) in bank `b` of channel `ch`.
-fn load_slot(
+pub(crate) fn load_slot(
     sim: &mut Simulator,
+    device: &Device,
     ch: usize,
     b: usize,
     base: u32,
     at: usize,
     bytes: &[u8],
 ) -> Result<()> {
-    let device = sim.device().clone();
-    let rb = row_bytes(&device);
+    let rb = row_bytes(device);
     let row = base + (at / rb) as u32;
-    sim.write_bank(ch, bank_sel(&device, b), row, at % rb, bytes)?;
+    sim.write_bank(ch, bank_sel(device, b), row, at % rb, bytes)?;
     Ok(())
 }
 
 /// Writes the same bytes from the start of row `base` in every bank of `ch`.
-fn load_all_banks(sim: &mut Simulator, ch: usize, base: u32, bytes: &[u8]) -> Result<()> {
-    let device = sim.device().clone();
-    let rb = row_bytes(&device);
+pub(crate) fn load_all_banks(
+    sim: &mut Simulator,
+    device: &Device,
+    ch: usize,
+    base: u32,
+    bytes: &[u8],
+) -> Result<()> {
+    let rb = row_bytes(device);
     for b in 0..device.org.banks_per_channel {
         for (r, chunk) in bytes.chunks(rb).enumerate() {
-            sim.write_bank(ch, bank_sel(&device, b), base + r as u32, 0, chunk)?;
+            sim.write_bank(ch, bank_sel(device, b), base + r as u32, 0, chunk)?;
         }
     }
     Ok(())
 }
 
-fn f16_bytes(values: impl IntoIterator<Item = f32>) -> Vec<u8> {
+pub(crate) fn f16_bytes(values: impl IntoIterator<Item = f32>) -> Vec<u8> {
     values
         .into_iter()
         .flat_map(|v| f16::from_f32(v).to_le_bytes())
         .collect()
 }
 
-fn raw_f16_bytes(values: &[f16]) -> Vec<u8> {
+pub(crate) fn raw_f16_bytes(values: &[f16]) -> Vec<u8> {
     values.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
 /// The read log as FP32 values: per (slice, query head) record, `[max,
 /// sum]` then `d` outputs.
-fn read_records(log: &[u8], records: usize, d: usize) -> Result<Vec<f32>> {
+pub(crate) fn read_records(log: &[u8], records: usize, d: usize) -> Result<Vec<f32>> {
     let vals: Vec<f32> = log
         .chunks_exact(4)
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
@@ -84,7 +84,7 @@ fn read_records(log: &[u8], records: usize, d: usize) -> Result<Vec<f32>> {
 
 /// Merges records into outputs: record `i` belongs to output `owner[i]`
 /// (`d` values each).
-fn merge_records(vals: &[f32], owner: &[usize], outputs: usize, d: usize) -> Vec<f32> {
+pub(crate) fn merge_records(vals: &[f32], owner: &[usize], outputs: usize, d: usize) -> Vec<f32> {
     let per = 2 + d;
     let mut by_out: Vec<Vec<Partial<'_>>> = vec![Vec::new(); outputs];
     for (i, &o) in owner.iter().enumerate() {
@@ -161,8 +161,8 @@ pub fn fp16_head_on_pim(
             let tok = start + t;
             let k = f16_bytes(keys[tok * d..(tok + 1) * d].iter().copied());
             let v = f16_bytes(values[tok * d..(tok + 1) * d].iter().copied());
-            load_slot(&mut sim, ch, b, rows.k, at, &k)?;
-            load_slot(&mut sim, ch, b, rows.v, at, &v)?;
+            load_slot(&mut sim, device, ch, b, rows.k, at, &k)?;
+            load_slot(&mut sim, device, ch, b, rows.v, at, &v)?;
         }
         for h in 0..g {
             let (lanes, cw) = (device.pim.lanes, device.org.column_bytes);
@@ -190,7 +190,7 @@ pub fn fp16_head_on_pim(
 
 /// Code bytes of one token as the banks hold them: 8-bit codes as they are,
 /// 4-bit codes packed two per byte (low nibble first).
-fn bank_codes(row: &[u8], packed: bool, bits: CodeBits, m: usize) -> Vec<u8> {
+pub(crate) fn bank_codes(row: &[u8], packed: bool, bits: CodeBits, m: usize) -> Vec<u8> {
     match bits {
         CodeBits::Eight => row.to_vec(),
         CodeBits::Four if packed => row.to_vec(),
@@ -201,7 +201,7 @@ fn bank_codes(row: &[u8], packed: bool, bits: CodeBits, m: usize) -> Vec<u8> {
 }
 
 /// The bank format of a key and a value quantizer.
-fn pq_kind(key: &ProductQuantizer, value: &ProductQuantizer) -> PimKind {
+pub(crate) fn pq_kind(key: &ProductQuantizer, value: &ProductQuantizer) -> PimKind {
     let codes = |pq: &ProductQuantizer| PqCodes {
         dsub: pq.params().dsub(),
         nbits: pq.params().nbits(),
@@ -214,14 +214,14 @@ fn pq_kind(key: &ProductQuantizer, value: &ProductQuantizer) -> PimKind {
 
 /// A codebook as the banks and the quantization programs hold it: FP16,
 /// subspace-major, centroid-major inside a subspace.
-fn codebook_bytes(pq: &ProductQuantizer) -> Vec<u8> {
+pub(crate) fn codebook_bytes(pq: &ProductQuantizer) -> Vec<u8> {
     let m = pq.params().num_subspaces();
     f16_bytes((0..m).flat_map(|s| pq.subspace_centroids(s).iter().copied()))
 }
 
 /// A query head's FP16 lookup table (`M x 2^bits`, zero-padded to the
 /// bank's code width).
-fn table_bytes(kq: &ProductQuantizer, q: &[f32], geom: &Geom) -> Result<Vec<u8>> {
+pub(crate) fn table_bytes(kq: &ProductQuantizer, q: &[f32], geom: &Geom) -> Result<Vec<u8>> {
     let p = geom
         .k
         .pq
@@ -238,7 +238,7 @@ fn table_bytes(kq: &ProductQuantizer, q: &[f32], geom: &Geom) -> Result<Vec<u8>>
 }
 
 /// The FP16 sink then recent-window tokens of a PQ head view.
-fn window_tokens<'a>(view: &PqHeadView<'a>) -> Vec<(&'a [f16], &'a [f16])> {
+pub(crate) fn window_tokens<'a>(view: &PqHeadView<'a>) -> Vec<(&'a [f16], &'a [f16])> {
     view.sink_keys
         .iter()
         .zip(view.sink_values.iter())
@@ -247,7 +247,7 @@ fn window_tokens<'a>(view: &PqHeadView<'a>) -> Vec<(&'a [f16], &'a [f16])> {
 }
 
 /// Refuses views whose attention the PIM programs do not compute.
-fn check_view(view: &PqHeadView<'_>) -> Result<()> {
+pub(crate) fn check_view(view: &PqHeadView<'_>) -> Result<()> {
     if view.key_transform.is_some() || view.value_transform.is_some() {
         return Err(AttnError::Unsupported(
             "PIM programs on pre-transformed PQ codes",
@@ -308,7 +308,7 @@ pub fn pq_head_on_pim(
                 Some(at) => at,
                 None => {
                     let at = alloc.take(ch, vp.cb_rows);
-                    load_all_banks(&mut sim, ch, at, &cb)?;
+                    load_all_banks(&mut sim, device, ch, at, &cb)?;
                     cb_row[ch] = Some(at);
                     at
                 }
@@ -329,8 +329,8 @@ pub fn pq_head_on_pim(
                     vp.bits,
                     vp.m,
                 );
-                load_slot(&mut sim, ch, b, rows.k, s * geom.k.tb, &kc)?;
-                load_slot(&mut sim, ch, b, rows.v, s * geom.v.tb, &vc)?;
+                load_slot(&mut sim, device, ch, b, rows.k, s * geom.k.tb, &kc)?;
+                load_slot(&mut sim, device, ch, b, rows.v, s * geom.v.tb, &vc)?;
             }
             for &table in &table_at {
                 program::pq_slice(&mut out, &geom, ch as u8, rows, table, lanes, cw);
@@ -347,8 +347,8 @@ pub fn pq_head_on_pim(
         for (t, (k, v)) in fp.iter().enumerate() {
             let (b, s) = geom.place(t);
             let at = s * geom.k.tb;
-            load_slot(&mut sim, ch, b, rows.k, at, &raw_f16_bytes(k))?;
-            load_slot(&mut sim, ch, b, rows.v, at, &raw_f16_bytes(v))?;
+            load_slot(&mut sim, device, ch, b, rows.k, at, &raw_f16_bytes(k))?;
+            load_slot(&mut sim, device, ch, b, rows.v, at, &raw_f16_bytes(v))?;
         }
         for q in queries.chunks_exact(d) {
             let at = host.len() as u32;
@@ -370,241 +370,6 @@ pub fn pq_head_on_pim(
         stats,
         program,
         host_bytes,
-    })
-}
-
-/// One cache's contents for [`run_layer`].
-#[derive(Debug, Clone, Copy)]
-// Borrowed views built once per cache and passed by slice: the size of
-// the PQ variant costs nothing worth a box.
-#[allow(clippy::large_enum_variant)]
-pub enum CacheData<'a> {
-    /// FP16 keys and values (`LayerJob::kind` `Fp16`), `ctx` tokens each.
-    Fp16 {
-        /// Keys, `ctx x d`.
-        keys: TokenSlices<'a>,
-        /// Values, `ctx x d`.
-        values: TokenSlices<'a>,
-    },
-    /// A PQ head: `ctx` encoded tokens and `fp_tokens` sink and window
-    /// tokens.
-    Pq(PqHeadView<'a>),
-}
-
-/// A layer run functionally ([`run_layer`]).
-#[derive(Debug, Clone)]
-pub struct LayerRun {
-    /// Outputs, `heads x group x d` (cache `c`'s query heads at `c * group`).
-    pub out: Vec<f32>,
-    /// The simulator's statistics of the whole run.
-    pub stats: Stats,
-    /// The same split by phase.
-    pub phases: Vec<PhaseCost>,
-    /// The program that ran: [`simulate_layer`](crate::pim::simulate_layer)'s
-    /// program with the host-data offsets of this run's tables and queries.
-    pub program: Program,
-}
-
-/// Checks that cache `c`'s contents have the job's shape and format.
-fn check_cache(job: &LayerJob, c: usize, data: &CacheData<'_>) -> Result<()> {
-    let d = job.head_dim;
-    let want = |what: &str| -> AttnError {
-        AttnError::Placement(format!(
-            "cache {c}: {what} (the job has {} {:?} tokens of dimension {d} and {} FP16 window tokens)",
-            job.ctx, job.kind, job.fp_tokens
-        ))
-    };
-    match (data, job.kind) {
-        (CacheData::Fp16 { keys, values }, PimKind::Fp16) => {
-            if keys.head_dim() != d || values.head_dim() != d {
-                return Err(want("another head dimension"));
-            }
-            if keys.len() != job.ctx || values.len() != job.ctx {
-                return Err(want("another token count"));
-            }
-        }
-        (CacheData::Pq(view), PimKind::Pq { .. }) => {
-            check_view(view)?;
-            if view.sink_keys.head_dim() != d {
-                return Err(want("another head dimension"));
-            }
-            let window = view.sink_keys.len() + view.recent_keys.len();
-            if view.key_codes.tokens() != job.ctx || window != job.fp_tokens {
-                return Err(want("another token count"));
-            }
-            if job.ctx > 0 {
-                let (Some(kq), Some(vq)) = (view.key_codebook, view.value_codebook) else {
-                    return Err(want("codes without codebooks"));
-                };
-                if pq_kind(kq, vq) != job.kind {
-                    return Err(want("codes in another format"));
-                }
-            }
-        }
-        _ => return Err(want("contents of another kind")),
-    }
-    Ok(())
-}
-
-/// Runs one layer functionally under the same placement and the same
-/// program as [`simulate_layer`](crate::pim::simulate_layer): every
-/// cache's tokens (`caches[c]` for cache `c = s * kv_heads + h`) and value
-/// codebooks are loaded where the plan puts them, the host data holds each
-/// query head's lookup table (PQ) and FP16 query (FP16 slices), and the
-/// read log is merged per query head. `queries` are scaled, `heads x group
-/// x d`. Under [`CodebookScope::Model`](crate::pim::CodebookScope) the
-/// caches of one KV head must share their value codebook (the banks hold
-/// one copy). Jobs with `quantize` are refused ([`quantize_on_pim`] checks
-/// in-memory quantization).
-pub fn run_layer(
-    device: &Device,
-    job: &LayerJob,
-    caches: &[CacheData<'_>],
-    queries: &[f32],
-) -> Result<LayerRun> {
-    if job.quantize {
-        return Err(AttnError::Unsupported(
-            "run_layer with quantize (quantize_on_pim runs in-memory quantization)",
-        ));
-    }
-    let plan = plan(device, job)?;
-    let (d, group) = (job.head_dim, job.group);
-    if caches.len() != job.heads {
-        return Err(AttnError::shape(
-            "run_layer caches",
-            job.heads.to_string(),
-            caches.len(),
-        ));
-    }
-    if queries.len() != job.heads * group * d {
-        return Err(AttnError::shape(
-            "run_layer queries",
-            format!("{} x {group} x {d}", job.heads),
-            queries.len(),
-        ));
-    }
-    crate::error::check_queries(queries, job.heads * group, d)?;
-    for (c, data) in caches.iter().enumerate() {
-        check_cache(job, c, data)?;
-    }
-    // Host data: per cache and query head its table (PQ codes) and its
-    // FP16 query (FP16 tokens).
-    let mut host = Vec::new();
-    let mut table_at = vec![0u32; job.heads * group];
-    let mut query_at = vec![0u32; job.heads * group];
-    let probe = plan.slices.iter().find(|s| !s.window).map(|s| s.geom);
-    for (c, data) in caches.iter().enumerate() {
-        for q in 0..group {
-            let i = c * group + q;
-            let query = &queries[i * d..(i + 1) * d];
-            if let (CacheData::Pq(view), Some(geom)) = (data, probe) {
-                if let Some(kq) = view.key_codebook {
-                    table_at[i] = host.len() as u32;
-                    host.extend(table_bytes(kq, query, &geom)?);
-                }
-            }
-            if matches!(job.kind, PimKind::Fp16) || job.fp_tokens > 0 {
-                query_at[i] = host.len() as u32;
-                host.extend(f16_bytes(query.iter().copied()));
-            }
-        }
-    }
-    let mut sim = Simulator::new(device, SimOptions::default());
-    // (channel, codebook row) -> the codebook loaded there.
-    let mut books: BTreeMap<(usize, u32), Vec<u8>> = BTreeMap::new();
-    for s in &plan.slices {
-        let (ch, geom, rows) = (s.ch, &s.geom, s.rows);
-        match caches[s.cache] {
-            CacheData::Fp16 { keys, values } => {
-                for t in 0..geom.n {
-                    let (b, slot) = geom.place(t);
-                    let at = slot * geom.k.tb;
-                    let tok = s.start + t;
-                    load_slot(&mut sim, ch, b, rows.k, at, &raw_f16_bytes(keys.token(tok)))?;
-                    load_slot(
-                        &mut sim,
-                        ch,
-                        b,
-                        rows.v,
-                        at,
-                        &raw_f16_bytes(values.token(tok)),
-                    )?;
-                }
-            }
-            CacheData::Pq(view) if s.window => {
-                let fp = window_tokens(&view);
-                for t in 0..geom.n {
-                    let (b, slot) = geom.place(t);
-                    let at = slot * geom.k.tb;
-                    let (k, v) = fp[s.start + t];
-                    load_slot(&mut sim, ch, b, rows.k, at, &raw_f16_bytes(k))?;
-                    load_slot(&mut sim, ch, b, rows.v, at, &raw_f16_bytes(v))?;
-                }
-            }
-            CacheData::Pq(view) => {
-                let (Some(kp), Some(vp), Some(vq)) = (geom.k.pq, geom.v.pq, view.value_codebook)
-                else {
-                    unreachable!("checked: PQ slices of PQ caches with codebooks");
-                };
-                let cb = codebook_bytes(vq);
-                match books.get(&(ch, rows.cb)) {
-                    Some(held) if *held != cb => {
-                        return Err(AttnError::Placement(format!(
-                            "cache {} does not share the value codebook that the placement holds once for KV head {} (codebook scope `model`)",
-                            s.cache,
-                            s.cache % job.kv_heads
-                        )))
-                    }
-                    Some(_) => {}
-                    None => {
-                        load_all_banks(&mut sim, ch, rows.cb, &cb)?;
-                        books.insert((ch, rows.cb), cb);
-                    }
-                }
-                for t in 0..geom.n {
-                    let (b, slot) = geom.place(t);
-                    let tok = s.start + t;
-                    let kc = bank_codes(
-                        view.key_codes.row(tok),
-                        view.key_codes.is_packed(),
-                        kp.bits,
-                        kp.m,
-                    );
-                    let vc = bank_codes(
-                        view.value_codes.row(tok),
-                        view.value_codes.is_packed(),
-                        vp.bits,
-                        vp.m,
-                    );
-                    load_slot(&mut sim, ch, b, rows.k, slot * geom.k.tb, &kc)?;
-                    load_slot(&mut sim, ch, b, rows.v, slot * geom.v.tb, &vc)?;
-                }
-            }
-        }
-    }
-    sim.set_host_data(host);
-    let lowered = layer_program(device, job, &plan, |s, q| {
-        let i = s.cache * group + q;
-        if s.geom.k.pq.is_some() {
-            table_at[i]
-        } else {
-            query_at[i]
-        }
-    });
-    let program = Program::new(lowered.out.instrs)?;
-    let marks: Vec<u16> = lowered.out.phases.iter().map(|&p| p as u16).collect();
-    let regions = sim.run_regions(&program, &marks)?;
-    let owner: Vec<usize> = lowered
-        .reads
-        .iter()
-        .map(|&(si, q)| plan.slices[si].cache * group + q)
-        .collect();
-    let vals = read_records(sim.read_log(), owner.len(), d)?;
-    Ok(LayerRun {
-        out: merge_records(&vals, &owner, job.heads * group, d),
-        phases: phase_costs(&regions),
-        stats: regions.total,
-        program,
     })
 }
 

@@ -15,7 +15,8 @@
 //! banks), `placement` (one row allocator and the layer [`plan`](self) that
 //! timing and functional layer runs share, with [`layer_rows_per_bank`]
 //! and [`layer_footprint`]), `program` (the instruction generators, each
-//! instruction marked with its [`Phase`]), `functional` and `timing`.
+//! instruction marked with its [`Phase`]), `functional` (one head, one
+//! token), `layer_run` (a whole layer functionally) and `timing`.
 //!
 //! Entry points: [`run_layer`] runs a layer functionally on real caches
 //! under the placement and program that [`simulate_layer`] times (tests
@@ -28,6 +29,7 @@
 
 mod analytic;
 mod functional;
+mod layer_run;
 mod layout;
 mod placement;
 mod program;
@@ -39,9 +41,8 @@ use serde::Serialize;
 use crate::error::{AttnError, Result};
 
 pub use analytic::analytic_layer;
-pub use functional::{
-    fp16_head_on_pim, pq_head_on_pim, quantize_on_pim, run_layer, CacheData, LayerRun, QuantizeRun,
-};
+pub use functional::{fp16_head_on_pim, pq_head_on_pim, quantize_on_pim, QuantizeRun};
+pub use layer_run::{run_layer, CacheData, LayerRun, NewCodes, NewTokens};
 pub use placement::{layer_footprint, layer_rows_per_bank, quantize_block, Footprint};
 pub use program::Phase;
 pub use timing::{

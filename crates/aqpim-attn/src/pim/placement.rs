@@ -100,7 +100,13 @@ pub(crate) struct PlacedSlice {
 pub(crate) struct QuantizeJob {
     pub ch: usize,
     pub geom: Geom,
+    /// One per bank and pass: cache `caches[pass / tpc]`'s new token
+    /// `bank * tpc + pass % tpc`.
     pub tokens: Vec<NewToken>,
+    /// The caches whose new tokens the program quantizes, `tpc` passes each.
+    pub caches: Vec<usize>,
+    /// Host byte of the key then value codebook (0 in timing runs).
+    pub books: u32,
 }
 
 /// A layer's placement: slices per channel, new tokens to quantize per
@@ -319,7 +325,13 @@ fn place_new_tokens(
                     }));
                 }
             }
-            out.push(QuantizeJob { ch, geom, tokens });
+            out.push(QuantizeJob {
+                ch,
+                geom,
+                tokens,
+                caches: chunk.iter().map(|s| s.cache).collect(),
+                books: 0,
+            });
         }
     }
     Ok(out)

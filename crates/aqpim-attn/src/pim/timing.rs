@@ -56,7 +56,14 @@ pub(crate) fn layer_program(
         }
         out.fixed = None;
         for job in plan.quantize.iter().filter(|q| q.ch == ch) {
-            program::quantize(&mut out, &job.geom, ch as u8, &job.tokens, 0, device);
+            program::quantize(
+                &mut out,
+                &job.geom,
+                ch as u8,
+                &job.tokens,
+                job.books,
+                device,
+            );
         }
     }
     Lowered { out, reads }
