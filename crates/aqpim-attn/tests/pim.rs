@@ -3,15 +3,19 @@
 //! FP16 tolerance over random shapes, contexts and placements; in-memory
 //! quantization picks the nearest FP16 centroid; timing-only runs time
 //! exactly like functional ones; the analytic layer cost stays within 5 %
-//! of the simulator; placements that do not fit are errors.
+//! of the simulator; placements that do not fit are errors. Whole layers
+//! run functionally on real caches under the placement and program that
+//! `simulate_layer` times equal the CPU kernels, and the per-phase costs
+//! sum to the layer's.
 
 use aqpim_attn::pim::{
-    analytic_layer, fp16_head_on_pim, layer_rows_per_bank, pq_head_on_pim, quantize_on_pim,
-    simulate_layer, LayerJob, PimKind, PqCodes,
+    analytic_layer, fp16_head_on_pim, layer_rows_per_bank, lower_layer, pq_head_on_pim,
+    quantize_block, quantize_on_pim, run_layer, simulate_layer, simulate_layer_breakdown,
+    CacheData, CodebookScope, LayerJob, NewTokens, Phase, PimKind, PqCodes,
 };
-use aqpim_attn::pq_head_attention;
 use aqpim_attn::reference::{attention_f64, relative_error};
-use aqpim_kvcache::{build, KvShape, KvSpec};
+use aqpim_attn::{dense_head_attention, pq_head_attention};
+use aqpim_kvcache::{build, KvPart, KvShape, KvSpec, KvStore};
 use aqpim_pim::{Device, Mode, SimOptions, Simulator};
 use aqpim_pq::{PqParams, ProductQuantizer};
 use half::f16;
@@ -391,4 +395,345 @@ fn keys_and_values_in_their_own_formats_equal_attention_on_codes() {
         sim.cycles,
         k8.cycles
     );
+}
+
+/// Per vector of `x` and subspace, the nearest centroid of `pq` by squared
+/// distance over FP16-rounded sub-vectors and centroids, summed in f32 (what
+/// `ARGMIN` computes).
+fn nearest_fp16(pq: &ProductQuantizer, x: &[f32]) -> Vec<u8> {
+    let p = pq.params();
+    let (d, dsub) = (p.dim(), p.dsub());
+    let r = |v: f32| f16::from_f32(v).to_f32();
+    x.chunks_exact(d)
+        .flat_map(|x| (0..p.num_subspaces()).map(move |m| (x, m)))
+        .map(|(x, m)| {
+            let xs = &x[m * dsub..(m + 1) * dsub];
+            let c = pq.subspace_centroids(m);
+            let mut best = (f32::INFINITY, 0usize);
+            for j in 0..p.ksub() {
+                let dist: f32 = (0..dsub)
+                    .map(|i| {
+                        let e = r(xs[i]) - r(c[j * dsub + i]);
+                        e * e
+                    })
+                    .sum();
+                if dist < best.0 {
+                    best = (dist, j);
+                }
+            }
+            best.1 as u8
+        })
+        .collect()
+}
+
+/// Caches of `batch` sequences of `kv_heads` heads (`tokens` each, random
+/// KV-like data), PQ in `spec` or FP16 when `spec` is `None`. Under
+/// `share_books` every sequence uses the first one's codebooks (calibrated
+/// per layer and KV head, as `CodebookScope::Model` places them).
+fn caches(
+    batch: usize,
+    shape: KvShape,
+    tokens: usize,
+    spec: &KvSpec,
+    share_books: bool,
+    seed: u64,
+) -> Vec<Box<dyn KvStore>> {
+    let (kv_heads, d) = (shape.num_kv_heads(), shape.head_dim());
+    let mut out: Vec<Box<dyn KvStore>> = Vec::new();
+    for s in 0..batch {
+        let mut cache = build(shape, spec).unwrap();
+        if let (true, Some(first)) = (share_books, out.first().and_then(|f| f.as_pq())) {
+            for h in 0..kv_heads {
+                let k = first.codebook(0, h, KvPart::Keys).unwrap().unwrap().clone();
+                let v = first
+                    .codebook(0, h, KvPart::Values)
+                    .unwrap()
+                    .unwrap()
+                    .clone();
+                cache
+                    .as_pq_mut()
+                    .unwrap()
+                    .set_codebooks(0, h, k, v)
+                    .unwrap();
+            }
+        }
+        let keys: Vec<f32> = aqpim_pq::synth::kv_like(kv_heads * tokens, d, seed + s as u64)
+            .iter()
+            .map(|v| v * 0.15)
+            .collect();
+        let values: Vec<f32> = keys.iter().map(|v| -0.5 * v + 0.1).collect();
+        cache.prefill(0, &keys, &values).unwrap();
+        out.push(cache);
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(config(10, 0x1A7E_4F00))]
+
+    #[test]
+    fn layer_program_on_real_caches_equals_the_cpu_kernels(
+        format in prop_oneof![
+            Just(None),
+            Just(Some((4usize, 8u32, 8u32))),
+            Just(Some((2, 4, 4))),
+            Just(Some((2, 8, 4))),
+        ],
+        d in prop_oneof![Just(64usize), Just(128)],
+        batch in 1usize..=2,
+        kv_heads in 1usize..=3,
+        group in 1usize..=2,
+        tokens in 200usize..=1500,
+        sinks in 0usize..=4,
+        window in 0usize..=40,
+        sequence_books in any::<bool>(),
+        seed in 0u64..10_000,
+    ) {
+        let dev = device();
+        let spec: KvSpec = match format {
+            None => KvSpec::Dense,
+            Some((dsub, kbits, vbits)) => format!(
+                "pq:dsub={dsub},kbits={kbits},vbits={vbits},sinks={sinks},window={window},iters=4"
+            )
+            .parse()
+            .unwrap(),
+        };
+        let scope = if sequence_books { CodebookScope::Sequence } else { CodebookScope::Model };
+        let caches = caches(batch, KvShape::with_query_heads(1, kv_heads, kv_heads * group, d).unwrap(), tokens, &spec, !sequence_books, seed);
+        let heads = batch * kv_heads;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed + 99);
+        let queries: Vec<f32> = (0..heads * group * d).map(|_| rng.gen_range(-0.5f32..0.5)).collect();
+        let mut want = vec![0f32; heads * group * d];
+        let mut data = Vec::new();
+        for c in 0..heads {
+            let (s, h) = (c / kv_heads, c % kv_heads);
+            let (q, o) = (&queries[c * group * d..(c + 1) * group * d], &mut want[c * group * d..(c + 1) * group * d]);
+            if let Some(store) = caches[s].as_pq() {
+                let view = store.head(0, h).unwrap();
+                pq_head_attention(&view, q, o).unwrap();
+                data.push(CacheData::Pq(view));
+            } else {
+                let store = caches[s].as_dense().unwrap();
+                dense_head_attention(store, 0, h, q, o).unwrap();
+                data.push(CacheData::Fp16 {
+                    keys: store.keys(0, h).unwrap(),
+                    values: store.values(0, h).unwrap(),
+                });
+            }
+        }
+        let (kind, ctx, fp_tokens) = match (format, &data[0]) {
+            (Some((dsub, kbits, vbits)), CacheData::Pq(v)) => (
+                PimKind::Pq {
+                    key: PqCodes { dsub, nbits: kbits },
+                    value: PqCodes { dsub, nbits: vbits },
+                },
+                v.key_codes.tokens(),
+                v.sink_keys.len() + v.recent_keys.len(),
+            ),
+            _ => (PimKind::Fp16, tokens, 0),
+        };
+        // In-memory quantization of a block of new tokens per cache where
+        // one program's caches share codebooks and both parts tile columns
+        // alike.
+        let quantize = matches!(format, Some((_, k, v)) if k == v) && !sequence_books;
+        let job = LayerJob {
+            kind,
+            head_dim: d,
+            heads,
+            kv_heads,
+            group,
+            ctx,
+            fp_tokens,
+            quantize,
+            codebooks: scope,
+        };
+        let block = if quantize { quantize_block(&dev, &job).unwrap() } else { 0 };
+        let new_keys: Vec<f32> = (0..heads * block * d).map(|_| rng.gen_range(-0.3f32..0.3)).collect();
+        let new_values: Vec<f32> = (0..heads * block * d).map(|_| rng.gen_range(-0.3f32..0.3)).collect();
+        let new = quantize.then_some(NewTokens { keys: &new_keys, values: &new_values });
+        let run = run_layer(&dev, &job, &data, &queries, new).unwrap();
+        if quantize {
+            for (c, codes) in run.new_codes.iter().enumerate() {
+                let CacheData::Pq(view) = data[c] else { unreachable!() };
+                let at = c * block * d..(c + 1) * block * d;
+                prop_assert_eq!(&codes.key_codes, &nearest_fp16(view.key_codebook.unwrap(), &new_keys[at.clone()]));
+                prop_assert_eq!(&codes.value_codes, &nearest_fp16(view.value_codebook.unwrap(), &new_values[at]));
+            }
+        }
+        for i in 0..heads * group {
+            let w: Vec<f64> = want[i * d..(i + 1) * d].iter().map(|&x| f64::from(x)).collect();
+            let err = relative_error(&run.out[i * d..(i + 1) * d], &w);
+            prop_assert!(err <= TOL, "{job:?}: query head {i}: relative error {err:e}");
+        }
+        // The same program as the timing run: the same cycles and commands.
+        let timed = simulate_layer(&dev, &job).unwrap();
+        prop_assert_eq!(run.stats.cycles, timed.cycles);
+        prop_assert_eq!(run.stats.total_commands, timed.commands);
+        prop_assert_eq!(run.phases.iter().map(|p| p.cycles).sum::<u64>(), run.stats.cycles);
+    }
+}
+
+#[test]
+fn model_scope_needs_one_value_codebook_per_kv_head() {
+    let spec: KvSpec = "pq:dsub=4,nbits=4,sinks=0,window=0,iters=2"
+        .parse()
+        .unwrap();
+    // One-head sequences that trained their own codebooks, more than the
+    // channels: two of them share channel 0 and its one codebook copy.
+    let n = device().org.channels + 4;
+    let caches = caches(
+        n,
+        KvShape::with_query_heads(1, 1, 1, 64).unwrap(),
+        64,
+        &spec,
+        false,
+        3,
+    );
+    let data: Vec<CacheData<'_>> = caches
+        .iter()
+        .map(|c| CacheData::Pq(c.as_pq().unwrap().head(0, 0).unwrap()))
+        .collect();
+    let job = LayerJob {
+        kind: PimKind::pq(4, 4),
+        head_dim: 64,
+        heads: n,
+        kv_heads: 1,
+        group: 1,
+        ctx: 64,
+        fp_tokens: 0,
+        quantize: false,
+        codebooks: CodebookScope::Model,
+    };
+    let queries = vec![0.1f32; n * 64];
+    let e = match run_layer(&device(), &job, &data, &queries, None) {
+        Ok(_) => panic!("caches with their own codebooks ran under the model scope"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("value codebook"), "{e}");
+    // Per-sequence codebooks: every cache gets its own copy.
+    let own = LayerJob {
+        codebooks: CodebookScope::Sequence,
+        ..job
+    };
+    run_layer(&device(), &own, &data, &queries, None).unwrap();
+    let e = run_layer(
+        &device(),
+        &LayerJob { ctx: 63, ..own },
+        &data,
+        &queries,
+        None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("token count"), "{e}");
+    let quantize = LayerJob {
+        quantize: true,
+        ..own
+    };
+    let e = run_layer(&device(), &quantize, &data, &queries, None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("new tokens"), "{e}");
+    // One program quantizes the new tokens of caches that share channel 0
+    // with one pair of codebooks: theirs differ.
+    let block = quantize_block(&device(), &quantize).unwrap();
+    let x = vec![0.1f32; n * block * 64];
+    let new = Some(NewTokens {
+        keys: &x,
+        values: &x,
+    });
+    let e = match run_layer(&device(), &quantize, &data, &queries, new) {
+        Ok(_) => panic!("one quantization program with two pairs of codebooks"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("share their codebooks"), "{e}");
+}
+
+#[test]
+fn phases_sum_to_the_layer_within_one_percent() {
+    let dev = device();
+    let jobs = [
+        (PimKind::Fp16, 0, false, 8192),
+        (PimKind::pq(4, 8), 132, true, 32768),
+        (
+            PimKind::Pq {
+                key: PqCodes { dsub: 4, nbits: 8 },
+                value: PqCodes { dsub: 2, nbits: 4 },
+            },
+            20,
+            true,
+            4000,
+        ),
+    ];
+    for (kind, fp_tokens, quantize, ctx) in jobs {
+        let job = LayerJob {
+            kind,
+            head_dim: 128,
+            heads: 32,
+            kv_heads: 32,
+            group: 1,
+            ctx,
+            fp_tokens,
+            quantize,
+            codebooks: CodebookScope::Model,
+        };
+        let b = simulate_layer_breakdown(&dev, &job, aqpim_pim::Mode::TimingOnly).unwrap();
+        assert_eq!(b.total, simulate_layer(&dev, &job).unwrap());
+        let t = &b.total;
+        let close = |sum: f64, total: f64| (sum - total).abs() <= 0.01 * total;
+        let sum = |f: fn(&aqpim_attn::pim::PhaseCost) -> f64| b.phases.iter().map(f).sum::<f64>();
+        assert!(close(sum(|p| p.cycles as f64), t.cycles as f64), "{kind:?}");
+        assert!(close(sum(|p| p.ns), t.ns));
+        assert!(close(sum(|p| p.energy_pj), t.energy_pj));
+        assert!(close(sum(|p| p.commands as f64), t.commands as f64));
+        assert!(close(
+            sum(|p| p.bytes_internal as f64),
+            t.bytes_internal as f64
+        ));
+        assert!(close(
+            sum(|p| p.bytes_external as f64),
+            t.bytes_external as f64
+        ));
+        let has = |p: Phase| b.phases.iter().any(|c| c.phase == p);
+        assert!(has(Phase::Broadcast) && has(Phase::Scoring) && has(Phase::Softmax));
+        assert!(has(Phase::Reduction));
+        if let PimKind::Pq { .. } = kind {
+            assert!(has(Phase::Histogram) && has(Phase::BinsCodebook));
+            assert!(has(Phase::Fp16Window) && has(Phase::Quantization));
+        } else {
+            assert!(has(Phase::Values) && !has(Phase::Histogram));
+        }
+    }
+}
+
+#[test]
+fn the_lowered_program_as_text_runs_like_the_timing_run() {
+    let dev = device();
+    let job = LayerJob {
+        kind: PimKind::pq(4, 8),
+        head_dim: 128,
+        heads: 4,
+        kv_heads: 4,
+        group: 2,
+        ctx: 3000,
+        fp_tokens: 20,
+        quantize: true,
+        codebooks: CodebookScope::Model,
+    };
+    let lowered = lower_layer(&dev, &job, None).unwrap();
+    let text = lowered.annotated_text();
+    assert!(text.contains("# phase: scoring") && text.contains("# phase: quantization"));
+    let back = aqpim_pim::Program::assemble(&text).unwrap();
+    assert_eq!(&back, &lowered.program);
+    let mut sim = Simulator::new(&dev, SimOptions::default());
+    sim.set_host_data(lowered.host_data.clone());
+    let stats = sim.run(&back).unwrap();
+    assert_eq!(stats.cycles, simulate_layer(&dev, &job).unwrap().cycles);
+    // One cache alone: fewer commands, still a whole program.
+    let one = lower_layer(&dev, &job, Some(1)).unwrap();
+    assert!(one.program.instrs().len() < lowered.program.instrs().len());
+    let mut sim = Simulator::new(&dev, SimOptions::default());
+    sim.set_host_data(one.host_data);
+    sim.run(&one.program).unwrap();
+    assert!(lower_layer(&dev, &job, Some(4)).is_err());
 }

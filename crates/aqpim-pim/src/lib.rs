@@ -66,4 +66,4 @@ pub use spec::{
     ClockSpec, DeviceSpec, EnergySpec, OrganisationSpec, PimSpec, RefreshSpec, RuleSpec,
     TimingValue, PRESETS,
 };
-pub use stats::{EnergyBreakdown, Stats};
+pub use stats::{EnergyBreakdown, RegionStats, Stats};

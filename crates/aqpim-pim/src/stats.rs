@@ -86,7 +86,40 @@ pub struct Stats {
     pub energy: EnergyBreakdown,
 }
 
+/// A run's statistics split by program region (see
+/// `Simulator::run_regions`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RegionStats {
+    /// The whole run, as `Simulator::run` returns it.
+    pub total: Stats,
+    /// One entry per region: the commands, bytes and energy of the commands
+    /// its instructions issued, and as `cycles` (and `ns`) the cycles by
+    /// which those commands pushed back the end of the *critical channel*
+    /// (the one that finishes last), waits for timing constraints and
+    /// barriers included. Channels run in parallel, so time is attributed
+    /// on one channel: the regions' cycles plus `inserted.cycles` sum to
+    /// `total.cycles` for a run that starts on an idle simulator.
+    pub regions: Vec<Stats>,
+    /// The commands the simulator inserted (refresh, the precharge before it
+    /// and the row restores after it), attributed like a region.
+    pub inserted: Stats,
+}
+
 impl Counters {
+    /// Adds `other`'s counts to these.
+    pub(crate) fn add(&mut self, other: &Counters) {
+        for (a, b) in self.commands.iter_mut().zip(other.commands) {
+            *a += b;
+        }
+        self.bank_activations += other.bank_activations;
+        self.bank_column_accesses += other.bank_column_accesses;
+        self.lane_ops += other.lane_ops;
+        self.bytes_external += other.bytes_external;
+        self.bytes_buffer += other.bytes_buffer;
+        self.bytes_buffer_die += other.bytes_buffer_die;
+        self.sfm_elements += other.sfm_elements;
+    }
+
     pub(crate) fn commands_map(&self) -> BTreeMap<String, u64> {
         Command::ALL
             .iter()

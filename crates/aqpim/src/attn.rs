@@ -46,6 +46,12 @@ pub struct SimArgs {
     /// Print one JSON object on one line.
     #[arg(long)]
     json: bool,
+    /// Also print time, commands, bytes and energy per phase of the kernel (in JSON: `phases`).
+    #[arg(long)]
+    breakdown: bool,
+    /// Write one layer's lowered programs as text for `aqpim sim run` into DIR.
+    #[arg(long, value_name = "DIR")]
+    dump: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Serialize)]
@@ -81,6 +87,9 @@ struct SimReport {
     rows_per_bank_per_layer: usize,
     /// Wall-clock seconds the simulation took.
     wall_s: f64,
+    /// Per phase, summed over layers (`--breakdown`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    phases: Option<Vec<crate::attn_inspect::PhaseRow>>,
 }
 
 /// The PIM kind, the FP16 tokens per sequence and the encoded tokens of
@@ -125,7 +134,7 @@ fn pim_format(
 }
 
 fn sim(a: &SimArgs) -> Result<SimReport> {
-    use aqpim_attn::pim::{layer_rows_per_bank, simulate_layer_mode, LayerJob, PimKind};
+    use aqpim_attn::pim::{layer_rows_per_bank, LayerJob, PimKind};
     use aqpim_kvcache::limits::{MAX_CTX, MAX_HEAD_DIM, MAX_KV_HEADS, MAX_LAYERS};
     let shape = a.shape.resolve(None)?;
     let (layers, kv_heads, head_dim) = (shape.layers, shape.kv_heads, shape.head_dim);
@@ -219,11 +228,16 @@ fn sim(a: &SimArgs) -> Result<SimReport> {
         channels_used: 0,
         rows_per_bank_per_layer: rows,
         wall_s: 0.0,
+        phases: None,
     };
+    if let Some(dir) = &a.dump {
+        crate::attn_inspect::dump(&device, &job, dir)?;
+    }
+    let mut inspector = crate::attn_inspect::Inspector::new(a.breakdown);
     // Every layer's programs run (layers are identical in shape, and each
     // is simulated in full: no sampling, no scaling).
     for _ in 0..layers {
-        let c = simulate_layer_mode(&device, &job, mode)?;
+        let c = inspector.layer(&device, &job, mode)?;
         report.cycles += c.cycles;
         report.time_ms += c.ns / 1e6;
         report.energy_uj += c.energy_pj / 1e6;
@@ -236,6 +250,7 @@ fn sim(a: &SimArgs) -> Result<SimReport> {
     }
     bar.finish_and_clear();
     report.wall_s = start.elapsed().as_secs_f64();
+    report.phases = inspector.rows();
     Ok(report)
 }
 
@@ -397,6 +412,9 @@ pub fn run(cmd: AttnCommand) -> Result<()> {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
                 report.print_table();
+                if let Some(rows) = &report.phases {
+                    crate::attn_inspect::print_phases(rows);
+                }
             }
             Ok(())
         }

@@ -7,6 +7,7 @@
 
 mod args;
 mod attn;
+mod attn_inspect;
 mod kv;
 mod limits;
 mod model;

@@ -24,7 +24,8 @@ use std::cell::RefCell;
 use aqpim_pim::Device;
 
 use super::layout::{Geom, Part};
-use super::{plan, LayerJob, PimCost};
+use super::placement::plan;
+use super::{LayerJob, PimCost};
 use crate::error::Result;
 
 struct Params {
@@ -222,9 +223,9 @@ pub fn analytic_layer(device: &Device, job: &LayerJob) -> Result<PimCost> {
                 slice_cycles(device, &s.geom);
             }
         }
-        for (_, geom, tokens) in plan.quantize.iter().filter(|q| q.0 == ch) {
-            let passes = tokens.iter().map(|t| t.pass + 1).max().unwrap_or(0);
-            quantize_cycles(device, geom, tokens.len(), passes);
+        for q in plan.quantize.iter().filter(|q| q.ch == ch) {
+            let passes = q.tokens.iter().map(|t| t.pass + 1).max().unwrap_or(0);
+            quantize_cycles(device, &q.geom, q.tokens.len(), passes);
         }
         let phases = PHASES.with(|v| std::mem::take(&mut *v.borrow_mut()));
         // Walk the channel's phases against the refresh deadlines.

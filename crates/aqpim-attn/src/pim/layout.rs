@@ -89,6 +89,14 @@ pub(crate) struct PqGeom {
     pub bins: usize,
 }
 
+impl PqGeom {
+    /// Bytes of the whole codebook in FP16 (`M x ksub x dsub x 2`), as
+    /// the quantization programs stream it.
+    pub fn book_bytes(&self) -> usize {
+        self.m * self.ksub * self.dsub * 2
+    }
+}
+
 fn unfit(what: impl Into<String>) -> AttnError {
     AttnError::Placement(what.into())
 }

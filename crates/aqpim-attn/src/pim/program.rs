@@ -7,11 +7,138 @@
 //! softmax statistics `[max, sum]` of its tokens, then its `d` outputs
 //! (normalized within the slice): the host merges slices as partial
 //! softmaxes (see [`crate::pim::merge`]).
+//!
+//! Generators mark each instruction with the [`Phase`] of the kernel it
+//! belongs to, so that a run's statistics can be split by phase.
 
-use aqpim_pim::{BankSel, Instr, Strides};
+use aqpim_pim::{BankSel, Device, Instr, Strides};
 use half::f16;
+use serde::Serialize;
 
 use crate::pim::layout::{Geom, Part};
+
+/// A phase of the lowered attention kernel: what a run of instructions
+/// computes. Every instruction of a layer's program belongs to one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// `WRGB` of a query head's FP16 lookup table (PQ) or FP16 query
+    /// (AttAcc) into every bank's buffer.
+    #[default]
+    Broadcast,
+    /// Scores in the banks: `LUTACC` over key codes (PQ) or `MAC reduce`
+    /// over FP16 keys, with the row activations and register clears.
+    Scoring,
+    /// Scores to the buffer die, `SFM`, statistics to the host, weights
+    /// back to the banks' buffers.
+    Softmax,
+    /// AttAcc's weighted sum of FP16 values (`MAC bcast`).
+    Values,
+    /// Per-centroid weight histograms over value codes (`HISTACC`).
+    Histogram,
+    /// Bins times the value codebook (`BINMAC` over the codebook rows).
+    BinsCodebook,
+    /// Partial outputs summed across banks on the buffer die (`RED`) and
+    /// read by the host.
+    Reduction,
+    /// Every phase of a PQ cache's FP16 sink and recent-window slice.
+    Fp16Window,
+    /// In-memory quantization of new tokens (`WR` staging, codebooks
+    /// streamed by `WRGB`, `ARGMIN`, `STC`).
+    Quantization,
+    /// Commands the simulator inserts: refresh, the precharge before it
+    /// and the row restores after it.
+    Refresh,
+}
+
+impl Phase {
+    /// Every phase, in kernel order.
+    pub const ALL: [Phase; 10] = [
+        Phase::Broadcast,
+        Phase::Scoring,
+        Phase::Softmax,
+        Phase::Values,
+        Phase::Histogram,
+        Phase::BinsCodebook,
+        Phase::Reduction,
+        Phase::Fp16Window,
+        Phase::Quantization,
+        Phase::Refresh,
+    ];
+
+    /// The phase's key (as in JSON).
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Broadcast => "broadcast",
+            Phase::Scoring => "scoring",
+            Phase::Softmax => "softmax",
+            Phase::Values => "values",
+            Phase::Histogram => "histogram",
+            Phase::BinsCodebook => "bins_codebook",
+            Phase::Reduction => "reduction",
+            Phase::Fp16Window => "fp16_window",
+            Phase::Quantization => "quantization",
+            Phase::Refresh => "refresh",
+        }
+    }
+
+    /// A short human description.
+    pub fn label(self) -> &'static str {
+        match self {
+            Phase::Broadcast => "table/query broadcast",
+            Phase::Scoring => "scoring",
+            Phase::Softmax => "softmax",
+            Phase::Values => "weighted values (FP16)",
+            Phase::Histogram => "histogram",
+            Phase::BinsCodebook => "bins x codebook",
+            Phase::Reduction => "reduction",
+            Phase::Fp16Window => "FP16 sinks + window",
+            Phase::Quantization => "quantization",
+            Phase::Refresh => "refresh (inserted)",
+        }
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Instructions being generated, each with its phase.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Out {
+    pub instrs: Vec<Instr>,
+    /// The phase of each instruction.
+    pub phases: Vec<Phase>,
+    phase: Phase,
+    /// When set, every instruction goes to this phase whatever the
+    /// generator marks (a PQ cache's FP16 slice).
+    pub fixed: Option<Phase>,
+}
+
+impl Out {
+    pub fn push(&mut self, ins: Instr) {
+        self.instrs.push(ins);
+        self.phases.push(self.fixed.unwrap_or(self.phase));
+    }
+
+    /// Marks the instructions that follow.
+    pub fn phase(&mut self, p: Phase) {
+        self.phase = p;
+    }
+}
+
+/// The all-bank selector of channel-local bank `b`.
+pub(crate) fn bank_sel(device: &Device, b: usize) -> BankSel {
+    let (pc, sid, bg, bank) = device.org.bank_coords(b);
+    BankSel {
+        pc: pc as u8,
+        sid: sid as u8,
+        bg: bg as u8,
+        bank: bank as u8,
+    }
+}
 
 /// Registers an `ARGMIN` can write: its `reg` field has 12 bits.
 pub(crate) const ARGMIN_REGISTERS: usize = 4096;
@@ -29,12 +156,7 @@ pub(crate) struct Rows {
 
 /// Appends `body` run `count` times with `strides` (nothing for 0, the body
 /// alone for 1).
-fn looped(
-    out: &mut Vec<Instr>,
-    count: usize,
-    strides: Strides,
-    body: impl FnOnce(&mut Vec<Instr>),
-) {
+fn looped(out: &mut Out, count: usize, strides: Strides, body: impl FnOnce(&mut Out)) {
     match count {
         0 => {}
         1 => body(out),
@@ -61,7 +183,7 @@ fn strides(col: i16, buf: i16, reg: i16, data: i16) -> Strides {
 
 /// Streams `words` 32-byte column writes of host data from `data` into every
 /// bank's buffer from element 0.
-fn write_buffer(out: &mut Vec<Instr>, ch: u8, elements: usize, lanes: usize, cw: usize, data: u32) {
+fn write_buffer(out: &mut Out, ch: u8, elements: usize, lanes: usize, cw: usize, data: u32) {
     looped(
         out,
         elements / lanes,
@@ -74,12 +196,12 @@ fn write_buffer(out: &mut Vec<Instr>, ch: u8, elements: usize, lanes: usize, cw:
 /// (given the row index, its first slot and the slots or columns it holds),
 /// `PREAB`.
 fn rows_of(
-    out: &mut Vec<Instr>,
+    out: &mut Out,
     g: &Geom,
     part: &Part,
     ch: u8,
     base: u32,
-    mut row: impl FnMut(&mut Vec<Instr>, usize, usize),
+    mut row: impl FnMut(&mut Out, usize, usize),
 ) {
     let spr = part.slots_per_row(g.columns);
     for r in 0..part.rows {
@@ -97,7 +219,7 @@ fn rows_of(
 /// Scores in every bank's registers `0..n_b` -> softmax over the slice on
 /// the buffer die (statistics to the host) -> weights in every bank's
 /// buffer `0..n_b` (padding slots zero).
-fn softmax(out: &mut Vec<Instr>, g: &Geom, ch: u8) {
+fn softmax(out: &mut Out, g: &Geom, ch: u8) {
     let n = g.n as u16;
     out.push(Instr::Mvd {
         ch,
@@ -133,7 +255,7 @@ fn softmax(out: &mut Vec<Instr>, g: &Geom, ch: u8) {
 
 /// Partial outputs in every bank's registers `reg..reg + d` -> summed over
 /// the banks on the buffer die -> to the host.
-fn reduce_out(out: &mut Vec<Instr>, g: &Geom, ch: u8, reg: u16) {
+fn reduce_out(out: &mut Out, g: &Geom, ch: u8, reg: u16) {
     let d = g.d as u16;
     let dst = (g.banks * g.d) as u16;
     out.push(Instr::Mvd {
@@ -160,7 +282,7 @@ fn reduce_out(out: &mut Vec<Instr>, g: &Geom, ch: u8, reg: u16) {
 /// the key rows, softmax on the buffer die, `MAC bcast` of each value token
 /// by its weight, cross-bank reduction.
 pub(crate) fn fp16_slice(
-    out: &mut Vec<Instr>,
+    out: &mut Out,
     g: &Geom,
     ch: u8,
     rows: Rows,
@@ -168,7 +290,9 @@ pub(crate) fn fp16_slice(
     lanes: usize,
     cw: usize,
 ) {
+    out.phase(Phase::Broadcast);
     write_buffer(out, ch, g.d, lanes, cw, query);
+    out.phase(Phase::Scoring);
     out.push(Instr::Clr {
         ch,
         off: 0,
@@ -190,7 +314,9 @@ pub(crate) fn fp16_slice(
             })
         })
     });
+    out.phase(Phase::Softmax);
     softmax(out, g, ch);
+    out.phase(Phase::Values);
     out.push(Instr::Clr {
         ch,
         off: 0,
@@ -211,6 +337,7 @@ pub(crate) fn fp16_slice(
             })
         })
     });
+    out.phase(Phase::Reduction);
     reduce_out(out, g, ch, 0);
 }
 
@@ -220,7 +347,7 @@ pub(crate) fn fp16_slice(
 /// `HISTACC` bins and `BINMAC` bins times the value codebook, cross-bank
 /// reduction.
 pub(crate) fn pq_slice(
-    out: &mut Vec<Instr>,
+    out: &mut Out,
     g: &Geom,
     ch: u8,
     rows: Rows,
@@ -234,7 +361,9 @@ pub(crate) fn pq_slice(
     let (tpc, cpt) = (g.k.tpc, g.k.cpt);
     let bits = kp.bits;
     let group = kp.group as u8;
+    out.phase(Phase::Broadcast);
     write_buffer(out, ch, kp.m * kp.stride, lanes, cw, table);
+    out.phase(Phase::Scoring);
     out.push(Instr::Clr {
         ch,
         off: 0,
@@ -268,7 +397,9 @@ pub(crate) fn pq_slice(
             })
         }
     });
+    out.phase(Phase::Softmax);
     softmax(out, g, ch);
+    out.phase(Phase::Histogram);
     let out_reg = p.bins as u16;
     out.push(Instr::Clr {
         ch,
@@ -280,6 +411,7 @@ pub(crate) fn pq_slice(
     // The values in their own code format.
     let (tpc, cpt, bits, group) = (g.v.tpc, g.v.cpt, p.bits, p.group as u8);
     for chunk in 0..p.chunks {
+        out.phase(Phase::Histogram);
         out.push(Instr::Clr {
             ch,
             off: 0,
@@ -311,6 +443,7 @@ pub(crate) fn pq_slice(
                 })
             }
         });
+        out.phase(Phase::BinsCodebook);
         let subspaces = chunk * p.group..((chunk + 1) * p.group).min(p.m);
         let mut open: Option<usize> = None;
         for m in subspaces {
@@ -348,6 +481,7 @@ pub(crate) fn pq_slice(
             out.push(Instr::PreAb { ch });
         }
     }
+    out.phase(Phase::Reduction);
     reduce_out(out, g, ch, out_reg);
 }
 
@@ -384,21 +518,21 @@ pub(crate) struct NewToken {
 /// codes to registers `Mp..Mp+M`, its value codes to `M(P+p)..` for `P`
 /// passes, so the codes of consecutive passes are adjacent); `STC` writes
 /// the code columns in place, one column for the tokens that share it.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn quantize(
-    out: &mut Vec<Instr>,
+    out: &mut Out,
     g: &Geom,
     ch: u8,
     tokens: &[NewToken],
     codebooks: u32,
-    buffer_elements: usize,
-    lanes: usize,
-    cw: usize,
-    bank_sel: impl Fn(usize) -> BankSel,
+    device: &Device,
 ) {
+    let buffer_elements = device.pim.buffer_elements();
+    let (lanes, cw) = (device.pim.lanes, device.org.column_bytes);
+    let bank_sel = |b| bank_sel(device, b);
     let (Some(kp), Some(vp)) = (g.k.pq, g.v.pq) else {
         unreachable!("quantize on a PQ geometry")
     };
+    out.phase(Phase::Quantization);
     let fp_cols = 2 * g.d / cw;
     for t in tokens {
         let bank = bank_sel(t.bank);
@@ -429,7 +563,7 @@ pub(crate) fn quantize(
             vp,
             g.v.cpt,
             npasses * kp.m,
-            codebooks + (kp.m * kp.ksub * kp.dsub * 2) as u32,
+            codebooks + kp.book_bytes() as u32,
         ),
     ];
     let mut open: Option<u32> = None;

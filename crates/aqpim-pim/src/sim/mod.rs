@@ -20,7 +20,7 @@ use crate::energy::energy;
 use crate::error::{PimError, Result};
 use crate::isa::{argmin_centroids, asm::format_instr, BankSel, Instr, Program};
 use crate::resolve::Device;
-use crate::stats::{Counters, Stats};
+use crate::stats::{Counters, RegionStats, Stats};
 
 /// Most entries a recorded trace may hold (2^24, about 0.5 GiB of
 /// [`TraceEntry`]s): a run with `record_trace` that would record more is an
@@ -122,7 +122,14 @@ pub struct Simulator {
     func: Functional,
     opts: SimOptions,
     host_data: Vec<u8>,
-    counters: Counters,
+    /// Counters of the current run per region (see [`Simulator::run_regions`]),
+    /// the last one for the commands the simulator inserts.
+    counters: Vec<Counters>,
+    /// Region of the instruction being run.
+    region: usize,
+    /// Cycles by which each region's commands pushed back each channel's
+    /// end, `[region][channel]`.
+    advance: Vec<Vec<u64>>,
     refreshes: u64,
     trace: Vec<TraceEntry>,
     /// Set when an entry could not be recorded ([`MAX_TRACE_ENTRIES`]).
@@ -161,7 +168,9 @@ impl Simulator {
             tables,
             opts,
             host_data: Vec::new(),
-            counters: Counters::default(),
+            counters: Vec::new(),
+            region: 0,
+            advance: Vec::new(),
             refreshes: 0,
             trace: Vec::new(),
             trace_full: false,
@@ -199,6 +208,29 @@ impl Simulator {
     /// rows, data, the clock) carries over from earlier runs. On an error the
     /// state is that of the commands before the failing one.
     pub fn run(&mut self, program: &Program) -> Result<Stats> {
+        Ok(self.run_inner(program, None)?.total)
+    }
+
+    /// [`Simulator::run`], with the statistics also split by region:
+    /// `region_of[i]` names the region of instruction `i` (every command a
+    /// loop body issues belongs to its instruction's region). See
+    /// [`RegionStats`] for how time is attributed.
+    pub fn run_regions(&mut self, program: &Program, region_of: &[u16]) -> Result<RegionStats> {
+        if region_of.len() != program.instrs().len() {
+            return Err(PimError::Program {
+                index: region_of.len().min(program.instrs().len()),
+                instr: String::new(),
+                reason: format!(
+                    "{} region marks for {} instructions",
+                    region_of.len(),
+                    program.instrs().len()
+                ),
+            });
+        }
+        self.run_inner(program, Some(region_of))
+    }
+
+    fn run_inner(&mut self, program: &Program, region_of: Option<&[u16]>) -> Result<RegionStats> {
         let checked = check_program(program, &self.device, self.host_data.len())?;
         if self.opts.record_trace {
             let commands = program.checked_command_count()?;
@@ -206,14 +238,20 @@ impl Simulator {
                 return Err(trace_limit());
             }
         }
-        self.counters = Counters::default();
+        let regions = region_of
+            .and_then(|r| r.iter().max())
+            .map_or(1, |&m| usize::from(m) + 1);
+        // Regions, then one for inserted commands.
+        self.counters = vec![Counters::default(); regions + 1];
+        self.advance = vec![vec![0; self.channels.len()]; regions + 1];
+        self.region = 0;
         self.refreshes = 0;
         let start = self.channels.iter().map(|c| c.end).max().unwrap_or(0);
-        self.execute(&checked)?;
-        Ok(self.stats(start))
+        self.execute(&checked, region_of)?;
+        Ok(self.region_stats(start))
     }
 
-    fn execute(&mut self, p: &Checked) -> Result<()> {
+    fn execute(&mut self, p: &Checked, region_of: Option<&[u16]>) -> Result<()> {
         // Loop frames: (index of LOOP, iteration, count, strides).
         let mut frames: Vec<(usize, u32, u32, [i64; 6])> = Vec::new();
         let mut offs = [0i64; 6];
@@ -243,7 +281,12 @@ impl Simulator {
                     frames.pop();
                 }
                 Instr::Barrier => self.barrier(),
-                ins => self.exec(ins, &offs)?,
+                ins => {
+                    if let Some(r) = region_of {
+                        self.region = usize::from(r[pc]);
+                    }
+                    self.exec(ins, &offs)?
+                }
             }
             pc += 1;
         }
@@ -377,7 +420,7 @@ impl Simulator {
         let banks = self.device.org.banks_per_channel as u64;
         let col_bytes = self.device.org.column_bytes as u64;
         let lanes = self.device.pim.lanes as u64;
-        let k = &mut self.counters;
+        let k = &mut self.counters[self.region];
         match *ins {
             Instr::Rd { .. } | Instr::Wr { .. } => k.bytes_external += col_bytes,
             Instr::Wrgb { .. } => {
@@ -561,12 +604,19 @@ impl Simulator {
         let c = &mut self.channels[ch];
         c.timing.issue(&self.tables, cmd, bank, t);
         c.last_issue = Some(t);
+        let before = c.end;
         c.end = c.end.max(t + 1);
         if op.busy > 0 {
             c.floor = c.floor.max(t + op.busy);
             c.end = c.end.max(t + op.busy);
         }
-        let k = &mut self.counters;
+        let region = if auto {
+            self.counters.len() - 1
+        } else {
+            self.region
+        };
+        self.advance[region][ch] += c.end - before;
+        let k = &mut self.counters[region];
         k.commands[cmd.index()] += 1;
         match cmd {
             Command::Act => {
@@ -614,11 +664,34 @@ impl Simulator {
         }
     }
 
-    fn stats(&self, start: u64) -> Stats {
+    /// The run's statistics: the whole run from `start`, and per region on
+    /// the critical channel.
+    fn region_stats(&self, start: u64) -> RegionStats {
         let end = self.channels.iter().map(|c| c.end).max().unwrap_or(0);
-        let cycles = end.saturating_sub(start);
+        // The first channel among those that finish last.
+        let critical = self.channels.iter().position(|c| c.end == end).unwrap_or(0);
+        let mut all = Counters::default();
+        for k in &self.counters {
+            all.add(k);
+        }
+        let inserted = self.counters.len() - 1;
+        let regions = (0..inserted)
+            .map(|r| self.stats(&self.counters[r], 0, self.advance[r][critical]))
+            .collect();
+        RegionStats {
+            total: self.stats(&all, self.refreshes, end.saturating_sub(start)),
+            regions,
+            inserted: self.stats(
+                &self.counters[inserted],
+                self.refreshes,
+                self.advance[inserted][critical],
+            ),
+        }
+    }
+
+    /// Statistics of counters `k` with `refreshes` refreshes over `cycles`.
+    fn stats(&self, k: &Counters, refreshes: u64, cycles: u64) -> Stats {
         let ns = cycles as f64 * self.device.t_ck_ns();
-        let k = &self.counters;
         let bytes_internal = k.bank_column_accesses * self.device.org.column_bytes as u64;
         let row_misses = k.bank_activations.min(k.bank_column_accesses);
         let gbps = |bytes: u64| if ns > 0.0 { bytes as f64 / ns } else { 0.0 };
@@ -628,7 +701,7 @@ impl Simulator {
             ns,
             commands: k.commands_map(),
             total_commands: k.commands.iter().sum(),
-            refreshes: self.refreshes,
+            refreshes,
             bank_activations: k.bank_activations,
             bank_column_accesses: k.bank_column_accesses,
             row_hits: k.bank_column_accesses - row_misses,
@@ -640,7 +713,7 @@ impl Simulator {
             lane_ops: k.lane_ops,
             internal_gbps: gbps(bytes_internal),
             external_gbps: gbps(k.bytes_external),
-            energy: energy(&self.device, k, self.refreshes),
+            energy: energy(&self.device, k, refreshes),
         }
     }
 }
