@@ -306,10 +306,6 @@ pub const LARGE_MODULES: &[(&str, &str)] = &[
         "the PIM lowering is being split into placement and functional runs (issue 15)",
     ),
     (
-        "crates/aqpim-decode/src/model/quant.rs",
-        "its SIMD kernels move to their own files (issue 15)",
-    ),
-    (
         "crates/aqpim-kvcache/src/pq_store.rs",
         "outlier tokens and pre-transforms joined the store (issue 14); their bookkeeping moves to its own module",
     ),
