@@ -20,9 +20,11 @@ pub(crate) fn exp_in_place(xs: &mut [f32]) {
     exp_body(xs);
 }
 
+/// A safe `#[target_feature]` function: code compiled without AVX-512F
+/// calls it only after checking for it at run time (its `unsafe` call site).
 #[cfg(all(test, target_arch = "x86_64"))]
 #[target_feature(enable = "avx512f")]
-unsafe fn exp_avx512(xs: &mut [f32]) {
+fn exp_avx512(xs: &mut [f32]) {
     exp_body(xs);
 }
 
@@ -73,9 +75,11 @@ pub(crate) fn f16_to_f32(src: &[half::f16], dst: &mut [f32]) {
     half::slice::HalfFloatSliceExt::convert_to_f32_slice(src, dst);
 }
 
+/// A safe `#[target_feature]` function: code compiled without AVX-512F
+/// calls it only after checking for it at run time (its `unsafe` call site).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn f16_to_f32_avx512(src: &[half::f16], dst: &mut [f32]) {
+fn f16_to_f32_avx512(src: &[half::f16], dst: &mut [f32]) {
     use std::arch::x86_64::*;
     let n = src.len().min(dst.len());
     let mut i = 0;
@@ -190,9 +194,12 @@ impl OnlineSoftmax {
 
     /// [`absorb`](Self::absorb) with every loop vectorized 16 lanes wide
     /// (the same operations in the same order, so the same results).
+    ///
+    /// A safe `#[target_feature]` function: code compiled without AVX-512F
+    /// calls it only after checking for it at run time (its `unsafe` call site).
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
-    unsafe fn absorb_avx512(&mut self, scores: &mut [f32]) -> f32 {
+    fn absorb_avx512(&mut self, scores: &mut [f32]) -> f32 {
         self.absorb_body(scores)
     }
 

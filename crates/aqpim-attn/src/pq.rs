@@ -252,9 +252,12 @@ pub fn histogram_u8_full(codes: &[u8], m: usize, weights: &[f32], bins: &mut [f3
 /// The same loop compiled with VEX-encoded scalar instructions, which do not
 /// stall when the vector kernels before it leave the upper register halves
 /// in use.
+///
+/// A safe `#[target_feature]` function: code compiled without AVX2
+/// calls it only after checking for it at run time (its `unsafe` call site).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn histogram_u8_full_vex(codes: &[u8], m: usize, weights: &[f32], bins: &mut [f32]) {
+fn histogram_u8_full_vex(codes: &[u8], m: usize, weights: &[f32], bins: &mut [f32]) {
     histogram_u8_full_body(codes, m, weights, bins);
 }
 

@@ -72,9 +72,11 @@ pub(crate) fn fp_tokens(
     fp_tokens_body(queries, keys, values, accs, scratch);
 }
 
+/// A safe `#[target_feature]` function: code compiled without AVX-512F
+/// calls it only after checking for it at run time (its `unsafe` call site).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn fp_tokens_avx512(
+fn fp_tokens_avx512(
     queries: &[f32],
     keys: TokenSlices<'_>,
     values: TokenSlices<'_>,
@@ -123,9 +125,11 @@ pub(crate) fn f32_block(queries: &[f32], d: usize, accs: &mut [Acc], scratch: &m
     block_body(queries, d, accs, scratch);
 }
 
+/// A safe `#[target_feature]` function: code compiled without AVX-512F
+/// calls it only after checking for it at run time (its `unsafe` call site).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn f32_block_avx512(queries: &[f32], d: usize, accs: &mut [Acc], scratch: &mut Scratch) {
+fn f32_block_avx512(queries: &[f32], d: usize, accs: &mut [Acc], scratch: &mut Scratch) {
     block_body(queries, d, accs, scratch);
 }
 

@@ -1,21 +1,14 @@
 //! Attention on codes equals dense attention on the decoded cache (f64
 //! reference), for random shapes, contexts and PQ settings, with fixed seeds.
 
+mod common;
+
 use aqpim_attn::reference::{attention_f64, relative_error};
 use aqpim_attn::{attend, AttnError};
 use aqpim_kvcache::{build, KvShape, KvSpec, Regions};
+use common::config;
 use proptest::prelude::*;
-use proptest::test_runner::{Config, RngSeed};
 use rand::{Rng, SeedableRng};
-
-fn config(cases: u32, seed: u64) -> Config {
-    Config {
-        cases,
-        rng_seed: RngSeed::Fixed(seed),
-        failure_persistence: None,
-        ..Config::default()
-    }
-}
 
 /// Fills a one-layer cache with `ctx` tokens (a prefill then `steps` appends)
 /// and checks every query head's output against the f64 reference on

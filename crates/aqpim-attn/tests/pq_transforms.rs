@@ -5,22 +5,15 @@
 //! the lookup tables and undone on the output) equals f64 attention on the
 //! `reconstruct`ed cache. Fixed seeds.
 
+mod common;
+
 use aqpim_attn::attend;
 use aqpim_attn::reference::{attention_f64, relative_error};
 use aqpim_kvcache::{build, fit_transform, KvPart, KvShape, KvSpec};
 use aqpim_pq::{ProductQuantizer, TrainOptions};
+use common::config;
 use proptest::prelude::*;
-use proptest::test_runner::{Config, RngSeed};
 use rand::{Rng, SeedableRng};
-
-fn config(cases: u32, seed: u64) -> Config {
-    Config {
-        cases,
-        rng_seed: RngSeed::Fixed(seed),
-        failure_persistence: None,
-        ..Config::default()
-    }
-}
 
 /// KV-like data with a per-channel offset and scale, as real keys have.
 fn data(n: usize, d: usize, seed: u64) -> Vec<f32> {

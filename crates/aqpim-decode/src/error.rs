@@ -132,6 +132,66 @@ pub enum DecodeError {
         /// What is wrong.
         reason: String,
     },
+    /// An error from the KV-cache formats and stores (`aqpim-kvcache`).
+    #[error(transparent)]
+    Kv(#[from] aqpim_kvcache::KvError),
+    /// An error from the attention kernels (`aqpim-attn`).
+    #[error(transparent)]
+    Attn(#[from] aqpim_attn::AttnError),
+    /// An error from the product-quantization library (`aqpim-pq`).
+    #[error(transparent)]
+    Pq(#[from] aqpim_pq::PqError),
+    /// Calibrating the codebooks of one `(layer, kv_head)` failed.
+    #[error("calibration, layer {layer}, KV head {kv_head}: {source}")]
+    Calibration {
+        /// The layer.
+        layer: usize,
+        /// The KV head.
+        kv_head: usize,
+        /// What failed.
+        #[source]
+        source: Box<DecodeError>,
+    },
+    /// Codebooks (or transforms) stored in a directory that cannot be
+    /// loaded into the store.
+    #[error("codebooks in {dir}: {source}{hint}")]
+    Codebooks {
+        /// The directory.
+        dir: PathBuf,
+        /// What to do about it (empty, or a sentence in parentheses).
+        hint: String,
+        /// What failed.
+        #[source]
+        source: Box<DecodeError>,
+    },
+    /// A JSON file (`config.json`, the shard index, `tokenizer_config.json`)
+    /// does not parse into what the loader expects.
+    #[error("{file}: {source}")]
+    Json {
+        /// The file (its name or path).
+        file: String,
+        /// The parser's error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A safetensors file's header does not parse.
+    #[error("reading safetensors {path}: {source}")]
+    Safetensors {
+        /// The file.
+        path: PathBuf,
+        /// The parser's error.
+        #[source]
+        source: safetensors::SafeTensorError,
+    },
+    /// The tokenizer library refused an operation.
+    #[error("tokenizer, {op}: {source}")]
+    TokenizerLib {
+        /// What was being done ("building the BPE model", "encoding text").
+        op: String,
+        /// The library's error.
+        #[source]
+        source: tokenizers::Error,
+    },
 }
 
 /// The crate's result type.

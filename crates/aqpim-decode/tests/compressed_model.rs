@@ -5,7 +5,7 @@
 
 mod common;
 
-use aqpim_decode::model::cache::{DenseCache, DensePrecision, KvCache};
+use aqpim_decode::model::cache::{AttentionCache, DenseCache, DensePrecision};
 use aqpim_decode::model::calibrate;
 use aqpim_decode::model::compressed::CompressedCache;
 use aqpim_decode::model::eval::{self, PplOptions, PplReport};
@@ -21,7 +21,7 @@ fn shape() -> KvShape {
 fn ppl(
     model: &Llama,
     tokens: &[u32],
-    new_cache: &mut dyn FnMut() -> aqpim_decode::Result<Box<dyn KvCache>>,
+    new_cache: &mut dyn FnMut() -> aqpim_decode::Result<Box<dyn AttentionCache>>,
 ) -> PplReport {
     // Windows of 96 tokens, 64 prefilled exactly, 32 decoded through the cache.
     let opts = PplOptions {
@@ -45,10 +45,10 @@ fn compressed_caches_decode_the_tiny_model() {
             KV_HEADS,
             HEAD_DIM,
             DensePrecision::F16,
-        )) as Box<dyn KvCache>)
+        )) as Box<dyn AttentionCache>)
     });
     let fp16 = ppl(&model, &tokens, &mut || {
-        Ok(Box::new(CompressedCache::new(shape(), &KvSpec::Dense)?) as Box<dyn KvCache>)
+        Ok(Box::new(CompressedCache::new(shape(), &KvSpec::Dense)?) as Box<dyn AttentionCache>)
     });
     // Same FP16 storage; the adapter's prefill attention is exact f32.
     assert!(
@@ -63,7 +63,7 @@ fn compressed_caches_decode_the_tiny_model() {
     // 4-bit PQ with online codebooks (trained on each window's 64-token prefill).
     let spec: KvSpec = "pq:dsub=4,nbits=4,sinks=2,window=8".parse().unwrap();
     let online = ppl(&model, &tokens, &mut || {
-        Ok(Box::new(CompressedCache::new(shape(), &spec)?) as Box<dyn KvCache>)
+        Ok(Box::new(CompressedCache::new(shape(), &spec)?) as Box<dyn AttentionCache>)
     });
     assert!(online.nll.is_finite() && online.bits_per_element < 16.0);
     assert_ne!(online.nll, fp16.nll, "PQ must change something");
@@ -80,7 +80,7 @@ fn compressed_caches_decode_the_tiny_model() {
     let calibrated = ppl(&model, &tokens, &mut || {
         let mut store = build(shape(), &spec).unwrap();
         calibrate::load_into(dir.path(), store.as_pq_mut().unwrap())?;
-        Ok(Box::new(CompressedCache::from_store(store)) as Box<dyn KvCache>)
+        Ok(Box::new(CompressedCache::from_store(store)) as Box<dyn AttentionCache>)
     });
     assert!(calibrated.nll.is_finite());
     assert_ne!(calibrated.nll, online.nll);
@@ -100,7 +100,7 @@ fn compressed_caches_decode_the_tiny_model() {
     let folded = ppl(&model, &tokens, &mut || {
         let mut store = build(shape(), &acc).unwrap();
         calibrate::load_into(adir.path(), store.as_pq_mut().unwrap())?;
-        Ok(Box::new(CompressedCache::from_store(store)) as Box<dyn KvCache>)
+        Ok(Box::new(CompressedCache::from_store(store)) as Box<dyn AttentionCache>)
     });
     assert!(folded.nll.is_finite());
     // Codebooks calibrated with transforms do not load into a spec without them.

@@ -9,7 +9,6 @@ use aqpim_decode::model::quant::GgmlType;
 use aqpim_decode::DecodeError;
 use common::*;
 use proptest::prelude::*;
-use proptest::test_runner::{Config, RngSeed};
 
 fn parse(bytes: Vec<u8>) -> Result<GgufFile, DecodeError> {
     GgufFile::parse(bytes)
@@ -136,7 +135,7 @@ fn inconsistent_tensors_are_errors() {
 }
 
 proptest! {
-    #![proptest_config(Config { cases: 64, rng_seed: RngSeed::Fixed(7), failure_persistence: None, ..Config::default() })]
+    #![proptest_config(config(64, 7))]
 
     /// Random byte corruptions never panic: the reader either rejects the
     /// file or returns one whose tensor ranges all lie inside it.

@@ -13,7 +13,6 @@ use aqpim_decode::model::quant::GgmlType;
 use aqpim_decode::DecodeError;
 use common::*;
 use proptest::prelude::*;
-use proptest::test_runner::{Config, RngSeed};
 
 /// The tiny model rebuilt with `key` set to `value` (added if missing).
 fn with_meta(key: &str, value: MetaValue) -> Vec<u8> {
@@ -207,7 +206,7 @@ const INT_KEYS: [&str; 8] = [
 ];
 
 proptest! {
-    #![proptest_config(Config { cases: 48, rng_seed: RngSeed::Fixed(17), failure_persistence: None, ..Config::default() })]
+    #![proptest_config(config(48, 17))]
 
     /// Every size field of the header set to a hostile value: an error, or
     /// a model that loads and runs.

@@ -4,7 +4,7 @@
 
 mod common;
 
-use aqpim_decode::model::cache::{DenseCache, DensePrecision, KvCache};
+use aqpim_decode::model::cache::{AttentionCache, DenseCache, DensePrecision};
 use aqpim_decode::model::config::{LlamaConfig, RopeMode};
 use aqpim_decode::model::eval::{self, PplOptions, Sampling};
 use aqpim_decode::model::gguf::GgufFile;
@@ -135,7 +135,7 @@ fn perplexity_is_the_same_prefilled_or_decoded() {
             prefill,
             doc_start,
         };
-        let mut new_cache = || Ok(Box::new(cache(DensePrecision::F32)) as Box<dyn KvCache>);
+        let mut new_cache = || Ok(Box::new(cache(DensePrecision::F32)) as Box<dyn AttentionCache>);
         eval::perplexity(&model, &tokens, &opts, &mut new_cache, &mut |_, _| {}).unwrap()
     };
     let a = run(16, 16, Some(0));
@@ -174,7 +174,7 @@ fn perplexity_is_the_same_prefilled_or_decoded() {
         prefill: 16,
         doc_start: None,
     };
-    let mut new_cache = || Ok(Box::new(cache(DensePrecision::F32)) as Box<dyn KvCache>);
+    let mut new_cache = || Ok(Box::new(cache(DensePrecision::F32)) as Box<dyn AttentionCache>);
     // 33 tokens: the last window holds one token and predicts nothing.
     let e = eval::perplexity(&model, &tokens[..33], &opts, &mut new_cache, &mut |_, _| {}).unwrap();
     assert_eq!(e.scored_tokens, 30);

@@ -4,12 +4,14 @@
 //! limits. Each is an error or a consistent result with finite figures;
 //! none panics or allocates what the input claims.
 
+mod common;
+
 use std::path::Path;
 
 use aqpim_kvcache::limits::{MAX_CTX, MAX_HEAD_DIM, MAX_KV_HEADS, MAX_LAYERS};
 use aqpim_kvcache::{account, build, from_bytes, KvShape, KvSpec};
+use common::config;
 use proptest::prelude::*;
-use proptest::test_runner::{Config, RngSeed};
 
 const SPECS: [&str; 4] = [
     "dense",
@@ -120,7 +122,7 @@ fn long_spec_strings_in_cache_files_are_refused() {
 }
 
 proptest! {
-    #![proptest_config(Config { cases: 192, rng_seed: RngSeed::Fixed(17), failure_persistence: None, ..Config::default() })]
+    #![proptest_config(config(192, 17))]
 
     /// Byte edits anywhere, with a valid length and CRC, and truncations.
     #[test]

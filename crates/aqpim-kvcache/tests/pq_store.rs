@@ -6,7 +6,7 @@ mod common;
 
 use aqpim_kvcache::{account, build, KvError, KvPart, KvShape, KvSpec, KvStore, PqStore, Regions};
 use aqpim_pq::{PqParams, ProductQuantizer, TrainOptions};
-use common::{config, f16_round, feed, layer_input};
+use common::{config, f16_round, feed, layer_input, SEED};
 use proptest::prelude::*;
 
 fn spec(s: &str) -> KvSpec {
@@ -84,7 +84,7 @@ fn check_layer(store: &PqStore, layer: usize, keys: &[f32], values: &[f32], n: u
 }
 
 proptest! {
-    #![proptest_config(config(24))]
+    #![proptest_config(config(24, SEED))]
 
     #[test]
     fn tokens_come_back_as_stored(

@@ -4,11 +4,11 @@
 mod common;
 
 use aqpim_kvcache::{account, build, KvShape, KvSpec, Regions};
-use common::{config, f16_round, feed, layer_input};
+use common::{config, f16_round, feed, layer_input, SEED};
 use proptest::prelude::*;
 
 proptest! {
-    #![proptest_config(config(32))]
+    #![proptest_config(config(32, SEED))]
 
     #[test]
     fn dense_is_exact(n in 0usize..40, prefill in 0usize..40, seed in 0u64..100) {

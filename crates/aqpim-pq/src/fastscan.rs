@@ -132,7 +132,8 @@ impl FastScanCodes {
         let rows = lut.rows16()?;
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: AVX-512F is available (checked above).
+            // SAFETY: AVX-512F is available (checked above), the only
+            // feature `avx512::scan` enables.
             unsafe { avx512::scan(self, &rows, out) };
             return Ok(());
         }
@@ -166,10 +167,13 @@ mod avx512 {
     use super::FastScanCodes;
     use std::arch::x86_64::*;
 
-    /// # Safety
-    /// The CPU must support AVX-512F.
+    /// [`FastScanCodes::scan`] with AVX-512: 16 tokens per block, each
+    /// subspace's 16-entry table in one register. A safe `#[target_feature]`
+    /// function: code compiled without AVX-512F calls it only after
+    /// checking for it at run time (its `unsafe` call site). `out` shorter
+    /// than `codes.len()` panics.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn scan(codes: &FastScanCodes, rows: &[[f32; 16]], out: &mut [f32]) {
+    pub(super) fn scan(codes: &FastScanCodes, rows: &[[f32; 16]], out: &mut [f32]) {
         let m = codes.num_subspaces;
         let bb = codes.block_bytes();
         let low = _mm512_set1_epi32(0x0f);
@@ -195,8 +199,9 @@ mod avx512 {
             let start = b * 16;
             let end = (start + 16).min(codes.len);
             if end - start == 16 {
-                // SAFETY: `out[start..start + 16]` is in bounds.
-                unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(start), acc) };
+                let dst = &mut out[start..start + 16];
+                // SAFETY: `dst` holds exactly 16 writable f32 values.
+                unsafe { _mm512_storeu_ps(dst.as_mut_ptr(), acc) };
             } else {
                 // SAFETY: `tmp` holds exactly 16 f32 values.
                 unsafe { _mm512_storeu_ps(tmp.as_mut_ptr(), acc) };

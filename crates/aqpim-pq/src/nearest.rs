@@ -63,9 +63,12 @@ impl CentroidTable {
 
     /// [`Self::inner_products`] compiled for AVX-512 (the same operations in
     /// the same order, so the same bits).
+    ///
+    /// A safe `#[target_feature]` function: code compiled without AVX-512F
+    /// calls it only after checking for it at run time (its `unsafe` call site).
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
-    unsafe fn inner_products_avx512(&self, q: &[f32], out: &mut [f32]) {
+    fn inner_products_avx512(&self, q: &[f32], out: &mut [f32]) {
         self.inner_products_body(q, out);
     }
 
@@ -104,9 +107,12 @@ impl CentroidTable {
     }
 
     /// [`Self::add_weighted_sum`] compiled for AVX-512.
+    ///
+    /// A safe `#[target_feature]` function: code compiled without AVX-512F
+    /// calls it only after checking for it at run time (its `unsafe` call site).
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
-    unsafe fn add_weighted_sum_avx512(&self, w: &[f32], out: &mut [f32]) {
+    fn add_weighted_sum_avx512(&self, w: &[f32], out: &mut [f32]) {
         self.add_weighted_sum_body(w, out);
     }
 

@@ -3,11 +3,13 @@
 //! huge declared sizes. Every one is an error or a valid codebook with
 //! finite centroids; none panics or allocates what the header claims.
 
+mod common;
+
 use std::path::Path;
 
 use aqpim_pq::{PqParams, ProductQuantizer, TrainOptions};
+use common::config;
 use proptest::prelude::*;
-use proptest::test_runner::{Config, RngSeed};
 
 fn valid() -> Vec<u8> {
     let params = PqParams::new(8, 2, 2).unwrap();
@@ -65,7 +67,7 @@ fn oversized_files_are_refused_before_reading() {
 }
 
 proptest! {
-    #![proptest_config(Config { cases: 256, rng_seed: RngSeed::Fixed(17), failure_persistence: None, ..Config::default() })]
+    #![proptest_config(config(256, 17))]
 
     #[test]
     fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {

@@ -1,20 +1,13 @@
 //! Property tests of the product quantizer, with fixed seeds: exact round-trips,
 //! ADC against brute force, monotonicity in bits, thread independence, files.
 
+mod common;
+
 use aqpim_pq::{pack_4bit, FastScanCodes, Init, PqError, PqParams, ProductQuantizer, TrainOptions};
+use common::config;
 use proptest::prelude::*;
-use proptest::test_runner::{Config, RngSeed};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-
-fn config(cases: u32, seed: u64) -> Config {
-    Config {
-        cases,
-        rng_seed: RngSeed::Fixed(seed),
-        failure_persistence: None,
-        ..Config::default()
-    }
-}
 
 fn random_codebook(params: PqParams, seed: u64) -> ProductQuantizer {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use aqpim_decode::model::cache::{DenseCache, DensePrecision, KvCache};
+use aqpim_decode::model::cache::{AttentionCache, DenseCache, DensePrecision};
 use aqpim_decode::model::compressed::CompressedCache;
 use aqpim_decode::model::eval::{self, PplOptions, Sampling};
 use aqpim_decode::model::llama::{Llama, Logits};
@@ -147,7 +147,7 @@ fn cache_choice(kv: &str, codebooks: Option<&Path>) -> Result<CacheChoice> {
     Ok(choice)
 }
 
-fn make_cache(model: &Llama, choice: &CacheChoice) -> Result<Box<dyn KvCache>> {
+fn make_cache(model: &Llama, choice: &CacheChoice) -> Result<Box<dyn AttentionCache>> {
     let c = model.config();
     Ok(match choice {
         CacheChoice::Dense(p) => {

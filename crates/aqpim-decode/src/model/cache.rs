@@ -10,8 +10,12 @@ use half::f16;
 
 use crate::error::{DecodeError, Result};
 
-/// A per-layer, per-KV-head key/value cache with attention.
-pub trait KvCache: Sync {
+/// A per-layer, per-KV-head key/value cache with attention: what the
+/// forward pass reads attention through. Not to be confused with
+/// `aqpim_kvcache::KvStore`, the compressed storage format one
+/// implementation ([`CompressedCache`](super::compressed::CompressedCache))
+/// wraps.
+pub trait AttentionCache: Sync {
     /// Appends one token's key and value (`head_dim` values each, keys after
     /// RoPE) for `(layer, kv_head)`.
     fn append(&mut self, layer: usize, kv_head: usize, key: &[f32], value: &[f32]) -> Result<()>;
@@ -40,7 +44,7 @@ pub trait KvCache: Sync {
         out: &mut [f32],
     ) -> Result<()>;
 
-    /// [`KvCache::attend_group`] for one query (`head_dim` values).
+    /// [`AttentionCache::attend_group`] for one query (`head_dim` values).
     fn attend(
         &self,
         layer: usize,
@@ -160,7 +164,7 @@ impl DenseCache {
     }
 }
 
-impl KvCache for DenseCache {
+impl AttentionCache for DenseCache {
     fn append(&mut self, layer: usize, kv_head: usize, key: &[f32], value: &[f32]) -> Result<()> {
         let i = self.slot(layer, kv_head)?;
         if key.len() != self.head_dim || value.len() != self.head_dim {

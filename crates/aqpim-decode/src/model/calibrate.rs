@@ -22,7 +22,7 @@ use aqpim_pq::{Init, PreTransform, ProductQuantizer, TrainOptions};
 use rayon::prelude::*;
 
 use crate::error::{DecodeError, Result};
-use crate::model::cache::{DenseCache, DensePrecision, KvCache};
+use crate::model::cache::{AttentionCache, DenseCache, DensePrecision};
 use crate::model::llama::{Llama, Logits};
 
 /// Query statistics of one (layer, KV head).
@@ -52,7 +52,7 @@ struct RecordingCache {
     stats: Vec<Mutex<QueryStats>>,
 }
 
-impl KvCache for RecordingCache {
+impl AttentionCache for RecordingCache {
     fn append(&mut self, layer: usize, kv_head: usize, key: &[f32], value: &[f32]) -> Result<()> {
         self.inner.append(layer, kv_head, key, value)?;
         let (k, v) = &mut self.recorded[layer * self.n_kv_heads + kv_head];
@@ -193,13 +193,9 @@ pub fn calibrate(
         .into_iter()
         .map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()))
         .collect();
-    let kv_err = |e: aqpim_kvcache::KvError| DecodeError::InvalidArgument {
-        name: "kv",
-        reason: e.to_string(),
-    };
     let (kp, vp) = (
-        spec.params(d, KvPart::Keys).map_err(kv_err)?,
-        spec.params(d, KvPart::Values).map_err(kv_err)?,
+        spec.params(d, KvPart::Keys)?,
+        spec.params(d, KvPart::Values)?,
     );
     let opts = TrainOptions {
         iterations: spec.iterations,
@@ -214,20 +210,20 @@ pub fn calibrate(
             .map(|h| {
                 let (k, v) = &recorded[l * heads + h];
                 let st = &stats[l * heads + h];
-                let err = |e: String| DecodeError::InvalidArgument {
-                    name: "calibration",
-                    reason: format!("layer {l}, KV head {h}: {e}"),
+                let err = |e: DecodeError| DecodeError::Calibration {
+                    layer: l,
+                    kv_head: h,
+                    source: Box::new(e),
                 };
                 let moment: Option<Vec<f64>> = (moments && st.queries > 0)
                     .then(|| st.moment.iter().map(|m| m / st.queries as f64).collect());
                 let kt = fit_transform(spec, KvPart::Keys, k, d, moment.as_deref())
-                    .map_err(|e| err(e.to_string()))?;
+                    .map_err(|e| err(e.into()))?;
                 let k_in = match &kt {
-                    Some(t) => t.apply(k).map_err(|e| err(e.to_string()))?,
+                    Some(t) => t.apply(k).map_err(|e| err(e.into()))?,
                     None => k.clone(),
                 };
-                let keys =
-                    ProductQuantizer::train(kp, &k_in, &opts).map_err(|e| err(e.to_string()))?;
+                let keys = ProductQuantizer::train(kp, &k_in, &opts).map_err(|e| err(e.into()))?;
                 // Values: with `vweight`, only tokens a decode step would see
                 // encoded, weighted by the mean attention they received.
                 let (v_rows, weights) = if spec.value_weighting {
@@ -250,16 +246,16 @@ pub fn calibrate(
                     (v.clone(), None)
                 };
                 let vt = fit_transform(spec, KvPart::Values, &v_rows, d, None)
-                    .map_err(|e| err(e.to_string()))?;
+                    .map_err(|e| err(e.into()))?;
                 let v_in = match &vt {
-                    Some(t) => t.apply(&v_rows).map_err(|e| err(e.to_string()))?,
+                    Some(t) => t.apply(&v_rows).map_err(|e| err(e.into()))?,
                     None => v_rows,
                 };
                 let values = match &weights {
                     Some(w) => ProductQuantizer::train_weighted(vp, &v_in, w, &opts),
                     None => ProductQuantizer::train(vp, &v_in, &opts),
                 }
-                .map_err(|e| err(e.to_string()))?;
+                .map_err(|e| err(e.into()))?;
                 Ok(HeadBooks {
                     keys,
                     values,
@@ -290,20 +286,16 @@ pub fn save(books: &Codebooks, dir: &Path) -> Result<()> {
         path: dir.to_path_buf(),
         source,
     })?;
-    let bad = |e: aqpim_pq::PqError| DecodeError::InvalidArgument {
-        name: "codebooks",
-        reason: e.to_string(),
-    };
     for (l, layer) in books.iter().enumerate() {
         for (h, b) in layer.iter().enumerate() {
             for (part, pq, xf) in [
                 (KvPart::Keys, &b.keys, &b.key_transform),
                 (KvPart::Values, &b.values, &b.value_transform),
             ] {
-                pq.save(&file_name(dir, l, h, part)).map_err(bad)?;
+                pq.save(&file_name(dir, l, h, part))?;
                 let xpath = transform_name(dir, l, h, part);
                 match xf {
-                    Some(t) => t.save(&xpath).map_err(bad)?,
+                    Some(t) => t.save(&xpath)?,
                     // A stale transform from an earlier calibration must not be loaded.
                     None if xpath.exists() => {
                         std::fs::remove_file(&xpath).map_err(|source| DecodeError::Io {
@@ -329,10 +321,7 @@ pub fn load_into(dir: &Path, store: &mut PqStore) -> Result<()> {
         for h in 0..shape.num_kv_heads() {
             let load = |part| {
                 let path = file_name(dir, l, h, part);
-                ProductQuantizer::load(&path).map_err(|e| DecodeError::InvalidArgument {
-                    name: "codebooks",
-                    reason: e.to_string(),
-                })
+                ProductQuantizer::load(&path)
             };
             let (k, v) = (load(KvPart::Keys)?, load(KvPart::Values)?);
             let spec = *store.pq_spec();
@@ -352,15 +341,19 @@ pub fn load_into(dir: &Path, store: &mut PqStore) -> Result<()> {
                 }
                 PreTransform::load(&path)
                     .map(Some)
-                    .map_err(|e| DecodeError::InvalidArgument {
-                        name: "codebooks",
-                        reason: format!("{e} (the spec asks for a {part} transform: calibrate with the same spec)"),
+                    .map_err(|e| DecodeError::Codebooks {
+                        dir: dir.to_path_buf(),
+                        hint: format!(
+                            " (the spec asks for a {part} transform: calibrate with the same spec)"
+                        ),
+                        source: Box::new(e.into()),
                     })
             };
             let (kt, vt) = (load_xf(KvPart::Keys)?, load_xf(KvPart::Values)?);
-            let err = |e: aqpim_kvcache::KvError| DecodeError::InvalidArgument {
-                name: "codebooks",
-                reason: format!("{}: {e}", dir.display()),
+            let err = |e: aqpim_kvcache::KvError| DecodeError::Codebooks {
+                dir: dir.to_path_buf(),
+                hint: String::new(),
+                source: Box::new(e.into()),
             };
             store.set_codebooks(l, h, k, v).map_err(err)?;
             store.set_transforms(l, h, kt, vt).map_err(err)?;

@@ -1,5 +1,5 @@
 //! [`CompressedCache`]: any `aqpim-kvcache` store (`fp16`, `scalar:...`,
-//! `pq:...`) behind the model's [`KvCache`] interface, with decode-time
+//! `pq:...`) behind the model's [`AttentionCache`] interface, with decode-time
 //! attention through the `aqpim-attn` kernels, so the accuracy measured is
 //! that of the computation the PIM programs mirror.
 //!
@@ -20,11 +20,11 @@ use std::sync::RwLock;
 use aqpim_kvcache::{build, KvShape, KvSpec, KvStore};
 
 use crate::error::{DecodeError, Result};
-use crate::model::cache::{DenseCache, DensePrecision, KvCache};
+use crate::model::cache::{AttentionCache, DenseCache, DensePrecision};
 
-fn cache_err(e: impl std::fmt::Display) -> DecodeError {
+fn cache_err(reason: impl Into<String>) -> DecodeError {
     DecodeError::Cache {
-        reason: e.to_string(),
+        reason: reason.into(),
     }
 }
 
@@ -51,7 +51,7 @@ pub struct CompressedCache {
 impl CompressedCache {
     /// An empty cache of `shape` stored as `spec` says.
     pub fn new(shape: KvShape, spec: &KvSpec) -> Result<Self> {
-        let store = build(shape, spec).map_err(cache_err)?;
+        let store = build(shape, spec)?;
         Ok(Self::from_store(store))
     }
 
@@ -111,7 +111,7 @@ impl CompressedCache {
                 "layer {layer}: KV heads hold different numbers of staged tokens {counts:?}"
             )));
         }
-        let was_empty = inner.store.num_tokens(layer).map_err(cache_err)? == 0;
+        let was_empty = inner.store.num_tokens(layer)? == 0;
         let mut keys = Vec::with_capacity(counts.len() * n * d);
         let mut values = Vec::with_capacity(counts.len() * n * d);
         for (k, v) in &mut inner.staged[layer] {
@@ -119,22 +119,16 @@ impl CompressedCache {
             values.append(v);
         }
         if n == 1 {
-            inner
-                .store
-                .append(layer, &keys, &values)
-                .map_err(cache_err)?;
+            inner.store.append(layer, &keys, &values)?;
         } else {
-            inner
-                .store
-                .prefill(layer, &keys, &values)
-                .map_err(cache_err)?;
+            inner.store.prefill(layer, &keys, &values)?;
         }
         inner.exact_until[layer] = if was_empty && n > 1 { n } else { 0 };
         Ok(())
     }
 }
 
-impl KvCache for CompressedCache {
+impl AttentionCache for CompressedCache {
     fn append(&mut self, layer: usize, kv_head: usize, key: &[f32], value: &[f32]) -> Result<()> {
         let (d, g) = (self.shape.head_dim(), self.shape.num_kv_heads());
         if layer >= self.shape.num_layers() || kv_head >= g || key.len() != d || value.len() != d {
@@ -150,7 +144,7 @@ impl KvCache for CompressedCache {
             .map_err(|_| cache_err("cache lock poisoned"))?;
         // Tokens of a block that starts an empty layer are also kept exactly,
         // for the block's own (causal) attention.
-        if inner.store.num_tokens(layer).map_err(cache_err)? == 0 {
+        if inner.store.num_tokens(layer)? == 0 {
             self.exact.append(layer, kv_head, key, value)?;
         }
         let (k, v) = &mut inner.staged[layer][kv_head];
@@ -194,7 +188,7 @@ impl KvCache for CompressedCache {
             .inner
             .read()
             .map_err(|_| cache_err("cache lock poisoned"))?;
-        let len = inner.store.num_tokens(layer).map_err(cache_err)?;
+        let len = inner.store.num_tokens(layer)?;
         if visible <= inner.exact_until[layer] {
             drop(inner);
             return self
@@ -206,8 +200,14 @@ impl KvCache for CompressedCache {
                 "a compressed KV cache can only add one token at a time after the prompt (it holds {len} tokens, this step asked for {visible}); feed later text one token per step, or use --kv fp16"
             )));
         }
-        aqpim_attn::attend_head(inner.store.as_ref(), layer, kv_head, query, scale, out)
-            .map_err(cache_err)
+        Ok(aqpim_attn::attend_head(
+            inner.store.as_ref(),
+            layer,
+            kv_head,
+            query,
+            scale,
+            out,
+        )?)
     }
 
     fn bytes(&self) -> usize {
@@ -236,7 +236,7 @@ mod tests {
     /// Drives a cache like the forward pass does: a prefill block appended for
     /// every head, then attended causally; then single-token steps.
     fn drive(
-        cache: &mut dyn KvCache,
+        cache: &mut dyn AttentionCache,
         layers: usize,
         heads: usize,
         d: usize,
@@ -302,6 +302,15 @@ mod tests {
         let mut o = vec![0f32; 8];
         let e = comp.attend(0, 0, &[0.1; 8], 66, 0.5, &mut o).unwrap_err();
         assert!(e.to_string().contains("one token per step"), "{e}");
+    }
+
+    #[test]
+    fn store_errors_are_kept_as_sources() {
+        let shape = KvShape::new(1, 1, 4).unwrap();
+        let spec: KvSpec = "pq:dsub=3,nbits=4".parse().unwrap();
+        let e = CompressedCache::new(shape, &spec).unwrap_err();
+        assert!(matches!(e, DecodeError::Kv(_)), "{e:?}");
+        assert!(!e.to_string().is_empty());
     }
 
     #[test]

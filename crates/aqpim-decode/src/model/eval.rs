@@ -19,7 +19,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::error::{DecodeError, Result};
-use crate::model::cache::KvCache;
+use crate::model::cache::AttentionCache;
 use crate::model::llama::{Llama, Logits};
 
 /// Options of [`perplexity`].
@@ -133,7 +133,7 @@ pub fn perplexity(
     model: &Llama,
     tokens: &[u32],
     opts: &PplOptions,
-    new_cache: &mut dyn FnMut() -> Result<Box<dyn KvCache>>,
+    new_cache: &mut dyn FnMut() -> Result<Box<dyn AttentionCache>>,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<PplReport> {
     let wins = windows(tokens.len(), opts)?;
@@ -277,7 +277,7 @@ pub fn generate(
     max_tokens: usize,
     sampling: Sampling,
     stop: &[u32],
-    cache: &mut dyn KvCache,
+    cache: &mut dyn AttentionCache,
     on_token: &mut dyn FnMut(u32) -> Result<()>,
 ) -> Result<GenerateReport> {
     if let Sampling::TopP {

@@ -105,8 +105,10 @@ fn invalid(reason: String) -> DecodeError {
 impl HfConfig {
     /// Parses the text of a Llama-family `config.json`.
     pub fn parse(json: &str) -> Result<Self> {
-        let raw: RawConfig =
-            serde_json::from_str(json).map_err(|e| invalid(format!("{CONFIG_FILE}: {e}")))?;
+        let raw: RawConfig = serde_json::from_str(json).map_err(|source| DecodeError::Json {
+            file: CONFIG_FILE.to_string(),
+            source,
+        })?;
         match raw.model_type.as_deref() {
             Some("llama" | "mistral") => {}
             Some(other) => {
@@ -225,11 +227,10 @@ fn read_text(path: &Path) -> Result<String> {
     })
 }
 
-fn malformed(path: &Path, e: impl std::fmt::Display) -> DecodeError {
-    DecodeError::Io {
-        op: "reading safetensors",
+fn malformed(path: &Path, source: safetensors::SafeTensorError) -> DecodeError {
+    DecodeError::Safetensors {
         path: path.to_path_buf(),
-        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
+        source,
     }
 }
 
@@ -253,8 +254,13 @@ impl Checkpoint {
         let (files, weight_map) = if single.is_file() {
             (vec![WEIGHTS_FILE.to_string()], None)
         } else if index_path.is_file() {
-            let index: Index = serde_json::from_str(&read_text(&index_path)?)
-                .map_err(|e| invalid(format!("{}: {e}", index_path.display())))?;
+            let index: Index =
+                serde_json::from_str(&read_text(&index_path)?).map_err(|source| {
+                    DecodeError::Json {
+                        file: index_path.display().to_string(),
+                        source,
+                    }
+                })?;
             let mut files: Vec<String> = index.weight_map.values().cloned().collect();
             files.sort();
             files.dedup();
@@ -457,8 +463,9 @@ pub fn tokenizer(dir: &Path, config: &HfConfig) -> Result<Tokenizer> {
     let extra: serde_json::Value = {
         let p = dir.join(TOKENIZER_CONFIG_FILE);
         if p.is_file() {
-            serde_json::from_str(&read_text(&p)?).map_err(|e| DecodeError::Tokenizer {
-                reason: format!("{}: {e}", p.display()),
+            serde_json::from_str(&read_text(&p)?).map_err(|source| DecodeError::Json {
+                file: p.display().to_string(),
+                source,
             })?
         } else {
             serde_json::Value::Null

@@ -1,5 +1,5 @@
 //! The Llama-family forward pass: RMSNorm, RoPE, grouped-query attention
-//! through a [`KvCache`], SwiGLU feed-forward, (tied) output projection.
+//! through a [`AttentionCache`], SwiGLU feed-forward, (tied) output projection.
 //!
 //! For a block of `n` tokens at positions `p0 .. p0 + n` (`p0` = tokens
 //! already cached), each layer computes, per token row `x` (`dim` values):
@@ -18,7 +18,7 @@
 //! token embedding when embeddings are tied.
 
 use crate::error::{DecodeError, Result};
-use crate::model::cache::KvCache;
+use crate::model::cache::AttentionCache;
 use crate::model::config::{LlamaConfig, RopeMode};
 use crate::model::gguf::GgufFile;
 use crate::model::quant::QMatrix;
@@ -221,7 +221,7 @@ impl Llama {
     pub fn forward(
         &self,
         tokens: &[u32],
-        cache: &mut dyn KvCache,
+        cache: &mut dyn AttentionCache,
         which: Logits,
     ) -> Result<Vec<f32>> {
         let c = &self.config;
@@ -274,7 +274,7 @@ impl Llama {
                 }
             }
             let mut attn = vec![0f32; n * nh * hd];
-            let cache_ref: &dyn KvCache = cache;
+            let cache_ref: &dyn AttentionCache = cache;
             // One task per (token, KV head): the group's query heads are
             // adjacent in `q` and read their KV head together.
             let gd = group * hd;

@@ -10,7 +10,7 @@
 //! - [`quant`]: ggml block types (F32, F16, Q4_0, Q4_1, Q8_0) and [`quant::QMatrix`];
 //! - [`config`]: architecture metadata ([`config::LlamaConfig`]);
 //! - [`tokenizer`]: byte-level BPE from the GGUF metadata;
-//! - [`cache`]: the [`cache::KvCache`] interface and the exact dense cache;
+//! - [`cache`]: the [`cache::AttentionCache`] interface and the exact dense cache;
 //! - [`compressed`]: any `aqpim-kvcache` store behind that interface;
 //! - [`calibrate`]: offline codebook calibration on real text;
 //! - [`llama`]: the forward pass;

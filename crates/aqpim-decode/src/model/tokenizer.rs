@@ -46,9 +46,18 @@ impl std::fmt::Debug for Tokenizer {
     }
 }
 
-fn tok_err(e: impl std::fmt::Display) -> DecodeError {
+fn tok_err(reason: impl Into<String>) -> DecodeError {
     DecodeError::Tokenizer {
-        reason: e.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// Keeps an error of the `tokenizers` library as the source, with what was
+/// being done.
+fn lib_err(op: impl Into<String>) -> impl FnOnce(tokenizers::Error) -> DecodeError {
+    move |source| DecodeError::TokenizerLib {
+        op: op.into(),
+        source,
     }
 }
 
@@ -72,7 +81,7 @@ impl Tokenizer {
         let bpe = BPE::builder()
             .vocab_and_merges(vocab, pairs)
             .build()
-            .map_err(tok_err)?;
+            .map_err(lib_err("building the BPE model"))?;
         let mut inner = HfTokenizer::new(bpe);
         inner.with_pre_tokenizer(Some(Sequence::new(vec![
             Digits::new(true).into(),
@@ -157,8 +166,8 @@ impl Tokenizer {
     /// special-token ids and `add_bos` are left for the caller to set (from
     /// `config.json` / `tokenizer_config.json`).
     pub fn from_file(path: &std::path::Path) -> Result<Self> {
-        let inner = HfTokenizer::from_file(path)
-            .map_err(|e| tok_err(format!("reading {}: {e}", path.display())))?;
+        let inner =
+            HfTokenizer::from_file(path).map_err(lib_err(format!("reading {}", path.display())))?;
         let vocab_size = inner.get_vocab_size(true);
         Ok(Self {
             inner,
@@ -188,7 +197,7 @@ impl Tokenizer {
         Ok(self
             .inner
             .encode(text, false)
-            .map_err(tok_err)?
+            .map_err(lib_err("encoding text"))?
             .get_ids()
             .to_vec())
     }
@@ -201,7 +210,9 @@ impl Tokenizer {
                 vocab: self.vocab_size,
             });
         }
-        self.inner.decode(ids, false).map_err(tok_err)
+        self.inner
+            .decode(ids, false)
+            .map_err(lib_err("decoding token ids"))
     }
 
     /// The vocabulary string of one token (byte-level form).

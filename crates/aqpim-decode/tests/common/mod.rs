@@ -321,3 +321,14 @@ pub fn random_tokens(seed: u64, n: usize, vocab: usize) -> Vec<u32> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     (0..n).map(|_| rng.gen_range(0..vocab as u32)).collect()
 }
+
+/// A proptest config: `cases` cases from the fixed seed `seed`, no
+/// persistence files (so every run is the same run).
+pub fn config(cases: u32, seed: u64) -> proptest::test_runner::Config {
+    proptest::test_runner::Config {
+        cases,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(seed),
+        failure_persistence: None,
+        ..proptest::test_runner::Config::default()
+    }
+}

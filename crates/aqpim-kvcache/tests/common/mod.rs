@@ -58,11 +58,15 @@ pub fn f16_round(x: &[f32]) -> Vec<f32> {
     x.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect()
 }
 
-/// A proptest config with a fixed seed and no persistence files.
-pub fn config(cases: u32) -> proptest::test_runner::Config {
+/// The seed of the property tests that need no other.
+pub const SEED: u64 = 0x5eed_cafe;
+
+/// A proptest config: `cases` cases from the fixed seed `seed`, no
+/// persistence files (so every run is the same run).
+pub fn config(cases: u32, seed: u64) -> proptest::test_runner::Config {
     proptest::test_runner::Config {
         cases,
-        rng_seed: proptest::test_runner::RngSeed::Fixed(0x5eed_cafe),
+        rng_seed: proptest::test_runner::RngSeed::Fixed(seed),
         failure_persistence: None,
         ..proptest::test_runner::Config::default()
     }

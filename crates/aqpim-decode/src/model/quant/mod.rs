@@ -14,6 +14,10 @@
 //!
 //! In the 4-bit types `q_j` for `j < 16` is the low nibble of `qs[j]` and
 //! `q_{j+16}` its high nibble.
+//!
+//! The dot-product kernels of [`QMatrix::gemv`] live in their own files:
+//! `scalar` (portable), `avx2` and `avx512` (hand-written, picked at run
+//! time), with what the two x86 kernels share in `x86`.
 
 use half::f16;
 use rayon::prelude::*;
@@ -375,7 +379,7 @@ impl QMatrix {
         super::spin::for_each_chunk_mut(y, chunk, &|c, yc| {
             let r0 = c * chunk;
             let rows = &self.bytes[r0 * rb..(r0 + yc.len()) * rb];
-            kernels::dot_rows(self.ty, rows, rb, x, &xsum, yc);
+            dot_rows(self.ty, rows, rb, x, &xsum, yc);
         });
     }
 
@@ -443,439 +447,64 @@ impl QMatrix {
     }
 }
 
-/// Dot-product kernels of one row of blocks with an f32 vector. The same
-/// code is compiled twice, once for the baseline target and once with AVX2 +
-/// FMA enabled, and picked at run time. Accumulators are arrays of lanes so
-/// that the compiler can vectorize without reassociating a scalar sum.
-mod kernels {
-    use super::{f16_at, GgmlType, QK};
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+mod scalar;
+#[cfg(target_arch = "x86_64")]
+mod x86;
 
-    #[inline(always)]
-    fn dot_row_impl(ty: GgmlType, row: &[u8], x: &[f32], xsum: &[f32]) -> f32 {
-        match ty {
-            GgmlType::F32 => {
-                let mut acc = [0f32; 16];
-                let mut tail = 0f32;
-                let mut xc = x.chunks_exact(16);
-                let mut rc = row.chunks_exact(64);
-                for (xs, rs) in (&mut xc).zip(&mut rc) {
-                    for j in 0..16 {
-                        let w = f32::from_le_bytes([
-                            rs[4 * j],
-                            rs[4 * j + 1],
-                            rs[4 * j + 2],
-                            rs[4 * j + 3],
-                        ]);
-                        acc[j] += w * xs[j];
-                    }
-                }
-                for (xv, rs) in xc.remainder().iter().zip(rc.remainder().chunks_exact(4)) {
-                    tail += f32::from_le_bytes([rs[0], rs[1], rs[2], rs[3]]) * xv;
-                }
-                acc.iter().sum::<f32>() + tail
-            }
-            GgmlType::F16 => {
-                let mut acc = 0f32;
-                for (xv, rs) in x.iter().zip(row.chunks_exact(2)) {
-                    acc += f16_at(rs, 0) * xv;
-                }
-                acc
-            }
-            GgmlType::Q4_0 | GgmlType::Q4_1 => {
-                let (off, bb) = if ty == GgmlType::Q4_0 {
-                    (2, 18)
-                } else {
-                    (4, 20)
-                };
-                let mut acc = [0f32; 16];
-                let mut msum = 0f32;
-                for ((b, xb), &xs) in row.chunks_exact(bb).zip(x.chunks_exact(QK)).zip(xsum) {
-                    let d = f16_at(b, 0);
-                    // Q4_0 stores (q - 8) d: an offset of -8 d per element.
-                    let m = if ty == GgmlType::Q4_0 {
-                        -8.0 * d
-                    } else {
-                        f16_at(b, 2)
-                    };
-                    let qs: &[u8; 16] = b[off..off + 16].try_into().unwrap_or(&[0; 16]);
-                    let (xlo, xhi) = xb.split_at(16);
-                    let mut s = [0f32; 16];
-                    for j in 0..16 {
-                        s[j] = (qs[j] & 15) as f32 * xlo[j] + (qs[j] >> 4) as f32 * xhi[j];
-                    }
-                    for j in 0..16 {
-                        acc[j] += d * s[j];
-                    }
-                    msum += m * xs;
-                }
-                acc.iter().sum::<f32>() + msum
-            }
-            GgmlType::Q8_0 => {
-                let mut acc = [0f32; QK];
-                for (b, xb) in row.chunks_exact(34).zip(x.chunks_exact(QK)) {
-                    let d = f16_at(b, 0);
-                    let qs = &b[2..34];
-                    for j in 0..QK {
-                        acc[j] += d * ((qs[j] as i8) as f32 * xb[j]);
-                    }
-                }
-                acc.iter().sum::<f32>()
-            }
-        }
-    }
-
-    #[inline(always)]
-    pub(super) fn dot_rows_impl(
-        ty: GgmlType,
-        rows: &[u8],
-        row_bytes: usize,
-        x: &[f32],
-        xsum: &[f32],
-        y: &mut [f32],
-    ) {
-        for (yi, row) in y.iter_mut().zip(rows.chunks_exact(row_bytes)) {
-            *yi = dot_row_impl(ty, row, x, xsum);
-        }
-    }
-
-    /// Hand-written AVX2 + FMA + F16C kernels for the block types (the
-    /// compiler does not vectorize the nibble unpacking well on its own).
+/// `y[i] = row_i . x` for the rows packed in `rows` (`row_bytes` each), by
+/// the widest kernel this CPU runs.
+fn dot_rows(ty: GgmlType, rows: &[u8], row_bytes: usize, x: &[f32], xsum: &[f32], y: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    mod avx2 {
-        use std::arch::x86_64::*;
-
-        use super::{dot_row_impl, GgmlType, QK};
-
-        #[inline]
-        #[target_feature(enable = "avx2,fma,f16c")]
-        fn hsum(v: __m256) -> f32 {
-            let lo = _mm256_castps256_ps128(v);
-            let hi = _mm256_extractf128_ps::<1>(v);
-            let s = _mm_add_ps(lo, hi);
-            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-            let s = _mm_add_ss(s, _mm_movehdup_ps(s));
-            _mm_cvtss_f32(s)
+    {
+        if x86::has_avx512() {
+            // SAFETY: the CPU supports every feature the kernel enables
+            // (`has_avx512`).
+            unsafe { avx512::dot_rows(ty, rows, row_bytes, x, xsum, y) };
+            return;
         }
-
-        #[inline]
-        #[target_feature(enable = "avx2,fma,f16c")]
-        fn half(b: &[u8], i: usize) -> f32 {
-            let bits = u16::from_le_bytes([b[i], b[i + 1]]);
-            _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
-        }
-
-        /// Loads 8 f32 from `x[i..i + 8]`.
-        #[inline]
-        #[target_feature(enable = "avx2,fma,f16c")]
-        fn load8(x: &[f32], i: usize) -> __m256 {
-            let s = &x[i..i + 8];
-            // SAFETY: `s` holds exactly 8 readable f32 values.
-            unsafe { _mm256_loadu_ps(s.as_ptr()) }
-        }
-
-        /// Loads 16 bytes.
-        #[inline]
-        #[target_feature(enable = "avx2,fma,f16c")]
-        fn load16(b: &[u8]) -> __m128i {
-            let s = &b[..16];
-            // SAFETY: `s` holds exactly 16 readable bytes.
-            unsafe { _mm_loadu_si128(s.as_ptr().cast()) }
-        }
-
-        #[target_feature(enable = "avx2,fma,f16c")]
-        fn dot_q4(q4_0: bool, row: &[u8], x: &[f32], xsum: &[f32]) -> f32 {
-            let (off, bb) = if q4_0 { (2, 18) } else { (4, 20) };
-            let mask = _mm_set1_epi8(15);
-            let mut acc = _mm256_setzero_ps();
-            let mut msum = 0f32;
-            for ((b, xb), &xs) in row.chunks_exact(bb).zip(x.chunks_exact(QK)).zip(xsum) {
-                let d = half(b, 0);
-                let m = if q4_0 { -8.0 * d } else { half(b, 2) };
-                let qs = load16(&b[off..]);
-                let lo = _mm_and_si128(qs, mask);
-                let hi = _mm_and_si128(_mm_srli_epi16::<4>(qs), mask);
-                let f = |v: __m128i| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v));
-                let mut s = _mm256_mul_ps(f(lo), load8(xb, 0));
-                s = _mm256_fmadd_ps(f(_mm_srli_si128::<8>(lo)), load8(xb, 8), s);
-                s = _mm256_fmadd_ps(f(hi), load8(xb, 16), s);
-                s = _mm256_fmadd_ps(f(_mm_srli_si128::<8>(hi)), load8(xb, 24), s);
-                acc = _mm256_fmadd_ps(_mm256_set1_ps(d), s, acc);
-                msum += m * xs;
-            }
-            hsum(acc) + msum
-        }
-
-        #[target_feature(enable = "avx2,fma,f16c")]
-        fn dot_q8_0(row: &[u8], x: &[f32]) -> f32 {
-            let mut acc = _mm256_setzero_ps();
-            for (b, xb) in row.chunks_exact(34).zip(x.chunks_exact(QK)) {
-                let d = half(b, 0);
-                let q0 = load16(&b[2..]);
-                let q1 = load16(&b[18..]);
-                let f = |v: __m128i| _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v));
-                let mut s = _mm256_mul_ps(f(q0), load8(xb, 0));
-                s = _mm256_fmadd_ps(f(_mm_srli_si128::<8>(q0)), load8(xb, 8), s);
-                s = _mm256_fmadd_ps(f(q1), load8(xb, 16), s);
-                s = _mm256_fmadd_ps(f(_mm_srli_si128::<8>(q1)), load8(xb, 24), s);
-                acc = _mm256_fmadd_ps(_mm256_set1_ps(d), s, acc);
-            }
-            hsum(acc)
-        }
-
-        #[target_feature(enable = "avx2,fma,f16c")]
-        pub(super) fn dot_rows(
-            ty: GgmlType,
-            rows: &[u8],
-            row_bytes: usize,
-            x: &[f32],
-            xsum: &[f32],
-            y: &mut [f32],
-        ) {
-            for (yi, row) in y.iter_mut().zip(rows.chunks_exact(row_bytes)) {
-                *yi = match ty {
-                    GgmlType::Q4_0 => dot_q4(true, row, x, xsum),
-                    GgmlType::Q4_1 => dot_q4(false, row, x, xsum),
-                    GgmlType::Q8_0 => dot_q8_0(row, x),
-                    GgmlType::F32 | GgmlType::F16 => dot_row_impl(ty, row, x, xsum),
-                };
-            }
+        if x86::has_avx2() {
+            // SAFETY: the CPU supports every feature the kernel enables
+            // (`has_avx2`).
+            unsafe { avx2::dot_rows(ty, rows, row_bytes, x, xsum, y) };
+            return;
         }
     }
+    scalar::dot_rows(ty, rows, row_bytes, x, xsum, y)
+}
 
-    /// AVX-512 kernels: one 16-lane conversion per half block instead of
-    /// two 8-lane ones.
+/// Every kernel this CPU can run, for tests: `(name, y)` pairs, the portable
+/// one first.
+#[cfg(test)]
+fn all_variants(
+    ty: GgmlType,
+    rows: &[u8],
+    row_bytes: usize,
+    x: &[f32],
+    xsum: &[f32],
+    n: usize,
+) -> Vec<(&'static str, Vec<f32>)> {
+    let mut out = Vec::new();
+    let mut y = vec![0f32; n];
+    scalar::dot_rows(ty, rows, row_bytes, x, xsum, &mut y);
+    out.push(("portable", y.clone()));
     #[cfg(target_arch = "x86_64")]
-    mod avx512 {
-        use std::arch::x86_64::*;
-
-        use super::{dot_row_impl, GgmlType, QK};
-
-        #[inline]
-        #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-        fn half(b: &[u8], i: usize) -> f32 {
-            let bits = u16::from_le_bytes([b[i], b[i + 1]]);
-            _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+    {
+        if x86::has_avx2() {
+            // SAFETY: the CPU supports every feature the kernel enables.
+            unsafe { avx2::dot_rows(ty, rows, row_bytes, x, xsum, &mut y) };
+            out.push(("avx2", y.clone()));
         }
-
-        #[inline]
-        #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-        fn load16f(x: &[f32], i: usize) -> __m512 {
-            let s = &x[i..i + 16];
-            // SAFETY: `s` holds exactly 16 readable f32 values.
-            unsafe { _mm512_loadu_ps(s.as_ptr()) }
-        }
-
-        #[inline]
-        #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-        fn load16b(b: &[u8]) -> __m128i {
-            let s = &b[..16];
-            // SAFETY: `s` holds exactly 16 readable bytes.
-            unsafe { _mm_loadu_si128(s.as_ptr().cast()) }
-        }
-
-        #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-        fn dot_q4(q4_0: bool, row: &[u8], x: &[f32], xsum: &[f32]) -> f32 {
-            let (off, bb) = if q4_0 { (2, 18) } else { (4, 20) };
-            let mask = _mm_set1_epi8(15);
-            let mut acc = _mm512_setzero_ps();
-            let mut msum = 0f32;
-            for ((b, xb), &xs) in row.chunks_exact(bb).zip(x.chunks_exact(QK)).zip(xsum) {
-                let d = half(b, 0);
-                let m = if q4_0 { -8.0 * d } else { half(b, 2) };
-                let qs = load16b(&b[off..]);
-                let lo = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(qs, mask)));
-                let hi = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(
-                    _mm_srli_epi16::<4>(qs),
-                    mask,
-                )));
-                let s = _mm512_fmadd_ps(hi, load16f(xb, 16), _mm512_mul_ps(lo, load16f(xb, 0)));
-                acc = _mm512_fmadd_ps(_mm512_set1_ps(d), s, acc);
-                msum += m * xs;
-            }
-            _mm512_reduce_add_ps(acc) + msum
-        }
-
-        #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-        fn dot_q8_0(row: &[u8], x: &[f32]) -> f32 {
-            let mut acc = _mm512_setzero_ps();
-            for (b, xb) in row.chunks_exact(34).zip(x.chunks_exact(QK)) {
-                let d = half(b, 0);
-                let q0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(load16b(&b[2..])));
-                let q1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(load16b(&b[18..])));
-                let s = _mm512_fmadd_ps(q1, load16f(xb, 16), _mm512_mul_ps(q0, load16f(xb, 0)));
-                acc = _mm512_fmadd_ps(_mm512_set1_ps(d), s, acc);
-            }
-            _mm512_reduce_add_ps(acc)
-        }
-
-        /// Four Q4_0/Q4_1 rows at once: the activations are loaded once per
-        /// block for all four, and four independent accumulators keep more
-        /// loads in flight. Each row's sum is formed in the same order as in
-        /// [`dot_q4`].
-        #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-        fn dot_q4_x4(q4_0: bool, rows: [&[u8]; 4], x: &[f32], xsum: &[f32]) -> [f32; 4] {
-            let (off, bb) = if q4_0 { (2, 18) } else { (4, 20) };
-            let mask = _mm_set1_epi8(15);
-            let mut acc = [_mm512_setzero_ps(); 4];
-            let mut msum = [0f32; 4];
-            for (blk, (xb, &xs)) in x.chunks_exact(QK).zip(xsum).enumerate() {
-                let (x0, x1) = (load16f(xb, 0), load16f(xb, 16));
-                for r in 0..4 {
-                    let b = &rows[r][blk * bb..(blk + 1) * bb];
-                    let d = half(b, 0);
-                    let m = if q4_0 { -8.0 * d } else { half(b, 2) };
-                    let qs = load16b(&b[off..]);
-                    let lo = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(qs, mask)));
-                    let hi = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(
-                        _mm_srli_epi16::<4>(qs),
-                        mask,
-                    )));
-                    let s = _mm512_fmadd_ps(hi, x1, _mm512_mul_ps(lo, x0));
-                    acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(d), s, acc[r]);
-                    msum[r] += m * xs;
-                }
-            }
-            [0, 1, 2, 3].map(|r| _mm512_reduce_add_ps(acc[r]) + msum[r])
-        }
-
-        /// Four Q8_0 rows at once (see [`dot_q4_x4`]).
-        #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-        fn dot_q8_0_x4(rows: [&[u8]; 4], x: &[f32]) -> [f32; 4] {
-            let mut acc = [_mm512_setzero_ps(); 4];
-            for (blk, xb) in x.chunks_exact(QK).enumerate() {
-                let (x0, x1) = (load16f(xb, 0), load16f(xb, 16));
-                for r in 0..4 {
-                    let b = &rows[r][blk * 34..(blk + 1) * 34];
-                    let d = half(b, 0);
-                    let q0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(load16b(&b[2..])));
-                    let q1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(load16b(&b[18..])));
-                    let s = _mm512_fmadd_ps(q1, x1, _mm512_mul_ps(q0, x0));
-                    acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(d), s, acc[r]);
-                }
-            }
-            [0, 1, 2, 3].map(|r| _mm512_reduce_add_ps(acc[r]))
-        }
-
-        #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-        pub(super) fn dot_rows(
-            ty: GgmlType,
-            rows: &[u8],
-            row_bytes: usize,
-            x: &[f32],
-            xsum: &[f32],
-            y: &mut [f32],
-        ) {
-            if !matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0) {
-                return dot_rows_single(ty, rows, row_bytes, x, xsum, y);
-            }
-            let quads = y.len() / 4;
-            for (q, yq) in y.chunks_exact_mut(4).enumerate() {
-                let r = |i: usize| &rows[(4 * q + i) * row_bytes..(4 * q + i + 1) * row_bytes];
-                let four = [r(0), r(1), r(2), r(3)];
-                let out = match ty {
-                    GgmlType::Q8_0 => dot_q8_0_x4(four, x),
-                    _ => dot_q4_x4(ty == GgmlType::Q4_0, four, x, xsum),
-                };
-                yq.copy_from_slice(&out);
-            }
-            let done = 4 * quads;
-            dot_rows_single(
-                ty,
-                &rows[done * row_bytes..],
-                row_bytes,
-                x,
-                xsum,
-                &mut y[done..],
-            );
-        }
-
-        #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-        fn dot_rows_single(
-            ty: GgmlType,
-            rows: &[u8],
-            row_bytes: usize,
-            x: &[f32],
-            xsum: &[f32],
-            y: &mut [f32],
-        ) {
-            for (yi, row) in y.iter_mut().zip(rows.chunks_exact(row_bytes)) {
-                *yi = match ty {
-                    GgmlType::Q4_0 => dot_q4(true, row, x, xsum),
-                    GgmlType::Q4_1 => dot_q4(false, row, x, xsum),
-                    GgmlType::Q8_0 => dot_q8_0(row, x),
-                    GgmlType::F32 | GgmlType::F16 => dot_row_impl(ty, row, x, xsum),
-                };
-            }
+        if x86::has_avx512() {
+            // SAFETY: the CPU supports every feature the kernel enables.
+            unsafe { avx512::dot_rows(ty, rows, row_bytes, x, xsum, &mut y) };
+            out.push(("avx512", y.clone()));
         }
     }
-
-    /// Every kernel this CPU can run, for tests: `(name, y)` pairs.
-    #[cfg(test)]
-    pub(super) fn all_variants(
-        ty: GgmlType,
-        rows: &[u8],
-        row_bytes: usize,
-        x: &[f32],
-        xsum: &[f32],
-        n: usize,
-    ) -> Vec<(&'static str, Vec<f32>)> {
-        let mut out = Vec::new();
-        let mut y = vec![0f32; n];
-        dot_rows_impl(ty, rows, row_bytes, x, xsum, &mut y);
-        out.push(("portable", y.clone()));
-        #[cfg(target_arch = "x86_64")]
-        {
-            let f = |s| {
-                std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
-                    && std::arch::is_x86_feature_detected!("f16c")
-                    && s
-            };
-            if f(true) {
-                // SAFETY: the CPU supports the features the function enables.
-                unsafe { avx2::dot_rows(ty, rows, row_bytes, x, xsum, &mut y) };
-                out.push(("avx2", y.clone()));
-            }
-            if f(std::arch::is_x86_feature_detected!("avx512f")) {
-                // SAFETY: as above, plus AVX-512F.
-                unsafe { avx512::dot_rows(ty, rows, row_bytes, x, xsum, &mut y) };
-                out.push(("avx512", y.clone()));
-            }
-        }
-        out
-    }
-
-    /// `y[i] = row_i . x` for the rows packed in `rows` (`row_bytes` each).
-    pub(super) fn dot_rows(
-        ty: GgmlType,
-        rows: &[u8],
-        row_bytes: usize,
-        x: &[f32],
-        xsum: &[f32],
-        y: &mut [f32],
-    ) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512f")
-                && std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-                && std::arch::is_x86_feature_detected!("f16c")
-            {
-                // SAFETY: the CPU supports the features the function enables.
-                unsafe { avx512::dot_rows(ty, rows, row_bytes, x, xsum, y) };
-                return;
-            }
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-                && std::arch::is_x86_feature_detected!("f16c")
-            {
-                // SAFETY: the CPU supports the features the function enables.
-                unsafe { avx2::dot_rows(ty, rows, row_bytes, x, xsum, y) };
-                return;
-            }
-        }
-        dot_rows_impl(ty, rows, row_bytes, x, xsum, y)
-    }
+    out
 }
 
 #[cfg(test)]
@@ -951,7 +580,7 @@ mod tests {
         ] {
             let q = quantize(ty, &w).unwrap();
             let rb = q.len() / rows;
-            let variants = kernels::all_variants(ty, &q, rb, &x, &xsum, rows);
+            let variants = all_variants(ty, &q, rb, &x, &xsum, rows);
             let reference = &variants[0].1;
             for (name, y) in &variants {
                 for (p, r) in y.iter().zip(reference) {
