@@ -12,3 +12,9 @@ pub mod error;
 pub mod model;
 
 pub use error::{DecodeError, Result};
+pub use model::cache::{AttentionCache, DenseCache, DensePrecision};
+pub use model::compressed::CompressedCache;
+pub use model::eval::{generate, perplexity, GenerateReport, PplOptions, PplReport, Sampling};
+pub use model::llama::{Llama, Logits};
+pub use model::load;
+pub use model::tokenizer::Tokenizer;

@@ -26,7 +26,7 @@ pub mod hf;
 pub mod limits;
 pub mod llama;
 pub mod quant;
-pub mod spin;
+mod spin;
 pub mod tokenizer;
 pub mod weights;
 
