@@ -11,6 +11,7 @@ mod limits;
 mod model;
 mod npy;
 mod pq;
+mod probe;
 mod sim;
 mod simulate;
 
@@ -38,7 +39,7 @@ enum Command {
     /// Attention kernels on compressed KV caches: benchmark.
     #[command(subcommand)]
     Attn(attn::AttnCommand),
-    /// Evaluate a real model (GGUF or Hugging Face safetensors): perplexity on a text.
+    /// Evaluate a real model (GGUF or Hugging Face safetensors): perplexity on a text, retrieval probe.
     #[command(subcommand)]
     Eval(model::EvalCommand),
     /// Latency of a decode step on a system (GPU, host offload, FP16 PIM, AQPIM), itemized; `sweep` for grids.
