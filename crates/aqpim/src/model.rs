@@ -21,8 +21,6 @@ use serde::Serialize;
 pub enum EvalCommand {
     /// Perplexity of a model on a UTF-8 text, in sliding windows.
     Ppl(PplArgs),
-    /// Retrieval probe: a number hidden in a novel at a chosen depth, asked for at the end.
-    Retrieval(crate::probe::RetrievalArgs),
 }
 
 #[derive(Debug, Args)]
@@ -209,10 +207,8 @@ struct PplOutput {
 }
 
 pub fn run_eval(cmd: EvalCommand) -> Result<()> {
-    match cmd {
-        EvalCommand::Ppl(a) => in_pool(a.threads, || ppl(a)),
-        EvalCommand::Retrieval(a) => crate::probe::run(a),
-    }
+    let EvalCommand::Ppl(a) = cmd;
+    in_pool(a.threads, || ppl(a))
 }
 
 fn ppl(a: PplArgs) -> Result<()> {
