@@ -439,6 +439,21 @@ fn retrieval(a: RetrievalArgs) -> Result<()> {
             answer: text,
         });
         bar.inc(t.depth as u64);
+        if bar.is_hidden() {
+            // No terminal (a log file): one line per trial instead of the bar.
+            let r = &runs[runs.len() - 1];
+            eprintln!(
+                "[{}/{} {:.0} s] D={} seed {}: {:?} for {} ({})",
+                runs.len(),
+                trials.len(),
+                started.elapsed().as_secs_f64(),
+                r.depth_tokens,
+                r.seed,
+                r.answer,
+                r.number,
+                if r.correct { "correct" } else { "wrong" }
+            );
+        }
     }
     bar.finish_and_clear();
     let per_depth: Vec<DepthOutput> = depths
