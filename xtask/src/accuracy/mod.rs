@@ -207,9 +207,15 @@ struct PplJson {
 
 /// Makes sure the codebooks of `c` exist (calibrating them if not) and
 /// returns their directory.
-fn ensure_codebooks(plan: &Plan, c: &Calibration, log: &mut dyn Write) -> Result<PathBuf> {
+/// A dry run lists each calibration once (`listed` holds those it listed).
+fn ensure_codebooks(
+    plan: &Plan,
+    c: &Calibration,
+    listed: &mut Vec<PathBuf>,
+    log: &mut dyn Write,
+) -> Result<PathBuf> {
     let dir = calibration_dir(&plan.out, &plan.model, c);
-    if dir.join("done").exists() {
+    if dir.join("done").exists() || listed.contains(&dir) {
         return Ok(dir);
     }
     let tmp = dir.with_extension("partial");
@@ -221,6 +227,7 @@ fn ensure_codebooks(plan: &Plan, c: &Calibration, log: &mut dyn Write) -> Result
         shell_line(&plan.aqpim, &args)
     )?;
     if plan.dry_run {
+        listed.push(dir.clone());
         return Ok(dir);
     }
     if tmp.exists() {
@@ -330,6 +337,7 @@ fn execute(plan: &Plan, log: &mut dyn Write) -> Result<()> {
             .with_context(|| format!("creating {}", plan.out.display()))?;
     }
     let started = Instant::now();
+    let mut listed = Vec::new();
     for (i, row) in todo.iter().enumerate() {
         let eta = if i == 0 || plan.dry_run {
             String::new()
@@ -350,7 +358,7 @@ fn execute(plan: &Plan, log: &mut dyn Write) -> Result<()> {
             row.prefill
         )?;
         let books = match &row.calibration {
-            Some(c) => Some(ensure_codebooks(plan, c, log)?),
+            Some(c) => Some(ensure_codebooks(plan, c, &mut listed, log)?),
             None => None,
         };
         let args = eval_args(plan, row, books.as_deref());
@@ -500,7 +508,7 @@ printf '{\n  "perplexity": %s,\n  "nll": 3.4,\n  "bits_per_element": 2.5,\n  "sc
         execute(&plan("", true), &mut log).unwrap();
         let log = String::from_utf8(log).unwrap();
         assert!(log.contains("4 to run (dry run)"), "{log}");
-        assert!(log.contains("pq calibrate --model"), "{log}");
+        assert_eq!(log.matches("pq calibrate --model").count(), 2, "{log}");
         assert!(log.contains("eval ppl --model"), "{log}");
         assert!(calls().is_empty() && !dir.join("out").exists());
         // The real run: two calibrations (the outlier row shares the plain
