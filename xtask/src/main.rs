@@ -3,6 +3,7 @@
 //! Tasks shell out to the release-built `aqpim` binary for heavy work, so this
 //! crate keeps few dependencies and depends on no workspace library.
 
+mod accuracy;
 mod faiss_compare;
 mod fetch_assets;
 mod rdata;
@@ -15,6 +16,9 @@ const USAGE: &str = "usage: cargo xtask <task>
 
 tasks:
   tidy             check the layering invariants and file conventions
+  accuracy         a grid of `aqpim eval ppl` rows (calibrating each codebook spec once)
+                   into a CSV and a Markdown table; reruns skip finished rows
+                   --grid FILE.toml [--out DIR] [--aqpim BIN] [--dry-run]
   faiss-compare    PQ train/encode/ADC speed and MSE against faiss, same data and machine
                    [--n 65536 --d 128 --m 32 --nbits 8 --iters 25 --threads 1]
   fetch-assets     SmolLM2-135M-Instruct (GGUF) and the Jane Austen novels into assets/
@@ -30,6 +34,7 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("tidy") => tidy::run(),
+        Some("accuracy") => accuracy::run(&args[1..], &tidy::workspace_root()),
         Some("fetch-assets") => fetch_assets::run(&args[1..]),
         Some("reproduce") => reproduce::run(&args[1..], &tidy::workspace_root()),
         Some("plot") => reproduce::plot_cmd(&args[1..]),

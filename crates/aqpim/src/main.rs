@@ -13,6 +13,7 @@ mod limits;
 mod model;
 mod npy;
 mod pq;
+mod probe;
 mod sim;
 mod simulate;
 
@@ -40,13 +41,22 @@ enum Command {
     /// Attention kernels on compressed KV caches: benchmark.
     #[command(subcommand)]
     Attn(attn::AttnCommand),
-    /// Evaluate a real model (GGUF or Hugging Face safetensors): perplexity on a text.
+    /// Evaluate a real model (GGUF or Hugging Face safetensors): perplexity on a text, retrieval probe.
     #[command(subcommand)]
-    Eval(model::EvalCommand),
+    Eval(EvalCommand),
     /// Latency of a decode step on a system (GPU, host offload, FP16 PIM, AQPIM), itemized; `sweep` for grids.
     Simulate(simulate::SimulateArgs),
     /// Generate text with a real model (GGUF or Hugging Face safetensors), streaming tokens.
     Generate(model::GenerateArgs),
+}
+
+/// `aqpim eval`: the model evaluations of `model.rs` and the retrieval probe.
+#[derive(Debug, Subcommand)]
+enum EvalCommand {
+    #[command(flatten)]
+    Model(model::EvalCommand),
+    /// Retrieval probe: a number hidden in a novel at a chosen depth, asked for at the end.
+    Retrieval(probe::RetrievalArgs),
 }
 
 /// Restores the default action of SIGPIPE, so that a reader that closes the
@@ -70,7 +80,8 @@ fn main() {
         Command::Sim(cmd) => sim::run(cmd),
         Command::Kv(cmd) => kv::run(cmd),
         Command::Attn(cmd) => attn::run(cmd),
-        Command::Eval(cmd) => model::run_eval(cmd),
+        Command::Eval(EvalCommand::Model(cmd)) => model::run_eval(cmd),
+        Command::Eval(EvalCommand::Retrieval(args)) => probe::run(args),
         Command::Simulate(args) => simulate::run(args),
         Command::Generate(args) => model::run_generate(args),
     };

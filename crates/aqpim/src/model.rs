@@ -121,14 +121,14 @@ struct GenerateOutput {
 
 /// The cache a run uses, from `--kv` and `--codebooks`.
 #[derive(Debug, Clone)]
-enum CacheChoice {
+pub(crate) enum CacheChoice {
     /// The model crate's exact dense cache.
     Dense(DensePrecision),
     /// An `aqpim-kvcache` store read through the `aqpim-attn` kernels.
     Store(KvSpec, Option<PathBuf>),
 }
 
-fn cache_choice(kv: &str, codebooks: Option<&Path>) -> Result<CacheChoice> {
+pub(crate) fn cache_choice(kv: &str, codebooks: Option<&Path>) -> Result<CacheChoice> {
     let choice = match kv {
         "fp16" => CacheChoice::Dense(DensePrecision::F16),
         "f32" => CacheChoice::Dense(DensePrecision::F32),
@@ -147,7 +147,7 @@ fn cache_choice(kv: &str, codebooks: Option<&Path>) -> Result<CacheChoice> {
     Ok(choice)
 }
 
-fn make_cache(model: &Llama, choice: &CacheChoice) -> Result<Box<dyn AttentionCache>> {
+pub(crate) fn make_cache(model: &Llama, choice: &CacheChoice) -> Result<Box<dyn AttentionCache>> {
     let c = model.config();
     Ok(match choice {
         CacheChoice::Dense(p) => {
@@ -170,11 +170,14 @@ fn make_cache(model: &Llama, choice: &CacheChoice) -> Result<Box<dyn AttentionCa
 /// instead of handing every loop over from the main thread and sleeping
 /// until it ends, which costs two thread wake-ups per loop (five loops per
 /// layer in single-token decode).
-fn in_pool<T: Send>(threads: Option<usize>, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+pub(crate) fn in_pool<T: Send>(
+    threads: Option<usize>,
+    f: impl FnOnce() -> Result<T> + Send,
+) -> Result<T> {
     crate::limits::thread_pool(threads)?.install(f)
 }
 
-fn load(path: &Path) -> Result<(Llama, Tokenizer)> {
+pub(crate) fn load(path: &Path) -> Result<(Llama, Tokenizer)> {
     let spinner = ProgressBar::new_spinner().with_message(format!("loading {}", path.display()));
     spinner.enable_steady_tick(std::time::Duration::from_millis(120));
     let out = aqpim_decode::model::load(path)

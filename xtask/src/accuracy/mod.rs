@@ -1,0 +1,550 @@
+//! `cargo xtask accuracy --grid FILE.toml [--out DIR] [--aqpim BIN]
+//! [--dry-run]`: runs a grid of perplexity rows (see [`grid`] for the file)
+//! through the release-built `aqpim` binary.
+//!
+//! Each distinct calibration (`--kv`, text, tokens, chunk, model) runs
+//! `aqpim pq calibrate` once, into `OUT/codebooks/<hash>/`, which later rows
+//! and later runs reuse (a directory counts once its `done` file exists).
+//! Each row runs `aqpim eval ppl --json` and is appended to `OUT/rows.csv` as
+//! it finishes; a rerun skips the rows the CSV already holds, so an
+//! interrupted grid resumes. `OUT/table.md` is rewritten after every row:
+//! one table per text and window, each row against that group's FP16 row.
+//! `--dry-run` prints the commands it would run and runs nothing.
+//!
+//! `OUT` defaults to `target/accuracy/<grid file stem>`; `--aqpim` names a
+//! binary to use instead of building `target/release/aqpim`.
+
+mod grid;
+mod table;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use grid::{Calibration, Grid, Row};
+use table::Record;
+
+const USAGE: &str = "cargo xtask accuracy --grid FILE.toml [--out DIR] [--aqpim BIN] [--dry-run]";
+
+/// The parsed arguments.
+#[derive(Debug, Default, PartialEq)]
+struct Options {
+    grid: Option<PathBuf>,
+    out: Option<PathBuf>,
+    aqpim: Option<PathBuf>,
+    dry_run: bool,
+}
+
+fn parse(args: &[String]) -> Result<Options> {
+    let mut o = Options::default();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = || match it.next() {
+            Some(v) if !v.starts_with("--") => Ok(PathBuf::from(v)),
+            _ => Err(anyhow::anyhow!("{a} needs a value\nusage: {USAGE}")),
+        };
+        match a.as_str() {
+            "--grid" => o.grid = Some(value()?),
+            "--out" => o.out = Some(value()?),
+            "--aqpim" => o.aqpim = Some(value()?),
+            "--dry-run" => o.dry_run = true,
+            other => bail!("accuracy: unknown argument `{other}`\nusage: {USAGE}"),
+        }
+    }
+    if o.grid.is_none() {
+        bail!("accuracy: --grid FILE.toml is required\nusage: {USAGE}");
+    }
+    Ok(o)
+}
+
+/// Everything one grid run needs.
+struct Plan {
+    /// The grid file's name, for the report.
+    name: String,
+    grid: Grid,
+    model: PathBuf,
+    rows: Vec<Row>,
+    out: PathBuf,
+    aqpim: PathBuf,
+    dry_run: bool,
+}
+
+pub fn run(args: &[String], root: &Path) -> Result<()> {
+    let o = parse(args)?;
+    let path = o.grid.expect("checked in parse");
+    let grid = Grid::load(&path)?;
+    let rows = grid.rows(root)?;
+    let stem = path
+        .file_stem()
+        .map_or("grid".into(), |s| s.to_string_lossy().into_owned());
+    let out = o
+        .out
+        .unwrap_or_else(|| root.join("target").join("accuracy").join(&stem));
+    let aqpim = match o.aqpim {
+        Some(p) => p,
+        None if o.dry_run => root.join("target/release/aqpim"),
+        None => build_release(root)?,
+    };
+    let plan = Plan {
+        name: grid::file_name(&path),
+        model: grid.model_path(root),
+        grid,
+        rows,
+        out,
+        aqpim,
+        dry_run: o.dry_run,
+    };
+    execute(&plan, &mut std::io::stderr())
+}
+
+fn build_release(root: &Path) -> Result<PathBuf> {
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(root)
+        .args(["build", "--release", "--quiet", "-p", "aqpim"])
+        .status()
+        .context("running cargo")?;
+    if !status.success() {
+        bail!("building the aqpim binary failed");
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    Ok(target.join("release").join("aqpim"))
+}
+
+/// `args` as one shell line (single-quoting what needs it), for logs.
+fn shell_line(program: &Path, args: &[String]) -> String {
+    let quote = |s: &str| {
+        if !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_=,.:/+@%".contains(c))
+        {
+            s.to_string()
+        } else {
+            format!("'{}'", s.replace('\'', r"'\''"))
+        }
+    };
+    std::iter::once(program.display().to_string())
+        .chain(args.iter().map(|a| quote(a)))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn path_arg(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// The cache directory of a calibration: a hash of everything it depends on.
+fn calibration_dir(out: &Path, model: &Path, c: &Calibration) -> PathBuf {
+    let mut h = Sha256::new();
+    for part in [
+        path_arg(model),
+        c.kv.clone(),
+        path_arg(&c.text),
+        c.tokens.to_string(),
+        c.chunk.to_string(),
+    ] {
+        h.update(part.as_bytes());
+        h.update([0u8]);
+    }
+    let hex: String = h
+        .finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    out.join("codebooks").join(hex)
+}
+
+fn calibrate_args(plan: &Plan, c: &Calibration, dir: &Path) -> Vec<String> {
+    let mut a: Vec<String> = ["pq", "calibrate", "--model"].map(String::from).into();
+    a.push(path_arg(&plan.model));
+    a.extend(["--text".into(), path_arg(&c.text)]);
+    a.extend(["--tokens".into(), c.tokens.to_string()]);
+    a.extend(["--kv".into(), c.kv.clone()]);
+    a.extend(["--chunk".into(), c.chunk.to_string()]);
+    a.extend(["--out".into(), path_arg(dir)]);
+    if let Some(t) = plan.grid.threads {
+        a.extend(["--threads".into(), t.to_string()]);
+    }
+    a
+}
+
+fn eval_args(plan: &Plan, row: &Row, books: Option<&Path>) -> Vec<String> {
+    let mut a: Vec<String> = ["eval", "ppl", "--model"].map(String::from).into();
+    a.push(path_arg(&plan.model));
+    a.extend(["--text".into(), path_arg(&row.text)]);
+    a.extend(["--window".into(), row.window.to_string()]);
+    a.extend(["--prefill".into(), row.prefill.to_string()]);
+    if let Some(t) = row.tokens {
+        a.extend(["--tokens".into(), t.to_string()]);
+    }
+    a.extend(["--kv".into(), row.kv.clone()]);
+    if let Some(d) = books {
+        a.extend(["--codebooks".into(), path_arg(d)]);
+    }
+    if let Some(t) = plan.grid.threads {
+        a.extend(["--threads".into(), t.to_string()]);
+    }
+    a.push("--json".into());
+    a
+}
+
+/// The fields of `aqpim eval ppl --json` the CSV keeps.
+#[derive(Debug, Deserialize)]
+struct PplJson {
+    perplexity: f64,
+    nll: f64,
+    bits_per_element: f64,
+    scored_tokens: usize,
+    decode_tokens_per_s: Option<f64>,
+}
+
+/// Makes sure the codebooks of `c` exist (calibrating them if not) and
+/// returns their directory.
+/// A dry run lists each calibration once (`listed` holds those it listed).
+fn ensure_codebooks(
+    plan: &Plan,
+    c: &Calibration,
+    listed: &mut Vec<PathBuf>,
+    log: &mut dyn Write,
+) -> Result<PathBuf> {
+    let dir = calibration_dir(&plan.out, &plan.model, c);
+    if dir.join("done").exists() || listed.contains(&dir) {
+        return Ok(dir);
+    }
+    let tmp = dir.with_extension("partial");
+    let args = calibrate_args(plan, c, &tmp);
+    writeln!(
+        log,
+        "calibrating {}\n  {}",
+        c.describe(),
+        shell_line(&plan.aqpim, &args)
+    )?;
+    if plan.dry_run {
+        listed.push(dir.clone());
+        return Ok(dir);
+    }
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
+    }
+    let status = Command::new(&plan.aqpim)
+        .args(&args)
+        .status()
+        .with_context(|| format!("running {}", plan.aqpim.display()))?;
+    if !status.success() {
+        bail!(
+            "calibration failed ({status}): {}",
+            shell_line(&plan.aqpim, &args)
+        );
+    }
+    std::fs::create_dir_all(&tmp)?;
+    std::fs::write(tmp.join("done"), format!("{}\n", c.describe()))?;
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    std::fs::rename(&tmp, &dir)
+        .with_context(|| format!("moving codebooks to {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// Runs one row; returns its record.
+fn eval_row(plan: &Plan, row: &Row, books: Option<&Path>) -> Result<Record> {
+    let args = eval_args(plan, row, books);
+    let t0 = Instant::now();
+    let out = Command::new(&plan.aqpim)
+        .args(&args)
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {}", plan.aqpim.display()))?;
+    if !out.status.success() {
+        bail!(
+            "row failed ({}): {}",
+            out.status,
+            shell_line(&plan.aqpim, &args)
+        );
+    }
+    let j: PplJson = serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "reading the JSON of {} (got {:?})",
+            shell_line(&plan.aqpim, &args),
+            String::from_utf8_lossy(&out.stdout[..out.stdout.len().min(200)])
+        )
+    })?;
+    let k = table::row_key(row);
+    Ok(Record {
+        text: k.0,
+        window: k.1,
+        prefill: k.2,
+        tokens: k.3,
+        kv: k.4,
+        calibration: k.5,
+        perplexity: j.perplexity,
+        nll: j.nll,
+        bits_per_element: j.bits_per_element,
+        scored_tokens: j.scored_tokens,
+        decode_tokens_per_s: j.decode_tokens_per_s,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+fn write_table(plan: &Plan, records: &[Record]) -> Result<()> {
+    let header = format!(
+        "Written by `cargo xtask accuracy --grid {}` from `rows.csv`: `aqpim eval ppl` of {}{}.",
+        plan.name,
+        grid::file_name(&plan.model),
+        plan.grid
+            .threads
+            .map_or(String::new(), |t| format!(", `--threads {t}`"))
+    );
+    let md = table::markdown(
+        &format!("Accuracy grid `{}`", plan.name),
+        &header,
+        &plan.rows,
+        records,
+    );
+    let path = plan.out.join("table.md");
+    std::fs::write(&path, md).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Runs (or with `dry_run` lists) every unfinished row of `plan`.
+fn execute(plan: &Plan, log: &mut dyn Write) -> Result<()> {
+    let csv = plan.out.join("rows.csv");
+    let mut records = table::read_csv(&csv)?;
+    let done = table::keys(&records);
+    let todo: Vec<&Row> = plan
+        .rows
+        .iter()
+        .filter(|r| !done.contains(&table::row_key(r)))
+        .collect();
+    writeln!(
+        log,
+        "accuracy grid {}: {} rows, {} already in {}, {} to run{}",
+        plan.name,
+        plan.rows.len(),
+        plan.rows.len() - todo.len(),
+        csv.display(),
+        todo.len(),
+        if plan.dry_run { " (dry run)" } else { "" }
+    )?;
+    if !plan.dry_run {
+        std::fs::create_dir_all(&plan.out)
+            .with_context(|| format!("creating {}", plan.out.display()))?;
+    }
+    let started = Instant::now();
+    let mut listed = Vec::new();
+    for (i, row) in todo.iter().enumerate() {
+        let eta = if i == 0 || plan.dry_run {
+            String::new()
+        } else {
+            let per = started.elapsed().as_secs_f64() / i as f64;
+            format!(
+                ", about {:.0} min left",
+                per * (todo.len() - i) as f64 / 60.0
+            )
+        };
+        writeln!(
+            log,
+            "[{}/{}{eta}] {} W={} P={}",
+            i + 1,
+            todo.len(),
+            row.kv,
+            row.window,
+            row.prefill
+        )?;
+        let books = match &row.calibration {
+            Some(c) => Some(ensure_codebooks(plan, c, &mut listed, log)?),
+            None => None,
+        };
+        let args = eval_args(plan, row, books.as_deref());
+        writeln!(log, "  {}", shell_line(&plan.aqpim, &args))?;
+        if plan.dry_run {
+            continue;
+        }
+        let rec = eval_row(plan, row, books.as_deref())?;
+        writeln!(
+            log,
+            "  perplexity {:.3} in {:.0} s",
+            rec.perplexity, rec.seconds
+        )?;
+        table::append_csv(&csv, &rec)?;
+        records.push(rec);
+        write_table(plan, &records)?;
+    }
+    if !plan.dry_run {
+        write_table(plan, &records)?;
+        writeln!(
+            log,
+            "wrote {} and {}",
+            csv.display(),
+            plan.out.join("table.md").display()
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arguments_parse_or_fail_clearly() {
+        let a = |s: &[&str]| parse(&s.iter().map(|x| x.to_string()).collect::<Vec<_>>());
+        let o = a(&["--grid", "g.toml", "--dry-run", "--out", "o"]).unwrap();
+        assert_eq!(o.grid, Some(PathBuf::from("g.toml")));
+        assert!(o.dry_run);
+        assert!(format!("{:#}", a(&[]).unwrap_err()).contains("--grid FILE.toml is required"));
+        assert!(format!("{:#}", a(&["--grid"]).unwrap_err()).contains("needs a value"));
+        assert!(format!("{:#}", a(&["--grid", "g", "--x"]).unwrap_err()).contains("`--x`"));
+    }
+
+    #[test]
+    fn the_shipped_grid_is_the_issue_ablation() {
+        let root = crate::tidy::workspace_root();
+        let g = Grid::load(&root.join("docs/results/accuracy_grid.toml")).unwrap();
+        let rows = g.rows(&root).unwrap();
+        let kvs: Vec<&str> = rows.iter().map(|r| r.kv.as_str()).collect();
+        for format in [
+            "pq:dsub=4,nbits=8",
+            "pq:dsub=2,nbits=4",
+            "pq:dsub=1,nbits=2",
+        ] {
+            for key in [
+                "",
+                "scale=true",
+                "whiten=diag",
+                "whiten=full",
+                "vweight=true",
+                "layout=halves",
+                "outliers=5",
+                "sinks=16",
+                "cb16=true",
+                "center=true,whiten=full",
+            ] {
+                let kv = if key.is_empty() {
+                    format.to_string()
+                } else {
+                    format!("{format},{key}")
+                };
+                assert!(kvs.contains(&kv.as_str()), "{kv} missing");
+            }
+        }
+        for kv in ["fp16", "scalar:bits=2", "scalar:bits=4"] {
+            assert!(kvs.contains(&kv), "{kv} missing");
+        }
+        for r in &rows {
+            assert_eq!((r.window, r.prefill), (2048, 128), "{}", r.kv);
+            assert!(r.text.ends_with("assets/austen/emma.txt"));
+            if r.kv.starts_with("pq") {
+                let c = r.calibration.as_ref().expect("pq rows are calibrated");
+                assert!(c.text.ends_with("assets/austen/prideprejudice.txt"));
+                assert_eq!((c.tokens, c.chunk), (8192, 2048));
+            }
+        }
+    }
+
+    /// A stand-in for `aqpim`: logs each call, makes the calibration
+    /// directory and prints a perplexity that depends on the `--kv`.
+    #[cfg(unix)]
+    fn fake_aqpim(dir: &Path) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join("fake-aqpim");
+        let script = r#"#!/bin/sh
+echo "$*" >> "$(dirname "$0")/calls.log"
+if [ "$1 $2" = "pq calibrate" ]; then
+  while [ $# -gt 0 ]; do [ "$1" = "--out" ] && mkdir -p "$2"; shift; done
+  exit 0
+fi
+kv=""; prev=""
+for a in "$@"; do [ "$prev" = "--kv" ] && kv="$a"; prev="$a"; done
+case "$kv" in fp16) p=30.0;; *fail*) exit 3;; *) p=31.5;; esac
+printf '{\n  "perplexity": %s,\n  "nll": 3.4,\n  "bits_per_element": 2.5,\n  "scored_tokens": 2047,\n  "decode_tokens_per_s": 20.0\n}\n' "$p"
+"#;
+        std::fs::write(&path, script).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn rows_run_once_calibrations_are_cached_and_reruns_skip() {
+        let dir = std::env::temp_dir().join(format!("xtask-acc-run-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let aqpim = fake_aqpim(&dir);
+        let toml = |extra: &str| {
+            format!(
+                "model = \"m.gguf\"\nthreads = 1\n[defaults]\ntext = \"emma.txt\"\nwindow = 2048\nprefill = 128\ntokens = 2048\ncalib_text = \"pp.txt\"\n\
+                 [[row]]\nkv = \"fp16\"\n[[row]]\nkv = \"pq:dsub=2,nbits=4,outliers=5\"\ncalib_kv = \"pq:dsub=2,nbits=4\"\n\
+                 [[cross]]\nformats = [\"pq:dsub=2,nbits=4\"]\nkeys = [\"\", \"sinks=16\"]\n{extra}"
+            )
+        };
+        let plan = |extra: &str, dry_run: bool| {
+            let grid: Grid = toml::from_str(&toml(extra)).unwrap();
+            Plan {
+                name: "g.toml".into(),
+                model: grid.model_path(&dir),
+                rows: grid.rows(&dir).unwrap(),
+                grid,
+                out: dir.join("out"),
+                aqpim: aqpim.clone(),
+                dry_run,
+            }
+        };
+        let calls = || {
+            std::fs::read_to_string(dir.join("calls.log"))
+                .unwrap_or_default()
+                .lines()
+                .map(String::from)
+                .collect::<Vec<_>>()
+        };
+        // A dry run lists the commands and runs nothing.
+        let mut log = Vec::new();
+        execute(&plan("", true), &mut log).unwrap();
+        let log = String::from_utf8(log).unwrap();
+        assert!(log.contains("4 to run (dry run)"), "{log}");
+        assert_eq!(log.matches("pq calibrate --model").count(), 2, "{log}");
+        assert!(log.contains("eval ppl --model"), "{log}");
+        assert!(calls().is_empty() && !dir.join("out").exists());
+        // The real run: two calibrations (the outlier row shares the plain
+        // format's codebooks; the sinks row has its own spec), four rows.
+        execute(&plan("", false), &mut Vec::new()).unwrap();
+        let c = calls();
+        assert_eq!(
+            c.iter().filter(|l| l.starts_with("pq calibrate")).count(),
+            2,
+            "{c:?}"
+        );
+        assert_eq!(
+            c.iter().filter(|l| l.starts_with("eval ppl")).count(),
+            4,
+            "{c:?}"
+        );
+        assert!(c.iter().all(|l| l.contains("--threads 1")));
+        let recs = table::read_csv(&dir.join("out/rows.csv")).unwrap();
+        assert_eq!(recs.len(), 4);
+        let md = std::fs::read_to_string(dir.join("out/table.md")).unwrap();
+        assert!(md.contains("4 of 4 rows measured"), "{md}");
+        assert!(md.contains("| `pq:dsub=2,nbits=4,sinks=16` | pq:dsub=2,nbits=4,sinks=16 on pp.txt (8192 tokens, chunks 2048) | 31.500 | +5.00 % |"), "{md}");
+        // A rerun with one more row runs only that row, reusing codebooks.
+        let more =
+            "[[row]]\nkv = \"pq:dsub=2,nbits=4,vweight=true\"\ncalib_kv = \"pq:dsub=2,nbits=4\"\n";
+        execute(&plan(more, false), &mut Vec::new()).unwrap();
+        let c2 = calls();
+        assert_eq!(c2.len(), c.len() + 1, "{c2:?}");
+        assert!(c2.last().unwrap().contains("vweight=true"));
+        assert_eq!(table::read_csv(&dir.join("out/rows.csv")).unwrap().len(), 5);
+        // A failing row stops the run with the command in the error; the
+        // finished rows stay.
+        let bad = "[[row]]\nkv = \"scalar:fail=1\"\n";
+        let e = execute(&plan(bad, false), &mut Vec::new()).unwrap_err();
+        assert!(format!("{e:#}").contains("scalar:fail=1"), "{e:#}");
+        assert_eq!(table::read_csv(&dir.join("out/rows.csv")).unwrap().len(), 5);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
