@@ -13,7 +13,7 @@ use half::f16;
 use crate::error::{AttnError, Result};
 use crate::pim::layout::{Geom, Part};
 use crate::pim::placement::{quantizable, split, RowAlloc};
-use crate::pim::program::{self, bank_sel, NewToken, Out, Phase};
+use crate::pim::program::{self, bank_sel, NewToken, Out, Phase, Rows};
 use crate::pim::{merge, Partial, PimKind, PimRun, PqCodes};
 
 pub(crate) fn row_bytes(device: &Device) -> usize {
@@ -200,6 +200,44 @@ pub(crate) fn bank_codes(row: &[u8], packed: bool, bits: CodeBits, m: usize) -> 
     }
 }
 
+/// Loads the key and value codes of tokens `start..start + geom.n` of
+/// `view` into the slots where `geom` places them, at `rows` of channel `ch`:
+/// the one loader of the per-head runs and of `run_layer`.
+pub(crate) fn load_code_tokens(
+    sim: &mut Simulator,
+    device: &Device,
+    ch: usize,
+    geom: &Geom,
+    rows: &Rows,
+    view: &PqHeadView<'_>,
+    start: usize,
+) -> Result<()> {
+    let (Some(kp), Some(vp)) = (geom.k.pq, geom.v.pq) else {
+        return Err(AttnError::Unsupported(
+            "codes loaded into a slice without PQ geometry",
+        ));
+    };
+    for t in 0..geom.n {
+        let (b, slot) = geom.place(t);
+        let tok = start + t;
+        let kc = bank_codes(
+            view.key_codes.row(tok),
+            view.key_codes.is_packed(),
+            kp.bits,
+            kp.m,
+        );
+        let vc = bank_codes(
+            view.value_codes.row(tok),
+            view.value_codes.is_packed(),
+            vp.bits,
+            vp.m,
+        );
+        load_slot(sim, device, ch, b, rows.k, slot * geom.k.tb, &kc)?;
+        load_slot(sim, device, ch, b, rows.v, slot * geom.v.tb, &vc)?;
+    }
+    Ok(())
+}
+
 /// The bank format of a key and a value quantizer.
 pub(crate) fn pq_kind(key: &ProductQuantizer, value: &ProductQuantizer) -> PimKind {
     let codes = |pq: &ProductQuantizer| PqCodes {
@@ -290,7 +328,7 @@ pub fn pq_head_on_pim(
         let kind = pq_kind(kq, vq);
         let parts = split(n, slices);
         let probe = Geom::new(device, kind, d, parts[0].1)?;
-        let (Some(p), Some(vp)) = (probe.k.pq, probe.v.pq) else {
+        let (Some(_), Some(vp)) = (probe.k.pq, probe.v.pq) else {
             unreachable!("a PQ kind has PQ geometry");
         };
         // One FP16 table per query head, stride 2^bits per subspace.
@@ -314,24 +352,7 @@ pub fn pq_head_on_pim(
                 }
             };
             let rows = alloc.slice(ch, &geom, cb_at);
-            for t in 0..len {
-                let (b, s) = geom.place(t);
-                let tok = start + t;
-                let kc = bank_codes(
-                    view.key_codes.row(tok),
-                    view.key_codes.is_packed(),
-                    p.bits,
-                    p.m,
-                );
-                let vc = bank_codes(
-                    view.value_codes.row(tok),
-                    view.value_codes.is_packed(),
-                    vp.bits,
-                    vp.m,
-                );
-                load_slot(&mut sim, device, ch, b, rows.k, s * geom.k.tb, &kc)?;
-                load_slot(&mut sim, device, ch, b, rows.v, s * geom.v.tb, &vc)?;
-            }
+            load_code_tokens(&mut sim, device, ch, &geom, &rows, view, start)?;
             for &table in &table_at {
                 program::pq_slice(&mut out, &geom, ch as u8, rows, table, lanes, cw);
             }

@@ -11,8 +11,8 @@ use aqpim_pim::{CodeBits, Device, Program, SimOptions, Simulator, Stats};
 
 use crate::error::{AttnError, Result};
 use crate::pim::functional::{
-    bank_codes, check_view, codebook_bytes, f16_bytes, load_all_banks, load_slot, merge_records,
-    pq_kind, raw_f16_bytes, read_records, table_bytes, window_tokens,
+    check_view, codebook_bytes, f16_bytes, load_all_banks, load_code_tokens, load_slot,
+    merge_records, pq_kind, raw_f16_bytes, read_records, table_bytes, window_tokens,
 };
 use crate::pim::layout::Part;
 use crate::pim::placement::{plan, quantize_block, Plan};
@@ -357,7 +357,7 @@ fn load_caches(
                 }
             }
             CacheData::Pq(view) => {
-                let (Some(kp), Some(vp), Some(vq)) = (geom.k.pq, geom.v.pq, view.value_codebook)
+                let (Some(_), Some(_), Some(vq)) = (geom.k.pq, geom.v.pq, view.value_codebook)
                 else {
                     unreachable!("checked: PQ slices of PQ caches with codebooks");
                 };
@@ -376,24 +376,7 @@ fn load_caches(
                         books.insert((ch, rows.cb), cb);
                     }
                 }
-                for t in 0..geom.n {
-                    let (b, slot) = geom.place(t);
-                    let tok = s.start + t;
-                    let kc = bank_codes(
-                        view.key_codes.row(tok),
-                        view.key_codes.is_packed(),
-                        kp.bits,
-                        kp.m,
-                    );
-                    let vc = bank_codes(
-                        view.value_codes.row(tok),
-                        view.value_codes.is_packed(),
-                        vp.bits,
-                        vp.m,
-                    );
-                    load_slot(sim, device, ch, b, rows.k, slot * geom.k.tb, &kc)?;
-                    load_slot(sim, device, ch, b, rows.v, slot * geom.v.tb, &vc)?;
-                }
+                load_code_tokens(sim, device, ch, geom, &rows, &view, s.start)?;
             }
         }
     }
