@@ -312,11 +312,13 @@ impl PqStore {
         head: usize,
         part: KvPart,
     ) -> Result<Option<&ProductQuantizer>> {
+        Ok(self.codebooks[part_index(part)][self.group(layer, head)?].as_ref())
+    }
+
+    /// The codebook and transform group of `(layer, head)`, once the head is checked.
+    fn group(&self, layer: usize, head: usize) -> Result<usize> {
         self.shape.check_head(layer, head)?;
-        Ok(
-            self.codebooks[part_index(part)][self.pq.share.group_of(&self.shape, layer, head)]
-                .as_ref(),
-        )
+        Ok(self.pq.share.group_of(&self.shape, layer, head))
     }
 
     /// Borrowed view of one head: sinks, codes, recent window, codebooks.
@@ -355,11 +357,7 @@ impl PqStore {
         head: usize,
         part: KvPart,
     ) -> Result<Option<&PreTransform>> {
-        self.shape.check_head(layer, head)?;
-        Ok(
-            self.transforms[part_index(part)][self.pq.share.group_of(&self.shape, layer, head)]
-                .as_ref(),
-        )
+        Ok(self.transforms[part_index(part)][self.group(layer, head)?].as_ref())
     }
 
     /// Supplies calibrated pre-transforms for the group of `(layer, head)`
