@@ -94,11 +94,28 @@ fn main() {
         if closed {
             std::process::exit(0);
         }
-        // One line: the error and its causes, joined, with any overlong
-        // token (a pasted spec, an operand) cut to a readable length.
-        eprintln!("error: {}", one_line(&format!("{e:#}")));
+        eprintln!("error: {}", error_line(&e));
         std::process::exit(1);
     }
+}
+
+/// One line: the error and its causes joined by `: `, a cause left out
+/// when an earlier message already says it (an error variant that formats
+/// its `#[source]` into its own message), and any overlong token (a pasted
+/// spec, an operand) cut to a readable length.
+fn error_line(e: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || message.contains(&text) {
+            continue;
+        }
+        if !message.is_empty() {
+            message.push_str(": ");
+        }
+        message.push_str(&text);
+    }
+    one_line(&message)
 }
 
 /// `message` on one line, every whitespace-separated word longer than 128
@@ -148,5 +165,34 @@ mod tests {
         assert!(!line.contains('\n'));
         assert!(line.len() < 200, "{line}");
         assert!(line.ends_with("unknown key caused by: x"));
+    }
+
+    /// An error whose message already formats its source, as some library
+    /// variants do (`reading X: {source}` with `#[source]`).
+    #[derive(Debug)]
+    struct Reading(std::io::Error);
+
+    impl std::fmt::Display for Reading {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "reading /x.gguf: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Reading {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn a_cause_is_printed_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file");
+        let e = anyhow::Error::new(Reading(io)).context("loading model /x.gguf");
+        assert_eq!(
+            super::error_line(&e),
+            "loading model /x.gguf: reading /x.gguf: No such file"
+        );
+        let plain = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(super::error_line(&plain), "outer: inner");
     }
 }
