@@ -73,7 +73,7 @@ fn compressed_caches_decode_the_tiny_model() {
         unreachable!()
     };
     let calib = random_tokens(13, 200, model.config().vocab_size);
-    let books = calibrate::calibrate(&model, &calib, &pq_spec, 100, &mut |_, _, _| {}).unwrap();
+    let books = calibrate::calibrate(&model, &calib, &pq_spec, &[100], &mut |_, _, _| {}).unwrap();
     assert_eq!((books.len(), books[0].len()), (LAYERS, KV_HEADS));
     let dir = tempfile::tempdir().unwrap();
     calibrate::save(&books, dir.path()).unwrap();
@@ -93,7 +93,7 @@ fn compressed_caches_decode_the_tiny_model() {
     let KvSpec::Pq(acc_pq) = acc else {
         unreachable!()
     };
-    let books = calibrate::calibrate(&model, &calib, &acc_pq, 100, &mut |_, _, _| {}).unwrap();
+    let books = calibrate::calibrate(&model, &calib, &acc_pq, &[100], &mut |_, _, _| {}).unwrap();
     assert!(books[0][0].key_transform.is_some() && books[0][0].value_transform.is_some());
     let adir = tempfile::tempdir().unwrap();
     calibrate::save(&books, adir.path()).unwrap();

@@ -101,11 +101,13 @@ pub enum PqCommand {
         #[arg(long)]
         kv: String,
         /// Tokens per forward sequence (the text is cut into independent chunks; K/M suffixes).
-        /// Default: the model's context, so that calibration sees keys at every position a cache
-        /// can hold (RoPE turns the mid-frequency pairs through angles a short chunk never
-        /// reaches; 2K chunks cost +5.9 % perplexity at 8K tokens, docs/results/accuracy.md).
-        #[arg(long, value_parser = crate::args::count)]
-        chunk: Option<usize>,
+        /// A list (`2K,8K`) makes one pass over the text per length, so the sample holds keys
+        /// at the positions each length reaches. Default: the model's context, so that
+        /// calibration sees keys at every position a cache can hold (RoPE turns the
+        /// mid-frequency pairs through angles a short chunk never reaches; 2K chunks cost
+        /// +5.9 % perplexity at 8K tokens, docs/results/accuracy.md).
+        #[arg(long, value_parser = crate::args::count, value_delimiter = ',', value_name = "N[,N...]")]
+        chunk: Vec<usize>,
         /// Output directory (one codebook file per layer, KV head, K and V).
         #[arg(long)]
         out: PathBuf,
@@ -292,8 +294,8 @@ pub fn run(cmd: PqCommand) -> Result<()> {
             threads,
         } => with_threads(threads, || {
             limits::in_range("--tokens", tokens, aqpim_kvcache::limits::MAX_CTX)?;
-            if let Some(chunk) = chunk {
-                limits::in_range("--chunk", chunk, aqpim_kvcache::limits::MAX_CTX)?;
+            for &c in &chunk {
+                limits::in_range("--chunk", c, aqpim_kvcache::limits::MAX_CTX)?;
             }
             let spec = match kv
                 .parse::<aqpim_kvcache::KvSpec>()
@@ -327,7 +329,11 @@ pub fn run(cmd: PqCommand) -> Result<()> {
                 &llama,
                 &ids,
                 &spec,
-                chunk.unwrap_or(llama.config().context_length),
+                &if chunk.is_empty() {
+                    vec![llama.config().context_length]
+                } else {
+                    chunk
+                },
                 &mut |what, done, total| {
                     bar.set_message(what.to_string());
                     bar.set_length(total as u64);

@@ -1,13 +1,14 @@
 //! `generate` and `eval ppl` on a tiny model file: a `--max-tokens` past the
 //! model's context is refused before any text streams, and a model file
 //! whose tensors alias each other is refused at load instead of printing a
-//! NaN perplexity.
+//! NaN perplexity. `pq calibrate` takes a list of chunk lengths (one pass
+//! per length) and refuses an empty or zero one.
 
 mod common;
 #[path = "../../aqpim-decode/tests/common/mod.rs"]
 mod tiny;
 
-use common::aqpim;
+use common::{aqpim, assert_one_line_error, json_line, path};
 
 #[test]
 fn max_tokens_past_the_context_is_refused_before_streaming() {
@@ -85,4 +86,79 @@ fn a_model_whose_tensors_alias_is_refused() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("overlaps"), "{err}");
+}
+
+#[test]
+fn calibration_makes_one_pass_per_chunk_length() {
+    let dir = common::tempdir();
+    let model = dir.path().join("tiny.gguf");
+    std::fs::write(&model, tiny::tiny_model(1, true)).unwrap();
+    let text = dir.path().join("t.txt");
+    std::fs::write(&text, "the and the and the and the and ".repeat(16)).unwrap();
+    let (m, t) = (path(&model), path(&text));
+    let spec = "pq:dsub=4,nbits=4,sinks=0,window=4";
+    let calibrate = |chunk: &str, out: &std::path::Path| {
+        aqpim(&[
+            "pq",
+            "calibrate",
+            "--model",
+            m,
+            "--text",
+            t,
+            "--tokens",
+            "96",
+            "--kv",
+            spec,
+            "--chunk",
+            chunk,
+            "--threads",
+            "1",
+            "--out",
+            path(out),
+        ])
+    };
+    for bad in ["0", "32,0"] {
+        assert_one_line_error(
+            &calibrate(bad, &dir.path().join("bad")),
+            "--chunk 0 is outside",
+        );
+    }
+    // An empty entry is clap's error (which ends with a usage hint).
+    let out = calibrate("32,,64", &dir.path().join("bad"));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a count"));
+    assert!(
+        !dir.path().join("bad").exists(),
+        "a refused --chunk wrote codebooks"
+    );
+    let books = dir.path().join("books");
+    let out = calibrate("32,96", &books);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = json_line(
+        &aqpim(&[
+            "eval",
+            "ppl",
+            "--model",
+            m,
+            "--text",
+            t,
+            "--window",
+            "64",
+            "--prefill",
+            "8",
+            "--tokens",
+            "128",
+            "--kv",
+            spec,
+            "--codebooks",
+            path(&books),
+            "--json",
+        ]),
+        "eval ppl with two-length codebooks",
+    );
+    assert!(v["perplexity"].as_f64().unwrap().is_finite(), "{v}");
 }

@@ -143,24 +143,34 @@ pub struct HeadBooks {
 /// Calibrated codebooks of a whole model: `[layer][kv_head]`.
 pub type Codebooks = Vec<Vec<HeadBooks>>;
 
-/// Collects post-RoPE keys and values of `tokens`, run in chunks of at most
-/// `chunk` tokens (each a fresh sequence), and trains the codebooks that
-/// `spec` asks for (`dsub`, key and value bits, iterations, seed).
-/// `progress(done, total)` is called after each chunk and each trained layer.
+/// Collects post-RoPE keys and values of `tokens` and trains the codebooks
+/// that `spec` asks for (`dsub`, key and value bits, iterations, seed).
+///
+/// `chunk_lengths` lists one pass over `tokens` per entry: a pass cuts them
+/// into chunks of at most that many tokens, each run as a fresh sequence, so
+/// the calibration sample holds keys at the positions those lengths reach
+/// (`[2048, 8192]`: every token twice, at a position below 2,048 and at its
+/// place in an 8K sequence). `progress(done, total)` is called after each
+/// chunk and each trained layer.
 pub fn calibrate(
     model: &Llama,
     tokens: &[u32],
     spec: &PqSpec,
-    chunk: usize,
+    chunk_lengths: &[usize],
     progress: &mut dyn FnMut(&str, usize, usize),
 ) -> Result<Codebooks> {
     let c = model.config();
     let (layers, heads, d) = (c.n_layers, c.n_kv_heads, c.head_dim);
-    let chunk = chunk.clamp(1, c.context_length);
     if tokens.is_empty() {
         return Err(DecodeError::InvalidArgument {
             name: "tokens",
             reason: "no calibration tokens".into(),
+        });
+    }
+    if chunk_lengths.is_empty() || chunk_lengths.contains(&0) {
+        return Err(DecodeError::InvalidArgument {
+            name: "chunk_lengths",
+            reason: format!("{chunk_lengths:?}: give at least one positive chunk length"),
         });
     }
     let mut recorded = vec![(Vec::new(), Vec::new()); layers * heads];
@@ -169,7 +179,10 @@ pub fn calibrate(
     let mut stats: Vec<Mutex<QueryStats>> = (0..layers * heads).map(|_| Mutex::default()).collect();
     // Per chunk: where it starts among the recorded tokens, and its length.
     let mut spans = Vec::new();
-    let chunks: Vec<&[u32]> = tokens.chunks(chunk).collect();
+    let chunks: Vec<&[u32]> = chunk_lengths
+        .iter()
+        .flat_map(|&len| tokens.chunks(len.min(c.context_length)))
+        .collect();
     let mut base = 0;
     for (i, ids) in chunks.iter().enumerate() {
         let mut cache = RecordingCache {
