@@ -57,6 +57,10 @@ pub struct PplArgs {
     /// Score only the text's first N tokens (default: all; K/M suffixes).
     #[arg(long, value_parser = count)]
     tokens: Option<usize>,
+    /// Leave out the text's first N tokens (K/M suffixes); `--tokens` then
+    /// counts from there (`--skip 8K --tokens 8K`: the text's second 8K tokens).
+    #[arg(long, value_parser = count, default_value = "0")]
+    skip: usize,
     /// Token placed before each window: `auto` (the `<|endoftext|>` separator,
     /// or EOS), `none`, or a token id.
     #[arg(long, default_value = "auto")]
@@ -197,6 +201,8 @@ struct PplOutput {
     stride: usize,
     prefill: usize,
     doc_start: Option<u32>,
+    /// Text tokens left out before the scored ones (`--skip`).
+    skip: usize,
     text_tokens: usize,
     scored_tokens: usize,
     windows: usize,
@@ -252,9 +258,21 @@ fn ppl(a: PplArgs) -> Result<()> {
         }
     };
     let mut tokens = tok.encode(&text).context("tokenizing the text")?;
+    if a.skip >= tokens.len() {
+        bail!(
+            "--skip {}: the text has only {} tokens",
+            a.skip,
+            tokens.len()
+        );
+    }
+    tokens.drain(..a.skip);
     if let Some(n) = a.tokens {
         if n > tokens.len() {
-            bail!("--tokens {n}: the text has only {} tokens", tokens.len());
+            bail!(
+                "--tokens {n}: the text has only {} tokens{}",
+                tokens.len(),
+                if a.skip > 0 { " after --skip" } else { "" }
+            );
         }
         tokens.truncate(n);
     }
@@ -339,6 +357,7 @@ fn ppl(a: PplArgs) -> Result<()> {
         stride: opts.stride,
         prefill: opts.prefill.min(opts.window),
         doc_start,
+        skip: a.skip,
         text_tokens: tokens.len(),
         scored_tokens: report.scored_tokens,
         windows: report.windows,
@@ -395,7 +414,14 @@ fn breakdown(
 
 fn print_ppl(out: &PplOutput) {
     println!("{:<14} {}", "model", out.model);
-    println!("{:<14} {} ({} tokens)", "text", out.text, out.text_tokens);
+    if out.skip > 0 {
+        println!(
+            "{:<14} {} ({} tokens after the first {})",
+            "text", out.text, out.text_tokens, out.skip
+        );
+    } else {
+        println!("{:<14} {} ({} tokens)", "text", out.text, out.text_tokens);
+    }
     println!(
         "{:<14} {} x {} tokens, stride {}, prefill {}",
         "windows", out.windows, out.window, out.stride, out.prefill

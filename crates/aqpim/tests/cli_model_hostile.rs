@@ -2,7 +2,8 @@
 //! model's context is refused before any text streams, and a model file
 //! whose tensors alias each other is refused at load instead of printing a
 //! NaN perplexity. `pq calibrate` takes a list of chunk lengths (one pass
-//! per length) and refuses an empty or zero one.
+//! per length) and refuses an empty or zero one; `eval ppl --skip` refuses
+//! to skip past the text.
 
 mod common;
 #[path = "../../aqpim-decode/tests/common/mod.rs"]
@@ -161,4 +162,17 @@ fn calibration_makes_one_pass_per_chunk_length() {
         "eval ppl with two-length codebooks",
     );
     assert!(v["perplexity"].as_f64().unwrap().is_finite(), "{v}");
+    // `--skip` scores a later part of the text, and is refused past its end.
+    let eval_skip = |skip: &str| {
+        aqpim(&[
+            "eval", "ppl", "--model", m, "--text", t, "--window", "32", "--skip", skip, "--tokens",
+            "64", "--json",
+        ])
+    };
+    let v = json_line(&eval_skip("64"), "eval ppl --skip 64");
+    assert_eq!(
+        (v["skip"].as_u64(), v["text_tokens"].as_u64()),
+        (Some(64), Some(64))
+    );
+    assert_one_line_error(&eval_skip("100K"), "--skip 102400: the text has only");
 }
