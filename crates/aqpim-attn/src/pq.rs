@@ -8,7 +8,9 @@
 //!    weights against the running maximum, and the weights added into
 //!    per-centroid bins `W[m][vcode_t[m]]` (`M x ksub`). Packed 4-bit
 //!    values are binned by whole bytes (`ceil(M / 2) x 256`, one store per
-//!    pair of subspaces) and folded into `W` at the end;
+//!    pair of subspaces) and folded into `W` at the end; packed 2-bit values
+//!    (four per byte) go straight into `W`, in token order like one-byte
+//!    codes, so that packing changes no output bit;
 //! 3. the FP16 recent tokens, through the full-precision path;
 //! 4. `o = (o_fp + sum_m W[m] x C_V[m]) / sum`, with `C_V[m]` the value
 //!    codebook of subspace `m` (`ksub x dsub`).
@@ -25,7 +27,7 @@
 //! instead of the bins.
 
 use aqpim_kvcache::{Codes, KvStore, OutlierToken, PqHeadView, PqStore};
-use aqpim_pq::{Lut, ProductQuantizer};
+use aqpim_pq::{CodeWidth, Lut, ProductQuantizer};
 use half::f16;
 
 use crate::error::{AttnError, Result};
@@ -68,12 +70,9 @@ pub fn pq_head_attention(view: &PqHeadView<'_>, queries: &[f32], out: &mut [f32]
     };
     // Packed 4-bit values are binned by whole bytes (pairs of subspaces, 256
     // bins each), then folded into per-subspace bins at the end.
-    let value_bins = |v: &ProductQuantizer| {
-        if view.value_codes.is_packed() {
-            view.value_codes.row_bytes() * 256
-        } else {
-            v.params().num_subspaces() * v.params().ksub()
-        }
+    let value_bins = |v: &ProductQuantizer| match view.value_codes.width() {
+        CodeWidth::Nibble => view.value_codes.row_bytes() * 256,
+        CodeWidth::Byte | CodeWidth::Crumb => v.params().num_subspaces() * v.params().ksub(),
     };
     let bins = codebooks.map_or(0, |(_, v)| value_bins(v));
     let mut accs = vec![Acc::new(d, bins); queries.len() / d];
@@ -129,7 +128,7 @@ pub fn pq_head_attention(view: &PqHeadView<'_>, queries: &[f32], out: &mut [f32]
         let (m, ksub) = (vpq.params().num_subspaces(), vpq.params().ksub());
         let mut folded = Vec::new();
         for acc in &mut accs {
-            let bins = if view.value_codes.is_packed() {
+            let bins = if view.value_codes.width() == CodeWidth::Nibble {
                 folded.clear();
                 folded.resize(m * ksub, 0.0);
                 fold_pair_bins(&acc.w, m, ksub, &mut folded);
@@ -198,10 +197,10 @@ fn encoded_tokens(
         let block_outliers = &exact.outliers[lo..hi];
         for (i, ((lut, acc), &off)) in luts.iter().zip(accs.iter_mut()).zip(offsets).enumerate() {
             let scores = &mut scratch.scores[..b];
-            if kcodes.is_packed() {
-                lut.scan_packed4(kblock, scores)?;
-            } else {
-                lut.scan_u8(kblock, scores)?;
+            match kcodes.width() {
+                CodeWidth::Byte => lut.scan_u8(kblock, scores)?,
+                CodeWidth::Nibble => lut.scan_packed4(kblock, scores)?,
+                CodeWidth::Crumb => lut.scan_packed2(kblock, scores)?,
             }
             if off != 0.0 {
                 scores.iter_mut().for_each(|s| *s += off);
@@ -218,13 +217,15 @@ fn encoded_tokens(
                     *a += w * v.to_f32();
                 }
             }
-            if vcodes.is_packed() {
+            let m = vcodes.num_subspaces();
+            match vcodes.width() {
                 // One byte holds two subspaces' codes: bin the byte.
-                histogram_u8_full(vblock, vb, scores, &mut acc.w);
-            } else if ksub_v == 256 {
-                histogram_u8_full(vblock, vcodes.num_subspaces(), scores, &mut acc.w);
-            } else {
-                histogram_u8(vblock, vcodes.num_subspaces(), ksub_v, scores, &mut acc.w);
+                CodeWidth::Nibble => histogram_u8_full(vblock, vb, scores, &mut acc.w),
+                CodeWidth::Crumb => histogram_packed2(vblock, m, ksub_v, scores, &mut acc.w),
+                CodeWidth::Byte if ksub_v == 256 => {
+                    histogram_u8_full(vblock, m, scores, &mut acc.w)
+                }
+                CodeWidth::Byte => histogram_u8(vblock, m, ksub_v, scores, &mut acc.w),
             }
         }
         start += b;
@@ -338,6 +339,40 @@ pub fn histogram_packed4(codes: &[u8], m: usize, weights: &[f32], bins: &mut [f3
     }
 }
 
+/// `W[m][code_t[m]] += p_t` for packed 2-bit codes (`ceil(M / 4)` bytes a
+/// token, subspace `4i + j` in bits `2j .. 2j + 2` of byte `i`; bins rows of
+/// `ksub <= 4`). Every bin receives its additions in token order, as with
+/// one-byte codes ([`histogram_u8`]), so both layouts give the same bins bit
+/// for bit. Codes were validated by the store; one past `ksub` is skipped,
+/// never a panic.
+pub fn histogram_packed2(codes: &[u8], m: usize, ksub: usize, weights: &[f32], bins: &mut [f32]) {
+    let row_bytes = m.div_ceil(4);
+    if row_bytes == 0 || ksub == 0 {
+        return;
+    }
+    if ksub == 4 {
+        // Rows of four bins: a 2-bit field indexes them without a check.
+        let (rows, _) = bins.as_chunks_mut::<4>();
+        let keep = m.min(rows.len());
+        let rows = &mut rows[..keep];
+        for (code, &p) in codes.chunks_exact(row_bytes).zip(weights) {
+            for (quad, &b) in rows.chunks_mut(4).zip(code) {
+                for (j, row) in quad.iter_mut().enumerate() {
+                    row[usize::from(b >> (2 * j)) & 3] += p;
+                }
+            }
+        }
+        return;
+    }
+    for (code, &p) in codes.chunks_exact(row_bytes).zip(weights) {
+        for (s, row) in bins.chunks_exact_mut(ksub).take(m).enumerate() {
+            if let Some(b) = row.get_mut(usize::from(code[s / 4] >> (2 * (s % 4))) & 3) {
+                *b += p;
+            }
+        }
+    }
+}
+
 /// `o[m * dsub + j] += sum_c W[m][c] C_V[m][c][j]`: the bins times the value
 /// codebook, subspace by subspace (bins: `M x ksub`, `o`: `M x dsub`).
 pub fn add_bins_times_codebook(bins: &[f32], vpq: &ProductQuantizer, o: &mut [f32]) -> Result<()> {
@@ -356,7 +391,9 @@ pub fn add_bins_times_codebook(bins: &[f32], vpq: &ProductQuantizer, o: &mut [f3
 mod histogram_tests {
     use rand::{Rng, SeedableRng};
 
-    use super::{fold_pair_bins, histogram_packed4, histogram_u8_full};
+    use super::{
+        fold_pair_bins, histogram_packed2, histogram_packed4, histogram_u8, histogram_u8_full,
+    };
 
     #[test]
     fn histogram_equals_the_indexed_loop_bit_for_bit() {
@@ -382,6 +419,36 @@ mod histogram_tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn packed2_histogram_equals_one_byte_codes_bit_for_bit() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(13);
+        for m in [1, 2, 3, 4, 5, 7, 8, 31, 32, 128] {
+            for ksub in [2, 4] {
+                for tokens in [0, 1, 17, 300] {
+                    let codes: Vec<u8> = (0..tokens * m)
+                        .map(|_| rng.gen_range(0..ksub as u8))
+                        .collect();
+                    let packed = aqpim_pq::pack_2bit(&codes, m).unwrap();
+                    // Arbitrary weights: the order of additions must match.
+                    let weights: Vec<f32> =
+                        (0..tokens).map(|_| rng.gen_range(0.0f32..1.0)).collect();
+                    let mut a = vec![0.25f32; m * ksub];
+                    let mut b = a.clone();
+                    histogram_packed2(&packed, m, ksub, &weights, &mut a);
+                    histogram_u8(&codes, m, ksub, &weights, &mut b);
+                    assert!(
+                        a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                        "m={m} ksub={ksub} tokens={tokens}"
+                    );
+                }
+            }
+        }
+        // A code past ksub (3 with ksub = 2) is skipped, not a panic.
+        let mut bins = vec![0f32; 4];
+        histogram_packed2(&[0b11_01], 2, 2, &[1.0], &mut bins);
+        assert_eq!(bins, [0.0, 1.0, 0.0, 0.0]);
     }
 
     #[test]
