@@ -1018,5 +1018,4 @@ impl KvStore for PqStore {
 }
 
 #[cfg(test)]
-#[path = "pq_store_tests.rs"]
 mod tests;
