@@ -82,7 +82,7 @@ proptest! {
         group in 1usize..=3,
         dsub in prop_oneof![Just(1usize), Just(2), Just(4)],
         m in 2usize..=8,
-        nbits in prop_oneof![Just(2u32), Just(4), Just(5), Just(8)],
+        nbits in prop_oneof![Just(1u32), Just(2), Just(4), Just(5), Just(8)],
         sinks in 0usize..=4,
         window in 0usize..=40,
         ctx in 1usize..=900,

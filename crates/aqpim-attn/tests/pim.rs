@@ -397,6 +397,46 @@ fn keys_and_values_in_their_own_formats_equal_attention_on_codes() {
     );
 }
 
+#[test]
+fn two_bit_rows_reach_the_banks_as_unpacked_codes() {
+    // The store packs 2-bit codes four per byte; the banks keep their 8-bit
+    // columns (PIM layouts hold 4- or 8-bit codes), so the loader unpacks
+    // them: the same run as from one byte per code, and the CPU kernel's
+    // output within FP16 tolerance.
+    let (d, ctx) = (64, 900);
+    let mut outs = Vec::new();
+    for pack in [true, false] {
+        let kshape = KvShape::with_query_heads(1, 1, 2, d).unwrap();
+        let spec: KvSpec = format!("pq:dsub=4,nbits=2,sinks=2,window=16,iters=4,pack={pack}")
+            .parse()
+            .unwrap();
+        let mut cache = build(kshape, &spec).unwrap();
+        let keys: Vec<f32> = aqpim_pq::synth::kv_like(ctx, d, 5)
+            .iter()
+            .map(|v| v * 0.15)
+            .collect();
+        let values: Vec<f32> = keys.iter().map(|v| -0.5 * v + 0.1).collect();
+        cache.prefill(0, &keys, &values).unwrap();
+        let view = cache.as_pq().unwrap().head(0, 0).unwrap();
+        assert_eq!(view.key_codes.row_bytes(), if pack { 4 } else { 16 });
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let queries: Vec<f32> = (0..2 * d).map(|_| rng.gen_range(-0.5f32..0.5)).collect();
+        let mut want = vec![0f32; 2 * d];
+        pq_head_attention(&view, &queries, &mut want).unwrap();
+        let run = pq_head_on_pim(&device(), &view, &queries, 2).unwrap();
+        for h in 0..2 {
+            let w: Vec<f64> = want[h * d..(h + 1) * d]
+                .iter()
+                .map(|&x| f64::from(x))
+                .collect();
+            let err = relative_error(&run.out[h * d..(h + 1) * d], &w);
+            assert!(err <= TOL, "pack={pack} head {h}: {err:e}");
+        }
+        outs.push((run.out, run.stats.cycles));
+    }
+    assert_eq!(outs[0], outs[1]);
+}
+
 /// Per vector of `x` and subspace, the nearest centroid of `pq` by squared
 /// distance over FP16-rounded sub-vectors and centroids, summed in f32 (what
 /// `ARGMIN` computes).

@@ -193,8 +193,10 @@ pub fn account(shape: &KvShape, spec: &KvSpec, ctx: usize) -> Result<MemoryRepor
 ///
 /// Per layer with split `(s, e, r)`, `H = H_kv` heads of `d` elements:
 /// - FP16 tokens: `(s + r) * H * d * 2` bytes for keys and again for values;
-/// - PQ codes: `e * H * row` with `row = ceil(M / 2)` for packed codes
-///   (`nbits <= 4`, `pack=true`) and `M` otherwise; codebooks `M * ksub * dsub * 4`
+/// - PQ codes: `e * H * row` with, under `pack=true`, `row = ceil(M / 4)` for
+///   `nbits <= 2` (four codes per byte) and `ceil(M / 2)` for `nbits <= 4`
+///   (two per byte), and `row = M` otherwise ([`crate::PqSpec::code_row_bytes`]);
+///   codebooks `M * ksub * dsub * 4`
 ///   each (`* 2` with `cb16=true`), plus their pre-transform if any (`mu`, and
 ///   `A` and `A^-1` when there is a matrix, f32, see [`crate::PqSpec::transform_bytes`]);
 ///   outlier tokens (`outliers=`): `floor(e * outliers / 1000) * H * d * 2`
@@ -377,6 +379,40 @@ mod tests {
             + r.bits_per_element.codebooks
             + r.bits_per_element.full_precision;
         assert!((r.bits_per_element.total - sum).abs() < 1e-9);
+    }
+
+    #[test]
+    fn two_bit_codes_pack_four_per_byte() {
+        // Llama-2-7B, dsub = 1: M = 128 subspaces of 2-bit codes, 32 bytes per
+        // token and part (128 bytes unpacked, 64 as nibbles before 2-bit packing).
+        let shape = KvShape::llama2_7b();
+        let ctx = 128 * 1024;
+        let packed = account(&shape, &"pq:dsub=1,nbits=2".parse().unwrap(), ctx).unwrap();
+        let loose = account(
+            &shape,
+            &"pq:dsub=1,nbits=2,pack=false".parse().unwrap(),
+            ctx,
+        )
+        .unwrap();
+        let e = packed.tokens_by_region.encoded as u64;
+        assert_eq!(e, 32 * (ctx as u64 - 132));
+        assert_eq!(packed.bytes.key_codes, e * 32 * 32);
+        assert_eq!(packed.bytes.value_codes, e * 32 * 32);
+        assert_eq!(loose.bytes.key_codes, e * 32 * 128);
+        // 2 bits per element of encoded tokens.
+        let encoded_fraction = (ctx - 132) as f64 / ctx as f64;
+        assert!((packed.bits_per_element.codes - 2.0 * encoded_fraction).abs() < 1e-12);
+        // Odd M: ceil(M / 4) bytes (M = 5 of d = 10 -> 2 bytes), nbits = 1 alike.
+        let small = KvShape::new(1, 1, 10).unwrap();
+        let r = account(
+            &small,
+            &"pq:dsub=2,kbits=1,vbits=2,sinks=0,window=0"
+                .parse()
+                .unwrap(),
+            7,
+        )
+        .unwrap();
+        assert_eq!((r.bytes.key_codes, r.bytes.value_codes), (14, 14));
     }
 
     #[test]

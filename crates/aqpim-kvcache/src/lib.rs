@@ -56,7 +56,7 @@ pub use accounting::{
 };
 pub use dense::DenseStore;
 pub use error::{KvError, KvPart, Result};
-pub use persist::{KV_MAGIC, KV_VERSION};
+pub use persist::{KV_MAGIC, KV_MIN_VERSION, KV_VERSION};
 pub use pq_store::{fit_transform, Codes, OutlierToken, PqHeadView, PqStore};
 pub use scalar::{ScalarHeadView, ScalarStore};
 pub use shape::KvShape;

@@ -3,7 +3,7 @@
 //! | offset | bytes | field |
 //! |---|---|---|
 //! | 0 | 8 | magic `AQPIMKV\0` |
-//! | 8 | 4 | format version, `u32` (currently 1) |
+//! | 8 | 4 | format version, `u32` (2; 1 is still read) |
 //! | 12 | 8 | file length in bytes, `u64` (trailer included) |
 //! | 20 | 4 | spec length `n`, `u32` |
 //! | 24 | n | spec, UTF-8, canonical form (`pq:dsub=4,nbits=8,...`) |
@@ -15,6 +15,10 @@
 //! body is read, so truncation and any single-byte change are detected; the
 //! body is then parsed with bounds checks on every read, so even a file with
 //! a valid checksum but inconsistent contents gives an error, not a panic.
+//!
+//! Versions: 2 stores PQ codes of `nbits <= 2` four per byte under
+//! `pack=true`; 1 stored them as nibbles, two per byte. Nothing else differs,
+//! and a version-1 file loads (its 2-bit codes are repacked).
 
 use std::path::{Path, PathBuf};
 
@@ -26,8 +30,11 @@ use crate::spec::KvSpec;
 
 /// The 8 bytes every cache file starts with.
 pub const KV_MAGIC: &[u8; 8] = b"AQPIMKV\0";
-/// The format version this crate writes and reads.
-pub const KV_VERSION: u32 = 1;
+/// The format version this crate writes (it reads this one and every
+/// version from [`KV_MIN_VERSION`]).
+pub const KV_VERSION: u32 = 2;
+/// The oldest format version this crate reads.
+pub const KV_MIN_VERSION: u32 = 1;
 const FIXED_HEADER: usize = 24;
 /// Longest spec string a cache file may hold.
 const MAX_SPEC_BYTES: usize = 1024;
@@ -99,9 +106,16 @@ pub(crate) struct Reader<'a> {
     /// Offset of `data[0]` in the file, for error messages.
     base: usize,
     path: PathBuf,
+    /// The file's format version (`KV_MIN_VERSION..=KV_VERSION`).
+    version: u32,
 }
 
 impl<'a> Reader<'a> {
+    /// The file's format version.
+    pub(crate) fn version(&self) -> u32 {
+        self.version
+    }
+
     pub(crate) fn bad(&self, reason: impl Into<String>) -> KvError {
         KvError::BadFile {
             path: self.path.clone(),
@@ -202,9 +216,9 @@ pub(crate) fn open<'a>(bytes: &'a [u8], path: &Path) -> Result<(KvSpec, KvShape,
         return Err(bad("not an aqpim KV-cache file (bad magic)".into()));
     }
     let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
-    if version != KV_VERSION {
+    if !(KV_MIN_VERSION..=KV_VERSION).contains(&version) {
         return Err(bad(format!(
-            "format version {version} is not supported (this build reads {KV_VERSION})"
+            "format version {version} is not supported (this build reads {KV_MIN_VERSION} to {KV_VERSION})"
         )));
     }
     let len = u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes"));
@@ -225,6 +239,7 @@ pub(crate) fn open<'a>(bytes: &'a [u8], path: &Path) -> Result<(KvSpec, KvShape,
         pos: 0,
         base: FIXED_HEADER - 4,
         path: path.to_path_buf(),
+        version,
     };
     let spec_len =
         u32::from_le_bytes(r.take(1, 4, "spec length")?.try_into().expect("4 bytes")) as usize;

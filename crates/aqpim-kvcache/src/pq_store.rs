@@ -3,7 +3,7 @@
 //! codebooks, per layer and head unless shared.
 
 use aqpim_pq::transform::{channel_mean, matmul, permutation_matrix, sym_sqrt};
-use aqpim_pq::{PqParams, PreTransform, ProductQuantizer, TrainOptions};
+use aqpim_pq::{CodeWidth, PqParams, PreTransform, ProductQuantizer, TrainOptions};
 use half::f16;
 use rayon::prelude::*;
 
@@ -25,16 +25,19 @@ fn part_index(part: KvPart) -> usize {
 }
 
 /// Borrowed PQ codes of one head: `tokens x row_bytes` bytes, contiguous,
-/// oldest first. Unpacked: `row_bytes = M`, one code per byte. Packed
-/// (`nbits <= 4`): `row_bytes = ceil(M / 2)`, byte `i` holds subspace `2i` in
-/// its low nibble and `2i + 1` in its high nibble (the layout of
-/// [`aqpim_pq::pack_4bit`]).
+/// oldest first, in the layout [`Codes::width`] names. [`CodeWidth::Byte`]:
+/// `row_bytes = M`, one code per byte. [`CodeWidth::Nibble`] (`nbits <= 4`,
+/// packed): `row_bytes = ceil(M / 2)`, byte `i` holds subspace `2i` in its low
+/// nibble and `2i + 1` in its high nibble ([`aqpim_pq::pack_4bit`]).
+/// [`CodeWidth::Crumb`] (`nbits <= 2`, packed): `row_bytes = ceil(M / 4)`,
+/// byte `i` holds subspace `4i + j` in bits `2j .. 2j + 2`
+/// ([`aqpim_pq::pack_2bit`]). Padding bits are zero.
 #[derive(Debug, Clone, Copy)]
 pub struct Codes<'a> {
     data: &'a [u8],
     num_subspaces: usize,
     row_bytes: usize,
-    packed: bool,
+    width: CodeWidth,
 }
 
 impl<'a> Codes<'a> {
@@ -54,36 +57,33 @@ impl<'a> Codes<'a> {
     pub fn row_bytes(&self) -> usize {
         self.row_bytes
     }
-    /// Whether two codes share a byte.
-    pub fn is_packed(&self) -> bool {
-        self.packed
+    /// How the codes are stored: one, two or four per byte.
+    pub fn width(&self) -> CodeWidth {
+        self.width
     }
     /// The bytes of token `t`. Panics if `t >= tokens()`.
     pub fn row(&self, t: usize) -> &'a [u8] {
         &self.data[t * self.row_bytes..(t + 1) * self.row_bytes]
     }
     /// Code of token `t` in subspace `m`.
+    /// Panics if `t >= tokens()` or `m >= M`.
     pub fn code(&self, t: usize, m: usize) -> u8 {
-        if self.packed {
-            let b = self.row(t)[m / 2];
-            if m.is_multiple_of(2) {
-                b & 0x0f
-            } else {
-                b >> 4
-            }
-        } else {
-            self.row(t)[m]
-        }
+        assert!(
+            m < self.num_subspaces,
+            "subspace {m} of {}",
+            self.num_subspaces
+        );
+        self.width.code(self.row(t), m)
     }
     /// All codes, one per byte, `tokens x M`.
     pub fn to_u8(&self) -> Vec<u8> {
-        if self.packed {
-            (0..self.tokens())
-                .flat_map(|t| (0..self.num_subspaces).map(move |m| (t, m)))
-                .map(|(t, m)| self.code(t, m))
-                .collect()
-        } else {
-            self.data.to_vec()
+        match self.width {
+            CodeWidth::Byte => self.data.to_vec(),
+            w => self
+                .data
+                .chunks_exact(self.row_bytes)
+                .flat_map(|row| (0..self.num_subspaces).map(move |m| w.code(row, m)))
+                .collect(),
         }
     }
 }
@@ -171,7 +171,8 @@ pub struct PqStore {
     /// `[part]`
     params: [PqParams; 2],
     row_bytes: [usize; 2],
-    packed: [bool; 2],
+    /// `[part]`: how codes are stored (one, two or four per byte).
+    widths: [CodeWidth; 2],
     /// `[part][group]`
     codebooks: [Vec<Option<ProductQuantizer>>; 2],
     /// `[part][group]`: pre-transforms (`None`: identity).
@@ -282,7 +283,10 @@ impl PqStore {
             pq,
             params,
             row_bytes: [pq.code_row_bytes(&params[0]), pq.code_row_bytes(&params[1])],
-            packed: [pq.packed(params[0].nbits()), pq.packed(params[1].nbits())],
+            widths: [
+                pq.code_width(params[0].nbits()),
+                pq.code_width(params[1].nbits()),
+            ],
             codebooks: [vec![None; groups], vec![None; groups]],
             transforms: [vec![None; groups], vec![None; groups]],
             layers: vec![
@@ -331,7 +335,7 @@ impl PqStore {
             data: &h.codes[p],
             num_subspaces: self.params[p].num_subspaces(),
             row_bytes: self.row_bytes[p],
-            packed: self.packed[p],
+            width: self.widths[p],
         };
         let g = self.pq.share.group_of(&self.shape, layer, head);
         Ok(PqHeadView {
@@ -541,10 +545,10 @@ impl PqStore {
             codebooks,
             transforms,
             layers,
-            packed,
+            widths,
             ..
         } = self;
-        let packed = *packed;
+        let widths = *widths;
         let (codebooks, transforms) = (&*codebooks, &*transforms);
         let first_encoded = reg.encoded;
         let work = |(h, head): (usize, &mut PqHead)| -> Result<()> {
@@ -566,7 +570,7 @@ impl PqStore {
                         Some(t) => t.apply(&buf)?,
                         None => buf.clone(),
                     };
-                    let codes = encode_append(pq, &xt, packed[p], &mut head.codes[p])?;
+                    let codes = encode_append(pq, &xt, widths[p], &mut head.codes[p])?;
                     if spec.outliers_per_mille > 0 {
                         let approx = pq.decode(&codes)?;
                         for ((e, x), a) in errors
@@ -661,6 +665,12 @@ impl PqStore {
                 }
             }
         }
+        // Version 1 stored codes of `nbits <= 2` as nibbles (it had no 2-bit
+        // layout); they are repacked four per byte as they are read.
+        let widths = s.widths.map(|w| match w {
+            CodeWidth::Crumb if r.version() < 2 => CodeWidth::Nibble,
+            w => w,
+        });
         let d = shape.head_dim();
         if s.has_extras() {
             for p in 0..2 {
@@ -712,10 +722,18 @@ impl PqStore {
             for h in 0..shape.num_kv_heads() {
                 for p in 0..2 {
                     let sinks = r.f16s(r.mul(reg.sinks, d, "sinks")?, "sink tokens")?;
-                    let codes = r.take(reg.encoded, s.row_bytes[p], "codes")?.to_vec();
-                    check_codes(&codes, &s.params[p], s.packed[p]).map_err(|why| {
+                    let m = s.params[p].num_subspaces();
+                    let bytes = r.take(reg.encoded, widths[p].row_bytes(m), "codes")?;
+                    check_codes(bytes, &s.params[p], widths[p]).map_err(|why| {
                         r.bad(format!("layer {layer}, head {h}, {}: {why}", PARTS[p]))
                     })?;
+                    let codes = if widths[p] == s.widths[p] {
+                        bytes.to_vec()
+                    } else {
+                        // A version-1 file: 2-bit codes stored as nibbles.
+                        let one_per_byte = widths[p].unpack(bytes, m)?;
+                        s.widths[p].pack(&one_per_byte, m)?
+                    };
                     let recent = r.f16s(r.mul(reg.recent, d, "recent")?, "recent tokens")?;
                     let head = &mut s.layers[layer].heads[h];
                     head.sinks[p] = sinks;
@@ -754,36 +772,50 @@ impl PqStore {
     }
 }
 
-/// Checks that codes read from a file are below `ksub` (and packed padding is zero).
-fn check_codes(codes: &[u8], params: &PqParams, packed: bool) -> std::result::Result<(), String> {
-    let ksub = params.ksub();
-    let m = params.num_subspaces();
-    if packed {
-        let row = m.div_ceil(2);
-        for (i, &b) in codes.iter().enumerate() {
-            let (lo, hi) = (usize::from(b & 0x0f), usize::from(b >> 4));
-            let pad = m % 2 == 1 && i % row == row - 1;
-            if lo >= ksub || (if pad { hi != 0 } else { hi >= ksub }) {
-                return Err(format!(
-                    "code byte {b:#04x} at {i} is out of range (ksub = {ksub})"
-                ));
-            }
+/// Checks that codes read from a file (`width` layout, whole rows) are below
+/// `ksub` and that the padding bits of packed rows are zero.
+fn check_codes(
+    codes: &[u8],
+    params: &PqParams,
+    width: CodeWidth,
+) -> std::result::Result<(), String> {
+    let (ksub, m) = (params.ksub(), params.num_subspaces());
+    if width == CodeWidth::Byte {
+        return match codes.iter().position(|&c| usize::from(c) >= ksub) {
+            Some(i) => Err(format!(
+                "code {} at {i} is out of range (ksub = {ksub})",
+                codes[i]
+            )),
+            None => Ok(()),
+        };
+    }
+    // When the field is as wide as the codes (`ksub = 2^bits`), every value fits.
+    let full = ksub == 1 << width.bits();
+    for (t, row) in codes.chunks_exact(width.row_bytes(m)).enumerate() {
+        if let Some((byte, bits)) = width.padding_bits(row, m) {
+            return Err(format!(
+                "token {t}: padding bits {bits:#04x} of byte {byte} are set ({width} codes, M = {m})"
+            ));
         }
-    } else if let Some(i) = codes.iter().position(|&c| usize::from(c) >= ksub) {
-        return Err(format!(
-            "code {} at {i} is out of range (ksub = {ksub})",
-            codes[i]
-        ));
+        if full {
+            continue;
+        }
+        if let Some(s) = (0..m).find(|&s| usize::from(width.code(row, s)) >= ksub) {
+            return Err(format!(
+                "token {t}, subspace {s}: code {} is out of range (ksub = {ksub})",
+                width.code(row, s)
+            ));
+        }
     }
     Ok(())
 }
 
 /// Encodes `data` (`k x d`, FP16-exact) with `pq` and appends the codes to
-/// `out`; returns the codes, one per byte.
+/// `out` in the `width` layout; returns the codes, one per byte.
 fn encode_append(
     pq: &ProductQuantizer,
     data: &[f32],
-    packed: bool,
+    width: CodeWidth,
     out: &mut Vec<u8>,
 ) -> Result<Vec<u8>> {
     let m = pq.params().num_subspaces();
@@ -795,16 +827,7 @@ fn encode_append(
     } else {
         pq.encode(data)?
     };
-    if packed {
-        for row in codes.chunks_exact(m) {
-            out.extend(
-                row.chunks(2)
-                    .map(|pair| pair[0] | pair.get(1).map_or(0, |hi| hi << 4)),
-            );
-        }
-    } else {
-        out.extend_from_slice(&codes);
-    }
+    width.pack_into(&codes, m, out)?;
     Ok(codes)
 }
 
@@ -998,3 +1021,6 @@ impl KvStore for PqStore {
         Some(self)
     }
 }
+
+#[cfg(test)]
+mod tests;

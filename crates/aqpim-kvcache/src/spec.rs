@@ -5,7 +5,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use aqpim_pq::PqParams;
+use aqpim_pq::{CodeWidth, PqParams};
 
 use crate::error::{KvError, Result};
 use crate::shape::KvShape;
@@ -168,7 +168,8 @@ pub struct PqSpec {
     pub window: usize,
     /// Codebook sharing across heads or layers.
     pub share: CodebookSharing,
-    /// Store codes of `nbits <= 4` two per byte (packed nibbles); otherwise one byte per code.
+    /// Store codes packed: four per byte for `nbits <= 2`, two per byte
+    /// (nibbles) for `nbits <= 4`; otherwise, and with `pack=false`, one byte per code.
     pub pack: bool,
     /// k-means iterations of online training.
     pub iterations: usize,
@@ -247,18 +248,22 @@ impl PqSpec {
         Ok(PqParams::with_dsub(head_dim, dsub, bits)?)
     }
 
-    /// Whether codes of `nbits` bits are stored packed (two per byte).
-    pub fn packed(&self, nbits: u32) -> bool {
-        self.pack && nbits <= 4
+    /// How codes of `nbits` bits are stored: with `pack=true`, the tightest
+    /// width ([`CodeWidth::tightest`]: four codes per byte for `nbits <= 2`,
+    /// two for `nbits <= 4`); with `pack=false`, one byte per code.
+    pub fn code_width(&self, nbits: u32) -> CodeWidth {
+        if self.pack {
+            CodeWidth::tightest(nbits)
+        } else {
+            CodeWidth::Byte
+        }
     }
 
-    /// Bytes per token of codes with these parameters: `ceil(M / 2)` packed, `M` otherwise.
+    /// Bytes per token of codes with these parameters: `ceil(M / 4)` packed
+    /// with `nbits <= 2`, `ceil(M / 2)` packed with `nbits <= 4`, `M` otherwise.
     pub fn code_row_bytes(&self, params: &PqParams) -> usize {
-        if self.packed(params.nbits()) {
-            aqpim_pq::packed_row_bytes(params.num_subspaces())
-        } else {
-            params.num_subspaces()
-        }
+        self.code_width(params.nbits())
+            .row_bytes(params.num_subspaces())
     }
 
     /// The latest flush point of `layer` at or before `n` tokens (see [`PqSpec::flush`]).

@@ -8,11 +8,14 @@ use std::path::Path;
 use aqpim_kvcache::{build, from_bytes, load, KvError, KvShape, KvSpec, KvStore};
 use common::{layer_input, tokens};
 
-const SPECS: [&str; 5] = [
+const SPECS: [&str; 7] = [
     "dense",
     "scalar:bits=2,group=4,window=3,sinks=1",
     "pq:dsub=2,nbits=4,sinks=2,window=3,flush=3,iters=3",
     "pq:dsub=4,kbits=3,vbits=2,sinks=0,window=2,pack=false,share=heads,iters=3",
+    // 2-bit codes four per byte: M = 8 (2 bytes a row), and M = 2 / 1 with padding.
+    "pq:dsub=1,nbits=2,sinks=1,window=2,iters=3",
+    "pq:kdsub=4,vdsub=8,kbits=2,vbits=1,sinks=0,window=2,iters=3,outliers=100",
     "pq:kdsub=2,vdsub=4,nbits=4,sinks=1,window=2,iters=3,center=true,scale=true,layout=halves,outliers=100,cb16=true",
 ];
 

@@ -1,11 +1,11 @@
 //! Criterion: ADC scans (inner-product lookup tables) over 65,536 codes of
-//! M=32 subspaces: one-byte 8-bit codes, packed 4-bit codes, and the blocked
-//! 4-bit fast-scan layout. Every scan's output is checked once against
+//! M=32 subspaces: one-byte 8-bit codes, packed 4-bit codes, packed 2-bit
+//! codes, and the blocked 4-bit fast-scan layout. Every scan's output is checked once against
 //! `Lut::score` before timing.
 
 #![allow(missing_docs)] // criterion_group! generates undocumented public items
 
-use aqpim_pq::{pack_4bit, FastScanCodes, Lut, PqParams, ProductQuantizer};
+use aqpim_pq::{pack_2bit, pack_4bit, FastScanCodes, Lut, PqParams, ProductQuantizer};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use rand::{Rng, SeedableRng};
 
@@ -54,6 +54,14 @@ fn bench(c: &mut Criterion) {
     check(&lut4, &codes4, &out);
     g.bench_function("packed_nbits4", |b| {
         b.iter(|| lut4.scan_packed4(&packed, &mut out).unwrap())
+    });
+
+    let (lut2, codes2) = setup(2);
+    let packed2 = pack_2bit(&codes2, M).unwrap();
+    lut2.scan_packed2(&packed2, &mut out).unwrap();
+    check(&lut2, &codes2, &out);
+    g.bench_function("packed_nbits2", |b| {
+        b.iter(|| lut2.scan_packed2(&packed2, &mut out).unwrap())
     });
 
     let fast = FastScanCodes::from_codes(&codes4, M).unwrap();

@@ -1,7 +1,7 @@
 //! Product quantization for KV caches (layer 1): per-subspace k-means training,
 //! encoding and decoding of batches, lookup tables and asymmetric distance
-//! computation (ADC) on 8-bit and packed 4-bit codes, and versioned codebook
-//! files.
+//! computation (ADC) on 8-bit, packed 4-bit and packed 2-bit codes (see
+//! [`CodeWidth`]), and versioned codebook files.
 //!
 //! Symbols follow faiss and the AQPIM paper:
 //!
@@ -17,7 +17,7 @@
 //! [`ProductQuantizer::train`], encode and decode with
 //! [`ProductQuantizer::encode`] / [`ProductQuantizer::decode`], build a query's
 //! lookup table with [`ProductQuantizer::inner_product_table`] and score codes
-//! with [`Lut::scan_u8`] or [`Lut::scan_packed4`] (or the blocked
+//! with [`Lut::scan_u8`], [`Lut::scan_packed4`] or [`Lut::scan_packed2`] (or the blocked
 //! [`FastScanCodes`] layout for 4-bit codes). Codebooks persist with
 //! [`ProductQuantizer::save`] and [`ProductQuantizer::load`].
 //!
@@ -45,7 +45,9 @@ mod quantizer;
 pub mod synth;
 pub mod transform;
 
-pub use codes::{pack_4bit, packed_row_bytes, unpack_4bit};
+pub use codes::{
+    pack_2bit, pack_4bit, packed2_row_bytes, packed_row_bytes, unpack_2bit, unpack_4bit, CodeWidth,
+};
 pub use error::{PqError, Result};
 pub use fastscan::FastScanCodes;
 pub use file::{CODEBOOK_MAGIC, CODEBOOK_VERSION};

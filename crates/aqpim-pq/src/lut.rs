@@ -111,7 +111,7 @@ impl Lut {
             // SAFETY: AVX-512F is available (checked above); `rows` holds `m`
             // tables, `packed` holds `out.len()` rows of `row_bytes`, a
             // multiple of 4.
-            let done = unsafe { avx512::scan_packed4_permute(&rows, m, packed, out) };
+            let done = unsafe { avx512::scan_packed_permute::<4>(&rows, m, packed, out) };
             scan_packed4_rows(&rows, &packed[done * row_bytes..], &mut out[done..]);
             return Ok(());
         }
@@ -125,6 +125,62 @@ impl Lut {
         }
         scan_packed4_rows(&rows, packed, out);
         Ok(())
+    }
+
+    /// Scores `n` rows of packed 2-bit codes (`n * ceil(M / 4)` bytes, see
+    /// [`crate::pack_2bit`]) into `out`. Needs `ksub <= 4`. Each row is summed
+    /// in subspace order from zero, so its score equals [`Lut::score`] of the
+    /// unpacked codes bit for bit (codes `>= ksub` score NaN).
+    pub fn scan_packed2(&self, packed: &[u8], out: &mut [f32]) -> Result<()> {
+        let rows = self.rows4()?;
+        let row_bytes = crate::packed2_row_bytes(self.num_subspaces);
+        if packed.len() != out.len() * row_bytes {
+            return Err(PqError::shape(
+                "scan_packed2",
+                out.len() * row_bytes,
+                packed.len(),
+            ));
+        }
+        #[cfg(target_arch = "x86_64")]
+        if row_bytes.is_multiple_of(4) && std::arch::is_x86_feature_detected!("avx512f") {
+            // Each 4-entry table repeated four times: a permute reads the low
+            // 4 bits of its index, two code bits and two bits of the next
+            // code, and the repetition makes the latter irrelevant.
+            let tiled: Vec<[f32; 16]> = rows
+                .iter()
+                .map(|r| std::array::from_fn(|i| r[i % 4]))
+                .collect();
+            // SAFETY: AVX-512F is available (checked above); `tiled` holds
+            // `m` tables, `packed` holds `out.len()` rows of `row_bytes`, a
+            // multiple of 4.
+            let done = unsafe {
+                avx512::scan_packed_permute::<2>(&tiled, self.num_subspaces, packed, out)
+            };
+            scan_packed2_rows(&rows, &packed[done * row_bytes..], &mut out[done..]);
+            return Ok(());
+        }
+        scan_packed2_rows(&rows, packed, out);
+        Ok(())
+    }
+
+    /// The table with each subspace padded to 4 entries (padding is NaN).
+    fn rows4(&self) -> Result<Vec<[f32; 4]>> {
+        if self.ksub > 4 {
+            return Err(PqError::OutOfRange {
+                name: "ksub",
+                value: self.ksub as u64,
+                allowed: "<= 4 for 2-bit codes",
+            });
+        }
+        Ok(self
+            .values
+            .chunks_exact(self.ksub)
+            .map(|r| {
+                let mut row = [f32::NAN; 4];
+                row[..r.len()].copy_from_slice(r);
+                row
+            })
+            .collect())
     }
 
     /// The table with each subspace padded to 16 entries (padding is NaN).
@@ -193,35 +249,40 @@ mod avx512 {
         }
     }
 
-    /// Packed 4-bit scan with in-register lookups (faiss's fast-scan idea on
-    /// exact f32 tables, over the row-major packed layout): a subspace's 16
-    /// entries fill one register, and one permute looks up 16 tokens at once.
-    /// Each 16-token group gathers its 4-byte columns (8 subspaces each,
-    /// `row_bytes` apart), and the nibble of subspace `8k + i` is column `k`
-    /// shifted right by `4i` (a permute reads only the low 4 bits of its
-    /// index). Four groups run side by side so that their add chains overlap.
-    /// Each token's score is summed in subspace order from 0, so it equals
+    /// Packed scan of `BITS`-bit codes (4 or 2) with in-register lookups
+    /// (faiss's fast-scan idea on exact f32 tables, over the row-major packed
+    /// layout): a subspace's table fills one register (16 entries; 4-bit
+    /// tables padded with NaN, 2-bit ones repeated four times), and one
+    /// permute looks up 16 tokens at once. Each 16-token group gathers its
+    /// 4-byte columns (`32 / BITS` subspaces each, `row_bytes` apart), and
+    /// the code of subspace `(32 / BITS) k + i` is column `k` shifted right by
+    /// `BITS * i` (a permute reads only the low 4 bits of its index). Four
+    /// groups run side by side so that their add chains overlap. Each
+    /// token's score is summed in subspace order from 0, so it equals
     /// [`super::Lut::score`] bit for bit. Returns the number of tokens scored
     /// (a multiple of 64); the caller scores the rest.
     ///
     /// # Safety
-    /// The CPU must support AVX-512F; `rows.len() == m`, `ceil(m / 2)` is a
-    /// multiple of 4, and `packed.len() == out.len() * ceil(m / 2)`.
+    /// The CPU must support AVX-512F; `BITS` is 2 or 4; `tables.len() == m`,
+    /// `ceil(m * BITS / 8)` is a multiple of 4, and
+    /// `packed.len() == out.len() * ceil(m * BITS / 8)`.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn scan_packed4_permute(
-        rows: &[[f32; 16]],
+    pub(super) unsafe fn scan_packed_permute<const BITS: usize>(
+        tables: &[[f32; 16]],
         m: usize,
         packed: &[u8],
         out: &mut [f32],
     ) -> usize {
         const GROUPS: usize = 4;
         const STEP: usize = 16 * GROUPS;
-        let row_bytes = m.div_ceil(2);
+        debug_assert!(BITS == 2 || BITS == 4);
+        let per_col = 32 / BITS;
+        let row_bytes = (m * BITS).div_ceil(8);
         debug_assert!(row_bytes.is_multiple_of(4));
         debug_assert_eq!(packed.len(), out.len() * row_bytes);
-        let tables: Vec<__m512> = rows
+        let tables: Vec<__m512> = tables
             .iter()
-            // SAFETY: each row is 16 floats.
+            // SAFETY: each table is 16 floats.
             .map(|r| unsafe { _mm512_loadu_ps(r.as_ptr()) })
             .collect();
         let stride = row_bytes as i32;
@@ -229,7 +290,7 @@ mod avx512 {
             _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
             _mm512_set1_epi32(stride),
         );
-        let shifts: [__m512i; 8] = std::array::from_fn(|i| _mm512_set1_epi32(4 * i as i32));
+        let shifts: [__m512i; 16] = std::array::from_fn(|i| _mm512_set1_epi32((BITS * i) as i32));
         let n = out.len() / STEP * STEP;
         let mut t0 = 0;
         while t0 < n {
@@ -247,8 +308,8 @@ mod avx512 {
                         )
                     }
                 });
-                let s0 = 8 * k;
-                for (i, shift) in shifts.iter().enumerate().take(m - s0) {
+                let s0 = per_col * k;
+                for (i, shift) in shifts.iter().enumerate().take(per_col.min(m - s0)) {
                     let table = tables[s0 + i];
                     for (a, &col) in acc.iter_mut().zip(&cols) {
                         let idx = _mm512_srlv_epi32(col, *shift);
@@ -331,6 +392,34 @@ fn scan_packed4_rows(rows: &[[f32; 16]], packed: &[u8], out: &mut [f32]) {
             acc += rows[2 * i][usize::from(b & 0x0f)];
             if 2 * i + 1 < m {
                 acc += rows[2 * i + 1][usize::from(b >> 4)];
+            }
+        }
+        *o = acc;
+    }
+}
+
+/// Packed 2-bit scan, one row at a time, summed in subspace order (the
+/// portable path, and the tail of the vector one). `rows` holds the `M`
+/// tables padded to 4 entries.
+fn scan_packed2_rows(rows: &[[f32; 4]], packed: &[u8], out: &mut [f32]) {
+    let m = rows.len();
+    let row_bytes = m.div_ceil(4);
+    if row_bytes == 0 {
+        return;
+    }
+    let (whole, rest) = rows.as_chunks::<4>();
+    for (codes, o) in packed.chunks_exact(row_bytes).zip(out.iter_mut()) {
+        let mut acc = 0.0f32;
+        for (r, &b) in whole.iter().zip(codes) {
+            let b = usize::from(b);
+            acc += r[0][b & 3];
+            acc += r[1][(b >> 2) & 3];
+            acc += r[2][(b >> 4) & 3];
+            acc += r[3][b >> 6];
+        }
+        if let Some(&b) = codes.get(whole.len()) {
+            for (j, r) in rest.iter().enumerate() {
+                acc += r[usize::from(b >> (2 * j)) & 3];
             }
         }
         *o = acc;
@@ -438,6 +527,48 @@ mod tests {
         lut.scan_packed4(&packed, &mut out).unwrap();
         assert!(out[3].is_nan());
         assert!(out.iter().enumerate().all(|(i, v)| i == 3 || *v == 8.0));
+    }
+
+    #[test]
+    fn every_packed2_scan_path_equals_row_scores_bit_for_bit() {
+        for (m, n, ksub) in [1usize, 3, 4, 5, 6, 7, 15, 16, 17, 32, 64, 65, 127, 128, 130]
+            .into_iter()
+            .flat_map(|m| [0usize, 5, 63, 64, 65, 130].map(|n| (m, n)))
+            .flat_map(|(m, n)| [2usize, 4].map(|k| (m, n, k)))
+        {
+            let vals: Vec<f32> = (0..m * ksub)
+                .map(|i| ((i * 7919 % 1009) as f32 - 500.0) / 64.0)
+                .collect();
+            let lut = Lut::new(m, ksub, vals).unwrap();
+            let codes: Vec<u8> = (0..n * m).map(|i| (i * 151 % ksub) as u8).collect();
+            let packed = crate::pack_2bit(&codes, m).unwrap();
+            let want: Vec<f32> = codes.chunks_exact(m).map(|c| lut.score(c)).collect();
+            let mut out = vec![0f32; n];
+            lut.scan_packed2(&packed, &mut out).unwrap();
+            let mut portable = vec![0f32; n];
+            scan_packed2_rows(&lut.rows4().unwrap(), &packed, &mut portable);
+            for i in 0..n {
+                assert_eq!(out[i].to_bits(), want[i].to_bits(), "m={m} n={n} i={i}");
+                assert_eq!(
+                    portable[i].to_bits(),
+                    want[i].to_bits(),
+                    "m={m} n={n} i={i}"
+                );
+            }
+        }
+        // Codes past ksub (nbits = 1) score NaN on the vector path too.
+        let lut = Lut::new(16, 2, vec![1.0; 32]).unwrap();
+        let mut codes = vec![1u8; 64 * 16];
+        codes[3 * 16 + 5] = 3;
+        let packed = crate::pack_2bit(&codes, 16).unwrap();
+        let mut out = vec![0f32; 64];
+        lut.scan_packed2(&packed, &mut out).unwrap();
+        assert!(out[3].is_nan());
+        assert!(out.iter().enumerate().all(|(i, v)| i == 3 || *v == 16.0));
+        // Shapes and table widths are checked.
+        assert!(lut.scan_packed2(&packed[1..], &mut out).is_err());
+        let wide = Lut::new(4, 8, vec![0.0; 32]).unwrap();
+        assert!(wide.scan_packed2(&[0], &mut out[..1]).is_err());
     }
 
     #[test]

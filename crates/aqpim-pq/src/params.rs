@@ -87,13 +87,38 @@ impl PqParams {
     pub fn code_bytes_u8(&self) -> usize {
         self.num_subspaces
     }
-    /// Bytes per encoded vector in the tightest layout this crate offers:
-    /// packed nibbles (`ceil(M / 2)`) for `nbits <= 4`, one byte per code otherwise.
+    /// Bytes per encoded vector in the tightest layout this crate offers
+    /// ([`crate::CodeWidth::tightest`]): 2-bit fields (`ceil(M / 4)`) for
+    /// `nbits <= 2`, packed nibbles (`ceil(M / 2)`) for `nbits <= 4`, one byte
+    /// per code otherwise.
     pub fn code_bytes_packed(&self) -> usize {
-        if self.nbits <= 4 {
-            self.num_subspaces.div_ceil(2)
-        } else {
-            self.num_subspaces
+        self.code_width().row_bytes(self.num_subspaces)
+    }
+    /// The tightest code layout for `nbits` (see [`crate::CodeWidth::tightest`]).
+    pub fn code_width(&self) -> crate::CodeWidth {
+        crate::CodeWidth::tightest(self.nbits)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packed_code_bytes_follow_the_tightest_width() {
+        // (M, nbits) -> bytes: 2-bit fields, nibbles, bytes.
+        for (m, nbits, want) in [
+            (128, 1, 32),
+            (128, 2, 32),
+            (5, 2, 2),
+            (64, 3, 32),
+            (64, 4, 32),
+            (5, 4, 3),
+            (32, 5, 32),
+            (32, 8, 32),
+        ] {
+            let p = PqParams::new(m * 2, m, nbits).unwrap();
+            assert_eq!(p.code_bytes_packed(), want, "M={m} nbits={nbits}");
         }
     }
 }

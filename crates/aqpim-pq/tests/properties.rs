@@ -3,7 +3,10 @@
 
 mod common;
 
-use aqpim_pq::{pack_4bit, FastScanCodes, Init, PqError, PqParams, ProductQuantizer, TrainOptions};
+use aqpim_pq::{
+    pack_2bit, pack_4bit, unpack_2bit, FastScanCodes, Init, PqError, PqParams, ProductQuantizer,
+    TrainOptions,
+};
 use common::config;
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
@@ -146,6 +149,11 @@ proptest! {
             FastScanCodes::from_codes(&codes, m).unwrap().scan(&lut, &mut out).unwrap();
             prop_assert!(close(&out), "fast scan");
         }
+        if nbits <= 2 {
+            let packed = pack_2bit(&codes, m).unwrap();
+            lut.scan_packed2(&packed, &mut out).unwrap();
+            prop_assert!(close(&out), "packed 2-bit scan");
+        }
         // The L2 table gives squared distances to the decoded vectors.
         let l2 = pq.l2_table(&q).unwrap();
         for (i, v) in rec.chunks_exact(params.dim()).enumerate() {
@@ -153,6 +161,37 @@ proptest! {
             let got = f64::from(l2.score(&codes[i * m..(i + 1) * m]));
             prop_assert!((got - want).abs() <= 1e-4 * (1.0 + want));
         }
+    }
+}
+
+proptest! {
+    #![proptest_config(config(64, 0x2B17))]
+
+    /// Packed 2-bit rows round-trip, and their scan (vector path for 64
+    /// tokens and more when `ceil(M / 4)` is a multiple of 4, portable
+    /// otherwise) equals the row-by-row scores bit for bit; `M` runs over
+    /// multiples of 4 and the rest.
+    #[test]
+    fn packed_scans_equal_row_scores_bit_for_bit(
+        m in prop_oneof![1usize..=20, 120usize..=136],
+        nbits in 1u32..=2,
+        n in prop_oneof![0usize..=8, 60usize..=200],
+        seed in 0u64..1000,
+    ) {
+        let params = PqParams::new(m, m, nbits).unwrap();
+        let pq = random_codebook(params, seed);
+        let codes = random_codes(params, n, seed + 3);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed + 5);
+        let q: Vec<f32> = (0..m).map(|_| rng.gen_range(-2.0f32..2.0)).collect();
+        let lut = pq.inner_product_table(&q).unwrap();
+        let want: Vec<u32> = codes.chunks_exact(m).map(|c| lut.score(c).to_bits()).collect();
+
+        let packed2 = pack_2bit(&codes, m).unwrap();
+        prop_assert_eq!(packed2.len(), n * m.div_ceil(4));
+        prop_assert_eq!(&unpack_2bit(&packed2, m).unwrap(), &codes);
+        let mut out = vec![0f32; n];
+        lut.scan_packed2(&packed2, &mut out).unwrap();
+        prop_assert_eq!(out.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want);
     }
 }
 

@@ -89,7 +89,19 @@ fn format(
     let pk = spec.params(model.head_dim, KvPart::Keys)?;
     let pv = spec.params(model.head_dim, KvPart::Values)?;
     let regions = Regions::nominal(&KvSpec::Pq(spec), ctx);
-    let code_bytes = (spec.code_row_bytes(&pk) + spec.code_row_bytes(&pv)) as u64;
+    // Code bytes a token moves: as before 2-bit packing (codes of
+    // `nbits <= 4` two per byte under `pack=true`), so that the timing model
+    // stays where it was; the banks' columns do not follow the host store's
+    // 2-bit rows.
+    let bank_row = |nbits: u32, m: usize| {
+        if spec.pack && nbits <= 4 {
+            m.div_ceil(2)
+        } else {
+            m
+        }
+    };
+    let code_bytes = (bank_row(pk.nbits(), pk.num_subspaces())
+        + bank_row(pv.nbits(), pv.num_subspaces())) as u64;
     // Table entries per subspace: the banks' code width (4 or 8 bits).
     let stride = if pk.nbits() <= 4 { 16 } else { 256 };
     Ok(Format {

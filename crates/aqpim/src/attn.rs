@@ -585,16 +585,16 @@ fn bench(a: &BenchArgs) -> Result<BenchReport> {
         let lut = kpq.inner_product_table(&queries[..d])?;
         let mut scores = vec![0f32; encoded];
         let data = view.key_codes.data();
-        let packed = view.key_codes.is_packed();
+        let width = view.key_codes.width();
         let ms = rayon::ThreadPoolBuilder::new()
             .num_threads(1)
             .build()?
             .install(|| {
                 median_ms(a.reps.max(5), || {
-                    if packed {
-                        lut.scan_packed4(data, &mut scores)?;
-                    } else {
-                        lut.scan_u8(data, &mut scores)?;
+                    match width {
+                        aqpim_pq::CodeWidth::Byte => lut.scan_u8(data, &mut scores)?,
+                        aqpim_pq::CodeWidth::Nibble => lut.scan_packed4(data, &mut scores)?,
+                        aqpim_pq::CodeWidth::Crumb => lut.scan_packed2(data, &mut scores)?,
                     }
                     Ok(())
                 })

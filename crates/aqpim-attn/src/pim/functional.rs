@@ -7,7 +7,7 @@
 
 use aqpim_kvcache::PqHeadView;
 use aqpim_pim::{CodeBits, Device, Program, SimOptions, Simulator, Stats};
-use aqpim_pq::ProductQuantizer;
+use aqpim_pq::{CodeWidth, ProductQuantizer};
 use half::f16;
 
 use crate::error::{AttnError, Result};
@@ -188,14 +188,23 @@ pub fn fp16_head_on_pim(
     })
 }
 
-/// Code bytes of one token as the banks hold them: 8-bit codes as they are,
-/// 4-bit codes packed two per byte (low nibble first).
-pub(crate) fn bank_codes(row: &[u8], packed: bool, bits: CodeBits, m: usize) -> Vec<u8> {
-    match bits {
-        CodeBits::Eight => row.to_vec(),
-        CodeBits::Four if packed => row.to_vec(),
-        CodeBits::Four => (0..m.div_ceil(2))
-            .map(|i| row[2 * i] | row.get(2 * i + 1).map_or(0, |&c| c << 4))
+/// Code bytes of one token as the banks hold them, from one stored row of
+/// `M` codes in the store's layout (`width`): 8-bit columns one code per
+/// byte, 4-bit columns two per byte (low nibble first). The banks' layout
+/// does not follow the store's: 2-bit rows are unpacked into the columns.
+pub(crate) fn bank_codes(row: &[u8], width: CodeWidth, bits: CodeBits, m: usize) -> Vec<u8> {
+    match (bits, width) {
+        (CodeBits::Eight, CodeWidth::Byte) | (CodeBits::Four, CodeWidth::Nibble) => row.to_vec(),
+        (CodeBits::Eight, w) => (0..m).map(|s| w.code(row, s)).collect(),
+        (CodeBits::Four, w) => (0..m.div_ceil(2))
+            .map(|i| {
+                let hi = if 2 * i + 1 < m {
+                    w.code(row, 2 * i + 1) << 4
+                } else {
+                    0
+                };
+                w.code(row, 2 * i) | hi
+            })
             .collect(),
     }
 }
@@ -222,13 +231,13 @@ pub(crate) fn load_code_tokens(
         let tok = start + t;
         let kc = bank_codes(
             view.key_codes.row(tok),
-            view.key_codes.is_packed(),
+            view.key_codes.width(),
             kp.bits,
             kp.m,
         );
         let vc = bank_codes(
             view.value_codes.row(tok),
-            view.value_codes.is_packed(),
+            view.value_codes.width(),
             vp.bits,
             vp.m,
         );

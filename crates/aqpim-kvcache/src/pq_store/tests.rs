@@ -1,0 +1,172 @@
+//! Unit tests of the PQ store's code layouts: 2-bit rows against one byte per
+//! code, version-1 files (2-bit codes as nibbles), corrupted padding bits.
+
+use std::path::Path;
+
+use aqpim_pq::CodeWidth;
+
+use super::*;
+use crate::store::from_bytes;
+
+/// A store of `spec` with `n` prefilled tokens and 3 appended ones in every
+/// layer (KV-like data, fixed seeds).
+fn filled(spec: &str, shape: KvShape, n: usize) -> PqStore {
+    let KvSpec::Pq(pq) = spec.parse::<KvSpec>().unwrap() else {
+        panic!("{spec} is not a PQ spec")
+    };
+    let mut s = PqStore::new(shape, pq).unwrap();
+    let (h, d) = (shape.num_kv_heads(), shape.head_dim());
+    for layer in 0..shape.num_layers() {
+        let seed = 11 * layer as u64;
+        let k = aqpim_pq::synth::kv_like(h * n, d, seed + 1);
+        let v = aqpim_pq::synth::kv_like(h * n, d, seed + 2);
+        s.prefill(layer, &k, &v).unwrap();
+        for t in 0..3 {
+            let k = aqpim_pq::synth::kv_like(h, d, seed + 3 + t);
+            let v = aqpim_pq::synth::kv_like(h, d, seed + 7 + t);
+            s.append(layer, &k, &v).unwrap();
+        }
+    }
+    s
+}
+
+/// Rewrites `bytes` as format `version` and reseals the CRC.
+fn as_version(mut bytes: Vec<u8>, version: u32) -> Vec<u8> {
+    bytes[8..12].copy_from_slice(&version.to_le_bytes());
+    let n = bytes.len();
+    let crc = crc32fast::hash(&bytes[..n - 4]);
+    bytes[n - 4..].copy_from_slice(&crc.to_le_bytes());
+    bytes
+}
+
+const SHAPE: (usize, usize, usize) = (2, 2, 12);
+
+fn shape() -> KvShape {
+    KvShape::new(SHAPE.0, SHAPE.1, SHAPE.2).unwrap()
+}
+
+#[test]
+fn two_bit_rows_hold_the_codes_of_one_byte_rows() {
+    // d = 12: M = 12 (3 bytes a row), and M = 6 / 4 with 1- and 2-bit codes
+    // (2 bytes with padding, 1 byte).
+    for base in [
+        "pq:dsub=1,nbits=2,sinks=2,window=4,iters=3",
+        "pq:kdsub=2,vdsub=3,kbits=1,vbits=2,sinks=1,window=3,iters=3,outliers=100",
+    ] {
+        let packed = filled(base, shape(), 40);
+        let loose = filled(&format!("{base},pack=false"), shape(), 40);
+        for layer in 0..SHAPE.0 {
+            for h in 0..SHAPE.1 {
+                let (a, b) = (
+                    packed.head(layer, h).unwrap(),
+                    loose.head(layer, h).unwrap(),
+                );
+                for (pa, pb) in [(a.key_codes, b.key_codes), (a.value_codes, b.value_codes)] {
+                    let m = pa.num_subspaces();
+                    assert_eq!(pa.width(), CodeWidth::Crumb, "{base}");
+                    assert_eq!(pb.width(), CodeWidth::Byte, "{base}");
+                    assert_eq!(pa.row_bytes(), m.div_ceil(4), "{base}");
+                    assert_eq!(pa.data().len(), pa.tokens() * m.div_ceil(4));
+                    assert_eq!(pa.tokens(), pb.tokens());
+                    assert!(pa.tokens() > 0);
+                    assert_eq!(pa.to_u8(), pb.to_u8(), "{base}");
+                    assert_eq!(
+                        pa.code(pa.tokens() - 1, m - 1),
+                        pb.code(pb.tokens() - 1, m - 1)
+                    );
+                }
+                assert_eq!(
+                    packed.reconstruct(layer, h).unwrap(),
+                    loose.reconstruct(layer, h).unwrap(),
+                    "{base}: decoded vectors differ"
+                );
+            }
+        }
+        let (rp, rl) = (packed.memory_report(), loose.memory_report());
+        let e = rp.tokens_by_region.encoded as u64 * SHAPE.1 as u64;
+        let (mk, mv) = (
+            packed.params(KvPart::Keys).num_subspaces() as u64,
+            packed.params(KvPart::Values).num_subspaces() as u64,
+        );
+        assert_eq!(rp.bytes.key_codes, e * mk.div_ceil(4));
+        assert_eq!(rp.bytes.value_codes, e * mv.div_ceil(4));
+        assert_eq!(rl.bytes.key_codes, e * mk);
+        assert_eq!(rp.total_bytes, packed.heap_bytes().used);
+    }
+}
+
+#[test]
+fn version_1_files_with_nibble_codes_load_as_2_bit_rows() {
+    for spec in [
+        "pq:dsub=1,nbits=2,sinks=2,window=4,iters=3",
+        "pq:kdsub=2,vdsub=3,kbits=1,vbits=2,sinks=1,window=3,iters=3,outliers=100",
+    ] {
+        let store = filled(spec, shape(), 40);
+        // The same store as version 1 wrote it: 2-bit codes as nibbles.
+        let mut old = store.clone();
+        for p in 0..2 {
+            let m = old.params[p].num_subspaces();
+            old.widths[p] = CodeWidth::Nibble;
+            old.row_bytes[p] = m.div_ceil(2);
+            for head in old.layers.iter_mut().flat_map(|l| &mut l.heads) {
+                let codes = CodeWidth::Crumb.unpack(&head.codes[p], m).unwrap();
+                head.codes[p] = aqpim_pq::pack_4bit(&codes, m).unwrap();
+            }
+        }
+        let v1 = as_version(old.to_bytes(), 1);
+        let loaded = from_bytes(&v1, Path::new("v1.kv")).unwrap();
+        assert_eq!(loaded.to_bytes(), store.to_bytes(), "{spec}");
+        // Read as version 2, the same bytes are the wrong size.
+        let e = from_bytes(&as_version(old.to_bytes(), 2), Path::new("v2.kv")).unwrap_err();
+        assert!(matches!(e, KvError::BadFile { .. }), "{e}");
+    }
+    // Unknown versions are refused by name.
+    let bytes = filled("pq:dsub=2,nbits=4,iters=3", shape(), 20).to_bytes();
+    assert!(from_bytes(&as_version(bytes.clone(), 1), Path::new("v1.kv")).is_ok());
+    for v in [0, 3] {
+        let e = from_bytes(&as_version(bytes.clone(), v), Path::new("vx.kv")).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains(&format!("format version {v} is not supported")),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn set_padding_bits_and_wide_codes_are_refused() {
+    // K: M = 6, 2 bytes a row, the high nibble of the second byte is padding.
+    let spec = "pq:kdsub=2,vdsub=3,kbits=1,vbits=2,sinks=1,window=3,iters=3";
+    let store = filled(spec, shape(), 40);
+    assert!(from_bytes(&store.to_bytes(), Path::new("ok.kv")).is_ok());
+    let mut bad = store.clone();
+    bad.layers[1].heads[0].codes[0][2 * 2 + 1] |= 0x40;
+    let e = from_bytes(&bad.to_bytes(), Path::new("pad.kv"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("layer 1, head 0, keys: token 2: padding bits 0x40 of byte 1 are set"),
+        "{e}"
+    );
+    // kbits = 1: a 2-bit field holding 2 or 3 is out of range.
+    let mut bad = store.clone();
+    bad.layers[0].heads[1].codes[0][3 * 2] |= 0b11_0000;
+    let e = from_bytes(&bad.to_bytes(), Path::new("wide.kv"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("layer 0, head 1, keys: token 3, subspace 2: code 3 is out of range (ksub = 2)"),
+        "{e}"
+    );
+    // Nibble rows (nbits = 3, M = 3): padding checked the same way.
+    let store = filled("pq:dsub=4,nbits=3,iters=3", shape(), 140);
+    let mut bad = store.clone();
+    bad.layers[0].heads[0].codes[1][1] |= 0x10;
+    let e = from_bytes(&bad.to_bytes(), Path::new("nib.kv"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("values: token 0: padding bits 0x10 of byte 1 are set"),
+        "{e}"
+    );
+}
