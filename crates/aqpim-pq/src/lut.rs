@@ -94,7 +94,10 @@ impl Lut {
     }
 
     /// Scores `n` rows of packed 4-bit codes (`n * ceil(M / 2)` bytes, see
-    /// [`crate::pack_4bit`]) into `out`. Needs `ksub <= 16`.
+    /// [`crate::pack_4bit`]) into `out`. Needs `ksub <= 16`. Equal to
+    /// [`Lut::score`] bit for bit, except on the AVX-512 gather path
+    /// (`M >= 32` with `ceil(M / 2)` not a multiple of 4), which sums in
+    /// lane order and so differs from it by float rounding.
     pub fn scan_packed4(&self, packed: &[u8], out: &mut [f32]) -> Result<()> {
         let rows = self.rows16()?;
         let row_bytes = crate::packed_row_bytes(self.num_subspaces);
