@@ -495,31 +495,48 @@ mod tests {
         }
     }
 
+    /// A scan of packed rows into scores.
+    type PackedScan = fn(&Lut, &[u8], &mut [f32]) -> crate::Result<()>;
+    /// The portable scan of the same rows.
+    type PortableScan = fn(&Lut, &[u8], &mut [f32]);
+
+    /// Scores `n` deterministic rows of `m` codes below `ksub` with the
+    /// packed scan (`scan`) and the portable one (`portable`), and checks
+    /// both against `Lut::score` bit for bit.
+    fn check_packed_scan(
+        m: usize,
+        n: usize,
+        ksub: usize,
+        pack: fn(&[u8], usize) -> crate::Result<Vec<u8>>,
+        scan: PackedScan,
+        portable: PortableScan,
+    ) {
+        let vals: Vec<f32> = (0..m * ksub)
+            .map(|i| ((i * 7919 % 1009) as f32 - 500.0) / 64.0)
+            .collect();
+        let lut = Lut::new(m, ksub, vals).unwrap();
+        let codes: Vec<u8> = (0..n * m).map(|i| (i * 151 % ksub) as u8).collect();
+        let packed = pack(&codes, m).unwrap();
+        let want: Vec<f32> = codes.chunks_exact(m).map(|c| lut.score(c)).collect();
+        let mut out = vec![0f32; n];
+        scan(&lut, &packed, &mut out).unwrap();
+        let mut rows = vec![0f32; n];
+        portable(&lut, &packed, &mut rows);
+        for i in 0..n {
+            assert_eq!(out[i].to_bits(), want[i].to_bits(), "m={m} n={n} i={i}");
+            assert_eq!(rows[i].to_bits(), want[i].to_bits(), "m={m} n={n} i={i}");
+        }
+    }
+
     #[test]
     fn every_packed4_scan_path_equals_row_scores_bit_for_bit() {
         for (m, n) in [1usize, 7, 8, 9, 15, 16, 24, 31, 32, 33, 40, 64]
             .into_iter()
             .flat_map(|m| [0usize, 5, 63, 64, 65, 130].map(|n| (m, n)))
         {
-            let vals: Vec<f32> = (0..m * 16)
-                .map(|i| ((i * 7919 % 1009) as f32 - 500.0) / 64.0)
-                .collect();
-            let lut = Lut::new(m, 16, vals).unwrap();
-            let codes: Vec<u8> = (0..n * m).map(|i| (i * 151 % 16) as u8).collect();
-            let packed = crate::pack_4bit(&codes, m).unwrap();
-            let want: Vec<f32> = codes.chunks_exact(m).map(|c| lut.score(c)).collect();
-            let mut out = vec![0f32; n];
-            lut.scan_packed4(&packed, &mut out).unwrap();
-            let mut portable = vec![0f32; n];
-            scan_packed4_rows(&lut.rows16().unwrap(), &packed, &mut portable);
-            for i in 0..n {
-                assert_eq!(out[i].to_bits(), want[i].to_bits(), "m={m} n={n} i={i}");
-                assert_eq!(
-                    portable[i].to_bits(),
-                    want[i].to_bits(),
-                    "m={m} n={n} i={i}"
-                );
-            }
+            check_packed_scan(m, n, 16, crate::pack_4bit, Lut::scan_packed4, |l, p, o| {
+                scan_packed4_rows(&l.rows16().unwrap(), p, o)
+            });
         }
         // Codes past ksub score NaN on the vector path too.
         let lut = Lut::new(8, 4, vec![1.0; 32]).unwrap();
@@ -539,25 +556,14 @@ mod tests {
             .flat_map(|m| [0usize, 5, 63, 64, 65, 130].map(|n| (m, n)))
             .flat_map(|(m, n)| [2usize, 4].map(|k| (m, n, k)))
         {
-            let vals: Vec<f32> = (0..m * ksub)
-                .map(|i| ((i * 7919 % 1009) as f32 - 500.0) / 64.0)
-                .collect();
-            let lut = Lut::new(m, ksub, vals).unwrap();
-            let codes: Vec<u8> = (0..n * m).map(|i| (i * 151 % ksub) as u8).collect();
-            let packed = crate::pack_2bit(&codes, m).unwrap();
-            let want: Vec<f32> = codes.chunks_exact(m).map(|c| lut.score(c)).collect();
-            let mut out = vec![0f32; n];
-            lut.scan_packed2(&packed, &mut out).unwrap();
-            let mut portable = vec![0f32; n];
-            scan_packed2_rows(&lut.rows4().unwrap(), &packed, &mut portable);
-            for i in 0..n {
-                assert_eq!(out[i].to_bits(), want[i].to_bits(), "m={m} n={n} i={i}");
-                assert_eq!(
-                    portable[i].to_bits(),
-                    want[i].to_bits(),
-                    "m={m} n={n} i={i}"
-                );
-            }
+            check_packed_scan(
+                m,
+                n,
+                ksub,
+                crate::pack_2bit,
+                Lut::scan_packed2,
+                |l, p, o| scan_packed2_rows(&l.rows4().unwrap(), p, o),
+            );
         }
         // Codes past ksub (nbits = 1) score NaN on the vector path too.
         let lut = Lut::new(16, 2, vec![1.0; 32]).unwrap();
