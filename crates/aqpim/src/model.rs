@@ -258,7 +258,7 @@ fn ppl(a: PplArgs) -> Result<()> {
         }
     };
     let mut tokens = tok.encode(&text).context("tokenizing the text")?;
-    if a.skip >= tokens.len() {
+    if a.skip > 0 && a.skip >= tokens.len() {
         bail!(
             "--skip {}: the text has only {} tokens",
             a.skip,

@@ -175,4 +175,19 @@ fn calibration_makes_one_pass_per_chunk_length() {
         (Some(64), Some(64))
     );
     assert_one_line_error(&eval_skip("100K"), "--skip 102400: the text has only");
+    // An empty text without --skip is refused for what it is, not for --skip.
+    let empty = dir.path().join("empty.txt");
+    std::fs::write(&empty, "").unwrap();
+    let out = aqpim(&[
+        "eval",
+        "ppl",
+        "--model",
+        m,
+        "--text",
+        path(&empty),
+        "--window",
+        "32",
+    ]);
+    assert_one_line_error(&out, "the text has 0 tokens");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("--skip"));
 }
