@@ -8,7 +8,7 @@ use aqpim_pim::{Device, Mode, SimOptions, Simulator};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 fn simulate(c: &mut Criterion) {
-    let d = Device::preset("hbm3-attacc-5.2").expect("preset resolves");
+    let d = Device::preset("hbm3-aqpim-5.2").expect("preset resolves");
     let mut g = c.benchmark_group("standard_mix");
     g.sample_size(10);
     for (name, mode, rows) in [

@@ -179,8 +179,9 @@ fn check(
 }
 
 /// All-bank column reads (MAC) streaming over an open row in every bank of
-/// channel 0, against `banks * column_bytes / (nCCDAB * tCK)` less refresh
-/// (`1 - nRFC / nREFI`).
+/// channel 0, against `banks * column_bytes / (interval * tCK)` less refresh
+/// (`1 - nRFC / nREFI`), the interval being the MAC's in force
+/// ([`Device::pim_interval`]: nCCDAB, the unit's rate, the power limit).
 pub fn internal_bandwidth(d: &Device, rows: u32) -> Result<BandwidthCheck> {
     let p = Program::new(vec![
         Instr::ActAb { ch: 0, row: 0 },
@@ -204,7 +205,7 @@ pub fn internal_bandwidth(d: &Device, rows: u32) -> Result<BandwidthCheck> {
         Instr::EndLoop,
     ])?;
     let analytic = (d.org.banks_per_channel * d.org.column_bytes) as f64
-        / (f64::from(d.pim.n_ccdab) * d.t_ck_ns())
+        / (d.pim_interval(crate::Command::Mac, d.pim.lanes as u64) as f64 * d.t_ck_ns())
         * refresh_factor(d);
     check(
         d,

@@ -178,6 +178,21 @@ pub fn check_trace(device: &Device, trace: &[TraceEntry]) -> Result<()> {
             c.last_all_bank[e.cmd.index()] = Some((e.cycle, j));
         }
 
+        // The interval of all-bank column commands (their units, the
+        // power limit), checked after the rules so that a rule names itself.
+        if e.cmd.is_pim_column() {
+            if e.cycle < c.pim_free {
+                return Err(fail(
+                    "unit-interval",
+                    format!(
+                        "the previous all-bank column command's unit is busy until cycle {}",
+                        c.pim_free
+                    ),
+                ));
+            }
+            c.pim_free = e.cycle + unit_interval(device, e.cmd, u64::from(e.len));
+        }
+
         // Occupancy of buffer-die commands, recomputed from the operands.
         let len = u64::from(e.len & !TraceEntry::BROADCAST);
         let busy = match e.cmd {
@@ -212,6 +227,24 @@ pub fn check_trace(device: &Device, trace: &[TraceEntry]) -> Result<()> {
     Ok(())
 }
 
+/// Cycles an all-bank column command with `work` operations per bank holds
+/// the next one back, recomputed from the device's unit table: `max(nCCDAB,
+/// ceil(work x banks_per_unit / ops_per_cycle))`, and under the power limit
+/// at least the cycles that keep the stack's power within its budget.
+fn unit_interval(device: &Device, cmd: Command, work: u64) -> u64 {
+    let mut t = u64::from(device.pim.n_ccdab);
+    if let Some(u) = crate::units::UnitKind::of(cmd).and_then(|k| device.units.get(k)) {
+        let ops = work * u64::from(u.banks_per_unit);
+        t = t.max(ops.div_ceil(u64::from(u.ops_per_cycle)));
+    }
+    if device.pim.power_limited {
+        let per_cycle = device.units.die.stack_power_budget_w * f64::from(device.t_ck_ps);
+        let need = (device.stack_op_pj(cmd, work) / per_cycle - 1e-9).ceil().max(1.0);
+        t = t.max(need as u64);
+    }
+    t
+}
+
 /// Last issue of a command: `(cycle, trace entry)`.
 type Last = Option<(u64, usize)>;
 
@@ -222,6 +255,8 @@ struct ChannelState {
     last_entry: Option<(usize, u64)>,
     open: Vec<Option<u32>>,
     busy_until: u64,
+    /// Earliest cycle of the next all-bank column command.
+    pim_free: u64,
     /// Last issue of each all-bank command.
     last_all_bank: [Last; NUM_COMMANDS],
     /// `last_at[level][node][command]`: last issue of each single-bank
@@ -240,6 +275,7 @@ impl ChannelState {
             last_entry: None,
             open: vec![None; device.org.banks_per_channel],
             busy_until: 0,
+            pim_free: 0,
             last_all_bank: [None; NUM_COMMANDS],
             last_at: nodes
                 .iter()

@@ -20,7 +20,7 @@
 //! use aqpim_pim::{BankSel, Device, Program, SimOptions, Simulator};
 //! use half::f16;
 //!
-//! let device = Device::preset("hbm3-attacc-5.2")?;
+//! let device = Device::preset("hbm3-aqpim-5.2")?;
 //! let mut sim = Simulator::new(&device, SimOptions::default());
 //! // Untimed loader: one column of 8-bit codes in row 7 of every bank of
 //! // channel 0, and a table of 32 x 256 FP16 entries (all 0.5) in every buffer.
@@ -54,6 +54,7 @@ mod resolve;
 mod sim;
 mod spec;
 mod stats;
+mod units;
 
 pub use checker::check_trace;
 pub use command::{Command, Level, Scope};
@@ -67,3 +68,7 @@ pub use spec::{
     TimingValue, PRESETS,
 };
 pub use stats::{EnergyBreakdown, RegionStats, Stats};
+pub use units::{
+    column_work, AreaReport, DieSpec, MemorySpec, PowerReport, Unit, UnitKind, UnitSpec, Units,
+    UnitsSpec,
+};

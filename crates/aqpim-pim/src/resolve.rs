@@ -12,6 +12,7 @@ use crate::limits::{
     MAX_TIMING_PARAMS,
 };
 use crate::spec::{DeviceSpec, EnergySpec, TimingValue};
+use crate::units::{column_work, interval_too_long, AreaReport, PowerReport, UnitKind, Units, MAX_INTERVAL};
 
 /// Runtime organisation: counts per level and derived sizes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -72,22 +73,24 @@ impl Organisation {
     }
 }
 
-/// Runtime PIM parameters.
+/// Runtime PIM parameters, read from `[pim]` and the units.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PimParams {
-    /// FP16 lanes per column (`column_bytes / 2`).
+    /// FP16 elements per column (`column_bytes / 2`).
     pub lanes: usize,
-    /// Buffer bytes per bank.
+    /// Buffer bytes per bank (`[units.buffer] bytes`).
     pub buffer_bytes: usize,
-    /// FP32 registers per bank.
+    /// FP32 registers per bank (`[units.registers] bytes / 4`).
     pub registers: usize,
-    /// nCCDAB in force (power limit applied).
+    /// nCCDAB: the all-bank column command rate.
     pub n_ccdab: u32,
+    /// Whether the stack's power budget limits the command rate.
+    pub power_limited: bool,
     /// FP32 elements of buffer die per channel.
     pub buffer_die_elements: usize,
     /// Bank-to-buffer-die bytes per cycle.
     pub mv_bytes_per_cycle: u32,
-    /// Softmax elements per cycle.
+    /// Softmax elements per cycle (`[units.softmax] ops_per_cycle`).
     pub sfm_elements_per_cycle: u32,
     /// Softmax pipeline latency in cycles.
     pub sfm_latency: u32,
@@ -134,9 +137,11 @@ pub struct Device {
     pub rules: Vec<Rule>,
     /// Refresh interval in cycles, when refresh is enabled.
     pub refresh_interval: Option<u32>,
-    /// PIM units.
+    /// PIM parameters.
     pub pim: PimParams,
-    /// Energy per operation.
+    /// PIM units with their prices.
+    pub units: Units,
+    /// Energy per DRAM operation.
     pub energy: EnergySpec,
 }
 
@@ -335,11 +340,7 @@ impl DeviceSpec {
             params.insert(name.clone(), cycles);
         }
         let p = &self.pim;
-        for (name, v) in [
-            ("n_ccdab", p.n_ccdab),
-            ("n_ccdab_power_limited", p.n_ccdab_power_limited),
-            ("sfm_latency", p.sfm_latency.max(1)),
-        ] {
+        for (name, v) in [("n_ccdab", p.n_ccdab), ("sfm_latency", p.sfm_latency.max(1))] {
             if v == 0 || v > MAX_RULE_LATENCY {
                 return Err(spec_err(
                     format!("pim.{name}"),
@@ -347,11 +348,7 @@ impl DeviceSpec {
                 ));
             }
         }
-        let n_ccdab = if p.power_limited {
-            p.n_ccdab_power_limited
-        } else {
-            p.n_ccdab
-        };
+        let n_ccdab = p.n_ccdab;
         params.insert("nCCDAB".to_string(), n_ccdab);
 
         if p.lanes as usize * 2 != org.column_bytes {
@@ -363,18 +360,26 @@ impl DeviceSpec {
                 ),
             ));
         }
-        if p.buffer_bytes == 0
-            || !p.buffer_bytes.is_multiple_of(2)
-            || p.buffer_bytes > 131072
-            || (p.buffer_bytes as usize) < org.column_bytes
+        let units = self
+            .units
+            .resolve(&self.die, org.banks_per_channel as u32)?;
+        let buffer_bytes = self.units.buffer.bytes;
+        if buffer_bytes == 0
+            || !buffer_bytes.is_multiple_of(2)
+            || buffer_bytes > 131072
+            || (buffer_bytes as usize) < org.column_bytes
         {
             return Err(spec_err(
-                "pim.buffer_bytes",
+                "units.buffer.bytes",
                 "must be even, at least one column and at most 131072 (65536 FP16 elements)",
             ));
         }
-        if p.registers == 0 || p.registers > 65536 {
-            return Err(spec_err("pim.registers", "must be in 1..=65536"));
+        let registers = self.units.registers.bytes / 4;
+        if registers == 0 || registers > 65536 || !self.units.registers.bytes.is_multiple_of(4) {
+            return Err(spec_err(
+                "units.registers.bytes",
+                "must be a multiple of 4 in 4..=262144 (1 to 65536 FP32 registers)",
+            ));
         }
         if p.buffer_die_bytes < 4
             || !p.buffer_die_bytes.is_multiple_of(4)
@@ -385,20 +390,18 @@ impl DeviceSpec {
                 "must be a multiple of 4 in 4..=262144 (65536 FP32 elements)",
             ));
         }
-        if p.mv_bytes_per_cycle == 0 || p.sfm_elements_per_cycle == 0 {
-            return Err(spec_err(
-                "pim",
-                "mv_bytes_per_cycle and sfm_elements_per_cycle must be positive",
-            ));
+        if p.mv_bytes_per_cycle == 0 {
+            return Err(spec_err("pim.mv_bytes_per_cycle", "must be positive"));
         }
         let pim = PimParams {
             lanes: p.lanes as usize,
-            buffer_bytes: p.buffer_bytes as usize,
-            registers: p.registers as usize,
+            buffer_bytes: buffer_bytes as usize,
+            registers: registers as usize,
             n_ccdab,
+            power_limited: p.power_limited,
             buffer_die_elements: p.buffer_die_bytes as usize / 4,
             mv_bytes_per_cycle: p.mv_bytes_per_cycle,
-            sfm_elements_per_cycle: p.sfm_elements_per_cycle,
+            sfm_elements_per_cycle: self.units.softmax.ops_per_cycle,
             sfm_latency: p.sfm_latency,
         };
 
@@ -407,10 +410,7 @@ impl DeviceSpec {
             ("act_pj", e.act_pj),
             ("column_pj_per_bit", e.column_pj_per_bit),
             ("io_pj_per_bit", e.io_pj_per_bit),
-            ("mac_pj", e.mac_pj),
-            ("buffer_pj_per_bit", e.buffer_pj_per_bit),
             ("buffer_die_pj_per_bit", e.buffer_die_pj_per_bit),
-            ("sfm_pj_per_element", e.sfm_pj_per_element),
             ("refresh_pj", e.refresh_pj),
         ] {
             if !v.is_finite() || !(0.0..=MAX_ENERGY_PJ).contains(&v) {
@@ -466,7 +466,7 @@ impl DeviceSpec {
             None
         };
 
-        Ok(Device {
+        let device = Device {
             name: self.name.clone(),
             org,
             t_ck_ps: self.clock.t_ck_ps,
@@ -475,8 +475,19 @@ impl DeviceSpec {
             rules,
             refresh_interval,
             pim,
+            units,
             energy: self.energy.clone(),
-        })
+        };
+        // Every unit's interval on its widest column must stay a bounded gate.
+        for kind in UnitKind::ALL {
+            if device.units.get(kind).is_some() {
+                let cycles = device.pim_interval(kind.command(), device.widest_work(kind));
+                if cycles > MAX_INTERVAL {
+                    return Err(interval_too_long(kind, cycles));
+                }
+            }
+        }
+        Ok(device)
     }
 
     fn resolve_rules(&self, params: &BTreeMap<String, u32>) -> Result<Vec<Rule>> {
@@ -659,6 +670,136 @@ impl Device {
     /// `ceil(4 * len / external_bytes_per_cycle)`.
     pub fn rdd_cycles(&self, len: u64) -> u64 {
         (4 * len).div_ceil(self.external_bytes_per_cycle())
+    }
+
+    /// Cycles between an all-bank column command of `cmd` that gives every
+    /// bank `work` operations and the next such command on its channel: the
+    /// largest of nCCDAB, the unit's `ceil(work x banks_per_unit /
+    /// ops_per_cycle)` and, under the power limit, the cycles that keep the
+    /// stack within its power budget (`units.rs`). nCCDAB for a command
+    /// without a unit (validation refuses those before a run).
+    pub fn pim_interval(&self, cmd: Command, work: u64) -> u64 {
+        let base = u64::from(self.pim.n_ccdab);
+        let Some(unit) = UnitKind::of(cmd).and_then(|k| self.units.get(k)) else {
+            return base;
+        };
+        let mut cycles = base.max(unit.cycles(work));
+        if self.pim.power_limited {
+            let budget_pj_per_cycle =
+                self.units.die.stack_power_budget_w * f64::from(self.t_ck_ps);
+            let need = (self.stack_op_pj(cmd, work) / budget_pj_per_cycle - 1e-9).ceil();
+            cycles = cycles.max(need.max(1.0) as u64);
+        }
+        cycles
+    }
+
+    /// Energy of one all-bank column command of `cmd` (`work` operations
+    /// per bank) on every channel of one stack, pJ: per bank the column
+    /// read, the unit's operations, the buffer bytes it reads, and its share
+    /// of the row activation (one per `columns` commands).
+    pub fn stack_op_pj(&self, cmd: Command, work: u64) -> f64 {
+        let o = &self.org;
+        let e = &self.energy;
+        let col_bits = (o.column_bytes * 8) as f64;
+        let unit_pj = UnitKind::of(cmd)
+            .and_then(|k| self.units.get(k))
+            .map_or(0.0, |u| u.energy_pj);
+        let buffer_bytes = match cmd {
+            Command::Mac => o.column_bytes as u64,
+            Command::LutAcc | Command::ArgMin => 2 * work,
+            Command::HistAcc => 2,
+            _ => 0,
+        };
+        let per_bank = col_bits * e.column_pj_per_bit
+            + work as f64 * unit_pj
+            + (buffer_bytes * 8) as f64 * self.units.spec.buffer.energy_pj_per_bit
+            + e.act_pj / o.columns as f64;
+        let channels_per_stack = (o.channels / o.stacks.max(1)) as f64;
+        per_bank * o.banks_per_channel as f64 * channels_per_stack
+    }
+
+    /// The most work one column gives a bank on `kind`'s unit: 4-bit codes
+    /// for LUTACC and HISTACC, 256 centroids of 8 elements for ARGMIN.
+    pub fn widest_work(&self, kind: UnitKind) -> u64 {
+        let cb = self.org.column_bytes as u64;
+        match kind {
+            UnitKind::Lookup | UnitKind::Histogram => column_work(kind.command(), cb, 4, 0),
+            UnitKind::Argmin => 256 * 8,
+            _ => column_work(kind.command(), cb, 16, 0),
+        }
+    }
+
+    /// The work of a typical column per unit kind, for the power report:
+    /// 8-bit codes for LUTACC, 4-bit for HISTACC (the shipped format's
+    /// keys and values), 256 centroids of 2 elements for ARGMIN.
+    fn typical_work(&self, kind: UnitKind) -> u64 {
+        let cb = self.org.column_bytes as u64;
+        match kind {
+            UnitKind::Lookup => column_work(Command::LutAcc, cb, 8, 0),
+            UnitKind::Histogram => column_work(Command::HistAcc, cb, 4, 0),
+            UnitKind::Argmin => 256 * 2,
+            _ => column_work(kind.command(), cb, 16, 0),
+        }
+    }
+
+    /// PIM area per DRAM die: each per-bank unit times the units on a die
+    /// (banks per die / banks per unit), buffers and registers by their
+    /// bytes; the buffer die's vector units per stack.
+    pub fn area(&self) -> AreaReport {
+        let o = &self.org;
+        let u = &self.units;
+        let banks_per_stack = (o.channels / o.stacks.max(1) * o.banks_per_channel) as u64;
+        let banks_per_die = banks_per_stack / u64::from(u.die.dram_dies_per_stack).max(1);
+        let mut by_unit = Vec::new();
+        for kind in UnitKind::ALL {
+            if let Some(unit) = u.get(kind) {
+                let n = banks_per_die.div_ceil(u64::from(unit.banks_per_unit));
+                by_unit.push((kind.name().to_string(), n as f64 * unit.area_mm2));
+            }
+        }
+        let logic_mm2 = by_unit.iter().map(|(_, a)| a).sum::<f64>();
+        let kib = |bytes: u32| f64::from(bytes) / 1024.0;
+        let buffer_mm2 = banks_per_die as f64
+            * (kib(u.spec.buffer.bytes) * u.spec.buffer.area_mm2_per_kib
+                + kib(u.spec.registers.bytes) * u.spec.registers.area_mm2_per_kib);
+        let total_mm2 = logic_mm2 + buffer_mm2;
+        let die_mm2 = u.die.dram_die_area_mm2;
+        AreaReport {
+            banks_per_die,
+            logic_mm2_by_unit: by_unit,
+            logic_mm2,
+            buffer_mm2,
+            total_mm2,
+            die_mm2,
+            die_share: total_mm2 / die_mm2,
+            buffer_die_mm2: (o.channels / o.stacks.max(1)) as f64 * u.spec.softmax.area_mm2,
+        }
+    }
+
+    /// Peak PIM power of a stack: the most demanding all-bank command of the
+    /// device's units, at its typical work and its interval in force, on
+    /// every channel at once (background and refresh power aside).
+    pub fn power(&self) -> PowerReport {
+        let mut peak = (0.0f64, String::new());
+        for kind in UnitKind::ALL {
+            if self.units.get(kind).is_none() {
+                continue;
+            }
+            let cmd = kind.command();
+            let work = self.typical_work(kind);
+            let cycles = self.pim_interval(cmd, work) as f64;
+            let w = self.stack_op_pj(cmd, work) / (cycles * f64::from(self.t_ck_ps));
+            if w > peak.0 {
+                peak = (w, cmd.name().to_string());
+            }
+        }
+        let budget_w = self.units.die.stack_power_budget_w;
+        PowerReport {
+            peak_w: peak.0,
+            peak_command: peak.1,
+            budget_w,
+            within_budget: peak.0 <= budget_w * (1.0 + 1e-9),
+        }
     }
 
     /// Cycles a softmax over `len` elements occupies the channel:

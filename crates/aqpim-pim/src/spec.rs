@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::command::Level;
 use crate::error::{PimError, Result};
+use crate::units::{DieSpec, UnitsSpec};
 
 /// The named presets shipped with the crate: `(name, TOML text)`.
 pub const PRESETS: &[(&str, &str)] = &[
@@ -18,10 +19,21 @@ pub const PRESETS: &[(&str, &str)] = &[
         include_str!("../presets/hbm3-attacc-5.2.toml"),
     ),
     (
+        "hbm3-aqpim-5.2",
+        include_str!("../presets/hbm3-aqpim-5.2.toml"),
+    ),
+    (
+        "hbm3-aqpim-equal-area",
+        include_str!("../presets/hbm3-aqpim-equal-area.toml"),
+    ),
+    (
         "hbm3-jedec-6.4",
         include_str!("../presets/hbm3-jedec-6.4.toml"),
     ),
 ];
+
+/// How many `extends` links a device file may follow.
+const MAX_EXTENDS_DEPTH: usize = 4;
 
 /// A PIM-enabled HBM device: organisation, clock, timing parameters and
 /// rules, refresh, PIM units and energy per operation.
@@ -41,9 +53,13 @@ pub struct DeviceSpec {
     pub timing: BTreeMap<String, TimingValue>,
     /// Refresh policy.
     pub refresh: RefreshSpec,
-    /// PIM units.
+    /// PIM command parameters.
     pub pim: PimSpec,
-    /// Energy per operation.
+    /// PIM units, each with its lanes or ports, area, energy and source.
+    pub units: UnitsSpec,
+    /// The dies the areas are read against and the stack's power budget.
+    pub die: DieSpec,
+    /// Energy per DRAM operation.
     pub energy: EnergySpec,
     /// Timing rules, one row each.
     pub rules: Vec<RuleSpec>,
@@ -109,33 +125,30 @@ pub struct RefreshSpec {
     pub interval: String,
 }
 
-/// PIM units: one per bank, plus the buffer die of each channel.
+/// PIM command parameters. The units themselves (lanes, ports, buffer and
+/// register sizes, area, energy) are in [`UnitsSpec`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PimSpec {
-    /// FP16 lanes per unit; must equal `column_bytes / 2`.
+    /// FP16 elements of one column; must equal `column_bytes / 2`.
     pub lanes: u32,
-    /// Bytes of buffer per bank (FP16 elements: `buffer_bytes / 2`, at most 65536).
-    pub buffer_bytes: u32,
-    /// FP32 accumulation registers per bank (at most 65536).
-    pub registers: u32,
-    /// Cycles between all-bank column operations (nCCDAB) without the power limit.
+    /// Cycles between all-bank column commands (nCCDAB): the command rate
+    /// the channel allows whatever the unit. A unit slower than that, or the
+    /// power budget, stretches a command's interval further (`units.rs`).
     pub n_ccdab: u32,
-    /// nCCDAB under the power limit.
-    pub n_ccdab_power_limited: u32,
-    /// Whether the power limit applies (selects which nCCDAB resolve() uses).
+    /// Whether the stack's PIM power budget (`[die] stack_power_budget_w`)
+    /// limits the all-bank command rate.
     pub power_limited: bool,
     /// Bytes of buffer-die storage per channel (FP32 elements: `/ 4`, at most 65536 elements).
     pub buffer_die_bytes: u32,
     /// Bank-to-buffer-die transfer rate, bytes per cycle (MVD, MVB).
     pub mv_bytes_per_cycle: u32,
-    /// Softmax throughput, elements per cycle.
-    pub sfm_elements_per_cycle: u32,
     /// Softmax pipeline latency, cycles.
     pub sfm_latency: u32,
 }
 
-/// Energy per operation, in picojoules.
+/// Energy per DRAM operation, in picojoules (the PIM units carry their own
+/// in [`UnitsSpec`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EnergySpec {
@@ -145,14 +158,8 @@ pub struct EnergySpec {
     pub column_pj_per_bit: f64,
     /// Per bit across the external interface.
     pub io_pj_per_bit: f64,
-    /// One FP16 lane operation (multiply-accumulate, table lookup-add, distance term).
-    pub mac_pj: f64,
-    /// Per bit read from or written to a per-bank buffer.
-    pub buffer_pj_per_bit: f64,
     /// Per bit moved between banks and the buffer die.
     pub buffer_die_pj_per_bit: f64,
-    /// Per element of softmax on the buffer die.
-    pub sfm_pj_per_element: f64,
     /// One all-bank refresh of a channel.
     pub refresh_pj: f64,
 }
@@ -196,8 +203,42 @@ impl DeviceSpec {
                 crate::limits::MAX_DEVICE_FILE_BYTES
             )));
         }
+        let value = Self::merged_value(text, 0)?;
         // toml's messages quote the offending line; keep them short.
-        toml::from_str(text).map_err(|e| PimError::Parse(shorten_lines(&e.to_string())))
+        value
+            .try_into()
+            .map_err(|e: toml::de::Error| PimError::Parse(shorten_lines(&e.to_string())))
+    }
+
+    /// The file's TOML table with its `extends` chain applied: `extends =
+    /// "PRESET"` starts from that shipped preset and replaces, table by
+    /// table and key by key, what this file sets (arrays, such as `rules`,
+    /// are replaced whole). A device that adds units to another keeps its
+    /// organisation, timing and rules declared once.
+    fn merged_value(text: &str, depth: usize) -> Result<toml::Table> {
+        let mut table: toml::Table =
+            toml::from_str(text).map_err(|e: toml::de::Error| PimError::Parse(shorten_lines(&e.to_string())))?;
+        let Some(base) = table.remove("extends") else {
+            return Ok(table);
+        };
+        let toml::Value::String(base) = base else {
+            return Err(PimError::Parse("`extends` must be the name of a device preset".into()));
+        };
+        if depth >= MAX_EXTENDS_DEPTH {
+            return Err(PimError::Parse(format!(
+                "`extends = \"{}\"`: more than {MAX_EXTENDS_DEPTH} presets deep (a cycle?)",
+                crate::limits::cut(&base)
+            )));
+        }
+        let Some((_, base_text)) = PRESETS.iter().find(|(n, _)| *n == base) else {
+            return Err(PimError::UnknownPreset {
+                name: crate::limits::cut(&base),
+                known: PRESETS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "),
+            });
+        };
+        let mut merged = Self::merged_value(base_text, depth + 1)?;
+        merge(&mut merged, table);
+        Ok(merged)
     }
 
     /// Serializes the spec to TOML text.
@@ -253,9 +294,26 @@ impl DeviceSpec {
         Self::preset("hbm3-attacc-5.2").expect("the shipped preset parses (tested)")
     }
 
+    /// AttAcc's HBM3 5.2 Gbps device with AQPIM's units.
+    pub fn hbm3_aqpim() -> Self {
+        Self::preset("hbm3-aqpim-5.2").expect("the shipped preset parses (tested)")
+    }
+
     /// The JEDEC-derived HBM3 6.4 Gbps device.
     pub fn hbm3_jedec() -> Self {
         Self::preset("hbm3-jedec-6.4").expect("the shipped preset parses (tested)")
+    }
+}
+
+/// `over` laid onto `base`: tables merge key by key, anything else replaces.
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
     }
 }
 

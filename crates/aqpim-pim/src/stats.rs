@@ -14,6 +14,8 @@ pub(crate) struct Counters {
     pub(crate) bank_activations: u64,
     pub(crate) bank_column_accesses: u64,
     pub(crate) lane_ops: u64,
+    /// Lane operations per unit kind ([`crate::UnitKind`] order).
+    pub(crate) unit_ops: [u64; 5],
     pub(crate) bytes_external: u64,
     pub(crate) bytes_buffer: u64,
     pub(crate) bytes_buffer_die: u64,
@@ -29,7 +31,7 @@ pub struct EnergyBreakdown {
     pub column_pj: f64,
     /// External interface: `bytes_external * 8 * io_pj_per_bit`.
     pub io_pj: f64,
-    /// PIM lane operations: `lane_ops * mac_pj`.
+    /// PIM lane operations: each unit's operations times its `energy_pj`.
     pub pim_pj: f64,
     /// Per-bank buffers: `bytes_buffer * 8 * buffer_pj_per_bit`.
     pub buffer_pj: f64,
@@ -114,6 +116,9 @@ impl Counters {
         self.bank_activations += other.bank_activations;
         self.bank_column_accesses += other.bank_column_accesses;
         self.lane_ops += other.lane_ops;
+        for (a, b) in self.unit_ops.iter_mut().zip(other.unit_ops) {
+            *a += b;
+        }
         self.bytes_external += other.bytes_external;
         self.bytes_buffer += other.bytes_buffer;
         self.bytes_buffer_die += other.bytes_buffer_die;

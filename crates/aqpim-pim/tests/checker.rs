@@ -280,7 +280,7 @@ proptest! {
     #![proptest_config(config(48, 0xc4ec))]
     #[test]
     fn legal_programs_pass_the_checker_and_early_moves_are_caught(seed in any::<u64>(), which in 0usize..2, pick in any::<u64>()) {
-        let d = short_refresh(PRESETS[which].0);
+        let d = short_refresh(["hbm3-aqpim-5.2", "hbm3-jedec-6.4"][which]);
         let p = legal_program(seed, 400);
         let trace = run_traced(&d, &p, Mode::TimingOnly).unwrap();
         prop_assert!(trace.iter().any(|e| e.auto), "the program crosses a refresh");
@@ -359,7 +359,7 @@ proptest! {
             });
         }
         let p = Program::new(v).unwrap();
-        let d = short_refresh("hbm3-attacc-5.2");
+        let d = short_refresh("hbm3-aqpim-5.2");
         match (model_accepts(&p), run_traced(&d, &p, Mode::Functional)) {
             (None, Ok(trace)) => check_trace(&d, &trace).unwrap(),
             (Some(_), Err(PimError::State { .. })) => {}
@@ -370,7 +370,7 @@ proptest! {
 
 #[test]
 fn checker_catches_hand_made_violations() {
-    let d = Device::preset("hbm3-attacc-5.2").unwrap();
+    let d = Device::preset("hbm3-aqpim-5.2").unwrap();
     let e = |cycle, cmd, bank, row| TraceEntry {
         cycle,
         cmd,
@@ -449,7 +449,7 @@ proptest! {
     #![proptest_config(config(1000, 0xbad7ace))]
     #[test]
     fn random_traces_never_panic_the_checker(raw in prop::collection::vec((any::<u64>(), 0usize..aqpim_pim::Command::ALL.len(), 0u16..90, any::<u16>(), any::<u32>(), any::<u32>()), 0..24)) {
-        let d = Device::preset("hbm3-attacc-5.2").unwrap();
+        let d = Device::preset("hbm3-aqpim-5.2").unwrap();
         let mut cycle = 0u64;
         let trace: Vec<TraceEntry> = raw
             .into_iter()

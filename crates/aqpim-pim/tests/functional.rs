@@ -9,7 +9,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 fn dev() -> Device {
-    Device::preset("hbm3-attacc-5.2").unwrap()
+    Device::preset("hbm3-aqpim-5.2").unwrap()
 }
 
 fn sim(d: &Device) -> Simulator {
@@ -436,7 +436,8 @@ fn energy_components_follow_the_counts() {
     assert_eq!(st.bank_activations, 64);
     assert!((st.energy.activate_pj - 64.0 * e.act_pj).abs() < 1e-6);
     assert!((st.energy.column_pj - (64 * 32 * 32 * 8) as f64 * e.column_pj_per_bit).abs() < 1e-3);
-    assert!((st.energy.pim_pj - (64 * 32 * 16) as f64 * e.mac_pj).abs() < 1e-6);
+    let mac_pj = d.units.get(aqpim_pim::UnitKind::Mac).unwrap().energy_pj;
+    assert!((st.energy.pim_pj - (64 * 32 * 16) as f64 * mac_pj).abs() < 1e-6);
     assert!((st.energy.io_pj - 256.0 * e.io_pj_per_bit).abs() < 1e-9);
     let sum = st.energy.activate_pj
         + st.energy.column_pj

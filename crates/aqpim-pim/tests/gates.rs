@@ -4,7 +4,10 @@
 //! shares the rule's node but, where the level has children, sits in a
 //! different child, so deeper rules do not apply.
 
-use aqpim_pim::{BankSel, Command, Device, DeviceSpec, Level, PimError, Scope, Timer, PRESETS};
+use aqpim_pim::{
+    BankSel, Command, Device, DeviceSpec, Level, Mode, PimError, Program, Scope, SimOptions,
+    Simulator, Timer, PRESETS,
+};
 
 const BASE: u64 = 1000;
 
@@ -159,16 +162,74 @@ fn gates_hold_under_the_power_limit() {
         s.pim.power_limited = true;
         let d = s.resolve().unwrap();
         check_device(&d);
-        let mut t = Timer::new(&d);
-        t.issue(Command::Mac, None, BASE).unwrap();
-        assert!(t.check(Command::LutAcc, None, BASE + 5).is_err());
-        t.check(Command::LutAcc, None, BASE + 6).unwrap();
     }
+}
+
+/// Issue cycles of two back-to-back all-bank `op`s on channel 0.
+fn two_ops(d: &Device, op: &str) -> (u64, u64) {
+    let mut sim = Simulator::new(
+        d,
+        SimOptions {
+            mode: Mode::TimingOnly,
+            refresh: false,
+            record_trace: true,
+        },
+    );
+    let p = Program::assemble(&format!("ACTAB ch=0 row=0\n{op}\n{op}\n")).unwrap();
+    sim.run(&p).unwrap();
+    let t: Vec<u64> = sim
+        .take_trace()
+        .iter()
+        .filter(|e| e.cmd.is_pim_column())
+        .map(|e| e.cycle)
+        .collect();
+    (t[0], t[1])
+}
+
+#[test]
+fn unit_intervals_follow_lanes_ports_and_the_power_budget() {
+    let ops = [
+        ("MAC ch=0 col=0 buf=0 reg=0", Command::Mac, 16),
+        ("LUTACC ch=0 col=0 bits=8 group=32 table=0 reg=0", Command::LutAcc, 32),
+        ("LUTACC ch=0 col=0 bits=4 group=64 table=0 reg=0", Command::LutAcc, 64),
+        ("HISTACC ch=0 col=0 bits=4 group=64 weights=0 reg=0", Command::HistAcc, 64),
+        ("BINMAC ch=0 col=0 dsub=2 bins=0 out=0", Command::BinMac, 16),
+        ("ARGMIN ch=0 col=0 start=0 dsub=2 nbits=8 cb=0 reg=0", Command::ArgMin, 512),
+    ];
+    for power_limited in [false, true] {
+        let mut s = DeviceSpec::preset("hbm3-aqpim-5.2").unwrap();
+        s.pim.power_limited = power_limited;
+        let d = s.resolve().unwrap();
+        for (op, cmd, work) in ops {
+            let unit = d.units.get(aqpim_pim::UnitKind::of(cmd).unwrap()).unwrap();
+            // The interval from the structure: the unit's cycles for a
+            // column, never less than nCCDAB...
+            let mut want = u64::from(d.pim.n_ccdab)
+                .max((work * u64::from(unit.banks_per_unit)).div_ceil(u64::from(unit.ops_per_cycle)));
+            // ... and under the power limit, what keeps the stack's power in its budget.
+            if power_limited {
+                let per_cycle = d.units.die.stack_power_budget_w * f64::from(d.t_ck_ps);
+                want = want.max((d.stack_op_pj(cmd, work) / per_cycle).ceil() as u64);
+            }
+            assert_eq!(d.pim_interval(cmd, work), want, "{op}");
+            let (a, b) = two_ops(&d, op);
+            assert_eq!(b - a, want, "{op}, power limited: {power_limited}");
+        }
+    }
+    // Halving the budget below a command's power stretches its interval.
+    let mut s = DeviceSpec::preset("hbm3-aqpim-5.2").unwrap();
+    s.pim.power_limited = true;
+    let d = s.clone().resolve().unwrap();
+    let w = d.stack_op_pj(Command::Mac, 16) / (6.0 * f64::from(d.t_ck_ps));
+    s.die.stack_power_budget_w = w;
+    let d = s.resolve().unwrap();
+    assert_eq!(d.pim_interval(Command::Mac, 16), 6);
+    assert!(d.power().within_budget);
 }
 
 #[test]
 fn timer_rejects_early_issue_and_names_the_rule() {
-    let d = Device::preset("hbm3-attacc-5.2").unwrap();
+    let d = Device::preset("hbm3-aqpim-5.2").unwrap();
     let mut t = Timer::new(&d);
     let b = BankSel::default();
     t.issue(Command::Act, Some(b), 0).unwrap();

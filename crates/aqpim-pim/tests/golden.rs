@@ -61,8 +61,8 @@ fn check(device: &str, file: &str) {
 }
 
 #[test]
-fn attacc_trace_matches_golden() {
-    check("hbm3-attacc-5.2", "attacc-small.jsonl");
+fn aqpim_trace_matches_golden() {
+    check("hbm3-aqpim-5.2", "aqpim-small.jsonl");
 }
 
 #[test]

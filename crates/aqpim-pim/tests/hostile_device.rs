@@ -85,13 +85,12 @@ fn apply(s: &mut DeviceSpec, e: &Edit) {
             let p = &mut s.pim;
             let f = [
                 &mut p.lanes,
-                &mut p.buffer_bytes,
-                &mut p.registers,
+                &mut s.units.buffer.bytes,
+                &mut s.units.registers.bytes,
                 &mut p.n_ccdab,
-                &mut p.n_ccdab_power_limited,
                 &mut p.buffer_die_bytes,
                 &mut p.mv_bytes_per_cycle,
-                &mut p.sfm_elements_per_cycle,
+                &mut s.units.softmax.ops_per_cycle,
                 &mut p.sfm_latency,
             ];
             let n = f.len();
@@ -103,10 +102,7 @@ fn apply(s: &mut DeviceSpec, e: &Edit) {
                 &mut e.act_pj,
                 &mut e.column_pj_per_bit,
                 &mut e.io_pj_per_bit,
-                &mut e.mac_pj,
-                &mut e.buffer_pj_per_bit,
                 &mut e.buffer_die_pj_per_bit,
-                &mut e.sfm_pj_per_element,
                 &mut e.refresh_pj,
             ];
             let n = f.len();
@@ -190,7 +186,7 @@ proptest! {
         edits in proptest::collection::vec(edit(), 1..4),
         attacc in any::<bool>(),
     ) {
-        let mut spec = if attacc { DeviceSpec::hbm3_attacc() } else { DeviceSpec::hbm3_jedec() };
+        let mut spec = if attacc { DeviceSpec::hbm3_aqpim() } else { DeviceSpec::hbm3_jedec() };
         for e in &edits {
             apply(&mut spec, e);
         }

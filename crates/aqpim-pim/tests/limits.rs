@@ -42,7 +42,7 @@ fn four_nested_maximal_loops_are_refused_naming_the_limit() {
         e.to_string().contains(&MAX_PROGRAM_COMMANDS.to_string()),
         "{e}"
     );
-    let d = Device::preset("hbm3-attacc-5.2").unwrap();
+    let d = Device::preset("hbm3-aqpim-5.2").unwrap();
     let e = Simulator::new(&d, opts(false)).run(&p).unwrap_err();
     assert!(matches!(e, PimError::Limit { .. }), "{e}");
 }
@@ -74,7 +74,7 @@ fn loops_nest_at_most_the_documented_depth() {
 
 #[test]
 fn a_recorded_trace_is_bounded() {
-    let d = Device::preset("hbm3-attacc-5.2").unwrap();
+    let d = Device::preset("hbm3-aqpim-5.2").unwrap();
     // Twice as many commands as the trace may hold: refused before running.
     let n = u32::try_from(MAX_TRACE_ENTRIES / 2).unwrap();
     let p = Program::assemble(&nested(

@@ -1,7 +1,7 @@
 //! Preset files load, resolve, and round-trip through serde; inconsistent
 //! specs are rejected with an error naming the field.
 
-use aqpim_pim::{DeviceSpec, PimError, TimingValue, PRESETS};
+use aqpim_pim::{Device, DeviceSpec, PimError, TimingValue, UnitKind, PRESETS};
 
 #[test]
 fn presets_load_resolve_and_round_trip() {
@@ -52,13 +52,89 @@ fn attacc_figures_resolve_to_the_brief() {
 }
 
 #[test]
-fn power_limit_selects_nccdab() {
-    let mut s = DeviceSpec::hbm3_attacc();
-    s.pim.power_limited = true;
-    let d = s.resolve().unwrap();
-    assert_eq!(d.pim.n_ccdab, 6);
-    let r = d.rules.iter().find(|r| r.name == "tCCDAB").unwrap();
-    assert_eq!(r.latency, 6);
+fn each_design_carries_only_its_units() {
+    let a = Device::preset("hbm3-attacc-5.2").unwrap();
+    let q = Device::preset("hbm3-aqpim-5.2").unwrap();
+    for k in UnitKind::ALL {
+        assert_eq!(a.units.get(k).is_some(), k == UnitKind::Mac, "attacc {k:?}");
+        assert!(q.units.get(k).is_some(), "aqpim {k:?}");
+    }
+    // AQPIM's device is AttAcc's with units added: the same organisation,
+    // timing and rules, declared once (`extends`).
+    assert_eq!((&a.org, &a.params, &a.rules), (&q.org, &q.params, &q.rules));
+    // The area per DRAM die, from the unit table: AttAcc's 128 GEMV units of
+    // 0.0808 mm2 with their 512 B buffer and 1 KiB of registers.
+    let area = a.area();
+    assert_eq!(area.banks_per_die, 128);
+    let per_bank = 0.0808 + 0.5 * 0.0263 + 1.0 * 0.0263;
+    assert!((area.total_mm2 - 128.0 * per_bank).abs() < 1e-9, "{area:?}");
+    assert!((area.die_share - area.total_mm2 / 121.0).abs() < 1e-12);
+    assert!(q.area().total_mm2 > area.total_mm2);
+    // Peak power: the most demanding command at its interval, every channel of a stack.
+    let p = a.power();
+    assert_eq!(p.peak_command, "MAC");
+    let want = a.stack_op_pj(aqpim_pim::Command::Mac, 16) / (4.0 * 769.0);
+    assert!((p.peak_w - want).abs() < 1e-9, "{p:?}");
+}
+
+/// Words that name a source in a preset's comment or `source` field.
+const CITED: [&str; 10] = [
+    "estimate", "AttAcc", "Horowitz", "ISSCC", "JEDEC", "Ramulator", "O'Connor", "HBM3", "as hbm3-", "brief",
+];
+
+#[test]
+fn every_unit_figure_carries_a_source_or_says_estimate() {
+    for (name, text) in PRESETS {
+        let d = DeviceSpec::preset(name).unwrap();
+        let u = &d.units;
+        let mut sources: Vec<(&str, &str)> = vec![
+            ("buffer", &u.buffer.source),
+            ("registers", &u.registers.source),
+            ("softmax", &u.softmax.source),
+            ("die area", &d.die.dram_die_source),
+            ("power budget", &d.die.power_source),
+        ];
+        for (k, unit) in [
+            ("mac", &u.mac),
+            ("lookup", &u.lookup),
+            ("histogram", &u.histogram),
+            ("binmac", &u.binmac),
+            ("argmin", &u.argmin),
+        ] {
+            if let Some(unit) = unit {
+                sources.push((k, &unit.source));
+            }
+        }
+        for (what, src) in sources {
+            assert!(
+                CITED.iter().any(|c| src.contains(c)),
+                "{name}: the {what} figures' source `{src}` names no source and does not say estimate"
+            );
+        }
+        // Every figure line of the unit, die, PIM and energy tables carries
+        // a comment that names its source (or says estimate).
+        let mut section = String::new();
+        for line in text.lines() {
+            let t = line.trim();
+            if t.starts_with('[') {
+                section = t.to_string();
+                continue;
+            }
+            let priced = ["[pim]", "[energy]", "[die]"].contains(&section.as_str())
+                || section.starts_with("[units.");
+            let numeric = t.split_once('=').is_some_and(|(_, v)| {
+                v.trim().starts_with(|c: char| c.is_ascii_digit())
+            });
+            if priced && numeric {
+                let comment = t.split_once('#').map(|(_, c)| c).unwrap_or("");
+                let key = t.split('=').next().unwrap_or("").trim();
+                assert!(
+                    CITED.iter().any(|c| comment.contains(c)) || key == "banks_per_unit",
+                    "{name} {section}: `{t}` has no source comment"
+                );
+            }
+        }
+    }
 }
 
 fn rejects(mutate: impl FnOnce(&mut DeviceSpec), field_part: &str) {

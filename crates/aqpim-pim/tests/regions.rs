@@ -20,7 +20,7 @@ fn sim(d: &Device) -> Simulator {
 
 #[test]
 fn regions_sum_to_the_run() {
-    let d = Device::preset("hbm3-attacc-5.2").unwrap();
+    let d = Device::preset("hbm3-aqpim-5.2").unwrap();
     // Long enough to insert refreshes (the mix runs a few tREFI).
     let p = standard_mix(&d, 3, 400).unwrap();
     let plain = sim(&d).run(&p).unwrap();
@@ -50,7 +50,7 @@ fn regions_sum_to_the_run() {
 
 #[test]
 fn marks_must_cover_the_program() {
-    let d = Device::preset("hbm3-attacc-5.2").unwrap();
+    let d = Device::preset("hbm3-aqpim-5.2").unwrap();
     let p = standard_mix(&d, 1, 2).unwrap();
     let e = sim(&d).run_regions(&p, &[0]).unwrap_err().to_string();
     assert!(e.contains("region marks"), "{e}");

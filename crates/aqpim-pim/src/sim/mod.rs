@@ -21,6 +21,7 @@ use crate::error::{PimError, Result};
 use crate::isa::{argmin_centroids, asm::format_instr, BankSel, Instr, Program};
 use crate::resolve::Device;
 use crate::stats::{Counters, RegionStats, Stats};
+use crate::units::{column_work, UnitKind};
 
 /// Most entries a recorded trace may hold (2^24, about 0.5 GiB of
 /// [`TraceEntry`]s): a run with `record_trace` that would record more is an
@@ -111,6 +112,9 @@ struct Channel {
     next_refresh: u64,
     /// One past the last cycle any command of this channel occupies.
     end: u64,
+    /// No all-bank column command may issue before this cycle: the previous
+    /// one's interval (its unit's work, nCCDAB, the power limit).
+    pim_free: u64,
 }
 
 /// The simulator of one device.
@@ -145,6 +149,24 @@ struct Operand {
     /// Cycles the command occupies the channel after issue (MVD, MVB, SFM,
     /// CLR, RED, RDD).
     busy: u64,
+    /// All-bank column commands: cycles until the next one may issue
+    /// ([`Device::pim_interval`]); 0 otherwise.
+    pim_busy: u64,
+}
+
+/// The work one bank does for an all-bank column instruction: lanes for MAC
+/// and BINMAC, codes per column for LUTACC and HISTACC, `dsub x 2^nbits`
+/// distance terms for ARGMIN.
+fn unit_work(d: &Device, ins: &Instr) -> u64 {
+    let cb = d.org.column_bytes as u64;
+    match *ins {
+        Instr::LutAcc { bits, .. } => column_work(Command::LutAcc, cb, bits.bits(), 0),
+        Instr::HistAcc { bits, .. } => column_work(Command::HistAcc, cb, bits.bits(), 0),
+        Instr::ArgMin { dsub, nbits, .. } => argmin_centroids(nbits) * u64::from(dsub),
+        Instr::Mac { .. } => column_work(Command::Mac, cb, 16, 0),
+        Instr::BinMac { .. } => column_work(Command::BinMac, cb, 16, 0),
+        _ => 0,
+    }
 }
 
 impl Simulator {
@@ -160,6 +182,7 @@ impl Simulator {
             floor: 0,
             next_refresh: interval,
             end: 0,
+            pim_free: 0,
         };
         Simulator {
             channels: vec![ch; device.org.channels],
@@ -381,20 +404,22 @@ impl Simulator {
     }
 
     /// The trace operand and channel occupancy of a concrete instruction.
+    /// All-bank column commands record their work per bank in `len` (the
+    /// operations their unit performs for one column).
     fn operand(&self, ins: &Instr) -> Operand {
         let d = &self.device;
         let banks = d.org.banks_per_channel as u64;
         let flagged = |len: u16, flag: bool| u32::from(len) | if flag { 1 << 31 } else { 0 };
         let (row, col, len, busy) = match *ins {
             Instr::Act { row, .. } | Instr::ActAb { row, .. } => (row, 0, 0, 0),
-            Instr::Rd { col, .. }
-            | Instr::Wr { col, .. }
-            | Instr::Mac { col, .. }
+            Instr::Rd { col, .. } | Instr::Wr { col, .. } | Instr::Stc { col, .. } => {
+                (0, col, 0, 0)
+            }
+            Instr::Mac { col, .. }
             | Instr::LutAcc { col, .. }
             | Instr::HistAcc { col, .. }
             | Instr::ArgMin { col, .. }
-            | Instr::BinMac { col, .. }
-            | Instr::Stc { col, .. } => (0, col, 0, 0),
+            | Instr::BinMac { col, .. } => (0, col, unit_work(d, ins) as u32, 0),
             Instr::Mvd { len, .. } => (0, 0, len.into(), d.mv_cycles(banks * u64::from(len) * 4)),
             Instr::Mvb { len, broadcast, .. } => {
                 let per = if broadcast { 1 } else { banks };
@@ -407,11 +432,16 @@ impl Simulator {
             Instr::Rdd { len, .. } => (0, 0, len.into(), d.rdd_cycles(len.into())),
             _ => (0, 0, 0, 0),
         };
+        let pim_busy = match ins.spec().command {
+            Some(cmd) if cmd.is_pim_column() => d.pim_interval(cmd, u64::from(len)),
+            _ => 0,
+        };
         Operand {
             row,
             col: col.into(),
             len,
             busy,
+            pim_busy,
         }
     }
 
@@ -429,22 +459,29 @@ impl Simulator {
             }
             Instr::Mac { bcast, .. } => {
                 k.lane_ops += banks * lanes;
+                k.unit_ops[UnitKind::Mac as usize] += banks * lanes;
                 k.bytes_buffer += banks * if bcast { 2 } else { lanes * 2 };
             }
-            Instr::BinMac { .. } => k.lane_ops += banks * lanes,
+            Instr::BinMac { .. } => {
+                k.lane_ops += banks * lanes;
+                k.unit_ops[UnitKind::Binmac as usize] += banks * lanes;
+            }
             Instr::LutAcc { bits, .. } => {
                 let n = col_bytes * 8 / u64::from(bits.bits());
                 k.lane_ops += banks * n;
+                k.unit_ops[UnitKind::Lookup as usize] += banks * n;
                 k.bytes_buffer += banks * n * 2;
             }
             Instr::HistAcc { bits, group, .. } => {
                 let n = col_bytes * 8 / u64::from(bits.bits());
                 k.lane_ops += banks * n;
+                k.unit_ops[UnitKind::Histogram as usize] += banks * n;
                 k.bytes_buffer += banks * n.div_ceil(group.into()) * 2;
             }
             Instr::ArgMin { dsub, nbits, .. } => {
                 let work = argmin_centroids(nbits) * u64::from(dsub);
                 k.lane_ops += banks * work;
+                k.unit_ops[UnitKind::Argmin as usize] += banks * work;
                 k.bytes_buffer += banks * work * 2;
             }
             Instr::Mvd { len, .. } => k.bytes_buffer_die += banks * u64::from(len) * 4,
@@ -520,7 +557,12 @@ impl Simulator {
     fn earliest(&self, cmd: Command, ch: usize, bank: usize) -> u64 {
         let c = &self.channels[ch];
         let (t, _) = c.timing.earliest(&self.tables, cmd, bank);
-        t.max(c.floor).max(c.last_issue.map_or(0, |l| l + 1))
+        let t = t.max(c.floor).max(c.last_issue.map_or(0, |l| l + 1));
+        if cmd.is_pim_column() {
+            t.max(c.pim_free)
+        } else {
+            t
+        }
     }
 
     /// Checks, times and issues one program command; returns its cycle.
@@ -609,6 +651,9 @@ impl Simulator {
         if op.busy > 0 {
             c.floor = c.floor.max(t + op.busy);
             c.end = c.end.max(t + op.busy);
+        }
+        if op.pim_busy > 0 {
+            c.pim_free = c.pim_free.max(t + op.pim_busy);
         }
         let region = if auto {
             self.counters.len() - 1

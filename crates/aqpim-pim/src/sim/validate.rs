@@ -187,6 +187,13 @@ pub(crate) fn check_program(p: &Program, d: &Device, host_bytes: usize) -> Resul
         if let Some(b) = bank {
             check_bank(&b, d).map_err(err)?;
         }
+        if let Some(cmd) = ins.spec().command {
+            if let Some(kind) = crate::units::UnitKind::of(cmd) {
+                if d.units.get(kind).is_none() {
+                    return Err(err(crate::units::missing_unit(&d.name, cmd)));
+                }
+            }
+        }
         let mut result = Ok(());
         ins.for_each_address(|a| {
             if result.is_err() {
