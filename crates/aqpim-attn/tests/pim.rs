@@ -33,7 +33,7 @@ fn config(cases: u32, seed: u64) -> Config {
 }
 
 fn device() -> Device {
-    Device::preset("hbm3-attacc-5.2").unwrap()
+    Device::preset("hbm3-aqpim-5.2").unwrap()
 }
 
 /// FP16 tolerance: tables, probabilities, codebooks and tokens are FP16 in

@@ -6,7 +6,9 @@
 //! its slowest channel. Within a program:
 //!
 //! - a row of `k` all-bank column ops (LUTACC, HISTACC, MAC, BINMAC) costs
-//!   `max(max(nRCDRD + (k - 1) nCCDAB + nRTP, nRAS) + nRP, nRC)`;
+//!   `max(max(nRCDRD + (k - 1) I + nRTP, nRAS) + nRP, nRC)`, `I` the op's
+//!   interval in force (`Device::pim_interval`: nCCDAB, its unit's lanes or
+//!   ports, the power limit);
 //! - `k` buffer writes (WRGB) cost `k nCCDS`;
 //! - a channel-occupying op (MVD, MVB, SFM, CLR, RED, RDD) costs its
 //!   occupancy plus one issue cycle; the first one after column ops also
@@ -21,7 +23,7 @@
 
 use std::cell::RefCell;
 
-use aqpim_pim::Device;
+use aqpim_pim::{column_work, Command, Device};
 
 use super::layout::{Geom, Part};
 use super::placement::plan;
@@ -34,7 +36,6 @@ struct Params {
     rp: u64,
     rc: u64,
     rtp: u64,
-    ccdab: u64,
     ccds: u64,
     mv_wait: u64,
     wr_gap: u64,
@@ -50,7 +51,6 @@ impl Params {
             rp: p("nRP"),
             rc: p("nRC"),
             rtp: p("nRTP"),
-            ccdab: u64::from(device.pim.n_ccdab),
             ccds: p("nCCDS").max(1),
             mv_wait: (p("nCL") + p("nBL")).saturating_sub(p("nRTP") + p("nRP")),
             wr_gap: p("nCCDL").max(1),
@@ -58,12 +58,12 @@ impl Params {
         }
     }
 
-    /// One row of `k` all-bank column ops.
-    fn row(&self, k: u64) -> u64 {
+    /// One row of `k` all-bank column ops issued `interval` cycles apart.
+    fn row(&self, k: u64, interval: u64) -> u64 {
         if k == 0 {
             return self.rc;
         }
-        ((self.rcd + (k - 1) * self.ccdab + self.rtp).max(self.ras) + self.rp).max(self.rc)
+        ((self.rcd + (k - 1) * interval + self.rtp).max(self.ras) + self.rp).max(self.rc)
     }
 }
 
@@ -112,17 +112,23 @@ fn busy(c: u64) -> u64 {
 }
 
 /// Rows of `per_row` slots (or columns) of one part, `ops(slots)` column
-/// ops each, over `n_b` slots.
-fn rows(p: &Params, g: &Geom, part: &Part, ops: impl Fn(u64) -> u64) -> u64 {
+/// ops each `interval` cycles apart, over `n_b` slots.
+fn rows(p: &Params, g: &Geom, part: &Part, interval: u64, ops: impl Fn(u64) -> u64) -> u64 {
     let spr = part.slots_per_row(g.columns);
     row_phase(
         (0..part.rows)
             .map(|r| {
                 let slots = spr.min(g.n_b - r * spr) as u64;
-                p.row(ops(slots))
+                p.row(ops(slots), interval)
             })
             .sum(),
     )
+}
+
+/// The interval of an all-bank column op of `cmd` on `bits`-bit codes.
+fn interval(device: &Device, cmd: Command, bits: u32) -> u64 {
+    let work = column_work(cmd, device.org.column_bytes as u64, bits, 0);
+    device.pim_interval(cmd, work)
 }
 
 /// Cycles of one query head over one slice.
@@ -143,16 +149,20 @@ pub(crate) fn slice_cycles(device: &Device, g: &Geom) -> u64 {
             }
         }
     };
+    let mac = interval(device, Command::Mac, 16);
     match (g.k.pq, g.v.pq) {
         (Some(kq), Some(q)) => {
+            let lut = interval(device, Command::LutAcc, kq.bits.bits());
+            let hist = interval(device, Command::HistAcc, q.bits.bits());
+            let binmac = interval(device, Command::BinMac, 16);
             let mut c = busy((kq.m * kq.stride) as u64 / lanes * p.ccds + clr(g.n_b as u64));
-            c += rows(&p, g, &g.k, col_ops(&g.k));
+            c += rows(&p, g, &g.k, lut, col_ops(&g.k));
             c += busy(softmax(device, &p, g) + clr(d));
             let tpc = g.v.tpc as u64;
             let hist_ops = |slots: u64| if tpc > 1 { slots.div_ceil(tpc) } else { slots };
             for chunk in 0..q.chunks {
                 c += busy(clr(q.bins as u64));
-                c += rows(&p, g, &g.v, hist_ops);
+                c += rows(&p, g, &g.v, hist, hist_ops);
                 // BINMAC over the chunk's subspaces' codebook columns, row by row.
                 let first = chunk * q.group;
                 let last = ((chunk + 1) * q.group).min(q.m);
@@ -161,7 +171,7 @@ pub(crate) fn slice_cycles(device: &Device, g: &Geom) -> u64 {
                 while u < u1 {
                     let row_end = (u / g.columns + 1) * g.columns;
                     let k = (row_end.min(u1) - u) as u64;
-                    c += row_phase(p.row(k));
+                    c += row_phase(p.row(k, binmac));
                     u = row_end.min(u1);
                 }
             }
@@ -169,9 +179,9 @@ pub(crate) fn slice_cycles(device: &Device, g: &Geom) -> u64 {
         }
         _ => {
             let mut c = busy((d / lanes) * p.ccds + clr(g.n_b as u64));
-            c += rows(&p, g, &g.k, col_ops(&g.k));
+            c += rows(&p, g, &g.k, mac, col_ops(&g.k));
             c += busy(softmax(device, &p, g) + clr(d));
-            c += rows(&p, g, &g.v, col_ops(&g.v));
+            c += rows(&p, g, &g.v, mac, col_ops(&g.v));
             c + busy(reduce(device, &p, g))
         }
     }
@@ -195,7 +205,9 @@ fn quantize_cycles(device: &Device, g: &Geom, tokens: usize, passes: usize) -> u
         let per_chunk = (device.pim.buffer_elements() / sub).clamp(1, q.m);
         let chunks = q.m.div_ceil(per_chunk) as u64;
         wrgb += (q.m * sub / lanes) as u64 * p.ccds;
-        argmin += (passes * q.m) as u64 * p.ccdab + chunks * p.rcd;
+        let terms = (q.ksub * q.dsub) as u64;
+        argmin += (passes * q.m) as u64 * device.pim_interval(Command::ArgMin, terms)
+            + chunks * p.rcd;
         cpts += part.cpt as u64 - 1;
     }
     // Code stores, per token: key row then value row of the same bank,
