@@ -206,6 +206,7 @@ fn analytic_layer_cost_tracks_the_simulator_within_5_percent() {
                     fp_tokens: if pq { 132 } else { 0 },
                     quantize: pq,
                     codebooks: aqpim_attn::pim::CodebookScope::Model,
+                    placement: aqpim_attn::pim::Placement::Spread,
                 };
                 let sim = simulate_layer(&dev, &job).unwrap();
                 let ana = analytic_layer(&dev, &job).unwrap();
@@ -239,6 +240,7 @@ fn analytic_layer_cost_tracks_the_simulator_within_5_percent() {
             fp_tokens: 132,
             quantize: true,
             codebooks: aqpim_attn::pim::CodebookScope::Model,
+            placement: aqpim_attn::pim::Placement::Spread,
         };
         let sim = simulate_layer(&dev, &job).unwrap();
         let ana = analytic_layer(&dev, &job).unwrap();
@@ -268,6 +270,7 @@ fn pq_attention_is_faster_than_fp16_attention_at_long_context() {
         fp_tokens: 0,
         quantize: false,
         codebooks: aqpim_attn::pim::CodebookScope::Model,
+        placement: aqpim_attn::pim::Placement::Spread,
     };
     let fp = simulate_layer(&dev, &job(PimKind::Fp16)).unwrap();
     let pq = simulate_layer(&dev, &job(PimKind::pq(4, 8))).unwrap();
@@ -294,6 +297,7 @@ fn placements_that_do_not_fit_say_by_how_much() {
         fp_tokens: 0,
         quantize: false,
         codebooks: aqpim_attn::pim::CodebookScope::Model,
+        placement: aqpim_attn::pim::Placement::Spread,
     };
     let e = layer_rows_per_bank(&dev, &job).unwrap_err().to_string();
     assert!(e.contains("rows per bank") && e.contains("over"), "{e}");
@@ -372,6 +376,7 @@ fn keys_and_values_in_their_own_formats_equal_attention_on_codes() {
         fp_tokens: 132,
         quantize: true,
         codebooks: aqpim_attn::pim::CodebookScope::Model,
+        placement: aqpim_attn::pim::Placement::Spread,
     };
     let mixed = PimKind::Pq {
         key: PqCodes { dsub: 4, nbits: 8 },
@@ -586,6 +591,7 @@ proptest! {
             fp_tokens,
             quantize,
             codebooks: scope,
+            placement: aqpim_attn::pim::Placement::Spread,
         };
         let block = if quantize { quantize_block(&dev, &job).unwrap() } else { 0 };
         let new_keys: Vec<f32> = (0..heads * block * d).map(|_| rng.gen_range(-0.3f32..0.3)).collect();
@@ -643,6 +649,7 @@ fn model_scope_needs_one_value_codebook_per_kv_head() {
         fp_tokens: 0,
         quantize: false,
         codebooks: CodebookScope::Model,
+        placement: aqpim_attn::pim::Placement::Spread,
     };
     let queries = vec![0.1f32; n * 64];
     let e = match run_layer(&device(), &job, &data, &queries, None) {
@@ -653,6 +660,7 @@ fn model_scope_needs_one_value_codebook_per_kv_head() {
     // Per-sequence codebooks: every cache gets its own copy.
     let own = LayerJob {
         codebooks: CodebookScope::Sequence,
+        placement: aqpim_attn::pim::Placement::Spread,
         ..job
     };
     run_layer(&device(), &own, &data, &queries, None).unwrap();
@@ -716,6 +724,7 @@ fn phases_sum_to_the_layer_within_one_percent() {
             fp_tokens,
             quantize,
             codebooks: CodebookScope::Model,
+            placement: aqpim_attn::pim::Placement::Spread,
         };
         let b = simulate_layer_breakdown(&dev, &job, aqpim_pim::Mode::TimingOnly).unwrap();
         assert_eq!(b.total, simulate_layer(&dev, &job).unwrap());
@@ -759,6 +768,7 @@ fn the_lowered_program_as_text_runs_like_the_timing_run() {
         fp_tokens: 20,
         quantize: true,
         codebooks: CodebookScope::Model,
+        placement: aqpim_attn::pim::Placement::Spread,
     };
     let lowered = lower_layer(&dev, &job, None).unwrap();
     let text = lowered.annotated_text();

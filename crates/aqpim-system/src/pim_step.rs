@@ -29,7 +29,7 @@
 //!   layers run before attention unless `pim.overlap_linear` (AttAcc's
 //!   `--pipeopt`, off by default there and here) pipelines them too.
 
-use aqpim_attn::pim::{CodebookScope, LayerJob, PimCost, PimKind, PqCodes};
+use aqpim_attn::pim::{CodebookScope, LayerJob, PimCost, PimKind, Placement, PqCodes};
 use aqpim_kvcache::{KvPart, KvShape, KvSpec, PqSpec, Regions};
 
 use crate::error::{Result, SystemError};
@@ -50,6 +50,8 @@ struct Format {
     /// Bytes of one movable token of one sequence in one layer.
     token_bytes: u64,
     pq: Option<Pq>,
+    /// How caches spread over channels (`[pim] placement`).
+    placement: Placement,
 }
 
 struct Pq {
@@ -70,6 +72,7 @@ fn format(
     policy: Policy,
     ctx: usize,
 ) -> Result<Format> {
+    let placement = stacks.placement()?;
     if policy == Policy::Attacc {
         return Ok(Format {
             kind: PimKind::Fp16,
@@ -77,6 +80,7 @@ fn format(
             movable: ctx,
             token_bytes: model.kv_bytes_per_token_layer(),
             pq: None,
+            placement,
         });
     }
     let spec = stacks.pq_spec()?.ok_or_else(|| SystemError::InvalidArgument {
@@ -129,6 +133,7 @@ fn format(
             value_book_bytes: pv.codebook_len() as u64 * FP16_BYTES,
             table_bytes: (pk.num_subspaces() * stride) as u64 * FP16_BYTES,
         }),
+        placement,
     })
 }
 
@@ -144,6 +149,7 @@ fn job(model: &ModelSpec, f: &Format, batch: usize, n: usize, quantize: bool) ->
         fp_tokens: f.fp_tokens,
         quantize: quantize && f.pq.as_ref().is_some_and(|p| p.regions.encoded > 0),
         codebooks: f.pq.as_ref().map_or(CodebookScope::Model, |p| p.scope),
+        placement: f.placement,
     }
 }
 
@@ -275,12 +281,13 @@ pub(crate) fn pim_step(
     let timer: &dyn PimTimer = match pim {
         Some(t) => t,
         None => {
-            owned = SimTimer::new(stacks.device()?, PimMode::Simulated);
+            owned = SimTimer::new(stacks.device_for(policy)?, PimMode::Simulated);
             &owned
         }
     };
     let placed = place(model, system, policy, ctx, batch, timer)?;
     let mut step = Step::empty(model, system, policy, ctx, batch);
+    step.set_device(timer.device());
     memory(&mut step, model, system, timer, &placed)?;
     let mut layer = LayerMs {
         gpu_attention: gpu_attention_layer(system, &placed, batch)?,

@@ -163,8 +163,15 @@ pub struct HostSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PimStacksSpec {
-    /// Device preset (`aqpim-pim`'s presets: `hbm3-attacc-5.2`, ...) or a TOML file.
+    /// Device preset (`aqpim-pim`'s presets: `hbm3-attacc-5.2`, ...) or a
+    /// TOML file: the device of this system's own design (the `aqpim`
+    /// policy's, on a system that states a `kv` format).
     pub device: String,
+    /// The device the `attacc` policy runs on, when it is not `device`: a
+    /// system of AQPIM's design compares against AttAcc on AttAcc's own
+    /// device, carrying only AttAcc's units (`hbm3-attacc-5.2`).
+    #[serde(default)]
+    pub attacc_device: Option<String>,
     /// Not accepted: the stack count is the device's (`[organisation]
     /// stacks` in the device file), defined in one place. Present only to
     /// refuse it with a message that says where it goes.
@@ -194,13 +201,32 @@ pub struct PimStacksSpec {
     /// simulator.
     #[serde(default)]
     pub overlap_linear: bool,
+    /// How caches spread over channels, the same rule for every policy:
+    /// `spread` (the default: long caches are cut over idle channels) or
+    /// `one-per-cache` (AttAcc's simulator's rule, one channel per
+    /// sequence and KV head; kept to compare with that simulator).
+    #[serde(default)]
+    pub placement: Option<String>,
 }
 
 impl PimStacksSpec {
+    /// The device of `policy`: `attacc_device` for `attacc` where set,
+    /// else `device`; resolved.
+    pub fn device_for(&self, policy: crate::Policy) -> Result<aqpim_pim::Device> {
+        match (&self.attacc_device, policy) {
+            (Some(name), crate::Policy::Attacc) => self.resolve_device(name),
+            _ => self.device(),
+        }
+    }
+
     /// The device with the stack count applied, resolved.
     pub fn device(&self) -> Result<aqpim_pim::Device> {
+        self.resolve_device(&self.device)
+    }
+
+    fn resolve_device(&self, name: &str) -> Result<aqpim_pim::Device> {
         let bad = |reason: String| SystemError::Preset {
-            name: self.device.clone(),
+            name: name.to_string(),
             reason,
         };
         if self.stacks.is_some() {
@@ -210,7 +236,7 @@ impl PimStacksSpec {
                     .into(),
             ));
         }
-        let spec = device_spec(&self.device).map_err(bad)?;
+        let spec = device_spec(name).map_err(bad)?;
         spec.resolve().map_err(|e| bad(e.to_string()))
     }
 
@@ -221,6 +247,17 @@ impl PimStacksSpec {
             Some(s) => s.parse().map_err(|_| SystemError::Preset {
                 name: self.device.clone(),
                 reason: format!("pim.codebooks = `{s}`: use `model` or `sequence`"),
+            }),
+        }
+    }
+
+    /// The placement rule (`spread` unless the preset says otherwise).
+    pub fn placement(&self) -> Result<aqpim_attn::pim::Placement> {
+        match &self.placement {
+            None => Ok(aqpim_attn::pim::Placement::Spread),
+            Some(s) => s.parse().map_err(|_| SystemError::Preset {
+                name: self.device.clone(),
+                reason: format!("pim.placement = `{s}`: use `spread` or `one-per-cache`"),
             }),
         }
     }
@@ -399,10 +436,16 @@ impl SystemSpec {
                 ));
             }
             p.codebook_scope()?;
+            p.placement()?;
             let d = p.device().map_err(|e| SystemError::Preset {
                 name: self.name.clone(),
                 reason: format!("[pim]: {e}"),
             })?;
+            p.device_for(crate::Policy::Attacc)
+                .map_err(|e| SystemError::Preset {
+                    name: self.name.clone(),
+                    reason: format!("[pim] attacc_device: {e}"),
+                })?;
             if device_bytes(&d) == 0 {
                 return bad(format!("PIM device `{}` has no capacity", d.name));
             }

@@ -101,6 +101,21 @@ pub struct Step {
     /// Estimate: online k-means of the batch's codebooks after prefill
     /// (`aqpim` with `sequence` codebooks), at the compute roofline.
     pub codebook_training_ms: Option<f64>,
+    /// The PIM device this policy runs on (empty without PIM).
+    pub pim_device: String,
+    /// PIM logic (compute units) per DRAM die of that device, mm^2.
+    pub pim_logic_mm2_per_die: f64,
+    /// PIM buffers and registers per DRAM die, mm^2.
+    pub pim_buffer_mm2_per_die: f64,
+    /// PIM logic and buffers per DRAM die, mm^2.
+    pub pim_area_mm2_per_die: f64,
+    /// `pim_area_mm2_per_die` over the DRAM die's area.
+    pub pim_die_share: f64,
+    /// Peak PIM power of one stack (the most demanding all-bank command at
+    /// its interval on every channel), W.
+    pub pim_peak_power_w: f64,
+    /// The stack's PIM power budget, W.
+    pub pim_power_budget_w: f64,
 }
 
 impl Step {
@@ -149,7 +164,27 @@ impl Step {
             pim_energy_uj: 0.0,
             prefill_ms: None,
             codebook_training_ms: None,
+            pim_device: String::new(),
+            pim_logic_mm2_per_die: 0.0,
+            pim_buffer_mm2_per_die: 0.0,
+            pim_area_mm2_per_die: 0.0,
+            pim_die_share: 0.0,
+            pim_peak_power_w: 0.0,
+            pim_power_budget_w: 0.0,
         }
+    }
+
+    /// Fills the PIM device's name, area per DRAM die and peak power.
+    pub(crate) fn set_device(&mut self, d: &aqpim_pim::Device) {
+        let area = d.area();
+        let power = d.power();
+        self.pim_device = d.name.clone();
+        self.pim_logic_mm2_per_die = area.logic_mm2;
+        self.pim_buffer_mm2_per_die = area.buffer_mm2;
+        self.pim_area_mm2_per_die = area.total_mm2;
+        self.pim_die_share = area.die_share;
+        self.pim_peak_power_w = power.peak_w;
+        self.pim_power_budget_w = power.budget_w;
     }
 
     /// Every figure finite (presets are bounded, so a non-finite one is a

@@ -175,6 +175,7 @@ fn sim(a: &SimArgs) -> Result<SimReport> {
         fp_tokens,
         quantize: a.quantize,
         codebooks: aqpim_attn::pim::CodebookScope::Model,
+        placement: aqpim_attn::pim::Placement::Spread,
     };
     let rows = layer_rows_per_bank(&device, &job)?;
     let needed = rows.saturating_mul(layers);

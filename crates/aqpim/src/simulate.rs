@@ -148,15 +148,33 @@ struct Grid {
     model: ModelSpec,
     system: SystemSpec,
     points: Vec<(Policy, usize, usize)>,
-    timer: Option<SimTimer>,
+    timers: Timers,
 }
 
-fn timer(system: &SystemSpec, policies: &[Policy], mode: &str) -> Result<Option<SimTimer>> {
+/// One PIM timer per policy that uses PIM, each on that policy's own device
+/// (`[pim] device`, or `attacc_device` for `attacc`).
+struct Timers(Vec<(Policy, SimTimer)>);
+
+impl Timers {
+    fn get(&self, policy: Policy) -> Option<&dyn PimTimer> {
+        self.0
+            .iter()
+            .find(|(p, _)| *p == policy)
+            .map(|(_, t)| t as &dyn PimTimer)
+    }
+}
+
+fn timers(system: &SystemSpec, policies: &[Policy], mode: &str) -> Result<Timers> {
     let mode: PimMode = mode.parse()?;
-    Ok(match (&system.pim, policies.iter().any(|p| p.uses_pim())) {
-        (Some(p), true) => Some(SimTimer::new(p.device()?, mode)),
-        _ => None,
-    })
+    let mut out = Vec::new();
+    if let Some(stacks) = &system.pim {
+        for &p in policies.iter().filter(|p| p.uses_pim()) {
+            if out.iter().all(|(q, _)| *q != p) {
+                out.push((p, SimTimer::new(stacks.device_for(p)?, mode)));
+            }
+        }
+    }
+    Ok(Timers(out))
 }
 
 impl GridArgs {
@@ -167,7 +185,7 @@ impl GridArgs {
         let policies = policies(&self.policy)?;
         let ctxs = counts(&self.ctx, "ctx")?;
         let batches = counts(&self.batch, "batch")?;
-        let timer = timer(&system, &policies, &self.pim_model)?;
+        let timers = timers(&system, &policies, &self.pim_model)?;
         let mut points = Vec::new();
         for &p in &policies {
             for &b in &batches {
@@ -180,7 +198,7 @@ impl GridArgs {
             model,
             system,
             points,
-            timer,
+            timers,
         })
     }
 }
@@ -189,12 +207,11 @@ impl GridArgs {
 /// message when the grid has more than one point, an error otherwise.
 fn run_grid(g: &Grid, bar: Option<&indicatif::ProgressBar>) -> Result<(Vec<Step>, Vec<String>)> {
     let single = g.points.len() == 1;
-    let timer = g.timer.as_ref().map(|t| t as &dyn PimTimer);
     let results: Vec<_> = g
         .points
         .par_iter()
         .map(|&(p, c, b)| {
-            let r = decode_step_with(&g.model, &g.system, p, c, b, timer);
+            let r = decode_step_with(&g.model, &g.system, p, c, b, g.timers.get(p));
             if let Some(bar) = bar {
                 bar.inc(1);
             }
@@ -449,8 +466,7 @@ fn run_serve(a: ServeArgs) -> Result<()> {
     let system = presets::system(&a.system)?;
     let policies = policies(&a.policy)?;
     let ctxs = counts(&a.ctx, "ctx")?;
-    let timer = timer(&system, &policies, &a.pim_model)?;
-    let t = timer.as_ref().map(|t| t as &dyn PimTimer);
+    let timers = timers(&system, &policies, &a.pim_model)?;
     let jobs: Vec<(Policy, usize)> = policies
         .iter()
         .flat_map(|&p| ctxs.iter().map(move |&c| (p, c)))
@@ -463,7 +479,8 @@ fn run_serve(a: ServeArgs) -> Result<()> {
     let points = jobs
         .par_iter()
         .map(|&(p, c)| {
-            let r = serve(&model, &system, p, c, t).with_context(|| format!("{p}, ctx {c}"));
+            let r = serve(&model, &system, p, c, timers.get(p))
+                .with_context(|| format!("{p}, ctx {c}"));
             bar.inc(1);
             r
         })

@@ -46,6 +46,7 @@ fn sim_json_is_layers_times_the_library_layer_cost() {
             fp_tokens: 0,
             quantize: false,
             codebooks: aqpim_attn::pim::CodebookScope::Model,
+            placement: aqpim_attn::pim::Placement::Spread,
         };
         let layer = simulate_layer(&Device::preset("hbm3-attacc-5.2").unwrap(), &job).unwrap();
         assert_eq!(json["cycles"].as_u64(), Some(3 * layer.cycles), "{kind}");

@@ -111,6 +111,47 @@ pub struct LayerJob {
     /// Who shares a PQ cache's codebooks, and so how many copies the banks
     /// hold (ignored for `Fp16`).
     pub codebooks: CodebookScope,
+    /// How caches are spread over channels.
+    pub placement: Placement,
+}
+
+/// How a layer's caches are spread over a device's channels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Placement {
+    /// Every channel works: each cache is cut into as many slices as the
+    /// least estimated time asks for, up to enough to keep every channel
+    /// busy (`4 x channels / caches`), whatever the batch; the partial
+    /// softmaxes are merged on the host (their statistics and outputs
+    /// cross the link, one set per slice).
+    #[default]
+    Spread,
+    /// AttAcc's simulator's rule: each (sequence, KV head) cache on one
+    /// channel (more only where one channel cannot hold it), the caches
+    /// dealt to channels in rounds; channels beyond the caches stay idle.
+    OnePerCache,
+}
+
+impl std::fmt::Display for Placement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Placement::Spread => "spread",
+            Placement::OnePerCache => "one-per-cache",
+        })
+    }
+}
+
+impl std::str::FromStr for Placement {
+    type Err = AttnError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "spread" => Ok(Placement::Spread),
+            "one-per-cache" => Ok(Placement::OnePerCache),
+            other => Err(AttnError::Placement(format!(
+                "`{other}` is not a placement (spread, one-per-cache)"
+            ))),
+        }
+    }
 }
 
 /// The scope of PQ codebooks: what the placement stores once.

@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::error::{AttnError, Result};
 use crate::pim::layout::Geom;
 use crate::pim::program::{self, NewToken, Rows};
-use crate::pim::{analytic, CodebookScope, LayerJob, PimKind};
+use crate::pim::{analytic, CodebookScope, LayerJob, PimKind, Placement};
 
 /// Hands out rows of every bank, channel by channel, from row 0 up: the one
 /// allocator behind every placement of this module and the functional runs.
@@ -156,10 +156,14 @@ fn check_job(job: &LayerJob) -> Result<()> {
     Ok(())
 }
 
-/// Main slices per cache: at least what one channel's budgets require, at
-/// most enough to spread a small batch over every channel; among those, the
-/// count with the least estimated time (each PQ slice pays its own
-/// bins-times-codebook, so splitting is not always faster).
+/// Main slices per cache: at least what one channel's budgets require;
+/// under [`Placement::Spread`] at most enough to keep every channel busy
+/// (`4 x channels / caches`, so that the slices of a batch that does not
+/// divide the channels still balance to within a quarter of a wave), and
+/// among those the count with the least estimated time (each slice pays its
+/// own softmax hand-off and, for PQ, its own bins-times-codebook, so
+/// splitting is not always faster); under [`Placement::OnePerCache`]
+/// exactly the least.
 fn slices_per_cache(device: &Device, job: &LayerJob) -> Result<usize> {
     if job.ctx == 0 {
         return Ok(0);
@@ -167,7 +171,10 @@ fn slices_per_cache(device: &Device, job: &LayerJob) -> Result<usize> {
     let (d, channels, caches) = (job.head_dim, device.org.channels, job.heads);
     let max = Geom::max_tokens(device, job.kind, d)?;
     let lo = job.ctx.div_ceil(max).clamp(1, job.ctx);
-    let hi = lo.max(channels / caches).min(job.ctx);
+    let hi = match job.placement {
+        Placement::Spread => lo.max((4 * channels).div_ceil(caches)).min(job.ctx),
+        Placement::OnePerCache => lo,
+    };
     let mut best = (u64::MAX, lo);
     for s in lo..=hi {
         let geom = Geom::new(device, job.kind, d, job.ctx.div_ceil(s))?;
