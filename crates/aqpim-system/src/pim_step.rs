@@ -21,7 +21,12 @@
 //!   (`aqpim`) or query (`attacc`, and `aqpim`'s FP16 slice) and the new
 //!   token, and reads back each slice's statistics and outputs; in-memory
 //!   quantization streams the codebooks once per flush (amortized over the
-//!   flush's tokens). `bytes / pim.link_gbps + 2 x pim.link_latency_us`.
+//!   flush's tokens). Each direction has half the link's bandwidth, as
+//!   AttAcc's simulator charges its interface: `bytes / (pim.link_gbps / 2)
+//!   + 2 x pim.link_latency_us`.
+//! - **Flush-pending tokens.** Tokens that left the window and wait for the
+//!   next in-memory quantization flush stay FP16 beside the window, placed
+//!   and attended as such (half a flush block on average).
 //! - **Overlap**, the same for both designs, as AttAcc's simulator models a
 //!   decoder block: the link's transfers pipeline with PIM attention head by
 //!   head, so of the shorter of the two only `1 / heads` stays exposed;
@@ -137,6 +142,23 @@ fn format(
     })
 }
 
+/// Tokens that left the recent window but wait for the next in-memory
+/// quantization flush (one flush encodes a block of [`quantize_block`]
+/// tokens per cache) stay FP16 beside the window, placed and attended as
+/// such: on average `(block - 1) / 2` of them, rounded up, at a step.
+///
+/// [`quantize_block`]: aqpim_attn::pim::quantize_block
+fn pending_as_fp16(model: &ModelSpec, f: &mut Format, timer: &dyn PimTimer) -> Result<()> {
+    if f.pq.is_none() || f.movable == 0 {
+        return Ok(());
+    }
+    let block = timer.quantize_block(&job(model, f, 1, f.movable, true))?;
+    let pending = block.saturating_sub(1).div_ceil(2).min(f.movable);
+    f.fp_tokens += pending;
+    f.movable -= pending;
+    Ok(())
+}
+
 /// The layer job of a batch with `n` movable tokens per cache in the stacks.
 fn job(model: &ModelSpec, f: &Format, batch: usize, n: usize, quantize: bool) -> LayerJob {
     LayerJob {
@@ -189,7 +211,8 @@ pub(crate) fn place(
     timer: &dyn PimTimer,
 ) -> Result<Placed> {
     let stacks = stacks_of(system, policy)?;
-    let f = format(model, stacks, system, policy, ctx)?;
+    let mut f = format(model, stacks, system, policy, ctx)?;
+    pending_as_fp16(model, &mut f, timer)?;
     let layers = model.layers;
     let rows = timer.device().org.rows;
     let rows_of = |n: usize| -> Result<usize> {
@@ -444,7 +467,10 @@ fn pim_costs(
         flush_share = fp.link_flush_bytes as f64 / block;
     }
     let bytes = (fp.link_in_bytes + fp.link_out_bytes) as f64 + flush_share;
-    layer.link = bytes / (stacks.link_gbps * 1e6) + 2.0 * stacks.link_latency_us / 1e3;
+    // Each direction carries half the link's bandwidth, as AttAcc's
+    // simulator charges its interface (`INTERFACE_BW / 2` each way); the
+    // inbound tables and the outbound results of a layer follow each other.
+    layer.link = bytes / (stacks.link_gbps / 2.0 * 1e6) + 2.0 * stacks.link_latency_us / 1e3;
     step.pim_energy_uj = layers * energy / 1e6;
     step.link_bytes = (layers * bytes).round() as u64;
     step.sync_ms = layers * stacks.sync_ms;

@@ -3,18 +3,21 @@
 //! PIM stacks, then free GPU memory), as a serving scheduler would cap it.
 //!
 //! The largest such batch is found by doubling then bisection on the
-//! placement alone (no timing); tokens/s is then timed at every power of
-//! two up to it, the eight largest batches, and the four largest that fit in
-//! the PIM stacks alone, and the best is kept. Step time grows about
-//! linearly with the batch, so tokens/s rises with it; the extra candidates
-//! catch the steps where one more sequence adds a wave of slices or moves
-//! tokens to the slower GPU path.
+//! placement alone (no timing). Every batch from 1 to it is then a
+//! candidate: tokens/s is not single-peaked in the batch (one more sequence
+//! can add a wave of slices, or move tokens to the slower GPU path), so none
+//! is skipped. For the PIM policies every batch is first timed with the
+//! closed form of the PIM programs (`PimMode::Analytic`, which
+//! `aqpim-attn`'s tests hold within 5 % of the simulator), and every batch
+//! whose estimate is within 10 % of the best estimate is then simulated: a
+//! batch further behind cannot be the best, since each of the two figures
+//! is within 5 % of its simulation. The best simulated batch is kept.
 
 use serde::Serialize;
 
 use crate::decode::{decode_step_with, MAX_BATCH, MAX_CTX};
 use crate::error::{Result, SystemError};
-use crate::pim::PimTimer;
+use crate::pim::{PimMode, PimTimer, SimTimer};
 use crate::pim_step::place;
 use crate::policy::Policy;
 use crate::presets::{ModelSpec, SystemSpec};
@@ -37,7 +40,7 @@ pub struct ServePoint {
     /// (nothing in GPU memory); `None` otherwise or when not even one
     /// sequence fits there.
     pub max_batch_in_pim: Option<usize>,
-    /// Batches timed.
+    /// Batches timed in full (simulated, for the PIM policies).
     pub batches_timed: usize,
     /// The itemized step at `best_batch`.
     pub step: Step,
@@ -105,6 +108,40 @@ fn largest(mut ok: impl FnMut(usize) -> Result<bool>) -> Result<Option<usize>> {
     Ok(Some(lo))
 }
 
+/// Share of the best closed-form estimate a batch must reach to be
+/// simulated: `0.95 / 1.05`, rounded down, from the 5 % bound of the closed
+/// form on the PIM part (the rest of a step is the same formula in both).
+const ANALYTIC_MARGIN: f64 = 0.90;
+
+/// The batches to time in full: every batch up to `max_batch` for the
+/// policies without PIM; for the PIM policies those whose closed-form
+/// tokens/s is within [`ANALYTIC_MARGIN`] of the best closed form.
+fn candidates(
+    model: &ModelSpec,
+    system: &SystemSpec,
+    policy: Policy,
+    ctx: usize,
+    max_batch: usize,
+    timer: Option<&dyn PimTimer>,
+) -> Result<Vec<usize>> {
+    let all: Vec<usize> = (1..=max_batch).collect();
+    let Some(t) = timer.filter(|_| policy.uses_pim()) else {
+        return Ok(all);
+    };
+    let analytic = SimTimer::new(t.device().clone(), PimMode::Analytic);
+    let mut est = Vec::with_capacity(all.len());
+    for &b in &all {
+        let step = decode_step_with(model, system, policy, ctx, b, Some(&analytic))?;
+        est.push((b, step.tokens_per_s));
+    }
+    let top = est.iter().map(|e| e.1).fold(0.0f64, f64::max);
+    Ok(est
+        .into_iter()
+        .filter(|&(_, tps)| tps >= ANALYTIC_MARGIN * top)
+        .map(|(b, _)| b)
+        .collect())
+}
+
 /// The serving view of one context: see the module docs. `timer` is
 /// required for the PIM policies.
 pub fn serve(
@@ -136,15 +173,7 @@ pub fn serve(
     } else {
         None
     };
-    let mut candidates: Vec<usize> = std::iter::successors(Some(1usize), |b| b.checked_mul(2))
-        .take_while(|&b| b <= max_batch)
-        .collect();
-    candidates.extend(max_batch.saturating_sub(7).max(1)..=max_batch);
-    if let Some(p) = in_pim {
-        candidates.extend(p.saturating_sub(3).max(1)..=p);
-    }
-    candidates.sort_unstable();
-    candidates.dedup();
+    let candidates = candidates(model, system, policy, ctx, max_batch, timer)?;
     let mut best: Option<Step> = None;
     for &b in &candidates {
         let step = decode_step_with(model, system, policy, ctx, b, timer)?;

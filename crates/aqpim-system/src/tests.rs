@@ -132,7 +132,8 @@ fn attacc_matches_hand_computed_figures() {
     close(s.linear_ms, 2.0 * linear_layer + 160.0 / 2e6);
     close(s.pim_attention_ms, 2.0 * 0.03);
     // Link per layer: 330 B at 1 GB/s plus two 100 us latencies.
-    let link = 330.0 / 1e6 + 0.2;
+    // Each direction at half the link: 1 GB/s is 0.5 GB/s each way.
+    let link = 330.0 / 0.5e6 + 0.2;
     close(s.link_ms, 2.0 * link);
     assert_eq!(s.link_bytes, 660);
     close(s.sync_ms, 2.0 * 0.25);
@@ -193,7 +194,7 @@ fn aqpim_counts_codebooks_once_at_model_scope() {
     // One 6400 ns flush per layer every 64 steps.
     close(s.quantize_ms, 2.0 * 6400.0 / 64.0 / 1e6);
     // Link: 330 B per step plus the 1000 B flush over 64 steps.
-    close(s.link_ms, 2.0 * ((330.0 + 1000.0 / 64.0) / 1e6 + 0.2));
+    close(s.link_ms, 2.0 * ((330.0 + 1000.0 / 64.0) / 0.5e6 + 0.2));
     // Tables: the KV head's key codebook (4 centroids x 4 elements FP16 =
     // 32 B) and 3 x 2 tables of 2 subspaces x 16 entries FP16 (64 B).
     close(s.table_ms, 2.0 * (32.0 + 6.0 * 64.0) / 1e6);
