@@ -80,6 +80,9 @@ pub struct PimParams {
     pub lanes: usize,
     /// Buffer bytes per bank (`[units.buffer] bytes`).
     pub buffer_bytes: usize,
+    /// Banks that share one buffer macro (`[units.buffer] banks_per_unit`):
+    /// each bank's own data (softmax weights) gets `1 / buffer_share` of it.
+    pub buffer_share: usize,
     /// FP32 registers per bank (`[units.registers] bytes / 4`).
     pub registers: usize,
     /// nCCDAB: the all-bank column command rate.
@@ -396,6 +399,7 @@ impl DeviceSpec {
         let pim = PimParams {
             lanes: p.lanes as usize,
             buffer_bytes: buffer_bytes as usize,
+            buffer_share: self.units.buffer.banks_per_unit as usize,
             registers: registers as usize,
             n_ccdab,
             power_limited: p.power_limited,
@@ -759,9 +763,9 @@ impl Device {
         }
         let logic_mm2 = by_unit.iter().map(|(_, a)| a).sum::<f64>();
         let kib = |bytes: u32| f64::from(bytes) / 1024.0;
-        let buffer_mm2 = banks_per_die as f64
-            * (kib(u.spec.buffer.bytes) * u.spec.buffer.area_mm2_per_kib
-                + kib(u.spec.registers.bytes) * u.spec.registers.area_mm2_per_kib);
+        let buffers = banks_per_die.div_ceil(u64::from(u.spec.buffer.banks_per_unit));
+        let buffer_mm2 = buffers as f64 * kib(u.spec.buffer.bytes) * u.spec.buffer.area_mm2_per_kib
+            + banks_per_die as f64 * kib(u.spec.registers.bytes) * u.spec.registers.area_mm2_per_kib;
         let total_mm2 = logic_mm2 + buffer_mm2;
         let die_mm2 = u.die.dram_die_area_mm2;
         AreaReport {

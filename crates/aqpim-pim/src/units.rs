@@ -52,7 +52,14 @@ pub struct UnitSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MemorySpec {
-    /// Bytes per bank.
+    /// Banks that share one physical macro (buffer only; registers are per
+    /// bank). A shared buffer holds one copy of what every bank reads alike
+    /// (a query, a lookup table, a codebook) and each bank's own softmax
+    /// weights side by side, so a slice gets `bytes / banks_per_unit`
+    /// weights per bank; its lookup unit is shared at least as widely.
+    #[serde(default = "one")]
+    pub banks_per_unit: u32,
+    /// Bytes per macro: what one bank's commands address.
     pub bytes: u32,
     /// Area per KiB (1024 bytes) in `process`, mm^2, periphery included.
     pub area_mm2_per_kib: f64,
@@ -283,6 +290,30 @@ impl UnitsSpec {
         }
         memory("units.buffer", &self.buffer)?;
         memory("units.registers", &self.registers)?;
+        let share = self.buffer.banks_per_unit;
+        if share == 0 || share > banks_per_channel || !banks_per_channel.is_multiple_of(share) {
+            return Err(err(
+                "units.buffer.banks_per_unit",
+                format!("{share} must divide the {banks_per_channel} banks of a channel"),
+            ));
+        }
+        if self.registers.banks_per_unit != 1 {
+            return Err(err(
+                "units.registers.banks_per_unit",
+                "registers hold each bank's own scores and bins: leave it at 1",
+            ));
+        }
+        if let Some(l) = &compute[UnitKind::Lookup as usize] {
+            if l.banks_per_unit < share {
+                return Err(err(
+                    "units.lookup.banks_per_unit",
+                    format!(
+                        "{} banks per lookup unit, fewer than the {share} banks that share a buffer: a shared buffer's reads go through one unit",
+                        l.banks_per_unit
+                    ),
+                ));
+            }
+        }
         let sfm = unit("units.softmax", &self.softmax, banks_per_channel)?;
         if sfm.banks_per_unit != 1 {
             return Err(err("units.softmax.banks_per_unit", "the buffer die has one vector unit per channel: leave it at 1"));

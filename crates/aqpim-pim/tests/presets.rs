@@ -70,6 +70,10 @@ fn each_design_carries_only_its_units() {
     assert!((area.total_mm2 - 128.0 * per_bank).abs() < 1e-9, "{area:?}");
     assert!((area.die_share - area.total_mm2 / 121.0).abs() < 1e-12);
     assert!(q.area().total_mm2 > area.total_mm2);
+    // AQPIM at equal area fits within AttAcc's PIM area per DRAM die.
+    let e = Device::preset("hbm3-aqpim-equal-area").unwrap();
+    assert!(e.area().total_mm2 <= area.total_mm2, "{:?}", e.area());
+    assert_eq!((&e.org, &e.params, &e.rules), (&a.org, &a.params, &a.rules));
     // Peak power: the most demanding command at its interval, every channel of a stack.
     let p = a.power();
     assert_eq!(p.peak_command, "MAC");

@@ -505,6 +505,10 @@ pub const SYSTEM_PRESETS: &[(&str, &str)] = &[
         "h100+aqpim",
         include_str!("../presets/systems/h100+aqpim.toml"),
     ),
+    (
+        "h100+aqpim-equal-area",
+        include_str!("../presets/systems/h100+aqpim-equal-area.toml"),
+    ),
 ];
 
 fn lookup<'a>(table: &'a [(&str, &str)], kind: &str, name: &str) -> Result<&'a str> {

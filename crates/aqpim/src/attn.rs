@@ -30,9 +30,11 @@ pub struct SimArgs {
     /// encoded tokens are these less the spec's FP16 sinks and window.
     #[arg(long, value_parser = count)]
     ctx: usize,
-    /// Device preset (crates/aqpim-pim/presets) or TOML file.
-    #[arg(long, value_name = "NAME|FILE", default_value = "hbm3-attacc-5.2")]
-    device: String,
+    /// Device preset (crates/aqpim-pim/presets) or TOML file. Default: each
+    /// design's own device, `hbm3-attacc-5.2` for `fp16` (AttAcc's units)
+    /// and `hbm3-aqpim-5.2` for `pq:` (AQPIM's units).
+    #[arg(long, value_name = "NAME|FILE")]
+    device: Option<String>,
     /// What the banks hold: `fp16` (AttAcc) or a `pq:` spec (AQPIM; 4- or
     /// 8-bit codes; its sinks and window are FP16 tokens beside the codes).
     #[arg(long, value_name = "SPEC", default_value = "pq:dsub=4,nbits=8")]
@@ -85,6 +87,10 @@ struct SimReport {
     commands: u64,
     channels_used: usize,
     rows_per_bank_per_layer: usize,
+    /// The device's PIM area per DRAM die and peak power (`Device::area`,
+    /// `Device::power`).
+    #[serde(flatten)]
+    price: crate::args::DevicePrice,
     /// Wall-clock seconds the simulation took.
     wall_s: f64,
     /// Per phase, summed over layers (`--breakdown`).
@@ -164,7 +170,12 @@ fn sim(a: &SimArgs) -> Result<SimReport> {
     let (kind, fp_tokens, encoded) = pim_format(&spec, head_dim, a.ctx)?;
     // At most MAX_BATCH x MAX_KV_HEADS = 2^22 heads: no overflow.
     let heads = a.batch * kv_heads;
-    let device = crate::args::device_spec(&a.device)?.resolve()?;
+    let default_device = match kind {
+        PimKind::Fp16 => "hbm3-attacc-5.2",
+        PimKind::Pq { .. } => "hbm3-aqpim-5.2",
+    };
+    let device = crate::args::device_spec(a.device.as_deref().unwrap_or(default_device))?
+        .resolve()?;
     let job = LayerJob {
         kind,
         head_dim,
@@ -228,6 +239,7 @@ fn sim(a: &SimArgs) -> Result<SimReport> {
         commands: 0,
         channels_used: 0,
         rows_per_bank_per_layer: rows,
+        price: crate::args::DevicePrice::of(&device),
         wall_s: 0.0,
         phases: None,
     };
@@ -306,6 +318,9 @@ impl SimReport {
             "{:<22} {:>14} rows per bank per layer, {} channels",
             "placement", self.rows_per_bank_per_layer, self.channels_used
         );
+        for line in self.price.lines() {
+            println!("{:<22} {line}", "");
+        }
         println!("{:<22} {:>14.2} s", "wall", self.wall_s);
     }
 }

@@ -38,6 +38,10 @@ pub const OFFLOAD_SYSTEM: &str = "h100+host";
 /// check that `attacc` on `h100+aqpim` is the same design.
 pub const ATTACC_SYSTEM: &str = "h100+attacc";
 
+/// The paper's system with AQPIM's units cut to AttAcc's PIM area per DRAM
+/// die: the serve run's second design point for `aqpim`.
+pub const EQUAL_AREA_SYSTEM: &str = "h100+aqpim-equal-area";
+
 impl Grid {
     /// The full grid: contexts 4K-128K, batches 1-256 (linear layers turn
     /// compute-bound past about 64).

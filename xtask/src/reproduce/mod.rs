@@ -256,6 +256,30 @@ pub fn run(args: &[String], root: &Path) -> Result<()> {
             serve.0.extend(other.0);
         }
     }
+    // 1b. AQPIM at AttAcc's PIM area per die (the paper's system only).
+    let equal_area = if g.system == "h100+aqpim" {
+        let path = out.join("serve_equal_area.csv");
+        simulate(
+            &aqpim,
+            &[
+                "serve",
+                "--model",
+                &g.model,
+                "--system",
+                grid::EQUAL_AREA_SYSTEM,
+                "--policy",
+                "aqpim",
+                "--ctx",
+                &g.serve_ctx,
+                "--pim-model",
+                &g.serve_pim_model,
+            ],
+            &path,
+        )?;
+        Some(rows::read_serve(&path)?)
+    } else {
+        None
+    };
     if g.serve_pim_model == "analytic" {
         notes.push(
             "The serve run uses `--pim-model analytic` (the closed form of the lowered programs) \
@@ -316,7 +340,7 @@ pub fn run(args: &[String], root: &Path) -> Result<()> {
     };
     std::fs::write(
         out.join("summary.md"),
-        summary::summarize(&header, &serve, &pim, &off),
+        summary::summarize(&header, &serve, equal_area.as_ref(), &pim, &off),
     )?;
     let figs = plot::write_all(
         &plot::Figures {
@@ -328,7 +352,7 @@ pub fn run(args: &[String], root: &Path) -> Result<()> {
         &out,
     )?;
     eprintln!(
-        "wrote serve.csv, pim.csv, offload.csv, summary.md, {} to {}",
+        "wrote serve.csv, serve_equal_area.csv, pim.csv, offload.csv, summary.md, {} to {}",
         figs.join(", "),
         out.display()
     );

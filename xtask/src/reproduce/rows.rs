@@ -59,6 +59,22 @@ pub struct StepRow {
     pub ctx_on_gpu: usize,
     /// Tokens per sequence spilled to host memory.
     pub ctx_spilled: usize,
+    /// The PIM device of the policy (empty without PIM; absent in CSV files
+    /// written before devices were per design).
+    #[serde(default)]
+    pub pim_device: String,
+    /// PIM logic and buffers per DRAM die, mm^2.
+    #[serde(default)]
+    pub pim_area_mm2_per_die: f64,
+    /// That area over the DRAM die's.
+    #[serde(default)]
+    pub pim_die_share: f64,
+    /// Peak PIM power of a stack, W.
+    #[serde(default)]
+    pub pim_peak_power_w: f64,
+    /// The stack's PIM power budget, W.
+    #[serde(default)]
+    pub pim_power_budget_w: f64,
 }
 
 impl StepRow {

@@ -80,7 +80,13 @@ fn tps(x: f64) -> String {
 }
 
 /// The whole summary.
-pub fn summarize(h: &Header, serve: &Serve, pim: &Sweep, off: &Sweep) -> String {
+pub fn summarize(
+    h: &Header,
+    serve: &Serve,
+    equal_area: Option<&Serve>,
+    pim: &Sweep,
+    off: &Sweep,
+) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -102,11 +108,77 @@ pub fn summarize(h: &Header, serve: &Serve, pim: &Sweep, off: &Sweep) -> String 
         s.push('\n');
     }
     s.push_str(&serve_section(serve));
+    if let Some(e) = equal_area {
+        s.push_str(&equal_area_section(serve, e));
+    }
     s.push_str(&equal_batch_section(pim));
     s.push_str(&offload_section(off));
     if h.model == "llama2-7b" {
         s.push_str(&sanity_section(pim));
     }
+    s
+}
+
+/// Section 1b: the headline at both design points: AQPIM as the paper would
+/// build it (`serve`'s aqpim rows) and at AttAcc's PIM area per DRAM die
+/// (`equal`), each against attacc, with the area and peak power of each
+/// policy's device.
+pub fn equal_area_section(serve: &Serve, equal: &Serve) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "## 1b. The headline at both design points
+
+         Each design runs on its own device and pays for its own units (`docs/results/pim.md`          lists every unit's area, energy and rate with its source). `as built`: AQPIM's units as          the paper would build them (`h100+aqpim`, device `hbm3-aqpim-5.2`); `equal area`: AQPIM's          units cut to AttAcc's PIM area per DRAM die (`h100+aqpim-equal-area`, device          `hbm3-aqpim-equal-area`). Area is per DRAM die (logic and buffers; % of the die); power          is the peak PIM power of one stack.\n"
+    );
+    let _ = writeln!(
+        s,
+        "| ctx | attacc tokens/s | as built tokens/s | as built ratio | equal area tokens/s | equal area ratio |\n|---:|---:|---:|---:|---:|---:|"
+    );
+    let mut areas: Vec<&super::rows::StepRow> = Vec::new();
+    for c in serve.ctxs() {
+        let (Some(a), Some(q)) = (serve.get("attacc", c), serve.get("aqpim", c)) else {
+            continue;
+        };
+        let e = equal.get("aqpim", c);
+        let (et, er) = e.map_or(("-".to_string(), "-".to_string()), |e| {
+            (
+                tps(e.step.tokens_per_s),
+                format!("{:.2}x", e.step.tokens_per_s / a.step.tokens_per_s),
+            )
+        });
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {:.2}x | {et} | {er} |",
+            ctx_label(c),
+            tps(a.step.tokens_per_s),
+            tps(q.step.tokens_per_s),
+            q.step.tokens_per_s / a.step.tokens_per_s
+        );
+        if areas.is_empty() {
+            areas.push(&a.step);
+            areas.push(&q.step);
+            if let Some(e) = e {
+                areas.push(&e.step);
+            }
+        }
+    }
+    let _ = writeln!(
+        s,
+        "\n| device | PIM area per DRAM die (mm2) | share of the die | peak PIM power per stack (W) | budget (W) |\n|---|---:|---:|---:|---:|"
+    );
+    for r in areas {
+        let _ = writeln!(
+            s,
+            "| `{}` | {:.2} | {:.1} % | {:.1} | {:.0} |",
+            r.pim_device,
+            r.pim_area_mm2_per_die,
+            100.0 * r.pim_die_share,
+            r.pim_peak_power_w,
+            r.pim_power_budget_w
+        );
+    }
+    s.push('\n');
     s
 }
 

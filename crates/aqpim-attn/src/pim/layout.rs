@@ -264,9 +264,11 @@ impl Geom {
                 self.banks * self.d + self.d
             )));
         }
-        if self.n_b > buf {
+        // Each bank's softmax weights sit side by side in a shared buffer.
+        let share = pim.buffer_share.max(1);
+        if self.n_b * share > buf {
             return Err(unfit(format!(
-                "{} softmax weights per bank exceed the {buf}-element buffer",
+                "{} softmax weights per bank, for {share} bank(s) sharing a buffer, exceed its {buf} elements",
                 self.n_b
             )));
         }
