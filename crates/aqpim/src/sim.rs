@@ -37,10 +37,13 @@ pub enum SimCommand {
     Run {
         /// Program file, assembly text or binary.
         program: PathBuf,
-        /// Device preset name (hbm3-attacc-5.2, hbm3-jedec-6.4) or a TOML spec file.
-        #[arg(long, default_value = "hbm3-attacc-5.2")]
+        /// Device preset name (hbm3-aqpim-5.2, with every PIM unit;
+        /// hbm3-attacc-5.2, AttAcc's MAC only; hbm3-aqpim-equal-area;
+        /// hbm3-jedec-6.4) or a TOML spec file.
+        #[arg(long, default_value = "hbm3-aqpim-5.2")]
         device: String,
-        /// Apply the all-bank power limit (nCCDAB = n_ccdab_power_limited).
+        /// Apply the stack's PIM power budget: each all-bank command's
+        /// interval stretches until its power fits (the device's `[die]`).
         #[arg(long)]
         power_limited: bool,
         /// Host data file that WR and WRGB read (their `data` operands are byte offsets).
@@ -67,7 +70,8 @@ pub enum SimCommand {
         /// Device preset name or TOML spec file.
         #[arg(long, default_value = "hbm3-attacc-5.2")]
         device: String,
-        /// Apply the all-bank power limit (nCCDAB = n_ccdab_power_limited).
+        /// Apply the stack's PIM power budget: each all-bank command's
+        /// interval stretches until its power fits (the device's `[die]`).
         #[arg(long)]
         power_limited: bool,
         /// Channels the mix runs on.
@@ -466,7 +470,7 @@ mod tests {
         let trace = dir.path().join("t.jsonl");
         run_program(
             &bin,
-            "hbm3-attacc-5.2",
+            "hbm3-aqpim-5.2",
             true,
             None,
             false,

@@ -48,7 +48,13 @@ fn sim_json_is_layers_times_the_library_layer_cost() {
             codebooks: aqpim_attn::pim::CodebookScope::Model,
             placement: aqpim_attn::pim::Placement::Spread,
         };
-        let layer = simulate_layer(&Device::preset("hbm3-attacc-5.2").unwrap(), &job).unwrap();
+        // Each design's own device by default.
+        let device = if kind == "pq" {
+            "hbm3-aqpim-5.2"
+        } else {
+            "hbm3-attacc-5.2"
+        };
+        let layer = simulate_layer(&Device::preset(device).unwrap(), &job).unwrap();
         assert_eq!(json["cycles"].as_u64(), Some(3 * layer.cycles), "{kind}");
         assert_eq!(json["mode"], "timing-only");
     }

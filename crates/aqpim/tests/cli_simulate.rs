@@ -344,11 +344,16 @@ fn config_files_resolve_next_to_themselves_and_say_what_they_were_taken_as() {
             .to_string()
     };
     // A device of 2 stacks, and a system that names it by a relative path.
-    let dev = preset(aqpim_pim::PRESETS, "hbm3-attacc-5.2").replace("stacks = 5 ", "stacks = 2 ");
-    assert!(dev.contains("stacks = 2"), "the preset's stack line moved");
+    // AQPIM's device extends AttAcc's; a file that extends it in turn sets
+    // only what it changes.
+    let dev = format!(
+        "{}\n[organisation]\nstacks = 2\n",
+        preset(aqpim_pim::PRESETS, "hbm3-aqpim-5.2")
+    );
     std::fs::write(dir.path().join("mydev.toml"), dev).unwrap();
     let sys = preset(aqpim_system::presets::SYSTEM_PRESETS, "h100+aqpim")
-        .replace("device = \"hbm3-attacc-5.2\"", "device = \"mydev.toml\"");
+        .replace("device = \"hbm3-aqpim-5.2\"", "device = \"mydev.toml\"");
+    assert!(sys.contains("mydev.toml"), "the preset's device line moved");
     let sys_path = dir.path().join("mysys.toml");
     std::fs::write(&sys_path, &sys).unwrap();
     let run = |system: &str, cwd: &std::path::Path| {
