@@ -156,6 +156,18 @@ struct Grid {
 struct Timers(Vec<(Policy, SimTimer)>);
 
 impl Timers {
+    /// Each PIM policy's device with its area per DRAM die and peak power.
+    fn print_prices(&self, o: &mut impl Write) -> Result<()> {
+        for (p, t) in &self.0 {
+            let d = t.device();
+            writeln!(o, "{p} runs on {}:", d.name)?;
+            for line in crate::args::DevicePrice::of(d).lines() {
+                writeln!(o, "  {line}")?;
+            }
+        }
+        Ok(())
+    }
+
     fn get(&self, policy: Policy) -> Option<&dyn PimTimer> {
         self.0
             .iter()
@@ -518,5 +530,6 @@ fn run_serve(a: ServeArgs) -> Result<()> {
             p.step.ctx_on_gpu
         )?;
     }
+    timers.print_prices(&mut o)?;
     Ok(())
 }

@@ -127,9 +127,13 @@ pub fn equal_area_section(serve: &Serve, equal: &Serve) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "## 1b. The headline at both design points
-
-         Each design runs on its own device and pays for its own units (`docs/results/pim.md`          lists every unit's area, energy and rate with its source). `as built`: AQPIM's units as          the paper would build them (`h100+aqpim`, device `hbm3-aqpim-5.2`); `equal area`: AQPIM's          units cut to AttAcc's PIM area per DRAM die (`h100+aqpim-equal-area`, device          `hbm3-aqpim-equal-area`). Area is per DRAM die (logic and buffers; % of the die); power          is the peak PIM power of one stack.\n"
+        "## 1b. The headline at both design points\n\n\
+         Each design runs on its own device and pays for its own units (`docs/results/pim.md` \
+         lists every unit's area, energy and rate with its source). `as built`: AQPIM's units as \
+         the paper would build them (`h100+aqpim`, device `hbm3-aqpim-5.2`); `equal area`: AQPIM's \
+         units cut to AttAcc's PIM area per DRAM die (`h100+aqpim-equal-area`, device \
+         `hbm3-aqpim-equal-area`). Area is per DRAM die (logic and buffers; % of the die); power \
+         is the peak PIM power of one stack.\n"
     );
     let _ = writeln!(
         s,

@@ -194,7 +194,9 @@ fn slices_per_cache(device: &Device, job: &LayerJob) -> Result<usize> {
 /// caches` (so a small batch still spreads over every channel); the `T`
 /// slices in that order go to channels in contiguous blocks (slice `k` to
 /// channel `k * C / T`), so that a channel serves few KV heads and keeps few
-/// value codebooks. A PQ cache's FP16 sink and window slice goes to the
+/// value codebooks (under [`Placement::OnePerCache`], every slice of a cache
+/// on the cache's one channel, `ci * C / caches`, processed one after the
+/// other). A PQ cache's FP16 sink and window slice goes to the
 /// channel of its first slice; its new token is quantized on the channel of
 /// its last slice.
 pub(crate) fn plan(device: &Device, job: &LayerJob) -> Result<Plan> {
@@ -224,7 +226,11 @@ pub(crate) fn plan(device: &Device, job: &LayerJob) -> Result<Plan> {
         let mut last = None;
         for (pi, &(start, len)) in parts.iter().enumerate() {
             let k = ci * per_cache + pi;
-            let ch = k * channels / total.max(1);
+            let ch = match job.placement {
+                Placement::Spread => k * channels / total.max(1),
+                // AttAcc's rule: a cache's slices stay on its one channel.
+                Placement::OnePerCache => ci * channels / caches,
+            };
             let geom = Geom::new(device, job.kind, d, len)?;
             let owner = match job.codebooks {
                 CodebookScope::Model => head,
