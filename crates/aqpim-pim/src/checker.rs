@@ -239,7 +239,9 @@ fn unit_interval(device: &Device, cmd: Command, work: u64) -> u64 {
     }
     if device.pim.power_limited {
         let per_cycle = device.units.die.stack_power_budget_w * f64::from(device.t_ck_ps);
-        let need = (device.stack_op_pj(cmd, work) / per_cycle - 1e-9).ceil().max(1.0);
+        let need = (device.stack_op_pj(cmd, work) / per_cycle - 1e-9)
+            .ceil()
+            .max(1.0);
         t = t.max(need as u64);
     }
     t

@@ -12,7 +12,9 @@ use crate::limits::{
     MAX_TIMING_PARAMS,
 };
 use crate::spec::{DeviceSpec, EnergySpec, TimingValue};
-use crate::units::{column_work, interval_too_long, AreaReport, PowerReport, UnitKind, Units, MAX_INTERVAL};
+use crate::units::{
+    column_work, interval_too_long, AreaReport, PowerReport, UnitKind, Units, MAX_INTERVAL,
+};
 
 /// Runtime organisation: counts per level and derived sizes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -343,7 +345,10 @@ impl DeviceSpec {
             params.insert(name.clone(), cycles);
         }
         let p = &self.pim;
-        for (name, v) in [("n_ccdab", p.n_ccdab), ("sfm_latency", p.sfm_latency.max(1))] {
+        for (name, v) in [
+            ("n_ccdab", p.n_ccdab),
+            ("sfm_latency", p.sfm_latency.max(1)),
+        ] {
             if v == 0 || v > MAX_RULE_LATENCY {
                 return Err(spec_err(
                     format!("pim.{name}"),
@@ -689,8 +694,7 @@ impl Device {
         };
         let mut cycles = base.max(unit.cycles(work));
         if self.pim.power_limited {
-            let budget_pj_per_cycle =
-                self.units.die.stack_power_budget_w * f64::from(self.t_ck_ps);
+            let budget_pj_per_cycle = self.units.die.stack_power_budget_w * f64::from(self.t_ck_ps);
             let need = (self.stack_op_pj(cmd, work) / budget_pj_per_cycle - 1e-9).ceil();
             cycles = cycles.max(need.max(1.0) as u64);
         }
@@ -765,7 +769,9 @@ impl Device {
         let kib = |bytes: u32| f64::from(bytes) / 1024.0;
         let buffers = banks_per_die.div_ceil(u64::from(u.spec.buffer.banks_per_unit));
         let buffer_mm2 = buffers as f64 * kib(u.spec.buffer.bytes) * u.spec.buffer.area_mm2_per_kib
-            + banks_per_die as f64 * kib(u.spec.registers.bytes) * u.spec.registers.area_mm2_per_kib;
+            + banks_per_die as f64
+                * kib(u.spec.registers.bytes)
+                * u.spec.registers.area_mm2_per_kib;
         let total_mm2 = logic_mm2 + buffer_mm2;
         let die_mm2 = u.die.dram_die_area_mm2;
         AreaReport {

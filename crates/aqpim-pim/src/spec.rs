@@ -216,13 +216,15 @@ impl DeviceSpec {
     /// are replaced whole). A device that adds units to another keeps its
     /// organisation, timing and rules declared once.
     fn merged_value(text: &str, depth: usize) -> Result<toml::Table> {
-        let mut table: toml::Table =
-            toml::from_str(text).map_err(|e: toml::de::Error| PimError::Parse(shorten_lines(&e.to_string())))?;
+        let mut table: toml::Table = toml::from_str(text)
+            .map_err(|e: toml::de::Error| PimError::Parse(shorten_lines(&e.to_string())))?;
         let Some(base) = table.remove("extends") else {
             return Ok(table);
         };
         let toml::Value::String(base) = base else {
-            return Err(PimError::Parse("`extends` must be the name of a device preset".into()));
+            return Err(PimError::Parse(
+                "`extends` must be the name of a device preset".into(),
+            ));
         };
         if depth >= MAX_EXTENDS_DEPTH {
             return Err(PimError::Parse(format!(
@@ -233,7 +235,11 @@ impl DeviceSpec {
         let Some((_, base_text)) = PRESETS.iter().find(|(n, _)| *n == base) else {
             return Err(PimError::UnknownPreset {
                 name: crate::limits::cut(&base),
-                known: PRESETS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "),
+                known: PRESETS
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .collect::<Vec<_>>()
+                    .join(", "),
             });
         };
         let mut merged = Self::merged_value(base_text, depth + 1)?;

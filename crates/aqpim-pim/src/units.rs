@@ -250,14 +250,23 @@ fn check_figure(field: &str, v: f64, max: f64) -> Result<()> {
 }
 
 fn unit(field: &str, u: &UnitSpec, banks_per_channel: u32) -> Result<Unit> {
-    if u.banks_per_unit == 0 || u.banks_per_unit > banks_per_channel || !banks_per_channel.is_multiple_of(u.banks_per_unit) {
+    if u.banks_per_unit == 0
+        || u.banks_per_unit > banks_per_channel
+        || !banks_per_channel.is_multiple_of(u.banks_per_unit)
+    {
         return Err(err(
             format!("{field}.banks_per_unit"),
-            format!("{} must divide the {banks_per_channel} banks of a channel", u.banks_per_unit),
+            format!(
+                "{} must divide the {banks_per_channel} banks of a channel",
+                u.banks_per_unit
+            ),
         ));
     }
     if u.ops_per_cycle == 0 || u.ops_per_cycle > 65536 {
-        return Err(err(format!("{field}.ops_per_cycle"), format!("{} is outside 1..=65536", u.ops_per_cycle)));
+        return Err(err(
+            format!("{field}.ops_per_cycle"),
+            format!("{} is outside 1..=65536", u.ops_per_cycle),
+        ));
     }
     check_figure(&format!("{field}.area_mm2"), u.area_mm2, 1e4)?;
     check_figure(&format!("{field}.energy_pj"), u.energy_pj, MAX_ENERGY_PJ)?;
@@ -272,8 +281,16 @@ fn unit(field: &str, u: &UnitSpec, banks_per_channel: u32) -> Result<Unit> {
 }
 
 fn memory(field: &str, m: &MemorySpec) -> Result<()> {
-    check_figure(&format!("{field}.area_mm2_per_kib"), m.area_mm2_per_kib, 1e3)?;
-    check_figure(&format!("{field}.energy_pj_per_bit"), m.energy_pj_per_bit, MAX_ENERGY_PJ)?;
+    check_figure(
+        &format!("{field}.area_mm2_per_kib"),
+        m.area_mm2_per_kib,
+        1e3,
+    )?;
+    check_figure(
+        &format!("{field}.energy_pj_per_bit"),
+        m.energy_pj_per_bit,
+        MAX_ENERGY_PJ,
+    )?;
     check_text(&format!("{field}.process"), &m.process)?;
     check_text(&format!("{field}.source"), &m.source)
 }
@@ -281,11 +298,21 @@ fn memory(field: &str, m: &MemorySpec) -> Result<()> {
 impl UnitsSpec {
     /// Checks every figure and resolves the compute units.
     pub(crate) fn resolve(&self, die: &DieSpec, banks_per_channel: u32) -> Result<Units> {
-        let specs = [&self.mac, &self.lookup, &self.histogram, &self.binmac, &self.argmin];
+        let specs = [
+            &self.mac,
+            &self.lookup,
+            &self.histogram,
+            &self.binmac,
+            &self.argmin,
+        ];
         let mut compute: [Option<Unit>; 5] = Default::default();
         for (i, s) in specs.iter().enumerate() {
             if let Some(u) = s {
-                compute[i] = Some(unit(&format!("units.{}", UnitKind::ALL[i].name()), u, banks_per_channel)?);
+                compute[i] = Some(unit(
+                    &format!("units.{}", UnitKind::ALL[i].name()),
+                    u,
+                    banks_per_channel,
+                )?);
             }
         }
         memory("units.buffer", &self.buffer)?;
@@ -316,10 +343,16 @@ impl UnitsSpec {
         }
         let sfm = unit("units.softmax", &self.softmax, banks_per_channel)?;
         if sfm.banks_per_unit != 1 {
-            return Err(err("units.softmax.banks_per_unit", "the buffer die has one vector unit per channel: leave it at 1"));
+            return Err(err(
+                "units.softmax.banks_per_unit",
+                "the buffer die has one vector unit per channel: leave it at 1",
+            ));
         }
         if die.dram_dies_per_stack == 0 || die.dram_dies_per_stack > 64 {
-            return Err(err("die.dram_dies_per_stack", format!("{} is outside 1..=64", die.dram_dies_per_stack)));
+            return Err(err(
+                "die.dram_dies_per_stack",
+                format!("{} is outside 1..=64", die.dram_dies_per_stack),
+            ));
         }
         check_figure("die.dram_die_area_mm2", die.dram_die_area_mm2, 1e4)?;
         if die.dram_die_area_mm2 == 0.0 {

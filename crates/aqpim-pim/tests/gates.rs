@@ -190,11 +190,27 @@ fn two_ops(d: &Device, op: &str) -> (u64, u64) {
 fn unit_intervals_follow_lanes_ports_and_the_power_budget() {
     let ops = [
         ("MAC ch=0 col=0 buf=0 reg=0", Command::Mac, 16),
-        ("LUTACC ch=0 col=0 bits=8 group=32 table=0 reg=0", Command::LutAcc, 32),
-        ("LUTACC ch=0 col=0 bits=4 group=64 table=0 reg=0", Command::LutAcc, 64),
-        ("HISTACC ch=0 col=0 bits=4 group=64 weights=0 reg=0", Command::HistAcc, 64),
+        (
+            "LUTACC ch=0 col=0 bits=8 group=32 table=0 reg=0",
+            Command::LutAcc,
+            32,
+        ),
+        (
+            "LUTACC ch=0 col=0 bits=4 group=64 table=0 reg=0",
+            Command::LutAcc,
+            64,
+        ),
+        (
+            "HISTACC ch=0 col=0 bits=4 group=64 weights=0 reg=0",
+            Command::HistAcc,
+            64,
+        ),
         ("BINMAC ch=0 col=0 dsub=2 bins=0 out=0", Command::BinMac, 16),
-        ("ARGMIN ch=0 col=0 start=0 dsub=2 nbits=8 cb=0 reg=0", Command::ArgMin, 512),
+        (
+            "ARGMIN ch=0 col=0 start=0 dsub=2 nbits=8 cb=0 reg=0",
+            Command::ArgMin,
+            512,
+        ),
     ];
     for power_limited in [false, true] {
         let mut s = DeviceSpec::preset("hbm3-aqpim-5.2").unwrap();
@@ -204,8 +220,9 @@ fn unit_intervals_follow_lanes_ports_and_the_power_budget() {
             let unit = d.units.get(aqpim_pim::UnitKind::of(cmd).unwrap()).unwrap();
             // The interval from the structure: the unit's cycles for a
             // column, never less than nCCDAB...
-            let mut want = u64::from(d.pim.n_ccdab)
-                .max((work * u64::from(unit.banks_per_unit)).div_ceil(u64::from(unit.ops_per_cycle)));
+            let mut want = u64::from(d.pim.n_ccdab).max(
+                (work * u64::from(unit.banks_per_unit)).div_ceil(u64::from(unit.ops_per_cycle)),
+            );
             // ... and under the power limit, what keeps the stack's power in its budget.
             if power_limited {
                 let per_cycle = d.units.die.stack_power_budget_w * f64::from(d.t_ck_ps);

@@ -13,7 +13,9 @@ use rand_chacha::ChaCha8Rng;
 
 /// Whether the device has every PIM unit these programs use.
 fn has_every_unit(d: &Device) -> bool {
-    aqpim_pim::UnitKind::ALL.iter().all(|&k| d.units.get(k).is_some())
+    aqpim_pim::UnitKind::ALL
+        .iter()
+        .all(|&k| d.units.get(k).is_some())
 }
 
 fn dev() -> Device {

@@ -83,7 +83,16 @@ fn each_design_carries_only_its_units() {
 
 /// Words that name a source in a preset's comment or `source` field.
 const CITED: [&str; 10] = [
-    "estimate", "AttAcc", "Horowitz", "ISSCC", "JEDEC", "Ramulator", "O'Connor", "HBM3", "as hbm3-", "brief",
+    "estimate",
+    "AttAcc",
+    "Horowitz",
+    "ISSCC",
+    "JEDEC",
+    "Ramulator",
+    "O'Connor",
+    "HBM3",
+    "as hbm3-",
+    "brief",
 ];
 
 #[test]
@@ -126,9 +135,9 @@ fn every_unit_figure_carries_a_source_or_says_estimate() {
             }
             let priced = ["[pim]", "[energy]", "[die]"].contains(&section.as_str())
                 || section.starts_with("[units.");
-            let numeric = t.split_once('=').is_some_and(|(_, v)| {
-                v.trim().starts_with(|c: char| c.is_ascii_digit())
-            });
+            let numeric = t
+                .split_once('=')
+                .is_some_and(|(_, v)| v.trim().starts_with(|c: char| c.is_ascii_digit()));
             if priced && numeric {
                 let comment = t.split_once('#').map(|(_, c)| c).unwrap_or("");
                 let key = t.split('=').next().unwrap_or("").trim();

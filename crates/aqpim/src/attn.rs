@@ -174,8 +174,8 @@ fn sim(a: &SimArgs) -> Result<SimReport> {
         PimKind::Fp16 => "hbm3-attacc-5.2",
         PimKind::Pq { .. } => "hbm3-aqpim-5.2",
     };
-    let device = crate::args::device_spec(a.device.as_deref().unwrap_or(default_device))?
-        .resolve()?;
+    let device =
+        crate::args::device_spec(a.device.as_deref().unwrap_or(default_device))?.resolve()?;
     let job = LayerJob {
         kind,
         head_dim,

@@ -206,8 +206,8 @@ fn quantize_cycles(device: &Device, g: &Geom, tokens: usize, passes: usize) -> u
         let chunks = q.m.div_ceil(per_chunk) as u64;
         wrgb += (q.m * sub / lanes) as u64 * p.ccds;
         let terms = (q.ksub * q.dsub) as u64;
-        argmin += (passes * q.m) as u64 * device.pim_interval(Command::ArgMin, terms)
-            + chunks * p.rcd;
+        argmin +=
+            (passes * q.m) as u64 * device.pim_interval(Command::ArgMin, terms) + chunks * p.rcd;
         cpts += part.cpt as u64 - 1;
     }
     // Code stores, per token: key row then value row of the same bank,
