@@ -50,6 +50,7 @@ mod energy;
 mod error;
 pub mod isa;
 pub mod limits;
+mod pricing;
 mod resolve;
 mod sim;
 mod spec;

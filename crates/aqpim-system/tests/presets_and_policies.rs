@@ -224,3 +224,27 @@ fn policy_names_round_trip() {
         assert_eq!(p.to_string(), name);
     }
 }
+
+/// The serving search finds the true best batch: with the closed form as
+/// the timer, the best of every batch up to capacity, by brute force.
+#[test]
+fn serve_finds_the_best_batch_of_all() {
+    use aqpim_system::pim::{PimMode, SimTimer};
+    let model = presets::model("llama2-7b").unwrap();
+    let system = presets::system("h100+aqpim").unwrap();
+    for policy in [Policy::Attacc, Policy::Aqpim] {
+        let stacks = system.pim.as_ref().unwrap();
+        let timer = SimTimer::new(stacks.device_for(policy).unwrap(), PimMode::Analytic);
+        let p = aqpim_system::serve(&model, &system, policy, 32768, Some(&timer)).unwrap();
+        let best = (1..=p.max_batch)
+            .map(|b| {
+                let s =
+                    aqpim_system::decode_step_with(&model, &system, policy, 32768, b, Some(&timer))
+                        .unwrap();
+                (s.tokens_per_s, b)
+            })
+            .fold((0.0, 0), |a, x| if x.0 > a.0 { x } else { a });
+        assert_eq!(p.best_batch, best.1, "{policy}");
+        assert_eq!(p.step.pim_device, stacks.device_for(policy).unwrap().name);
+    }
+}

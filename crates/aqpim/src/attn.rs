@@ -90,7 +90,7 @@ struct SimReport {
     /// The device's PIM area per DRAM die and peak power (`Device::area`,
     /// `Device::power`).
     #[serde(flatten)]
-    price: crate::args::DevicePrice,
+    price: crate::price::DevicePrice,
     /// Wall-clock seconds the simulation took.
     wall_s: f64,
     /// Per phase, summed over layers (`--breakdown`).
@@ -239,7 +239,7 @@ fn sim(a: &SimArgs) -> Result<SimReport> {
         commands: 0,
         channels_used: 0,
         rows_per_bank_per_layer: rows,
-        price: crate::args::DevicePrice::of(&device),
+        price: crate::price::DevicePrice::of(&device),
         wall_s: 0.0,
         phases: None,
     };

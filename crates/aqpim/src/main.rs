@@ -13,6 +13,7 @@ mod limits;
 mod model;
 mod npy;
 mod pq;
+mod price;
 mod probe;
 mod sim;
 mod simulate;

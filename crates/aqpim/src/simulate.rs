@@ -161,7 +161,7 @@ impl Timers {
         for (p, t) in &self.0 {
             let d = t.device();
             writeln!(o, "{p} runs on {}:", d.name)?;
-            for line in crate::args::DevicePrice::of(d).lines() {
+            for line in crate::price::DevicePrice::of(d).lines() {
                 writeln!(o, "  {line}")?;
             }
         }

@@ -500,6 +500,11 @@ mod tests {
             ctx_in_pim: ctx - spilled,
             ctx_on_gpu: 0,
             ctx_spilled: spilled,
+            pim_device: String::new(),
+            pim_area_mm2_per_die: 0.0,
+            pim_die_share: 0.0,
+            pim_peak_power_w: 0.0,
+            pim_power_budget_w: 0.0,
         }
     }
 
@@ -516,6 +521,25 @@ mod tests {
             },
             step: s,
         }
+    }
+
+    #[test]
+    fn both_design_points_against_attacc_with_their_areas() {
+        let mut a = served("attacc", 32768, 5, 500.0);
+        a.step.pim_device = "hbm3-attacc-5.2".into();
+        a.step.pim_area_mm2_per_die = 15.39;
+        a.step.pim_die_share = 15.39 / 121.0;
+        let mut q = served("aqpim", 32768, 22, 1750.0);
+        q.step.pim_device = "hbm3-aqpim-5.2".into();
+        let mut e = served("aqpim", 32768, 22, 1300.0);
+        e.step.pim_device = "hbm3-aqpim-equal-area".into();
+        let s = equal_area_section(&Serve(vec![a, q]), &Serve(vec![e]));
+        assert!(
+            s.contains("| 32K | 500 | 1750 | 3.50x | 1300 | 2.60x |"),
+            "{s}"
+        );
+        assert!(s.contains("| `hbm3-attacc-5.2` | 15.39 | 12.7 % |"), "{s}");
+        assert!(s.contains("| `hbm3-aqpim-equal-area` |"), "{s}");
     }
 
     #[test]
