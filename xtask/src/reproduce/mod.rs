@@ -194,43 +194,11 @@ pub fn run(args: &[String], root: &Path) -> Result<()> {
 
     // 1. The serving view.
     let serve_path = out.join("serve.csv");
-    simulate(
-        &aqpim,
-        &[
-            "serve",
-            "--model",
-            &g.model,
-            "--system",
-            &g.system,
-            "--policy",
-            grid::POLICIES,
-            "--ctx",
-            &g.serve_ctx,
-            "--pim-model",
-            &g.serve_pim_model,
-        ],
-        &serve_path,
-    )?;
+    serve_run(&aqpim, &g, &g.system, grid::POLICIES, &serve_path)?;
     let mut serve = rows::read_serve(&serve_path)?;
     if g.system == "h100+aqpim" {
         let check = out.join("serve_attacc_check.csv");
-        simulate(
-            &aqpim,
-            &[
-                "serve",
-                "--model",
-                &g.model,
-                "--system",
-                grid::ATTACC_SYSTEM,
-                "--policy",
-                "attacc",
-                "--ctx",
-                &g.serve_ctx,
-                "--pim-model",
-                &g.serve_pim_model,
-            ],
-            &check,
-        )?;
+        serve_run(&aqpim, &g, grid::ATTACC_SYSTEM, "attacc", &check)?;
         let other = rows::read_serve(&check)?;
         if same_attacc(&serve, &other) {
             notes.push(format!(
@@ -259,23 +227,7 @@ pub fn run(args: &[String], root: &Path) -> Result<()> {
     // 1b. AQPIM at AttAcc's PIM area per die (the paper's system only).
     let equal_area = if g.system == "h100+aqpim" {
         let path = out.join("serve_equal_area.csv");
-        simulate(
-            &aqpim,
-            &[
-                "serve",
-                "--model",
-                &g.model,
-                "--system",
-                grid::EQUAL_AREA_SYSTEM,
-                "--policy",
-                "aqpim",
-                "--ctx",
-                &g.serve_ctx,
-                "--pim-model",
-                &g.serve_pim_model,
-            ],
-            &path,
-        )?;
+        serve_run(&aqpim, &g, grid::EQUAL_AREA_SYSTEM, "aqpim", &path)?;
         Some(rows::read_serve(&path)?)
     } else {
         None
@@ -357,6 +309,28 @@ pub fn run(args: &[String], root: &Path) -> Result<()> {
         out.display()
     );
     Ok(())
+}
+
+/// `aqpim simulate serve` of the grid's model and contexts on `system` for
+/// `policy`, into `out`.
+fn serve_run(aqpim: &Path, g: &grid::Grid, system: &str, policy: &str, out: &Path) -> Result<()> {
+    simulate(
+        aqpim,
+        &[
+            "serve",
+            "--model",
+            &g.model,
+            "--system",
+            system,
+            "--policy",
+            policy,
+            "--ctx",
+            &g.serve_ctx,
+            "--pim-model",
+            &g.serve_pim_model,
+        ],
+        out,
+    )
 }
 
 /// `cargo xtask plot`: the figures from CSV files the CLI wrote.
