@@ -27,29 +27,56 @@
 //! instead of the bins.
 
 use aqpim_kvcache::{Codes, KvStore, OutlierToken, PqHeadView, PqStore};
-use aqpim_pq::{CodeWidth, Lut, ProductQuantizer};
+use aqpim_pq::{CodeWidth, Lut, ProductQuantizer, QuantLut, SCAN_BLOCK};
 use half::f16;
 
 use crate::error::{AttnError, Result};
 use crate::stream::{finish, fp_tokens, Acc, Scratch};
+use crate::tables::{score_tables, ScoreTables};
 
 /// Decode attention over a PQ cache for one layer: `queries` holds `H x d`,
 /// `out` receives `H x d` (query head `h` reads KV head `h / (H / G)`).
 /// Parallel over KV heads.
 pub fn attend_pq(store: &PqStore, layer: usize, queries: &[f32], out: &mut [f32]) -> Result<()> {
+    attend_pq_with(store, layer, queries, out, score_tables())
+}
+
+/// [`attend_pq`] with the key scores read from `tables` (see
+/// [`pq_head_attention_with`]).
+pub fn attend_pq_with(
+    store: &PqStore,
+    layer: usize,
+    queries: &[f32],
+    out: &mut [f32],
+    tables: ScoreTables,
+) -> Result<()> {
     crate::stream::for_each_group(
         store.shape(),
         layer,
         store.num_tokens(layer)?,
         queries,
         out,
-        |g, qs, outs| pq_head_attention(&store.head(layer, g)?, qs, outs),
+        |g, qs, outs| pq_head_attention_with(&store.head(layer, g)?, qs, outs, tables),
     )
 }
 
 /// Attention of a group of query heads (`queries`: `g x d`, already scaled)
-/// over one PQ head view, into `out` (`g x d`).
+/// over one PQ head view, into `out` (`g x d`), with the process's
+/// [`score_tables`] setting.
 pub fn pq_head_attention(view: &PqHeadView<'_>, queries: &[f32], out: &mut [f32]) -> Result<()> {
+    pq_head_attention_with(view, queries, out, score_tables())
+}
+
+/// [`pq_head_attention`] with the key scores read from `tables`: the exact
+/// f32 lookup tables, or tables quantized to bytes and scanned from SIMD
+/// registers ([`aqpim_pq::QuantLut`]; one-byte and 4-bit key codes only,
+/// other widths and non-finite tables use the exact ones).
+pub fn pq_head_attention_with(
+    view: &PqHeadView<'_>,
+    queries: &[f32],
+    out: &mut [f32],
+    tables: ScoreTables,
+) -> Result<()> {
     let d = view.sink_keys.head_dim();
     if queries.len() != out.len() || !queries.len().is_multiple_of(d) || queries.is_empty() {
         return Err(AttnError::shape(
@@ -101,8 +128,23 @@ pub fn pq_head_attention(view: &PqHeadView<'_>, queries: &[f32], out: &mut [f32]
                 }
             }
         }
+        let scorer = match tables.precision() {
+            Some(p) if matches!(view.key_codes.width(), CodeWidth::Byte | CodeWidth::Nibble) => {
+                // A non-finite table (from a non-finite query) keeps the
+                // exact tables, whose scores carry the NaN through.
+                match luts
+                    .iter()
+                    .map(|l| QuantLut::new(l, p))
+                    .collect::<aqpim_pq::Result<Vec<_>>>()
+                {
+                    Ok(q) => Scorer::Quantized(q),
+                    Err(_) => Scorer::Exact(luts),
+                }
+            }
+            _ => Scorer::Exact(luts),
+        };
         encoded_tokens(
-            &luts,
+            &scorer,
             &offsets,
             Exact {
                 queries,
@@ -158,6 +200,85 @@ pub fn pq_head_attention(view: &PqHeadView<'_>, queries: &[f32], out: &mut [f32]
 /// values) stay in cache while the group's query heads read them.
 const CODE_BLOCK: usize = 4096;
 
+/// The lookup tables of a group's query heads.
+enum Scorer {
+    /// Exact f32 tables, scanned on the stored rows.
+    Exact(Vec<Lut>),
+    /// Quantized tables, scanned on transposed blocks of 64 tokens.
+    Quantized(Vec<QuantLut>),
+}
+
+impl Scorer {
+    /// Prepares a block of key codes (`b` tokens of `rows`) for
+    /// [`Scorer::scores`]: transposed blocks for the quantized tables
+    /// (once for every query head of the group), nothing for the exact ones.
+    fn prepare(
+        &self,
+        rows: &[u8],
+        kcodes: Codes<'_>,
+        b: usize,
+        scratch: &mut Scratch,
+    ) -> Result<()> {
+        if let Scorer::Quantized(_) = self {
+            let (m, rb) = (kcodes.num_subspaces(), kcodes.row_bytes());
+            let block = m * SCAN_BLOCK;
+            scratch.codes.resize(b.div_ceil(SCAN_BLOCK) * block, 0);
+            for (i, out) in scratch.codes.chunks_exact_mut(block).enumerate() {
+                let t0 = i * SCAN_BLOCK;
+                let n = SCAN_BLOCK.min(b - t0);
+                aqpim_pq::transpose_block(
+                    &rows[t0 * rb..(t0 + n) * rb],
+                    kcodes.width(),
+                    m,
+                    n,
+                    out,
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Scores of query head `i` for the `scores.len()` tokens of the block
+    /// `rows` (prepared by [`Scorer::prepare`]).
+    fn scores(
+        &self,
+        i: usize,
+        rows: &[u8],
+        width: CodeWidth,
+        prepared: &[u8],
+        scores: &mut [f32],
+    ) -> Result<()> {
+        match self {
+            Scorer::Exact(luts) => match width {
+                CodeWidth::Byte => luts[i].scan_u8(rows, scores)?,
+                CodeWidth::Nibble => luts[i].scan_packed4(rows, scores)?,
+                CodeWidth::Crumb => luts[i].scan_packed2(rows, scores)?,
+            },
+            Scorer::Quantized(q) => {
+                let q = &q[i];
+                let block = q.num_subspaces() * SCAN_BLOCK;
+                let mut tmp = [0f32; SCAN_BLOCK];
+                for (codes, s) in prepared
+                    .chunks_exact(block)
+                    .zip(scores.chunks_mut(SCAN_BLOCK))
+                {
+                    q.scan_block(codes, &mut tmp)?;
+                    s.copy_from_slice(&tmp[..s.len()]);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Number of query heads.
+    fn len(&self) -> usize {
+        match self {
+            Scorer::Exact(l) => l.len(),
+            Scorer::Quantized(q) => q.len(),
+        }
+    }
+}
+
 /// What outlier tokens need: the (scaled) queries and the FP16 copies.
 struct Exact<'a> {
     queries: &'a [f32],
@@ -175,7 +296,7 @@ fn dot_f16(q: &[f32], k: &[f16]) -> f32 {
 /// their FP16 values.
 #[allow(clippy::too_many_arguments)]
 fn encoded_tokens(
-    luts: &[Lut],
+    scorer: &Scorer,
     offsets: &[f32],
     exact: Exact<'_>,
     kcodes: Codes<'_>,
@@ -195,13 +316,10 @@ fn encoded_tokens(
         let lo = exact.outliers.partition_point(|o| o.index < start);
         let hi = exact.outliers.partition_point(|o| o.index < start + b);
         let block_outliers = &exact.outliers[lo..hi];
-        for (i, ((lut, acc), &off)) in luts.iter().zip(accs.iter_mut()).zip(offsets).enumerate() {
+        scorer.prepare(kblock, kcodes, b, scratch)?;
+        for (i, (acc, &off)) in accs.iter_mut().zip(offsets).enumerate().take(scorer.len()) {
             let scores = &mut scratch.scores[..b];
-            match kcodes.width() {
-                CodeWidth::Byte => lut.scan_u8(kblock, scores)?,
-                CodeWidth::Nibble => lut.scan_packed4(kblock, scores)?,
-                CodeWidth::Crumb => lut.scan_packed2(kblock, scores)?,
-            }
+            scorer.scores(i, kblock, kcodes.width(), &scratch.codes, scores)?;
             if off != 0.0 {
                 scores.iter_mut().for_each(|s| *s += off);
             }
