@@ -25,6 +25,7 @@
 
 mod dense;
 mod error;
+mod lanes;
 mod layer;
 pub(crate) mod math;
 pub mod pim;

@@ -101,7 +101,33 @@ pub fn pq_head_attention_with(
         CodeWidth::Nibble => view.value_codes.row_bytes() * 256,
         CodeWidth::Byte | CodeWidth::Crumb => v.params().num_subspaces() * v.params().ksub(),
     };
-    let bins = codebooks.map_or(0, |(_, v)| value_bins(v));
+    // With the fast kernels, values of at most 16 centroids (one-byte or
+    // 4-bit codes, no value transform) are weighed in SIMD lanes straight
+    // into the output; the others go through per-centroid bins.
+    let lanes = match codebooks {
+        Some((_, v))
+            if tables.precision().is_some()
+                && v.params().ksub() <= 16
+                && view.value_transform.is_none()
+                && matches!(
+                    view.value_codes.width(),
+                    CodeWidth::Byte | CodeWidth::Nibble
+                ) =>
+        {
+            let (m, dsub) = (v.params().num_subspaces(), v.params().dsub());
+            Some(Lanes {
+                cols: crate::lanes::centroid_columns(m, v.params().ksub(), dsub, |s| {
+                    v.subspace_centroids(s)
+                }),
+                dsub,
+            })
+        }
+        _ => None,
+    };
+    let bins = match (codebooks, &lanes) {
+        (Some((_, v)), None) => value_bins(v),
+        _ => 0,
+    };
     let mut accs = vec![Acc::new(d, bins); queries.len() / d];
     let mut scratch = Scratch::default();
 
@@ -154,6 +180,7 @@ pub fn pq_head_attention_with(
             view.key_codes,
             view.value_codes,
             vpq.params().ksub(),
+            lanes.as_ref(),
             &mut accs,
             &mut scratch,
         )?;
@@ -166,7 +193,7 @@ pub fn pq_head_attention_with(
         &mut scratch,
     );
 
-    if let Some((_, vpq)) = codebooks {
+    if let (Some((_, vpq)), None) = (codebooks, &lanes) {
         let (m, ksub) = (vpq.params().num_subspaces(), vpq.params().ksub());
         let mut folded = Vec::new();
         for acc in &mut accs {
@@ -200,6 +227,20 @@ pub fn pq_head_attention_with(
 /// values) stay in cache while the group's query heads read them.
 const CODE_BLOCK: usize = 4096;
 
+/// Transposes `b` rows of `codes`'s layout (`rows`) into `ceil(b / 64)`
+/// blocks of `M x 64` bytes (see [`aqpim_pq::transpose_block`]) in `out`.
+fn transpose_rows(rows: &[u8], codes: Codes<'_>, b: usize, out: &mut Vec<u8>) -> Result<()> {
+    let (m, rb) = (codes.num_subspaces(), codes.row_bytes());
+    let block = m * SCAN_BLOCK;
+    out.resize(b.div_ceil(SCAN_BLOCK) * block, 0);
+    for (i, o) in out.chunks_exact_mut(block).enumerate() {
+        let t0 = i * SCAN_BLOCK;
+        let n = SCAN_BLOCK.min(b - t0);
+        aqpim_pq::transpose_block(&rows[t0 * rb..(t0 + n) * rb], codes.width(), m, n, o)?;
+    }
+    Ok(())
+}
+
 /// The lookup tables of a group's query heads.
 enum Scorer {
     /// Exact f32 tables, scanned on the stored rows.
@@ -220,20 +261,7 @@ impl Scorer {
         scratch: &mut Scratch,
     ) -> Result<()> {
         if let Scorer::Quantized(_) = self {
-            let (m, rb) = (kcodes.num_subspaces(), kcodes.row_bytes());
-            let block = m * SCAN_BLOCK;
-            scratch.codes.resize(b.div_ceil(SCAN_BLOCK) * block, 0);
-            for (i, out) in scratch.codes.chunks_exact_mut(block).enumerate() {
-                let t0 = i * SCAN_BLOCK;
-                let n = SCAN_BLOCK.min(b - t0);
-                aqpim_pq::transpose_block(
-                    &rows[t0 * rb..(t0 + n) * rb],
-                    kcodes.width(),
-                    m,
-                    n,
-                    out,
-                )?;
-            }
+            transpose_rows(rows, kcodes, b, &mut scratch.codes)?;
         }
         Ok(())
     }
@@ -279,6 +307,13 @@ impl Scorer {
     }
 }
 
+/// Values weighed in SIMD lanes ([`crate::lanes`]): the value codebook as
+/// centroid columns and its `dsub`.
+struct Lanes {
+    cols: Vec<f32>,
+    dsub: usize,
+}
+
 /// What outlier tokens need: the (scaled) queries and the FP16 copies.
 struct Exact<'a> {
     queries: &'a [f32],
@@ -302,6 +337,7 @@ fn encoded_tokens(
     kcodes: Codes<'_>,
     vcodes: Codes<'_>,
     ksub_v: usize,
+    lanes: Option<&Lanes>,
     accs: &mut [Acc],
     scratch: &mut Scratch,
 ) -> Result<()> {
@@ -317,6 +353,9 @@ fn encoded_tokens(
         let hi = exact.outliers.partition_point(|o| o.index < start + b);
         let block_outliers = &exact.outliers[lo..hi];
         scorer.prepare(kblock, kcodes, b, scratch)?;
+        if lanes.is_some() {
+            transpose_rows(vblock, vcodes, b, &mut scratch.vcodes)?;
+        }
         for (i, (acc, &off)) in accs.iter_mut().zip(offsets).enumerate().take(scorer.len()) {
             let scores = &mut scratch.scores[..b];
             scorer.scores(i, kblock, kcodes.width(), &scratch.codes, scores)?;
@@ -336,6 +375,14 @@ fn encoded_tokens(
                 }
             }
             let m = vcodes.num_subspaces();
+            if let Some(l) = lanes {
+                let w = &mut scratch.weights;
+                w.clear();
+                w.extend_from_slice(scores);
+                w.resize(b.div_ceil(SCAN_BLOCK) * SCAN_BLOCK, 0.0);
+                crate::lanes::accumulate_values(&scratch.vcodes, m, l.dsub, &l.cols, w, &mut acc.o);
+                continue;
+            }
             match vcodes.width() {
                 // One byte holds two subspaces' codes: bin the byte.
                 CodeWidth::Nibble => histogram_u8_full(vblock, vb, scores, &mut acc.w),

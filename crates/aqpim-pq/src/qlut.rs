@@ -173,15 +173,24 @@ impl QuantLut {
         let row = if ksub <= 64 { 64 } else { 256 };
         let planes = precision.planes();
         let mut bytes = vec![0u8; planes * m * row];
+        // Multiplying by the inverse scale and truncating `x + 0.5` (x >= 0)
+        // rounds to nearest like `round`, without its library call, so that
+        // the loop vectorizes.
+        let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+        let (low, high) = bytes.split_at_mut(m * row);
         for (s, (values, &lo)) in lut.values().chunks_exact(ksub).zip(&mins).enumerate() {
-            for (j, &v) in values.iter().enumerate() {
-                let q = if scale > 0.0 {
-                    ((v - lo) / scale).round().clamp(0.0, q_max as f32) as u32
-                } else {
-                    0
-                };
-                for (p, plane) in bytes.chunks_exact_mut(m * row).enumerate() {
-                    plane[s * row + j] = (q >> (8 * p)) as u8;
+            let q = values
+                .iter()
+                .map(|&v| (((v - lo) * inv + 0.5) as u32).min(q_max));
+            if planes == 1 {
+                for (b, q) in low[s * row..s * row + ksub].iter_mut().zip(q) {
+                    *b = q as u8;
+                }
+            } else {
+                let hi = &mut high[s * row..s * row + ksub];
+                for ((b, h), q) in low[s * row..s * row + ksub].iter_mut().zip(hi).zip(q) {
+                    *b = q as u8;
+                    *h = (q >> 8) as u8;
                 }
             }
         }
