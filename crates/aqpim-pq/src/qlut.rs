@@ -338,7 +338,7 @@ fn sum_plane_portable(plane: &[u8], row: usize, codes: &[u8], sums: &mut [u32; B
 /// t]` = code of token `t` in subspace `m`, one a byte, `M x 64` bytes;
 /// tokens past `tokens` get code 0. Full blocks of one-byte or 4-bit codes
 /// whose rows are a multiple of 4 bytes go through AVX-512 VBMI where the
-/// CPU has it (16 rows a gather, a byte permute and a 4 x 4 transpose of
+/// CPU has it (plain loads, 16 x 16 dword transposes, a byte permute and a 4 x 4 transpose of
 /// 128-bit lanes); the rest one code at a time. Both give the same bytes.
 pub fn transpose_block(
     rows: &[u8],
@@ -486,9 +486,44 @@ mod vbmi {
         ]
     }
 
+    /// A 16 x 16 matrix of dwords transposed: `out[c]` lane `t` = `r[t]`
+    /// lane `c` (unpacks of dwords, then of qwords, then the 4 x 4
+    /// transpose of 128-bit lanes).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn transpose16(r: [__m512i; 16]) -> [__m512i; 16] {
+        let a: [__m512i; 16] = std::array::from_fn(|i| {
+            let (x, y) = (r[i / 2 * 2], r[i / 2 * 2 + 1]);
+            if i % 2 == 0 {
+                _mm512_unpacklo_epi32(x, y)
+            } else {
+                _mm512_unpackhi_epi32(x, y)
+            }
+        });
+        // `b[4i + c]` lane `L` = column `4L + c` of rows `4i .. 4i + 4`.
+        let b: [__m512i; 16] = std::array::from_fn(|j| {
+            let (i, c) = (j / 4, j % 4);
+            let (x, y) = (a[4 * i + c / 2], a[4 * i + 2 + c / 2]);
+            if c % 2 == 0 {
+                _mm512_unpacklo_epi64(x, y)
+            } else {
+                _mm512_unpackhi_epi64(x, y)
+            }
+        });
+        let mut out = [_mm512_setzero_si512(); 16];
+        for c in 0..4 {
+            let t = transpose_lanes([b[c], b[4 + c], b[8 + c], b[12 + c]]);
+            for (l, v) in t.into_iter().enumerate() {
+                out[4 * l + c] = v;
+            }
+        }
+        out
+    }
+
     /// [`super::transpose_block`] of 64 full rows (`row_bytes` a multiple of
-    /// 4, one-byte or 4-bit codes). Per 4-byte column: four gathers (16 rows
-    /// each; lane `t` = bytes `4k .. 4k + 4` of row `t`), a `vpermb` that
+    /// 4, one-byte or 4-bit codes). Per 4-byte column: four registers of 16
+    /// rows each (lane `t` = bytes `4k .. 4k + 4` of row `t`, from plain
+    /// loads and 16 x 16 dword transposes; gathers were slower), a `vpermb` that
     /// groups each register's bytes by column byte, and a 4 x 4 transpose
     /// of 128-bit lanes that leaves one register a column byte (64 tokens).
     /// A 4-bit byte then splits into its two subspaces.
@@ -507,10 +542,34 @@ mod vbmi {
                 && out.len() == m * BLOCK
                 && (nibbles || width == crate::CodeWidth::Byte)
         );
-        let offsets = _mm512_mullo_epi32(
-            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-            _mm512_set1_epi32(row_bytes as i32),
-        );
+        let dwords = row_bytes / 4;
+        // Stage 1: 16 x 16 dword transposes of plain loads: `cols[k][g]`
+        // holds dword column `k` of rows `16 g .. 16 g + 16`, a row a lane.
+        let mut cols = vec![[_mm512_setzero_si512(); 4]; dwords];
+        for g in 0..4 {
+            for k0 in (0..dwords).step_by(16) {
+                let width = (dwords - k0).min(16);
+                let mask: __mmask16 = if width == 16 {
+                    0xffff
+                } else {
+                    (1u16 << width) - 1
+                };
+                let r: [__m512i; 16] = std::array::from_fn(|t| {
+                    // SAFETY: the mask keeps dwords `k0 .. k0 + width` of row
+                    // `16 g + t < 64`, inside `rows`; masked-off lanes are not
+                    // read.
+                    unsafe {
+                        _mm512_maskz_loadu_epi32(
+                            mask,
+                            rows.as_ptr().add((16 * g + t) * row_bytes + 4 * k0).cast(),
+                        )
+                    }
+                });
+                for (c, col) in transpose16(r).into_iter().enumerate().take(width) {
+                    cols[k0 + c][g] = col;
+                }
+            }
+        }
         // Byte `4t + b` (row `t`, column byte `b`) to `16b + t`.
         let group: [u8; 64] = std::array::from_fn(|i| ((i % 16) * 4 + i / 16) as u8);
         // SAFETY: `group` holds 64 bytes.
@@ -525,19 +584,9 @@ mod vbmi {
                 unsafe { _mm512_storeu_si512(dst.as_mut_ptr().cast(), v) };
             }
         };
-        for k in 0..row_bytes / 4 {
-            let cols: [__m512i; 4] = std::array::from_fn(|g| {
-                // SAFETY: lane `t` reads bytes `4k .. 4k + 4` of row
-                // `16 g + t < 64`, inside `rows` (`4k + 4 <= row_bytes`).
-                let v = unsafe {
-                    _mm512_i32gather_epi32::<1>(
-                        offsets,
-                        rows.as_ptr().add(16 * g * row_bytes + 4 * k).cast(),
-                    )
-                };
-                _mm512_permutexvar_epi8(group, v)
-            });
-            for (b, v) in transpose_lanes(cols).into_iter().enumerate() {
+        for (k, col) in cols.iter().enumerate() {
+            let grouped = col.map(|v| _mm512_permutexvar_epi8(group, v));
+            for (b, v) in transpose_lanes(grouped).into_iter().enumerate() {
                 if nibbles {
                     let byte = 4 * k + b;
                     store(2 * byte, _mm512_and_si512(v, low));
@@ -745,6 +794,28 @@ mod tests {
                     prop_assert_eq!(plain[s * BLOCK + t], want);
                 }
             }
+        }
+    }
+
+    #[test]
+    fn wide_rows_transpose_like_the_plain_loop() {
+        // Rows of more than 16 dwords take several 16 x 16 transposes.
+        for (m, width) in [
+            (64, CodeWidth::Byte),
+            (68, CodeWidth::Byte),
+            (200, CodeWidth::Byte),
+            (128, CodeWidth::Nibble),
+            (136, CodeWidth::Nibble),
+        ] {
+            let codes: Vec<u8> = (0..BLOCK * m)
+                .map(|i| ((i * 7 + i / 13) % if width == CodeWidth::Byte { 256 } else { 16 }) as u8)
+                .collect();
+            let rows = width.pack(&codes, m).unwrap();
+            let mut fast = vec![0u8; m * BLOCK];
+            transpose_block(&rows, width, m, BLOCK, &mut fast).unwrap();
+            let mut plain = vec![0u8; m * BLOCK];
+            transpose_block_portable(&rows, width, m, BLOCK, &mut plain);
+            assert_eq!(fast, plain, "m={m} {width:?}");
         }
     }
 
