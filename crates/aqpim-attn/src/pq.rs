@@ -129,7 +129,10 @@ pub fn pq_head_attention_with(
         _ => 0,
     };
     let mut accs = vec![Acc::new(d, bins); queries.len() / d];
-    let mut scratch = Scratch::default();
+    // The block buffers are reused across calls on this thread: a decode
+    // step calls the kernel once per (layer, KV head), and allocating and
+    // clearing the transposed blocks each time showed in profiles.
+    let mut scratch = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
 
     fp_tokens(
         queries,
@@ -218,7 +221,13 @@ pub fn pq_head_attention_with(
         }
     }
     finish(&accs, out);
+    SCRATCH.with(|s| *s.borrow_mut() = scratch);
     Ok(())
+}
+
+thread_local! {
+    /// Scratch buffers of the last call on this thread.
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
 }
 
 /// Encoded tokens per block: long enough that the running maximum rarely

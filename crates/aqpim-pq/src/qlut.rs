@@ -542,34 +542,6 @@ mod vbmi {
                 && out.len() == m * BLOCK
                 && (nibbles || width == crate::CodeWidth::Byte)
         );
-        let dwords = row_bytes / 4;
-        // Stage 1: 16 x 16 dword transposes of plain loads: `cols[k][g]`
-        // holds dword column `k` of rows `16 g .. 16 g + 16`, a row a lane.
-        let mut cols = vec![[_mm512_setzero_si512(); 4]; dwords];
-        for g in 0..4 {
-            for k0 in (0..dwords).step_by(16) {
-                let width = (dwords - k0).min(16);
-                let mask: __mmask16 = if width == 16 {
-                    0xffff
-                } else {
-                    (1u16 << width) - 1
-                };
-                let r: [__m512i; 16] = std::array::from_fn(|t| {
-                    // SAFETY: the mask keeps dwords `k0 .. k0 + width` of row
-                    // `16 g + t < 64`, inside `rows`; masked-off lanes are not
-                    // read.
-                    unsafe {
-                        _mm512_maskz_loadu_epi32(
-                            mask,
-                            rows.as_ptr().add((16 * g + t) * row_bytes + 4 * k0).cast(),
-                        )
-                    }
-                });
-                for (c, col) in transpose16(r).into_iter().enumerate().take(width) {
-                    cols[k0 + c][g] = col;
-                }
-            }
-        }
         // Byte `4t + b` (row `t`, column byte `b`) to `16b + t`.
         let group: [u8; 64] = std::array::from_fn(|i| ((i % 16) * 4 + i / 16) as u8);
         // SAFETY: `group` holds 64 bytes.
@@ -584,18 +556,48 @@ mod vbmi {
                 unsafe { _mm512_storeu_si512(dst.as_mut_ptr().cast(), v) };
             }
         };
-        for (k, col) in cols.iter().enumerate() {
-            let grouped = col.map(|v| _mm512_permutexvar_epi8(group, v));
-            for (b, v) in transpose_lanes(grouped).into_iter().enumerate() {
-                if nibbles {
-                    let byte = 4 * k + b;
-                    store(2 * byte, _mm512_and_si512(v, low));
-                    store(
-                        2 * byte + 1,
-                        _mm512_and_si512(_mm512_srli_epi16::<4>(v), low),
-                    );
-                } else {
-                    store(4 * k + b, v);
+        let dwords = row_bytes / 4;
+        // 16 dword columns at a time: `cols[c][g]` holds dword column
+        // `k0 + c` of rows `16 g .. 16 g + 16`, a row a lane (plain loads
+        // and 16 x 16 dword transposes).
+        for k0 in (0..dwords).step_by(16) {
+            let width = (dwords - k0).min(16);
+            let mask: __mmask16 = if width == 16 {
+                0xffff
+            } else {
+                (1u16 << width) - 1
+            };
+            let mut cols = [[_mm512_setzero_si512(); 4]; 16];
+            for g in 0..4 {
+                let r: [__m512i; 16] = std::array::from_fn(|t| {
+                    // SAFETY: the mask keeps dwords `k0 .. k0 + width` of row
+                    // `16 g + t < 64`, inside `rows`; masked-off lanes are not
+                    // read.
+                    unsafe {
+                        _mm512_maskz_loadu_epi32(
+                            mask,
+                            rows.as_ptr().add((16 * g + t) * row_bytes + 4 * k0).cast(),
+                        )
+                    }
+                });
+                for (c, col) in transpose16(r).into_iter().enumerate() {
+                    cols[c][g] = col;
+                }
+            }
+            for (c, col) in cols.iter().enumerate().take(width) {
+                let k = k0 + c;
+                let grouped = col.map(|v| _mm512_permutexvar_epi8(group, v));
+                for (b, v) in transpose_lanes(grouped).into_iter().enumerate() {
+                    if nibbles {
+                        let byte = 4 * k + b;
+                        store(2 * byte, _mm512_and_si512(v, low));
+                        store(
+                            2 * byte + 1,
+                            _mm512_and_si512(_mm512_srli_epi16::<4>(v), low),
+                        );
+                    } else {
+                        store(4 * k + b, v);
+                    }
                 }
             }
         }
