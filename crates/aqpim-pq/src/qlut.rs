@@ -145,11 +145,7 @@ impl QuantLut {
                 value: lut.values()[pos],
             });
         }
-        let mins: Vec<f32> = lut
-            .values()
-            .chunks_exact(ksub)
-            .map(|r| r.iter().copied().fold(f32::INFINITY, f32::min))
-            .collect();
+        let mins = row_minima(lut.values(), ksub);
         let span = lut
             .values()
             .chunks_exact(ksub)
@@ -179,20 +175,13 @@ impl QuantLut {
         let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
         let (low, high) = bytes.split_at_mut(m * row);
         for (s, (values, &lo)) in lut.values().chunks_exact(ksub).zip(&mins).enumerate() {
-            let q = values
-                .iter()
-                .map(|&v| (((v - lo) * inv + 0.5) as u32).min(q_max));
-            if planes == 1 {
-                for (b, q) in low[s * row..s * row + ksub].iter_mut().zip(q) {
-                    *b = q as u8;
-                }
+            let (low, high) = (&mut low[s * row..s * row + ksub], &mut high[..]);
+            let high = if planes == 2 {
+                Some(&mut high[s * row..s * row + ksub])
             } else {
-                let hi = &mut high[s * row..s * row + ksub];
-                for ((b, h), q) in low[s * row..s * row + ksub].iter_mut().zip(hi).zip(q) {
-                    *b = q as u8;
-                    *h = (q >> 8) as u8;
-                }
-            }
+                None
+            };
+            quantize_row(values, lo, inv, q_max, low, high);
         }
         let bias = mins.iter().sum();
         Ok(QuantLut {
@@ -321,6 +310,65 @@ impl QuantLut {
             }
         }
         Ok(())
+    }
+}
+
+/// The smallest entry of each row of `ksub` values.
+fn row_minima(values: &[f32], ksub: usize) -> Vec<f32> {
+    #[cfg(target_arch = "x86_64")]
+    if ksub.is_multiple_of(16) && std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: AVX-512F is available (checked above).
+        return values
+            .chunks_exact(ksub)
+            .map(|r| unsafe { vbmi::row_min(r) })
+            .collect();
+    }
+    values
+        .chunks_exact(ksub)
+        .map(|r| r.iter().copied().fold(f32::INFINITY, f32::min))
+        .collect()
+}
+
+/// Quantizes one row: `q = min(trunc((v - lo) * inv + 0.5), q_max)`, its low
+/// bytes into `low` and, for two-byte entries, its high bytes into `high`.
+/// The vector path computes the same f32 operations, so the same bytes.
+fn quantize_row(
+    values: &[f32],
+    lo: f32,
+    inv: f32,
+    q_max: u32,
+    low: &mut [u8],
+    high: Option<&mut [u8]>,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if values.len().is_multiple_of(16) && std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: AVX-512F is available (checked above).
+        unsafe { vbmi::quantize_row(values, lo, inv, q_max, low, high) };
+        return;
+    }
+    quantize_row_portable(values, lo, inv, q_max, low, high);
+}
+
+/// [`quantize_row`] one entry at a time.
+fn quantize_row_portable(
+    values: &[f32],
+    lo: f32,
+    inv: f32,
+    q_max: u32,
+    low: &mut [u8],
+    high: Option<&mut [u8]>,
+) {
+    let q = values
+        .iter()
+        .map(|&v| (((v - lo) * inv + 0.5) as u32).min(q_max));
+    match high {
+        None => low.iter_mut().zip(q).for_each(|(b, q)| *b = q as u8),
+        Some(high) => {
+            for ((b, h), q) in low.iter_mut().zip(high.iter_mut()).zip(q) {
+                *b = q as u8;
+                *h = (q >> 8) as u8;
+            }
+        }
     }
 }
 
@@ -469,6 +517,57 @@ mod vbmi {
         }
     }
 
+    /// The smallest of `r` (a multiple of 16 finite values). A safe
+    /// `#[target_feature]` function: code compiled without AVX-512F calls it
+    /// only after checking for it at run time (its `unsafe` call site).
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn row_min(r: &[f32]) -> f32 {
+        let mut m = _mm512_set1_ps(f32::INFINITY);
+        for c in r.chunks_exact(16) {
+            let c: &[f32; 16] = c.try_into().expect("16 floats");
+            // SAFETY: `c` holds exactly 16 readable floats.
+            m = _mm512_min_ps(m, unsafe { _mm512_loadu_ps(c.as_ptr()) });
+        }
+        _mm512_reduce_min_ps(m)
+    }
+
+    /// [`super::quantize_row`], 16 entries a step: the same subtraction,
+    /// multiplication and addition in f32, a truncating conversion and a
+    /// minimum, then the low (and high) bytes narrowed out.
+    ///
+    /// A safe `#[target_feature]` function: code compiled without AVX-512F
+    /// calls it only after checking for it at run time (its `unsafe` call
+    /// site). Needs `values.len()` a multiple of 16 and `low` (and `high`)
+    /// as long; panics otherwise.
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn quantize_row(
+        values: &[f32],
+        lo: f32,
+        inv: f32,
+        q_max: u32,
+        low: &mut [u8],
+        mut high: Option<&mut [u8]>,
+    ) {
+        let (lo, inv, half) = (_mm512_set1_ps(lo), _mm512_set1_ps(inv), _mm512_set1_ps(0.5));
+        let q_max = _mm512_set1_epi32(q_max as i32);
+        for (i, c) in values.chunks_exact(16).enumerate() {
+            let c: &[f32; 16] = c.try_into().expect("16 floats");
+            // SAFETY: `c` holds exactly 16 readable floats.
+            let v = unsafe { _mm512_loadu_ps(c.as_ptr()) };
+            let x = _mm512_add_ps(_mm512_mul_ps(_mm512_sub_ps(v, lo), inv), half);
+            let q = _mm512_min_epu32(_mm512_cvttps_epu32(x), q_max);
+            let dst: &mut [u8; 16] = (&mut low[16 * i..16 * i + 16]).try_into().expect("16");
+            // SAFETY: `dst` holds exactly 16 writable bytes.
+            unsafe { _mm_storeu_si128(dst.as_mut_ptr().cast(), _mm512_cvtepi32_epi8(q)) };
+            if let Some(h) = high.as_deref_mut() {
+                let dst: &mut [u8; 16] = (&mut h[16 * i..16 * i + 16]).try_into().expect("16");
+                let hq = _mm512_srli_epi32::<8>(q);
+                // SAFETY: `dst` holds exactly 16 writable bytes.
+                unsafe { _mm_storeu_si128(dst.as_mut_ptr().cast(), _mm512_cvtepi32_epi8(hq)) };
+            }
+        }
+    }
+
     /// The 4 x 16-byte chunks of a register swapped as a 4 x 4 matrix of
     /// 128-bit lanes: `out[s]` lane `g` = `regs[g]` lane `s`.
     #[inline]
@@ -567,9 +666,9 @@ mod vbmi {
             } else {
                 (1u16 << width) - 1
             };
-            let mut cols = [[_mm512_setzero_si512(); 4]; 16];
-            for g in 0..4 {
-                let r: [__m512i; 16] = std::array::from_fn(|t| {
+            // `by_group[g][c]`: dword column `k0 + c` of rows `16 g ..`.
+            let by_group: [[__m512i; 16]; 4] = std::array::from_fn(|g| {
+                transpose16(std::array::from_fn(|t| {
                     // SAFETY: the mask keeps dwords `k0 .. k0 + width` of row
                     // `16 g + t < 64`, inside `rows`; masked-off lanes are not
                     // read.
@@ -579,11 +678,9 @@ mod vbmi {
                             rows.as_ptr().add((16 * g + t) * row_bytes + 4 * k0).cast(),
                         )
                     }
-                });
-                for (c, col) in transpose16(r).into_iter().enumerate() {
-                    cols[c][g] = col;
-                }
-            }
+                }))
+            });
+            let cols: [[__m512i; 4]; 16] = std::array::from_fn(|c| by_group.map(|g| g[c]));
             for (c, col) in cols.iter().enumerate().take(width) {
                 let k = k0 + c;
                 let grouped = col.map(|v| _mm512_permutexvar_epi8(group, v));
@@ -795,6 +892,25 @@ mod tests {
                     let want = if t < tokens { codes[t * m + s] } else { 0 };
                     prop_assert_eq!(plain[s * BLOCK + t], want);
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn vector_quantization_equals_the_plain_loop() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(99);
+        for (q_max, two) in [(255, false), (65_535, true)] {
+            for _ in 0..50 {
+                let values: Vec<f32> = (0..256).map(|_| rng.gen_range(-3.0f32..5.0)).collect();
+                let lo = row_minima(&values, 256)[0];
+                assert_eq!(lo, values.iter().copied().fold(f32::INFINITY, f32::min));
+                let inv = q_max as f32 / 8.0;
+                let (mut a, mut b) = (vec![0u8; 512], vec![0u8; 512]);
+                let (al, ah) = a.split_at_mut(256);
+                quantize_row(&values, lo, inv, q_max, al, two.then_some(ah));
+                let (bl, bh) = b.split_at_mut(256);
+                quantize_row_portable(&values, lo, inv, q_max, bl, two.then_some(bh));
+                assert_eq!(a, b);
             }
         }
     }
