@@ -25,6 +25,7 @@
 
 mod dense;
 mod error;
+mod lanes;
 mod layer;
 pub(crate) mod math;
 pub mod pim;
@@ -32,12 +33,14 @@ mod pq;
 pub mod reference;
 mod scalar;
 mod stream;
+mod tables;
 
 pub use dense::{attend_dense, dense_head_attention};
 pub use error::{AttnError, Result};
 pub use layer::{attend, attend_head};
-pub use pq::{attend_pq, pq_head_attention};
+pub use pq::{attend_pq, attend_pq_with, pq_head_attention, pq_head_attention_with};
 pub use scalar::{attend_scalar, scalar_head_attention};
+pub use tables::{score_tables, set_score_tables, ScoreTables};
 
 /// The stages of the PQ kernel, public for benchmarks and for checking the
 /// PIM programs stage by stage.

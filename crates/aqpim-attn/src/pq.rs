@@ -18,6 +18,13 @@
 //! Codes are read once; nothing is decoded. Blocks of codes are shared by the
 //! query heads of a group while they are in cache.
 //!
+//! With quantized score tables ([`ScoreTables::U8`], [`ScoreTables::U16`]),
+//! step 2 changes for one-byte and 4-bit codes: each block's key codes are
+//! transposed once for the group into 64-token blocks and scored with tables
+//! of byte entries resolved in registers ([`aqpim_pq::QuantLut`]); values of
+//! at most 16 centroids are transposed too and weighed in SIMD lanes into
+//! the output ([`crate::lanes`]), so step 4 has no bins to multiply.
+//!
 //! Pre-transforms (`x' = A (x - mu)`, see [`aqpim_pq::PreTransform`]) fold
 //! away: a key transform builds the lookup table from `A^-T q` and adds
 //! `q . mu` to every encoded score; a value transform turns step 4's sum into
@@ -27,29 +34,56 @@
 //! instead of the bins.
 
 use aqpim_kvcache::{Codes, KvStore, OutlierToken, PqHeadView, PqStore};
-use aqpim_pq::{CodeWidth, Lut, ProductQuantizer};
+use aqpim_pq::{CodeWidth, Lut, ProductQuantizer, QuantLut, SCAN_BLOCK};
 use half::f16;
 
 use crate::error::{AttnError, Result};
 use crate::stream::{finish, fp_tokens, Acc, Scratch};
+use crate::tables::{score_tables, ScoreTables};
 
 /// Decode attention over a PQ cache for one layer: `queries` holds `H x d`,
 /// `out` receives `H x d` (query head `h` reads KV head `h / (H / G)`).
 /// Parallel over KV heads.
 pub fn attend_pq(store: &PqStore, layer: usize, queries: &[f32], out: &mut [f32]) -> Result<()> {
+    attend_pq_with(store, layer, queries, out, score_tables())
+}
+
+/// [`attend_pq`] with the key scores read from `tables` (see
+/// [`pq_head_attention_with`]).
+pub fn attend_pq_with(
+    store: &PqStore,
+    layer: usize,
+    queries: &[f32],
+    out: &mut [f32],
+    tables: ScoreTables,
+) -> Result<()> {
     crate::stream::for_each_group(
         store.shape(),
         layer,
         store.num_tokens(layer)?,
         queries,
         out,
-        |g, qs, outs| pq_head_attention(&store.head(layer, g)?, qs, outs),
+        |g, qs, outs| pq_head_attention_with(&store.head(layer, g)?, qs, outs, tables),
     )
 }
 
 /// Attention of a group of query heads (`queries`: `g x d`, already scaled)
-/// over one PQ head view, into `out` (`g x d`).
+/// over one PQ head view, into `out` (`g x d`), with the process's
+/// [`score_tables`] setting.
 pub fn pq_head_attention(view: &PqHeadView<'_>, queries: &[f32], out: &mut [f32]) -> Result<()> {
+    pq_head_attention_with(view, queries, out, score_tables())
+}
+
+/// [`pq_head_attention`] with the key scores read from `tables`: the exact
+/// f32 lookup tables, or tables quantized to bytes and scanned from SIMD
+/// registers ([`aqpim_pq::QuantLut`]; one-byte and 4-bit key codes only,
+/// other widths and non-finite tables use the exact ones).
+pub fn pq_head_attention_with(
+    view: &PqHeadView<'_>,
+    queries: &[f32],
+    out: &mut [f32],
+    tables: ScoreTables,
+) -> Result<()> {
     let d = view.sink_keys.head_dim();
     if queries.len() != out.len() || !queries.len().is_multiple_of(d) || queries.is_empty() {
         return Err(AttnError::shape(
@@ -74,9 +108,38 @@ pub fn pq_head_attention(view: &PqHeadView<'_>, queries: &[f32], out: &mut [f32]
         CodeWidth::Nibble => view.value_codes.row_bytes() * 256,
         CodeWidth::Byte | CodeWidth::Crumb => v.params().num_subspaces() * v.params().ksub(),
     };
-    let bins = codebooks.map_or(0, |(_, v)| value_bins(v));
+    // With the fast kernels, values of at most 16 centroids (one-byte or
+    // 4-bit codes, no value transform) are weighed in SIMD lanes straight
+    // into the output; the others go through per-centroid bins.
+    let lanes = match codebooks {
+        Some((_, v))
+            if tables.precision().is_some()
+                && v.params().ksub() <= 16
+                && view.value_transform.is_none()
+                && matches!(
+                    view.value_codes.width(),
+                    CodeWidth::Byte | CodeWidth::Nibble
+                ) =>
+        {
+            let (m, dsub) = (v.params().num_subspaces(), v.params().dsub());
+            Some(Lanes {
+                cols: crate::lanes::centroid_columns(m, v.params().ksub(), dsub, |s| {
+                    v.subspace_centroids(s)
+                }),
+                dsub,
+            })
+        }
+        _ => None,
+    };
+    let bins = match (codebooks, &lanes) {
+        (Some((_, v)), None) => value_bins(v),
+        _ => 0,
+    };
     let mut accs = vec![Acc::new(d, bins); queries.len() / d];
-    let mut scratch = Scratch::default();
+    // The block buffers are reused across calls on this thread: a decode
+    // step calls the kernel once per (layer, KV head), and allocating and
+    // clearing the transposed blocks each time showed in profiles.
+    let mut scratch = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
 
     fp_tokens(
         queries,
@@ -101,8 +164,23 @@ pub fn pq_head_attention(view: &PqHeadView<'_>, queries: &[f32], out: &mut [f32]
                 }
             }
         }
+        let scorer = match tables.precision() {
+            Some(p) if matches!(view.key_codes.width(), CodeWidth::Byte | CodeWidth::Nibble) => {
+                // A non-finite table (from a non-finite query) keeps the
+                // exact tables, whose scores carry the NaN through.
+                match luts
+                    .iter()
+                    .map(|l| QuantLut::new(l, p))
+                    .collect::<aqpim_pq::Result<Vec<_>>>()
+                {
+                    Ok(q) => Scorer::Quantized(q),
+                    Err(_) => Scorer::Exact(luts),
+                }
+            }
+            _ => Scorer::Exact(luts),
+        };
         encoded_tokens(
-            &luts,
+            &scorer,
             &offsets,
             Exact {
                 queries,
@@ -112,6 +190,7 @@ pub fn pq_head_attention(view: &PqHeadView<'_>, queries: &[f32], out: &mut [f32]
             view.key_codes,
             view.value_codes,
             vpq.params().ksub(),
+            lanes.as_ref(),
             &mut accs,
             &mut scratch,
         )?;
@@ -124,7 +203,7 @@ pub fn pq_head_attention(view: &PqHeadView<'_>, queries: &[f32], out: &mut [f32]
         &mut scratch,
     );
 
-    if let Some((_, vpq)) = codebooks {
+    if let (Some((_, vpq)), None) = (codebooks, &lanes) {
         let (m, ksub) = (vpq.params().num_subspaces(), vpq.params().ksub());
         let mut folded = Vec::new();
         for acc in &mut accs {
@@ -149,7 +228,13 @@ pub fn pq_head_attention(view: &PqHeadView<'_>, queries: &[f32], out: &mut [f32]
         }
     }
     finish(&accs, out);
+    SCRATCH.with(|s| *s.borrow_mut() = scratch);
     Ok(())
+}
+
+thread_local! {
+    /// Scratch buffers of the last call on this thread.
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
 }
 
 /// Encoded tokens per block: long enough that the running maximum rarely
@@ -157,6 +242,93 @@ pub fn pq_head_attention(view: &PqHeadView<'_>, queries: &[f32], out: &mut [f32]
 /// enough that a block's codes (`CODE_BLOCK x M` bytes each for keys and
 /// values) stay in cache while the group's query heads read them.
 const CODE_BLOCK: usize = 4096;
+
+/// Transposes `b` rows of `codes`'s layout (`rows`) into `ceil(b / 64)`
+/// blocks of `M x 64` bytes (see [`aqpim_pq::transpose_block`]) in `out`.
+fn transpose_rows(rows: &[u8], codes: Codes<'_>, b: usize, out: &mut Vec<u8>) -> Result<()> {
+    let (m, rb) = (codes.num_subspaces(), codes.row_bytes());
+    let block = m * SCAN_BLOCK;
+    out.resize(b.div_ceil(SCAN_BLOCK) * block, 0);
+    for (i, o) in out.chunks_exact_mut(block).enumerate() {
+        let t0 = i * SCAN_BLOCK;
+        let n = SCAN_BLOCK.min(b - t0);
+        aqpim_pq::transpose_block(&rows[t0 * rb..(t0 + n) * rb], codes.width(), m, n, o)?;
+    }
+    Ok(())
+}
+
+/// The lookup tables of a group's query heads.
+enum Scorer {
+    /// Exact f32 tables, scanned on the stored rows.
+    Exact(Vec<Lut>),
+    /// Quantized tables, scanned on transposed blocks of 64 tokens.
+    Quantized(Vec<QuantLut>),
+}
+
+impl Scorer {
+    /// Prepares a block of key codes (`b` tokens of `rows`) for
+    /// [`Scorer::scores`]: transposed blocks for the quantized tables
+    /// (once for every query head of the group), nothing for the exact ones.
+    fn prepare(
+        &self,
+        rows: &[u8],
+        kcodes: Codes<'_>,
+        b: usize,
+        scratch: &mut Scratch,
+    ) -> Result<()> {
+        if let Scorer::Quantized(_) = self {
+            transpose_rows(rows, kcodes, b, &mut scratch.codes)?;
+        }
+        Ok(())
+    }
+
+    /// Scores of query head `i` for the `scores.len()` tokens of the block
+    /// `rows` (prepared by [`Scorer::prepare`]).
+    fn scores(
+        &self,
+        i: usize,
+        rows: &[u8],
+        width: CodeWidth,
+        prepared: &[u8],
+        scores: &mut [f32],
+    ) -> Result<()> {
+        match self {
+            Scorer::Exact(luts) => match width {
+                CodeWidth::Byte => luts[i].scan_u8(rows, scores)?,
+                CodeWidth::Nibble => luts[i].scan_packed4(rows, scores)?,
+                CodeWidth::Crumb => luts[i].scan_packed2(rows, scores)?,
+            },
+            Scorer::Quantized(q) => {
+                let q = &q[i];
+                let block = q.num_subspaces() * SCAN_BLOCK;
+                let mut tmp = [0f32; SCAN_BLOCK];
+                for (codes, s) in prepared
+                    .chunks_exact(block)
+                    .zip(scores.chunks_mut(SCAN_BLOCK))
+                {
+                    q.scan_block(codes, &mut tmp)?;
+                    s.copy_from_slice(&tmp[..s.len()]);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Number of query heads.
+    fn len(&self) -> usize {
+        match self {
+            Scorer::Exact(l) => l.len(),
+            Scorer::Quantized(q) => q.len(),
+        }
+    }
+}
+
+/// Values weighed in SIMD lanes ([`crate::lanes`]): the value codebook as
+/// centroid columns and its `dsub`.
+struct Lanes {
+    cols: Vec<f32>,
+    dsub: usize,
+}
 
 /// What outlier tokens need: the (scaled) queries and the FP16 copies.
 struct Exact<'a> {
@@ -175,12 +347,13 @@ fn dot_f16(q: &[f32], k: &[f16]) -> f32 {
 /// their FP16 values.
 #[allow(clippy::too_many_arguments)]
 fn encoded_tokens(
-    luts: &[Lut],
+    scorer: &Scorer,
     offsets: &[f32],
     exact: Exact<'_>,
     kcodes: Codes<'_>,
     vcodes: Codes<'_>,
     ksub_v: usize,
+    lanes: Option<&Lanes>,
     accs: &mut [Acc],
     scratch: &mut Scratch,
 ) -> Result<()> {
@@ -195,13 +368,13 @@ fn encoded_tokens(
         let lo = exact.outliers.partition_point(|o| o.index < start);
         let hi = exact.outliers.partition_point(|o| o.index < start + b);
         let block_outliers = &exact.outliers[lo..hi];
-        for (i, ((lut, acc), &off)) in luts.iter().zip(accs.iter_mut()).zip(offsets).enumerate() {
+        scorer.prepare(kblock, kcodes, b, scratch)?;
+        if lanes.is_some() {
+            transpose_rows(vblock, vcodes, b, &mut scratch.vcodes)?;
+        }
+        for (i, (acc, &off)) in accs.iter_mut().zip(offsets).enumerate().take(scorer.len()) {
             let scores = &mut scratch.scores[..b];
-            match kcodes.width() {
-                CodeWidth::Byte => lut.scan_u8(kblock, scores)?,
-                CodeWidth::Nibble => lut.scan_packed4(kblock, scores)?,
-                CodeWidth::Crumb => lut.scan_packed2(kblock, scores)?,
-            }
+            scorer.scores(i, kblock, kcodes.width(), &scratch.codes, scores)?;
             if off != 0.0 {
                 scores.iter_mut().for_each(|s| *s += off);
             }
@@ -218,6 +391,14 @@ fn encoded_tokens(
                 }
             }
             let m = vcodes.num_subspaces();
+            if let Some(l) = lanes {
+                let w = &mut scratch.weights;
+                w.clear();
+                w.extend_from_slice(scores);
+                w.resize(b.div_ceil(SCAN_BLOCK) * SCAN_BLOCK, 0.0);
+                crate::lanes::accumulate_values(&scratch.vcodes, m, l.dsub, &l.cols, w, &mut acc.o);
+                continue;
+            }
             match vcodes.width() {
                 // One byte holds two subspaces' codes: bin the byte.
                 CodeWidth::Nibble => histogram_u8_full(vblock, vb, scores, &mut acc.w),

@@ -50,6 +50,15 @@ pub(crate) struct Scratch {
     pub(crate) keys: Vec<f32>,
     pub(crate) values: Vec<f32>,
     pub(crate) scores: Vec<f32>,
+    /// Key codes of a block transposed for the quantized-table scan
+    /// (`ceil(block / 64)` blocks of `M x 64` bytes).
+    pub(crate) codes: Vec<u8>,
+    /// Value codes of a block transposed the same way, for values weighed
+    /// in SIMD lanes.
+    pub(crate) vcodes: Vec<u8>,
+    /// The block's softmax weights, padded with zeros to whole 64-token
+    /// blocks.
+    pub(crate) weights: Vec<f32>,
 }
 
 /// Streams FP16 tokens (`keys`, `values`: the same number of tokens) into the

@@ -41,6 +41,7 @@ pub mod limits;
 mod lut;
 mod nearest;
 mod params;
+mod qlut;
 mod quantizer;
 pub mod synth;
 pub mod transform;
@@ -55,6 +56,7 @@ pub use kmeans::{kmeans, Init, KMeansOptions, KMeansResult};
 pub use lut::Lut;
 pub use nearest::nearest_centroids;
 pub use params::PqParams;
+pub use qlut::{transpose_block, LutPrecision, QuantLut, ScanKernel, BLOCK as SCAN_BLOCK};
 pub use quantizer::{ProductQuantizer, TrainOptions};
 pub use transform::PreTransform;
 

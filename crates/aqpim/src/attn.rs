@@ -373,10 +373,17 @@ struct BenchReport {
     codes_per_s: f64,
     /// Bytes of the PQ cache (codes, FP16 sinks and window) read per second.
     bytes_per_s: f64,
-    /// Lookup-table scoring alone, one thread: codes per second.
+    /// Lookup-table scoring alone, one thread: codes per second (with
+    /// quantized tables: transposing the codes and scanning them).
     score_codes_per_s_per_thread: f64,
-    /// PQ output against f64 attention on the decoded cache, worst head.
+    /// The key-score tables of the PQ kernel (`--score-tables`).
+    score_tables: String,
+    /// PQ output with exact tables against f64 attention on the decoded
+    /// cache, worst head.
     rel_err_vs_decoded: f64,
+    /// PQ output with the timed tables against the same kernel with exact
+    /// tables, worst head: the error of quantized tables (0 for exact ones).
+    rel_err_vs_exact_tables: f64,
     /// PQ output against f64 attention on the uncompressed cache, mean over heads (the PQ approximation itself).
     rel_err_vs_fp16: f64,
 }
@@ -410,8 +417,12 @@ impl BenchReport {
             self.score_codes_per_s_per_thread / 1e6
         );
         println!(
-            "{:<22} {:>12.2e} (worst head, against the decoded cache)",
+            "{:<22} {:>12.2e} (worst head, exact tables against the decoded cache)",
             "relative error", self.rel_err_vs_decoded
+        );
+        println!(
+            "{:<22} {:>12.2e} (worst head, {} tables against exact ones)",
+            "", self.rel_err_vs_exact_tables, self.score_tables
         );
         println!(
             "{:<22} {:>12.4} (mean over heads, against fp16: the PQ error)",
@@ -484,6 +495,29 @@ fn interleaved_medians_ms(
         v[v.len() / 2]
     };
     Ok((median(ta), median(tb)))
+}
+
+/// Scores `rows` (row-major codes in `width`'s layout) with a quantized
+/// table as the kernel does: 64 tokens at a time, transposed, then scanned.
+fn scan_quantized(
+    q: &aqpim_pq::QuantLut,
+    rows: &[u8],
+    width: aqpim_pq::CodeWidth,
+    scores: &mut [f32],
+) -> Result<()> {
+    use aqpim_pq::SCAN_BLOCK;
+    let (m, rb) = (q.num_subspaces(), width.row_bytes(q.num_subspaces()));
+    let mut block = vec![0u8; m * SCAN_BLOCK];
+    let mut tmp = [0f32; SCAN_BLOCK];
+    for (chunk, s) in rows
+        .chunks(SCAN_BLOCK * rb)
+        .zip(scores.chunks_mut(SCAN_BLOCK))
+    {
+        aqpim_pq::transpose_block(chunk, width, m, s.len(), &mut block)?;
+        q.scan_block(&block, &mut tmp)?;
+        s.copy_from_slice(&tmp[..s.len()]);
+    }
+    Ok(())
 }
 
 fn bench(a: &BenchArgs) -> Result<BenchReport> {
@@ -567,18 +601,32 @@ fn bench(a: &BenchArgs) -> Result<BenchReport> {
         || Ok(aqpim_attn::attend(pq.as_ref(), 0, &queries, &mut out_pq)?),
     )?;
 
-    // Check the outputs: PQ against f64 attention on the decoded cache (must be
-    // float rounding), and against the uncompressed cache (the PQ error).
+    // Check the outputs: PQ with exact tables against f64 attention on the
+    // decoded cache (must be float rounding), the timed tables against the
+    // exact ones (the table quantization), and the timed output against the
+    // uncompressed cache (the PQ error).
     let scale = 1.0 / (d as f64).sqrt();
-    let (mut worst, mut fp_err) = (0f64, 0f64);
+    let (mut worst, mut worst_tables, mut fp_err) = (0f64, 0f64, 0f64);
     let pq_store = pq.as_pq().context("PQ cache")?;
+    let tables = aqpim_attn::score_tables();
+    let mut out_exact = vec![0f32; h * d];
+    aqpim_attn::attend_pq_with(
+        pq_store,
+        0,
+        &queries,
+        &mut out_exact,
+        aqpim_attn::ScoreTables::Exact,
+    )?;
     for qh in 0..h {
         let kv = pq.reconstruct(0, shape.kv_head_of(qh))?;
         let q = &queries[qh * d..(qh + 1) * d];
+        let exact_tables = &out_exact[qh * d..(qh + 1) * d];
         worst = worst.max(relative_error(
-            &out_pq[qh * d..(qh + 1) * d],
+            exact_tables,
             &attention_f64(q, &kv.keys, &kv.values, scale),
         ));
+        let exact64: Vec<f64> = exact_tables.iter().map(|&v| f64::from(v)).collect();
+        worst_tables = worst_tables.max(relative_error(&out_pq[qh * d..(qh + 1) * d], &exact64));
         let exact = dense.reconstruct(0, shape.kv_head_of(qh))?;
         let want = attention_f64(q, &exact.keys, &exact.values, scale);
         fp_err += relative_error(&out_pq[qh * d..(qh + 1) * d], &want) / h as f64;
@@ -592,6 +640,12 @@ fn bench(a: &BenchArgs) -> Result<BenchReport> {
     if worst > 1e-4 {
         bail!("the PQ kernel disagrees with attention on the decoded cache (relative error {worst:e})");
     }
+    // Quantized tables move each score by at most M s / 2 (docs/results/
+    // attn-cpu.md); on these synthetic caches that is a relative error of
+    // about 1e-3 with one-byte entries. Ten times that is a wrong kernel.
+    if worst_tables > 1e-2 {
+        bail!("the PQ kernel with {tables} tables disagrees with exact tables (relative error {worst_tables:e})");
+    }
 
     // Scoring alone, one thread: the lookup-table scan over one head's key codes.
     let view = pq_store.head(0, 0)?;
@@ -602,15 +656,27 @@ fn bench(a: &BenchArgs) -> Result<BenchReport> {
         let mut scores = vec![0f32; encoded];
         let data = view.key_codes.data();
         let width = view.key_codes.width();
+        // The kernel scans quantized tables on one-byte and 4-bit codes only.
+        let quant = match (tables.precision(), width) {
+            (Some(p), aqpim_pq::CodeWidth::Byte | aqpim_pq::CodeWidth::Nibble) => {
+                Some(aqpim_pq::QuantLut::new(&lut, p)?)
+            }
+            _ => None,
+        };
         let ms = rayon::ThreadPoolBuilder::new()
             .num_threads(1)
             .build()?
             .install(|| {
                 median_ms(a.reps.max(5), || {
-                    match width {
-                        aqpim_pq::CodeWidth::Byte => lut.scan_u8(data, &mut scores)?,
-                        aqpim_pq::CodeWidth::Nibble => lut.scan_packed4(data, &mut scores)?,
-                        aqpim_pq::CodeWidth::Crumb => lut.scan_packed2(data, &mut scores)?,
+                    match (quant.as_ref(), width) {
+                        (Some(q), _) => scan_quantized(q, data, width, &mut scores)?,
+                        (None, aqpim_pq::CodeWidth::Byte) => lut.scan_u8(data, &mut scores)?,
+                        (None, aqpim_pq::CodeWidth::Nibble) => {
+                            lut.scan_packed4(data, &mut scores)?
+                        }
+                        (None, aqpim_pq::CodeWidth::Crumb) => {
+                            lut.scan_packed2(data, &mut scores)?
+                        }
                     }
                     Ok(())
                 })
@@ -645,7 +711,9 @@ fn bench(a: &BenchArgs) -> Result<BenchReport> {
             (b.key_codes + b.value_codes + b.sinks + b.recent) as f64 / (pq_ms / 1e3)
         },
         score_codes_per_s_per_thread,
+        score_tables: tables.to_string(),
         rel_err_vs_decoded: worst,
+        rel_err_vs_exact_tables: worst_tables,
         rel_err_vs_fp16: fp_err,
     })
 }

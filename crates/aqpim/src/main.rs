@@ -24,8 +24,17 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "aqpim", version, about, propagate_version = true)]
 struct Cli {
+    /// Key-score tables of the CPU attention kernel on PQ codes: `u8`
+    /// (entries quantized to one byte, scanned from SIMD registers), `u16`
+    /// (two bytes), or `exact` (f32 tables, the reference).
+    #[arg(long, global = true, default_value = "u8", value_parser = parse_tables)]
+    score_tables: aqpim_attn::ScoreTables,
     #[command(subcommand)]
     command: Command,
+}
+
+fn parse_tables(s: &str) -> Result<aqpim_attn::ScoreTables, String> {
+    s.parse()
 }
 
 #[derive(Debug, Subcommand)]
@@ -76,6 +85,7 @@ fn quiet_on_closed_pipe() {
 fn main() {
     quiet_on_closed_pipe();
     let cli = Cli::parse();
+    aqpim_attn::set_score_tables(cli.score_tables);
     let result = match cli.command {
         Command::Pq(cmd) => pq::run(cmd),
         Command::Sim(cmd) => sim::run(cmd),

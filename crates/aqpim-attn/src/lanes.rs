@@ -1,0 +1,211 @@
+//! Value aggregation without read-modify-writes, for value codebooks of at
+//! most 16 centroids: `o += sum_t p_t C_V[m][vcode_t[m]]` computed with the
+//! tokens in SIMD lanes.
+//!
+//! The codes come transposed in blocks of 64 tokens ([`aqpim_pq::transpose_block`]),
+//! so one 16-byte load holds a subspace's codes for 16 tokens. A subspace's
+//! centroid component `j` (16 values, one per centroid) fits one register;
+//! a `vpermps` by the codes gives the 16 tokens' decoded component and a
+//! fused multiply-add weighs it by their softmax weights into a lane
+//! accumulator that stays in a register for the whole block. The
+//! accumulators are summed across lanes once a block. Nothing is stored per
+//! token and no bin is read back, unlike the histogram of
+//! [`crate::stages::histogram_u8_full`] (a scattered add a code), and the
+//! per-centroid weights `W[m][j]` are never formed: the result equals
+//! `sum_m W[m] x C_V[m]` up to float rounding.
+
+/// The value codebook as centroid columns: `cols[(m * dsub + j) * 16 + c]`
+/// = component `j` of centroid `c` of subspace `m` (`c < ksub <= 16`, the
+/// rest zero). `centroids(m)` gives subspace `m`'s `ksub x dsub` values.
+pub(crate) fn centroid_columns<'a>(
+    m: usize,
+    ksub: usize,
+    dsub: usize,
+    centroids: impl Fn(usize) -> &'a [f32],
+) -> Vec<f32> {
+    let mut cols = vec![0f32; m * dsub * 16];
+    for s in 0..m {
+        for (c, centroid) in centroids(s)
+            .chunks_exact(dsub)
+            .take(ksub.min(16))
+            .enumerate()
+        {
+            for (j, &v) in centroid.iter().enumerate() {
+                cols[(s * dsub + j) * 16 + c] = v;
+            }
+        }
+    }
+    cols
+}
+
+/// `o[m * dsub + j] += sum_t weights[t] cols[(m * dsub + j) * 16 + code(t, m)]`
+/// over the tokens of `blocks` (`blocks.len() / (M x 64)` transposed blocks,
+/// codes `< 16`; `weights`: 64 a block, zero past the last token; `cols`
+/// from [`centroid_columns`]; `o`: `M x dsub`).
+pub(crate) fn accumulate_values(
+    blocks: &[u8],
+    m: usize,
+    dsub: usize,
+    cols: &[f32],
+    weights: &[f32],
+    o: &mut [f32],
+) {
+    let block = m * aqpim_pq::SCAN_BLOCK;
+    if block == 0 || dsub == 0 {
+        return;
+    }
+    let nb = (blocks.len() / block).min(weights.len() / aqpim_pq::SCAN_BLOCK);
+    debug_assert!(cols.len() >= m * dsub * 16 && o.len() >= m * dsub);
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        match dsub {
+            // SAFETY: AVX-512F is available (checked above).
+            1 => unsafe { avx512::accumulate::<1>(&blocks[..nb * block], m, cols, weights, o) },
+            // SAFETY: as above.
+            2 => unsafe { avx512::accumulate::<2>(&blocks[..nb * block], m, cols, weights, o) },
+            // SAFETY: as above.
+            4 => unsafe { avx512::accumulate::<4>(&blocks[..nb * block], m, cols, weights, o) },
+            _ => accumulate_portable(&blocks[..nb * block], m, dsub, cols, weights, o),
+        }
+        return;
+    }
+    accumulate_portable(&blocks[..nb * block], m, dsub, cols, weights, o);
+}
+
+/// [`accumulate_values`] one token at a time.
+fn accumulate_portable(
+    blocks: &[u8],
+    m: usize,
+    dsub: usize,
+    cols: &[f32],
+    weights: &[f32],
+    o: &mut [f32],
+) {
+    let n = aqpim_pq::SCAN_BLOCK;
+    for (b, blk) in blocks.chunks_exact(m * n).enumerate() {
+        let w = &weights[b * n..(b + 1) * n];
+        for (s, codes) in blk.chunks_exact(n).enumerate() {
+            for j in 0..dsub {
+                let col = &cols[(s * dsub + j) * 16..(s * dsub + j + 1) * 16];
+                o[s * dsub + j] += codes
+                    .iter()
+                    .zip(w)
+                    .map(|(&c, &p)| p * col[usize::from(c & 15)])
+                    .sum::<f32>();
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    /// [`super::accumulate_values`] for `DSUB` components a subspace, 16
+    /// tokens a register: subspace-major, so that the `DSUB` centroid
+    /// columns and accumulators stay in registers over all blocks.
+    ///
+    /// A safe `#[target_feature]` function: code compiled without AVX-512F
+    /// calls it only after checking for it at run time (its `unsafe` call
+    /// site). Needs `weights.len() >= 64 x blocks`, `cols.len() >= M x DSUB
+    /// x 16` and `o.len() >= M x DSUB`; panics otherwise.
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn accumulate<const DSUB: usize>(
+        blocks: &[u8],
+        m: usize,
+        cols: &[f32],
+        weights: &[f32],
+        o: &mut [f32],
+    ) {
+        let n = aqpim_pq::SCAN_BLOCK;
+        let nb = blocks.len() / (m * n);
+        assert!(weights.len() >= nb * n && cols.len() >= m * DSUB * 16 && o.len() >= m * DSUB);
+        let load16 = |s: &[f32]| {
+            let s: &[f32; 16] = s.try_into().expect("16 floats");
+            // SAFETY: `s` holds exactly 16 readable floats.
+            unsafe { _mm512_loadu_ps(s.as_ptr()) }
+        };
+        for s in 0..m {
+            let tables: [__m512; DSUB] = std::array::from_fn(|j| {
+                load16(&cols[(s * DSUB + j) * 16..(s * DSUB + j + 1) * 16])
+            });
+            let mut acc = [_mm512_setzero_ps(); DSUB];
+            for b in 0..nb {
+                let codes = &blocks[b * m * n + s * n..b * m * n + (s + 1) * n];
+                for c in 0..4 {
+                    let bytes: &[u8; 16] = codes[16 * c..16 * c + 16].try_into().expect("16");
+                    // SAFETY: `bytes` holds exactly 16 readable bytes.
+                    let idx =
+                        _mm512_cvtepu8_epi32(unsafe { _mm_loadu_si128(bytes.as_ptr().cast()) });
+                    let p = load16(&weights[b * n + 16 * c..b * n + 16 * c + 16]);
+                    for (a, t) in acc.iter_mut().zip(&tables) {
+                        *a = _mm512_fmadd_ps(p, _mm512_permutexvar_ps(idx, *t), *a);
+                    }
+                }
+            }
+            for (j, a) in acc.iter().enumerate() {
+                o[s * DSUB + j] += _mm512_reduce_add_ps(*a);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn lanes_equal_the_histogram_path() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(21);
+        for (m, dsub, ksub, nb) in [
+            (1, 1, 2, 1),
+            (3, 2, 16, 2),
+            (8, 4, 16, 3),
+            (5, 3, 8, 2),
+            (64, 2, 16, 4),
+        ] {
+            let cents: Vec<Vec<f32>> = (0..m)
+                .map(|_| {
+                    (0..ksub * dsub)
+                        .map(|_| rng.gen_range(-2.0f32..2.0))
+                        .collect()
+                })
+                .collect();
+            let cols = centroid_columns(m, ksub, dsub, |s| &cents[s]);
+            let blocks: Vec<u8> = (0..nb * m * 64)
+                .map(|_| rng.gen_range(0..ksub) as u8)
+                .collect();
+            let weights: Vec<f32> = (0..nb * 64).map(|_| rng.gen_range(0.0f32..1.0)).collect();
+            let mut got = vec![0.5f32; m * dsub];
+            accumulate_values(&blocks, m, dsub, &cols, &weights, &mut got);
+            // Per-centroid bins, then bins times the codebook, in f64.
+            let mut want = vec![0.5f64; m * dsub];
+            for s in 0..m {
+                let mut bins = vec![0f64; ksub];
+                for b in 0..nb {
+                    for t in 0..64 {
+                        bins[usize::from(blocks[b * m * 64 + s * 64 + t])] +=
+                            f64::from(weights[b * 64 + t]);
+                    }
+                }
+                for (c, w) in bins.iter().enumerate() {
+                    for j in 0..dsub {
+                        want[s * dsub + j] += w * f64::from(cents[s][c * dsub + j]);
+                    }
+                }
+            }
+            for (g, w) in got.iter().zip(&want) {
+                assert!(
+                    (f64::from(*g) - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                    "m={m} dsub={dsub}: {g} vs {w}"
+                );
+            }
+            let mut portable = vec![0.5f32; m * dsub];
+            accumulate_portable(&blocks, m, dsub, &cols, &weights, &mut portable);
+            for (g, w) in portable.iter().zip(&want) {
+                assert!((f64::from(*g) - w).abs() <= 1e-4 * (1.0 + w.abs()));
+            }
+        }
+    }
+}
