@@ -142,6 +142,41 @@ fn candidates(
         .collect())
 }
 
+/// Why not even one sequence fits without host memory: the capacity error
+/// of batch 1 (placement for the PIM policies, the step for the others),
+/// which names the bytes needed and the bytes available.
+fn no_room(
+    model: &ModelSpec,
+    system: &SystemSpec,
+    policy: Policy,
+    ctx: usize,
+    timer: Option<&dyn PimTimer>,
+) -> SystemError {
+    let tried = match (policy.uses_pim(), timer) {
+        (true, Some(t)) => place(model, system, policy, ctx, 1, t).and_then(|p| {
+            let gpu = crate::pim_step::gpu_bytes(model, &p, 1);
+            Err(SystemError::Capacity {
+                what: format!(
+                    "one sequence of {ctx} tokens of {} under {policy} ({} tokens spilled to host memory)",
+                    model.name, p.spilled
+                ),
+                place: "the PIM stacks and GPU memory",
+                needed: gpu,
+                available: system.gpu.memory_bytes,
+                over: gpu.saturating_sub(system.gpu.memory_bytes),
+            })
+        }),
+        _ => decode_step_with(model, system, policy, ctx, 1, timer).map(|_| ()),
+    };
+    match tried {
+        Err(e) => e,
+        Ok(()) => SystemError::InvalidArgument {
+            name: "ctx",
+            reason: format!("one sequence of {ctx} tokens fits under {policy}, yet no batch did"),
+        },
+    }
+}
+
 /// The serving view of one context: see the module docs. `timer` is
 /// required for the PIM policies.
 pub fn serve(
@@ -157,17 +192,10 @@ pub fn serve(
             reason: format!("context {ctx} must be in 1..={MAX_CTX}"),
         });
     }
-    let max_batch = largest(|b| Ok(fit(model, system, policy, ctx, b, timer)?.is_some()))?
-        .ok_or_else(|| SystemError::Capacity {
-            what: format!(
-                "one sequence of {ctx} tokens of {} under {policy}",
-                model.name
-            ),
-            place: "the memory this policy may use without host memory",
-            needed: 0,
-            available: 0,
-            over: 0,
-        })?;
+    let Some(max_batch) = largest(|b| Ok(fit(model, system, policy, ctx, b, timer)?.is_some()))?
+    else {
+        return Err(no_room(model, system, policy, ctx, timer));
+    };
     let in_pim = if policy.uses_pim() {
         largest(|b| Ok(b <= max_batch && fit(model, system, policy, ctx, b, timer)? == Some(true)))?
     } else {

@@ -488,16 +488,27 @@ fn run_serve(a: ServeArgs) -> Result<()> {
         indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} contexts searched {elapsed}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let points = jobs
+    let results: Vec<_> = jobs
         .par_iter()
         .map(|&(p, c)| {
-            let r = serve(&model, &system, p, c, timers.get(p))
-                .with_context(|| format!("{p}, ctx {c}"));
+            let r = serve(&model, &system, p, c, timers.get(p));
             bar.inc(1);
-            r
+            (p, c, r)
         })
-        .collect::<Result<Vec<ServePoint>>>()?;
+        .collect();
     bar.finish_and_clear();
+    // A point where not even one sequence fits is reported and skipped, as
+    // `sweep` does; any other error ends the run.
+    let mut points = Vec::new();
+    for (p, c, r) in results {
+        match r {
+            Ok(point) => points.push(point),
+            Err(e @ SystemError::Capacity { .. }) => {
+                eprintln!("skipped (does not fit): {p} ctx {c}: {e}")
+            }
+            Err(e) => return Err(e).with_context(|| format!("{p}, ctx {c}")),
+        }
+    }
     if let Some(out) = &a.out {
         let rows = points.iter().map(serve_row).collect::<Result<Vec<_>>>()?;
         write_csv(out, &rows)?;

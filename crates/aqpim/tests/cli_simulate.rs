@@ -414,3 +414,44 @@ fn config_files_resolve_next_to_themselves_and_say_what_they_were_taken_as() {
         "no such file (tried",
     );
 }
+
+/// `serve` reports a point where not even one sequence fits, naming the
+/// bytes, skips it and gives the other rows.
+#[test]
+fn serve_skips_what_does_not_fit() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_aqpim"))
+        .args([
+            "simulate",
+            "serve",
+            "--model",
+            "llama2-13b",
+            "--system",
+            "h100+aqpim",
+            "--policy",
+            "gpu,aqpim",
+            "--ctx",
+            "128K",
+            "--pim-model",
+            "analytic",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("skipped (does not fit): gpu ctx 131072")
+            && err.contains("133405081600 bytes"),
+        "{err}"
+    );
+    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["policy"], "aqpim");
+}
