@@ -275,9 +275,9 @@ fn divergence_against_a_reference_follows_its_definition() {
     let mut f32_cache = || Ok(Box::new(cache(DensePrecision::F32)) as Box<dyn AttentionCache>);
     let mut f16_cache = || Ok(Box::new(cache(DensePrecision::F16)) as Box<dyn AttentionCache>);
     let mut f16_ref = || Ok(Box::new(cache(DensePrecision::F16)) as Box<dyn AttentionCache>);
-    let mut run = |prefill,
-                   new: &mut dyn FnMut() -> aqpim_decode::Result<Box<dyn AttentionCache>>,
-                   reference: eval::Reference<'_>| {
+    let run = |prefill,
+               new: &mut dyn FnMut() -> aqpim_decode::Result<Box<dyn AttentionCache>>,
+               reference: eval::Reference<'_>| {
         eval::perplexity_against(
             &model,
             &tokens,

@@ -77,6 +77,10 @@ impl<const N: usize> Stacked<N> {
     }
 }
 
+/// The attention of [`Llama::block`]: `(q, k, v, out)`, see there.
+pub(crate) type BlockAttention<'a> =
+    dyn FnMut(&[f32], &[f32], &[f32], &mut [f32]) -> Result<()> + 'a;
+
 /// Which rows of logits [`Llama::forward`] returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Logits {
@@ -326,7 +330,7 @@ impl Llama {
         x: &mut [f32],
         n: usize,
         rot: &[(f64, f64)],
-        attention: &mut dyn FnMut(&[f32], &[f32], &[f32], &mut [f32]) -> Result<()>,
+        attention: &mut BlockAttention<'_>,
     ) -> Result<()> {
         let c = &self.config;
         let (hd, nh, nkv) = (c.head_dim, c.n_heads, c.n_kv_heads);
