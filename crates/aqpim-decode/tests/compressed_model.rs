@@ -122,3 +122,42 @@ fn compressed_caches_decode_the_tiny_model() {
     let e = calibrate::load_into(dir.path(), store.as_pq_mut().unwrap()).unwrap_err();
     assert!(e.to_string().contains("checksum"), "{e}");
 }
+
+#[test]
+fn calibration_does_not_depend_on_the_thread_count() {
+    let file = GgufFile::parse(tiny_model(21, true)).unwrap();
+    let model = Llama::from_gguf(&file).unwrap();
+    let calib = random_tokens(22, 300, model.config().vocab_size);
+    let spec: KvSpec = "pq:dsub=2,kbits=4,vbits=2,iters=5".parse().unwrap();
+    let KvSpec::Pq(pq_spec) = spec else {
+        unreachable!()
+    };
+    // Two passes whose chunks share a start (the 100-token pass's first chunk
+    // is the first 256-token chunk's prefix; the context caps 300 at 256), as the default calibration's do.
+    let files = |threads| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let books = pool
+            .install(|| {
+                calibrate::calibrate(&model, &calib, &pq_spec, &[100, 300], &mut |_, _, _| {})
+            })
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        calibrate::save(&books, dir.path()).unwrap();
+        let mut names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        names.sort();
+        names
+            .iter()
+            .map(|p| std::fs::read(p).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let one = files(1);
+    assert_eq!(one.len(), 2 * LAYERS * KV_HEADS);
+    assert_eq!(one, files(2));
+    assert_eq!(one, files(3));
+}

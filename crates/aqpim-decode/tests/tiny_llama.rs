@@ -258,3 +258,90 @@ fn bad_inputs_are_errors() {
     let long = vec![0u32; CONTEXT + 1];
     assert!(model.forward(&long, &mut c, Logits::Last).is_err());
 }
+
+#[test]
+fn divergence_against_a_reference_follows_its_definition() {
+    use aqpim_decode::model::divergence::kl_divergence;
+    let file = GgufFile::parse(tiny_model(13, true)).unwrap();
+    let model = Llama::from_gguf(&file).unwrap();
+    let vocab = model.config().vocab_size;
+    let tokens = random_tokens(14, 40, vocab);
+    let opts = |prefill| PplOptions {
+        window: 20,
+        stride: 20,
+        prefill,
+        doc_start: Some(0),
+    };
+    let mut f32_cache = || Ok(Box::new(cache(DensePrecision::F32)) as Box<dyn AttentionCache>);
+    let mut f16_cache = || Ok(Box::new(cache(DensePrecision::F16)) as Box<dyn AttentionCache>);
+    let mut f16_ref = || Ok(Box::new(cache(DensePrecision::F16)) as Box<dyn AttentionCache>);
+    let run = |prefill,
+               new: &mut dyn FnMut() -> aqpim_decode::Result<Box<dyn AttentionCache>>,
+               reference: eval::Reference<'_>| {
+        eval::perplexity_against(
+            &model,
+            &tokens,
+            &opts(prefill),
+            new,
+            reference,
+            &mut |_, _| {},
+        )
+        .unwrap()
+        .divergence
+    };
+    // Without a reference there are no statistics.
+    assert!(run(8, &mut f32_cache, eval::Reference::None).is_none());
+    // A cache against itself, by declaration or by a second identical pass:
+    // exactly 0, 0 and 1.
+    for d in [
+        run(8, &mut f16_cache, eval::Reference::Itself),
+        run(8, &mut f16_cache, eval::Reference::Cache(&mut f16_ref)),
+    ] {
+        let d = d.unwrap();
+        assert_eq!(
+            (d.tokens, d.kld_mean, d.kld_p99, d.top1_agreement),
+            (40, 0.0, 0.0, 1.0)
+        );
+    }
+    // f32 against FP16: the per-token divergences of the two caches'
+    // logits, recomputed here window by window with every input prefilled.
+    let mut want = Vec::new();
+    let mut same = 0;
+    for w in tokens.chunks(20) {
+        let mut seq = vec![0u32];
+        seq.extend_from_slice(w);
+        let inputs = &seq[..seq.len() - 1];
+        let p = model
+            .forward(inputs, &mut cache(DensePrecision::F16), Logits::All)
+            .unwrap();
+        let q = model
+            .forward(inputs, &mut cache(DensePrecision::F32), Logits::All)
+            .unwrap();
+        for (pr, qr) in p.chunks_exact(vocab).zip(q.chunks_exact(vocab)) {
+            want.push(kl_divergence(pr, qr));
+            same += usize::from(eval::argmax(pr) == eval::argmax(qr));
+        }
+    }
+    let mean = want.iter().sum::<f64>() / want.len() as f64;
+    want.sort_by(f64::total_cmp);
+    assert!(mean > 0.0, "FP16 rounding changes the logits");
+    // Every input prefilled: the same computation, the same numbers.
+    let all = run(20, &mut f32_cache, eval::Reference::Cache(&mut f16_ref)).unwrap();
+    assert_eq!(all.tokens, want.len());
+    assert!(
+        (all.kld_mean - mean).abs() <= 1e-12 * mean,
+        "{} vs {mean}",
+        all.kld_mean
+    );
+    let p99 = aqpim_decode::model::divergence::percentile_sorted(&want, 0.99);
+    assert!((all.kld_p99 - p99).abs() <= 1e-12 * p99);
+    assert_eq!(all.top1_agreement, same as f64 / want.len() as f64);
+    // Most inputs decoded one at a time: equal to rounding.
+    let dec = run(8, &mut f32_cache, eval::Reference::Cache(&mut f16_ref)).unwrap();
+    assert!(
+        (dec.kld_mean - mean).abs() <= 0.05 * mean,
+        "{} vs {mean}",
+        dec.kld_mean
+    );
+    assert!(dec.kld_p99 >= dec.kld_mean);
+}

@@ -68,6 +68,13 @@ pub struct PplArgs {
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Leave out the FP16 reference pass: `kld_mean`, `kld_p99` and
+    /// `top1_agreement` are then null. By default every window also runs
+    /// through an FP16 cache and each scored token's next-token distribution
+    /// is compared with it (llama.cpp's `--kl-divergence` statistics), which
+    /// costs one more FP16 pass for any cache but `fp16`.
+    #[arg(long)]
+    no_kld: bool,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -225,6 +232,17 @@ struct PplOutput {
     prefill_tokens_per_s: f64,
     decode_tokens: usize,
     decode_tokens_per_s: Option<f64>,
+    /// Mean KL divergence (nats) of each scored token's next-token
+    /// distribution from the FP16 cache's on the same window: `KL(P_fp16 ||
+    /// Q_kv)`. 0 for `--kv fp16`; null with `--no-kld`.
+    kld_mean: Option<f64>,
+    /// 99th percentile of that per-token KL divergence (nats).
+    kld_p99: Option<f64>,
+    /// Share of scored tokens whose most likely next token is the FP16 cache's.
+    top1_agreement: Option<f64>,
+    /// Perplexity of the FP16 reference pass on the same tokens (equal to
+    /// `perplexity` for `--kv fp16`; null with `--no-kld`).
+    fp16_perplexity: Option<f64>,
     threads: usize,
 }
 
@@ -296,15 +314,30 @@ fn ppl(a: PplArgs) -> Result<()> {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.set_message("perplexity");
-    let mut cache = || {
-        make_cache(&model, &choice).map_err(|e| aqpim_decode::DecodeError::Cache {
-            reason: format!("{e:#}"),
-        })
+    let to_decode = |e: anyhow::Error| aqpim_decode::DecodeError::Cache {
+        reason: format!("{e:#}"),
     };
-    let report = eval::perplexity(&model, &tokens, &opts, &mut cache, &mut |done, total| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
-    })?;
+    let mut cache = || make_cache(&model, &choice).map_err(to_decode);
+    // The FP16 reference of the KL divergence: the evaluated cache itself
+    // when it is FP16, else a second FP16 pass over the same windows.
+    let mut fp16 =
+        || make_cache(&model, &CacheChoice::Dense(DensePrecision::F16)).map_err(to_decode);
+    let reference = match &choice {
+        _ if a.no_kld => eval::Reference::None,
+        CacheChoice::Dense(DensePrecision::F16) => eval::Reference::Itself,
+        _ => eval::Reference::Cache(&mut fp16),
+    };
+    let report = eval::perplexity_against(
+        &model,
+        &tokens,
+        &opts,
+        &mut cache,
+        reference,
+        &mut |done, total| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        },
+    )?;
     bar.finish_and_clear();
     // A non-finite perplexity means non-finite logits: broken weights, not a result.
     if !report.perplexity.is_finite() || !report.nll.is_finite() {
@@ -376,6 +409,10 @@ fn ppl(a: PplArgs) -> Result<()> {
         decode_tokens: report.decode_tokens,
         decode_tokens_per_s: (report.decode_tokens > 0)
             .then(|| report.decode_tokens as f64 / report.decode_seconds.max(1e-9)),
+        kld_mean: report.divergence.map(|d| d.kld_mean),
+        kld_p99: report.divergence.map(|d| d.kld_p99),
+        top1_agreement: report.divergence.map(|d| d.top1_agreement),
+        fp16_perplexity: report.divergence.map(|d| d.reference_nll.exp()),
         threads: rayon::current_num_threads(),
     };
     if a.json {
@@ -463,6 +500,20 @@ fn print_ppl(out: &PplOutput) {
             }
         }
         _ => println!("{:<14} {:.2}", "bits/element", out.bits_per_element),
+    }
+    if let (Some(mean), Some(p99), Some(top1)) = (out.kld_mean, out.kld_p99, out.top1_agreement) {
+        println!(
+            "{:<14} mean {mean:.6}, 99th percentile {p99:.6} nats; top-1 agreement {:.2} %",
+            "KL vs FP16",
+            100.0 * top1
+        );
+        if let Some(f) = out.fp16_perplexity {
+            println!(
+                "{:<14} {f:.4} (perplexity {:+.2} % against it)",
+                "FP16 ppl",
+                100.0 * (out.perplexity / f - 1.0)
+            );
+        }
     }
     println!("{:<14} {:.1} tokens/s", "prefill", out.prefill_tokens_per_s);
     if let Some(d) = out.decode_tokens_per_s {

@@ -87,9 +87,12 @@ pub enum PqCommand {
         /// Model: a GGUF file or a Hugging Face checkpoint directory (Llama family).
         #[arg(long)]
         model: PathBuf,
-        /// UTF-8 calibration text.
+        /// UTF-8 calibration text. Default: the calibration corpus that `cargo
+        /// xtask fetch-assets` writes, `assets/calibration.txt` under the current
+        /// directory (Pride and Prejudice interleaved with Python source of another
+        /// package than any evaluation reads; docs/model.md).
         #[arg(long)]
-        text: PathBuf,
+        text: Option<PathBuf>,
         /// Calibration tokens taken from the start of the text (K/M suffixes).
         #[arg(long, default_value = "8K", value_parser = crate::args::count)]
         tokens: usize,
@@ -308,6 +311,10 @@ pub fn run(cmd: PqCommand) -> Result<()> {
             };
             let (llama, tok) = aqpim_decode::model::load(&model)
                 .with_context(|| format!("loading model {}", model.display()))?;
+            let text = match text {
+                Some(t) => t,
+                None => default_corpus()?,
+            };
             let body = std::fs::read_to_string(&text)
                 .with_context(|| format!("reading text {} (UTF-8 expected)", text.display()))?;
             let mut ids = tok.encode(&body)?;
@@ -322,7 +329,7 @@ pub fn run(cmd: PqCommand) -> Result<()> {
             let bar = indicatif::ProgressBar::new(1);
             bar.set_style(
                 indicatif::ProgressStyle::with_template(
-                    "{msg:24} [{bar:30}] {pos}/{len} {elapsed}",
+                    "{msg} [{bar:30}] {pos}/{len} layers, {elapsed} (eta {eta})",
                 )
                 .expect("valid template"),
             );
@@ -345,9 +352,10 @@ pub fn run(cmd: PqCommand) -> Result<()> {
             bar.finish_and_clear();
             aqpim_decode::model::calibrate::save(&books, &out)?;
             eprintln!(
-                "calibrated {} layers x {} KV heads on {tokens} tokens in {:.1} s -> {}",
+                "calibrated {} layers x {} KV heads on {tokens} tokens of {} in {:.1} s -> {}",
                 books.len(),
                 books.first().map_or(0, Vec::len),
+                text.display(),
                 t.elapsed().as_secs_f64(),
                 out.display()
             );
@@ -367,6 +375,22 @@ pub fn run(cmd: PqCommand) -> Result<()> {
             npy::write_f32(&out, n, d, &aqpim_pq::synth::kv_like(n, d, seed))
         }
     }
+}
+
+/// Where `pq calibrate` reads its text without `--text`: the corpus of
+/// `cargo xtask fetch-assets`, relative to the current directory.
+pub(crate) const DEFAULT_CORPUS: &str = "assets/calibration.txt";
+
+fn default_corpus() -> Result<PathBuf> {
+    let p = PathBuf::from(DEFAULT_CORPUS);
+    if !p.is_file() {
+        bail!(
+            "no --text given, and the default calibration corpus {DEFAULT_CORPUS} is absent: \
+             run `cargo xtask fetch-assets` in the repository (it writes assets/), run from there, \
+             or pass --text FILE"
+        );
+    }
+    Ok(p)
 }
 
 /// `pq calibrate`'s default chunk lengths for a model of `context` tokens:

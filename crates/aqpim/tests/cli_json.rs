@@ -153,7 +153,14 @@ fn every_json_output_is_one_line_of_one_object() {
         v["decode_tokens"].as_u64().unwrap() >= v["prefill_tokens"].as_u64().unwrap(),
         "{v}"
     );
-    json_line(
+    // The FP16 cache against itself: no divergence, full agreement.
+    assert_eq!(
+        (&v["kld_mean"], &v["kld_p99"], &v["top1_agreement"]),
+        (&0.0.into(), &0.0.into(), &1.0.into()),
+        "{v}"
+    );
+    assert_eq!(v["fp16_perplexity"], v["perplexity"], "{v}");
+    let v = json_line(
         &aqpim(&[
             "eval",
             "ppl",
@@ -168,6 +175,28 @@ fn every_json_output_is_one_line_of_one_object() {
             "--json",
         ]),
         "eval ppl pq",
+    );
+    // A PQ cache strays from the FP16 reference: a positive divergence, its
+    // 99th percentile at least the mean, agreement a share.
+    let (mean, p99, top1) = (
+        v["kld_mean"].as_f64().unwrap(),
+        v["kld_p99"].as_f64().unwrap(),
+        v["top1_agreement"].as_f64().unwrap(),
+    );
+    assert!(
+        mean > 0.0 && p99 >= mean && (0.0..=1.0).contains(&top1),
+        "{v}"
+    );
+    let v = json_line(
+        &aqpim(&[
+            "eval", "ppl", "--model", m, "--text", t, "--window", "32", "--kv", "f32", "--no-kld",
+            "--json",
+        ]),
+        "eval ppl --no-kld",
+    );
+    assert!(
+        v["kld_mean"].is_null() && v["top1_agreement"].is_null(),
+        "{v}"
     );
     json_line(
         &aqpim(&[

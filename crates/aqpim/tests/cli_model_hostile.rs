@@ -3,7 +3,8 @@
 //! whose tensors alias each other is refused at load instead of printing a
 //! NaN perplexity. `pq calibrate` takes a list of chunk lengths (one pass
 //! per length) and refuses an empty or zero one; `eval ppl --skip` refuses
-//! to skip past the text.
+//! to skip past the text; `pq calibrate` without `--text` reads the default corpus
+//! under the current directory, or says how to fetch it.
 
 mod common;
 #[path = "../../aqpim-decode/tests/common/mod.rs"]
@@ -190,4 +191,51 @@ fn calibration_makes_one_pass_per_chunk_length() {
     ]);
     assert_one_line_error(&out, "the text has 0 tokens");
     assert!(!String::from_utf8_lossy(&out.stderr).contains("--skip"));
+}
+
+#[test]
+fn calibrate_without_text_reads_the_default_corpus() {
+    let dir = common::tempdir();
+    let model = dir.path().join("tiny.gguf");
+    std::fs::write(&model, tiny::tiny_model(1, true)).unwrap();
+    let run = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_aqpim"))
+            .args([
+                "pq",
+                "calibrate",
+                "--model",
+                path(&model),
+                "--tokens",
+                "64",
+                "--kv",
+                "pq:dsub=4,nbits=4",
+                "--threads",
+                "1",
+                "--out",
+                "books",
+            ])
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
+    // No corpus under the current directory: a message that says how to get it.
+    let out = run();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("default calibration corpus assets/calibration.txt is absent")
+            && err.contains("cargo xtask fetch-assets"),
+        "{err}"
+    );
+    std::fs::create_dir_all(dir.path().join("assets")).unwrap();
+    std::fs::write(
+        dir.path().join("assets/calibration.txt"),
+        "the and the and the and the and ".repeat(16),
+    )
+    .unwrap();
+    let out = run();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("tokens of assets/calibration.txt"), "{err}");
+    assert!(dir.path().join("books/layer000_head00_k.pqcb").exists());
 }

@@ -203,6 +203,12 @@ struct PplJson {
     bits_per_element: f64,
     scored_tokens: usize,
     decode_tokens_per_s: Option<f64>,
+    #[serde(default)]
+    kld_mean: Option<f64>,
+    #[serde(default)]
+    kld_p99: Option<f64>,
+    #[serde(default)]
+    top1_agreement: Option<f64>,
 }
 
 /// Makes sure the codebooks of `c` exist (calibrating them if not) and
@@ -290,6 +296,9 @@ fn eval_row(plan: &Plan, row: &Row, books: Option<&Path>) -> Result<Record> {
         scored_tokens: j.scored_tokens,
         decode_tokens_per_s: j.decode_tokens_per_s,
         seconds: t0.elapsed().as_secs_f64(),
+        kld_mean: j.kld_mean,
+        kld_p99: j.kld_p99,
+        top1_agreement: j.top1_agreement,
     })
 }
 

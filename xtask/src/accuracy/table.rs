@@ -34,6 +34,16 @@ pub struct Record {
     pub decode_tokens_per_s: Option<f64>,
     /// Wall time of the `eval ppl` run.
     pub seconds: f64,
+    /// Mean KL divergence from the FP16 cache's next-token distributions
+    /// (nats); empty in rows written before the column existed.
+    #[serde(default)]
+    pub kld_mean: Option<f64>,
+    /// Its 99th percentile (nats).
+    #[serde(default)]
+    pub kld_p99: Option<f64>,
+    /// Share of tokens whose top-1 next token is FP16's.
+    #[serde(default)]
+    pub top1_agreement: Option<f64>,
 }
 
 /// What identifies a row in the CSV (everything but the measurements).
@@ -86,10 +96,28 @@ pub fn read_csv(path: &Path) -> Result<Vec<Record>> {
         .with_context(|| format!("reading {} (delete it to start over)", path.display()))
 }
 
+/// The CSV header of [`Record`].
+const HEADER: &str = "text,window,prefill,tokens,kv,calibration,perplexity,nll,bits_per_element,scored_tokens,decode_tokens_per_s,seconds,kld_mean,kld_p99,top1_agreement";
+
 /// Appends `rec` to the CSV at `path`, writing the header first when the file
-/// is new, and flushes it, so that an interrupted grid keeps its rows.
+/// is new, and flushes it, so that an interrupted grid keeps its rows. A file
+/// written with fewer columns (before the KL columns) is rewritten whole
+/// with the current header first.
 pub fn append_csv(path: &Path, rec: &Record) -> Result<()> {
-    let new = !path.exists() || std::fs::metadata(path)?.len() == 0;
+    let current = std::fs::read_to_string(path).unwrap_or_default();
+    let header = current.lines().next().unwrap_or("");
+    if !current.is_empty() && header != HEADER {
+        let mut all = read_csv(path)?;
+        all.push(rec.clone());
+        let mut w = csv::Writer::from_path(path)
+            .with_context(|| format!("rewriting {}", path.display()))?;
+        for r in &all {
+            w.serialize(r)?;
+        }
+        w.flush()?;
+        return Ok(());
+    }
+    let new = current.is_empty();
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -137,8 +165,8 @@ pub fn markdown(title: &str, header: &str, rows: &[Row], records: &[Record]) -> 
         let _ = write!(
             s,
             "\n## {}, W = {}, P = {}, {tokens}\n\n\
-             | `--kv` | codebooks | perplexity | vs FP16 | NLL | bits/element (per window) | decode tokens/s |\n\
-             |---|---|---|---|---|---|---|\n",
+             | `--kv` | codebooks | perplexity | vs FP16 | NLL | KL mean | KL p99 | top-1 agreement | bits/element (per window) | decode tokens/s |\n\
+             |---|---|---|---|---|---|---|---|---|---|\n",
             file_name(Path::new(&g.0)),
             g.1,
             g.2
@@ -147,7 +175,7 @@ pub fn markdown(title: &str, header: &str, rows: &[Row], records: &[Record]) -> 
             let Some(rec) = find(&row_key(r)) else {
                 let _ = writeln!(
                     s,
-                    "| `{}` | {} | (not run) | | | | |",
+                    "| `{}` | {} | (not run) | | | | | | | |",
                     r.kv,
                     calibration_column(r)
                 );
@@ -159,10 +187,21 @@ pub fn markdown(title: &str, header: &str, rows: &[Row], records: &[Record]) -> 
             let tps = rec
                 .decode_tokens_per_s
                 .map_or("-".to_string(), |t| format!("{t:.1}"));
+            let opt = |x: Option<f64>, digits: usize| {
+                x.map_or("-".to_string(), |v| format!("{v:.digits$}"))
+            };
             let _ = writeln!(
                 s,
-                "| `{}` | {} | {:.3} | {vs} | {:.4} | {:.2} | {tps} |",
-                rec.kv, rec.calibration, rec.perplexity, rec.nll, rec.bits_per_element
+                "| `{}` | {} | {:.3} | {vs} | {:.4} | {} | {} | {} | {:.2} | {tps} |",
+                rec.kv,
+                rec.calibration,
+                rec.perplexity,
+                rec.nll,
+                opt(rec.kld_mean, 5),
+                opt(rec.kld_p99, 4),
+                rec.top1_agreement
+                    .map_or("-".to_string(), |t| format!("{:.2} %", 100.0 * t)),
+                rec.bits_per_element
             );
         }
     }
@@ -205,6 +244,9 @@ mod tests {
             scored_tokens: 2047,
             decode_tokens_per_s: Some(20.0),
             seconds: 1.0,
+            kld_mean: Some(0.01),
+            kld_p99: Some(0.1),
+            top1_agreement: Some(0.95),
         }
     }
 
@@ -221,8 +263,25 @@ mod tests {
         append_csv(&path, &a).unwrap();
         append_csv(&path, &b).unwrap();
         let back = read_csv(&path).unwrap();
-        assert_eq!(back, vec![a, b]);
-        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 3);
+        assert_eq!(back, vec![a.clone(), b.clone()]);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 3);
+        assert_eq!(text.lines().next(), Some(HEADER));
+        // A file from before the KL columns reads with them empty, and the
+        // next row rewrites it with the current header.
+        let old_header = HEADER.trim_end_matches(",kld_mean,kld_p99,top1_agreement");
+        let old_row = "/t/emma.txt,2048,128,2048,fp16,-,30.0,3.4,16.0,2047,20.0,1.0";
+        std::fs::write(&path, format!("{old_header}\n{old_row}\n")).unwrap();
+        let old = read_csv(&path).unwrap();
+        assert_eq!(old[0].kld_mean, None);
+        append_csv(&path, &b).unwrap();
+        let back = read_csv(&path).unwrap();
+        assert_eq!(back.len(), 2);
+        assert_eq!(back[1], b);
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap().lines().next(),
+            Some(HEADER)
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

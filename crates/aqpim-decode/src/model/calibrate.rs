@@ -5,127 +5,28 @@
 //! directory, `layer{L:03}_head{H:02}_{k|v}.pqcb`, and loaded into a PQ store
 //! before it sees any token.
 //!
+//! The recording forward pass runs layer by layer over every chunk at once
+//! (whole-sequence causal attention, [`causal`](super::causal)), and a
+//! layer's codebooks train while the next layer runs: the keys and values of
+//! two layers are held at a time, not of the whole model.
+//!
 //! Specs with pre-transforms (`center`, `scale`, `layout`, `whiten`) also
 //! save one `layer{L:03}_head{H:02}_{k|v}.pqxf` per codebook. `whiten=` fits
 //! the key metric to the second moment of the calibration queries of the KV
 //! head's query group; `vweight=true` weights each value in k-means by the
 //! mean attention it receives from the calibration queries that would see it
 //! encoded (those at least `window` positions later), leaving out each
-//! chunk's first `sinks` and last `window` tokens, which the store keeps in FP16.
+//! chunk's first `sinks` tokens, which the store keeps in FP16.
 
 use std::path::{Path, PathBuf};
-
-use std::sync::Mutex;
 
 use aqpim_kvcache::{fit_transform, KvPart, PqSpec, PqStore};
 use aqpim_pq::{Init, PreTransform, ProductQuantizer, TrainOptions};
 use rayon::prelude::*;
 
 use crate::error::{DecodeError, Result};
-use crate::model::cache::{AttentionCache, DenseCache, DensePrecision};
-use crate::model::llama::{Llama, Logits};
-
-/// Query statistics of one (layer, KV head).
-#[derive(Debug, Clone, Default)]
-struct QueryStats {
-    /// `sum q q^T` over the group's query heads and positions, `d x d`.
-    moment: Vec<f64>,
-    queries: usize,
-    /// Per recorded token: summed attention from queries at least `window`
-    /// positions later, and how many such queries saw it.
-    mass: Vec<(f64, u32)>,
-}
-
-/// A dense f32 cache that also keeps every appended key and value (and, if
-/// asked, query statistics).
-struct RecordingCache {
-    inner: DenseCache,
-    n_kv_heads: usize,
-    head_dim: usize,
-    /// `[layer * n_kv_heads + head]`: keys and values, `tokens x head_dim`.
-    recorded: Vec<(Vec<f32>, Vec<f32>)>,
-    /// Recorded tokens before this chunk.
-    base: usize,
-    moments: bool,
-    /// `Some(window)`: record attention mass.
-    mass_window: Option<usize>,
-    stats: Vec<Mutex<QueryStats>>,
-}
-
-impl AttentionCache for RecordingCache {
-    fn append(&mut self, layer: usize, kv_head: usize, key: &[f32], value: &[f32]) -> Result<()> {
-        self.inner.append(layer, kv_head, key, value)?;
-        let (k, v) = &mut self.recorded[layer * self.n_kv_heads + kv_head];
-        k.extend_from_slice(key);
-        v.extend_from_slice(value);
-        Ok(())
-    }
-    fn len(&self, layer: usize, kv_head: usize) -> usize {
-        self.inner.len(layer, kv_head)
-    }
-    fn attend_group(
-        &self,
-        layer: usize,
-        kv_head: usize,
-        queries: &[f32],
-        visible: usize,
-        scale: f32,
-        out: &mut [f32],
-    ) -> Result<()> {
-        self.inner
-            .attend_group(layer, kv_head, queries, visible, scale, out)?;
-        if !self.moments && self.mass_window.is_none() {
-            return Ok(());
-        }
-        let idx = layer * self.n_kv_heads + kv_head;
-        let d = self.head_dim;
-        let keys = &self.recorded[idx].0;
-        let mut st = self.stats[idx].lock().unwrap_or_else(|e| e.into_inner());
-        let base = self.base;
-        for q in queries.chunks_exact(d) {
-            if self.moments {
-                if st.moment.is_empty() {
-                    st.moment = vec![0.0; d * d];
-                }
-                for (i, &qi) in q.iter().enumerate() {
-                    let qi = f64::from(qi);
-                    for (m, &qj) in st.moment[i * d..(i + 1) * d].iter_mut().zip(q) {
-                        *m += qi * f64::from(qj);
-                    }
-                }
-                st.queries += 1;
-            }
-            if let Some(window) = self.mass_window {
-                // The query at position `visible - 1` sees encoded tokens `< visible - window`.
-                let seen = visible.saturating_sub(window);
-                if seen == 0 {
-                    continue;
-                }
-                let scores: Vec<f32> = keys[base * d..(base + visible) * d]
-                    .chunks_exact(d)
-                    .map(|k| scale * k.iter().zip(q).map(|(a, b)| a * b).sum::<f32>())
-                    .collect();
-                let max = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-                let z: f64 = scores.iter().map(|&s| f64::from(s - max).exp()).sum();
-                if st.mass.len() < base + visible {
-                    st.mass.resize(base + visible, (0.0, 0));
-                }
-                for (t, &s) in scores[..seen].iter().enumerate() {
-                    let m = &mut st.mass[base + t];
-                    m.0 += f64::from(s - max).exp() / z;
-                    m.1 += 1;
-                }
-            }
-        }
-        Ok(())
-    }
-    fn bytes(&self) -> usize {
-        self.inner.bytes()
-    }
-    fn bits_per_element(&self) -> f64 {
-        self.inner.bits_per_element()
-    }
-}
+use crate::model::causal::{self, Dims, HeadStats, StatsRequest};
+use crate::model::llama::Llama;
 
 /// The calibrated codebooks of one (layer, KV head), with their pre-transforms.
 #[derive(Debug, Clone)]
@@ -143,6 +44,67 @@ pub struct HeadBooks {
 /// Calibrated codebooks of a whole model: `[layer][kv_head]`.
 pub type Codebooks = Vec<Vec<HeadBooks>>;
 
+/// The chunks of the calibration passes, and the sequences the forward
+/// pass actually runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Plan {
+    /// `(start, len)` of every chunk, pass by pass: the order of the
+    /// calibration sample.
+    chunks: Vec<(usize, usize)>,
+    /// `(start, len)` of each sequence run through the model.
+    sequences: Vec<(usize, usize)>,
+    /// Per chunk, the sequence whose first `len` positions it is.
+    chunk_sequence: Vec<usize>,
+}
+
+impl Plan {
+    /// Cuts `n_tokens` into chunks of each length (capped at `context`),
+    /// one pass per length. With `share_prefixes`, chunks that start at
+    /// the same token run once, as the longest of them: a causal model gives
+    /// a chunk's prefix the same keys and values as the prefix alone.
+    fn new(n_tokens: usize, chunk_lengths: &[usize], context: usize, share_prefixes: bool) -> Self {
+        let chunks: Vec<(usize, usize)> = chunk_lengths
+            .iter()
+            .flat_map(|&len| {
+                let len = len.min(context);
+                (0..n_tokens)
+                    .step_by(len)
+                    .map(move |s| (s, len.min(n_tokens - s)))
+            })
+            .collect();
+        let mut sequences: Vec<(usize, usize)> = Vec::new();
+        let mut chunk_sequence = Vec::with_capacity(chunks.len());
+        for &(start, len) in &chunks {
+            match sequences
+                .iter()
+                .position(|s| share_prefixes && s.0 == start)
+            {
+                Some(i) => {
+                    sequences[i].1 = sequences[i].1.max(len);
+                    chunk_sequence.push(i);
+                }
+                None => {
+                    chunk_sequence.push(sequences.len());
+                    sequences.push((start, len));
+                }
+            }
+        }
+        Self {
+            chunks,
+            sequences,
+            chunk_sequence,
+        }
+    }
+}
+
+/// One layer's recording: per sequence its post-RoPE keys and values (`len
+/// x n_kv_heads*d`, rows by position), and per KV head the query
+/// statistics of every chunk, in chunk order.
+struct LayerRecord {
+    kv: Vec<(Vec<f32>, Vec<f32>)>,
+    stats: Vec<HeadStats>,
+}
+
 /// Collects post-RoPE keys and values of `tokens` and trains the codebooks
 /// that `spec` asks for (`dsub`, key and value bits, iterations, seed).
 ///
@@ -150,8 +112,16 @@ pub type Codebooks = Vec<Vec<HeadBooks>>;
 /// into chunks of at most that many tokens, each run as a fresh sequence, so
 /// the calibration sample holds keys at the positions those lengths reach
 /// (`[2048, 8192]`: every token twice, at a position below 2,048 and at its
-/// place in an 8K sequence). `progress(done, total)` is called after each
-/// chunk and each trained layer.
+/// place in an 8K sequence). The sample is the chunks' keys and values in
+/// pass and chunk order.
+///
+/// The model runs layer by layer over every sequence at once (blocked
+/// causal attention, [`causal`]), and the codebooks of layer `l` train while
+/// layer `l + 1` runs, so only two layers' keys and values are held at a
+/// time. Chunks that start at the same token run once when no query
+/// statistics are needed (the 2K pass's first chunk is the 8K chunk's
+/// prefix). Everything is split so that the codebooks do not depend on the
+/// thread count. `progress(what, done, total)` is called after each layer.
 pub fn calibrate(
     model: &Llama,
     tokens: &[u32],
@@ -160,7 +130,7 @@ pub fn calibrate(
     progress: &mut dyn FnMut(&str, usize, usize),
 ) -> Result<Codebooks> {
     let c = model.config();
-    let (layers, heads, d) = (c.n_layers, c.n_kv_heads, c.head_dim);
+    let (layers, d) = (c.n_layers, c.head_dim);
     if tokens.is_empty() {
         return Err(DecodeError::InvalidArgument {
             name: "tokens",
@@ -173,115 +143,217 @@ pub fn calibrate(
             reason: format!("{chunk_lengths:?}: give at least one positive chunk length"),
         });
     }
-    let mut recorded = vec![(Vec::new(), Vec::new()); layers * heads];
-    let moments = spec.whiten != aqpim_kvcache::KeyMetric::Euclidean;
-    let mass_window = spec.value_weighting.then_some(spec.window);
-    let mut stats: Vec<Mutex<QueryStats>> = (0..layers * heads).map(|_| Mutex::default()).collect();
-    // Per chunk: where it starts among the recorded tokens, and its length.
-    let mut spans = Vec::new();
-    let chunks: Vec<&[u32]> = chunk_lengths
-        .iter()
-        .flat_map(|&len| tokens.chunks(len.min(c.context_length)))
-        .collect();
-    let mut base = 0;
-    for (i, ids) in chunks.iter().enumerate() {
-        let mut cache = RecordingCache {
-            inner: DenseCache::new(layers, heads, d, DensePrecision::F32),
-            n_kv_heads: heads,
-            head_dim: d,
-            recorded: std::mem::take(&mut recorded),
-            base,
-            moments,
-            mass_window,
-            stats: std::mem::take(&mut stats),
-        };
-        model.forward(ids, &mut cache, Logits::Last)?;
-        recorded = cache.recorded;
-        stats = cache.stats;
-        spans.push((base, ids.len()));
-        base += ids.len();
-        progress("running the model", i + 1, chunks.len());
-    }
-    let stats: Vec<QueryStats> = stats
-        .into_iter()
-        .map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()))
-        .collect();
-    let (kp, vp) = (
-        spec.params(d, KvPart::Keys)?,
-        spec.params(d, KvPart::Values)?,
+    let request = StatsRequest {
+        moments: spec.whiten != aqpim_kvcache::KeyMetric::Euclidean,
+        mass_window: spec.value_weighting.then_some(spec.window),
+    };
+    let plan = Plan::new(
+        tokens.len(),
+        chunk_lengths,
+        c.context_length,
+        request == StatsRequest::default(),
     );
-    let opts = TrainOptions {
-        iterations: spec.iterations,
-        seed: spec.seed,
-        init: Init::KMeansPlusPlus,
-        ..TrainOptions::default()
+    let mut hidden: Vec<Vec<f32>> = plan
+        .sequences
+        .iter()
+        .map(|&(s, len)| model.embed(&tokens[s..s + len]))
+        .collect::<Result<_>>()?;
+    let longest = plan.sequences.iter().map(|s| s.1).max().unwrap_or(0);
+    model.check_positions(0, longest)?;
+    let rot = model.rope_table(0, longest);
+    let trainer = Trainer {
+        spec,
+        d,
+        plan: &plan,
+        kp: spec.params(d, KvPart::Keys)?,
+        vp: spec.params(d, KvPart::Values)?,
+        opts: TrainOptions {
+            iterations: spec.iterations,
+            seed: spec.seed,
+            init: Init::KMeansPlusPlus,
+            ..TrainOptions::default()
+        },
     };
     let mut books = Vec::with_capacity(layers);
-    for l in 0..layers {
-        let layer: Result<Vec<_>> = (0..heads)
-            .into_par_iter()
-            .map(|h| {
-                let (k, v) = &recorded[l * heads + h];
-                let st = &stats[l * heads + h];
-                let err = |e: DecodeError| DecodeError::Calibration {
-                    layer: l,
-                    kv_head: h,
-                    source: Box::new(e),
-                };
-                let moment: Option<Vec<f64>> = (moments && st.queries > 0)
-                    .then(|| st.moment.iter().map(|m| m / st.queries as f64).collect());
-                let kt = fit_transform(spec, KvPart::Keys, k, d, moment.as_deref())
-                    .map_err(|e| err(e.into()))?;
-                let k_in = match &kt {
-                    Some(t) => t.apply(k).map_err(|e| err(e.into()))?,
-                    None => k.clone(),
-                };
-                let keys = ProductQuantizer::train(kp, &k_in, &opts).map_err(|e| err(e.into()))?;
-                // Values: with `vweight`, only tokens a decode step would see
-                // encoded, weighted by the mean attention they received.
-                let (v_rows, weights) = if spec.value_weighting {
-                    let mut rows = Vec::new();
-                    let mut w = Vec::new();
-                    for &(start, len) in &spans {
-                        for t in start + spec.sinks.min(len)..start + len {
-                            if let Some(&(m, c)) = st.mass.get(t) {
-                                if c > 0 {
-                                    rows.extend_from_slice(&v[t * d..(t + 1) * d]);
-                                    w.push((m / f64::from(c)) as f32);
-                                }
-                            }
-                        }
-                    }
-                    let mean = w.iter().sum::<f32>() / w.len().max(1) as f32;
-                    w.iter_mut().for_each(|x| *x = x.max(0.01 * mean));
-                    (rows, Some(w))
-                } else {
-                    (v.clone(), None)
-                };
-                let vt = fit_transform(spec, KvPart::Values, &v_rows, d, None)
-                    .map_err(|e| err(e.into()))?;
-                let v_in = match &vt {
-                    Some(t) => t.apply(&v_rows).map_err(|e| err(e.into()))?,
-                    None => v_rows,
-                };
-                let values = match &weights {
-                    Some(w) => ProductQuantizer::train_weighted(vp, &v_in, w, &opts),
-                    None => ProductQuantizer::train(vp, &v_in, &opts),
-                }
-                .map_err(|e| err(e.into()))?;
-                Ok(HeadBooks {
-                    keys,
-                    values,
-                    key_transform: kt,
-                    value_transform: vt,
-                })
-            })
-            .collect();
-        books.push(layer?);
-        progress("training codebooks", l + 1, layers);
+    let mut pending: Option<(usize, LayerRecord)> = None;
+    for l in 0..=layers {
+        // Layer l runs while layer l - 1 trains.
+        let (trained, record) = rayon::join(
+            || pending.take().map(|(pl, rec)| trainer.layer(pl, rec)),
+            || (l < layers).then(|| record_layer(model, l, &plan, &mut hidden, &rot, request)),
+        );
+        if let Some(t) = trained {
+            books.push(t?);
+        }
+        if let Some(rec) = record {
+            pending = Some((l, rec?));
+        }
+        progress("calibrating", l, layers);
     }
     Ok(books)
 }
+
+/// Runs layer `l` over every sequence's hidden rows (in place), recording
+/// keys, values and the requested query statistics.
+fn record_layer(
+    model: &Llama,
+    l: usize,
+    plan: &Plan,
+    hidden: &mut [Vec<f32>],
+    rot: &[(f64, f64)],
+    request: StatsRequest,
+) -> Result<LayerRecord> {
+    let c = model.config();
+    let half = c.n_rot / 2;
+    let mut kv = Vec::with_capacity(plan.sequences.len());
+    let mut seq_stats = Vec::with_capacity(plan.sequences.len());
+    for (x, &(_, len)) in hidden.iter_mut().zip(&plan.sequences) {
+        let dims = Dims {
+            n: len,
+            n_heads: c.n_heads,
+            n_kv_heads: c.n_kv_heads,
+            head_dim: c.head_dim,
+            scale: 1.0 / (c.head_dim as f32).sqrt(),
+        };
+        model.block(l, x, len, &rot[..len * half], &mut |q, k, v, out| {
+            kv.push((k.to_vec(), v.to_vec()));
+            seq_stats.push(causal::causal_attention(q, k, v, dims, request, out)?);
+            Ok(())
+        })?;
+    }
+    // Statistics per KV head over the chunks in sample order; with
+    // statistics asked for, every chunk is its own sequence.
+    let mut stats = vec![HeadStats::default(); c.n_kv_heads];
+    if request != StatsRequest::default() {
+        for per_head in seq_stats {
+            for (acc, s) in stats.iter_mut().zip(per_head) {
+                acc.moment = if acc.moment.is_empty() {
+                    s.moment
+                } else {
+                    acc.moment
+                        .iter()
+                        .zip(&s.moment)
+                        .map(|(a, b)| a + b)
+                        .collect()
+                };
+                acc.queries += s.queries;
+                acc.mass.extend(s.mass);
+            }
+        }
+    }
+    Ok(LayerRecord { kv, stats })
+}
+
+/// What every codebook of a calibration is trained with.
+struct Trainer<'a> {
+    spec: &'a PqSpec,
+    d: usize,
+    plan: &'a Plan,
+    kp: aqpim_pq::PqParams,
+    vp: aqpim_pq::PqParams,
+    opts: TrainOptions,
+}
+
+impl Trainer<'_> {
+    /// The codebooks of every KV head of layer `l`: the keys and the values
+    /// of each head are separate jobs, all in parallel.
+    fn layer(&self, l: usize, rec: LayerRecord) -> Result<Vec<HeadBooks>> {
+        let heads = rec.stats.len();
+        let parts: Vec<Result<PartBooks>> = (0..2 * heads)
+            .into_par_iter()
+            .map(|job| {
+                let (h, part) = (job / 2, [KvPart::Keys, KvPart::Values][job % 2]);
+                let rows = self.sample(&rec, h, part);
+                self.part(&rows, &rec.stats[h], part)
+                    .map_err(|e| DecodeError::Calibration {
+                        layer: l,
+                        kv_head: h,
+                        source: Box::new(e),
+                    })
+            })
+            .collect();
+        let mut parts = parts.into_iter();
+        let mut out = Vec::with_capacity(heads);
+        while let (Some(k), Some(v)) = (parts.next(), parts.next()) {
+            let (k, v) = (k?, v?);
+            out.push(HeadBooks {
+                keys: k.0,
+                values: v.0,
+                key_transform: k.1,
+                value_transform: v.1,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Head `h`'s keys or values of every chunk, in sample order (`tokens x d`).
+    fn sample(&self, rec: &LayerRecord, h: usize, part: KvPart) -> Vec<f32> {
+        let d = self.d;
+        let stride = rec.stats.len() * d;
+        let total: usize = self.plan.chunks.iter().map(|c| c.1).sum();
+        let mut rows = Vec::with_capacity(total * d);
+        for (&(_, len), &s) in self.plan.chunks.iter().zip(&self.plan.chunk_sequence) {
+            let (k, v) = &rec.kv[s];
+            let src = if part == KvPart::Keys { k } else { v };
+            for t in 0..len {
+                rows.extend_from_slice(&src[t * stride + h * d..t * stride + (h + 1) * d]);
+            }
+        }
+        rows
+    }
+
+    /// The codebook and transform of one part from its sample.
+    fn part(&self, rows: &[f32], st: &HeadStats, part: KvPart) -> Result<PartBooks> {
+        let (spec, d) = (self.spec, self.d);
+        if part == KvPart::Keys {
+            let moment: Option<Vec<f64>> = (!st.moment.is_empty() && st.queries > 0)
+                .then(|| st.moment.iter().map(|m| m / st.queries as f64).collect());
+            let kt = fit_transform(spec, KvPart::Keys, rows, d, moment.as_deref())?;
+            let k_in = match &kt {
+                Some(t) => t.apply(rows)?,
+                None => rows.to_vec(),
+            };
+            let keys = ProductQuantizer::train(self.kp, &k_in, &self.opts)?;
+            return Ok((keys, kt));
+        }
+        // Values: with `vweight`, only tokens a decode step would see
+        // encoded, weighted by the mean attention they received.
+        let (v_rows, weights) = if spec.value_weighting {
+            let mut kept = Vec::new();
+            let mut w = Vec::new();
+            let mut start = 0;
+            for &(_, len) in &self.plan.chunks {
+                for t in start + spec.sinks.min(len)..start + len {
+                    if let Some(&(m, c)) = st.mass.get(t) {
+                        if c > 0 {
+                            kept.extend_from_slice(&rows[t * d..(t + 1) * d]);
+                            w.push((m / f64::from(c)) as f32);
+                        }
+                    }
+                }
+                start += len;
+            }
+            let mean = w.iter().sum::<f32>() / w.len().max(1) as f32;
+            w.iter_mut().for_each(|x| *x = x.max(0.01 * mean));
+            (kept, Some(w))
+        } else {
+            (rows.to_vec(), None)
+        };
+        let vt = fit_transform(spec, KvPart::Values, &v_rows, d, None)?;
+        let v_in = match &vt {
+            Some(t) => t.apply(&v_rows)?,
+            None => v_rows,
+        };
+        let values = match &weights {
+            Some(w) => ProductQuantizer::train_weighted(self.vp, &v_in, w, &self.opts),
+            None => ProductQuantizer::train(self.vp, &v_in, &self.opts),
+        }?;
+        Ok((values, vt))
+    }
+}
+
+/// A codebook and its pre-transform.
+type PartBooks = (ProductQuantizer, Option<PreTransform>);
 
 fn file_name(dir: &Path, layer: usize, head: usize, part: KvPart) -> PathBuf {
     let p = if part == KvPart::Keys { "k" } else { "v" };
@@ -373,4 +445,31 @@ pub fn load_into(dir: &Path, store: &mut PqStore) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_that_start_together_run_once() {
+        // The default passes over 8K tokens of an 8K-context model.
+        let p = Plan::new(8192, &[2048, 8192], 8192, true);
+        let quarters = [(0, 2048), (2048, 2048), (4096, 2048), (6144, 2048)];
+        assert_eq!(p.chunks[..4], quarters);
+        assert_eq!(p.chunks[4], (0, 8192));
+        assert_eq!(
+            p.sequences,
+            vec![(0, 8192), (2048, 2048), (4096, 2048), (6144, 2048)]
+        );
+        assert_eq!(p.chunk_sequence, vec![0, 1, 2, 3, 0]);
+        // Without sharing every chunk is its own sequence.
+        let q = Plan::new(8192, &[2048, 8192], 8192, false);
+        assert_eq!(q.sequences, q.chunks);
+        assert_eq!(q.chunk_sequence, vec![0, 1, 2, 3, 4]);
+        // Lengths are capped at the context; a ragged last chunk is kept.
+        let r = Plan::new(250, &[100, 300], 256, true);
+        assert_eq!(r.chunks, vec![(0, 100), (100, 100), (200, 50), (0, 250)]);
+        assert_eq!(r.sequences, vec![(0, 250), (100, 100), (200, 50)]);
+    }
 }

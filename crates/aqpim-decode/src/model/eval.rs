@@ -12,6 +12,12 @@
 //! one batched forward pass; every later one is decoded one step at a time
 //! through the KV cache (teacher forcing). `NLL = mean over scored tokens of
 //! -log p(token | context)`, `perplexity = exp(NLL)`.
+//!
+//! [`perplexity_against`] also runs a reference cache (FP16) over the same
+//! windows, in step with the evaluated one, and compares the two next-token
+//! distributions of every scored token ([`divergence`](super::divergence):
+//! llama.cpp's KL divergence statistics). No logits are stored beyond one
+//! window's prefill rows.
 
 use std::time::Instant;
 
@@ -20,6 +26,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::error::{DecodeError, Result};
 use crate::model::cache::AttentionCache;
+use crate::model::divergence::{Divergence, DivergenceAccumulator};
 use crate::model::llama::{Llama, Logits};
 
 /// Options of [`perplexity`].
@@ -117,6 +124,25 @@ pub struct PplReport {
     pub cache_bytes: usize,
     /// The cache's effective bits per element.
     pub bits_per_element: f64,
+    /// Next-token distributions against the reference (`None` without one).
+    pub divergence: Option<Divergence>,
+    /// Seconds spent running the reference cache.
+    pub reference_seconds: f64,
+}
+
+/// A maker of empty caches, one per window.
+pub type CacheFactory<'a> = &'a mut dyn FnMut() -> Result<Box<dyn AttentionCache>>;
+
+/// What [`perplexity_against`] compares each scored token's next-token
+/// distribution with.
+pub enum Reference<'a> {
+    /// Nothing: no divergence statistics.
+    None,
+    /// The evaluated cache is the reference format itself: every token
+    /// scores KL 0 and agrees, without a second pass.
+    Itself,
+    /// A second pass over the same windows through caches from this maker.
+    Cache(CacheFactory<'a>),
 }
 
 /// `-log softmax(logits)[target]`, in f64.
@@ -133,7 +159,21 @@ pub fn perplexity(
     model: &Llama,
     tokens: &[u32],
     opts: &PplOptions,
-    new_cache: &mut dyn FnMut() -> Result<Box<dyn AttentionCache>>,
+    new_cache: CacheFactory<'_>,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<PplReport> {
+    perplexity_against(model, tokens, opts, new_cache, Reference::None, progress)
+}
+
+/// [`perplexity`], with each scored token's next-token distribution
+/// compared with `reference`'s on the same window and context
+/// ([`PplReport::divergence`]).
+pub fn perplexity_against(
+    model: &Llama,
+    tokens: &[u32],
+    opts: &PplOptions,
+    new_cache: CacheFactory<'_>,
+    mut reference: Reference<'_>,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<PplReport> {
     let wins = windows(tokens.len(), opts)?;
@@ -151,9 +191,13 @@ pub fn perplexity(
         decode_seconds: 0.0,
         cache_bytes: 0,
         bits_per_element: 0.0,
+        divergence: None,
+        reference_seconds: 0.0,
     };
+    let mut div = DivergenceAccumulator::default();
     let mut nll_sum = 0.0;
     let mut done = 0;
+    let vocab = model.config().vocab_size;
     for w in &wins {
         let mut seq: Vec<u32> = opts.doc_start.into_iter().collect();
         seq.extend_from_slice(&tokens[w.begin..w.end]);
@@ -165,15 +209,26 @@ pub fn perplexity(
             continue;
         }
         let mut cache = new_cache()?;
+        let mut ref_cache = match &mut reference {
+            Reference::Cache(make) => Some(make()?),
+            _ => None,
+        };
         let p = opts.prefill.min(inputs.len());
         let t0 = Instant::now();
         let logits = model.forward(&inputs[..p], cache.as_mut(), Logits::All)?;
         r.prefill_seconds += t0.elapsed().as_secs_f64();
         r.prefill_tokens += p;
-        let vocab = model.config().vocab_size;
+        let t0 = Instant::now();
+        let ref_logits = match ref_cache.as_mut() {
+            Some(c) => Some(model.forward(&inputs[..p], c.as_mut(), Logits::All)?),
+            None => None,
+        };
+        r.reference_seconds += t0.elapsed().as_secs_f64();
         for (i, row) in logits.chunks_exact(vocab).enumerate().skip(first_scored) {
             nll_sum += nll_of(row, seq[i + 1]);
             r.scored_tokens += 1;
+            let ref_row = ref_logits.as_ref().map(|l| &l[i * vocab..(i + 1) * vocab]);
+            compare(&mut div, &reference, ref_row, row, seq[i + 1]);
         }
         done += p;
         progress(done, total);
@@ -182,9 +237,16 @@ pub fn perplexity(
             let row = model.forward(&inputs[i..i + 1], cache.as_mut(), Logits::Last)?;
             r.decode_seconds += t0.elapsed().as_secs_f64();
             r.decode_tokens += 1;
+            let t0 = Instant::now();
+            let ref_row = match ref_cache.as_mut() {
+                Some(c) => Some(model.forward(&inputs[i..i + 1], c.as_mut(), Logits::Last)?),
+                None => None,
+            };
+            r.reference_seconds += t0.elapsed().as_secs_f64();
             if i >= first_scored {
                 nll_sum += nll_of(&row, seq[i + 1]);
                 r.scored_tokens += 1;
+                compare(&mut div, &reference, ref_row.as_deref(), &row, seq[i + 1]);
             }
             done += 1;
             if done % 16 == 0 || done == total {
@@ -196,7 +258,24 @@ pub fn perplexity(
     }
     r.nll = nll_sum / r.scored_tokens.max(1) as f64;
     r.perplexity = r.nll.exp();
+    r.divergence = div.finish();
     Ok(r)
+}
+
+/// Adds one scored token (next token `target`) to `div` as `reference`
+/// asks: `ref_row` is the reference cache's logits when it runs a second pass.
+fn compare(
+    div: &mut DivergenceAccumulator,
+    reference: &Reference<'_>,
+    ref_row: Option<&[f32]>,
+    row: &[f32],
+    target: u32,
+) {
+    match (reference, ref_row) {
+        (Reference::Itself, _) => div.push_identical(nll_of(row, target)),
+        (_, Some(r)) => div.push(r, row, target),
+        _ => {}
+    }
 }
 
 /// How [`generate`] picks each next token.

@@ -77,6 +77,10 @@ impl<const N: usize> Stacked<N> {
     }
 }
 
+/// The attention of [`Llama::block`]: `(q, k, v, out)`, see there.
+pub(crate) type BlockAttention<'a> =
+    dyn FnMut(&[f32], &[f32], &[f32], &mut [f32]) -> Result<()> + 'a;
+
 /// Which rows of logits [`Llama::forward`] returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Logits {
@@ -233,19 +237,71 @@ impl Llama {
             });
         }
         let p0 = cache.len(0, 0);
-        if p0 + n > c.context_length {
+        self.check_positions(p0, n)?;
+        let (dim, hd, nkv) = (c.dim, c.head_dim, c.n_kv_heads);
+        let mut x = self.embed(tokens)?;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let gd = c.group_size() * hd;
+        let rot = self.rotations(p0, n);
+        for l in 0..c.n_layers {
+            self.block(l, &mut x, n, &rot, &mut |q, k, v, attn| {
+                for t in 0..n {
+                    for g in 0..nkv {
+                        let s = (t * nkv + g) * hd;
+                        cache.append(l, g, &k[s..s + hd], &v[s..s + hd])?;
+                    }
+                }
+                let cache_ref: &dyn AttentionCache = cache;
+                // One task per (token, KV head): the group's query heads are
+                // adjacent in `q` and read their KV head together.
+                let failed = std::sync::Mutex::new(None);
+                super::spin::for_each_chunk_mut(attn, gd, &|i, out| {
+                    let (t, g) = (i / nkv, i % nkv);
+                    if let Err(e) = cache_ref.attend_group(
+                        l,
+                        g,
+                        &q[i * gd..(i + 1) * gd],
+                        p0 + t + 1,
+                        scale,
+                        out,
+                    ) {
+                        *failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+                    }
+                });
+                match failed.into_inner().unwrap_or_else(|e| e.into_inner()) {
+                    Some(e) => Err(e),
+                    None => Ok(()),
+                }
+            })?;
+        }
+        let rows = match which {
+            Logits::All => &x[..],
+            Logits::Last => &x[(n - 1) * dim..],
+        };
+        Ok(self.logits(rows))
+    }
+
+    /// Refuses `n` tokens after `p0` cached ones when they pass the context.
+    pub(crate) fn check_positions(&self, p0: usize, n: usize) -> Result<()> {
+        let context = self.config.context_length;
+        if p0 + n > context {
             return Err(DecodeError::InvalidArgument {
                 name: "tokens",
                 reason: format!(
-                    "positions up to {} exceed the model's context of {}",
-                    p0 + n,
-                    c.context_length
+                    "positions up to {} exceed the model's context of {context}",
+                    p0 + n
                 ),
             });
         }
-        let (dim, hd, nh, nkv) = (c.dim, c.head_dim, c.n_heads, c.n_kv_heads);
-        let mut x = vec![0f32; n * dim];
-        for (row, &t) in x.chunks_exact_mut(dim).zip(tokens) {
+        Ok(())
+    }
+
+    /// The token embeddings of `tokens`, `n x dim`; an id outside the
+    /// vocabulary is an error.
+    pub(crate) fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>> {
+        let c = &self.config;
+        let mut x = vec![0f32; tokens.len() * c.dim];
+        for (row, &t) in x.chunks_exact_mut(c.dim).zip(tokens) {
             if t as usize >= c.vocab_size {
                 return Err(DecodeError::TokenOutOfRange {
                     id: t,
@@ -254,58 +310,62 @@ impl Llama {
             }
             self.token_embd.dequantize_row(t as usize, row)?;
         }
-        let scale = 1.0 / (hd as f32).sqrt();
-        let group = c.group_size();
+        Ok(x)
+    }
+
+    /// `(sin, cos)` pairs of positions `pos .. pos + n` (see [`Llama::block`]).
+    pub(crate) fn rope_table(&self, pos: usize, n: usize) -> Vec<(f64, f64)> {
+        self.rotations(pos, n)
+    }
+
+    /// Transformer block `l` on the `n` rows of `x` (`n x dim`), in place.
+    /// `rot` holds the RoPE pairs of the rows' positions
+    /// ([`Llama::rope_table`]). `attention(q, k, v, out)` receives the
+    /// post-RoPE queries (`n x n_heads*head_dim`), keys and values (`n x
+    /// n_kv_heads*head_dim`, rows by token, heads adjacent) and writes the
+    /// attention output into `out` (`n x n_heads*head_dim`, zeroed).
+    pub(crate) fn block(
+        &self,
+        l: usize,
+        x: &mut [f32],
+        n: usize,
+        rot: &[(f64, f64)],
+        attention: &mut BlockAttention<'_>,
+    ) -> Result<()> {
+        let c = &self.config;
+        let (hd, nh, nkv) = (c.head_dim, c.n_heads, c.n_kv_heads);
+        let layer = &self.layers[l];
         let half = self.inv_freq.len();
-        let rot = self.rotations(p0, n);
-        for (l, layer) in self.layers.iter().enumerate() {
-            let h = self.rmsnorm(&x, &layer.attn_norm);
-            let [mut q, mut k, v] = layer.wqkv.apply(&h, n);
-            for t in 0..n {
-                for head in q[t * nh * hd..(t + 1) * nh * hd].chunks_exact_mut(hd) {
-                    self.rope_with(head, &rot[t * half..(t + 1) * half]);
-                }
-                for head in k[t * nkv * hd..(t + 1) * nkv * hd].chunks_exact_mut(hd) {
-                    self.rope_with(head, &rot[t * half..(t + 1) * half]);
-                }
-                for g in 0..nkv {
-                    let s = (t * nkv + g) * hd;
-                    cache.append(l, g, &k[s..s + hd], &v[s..s + hd])?;
-                }
+        let h = self.rmsnorm(x, &layer.attn_norm);
+        let [mut q, mut k, v] = layer.wqkv.apply(&h, n);
+        for t in 0..n {
+            for head in q[t * nh * hd..(t + 1) * nh * hd].chunks_exact_mut(hd) {
+                self.rope_with(head, &rot[t * half..(t + 1) * half]);
             }
-            let mut attn = vec![0f32; n * nh * hd];
-            let cache_ref: &dyn AttentionCache = cache;
-            // One task per (token, KV head): the group's query heads are
-            // adjacent in `q` and read their KV head together.
-            let gd = group * hd;
-            let failed = std::sync::Mutex::new(None);
-            super::spin::for_each_chunk_mut(&mut attn, gd, &|i, out| {
-                let (t, g) = (i / nkv, i % nkv);
-                if let Err(e) =
-                    cache_ref.attend_group(l, g, &q[i * gd..(i + 1) * gd], p0 + t + 1, scale, out)
-                {
-                    *failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
-                }
-            });
-            if let Some(e) = failed.into_inner().unwrap_or_else(|e| e.into_inner()) {
-                return Err(e);
+            for head in k[t * nkv * hd..(t + 1) * nkv * hd].chunks_exact_mut(hd) {
+                self.rope_with(head, &rot[t * half..(t + 1) * half]);
             }
-            let o = layer.wo.matmul(&attn, n);
-            x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
-            let h = self.rmsnorm(&x, &layer.ffn_norm);
-            let [mut gate, up] = layer.w_gate_up.apply(&h, n);
-            for (g, u) in gate.iter_mut().zip(&up) {
-                *g = *g / (1.0 + (-*g).exp()) * u;
-            }
-            let down = layer.w_down.matmul(&gate, n);
-            x.iter_mut().zip(&down).for_each(|(a, b)| *a += b);
         }
-        let rows = match which {
-            Logits::All => &x[..],
-            Logits::Last => &x[(n - 1) * dim..],
-        };
+        let mut attn = vec![0f32; n * nh * hd];
+        attention(&q, &k, &v, &mut attn)?;
+        drop((q, k, v));
+        let o = layer.wo.matmul(&attn, n);
+        x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+        let h = self.rmsnorm(x, &layer.ffn_norm);
+        let [mut gate, up] = layer.w_gate_up.apply(&h, n);
+        for (g, u) in gate.iter_mut().zip(&up) {
+            *g = *g / (1.0 + (-*g).exp()) * u;
+        }
+        drop(up);
+        let down = layer.w_down.matmul(&gate, n);
+        x.iter_mut().zip(&down).for_each(|(a, b)| *a += b);
+        Ok(())
+    }
+
+    /// Logits of the final hidden rows `rows` (`m x dim`): `m x vocab`.
+    pub(crate) fn logits(&self, rows: &[f32]) -> Vec<f32> {
         let h = self.rmsnorm(rows, &self.output_norm);
         let out = self.output.as_ref().unwrap_or(&self.token_embd);
-        Ok(out.matmul(&h, h.len() / dim))
+        out.matmul(&h, h.len() / self.config.dim)
     }
 }

@@ -13,13 +13,17 @@
 //! - [`cache`]: the [`cache::AttentionCache`] interface and the exact dense cache;
 //! - [`compressed`]: any `aqpim-kvcache` store behind that interface;
 //! - [`calibrate`]: offline codebook calibration on real text;
+//! - [`causal`]: blocked causal self-attention of a whole sequence (calibration's forward);
 //! - [`llama`]: the forward pass;
-//! - [`eval`]: perplexity, teacher-forced decode, generation.
+//! - [`eval`]: perplexity, teacher-forced decode, generation;
+//! - [`divergence`]: KL divergence and top-1 agreement against a reference cache.
 
 pub mod cache;
 pub mod calibrate;
+pub mod causal;
 pub mod compressed;
 pub mod config;
+pub mod divergence;
 pub mod eval;
 pub mod gguf;
 pub mod hf;

@@ -399,11 +399,19 @@ impl QMatrix {
             }
             return out;
         }
+        if n >= LONG_BLOCK_TOKENS {
+            self.matmul_long(x, &mut out);
+            return out;
+        }
         // out^T (rows x n): contiguous chunks of rows of W give contiguous
-        // chunks of out^T, which threads can own.
+        // chunks of out^T, which threads can own. X^T is formed once, row
+        // major (k x n), so that every chunk's SGEMM packs it from contiguous
+        // rows instead of gathering columns of X (the same packed panels, so
+        // the same result bit for bit).
         let mut out_t = vec![0f32; self.rows * n];
         let rb = self.row_bytes();
         let k = self.cols;
+        let xt = transpose(x, n, k);
         out_t
             .par_chunks_mut(ROW_CHUNK * n)
             .enumerate()
@@ -428,9 +436,9 @@ impl QMatrix {
                         w.as_ptr(),
                         k as isize,
                         1,
-                        x.as_ptr(),
+                        xt.as_ptr(),
+                        n as isize,
                         1,
-                        k as isize,
                         0.0,
                         oc.as_mut_ptr(),
                         n as isize,
@@ -438,12 +446,89 @@ impl QMatrix {
                     );
                 }
             });
-        for (r, col) in out_t.chunks_exact(n).enumerate() {
-            for (t, &v) in col.iter().enumerate() {
-                out[t * self.rows + r] = v;
+        transpose_into(&out_t, self.rows, n, &mut out);
+        out
+    }
+}
+
+/// Input rows from which [`QMatrix::matmul`] takes [`QMatrix::matmul_long`]'s
+/// path, and the rows of X per task there.
+const LONG_BLOCK_TOKENS: usize = 256;
+
+impl QMatrix {
+    /// `Y = X W^T` for many input rows (`n >= LONG_BLOCK_TOKENS`): `W^T` is
+    /// dequantized once (`cols x rows`, row major, chunks in parallel), then
+    /// blocks of rows of `X` are multiplied by it in parallel, each writing
+    /// its own rows of `out`. Every operand is read along its rows, so the
+    /// SGEMM packs without gathering; each output is the same sum, in the
+    /// same order, as on the row-chunk path.
+    fn matmul_long(&self, x: &[f32], out: &mut [f32]) {
+        let (rows, k) = (self.rows, self.cols);
+        let rb = self.row_bytes();
+        let mut w = vec![0f32; rows * k];
+        w.par_chunks_mut(ROW_CHUNK * k)
+            .enumerate()
+            .for_each(|(c, wc)| {
+                let r0 = c * ROW_CHUNK;
+                for (i, wr) in wc.chunks_exact_mut(k).enumerate() {
+                    let r = r0 + i;
+                    let _ = dequantize(self.ty, &self.bytes[r * rb..(r + 1) * rb], wr);
+                }
+            });
+        let wt = transpose(&w, rows, k);
+        drop(w);
+        out.par_chunks_mut(LONG_BLOCK_TOKENS * rows)
+            .zip(x.par_chunks(LONG_BLOCK_TOKENS * k))
+            .for_each(|(oc, xc)| {
+                let m = xc.len() / k;
+                // SAFETY: `xc` is m x k row-major (strides k, 1), `wt` is
+                // k x rows row-major (strides rows, 1), `oc` is m x rows
+                // row-major (strides rows, 1); all three hold exactly those
+                // elements and `oc` aliases neither input.
+                unsafe {
+                    matrixmultiply::sgemm(
+                        m,
+                        k,
+                        rows,
+                        1.0,
+                        xc.as_ptr(),
+                        k as isize,
+                        1,
+                        wt.as_ptr(),
+                        rows as isize,
+                        1,
+                        0.0,
+                        oc.as_mut_ptr(),
+                        rows as isize,
+                        1,
+                    );
+                }
+            });
+    }
+}
+
+/// The transpose of `a` (`rows x cols`, row major): `cols x rows`.
+fn transpose(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0f32; a.len()];
+    transpose_into(a, rows, cols, &mut t);
+    t
+}
+
+/// Writes the transpose of `a` (`rows x cols`) into `t` (`cols x rows`), in
+/// 32 x 32 tiles so that reads and writes both stay within a few cache lines.
+fn transpose_into(a: &[f32], rows: usize, cols: usize, t: &mut [f32]) {
+    const TILE: usize = 32;
+    assert!(a.len() == rows * cols && t.len() == a.len());
+    for r0 in (0..rows).step_by(TILE) {
+        let r1 = (r0 + TILE).min(rows);
+        for c0 in (0..cols).step_by(TILE) {
+            let c1 = (c0 + TILE).min(cols);
+            for (r, row) in a[r0 * cols..r1 * cols].chunks_exact(cols).enumerate() {
+                for (c, &v) in row[c0..c1].iter().enumerate() {
+                    t[(c0 + c) * rows + r0 + r] = v;
+                }
             }
         }
-        out
     }
 }
 
@@ -615,9 +700,15 @@ mod tests {
         ] {
             let m = QMatrix::from_f32(ty, rows, cols, &w).unwrap();
             let wd = m.to_f32();
-            for n in [1usize, 2, 5] {
+            for n in [1usize, 2, 5, LONG_BLOCK_TOKENS + 44] {
                 let x = randv(n * cols, 3 + n as u64);
                 let y = m.matmul(&x, n);
+                if n >= LONG_BLOCK_TOKENS {
+                    // The long path gives each row what the row-chunk path
+                    // gives it, bit for bit.
+                    let few = m.matmul(&x[..5 * cols], 5);
+                    assert_eq!(few, y[..5 * rows], "{ty:?}: long and short paths");
+                }
                 for t in 0..n {
                     for r in 0..rows {
                         let want: f64 = (0..cols)

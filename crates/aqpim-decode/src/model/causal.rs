@@ -1,0 +1,599 @@
+//! Exact causal self-attention of a whole sequence at once, blocked for the
+//! CPU caches: the recording forward pass of calibration runs it instead of
+//! one query at a time through a KV cache.
+//!
+//! For each KV head `g` and each block of [`QUERY_BLOCK`] positions, the
+//! group's query heads form one `(QUERY_BLOCK * group) x d` matrix `Q`.
+//! Key tiles of [`KEY_TILE`] tokens, up to the block's last position, give
+//! scores `S = scale Q K^T` (an SGEMM); an online softmax keeps per row the
+//! running maximum `m` and sum `l` of `exp(s - m)`, rescaling the output
+//! accumulator by `exp(m_old - m_new)` when a tile raises the maximum; and
+//! `O += P V` (an SGEMM). At the end `out = O / l`. Row `i` at position `p`
+//! sees keys `0..=p` (causal).
+//!
+//! Blocks run in parallel (rayon); each writes its own rows, so the result
+//! does not depend on the thread count. On request a block also returns the
+//! query statistics calibration fits transforms to: the second moment of
+//! its queries (`sum q q^T`, f64) and, per key, the attention it received
+//! from queries at least `window` positions later (a second pass over the
+//! tiles with the final `m` and `l`). Partial statistics are summed in block
+//! order, so they are deterministic too.
+
+use rayon::prelude::*;
+
+use crate::error::{DecodeError, Result};
+
+/// Query positions per block.
+pub const QUERY_BLOCK: usize = 64;
+/// Keys per score tile.
+pub const KEY_TILE: usize = 256;
+
+/// Shapes of one [`causal_attention`] call.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Dims {
+    /// Tokens of the sequence (positions `0..n`).
+    pub n: usize,
+    /// Query heads.
+    pub n_heads: usize,
+    /// KV heads (each shared by `n_heads / n_kv_heads` adjacent query heads).
+    pub n_kv_heads: usize,
+    /// Elements per head (d).
+    pub head_dim: usize,
+    /// Score scale (`1 / sqrt(d)`).
+    pub scale: f32,
+}
+
+/// Which query statistics [`causal_attention`] gathers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StatsRequest {
+    /// `sum q q^T` over the group's query heads and positions.
+    pub moments: bool,
+    /// `Some(window)`: per key, the attention received from queries at least
+    /// `window` positions later, and how many such queries there were.
+    pub mass_window: Option<usize>,
+}
+
+/// The statistics of one KV head's query group over the sequence.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HeadStats {
+    /// `sum q q^T`, `d x d` row-major (empty unless asked for).
+    pub moment: Vec<f64>,
+    /// Queries summed into `moment`.
+    pub queries: usize,
+    /// Per key position (`n` entries when asked for): summed attention
+    /// from the queries at least `window` positions later, and their count.
+    pub mass: Vec<(f64, u32)>,
+}
+
+impl HeadStats {
+    fn add(&mut self, other: HeadStats) {
+        if self.moment.is_empty() {
+            self.moment = other.moment;
+        } else {
+            self.moment
+                .iter_mut()
+                .zip(&other.moment)
+                .for_each(|(a, b)| *a += b);
+        }
+        self.queries += other.queries;
+        if self.mass.len() < other.mass.len() {
+            self.mass.resize(other.mass.len(), (0.0, 0));
+        }
+        for (a, b) in self.mass.iter_mut().zip(&other.mass) {
+            a.0 += b.0;
+            a.1 += b.1;
+        }
+    }
+}
+
+/// Causal attention of a whole sequence: `q` is `n x n_heads*d`, `k` and
+/// `v` are `n x n_kv_heads*d` (rows by position, heads adjacent), `out` is
+/// `n x n_heads*d`. Returns one [`HeadStats`] per KV head (empty ones unless
+/// `stats` asks).
+pub fn causal_attention(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    dims: Dims,
+    stats: StatsRequest,
+    out: &mut [f32],
+) -> Result<Vec<HeadStats>> {
+    let Dims {
+        n,
+        n_heads,
+        n_kv_heads,
+        head_dim: d,
+        ..
+    } = dims;
+    let shapes_ok = n_kv_heads > 0
+        && d > 0
+        && n_heads.is_multiple_of(n_kv_heads)
+        && q.len() == n * n_heads * d
+        && out.len() == q.len()
+        && k.len() == n * n_kv_heads * d
+        && v.len() == k.len();
+    if !shapes_ok {
+        return Err(DecodeError::InvalidArgument {
+            name: "attention",
+            reason: format!(
+                "{n} tokens of {n_heads} query / {n_kv_heads} KV heads of {d}: q {}, k {}, v {}, out {} values",
+                q.len(),
+                k.len(),
+                v.len(),
+                out.len()
+            ),
+        });
+    }
+    let blocks = n.div_ceil(QUERY_BLOCK);
+    let tasks: Vec<(usize, usize)> = (0..n_kv_heads)
+        .flat_map(|g| (0..blocks).map(move |b| (g, b)))
+        .collect();
+    let results: Vec<(Vec<f32>, HeadStats)> = tasks
+        .par_iter()
+        .map(|&(g, b)| block(q, k, v, &dims, stats, g, b))
+        .collect();
+    let group = n_heads / n_kv_heads;
+    let mut per_head = vec![HeadStats::default(); n_kv_heads];
+    for (&(g, b), (o, st)) in tasks.iter().zip(results) {
+        let r0 = b * QUERY_BLOCK;
+        // `o` rows are (position, head of the group), as the output's.
+        for (t, row) in o.chunks_exact(group * d).enumerate() {
+            let at = (r0 + t) * n_heads * d + g * group * d;
+            out[at..at + group * d].copy_from_slice(row);
+        }
+        per_head[g].add(st);
+    }
+    Ok(per_head)
+}
+
+/// `C = alpha A B + beta C` for row-major `A` (`m x k`, row stride `lda`),
+/// `B` given by its strides, and row-major `C` (`m x n`).
+#[allow(clippy::too_many_arguments)]
+fn gemm(
+    m: usize,
+    kk: usize,
+    nn: usize,
+    alpha: f32,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    (rsb, csb): (usize, usize),
+    beta: f32,
+    c: &mut [f32],
+) {
+    assert!(m == 0 || a.len() >= (m - 1) * lda + kk);
+    assert!(kk == 0 || nn == 0 || b.len() > (kk - 1) * rsb + (nn - 1) * csb);
+    assert!(c.len() >= m * nn);
+    // SAFETY: the asserts above keep every element of A (m x k, strides
+    // lda, 1), B (k x n, strides rsb, csb) and C (m x n, strides n, 1)
+    // inside its slice; C is a unique borrow and so aliases neither input.
+    unsafe {
+        matrixmultiply::sgemm(
+            m,
+            kk,
+            nn,
+            alpha,
+            a.as_ptr(),
+            lda as isize,
+            1,
+            b.as_ptr(),
+            rsb as isize,
+            csb as isize,
+            beta,
+            c.as_mut_ptr(),
+            nn as isize,
+            1,
+        );
+    }
+}
+
+/// One (KV head, query block) task: the block's output rows (`rows x
+/// group*d`, rows by position) and its statistics.
+fn block(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    dims: &Dims,
+    stats: StatsRequest,
+    g: usize,
+    b: usize,
+) -> (Vec<f32>, HeadStats) {
+    let Dims {
+        n,
+        n_heads,
+        n_kv_heads,
+        head_dim: d,
+        scale,
+    } = *dims;
+    let group = n_heads / n_kv_heads;
+    let r0 = b * QUERY_BLOCK;
+    let r1 = (r0 + QUERY_BLOCK).min(n);
+    let rows = (r1 - r0) * group;
+    // Q rows ordered (position, head of the group): row i is position
+    // r0 + i / group.
+    let mut qb = Vec::with_capacity(rows * d);
+    for t in r0..r1 {
+        let at = t * n_heads * d + g * group * d;
+        qb.extend_from_slice(&q[at..at + group * d]);
+    }
+    let kv_stride = n_kv_heads * d;
+    let (kg, vg) = (&k[g * d..], &v[g * d..]);
+    let mut o = vec![0f32; rows * d];
+    let mut m = vec![f32::NEG_INFINITY; rows];
+    let mut l = vec![0f32; rows];
+    let mut s = vec![0f32; rows * KEY_TILE];
+    for c0 in (0..r1).step_by(KEY_TILE) {
+        let c1 = (c0 + KEY_TILE).min(r1);
+        let w = c1 - c0;
+        let st = &mut s[..rows * w];
+        // S = scale Q K^T: K^T of the tile is d x w with strides (1, kv_stride).
+        gemm(
+            rows,
+            d,
+            w,
+            scale,
+            &qb,
+            d,
+            &kg[c0 * kv_stride..],
+            (1, kv_stride),
+            0.0,
+            st,
+        );
+        for (i, srow) in st.chunks_exact_mut(w).enumerate() {
+            let pos = r0 + i / group;
+            let valid = (pos + 1).saturating_sub(c0).min(w);
+            let (live, masked) = srow.split_at_mut(valid);
+            masked.fill(0.0);
+            if live.is_empty() {
+                continue;
+            }
+            let tile_max = live.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
+            if tile_max > m[i] {
+                let alpha = if m[i] == f32::NEG_INFINITY {
+                    0.0
+                } else {
+                    (m[i] - tile_max).exp()
+                };
+                l[i] *= alpha;
+                o[i * d..(i + 1) * d].iter_mut().for_each(|x| *x *= alpha);
+                m[i] = tile_max;
+            }
+            l[i] += exp_shifted(live, m[i]);
+        }
+        // O += P V: the tile of V is w x d with strides (kv_stride, 1).
+        gemm(
+            rows,
+            w,
+            d,
+            1.0,
+            st,
+            w,
+            &vg[c0 * kv_stride..],
+            (kv_stride, 1),
+            1.0,
+            &mut o,
+        );
+    }
+    for (orow, &li) in o.chunks_exact_mut(d).zip(&l) {
+        let inv = 1.0 / li;
+        orow.iter_mut().for_each(|x| *x *= inv);
+    }
+    let mut hs = HeadStats::default();
+    if stats.moments {
+        hs.moment = moment(&qb, d);
+        hs.queries = rows;
+    }
+    if let Some(window) = stats.mass_window {
+        hs.mass = mass(&qb, kg, kv_stride, dims, r0, r1, window, &m, &l);
+    }
+    (o, hs)
+}
+
+/// `sum_i q_i q_i^T` over the rows of `qb` (`rows x d`), in f64.
+fn moment(qb: &[f32], d: usize) -> Vec<f64> {
+    let mut acc = vec![0f64; d * d];
+    for row in qb.chunks_exact(d) {
+        for (i, &qi) in row.iter().enumerate() {
+            let qi = f64::from(qi);
+            for (a, &qj) in acc[i * d..(i + 1) * d].iter_mut().zip(row) {
+                *a += qi * f64::from(qj);
+            }
+        }
+    }
+    acc
+}
+
+/// Per key `0..r1`: the attention the block's queries give it when they
+/// are at least `window` positions later (query at `p` counts keys `t < p
+/// + 1 - window`), with the final row maxima `m` and sums `l`.
+#[allow(clippy::too_many_arguments)]
+fn mass(
+    qb: &[f32],
+    kg: &[f32],
+    kv_stride: usize,
+    dims: &Dims,
+    r0: usize,
+    r1: usize,
+    window: usize,
+    m: &[f32],
+    l: &[f32],
+) -> Vec<(f64, u32)> {
+    let d = dims.head_dim;
+    let group = dims.n_heads / dims.n_kv_heads;
+    let rows = m.len();
+    let mut out = vec![(0f64, 0u32); r1];
+    let mut s = vec![0f32; rows * KEY_TILE];
+    for c0 in (0..r1).step_by(KEY_TILE) {
+        let c1 = (c0 + KEY_TILE).min(r1);
+        let w = c1 - c0;
+        let st = &mut s[..rows * w];
+        gemm(
+            rows,
+            d,
+            w,
+            dims.scale,
+            qb,
+            d,
+            &kg[c0 * kv_stride..],
+            (1, kv_stride),
+            0.0,
+            st,
+        );
+        for (i, srow) in st.chunks_exact(w).enumerate() {
+            let seen = (r0 + i / group + 1).saturating_sub(window);
+            let upto = seen.saturating_sub(c0).min(w);
+            for (t, &x) in srow[..upto].iter().enumerate() {
+                let e = &mut out[c0 + t];
+                e.0 += f64::from((x - m[i]).exp() / l[i]);
+                e.1 += 1;
+            }
+        }
+    }
+    out
+}
+
+/// `x_i <- exp(x_i - max)` over the slice, returning the sum: the AVX-512
+/// build of the same code where the CPU has it.
+fn exp_shifted(x: &mut [f32], max: f32) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F, checked just above.
+            return unsafe { exp_shifted_avx512(x, max) };
+        }
+    }
+    exp_shifted_portable(x, max)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn exp_shifted_avx512(x: &mut [f32], max: f32) -> f32 {
+    exp_shifted_portable(x, max)
+}
+
+/// Sixteen partial sums, so that the loop vectorizes without reassociating
+/// one scalar sum.
+#[inline(always)]
+fn exp_shifted_portable(x: &mut [f32], max: f32) -> f32 {
+    let mut acc = [0f32; 16];
+    let mut chunks = x.chunks_exact_mut(16);
+    for c in &mut chunks {
+        for j in 0..16 {
+            c[j] = exp_approx(c[j] - max);
+            acc[j] += c[j];
+        }
+    }
+    let mut tail = 0.0;
+    for e in chunks.into_remainder() {
+        *e = exp_approx(*e - max);
+        tail += *e;
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// `e^x` for `x <= 0` (Cephes `expf`: `x = n ln 2 + r`, a degree-6
+/// polynomial in `r`, `2^n` by exponent bits), relative error about 2e-7;
+/// 0 below -87.3, where `e^x` leaves the normal range.
+#[inline(always)]
+fn exp_approx(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let under = x < -87.3;
+    let x = x.max(-87.3);
+    let n = (x * LOG2E).round();
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let p = 1.987_569_1e-4_f32;
+    let p = p * r + 1.398_199_9e-3;
+    let p = p * r + 8.333_452e-3;
+    let p = p * r + 4.166_579_6e-2;
+    let p = p * r + 1.666_666_5e-1;
+    let p = p * r + 5e-1;
+    let y = p * r * r + r + 1.0;
+    let scaled = y * f32::from_bits(((n as i32 + 127) as u32) << 23);
+    if under {
+        0.0
+    } else {
+        scaled
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    /// Causal attention and statistics in f64, one query at a time.
+    fn reference(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        dims: &Dims,
+        window: usize,
+    ) -> (Vec<f64>, Vec<HeadStats>) {
+        let Dims {
+            n,
+            n_heads,
+            n_kv_heads,
+            head_dim: d,
+            scale,
+        } = *dims;
+        let group = n_heads / n_kv_heads;
+        let mut out = vec![0f64; n * n_heads * d];
+        let mut stats = vec![
+            HeadStats {
+                moment: vec![0.0; d * d],
+                queries: 0,
+                mass: vec![(0.0, 0); n],
+            };
+            n_kv_heads
+        ];
+        for t in 0..n {
+            for h in 0..n_heads {
+                let g = h / group;
+                let qv = &q[(t * n_heads + h) * d..][..d];
+                let key = |s: usize| &k[(s * n_kv_heads + g) * d..][..d];
+                let sc: Vec<f64> = (0..=t)
+                    .map(|s| {
+                        f64::from(scale)
+                            * qv.iter()
+                                .zip(key(s))
+                                .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                                .sum::<f64>()
+                    })
+                    .collect();
+                let mx = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let z: f64 = sc.iter().map(|x| (x - mx).exp()).sum();
+                for (s, x) in sc.iter().enumerate() {
+                    let p = (x - mx).exp() / z;
+                    for j in 0..d {
+                        out[(t * n_heads + h) * d + j] +=
+                            p * f64::from(v[(s * n_kv_heads + g) * d + j]);
+                    }
+                    if s + window < t + 1 {
+                        stats[g].mass[s].0 += p;
+                        stats[g].mass[s].1 += 1;
+                    }
+                }
+                for i in 0..d {
+                    for j in 0..d {
+                        stats[g].moment[i * d + j] += f64::from(qv[i]) * f64::from(qv[j]);
+                    }
+                }
+                stats[g].queries += 1;
+            }
+        }
+        (out, stats)
+    }
+
+    fn check(seed: u64, n: usize, n_kv_heads: usize, group: usize, d: usize, window: usize) {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let n_heads = n_kv_heads * group;
+        let mut gen = |len: usize, amp: f32| -> Vec<f32> {
+            (0..len).map(|_| rng.gen_range(-amp..amp)).collect()
+        };
+        let (q, k, v) = (
+            gen(n * n_heads * d, 3.0),
+            gen(n * n_kv_heads * d, 3.0),
+            gen(n * n_kv_heads * d, 1.0),
+        );
+        let dims = Dims {
+            n,
+            n_heads,
+            n_kv_heads,
+            head_dim: d,
+            scale: 1.0 / (d as f32).sqrt(),
+        };
+        let mut out = vec![0f32; q.len()];
+        let req = StatsRequest {
+            moments: true,
+            mass_window: Some(window),
+        };
+        let got = causal_attention(&q, &k, &v, dims, req, &mut out).unwrap();
+        let (want, want_stats) = reference(&q, &k, &v, &dims, window);
+        for (i, (&a, &b)) in out.iter().zip(&want).enumerate() {
+            assert!((f64::from(a) - b).abs() < 1e-4, "out {i}: {a} vs {b}");
+        }
+        for (g, (a, b)) in got.iter().zip(&want_stats).enumerate() {
+            assert_eq!(a.queries, b.queries);
+            for (x, y) in a.moment.iter().zip(&b.moment) {
+                assert!(
+                    (x - y).abs() <= 1e-9 * (1.0 + y.abs()),
+                    "moment of head {g}"
+                );
+            }
+            assert_eq!(a.mass.len(), n);
+            for (t, (x, y)) in a.mass.iter().zip(&b.mass).enumerate() {
+                assert_eq!(x.1, y.1, "head {g} key {t}: count");
+                assert!(
+                    (x.0 - y.0).abs() < 1e-4,
+                    "head {g} key {t}: {} vs {}",
+                    x.0,
+                    y.0
+                );
+            }
+        }
+        // Without statistics: the same output, no statistics.
+        let mut again = vec![0f32; q.len()];
+        let plain =
+            causal_attention(&q, &k, &v, dims, StatsRequest::default(), &mut again).unwrap();
+        assert_eq!(out, again);
+        assert!(plain
+            .iter()
+            .all(|s| s.moment.is_empty() && s.mass.is_empty()));
+    }
+
+    #[test]
+    fn equals_f64_attention_across_blocks_and_tiles() {
+        // Several query blocks and key tiles, ragged ends.
+        check(1, 2 * KEY_TILE + 37, 2, 3, 16, 5);
+        check(2, 1, 1, 1, 8, 0);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, rng_seed: proptest::test_runner::RngSeed::Fixed(24), ..ProptestConfig::default() })]
+        #[test]
+        fn equals_f64_attention(seed in 0u64..1000, n in 1usize..300, kv in 1usize..3, group in 1usize..4, d in 1usize..20, window in 0usize..40) {
+            check(seed, n, kv, group, d, window);
+        }
+    }
+
+    #[test]
+    fn exp_is_accurate_and_vector_paths_agree() {
+        let xs: Vec<f32> = (0..4000).map(|i| -(i as f32) * 0.025).collect();
+        for &x in &xs {
+            let want = f64::from(x).exp();
+            let got = f64::from(exp_approx(x));
+            assert!(
+                (got - want).abs() <= 1e-6 * want + 2e-38,
+                "{x}: {got} vs {want}"
+            );
+        }
+        assert_eq!(exp_approx(-100.0), 0.0);
+        assert_eq!(exp_approx(f32::NEG_INFINITY), 0.0);
+        let (mut a, mut b) = (xs.clone(), xs.clone());
+        let sa = exp_shifted(&mut a, 0.5);
+        let sb = exp_shifted_portable(&mut b, 0.5);
+        assert_eq!(a, b);
+        assert_eq!(sa, sb);
+        // 3 query heads cannot share 2 KV heads.
+        let dims = Dims {
+            n: 1,
+            n_heads: 3,
+            n_kv_heads: 2,
+            head_dim: 4,
+            scale: 1.0,
+        };
+        let r = causal_attention(
+            &[0.0; 12],
+            &[0.0; 8],
+            &[0.0; 8],
+            dims,
+            StatsRequest::default(),
+            &mut [0.0; 12],
+        );
+        assert!(r.is_err());
+    }
+}
