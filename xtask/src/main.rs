@@ -31,8 +31,22 @@ tasks:
   plot             the reproduce figures from CSV files `aqpim simulate serve|sweep` wrote
                    [--serve FILE.csv] [--sweep FILE.csv] [--offload FILE.csv] --out DIR";
 
-fn main() -> Result<()> {
+/// Runs the task; a user error is one line (with its causes) on stderr and
+/// exit status 1, never a backtrace.
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // `cargo xtask TASK --help` (or -h anywhere): the usage, whatever the task.
+    if args.iter().skip(1).any(|a| a == "-h" || a == "--help") {
+        println!("{USAGE}");
+        return Ok(());
+    }
     match args.first().map(String::as_str) {
         Some("tidy") => tidy::run(),
         Some("accuracy") => accuracy::run(&args[1..], &tidy::workspace_root()),

@@ -26,7 +26,8 @@ use rows::{Serve, Sweep};
 
 const REPRODUCE_USAGE: &str =
     "cargo xtask reproduce [--quick] [--out DIR] [--model M] [--system S] \
-[--ctx LIST] [--batch LIST] [--pim-model simulated|analytic]";
+[--ctx LIST] [--batch LIST] [--pim-model simulated|analytic] (without --out: docs/results for the \
+default grid, target/reproduce-quick for --quick, target/reproduce-custom otherwise)";
 
 const PLOT_USAGE: &str =
     "cargo xtask plot [--serve FILE.csv] [--sweep FILE.csv] [--offload FILE.csv] --out DIR";
@@ -100,6 +101,26 @@ impl Options {
             g.serve_pim_model = p.clone();
         }
         g
+    }
+
+    /// Where the run writes without `--out`: the published `docs/results`
+    /// only for the full default grid; `target/reproduce-quick` for
+    /// `--quick`; `target/reproduce-custom` for any other model, system,
+    /// grid or PIM model, so that such a run never overwrites the published
+    /// results.
+    fn default_out(&self) -> &'static str {
+        if self.quick {
+            "target/reproduce-quick"
+        } else if self.model.is_some()
+            || self.system.is_some()
+            || self.ctx.is_some()
+            || self.batch.is_some()
+            || self.pim_model.is_some()
+        {
+            "target/reproduce-custom"
+        } else {
+            "docs/results"
+        }
     }
 
     /// The command line, as the summary quotes it.
@@ -181,13 +202,7 @@ fn same_attacc(a: &Serve, b: &Serve) -> bool {
 pub fn run(args: &[String], root: &Path) -> Result<()> {
     let o = parse(args)?;
     let g = o.grid();
-    let out = o.out.clone().unwrap_or_else(|| {
-        root.join(if o.quick {
-            "target/reproduce-quick"
-        } else {
-            "docs/results"
-        })
-    });
+    let out = o.out.clone().unwrap_or_else(|| root.join(o.default_out()));
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let aqpim = build_cli(root, !o.quick)?;
     let mut notes = Vec::new();
@@ -388,6 +403,27 @@ mod tests {
 
     fn args(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn only_the_default_grid_writes_the_published_results() {
+        assert_eq!(parse(&[]).unwrap().default_out(), "docs/results");
+        assert_eq!(
+            parse(&args(&["--quick"])).unwrap().default_out(),
+            "target/reproduce-quick"
+        );
+        for a in [
+            &["--model", "llama2-13b"][..],
+            &["--system", "h100+attacc"],
+            &["--ctx", "4K"],
+            &["--pim-model", "analytic"],
+        ] {
+            assert_eq!(
+                parse(&args(a)).unwrap().default_out(),
+                "target/reproduce-custom",
+                "{a:?}"
+            );
+        }
     }
 
     #[test]
