@@ -631,12 +631,14 @@ fn generate(a: GenerateArgs) -> Result<()> {
             decode_tokens_per_s: decode_tps,
         };
         println!("{}", serde_json::to_string(&out)?);
+        warn_if_no_codes(&model, &choice, ids.len() + report.tokens.len())?;
         return Ok(());
     }
     if text.len() > printed {
         print!("{}", &text[printed..]);
     }
     println!();
+    warn_if_no_codes(&model, &choice, ids.len() + report.tokens.len())?;
     eprintln!(
         "[{} prompt tokens, {} generated in {:.2} s; prefill {:.1} tokens/s, decode {:.1} tokens/s]",
         ids.len(),
@@ -645,5 +647,32 @@ fn generate(a: GenerateArgs) -> Result<()> {
         prefill_tps,
         decode_tps,
     );
+    Ok(())
+}
+
+/// Warns when a compressed cache read no token from codes over a
+/// generation of `tokens` tokens (prompt and output): everything stayed in
+/// its FP16 sinks and window, or online codebooks never trained, so the
+/// output equals `--kv fp16`'s.
+fn warn_if_no_codes(model: &Llama, choice: &CacheChoice, tokens: usize) -> Result<()> {
+    let CacheChoice::Store(spec, books) = choice else {
+        return Ok(());
+    };
+    if matches!(spec, KvSpec::Dense) {
+        return Ok(());
+    }
+    let b = breakdown(model, choice, tokens)?;
+    if b.as_ref().is_some_and(|b| b.tokens_by_region.encoded == 0) {
+        eprintln!(
+            "warning: all {tokens} tokens fit in the cache's FP16 sinks and recent window; no token was read from codes (the output is --kv fp16's)"
+        );
+    } else if let (KvSpec::Pq(p), None) = (spec, books) {
+        let threshold = p.train_threshold();
+        if tokens <= threshold + p.sinks + p.window {
+            eprintln!(
+                "warning: online codebooks train once a layer holds {threshold} tokens, and this generation has {tokens}: no token was read from codes (the output is --kv fp16's); pass calibrated --codebooks (aqpim pq calibrate)"
+            );
+        }
+    }
     Ok(())
 }

@@ -211,6 +211,25 @@ fn every_json_output_is_one_line_of_one_object() {
         ]),
         "generate",
     );
+    // A compressed cache that never reads a code says so.
+    let out = aqpim(&[
+        "generate",
+        "--model",
+        m,
+        "--prompt",
+        "the and",
+        "--max-tokens",
+        "3",
+        "--kv",
+        "pq:dsub=2,nbits=4",
+        "--json",
+    ]);
+    json_line(&out, "generate through an unused PQ cache");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no token was read from codes"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // The real model, when the repository's ignored assets/ folder has it.
     let real = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
