@@ -5,6 +5,7 @@
 //! stack. The formulas are in `units.rs`'s module docs.
 
 use crate::command::Command;
+use crate::isa::argmin_centroids;
 use crate::resolve::Device;
 use crate::units::{column_work, AreaReport, PowerReport, UnitKind};
 
@@ -57,12 +58,13 @@ impl Device {
     }
 
     /// The most work one column gives a bank on `kind`'s unit: 4-bit codes
-    /// for LUTACC and HISTACC, 256 centroids of 8 elements for ARGMIN.
+    /// for LUTACC and HISTACC, 256 centroids of a whole column's `lanes`
+    /// elements for ARGMIN (its largest `dsub`).
     pub fn widest_work(&self, kind: UnitKind) -> u64 {
         let cb = self.org.column_bytes as u64;
         match kind {
             UnitKind::Lookup | UnitKind::Histogram => column_work(kind.command(), cb, 4, 0),
-            UnitKind::Argmin => 256 * 8,
+            UnitKind::Argmin => argmin_centroids(8) * self.pim.lanes as u64,
             _ => column_work(kind.command(), cb, 16, 0),
         }
     }
@@ -75,7 +77,7 @@ impl Device {
         match kind {
             UnitKind::Lookup => column_work(Command::LutAcc, cb, 8, 0),
             UnitKind::Histogram => column_work(Command::HistAcc, cb, 4, 0),
-            UnitKind::Argmin => 256 * 2,
+            UnitKind::Argmin => argmin_centroids(8) * 2,
             _ => column_work(kind.command(), cb, 16, 0),
         }
     }

@@ -69,6 +69,11 @@ fn each_design_carries_only_its_units() {
     let per_bank = 0.0808 + 0.5 * 0.0263 + 1.0 * 0.0263;
     assert!((area.total_mm2 - 128.0 * per_bank).abs() < 1e-9, "{area:?}");
     assert!((area.die_share - area.total_mm2 / 121.0).abs() < 1e-12);
+    // The buffer die's softmax units, one per channel of a stack.
+    assert!(
+        (area.buffer_die_mm2 - 16.0 * 0.041).abs() < 1e-9,
+        "{area:?}"
+    );
     assert!(q.area().total_mm2 > area.total_mm2);
     // AQPIM at equal area fits within AttAcc's PIM area per DRAM die.
     let e = Device::preset("hbm3-aqpim-equal-area").unwrap();
@@ -169,6 +174,19 @@ fn inconsistent_specs_are_rejected() {
     rejects(|s| s.organisation.pseudo_channels = 0, "pseudo_channels");
     rejects(|s| s.organisation.bank_groups = 17, "bank_groups");
     rejects(|s| s.pim.lanes = 8, "lanes");
+    // A unit too slow for its widest column (256 centroids of 16 elements
+    // for 16 banks through one lane) would be an unbounded gate.
+    rejects(
+        |s| {
+            let mut q = DeviceSpec::hbm3_aqpim();
+            let mut a = q.units.argmin.take().unwrap();
+            a.ops_per_cycle = 1;
+            a.banks_per_unit = 16;
+            s.units = q.units;
+            s.units.argmin = Some(a);
+        },
+        "units.argmin",
+    );
     rejects(|s| s.pim.n_ccdab = 0, "n_ccdab");
     rejects(|s| s.energy.act_pj = f64::NAN, "act_pj");
     rejects(|s| s.rules[0].latency = "nNOPE".into(), "nNOPE");

@@ -25,6 +25,11 @@ pub trait PimTimer: Sync {
     fn quantize_block(&self, job: &LayerJob) -> Result<usize> {
         Ok(aqpim_attn::pim::quantize_block(self.device(), job)?.max(1))
     }
+    /// Whether [`layer`](Self::layer) is already the closed form (the
+    /// serving search then ranks batches with this timer itself).
+    fn is_closed_form(&self) -> bool {
+        false
+    }
 }
 
 /// How [`SimTimer`] costs a layer.
@@ -82,6 +87,10 @@ impl SimTimer {
 impl PimTimer for SimTimer {
     fn device(&self) -> &Device {
         &self.device
+    }
+
+    fn is_closed_form(&self) -> bool {
+        self.mode == PimMode::Analytic
     }
 
     fn layer(&self, job: &LayerJob) -> Result<PimCost> {

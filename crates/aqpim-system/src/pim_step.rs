@@ -190,6 +190,13 @@ pub(crate) struct Placed {
     gpu_books: u64,
 }
 
+impl Placed {
+    /// Bytes of the tokens that spill to host memory, over every layer.
+    pub(crate) fn spilled_bytes(&self, model: &ModelSpec, batch: usize) -> u64 {
+        self.spilled as u64 * batch as u64 * self.f.token_bytes * model.layers as u64
+    }
+}
+
 fn stacks_of(system: &SystemSpec, policy: Policy) -> Result<&PimStacksSpec> {
     system.pim.as_ref().ok_or_else(|| SystemError::InvalidArgument {
         name: "system",

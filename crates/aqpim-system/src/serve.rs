@@ -128,10 +128,18 @@ fn candidates(
     let Some(t) = timer.filter(|_| policy.uses_pim()) else {
         return Ok(all);
     };
-    let analytic = SimTimer::new(t.device().clone(), PimMode::Analytic);
+    // A closed-form timer ranks the batches itself (its memo then serves the
+    // full timing too); a simulating one gets a closed-form twin.
+    let owned;
+    let rank: &dyn PimTimer = if t.is_closed_form() {
+        t
+    } else {
+        owned = SimTimer::new(t.device().clone(), PimMode::Analytic);
+        &owned
+    };
     let mut est = Vec::with_capacity(all.len());
     for &b in &all {
-        let step = decode_step_with(model, system, policy, ctx, b, Some(&analytic))?;
+        let step = decode_step_with(model, system, policy, ctx, b, Some(rank))?;
         est.push((b, step.tokens_per_s));
     }
     let top = est.iter().map(|e| e.1).fold(0.0f64, f64::max);
@@ -154,16 +162,21 @@ fn no_room(
 ) -> SystemError {
     let tried = match (policy.uses_pim(), timer) {
         (true, Some(t)) => place(model, system, policy, ctx, 1, t).and_then(|p| {
-            let gpu = crate::pim_step::gpu_bytes(model, &p, 1);
+            // Placed, but not without host memory: what GPU memory would have
+            // to hold beside the stacks, against what it holds.
+            let needed =
+                crate::pim_step::gpu_bytes(model, &p, 1) + p.spilled_bytes(model, 1);
+            let available = system.gpu.memory_bytes;
             Err(SystemError::Capacity {
                 what: format!(
-                    "one sequence of {ctx} tokens of {} under {policy} ({} tokens spilled to host memory)",
-                    model.name, p.spilled
+                    "one sequence of {ctx} tokens of {} under {policy} ({} tokens past the PIM stacks)",
+                    model.name,
+                    p.on_gpu + p.spilled
                 ),
-                place: "the PIM stacks and GPU memory",
-                needed: gpu,
-                available: system.gpu.memory_bytes,
-                over: gpu.saturating_sub(system.gpu.memory_bytes),
+                place: "GPU memory beside the PIM stacks",
+                needed,
+                available,
+                over: needed.saturating_sub(available),
             })
         }),
         _ => decode_step_with(model, system, policy, ctx, 1, timer).map(|_| ()),

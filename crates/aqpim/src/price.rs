@@ -23,6 +23,8 @@ pub struct DevicePrice {
     pub pim_peak_command: String,
     /// The stack's PIM power budget, W.
     pub pim_power_budget_w: f64,
+    /// Whether the peak stays within the budget.
+    pub pim_within_budget: bool,
 }
 
 impl DevicePrice {
@@ -40,6 +42,7 @@ impl DevicePrice {
             pim_peak_power_w: p.peak_w,
             pim_peak_command: p.peak_command,
             pim_power_budget_w: p.budget_w,
+            pim_within_budget: p.within_budget,
         }
     }
 
@@ -60,7 +63,7 @@ impl DevicePrice {
                 self.pim_peak_power_w,
                 self.pim_peak_command,
                 self.pim_power_budget_w,
-                if self.pim_peak_power_w > self.pim_power_budget_w {
+                if !self.pim_within_budget {
                     " (over: run with the power limit to stay within it)"
                 } else {
                     ""
