@@ -90,8 +90,15 @@ pub fn decode_step_with(
         step.check_finite()?;
         return Ok(step);
     }
+    if policy == Policy::GpuQuant {
+        let step = finish(model, system, gpu_quant(model, system, ctx, batch)?);
+        step.check_finite()?;
+        return Ok(step);
+    }
     let (transfer_ms, overlapped_ms, gpu_bytes_used, host_bytes_used) = match policy {
-        Policy::Attacc | Policy::Aqpim => unreachable!("handled above"),
+        Policy::Attacc | Policy::Aqpim | Policy::ScalarPim | Policy::GpuQuant => {
+            unreachable!("handled above")
+        }
         Policy::Gpu => {
             capacity(
                 format!(
@@ -157,6 +164,70 @@ pub fn decode_step_with(
     };
     let step = finish(model, system, step);
     step.check_finite()?;
+    Ok(step)
+}
+
+/// The `gpu-quant` step: weights and the scalar-quantized cache of the
+/// system's `[gpu] kv` format in GPU memory, its bytes as `aqpim kv stats`
+/// counts them (codes, scales, FP16 sinks and window); attention reads
+/// them at `gpu.quant_attn_gbps` after a fixed `gpu.quant_attn_fixed_ms`
+/// per layer. Quantizing each new token (a min/max and a rounding per
+/// group on the GPU) is left out: a few microseconds per layer.
+fn gpu_quant(model: &ModelSpec, system: &SystemSpec, ctx: usize, batch: usize) -> Result<Step> {
+    let g = &system.gpu;
+    let Some(sc) = g.scalar_spec()? else {
+        return Err(SystemError::InvalidArgument {
+            name: "system",
+            reason: format!(
+                "`{}` states no scalar format for the GPU ([gpu] kv = \"scalar:...\"): gpu-quant needs one (try h100+gpu-quant)",
+                system.name
+            ),
+        });
+    };
+    let (Some(fixed), Some(gbps)) = (g.quant_attn_fixed_ms, g.quant_attn_gbps) else {
+        return Err(SystemError::InvalidArgument {
+            name: "system",
+            reason: format!(
+                "`{}` states no gpu.quant_attn_fixed_ms / gpu.quant_attn_gbps: gpu-quant needs the low-bit kernel's rate",
+                system.name
+            ),
+        });
+    };
+    let spec = aqpim_kvcache::KvSpec::Scalar(sc);
+    let shape = aqpim_kvcache::KvShape::new(model.layers, model.kv_heads, model.head_dim)?;
+    let regions = aqpim_kvcache::Regions::nominal(&spec, ctx);
+    let per_seq =
+        aqpim_kvcache::account_regions(&shape, &spec, &vec![regions; model.layers], 0, 0)?
+            .total_bytes;
+    let kv_bytes =
+        per_seq
+            .checked_mul(batch as u64)
+            .ok_or_else(|| SystemError::InvalidArgument {
+                name: "ctx/batch",
+                reason: format!(
+                    "the KV cache of {batch} x {ctx} tokens overflows 64-bit byte counts"
+                ),
+            })?;
+    let weight_bytes = model.weight_bytes();
+    capacity(
+        format!(
+            "{} weights and the {} KV cache of {batch} x {ctx} tokens",
+            model.name, spec
+        ),
+        "GPU memory",
+        weight_bytes.saturating_add(kv_bytes),
+        g.memory_bytes,
+    )?;
+    let layers = model.layers as f64;
+    let mut step = Step {
+        linear_ms: linear_ms(model, system, batch),
+        attention_ms: layers * (fixed + ms(kv_bytes / model.layers as u64, gbps)),
+        weight_bytes,
+        kv_bytes,
+        gpu_bytes_used: weight_bytes + kv_bytes,
+        ..Step::empty(model, system, Policy::GpuQuant, ctx, batch)
+    };
+    step.set_kv(&spec);
     Ok(step)
 }
 

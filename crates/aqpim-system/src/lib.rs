@@ -15,13 +15,16 @@
 //! - [`pim`]: the PIM attention cost and footprint, from the lowered
 //!   programs of `aqpim_attn::pim` (simulated or closed form, memoized);
 //! - [`serve`]: the highest-throughput batch per context with nothing
-//!   spilled to host memory.
+//!   spilled to host memory;
+//! - [`accuracy`]: each format's measured perplexity delta, printed beside
+//!   its tokens/s.
 //!
 //! Every hardware figure comes from a preset file, each with its source (the
 //! measured H100 anchors in `presets/data/h100_anchors.jsonl`, a paper or a
 //! datasheet) or "estimate" beside it. It never depends on the real-model
 //! code of `aqpim-decode`.
 
+pub mod accuracy;
 pub mod decode;
 pub mod error;
 pub mod gpu;

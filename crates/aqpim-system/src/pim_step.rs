@@ -318,6 +318,9 @@ pub(crate) fn pim_step(
     let placed = place(model, system, policy, ctx, batch, timer)?;
     let mut step = Step::empty(model, system, policy, ctx, batch);
     step.set_device(timer.device());
+    if let Some(p) = &placed.f.pq {
+        step.set_kv(&KvSpec::Pq(p.spec));
+    }
     memory(&mut step, model, system, timer, &placed)?;
     let mut layer = LayerMs {
         gpu_attention: gpu_attention_layer(system, &placed, batch)?,

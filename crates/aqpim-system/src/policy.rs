@@ -9,6 +9,10 @@ use crate::error::{Result, SystemError};
 pub enum Policy {
     /// Weights and KV cache in GPU memory.
     Gpu,
+    /// Weights and a scalar-quantized KV cache (KIVI- or MX-style, the
+    /// system's `[gpu] kv` format) in GPU memory, attention by a fused
+    /// low-bit kernel at `gpu.quant_attn_gbps`.
+    GpuQuant,
     /// KV cache in host memory, copied to the GPU layer by layer every step
     /// (FlexGen-style); with `overlap`, layer `l + 1`'s copy runs while layer
     /// `l` computes.
@@ -22,21 +26,27 @@ pub enum Policy {
     /// The KV cache as PQ codes in the PIM stacks, attention on codes and
     /// quantization of new tokens in PIM (AQPIM); the same spill rule.
     Aqpim,
+    /// The KV cache as scalar codes (the system's `[pim] kv`, a `scalar:`
+    /// format) in the PIM stacks, attention on dequantize-and-MAC units
+    /// shared by two banks (Pimba-style); new tokens quantized by the GPU.
+    ScalarPim,
 }
 
 impl Policy {
     /// Every policy, in the order the CLI lists them.
-    pub const ALL: [Policy; 5] = [
+    pub const ALL: [Policy; 7] = [
         Policy::Gpu,
+        Policy::GpuQuant,
         Policy::Offload { overlap: false },
         Policy::Offload { overlap: true },
         Policy::Attacc,
+        Policy::ScalarPim,
         Policy::Aqpim,
     ];
 
     /// Whether the policy runs attention in PIM.
     pub fn uses_pim(self) -> bool {
-        matches!(self, Policy::Attacc | Policy::Aqpim)
+        matches!(self, Policy::Attacc | Policy::Aqpim | Policy::ScalarPim)
     }
 }
 
@@ -45,10 +55,12 @@ impl std::fmt::Display for Policy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Policy::Gpu => "gpu",
+            Policy::GpuQuant => "gpu-quant",
             Policy::Offload { overlap: false } => "offload",
             Policy::Offload { overlap: true } => "offload-overlap",
             Policy::Attacc => "attacc",
             Policy::Aqpim => "aqpim",
+            Policy::ScalarPim => "scalar-pim",
         })
     }
 }
@@ -65,6 +77,8 @@ impl std::str::FromStr for Policy {
     fn from_str(s: &str) -> Result<Self> {
         match s {
             "gpu" => Ok(Policy::Gpu),
+            "gpu-quant" => Ok(Policy::GpuQuant),
+            "scalar-pim" => Ok(Policy::ScalarPim),
             "offload" => Ok(Policy::Offload { overlap: false }),
             "offload-overlap" => Ok(Policy::Offload { overlap: true }),
             "attacc" => Ok(Policy::Attacc),
@@ -72,7 +86,7 @@ impl std::str::FromStr for Policy {
             other => Err(SystemError::InvalidArgument {
                 name: "policy",
                 reason: format!(
-                    "`{other}` is not a policy (gpu, offload, offload-overlap, attacc, aqpim)"
+                    "`{other}` is not a policy (gpu, gpu-quant, offload, offload-overlap, attacc, scalar-pim, aqpim)"
                 ),
             }),
         }

@@ -138,6 +138,45 @@ pub struct GpuSpec {
     /// Share of `fp16_tflops` that prefill and k-means reach (an estimate).
     #[serde(default)]
     pub compute_efficiency: Option<f64>,
+    /// The scalar-quantized format the `gpu-quant` policy keeps in GPU
+    /// memory: a `scalar:` cache spec (`aqpim kv stats` counts its bytes).
+    #[serde(default)]
+    pub kv: Option<String>,
+    /// Fixed cost of one layer's fused low-bit decode attention, ms.
+    #[serde(default)]
+    pub quant_attn_fixed_ms: Option<f64>,
+    /// Achieved bandwidth of fused low-bit decode attention over the bytes
+    /// of the quantized cache (codes, scales, FP16 window), GB/s.
+    #[serde(default)]
+    pub quant_attn_gbps: Option<f64>,
+}
+
+impl GpuSpec {
+    /// The scalar spec of `kv`, if any.
+    pub fn scalar_spec(&self) -> Result<Option<aqpim_kvcache::ScalarSpec>> {
+        scalar_of(self.kv.as_deref(), &self.name, "gpu.kv")
+    }
+}
+
+/// The scalar spec of an optional `kv` string; `what` names the key.
+fn scalar_of(
+    kv: Option<&str>,
+    name: &str,
+    what: &str,
+) -> Result<Option<aqpim_kvcache::ScalarSpec>> {
+    let Some(kv) = kv else { return Ok(None) };
+    let bad = |reason: String| SystemError::Preset {
+        name: name.to_string(),
+        reason: format!("{what} = `{kv}`: {reason}"),
+    };
+    match kv.parse::<aqpim_kvcache::KvSpec>() {
+        Ok(aqpim_kvcache::KvSpec::Scalar(s)) => Ok(Some(s)),
+        Ok(other) => Err(bad(format!(
+            "expected a scalar: spec, found a {} spec",
+            other.kind()
+        ))),
+        Err(e) => Err(bad(e.to_string())),
+    }
 }
 
 /// The host link.
@@ -177,9 +216,10 @@ pub struct PimStacksSpec {
     /// refuse it with a message that says where it goes.
     #[serde(default, skip_serializing)]
     pub stacks: Option<u32>,
-    /// The compressed format the stacks hold under the `aqpim` policy: a
-    /// `pq:` cache spec (`aqpim kv stats` reads the same). Absent: the system
-    /// runs FP16 PIM attention only (`attacc`).
+    /// The compressed format the stacks hold: a `pq:` cache spec for the
+    /// `aqpim` policy, a `scalar:` one for `scalar-pim` (`aqpim kv stats`
+    /// reads the same). Absent: the system runs FP16 PIM attention only
+    /// (`attacc`).
     #[serde(default)]
     pub kv: Option<String>,
     /// GPU kernel boundaries per layer around the PIM attention (the launch
@@ -262,21 +302,39 @@ impl PimStacksSpec {
         }
     }
 
-    /// The PQ spec of `kv`, if any.
-    pub fn pq_spec(&self) -> Result<Option<aqpim_kvcache::PqSpec>> {
+    /// The spec of `kv`, if any: a `pq:` or a `scalar:` spec.
+    pub fn kv_spec(&self) -> Result<Option<aqpim_kvcache::KvSpec>> {
         let Some(kv) = &self.kv else { return Ok(None) };
         let bad = |reason: String| SystemError::Preset {
             name: self.device.clone(),
             reason: format!("pim.kv = `{kv}`: {reason}"),
         };
         match kv.parse::<aqpim_kvcache::KvSpec>() {
-            Ok(aqpim_kvcache::KvSpec::Pq(p)) => Ok(Some(p)),
+            Ok(s @ (aqpim_kvcache::KvSpec::Pq(_) | aqpim_kvcache::KvSpec::Scalar(_))) => {
+                Ok(Some(s))
+            }
             Ok(other) => Err(bad(format!(
-                "the stacks hold PQ codes; `{}` is not a pq: spec",
+                "the stacks hold PQ or scalar codes; `{}` is neither a pq: nor a scalar: spec",
                 other.kind()
             ))),
             Err(e) => Err(bad(e.to_string())),
         }
+    }
+
+    /// The PQ spec of `kv`, if it is one.
+    pub fn pq_spec(&self) -> Result<Option<aqpim_kvcache::PqSpec>> {
+        Ok(match self.kv_spec()? {
+            Some(aqpim_kvcache::KvSpec::Pq(p)) => Some(p),
+            _ => None,
+        })
+    }
+
+    /// The scalar spec of `kv`, if it is one.
+    pub fn scalar_spec(&self) -> Result<Option<aqpim_kvcache::ScalarSpec>> {
+        Ok(match self.kv_spec()? {
+            Some(aqpim_kvcache::KvSpec::Scalar(s)) => Some(s),
+            _ => None,
+        })
     }
 }
 
@@ -400,12 +458,14 @@ impl SystemSpec {
         for (field, v) in [
             ("gpu.pq_attn_fixed_ms", g.pq_attn_fixed_ms),
             ("gpu.pq_attn_gbps", g.pq_attn_gbps),
+            ("gpu.quant_attn_fixed_ms", g.quant_attn_fixed_ms),
+            ("gpu.quant_attn_gbps", g.quant_attn_gbps),
             ("gpu.fp16_tflops", g.fp16_tflops),
             ("gpu.compute_efficiency", g.compute_efficiency),
         ] {
             if let Some(v) = v {
                 if !(v.is_finite() && (0.0..=MAX_FIGURE).contains(&v))
-                    || (v == 0.0 && field != "gpu.pq_attn_fixed_ms")
+                    || (v == 0.0 && !field.ends_with("_fixed_ms"))
                 {
                     return bad(format!(
                         "{field} = {v} must be a positive number up to {MAX_FIGURE}"
@@ -413,6 +473,13 @@ impl SystemSpec {
                 }
             }
         }
+        if let Some(q) = g.quant_attn_gbps.filter(|&q| q > g.peak_hbm_gbps) {
+            return bad(format!(
+                "gpu.quant_attn_gbps = {q} exceeds the peak {} GB/s",
+                g.peak_hbm_gbps
+            ));
+        }
+        g.scalar_spec()?;
         if let Some(e) = g.compute_efficiency {
             if e > 1.0 {
                 return bad(format!("gpu.compute_efficiency = {e} exceeds 1"));
@@ -449,7 +516,7 @@ impl SystemSpec {
             if device_bytes(&d) == 0 {
                 return bad(format!("PIM device `{}` has no capacity", d.name));
             }
-            p.pq_spec().map_err(|e| SystemError::Preset {
+            p.kv_spec().map_err(|e| SystemError::Preset {
                 name: self.name.clone(),
                 reason: format!("[pim]: {e}"),
             })?;
@@ -508,6 +575,10 @@ pub const SYSTEM_PRESETS: &[(&str, &str)] = &[
     (
         "h100+aqpim-equal-area",
         include_str!("../presets/systems/h100+aqpim-equal-area.toml"),
+    ),
+    (
+        "h100+gpu-quant",
+        include_str!("../presets/systems/h100+gpu-quant.toml"),
     ),
 ];
 

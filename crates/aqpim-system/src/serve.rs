@@ -34,6 +34,11 @@ pub struct ServePoint {
     pub best_batch: usize,
     /// Tokens per second at `best_batch`.
     pub tokens_per_s: f64,
+    /// The format the policy holds (canonical cache spec, `dense` for FP16).
+    pub kv: String,
+    /// The format's measured perplexity delta against FP16, a fraction
+    /// (`crate::accuracy`); `None` when it was not measured.
+    pub ppl_delta: Option<f64>,
     /// The largest batch whose cache fits without host memory.
     pub max_batch: usize,
     /// PIM policies: the largest batch held entirely in the PIM stacks
@@ -231,6 +236,8 @@ pub fn serve(
         policy,
         best_batch: step.batch,
         tokens_per_s: step.tokens_per_s,
+        kv: step.kv.clone(),
+        ppl_delta: step.ppl_delta,
         max_batch,
         max_batch_in_pim: in_pim,
         batches_timed: candidates.len(),

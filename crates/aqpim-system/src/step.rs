@@ -20,6 +20,14 @@ pub struct Step {
     pub policy: Policy,
     /// Tokens per sequence in the cache.
     pub ctx: usize,
+    /// The KV cache format the policy holds, as a canonical cache spec
+    /// (`dense` for FP16).
+    pub kv: String,
+    /// The format's measured perplexity delta against FP16, a fraction
+    /// (0.016 for +1.6 %), from `presets/data/accuracy.toml` (one held-out
+    /// text and protocol for every format, `docs/results/accuracy.md`);
+    /// `None` when the format was not measured.
+    pub ppl_delta: Option<f64>,
     /// Sequences decoded together.
     pub batch: usize,
     /// Linear layers and output projection on the GPU: the larger of weight
@@ -133,6 +141,8 @@ impl Step {
             policy,
             ctx,
             batch,
+            kv: aqpim_kvcache::KvSpec::Dense.to_string(),
+            ppl_delta: crate::accuracy::ppl_delta(&aqpim_kvcache::KvSpec::Dense),
             linear_ms: 0.0,
             attention_ms: 0.0,
             pim_attention_ms: 0.0,
@@ -172,6 +182,12 @@ impl Step {
             pim_peak_power_w: 0.0,
             pim_power_budget_w: 0.0,
         }
+    }
+
+    /// Sets the format the step holds and its measured perplexity delta.
+    pub(crate) fn set_kv(&mut self, spec: &aqpim_kvcache::KvSpec) {
+        self.kv = spec.to_string();
+        self.ppl_delta = crate::accuracy::ppl_delta(spec);
     }
 
     /// Fills the PIM device's name, area per DRAM die and peak power.

@@ -483,3 +483,53 @@ fn linear_layers_turn_compute_bound_at_large_batch() {
     let params = m.layer_weight_bytes() as f64 / 2.0;
     close(l(1024), 2.0 * params * 1024.0 / (989.4e9 * 0.6));
 }
+
+/// `gpu-quant`: the bytes are `aqpim kv stats`'s for the format, attention
+/// reads them at the kernel's rate, capacity stops at GPU memory, and the
+/// step carries the format's measured delta.
+#[test]
+fn gpu_quant_reads_the_formats_bytes_at_the_kernels_rate() {
+    let model = presets::model("llama2-7b").unwrap();
+    let system = presets::system("h100+gpu-quant").unwrap();
+    let (ctx, batch) = (32768, 4);
+    let s = decode_step(&model, &system, Policy::GpuQuant, ctx, batch).unwrap();
+    let spec: aqpim_kvcache::KvSpec = system.gpu.kv.as_deref().unwrap().parse().unwrap();
+    let shape = aqpim_kvcache::KvShape::new(32, 32, 128).unwrap();
+    let r = aqpim_kvcache::Regions::nominal(&spec, ctx);
+    let per_seq = aqpim_kvcache::account_regions(&shape, &spec, &vec![r; 32], 0, 0)
+        .unwrap()
+        .total_bytes;
+    assert_eq!(s.kv_bytes, per_seq * batch as u64);
+    // 4-bit codes with FP16 min and scale per 32: about 5 bits per element.
+    let fp16 = model.kv_bytes_per_token_layer() * (ctx * batch * 32) as u64;
+    let ratio = s.kv_bytes as f64 / fp16 as f64;
+    assert!((0.30..0.33).contains(&ratio), "{ratio}");
+    let g = &system.gpu;
+    let want = 32.0
+        * (g.quant_attn_fixed_ms.unwrap()
+            + s.kv_bytes as f64 / 32.0 / (g.quant_attn_gbps.unwrap() * 1e6));
+    assert!(
+        (s.attention_ms - want).abs() < 1e-9,
+        "{} {want}",
+        s.attention_ms
+    );
+    assert_eq!(s.kv, spec.to_string());
+    assert_eq!(s.ppl_delta, crate::accuracy::ppl_delta(&spec));
+    // About three times the FP16 sequences fit.
+    let max = |p: Policy| {
+        crate::serve::serve(&model, &system, p, ctx, None)
+            .unwrap()
+            .max_batch
+    };
+    let (q, f) = (max(Policy::GpuQuant), max(Policy::Gpu));
+    assert!(q >= 3 * f && q <= 4 * f, "{q} vs {f}");
+    // Without a format or a kernel rate: an error that says so.
+    let mut bare = system.clone();
+    bare.gpu.kv = None;
+    let e = decode_step(&model, &bare, Policy::GpuQuant, ctx, 1).unwrap_err();
+    assert!(e.to_string().contains("gpu-quant needs one"), "{e}");
+    let mut bare = system.clone();
+    bare.gpu.quant_attn_gbps = None;
+    let e = decode_step(&model, &bare, Policy::GpuQuant, ctx, 1).unwrap_err();
+    assert!(e.to_string().contains("quant_attn_gbps"), "{e}");
+}

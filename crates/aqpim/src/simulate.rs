@@ -292,6 +292,11 @@ fn serve_row(p: &ServePoint) -> Result<Value> {
     Ok(Value::Object(row))
 }
 
+/// A perplexity delta as `+1.61%`, or `-` when the format was not measured.
+fn ppl(delta: Option<f64>) -> String {
+    delta.map_or("-".into(), |d| format!("{:+.2}%", 100.0 * d))
+}
+
 fn gb(bytes: u64) -> f64 {
     bytes as f64 / 1e9
 }
@@ -522,13 +527,22 @@ fn run_serve(a: ServeArgs) -> Result<()> {
     }
     writeln!(
         o,
-        "{:<16} {:>8} {:>6} {:>9} {:>9} {:>11} {:>10} {:>8} {:>8}",
-        "policy", "ctx", "batch", "max", "max PIM", "tokens/s", "step ms", "link %", "on GPU"
+        "{:<16} {:>8} {:>6} {:>9} {:>9} {:>11} {:>10} {:>8} {:>8} {:>8}",
+        "policy",
+        "ctx",
+        "batch",
+        "max",
+        "max PIM",
+        "tokens/s",
+        "step ms",
+        "link %",
+        "on GPU",
+        "ppl"
     )?;
     for p in &points {
         writeln!(
             o,
-            "{:<16} {:>8} {:>6} {:>9} {:>9} {:>11.1} {:>10.3} {:>7.1}% {:>8}",
+            "{:<16} {:>8} {:>6} {:>9} {:>9} {:>11.1} {:>10.3} {:>7.1}% {:>8} {:>8}",
             p.policy.to_string(),
             p.ctx,
             p.best_batch,
@@ -538,9 +552,21 @@ fn run_serve(a: ServeArgs) -> Result<()> {
             p.tokens_per_s,
             p.step.total_ms,
             100.0 * p.step.link_share,
-            p.step.ctx_on_gpu
+            p.step.ctx_on_gpu,
+            ppl(p.ppl_delta)
         )?;
     }
+    let mut shown: Vec<(Policy, &str)> = Vec::new();
+    for p in &points {
+        if !shown.contains(&(p.policy, p.kv.as_str())) {
+            shown.push((p.policy, p.kv.as_str()));
+            writeln!(o, "{} holds {}", p.policy, p.kv)?;
+        }
+    }
+    writeln!(
+        o,
+        "ppl: measured perplexity against FP16 of the format (SmolLM2-135M, held-out text; docs/results/accuracy.md); - where not measured"
+    )?;
     timers.print_prices(&mut o)?;
     Ok(())
 }
