@@ -61,12 +61,18 @@ struct ServeArgs {
     /// System preset or a TOML file.
     #[arg(long)]
     system: String,
-    /// Policies, comma-separated: gpu, offload, offload-overlap, attacc, aqpim.
+    /// Policies, comma-separated: gpu, gpu-quant, offload, offload-overlap,
+    /// attacc, scalar-pim, aqpim.
     #[arg(long, default_value = "aqpim")]
     policy: String,
     /// Context lengths, comma-separated (K and M suffixes: 32K = 32768).
     #[arg(long, default_value = "32K")]
     ctx: String,
+    /// The compressed format instead of the system's own (a cache spec, as
+    /// `aqpim kv stats --kv` takes it): a `pq:` spec for aqpim, a `scalar:`
+    /// spec for scalar-pim and gpu-quant.
+    #[arg(long)]
+    kv: Option<String>,
     /// PIM attention cost: `simulated` or `analytic`.
     #[arg(long, default_value = "simulated")]
     pim_model: String,
@@ -84,12 +90,19 @@ struct GridArgs {
     /// mistral-7b, smollm2-135m) or a TOML file.
     #[arg(long, required = true)]
     model: Option<String>,
-    /// System preset (h100, h100+host, h100+attacc, h100+aqpim) or a TOML file.
+    /// System preset (h100, h100+host, h100+attacc, h100+aqpim,
+    /// h100+aqpim-equal-area, h100+gpu-quant, h100+scalar-pim) or a TOML file.
     #[arg(long, required = true)]
     system: Option<String>,
-    /// Policies, comma-separated: gpu, offload, offload-overlap, attacc, aqpim.
+    /// Policies, comma-separated: gpu, gpu-quant, offload, offload-overlap,
+    /// attacc, scalar-pim, aqpim.
     #[arg(long, default_value = "gpu")]
     policy: String,
+    /// The compressed format instead of the system's own (a cache spec, as
+    /// `aqpim kv stats --kv` takes it): a `pq:` spec for aqpim, a `scalar:`
+    /// spec for scalar-pim and gpu-quant.
+    #[arg(long)]
+    kv: Option<String>,
     /// Context lengths, comma-separated (K and M suffixes: 32K = 32768).
     #[arg(long, default_value = "4096")]
     ctx: String,
@@ -143,6 +156,32 @@ fn policies(s: &str) -> Result<Vec<Policy>> {
         .collect()
 }
 
+/// `system` with `kv` as its compressed format: a `pq:` spec goes to the
+/// stacks (`[pim] kv`), a `scalar:` spec to the stacks and to the GPU
+/// (`[gpu] kv`, read by gpu-quant); the result is validated again.
+fn with_kv(mut system: SystemSpec, kv: Option<&str>) -> Result<SystemSpec> {
+    let Some(kv) = kv else { return Ok(system) };
+    let spec: aqpim_kvcache::KvSpec = kv
+        .parse()
+        .with_context(|| format!("--kv `{}`", shown(kv)))?;
+    match spec {
+        aqpim_kvcache::KvSpec::Pq(_) => {}
+        aqpim_kvcache::KvSpec::Scalar(_) => system.gpu.kv = Some(kv.to_string()),
+        aqpim_kvcache::KvSpec::Dense => anyhow::bail!(
+            "--kv `{}`: FP16 is what the gpu, offload and attacc policies hold; give a pq: or scalar: spec",
+            shown(kv)
+        ),
+    }
+    if let Some(p) = system.pim.as_mut() {
+        p.kv = Some(kv.to_string());
+    }
+    system.name = format!("{} --kv {kv}", system.name);
+    system
+        .validate()
+        .with_context(|| format!("--kv `{}`", shown(kv)))?;
+    Ok(system)
+}
+
 /// A parsed grid: presets, the points, and the PIM timer they share.
 struct Grid {
     model: ModelSpec,
@@ -193,7 +232,10 @@ impl GridArgs {
     fn load(&self) -> Result<Grid> {
         // clap enforces both unless a subcommand is given, which has its own.
         let model = presets::model(self.model.as_deref().unwrap_or_default())?;
-        let system = presets::system(self.system.as_deref().unwrap_or_default())?;
+        let system = with_kv(
+            presets::system(self.system.as_deref().unwrap_or_default())?,
+            self.kv.as_deref(),
+        )?;
         let policies = policies(&self.policy)?;
         let ctxs = counts(&self.ctx, "ctx")?;
         let batches = counts(&self.batch, "batch")?;
@@ -244,8 +286,20 @@ fn run_grid(g: &Grid, bar: Option<&indicatif::ProgressBar>) -> Result<(Vec<Step>
     Ok((steps, skipped))
 }
 
+/// A string as one CSV cell (RFC 4180): bare unless it holds a comma, a
+/// quote or a line break, else quoted with quotes doubled (cache specs
+/// such as `pq:dsub=2,kbits=8` hold commas).
+fn csv_cell(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
 /// CSV of rows that serialize as flat JSON objects: the header is the first
-/// row's keys, a value is its JSON text (strings bare, `null` empty).
+/// row's keys, a value is its JSON text (strings bare unless they need
+/// quotes, `null` empty).
 fn write_csv(out: &std::path::Path, rows: &[Value]) -> Result<()> {
     let mut text = String::new();
     if let Some(Value::Object(first)) = rows.first() {
@@ -260,7 +314,7 @@ fn write_csv(out: &std::path::Path, rows: &[Value]) -> Result<()> {
             .values()
             .map(|v| match v {
                 Value::Null => String::new(),
-                Value::String(s) => s.clone(),
+                Value::String(s) => csv_cell(s),
                 other => other.to_string(),
             })
             .collect();
@@ -480,7 +534,7 @@ fn run_sweep(a: SweepArgs) -> Result<()> {
 
 fn run_serve(a: ServeArgs) -> Result<()> {
     let model = presets::model(&a.model)?;
-    let system = presets::system(&a.system)?;
+    let system = with_kv(presets::system(&a.system)?, a.kv.as_deref())?;
     let policies = policies(&a.policy)?;
     let ctxs = counts(&a.ctx, "ctx")?;
     let timers = timers(&system, &policies, &a.pim_model)?;
