@@ -14,6 +14,7 @@
 mod grid;
 mod plot;
 mod rows;
+mod style;
 mod summary;
 
 use std::path::{Path, PathBuf};
