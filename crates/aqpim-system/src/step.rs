@@ -28,6 +28,10 @@ pub struct Step {
     /// text and protocol for every format, `docs/results/accuracy.md`);
     /// `None` when the format was not measured.
     pub ppl_delta: Option<f64>,
+    /// Bits per cached element of `kv_bytes`, all counted (codes, scales,
+    /// FP16 tokens, codebooks): `8 kv_bytes / (batch ctx layers 2 kv_heads
+    /// head_dim)`; 16 for FP16.
+    pub kv_bits_per_element: f64,
     /// Sequences decoded together.
     pub batch: usize,
     /// Linear layers and output projection on the GPU: the larger of weight
@@ -143,6 +147,7 @@ impl Step {
             batch,
             kv: aqpim_kvcache::KvSpec::Dense.to_string(),
             ppl_delta: crate::accuracy::ppl_delta(&aqpim_kvcache::KvSpec::Dense),
+            kv_bits_per_element: 0.0,
             linear_ms: 0.0,
             attention_ms: 0.0,
             pim_attention_ms: 0.0,

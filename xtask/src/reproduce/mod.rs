@@ -11,6 +11,7 @@
 //! `--release`); `--quick` runs a small grid (CI runs it, debug build) and
 //! writes to `target/reproduce-quick/` unless `--out` says otherwise.
 
+mod frontier;
 mod grid;
 mod plot;
 mod rows;
@@ -298,6 +299,9 @@ pub fn run(args: &[String], root: &Path) -> Result<()> {
     let pim = rows::read_steps(&pim_path)?;
     let off = rows::read_steps(&off_path)?;
 
+    // 4. The accuracy-throughput frontier of every design and format.
+    let frontier = frontier::run(&aqpim, &out, &g.serve_pim_model, &frontier::MODELS)?;
+
     let header = summary::Header {
         command: o.command(),
         model: g.model.clone(),
@@ -308,7 +312,8 @@ pub fn run(args: &[String], root: &Path) -> Result<()> {
     };
     std::fs::write(
         out.join("summary.md"),
-        summary::summarize(&header, &serve, equal_area.as_ref(), &pim, &off),
+        summary::summarize(&header, &serve, equal_area.as_ref(), &pim, &off)
+            + &frontier::section(&frontier),
     )?;
     let figs = plot::write_all(
         &plot::Figures {
@@ -316,11 +321,12 @@ pub fn run(args: &[String], root: &Path) -> Result<()> {
             sweep: Some(&pim),
             offload: Some(&off),
             model: g.model.clone(),
+            frontier: Some(&frontier),
         },
         &out,
     )?;
     eprintln!(
-        "wrote serve.csv, serve_equal_area.csv, pim.csv, offload.csv, summary.md, {} to {}",
+        "wrote serve.csv, serve_equal_area.csv, pim.csv, offload.csv, frontier.csv, summary.md, {} to {}",
         figs.join(", "),
         out.display()
     );
@@ -388,6 +394,7 @@ pub fn plot_cmd(args: &[String]) -> Result<()> {
             // the sweep's offload rows.
             offload: offload.as_ref().or(sweep.as_ref()),
             model,
+            frontier: None,
         },
         &out,
     )?;

@@ -20,11 +20,11 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
+use super::frontier::plot as frontier_plot;
 use super::rows::{Serve, StepRow, Sweep};
 use super::style::{
-    anchored, draw_legend, legend_height, log2_label, log2_range, num_label, plot_err, policy_color,
-    with_legend,
-    Mark, CAPTION, COLORS, FONT, LABEL, TICK, W,
+    anchored, draw_legend, legend_height, log2_label, log2_range, num_label, plot_err,
+    policy_color, with_legend, Mark, CAPTION, COLORS, FONT, LABEL, TICK, W,
 };
 use super::summary::{ctx_label, speedup, H100_OFFLOAD, PAPER_RATIO};
 
@@ -568,6 +568,8 @@ pub struct Figures<'a> {
     pub offload: Option<&'a Sweep>,
     /// Model named in titles.
     pub model: String,
+    /// The accuracy-throughput frontier, if run.
+    pub frontier: Option<&'a Serve>,
 }
 
 /// With the `png` feature: registers a TrueType font for the pure-Rust
@@ -669,6 +671,21 @@ pub fn write_all(f: &Figures<'_>, out: &Path) -> Result<Vec<String>> {
                 &title
             );
         }
+    }
+    if let Some(fr) = f.frontier.filter(|fr| !fr.0.is_empty()) {
+        let n =
+            fr.0.iter()
+                .map(|r| r.step.policy.clone())
+                .collect::<std::collections::BTreeSet<_>>()
+                .len();
+        render!(
+            written,
+            out,
+            "frontier",
+            super::frontier::size(fr, n),
+            frontier_plot,
+            fr
+        );
     }
     if let Some(off) = f.offload.filter(|o| o.has("offload")) {
         let n = 2 * off.batches().len() + 2;

@@ -69,6 +69,19 @@ pub struct StepRow {
     /// That area over the DRAM die's.
     #[serde(default)]
     pub pim_die_share: f64,
+    /// System preset (absent in CSV files written before issue 23).
+    #[serde(default)]
+    pub system: String,
+    /// The format the policy holds (canonical cache spec).
+    #[serde(default)]
+    pub kv: String,
+    /// The format's measured perplexity delta, a fraction (empty: not
+    /// measured).
+    #[serde(default)]
+    pub ppl_delta: Option<f64>,
+    /// Bits per cached element, all counted.
+    #[serde(default)]
+    pub kv_bits_per_element: f64,
     /// Peak PIM power of a stack, W.
     #[serde(default)]
     pub pim_peak_power_w: f64,

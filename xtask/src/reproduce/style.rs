@@ -31,6 +31,8 @@ pub(super) fn policy_color(p: &str) -> RGBColor {
         "offload" => RGBColor(230, 159, 0),
         "attacc" => RGBColor(0, 114, 178),
         "aqpim" => RGBColor(213, 94, 0),
+        "gpu-quant" => RGBColor(204, 121, 167),
+        "scalar-pim" => RGBColor(86, 180, 233),
         _ => RGBColor(0, 158, 115),
     }
 }

@@ -470,11 +470,17 @@ pub fn sanity_section(pim: &Sweep) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::super::rows::{serve_from, steps_from, ServeFields, ServeRow};
     use super::*;
 
-    fn step(policy: &str, ctx: usize, batch: usize, total: f64, spilled: usize) -> StepRow {
+    pub(in crate::reproduce) fn step(
+        policy: &str,
+        ctx: usize,
+        batch: usize,
+        total: f64,
+        spilled: usize,
+    ) -> StepRow {
         StepRow {
             model: "llama2-7b".into(),
             policy: policy.into(),
@@ -505,10 +511,19 @@ mod tests {
             pim_die_share: 0.0,
             pim_peak_power_w: 0.0,
             pim_power_budget_w: 0.0,
+            system: String::new(),
+            kv: String::new(),
+            ppl_delta: None,
+            kv_bits_per_element: 16.0,
         }
     }
 
-    fn served(policy: &str, ctx: usize, batch: usize, tokens_per_s: f64) -> ServeRow {
+    pub(in crate::reproduce) fn served(
+        policy: &str,
+        ctx: usize,
+        batch: usize,
+        tokens_per_s: f64,
+    ) -> ServeRow {
         let mut s = step(policy, ctx, batch, 1000.0 * batch as f64 / tokens_per_s, 0);
         s.tokens_per_s = tokens_per_s;
         s.link_share = 0.05;
@@ -643,7 +658,7 @@ pim_capacity_bytes,ctx_in_pim,ctx_on_gpu,ctx_spilled,prefill_ms";
     fn labels() {
         assert_eq!(ctx_label(4096), "4K");
         assert_eq!(ctx_label(1000), "1000");
-        assert_eq!(super::super::plot::log2_label(&12.0), "4K");
-        assert_eq!(super::super::plot::log2_label(&12.5), "");
+        assert_eq!(super::super::style::log2_label(&12.0), "4K");
+        assert_eq!(super::super::style::log2_label(&12.5), "");
     }
 }
