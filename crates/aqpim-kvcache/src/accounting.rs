@@ -449,12 +449,20 @@ mod tests {
     #[test]
     fn mx_counts_one_exponent_byte_per_group() {
         let shape = KvShape::new(2, 4, 64).unwrap();
-        for (spec, bits) in [("scalar:bits=4,mx=true,window=0", 4.25), ("scalar:bits=2,group=16,mx=true,window=0", 2.5)] {
+        for (spec, bits) in [
+            ("scalar:bits=4,mx=true,window=0", 4.25),
+            ("scalar:bits=2,group=16,mx=true,window=0", 2.5),
+        ] {
             let s = account(&shape, &spec.parse().unwrap(), 33).unwrap();
             assert_eq!(s.tokens_by_region.encoded, 2 * 33, "{spec}");
             assert_eq!(s.bits_per_element.total, bits, "{spec}");
         }
-        let s = account(&shape, &"scalar:bits=4,group=32,mx=true,window=0".parse().unwrap(), 5).unwrap();
+        let s = account(
+            &shape,
+            &"scalar:bits=4,group=32,mx=true,window=0".parse().unwrap(),
+            5,
+        )
+        .unwrap();
         // 2 layers x 5 tokens x 4 heads x 2 groups, keys and values.
         assert_eq!(s.bytes.metadata, 2 * 2 * 5 * 4 * 2);
     }

@@ -144,7 +144,10 @@ mod tests {
                 let s = e8m0_scale(e);
                 for (x, q) in g.iter().zip(q) {
                     let y = dequantize(q, bits, e);
-                    assert!((x - y).abs() <= 0.5 * s, "{bits} bits: {x} -> {y} (scale {s})");
+                    assert!(
+                        (x - y).abs() <= 0.5 * s,
+                        "{bits} bits: {x} -> {y} (scale {s})"
+                    );
                 }
             }
         }

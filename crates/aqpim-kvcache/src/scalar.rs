@@ -362,9 +362,9 @@ impl ScalarStore {
                         .take(s.exponents_len(reg.encoded), 1, "exponents")?
                         .to_vec();
                     if let Some(e) = exponents.iter().position(|e| *e == 255) {
-                        return Err(r.bad(format!(
-                            "exponent {e} of layer {layer} is 255, NaN in E8M0"
-                        )));
+                        return Err(
+                            r.bad(format!("exponent {e} of layer {layer} is 255, NaN in E8M0"))
+                        );
                     }
                     let recent = r.f16s(r.mul(reg.recent, d, "recent")?, "recent tokens")?;
                     let head = &mut s.layers[layer].1[h];

@@ -773,15 +773,30 @@ mod tests {
     #[test]
     fn mx_shows_only_when_set() {
         let mx: KvSpec = "scalar:bits=4,mx=true".parse().unwrap();
-        assert_eq!(mx.to_string(), "scalar:bits=4,group=32,window=128,sinks=0,mx=true");
-        let KvSpec::Scalar(s) = mx else { panic!("not scalar") };
+        assert_eq!(
+            mx.to_string(),
+            "scalar:bits=4,group=32,window=128,sinks=0,mx=true"
+        );
+        let KvSpec::Scalar(s) = mx else {
+            panic!("not scalar")
+        };
         assert_eq!((s.mx, s.token_group()), (true, 1));
         let kivi: KvSpec = "scalar:bits=4,mx=false".parse().unwrap();
-        assert_eq!(kivi.to_string(), "scalar:bits=4,group=32,window=128,sinks=0");
+        assert_eq!(
+            kivi.to_string(),
+            "scalar:bits=4,group=32,window=128,sinks=0"
+        );
         // Groups must divide the head dim, with mx as without.
-        let e = "scalar:group=24,mx=true".parse::<KvSpec>().unwrap()
-            .validate(&KvShape::new(1, 1, 64).unwrap()).unwrap_err().to_string();
-        assert!(e.contains("group = 24 does not divide head_dim = 64"), "{e}");
+        let e = "scalar:group=24,mx=true"
+            .parse::<KvSpec>()
+            .unwrap()
+            .validate(&KvShape::new(1, 1, 64).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("group = 24 does not divide head_dim = 64"),
+            "{e}"
+        );
     }
 
     #[test]

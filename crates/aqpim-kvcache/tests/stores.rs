@@ -135,14 +135,24 @@ fn mx_error_falls_as_bits_rise() {
     let (k, v) = layer_input(&shape, n, 12);
     let mut last = f64::INFINITY;
     for bits in [2, 4, 8] {
-        let spec: KvSpec = format!("scalar:bits={bits},window=0,mx=true").parse().unwrap();
+        let spec: KvSpec = format!("scalar:bits={bits},window=0,mx=true")
+            .parse()
+            .unwrap();
         let mut store = build(shape, &spec).unwrap();
         store.prefill(0, &k, &v).unwrap();
         let view = store.dense_view(0).unwrap();
         let x = f16_round(&[k.clone(), v.clone()].concat());
         let y = [view.keys, view.values].concat();
-        let mse = x.iter().zip(&y).map(|(a, b)| f64::from(a - b).powi(2)).sum::<f64>() / x.len() as f64;
-        assert!(mse < last / 4.0, "bits {bits}: MSE {mse} does not fall from {last}");
+        let mse = x
+            .iter()
+            .zip(&y)
+            .map(|(a, b)| f64::from(a - b).powi(2))
+            .sum::<f64>()
+            / x.len() as f64;
+        assert!(
+            mse < last / 4.0,
+            "bits {bits}: MSE {mse} does not fall from {last}"
+        );
         last = mse;
     }
 }
@@ -200,7 +210,9 @@ fn scalar_reserve_is_exact() {
     store.shrink_to_fit();
     assert_eq!(store.heap_bytes().capacity, heap.used);
     // MX: tokens leave one by one, the window holds exactly R tokens.
-    let spec: KvSpec = "scalar:bits=4,group=4,window=3,sinks=1,mx=true".parse().unwrap();
+    let spec: KvSpec = "scalar:bits=4,group=4,window=3,sinks=1,mx=true"
+        .parse()
+        .unwrap();
     let mut store = build(shape, &spec).unwrap();
     store.reserve(29);
     feed(store.as_mut(), 0, &k, &v, 29, 10);
