@@ -9,7 +9,12 @@
 //! the integer range without clipping: `-2^(bits-1) <= x / scale <= 2^(bits-1) - 1`
 //! for the group's most negative and most positive elements. Elements are
 //! then rounded to the nearest integer (ties away from zero) and clamped, so
-//! an element is off by at most half a step, `scale / 2`.
+//! an element is off by at most half a step, `scale / 2`. (The spec's own
+//! conversion, its section 6.3, takes `floor(log2(max |x|)) - emax_elem` and
+//! clamps the elements that then overflow; the rule here never clips, at the
+//! price of a scale up to twice as coarse for some groups. The two agree
+//! except when the largest magnitude lies between the largest code and the
+//! next power of two, in code units.)
 
 /// The E8M0 exponent that encodes NaN; never produced.
 const E8M0_NAN: u8 = 255;
