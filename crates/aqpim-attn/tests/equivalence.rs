@@ -122,6 +122,30 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(config(24, 0x0005_CA1B))]
+
+    /// MX-style groups (shared E8M0 exponent per `group` channels of a token):
+    /// the kernel's dequantization equals the store's, whatever the bits,
+    /// group, sinks, window and context.
+    #[test]
+    fn mx_attention_equals_reference_on_dequantized_cache(
+        kv_heads in 1usize..=2,
+        group_q in 1usize..=3,
+        bits in prop_oneof![Just(2u32), Just(4), Just(8)],
+        group in prop_oneof![Just(8usize), Just(16), Just(32)],
+        sinks in 0usize..=3,
+        window in 0usize..=40,
+        ctx in 1usize..=700,
+        seed in 0u64..10_000,
+    ) {
+        let shape = KvShape::with_query_heads(1, kv_heads, kv_heads * group_q, 32).unwrap();
+        let spec = format!("scalar:bits={bits},group={group},sinks={sinks},window={window},mx=true");
+        let r = check(shape, &spec, ctx, 2.min(ctx - 1), seed, 2e-5)?;
+        prop_assert_eq!(r.encoded, ctx.saturating_sub(sinks + window));
+    }
+}
+
 #[test]
 fn long_context_with_every_region() {
     // 8-bit codes, sinks and a window, GQA; several blocks of encoded tokens.
@@ -189,6 +213,7 @@ fn head_by_head_equals_whole_layer() {
         "fp16",
         "pq:dsub=2,nbits=4,sinks=2,window=16",
         "scalar:bits=2,group=16,window=16",
+        "scalar:bits=4,group=8,window=16,mx=true",
     ] {
         let shape = KvShape::with_query_heads(1, 2, 4, 16).unwrap();
         let mut cache = build(shape, &spec.parse().unwrap()).unwrap();

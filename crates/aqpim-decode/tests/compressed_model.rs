@@ -1,7 +1,8 @@
 //! The tiny random Llama decoding through compressed caches: an `fp16` store
 //! behind the adapter scores like the model's own FP16 cache, PQ caches with
 //! online or calibrated codebooks run end to end, and calibrated codebooks
-//! survive a save and load (a corrupted file is refused).
+//! survive a save and load (a corrupted file is refused), MX-style scalar
+//! caches decode with an error that grows as bits fall.
 
 mod common;
 
@@ -160,4 +161,28 @@ fn calibration_does_not_depend_on_the_thread_count() {
     assert_eq!(one.len(), 2 * LAYERS * KV_HEADS);
     assert_eq!(one, files(2));
     assert_eq!(one, files(3));
+}
+
+#[test]
+fn mx_scalar_caches_decode_the_tiny_model() {
+    let file = GgufFile::parse(tiny_model(11, true)).unwrap();
+    let model = Llama::from_gguf(&file).unwrap();
+    let tokens = random_tokens(12, 160, model.config().vocab_size);
+    let mut run = |spec: &str| {
+        let spec: KvSpec = spec.parse().unwrap();
+        ppl(&model, &tokens, &mut || {
+            Ok(Box::new(CompressedCache::new(shape(), &spec)?) as Box<dyn AttentionCache>)
+        })
+    };
+    let fp16 = run("fp16");
+    // Groups of 8 channels of one token (head_dim 16), window of 4 FP16 tokens.
+    let mx8 = run("scalar:bits=8,group=8,window=4,mx=true");
+    let mx2 = run("scalar:bits=2,group=8,window=4,mx=true");
+    for r in [&mx8, &mx2] {
+        assert!(r.nll.is_finite() && r.bits_per_element < 16.0, "{r:?}");
+        assert_eq!(r.scored_tokens, fp16.scored_tokens);
+    }
+    // 8-bit MX is close to FP16; 2 bits move the loss more than 8 bits do.
+    let (d8, d2) = ((mx8.nll - fp16.nll).abs(), (mx2.nll - fp16.nll).abs());
+    assert!(d8 < 0.02 && d8 < d2, "8 bits {d8}, 2 bits {d2}");
 }

@@ -3,7 +3,8 @@
 //! for a shape that is never allocated (`aqpim kv stats`).
 //!
 //! What is counted is every byte that holds cache data: codes, codebooks
-//! (f32, as held), FP16 tokens, and per-group scales. Fixed bookkeeping (a
+//! (f32, as held), FP16 tokens, and per-group scales (FP16 `(min, scale)`
+//! pairs, or one E8M0 exponent byte per MX group). Fixed bookkeeping (a
 //! few integers per layer and per head) is not counted; neither are the
 //! nearest-centroid search tables that `aqpim-pq` derives from each codebook
 //! in memory (they are rebuilt from the codebook and stored nowhere else).
@@ -40,7 +41,9 @@ impl Regions {
     ///   that, codebooks do not exist yet and the rest stays in FP16);
     /// - scalar: `sinks = min(ctx, S)`; of the rest, whole groups of `G`
     ///   tokens that have left the window of `R` are quantized
-    ///   (`floor((rest - R) / G) * G`), the others stay in FP16.
+    ///   (`floor((rest - R) / G) * G`), the others stay in FP16; with
+    ///   `mx=true` tokens leave one by one (`rest - R`, see
+    ///   [`crate::ScalarSpec::token_group`]).
     ///
     /// This is layer 0's split; with `flush = B > 1` layers flush at
     /// staggered points, see [`Regions::nominal_layer`].
@@ -75,7 +78,8 @@ impl Regions {
             KvSpec::Scalar(s) => {
                 let sinks = ctx.min(s.sinks);
                 let rest = ctx - sinks;
-                let encoded = rest.saturating_sub(s.window) / s.group * s.group;
+                let g = s.token_group();
+                let encoded = rest.saturating_sub(s.window) / g * g;
                 Regions {
                     sinks,
                     encoded,
@@ -101,7 +105,8 @@ pub struct ComponentBytes {
     pub sinks: u64,
     /// FP16 recent-window tokens, keys and values (dense store: all tokens).
     pub recent: u64,
-    /// Per-group minimum and scale (FP16) of the scalar store.
+    /// Per-group minimum and scale (FP16) of the scalar store, or its
+    /// per-group E8M0 exponents (one byte) with `mx=true`.
     pub metadata: u64,
     /// FP16 copies of PQ outlier tokens (`outliers=`), keys and values.
     pub outliers: u64,
@@ -132,7 +137,7 @@ pub struct BitsPerElement {
     pub codebooks: f64,
     /// FP16 sink, recent and outlier tokens.
     pub full_precision: f64,
-    /// Scales and minima.
+    /// Scales and minima (or MX exponents).
     pub metadata: f64,
 }
 
@@ -202,7 +207,9 @@ pub fn account(shape: &KvShape, spec: &KvSpec, ctx: usize) -> Result<MemoryRepor
 ///   outlier tokens (`outliers=`): `floor(e * outliers / 1000) * H * d * 2`
 ///   bytes for keys and again for values, on top of their codes;
 /// - scalar codes: `e * H * ceil(d * bits / 8)` per part; metadata (min and
-///   scale, FP16): keys `(e / G) * H * d * 4`, values `e * H * (d / G) * 4`.
+///   scale, FP16): keys `(e / G) * H * d * 4`, values `e * H * (d / G) * 4`;
+///   with `mx=true`, one E8M0 exponent byte per group instead, `e * H * (d / G)`
+///   for keys and again for values (`bits + 8 / G` bits per encoded element).
 pub fn account_regions(
     shape: &KvShape,
     spec: &KvSpec,
@@ -268,8 +275,12 @@ pub fn account_regions(
                 add(&mut b.key_codes, mul(&[e, h, row])?)?;
                 add(&mut b.value_codes, mul(&[e, h, row])?)?;
                 let g = s.group as u64;
-                add(&mut b.metadata, mul(&[e / g, h, d, 4])?)?;
-                add(&mut b.metadata, mul(&[e, h, d / g, 4])?)?;
+                if s.mx {
+                    add(&mut b.metadata, mul(&[2, e, h, d / g])?)?;
+                } else {
+                    add(&mut b.metadata, mul(&[e / g, h, d, 4])?)?;
+                    add(&mut b.metadata, mul(&[e, h, d / g, 4])?)?;
+                }
             }
         }
     }
@@ -436,6 +447,27 @@ mod tests {
     }
 
     #[test]
+    fn mx_counts_one_exponent_byte_per_group() {
+        let shape = KvShape::new(2, 4, 64).unwrap();
+        for (spec, bits) in [
+            ("scalar:bits=4,mx=true,window=0", 4.25),
+            ("scalar:bits=2,group=16,mx=true,window=0", 2.5),
+        ] {
+            let s = account(&shape, &spec.parse().unwrap(), 33).unwrap();
+            assert_eq!(s.tokens_by_region.encoded, 2 * 33, "{spec}");
+            assert_eq!(s.bits_per_element.total, bits, "{spec}");
+        }
+        let s = account(
+            &shape,
+            &"scalar:bits=4,group=32,mx=true,window=0".parse().unwrap(),
+            5,
+        )
+        .unwrap();
+        // 2 layers x 5 tokens x 4 heads x 2 groups, keys and values.
+        assert_eq!(s.bytes.metadata, 2 * 2 * 5 * 4 * 2);
+    }
+
+    #[test]
     fn nominal_regions() {
         let pq: KvSpec = "pq:sinks=4,window=8,nbits=2".parse().unwrap();
         assert_eq!(
@@ -461,6 +493,15 @@ mod tests {
                 sinks: 0,
                 encoded: 8,
                 recent: 5
+            }
+        );
+        let mx: KvSpec = "scalar:group=4,window=2,sinks=1,mx=true".parse().unwrap();
+        assert_eq!(
+            Regions::nominal(&mx, 13),
+            Regions {
+                sinks: 1,
+                encoded: 10,
+                recent: 2
             }
         );
     }

@@ -13,6 +13,7 @@
 //! |---|---|---|
 //! | `dense` / `fp16` | [`DenseStore`] | every token in FP16 (exact baseline) |
 //! | `scalar:bits=2,group=32,window=128` | [`ScalarStore`] | KIVI: keys per channel, values per token, FP16 window |
+//! | `scalar:bits=4,group=32,mx=true` | [`ScalarStore`] | MX-style: per-token channel groups with a shared E8M0 exponent ([`mx`]), FP16 window |
 //! | `pq:dsub=4,nbits=8,sinks=4,window=128` | [`PqStore`] | PQ codes, K and V codebooks, FP16 sinks and window |
 //!
 //! [`account`] gives the memory of a cache from its shape, spec and context
@@ -42,6 +43,7 @@ pub mod bench;
 mod dense;
 mod error;
 pub mod limits;
+pub mod mx;
 mod persist;
 mod pq_store;
 mod scalar;

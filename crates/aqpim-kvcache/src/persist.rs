@@ -3,7 +3,7 @@
 //! | offset | bytes | field |
 //! |---|---|---|
 //! | 0 | 8 | magic `AQPIMKV\0` |
-//! | 8 | 4 | format version, `u32` (2; 1 is still read) |
+//! | 8 | 4 | format version, `u32` (3; 1 and 2 are still read) |
 //! | 12 | 8 | file length in bytes, `u64` (trailer included) |
 //! | 20 | 4 | spec length `n`, `u32` |
 //! | 24 | n | spec, UTF-8, canonical form (`pq:dsub=4,nbits=8,...`) |
@@ -16,9 +16,12 @@
 //! body is then parsed with bounds checks on every read, so even a file with
 //! a valid checksum but inconsistent contents gives an error, not a panic.
 //!
-//! Versions: 2 stores PQ codes of `nbits <= 2` four per byte under
-//! `pack=true`; 1 stored them as nibbles, two per byte. Nothing else differs,
-//! and a version-1 file loads (its 2-bit codes are repacked).
+//! Versions: 3 adds the MX-style scalar store (`scalar:...,mx=true`), whose
+//! body holds one E8M0 exponent byte per group where KIVI holds FP16
+//! `(min, scale)` pairs; nothing else differs from 2, and a version-3 file
+//! with any other spec has the bytes version 2 had. 2 stores PQ codes of
+//! `nbits <= 2` four per byte under `pack=true`; 1 stored them as nibbles,
+//! two per byte, and a version-1 file loads (its 2-bit codes are repacked).
 
 use std::path::{Path, PathBuf};
 
@@ -32,7 +35,9 @@ use crate::spec::KvSpec;
 pub const KV_MAGIC: &[u8; 8] = b"AQPIMKV\0";
 /// The format version this crate writes (it reads this one and every
 /// version from [`KV_MIN_VERSION`]).
-pub const KV_VERSION: u32 = 2;
+pub const KV_VERSION: u32 = 3;
+/// The first format version that can hold an MX-style scalar store.
+pub(crate) const MX_VERSION: u32 = 3;
 /// The oldest format version this crate reads.
 pub const KV_MIN_VERSION: u32 = 1;
 const FIXED_HEADER: usize = 24;

@@ -1,5 +1,5 @@
 //! Cache specs: which store and its parameters, parsed from strings such as
-//! `dense`, `scalar:bits=2,group=32,window=128` or
+//! `dense`, `scalar:bits=2,group=32,window=128`, `scalar:bits=4,mx=true` or
 //! `pq:dsub=4,nbits=8,sinks=4,window=128` (shared with the CLI's `--kv`).
 
 use std::fmt;
@@ -26,16 +26,40 @@ pub enum KvSpec {
 /// over groups of `group` channels, `bits` bits per element with a per-group
 /// FP16 minimum and scale; the first `sinks` and the last `window` tokens (plus
 /// the tokens of a key group not yet complete) stay in FP16.
+///
+/// With `mx = true` the groups follow the OCP Microscaling (MX) spec v1.0
+/// instead, as Pimba (MICRO 2025) computes on them in its PIM units: keys and
+/// values alike are grouped as `group` consecutive channels of one token,
+/// each group shares one E8M0 exponent (8 bits, scale `2^(e - 127)`), and
+/// elements are `bits`-bit two's-complement integers (MXINT-style):
+/// `x = q * 2^(e - 127)`. See [`crate::mx`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ScalarSpec {
     /// Bits per quantized element: 2, 4 or 8.
     pub bits: u32,
-    /// Group size (G): tokens per key group and channels per value group.
+    /// Group size (G): tokens per key group and channels per value group
+    /// (with `mx`, channels per group for both).
     pub group: usize,
     /// Recent tokens kept in FP16 (R).
     pub window: usize,
     /// Leading tokens kept in FP16 (S).
     pub sinks: usize,
+    /// MX-style groups (`mx=true`): per-token channel groups with a shared
+    /// 8-bit exponent, signed integer elements.
+    pub mx: bool,
+}
+
+impl ScalarSpec {
+    /// Tokens that leave the FP16 window together: `G` for KIVI keys (a
+    /// channel's group spans `G` tokens), 1 with `mx` (every group lies
+    /// within one token).
+    pub fn token_group(&self) -> usize {
+        if self.mx {
+            1
+        } else {
+            self.group
+        }
+    }
 }
 
 impl Default for ScalarSpec {
@@ -45,6 +69,7 @@ impl Default for ScalarSpec {
             group: 32,
             window: 128,
             sinks: 0,
+            mx: false,
         }
     }
 }
@@ -404,7 +429,11 @@ impl fmt::Display for KvSpec {
                     f,
                     "scalar:bits={},group={},window={},sinks={}",
                     s.bits, s.group, s.window, s.sinks
-                )
+                )?;
+                if s.mx {
+                    f.write_str(",mx=true")?;
+                }
+                Ok(())
             }
             KvSpec::Pq(p) => {
                 if p.key_dsub == p.value_dsub {
@@ -492,7 +521,7 @@ impl FromStr for KvSpec {
         }
         let allowed: &[&str] = match kind {
             "dense" | "fp16" => &[],
-            "scalar" => &["bits", "group", "window", "sinks"],
+            "scalar" => &["bits", "group", "window", "sinks", "mx"],
             "pq" => &[
                 "dsub",
                 "kdsub",
@@ -550,6 +579,14 @@ impl FromStr for KvSpec {
         // Token counts (window, sinks, train_min) are bounded by the longest
         // context a cache may hold.
         const BIG: u64 = crate::limits::MAX_CTX as u64;
+        let flag = |k: &str, default: bool| match get(k) {
+            None => Ok(default),
+            Some("true" | "1" | "yes") => Ok(true),
+            Some("false" | "0" | "no") => Ok(false),
+            Some(v) => Err(err(format!(
+                "bad value `{v}` for `{k}`: expected true or false"
+            ))),
+        };
         match kind {
             "dense" | "fp16" => Ok(KvSpec::Dense),
             "scalar" => {
@@ -565,6 +602,7 @@ impl FromStr for KvSpec {
                     group: num("group", 1, 65536)?.map_or(d.group, |v| v as usize),
                     window: num("window", 0, BIG)?.map_or(d.window, |v| v as usize),
                     sinks: num("sinks", 0, BIG)?.map_or(d.sinks, |v| v as usize),
+                    mx: flag("mx", d.mx)?,
                 }))
             }
             _ => {
@@ -581,14 +619,6 @@ impl FromStr for KvSpec {
                             "bad value `{v}` for `share`: expected none, heads, layers or all"
                         )))
                     }
-                };
-                let flag = |k: &str, default: bool| match get(k) {
-                    None => Ok(default),
-                    Some("true" | "1" | "yes") => Ok(true),
-                    Some("false" | "0" | "no") => Ok(false),
-                    Some(v) => Err(err(format!(
-                        "bad value `{v}` for `{k}`: expected true or false"
-                    ))),
                 };
                 let pack = flag("pack", d.pack)?;
                 let layout = match get("layout") {
@@ -673,7 +703,8 @@ mod tests {
                 bits: 2,
                 group: 32,
                 window: 128,
-                sinks: 0
+                sinks: 0,
+                mx: false
             })
         );
         let p: KvSpec = "pq:dsub=4,nbits=8,sinks=4,window=128".parse().unwrap();
@@ -733,10 +764,39 @@ mod tests {
 
     #[test]
     fn canonical_form_round_trips() {
-        for s in ["dense", "scalar:bits=4,group=64,window=0,sinks=2", "pq:dsub=2,kbits=4,vbits=3,sinks=0,window=0,share=all,pack=true,iters=5,seed=9,flush=8,train_min=300", "pq", "pq:kdsub=2,vdsub=4,center=true,scale=true,layout=halves,whiten=full,vweight=true,outliers=5,cb16=true", "pq:dsub=2,whiten=diag"] {
+        for s in ["dense", "scalar:bits=4,group=64,window=0,sinks=2", "scalar:bits=2,mx=true", "scalar:mx=false", "pq:dsub=2,kbits=4,vbits=3,sinks=0,window=0,share=all,pack=true,iters=5,seed=9,flush=8,train_min=300", "pq", "pq:kdsub=2,vdsub=4,center=true,scale=true,layout=halves,whiten=full,vweight=true,outliers=5,cb16=true", "pq:dsub=2,whiten=diag"] {
             let spec: KvSpec = s.parse().unwrap();
             assert_eq!(spec.to_string().parse::<KvSpec>().unwrap(), spec, "{s}");
         }
+    }
+
+    #[test]
+    fn mx_shows_only_when_set() {
+        let mx: KvSpec = "scalar:bits=4,mx=true".parse().unwrap();
+        assert_eq!(
+            mx.to_string(),
+            "scalar:bits=4,group=32,window=128,sinks=0,mx=true"
+        );
+        let KvSpec::Scalar(s) = mx else {
+            panic!("not scalar")
+        };
+        assert_eq!((s.mx, s.token_group()), (true, 1));
+        let kivi: KvSpec = "scalar:bits=4,mx=false".parse().unwrap();
+        assert_eq!(
+            kivi.to_string(),
+            "scalar:bits=4,group=32,window=128,sinks=0"
+        );
+        // Groups must divide the head dim, with mx as without.
+        let e = "scalar:group=24,mx=true"
+            .parse::<KvSpec>()
+            .unwrap()
+            .validate(&KvShape::new(1, 1, 64).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("group = 24 does not divide head_dim = 64"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -750,6 +810,7 @@ mod tests {
             ("pq:dsub=4,dsub=2", "twice"),
             ("scalar:bits=3", "expected 2, 4 or 8"),
             ("scalar:group=0", "`group`"),
+            ("scalar:mx=maybe", "`mx`"),
             ("dense:window=4", "takes no parameters"),
             ("kivi:bits=2", "unknown store `kivi`"),
             ("pq:share=some", "`share`"),

@@ -13,9 +13,10 @@ use aqpim_kvcache::{account, build, from_bytes, KvShape, KvSpec};
 use common::config;
 use proptest::prelude::*;
 
-const SPECS: [&str; 4] = [
+const SPECS: [&str; 5] = [
     "dense",
     "scalar:bits=2,group=4,window=3,sinks=1",
+    "scalar:bits=4,group=4,window=3,sinks=1,mx=true",
     "pq:dsub=2,nbits=4,sinks=2,window=3,flush=3,iters=3",
     "pq:dsub=4,kbits=3,vbits=2,sinks=0,window=2,pack=false,share=heads,iters=3",
 ];

@@ -8,9 +8,11 @@ use std::path::Path;
 use aqpim_kvcache::{build, from_bytes, load, KvError, KvShape, KvSpec, KvStore};
 use common::{layer_input, tokens};
 
-const SPECS: [&str; 7] = [
+const SPECS: [&str; 9] = [
     "dense",
     "scalar:bits=2,group=4,window=3,sinks=1",
+    "scalar:bits=2,group=4,window=3,sinks=1,mx=true",
+    "scalar:bits=8,group=8,window=0,mx=true",
     "pq:dsub=2,nbits=4,sinks=2,window=3,flush=3,iters=3",
     "pq:dsub=4,kbits=3,vbits=2,sinks=0,window=2,pack=false,share=heads,iters=3",
     // 2-bit codes four per byte: M = 8 (2 bytes a row), and M = 2 / 1 with padding.
@@ -150,6 +152,38 @@ fn inconsistent_contents_with_a_valid_checksum_are_errors() {
 
     let e = load(Path::new("/nonexistent/dir/cache.kv")).unwrap_err();
     assert!(e.to_string().contains("/nonexistent/dir/cache.kv"), "{e}");
+}
+
+/// `bytes` relabelled as format version `v`, CRC resealed.
+fn as_version(mut bytes: Vec<u8>, v: u32) -> Vec<u8> {
+    bytes[8..12].copy_from_slice(&v.to_le_bytes());
+    let n = bytes.len();
+    let crc = crc32(&bytes[..n - 4]);
+    bytes[n - 4..].copy_from_slice(&crc.to_le_bytes());
+    bytes
+}
+
+#[test]
+fn version_2_scalar_files_load_and_mx_needs_version_3() {
+    assert_eq!(aqpim_kvcache::KV_VERSION, 3);
+    // Without `mx`, version 3 writes the bytes version 2 wrote.
+    for spec in ["scalar:bits=2,group=4,window=3,sinks=1", "dense"] {
+        let (store, _) = small(spec, 30);
+        let loaded = from_bytes(&as_version(store.to_bytes(), 2), Path::new("v2.kv")).unwrap();
+        assert_eq!(loaded.to_bytes(), store.to_bytes(), "{spec}");
+    }
+    let (store, _) = small("scalar:bits=4,group=4,window=3,mx=true", 30);
+    let e = from_bytes(&as_version(store.to_bytes(), 2), Path::new("v2.kv")).unwrap_err();
+    assert!(e.to_string().contains("needs format version 3"), "{e}");
+    // An exponent byte of 255 (NaN in E8M0) is corruption: the first one
+    // follows layer 0's region counts and head 0's key codes.
+    let mut bytes = store.to_bytes();
+    let spec_len = u32::from_le_bytes(bytes[20..24].try_into().unwrap()) as usize;
+    let row = 8 * 4 / 8;
+    let at = 24 + spec_len + 16 + 24 + 27 * row;
+    bytes[at] = 255;
+    let e = from_bytes(&as_version(bytes, 3), Path::new("nan.kv")).unwrap_err();
+    assert!(e.to_string().contains("NaN in E8M0"), "{e}");
 }
 
 /// CRC-32 (IEEE), bit by bit: an independent reference for the trailer.

@@ -194,7 +194,15 @@ fn print_report(r: &MemoryReport) {
             },
             b.recent,
         ),
-        ("scales and minima", b.metadata),
+        (
+            // MX-style groups hold one E8M0 exponent each, not a (min, scale) pair.
+            if matches!(r.spec.parse(), Ok(KvSpec::Scalar(s)) if s.mx) {
+                "shared exponents (E8M0)"
+            } else {
+                "scales and minima"
+            },
+            b.metadata,
+        ),
         ("total", r.total_bytes),
         ("FP16 baseline", r.fp16_bytes),
     ];
