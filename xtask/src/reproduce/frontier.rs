@@ -46,6 +46,10 @@ pub const DESIGNS: &[Design] = &[
     d("gpu-quant", "h100+gpu-quant", Some("scalar:bits=2")),
     d("scalar-pim", "h100+scalar-pim", Some("scalar:bits=4")),
     d("scalar-pim", "h100+scalar-pim", Some("scalar:bits=2")),
+    d("gpu-quant", "h100+gpu-quant", Some("scalar:bits=4,mx=true")),
+    d("gpu-quant", "h100+gpu-quant", Some("scalar:bits=2,mx=true")),
+    d("scalar-pim", "h100+scalar-pim", Some("scalar:bits=4,mx=true")),
+    d("scalar-pim", "h100+scalar-pim", Some("scalar:bits=2,mx=true")),
     d(
         "aqpim",
         "h100+aqpim",
