@@ -168,8 +168,8 @@ fn random_instr(r: &mut ChaCha8Rng) -> Instr {
             buf: r.gen_range(0..2048),
             reg: r.gen_range(0..2048),
             bits: [2, 4, 8][r.gen_range(0..3)],
-            group: r.gen_range(1..=64),
-            pslot: r.gen(),
+            group: r.gen_range(1..=128),
+            pslot: r.gen_range(0..128),
             reduce: r.gen(),
             mx: r.gen(),
         },
@@ -470,7 +470,7 @@ fn assembly_examples() {
 fn qmac_fields_pack_into_one_word() {
     // Every QMAC field at its largest, and at its smallest: the word holds
     // them all (bits as log2(bits / 2), group less one).
-    let text = "QMAC ch=1 col=255 buf=2047 reg=2047 bits=8 group=64 pslot=255 reduce mx\n\
+    let text = "QMAC ch=1 col=255 buf=2047 reg=2047 bits=8 group=128 pslot=127 reduce mx\n\
                 QMAC ch=0 col=0 buf=0 reg=0 bits=2 group=1 pslot=0\n\
                 LDP ch=3 col=31 slot=7\n";
     let p = Program::assemble(text).unwrap();
@@ -495,8 +495,12 @@ fn qmac_fields_pack_into_one_word() {
             "exceeds",
         ),
         (
-            "QMAC ch=0 col=0 buf=0 reg=0 bits=4 group=65 pslot=0",
+            "QMAC ch=0 col=0 buf=0 reg=0 bits=4 group=129 pslot=0",
             "group",
+        ),
+        (
+            "QMAC ch=0 col=0 buf=0 reg=0 bits=4 group=1 pslot=128",
+            "pslot",
         ),
     ] {
         let e = Program::assemble(bad).unwrap_err().to_string();

@@ -370,9 +370,9 @@ pub enum Instr {
         reg: u16,
         /// Bits per code: 2, 4 or 8.
         bits: u8,
-        /// Codes per parameter (1..=64).
+        /// Codes per parameter (1..=128).
         group: u8,
-        /// Latch parameter of the first group.
+        /// Latch parameter of the first group (7 bits).
         pslot: u8,
         /// Dot product into one register (else one register per code).
         reduce: bool,

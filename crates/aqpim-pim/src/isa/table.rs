@@ -516,7 +516,7 @@ instruction_table! {
     Ldp = 0x18 "LDP" Some(Command::Ldp); {
         ch: CH, col: COL_HI, slot: uint("slot", 32, 8),
     }
-    // QMAC: col 47..40, buf 39..29, reg 28..18, pslot 17..10, group-1 9..4,
+    // QMAC: col 47..40, buf 39..29, reg 28..18, pslot 17..11, group-1 10..4,
     // bits 3..2 (log2(bits / 2)), reduce 1, mx 0.
     QMac = 0x19 "QMAC" Some(Command::QMac); {
         ch: CH,
@@ -524,8 +524,8 @@ instruction_table! {
         buf: uint("buf", 29, 11).strided(Space::Buf),
         reg: uint("reg", 18, 11).strided(Space::Reg),
         bits: Field::new("bits", Kind::Pow2, 2, 2).range(2, 8),
-        group: uint("group", 4, 6).range(1, 64).bias(1),
-        pslot: uint("pslot", 10, 8),
+        group: uint("group", 4, 7).range(1, 128).bias(1),
+        pslot: uint("pslot", 11, 7),
         reduce: flag("reduce", 1),
         mx: flag("mx", 0),
     }
