@@ -120,10 +120,16 @@ commands! {
     Rdd = "RDD", Channel;
     /// Store code registers into a column of one bank's open row.
     Stc = "STC", Bank;
+    /// Load a column of the open row of every bank into its dequantizer's
+    /// parameter latch.
+    Ldp = "LDP", Channel;
+    /// All-bank dequantize-and-multiply-accumulate of a column of scalar
+    /// codes.
+    QMac = "QMAC", Channel;
 }
 
 /// Number of commands.
-pub const NUM_COMMANDS: usize = 20;
+pub const NUM_COMMANDS: usize = 22;
 
 impl Command {
     /// Dense id, `0..NUM_COMMANDS`.
@@ -142,7 +148,13 @@ impl Command {
     pub fn is_pim_column(self) -> bool {
         matches!(
             self,
-            Command::Mac | Command::LutAcc | Command::HistAcc | Command::ArgMin | Command::BinMac
+            Command::Mac
+                | Command::LutAcc
+                | Command::HistAcc
+                | Command::ArgMin
+                | Command::BinMac
+                | Command::Ldp
+                | Command::QMac
         )
     }
 }

@@ -45,7 +45,9 @@ impl Device {
             .map_or(0.0, |u| u.energy_pj);
         let buffer_bytes = match cmd {
             Command::Mac => o.column_bytes as u64,
-            Command::LutAcc | Command::ArgMin => 2 * work,
+            // QMAC: a `reduce` reads one buffer element per code (a `bcast`
+            // one in all; the bound is what the power limit must allow).
+            Command::LutAcc | Command::ArgMin | Command::QMac => 2 * work,
             Command::HistAcc => 2,
             _ => 0,
         };
@@ -58,26 +60,28 @@ impl Device {
     }
 
     /// The most work one column gives a bank on `kind`'s unit: 4-bit codes
-    /// for LUTACC and HISTACC, 256 centroids of a whole column's `lanes`
+    /// for LUTACC and HISTACC, 2-bit codes for QMAC, 256 centroids of a whole column's `lanes`
     /// elements for ARGMIN (its largest `dsub`).
     pub fn widest_work(&self, kind: UnitKind) -> u64 {
         let cb = self.org.column_bytes as u64;
         match kind {
             UnitKind::Lookup | UnitKind::Histogram => column_work(kind.command(), cb, 4, 0),
             UnitKind::Argmin => argmin_centroids(8) * self.pim.lanes as u64,
+            UnitKind::Dqmac => column_work(Command::QMac, cb, 2, 0),
             _ => column_work(kind.command(), cb, 16, 0),
         }
     }
 
     /// The work of a typical column per unit kind, for the power report:
     /// 8-bit codes for LUTACC, 4-bit for HISTACC (the shipped format's
-    /// keys and values), 256 centroids of 2 elements for ARGMIN.
+    /// keys and values) and QMAC, 256 centroids of 2 elements for ARGMIN.
     fn typical_work(&self, kind: UnitKind) -> u64 {
         let cb = self.org.column_bytes as u64;
         match kind {
             UnitKind::Lookup => column_work(Command::LutAcc, cb, 8, 0),
             UnitKind::Histogram => column_work(Command::HistAcc, cb, 4, 0),
             UnitKind::Argmin => argmin_centroids(8) * 2,
+            UnitKind::Dqmac => column_work(Command::QMac, cb, 4, 0),
             _ => column_work(kind.command(), cb, 16, 0),
         }
     }
@@ -103,7 +107,10 @@ impl Device {
         let buffer_mm2 = buffers as f64 * kib(u.spec.buffer.bytes) * u.spec.buffer.area_mm2_per_kib
             + banks_per_die as f64
                 * kib(u.spec.registers.bytes)
-                * u.spec.registers.area_mm2_per_kib;
+                * u.spec.registers.area_mm2_per_kib
+            + u.spec.latch.as_ref().map_or(0.0, |l| {
+                banks_per_die as f64 * kib(l.bytes) * l.area_mm2_per_kib
+            });
         let total_mm2 = logic_mm2 + buffer_mm2;
         let die_mm2 = u.die.dram_die_area_mm2;
         AreaReport {

@@ -14,6 +14,10 @@ use crate::limits::{
 use crate::spec::{DeviceSpec, EnergySpec, TimingValue};
 use crate::units::{interval_too_long, UnitKind, Units, MAX_INTERVAL};
 
+/// Largest parameter latch accepted, bytes: 256 columns of 32 B, what LDP's
+/// 8-bit `slot` addresses on the shipped organisation.
+pub const MAX_LATCH_BYTES: usize = 8192;
+
 /// Runtime organisation: counts per level and derived sizes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Organisation {
@@ -97,6 +101,9 @@ pub struct PimParams {
     pub sfm_elements_per_cycle: u32,
     /// Softmax pipeline latency in cycles.
     pub sfm_latency: u32,
+    /// Bytes of the dequantizer's parameter latch per bank (`[units.latch]
+    /// bytes`, whole columns); 0 without one.
+    pub latch_bytes: usize,
 }
 
 impl PimParams {
@@ -387,6 +394,17 @@ impl DeviceSpec {
                 "must be a multiple of 4 in 4..=262144 (1 to 65536 FP32 registers)",
             ));
         }
+        let latch_bytes = self.units.latch.as_ref().map_or(0, |l| l.bytes as usize);
+        if self.units.latch.is_some()
+            && (latch_bytes == 0
+                || !latch_bytes.is_multiple_of(org.column_bytes)
+                || latch_bytes > MAX_LATCH_BYTES)
+        {
+            return Err(spec_err(
+                "units.latch.bytes",
+                format!("must be whole columns, at most {MAX_LATCH_BYTES} (LDP's 8-bit slot)"),
+            ));
+        }
         if p.buffer_die_bytes < 4
             || !p.buffer_die_bytes.is_multiple_of(4)
             || p.buffer_die_bytes > 262144
@@ -410,6 +428,7 @@ impl DeviceSpec {
             mv_bytes_per_cycle: p.mv_bytes_per_cycle,
             sfm_elements_per_cycle: self.units.softmax.ops_per_cycle,
             sfm_latency: p.sfm_latency,
+            latch_bytes,
         };
 
         let e = &self.energy;

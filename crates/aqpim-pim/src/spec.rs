@@ -30,6 +30,10 @@ pub const PRESETS: &[(&str, &str)] = &[
         "hbm3-jedec-6.4",
         include_str!("../presets/hbm3-jedec-6.4.toml"),
     ),
+    (
+        "hbm3-pimba-5.2",
+        include_str!("../presets/hbm3-pimba-5.2.toml"),
+    ),
 ];
 
 /// How many `extends` links a device file may follow.
@@ -269,7 +273,7 @@ impl DeviceSpec {
         Self::from_toml_str(&text)
     }
 
-    /// A named preset (`hbm3-attacc-5.2`, `hbm3-jedec-6.4`).
+    /// A named preset (`hbm3-attacc-5.2`, `hbm3-jedec-6.4`, `hbm3-pimba-5.2`, ...).
     pub fn preset(name: &str) -> Result<Self> {
         match PRESETS.iter().find(|(n, _)| *n == name) {
             Some((_, text)) => Self::from_toml_str(text),

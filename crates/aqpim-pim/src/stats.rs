@@ -15,7 +15,7 @@ pub(crate) struct Counters {
     pub(crate) bank_column_accesses: u64,
     pub(crate) lane_ops: u64,
     /// Lane operations per unit kind ([`crate::UnitKind`] order).
-    pub(crate) unit_ops: [u64; 5],
+    pub(crate) unit_ops: [u64; 6],
     pub(crate) bytes_external: u64,
     pub(crate) bytes_buffer: u64,
     pub(crate) bytes_buffer_die: u64,

@@ -95,6 +95,16 @@ pub struct UnitsSpec {
     /// square, accumulate) and a running minimum.
     #[serde(default)]
     pub argmin: Option<UnitSpec>,
+    /// Dequantize and multiply-accumulate (QMAC, with LDP filling its
+    /// parameter latch): lanes of scalar codes dequantized with their
+    /// group's parameters and multiplied into FP32 registers; Pimba's
+    /// State-update Processing Unit, shared by two banks.
+    #[serde(default)]
+    pub dqmac: Option<UnitSpec>,
+    /// Per-bank parameter latch of the dequantizer (QMAC's `pslot`, LDP's
+    /// `slot`): a few columns of group parameters. Required with `dqmac`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latch: Option<MemorySpec>,
     /// Per-bank buffer (FP16 elements: the query, lookup tables, softmax
     /// weights, codebooks being streamed).
     pub buffer: MemorySpec,
@@ -138,16 +148,19 @@ pub enum UnitKind {
     Binmac,
     /// Nearest centroid.
     Argmin,
+    /// Dequantize and multiply-accumulate scalar codes (Pimba's SPU).
+    Dqmac,
 }
 
 impl UnitKind {
     /// Every per-bank compute unit kind, in order.
-    pub const ALL: [UnitKind; 5] = [
+    pub const ALL: [UnitKind; 6] = [
         UnitKind::Mac,
         UnitKind::Lookup,
         UnitKind::Histogram,
         UnitKind::Binmac,
         UnitKind::Argmin,
+        UnitKind::Dqmac,
     ];
 
     /// The unit an all-bank column command runs on.
@@ -158,6 +171,8 @@ impl UnitKind {
             Command::HistAcc => Some(UnitKind::Histogram),
             Command::BinMac => Some(UnitKind::Binmac),
             Command::ArgMin => Some(UnitKind::Argmin),
+            // LDP fills the dequantizer's latch: it needs the unit too.
+            Command::QMac | Command::Ldp => Some(UnitKind::Dqmac),
             _ => None,
         }
     }
@@ -170,6 +185,7 @@ impl UnitKind {
             UnitKind::Histogram => "histogram",
             UnitKind::Binmac => "binmac",
             UnitKind::Argmin => "argmin",
+            UnitKind::Dqmac => "dqmac",
         }
     }
 
@@ -181,6 +197,7 @@ impl UnitKind {
             UnitKind::Histogram => Command::HistAcc,
             UnitKind::Binmac => Command::BinMac,
             UnitKind::Argmin => Command::ArgMin,
+            UnitKind::Dqmac => Command::QMac,
         }
     }
 }
@@ -211,7 +228,7 @@ impl Unit {
 pub struct Units {
     /// Per-bank compute units, indexed by [`UnitKind`] order; `None` where
     /// the device has none.
-    pub compute: [Option<Unit>; 5],
+    pub compute: [Option<Unit>; 6],
     /// The spec, for reports.
     pub spec: UnitsSpec,
     /// The dies.
@@ -304,8 +321,9 @@ impl UnitsSpec {
             &self.histogram,
             &self.binmac,
             &self.argmin,
+            &self.dqmac,
         ];
-        let mut compute: [Option<Unit>; 5] = Default::default();
+        let mut compute: [Option<Unit>; 6] = Default::default();
         for (i, s) in specs.iter().enumerate() {
             if let Some(u) = s {
                 compute[i] = Some(unit(
@@ -317,6 +335,24 @@ impl UnitsSpec {
         }
         memory("units.buffer", &self.buffer)?;
         memory("units.registers", &self.registers)?;
+        match (&self.dqmac, &self.latch) {
+            (Some(_), None) => {
+                return Err(err(
+                    "units.latch",
+                    "a dqmac unit needs its parameter latch: declare [units.latch]",
+                ))
+            }
+            (_, Some(latch)) => {
+                memory("units.latch", latch)?;
+                if latch.banks_per_unit != 1 {
+                    return Err(err(
+                        "units.latch.banks_per_unit",
+                        "the latch holds each bank's own group parameters: leave it at 1",
+                    ));
+                }
+            }
+            (None, None) => {}
+        }
         let share = self.buffer.banks_per_unit;
         if share == 0 || share > banks_per_channel || !banks_per_channel.is_multiple_of(share) {
             return Err(err(
@@ -409,13 +445,14 @@ pub struct PowerReport {
 }
 
 /// The work one bank does for one all-bank column command of `cmd` with
-/// `bits`-bit codes (LUTACC, HISTACC) or `dsub x 2^nbits` terms (ARGMIN, via
+/// `bits`-bit codes (LUTACC, HISTACC, QMAC; LDP does none) or `dsub x 2^nbits` terms (ARGMIN, via
 /// `terms`).
 pub fn column_work(cmd: Command, column_bytes: u64, bits: u32, terms: u64) -> u64 {
     match cmd {
         Command::Mac | Command::BinMac => column_bytes / 2,
         Command::LutAcc | Command::HistAcc => column_bytes * 8 / u64::from(bits.max(1)),
         Command::ArgMin => terms,
+        Command::QMac => column_bytes * 8 / u64::from(bits.max(1)),
         _ => 0,
     }
 }

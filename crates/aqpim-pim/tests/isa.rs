@@ -39,7 +39,7 @@ fn bits(r: &mut ChaCha8Rng) -> CodeBits {
 /// A random instruction whose fields fit their encodings (not necessarily a device).
 fn random_instr(r: &mut ChaCha8Rng) -> Instr {
     let ch = r.gen();
-    match r.gen_range(0..20) {
+    match r.gen_range(0..22) {
         0 => Instr::Act {
             ch,
             bank: bank(r),
@@ -157,6 +157,22 @@ fn random_instr(r: &mut ChaCha8Rng) -> Instr {
             reg: r.gen(),
             bits: bits(r),
         },
+        19 => Instr::Ldp {
+            ch,
+            col: r.gen(),
+            slot: r.gen(),
+        },
+        20 => Instr::QMac {
+            ch,
+            col: r.gen(),
+            buf: r.gen_range(0..2048),
+            reg: r.gen_range(0..2048),
+            bits: [2, 4, 8][r.gen_range(0..3)],
+            group: r.gen_range(1..=128),
+            pslot: r.gen_range(0..128),
+            reduce: r.gen(),
+            mx: r.gen(),
+        },
         _ => Instr::Barrier,
     }
 }
@@ -260,6 +276,8 @@ const TOKENS: &[&str] = &[
     "RED",
     "RDD",
     "STC",
+    "LDP",
+    "QMAC",
     "BARRIER",
     "LOOP",
     "ENDLOOP",
@@ -445,5 +463,47 @@ fn assembly_examples() {
     ] {
         let e = Program::assemble(text).unwrap_err().to_string();
         assert!(e.contains(needle), "`{text}`: error `{e}` lacks `{needle}`");
+    }
+}
+
+#[test]
+fn qmac_fields_pack_into_one_word() {
+    // Every QMAC field at its largest, and at its smallest: the word holds
+    // them all (bits as log2(bits / 2), group less one).
+    let text = "QMAC ch=1 col=255 buf=2047 reg=2047 bits=8 group=128 pslot=127 reduce mx\n\
+                QMAC ch=0 col=0 buf=0 reg=0 bits=2 group=1 pslot=0\n\
+                LDP ch=3 col=31 slot=7\n";
+    let p = Program::assemble(text).unwrap();
+    let w = p.encode();
+    // bits=8 is stored as 2 (0b10 at bits 3..2): the only clear bit.
+    assert_eq!(w[0], 0x1901_ffff_ffff_fffb);
+    assert_eq!(w[1], 0x1900_0000_0000_0000);
+    assert_eq!(w[2], 0x1803_1f07_0000_0000);
+    assert_eq!(Program::decode(&w).unwrap(), p);
+    assert_eq!(Program::assemble(&p.disassemble()).unwrap(), p);
+    for (bad, why) in [
+        (
+            "QMAC ch=0 col=0 buf=0 reg=0 bits=3 group=1 pslot=0",
+            "power of two",
+        ),
+        (
+            "QMAC ch=0 col=0 buf=0 reg=0 bits=16 group=1 pslot=0",
+            "exceeds",
+        ),
+        (
+            "QMAC ch=0 col=0 buf=2048 reg=0 bits=4 group=1 pslot=0",
+            "exceeds",
+        ),
+        (
+            "QMAC ch=0 col=0 buf=0 reg=0 bits=4 group=129 pslot=0",
+            "group",
+        ),
+        (
+            "QMAC ch=0 col=0 buf=0 reg=0 bits=4 group=1 pslot=128",
+            "pslot",
+        ),
+    ] {
+        let e = Program::assemble(bad).unwrap_err().to_string();
+        assert!(e.contains(why), "{bad}: {e}");
     }
 }

@@ -11,11 +11,13 @@ use half::f16;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-/// Whether the device has every PIM unit these programs use, one per bank,
+/// Whether the device has every PIM unit these programs use (QMAC's aside,
+/// tested in `scalar_ops.rs`), one per bank,
 /// and the registers their bins address (the timings below assume it).
 fn has_every_unit(d: &Device) -> bool {
     aqpim_pim::UnitKind::ALL
         .iter()
+        .filter(|&&k| k != aqpim_pim::UnitKind::Dqmac)
         .all(|&k| d.units.get(k).is_some_and(|u| u.banks_per_unit == 1))
         && d.pim.registers >= 8448
 }

@@ -55,10 +55,31 @@ fn attacc_figures_resolve_to_the_brief() {
 fn each_design_carries_only_its_units() {
     let a = Device::preset("hbm3-attacc-5.2").unwrap();
     let q = Device::preset("hbm3-aqpim-5.2").unwrap();
+    let s = Device::preset("hbm3-pimba-5.2").unwrap();
     for k in UnitKind::ALL {
         assert_eq!(a.units.get(k).is_some(), k == UnitKind::Mac, "attacc {k:?}");
-        assert!(q.units.get(k).is_some(), "aqpim {k:?}");
+        assert_eq!(
+            q.units.get(k).is_some(),
+            k != UnitKind::Dqmac,
+            "aqpim {k:?}"
+        );
+        assert_eq!(
+            s.units.get(k).is_some(),
+            matches!(k, UnitKind::Mac | UnitKind::Dqmac),
+            "pimba {k:?}"
+        );
     }
+    // Pimba's device is AttAcc's with the dequantize-and-MAC unit (one per
+    // two banks) and its latch added: a 4-bit column issues at nCCDAB, a
+    // 2-bit one in twice that.
+    assert_eq!((&a.org, &a.params, &a.rules), (&s.org, &s.params, &s.rules));
+    assert_eq!(s.units.get(UnitKind::Dqmac).unwrap().banks_per_unit, 2);
+    assert_eq!(s.pim_interval(aqpim_pim::Command::QMac, 64), 4);
+    assert_eq!(s.pim_interval(aqpim_pim::Command::QMac, 128), 8);
+    assert_eq!(s.pim_interval(aqpim_pim::Command::Ldp, 0), 4);
+    assert_eq!(s.pim.latch_bytes, 256);
+    let extra = 64.0 * 0.094 + 128.0 * 0.25 * 0.0263;
+    assert!((s.area().total_mm2 - a.area().total_mm2 - extra).abs() < 1e-9);
     // AQPIM's device is AttAcc's with units added: the same organisation,
     // timing and rules, declared once (`extends`).
     assert_eq!((&a.org, &a.params, &a.rules), (&q.org, &q.params, &q.rules));
@@ -87,7 +108,7 @@ fn each_design_carries_only_its_units() {
 }
 
 /// Words that name a source in a preset's comment or `source` field.
-const CITED: [&str; 10] = [
+const CITED: [&str; 11] = [
     "estimate",
     "AttAcc",
     "Horowitz",
@@ -98,6 +119,7 @@ const CITED: [&str; 10] = [
     "HBM3",
     "as hbm3-",
     "brief",
+    "Pimba",
 ];
 
 #[test]
@@ -112,12 +134,16 @@ fn every_unit_figure_carries_a_source_or_says_estimate() {
             ("die area", &d.die.dram_die_source),
             ("power budget", &d.die.power_source),
         ];
+        if let Some(l) = &u.latch {
+            sources.push(("latch", &l.source));
+        }
         for (k, unit) in [
             ("mac", &u.mac),
             ("lookup", &u.lookup),
             ("histogram", &u.histogram),
             ("binmac", &u.binmac),
             ("argmin", &u.argmin),
+            ("dqmac", &u.dqmac),
         ] {
             if let Some(unit) = unit {
                 sources.push((k, &unit.source));

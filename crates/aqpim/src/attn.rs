@@ -173,6 +173,7 @@ fn sim(a: &SimArgs) -> Result<SimReport> {
     let default_device = match kind {
         PimKind::Fp16 => "hbm3-attacc-5.2",
         PimKind::Pq { .. } => "hbm3-aqpim-5.2",
+        PimKind::Scalar(_) => "hbm3-pimba-5.2",
     };
     let device =
         crate::args::device_spec(a.device.as_deref().unwrap_or(default_device))?.resolve()?;
@@ -215,6 +216,7 @@ fn sim(a: &SimArgs) -> Result<SimReport> {
         kind: match kind {
             PimKind::Fp16 => "fp16",
             PimKind::Pq { .. } => "pq",
+            PimKind::Scalar(_) => "scalar",
         },
         layers,
         kv_heads,

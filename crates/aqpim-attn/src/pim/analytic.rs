@@ -8,7 +8,9 @@
 //! - a row of `k` all-bank column ops (LUTACC, HISTACC, MAC, BINMAC) costs
 //!   `max(max(nRCDRD + (k - 1) I + nRTP, nRAS) + nRP, nRC)`, `I` the op's
 //!   interval in force (`Device::pim_interval`: nCCDAB, its unit's lanes or
-//!   ports, the power limit);
+//!   ports, the power limit); a scalar row's `LDP`s and `QMAC`s each hold
+//!   the next back by their own interval, so `(k - 1) I` becomes `l I_LDP +
+//!   (q - 1) I_QMAC`;
 //! - `k` buffer writes (WRGB) cost `k nCCDS`;
 //! - a channel-occupying op (MVD, MVB, SFM, CLR, RED, RDD) costs its
 //!   occupancy plus one issue cycle; the first one after column ops also
@@ -27,6 +29,7 @@ use aqpim_pim::{column_work, Command, Device};
 
 use super::layout::{Geom, Part};
 use super::placement::plan;
+use super::scalar::{self, ScalarPart};
 use super::{LayerJob, PimCost};
 use crate::error::Result;
 
@@ -63,7 +66,12 @@ impl Params {
         if k == 0 {
             return self.rc;
         }
-        ((self.rcd + (k - 1) * interval + self.rtp).max(self.ras) + self.rp).max(self.rc)
+        self.row_span((k - 1) * interval)
+    }
+
+    /// One row whose column ops issue over `gaps` cycles, first to last.
+    fn row_span(&self, gaps: u64) -> u64 {
+        ((self.rcd + gaps + self.rtp).max(self.ras) + self.rp).max(self.rc)
     }
 }
 
@@ -150,6 +158,30 @@ pub(crate) fn slice_cycles(device: &Device, g: &Geom) -> u64 {
         }
     };
     let mac = interval(device, Command::Mac, 16);
+    if let Some(sc) = g.sc {
+        // Per row, its LDPs then QMACs (interleaved by latch windows; each
+        // op holds the next back by its own interval, the last one's aside).
+        let ldp = device.pim_interval(Command::Ldp, 0);
+        let part_rows = |part: &ScalarPart| {
+            let qmac = interval(
+                device,
+                Command::QMac,
+                (device.org.column_bytes * 8 / part.n) as u32,
+            );
+            let per_row = scalar::row_counts(device, part, g.n_b);
+            row_phase(
+                per_row
+                    .iter()
+                    .map(|&(l, q)| p.row_span(l * ldp + q.saturating_sub(1) * qmac))
+                    .sum(),
+            )
+        };
+        let mut c = busy((d / lanes) * p.ccds + clr(g.n_b as u64));
+        c += part_rows(&sc.k);
+        c += busy(softmax(device, &p, g) + clr(d));
+        c += part_rows(&sc.v);
+        return c + busy(reduce(device, &p, g));
+    }
     match (g.k.pq, g.v.pq) {
         (Some(kq), Some(q)) => {
             let lut = interval(device, Command::LutAcc, kq.bits.bits());

@@ -20,6 +20,7 @@
 use aqpim_pim::{CodeBits, Device};
 
 use crate::error::{AttnError, Result};
+use crate::pim::scalar::{self, ScalarGeom};
 use crate::pim::{PimKind, PqCodes};
 
 /// How one part (keys or values) of a slice lies in a bank.
@@ -62,6 +63,8 @@ pub(crate) struct Geom {
     pub k: Part,
     /// The values.
     pub v: Part,
+    /// Scalar-code geometry, when the slice holds scalar codes.
+    pub sc: Option<ScalarGeom>,
 }
 
 /// The PQ part of a slice's geometry (keys or values).
@@ -201,6 +204,7 @@ impl Geom {
         if n == 0 {
             return Err(unfit("a slice needs at least one token"));
         }
+        let mut sc = None;
         let (mut k, mut v) = match kind {
             PimKind::Fp16 => {
                 if d == 0 || !(2 * d).is_multiple_of(cw) {
@@ -216,15 +220,26 @@ impl Geom {
                 let (vt, vq) = pq_part(device, d, value)?;
                 (part(device, kt, Some(kq))?, part(device, vt, Some(vq))?)
             }
+            PimKind::Scalar(c) => {
+                let (k, v, s) = scalar::geom(device, d, c)?;
+                sc = Some(s);
+                (k, v)
+            }
         };
         // Whole columns per bank for both parts: a column's every slot is a
         // real slot (its weight comes from the buffer die, zero for padding).
-        // Tokens per column are powers of two, so the larger is a multiple.
-        let tpc = k.tpc.max(v.tpc);
+        // Tokens per column are powers of two, so the larger is a multiple;
+        // scalar slices hold whole blocks of KIVI keys.
+        let tpc = k.tpc.max(v.tpc).max(sc.map_or(1, |s| s.slot_multiple()));
         let n_b = n.div_ceil(banks).div_ceil(tpc) * tpc;
         let row_bytes = org.columns * cw;
         k.rows = (n_b * k.tb).div_ceil(row_bytes);
         v.rows = (n_b * v.tb).div_ceil(row_bytes);
+        if let Some(s) = sc {
+            // Codes and their parameters share rows.
+            k.rows = s.k.rows(n_b);
+            v.rows = s.v.rows(n_b);
+        }
         let g = Geom {
             n,
             n_b,
@@ -233,6 +248,7 @@ impl Geom {
             columns: org.columns,
             k,
             v,
+            sc,
         };
         g.check(device)?;
         Ok(g)

@@ -33,6 +33,8 @@ mod layer_run;
 mod layout;
 mod placement;
 mod program;
+mod scalar;
+mod scalar_run;
 mod timing;
 
 use aqpim_pim::Stats;
@@ -45,6 +47,7 @@ pub use functional::{fp16_head_on_pim, pq_head_on_pim, quantize_on_pim, Quantize
 pub use layer_run::{run_layer, CacheData, LayerRun, NewCodes, NewTokens};
 pub use placement::{layer_footprint, layer_rows_per_bank, quantize_block, Footprint};
 pub use program::Phase;
+pub use scalar_run::{kivi_head_on_pim, scalar_head_on_pim, ScalarHead};
 pub use timing::{
     lower_layer, simulate_layer, simulate_layer_breakdown, simulate_layer_mode, LayerBreakdown,
     LayerProgram, PhaseCost,
@@ -63,6 +66,36 @@ pub enum PimKind {
         /// The value codes.
         value: PqCodes,
     },
+    /// Scalar codes of keys and values with their group parameters,
+    /// attended by dequantize-and-MAC units (a Pimba-style design: `QMAC`,
+    /// `LDP`). New tokens are quantized by the GPU, which writes their codes:
+    /// a job's `quantize` is ignored for this kind.
+    Scalar(ScalarCodes),
+}
+
+/// A scalar code format in the banks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub struct ScalarCodes {
+    /// Bits per element: 2, 4 or 8.
+    pub bits: u32,
+    /// Elements per group sharing its parameters.
+    pub group: usize,
+    /// How a group's parameters scale its codes.
+    pub scale: ScalarScale,
+}
+
+/// How a group's parameters scale its codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScalarScale {
+    /// KIVI (the project's `scalar:` store): FP16 minimum and scale per group,
+    /// x = min + q * scale, q unsigned; keys grouped over `group` tokens of
+    /// one channel, values over `group` channels of one token.
+    MinScale,
+    /// MX-style: one 8-bit shared exponent per group of `group` channels of
+    /// one token, for keys and values; x = q * 2^(e - 127) with q a signed
+    /// two's-complement `bits`-bit integer.
+    SharedExp,
 }
 
 impl PimKind {

@@ -145,9 +145,9 @@ fn check_job(job: &LayerJob) -> Result<()> {
             "{caches} caches are not whole sequences of {kv_heads} KV heads"
         )));
     }
-    if !matches!(job.kind, PimKind::Pq { .. }) && job.fp_tokens > 0 {
+    if job.kind == PimKind::Fp16 && job.fp_tokens > 0 {
         return Err(AttnError::Placement(
-            "FP16 sink/window tokens only go beside PQ codes".into(),
+            "FP16 sink/window tokens only go beside PQ or scalar codes".into(),
         ));
     }
     if job.ctx == 0 && job.fp_tokens == 0 {
@@ -430,6 +430,8 @@ pub fn layer_footprint(device: &Device, job: &LayerJob) -> Result<Footprint> {
             per_query += 2 * d;
         }
     } else {
+        // FP16 and scalar slices (and a scalar cache's window slice) all
+        // read the FP16 query, broadcast once.
         per_query += 2 * d;
     }
     let slices = plan.slices.len() as u64;

@@ -26,13 +26,15 @@ pub enum Phase {
     /// (AttAcc) into every bank's buffer.
     #[default]
     Broadcast,
-    /// Scores in the banks: `LUTACC` over key codes (PQ) or `MAC reduce`
-    /// over FP16 keys, with the row activations and register clears.
+    /// Scores in the banks: `LUTACC` over key codes (PQ), `MAC reduce`
+    /// over FP16 keys or `QMAC` (with `LDP`) over scalar key codes, with the
+    /// row activations and register clears.
     Scoring,
     /// Scores to the buffer die, `SFM`, statistics to the host, weights
     /// back to the banks' buffers.
     Softmax,
-    /// AttAcc's weighted sum of FP16 values (`MAC bcast`).
+    /// The weighted sum of values: AttAcc's `MAC bcast` over FP16 values,
+    /// or `QMAC bcast` over scalar value codes.
     Values,
     /// Per-centroid weight histograms over value codes (`HISTACC`).
     Histogram,
@@ -183,7 +185,14 @@ fn strides(col: i16, buf: i16, reg: i16, data: i16) -> Strides {
 
 /// Streams `words` 32-byte column writes of host data from `data` into every
 /// bank's buffer from element 0.
-fn write_buffer(out: &mut Out, ch: u8, elements: usize, lanes: usize, cw: usize, data: u32) {
+pub(crate) fn write_buffer(
+    out: &mut Out,
+    ch: u8,
+    elements: usize,
+    lanes: usize,
+    cw: usize,
+    data: u32,
+) {
     looped(
         out,
         elements / lanes,
@@ -219,7 +228,7 @@ fn rows_of(
 /// Scores in every bank's registers `0..n_b` -> softmax over the slice on
 /// the buffer die (statistics to the host) -> weights in every bank's
 /// buffer `0..n_b` (padding slots zero).
-fn softmax(out: &mut Out, g: &Geom, ch: u8) {
+pub(crate) fn softmax(out: &mut Out, g: &Geom, ch: u8) {
     let n = g.n as u16;
     out.push(Instr::Mvd {
         ch,
@@ -255,7 +264,7 @@ fn softmax(out: &mut Out, g: &Geom, ch: u8) {
 
 /// Partial outputs in every bank's registers `reg..reg + d` -> summed over
 /// the banks on the buffer die -> to the host.
-fn reduce_out(out: &mut Out, g: &Geom, ch: u8, reg: u16) {
+pub(crate) fn reduce_out(out: &mut Out, g: &Geom, ch: u8, reg: u16) {
     let d = g.d as u16;
     let dst = (g.banks * g.d) as u16;
     out.push(Instr::Mvd {

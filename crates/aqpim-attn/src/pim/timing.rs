@@ -11,6 +11,7 @@ use serde::Serialize;
 use crate::error::{AttnError, Result};
 use crate::pim::placement::{plan, PlacedSlice, Plan};
 use crate::pim::program::{self, Out, Phase};
+use crate::pim::scalar;
 use crate::pim::{LayerJob, PimCost, PimKind, PqCodes};
 
 /// A layer's generated instructions and, in read-log order, the (slice
@@ -45,11 +46,16 @@ pub(crate) fn layer_program(
             out.fixed = s.window.then_some(Phase::Fp16Window);
             for q in 0..job.group {
                 let at = host_at(s, q);
-                match s.geom.k.pq {
-                    Some(_) => {
+                match (s.geom.k.pq, s.geom.sc) {
+                    (Some(_), _) => {
                         program::pq_slice(&mut out, &s.geom, ch as u8, s.rows, at, lanes, cw)
                     }
-                    None => program::fp16_slice(&mut out, &s.geom, ch as u8, s.rows, at, lanes, cw),
+                    (None, Some(_)) => {
+                        scalar::scalar_slice(&mut out, device, &s.geom, ch as u8, s.rows, at)
+                    }
+                    (None, None) => {
+                        program::fp16_slice(&mut out, &s.geom, ch as u8, s.rows, at, lanes, cw)
+                    }
                 }
                 reads.push((si, q));
             }
@@ -74,7 +80,8 @@ pub(crate) fn layer_program(
 fn timing_host_data(job: &LayerJob) -> Result<Vec<u8>> {
     let d = job.head_dim;
     let bytes = match job.kind {
-        PimKind::Fp16 => 4 * d,
+        // The FP16 query (and a new token's key and value).
+        PimKind::Fp16 | PimKind::Scalar(_) => 4 * d,
         PimKind::Pq { key, value } => {
             // Both codebooks (FP16), or a table of M x 256 entries.
             let book = |c: PqCodes| -> Result<(usize, usize)> {

@@ -30,7 +30,9 @@ pub fn format_instr(ins: &Instr) -> String {
     for (f, &v) in spec.fields.iter().zip(&ins.values()) {
         // Writing to a String cannot fail.
         let _ = match f.kind {
-            Kind::Uint | Kind::Channel | Kind::CodeBits => write!(s, " {}={v}", f.name),
+            Kind::Uint | Kind::Channel | Kind::CodeBits | Kind::Pow2 => {
+                write!(s, " {}={v}", f.name)
+            }
             Kind::Count => write!(s, " {v}"),
             Kind::Flag | Kind::AltOpcode(_) if v != 0 => write!(s, " {}", f.name),
             Kind::Flag | Kind::AltOpcode(_) => Ok(()),
@@ -115,6 +117,11 @@ impl<'a> Operands<'a> {
     fn field(&mut self, f: &Field, positional: &[&str]) -> Result<u128> {
         Ok(match f.kind {
             Kind::Uint | Kind::Channel => self.int(f.name, f.max)?.into(),
+            Kind::Pow2 => {
+                let v = self.int(f.name, f.max)?.into();
+                check_value(f, v).map_err(|r| self.err(r))?;
+                v
+            }
             Kind::Count => {
                 let text = positional
                     .first()

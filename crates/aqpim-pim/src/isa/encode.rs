@@ -66,6 +66,11 @@ pub fn encode_instr(ins: &Instr, out: &mut Vec<u64>) {
             }
             Kind::Flag => put(raw, f.lo, 1),
             Kind::CodeBits => put(u64::from(raw == 4), f.lo, 1),
+            Kind::Pow2 => put(
+                u64::from((raw / f.min.max(1)).trailing_zeros()),
+                f.lo,
+                f.width,
+            ),
             Kind::Scale => put(raw, f.lo, 16),
             Kind::Bank => {
                 let mut lo = f.lo + f.width;
@@ -129,6 +134,7 @@ pub fn decode_instr(words: &[u64], i: usize) -> Result<(Instr, usize)> {
                     8
                 }
             }
+            Kind::Pow2 => u128::from(f.min.max(1)) << get(w, f.lo, f.width),
             Kind::Scale => get(w, f.lo, 16).into(),
             Kind::Bank => {
                 let mut lo = f.lo + f.width;

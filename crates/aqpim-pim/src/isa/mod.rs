@@ -340,6 +340,45 @@ pub enum Instr {
         /// Code width.
         bits: CodeBits,
     },
+    /// All-bank parameter load: column `col` of the open row of every bank
+    /// into bytes `slot x column_bytes ..` of its dequantizer's latch.
+    Ldp {
+        /// Channel.
+        ch: u8,
+        /// Column.
+        col: u8,
+        /// Latch column (slot) it fills.
+        slot: u8,
+    },
+    /// All-bank dequantize-and-multiply-accumulate of a column of
+    /// `n = column_bytes x 8 / bits` packed scalar codes (code `i` at bits
+    /// `i x bits..` from the low bit of byte 0). Code `i` uses parameter
+    /// `p = pslot + i / group` of the latch: `x_i = min_p + q_i scale_p`
+    /// (`q_i` unsigned; `(min, scale)` FP16 at latch bytes `4p..4p + 4`), or
+    /// with `mx` `x_i = q_i 2^(e_p - 127)` (`q_i` signed two's complement,
+    /// `e_p` the latch byte `p`). With `reduce`, `reg[reg] += sum_i
+    /// buffer[buf + i] x_i`; else (broadcast) `reg[reg + i] += buffer[buf]
+    /// x_i`.
+    QMac {
+        /// Channel.
+        ch: u8,
+        /// Column of codes.
+        col: u8,
+        /// Buffer element offset (11 bits).
+        buf: u16,
+        /// Register offset (11 bits).
+        reg: u16,
+        /// Bits per code: 2, 4 or 8.
+        bits: u8,
+        /// Codes per parameter (1..=128).
+        group: u8,
+        /// Latch parameter of the first group (7 bits).
+        pslot: u8,
+        /// Dot product into one register (else one register per code).
+        reduce: bool,
+        /// Shared-exponent (MX) parameters instead of (min, scale).
+        mx: bool,
+    },
     /// Every later command on every channel issues after every earlier one.
     Barrier,
     /// Repeat the body up to the matching `ENDLOOP` `count` times (1..2^24).

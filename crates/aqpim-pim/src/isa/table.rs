@@ -44,6 +44,9 @@ pub(crate) enum Kind {
     AltOpcode(u8),
     /// `bits=4|8`; one bit, set for 4-bit codes.
     CodeBits,
+    /// `key=value`, a power of two in `min..=max`, stored as
+    /// `log2(value / min)` (QMAC's `bits=2|4|8` in two bits).
+    Pow2,
     /// `scale=` a decimal float stored as FP16 bits; must be finite.
     Scale,
     /// The positional `LOOP` count.
@@ -183,7 +186,7 @@ pub(crate) struct Spec {
 }
 
 /// Most fields of any instruction.
-pub(crate) const MAX_FIELDS: usize = 8;
+pub(crate) const MAX_FIELDS: usize = 9;
 
 /// An instruction's field values in table order (unused tail zero). Each
 /// value is the field's own value (not its encoding): integers as they are,
@@ -509,6 +512,23 @@ instruction_table! {
         reg: u16f("reg", 12).strided(Space::Reg),
         bits: bits(11).default(8),
     }
+    // LDP: col 47..40, slot 39..32.
+    Ldp = 0x18 "LDP" Some(Command::Ldp); {
+        ch: CH, col: COL_HI, slot: uint("slot", 32, 8),
+    }
+    // QMAC: col 47..40, buf 39..29, reg 28..18, pslot 17..11, group-1 10..4,
+    // bits 3..2 (log2(bits / 2)), reduce 1, mx 0.
+    QMac = 0x19 "QMAC" Some(Command::QMac); {
+        ch: CH,
+        col: COL_HI,
+        buf: uint("buf", 29, 11).strided(Space::Buf),
+        reg: uint("reg", 18, 11).strided(Space::Reg),
+        bits: Field::new("bits", Kind::Pow2, 2, 2).range(2, 8),
+        group: uint("group", 4, 7).range(1, 128).bias(1),
+        pslot: uint("pslot", 11, 7),
+        reduce: flag("reduce", 1),
+        mx: flag("mx", 0),
+    }
 }
 
 /// The table row whose opcode (or alternative opcode) is `op`, and whether
@@ -561,7 +581,13 @@ pub(crate) fn check_value(f: &Field, v: u128) -> Result<(), String> {
             }
         }
         Kind::Flag | Kind::AltOpcode(_) => Ok(()),
-        Kind::Uint | Kind::Channel | Kind::Count | Kind::CodeBits => {
+        Kind::Pow2 if !v.is_power_of_two() || v < u128::from(f.min) || v > u128::from(f.max) => {
+            Err(format!(
+                "{}={v} is not a power of two in {}..={}",
+                f.name, f.min, f.max
+            ))
+        }
+        Kind::Uint | Kind::Channel | Kind::Count | Kind::CodeBits | Kind::Pow2 => {
             let (min, max) = (u128::from(f.min), u128::from(f.max));
             if v >= min && v <= max {
                 Ok(())

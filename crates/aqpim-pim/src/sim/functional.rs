@@ -55,6 +55,11 @@ pub(crate) struct Functional {
     regs: Vec<Option<Box<[f32]>>>,
     /// Per channel: FP32 buffer-die elements (allocated on first write).
     die: Vec<Option<Box<[f32]>>>,
+    /// Bytes of each bank's parameter latch.
+    latch_bytes: usize,
+    /// Per global bank: the dequantizer's parameter latch (allocated on
+    /// first LDP).
+    latches: Vec<Option<Box<[u8]>>>,
     /// Bytes returned by RD, in issue order.
     pub(crate) read_log: Vec<u8>,
 }
@@ -80,6 +85,22 @@ fn code_at(col: &[u8], bits: CodeBits, p: usize) -> usize {
         CodeBits::Eight => col[p] as usize,
         CodeBits::Four => ((col[p / 2] >> (4 * (p % 2))) & 0xF) as usize,
     }
+}
+
+/// Code `i` of a column of `bits`-bit codes packed from the low bit of
+/// byte 0 (`bits` 2, 4 or 8), unsigned.
+#[inline]
+fn code_bits_at(col: &[u8], bits: u32, i: usize) -> u32 {
+    let bit = i * bits as usize;
+    u32::from(col[bit / 8] >> (bit % 8)) & ((1 << bits) - 1)
+}
+
+/// An MX element: the `bits`-bit two's-complement code `q` times
+/// `2^(e - 127)`.
+#[inline]
+fn dequantize_mx(q: u32, bits: u32, e: u8) -> f32 {
+    let signed = (q << (32 - bits)) as i32 >> (32 - bits);
+    signed as f32 * (f32::from(e) - 127.0).exp2()
 }
 
 /// A copy of lazily allocated FP32 state (`n` zeros when never written).
@@ -110,6 +131,8 @@ impl Functional {
             buffers: vec![None; banks],
             regs: vec![None; banks],
             die: vec![None; o.channels],
+            latch_bytes: device.pim.latch_bytes,
+            latches: vec![None; banks],
             read_log: Vec::new(),
         }
     }
@@ -482,7 +505,85 @@ impl Functional {
                     all[die + len + 1] = sum;
                 }
             }
+            Instr::Ldp { ch, col, slot } => self.ldp(ch, open, col, slot),
+            Instr::QMac { .. } => self.qmac(ins, open),
             _ => {}
+        }
+    }
+
+    /// LDP: every bank's latch bytes `slot x column_bytes ..` = column `col`
+    /// of its open row.
+    fn ldp(&mut self, ch: u8, open: &[Option<u32>], col: u8, slot: u8) {
+        let (c, n) = (self.column_bytes, self.latch_bytes);
+        let (col, at) = (usize::from(col) * c, usize::from(slot) * c);
+        for (b, row) in open.iter().enumerate() {
+            let gb = usize::from(ch) * self.banks_per_channel + b;
+            let src = match self.rows.get(&Self::key(gb, row.unwrap_or(0))) {
+                Some(r) => &r[col..col + c],
+                None => &self.zeros[..c],
+            };
+            let latch = self.latches[gb].get_or_insert_with(|| vec![0; n].into_boxed_slice());
+            latch[at..at + c].copy_from_slice(src);
+        }
+    }
+
+    /// QMAC on every bank of the channel: dequantize the column's codes with
+    /// the latch's parameters, then a dot product with the buffer (`reduce`)
+    /// or the buffer element times each code into its own register (FP32,
+    /// codes ascending). See [`Instr::QMac`].
+    fn qmac(&mut self, ins: &Instr, open: &[Option<u32>]) {
+        let Instr::QMac {
+            ch,
+            col,
+            buf,
+            reg,
+            bits,
+            group,
+            pslot,
+            reduce,
+            mx,
+        } = *ins
+        else {
+            return;
+        };
+        let c = self.column_bytes;
+        let n = c * 8 / usize::from(bits);
+        let (buf, reg, group, pslot) = (
+            usize::from(buf),
+            usize::from(reg),
+            usize::from(group),
+            usize::from(pslot),
+        );
+        let mut x = vec![0f32; n];
+        for (b, row) in open.iter().enumerate() {
+            let gb = usize::from(ch) * self.banks_per_channel + b;
+            let row = row.unwrap_or(0);
+            let latch: &[u8] = self.latches[gb]
+                .as_deref()
+                .unwrap_or(&ZEROS[..self.latch_bytes]);
+            let codes = &self.row(gb, row)[usize::from(col) * c..][..c];
+            for (i, xi) in x.iter_mut().enumerate() {
+                let q = code_bits_at(codes, u32::from(bits), i);
+                let p = pslot + i / group;
+                *xi = if mx {
+                    dequantize_mx(q, u32::from(bits), latch[p])
+                } else {
+                    f16_at(latch, 2 * p) + q as f32 * f16_at(latch, 2 * p + 1)
+                };
+            }
+            let (_, y, r) = self.operands(gb, row, col.into());
+            if reduce {
+                let mut acc = 0f32;
+                for (i, xi) in x.iter().enumerate() {
+                    acc += f16_at(y, buf + i) * xi;
+                }
+                r[reg] += acc;
+            } else {
+                let w = f16_at(y, buf);
+                for (i, xi) in x.iter().enumerate() {
+                    r[reg + i] += w * xi;
+                }
+            }
         }
     }
 

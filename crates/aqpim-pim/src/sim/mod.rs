@@ -155,7 +155,7 @@ struct Operand {
 }
 
 /// The work one bank does for an all-bank column instruction: lanes for MAC
-/// and BINMAC, codes per column for LUTACC and HISTACC, `dsub x 2^nbits`
+/// and BINMAC, codes per column for LUTACC, HISTACC and QMAC (none for LDP), `dsub x 2^nbits`
 /// distance terms for ARGMIN.
 fn unit_work(d: &Device, ins: &Instr) -> u64 {
     let cb = d.org.column_bytes as u64;
@@ -165,6 +165,7 @@ fn unit_work(d: &Device, ins: &Instr) -> u64 {
         Instr::ArgMin { dsub, nbits, .. } => argmin_centroids(nbits) * u64::from(dsub),
         Instr::Mac { .. } => column_work(Command::Mac, cb, 16, 0),
         Instr::BinMac { .. } => column_work(Command::BinMac, cb, 16, 0),
+        Instr::QMac { bits, .. } => column_work(Command::QMac, cb, bits.into(), 0),
         _ => 0,
     }
 }
@@ -419,7 +420,9 @@ impl Simulator {
             | Instr::LutAcc { col, .. }
             | Instr::HistAcc { col, .. }
             | Instr::ArgMin { col, .. }
-            | Instr::BinMac { col, .. } => (0, col, unit_work(d, ins) as u32, 0),
+            | Instr::BinMac { col, .. }
+            | Instr::Ldp { col, .. }
+            | Instr::QMac { col, .. } => (0, col, unit_work(d, ins) as u32, 0),
             Instr::Mvd { len, .. } => (0, 0, len.into(), d.mv_cycles(banks * u64::from(len) * 4)),
             Instr::Mvb { len, broadcast, .. } => {
                 let per = if broadcast { 1 } else { banks };
@@ -483,6 +486,12 @@ impl Simulator {
                 k.lane_ops += banks * work;
                 k.unit_ops[UnitKind::Argmin as usize] += banks * work;
                 k.bytes_buffer += banks * work * 2;
+            }
+            Instr::QMac { bits, reduce, .. } => {
+                let n = col_bytes * 8 / u64::from(bits);
+                k.lane_ops += banks * n;
+                k.unit_ops[UnitKind::Dqmac as usize] += banks * n;
+                k.bytes_buffer += banks * if reduce { n * 2 } else { 2 };
             }
             Instr::Mvd { len, .. } => k.bytes_buffer_die += banks * u64::from(len) * 4,
             Instr::Mvb { len, broadcast, .. } => {

@@ -25,6 +25,8 @@ struct Limits {
     lanes: i64,
     /// Per [`Space`], in its order.
     size: [i64; 6],
+    /// Bytes of a bank's parameter latch.
+    latch_bytes: i64,
 }
 
 impl Limits {
@@ -43,6 +45,7 @@ impl Limits {
                 i(host_bytes),
                 i(d.pim.buffer_die_elements),
             ],
+            latch_bytes: i(d.pim.latch_bytes),
         }
     }
 
@@ -107,8 +110,15 @@ fn extent(ins: &Instr, field: &str, l: &Limits) -> i64 {
         (Instr::Red { len, .. }, "src") => banks * i64::from(len),
         (Instr::Clr { len, .. } | Instr::Red { len, .. } | Instr::Rdd { len, .. }, _) => len.into(),
         (Instr::Stc { bits, .. }, "reg") => l.codes(bits),
+        (Instr::QMac { bits, reduce, .. }, "buf") if reduce => qmac_codes(bits, l),
+        (Instr::QMac { bits, reduce, .. }, "reg") if !reduce => qmac_codes(bits, l),
         _ => 1,
     }
+}
+
+/// Codes of `bits` bits (2, 4 or 8) in one column, for QMAC.
+fn qmac_codes(bits: u8, l: &Limits) -> i64 {
+    l.col_bytes * 8 / i64::from(bits)
 }
 
 /// `a / b` rounded up (`a >= 0`, `b > 0`).
@@ -138,6 +148,35 @@ fn constraints(ins: &Instr, l: &Limits) -> std::result::Result<(), String> {
             "dsub={dsub} does not divide the {} lanes of a column",
             l.lanes
         )),
+        Instr::Ldp { slot, .. } if (i64::from(slot) + 1) * l.col_bytes > l.latch_bytes => {
+            Err(format!(
+                "latch slot {slot} is past the {} B parameter latch",
+                l.latch_bytes
+            ))
+        }
+        Instr::QMac {
+            bits,
+            group,
+            pslot,
+            mx,
+            ..
+        } => {
+            let codes = qmac_codes(bits, l);
+            let per = if mx { 1 } else { 4 };
+            let end = (i64::from(pslot) + ceil_div(codes, group.into())) * per;
+            if i64::from(group) > codes {
+                Err(format!(
+                    "group {group} exceeds the {codes} codes of a column"
+                ))
+            } else if end > l.latch_bytes {
+                Err(format!(
+                    "parameters {pslot}.. reach byte {end} of the {} B parameter latch",
+                    l.latch_bytes
+                ))
+            } else {
+                Ok(())
+            }
+        }
         _ => Ok(()),
     }
 }
