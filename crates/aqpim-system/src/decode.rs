@@ -244,9 +244,8 @@ pub(crate) fn finish(model: &ModelSpec, system: &SystemSpec, mut s: Step) -> Ste
         0.0
     };
     s.prefill_ms = prefill_ms(model, system, s.ctx, s.batch);
-    let elements = (s.batch * s.ctx * model.layers) as f64
-        * 2.0
-        * (model.kv_heads * model.head_dim) as f64;
+    let elements =
+        (s.batch * s.ctx * model.layers) as f64 * 2.0 * (model.kv_heads * model.head_dim) as f64;
     s.kv_bits_per_element = 8.0 * s.kv_bytes as f64 / elements;
     s
 }

@@ -1,5 +1,13 @@
-//! The PIM policies (`attacc`, `aqpim`): where the KV cache goes, what the
-//! GPU<->PIM link carries, and how the parts of a step overlap.
+//! The PIM policies (`attacc`, `scalar-pim`, `aqpim`): where the KV cache
+//! goes, what the GPU<->PIM link carries, and how the parts of a step
+//! overlap.
+//!
+//! - **Formats.** `attacc` holds FP16; `aqpim` the stacks' `pq:` spec
+//!   (codes in the banks, quantized there); `scalar-pim` the stacks'
+//!   `scalar:` spec (codes and group parameters in the banks, attended by
+//!   dequantize-and-MAC units; the GPU quantizes each token as it leaves the
+//!   FP16 window, reading its FP16 key and value back over the link and
+//!   writing its codes).
 //!
 //! - **Placement.** Each sequence keeps the largest `ctx' <= ctx` tokens in
 //!   the stacks for which every channel's rows, summed over the layers, fit a
@@ -34,8 +42,10 @@
 //!   layers run before attention unless `pim.overlap_linear` (AttAcc's
 //!   `--pipeopt`, off by default there and here) pipelines them too.
 
-use aqpim_attn::pim::{CodebookScope, LayerJob, PimCost, PimKind, Placement, PqCodes};
-use aqpim_kvcache::{KvPart, KvShape, KvSpec, PqSpec, Regions};
+use aqpim_attn::pim::{
+    CodebookScope, LayerJob, PimCost, PimKind, Placement, PqCodes, ScalarCodes, ScalarScale,
+};
+use aqpim_kvcache::{KvPart, KvShape, KvSpec, PqSpec, Regions, ScalarSpec};
 
 use crate::error::{Result, SystemError};
 use crate::gpu::{capacity, codebook_training_ms, layer_linear_ms, linear_ms, ms};
@@ -55,6 +65,8 @@ struct Format {
     /// Bytes of one movable token of one sequence in one layer.
     token_bytes: u64,
     pq: Option<Pq>,
+    /// The scalar format (`scalar-pim`).
+    scalar: Option<ScalarSpec>,
     /// How caches spread over channels (`[pim] placement`).
     placement: Placement,
 }
@@ -85,8 +97,12 @@ fn format(
             movable: ctx,
             token_bytes: model.kv_bytes_per_token_layer(),
             pq: None,
+            scalar: None,
             placement,
         });
+    }
+    if policy == Policy::ScalarPim {
+        return scalar_format(model, stacks, system, ctx, placement);
     }
     let spec = stacks.pq_spec()?.ok_or_else(|| SystemError::InvalidArgument {
         name: "system",
@@ -138,8 +154,60 @@ fn format(
             value_book_bytes: pv.codebook_len() as u64 * FP16_BYTES,
             table_bytes: (pk.num_subspaces() * stride) as u64 * FP16_BYTES,
         }),
+        scalar: None,
         placement,
     })
+}
+
+/// The `scalar-pim` format: the stacks' `scalar:` spec in the banks as
+/// `PimKind::Scalar` (KIVI-style minimum and scale, or MX-style shared
+/// exponents), the FP16 sinks, window and not yet complete key group beside
+/// the codes.
+fn scalar_format(
+    model: &ModelSpec,
+    stacks: &PimStacksSpec,
+    system: &SystemSpec,
+    ctx: usize,
+    placement: Placement,
+) -> Result<Format> {
+    let sc = stacks.scalar_spec()?.ok_or_else(|| SystemError::InvalidArgument {
+        name: "system",
+        reason: format!(
+            "`{}` states no scalar format for its stacks ([pim] kv = \"scalar:...\"): scalar-pim needs one (try h100+scalar-pim)",
+            system.name
+        ),
+    })?;
+    let regions = Regions::nominal(&KvSpec::Scalar(sc), ctx);
+    Ok(Format {
+        kind: PimKind::Scalar(ScalarCodes {
+            bits: sc.bits,
+            group: sc.group,
+            scale: if sc.mx {
+                ScalarScale::SharedExp
+            } else {
+                ScalarScale::MinScale
+            },
+        }),
+        fp_tokens: regions.sinks + regions.recent,
+        movable: regions.encoded,
+        token_bytes: scalar_token_bytes(model, &sc) * model.kv_heads as u64,
+        pq: None,
+        scalar: Some(sc),
+        placement,
+    })
+}
+
+/// Bytes of one encoded token of one KV head in one layer under a scalar
+/// format, keys and values: `d x bits / 8` of codes each, plus the group
+/// parameters per token (KIVI: an FP16 minimum and scale per channel per
+/// `G` tokens for keys, per `G` channels for values; MX: one exponent byte
+/// per `G` channels of each part), as `aqpim-kvcache` accounts them.
+fn scalar_token_bytes(model: &ModelSpec, sc: &ScalarSpec) -> u64 {
+    let d = model.head_dim as u64;
+    let codes = (d * sc.bits as u64).div_ceil(8);
+    let g = sc.group as u64;
+    let params = if sc.mx { d / g } else { 4 * d / g };
+    2 * (codes + params)
 }
 
 /// Tokens that left the recent window but wait for the next in-memory
@@ -321,6 +389,9 @@ pub(crate) fn pim_step(
     if let Some(p) = &placed.f.pq {
         step.set_kv(&KvSpec::Pq(p.spec));
     }
+    if let Some(sc) = &placed.f.scalar {
+        step.set_kv(&KvSpec::Scalar(*sc));
+    }
     memory(&mut step, model, system, timer, &placed)?;
     let mut layer = LayerMs {
         gpu_attention: gpu_attention_layer(system, &placed, batch)?,
@@ -332,6 +403,16 @@ pub(crate) fn pim_step(
     }
     if let Some(p) = &placed.f.pq {
         layer.table = pq_parts(&mut step, model, system, p, batch, placed.gpu_books)?;
+    } else if let Some(sc) = &placed.f.scalar {
+        let spec = KvSpec::Scalar(*sc);
+        let data = aqpim_kvcache::account_regions(
+            &KvShape::new(model.layers, model.kv_heads, model.head_dim)?,
+            &spec,
+            &vec![Regions::nominal(&spec, ctx); model.layers],
+            0,
+            0,
+        )?;
+        step.kv_bytes = data.total_bytes * batch as u64;
     } else {
         step.kv_bytes = model.kv_bytes_per_token_layer() * (ctx * batch * model.layers) as u64;
     }
@@ -431,6 +512,18 @@ fn gpu_attention_layer(system: &SystemSpec, placed: &Placed, batch: usize) -> Re
     if bytes == 0 {
         return Ok(0.0);
     }
+    if placed.f.scalar.is_some() {
+        let (Some(fixed), Some(gbps)) = (g.quant_attn_fixed_ms, g.quant_attn_gbps) else {
+            return Err(SystemError::InvalidArgument {
+                name: "system",
+                reason: format!(
+                    "`{}` keeps scalar codes outside the stacks but states no gpu.quant_attn_fixed_ms / gpu.quant_attn_gbps",
+                    system.name
+                ),
+            });
+        };
+        return Ok(fixed + ms(bytes, gbps));
+    }
     if placed.f.pq.is_none() {
         return Ok(g.attn_fixed_ms + ms(bytes, g.attn_gbps));
     }
@@ -476,7 +569,17 @@ fn pim_costs(
         energy += (q.energy_pj - cost.energy_pj).max(0.0) / block;
         flush_share = fp.link_flush_bytes as f64 / block;
     }
-    let bytes = (fp.link_in_bytes + fp.link_out_bytes) as f64 + flush_share;
+    // scalar-pim: the GPU quantizes the tokens that leave the FP16 window
+    // (one per cache and step on average): it reads each one's FP16 key and
+    // value back and writes its codes and group parameters.
+    let requant = match &f.scalar {
+        Some(_) if f.movable > 0 => {
+            let caches = (batch * model.kv_heads) as f64;
+            caches * (4.0 * model.head_dim as f64 + (f.token_bytes / model.kv_heads as u64) as f64)
+        }
+        _ => 0.0,
+    };
+    let bytes = (fp.link_in_bytes + fp.link_out_bytes) as f64 + flush_share + requant;
     // Each direction carries half the link's bandwidth, as AttAcc's
     // simulator charges its interface (`INTERFACE_BW / 2` each way); the
     // inbound tables and the outbound results of a layer follow each other.

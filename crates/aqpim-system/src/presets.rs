@@ -580,6 +580,10 @@ pub const SYSTEM_PRESETS: &[(&str, &str)] = &[
         "h100+gpu-quant",
         include_str!("../presets/systems/h100+gpu-quant.toml"),
     ),
+    (
+        "h100+scalar-pim",
+        include_str!("../presets/systems/h100+scalar-pim.toml"),
+    ),
 ];
 
 fn lookup<'a>(table: &'a [(&str, &str)], kind: &str, name: &str) -> Result<&'a str> {

@@ -533,3 +533,48 @@ fn gpu_quant_reads_the_formats_bytes_at_the_kernels_rate() {
     let e = decode_step(&model, &bare, Policy::GpuQuant, ctx, 1).unwrap_err();
     assert!(e.to_string().contains("quant_attn_gbps"), "{e}");
 }
+
+/// `scalar-pim` through the real lowering: the stacks hold the format's
+/// codes (fewer bytes than FP16, so more sequences fit than under
+/// `attacc`), the closed form and the simulation agree on the step, the
+/// link carries the tokens the GPU requantizes, and a system without a
+/// scalar format is refused with a message that says so.
+#[test]
+fn scalar_pim_holds_codes_in_the_stacks() {
+    let model = presets::model("llama2-7b").unwrap();
+    let system = presets::system("h100+scalar-pim").unwrap();
+    let ctx = 32768;
+    let dev = |p| system.pim.as_ref().unwrap().device_for(p).unwrap();
+    let sim = SimTimer::new(dev(Policy::ScalarPim), PimMode::Simulated);
+    let ana = SimTimer::new(dev(Policy::ScalarPim), PimMode::Analytic);
+    let s = decode_step_with(&model, &system, Policy::ScalarPim, ctx, 4, Some(&sim)).unwrap();
+    let a = decode_step_with(&model, &system, Policy::ScalarPim, ctx, 4, Some(&ana)).unwrap();
+    assert_eq!(s.pim_device, "hbm3-pimba-5.2");
+    assert!(s.kv.starts_with("scalar:bits=4"), "{}", s.kv);
+    assert!(s.ppl_delta.is_some());
+    assert_eq!(s.ctx_in_pim, ctx);
+    assert!((s.pim_attention_ms - a.pim_attention_ms).abs() <= 0.05 * s.pim_attention_ms);
+    // 4-bit codes with FP16 min and scale: about 5 bits per element.
+    assert!(
+        (4.8..5.3).contains(&s.kv_bits_per_element),
+        "{}",
+        s.kv_bits_per_element
+    );
+    // The link carries, per cache, the query heads' FP16 queries in, their
+    // results out, the new token, and the requantized token (FP16 back,
+    // codes out).
+    assert!(s.link_bytes as usize >= 32 * 4 * 32 * (4 * 128 + 2 * 64));
+    let fit = |p: Policy| {
+        let t = SimTimer::new(dev(p), PimMode::Analytic);
+        crate::serve::serve(&model, &system, p, ctx, Some(&t))
+            .unwrap()
+            .max_batch_in_pim
+            .unwrap()
+    };
+    let (q, f) = (fit(Policy::ScalarPim), fit(Policy::Attacc));
+    assert!(q >= 2 * f, "{q} vs {f}");
+    let mut bare = system.clone();
+    bare.pim.as_mut().unwrap().kv = None;
+    let e = decode_step_with(&model, &bare, Policy::ScalarPim, ctx, 1, Some(&ana)).unwrap_err();
+    assert!(e.to_string().contains("scalar-pim needs one"), "{e}");
+}
