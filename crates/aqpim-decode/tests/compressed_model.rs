@@ -168,7 +168,7 @@ fn mx_scalar_caches_decode_the_tiny_model() {
     let file = GgufFile::parse(tiny_model(11, true)).unwrap();
     let model = Llama::from_gguf(&file).unwrap();
     let tokens = random_tokens(12, 160, model.config().vocab_size);
-    let mut run = |spec: &str| {
+    let run = |spec: &str| {
         let spec: KvSpec = spec.parse().unwrap();
         ppl(&model, &tokens, &mut || {
             Ok(Box::new(CompressedCache::new(shape(), &spec)?) as Box<dyn AttentionCache>)
