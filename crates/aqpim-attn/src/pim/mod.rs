@@ -1,8 +1,9 @@
 //! Decode attention lowered to PIM programs that `aqpim-pim` runs: a
 //! placement of each (sequence, layer, KV head) cache onto a device's
 //! channels and banks, program generators for FP16 attention as AttAcc does
-//! it and for AQPIM attention on PQ codes, in-memory quantization of a new
-//! token, and the per-layer cost the system model reads.
+//! it, for AQPIM attention on PQ codes and for scalar codes on
+//! dequantize-and-MAC units (a Pimba-style design), in-memory quantization
+//! of a new token, and the per-layer cost the system model reads.
 //!
 //! A cache is cut into *slices* of consecutive tokens, one channel each
 //! (layout in [`layout`](self)); every slice computes a softmax over its own
@@ -21,7 +22,9 @@
 //! Entry points: [`run_layer`] runs a layer functionally on real caches
 //! under the placement and program that [`simulate_layer`] times (tests
 //! hold it to the CPU kernels); [`pq_head_on_pim`] and [`fp16_head_on_pim`]
-//! run one head cut into any number of slices; [`quantize_on_pim`] runs
+//! run one head cut into any number of slices, [`scalar_head_on_pim`] and
+//! [`kivi_head_on_pim`] one head of scalar codes (`PimKind::Scalar`, on
+//! `LDP`/`QMAC` units: `scalar`'s layout); [`quantize_on_pim`] runs
 //! in-memory quantization of new tokens; [`simulate_layer`] times one layer
 //! of a batch in timing-only mode, [`simulate_layer_breakdown`] splits that
 //! cost by phase, [`lower_layer`] returns the program as `aqpim sim run`
@@ -135,11 +138,12 @@ pub struct LayerJob {
     /// Tokens per cache held in the banks in `kind`'s format (for PQ, the
     /// encoded tokens).
     pub ctx: usize,
-    /// FP16 tokens per cache beside the codes (PQ sinks and recent window);
-    /// 0 for `Fp16`.
+    /// FP16 tokens per cache beside the codes (PQ or scalar sinks and
+    /// recent window); 0 for `Fp16`.
     pub fp_tokens: usize,
     /// Also run one in-memory quantization flush per cache: a block of
-    /// [`quantize_block`] tokens (PQ only; amortized over that many steps).
+    /// [`quantize_block`] tokens (PQ only; amortized over that many steps;
+    /// ignored for `Scalar`, whose new tokens the GPU quantizes).
     pub quantize: bool,
     /// Who shares a PQ cache's codebooks, and so how many copies the banks
     /// hold (ignored for `Fp16`).
