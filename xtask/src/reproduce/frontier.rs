@@ -38,7 +38,8 @@ const fn d(policy: &'static str, system: &'static str, kv: Option<&'static str>)
 /// Every design and format of the frontier: FP16 on the GPU and in PIM
 /// (AttAcc); scalar 4- and 2-bit (KIVI-style, and MX-style with a shared
 /// exponent) on the GPU and in PIM (Pimba-style); PQ at about 2.1, 2.2,
-/// 2.3 and 3.1 bits per element in PIM (AQPIM, the last the shipped format).
+/// 2.3 and 3.1 bits per element in PIM (AQPIM, the last the shipped format),
+/// and the two PQ formats within +2 % again on AQPIM's equal-area device.
 pub const DESIGNS: &[Design] = &[
     d("gpu", "h100", None),
     d("attacc", "h100+attacc", None),
@@ -48,8 +49,16 @@ pub const DESIGNS: &[Design] = &[
     d("scalar-pim", "h100+scalar-pim", Some("scalar:bits=2")),
     d("gpu-quant", "h100+gpu-quant", Some("scalar:bits=4,mx=true")),
     d("gpu-quant", "h100+gpu-quant", Some("scalar:bits=2,mx=true")),
-    d("scalar-pim", "h100+scalar-pim", Some("scalar:bits=4,mx=true")),
-    d("scalar-pim", "h100+scalar-pim", Some("scalar:bits=2,mx=true")),
+    d(
+        "scalar-pim",
+        "h100+scalar-pim",
+        Some("scalar:bits=4,mx=true"),
+    ),
+    d(
+        "scalar-pim",
+        "h100+scalar-pim",
+        Some("scalar:bits=2,mx=true"),
+    ),
     d(
         "aqpim",
         "h100+aqpim",
@@ -62,6 +71,13 @@ pub const DESIGNS: &[Design] = &[
         Some("pq:dsub=4,nbits=8,layout=halves,whiten=diag,outliers=10"),
     ),
     d("aqpim", "h100+aqpim", None),
+    // AQPIM's units cut to AttAcc's PIM area per DRAM die.
+    d(
+        "aqpim",
+        "h100+aqpim-equal-area",
+        Some("pq:dsub=4,nbits=8,layout=halves,whiten=diag,outliers=10"),
+    ),
+    d("aqpim", "h100+aqpim-equal-area", None),
 ];
 
 /// The models of the frontier: one with multi-head attention, one with
@@ -168,6 +184,12 @@ pub fn short(r: &ServeRow) -> String {
     format!("PQ {:.1}b ({codes})", r.step.kv_bits_per_element)
 }
 
+/// The system preset a row ran on, without the `--kv` the CLI appends to
+/// its name.
+fn system(r: &ServeRow) -> &str {
+    r.step.system.split(" --").next().unwrap_or_default()
+}
+
 fn pct(d: Option<f64>) -> String {
     d.map_or("not measured".into(), |d| format!("{:+.2} %", 100.0 * d))
 }
@@ -207,7 +229,7 @@ pub fn section(f: &Serve) -> String {
         let _ = writeln!(s, "### {model}\n");
         let _ = writeln!(
             s,
-            "| ctx | policy | format | bits | ppl | best batch | tokens/s |\n|---|---|---|---|---|---|---|"
+            "| ctx | policy | system | format | bits | ppl | best batch | tokens/s | PIM mm2 per die |\n|---|---|---|---|---|---|---|---|---|"
         );
         for &c in &ctxs {
             let mut pts: Vec<&ServeRow> =
@@ -218,14 +240,20 @@ pub fn section(f: &Serve) -> String {
             for r in pts {
                 let _ = writeln!(
                     s,
-                    "| {} | {} | {} | {:.2} | {} | {} | {:.0} |",
+                    "| {} | {} | {} | {} | {:.2} | {} | {} | {:.0} | {} |",
                     ctx_label(c),
                     r.step.policy,
+                    system(r),
                     short(r),
                     r.step.kv_bits_per_element,
                     pct(r.step.ppl_delta),
                     r.serve.best_batch,
-                    r.step.tokens_per_s
+                    r.step.tokens_per_s,
+                    if r.step.pim_area_mm2_per_die > 0.0 {
+                        format!("{:.1}", r.step.pim_area_mm2_per_die)
+                    } else {
+                        "-".into()
+                    }
                 );
             }
         }
@@ -238,9 +266,10 @@ pub fn section(f: &Serve) -> String {
     let name = |r: Option<&ServeRow>| {
         r.map_or("-".into(), |r| {
             format!(
-                "{} {} ({}, {:.0} tok/s)",
+                "{} {} on {} ({}, {:.0} tok/s)",
                 r.step.policy,
                 short(r),
+                system(r),
                 pct(r.step.ppl_delta),
                 r.step.tokens_per_s
             )
@@ -362,7 +391,11 @@ pub fn plot<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, f: &Serve) -> Res
                 .map_err(plot_err)?;
             chart
                 .draw_series(std::iter::once(Text::new(
-                    short(r),
+                    if system(r).ends_with("equal-area") {
+                        format!("{} (equal area)", short(r))
+                    } else {
+                        short(r)
+                    },
                     (x, y),
                     (FONT, TICK - 6).into_font(),
                 )))
