@@ -281,3 +281,75 @@ fn mx_codes_on_pim_equal_dequantize_then_attend() {
         }
     }
 }
+
+/// A scalar layer's program as `aqpim sim run` takes it reads back from its
+/// text unchanged, runs with the shipped checker's approval, and a
+/// functional head run re-run timing-only costs the same cycles.
+#[test]
+fn scalar_programs_round_trip_and_time_alike_in_both_modes() {
+    let dev = device();
+    let j = job(scalar(4, 32, ScalarScale::MinScale), 8, 8, 3000, 64);
+    let lp = aqpim_attn::pim::lower_layer(&dev, &j, Some(0)).unwrap();
+    let text = lp.program.disassemble();
+    assert!(text.contains("QMAC") && text.contains("LDP"));
+    assert_eq!(aqpim_pim::Program::assemble(&text).unwrap(), lp.program);
+    let mut sim = aqpim_pim::Simulator::new(
+        &dev,
+        aqpim_pim::SimOptions {
+            mode: Mode::TimingOnly,
+            record_trace: true,
+            ..aqpim_pim::SimOptions::default()
+        },
+    );
+    sim.set_host_data(lp.host_data.clone());
+    sim.run(&lp.program).unwrap();
+    aqpim_pim::check_trace(&dev, sim.trace()).unwrap();
+
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let shape = KvShape::new(1, 1, 128).unwrap();
+    let spec = ScalarSpec {
+        bits: 4,
+        group: 32,
+        window: 16,
+        ..ScalarSpec::default()
+    };
+    let mut store = ScalarStore::new(shape, spec).unwrap();
+    let kv: Vec<f32> = (0..1000 * 128)
+        .map(|_| rng.gen_range(-1.0f32..1.0))
+        .collect();
+    store.prefill(0, &kv, &kv).unwrap();
+    let q = queries(&mut rng, 1, 128);
+    let run = kivi_head_on_pim(&dev, &store.head(0, 0).unwrap(), 4, 32, &q, 2).unwrap();
+    let mut t = aqpim_pim::Simulator::new(
+        &dev,
+        aqpim_pim::SimOptions {
+            mode: Mode::TimingOnly,
+            ..aqpim_pim::SimOptions::default()
+        },
+    );
+    t.set_host_data(vec![0; run.host_bytes]);
+    let st = t.run(&run.program).unwrap();
+    assert_eq!(st.cycles, run.stats.cycles);
+    assert_eq!(st.total_commands, run.stats.total_commands);
+}
+
+/// What a scalar layer moves over the link: the FP16 query per query head
+/// (shared by the code slices and the window slice) and the new token.
+#[test]
+fn scalar_footprint_sends_the_fp16_query_once() {
+    let dev = device();
+    let j = job(scalar(4, 32, ScalarScale::SharedExp), 8, 8, 4096, 64);
+    let f = aqpim_attn::pim::layer_footprint(&dev, &j).unwrap();
+    assert_eq!(f.link_in_bytes, 8 * (4 * 2 * 128 + 4 * 128));
+    assert_eq!(f.link_flush_bytes, 0);
+    assert_eq!(f.codebook_copies, 0);
+    // FP16 tokens only go beside codes.
+    let mut bad = job(PimKind::Fp16, 8, 8, 4096, 64);
+    assert!(simulate_layer(&dev, &bad).is_err());
+    bad.fp_tokens = 0;
+    assert!(simulate_layer(&dev, &bad).is_ok());
+    // Scalar codes need the dequantizer's latch: AttAcc's device refuses them.
+    let att = Device::preset("hbm3-attacc-5.2").unwrap();
+    let e = simulate_layer(&att, &j).unwrap_err().to_string();
+    assert!(e.contains("hbm3-pimba-5.2"), "{e}");
+}
