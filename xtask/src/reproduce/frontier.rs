@@ -60,6 +60,11 @@ pub const DESIGNS: &[Design] = &[
         Some("scalar:bits=2,mx=true"),
     ),
     d(
+        "scalar-pim",
+        "h100+scalar-pim",
+        Some("scalar:bits=8,mx=true"),
+    ),
+    d(
         "aqpim",
         "h100+aqpim",
         Some("pq:kdsub=4,kbits=8,vdsub=2,vbits=4,outliers=5"),
