@@ -193,7 +193,9 @@ fn analytic_layer_cost_tracks_the_simulator_within_5_percent() {
     let mut bad = Vec::new();
     let kinds = [PimKind::Fp16, PimKind::pq(4, 8), PimKind::pq(2, 8)];
     for kind in kinds {
-        for (heads, kv_heads) in [(8, 8), (32, 32), (96, 32)] {
+        // Eight KV heads come with four query heads each (Llama-3-8B's
+        // group), read in passes of as many as the buffer and registers hold.
+        for (heads, kv_heads) in [(8, 8), (32, 8), (32, 32), (96, 32)] {
             for ctx in [1000, 8192, 32768] {
                 let pq = matches!(kind, PimKind::Pq { .. });
                 let job = LayerJob {
@@ -201,7 +203,7 @@ fn analytic_layer_cost_tracks_the_simulator_within_5_percent() {
                     head_dim: 128,
                     heads,
                     kv_heads,
-                    group: if heads == 8 { 4 } else { 1 },
+                    group: if kv_heads == 8 { 4 } else { 1 },
                     ctx,
                     fp_tokens: if pq { 132 } else { 0 },
                     quantize: pq,
@@ -527,7 +529,7 @@ proptest! {
         d in prop_oneof![Just(64usize), Just(128)],
         batch in 1usize..=2,
         kv_heads in 1usize..=3,
-        group in 1usize..=2,
+        group in prop_oneof![Just(1usize), Just(2), Just(4)],
         tokens in 200usize..=1500,
         sinks in 0usize..=4,
         window in 0usize..=40,
@@ -786,4 +788,54 @@ fn the_lowered_program_as_text_runs_like_the_timing_run() {
     sim.set_host_data(one.host_data);
     sim.run(&one.program).unwrap();
     assert!(lower_layer(&dev, &job, Some(4)).is_err());
+}
+
+/// A KV head's rows are activated once per pass over its slices, a pass
+/// serving as many query heads of its group as the bank's buffer and
+/// registers hold; the column commands stay one per query head. On this
+/// device FP16 and 4-bit-key PQ serve a group of 4 in one pass; the shipped
+/// 8-bit keys' table (64 x 256 FP16, 32 KB) fills the buffer alone, so
+/// that format still reads its rows once per query head.
+#[test]
+fn a_query_group_reads_each_row_once_per_pass() {
+    let dev = device();
+    let counts = |kind: PimKind, group: usize| {
+        let job = LayerJob {
+            kind,
+            head_dim: 128,
+            heads: 8,
+            kv_heads: 8,
+            group,
+            ctx: 8192,
+            fp_tokens: 0,
+            quantize: false,
+            codebooks: CodebookScope::Model,
+            // The fewest slices, whatever the group: the same placement.
+            placement: aqpim_attn::pim::Placement::OnePerCache,
+        };
+        let b = simulate_layer_breakdown(&dev, &job, Mode::TimingOnly).unwrap();
+        let mut n = std::collections::BTreeMap::<String, u64>::new();
+        for p in b.phases.iter().filter(|p| p.phase != Phase::Refresh) {
+            for (k, v) in &p.command_counts {
+                *n.entry(k.clone()).or_default() += v;
+            }
+        }
+        n
+    };
+    let shipped = PimKind::Pq {
+        key: PqCodes { dsub: 2, nbits: 8 },
+        value: PqCodes { dsub: 2, nbits: 4 },
+    };
+    for (kind, passes, column_ops) in [
+        (PimKind::Fp16, 1, &["MAC"][..]),
+        (PimKind::pq(2, 4), 1, &["LUTACC", "HISTACC", "BINMAC"][..]),
+        (shipped, 4, &["LUTACC", "HISTACC", "BINMAC"][..]),
+    ] {
+        let (one, four) = (counts(kind, 1), counts(kind, 4));
+        assert_eq!(four["ACTAB"], passes * one["ACTAB"], "{kind:?}");
+        for op in column_ops {
+            assert_eq!(four[*op], 4 * one[*op], "{kind:?} {op}");
+        }
+        assert_eq!(four["RDD"], 4 * one["RDD"], "{kind:?}");
+    }
 }

@@ -82,6 +82,24 @@ pub(crate) fn read_records(log: &[u8], records: usize, d: usize) -> Result<Vec<f
     Ok(vals)
 }
 
+/// Read-log values of passes of several query heads (`passes[k]` heads in
+/// pass `k`: their statistics `[max, sum]` one head after the other, then
+/// their `d` outputs likewise) in [`read_records`]'s layout, one record of
+/// `2 + d` values per head.
+pub(crate) fn regroup_passes(vals: &[f32], passes: &[usize], d: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(vals.len());
+    let mut at = 0;
+    for &h in passes {
+        let (stats, outs) = vals[at..at + h * (2 + d)].split_at(2 * h);
+        for i in 0..h {
+            out.extend_from_slice(&stats[2 * i..2 * i + 2]);
+            out.extend_from_slice(&outs[i * d..(i + 1) * d]);
+        }
+        at += h * (2 + d);
+    }
+    out
+}
+
 /// Merges records into outputs: record `i` belongs to output `owner[i]`
 /// (`d` values each).
 pub(crate) fn merge_records(vals: &[f32], owner: &[usize], outputs: usize, d: usize) -> Vec<f32> {
@@ -171,7 +189,7 @@ pub fn fp16_head_on_pim(
                 &geom,
                 ch as u8,
                 rows,
-                (h * 2 * d) as u32,
+                &[(h * 2 * d) as u32],
                 lanes,
                 cw,
             );
@@ -363,7 +381,7 @@ pub fn pq_head_on_pim(
             let rows = alloc.slice(ch, &geom, cb_at);
             load_code_tokens(&mut sim, device, ch, &geom, &rows, view, start)?;
             for &table in &table_at {
-                program::pq_slice(&mut out, &geom, ch as u8, rows, table, lanes, cw);
+                program::pq_slice(&mut out, &geom, ch as u8, rows, &[table], lanes, cw);
             }
             count += 1;
         }
@@ -383,7 +401,7 @@ pub fn pq_head_on_pim(
         for q in queries.chunks_exact(d) {
             let at = host.len() as u32;
             host.extend(f16_bytes(q.iter().copied()));
-            program::fp16_slice(&mut out, &geom, ch as u8, rows, at, lanes, cw);
+            program::fp16_slice(&mut out, &geom, ch as u8, rows, &[at], lanes, cw);
         }
         count += 1;
     }

@@ -256,17 +256,7 @@ impl Geom {
 
     /// Register, buffer and buffer-die budgets.
     fn check(&self, device: &Device) -> Result<()> {
-        let pim = &device.pim;
-        let regs = pim.registers;
-        let buf = pim.buffer_elements();
-        let die = pim.buffer_die_elements;
-        let score_regs = self.n_b;
-        if score_regs > regs {
-            return Err(unfit(format!(
-                "{} tokens per bank need {score_regs} score registers; a bank has {regs}",
-                self.n_b
-            )));
-        }
+        let die = device.pim.buffer_die_elements;
         if self.banks * self.n_b + 2 > die {
             return Err(unfit(format!(
                 "{} scores (+2 statistics) exceed the buffer die's {die} elements by {}",
@@ -280,40 +270,105 @@ impl Geom {
                 self.banks * self.d + self.d
             )));
         }
-        // Each bank's softmax weights sit side by side in a shared buffer.
+        self.check_heads(device, 1)
+    }
+
+    /// The per-head budgets of a pass over the slice that serves `heads`
+    /// query heads of a group at once: per bank, the buffer holds every
+    /// head's lookup table (`M x 2^bits`) or query (`d`) side by side
+    /// during scoring, then every head's softmax weights (`n_b` each, times
+    /// the banks sharing the buffer); the registers hold every head's
+    /// scores (`n_b` each), then every head's bins (`group x 2^bits` per
+    /// chunk) and outputs (`d`) for PQ, or its outputs (`d`) otherwise.
+    /// Scalar slices also keep buffer and register operands within QMAC's
+    /// 11-bit fields.
+    fn check_heads(&self, device: &Device, heads: usize) -> Result<()> {
+        let pim = &device.pim;
+        let (regs, buf) = (pim.registers, pim.buffer_elements());
         let share = pim.buffer_share.max(1);
-        if self.n_b * share > buf {
+        let per = |what: &str| {
+            if heads == 1 {
+                what.to_string()
+            } else {
+                format!("{what} of {heads} query heads")
+            }
+        };
+        let score_regs = heads * self.n_b;
+        if score_regs > regs {
             return Err(unfit(format!(
-                "{} softmax weights per bank, for {share} bank(s) sharing a buffer, exceed its {buf} elements",
-                self.n_b
+                "{} tokens per bank need {score_regs} score registers ({}); a bank has {regs}",
+                self.n_b,
+                per("scores")
             )));
         }
-        match (self.k.pq, self.v.pq) {
-            (Some(kp), Some(vp)) => {
-                if kp.m * kp.stride > buf {
-                    return Err(unfit(format!(
-                        "a lookup table of {} x {} FP16 exceeds the {buf}-element buffer by {}",
-                        kp.m,
-                        kp.stride,
-                        kp.m * kp.stride - buf
-                    )));
-                }
-                if vp.bins + self.d > regs {
-                    return Err(unfit(format!(
-                        "{} bins plus {} outputs exceed the {regs} registers by {}",
-                        vp.bins,
-                        self.d,
-                        vp.bins + self.d - regs
-                    )));
-                }
-                Ok(())
-            }
-            _ if self.d > buf => Err(unfit(format!(
-                "a {}-element query exceeds the {buf}-element buffer",
-                self.d
-            ))),
-            _ => Ok(()),
+        // Each bank's softmax weights sit side by side in a shared buffer.
+        if heads * self.n_b * share > buf {
+            return Err(unfit(format!(
+                "{} softmax weights per bank ({}), for {share} bank(s) sharing a buffer, exceed its {buf} elements",
+                heads * self.n_b,
+                per("weights")
+            )));
         }
+        let (operand, out_regs) = match (self.k.pq, self.v.pq) {
+            (Some(kp), Some(vp)) => (kp.m * kp.stride, vp.bins + self.d),
+            _ => (self.d, self.d),
+        };
+        if heads * operand > buf {
+            return Err(unfit(match self.k.pq {
+                Some(kp) => format!(
+                    "{} of {} x {} FP16 exceed the {buf}-element buffer by {}",
+                    per("a lookup table"),
+                    kp.m,
+                    kp.stride,
+                    heads * operand - buf
+                ),
+                None => format!(
+                    "{} of {} elements exceed the {buf}-element buffer",
+                    per("a query"),
+                    self.d
+                ),
+            }));
+        }
+        if heads * out_regs > regs {
+            return Err(unfit(format!(
+                "{} ({out_regs} registers each: bins and outputs) exceed the {regs} registers by {}",
+                per("the value registers"),
+                heads * out_regs - regs
+            )));
+        }
+        if self.sc.is_some() {
+            let widest = heads * self.n_b.max(self.d);
+            if widest > scalar::QMAC_OPERANDS {
+                return Err(unfit(format!(
+                    "{} reach operand {widest}, beyond QMAC's {} buffer and register elements",
+                    per("the scores and outputs"),
+                    scalar::QMAC_OPERANDS
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Query heads of a group of `group` that one pass over the slice's
+    /// rows serves (`g'`): the most, at most `group`, whose operands fit a
+    /// bank's buffer and registers side by side ([`Geom::check_heads`]);
+    /// at least 1, which [`Geom::new`] checked.
+    pub fn heads_per_pass(&self, device: &Device, group: usize) -> usize {
+        (1..=group.max(1))
+            .rev()
+            .find(|&h| self.check_heads(device, h).is_ok())
+            .unwrap_or(1)
+    }
+
+    /// The passes over the slice that serve a group of `group` query
+    /// heads: runs of [`Geom::heads_per_pass`] consecutive heads, the last
+    /// one shorter where that count does not divide the group.
+    pub fn passes(&self, device: &Device, group: usize) -> Vec<std::ops::Range<usize>> {
+        let per = self.heads_per_pass(device, group);
+        (0..group)
+            .step_by(per)
+            .map(|q| q..(q + per).min(group))
+            .collect()
     }
 
     /// The largest slice that fits a channel's registers, buffer and buffer
