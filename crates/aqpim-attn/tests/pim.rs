@@ -515,6 +515,168 @@ fn caches(
     out
 }
 
+/// One layer's shape for [`check_layer`]: the code format (`None` for FP16,
+/// else `(dsub, key bits, value bits)`), head dimension, sequences, KV
+/// heads, query heads per KV head, tokens, sinks, window, codebooks per
+/// sequence, seed.
+#[derive(Debug, Clone, Copy)]
+struct LayerCase {
+    format: Option<(usize, u32, u32)>,
+    d: usize,
+    batch: usize,
+    kv_heads: usize,
+    group: usize,
+    tokens: usize,
+    sinks: usize,
+    window: usize,
+    sequence_books: bool,
+    seed: u64,
+}
+
+/// `run_layer` on real caches of `case` against the CPU kernels, and its
+/// cycles and commands against `simulate_layer`'s.
+fn check_layer(case: LayerCase) -> Result<(), TestCaseError> {
+    let LayerCase {
+        format,
+        d,
+        batch,
+        kv_heads,
+        group,
+        tokens,
+        sinks,
+        window,
+        sequence_books,
+        seed,
+    } = case;
+    let dev = device();
+    let spec: KvSpec = match format {
+        None => KvSpec::Dense,
+        Some((dsub, kbits, vbits)) => format!(
+            "pq:dsub={dsub},kbits={kbits},vbits={vbits},sinks={sinks},window={window},iters=4"
+        )
+        .parse()
+        .unwrap(),
+    };
+    let scope = if sequence_books {
+        CodebookScope::Sequence
+    } else {
+        CodebookScope::Model
+    };
+    let caches = caches(
+        batch,
+        KvShape::with_query_heads(1, kv_heads, kv_heads * group, d).unwrap(),
+        tokens,
+        &spec,
+        !sequence_books,
+        seed,
+    );
+    let heads = batch * kv_heads;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed + 99);
+    let queries: Vec<f32> = (0..heads * group * d)
+        .map(|_| rng.gen_range(-0.5f32..0.5))
+        .collect();
+    let mut want = vec![0f32; heads * group * d];
+    let mut data = Vec::new();
+    for c in 0..heads {
+        let (s, h) = (c / kv_heads, c % kv_heads);
+        let (q, o) = (
+            &queries[c * group * d..(c + 1) * group * d],
+            &mut want[c * group * d..(c + 1) * group * d],
+        );
+        if let Some(store) = caches[s].as_pq() {
+            let view = store.head(0, h).unwrap();
+            pq_head_attention(&view, q, o).unwrap();
+            data.push(CacheData::Pq(view));
+        } else {
+            let store = caches[s].as_dense().unwrap();
+            dense_head_attention(store, 0, h, q, o).unwrap();
+            data.push(CacheData::Fp16 {
+                keys: store.keys(0, h).unwrap(),
+                values: store.values(0, h).unwrap(),
+            });
+        }
+    }
+    let (kind, ctx, fp_tokens) = match (format, &data[0]) {
+        (Some((dsub, kbits, vbits)), CacheData::Pq(v)) => (
+            PimKind::Pq {
+                key: PqCodes { dsub, nbits: kbits },
+                value: PqCodes { dsub, nbits: vbits },
+            },
+            v.key_codes.tokens(),
+            v.sink_keys.len() + v.recent_keys.len(),
+        ),
+        _ => (PimKind::Fp16, tokens, 0),
+    };
+    // In-memory quantization of a block of new tokens per cache where
+    // one program's caches share codebooks and both parts tile columns
+    // alike.
+    let quantize = matches!(format, Some((_, k, v)) if k == v) && !sequence_books;
+    let job = LayerJob {
+        kind,
+        head_dim: d,
+        heads,
+        kv_heads,
+        group,
+        ctx,
+        fp_tokens,
+        quantize,
+        codebooks: scope,
+        placement: aqpim_attn::pim::Placement::Spread,
+    };
+    let block = if quantize {
+        quantize_block(&dev, &job).unwrap()
+    } else {
+        0
+    };
+    let new_keys: Vec<f32> = (0..heads * block * d)
+        .map(|_| rng.gen_range(-0.3f32..0.3))
+        .collect();
+    let new_values: Vec<f32> = (0..heads * block * d)
+        .map(|_| rng.gen_range(-0.3f32..0.3))
+        .collect();
+    let new = quantize.then_some(NewTokens {
+        keys: &new_keys,
+        values: &new_values,
+    });
+    let run = run_layer(&dev, &job, &data, &queries, new).unwrap();
+    if quantize {
+        for (c, codes) in run.new_codes.iter().enumerate() {
+            let CacheData::Pq(view) = data[c] else {
+                unreachable!()
+            };
+            let at = c * block * d..(c + 1) * block * d;
+            prop_assert_eq!(
+                &codes.key_codes,
+                &nearest_fp16(view.key_codebook.unwrap(), &new_keys[at.clone()])
+            );
+            prop_assert_eq!(
+                &codes.value_codes,
+                &nearest_fp16(view.value_codebook.unwrap(), &new_values[at])
+            );
+        }
+    }
+    for i in 0..heads * group {
+        let w: Vec<f64> = want[i * d..(i + 1) * d]
+            .iter()
+            .map(|&x| f64::from(x))
+            .collect();
+        let err = relative_error(&run.out[i * d..(i + 1) * d], &w);
+        prop_assert!(
+            err <= TOL,
+            "{job:?}: query head {i}: relative error {err:e}"
+        );
+    }
+    // The same program as the timing run: the same cycles and commands.
+    let timed = simulate_layer(&dev, &job).unwrap();
+    prop_assert_eq!(run.stats.cycles, timed.cycles);
+    prop_assert_eq!(run.stats.total_commands, timed.commands);
+    prop_assert_eq!(
+        run.phases.iter().map(|p| p.cycles).sum::<u64>(),
+        run.stats.cycles
+    );
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(config(10, 0x1A7E_4F00))]
 
@@ -536,88 +698,40 @@ proptest! {
         sequence_books in any::<bool>(),
         seed in 0u64..10_000,
     ) {
-        let dev = device();
-        let spec: KvSpec = match format {
-            None => KvSpec::Dense,
-            Some((dsub, kbits, vbits)) => format!(
-                "pq:dsub={dsub},kbits={kbits},vbits={vbits},sinks={sinks},window={window},iters=4"
-            )
-            .parse()
-            .unwrap(),
+        check_layer(LayerCase { format, d, batch, kv_heads, group, tokens, sinks, window, sequence_books, seed })?;
+    }
+}
+
+/// Llama-3-8B's group of four query heads per KV head, for each kind: FP16
+/// and 4-bit-key PQ read a slice's rows once for the four (one pass), the
+/// shipped 8-bit keys (dsub 2, 4-bit values) once per head (their table
+/// fills the buffer), 8-bit dsub 4 likewise.
+#[test]
+fn a_group_of_four_on_real_caches_equals_the_cpu_kernels() {
+    for (i, format) in [
+        None,
+        Some((2usize, 4u32, 4u32)),
+        Some((2, 8, 4)),
+        Some((4, 8, 8)),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let case = LayerCase {
+            format,
+            d: 128,
+            batch: 1,
+            kv_heads: 2,
+            group: 4,
+            tokens: 1200,
+            sinks: 4,
+            window: 16,
+            sequence_books: false,
+            seed: 40 + i as u64,
         };
-        let scope = if sequence_books { CodebookScope::Sequence } else { CodebookScope::Model };
-        let caches = caches(batch, KvShape::with_query_heads(1, kv_heads, kv_heads * group, d).unwrap(), tokens, &spec, !sequence_books, seed);
-        let heads = batch * kv_heads;
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed + 99);
-        let queries: Vec<f32> = (0..heads * group * d).map(|_| rng.gen_range(-0.5f32..0.5)).collect();
-        let mut want = vec![0f32; heads * group * d];
-        let mut data = Vec::new();
-        for c in 0..heads {
-            let (s, h) = (c / kv_heads, c % kv_heads);
-            let (q, o) = (&queries[c * group * d..(c + 1) * group * d], &mut want[c * group * d..(c + 1) * group * d]);
-            if let Some(store) = caches[s].as_pq() {
-                let view = store.head(0, h).unwrap();
-                pq_head_attention(&view, q, o).unwrap();
-                data.push(CacheData::Pq(view));
-            } else {
-                let store = caches[s].as_dense().unwrap();
-                dense_head_attention(store, 0, h, q, o).unwrap();
-                data.push(CacheData::Fp16 {
-                    keys: store.keys(0, h).unwrap(),
-                    values: store.values(0, h).unwrap(),
-                });
-            }
+        if let Err(e) = check_layer(case) {
+            panic!("{case:?}: {e}");
         }
-        let (kind, ctx, fp_tokens) = match (format, &data[0]) {
-            (Some((dsub, kbits, vbits)), CacheData::Pq(v)) => (
-                PimKind::Pq {
-                    key: PqCodes { dsub, nbits: kbits },
-                    value: PqCodes { dsub, nbits: vbits },
-                },
-                v.key_codes.tokens(),
-                v.sink_keys.len() + v.recent_keys.len(),
-            ),
-            _ => (PimKind::Fp16, tokens, 0),
-        };
-        // In-memory quantization of a block of new tokens per cache where
-        // one program's caches share codebooks and both parts tile columns
-        // alike.
-        let quantize = matches!(format, Some((_, k, v)) if k == v) && !sequence_books;
-        let job = LayerJob {
-            kind,
-            head_dim: d,
-            heads,
-            kv_heads,
-            group,
-            ctx,
-            fp_tokens,
-            quantize,
-            codebooks: scope,
-            placement: aqpim_attn::pim::Placement::Spread,
-        };
-        let block = if quantize { quantize_block(&dev, &job).unwrap() } else { 0 };
-        let new_keys: Vec<f32> = (0..heads * block * d).map(|_| rng.gen_range(-0.3f32..0.3)).collect();
-        let new_values: Vec<f32> = (0..heads * block * d).map(|_| rng.gen_range(-0.3f32..0.3)).collect();
-        let new = quantize.then_some(NewTokens { keys: &new_keys, values: &new_values });
-        let run = run_layer(&dev, &job, &data, &queries, new).unwrap();
-        if quantize {
-            for (c, codes) in run.new_codes.iter().enumerate() {
-                let CacheData::Pq(view) = data[c] else { unreachable!() };
-                let at = c * block * d..(c + 1) * block * d;
-                prop_assert_eq!(&codes.key_codes, &nearest_fp16(view.key_codebook.unwrap(), &new_keys[at.clone()]));
-                prop_assert_eq!(&codes.value_codes, &nearest_fp16(view.value_codebook.unwrap(), &new_values[at]));
-            }
-        }
-        for i in 0..heads * group {
-            let w: Vec<f64> = want[i * d..(i + 1) * d].iter().map(|&x| f64::from(x)).collect();
-            let err = relative_error(&run.out[i * d..(i + 1) * d], &w);
-            prop_assert!(err <= TOL, "{job:?}: query head {i}: relative error {err:e}");
-        }
-        // The same program as the timing run: the same cycles and commands.
-        let timed = simulate_layer(&dev, &job).unwrap();
-        prop_assert_eq!(run.stats.cycles, timed.cycles);
-        prop_assert_eq!(run.stats.total_commands, timed.commands);
-        prop_assert_eq!(run.phases.iter().map(|p| p.cycles).sum::<u64>(), run.stats.cycles);
     }
 }
 

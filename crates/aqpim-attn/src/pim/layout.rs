@@ -404,3 +404,50 @@ impl Geom {
         self.k.rows + self.v.rows
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pim::{ScalarCodes, ScalarScale};
+
+    /// `g'` for a group of 4 at d = 128, on a small slice (16 slots per
+    /// bank) and on the largest one a channel holds: the figures
+    /// `docs/design/pim-lowering.md` quotes.
+    #[test]
+    fn heads_per_pass_of_a_group_of_four_at_d_128() {
+        let shipped = PimKind::Pq {
+            key: PqCodes { dsub: 2, nbits: 8 },
+            value: PqCodes { dsub: 2, nbits: 4 },
+        };
+        let kivi4 = PimKind::Scalar(ScalarCodes {
+            bits: 4,
+            group: 32,
+            scale: ScalarScale::MinScale,
+        });
+        let cases = [
+            ("hbm3-aqpim-5.2", PimKind::Fp16, 4, 4),
+            ("hbm3-aqpim-5.2", shipped, 1, 1),
+            ("hbm3-aqpim-5.2", PimKind::pq(2, 4), 4, 4),
+            ("hbm3-aqpim-5.2", PimKind::pq(4, 8), 1, 1),
+            ("hbm3-aqpim-equal-area", shipped, 1, 1),
+            ("hbm3-aqpim-equal-area", PimKind::pq(2, 4), 1, 1),
+            ("hbm3-attacc-5.2", PimKind::Fp16, 2, 1),
+            ("hbm3-pimba-5.2", kivi4, 2, 1),
+        ];
+        let mut got = Vec::new();
+        for (name, kind, _, _) in cases {
+            let dev = Device::preset(name).unwrap();
+            let small = Geom::new(&dev, kind, 128, 16 * dev.org.banks_per_channel).unwrap();
+            let max = Geom::max_tokens(&dev, kind, 128).unwrap();
+            let large = Geom::new(&dev, kind, 128, max).unwrap();
+            got.push((
+                name,
+                kind,
+                small.heads_per_pass(&dev, 4),
+                large.heads_per_pass(&dev, 4),
+            ));
+        }
+        let want: Vec<_> = cases.to_vec();
+        assert_eq!(got, want);
+    }
+}

@@ -80,11 +80,7 @@ pub(crate) fn layer_program(
             );
         }
     }
-    Lowered {
-        out,
-        reads,
-        passes,
-    }
+    Lowered { out, reads, passes }
 }
 
 /// Host data large enough for every offset a timing-only layer program uses
