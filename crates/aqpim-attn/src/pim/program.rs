@@ -1,12 +1,16 @@
-//! Program generators: one slice's attention for one query head, FP16
-//! (AttAcc) or on PQ codes (AQPIM), and in-memory quantization of new
-//! tokens. Each appends instructions for one channel; channels run in
-//! parallel, so a layer's program is the concatenation of its channels'.
+//! Program generators: one slice's attention for a pass of query heads of
+//! one group, FP16 (AttAcc) or on PQ codes (AQPIM), and in-memory
+//! quantization of new tokens. Each appends instructions for one channel;
+//! channels run in parallel, so a layer's program is the concatenation of
+//! its channels'.
 //!
-//! Every slice program leaves in the read log, per query head, first the
-//! softmax statistics `[max, sum]` of its tokens, then its `d` outputs
-//! (normalized within the slice): the host merges slices as partial
-//! softmaxes (see [`crate::pim::merge`]).
+//! A pass activates each of the slice's rows once and issues, per column,
+//! one command per head of the pass, each head's operands at its own buffer
+//! and register offsets (`Geom::heads_per_pass` says how many heads fit).
+//! It leaves in the read log, per head, the softmax statistics `[max, sum]`
+//! of its tokens, then, per head, its `d` outputs (normalized within the
+//! slice): the host merges slices as partial softmaxes (see
+//! [`crate::pim::merge`]).
 //!
 //! Generators mark each instruction with the [`Phase`] of the kernel it
 //! belongs to, so that a run's statistics can be split by phase.
