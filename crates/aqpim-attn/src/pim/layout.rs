@@ -270,94 +270,92 @@ impl Geom {
                 self.banks * self.d + self.d
             )));
         }
-        self.check_heads(device, 1)
+        self.check_one_head(device)
     }
 
-    /// The per-head budgets of a pass over the slice that serves `heads`
-    /// query heads of a group at once: per bank, the buffer holds every
-    /// head's lookup table (`M x 2^bits`) or query (`d`) side by side
-    /// during scoring, then every head's softmax weights (`n_b` each, times
-    /// the banks sharing the buffer); the registers hold every head's
-    /// scores (`n_b` each), then every head's bins (`group x 2^bits` per
-    /// chunk) and outputs (`d`) for PQ, or its outputs (`d`) otherwise.
-    /// Scalar slices also keep buffer and register operands within QMAC's
-    /// 11-bit fields.
-    fn check_heads(&self, device: &Device, heads: usize) -> Result<()> {
+    /// The per-head budgets of a pass over the slice that serves several
+    /// query heads of a group at once, as `(elements one head needs,
+    /// elements a bank has)`: per bank, the buffer holds every head's
+    /// lookup table (`M x 2^bits`) or query (`d`) side by side during
+    /// scoring, then every head's softmax weights (`n_b` each, times the
+    /// banks sharing the buffer); the registers hold every head's scores
+    /// (`n_b` each), then every head's bins (`group x 2^bits` per chunk) and
+    /// outputs (`d`) for PQ, or its outputs (`d`) otherwise. Scalar slices
+    /// also keep buffer and register operands within QMAC's 11-bit fields.
+    fn budgets(&self, device: &Device) -> [(usize, usize); 5] {
         let pim = &device.pim;
         let (regs, buf) = (pim.registers, pim.buffer_elements());
         let share = pim.buffer_share.max(1);
-        let per = |what: &str| {
-            if heads == 1 {
-                what.to_string()
-            } else {
-                format!("{what} of {heads} query heads")
-            }
-        };
-        let score_regs = heads * self.n_b;
-        if score_regs > regs {
-            return Err(unfit(format!(
-                "{} tokens per bank need {score_regs} score registers ({}); a bank has {regs}",
-                self.n_b,
-                per("scores")
-            )));
-        }
-        // Each bank's softmax weights sit side by side in a shared buffer.
-        if heads * self.n_b * share > buf {
-            return Err(unfit(format!(
-                "{} softmax weights per bank ({}), for {share} bank(s) sharing a buffer, exceed its {buf} elements",
-                heads * self.n_b,
-                per("weights")
-            )));
-        }
         let (operand, out_regs) = match (self.k.pq, self.v.pq) {
             (Some(kp), Some(vp)) => (kp.m * kp.stride, vp.bins + self.d),
             _ => (self.d, self.d),
         };
-        if heads * operand > buf {
-            return Err(unfit(match self.k.pq {
-                Some(kp) => format!(
-                    "{} of {} x {} FP16 exceed the {buf}-element buffer by {}",
-                    per("a lookup table"),
-                    kp.m,
-                    kp.stride,
-                    heads * operand - buf
-                ),
-                None => format!(
-                    "{} of {} elements exceed the {buf}-element buffer",
-                    per("a query"),
-                    self.d
-                ),
-            }));
-        }
-        if heads * out_regs > regs {
-            return Err(unfit(format!(
-                "{} ({out_regs} registers each: bins and outputs) exceed the {regs} registers by {}",
-                per("the value registers"),
-                heads * out_regs - regs
-            )));
-        }
-        if self.sc.is_some() {
-            let widest = heads * self.n_b.max(self.d);
-            if widest > scalar::QMAC_OPERANDS {
-                return Err(unfit(format!(
-                    "{} reach operand {widest}, beyond QMAC's {} buffer and register elements",
-                    per("the scores and outputs"),
-                    scalar::QMAC_OPERANDS
-                )));
-            }
-        }
-        Ok(())
+        let qmac = if self.sc.is_some() {
+            (self.n_b.max(self.d), scalar::QMAC_OPERANDS)
+        } else {
+            (0, 0)
+        };
+        [
+            (self.n_b, regs),
+            (self.n_b * share, buf),
+            (operand, buf),
+            (out_regs, regs),
+            qmac,
+        ]
+    }
+
+    /// The error of the first budget one head does not fit, if any.
+    fn check_one_head(&self, device: &Device) -> Result<()> {
+        let pim = &device.pim;
+        let (regs, buf) = (pim.registers, pim.buffer_elements());
+        let budgets = self.budgets(device);
+        let Some(i) = budgets.iter().position(|&(need, limit)| need > limit) else {
+            return Ok(());
+        };
+        let over = budgets[i].0 - budgets[i].1;
+        Err(unfit(match (i, self.k.pq, self.v.pq) {
+            (0, ..) => format!(
+                "{} tokens per bank need {} score registers; a bank has {regs}",
+                self.n_b, self.n_b
+            ),
+            (1, ..) => format!(
+                "{} softmax weights per bank, for {} bank(s) sharing a buffer, exceed its {buf} elements",
+                self.n_b,
+                pim.buffer_share.max(1)
+            ),
+            (2, Some(kp), _) => format!(
+                "a lookup table of {} x {} FP16 exceeds the {buf}-element buffer by {over}",
+                kp.m, kp.stride
+            ),
+            (2, None, _) => format!(
+                "a {}-element query exceeds the {buf}-element buffer",
+                self.d
+            ),
+            (3, _, Some(vp)) => format!(
+                "{} bins plus {} outputs exceed the {regs} registers by {over}",
+                vp.bins, self.d
+            ),
+            (3, ..) => format!("{} outputs exceed the {regs} registers", self.d),
+            _ => format!(
+                "{} slots per bank reach beyond QMAC's {} buffer and register elements",
+                self.n_b,
+                scalar::QMAC_OPERANDS
+            ),
+        }))
     }
 
     /// Query heads of a group of `group` that one pass over the slice's
     /// rows serves (`g'`): the most, at most `group`, whose operands fit a
-    /// bank's buffer and registers side by side ([`Geom::check_heads`]);
-    /// at least 1, which [`Geom::new`] checked.
+    /// bank's buffer and registers side by side (`Geom::budgets`); at least
+    /// 1, which [`Geom::new`] checked.
     pub fn heads_per_pass(&self, device: &Device, group: usize) -> usize {
-        (1..=group.max(1))
-            .rev()
-            .find(|&h| self.check_heads(device, h).is_ok())
-            .unwrap_or(1)
+        self.budgets(device)
+            .iter()
+            .filter(|&&(need, _)| need > 0)
+            .map(|&(need, limit)| limit / need)
+            .min()
+            .unwrap_or(group)
+            .clamp(1, group.max(1))
     }
 
     /// The passes over the slice that serve a group of `group` query
