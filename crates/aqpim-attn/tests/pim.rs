@@ -63,7 +63,7 @@ proptest! {
     fn attacc_program_equals_dense_attention(
         d in prop_oneof![Just(16usize), Just(32), Just(64), Just(128)],
         n in 1usize..=2500,
-        g in 1usize..=2,
+        g in 1usize..=4,
         slices in 1usize..=3,
         seed in 0u64..10_000,
     ) {
@@ -104,7 +104,7 @@ proptest! {
         ctx in 1usize..=2500,
         sinks in 0usize..=4,
         window in 0usize..=40,
-        g in 1usize..=2,
+        g in 1usize..=4,
         slices in 1usize..=3,
         seed in 0u64..10_000,
     ) {
@@ -705,21 +705,23 @@ proptest! {
 /// Llama-3-8B's group of four query heads per KV head, for each kind: FP16
 /// and 4-bit-key PQ read a slice's rows once for the four (one pass), the
 /// shipped 8-bit keys (dsub 2, 4-bit values) once per head (their table
-/// fills the buffer), 8-bit dsub 4 likewise.
+/// fills the buffer), 8-bit dsub 4 likewise; at d = 64, 4-bit codes of 2
+/// elements put two tokens in a code column.
 #[test]
 fn a_group_of_four_on_real_caches_equals_the_cpu_kernels() {
-    for (i, format) in [
-        None,
-        Some((2usize, 4u32, 4u32)),
-        Some((2, 8, 4)),
-        Some((4, 8, 8)),
+    for (i, (format, d)) in [
+        (None, 128),
+        (Some((2usize, 4u32, 4u32)), 128),
+        (Some((2, 8, 4)), 128),
+        (Some((4, 8, 8)), 128),
+        (Some((2, 4, 4)), 64),
     ]
     .into_iter()
     .enumerate()
     {
         let case = LayerCase {
             format,
-            d: 128,
+            d,
             batch: 1,
             kv_heads: 2,
             group: 4,
