@@ -3,7 +3,10 @@
 //! parameters instead of command by command.
 //!
 //! Per channel, the programs run back to back; the layer takes as long as
-//! its slowest channel. Within a program:
+//! its slowest channel. A slice's program serves its query heads in passes
+//! of `g'` (`Geom::passes`): a pass of `h` heads opens each row once with
+//! `h` times its column ops, and makes `h` broadcasts, softmax hand-offs
+//! and reductions. Within a program:
 //!
 //! - a row of `k` all-bank column ops (LUTACC, HISTACC, MAC, BINMAC) costs
 //!   `max(max(nRCDRD + (k - 1) I + nRTP, nRAS) + nRP, nRC)`, `I` the op's
