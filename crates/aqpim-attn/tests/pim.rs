@@ -63,7 +63,7 @@ proptest! {
     fn attacc_program_equals_dense_attention(
         d in prop_oneof![Just(16usize), Just(32), Just(64), Just(128)],
         n in 1usize..=2500,
-        g in 1usize..=2,
+        g in 1usize..=4,
         slices in 1usize..=3,
         seed in 0u64..10_000,
     ) {
@@ -104,7 +104,7 @@ proptest! {
         ctx in 1usize..=2500,
         sinks in 0usize..=4,
         window in 0usize..=40,
-        g in 1usize..=2,
+        g in 1usize..=4,
         slices in 1usize..=3,
         seed in 0u64..10_000,
     ) {
@@ -193,7 +193,9 @@ fn analytic_layer_cost_tracks_the_simulator_within_5_percent() {
     let mut bad = Vec::new();
     let kinds = [PimKind::Fp16, PimKind::pq(4, 8), PimKind::pq(2, 8)];
     for kind in kinds {
-        for (heads, kv_heads) in [(8, 8), (32, 32), (96, 32)] {
+        // Eight KV heads come with four query heads each (Llama-3-8B's
+        // group), read in passes of as many as the buffer and registers hold.
+        for (heads, kv_heads) in [(8, 8), (32, 8), (32, 32), (96, 32)] {
             for ctx in [1000, 8192, 32768] {
                 let pq = matches!(kind, PimKind::Pq { .. });
                 let job = LayerJob {
@@ -201,7 +203,7 @@ fn analytic_layer_cost_tracks_the_simulator_within_5_percent() {
                     head_dim: 128,
                     heads,
                     kv_heads,
-                    group: if heads == 8 { 4 } else { 1 },
+                    group: if kv_heads == 8 { 4 } else { 1 },
                     ctx,
                     fp_tokens: if pq { 132 } else { 0 },
                     quantize: pq,
@@ -513,6 +515,168 @@ fn caches(
     out
 }
 
+/// One layer's shape for [`check_layer`]: the code format (`None` for FP16,
+/// else `(dsub, key bits, value bits)`), head dimension, sequences, KV
+/// heads, query heads per KV head, tokens, sinks, window, codebooks per
+/// sequence, seed.
+#[derive(Debug, Clone, Copy)]
+struct LayerCase {
+    format: Option<(usize, u32, u32)>,
+    d: usize,
+    batch: usize,
+    kv_heads: usize,
+    group: usize,
+    tokens: usize,
+    sinks: usize,
+    window: usize,
+    sequence_books: bool,
+    seed: u64,
+}
+
+/// `run_layer` on real caches of `case` against the CPU kernels, and its
+/// cycles and commands against `simulate_layer`'s.
+fn check_layer(case: LayerCase) -> Result<(), TestCaseError> {
+    let LayerCase {
+        format,
+        d,
+        batch,
+        kv_heads,
+        group,
+        tokens,
+        sinks,
+        window,
+        sequence_books,
+        seed,
+    } = case;
+    let dev = device();
+    let spec: KvSpec = match format {
+        None => KvSpec::Dense,
+        Some((dsub, kbits, vbits)) => format!(
+            "pq:dsub={dsub},kbits={kbits},vbits={vbits},sinks={sinks},window={window},iters=4"
+        )
+        .parse()
+        .unwrap(),
+    };
+    let scope = if sequence_books {
+        CodebookScope::Sequence
+    } else {
+        CodebookScope::Model
+    };
+    let caches = caches(
+        batch,
+        KvShape::with_query_heads(1, kv_heads, kv_heads * group, d).unwrap(),
+        tokens,
+        &spec,
+        !sequence_books,
+        seed,
+    );
+    let heads = batch * kv_heads;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed + 99);
+    let queries: Vec<f32> = (0..heads * group * d)
+        .map(|_| rng.gen_range(-0.5f32..0.5))
+        .collect();
+    let mut want = vec![0f32; heads * group * d];
+    let mut data = Vec::new();
+    for c in 0..heads {
+        let (s, h) = (c / kv_heads, c % kv_heads);
+        let (q, o) = (
+            &queries[c * group * d..(c + 1) * group * d],
+            &mut want[c * group * d..(c + 1) * group * d],
+        );
+        if let Some(store) = caches[s].as_pq() {
+            let view = store.head(0, h).unwrap();
+            pq_head_attention(&view, q, o).unwrap();
+            data.push(CacheData::Pq(view));
+        } else {
+            let store = caches[s].as_dense().unwrap();
+            dense_head_attention(store, 0, h, q, o).unwrap();
+            data.push(CacheData::Fp16 {
+                keys: store.keys(0, h).unwrap(),
+                values: store.values(0, h).unwrap(),
+            });
+        }
+    }
+    let (kind, ctx, fp_tokens) = match (format, &data[0]) {
+        (Some((dsub, kbits, vbits)), CacheData::Pq(v)) => (
+            PimKind::Pq {
+                key: PqCodes { dsub, nbits: kbits },
+                value: PqCodes { dsub, nbits: vbits },
+            },
+            v.key_codes.tokens(),
+            v.sink_keys.len() + v.recent_keys.len(),
+        ),
+        _ => (PimKind::Fp16, tokens, 0),
+    };
+    // In-memory quantization of a block of new tokens per cache where
+    // one program's caches share codebooks and both parts tile columns
+    // alike.
+    let quantize = matches!(format, Some((_, k, v)) if k == v) && !sequence_books;
+    let job = LayerJob {
+        kind,
+        head_dim: d,
+        heads,
+        kv_heads,
+        group,
+        ctx,
+        fp_tokens,
+        quantize,
+        codebooks: scope,
+        placement: aqpim_attn::pim::Placement::Spread,
+    };
+    let block = if quantize {
+        quantize_block(&dev, &job).unwrap()
+    } else {
+        0
+    };
+    let new_keys: Vec<f32> = (0..heads * block * d)
+        .map(|_| rng.gen_range(-0.3f32..0.3))
+        .collect();
+    let new_values: Vec<f32> = (0..heads * block * d)
+        .map(|_| rng.gen_range(-0.3f32..0.3))
+        .collect();
+    let new = quantize.then_some(NewTokens {
+        keys: &new_keys,
+        values: &new_values,
+    });
+    let run = run_layer(&dev, &job, &data, &queries, new).unwrap();
+    if quantize {
+        for (c, codes) in run.new_codes.iter().enumerate() {
+            let CacheData::Pq(view) = data[c] else {
+                unreachable!()
+            };
+            let at = c * block * d..(c + 1) * block * d;
+            prop_assert_eq!(
+                &codes.key_codes,
+                &nearest_fp16(view.key_codebook.unwrap(), &new_keys[at.clone()])
+            );
+            prop_assert_eq!(
+                &codes.value_codes,
+                &nearest_fp16(view.value_codebook.unwrap(), &new_values[at])
+            );
+        }
+    }
+    for i in 0..heads * group {
+        let w: Vec<f64> = want[i * d..(i + 1) * d]
+            .iter()
+            .map(|&x| f64::from(x))
+            .collect();
+        let err = relative_error(&run.out[i * d..(i + 1) * d], &w);
+        prop_assert!(
+            err <= TOL,
+            "{job:?}: query head {i}: relative error {err:e}"
+        );
+    }
+    // The same program as the timing run: the same cycles and commands.
+    let timed = simulate_layer(&dev, &job).unwrap();
+    prop_assert_eq!(run.stats.cycles, timed.cycles);
+    prop_assert_eq!(run.stats.total_commands, timed.commands);
+    prop_assert_eq!(
+        run.phases.iter().map(|p| p.cycles).sum::<u64>(),
+        run.stats.cycles
+    );
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(config(10, 0x1A7E_4F00))]
 
@@ -527,95 +691,49 @@ proptest! {
         d in prop_oneof![Just(64usize), Just(128)],
         batch in 1usize..=2,
         kv_heads in 1usize..=3,
-        group in 1usize..=2,
+        group in prop_oneof![Just(1usize), Just(2), Just(4)],
         tokens in 200usize..=1500,
         sinks in 0usize..=4,
         window in 0usize..=40,
         sequence_books in any::<bool>(),
         seed in 0u64..10_000,
     ) {
-        let dev = device();
-        let spec: KvSpec = match format {
-            None => KvSpec::Dense,
-            Some((dsub, kbits, vbits)) => format!(
-                "pq:dsub={dsub},kbits={kbits},vbits={vbits},sinks={sinks},window={window},iters=4"
-            )
-            .parse()
-            .unwrap(),
+        check_layer(LayerCase { format, d, batch, kv_heads, group, tokens, sinks, window, sequence_books, seed })?;
+    }
+}
+
+/// Llama-3-8B's group of four query heads per KV head, for each kind: FP16
+/// and 4-bit-key PQ read a slice's rows once for the four (one pass), the
+/// shipped 8-bit keys (dsub 2, 4-bit values) once per head (their table
+/// fills the buffer), 8-bit dsub 4 likewise; at d = 64, 4-bit codes of 2
+/// elements put two tokens in a code column.
+#[test]
+fn a_group_of_four_on_real_caches_equals_the_cpu_kernels() {
+    for (i, (format, d)) in [
+        (None, 128),
+        (Some((2usize, 4u32, 4u32)), 128),
+        (Some((2, 8, 4)), 128),
+        (Some((4, 8, 8)), 128),
+        (Some((2, 4, 4)), 64),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let case = LayerCase {
+            format,
+            d,
+            batch: 1,
+            kv_heads: 2,
+            group: 4,
+            tokens: 1200,
+            sinks: 4,
+            window: 16,
+            sequence_books: false,
+            seed: 40 + i as u64,
         };
-        let scope = if sequence_books { CodebookScope::Sequence } else { CodebookScope::Model };
-        let caches = caches(batch, KvShape::with_query_heads(1, kv_heads, kv_heads * group, d).unwrap(), tokens, &spec, !sequence_books, seed);
-        let heads = batch * kv_heads;
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed + 99);
-        let queries: Vec<f32> = (0..heads * group * d).map(|_| rng.gen_range(-0.5f32..0.5)).collect();
-        let mut want = vec![0f32; heads * group * d];
-        let mut data = Vec::new();
-        for c in 0..heads {
-            let (s, h) = (c / kv_heads, c % kv_heads);
-            let (q, o) = (&queries[c * group * d..(c + 1) * group * d], &mut want[c * group * d..(c + 1) * group * d]);
-            if let Some(store) = caches[s].as_pq() {
-                let view = store.head(0, h).unwrap();
-                pq_head_attention(&view, q, o).unwrap();
-                data.push(CacheData::Pq(view));
-            } else {
-                let store = caches[s].as_dense().unwrap();
-                dense_head_attention(store, 0, h, q, o).unwrap();
-                data.push(CacheData::Fp16 {
-                    keys: store.keys(0, h).unwrap(),
-                    values: store.values(0, h).unwrap(),
-                });
-            }
+        if let Err(e) = check_layer(case) {
+            panic!("{case:?}: {e}");
         }
-        let (kind, ctx, fp_tokens) = match (format, &data[0]) {
-            (Some((dsub, kbits, vbits)), CacheData::Pq(v)) => (
-                PimKind::Pq {
-                    key: PqCodes { dsub, nbits: kbits },
-                    value: PqCodes { dsub, nbits: vbits },
-                },
-                v.key_codes.tokens(),
-                v.sink_keys.len() + v.recent_keys.len(),
-            ),
-            _ => (PimKind::Fp16, tokens, 0),
-        };
-        // In-memory quantization of a block of new tokens per cache where
-        // one program's caches share codebooks and both parts tile columns
-        // alike.
-        let quantize = matches!(format, Some((_, k, v)) if k == v) && !sequence_books;
-        let job = LayerJob {
-            kind,
-            head_dim: d,
-            heads,
-            kv_heads,
-            group,
-            ctx,
-            fp_tokens,
-            quantize,
-            codebooks: scope,
-            placement: aqpim_attn::pim::Placement::Spread,
-        };
-        let block = if quantize { quantize_block(&dev, &job).unwrap() } else { 0 };
-        let new_keys: Vec<f32> = (0..heads * block * d).map(|_| rng.gen_range(-0.3f32..0.3)).collect();
-        let new_values: Vec<f32> = (0..heads * block * d).map(|_| rng.gen_range(-0.3f32..0.3)).collect();
-        let new = quantize.then_some(NewTokens { keys: &new_keys, values: &new_values });
-        let run = run_layer(&dev, &job, &data, &queries, new).unwrap();
-        if quantize {
-            for (c, codes) in run.new_codes.iter().enumerate() {
-                let CacheData::Pq(view) = data[c] else { unreachable!() };
-                let at = c * block * d..(c + 1) * block * d;
-                prop_assert_eq!(&codes.key_codes, &nearest_fp16(view.key_codebook.unwrap(), &new_keys[at.clone()]));
-                prop_assert_eq!(&codes.value_codes, &nearest_fp16(view.value_codebook.unwrap(), &new_values[at]));
-            }
-        }
-        for i in 0..heads * group {
-            let w: Vec<f64> = want[i * d..(i + 1) * d].iter().map(|&x| f64::from(x)).collect();
-            let err = relative_error(&run.out[i * d..(i + 1) * d], &w);
-            prop_assert!(err <= TOL, "{job:?}: query head {i}: relative error {err:e}");
-        }
-        // The same program as the timing run: the same cycles and commands.
-        let timed = simulate_layer(&dev, &job).unwrap();
-        prop_assert_eq!(run.stats.cycles, timed.cycles);
-        prop_assert_eq!(run.stats.total_commands, timed.commands);
-        prop_assert_eq!(run.phases.iter().map(|p| p.cycles).sum::<u64>(), run.stats.cycles);
     }
 }
 
@@ -786,4 +904,54 @@ fn the_lowered_program_as_text_runs_like_the_timing_run() {
     sim.set_host_data(one.host_data);
     sim.run(&one.program).unwrap();
     assert!(lower_layer(&dev, &job, Some(4)).is_err());
+}
+
+/// A KV head's rows are activated once per pass over its slices, a pass
+/// serving as many query heads of its group as the bank's buffer and
+/// registers hold; the column commands stay one per query head. On this
+/// device FP16 and 4-bit-key PQ serve a group of 4 in one pass; the shipped
+/// 8-bit keys' table (64 x 256 FP16, 32 KB) fills the buffer alone, so
+/// that format still reads its rows once per query head.
+#[test]
+fn a_query_group_reads_each_row_once_per_pass() {
+    let dev = device();
+    let counts = |kind: PimKind, group: usize| {
+        let job = LayerJob {
+            kind,
+            head_dim: 128,
+            heads: 8,
+            kv_heads: 8,
+            group,
+            ctx: 8192,
+            fp_tokens: 0,
+            quantize: false,
+            codebooks: CodebookScope::Model,
+            // The fewest slices, whatever the group: the same placement.
+            placement: aqpim_attn::pim::Placement::OnePerCache,
+        };
+        let b = simulate_layer_breakdown(&dev, &job, Mode::TimingOnly).unwrap();
+        let mut n = std::collections::BTreeMap::<String, u64>::new();
+        for p in b.phases.iter().filter(|p| p.phase != Phase::Refresh) {
+            for (k, v) in &p.command_counts {
+                *n.entry(k.clone()).or_default() += v;
+            }
+        }
+        n
+    };
+    let shipped = PimKind::Pq {
+        key: PqCodes { dsub: 2, nbits: 8 },
+        value: PqCodes { dsub: 2, nbits: 4 },
+    };
+    for (kind, passes, column_ops) in [
+        (PimKind::Fp16, 1, &["MAC"][..]),
+        (PimKind::pq(2, 4), 1, &["LUTACC", "HISTACC", "BINMAC"][..]),
+        (shipped, 4, &["LUTACC", "HISTACC", "BINMAC"][..]),
+    ] {
+        let (one, four) = (counts(kind, 1), counts(kind, 4));
+        assert_eq!(four["ACTAB"], passes * one["ACTAB"], "{kind:?}");
+        for op in column_ops {
+            assert_eq!(four[*op], 4 * one[*op], "{kind:?} {op}");
+        }
+        assert_eq!(four["RDD"], 4 * one["RDD"], "{kind:?}");
+    }
 }

@@ -30,7 +30,7 @@ fn job(kind: PimKind, heads: usize, kv_heads: usize, ctx: usize, fp_tokens: usiz
         head_dim: 128,
         heads,
         kv_heads,
-        group: if heads == 8 { 4 } else { 1 },
+        group: if kv_heads == 8 { 4 } else { 1 },
         ctx,
         fp_tokens,
         quantize: false,
@@ -83,7 +83,8 @@ fn analytic_scalar_layer_tracks_the_simulator_within_5_percent() {
     s.refresh.enabled = false;
     let dev = s.resolve().unwrap();
     let mut shapes = Vec::new();
-    for (heads, kv_heads) in [(8, 8), (32, 32), (96, 32)] {
+    // Eight KV heads come with four query heads each (Llama-3-8B's group).
+    for (heads, kv_heads) in [(8, 8), (32, 8), (32, 32), (96, 32)] {
         for ctx in [1000, 8192, 32768] {
             shapes.push((heads, kv_heads, ctx));
         }
@@ -184,11 +185,11 @@ fn kivi_cache_on_pim_equals_the_cpu_kernel() {
         store.prefill(0, &keys, &values).unwrap();
         let view = store.head(0, 0).unwrap();
         assert!(view.regions.encoded > 0);
-        let q = queries(&mut rng, 2, d);
+        let q = queries(&mut rng, 4, d);
         let run = kivi_head_on_pim(&dev, &view, bits, group, &q, slices).unwrap();
         let mut want = vec![0f32; q.len()];
         scalar_head_attention(&store, 0, 0, &q, &mut want).unwrap();
-        for h in 0..2 {
+        for h in 0..4 {
             let want: Vec<f64> = want[h * d..(h + 1) * d]
                 .iter()
                 .map(|&x| f64::from(x))
@@ -265,10 +266,10 @@ fn mx_codes_on_pim_equal_dequantize_then_attend() {
         let fv: Vec<f32> = (0..m * d)
             .map(|_| f16::from_f32(rng.gen_range(-1.0f32..1.0)).to_f32())
             .collect();
-        let q = queries(&mut rng, 2, d);
+        let q = queries(&mut rng, 4, d);
         let run = scalar_head_on_pim(&dev, &head, &fk, &fv, &q, slices).unwrap();
         let (keys, values) = ([kx, fk].concat(), [vx, fv].concat());
-        for h in 0..2 {
+        for h in 0..4 {
             let want = attention_f64(&q[h * d..(h + 1) * d], &keys, &values, 1.0);
             let err = relative_error(&run.out[h * d..(h + 1) * d], &want);
             if std::env::var_os("AQPIM_SHOW").is_some() {

@@ -3,7 +3,10 @@
 //! parameters instead of command by command.
 //!
 //! Per channel, the programs run back to back; the layer takes as long as
-//! its slowest channel. Within a program:
+//! its slowest channel. A slice's program serves its query heads in passes
+//! of `g'` (`Geom::passes`): a pass of `h` heads opens each row once with
+//! `h` times its column ops, and makes `h` broadcasts, softmax hand-offs
+//! and reductions. Within a program:
 //!
 //! - a row of `k` all-bank column ops (LUTACC, HISTACC, MAC, BINMAC) costs
 //!   `max(max(nRCDRD + (k - 1) I + nRTP, nRAS) + nRP, nRC)`, `I` the op's
@@ -75,12 +78,17 @@ impl Params {
     }
 }
 
-/// Cycles of the softmax hand-off of a slice.
-fn softmax(device: &Device, p: &Params, g: &Geom) -> u64 {
+/// Cycles of the softmax hand-offs of a slice for `heads` query heads, one
+/// after the other (only the first waits for the column ops before it).
+fn softmax(device: &Device, p: &Params, g: &Geom, heads: u64) -> u64 {
+    p.mv_wait + heads * softmax_one(device, g)
+}
+
+fn softmax_one(device: &Device, g: &Geom) -> u64 {
     let banks = g.banks as u64;
     let n_b = g.n_b as u64;
     let n = g.n as u64;
-    let mut c = p.mv_wait + device.mv_cycles(banks * n_b * 4) + 1;
+    let mut c = device.mv_cycles(banks * n_b * 4) + 1;
     c += device.sfm_cycles(n) + 1;
     c += device.rdd_cycles(2) + 1;
     if banks * n_b > n {
@@ -89,16 +97,18 @@ fn softmax(device: &Device, p: &Params, g: &Geom) -> u64 {
     c + device.mv_cycles(banks * n_b * 2) + 1
 }
 
-/// Cycles of the cross-bank output reduction of a slice.
-fn reduce(device: &Device, p: &Params, g: &Geom) -> u64 {
+/// Cycles of the cross-bank output reductions of a slice for `heads` query
+/// heads, one after the other.
+fn reduce(device: &Device, p: &Params, g: &Geom, heads: u64) -> u64 {
     let d = g.d as u64;
     p.mv_wait
-        + device.mv_cycles(g.banks as u64 * d * 4)
-        + 1
-        + device.red_cycles(d)
-        + 1
-        + device.rdd_cycles(d)
-        + 1
+        + heads
+            * (device.mv_cycles(g.banks as u64 * d * 4)
+                + 1
+                + device.red_cycles(d)
+                + 1
+                + device.rdd_cycles(d)
+                + 1)
 }
 
 thread_local! {
@@ -139,8 +149,19 @@ fn interval(device: &Device, cmd: Command, bits: u32) -> u64 {
     device.pim_interval(cmd, work)
 }
 
-/// Cycles of one query head over one slice.
-pub(crate) fn slice_cycles(device: &Device, g: &Geom) -> u64 {
+/// Cycles of a group of `group` query heads over one slice, in the passes
+/// the programs make ([`Geom::passes`]).
+pub(crate) fn group_cycles(device: &Device, g: &Geom, group: usize) -> u64 {
+    g.passes(device, group)
+        .into_iter()
+        .map(|pass| slice_cycles(device, g, pass.len() as u64))
+        .sum()
+}
+
+/// Cycles of one pass of `h` query heads over one slice: every row once,
+/// `h` column ops per column read, `h` broadcasts, softmaxes and
+/// reductions.
+fn slice_cycles(device: &Device, g: &Geom, h: u64) -> u64 {
     let p = Params::new(device);
     let lanes = device.pim.lanes as u64;
     let clr = |len: u64| device.clr_cycles(len, false) + 1;
@@ -150,7 +171,7 @@ pub(crate) fn slice_cycles(device: &Device, g: &Geom) -> u64 {
     let col_ops = |part: &Part| {
         let (tpc, cpt) = (part.tpc as u64, part.cpt as u64);
         move |slots: u64| {
-            if tpc > 1 {
+            h * if tpc > 1 {
                 slots.div_ceil(tpc)
             } else {
                 slots * cpt
@@ -172,28 +193,29 @@ pub(crate) fn slice_cycles(device: &Device, g: &Geom) -> u64 {
             row_phase(
                 per_row
                     .iter()
-                    .map(|&(l, q)| p.row_span(l * ldp + q.saturating_sub(1) * qmac))
+                    .map(|&(l, q)| p.row_span(l * ldp + (h * q).saturating_sub(1) * qmac))
                     .sum(),
             )
         };
-        let mut c = busy((d / lanes) * p.ccds + clr(g.n_b as u64));
+        let mut c = busy(h * (d / lanes) * p.ccds + clr(h * g.n_b as u64));
         c += part_rows(&sc.k);
-        c += busy(softmax(device, &p, g) + clr(d));
+        c += busy(softmax(device, &p, g, h) + clr(h * d));
         c += part_rows(&sc.v);
-        return c + busy(reduce(device, &p, g));
+        return c + busy(reduce(device, &p, g, h));
     }
     match (g.k.pq, g.v.pq) {
         (Some(kq), Some(q)) => {
             let lut = interval(device, Command::LutAcc, kq.bits.bits());
             let hist = interval(device, Command::HistAcc, q.bits.bits());
             let binmac = interval(device, Command::BinMac, 16);
-            let mut c = busy((kq.m * kq.stride) as u64 / lanes * p.ccds + clr(g.n_b as u64));
+            let table = (kq.m * kq.stride) as u64 / lanes;
+            let mut c = busy(h * table * p.ccds + clr(h * g.n_b as u64));
             c += rows(&p, g, &g.k, lut, col_ops(&g.k));
-            c += busy(softmax(device, &p, g) + clr(d));
+            c += busy(softmax(device, &p, g, h) + clr(h * d));
             let tpc = g.v.tpc as u64;
-            let hist_ops = |slots: u64| if tpc > 1 { slots.div_ceil(tpc) } else { slots };
+            let hist_ops = |slots: u64| h * if tpc > 1 { slots.div_ceil(tpc) } else { slots };
             for chunk in 0..q.chunks {
-                c += busy(clr(q.bins as u64));
+                c += busy(clr(h * q.bins as u64));
                 c += rows(&p, g, &g.v, hist, hist_ops);
                 // BINMAC over the chunk's subspaces' codebook columns, row by row.
                 let first = chunk * q.group;
@@ -202,19 +224,19 @@ pub(crate) fn slice_cycles(device: &Device, g: &Geom) -> u64 {
                 let mut u = u0;
                 while u < u1 {
                     let row_end = (u / g.columns + 1) * g.columns;
-                    let k = (row_end.min(u1) - u) as u64;
+                    let k = h * (row_end.min(u1) - u) as u64;
                     c += row_phase(p.row(k, binmac));
                     u = row_end.min(u1);
                 }
             }
-            c + busy(reduce(device, &p, g))
+            c + busy(reduce(device, &p, g, h))
         }
         _ => {
-            let mut c = busy((d / lanes) * p.ccds + clr(g.n_b as u64));
+            let mut c = busy(h * (d / lanes) * p.ccds + clr(h * g.n_b as u64));
             c += rows(&p, g, &g.k, mac, col_ops(&g.k));
-            c += busy(softmax(device, &p, g) + clr(d));
+            c += busy(softmax(device, &p, g, h) + clr(h * d));
             c += rows(&p, g, &g.v, mac, col_ops(&g.v));
-            c + busy(reduce(device, &p, g))
+            c + busy(reduce(device, &p, g, h))
         }
     }
 }
@@ -263,9 +285,7 @@ pub fn analytic_layer(device: &Device, job: &LayerJob) -> Result<PimCost> {
     for ch in 0..device.org.channels {
         PHASES.with(|v| v.borrow_mut().clear());
         for s in plan.slices.iter().filter(|s| s.ch == ch) {
-            for _ in 0..job.group {
-                slice_cycles(device, &s.geom);
-            }
+            group_cycles(device, &s.geom, job.group);
         }
         for q in plan.quantize.iter().filter(|q| q.ch == ch) {
             let passes = q.tokens.iter().map(|t| t.pass + 1).max().unwrap_or(0);

@@ -82,6 +82,24 @@ pub(crate) fn read_records(log: &[u8], records: usize, d: usize) -> Result<Vec<f
     Ok(vals)
 }
 
+/// Read-log values of passes of several query heads (`passes[k]` heads in
+/// pass `k`: their statistics `[max, sum]` one head after the other, then
+/// their `d` outputs likewise) in [`read_records`]'s layout, one record of
+/// `2 + d` values per head.
+pub(crate) fn regroup_passes(vals: &[f32], passes: &[usize], d: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(vals.len());
+    let mut at = 0;
+    for &h in passes {
+        let (stats, outs) = vals[at..at + h * (2 + d)].split_at(2 * h);
+        for i in 0..h {
+            out.extend_from_slice(&stats[2 * i..2 * i + 2]);
+            out.extend_from_slice(&outs[i * d..(i + 1) * d]);
+        }
+        at += h * (2 + d);
+    }
+    out
+}
+
 /// Merges records into outputs: record `i` belongs to output `owner[i]`
 /// (`d` values each).
 pub(crate) fn merge_records(vals: &[f32], owner: &[usize], outputs: usize, d: usize) -> Vec<f32> {
@@ -151,6 +169,8 @@ pub fn fp16_head_on_pim(
     sim.set_host_data(host);
     let mut out = Out::default();
     let mut alloc = RowAlloc::new(device);
+    let query_at: Vec<u32> = (0..g).map(|h| (h * 2 * d) as u32).collect();
+    let (mut owner, mut passes) = (Vec::new(), Vec::new());
     for (i, &(start, len)) in parts.iter().enumerate() {
         let ch = i % device.org.channels;
         let geom = Geom::new(device, PimKind::Fp16, d, len)?;
@@ -164,22 +184,16 @@ pub fn fp16_head_on_pim(
             load_slot(&mut sim, device, ch, b, rows.k, at, &k)?;
             load_slot(&mut sim, device, ch, b, rows.v, at, &v)?;
         }
-        for h in 0..g {
-            let (lanes, cw) = (device.pim.lanes, device.org.column_bytes);
-            program::fp16_slice(
-                &mut out,
-                &geom,
-                ch as u8,
-                rows,
-                (h * 2 * d) as u32,
-                lanes,
-                cw,
-            );
+        let (lanes, cw) = (device.pim.lanes, device.org.column_bytes);
+        for pass in geom.passes(device, g) {
+            let at = &query_at[pass.clone()];
+            program::fp16_slice(&mut out, &geom, ch as u8, rows, at, lanes, cw);
+            passes.push(pass.len());
+            owner.extend(pass);
         }
     }
     let (program, stats, _) = run(&mut sim, out)?;
-    let vals = read_records(sim.read_log(), parts.len() * g, d)?;
-    let owner: Vec<usize> = (0..parts.len() * g).map(|i| i % g).collect();
+    let vals = regroup_passes(&read_records(sim.read_log(), owner.len(), d)?, &passes, d);
     Ok(PimRun {
         out: merge_records(&vals, &owner, g, d),
         stats,
@@ -328,6 +342,8 @@ pub fn pq_head_on_pim(
     let mut out = Out::default();
     let mut alloc = RowAlloc::new(device);
     let mut count = 0;
+    // Per record, its query head; per pass over a slice, its heads.
+    let (mut owner, mut passes) = (Vec::new(), Vec::new());
     if n > 0 {
         let (Some(kq), Some(vq)) = (view.key_codebook, view.value_codebook) else {
             return Err(AttnError::Unsupported(
@@ -362,8 +378,11 @@ pub fn pq_head_on_pim(
             };
             let rows = alloc.slice(ch, &geom, cb_at);
             load_code_tokens(&mut sim, device, ch, &geom, &rows, view, start)?;
-            for &table in &table_at {
-                program::pq_slice(&mut out, &geom, ch as u8, rows, table, lanes, cw);
+            for pass in geom.passes(device, g) {
+                let at = &table_at[pass.clone()];
+                program::pq_slice(&mut out, &geom, ch as u8, rows, at, lanes, cw);
+                passes.push(pass.len());
+                owner.extend(pass);
             }
             count += 1;
         }
@@ -380,10 +399,16 @@ pub fn pq_head_on_pim(
             load_slot(&mut sim, device, ch, b, rows.k, at, &raw_f16_bytes(k))?;
             load_slot(&mut sim, device, ch, b, rows.v, at, &raw_f16_bytes(v))?;
         }
+        let mut query_at = Vec::with_capacity(g);
         for q in queries.chunks_exact(d) {
-            let at = host.len() as u32;
+            query_at.push(host.len() as u32);
             host.extend(f16_bytes(q.iter().copied()));
+        }
+        for pass in geom.passes(device, g) {
+            let at = &query_at[pass.clone()];
             program::fp16_slice(&mut out, &geom, ch as u8, rows, at, lanes, cw);
+            passes.push(pass.len());
+            owner.extend(pass);
         }
         count += 1;
     }
@@ -393,8 +418,7 @@ pub fn pq_head_on_pim(
     let host_bytes = host.len();
     sim.set_host_data(host);
     let (program, stats, _) = run(&mut sim, out)?;
-    let vals = read_records(sim.read_log(), count * g, d)?;
-    let owner: Vec<usize> = (0..count * g).map(|i| i % g).collect();
+    let vals = regroup_passes(&read_records(sim.read_log(), owner.len(), d)?, &passes, d);
     Ok(PimRun {
         out: merge_records(&vals, &owner, g, d),
         stats,

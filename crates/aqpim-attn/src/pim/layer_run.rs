@@ -12,7 +12,8 @@ use aqpim_pim::{CodeBits, Device, Program, SimOptions, Simulator, Stats};
 use crate::error::{AttnError, Result};
 use crate::pim::functional::{
     check_view, codebook_bytes, f16_bytes, load_all_banks, load_code_tokens, load_slot,
-    merge_records, pq_kind, raw_f16_bytes, read_records, table_bytes, window_tokens,
+    merge_records, pq_kind, raw_f16_bytes, read_records, regroup_passes, table_bytes,
+    window_tokens,
 };
 use crate::pim::layout::Part;
 use crate::pim::placement::{plan, quantize_block, Plan};
@@ -189,7 +190,11 @@ pub fn run_layer(
         .iter()
         .map(|&(si, q)| plan.slices[si].cache * group + q)
         .collect();
-    let vals = read_records(sim.read_log(), owner.len(), d)?;
+    let vals = regroup_passes(
+        &read_records(sim.read_log(), owner.len(), d)?,
+        &lowered.passes,
+        d,
+    );
     let new_codes = read_new_codes(&sim, device, &plan, block, job.heads)?;
     Ok(LayerRun {
         out: merge_records(&vals, &owner, job.heads * group, d),

@@ -256,17 +256,7 @@ impl Geom {
 
     /// Register, buffer and buffer-die budgets.
     fn check(&self, device: &Device) -> Result<()> {
-        let pim = &device.pim;
-        let regs = pim.registers;
-        let buf = pim.buffer_elements();
-        let die = pim.buffer_die_elements;
-        let score_regs = self.n_b;
-        if score_regs > regs {
-            return Err(unfit(format!(
-                "{} tokens per bank need {score_regs} score registers; a bank has {regs}",
-                self.n_b
-            )));
-        }
+        let die = device.pim.buffer_die_elements;
         if self.banks * self.n_b + 2 > die {
             return Err(unfit(format!(
                 "{} scores (+2 statistics) exceed the buffer die's {die} elements by {}",
@@ -280,40 +270,103 @@ impl Geom {
                 self.banks * self.d + self.d
             )));
         }
-        // Each bank's softmax weights sit side by side in a shared buffer.
+        self.check_one_head(device)
+    }
+
+    /// The per-head budgets of a pass over the slice that serves several
+    /// query heads of a group at once, as `(elements one head needs,
+    /// elements a bank has)`: per bank, the buffer holds every head's
+    /// lookup table (`M x 2^bits`) or query (`d`) side by side during
+    /// scoring, then every head's softmax weights (`n_b` each, times the
+    /// banks sharing the buffer); the registers hold every head's scores
+    /// (`n_b` each), then every head's bins (`group x 2^bits` per chunk) and
+    /// outputs (`d`) for PQ, or its outputs (`d`) otherwise. Scalar slices
+    /// also keep buffer and register operands within QMAC's 11-bit fields.
+    fn budgets(&self, device: &Device) -> [(usize, usize); 5] {
+        let pim = &device.pim;
+        let (regs, buf) = (pim.registers, pim.buffer_elements());
         let share = pim.buffer_share.max(1);
-        if self.n_b * share > buf {
-            return Err(unfit(format!(
-                "{} softmax weights per bank, for {share} bank(s) sharing a buffer, exceed its {buf} elements",
-                self.n_b
-            )));
-        }
-        match (self.k.pq, self.v.pq) {
-            (Some(kp), Some(vp)) => {
-                if kp.m * kp.stride > buf {
-                    return Err(unfit(format!(
-                        "a lookup table of {} x {} FP16 exceeds the {buf}-element buffer by {}",
-                        kp.m,
-                        kp.stride,
-                        kp.m * kp.stride - buf
-                    )));
-                }
-                if vp.bins + self.d > regs {
-                    return Err(unfit(format!(
-                        "{} bins plus {} outputs exceed the {regs} registers by {}",
-                        vp.bins,
-                        self.d,
-                        vp.bins + self.d - regs
-                    )));
-                }
-                Ok(())
-            }
-            _ if self.d > buf => Err(unfit(format!(
+        let (operand, out_regs) = match (self.k.pq, self.v.pq) {
+            (Some(kp), Some(vp)) => (kp.m * kp.stride, vp.bins + self.d),
+            _ => (self.d, self.d),
+        };
+        let qmac = if self.sc.is_some() {
+            (self.n_b.max(self.d), scalar::QMAC_OPERANDS)
+        } else {
+            (0, 0)
+        };
+        [
+            (self.n_b, regs),
+            (self.n_b * share, buf),
+            (operand, buf),
+            (out_regs, regs),
+            qmac,
+        ]
+    }
+
+    /// The error of the first budget one head does not fit, if any.
+    fn check_one_head(&self, device: &Device) -> Result<()> {
+        let pim = &device.pim;
+        let (regs, buf) = (pim.registers, pim.buffer_elements());
+        let budgets = self.budgets(device);
+        let Some(i) = budgets.iter().position(|&(need, limit)| need > limit) else {
+            return Ok(());
+        };
+        let over = budgets[i].0 - budgets[i].1;
+        Err(unfit(match (i, self.k.pq, self.v.pq) {
+            (0, ..) => format!(
+                "{} tokens per bank need {} score registers; a bank has {regs}",
+                self.n_b, self.n_b
+            ),
+            (1, ..) => format!(
+                "{} softmax weights per bank, for {} bank(s) sharing a buffer, exceed its {buf} elements",
+                self.n_b,
+                pim.buffer_share.max(1)
+            ),
+            (2, Some(kp), _) => format!(
+                "a lookup table of {} x {} FP16 exceeds the {buf}-element buffer by {over}",
+                kp.m, kp.stride
+            ),
+            (2, None, _) => format!(
                 "a {}-element query exceeds the {buf}-element buffer",
                 self.d
-            ))),
-            _ => Ok(()),
-        }
+            ),
+            (3, _, Some(vp)) => format!(
+                "{} bins plus {} outputs exceed the {regs} registers by {over}",
+                vp.bins, self.d
+            ),
+            (3, ..) => format!("{} outputs exceed the {regs} registers", self.d),
+            _ => format!(
+                "{} slots per bank reach beyond QMAC's {} buffer and register elements",
+                self.n_b,
+                scalar::QMAC_OPERANDS
+            ),
+        }))
+    }
+
+    /// Query heads of a group of `group` that one pass over the slice's
+    /// rows serves (`g'`): the most, at most `group`, whose operands fit a
+    /// bank's buffer and registers side by side (`Geom::budgets`); at least
+    /// 1, which [`Geom::new`] checked.
+    pub fn heads_per_pass(&self, device: &Device, group: usize) -> usize {
+        self.budgets(device)
+            .iter()
+            .filter(|&&(need, _)| need > 0)
+            .map(|&(need, limit)| limit / need)
+            .min()
+            .unwrap_or(group)
+            .clamp(1, group.max(1))
+    }
+
+    /// The passes over the slice that serve a group of `group` query
+    /// heads: runs of [`Geom::heads_per_pass`] consecutive heads, the last
+    /// one shorter where that count does not divide the group.
+    pub fn passes(&self, device: &Device, group: usize) -> Vec<std::ops::Range<usize>> {
+        let per = self.heads_per_pass(device, group);
+        (0..group)
+            .step_by(per)
+            .map(|q| q..(q + per).min(group))
+            .collect()
     }
 
     /// The largest slice that fits a channel's registers, buffer and buffer
@@ -347,5 +400,52 @@ impl Geom {
     /// codebook is counted per channel and KV head, not per slice).
     pub fn rows(&self) -> usize {
         self.k.rows + self.v.rows
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pim::{ScalarCodes, ScalarScale};
+
+    /// `g'` for a group of 4 at d = 128, on a small slice (16 slots per
+    /// bank) and on the largest one a channel holds: the figures
+    /// `docs/design/pim-lowering.md` quotes.
+    #[test]
+    fn heads_per_pass_of_a_group_of_four_at_d_128() {
+        let shipped = PimKind::Pq {
+            key: PqCodes { dsub: 2, nbits: 8 },
+            value: PqCodes { dsub: 2, nbits: 4 },
+        };
+        let kivi4 = PimKind::Scalar(ScalarCodes {
+            bits: 4,
+            group: 32,
+            scale: ScalarScale::MinScale,
+        });
+        let cases = [
+            ("hbm3-aqpim-5.2", PimKind::Fp16, 4, 4),
+            ("hbm3-aqpim-5.2", shipped, 1, 1),
+            ("hbm3-aqpim-5.2", PimKind::pq(2, 4), 4, 4),
+            ("hbm3-aqpim-5.2", PimKind::pq(4, 8), 1, 1),
+            ("hbm3-aqpim-equal-area", shipped, 1, 1),
+            ("hbm3-aqpim-equal-area", PimKind::pq(2, 4), 1, 1),
+            ("hbm3-attacc-5.2", PimKind::Fp16, 2, 1),
+            ("hbm3-pimba-5.2", kivi4, 2, 1),
+        ];
+        let mut got = Vec::new();
+        for (name, kind, _, _) in cases {
+            let dev = Device::preset(name).unwrap();
+            let small = Geom::new(&dev, kind, 128, 16 * dev.org.banks_per_channel).unwrap();
+            let max = Geom::max_tokens(&dev, kind, 128).unwrap();
+            let large = Geom::new(&dev, kind, 128, max).unwrap();
+            got.push((
+                name,
+                kind,
+                small.heads_per_pass(&dev, 4),
+                large.heads_per_pass(&dev, 4),
+            ));
+        }
+        let want: Vec<_> = cases.to_vec();
+        assert_eq!(got, want);
     }
 }

@@ -16,8 +16,9 @@
 //! banks), `placement` (one row allocator and the layer [`plan`](self) that
 //! timing and functional layer runs share, with [`layer_rows_per_bank`]
 //! and [`layer_footprint`]), `program` (the instruction generators, each
-//! instruction marked with its [`Phase`]), `functional` (one head, one
-//! token), `layer_run` (a whole layer functionally) and `timing`.
+//! instruction marked with its [`Phase`]; a slice's rows are read once per
+//! pass of as many query heads of a group as a bank's buffer and registers
+//! hold), `functional` (one head, one token), `layer_run` (a whole layer functionally) and `timing`.
 //!
 //! Entry points: [`run_layer`] runs a layer functionally on real caches
 //! under the placement and program that [`simulate_layer`] times (tests

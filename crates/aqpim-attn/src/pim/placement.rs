@@ -179,7 +179,7 @@ fn slices_per_cache(device: &Device, job: &LayerJob) -> Result<usize> {
     for s in lo..=hi {
         let geom = Geom::new(device, job.kind, d, job.ctx.div_ceil(s))?;
         let waves = (caches * s).div_ceil(channels) as u64;
-        let est = waves * analytic::slice_cycles(device, &geom);
+        let est = waves * analytic::group_cycles(device, &geom, job.group);
         if est < best.0 {
             best = (est, s);
         }

@@ -1,12 +1,16 @@
-//! Program generators: one slice's attention for one query head, FP16
-//! (AttAcc) or on PQ codes (AQPIM), and in-memory quantization of new
-//! tokens. Each appends instructions for one channel; channels run in
-//! parallel, so a layer's program is the concatenation of its channels'.
+//! Program generators: one slice's attention for a pass of query heads of
+//! one group, FP16 (AttAcc) or on PQ codes (AQPIM), and in-memory
+//! quantization of new tokens. Each appends instructions for one channel;
+//! channels run in parallel, so a layer's program is the concatenation of
+//! its channels'.
 //!
-//! Every slice program leaves in the read log, per query head, first the
-//! softmax statistics `[max, sum]` of its tokens, then its `d` outputs
-//! (normalized within the slice): the host merges slices as partial
-//! softmaxes (see [`crate::pim::merge`]).
+//! A pass activates each of the slice's rows once and issues, per column,
+//! one command per head of the pass, each head's operands at its own buffer
+//! and register offsets (`Geom::heads_per_pass` says how many heads fit).
+//! It leaves in the read log, per head, the softmax statistics `[max, sum]`
+//! of its tokens, then, per head, its `d` outputs (normalized within the
+//! slice): the host merges slices as partial softmaxes (see
+//! [`crate::pim::merge`]).
 //!
 //! Generators mark each instruction with the [`Phase`] of the kernel it
 //! belongs to, so that a run's statistics can be split by phase.
@@ -183,22 +187,39 @@ fn strides(col: i16, buf: i16, reg: i16, data: i16) -> Strides {
     }
 }
 
-/// Streams `words` 32-byte column writes of host data from `data` into every
-/// bank's buffer from element 0.
+/// Streams `elements / lanes` 32-byte column writes of host data from
+/// `data` into every bank's buffer from element `buf`.
 pub(crate) fn write_buffer(
     out: &mut Out,
     ch: u8,
-    elements: usize,
+    (elements, buf): (usize, usize),
     lanes: usize,
     cw: usize,
     data: u32,
 ) {
+    let buf = buf as u16;
     looped(
         out,
         elements / lanes,
         strides(0, lanes as i16, 0, cw as i16),
-        |o| o.push(Instr::Wrgb { ch, buf: 0, data }),
+        |o| o.push(Instr::Wrgb { ch, buf, data }),
     );
+}
+
+/// Every head's operand (`elements` FP16 each: its query or lookup table)
+/// from its host byte in `heads` into every bank's buffer, head `i` from
+/// element `i * elements`.
+pub(crate) fn write_heads(
+    out: &mut Out,
+    ch: u8,
+    elements: usize,
+    heads: &[u32],
+    lanes: usize,
+    cw: usize,
+) {
+    for (i, &data) in heads.iter().enumerate() {
+        write_buffer(out, ch, (elements, i * elements), lanes, cw, data);
+    }
 }
 
 /// For each row of a slice's key or value range: `ACTAB`, the row's work
@@ -225,14 +246,23 @@ fn rows_of(
     }
 }
 
-/// Scores in every bank's registers `0..n_b` -> softmax over the slice on
-/// the buffer die (statistics to the host) -> weights in every bank's
-/// buffer `0..n_b` (padding slots zero).
-pub(crate) fn softmax(out: &mut Out, g: &Geom, ch: u8) {
+/// Per head `i` of a pass of `heads`: its scores in every bank's registers
+/// `i n_b..(i + 1) n_b` -> softmax over the slice on the buffer die
+/// (statistics to the host) -> its weights in every bank's buffer `i
+/// n_b..(i + 1) n_b` (padding slots zero).
+pub(crate) fn softmax(out: &mut Out, g: &Geom, ch: u8, heads: usize) {
+    for i in 0..heads {
+        softmax_one(out, g, ch, (i * g.n_b) as u16);
+    }
+}
+
+/// [`softmax`] of one head whose scores sit at register `at` and whose
+/// weights go to buffer element `at`.
+fn softmax_one(out: &mut Out, g: &Geom, ch: u8, at: u16) {
     let n = g.n as u16;
     out.push(Instr::Mvd {
         ch,
-        reg: 0,
+        reg: at,
         len: g.n_b as u16,
         die: 0,
     });
@@ -257,14 +287,21 @@ pub(crate) fn softmax(out: &mut Out, g: &Geom, ch: u8) {
         ch,
         die: 0,
         len: g.n_b as u16,
-        buf: 0,
+        buf: at,
         broadcast: false,
     });
 }
 
-/// Partial outputs in every bank's registers `reg..reg + d` -> summed over
-/// the banks on the buffer die -> to the host.
-pub(crate) fn reduce_out(out: &mut Out, g: &Geom, ch: u8, reg: u16) {
+/// Per head `i` of a pass of `heads`: its partial outputs in every bank's
+/// registers `reg + i d..reg + (i + 1) d` -> summed over the banks on the
+/// buffer die -> to the host.
+pub(crate) fn reduce_out(out: &mut Out, g: &Geom, ch: u8, reg: usize, heads: usize) {
+    for i in 0..heads {
+        reduce_one(out, g, ch, (reg + i * g.d) as u16);
+    }
+}
+
+fn reduce_one(out: &mut Out, g: &Geom, ch: u8, reg: u16) {
     let d = g.d as u16;
     let dst = (g.banks * g.d) as u16;
     out.push(Instr::Mvd {
@@ -286,137 +323,155 @@ pub(crate) fn reduce_out(out: &mut Out, g: &Geom, ch: u8, reg: u16) {
     });
 }
 
-/// FP16 attention as AttAcc computes it, for one query head whose scaled
-/// FP16 query sits in host data at byte `query`: `MAC reduce` scores over
-/// the key rows, softmax on the buffer die, `MAC bcast` of each value token
-/// by its weight, cross-bank reduction.
+/// FP16 attention as AttAcc computes it, for a pass of query heads whose
+/// scaled FP16 queries sit in host data at bytes `heads`: `MAC reduce`
+/// scores over the key rows, softmax on the buffer die, `MAC bcast` of each
+/// value token by its weight, cross-bank reduction. Each row is activated
+/// once for the pass and each of its columns read by one `MAC` per head:
+/// head `i`'s query at buffer `i d`, its scores at registers `i n_b`, its
+/// weights at buffer `i n_b`, its outputs at registers `i d`.
 pub(crate) fn fp16_slice(
     out: &mut Out,
     g: &Geom,
     ch: u8,
     rows: Rows,
-    query: u32,
+    heads: &[u32],
     lanes: usize,
     cw: usize,
 ) {
+    let (h, n_b, d) = (heads.len(), g.n_b, g.d);
     out.phase(Phase::Broadcast);
-    write_buffer(out, ch, g.d, lanes, cw, query);
+    write_heads(out, ch, d, heads, lanes, cw);
     out.phase(Phase::Scoring);
     out.push(Instr::Clr {
         ch,
         off: 0,
-        len: g.n_b as u16,
+        len: (h * n_b) as u16,
         die: false,
     });
     let cpt = g.k.cpt;
     rows_of(out, g, &g.k, ch, rows.k, |o, first, slots| {
         looped(o, slots, strides(cpt as i16, 0, 1, 0), |o| {
             looped(o, cpt, strides(1, lanes as i16, 0, 0), |o| {
-                o.push(Instr::Mac {
-                    ch,
-                    col: 0,
-                    buf: 0,
-                    reg: first as u16,
-                    reduce: true,
-                    bcast: false,
-                })
+                for i in 0..h {
+                    o.push(Instr::Mac {
+                        ch,
+                        col: 0,
+                        buf: (i * d) as u16,
+                        reg: (i * n_b + first) as u16,
+                        reduce: true,
+                        bcast: false,
+                    })
+                }
             })
         })
     });
     out.phase(Phase::Softmax);
-    softmax(out, g, ch);
+    softmax(out, g, ch, h);
     out.phase(Phase::Values);
     out.push(Instr::Clr {
         ch,
         off: 0,
-        len: g.d as u16,
+        len: (h * d) as u16,
         die: false,
     });
     rows_of(out, g, &g.v, ch, rows.v, |o, first, slots| {
         looped(o, slots, strides(cpt as i16, 1, 0, 0), |o| {
             looped(o, cpt, strides(1, 0, lanes as i16, 0), |o| {
-                o.push(Instr::Mac {
-                    ch,
-                    col: 0,
-                    buf: first as u16,
-                    reg: 0,
-                    reduce: false,
-                    bcast: true,
-                })
+                for i in 0..h {
+                    o.push(Instr::Mac {
+                        ch,
+                        col: 0,
+                        buf: (i * n_b + first) as u16,
+                        reg: (i * d) as u16,
+                        reduce: false,
+                        bcast: true,
+                    })
+                }
             })
         })
     });
     out.phase(Phase::Reduction);
-    reduce_out(out, g, ch, 0);
+    reduce_out(out, g, ch, 0, h);
 }
 
-/// AQPIM attention on codes for one query head whose FP16 lookup table
-/// (`M x 2^bits`, subspace-major) sits in host data at byte `table`:
-/// `WRGB` the table, `LUTACC` scores, softmax, per chunk of subspaces
+/// AQPIM attention on codes for a pass of query heads whose FP16 lookup
+/// tables (`M x 2^bits`, subspace-major) sit in host data at bytes `heads`:
+/// `WRGB` the tables, `LUTACC` scores, softmax, per chunk of subspaces
 /// `HISTACC` bins and `BINMAC` bins times the value codebook, cross-bank
-/// reduction.
+/// reduction. Each row (codes or codebook) is activated once for the pass
+/// and each of its columns read by one command per head: head `i`'s table
+/// at buffer `i T` (`T = M x 2^bits`), its scores at registers `i n_b`, its
+/// weights at buffer `i n_b`, its bins at registers `i bins` and its
+/// outputs at registers `h bins + i d` for a pass of `h` heads.
 pub(crate) fn pq_slice(
     out: &mut Out,
     g: &Geom,
     ch: u8,
     rows: Rows,
-    table: u32,
+    heads: &[u32],
     lanes: usize,
     cw: usize,
 ) {
     let (Some(kp), Some(p)) = (g.k.pq, g.v.pq) else {
         unreachable!("pq_slice on a PQ geometry")
     };
+    let (h, n_b) = (heads.len(), g.n_b);
     let (tpc, cpt) = (g.k.tpc, g.k.cpt);
     let bits = kp.bits;
     let group = kp.group as u8;
+    let table_len = kp.m * kp.stride;
     out.phase(Phase::Broadcast);
-    write_buffer(out, ch, kp.m * kp.stride, lanes, cw, table);
+    write_heads(out, ch, table_len, heads, lanes, cw);
     out.phase(Phase::Scoring);
     out.push(Instr::Clr {
         ch,
         off: 0,
-        len: g.n_b as u16,
+        len: (h * n_b) as u16,
         die: false,
     });
     rows_of(out, g, &g.k, ch, rows.k, |o, first, slots| {
         if tpc > 1 {
             looped(o, slots.div_ceil(tpc), strides(1, 0, tpc as i16, 0), |o| {
-                o.push(Instr::LutAcc {
-                    ch,
-                    col: 0,
-                    bits,
-                    group,
-                    table: 0,
-                    reg: first as u16,
-                })
+                for i in 0..h {
+                    o.push(Instr::LutAcc {
+                        ch,
+                        col: 0,
+                        bits,
+                        group,
+                        table: (i * table_len) as u16,
+                        reg: (i * n_b + first) as u16,
+                    })
+                }
             })
         } else {
             looped(o, slots, strides(cpt as i16, 0, 1, 0), |o| {
                 for j in 0..cpt {
-                    o.push(Instr::LutAcc {
-                        ch,
-                        col: j as u8,
-                        bits,
-                        group,
-                        table: (j * kp.group * kp.stride) as u16,
-                        reg: first as u16,
-                    });
+                    for i in 0..h {
+                        o.push(Instr::LutAcc {
+                            ch,
+                            col: j as u8,
+                            bits,
+                            group,
+                            table: (i * table_len + j * kp.group * kp.stride) as u16,
+                            reg: (i * n_b + first) as u16,
+                        });
+                    }
                 }
             })
         }
     });
     out.phase(Phase::Softmax);
-    softmax(out, g, ch);
+    softmax(out, g, ch, h);
     out.phase(Phase::Histogram);
-    let out_reg = p.bins as u16;
+    let out_reg = h * p.bins;
     out.push(Instr::Clr {
         ch,
-        off: out_reg,
-        len: g.d as u16,
+        off: out_reg as u16,
+        len: (h * g.d) as u16,
         die: false,
     });
-    let per_col = (lanes / p.dsub) as u16;
+    let per_col = lanes / p.dsub;
     // The values in their own code format.
     let (tpc, cpt, bits, group) = (g.v.tpc, g.v.cpt, p.bits, p.group as u8);
     for chunk in 0..p.chunks {
@@ -424,33 +479,28 @@ pub(crate) fn pq_slice(
         out.push(Instr::Clr {
             ch,
             off: 0,
-            len: p.bins as u16,
+            len: (h * p.bins) as u16,
             die: false,
         });
         rows_of(out, g, &g.v, ch, rows.v, |o, first, slots| {
-            if tpc > 1 {
-                looped(o, slots.div_ceil(tpc), strides(1, tpc as i16, 0, 0), |o| {
-                    o.push(Instr::HistAcc {
-                        ch,
-                        col: 0,
-                        bits,
-                        group,
-                        weights: first as u16,
-                        reg: 0,
-                    })
-                })
+            let (count, step) = if tpc > 1 {
+                (slots.div_ceil(tpc), strides(1, tpc as i16, 0, 0))
             } else {
-                looped(o, slots, strides(cpt as i16, 1, 0, 0), |o| {
+                (slots, strides(cpt as i16, 1, 0, 0))
+            };
+            let col = if tpc > 1 { 0 } else { chunk as u8 };
+            looped(o, count, step, |o| {
+                for i in 0..h {
                     o.push(Instr::HistAcc {
                         ch,
-                        col: chunk as u8,
+                        col,
                         bits,
                         group,
-                        weights: first as u16,
-                        reg: 0,
+                        weights: (i * n_b + first) as u16,
+                        reg: (i * p.bins) as u16,
                     })
-                })
-            }
+                }
+            })
         });
         out.phase(Phase::BinsCodebook);
         let subspaces = chunk * p.group..((chunk + 1) * p.group).min(p.m);
@@ -473,15 +523,17 @@ pub(crate) fn pq_slice(
                     });
                     open = Some(row);
                 }
-                let bins = (local * p.stride) as u16 + (u - start) as u16 * per_col;
+                let bins = local * p.stride + (u - start) * per_col;
                 looped(out, seg, strides(1, 0, per_col as i16, 0), |o| {
-                    o.push(Instr::BinMac {
-                        ch,
-                        col: col as u8,
-                        dsub: p.dsub as u8,
-                        bins,
-                        out: out_reg + (m * p.dsub) as u16,
-                    })
+                    for i in 0..h {
+                        o.push(Instr::BinMac {
+                            ch,
+                            col: col as u8,
+                            dsub: p.dsub as u8,
+                            bins: (i * p.bins + bins) as u16,
+                            out: (out_reg + i * g.d + m * p.dsub) as u16,
+                        })
+                    }
                 });
                 u += seg;
             }
@@ -491,7 +543,7 @@ pub(crate) fn pq_slice(
         }
     }
     out.phase(Phase::Reduction);
-    reduce_out(out, g, ch, out_reg);
+    reduce_out(out, g, ch, out_reg, h);
 }
 
 /// Where one new token goes and where its FP16 key and value are staged.
@@ -584,7 +636,7 @@ pub(crate) fn quantize(
         while m0 < p.m {
             let subs = per_chunk.min(p.m - m0);
             let data = books + (m0 * sub_elems * 2) as u32;
-            write_buffer(out, ch, subs * sub_elems, lanes, cw, data);
+            write_buffer(out, ch, (subs * sub_elems, 0), lanes, cw, data);
             for &(pass, (row, col0)) in &passes {
                 if open != Some(row) {
                     if open.is_some() {

@@ -9,7 +9,9 @@ use aqpim_pim::{Device, Program, SimOptions, Simulator};
 use half::f16;
 
 use crate::error::{AttnError, Result};
-use crate::pim::functional::{f16_bytes, load_slot, merge_records, raw_f16_bytes, read_records};
+use crate::pim::functional::{
+    f16_bytes, load_slot, merge_records, raw_f16_bytes, read_records, regroup_passes,
+};
 use crate::pim::layout::Geom;
 use crate::pim::placement::RowAlloc;
 use crate::pim::program::{self, bank_sel, Out};
@@ -221,7 +223,8 @@ pub fn scalar_head_on_pim(
     sim.set_host_data(host);
     let mut out = Out::default();
     let mut alloc = RowAlloc::new(device);
-    let mut records = 0;
+    // Per record, its query head; per pass over a slice, its heads.
+    let (mut owner, mut passes) = (Vec::new(), Vec::new());
     for (i, &(start, len)) in parts.iter().enumerate() {
         let ch = i % device.org.channels;
         let geom = Geom::new(device, kind, d, len)?;
@@ -237,10 +240,12 @@ pub fn scalar_head_on_pim(
                 }
             }
         }
-        for h in 0..g {
-            scalar::scalar_slice(&mut out, device, &geom, ch as u8, rows, (h * 2 * d) as u32);
+        for pass in geom.passes(device, g) {
+            let at: Vec<u32> = pass.clone().map(|h| (h * 2 * d) as u32).collect();
+            scalar::scalar_slice(&mut out, device, &geom, ch as u8, rows, &at);
+            passes.push(pass.len());
+            owner.extend(pass);
         }
-        records += g;
     }
     let m = fp_keys.len() / d;
     if m > 0 {
@@ -256,23 +261,16 @@ pub fn scalar_head_on_pim(
             load_slot(&mut sim, device, ch, b, rows.v, at, &v)?;
         }
         let (lanes, cw) = (device.pim.lanes, device.org.column_bytes);
-        for h in 0..g {
-            program::fp16_slice(
-                &mut out,
-                &geom,
-                ch as u8,
-                rows,
-                (h * 2 * d) as u32,
-                lanes,
-                cw,
-            );
+        for pass in geom.passes(device, g) {
+            let at: Vec<u32> = pass.clone().map(|h| (h * 2 * d) as u32).collect();
+            program::fp16_slice(&mut out, &geom, ch as u8, rows, &at, lanes, cw);
+            passes.push(pass.len());
+            owner.extend(pass);
         }
-        records += g;
     }
     let program = Program::new(out.instrs)?;
     let stats = sim.run(&program)?;
-    let vals = read_records(sim.read_log(), records, d)?;
-    let owner: Vec<usize> = (0..records).map(|i| i % g).collect();
+    let vals = regroup_passes(&read_records(sim.read_log(), owner.len(), d)?, &passes, d);
     Ok(PimRun {
         out: merge_records(&vals, &owner, g, d),
         stats,

@@ -14,18 +14,24 @@ use crate::pim::program::{self, Out, Phase};
 use crate::pim::scalar;
 use crate::pim::{LayerJob, PimCost, PimKind, PqCodes};
 
-/// A layer's generated instructions and, in read-log order, the (slice
-/// index, query head) of every record its programs leave for the host.
+/// A layer's generated instructions, the (slice index, query head) of
+/// every record its programs leave for the host, in program order, and the
+/// heads of each pass in that order: a pass of `h` heads leaves their `h`
+/// statistics `[max, sum]`, then their `h` outputs (see
+/// [`regroup_passes`](crate::pim::functional::regroup_passes)).
 pub(crate) struct Lowered {
     pub out: Out,
     pub reads: Vec<(usize, usize)>,
+    pub passes: Vec<usize>,
 }
 
-/// The instructions of a placed layer, channel by channel: per slice and
-/// query head `q` its attention program, reading its table or query from
-/// host byte `host_at(slice, q)`; then the channel's quantization programs.
-/// A PQ cache's FP16 sink and window slice is marked [`Phase::Fp16Window`]
-/// throughout.
+/// The instructions of a placed layer, channel by channel: per slice, its
+/// attention program in passes ([`Geom::passes`](crate::pim::layout::Geom)),
+/// each serving as many of the group's query heads as the bank's buffer and
+/// registers hold (`g'`) in one read of the slice's rows, head `q` reading
+/// its table or query from host byte `host_at(slice, q)`; then the
+/// channel's quantization programs. A PQ cache's FP16 sink and window
+/// slice is marked [`Phase::Fp16Window`] throughout.
 pub(crate) fn layer_program(
     device: &Device,
     job: &LayerJob,
@@ -36,6 +42,7 @@ pub(crate) fn layer_program(
     let cw = device.org.column_bytes;
     let mut out = Out::default();
     let mut reads = Vec::new();
+    let mut passes = Vec::new();
     let mut by_channel: Vec<Vec<usize>> = vec![Vec::new(); device.org.channels];
     for (i, s) in plan.slices.iter().enumerate() {
         by_channel[s.ch].push(i);
@@ -44,20 +51,21 @@ pub(crate) fn layer_program(
         for &si in slices {
             let s = &plan.slices[si];
             out.fixed = s.window.then_some(Phase::Fp16Window);
-            for q in 0..job.group {
-                let at = host_at(s, q);
+            for pass in s.geom.passes(device, job.group) {
+                let at: Vec<u32> = pass.clone().map(|q| host_at(s, q)).collect();
                 match (s.geom.k.pq, s.geom.sc) {
                     (Some(_), _) => {
-                        program::pq_slice(&mut out, &s.geom, ch as u8, s.rows, at, lanes, cw)
+                        program::pq_slice(&mut out, &s.geom, ch as u8, s.rows, &at, lanes, cw)
                     }
                     (None, Some(_)) => {
-                        scalar::scalar_slice(&mut out, device, &s.geom, ch as u8, s.rows, at)
+                        scalar::scalar_slice(&mut out, device, &s.geom, ch as u8, s.rows, &at)
                     }
                     (None, None) => {
-                        program::fp16_slice(&mut out, &s.geom, ch as u8, s.rows, at, lanes, cw)
+                        program::fp16_slice(&mut out, &s.geom, ch as u8, s.rows, &at, lanes, cw)
                     }
                 }
-                reads.push((si, q));
+                passes.push(pass.len());
+                reads.extend(pass.map(|q| (si, q)));
             }
         }
         out.fixed = None;
@@ -72,7 +80,7 @@ pub(crate) fn layer_program(
             );
         }
     }
-    Lowered { out, reads }
+    Lowered { out, reads, passes }
 }
 
 /// Host data large enough for every offset a timing-only layer program uses
