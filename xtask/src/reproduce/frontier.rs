@@ -211,7 +211,7 @@ pub fn section(f: &Serve) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "## Accuracy against throughput\n\n`frontier.csv`: `aqpim simulate serve --model M --system S \
+        "\n## Accuracy against throughput\n\n`frontier.csv`: `aqpim simulate serve --model M --system S \
          --policy P [--kv KV] --ctx {CTX}` for each design below (one system preset per policy), \
          each format at its best batch with nothing spilled to host memory. `ppl` is the format's \
          measured perplexity against FP16 (SmolLM2-135M on held-out *Persuasion*, W = 2048, \
