@@ -493,3 +493,43 @@ fn shorten_lines(message: &str) -> String {
         .collect::<Vec<_>>()
         .join("; ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(s: &str) -> Override {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn override_values_read_as_toml_or_as_a_bare_string() {
+        assert_eq!(set("pim.n_ccdab=6").value, toml::Value::Integer(6));
+        assert_eq!(set("a.b=64.0").value, toml::Value::Float(64.0));
+        assert_eq!(set("a.b=true").value, toml::Value::Boolean(true));
+        assert_eq!(set("a=\"x y\"").value, toml::Value::String("x y".into()));
+        assert_eq!(set("a=sequence").value, toml::Value::String("sequence".into()));
+        let kv = set("pim.kv=pq:dsub=2,kbits=8");
+        assert_eq!(kv.value, toml::Value::String("pq:dsub=2,kbits=8".into()));
+        assert_eq!(kv.to_string(), "pim.kv=pq:dsub=2,kbits=8");
+        for bad in ["novalue", "=3", "a..b=1", ".a=1"] {
+            assert!(bad.parse::<Override>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn device_overrides_are_checked_as_the_file_is() {
+        let text = PRESETS[0].1;
+        let base = DeviceSpec::from_toml_str(text).unwrap();
+        let d = DeviceSpec::from_toml_str_with(text, &[set("pim.n_ccdab=7")]).unwrap();
+        assert_eq!(d.pim.n_ccdab, 7);
+        assert_eq!(d.organisation, base.organisation);
+        let e = DeviceSpec::from_toml_str_with(text, &[set("pim.n_ccdabb=7")]).unwrap_err();
+        assert!(e.to_string().contains("unknown field `n_ccdabb`"), "{e}");
+        assert!(e.to_string().contains("pim.n_ccdabb=7"), "{e}");
+        let e = DeviceSpec::from_toml_str_with(text, &[set("name.x=1")]).unwrap_err();
+        assert!(e.to_string().contains("`name` is a string"), "{e}");
+        assert_eq!(set("device.pim.x=1").strip_prefix("device"), Some(set("pim.x=1")));
+        assert_eq!(set("devices.x=1").strip_prefix("device"), None);
+    }
+}
