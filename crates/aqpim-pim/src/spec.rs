@@ -222,7 +222,10 @@ impl DeviceSpec {
         value.try_into().map_err(|e: toml::de::Error| {
             let mut message = shorten_lines(&e.to_string());
             if !overrides.is_empty() {
-                message.push_str(&format!(" (with the overrides {})", Override::list(overrides)));
+                message.push_str(&format!(
+                    " (with the overrides {})",
+                    Override::list(overrides)
+                ));
             }
             PimError::Parse(message)
         })
@@ -508,7 +511,10 @@ mod tests {
         assert_eq!(set("a.b=64.0").value, toml::Value::Float(64.0));
         assert_eq!(set("a.b=true").value, toml::Value::Boolean(true));
         assert_eq!(set("a=\"x y\"").value, toml::Value::String("x y".into()));
-        assert_eq!(set("a=sequence").value, toml::Value::String("sequence".into()));
+        assert_eq!(
+            set("a=sequence").value,
+            toml::Value::String("sequence".into())
+        );
         let kv = set("pim.kv=pq:dsub=2,kbits=8");
         assert_eq!(kv.value, toml::Value::String("pq:dsub=2,kbits=8".into()));
         assert_eq!(kv.to_string(), "pim.kv=pq:dsub=2,kbits=8");
@@ -529,7 +535,10 @@ mod tests {
         assert!(e.to_string().contains("pim.n_ccdabb=7"), "{e}");
         let e = DeviceSpec::from_toml_str_with(text, &[set("name.x=1")]).unwrap_err();
         assert!(e.to_string().contains("`name` is a string"), "{e}");
-        assert_eq!(set("device.pim.x=1").strip_prefix("device"), Some(set("pim.x=1")));
+        assert_eq!(
+            set("device.pim.x=1").strip_prefix("device"),
+            Some(set("pim.x=1"))
+        );
         assert_eq!(set("devices.x=1").strip_prefix("device"), None);
     }
 }

@@ -57,7 +57,7 @@ enum Command {
     #[command(subcommand)]
     Eval(EvalCommand),
     /// Latency of a decode step on a system (GPU, host offload, FP16 PIM, AQPIM), itemized; `sweep` for grids.
-    Simulate(simulate::SimulateArgs),
+    Simulate(Box<simulate::SimulateArgs>),
     /// Generate text with a real model (GGUF or Hugging Face safetensors), streaming tokens.
     Generate(model::GenerateArgs),
     /// The compiled-in model, system and device presets: list them, print one as TOML.
@@ -98,7 +98,7 @@ fn main() {
         Command::Attn(cmd) => attn::run(cmd),
         Command::Eval(EvalCommand::Model(cmd)) => model::run_eval(cmd),
         Command::Eval(EvalCommand::Retrieval(args)) => probe::run(args),
-        Command::Simulate(args) => simulate::run(args),
+        Command::Simulate(args) => simulate::run(*args),
         Command::Generate(args) => model::run_generate(args),
         Command::Presets(cmd) => presets::run(cmd),
     };

@@ -324,13 +324,14 @@ impl GridArgs {
     }
 }
 
+/// The steps of a grid's points, each with its index in the grid, and a
+/// line for each point skipped (does not fit).
+type GridRun = (Vec<(usize, Step)>, Vec<String>);
+
 /// Runs every point (in parallel), each step with its index in the grid;
 /// points that do not fit are skipped with a message when the grid has more
 /// than one point, an error otherwise.
-fn run_grid(
-    g: &Grid,
-    bar: Option<&indicatif::ProgressBar>,
-) -> Result<(Vec<(usize, Step)>, Vec<String>)> {
+fn run_grid(g: &Grid, bar: Option<&indicatif::ProgressBar>) -> Result<GridRun> {
     let single = g.total == 1;
     let results: Vec<_> = g
         .points

@@ -153,7 +153,15 @@ fn a_printed_preset_loads_to_the_same_results() {
     // A device that extends another loads from its printed text.
     let sim = |dev: &str| {
         let out = aqpim(&[
-            "attn", "sim", "--model-shape", "2,2,128", "--ctx", "1K", "--device", dev, "--json",
+            "attn",
+            "sim",
+            "--model-shape",
+            "2,2,128",
+            "--ctx",
+            "1K",
+            "--device",
+            dev,
+            "--json",
         ]);
         let mut v = common::json_line(&out, dev);
         v.as_object_mut().unwrap().remove("wall_s");
