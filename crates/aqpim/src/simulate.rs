@@ -639,6 +639,8 @@ fn run_serve(a: ServeArgs) -> Result<()> {
         )
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
+    // Redrawn every second: one context's search can take tens of seconds.
+    bar.enable_steady_tick(std::time::Duration::from_secs(1));
     let results: Vec<_> = jobs
         .par_iter()
         .map(|&(p, c)| {
