@@ -126,8 +126,13 @@ fn record_index(record: &str) -> Option<usize> {
 /// one header (every file's must be the same, starting with `index`), the
 /// rows in the order of their `index` column, the grid's order. A file with
 /// no rows (a shard whose points all did not fit) is allowed; an index in two
-/// files is an error.
+/// files, or rows that are not of one shard per file, is an error.
 pub fn merge(out: &Path, files: &[PathBuf]) -> Result<usize> {
+    for (k, f) in files.iter().enumerate() {
+        if files[..k].contains(f) {
+            bail!("{} is given twice: each shard once, please", f.display());
+        }
+    }
     let mut texts = Vec::new();
     for f in files {
         let len = std::fs::metadata(f)
@@ -176,6 +181,7 @@ pub fn merge(out: &Path, files: &[PathBuf]) -> Result<usize> {
             rows.push((i, r, f));
         }
     }
+    check_one_shard_each(&rows, files.len())?;
     rows.sort_by_key(|&(i, _, _)| i);
     for w in rows.windows(2) {
         if w[0].0 == w[1].0 {
@@ -200,6 +206,36 @@ pub fn merge(out: &Path, files: &[PathBuf]) -> Result<usize> {
     aqpim_pq::io::write_atomic(out, text.as_bytes())
         .with_context(|| format!("writing {}", out.display()))?;
     Ok(rows.len())
+}
+
+/// Checks that the rows are those of `count` shards (`--shard I/count`, each
+/// `I` once): every file's indices leave one remainder modulo `count`, and
+/// no two files the same one. A missing or extra shard file fails here
+/// instead of merging into a grid with holes.
+fn check_one_shard_each(rows: &[(usize, &str, &PathBuf)], count: usize) -> Result<()> {
+    let mut seen: Vec<(usize, &PathBuf, usize)> = Vec::new();
+    for &(i, _, f) in rows {
+        match seen.iter().find(|(_, g, _)| *g == f) {
+            Some(&(first, _, r)) if i % count != r => bail!(
+                "{}: points {first} and {i} are not of one shard of {count} (one per file given): \
+                 give merge every shard's file of one `--shard I/{count}` sweep, and only those",
+                f.display()
+            ),
+            Some(_) => {}
+            None => {
+                if let Some((_, g, _)) = seen.iter().find(|(_, g, r)| *g != f && *r == i % count) {
+                    bail!(
+                        "{} and {} hold points of the same shard ({} of {count}): each shard once, please",
+                        g.display(),
+                        f.display(),
+                        i % count
+                    );
+                }
+                seen.push((i, f, i % count));
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

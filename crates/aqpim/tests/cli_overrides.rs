@@ -223,8 +223,11 @@ fn shards_merge_into_the_unsharded_bytes() {
     assert_eq!(text.lines().count(), 1 + 10, "{text}");
     assert_eq!(std::fs::read(&merged).unwrap(), whole);
 
-    // A shard given twice is refused.
+    // A shard given twice, or one missing, is refused.
     let mut args = vec!["simulate", "merge", "--out", path(&merged)];
     args.extend([path(&shards[0]), path(&shards[0])]);
     common::assert_one_line_error(&aqpim(&args), "each shard once");
+    let mut args = vec!["simulate", "merge", "--out", path(&merged)];
+    args.extend([path(&shards[0]), path(&shards[1])]);
+    common::assert_one_line_error(&aqpim(&args), "not of one shard of 2");
 }
