@@ -65,7 +65,7 @@ pub use isa::{MAX_LOOP_COUNT, MAX_LOOP_DEPTH, MAX_PROGRAM_COMMANDS};
 pub use resolve::{Device, Organisation, PimParams, Rule};
 pub use sim::{Mode, SimOptions, Simulator, Timer, TraceEntry, MAX_REFRESHES, MAX_TRACE_ENTRIES};
 pub use spec::{
-    ClockSpec, DeviceSpec, EnergySpec, OrganisationSpec, PimSpec, RefreshSpec, RuleSpec,
+    ClockSpec, DeviceSpec, EnergySpec, OrganisationSpec, Override, PimSpec, RefreshSpec, RuleSpec,
     TimingValue, PRESETS,
 };
 pub use stats::{EnergyBreakdown, RegionStats, Stats};

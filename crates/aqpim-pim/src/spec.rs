@@ -200,6 +200,13 @@ fn is_one(w: &u32) -> bool {
 impl DeviceSpec {
     /// Parses a spec from TOML text.
     pub fn from_toml_str(text: &str) -> Result<Self> {
+        Self::from_toml_str_with(text, &[])
+    }
+
+    /// [`from_toml_str`](Self::from_toml_str) with `overrides` set in the
+    /// table (after its `extends` chain is merged) before it is read, so that
+    /// an override is checked exactly as the same key in the file would be.
+    pub fn from_toml_str_with(text: &str, overrides: &[Override]) -> Result<Self> {
         if text.len() as u64 > crate::limits::MAX_DEVICE_FILE_BYTES {
             return Err(PimError::Parse(format!(
                 "{} bytes of TOML, more than the limit of {} for a device file",
@@ -207,11 +214,21 @@ impl DeviceSpec {
                 crate::limits::MAX_DEVICE_FILE_BYTES
             )));
         }
-        let value = Self::merged_value(text, 0)?;
+        let mut value = Self::merged_value(text, 0)?;
+        for o in overrides {
+            o.apply(&mut value).map_err(PimError::Parse)?;
+        }
         // toml's messages quote the offending line; keep them short.
-        value
-            .try_into()
-            .map_err(|e: toml::de::Error| PimError::Parse(shorten_lines(&e.to_string())))
+        value.try_into().map_err(|e: toml::de::Error| {
+            let mut message = shorten_lines(&e.to_string());
+            if !overrides.is_empty() {
+                message.push_str(&format!(
+                    " (with the overrides {})",
+                    Override::list(overrides)
+                ));
+            }
+            PimError::Parse(message)
+        })
     }
 
     /// The file's TOML table with its `extends` chain applied: `extends =
@@ -258,6 +275,12 @@ impl DeviceSpec {
 
     /// Reads a spec from a TOML file.
     pub fn from_file(path: &Path) -> Result<Self> {
+        Self::from_file_with(path, &[])
+    }
+
+    /// [`from_file`](Self::from_file) with `overrides` (see
+    /// [`from_toml_str_with`](Self::from_toml_str_with)).
+    pub fn from_file_with(path: &Path, overrides: &[Override]) -> Result<Self> {
         let len = std::fs::metadata(path)
             .map_err(|e| PimError::Parse(format!("reading {}: {e}", path.display())))?
             .len();
@@ -270,13 +293,19 @@ impl DeviceSpec {
         }
         let text = std::fs::read_to_string(path)
             .map_err(|e| PimError::Parse(format!("reading {}: {e}", path.display())))?;
-        Self::from_toml_str(&text)
+        Self::from_toml_str_with(&text, overrides)
     }
 
     /// A named preset (`hbm3-attacc-5.2`, `hbm3-jedec-6.4`, `hbm3-pimba-5.2`, ...).
     pub fn preset(name: &str) -> Result<Self> {
+        Self::preset_with(name, &[])
+    }
+
+    /// [`preset`](Self::preset) with `overrides` (see
+    /// [`from_toml_str_with`](Self::from_toml_str_with)).
+    pub fn preset_with(name: &str, overrides: &[Override]) -> Result<Self> {
         match PRESETS.iter().find(|(n, _)| *n == name) {
-            Some((_, text)) => Self::from_toml_str(text),
+            Some((_, text)) => Self::from_toml_str_with(text, overrides),
             None => Err(PimError::UnknownPreset {
                 name: crate::limits::cut(name),
                 known: PRESETS
@@ -315,6 +344,133 @@ impl DeviceSpec {
     }
 }
 
+/// The longest `--set` value taken, in bytes (a device file's figures are
+/// short; anything longer is a paste gone wrong).
+const MAX_OVERRIDE_BYTES: usize = 4096;
+
+/// How many dotted segments an override key may have (`units.mac.ops_per_cycle`
+/// has three).
+const MAX_OVERRIDE_DEPTH: usize = 8;
+
+/// One `KEY=VALUE` override of a figure of a TOML preset (`aqpim ... --set`):
+/// a dotted key path into the preset's tables (`pim.n_ccdab`), and the value
+/// parsed as a TOML value (`64`, `64.0`, `true`, `"sequence"`, `{ ns = 3.5 }`),
+/// a bare word that is no TOML value taken as a string (`sequence`,
+/// `pq:dsub=2,kbits=8`). Setting a key the preset's schema does not have is
+/// the same error as writing it in the file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Override {
+    /// The dotted key path, as given.
+    pub key: String,
+    /// The value, parsed.
+    pub value: toml::Value,
+    /// The value as given, for messages and records.
+    pub text: String,
+}
+
+impl std::str::FromStr for Override {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let Some((key, text)) = s.split_once('=') else {
+            return Err(format!(
+                "`{}`: expected SECTION.KEY=VALUE (pim.link_gbps=64)",
+                crate::limits::cut(s)
+            ));
+        };
+        let key = key.trim();
+        if text.len() > MAX_OVERRIDE_BYTES {
+            return Err(format!(
+                "`{}`: a value of {} bytes, more than the limit of {MAX_OVERRIDE_BYTES}",
+                crate::limits::cut(key),
+                text.len()
+            ));
+        }
+        let segments: Vec<&str> = key.split('.').collect();
+        if key.is_empty()
+            || segments.len() > MAX_OVERRIDE_DEPTH
+            || segments.iter().any(|k| k.trim().is_empty())
+        {
+            return Err(format!(
+                "`{}`: a key is dotted names (pim.link_gbps), at most {MAX_OVERRIDE_DEPTH} deep",
+                crate::limits::cut(key)
+            ));
+        }
+        Ok(Self {
+            key: key.to_string(),
+            value: parse_value(text.trim()),
+            text: text.trim().to_string(),
+        })
+    }
+}
+
+impl std::fmt::Display for Override {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}={}", self.key, self.text)
+    }
+}
+
+impl Override {
+    /// The overrides as a record: `key=value` joined by `;` (empty for none).
+    pub fn list(overrides: &[Override]) -> String {
+        overrides
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(";")
+    }
+
+    /// This override with its first key segment removed when it is `prefix`
+    /// (`device.pim.n_ccdab` with `device`: `pim.n_ccdab`), else `None`.
+    pub fn strip_prefix(&self, prefix: &str) -> Option<Override> {
+        let rest = self.key.strip_prefix(prefix)?.strip_prefix('.')?;
+        Some(Self {
+            key: rest.to_string(),
+            ..self.clone()
+        })
+    }
+
+    /// Sets the value at the key in `table`, creating the tables on the way
+    /// that do not exist yet; an error when the way passes through a value
+    /// that is not a table (an array or a number).
+    pub fn apply(&self, table: &mut toml::Table) -> std::result::Result<(), String> {
+        let segments: Vec<&str> = self.key.split('.').map(str::trim).collect();
+        let (last, path) = segments
+            .split_last()
+            .ok_or_else(|| format!("`{self}`: an empty key"))?;
+        let mut here = table;
+        for (i, seg) in path.iter().enumerate() {
+            let entry = here
+                .entry(seg.to_string())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            here = match entry {
+                toml::Value::Table(t) => t,
+                other => {
+                    return Err(format!(
+                        "--set {}: `{}` is a {}, not a table",
+                        crate::limits::cut(&self.to_string()),
+                        segments[..=i].join("."),
+                        other.type_str()
+                    ))
+                }
+            };
+        }
+        here.insert(last.to_string(), self.value.clone());
+        Ok(())
+    }
+}
+
+/// `text` as a TOML value (`64`, `true`, `"x"`, `[1, 2]`, `{ ns = 3.5 }`),
+/// or, when it is none, the string itself.
+fn parse_value(text: &str) -> toml::Value {
+    match toml::from_str::<toml::Table>(&format!("v = {text}")) {
+        Ok(mut t) if t.len() == 1 && !text.contains(['\n', '\r']) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(text.to_string())),
+        _ => toml::Value::String(text.to_string()),
+    }
+}
+
 /// `over` laid onto `base`: tables merge key by key, anything else replaces.
 fn merge(base: &mut toml::Table, over: toml::Table) {
     for (k, v) in over {
@@ -339,4 +495,50 @@ fn shorten_lines(message: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(s: &str) -> Override {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn override_values_read_as_toml_or_as_a_bare_string() {
+        assert_eq!(set("pim.n_ccdab=6").value, toml::Value::Integer(6));
+        assert_eq!(set("a.b=64.0").value, toml::Value::Float(64.0));
+        assert_eq!(set("a.b=true").value, toml::Value::Boolean(true));
+        assert_eq!(set("a=\"x y\"").value, toml::Value::String("x y".into()));
+        assert_eq!(
+            set("a=sequence").value,
+            toml::Value::String("sequence".into())
+        );
+        let kv = set("pim.kv=pq:dsub=2,kbits=8");
+        assert_eq!(kv.value, toml::Value::String("pq:dsub=2,kbits=8".into()));
+        assert_eq!(kv.to_string(), "pim.kv=pq:dsub=2,kbits=8");
+        for bad in ["novalue", "=3", "a..b=1", ".a=1"] {
+            assert!(bad.parse::<Override>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn device_overrides_are_checked_as_the_file_is() {
+        let text = PRESETS[0].1;
+        let base = DeviceSpec::from_toml_str(text).unwrap();
+        let d = DeviceSpec::from_toml_str_with(text, &[set("pim.n_ccdab=7")]).unwrap();
+        assert_eq!(d.pim.n_ccdab, 7);
+        assert_eq!(d.organisation, base.organisation);
+        let e = DeviceSpec::from_toml_str_with(text, &[set("pim.n_ccdabb=7")]).unwrap_err();
+        assert!(e.to_string().contains("unknown field `n_ccdabb`"), "{e}");
+        assert!(e.to_string().contains("pim.n_ccdabb=7"), "{e}");
+        let e = DeviceSpec::from_toml_str_with(text, &[set("name.x=1")]).unwrap_err();
+        assert!(e.to_string().contains("`name` is a string"), "{e}");
+        assert_eq!(
+            set("device.pim.x=1").strip_prefix("device"),
+            Some(set("pim.x=1"))
+        );
+        assert_eq!(set("devices.x=1").strip_prefix("device"), None);
+    }
 }

@@ -247,6 +247,12 @@ pub struct PimStacksSpec {
     /// sequence and KV head; kept to compare with that simulator).
     #[serde(default)]
     pub placement: Option<String>,
+    /// Overrides of the device's figures (`--set device.pim.n_ccdab=6`,
+    /// here without the `device.` prefix), applied to the device of every
+    /// policy (`device` and `attacc_device`) when it is resolved. Not in the
+    /// file: [`system_with`] sets them.
+    #[serde(skip)]
+    pub device_overrides: Vec<aqpim_pim::Override>,
 }
 
 impl PimStacksSpec {
@@ -276,7 +282,7 @@ impl PimStacksSpec {
                     .into(),
             ));
         }
-        let spec = device_spec(name).map_err(bad)?;
+        let spec = device_spec(name, &self.device_overrides).map_err(bad)?;
         spec.resolve().map_err(|e| bad(e.to_string()))
     }
 
@@ -338,9 +344,13 @@ impl PimStacksSpec {
     }
 }
 
-/// A device preset of `aqpim-pim` by name, or a device TOML file; the error
-/// says which the name was taken as, and what was tried.
-fn device_spec(name_or_path: &str) -> std::result::Result<aqpim_pim::DeviceSpec, String> {
+/// A device preset of `aqpim-pim` by name, or a device TOML file, with
+/// `overrides` set before it is read; the error says which the name was
+/// taken as, and what was tried.
+fn device_spec(
+    name_or_path: &str,
+    overrides: &[aqpim_pim::Override],
+) -> std::result::Result<aqpim_pim::DeviceSpec, String> {
     let presets = || {
         aqpim_pim::PRESETS
             .iter()
@@ -349,12 +359,12 @@ fn device_spec(name_or_path: &str) -> std::result::Result<aqpim_pim::DeviceSpec,
             .join(", ")
     };
     if aqpim_pim::PRESETS.iter().any(|(n, _)| *n == name_or_path) {
-        return aqpim_pim::DeviceSpec::preset(name_or_path)
+        return aqpim_pim::DeviceSpec::preset_with(name_or_path, overrides)
             .map_err(|e| format!("device preset `{name_or_path}`: {e}"));
     }
     let path = std::path::Path::new(name_or_path);
     if path.exists() {
-        return aqpim_pim::DeviceSpec::from_file(path)
+        return aqpim_pim::DeviceSpec::from_file_with(path, overrides)
             .map_err(|e| format!("device `{name_or_path}` (taken as a file path): {e}"));
     }
     Err(format!(
@@ -612,16 +622,19 @@ pub fn parse_model(text: &str, name: &str) -> Result<ModelSpec> {
 
 /// Parses and validates a system from TOML text; `name` names it in errors.
 pub fn parse_system(text: &str, name: &str) -> Result<SystemSpec> {
-    parse_system_in(text, name, None)
+    parse_system_in(text, name, None, &[])
 }
 
 /// [`parse_system`], with a `[pim] device` path that ends in `.toml` taken
-/// relative to `dir` (the folder of the system file) unless it is absolute.
-fn parse_system_in(text: &str, name: &str, dir: Option<&std::path::Path>) -> Result<SystemSpec> {
-    let mut s: SystemSpec = toml::from_str(text).map_err(|e| SystemError::Preset {
-        name: name.to_string(),
-        reason: e.to_string().trim().to_string(),
-    })?;
+/// relative to `dir` (the folder of the system file) unless it is absolute,
+/// and `overrides` applied (see [`system_with`]).
+fn parse_system_in(
+    text: &str,
+    name: &str,
+    dir: Option<&std::path::Path>,
+    overrides: &[aqpim_pim::Override],
+) -> Result<SystemSpec> {
+    let mut s = read_system(text, name, overrides)?;
     if let (Some(dir), Some(p)) = (dir, s.pim.as_mut()) {
         let dev = std::path::Path::new(&p.device);
         if p.device.ends_with(".toml") && dev.is_relative() {
@@ -629,6 +642,52 @@ fn parse_system_in(text: &str, name: &str, dir: Option<&std::path::Path>) -> Res
         }
     }
     s.validate()?;
+    Ok(s)
+}
+
+/// The system of `text` with the overrides outside `device.` set in its TOML
+/// table before it is read (so that each is checked as the same key in the
+/// file would be), those under `device.` handed to its stacks, and the
+/// overrides appended to its name (`h100+aqpim --set pim.link_gbps=128`).
+fn read_system(text: &str, name: &str, overrides: &[aqpim_pim::Override]) -> Result<SystemSpec> {
+    let bad = |reason: String| SystemError::Preset {
+        name: name.to_string(),
+        reason,
+    };
+    let with = |e: toml::de::Error| {
+        let mut reason = e.to_string().trim().to_string();
+        if !overrides.is_empty() {
+            reason.push_str(&format!(
+                " (with the overrides {})",
+                aqpim_pim::Override::list(overrides)
+            ));
+        }
+        bad(reason)
+    };
+    if overrides.is_empty() {
+        return toml::from_str(text).map_err(with);
+    }
+    let mut table: toml::Table = toml::from_str(text).map_err(with)?;
+    let mut device = Vec::new();
+    for o in overrides {
+        match o.strip_prefix("device") {
+            Some(d) => device.push(d),
+            None => o.apply(&mut table).map_err(bad)?,
+        }
+    }
+    let mut s: SystemSpec = toml::Value::Table(table).try_into().map_err(with)?;
+    if !device.is_empty() {
+        let Some(p) = s.pim.as_mut() else {
+            return Err(bad(
+                "--set device.*: this system has no PIM device (no [pim] section) to override"
+                    .into(),
+            ));
+        };
+        p.device_overrides = device;
+    }
+    for o in overrides {
+        s.name.push_str(&format!(" --set {o}"));
+    }
     Ok(s)
 }
 
@@ -649,6 +708,16 @@ pub fn model(name_or_path: &str) -> Result<ModelSpec> {
 
 /// A system preset by name, or a TOML file path (ending in `.toml`).
 pub fn system(name_or_path: &str) -> Result<SystemSpec> {
+    system_with(name_or_path, &[])
+}
+
+/// [`system`] with `overrides` (`aqpim ... --set`): a key outside `device.`
+/// (`pim.link_gbps`, `gpu.attn_gbps`, `host.memory_bytes`) is set in the
+/// system's TOML table before it is read and validated, as if the file said
+/// it; a key under `device.` (`device.pim.n_ccdab`) is set in the table of
+/// the device of every policy (`[pim] device` and `attacc_device`) before
+/// that is read. The system's name records the overrides.
+pub fn system_with(name_or_path: &str, overrides: &[aqpim_pim::Override]) -> Result<SystemSpec> {
     if name_or_path.ends_with(".toml") {
         let text = std::fs::read_to_string(name_or_path).map_err(|e| SystemError::Preset {
             name: name_or_path.to_string(),
@@ -658,10 +727,12 @@ pub fn system(name_or_path: &str) -> Result<SystemSpec> {
             ),
         })?;
         let dir = std::path::Path::new(name_or_path).parent();
-        return parse_system_in(&text, name_or_path, dir);
+        return parse_system_in(&text, name_or_path, dir, overrides);
     }
-    parse_system(
+    parse_system_in(
         lookup(SYSTEM_PRESETS, "system", name_or_path)?,
         name_or_path,
+        None,
+        overrides,
     )
 }

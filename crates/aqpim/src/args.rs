@@ -77,9 +77,14 @@ impl ShapeArgs {
     }
 }
 
-/// A PIM device: a preset of `aqpim-pim` by name, or a device TOML file. The
-/// error says which it was taken as and what was tried.
-pub fn device_spec(name_or_path: &str) -> Result<aqpim_pim::DeviceSpec> {
+/// A PIM device: a preset of `aqpim-pim` by name, or a device TOML file,
+/// with `overrides` (`--set device.KEY=VALUE` without `device.`) set in its
+/// table before it is read. The error says which it was taken as and what
+/// was tried.
+pub fn device_spec(
+    name_or_path: &str,
+    overrides: &[aqpim_pim::Override],
+) -> Result<aqpim_pim::DeviceSpec> {
     let known = || {
         aqpim_pim::PRESETS
             .iter()
@@ -89,12 +94,12 @@ pub fn device_spec(name_or_path: &str) -> Result<aqpim_pim::DeviceSpec> {
     };
     let shown = limits::cut(name_or_path);
     if aqpim_pim::PRESETS.iter().any(|(n, _)| *n == name_or_path) {
-        return aqpim_pim::DeviceSpec::preset(name_or_path)
+        return aqpim_pim::DeviceSpec::preset_with(name_or_path, overrides)
             .with_context(|| format!("device preset `{shown}`"));
     }
     let path = Path::new(name_or_path);
     if path.exists() {
-        return aqpim_pim::DeviceSpec::from_file(path)
+        return aqpim_pim::DeviceSpec::from_file_with(path, overrides)
             .with_context(|| format!("device `{shown}` (taken as a file path)"));
     }
     let tried = std::env::current_dir()
@@ -150,8 +155,8 @@ mod tests {
 
     #[test]
     fn devices_say_what_they_were_taken_as() {
-        assert!(device_spec("hbm3-attacc-5.2").is_ok());
-        let e = format!("{:#}", device_spec("no-such-device").unwrap_err());
+        assert!(device_spec("hbm3-attacc-5.2", &[]).is_ok());
+        let e = format!("{:#}", device_spec("no-such-device", &[]).unwrap_err());
         assert!(
             e.contains("not a device preset") && e.contains("hbm3-attacc-5.2"),
             "{e}"

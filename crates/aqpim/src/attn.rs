@@ -54,12 +54,31 @@ pub struct SimArgs {
     /// Write one layer's lowered programs as text for `aqpim sim run` into DIR.
     #[arg(long, value_name = "DIR")]
     dump: Option<std::path::PathBuf>,
+    /// Override a figure of the device (repeatable), as if its TOML file
+    /// said it: device.pim.n_ccdab=6, device.units.mac.ops_per_cycle=16
+    /// (the `device.` prefix as in `simulate --set`). The value is read as
+    /// TOML (64, 64.0, true, "x"); a bare word is a string.
+    #[arg(long = "set", value_name = "device.KEY=VALUE", value_parser = device_override)]
+    set: Vec<aqpim_pim::Override>,
+}
+
+/// A `--set device.KEY=VALUE`, with `device.` removed.
+fn device_override(s: &str) -> std::result::Result<aqpim_pim::Override, String> {
+    let o: aqpim_pim::Override = s.parse()?;
+    o.strip_prefix("device").ok_or_else(|| {
+        format!(
+            "`{}`: attn sim has no system; only device.KEY=VALUE overrides apply (device.pim.n_ccdab=6)",
+            limits::cut(&o.key)
+        )
+    })
 }
 
 #[derive(Debug, Serialize)]
 struct SimReport {
     model: String,
     device: String,
+    /// The `--set` list (`device.KEY=VALUE`, `;`-separated; empty for none).
+    overrides: String,
     /// The cache spec, canonical (`fp16` for the dense cache).
     kv: String,
     /// `fp16` or `pq`.
@@ -175,8 +194,8 @@ fn sim(a: &SimArgs) -> Result<SimReport> {
         PimKind::Pq { .. } => "hbm3-aqpim-5.2",
         PimKind::Scalar(_) => "hbm3-pimba-5.2",
     };
-    let device =
-        crate::args::device_spec(a.device.as_deref().unwrap_or(default_device))?.resolve()?;
+    let device = crate::args::device_spec(a.device.as_deref().unwrap_or(default_device), &a.set)?
+        .resolve()?;
     let job = LayerJob {
         kind,
         head_dim,
@@ -212,6 +231,12 @@ fn sim(a: &SimArgs) -> Result<SimReport> {
     let mut report = SimReport {
         model: shape.name.clone(),
         device: device.name.clone(),
+        overrides: a
+            .set
+            .iter()
+            .map(|o| format!("device.{o}"))
+            .collect::<Vec<_>>()
+            .join(";"),
         kv: crate::args::kv_name(&spec),
         kind: match kind {
             PimKind::Fp16 => "fp16",
@@ -303,6 +328,9 @@ impl SimReport {
                 ""
             }
         );
+        if !self.overrides.is_empty() {
+            println!("{:<22} {}", "overrides", self.overrides);
+        }
         println!(
             "{:<22} {:>14.3} ms ({} cycles)",
             "time", self.time_ms, self.cycles

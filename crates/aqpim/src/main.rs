@@ -8,11 +8,13 @@
 mod args;
 mod attn;
 mod attn_inspect;
+mod csv_rows;
 mod kv;
 mod limits;
 mod model;
 mod npy;
 mod pq;
+mod presets;
 mod price;
 mod probe;
 mod sim;
@@ -55,9 +57,12 @@ enum Command {
     #[command(subcommand)]
     Eval(EvalCommand),
     /// Latency of a decode step on a system (GPU, host offload, FP16 PIM, AQPIM), itemized; `sweep` for grids.
-    Simulate(simulate::SimulateArgs),
+    Simulate(Box<simulate::SimulateArgs>),
     /// Generate text with a real model (GGUF or Hugging Face safetensors), streaming tokens.
     Generate(model::GenerateArgs),
+    /// The compiled-in model, system and device presets: list them, print one as TOML.
+    #[command(subcommand)]
+    Presets(presets::PresetsCommand),
 }
 
 /// `aqpim eval`: the model evaluations of `model.rs` and the retrieval probe.
@@ -93,8 +98,9 @@ fn main() {
         Command::Attn(cmd) => attn::run(cmd),
         Command::Eval(EvalCommand::Model(cmd)) => model::run_eval(cmd),
         Command::Eval(EvalCommand::Retrieval(args)) => probe::run(args),
-        Command::Simulate(args) => simulate::run(args),
+        Command::Simulate(args) => simulate::run(*args),
         Command::Generate(args) => model::run_generate(args),
+        Command::Presets(cmd) => presets::run(cmd),
     };
     if let Err(e) = result {
         // A reader that closed the pipe (`aqpim ... | head`) ends the program quietly.

@@ -310,10 +310,15 @@ fn ppl(a: PplArgs) -> Result<()> {
     };
     let bar = ProgressBar::new(0);
     bar.set_style(
-        ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} tokens ({per_sec}, eta {eta})")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(
+            "{msg} [{bar:40}] {pos}/{len} tokens ({per_sec}, {elapsed} elapsed, eta {eta})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.set_message("perplexity");
+    // Redrawn every second (elapsed time and ETA move between tokens too);
+    // hidden when stderr is not a terminal, so `--json` stays one line.
+    bar.enable_steady_tick(std::time::Duration::from_secs(1));
     let to_decode = |e: anyhow::Error| aqpim_decode::DecodeError::Cache {
         reason: format!("{e:#}"),
     };

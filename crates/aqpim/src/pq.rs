@@ -333,6 +333,8 @@ pub fn run(cmd: PqCommand) -> Result<()> {
                 )
                 .expect("valid template"),
             );
+            // Redrawn every second: a layer of a long text takes many seconds.
+            bar.enable_steady_tick(Duration::from_secs(1));
             let t = Instant::now();
             let books = aqpim_decode::model::calibrate::calibrate(
                 &llama,

@@ -122,7 +122,7 @@ pub fn run(cmd: SimCommand) -> Result<()> {
 }
 
 fn device(name: &str, power_limited: bool) -> Result<Device> {
-    let mut spec = crate::args::device_spec(name)?;
+    let mut spec = crate::args::device_spec(name, &[])?;
     spec.pim.power_limited |= power_limited;
     Ok(spec.resolve()?)
 }

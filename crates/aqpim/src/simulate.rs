@@ -3,6 +3,10 @@
 //! grid to CSV with a progress bar; `aqpim simulate serve` finds, per
 //! context, the batch with the highest tokens/s that fits without host memory.
 //!
+//! `--set SECTION.KEY=VALUE` overrides a figure of the system or, under
+//! `device.`, of its PIM device; every row records the overrides (`overrides`).
+//! `sweep --shard I/N` runs 1/N of a grid; `simulate merge` joins the shards.
+//!
 //! JSON (`--json`) is one object per line; CSV columns are the JSON keys of
 //! the same rows (`aqpim_system::Step`, and for `serve` the serving fields
 //! before the step's), so the schema is written once, in the struct.
@@ -11,12 +15,15 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
+use aqpim_pim::Override;
 use aqpim_system::pim::{PimMode, PimTimer, SimTimer};
 use aqpim_system::presets::{self, ModelSpec, SystemSpec};
 use aqpim_system::{decode_step_with, serve, Policy, ServePoint, Step, SystemError};
 use clap::{Args, Subcommand};
 use rayon::prelude::*;
 use serde_json::Value;
+
+use crate::csv_rows::{write_csv, Shard};
 
 #[derive(Debug, Args)]
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
@@ -42,15 +49,46 @@ enum SimulateCommand {
     /// tokens/s whose KV cache fits without host memory (PIM stacks, then
     /// free GPU memory), and the itemized step there.
     Serve(ServeArgs),
+    /// Join the CSV files of `sweep --shard I/N` (every I) into one file,
+    /// rows in the grid's order: byte for byte the unsharded sweep's file.
+    Merge(MergeArgs),
 }
 
 #[derive(Debug, Args)]
 struct SweepArgs {
     #[command(flatten)]
     grid: GridArgs,
-    /// The CSV file to write (atomically).
+    /// The CSV file to write (atomically). Its first column, `index`, is the
+    /// point's place in the grid's order (policies, then batches, then
+    /// contexts, each as listed).
     #[arg(long)]
     out: PathBuf,
+    /// Run only shard I of N: the points whose index `i` has `i % N == I`
+    /// (0/8 to 7/8 for a job array of 8; `simulate merge` joins the files).
+    #[arg(long, value_name = "I/N")]
+    shard: Option<Shard>,
+}
+
+#[derive(Debug, Args)]
+struct MergeArgs {
+    /// The merged CSV file to write (atomically).
+    #[arg(long)]
+    out: PathBuf,
+    /// The shard files, in any order.
+    #[arg(required = true, value_name = "SHARD.csv")]
+    files: Vec<PathBuf>,
+}
+
+/// `--set`'s help, the same on every command that takes it.
+const SET_HELP: &str = "Override a figure of the system preset, as if its TOML file said it \
+(repeatable): pim.link_gbps=128, gpu.attn_gbps=3000, pim.codebooks=sequence, pim.kv=pq:dsub=4,nbits=8. \
+With device., a figure of the PIM device of every policy of the run ([pim] device and \
+attacc_device): device.pim.n_ccdab=6, device.units.mac.ops_per_cycle=16. The value is read \
+as TOML (64, 64.0, true, \"x\"); a bare word is a string. Rows record the overrides \
+(`overrides`, `;`-separated) and the system name carries them";
+
+fn parse_override(s: &str) -> std::result::Result<Override, String> {
+    s.parse()
 }
 
 #[derive(Debug, Args)]
@@ -76,6 +114,8 @@ struct ServeArgs {
     /// PIM attention cost: `simulated` or `analytic`.
     #[arg(long, default_value = "simulated")]
     pim_model: String,
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE", value_parser = parse_override, help = SET_HELP)]
+    set: Vec<Override>,
     /// Write the rows as CSV to this file (atomically).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -114,6 +154,8 @@ struct GridArgs {
     /// within 5 % of the simulation by aqpim-attn's tests).
     #[arg(long, default_value = "simulated")]
     pim_model: String,
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE", value_parser = parse_override, help = SET_HELP)]
+    set: Vec<Override>,
 }
 
 /// Parses a count with an optional `K` (x1024) or `M` (x1024^2) suffix.
@@ -186,7 +228,12 @@ fn with_kv(mut system: SystemSpec, kv: Option<&str>) -> Result<SystemSpec> {
 struct Grid {
     model: ModelSpec,
     system: SystemSpec,
-    points: Vec<(Policy, usize, usize)>,
+    /// The points to run, each with its index in the whole grid's order.
+    points: Vec<(usize, Policy, usize, usize)>,
+    /// Points in the whole grid (a shard runs fewer).
+    total: usize,
+    /// The `--set` list, `;`-separated, as rows record it.
+    overrides: String,
     timers: Timers,
 }
 
@@ -228,12 +275,26 @@ fn timers(system: &SystemSpec, policies: &[Policy], mode: &str) -> Result<Timers
     Ok(Timers(out))
 }
 
+/// The system preset or file with the `--set` overrides, then `--kv`.
+fn load_system(name: &str, set: &[Override], kv: Option<&str>) -> Result<SystemSpec> {
+    let system = presets::system_with(name, set).with_context(|| {
+        if set.is_empty() {
+            "--system".to_string()
+        } else {
+            format!("--system with --set {}", Override::list(set))
+        }
+    })?;
+    with_kv(system, kv)
+}
+
 impl GridArgs {
-    fn load(&self) -> Result<Grid> {
+    /// The grid, or the points of one shard of it.
+    fn load(&self, shard: Option<Shard>) -> Result<Grid> {
         // clap enforces both unless a subcommand is given, which has its own.
         let model = presets::model(self.model.as_deref().unwrap_or_default())?;
-        let system = with_kv(
-            presets::system(self.system.as_deref().unwrap_or_default())?,
+        let system = load_system(
+            self.system.as_deref().unwrap_or_default(),
+            &self.set,
             self.kv.as_deref(),
         )?;
         let policies = policies(&self.policy)?;
@@ -244,39 +305,50 @@ impl GridArgs {
         for &p in &policies {
             for &b in &batches {
                 for &c in &ctxs {
-                    points.push((p, c, b));
+                    points.push((points.len(), p, c, b));
                 }
             }
+        }
+        let total = points.len();
+        if let Some(shard) = shard {
+            points.retain(|&(i, ..)| shard.holds(i));
         }
         Ok(Grid {
             model,
             system,
             points,
+            total,
+            overrides: Override::list(&self.set),
             timers,
         })
     }
 }
 
-/// Runs every point (in parallel); points that do not fit are skipped with a
-/// message when the grid has more than one point, an error otherwise.
-fn run_grid(g: &Grid, bar: Option<&indicatif::ProgressBar>) -> Result<(Vec<Step>, Vec<String>)> {
-    let single = g.points.len() == 1;
+/// The steps of a grid's points, each with its index in the grid, and a
+/// line for each point skipped (does not fit).
+type GridRun = (Vec<(usize, Step)>, Vec<String>);
+
+/// Runs every point (in parallel), each step with its index in the grid;
+/// points that do not fit are skipped with a message when the grid has more
+/// than one point, an error otherwise.
+fn run_grid(g: &Grid, bar: Option<&indicatif::ProgressBar>) -> Result<GridRun> {
+    let single = g.total == 1;
     let results: Vec<_> = g
         .points
         .par_iter()
-        .map(|&(p, c, b)| {
+        .map(|&(i, p, c, b)| {
             let r = decode_step_with(&g.model, &g.system, p, c, b, g.timers.get(p));
             if let Some(bar) = bar {
                 bar.inc(1);
             }
-            (p, c, b, r)
+            (i, p, c, b, r)
         })
         .collect();
     let mut steps = Vec::new();
     let mut skipped = Vec::new();
-    for (p, c, b, r) in results {
+    for (i, p, c, b, r) in results {
         match r {
-            Ok(step) => steps.push(step),
+            Ok(step) => steps.push((i, step)),
             Err(e @ SystemError::Capacity { .. }) if !single => {
                 skipped.push(format!("{p} ctx {c} batch {b}: {e}"))
             }
@@ -286,52 +358,28 @@ fn run_grid(g: &Grid, bar: Option<&indicatif::ProgressBar>) -> Result<(Vec<Step>
     Ok((steps, skipped))
 }
 
-/// A string as one CSV cell (RFC 4180): bare unless it holds a comma, a
-/// quote or a line break, else quoted with quotes doubled (cache specs
-/// such as `pq:dsub=2,kbits=8` hold commas).
-fn csv_cell(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
+/// A step as one row: its fields, then `overrides` (the `--set` list).
+fn step_row(s: &Step, overrides: &str) -> Result<Value> {
+    let mut v = serde_json::to_value(s)?;
+    if let Value::Object(m) = &mut v {
+        m.insert("overrides".into(), overrides.into());
     }
+    Ok(v)
 }
 
-/// CSV of rows that serialize as flat JSON objects: the header is the first
-/// row's keys, a value is its JSON text (strings bare unless they need
-/// quotes, `null` empty).
-fn write_csv(out: &std::path::Path, rows: &[Value]) -> Result<()> {
-    let mut text = String::new();
-    if let Some(Value::Object(first)) = rows.first() {
-        text.push_str(&first.keys().cloned().collect::<Vec<_>>().join(","));
-        text.push('\n');
+/// A sweep point as one row: its `index` in the grid, then [`step_row`].
+fn sweep_row(index: usize, s: &Step, overrides: &str) -> Result<Value> {
+    let mut row = serde_json::Map::new();
+    row.insert("index".into(), index.into());
+    if let Value::Object(m) = step_row(s, overrides)? {
+        row.extend(m);
     }
-    for r in rows {
-        let Value::Object(m) = r else {
-            anyhow::bail!("a CSV row must be an object");
-        };
-        let cells: Vec<String> = m
-            .values()
-            .map(|v| match v {
-                Value::Null => String::new(),
-                Value::String(s) => csv_cell(s),
-                other => other.to_string(),
-            })
-            .collect();
-        text.push_str(&cells.join(","));
-        text.push('\n');
-    }
-    aqpim_pq::io::write_atomic(out, text.as_bytes())?;
-    Ok(())
-}
-
-fn step_rows(steps: &[Step]) -> Result<Vec<Value>> {
-    steps.iter().map(|s| Ok(serde_json::to_value(s)?)).collect()
+    Ok(Value::Object(row))
 }
 
 /// A serving point as one flat row: the serving fields, then the step's
-/// (whose `batch` is the best batch).
-fn serve_row(p: &ServePoint) -> Result<Value> {
+/// (whose `batch` is the best batch), then `overrides`.
+fn serve_row(p: &ServePoint, overrides: &str) -> Result<Value> {
     let mut row = serde_json::Map::new();
     row.insert("best_batch".into(), p.best_batch.into());
     row.insert("max_batch".into(), p.max_batch.into());
@@ -340,10 +388,19 @@ fn serve_row(p: &ServePoint) -> Result<Value> {
         p.max_batch_in_pim.map_or(Value::Null, Value::from),
     );
     row.insert("batches_timed".into(), p.batches_timed.into());
-    if let Value::Object(step) = serde_json::to_value(&p.step)? {
+    if let Value::Object(step) = step_row(&p.step, overrides)? {
         row.extend(step);
     }
     Ok(Value::Object(row))
+}
+
+/// A serving point as its JSON line: the point, then `overrides`.
+fn serve_json(p: &ServePoint, overrides: &str) -> Result<Value> {
+    let mut v = serde_json::to_value(p)?;
+    if let Value::Object(m) = &mut v {
+        m.insert("overrides".into(), overrides.into());
+    }
+    Ok(v)
 }
 
 /// A perplexity delta as `+1.61%`, or `-` when the format was not measured.
@@ -487,22 +544,39 @@ pub fn run(a: SimulateArgs) -> Result<()> {
     match a.command {
         Some(SimulateCommand::Sweep(s)) => return run_sweep(s),
         Some(SimulateCommand::Serve(s)) => return run_serve(s),
+        Some(SimulateCommand::Merge(m)) => {
+            let n = crate::csv_rows::merge(&m.out, &m.files)?;
+            eprintln!(
+                "{n} points from {} files written to {}",
+                m.files.len(),
+                m.out.display()
+            );
+            return Ok(());
+        }
         None => {}
     }
-    let g = a.grid.load()?;
+    let g = a.grid.load(None)?;
     let (steps, skipped) = run_grid(&g, None)?;
+    let rows = steps
+        .iter()
+        .map(|(_, s)| step_row(s, &g.overrides))
+        .collect::<Result<Vec<_>>>()?;
     if let Some(out) = &a.out {
-        write_csv(out, &step_rows(&steps)?)?;
+        write_csv(out, &rows)?;
     }
+    let steps: Vec<Step> = steps.into_iter().map(|(_, s)| s).collect();
     let mut o = std::io::stdout().lock();
     if a.json {
-        for s in &steps {
-            writeln!(o, "{}", serde_json::to_string(s)?)?;
+        for r in &rows {
+            writeln!(o, "{}", serde_json::to_string(r)?)?;
         }
     } else if steps.len() == 1 && g.points.len() == 1 {
         print_point(&mut o, &steps[0])?;
     } else {
         print_table(&mut o, &steps)?;
+    }
+    if !a.json && !g.overrides.is_empty() {
+        writeln!(o, "overrides: {}", g.overrides)?;
     }
     for s in &skipped {
         eprintln!("skipped (does not fit): {s}");
@@ -511,17 +585,32 @@ pub fn run(a: SimulateArgs) -> Result<()> {
 }
 
 fn run_sweep(a: SweepArgs) -> Result<()> {
-    let g = a.grid.load()?;
+    let g = a.grid.load(a.shard)?;
     let bar = indicatif::ProgressBar::new(g.points.len() as u64);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} points {elapsed}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} points, {elapsed} elapsed, ETA {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let (steps, skipped) = run_grid(&g, Some(&bar))?;
     bar.finish_and_clear();
-    write_csv(&a.out, &step_rows(&steps)?)?;
+    let rows = steps
+        .iter()
+        .map(|(i, s)| sweep_row(*i, s, &g.overrides))
+        .collect::<Result<Vec<_>>>()?;
+    write_csv(&a.out, &rows)?;
+    let of = a.shard.map_or(String::new(), |s| {
+        format!(
+            " (shard {}/{}: {} of the grid's {} points)",
+            s.index,
+            s.count,
+            g.points.len(),
+            g.total
+        )
+    });
     eprintln!(
-        "{} points written to {}, {} skipped",
+        "{} points written to {}{of}, {} skipped",
         steps.len(),
         a.out.display(),
         skipped.len()
@@ -534,7 +623,8 @@ fn run_sweep(a: SweepArgs) -> Result<()> {
 
 fn run_serve(a: ServeArgs) -> Result<()> {
     let model = presets::model(&a.model)?;
-    let system = with_kv(presets::system(&a.system)?, a.kv.as_deref())?;
+    let system = load_system(&a.system, &a.set, a.kv.as_deref())?;
+    let overrides = Override::list(&a.set);
     let policies = policies(&a.policy)?;
     let ctxs = counts(&a.ctx, "ctx")?;
     let timers = timers(&system, &policies, &a.pim_model)?;
@@ -544,9 +634,13 @@ fn run_serve(a: ServeArgs) -> Result<()> {
         .collect();
     let bar = indicatif::ProgressBar::new(jobs.len() as u64);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} contexts searched {elapsed}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} contexts searched, {elapsed} elapsed, ETA {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
+    // Redrawn every second: one context's search can take tens of seconds.
+    bar.enable_steady_tick(std::time::Duration::from_secs(1));
     let results: Vec<_> = jobs
         .par_iter()
         .map(|&(p, c)| {
@@ -569,13 +663,16 @@ fn run_serve(a: ServeArgs) -> Result<()> {
         }
     }
     if let Some(out) = &a.out {
-        let rows = points.iter().map(serve_row).collect::<Result<Vec<_>>>()?;
+        let rows = points
+            .iter()
+            .map(|p| serve_row(p, &overrides))
+            .collect::<Result<Vec<_>>>()?;
         write_csv(out, &rows)?;
     }
     let mut o = std::io::stdout().lock();
     if a.json {
         for p in &points {
-            writeln!(o, "{}", serde_json::to_string(p)?)?;
+            writeln!(o, "{}", serde_json::to_string(&serve_json(p, &overrides)?)?)?;
         }
         return Ok(());
     }
@@ -621,6 +718,9 @@ fn run_serve(a: ServeArgs) -> Result<()> {
         o,
         "ppl: measured perplexity against FP16 of the format (SmolLM2-135M, held-out text; docs/results/accuracy.md); - where not measured"
     )?;
+    if !overrides.is_empty() {
+        writeln!(o, "overrides: {overrides}")?;
+    }
     timers.print_prices(&mut o)?;
     Ok(())
 }

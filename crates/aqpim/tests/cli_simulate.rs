@@ -61,7 +61,7 @@ fn one_point_and_a_grid() {
     // 4 points; 262,144 tokens need 137 GB of KV alone, more than 79.2 GiB,
     // at either batch: header + 2 rows.
     assert_eq!(text.lines().count(), 3, "{text}");
-    assert!(text.starts_with("model,system,policy,ctx,batch,"));
+    assert!(text.starts_with("model,system,policy,ctx,kv,"), "{text}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not fit"));
 }
 
@@ -219,19 +219,24 @@ fn pim_point_and_sweep() {
     // 16 points; gpu at 64K x 8 does not fit: header + 15 rows.
     assert_eq!(text.lines().count(), 16, "{text}");
     // The capacity crossover: the FP16 cache spills, the PQ cache does not.
-    let col = text
-        .lines()
-        .next()
-        .unwrap()
-        .split(',')
-        .position(|h| h == "ctx_spilled")
-        .unwrap();
+    let header: Vec<&str> = text.lines().next().unwrap().split(',').collect();
+    let at = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    let (col, batch) = (at("ctx_spilled"), at("batch"));
     let spilled = |policy: &str| -> usize {
+        // The kv specs hold commas inside quotes: look at the bare prefix
+        // up to `kv`, and at the columns after the last quoted cell.
         let row = text
             .lines()
-            .find(|l| l.contains(&format!(",{policy},65536,8,")))
+            .find(|l| {
+                l.contains(&format!(",{policy},65536,"))
+                    && l.rsplit(',').nth(header.len() - 1 - batch) == Some("8")
+            })
             .unwrap();
-        row.split(',').nth(col).unwrap().parse().unwrap()
+        row.rsplit(',')
+            .nth(header.len() - 1 - col)
+            .unwrap()
+            .parse()
+            .unwrap()
     };
     assert!(spilled("attacc") > 0);
     assert_eq!(spilled("aqpim"), 0);
