@@ -97,14 +97,9 @@ pub const PLOT_CTX: usize = 32768;
 /// and are removed. Designs whose system is not a preset of this build
 /// are an error, not a silent gap.
 pub fn run(aqpim: &Path, out: &Path, pim_model: &str, models: &[&str]) -> Result<Serve> {
-    let dir = out.join("frontier.parts");
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut header: Option<String> = None;
-    let mut body = String::new();
-    let mut n = 0;
+    let mut jobs = Vec::new();
     for model in models {
-        for (i, design) in DESIGNS.iter().enumerate() {
-            let part = dir.join(format!("{model}_{i}.csv"));
+        for design in DESIGNS {
             let mut args = vec![
                 "serve",
                 "--model",
@@ -121,35 +116,115 @@ pub fn run(aqpim: &Path, out: &Path, pim_model: &str, models: &[&str]) -> Result
             if let Some(kv) = design.kv {
                 args.extend(["--kv", kv]);
             }
-            super::simulate(aqpim, &args, &part)?;
-            let text = std::fs::read_to_string(&part)
-                .with_context(|| format!("reading {}", part.display()))?;
-            let mut lines = text.lines();
-            let Some(h) = lines.next() else { continue };
-            match &header {
-                None => header = Some(h.to_string()),
-                Some(prev) if prev != h => bail!(
-                    "{} has other columns than the frontier's first run",
-                    part.display()
-                ),
-                _ => {}
-            }
-            for l in lines {
-                body.push_str(l);
-                body.push('\n');
-                n += 1;
-            }
+            jobs.push(args);
+        }
+    }
+    run_parts(aqpim, out, "frontier", &jobs)
+}
+
+/// The models of the cross-model serve run: multi-head (Llama-2 7B and
+/// 13B) and grouped-query (Llama-3-8B, Mistral-7B: 8 KV heads for 32 query
+/// heads).
+pub const SERVE_MODELS: [&str; 4] = ["llama2-7b", "llama2-13b", "llama3-8b", "mistral-7b"];
+
+/// `attacc` and `aqpim` on `h100+aqpim` for each of [`SERVE_MODELS`] at
+/// `ctx`, into `out/serve_models.csv`.
+pub fn models_run(aqpim: &Path, out: &Path, pim_model: &str, ctx: &str) -> Result<Serve> {
+    let jobs: Vec<Vec<&str>> = SERVE_MODELS
+        .iter()
+        .map(|m| {
+            vec![
+                "serve",
+                "--model",
+                m,
+                "--system",
+                "h100+aqpim",
+                "--policy",
+                "attacc,aqpim",
+                "--ctx",
+                ctx,
+                "--pim-model",
+                pim_model,
+            ]
+        })
+        .collect();
+    run_parts(aqpim, out, "serve_models", &jobs)
+}
+
+/// Runs each `aqpim simulate` argument list into a part file under
+/// `out/<name>.parts`, then joins the parts (one header) into
+/// `out/<name>.csv` and removes the parts.
+fn run_parts(aqpim: &Path, out: &Path, name: &str, jobs: &[Vec<&str>]) -> Result<Serve> {
+    let dir = out.join(format!("{name}.parts"));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut header: Option<String> = None;
+    let mut body = String::new();
+    let mut n = 0;
+    for (i, args) in jobs.iter().enumerate() {
+        let part = dir.join(format!("{i}.csv"));
+        super::simulate(aqpim, args, &part)?;
+        let text = std::fs::read_to_string(&part)
+            .with_context(|| format!("reading {}", part.display()))?;
+        let mut lines = text.lines();
+        let Some(h) = lines.next() else { continue };
+        match &header {
+            None => header = Some(h.to_string()),
+            Some(prev) if prev != h => bail!(
+                "{} has other columns than the first run of {name}",
+                part.display()
+            ),
+            _ => {}
+        }
+        for l in lines {
+            body.push_str(l);
+            body.push('\n');
+            n += 1;
         }
     }
     let Some(header) = header else {
-        bail!("no frontier run wrote a row");
+        bail!("no {name} run wrote a row");
     };
-    let path = out.join("frontier.csv");
+    let path = out.join(format!("{name}.csv"));
     std::fs::write(&path, format!("{header}\n{body}"))
         .with_context(|| format!("writing {}", path.display()))?;
     std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
-    eprintln!("{n} frontier rows written to {}", path.display());
+    eprintln!("{n} rows written to {}", path.display());
     rows::read_serve(&path)
+}
+
+/// The cross-model section: aqpim over attacc per model and context.
+pub fn models_section(m: &Serve) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "\n## Across models\n\n`serve_models.csv`: `aqpim simulate serve --model M --system h100+aqpim \
+         --policy attacc,aqpim` for multi-head (Llama-2 7B, 13B) and grouped-query models (Llama-3-8B, \
+         Mistral-7B: 4 query heads per KV head), the shipped format.\n\n\
+         | model | ctx | attacc tok/s (batch) | aqpim tok/s (batch) | aqpim / attacc |\n|---|---|---|---|---|"
+    );
+    let mut models: Vec<String> = m.0.iter().map(|r| r.step.model.clone()).collect();
+    models.dedup();
+    for model in &models {
+        for c in m.ctxs() {
+            let get = |p: &str| {
+                m.0.iter()
+                    .find(|r| &r.step.model == model && r.step.ctx == c && r.step.policy == p)
+            };
+            if let (Some(a), Some(q)) = (get("attacc"), get("aqpim")) {
+                let _ = writeln!(
+                    s,
+                    "| {model} | {} | {:.0} ({}) | {:.0} ({}) | {:.2}x |",
+                    ctx_label(c),
+                    a.step.tokens_per_s,
+                    a.serve.best_batch,
+                    q.step.tokens_per_s,
+                    q.serve.best_batch,
+                    q.step.tokens_per_s / a.step.tokens_per_s
+                );
+            }
+        }
+    }
+    s
 }
 
 /// A format's short name for tables and the figure: `FP16`, `scalar 4b`,

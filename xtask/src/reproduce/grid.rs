@@ -25,6 +25,8 @@ pub struct Grid {
     pub pim_model: String,
     /// PIM attention cost of the serve run.
     pub serve_pim_model: String,
+    /// Contexts of the cross-model serve run.
+    pub models_ctx: String,
 }
 
 /// The policies of the serve run and the equal-batch sweep, in plot order.
@@ -56,6 +58,7 @@ impl Grid {
             offload_batch: "1,2,4,8".into(),
             pim_model: "simulated".into(),
             serve_pim_model: "simulated".into(),
+            models_ctx: "8K,32K,128K".into(),
         }
     }
 
@@ -69,6 +72,7 @@ impl Grid {
             offload_ctx: "4K,32K".into(),
             offload_batch: "1,8".into(),
             serve_pim_model: "analytic".into(),
+            models_ctx: "32K".into(),
             ..Grid::full()
         }
     }

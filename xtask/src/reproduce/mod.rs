@@ -301,6 +301,8 @@ pub fn run(args: &[String], root: &Path) -> Result<()> {
 
     // 4. The accuracy-throughput frontier of every design and format.
     let frontier = frontier::run(&aqpim, &out, &g.serve_pim_model, &frontier::MODELS)?;
+    // 5. attacc and aqpim across multi-head and grouped-query models.
+    let models = frontier::models_run(&aqpim, &out, &g.serve_pim_model, &g.models_ctx)?;
 
     let header = summary::Header {
         command: o.command(),
@@ -313,7 +315,8 @@ pub fn run(args: &[String], root: &Path) -> Result<()> {
     std::fs::write(
         out.join("summary.md"),
         summary::summarize(&header, &serve, equal_area.as_ref(), &pim, &off)
-            + &frontier::section(&frontier),
+            + &frontier::section(&frontier)
+            + &frontier::models_section(&models),
     )?;
     let figs = plot::write_all(
         &plot::Figures {
@@ -326,7 +329,7 @@ pub fn run(args: &[String], root: &Path) -> Result<()> {
         &out,
     )?;
     eprintln!(
-        "wrote serve.csv, serve_equal_area.csv, pim.csv, offload.csv, frontier.csv, summary.md, {} to {}",
+        "wrote serve.csv, serve_equal_area.csv, pim.csv, offload.csv, frontier.csv, serve_models.csv, summary.md, {} to {}",
         figs.join(", "),
         out.display()
     );
