@@ -676,24 +676,39 @@ fn run_serve(a: ServeArgs) -> Result<()> {
         }
         return Ok(());
     }
+    // The ratio column when attacc ran at a context: each policy's tokens/s
+    // over attacc's there.
+    let attacc = |ctx: usize| {
+        points
+            .iter()
+            .find(|q| q.policy == Policy::Attacc && q.ctx == ctx)
+            .map(|q| q.tokens_per_s)
+    };
+    let ratio = points.iter().any(|p| p.policy == Policy::Attacc) && points.len() > 1;
     writeln!(
         o,
-        "{:<16} {:>8} {:>6} {:>9} {:>9} {:>11} {:>10} {:>8} {:>8} {:>8}",
+        "{:<16} {:>8} {:>6} {:>9} {:>9} {:>11} {:>10} {:>8} {:>13} {:>8}{}",
         "policy",
         "ctx",
         "batch",
-        "max",
-        "max PIM",
+        "max batch",
+        "in PIM",
         "tokens/s",
         "step ms",
         "link %",
-        "on GPU",
-        "ppl"
+        "on GPU tok/seq",
+        "ppl",
+        if ratio { "  vs attacc" } else { "" }
     )?;
     for p in &points {
+        let vs = match (ratio, attacc(p.ctx)) {
+            (true, Some(a)) => format!("  {:>8.2}x", p.tokens_per_s / a),
+            (true, None) => format!("  {:>9}", "-"),
+            _ => String::new(),
+        };
         writeln!(
             o,
-            "{:<16} {:>8} {:>6} {:>9} {:>9} {:>11.1} {:>10.3} {:>7.1}% {:>8} {:>8}",
+            "{:<16} {:>8} {:>6} {:>9} {:>9} {:>11.1} {:>10.3} {:>7.1}% {:>13} {:>8}{vs}",
             p.policy.to_string(),
             p.ctx,
             p.best_batch,
