@@ -387,6 +387,10 @@ pub struct BenchArgs {
 struct BenchReport {
     model: String,
     kv: String,
+    /// The keys where `attn bench`'s expansion of `--kv` differs from every
+    /// other command's (`kv stats`, `attn sim`, `eval ppl`), each as
+    /// `key=bench (elsewhere: other)`; empty when none.
+    kv_differs: String,
     ctx: usize,
     q_heads: usize,
     kv_heads: usize,
@@ -428,6 +432,12 @@ impl BenchReport {
             "{:<22} {} ({} tokens, {} encoded)",
             "cache", self.kv, self.ctx, self.encoded_tokens
         );
+        if !self.kv_differs.is_empty() {
+            println!(
+                "{:<22} bench defaults {} (give them in --kv to match)",
+                "", self.kv_differs
+            );
+        }
         println!(
             "{:<22} {} threads, median of {} runs",
             "run", self.threads, self.reps
@@ -563,6 +573,7 @@ fn bench(a: &BenchArgs) -> Result<BenchReport> {
         &[g, ctx, d],
         aqpim_kvcache::limits::MAX_BENCH_ELEMENTS,
     )?;
+    let mut differs: Vec<String> = Vec::new();
     let spec = match a
         .kv
         .parse::<KvSpec>()
@@ -573,9 +584,18 @@ fn bench(a: &BenchArgs) -> Result<BenchReport> {
         // sharing.
         KvSpec::Pq(mut p) => {
             if !a.kv.contains("share=") {
+                use aqpim_kvcache::CodebookSharing as S;
+                let elsewhere = match p.share {
+                    S::None => "none",
+                    S::Heads => "heads",
+                    S::Layers => "layers",
+                    S::All => "all",
+                };
+                differs.push(format!("share=all (elsewhere: {elsewhere})"));
                 p.share = aqpim_kvcache::CodebookSharing::All;
             }
             if !a.kv.contains("iters=") {
+                differs.push(format!("iters=10 (elsewhere: {})", p.iterations));
                 p.iterations = 10;
             }
             KvSpec::Pq(p)
@@ -725,6 +745,7 @@ fn bench(a: &BenchArgs) -> Result<BenchReport> {
     Ok(BenchReport {
         model: model.name,
         kv: spec.to_string(),
+        kv_differs: differs.join(", "),
         ctx,
         q_heads: h,
         kv_heads: g,
