@@ -89,11 +89,13 @@ fn create_temporary(dir: &Path, name: &str) -> Result<(PathBuf, std::fs::File)> 
         {
             Ok(f) => return Ok((tmp, f)),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some((tmp, e)),
-            Err(e) => return Err(io_err("creating", &tmp)(e)),
+            // The error names the user's path (the temporary beside it is
+            // an implementation detail): a missing or read-only folder.
+            Err(e) => return Err(io_err("writing", &dir.join(name))(e)),
         }
     }
-    let (tmp, e) = last.expect("the loop ran");
-    Err(io_err("creating", &tmp)(e))
+    let (_, e) = last.expect("the loop ran");
+    Err(io_err("writing", &dir.join(name))(e))
 }
 
 /// Removes temporaries of `name` (this module's naming schemes) in `dir`

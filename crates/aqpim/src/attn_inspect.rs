@@ -177,6 +177,9 @@ pub fn dump(device: &Device, job: &LayerJob, dir: &Path) -> Result<()> {
     )?;
     write("layer.host", &layer.host_data)?;
     let commands = layer.program.checked_command_count()?;
+    // `out/` and `out` both print as `out/layer.pim`.
+    let shown = dir.to_string_lossy();
+    let dir = Path::new(shown.trim_end_matches('/'));
     eprintln!(
         "wrote {}/layer.pim ({} instructions, {commands} commands: one layer, every layer runs it), head.pim (cache 0 alone, {} instructions) and layer.host ({} B of host data); run: aqpim sim run {}/head.pim --device {} --host-data {}/layer.host --check --trace trace.jsonl",
         dir.display(),

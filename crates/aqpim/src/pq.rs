@@ -233,6 +233,14 @@ pub fn run(cmd: PqCommand) -> Result<()> {
             }
             let codes = pq.encode(&x.data)?;
             npy::write_u8(&out, x.rows, pq.params().num_subspaces(), &codes)?;
+            eprintln!(
+                "encoded {} vectors of d = {} into {} x {} codes -> {}",
+                x.rows,
+                x.cols,
+                x.rows,
+                pq.params().num_subspaces(),
+                out.display()
+            );
             Ok(())
         }),
         PqCommand::Decode {
@@ -260,7 +268,16 @@ pub fn run(cmd: PqCommand) -> Result<()> {
                 );
             }
             let x = pq.decode(&c.data)?;
-            npy::write_f32(&out, c.rows, p.dim(), &x)
+            npy::write_f32(&out, c.rows, p.dim(), &x)?;
+            eprintln!(
+                "decoded {} x {} codes into {} vectors of d = {} -> {}",
+                c.rows,
+                c.cols,
+                c.rows,
+                p.dim(),
+                out.display()
+            );
+            Ok(())
         }
         PqCommand::Info { file, json } => {
             let info = info(&file)?;
@@ -278,7 +295,15 @@ pub fn run(cmd: PqCommand) -> Result<()> {
                 &out,
                 &[p.num_subspaces(), p.ksub(), p.dsub()],
                 pq.centroids(),
-            )
+            )?;
+            eprintln!(
+                "exported {} x {} x {} centroids (subspaces x centroids x sub-vector) -> {}",
+                p.num_subspaces(),
+                p.ksub(),
+                p.dsub(),
+                out.display()
+            );
+            Ok(())
         }
         PqCommand::Bench { train, json } => with_threads(train.threads, || {
             let report = bench(&train)?;
@@ -374,7 +399,12 @@ pub fn run(cmd: PqCommand) -> Result<()> {
                 );
             }
             aqpim_pq::limits::elements(n, d, "--n x --d")?;
-            npy::write_f32(&out, n, d, &aqpim_pq::synth::kv_like(n, d, seed))
+            npy::write_f32(&out, n, d, &aqpim_pq::synth::kv_like(n, d, seed))?;
+            eprintln!(
+                "wrote {n} x {d} KV-like float32 vectors (seed {seed}) -> {}",
+                out.display()
+            );
+            Ok(())
         }
     }
 }
