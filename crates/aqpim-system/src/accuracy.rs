@@ -48,8 +48,32 @@ pub struct Measured {
     pub source: String,
 }
 
+/// The parsed table, once per process (every step of a serving search looks
+/// its format up); a parse error is kept as its message.
+fn parsed() -> &'static std::result::Result<Vec<Measured>, String> {
+    static TABLE: std::sync::OnceLock<std::result::Result<Vec<Measured>, String>> =
+        std::sync::OnceLock::new();
+    TABLE.get_or_init(|| parse_table().map_err(|e| e.to_string()))
+}
+
 /// Every measured format of `presets/data/accuracy.toml`, canonical specs.
 pub fn table() -> Result<Vec<Measured>> {
+    parsed()
+        .clone()
+        .map_err(|reason| SystemError::InvalidArgument {
+            name: "accuracy table",
+            reason,
+        })
+}
+
+/// The row of `spec`, if measured (none when the table does not parse:
+/// `table()` reports that, and a test holds it parsing).
+fn lookup(spec: &KvSpec) -> Option<&'static Measured> {
+    let key = spec.to_string();
+    parsed().as_ref().ok()?.iter().find(|m| m.kv == key)
+}
+
+fn parse_table() -> Result<Vec<Measured>> {
     let bad = |reason: String| SystemError::Preset {
         name: "presets/data/accuracy.toml".into(),
         reason,
@@ -81,13 +105,12 @@ pub fn table() -> Result<Vec<Measured>> {
 
 /// The measured row of `spec`, if there is one.
 pub fn measured(spec: &KvSpec) -> Option<Measured> {
-    let key = spec.to_string();
-    table().ok()?.into_iter().find(|m| m.kv == key)
+    lookup(spec).cloned()
 }
 
 /// The measured perplexity delta of `spec` (a fraction), if there is one.
 pub fn ppl_delta(spec: &KvSpec) -> Option<f64> {
-    measured(spec).map(|m| m.delta)
+    lookup(spec).map(|m| m.delta)
 }
 
 #[cfg(test)]
