@@ -190,24 +190,33 @@ fn scalar_format(
         }),
         fp_tokens: regions.sinks + regions.recent,
         movable: regions.encoded,
-        token_bytes: scalar_token_bytes(model, &sc) * model.kv_heads as u64,
+        token_bytes: scalar_token_bytes(model, &sc)?,
         pq: None,
         scalar: Some(sc),
         placement,
     })
 }
 
-/// Bytes of one encoded token of one KV head in one layer under a scalar
-/// format, keys and values: `d x bits / 8` of codes each, plus the group
-/// parameters per token (KIVI: an FP16 minimum and scale per channel per
-/// `G` tokens for keys, per `G` channels for values; MX: one exponent byte
-/// per `G` channels of each part), as `aqpim-kvcache` accounts them.
-fn scalar_token_bytes(model: &ModelSpec, sc: &ScalarSpec) -> u64 {
-    let d = model.head_dim as u64;
-    let codes = (d * sc.bits as u64).div_ceil(8);
-    let g = sc.group as u64;
-    let params = if sc.mx { d / g } else { 4 * d / g };
-    2 * (codes + params)
+/// Bytes of one encoded token of every KV head of one layer under a scalar
+/// format (codes and group parameters, keys and values), as
+/// `aqpim-kvcache` accounts them: a whole key group of `G` encoded tokens,
+/// over `G` (KIVI's key parameters are shared by `G` tokens).
+fn scalar_token_bytes(model: &ModelSpec, sc: &ScalarSpec) -> Result<u64> {
+    let g = sc.group;
+    let r = Regions {
+        sinks: 0,
+        encoded: g,
+        recent: 0,
+    };
+    let bytes = aqpim_kvcache::account_regions(
+        &KvShape::new(1, model.kv_heads, model.head_dim)?,
+        &KvSpec::Scalar(*sc),
+        &[r],
+        0,
+        0,
+    )?
+    .total_bytes;
+    Ok(bytes.div_ceil(g as u64))
 }
 
 /// Tokens that left the recent window but wait for the next in-memory
