@@ -17,7 +17,7 @@
 //! compute-roofline estimates at `gpu.fp16_tflops x gpu.compute_efficiency`.
 
 use crate::error::{Result, SystemError};
-use crate::gpu::{capacity, layer_linear_ms, linear_ms, ms, prefill_ms};
+use crate::gpu::{capacity, layer_linear_ms, linear_ms, ms, prefill_ms, sequence_bytes};
 use crate::pim::PimTimer;
 use crate::policy::Policy;
 use crate::presets::{ModelSpec, SystemSpec};
@@ -194,11 +194,7 @@ fn gpu_quant(model: &ModelSpec, system: &SystemSpec, ctx: usize, batch: usize) -
         });
     };
     let spec = aqpim_kvcache::KvSpec::Scalar(sc);
-    let shape = aqpim_kvcache::KvShape::new(model.layers, model.kv_heads, model.head_dim)?;
-    let regions = aqpim_kvcache::Regions::nominal(&spec, ctx);
-    let per_seq =
-        aqpim_kvcache::account_regions(&shape, &spec, &vec![regions; model.layers], 0, 0)?
-            .total_bytes;
+    let per_seq = sequence_bytes(model, &spec, aqpim_kvcache::Regions::nominal(&spec, ctx))?;
     let kv_bytes =
         per_seq
             .checked_mul(batch as u64)

@@ -23,6 +23,21 @@ pub(crate) fn capacity(
     Ok(())
 }
 
+/// Bytes of one sequence's cache in `spec` with `regions` in every layer,
+/// as `aqpim-kvcache` accounts them (`aqpim kv stats`): codes, scales and
+/// FP16 tokens; codebooks are counted by the caller at their scope.
+pub(crate) fn sequence_bytes(
+    model: &ModelSpec,
+    spec: &aqpim_kvcache::KvSpec,
+    regions: aqpim_kvcache::Regions,
+) -> Result<u64> {
+    let shape = aqpim_kvcache::KvShape::new(model.layers, model.kv_heads, model.head_dim)?;
+    Ok(
+        aqpim_kvcache::account_regions(&shape, spec, &vec![regions; model.layers], 0, 0)?
+            .total_bytes,
+    )
+}
+
 /// Milliseconds to move `bytes` at `gbps` (GB/s = bytes / 1e6 per ms).
 pub(crate) fn ms(bytes: u64, gbps: f64) -> f64 {
     bytes as f64 / (gbps * 1e6)

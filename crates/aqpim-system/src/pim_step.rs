@@ -48,7 +48,7 @@ use aqpim_attn::pim::{
 use aqpim_kvcache::{KvPart, KvShape, KvSpec, PqSpec, Regions, ScalarSpec};
 
 use crate::error::{Result, SystemError};
-use crate::gpu::{capacity, codebook_training_ms, layer_linear_ms, linear_ms, ms};
+use crate::gpu::{capacity, codebook_training_ms, layer_linear_ms, linear_ms, ms, sequence_bytes};
 use crate::pim::{balanced_rows, largest_fitting, PimMode, PimTimer, SimTimer};
 use crate::policy::Policy;
 use crate::presets::{device_bytes, ModelSpec, PimStacksSpec, SystemSpec, FP16_BYTES};
@@ -414,14 +414,7 @@ pub(crate) fn pim_step(
         layer.table = pq_parts(&mut step, model, system, p, batch, placed.gpu_books)?;
     } else if let Some(sc) = &placed.f.scalar {
         let spec = KvSpec::Scalar(*sc);
-        let data = aqpim_kvcache::account_regions(
-            &KvShape::new(model.layers, model.kv_heads, model.head_dim)?,
-            &spec,
-            &vec![Regions::nominal(&spec, ctx); model.layers],
-            0,
-            0,
-        )?;
-        step.kv_bytes = data.total_bytes * batch as u64;
+        step.kv_bytes = sequence_bytes(model, &spec, Regions::nominal(&spec, ctx))? * batch as u64;
     } else {
         step.kv_bytes = model.kv_bytes_per_token_layer() * (ctx * batch * model.layers) as u64;
     }
@@ -627,14 +620,8 @@ fn pq_parts(
         table_layer = ms(books + tables, system.gpu.attn_gbps);
     }
     step.table_ms = layers as f64 * table_layer;
-    let data = aqpim_kvcache::account_regions(
-        &KvShape::new(layers, model.kv_heads, model.head_dim)?,
-        &KvSpec::Pq(p.spec),
-        &vec![p.regions; layers],
-        0,
-        0,
-    )?;
-    step.kv_bytes = data.total_bytes * batch as u64 + gpu_books;
+    step.kv_bytes =
+        sequence_bytes(model, &KvSpec::Pq(p.spec), p.regions)? * batch as u64 + gpu_books;
     if p.scope == CodebookScope::Sequence {
         step.codebook_training_ms =
             codebook_training_ms(model, system, &p.spec, p.regions.encoded, batch)?;
