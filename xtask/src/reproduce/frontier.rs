@@ -202,9 +202,7 @@ pub fn models_section(m: &Serve) -> String {
          Mistral-7B: 4 query heads per KV head), the shipped format.\n\n\
          | model | ctx | attacc tok/s (batch) | aqpim tok/s (batch) | aqpim / attacc |\n|---|---|---|---|---|"
     );
-    let mut models: Vec<String> = m.0.iter().map(|r| r.step.model.clone()).collect();
-    models.dedup();
-    for model in &models {
+    for model in &models_of(m) {
         for c in m.ctxs() {
             let get = |p: &str| {
                 m.0.iter()
@@ -267,6 +265,17 @@ fn system(r: &ServeRow) -> &str {
     r.step.system.split(" --").next().unwrap_or_default()
 }
 
+/// The models of the rows, in first-seen order, each once.
+fn models_of(f: &Serve) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for r in &f.0 {
+        if !out.contains(&r.step.model) {
+            out.push(r.step.model.clone());
+        }
+    }
+    out
+}
+
 fn pct(d: Option<f64>) -> String {
     d.map_or("not measured".into(), |d| format!("{:+.2} %", 100.0 * d))
 }
@@ -296,11 +305,7 @@ pub fn section(f: &Serve) -> String {
          codebooks). Figure: `frontier.svg` ({}).\n",
         ctx_label(PLOT_CTX)
     );
-    let models: Vec<String> = {
-        let mut m: Vec<String> = f.0.iter().map(|r| r.step.model.clone()).collect();
-        m.dedup();
-        m
-    };
+    let models = models_of(f);
     let ctxs = f.ctxs();
     for model in &models {
         let _ = writeln!(s, "### {model}\n");
@@ -465,11 +470,7 @@ pub fn plot<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, f: &Serve) -> Res
         .map(|p| (p.to_string(), Mark::Line(policy_color(p))))
         .collect();
     let (plots, legend) = with_legend(root, entries.len(), 3);
-    let models: Vec<String> = {
-        let mut m: Vec<String> = f.0.iter().map(|r| r.step.model.clone()).collect();
-        m.dedup();
-        m
-    };
+    let models = models_of(f);
     let panels = plots.split_evenly((models.len().max(1), 1));
     for (model, panel) in models.iter().zip(panels.iter()) {
         let pts: Vec<&ServeRow> =
@@ -551,11 +552,7 @@ pub fn plot<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, f: &Serve) -> Res
 
 /// The figure's canvas: one 520-px panel per model and the legend band.
 pub fn size(f: &Serve, policies: usize) -> (u32, u32) {
-    let models = {
-        let mut m: Vec<&str> = f.0.iter().map(|r| r.step.model.as_str()).collect();
-        m.dedup();
-        m.len().max(1) as u32
-    };
+    let models = models_of(f).len().max(1) as u32;
     (W, 520 * models + legend_height(policies, 3))
 }
 
