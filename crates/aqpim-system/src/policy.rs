@@ -48,6 +48,24 @@ impl Policy {
     pub fn uses_pim(self) -> bool {
         matches!(self, Policy::Attacc | Policy::Aqpim | Policy::ScalarPim)
     }
+
+    /// The design a system is built for, the CLI's one default for
+    /// `--policy`: PIM stacks holding a `pq:` format run `aqpim`, a
+    /// `scalar:` format `scalar-pim`, none `attacc`; without stacks, a
+    /// quantized GPU cache (`[gpu] kv`) runs `gpu-quant`, host memory
+    /// `offload`, and a GPU alone `gpu`.
+    pub fn own(system: &crate::presets::SystemSpec) -> Policy {
+        match (&system.pim, &system.gpu.kv, &system.host) {
+            (Some(p), ..) => match p.kv.as_deref() {
+                Some(kv) if kv.trim_start().starts_with("scalar") => Policy::ScalarPim,
+                Some(_) => Policy::Aqpim,
+                None => Policy::Attacc,
+            },
+            (None, Some(_), _) => Policy::GpuQuant,
+            (None, None, Some(_)) => Policy::Offload { overlap: false },
+            (None, None, None) => Policy::Gpu,
+        }
+    }
 }
 
 impl std::fmt::Display for Policy {
@@ -89,6 +107,30 @@ impl std::str::FromStr for Policy {
                     "`{other}` is not a policy (gpu, gpu-quant, offload, offload-overlap, attacc, scalar-pim, aqpim)"
                 ),
             }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Policy;
+
+    /// Every shipped system preset's own design, by hand from its file.
+    #[test]
+    fn each_system_preset_names_its_own_design() {
+        let want = [
+            ("h100", "gpu"),
+            ("h100+host", "offload"),
+            ("h100+attacc", "attacc"),
+            ("h100+gpu-quant", "gpu-quant"),
+            ("h100+scalar-pim", "scalar-pim"),
+            ("h100+aqpim", "aqpim"),
+            ("h100+aqpim-equal-area", "aqpim"),
+        ];
+        assert_eq!(want.len(), crate::presets::SYSTEM_PRESETS.len());
+        for (name, policy) in want {
+            let s = crate::presets::system(name).unwrap();
+            assert_eq!(Policy::own(&s).to_string(), policy, "{name}");
         }
     }
 }

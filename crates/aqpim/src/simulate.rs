@@ -100,9 +100,12 @@ struct ServeArgs {
     #[arg(long)]
     system: String,
     /// Policies, comma-separated: gpu, gpu-quant, offload, offload-overlap,
-    /// attacc, scalar-pim, aqpim.
-    #[arg(long, default_value = "aqpim")]
-    policy: String,
+    /// attacc, scalar-pim, aqpim. Default: the design the system is built
+    /// for (h100: gpu, h100+host: offload, h100+attacc: attacc,
+    /// h100+gpu-quant: gpu-quant, h100+scalar-pim: scalar-pim, h100+aqpim:
+    /// aqpim), the same in simulate, sweep and serve.
+    #[arg(long)]
+    policy: Option<String>,
     /// Context lengths, comma-separated (K and M suffixes: 32K = 32768).
     #[arg(long, default_value = "32K")]
     ctx: String,
@@ -135,9 +138,12 @@ struct GridArgs {
     #[arg(long, required = true)]
     system: Option<String>,
     /// Policies, comma-separated: gpu, gpu-quant, offload, offload-overlap,
-    /// attacc, scalar-pim, aqpim.
-    #[arg(long, default_value = "gpu")]
-    policy: String,
+    /// attacc, scalar-pim, aqpim. Default: the design the system is built
+    /// for (h100: gpu, h100+host: offload, h100+attacc: attacc,
+    /// h100+gpu-quant: gpu-quant, h100+scalar-pim: scalar-pim, h100+aqpim:
+    /// aqpim), the same in simulate, sweep and serve.
+    #[arg(long)]
+    policy: Option<String>,
     /// The compressed format instead of the system's own (a cache spec, as
     /// `aqpim kv stats --kv` takes it): a `pq:` spec for aqpim, a `scalar:`
     /// spec for scalar-pim and gpu-quant.
@@ -188,7 +194,11 @@ fn counts(s: &str, what: &str) -> Result<Vec<usize>> {
         .collect()
 }
 
-fn policies(s: &str) -> Result<Vec<Policy>> {
+/// The `--policy` list, or the system's own design when none is given.
+fn policies(s: Option<&str>, system: &SystemSpec) -> Result<Vec<Policy>> {
+    let Some(s) = s else {
+        return Ok(vec![Policy::own(system)]);
+    };
     s.split(',')
         .map(|v| {
             v.trim()
@@ -297,7 +307,7 @@ impl GridArgs {
             &self.set,
             self.kv.as_deref(),
         )?;
-        let policies = policies(&self.policy)?;
+        let policies = policies(self.policy.as_deref(), &system)?;
         let ctxs = counts(&self.ctx, "ctx")?;
         let batches = counts(&self.batch, "batch")?;
         let timers = timers(&system, &policies, &self.pim_model)?;
@@ -625,7 +635,7 @@ fn run_serve(a: ServeArgs) -> Result<()> {
     let model = presets::model(&a.model)?;
     let system = load_system(&a.system, &a.set, a.kv.as_deref())?;
     let overrides = Override::list(&a.set);
-    let policies = policies(&a.policy)?;
+    let policies = policies(a.policy.as_deref(), &system)?;
     let ctxs = counts(&a.ctx, "ctx")?;
     let timers = timers(&system, &policies, &a.pim_model)?;
     let jobs: Vec<(Policy, usize)> = policies

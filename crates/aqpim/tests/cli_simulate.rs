@@ -460,3 +460,37 @@ fn serve_skips_what_does_not_fit() {
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0]["policy"], "aqpim");
 }
+
+/// `--policy` has one default in every command: the design the system is
+/// built for.
+#[test]
+fn policy_defaults_to_the_systems_own_design() {
+    for (cmd, system, want) in [
+        (vec!["simulate"], "h100+attacc", "attacc"),
+        (vec!["simulate"], "h100+host", "offload"),
+        (vec!["simulate", "serve"], "h100+gpu-quant", "gpu-quant"),
+        (vec!["simulate", "serve"], "h100", "gpu"),
+    ] {
+        let mut args = cmd.clone();
+        args.extend([
+            "--model",
+            "llama2-7b",
+            "--system",
+            system,
+            "--ctx",
+            "4K",
+            "--pim-model",
+            "analytic",
+            "--json",
+        ]);
+        let out = aqpim(&args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        let v: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+        assert_eq!(v["policy"], want, "{args:?}: {v}");
+    }
+}
