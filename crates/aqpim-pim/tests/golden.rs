@@ -69,3 +69,31 @@ fn aqpim_trace_matches_golden() {
 fn jedec_trace_matches_golden() {
     check("hbm3-jedec-6.4", "jedec-small.jsonl");
 }
+
+/// Column commands record the row open in their bank, not a zero: the
+/// program opens row 3 for its RD/WR, row 9 for LUTACC and row 4 for MAC.
+#[test]
+fn column_commands_record_the_open_row() {
+    let d = Device::preset("hbm3-aqpim-5.2").unwrap();
+    let mut s = Simulator::new(
+        &d,
+        SimOptions {
+            mode: Mode::Functional,
+            refresh: false,
+            record_trace: true,
+        },
+    );
+    s.set_host_data(vec![5; 64]);
+    s.run(&Program::assemble(PROGRAM).unwrap()).unwrap();
+    let rows = |name: &str| -> Vec<u32> {
+        s.trace()
+            .iter()
+            .filter(|e| e.cmd.name() == name)
+            .map(|e| e.row)
+            .collect()
+    };
+    assert_eq!(rows("RD"), vec![3; 4]);
+    assert_eq!(rows("WR"), vec![3]);
+    assert_eq!(rows("LUTACC"), vec![9; 4]);
+    assert_eq!(rows("MAC"), vec![4]);
+}

@@ -84,7 +84,8 @@ pub struct TraceEntry {
     pub channel: u16,
     /// Channel-local bank index.
     pub bank: u16,
-    /// Row (ACT, ACTAB).
+    /// Row: the one opened (ACT, ACTAB) or the open one a column command
+    /// reads or writes (RD, WR, STC, the PIM column commands).
     pub row: u32,
     /// Column (column commands).
     pub col: u16,
@@ -696,6 +697,13 @@ impl Simulator {
             }
             _ => {}
         }
+        // A column command reads or writes the row open in its bank (an
+        // all-bank one: the row ACTAB opened in every bank).
+        let row = match cmd {
+            Command::Rd | Command::Wr | Command::Stc => c.open[bank].unwrap_or(op.row),
+            _ if cmd.is_pim_column() => c.open.first().copied().flatten().unwrap_or(op.row),
+            _ => op.row,
+        };
         if self.opts.record_trace {
             if self.trace.len() as u64 >= MAX_TRACE_ENTRIES {
                 self.trace_full = true;
@@ -710,7 +718,7 @@ impl Simulator {
                 } else {
                     0
                 },
-                row: op.row,
+                row,
                 col: op.col,
                 len: op.len,
                 auto,
