@@ -13,8 +13,18 @@
 //!
 //! `OUT` defaults to `target/accuracy/<grid file stem>`; `--aqpim` names a
 //! binary to use instead of building `target/release/aqpim`.
+//!
+//! `--shard I/N` runs the rows whose index in the grid is `I` modulo `N`
+//! (a deterministic 1/N), writing its `rows.csv` and `table.md` under
+//! `OUT/shards/I-of-N/`; the codebook cache `OUT/codebooks/` is shared, so
+//! shards on one file system calibrate each spec once where they do not
+//! race, and never corrupt it where they do (each calibrates into its own
+//! temporary folder; the first to finish wins). `--merge` joins every
+//! shard's rows into `OUT/rows.csv` and `OUT/table.md` in grid order, as an
+//! unsharded run writes them (`docs/cluster.md`).
 
 mod grid;
+mod shard;
 mod table;
 
 use std::io::Write;
@@ -29,7 +39,8 @@ use sha2::{Digest, Sha256};
 use grid::{Calibration, Grid, Row};
 use table::Record;
 
-const USAGE: &str = "cargo xtask accuracy --grid FILE.toml [--out DIR] [--aqpim BIN] [--dry-run]";
+const USAGE: &str = "cargo xtask accuracy --grid FILE.toml [--out DIR] [--aqpim BIN] [--dry-run] \
+[--shard I/N | --merge]";
 
 /// The parsed arguments.
 #[derive(Debug, Default, PartialEq)]
@@ -38,6 +49,23 @@ struct Options {
     out: Option<PathBuf>,
     aqpim: Option<PathBuf>,
     dry_run: bool,
+    /// `(I, N)`: run the rows whose grid index is `I` modulo `N`.
+    shard: Option<(usize, usize)>,
+    merge: bool,
+}
+
+/// `I/N` with `I < N`.
+fn parse_shard(v: &str) -> Result<(usize, usize)> {
+    let bad = || anyhow::anyhow!("--shard `{v}`: expected I/N with 0 <= I < N (for example 0/4)");
+    let (i, n) = v.split_once('/').ok_or_else(bad)?;
+    let (i, n): (usize, usize) = (
+        i.trim().parse().map_err(|_| bad())?,
+        n.trim().parse().map_err(|_| bad())?,
+    );
+    if n == 0 || i >= n {
+        return Err(bad());
+    }
+    Ok((i, n))
 }
 
 fn parse(args: &[String]) -> Result<Options> {
@@ -53,11 +81,16 @@ fn parse(args: &[String]) -> Result<Options> {
             "--out" => o.out = Some(value()?),
             "--aqpim" => o.aqpim = Some(value()?),
             "--dry-run" => o.dry_run = true,
+            "--merge" => o.merge = true,
+            "--shard" => o.shard = Some(parse_shard(&value()?.to_string_lossy())?),
             other => bail!("accuracy: unknown argument `{other}`\nusage: {USAGE}"),
         }
     }
     if o.grid.is_none() {
         bail!("accuracy: --grid FILE.toml is required\nusage: {USAGE}");
+    }
+    if o.merge && (o.shard.is_some() || o.dry_run) {
+        bail!("accuracy: --merge runs nothing; it takes neither --shard nor --dry-run\nusage: {USAGE}");
     }
     Ok(o)
 }
@@ -69,26 +102,56 @@ struct Plan {
     grid: Grid,
     model: PathBuf,
     rows: Vec<Row>,
+    /// The grid's folder: `codebooks/` lives here.
     out: PathBuf,
+    /// Where `rows.csv` and `table.md` go: `out`, or a shard's folder.
+    results: PathBuf,
     aqpim: PathBuf,
     dry_run: bool,
+}
+
+/// A shard's results folder under the grid's.
+fn shard_dir(out: &Path, (i, n): (usize, usize)) -> PathBuf {
+    out.join("shards").join(format!("{i}-of-{n}"))
 }
 
 pub fn run(args: &[String], root: &Path) -> Result<()> {
     let o = parse(args)?;
     let path = o.grid.expect("checked in parse");
     let grid = Grid::load(&path)?;
-    let rows = grid.rows(root)?;
+    let mut rows = grid.rows(root)?;
     let stem = path
         .file_stem()
         .map_or("grid".into(), |s| s.to_string_lossy().into_owned());
     let out = o
         .out
         .unwrap_or_else(|| root.join("target").join("accuracy").join(&stem));
+    if o.merge {
+        let model = grid.model_path(root);
+        return shard::merge(
+            &grid::file_name(&path),
+            &grid,
+            &model,
+            &rows,
+            &out,
+            &mut std::io::stderr(),
+        );
+    }
     let aqpim = match o.aqpim {
         Some(p) => p,
         None if o.dry_run => root.join("target/release/aqpim"),
         None => build_release(root)?,
+    };
+    let results = match o.shard {
+        Some((i, n)) => {
+            let mut k = 0;
+            rows.retain(|_| {
+                k += 1;
+                (k - 1) % n == i
+            });
+            shard_dir(&out, (i, n))
+        }
+        None => out.clone(),
     };
     let plan = Plan {
         name: grid::file_name(&path),
@@ -96,6 +159,7 @@ pub fn run(args: &[String], root: &Path) -> Result<()> {
         grid,
         rows,
         out,
+        results,
         aqpim,
         dry_run: o.dry_run,
     };
@@ -224,7 +288,9 @@ fn ensure_codebooks(
     if dir.join("done").exists() || listed.contains(&dir) {
         return Ok(dir);
     }
-    let tmp = dir.with_extension("partial");
+    // Its own temporary folder: shards sharing the cache may calibrate the
+    // same spec at once.
+    let tmp = dir.with_extension(format!("partial-{}", std::process::id()));
     let args = calibrate_args(plan, c, &tmp);
     writeln!(
         log,
@@ -251,6 +317,11 @@ fn ensure_codebooks(
     }
     std::fs::create_dir_all(&tmp)?;
     std::fs::write(tmp.join("done"), format!("{}\n", c.describe()))?;
+    if dir.join("done").exists() {
+        // Another shard finished the same calibration first: use its.
+        std::fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
+        return Ok(dir);
+    }
     if dir.exists() {
         std::fs::remove_dir_all(&dir)?;
     }
@@ -302,28 +373,30 @@ fn eval_row(plan: &Plan, row: &Row, books: Option<&Path>) -> Result<Record> {
     })
 }
 
-fn write_table(plan: &Plan, records: &[Record]) -> Result<()> {
+/// Writes `dir/table.md` for `rows` from `records`.
+fn write_table(
+    name: &str,
+    grid: &Grid,
+    model: &Path,
+    rows: &[Row],
+    dir: &Path,
+    records: &[Record],
+) -> Result<()> {
     let header = format!(
         "Written by `cargo xtask accuracy --grid {}` from `rows.csv`: `aqpim eval ppl` of {}{}.",
-        plan.name,
-        grid::file_name(&plan.model),
-        plan.grid
-            .threads
+        name,
+        grid::file_name(model),
+        grid.threads
             .map_or(String::new(), |t| format!(", `--threads {t}`"))
     );
-    let md = table::markdown(
-        &format!("Accuracy grid `{}`", plan.name),
-        &header,
-        &plan.rows,
-        records,
-    );
-    let path = plan.out.join("table.md");
+    let md = table::markdown(&format!("Accuracy grid `{name}`"), &header, rows, records);
+    let path = dir.join("table.md");
     std::fs::write(&path, md).with_context(|| format!("writing {}", path.display()))
 }
 
 /// Runs (or with `dry_run` lists) every unfinished row of `plan`.
 fn execute(plan: &Plan, log: &mut dyn Write) -> Result<()> {
-    let csv = plan.out.join("rows.csv");
+    let csv = plan.results.join("rows.csv");
     let mut records = table::read_csv(&csv)?;
     let done = table::keys(&records);
     let todo: Vec<&Row> = plan
@@ -342,8 +415,8 @@ fn execute(plan: &Plan, log: &mut dyn Write) -> Result<()> {
         if plan.dry_run { " (dry run)" } else { "" }
     )?;
     if !plan.dry_run {
-        std::fs::create_dir_all(&plan.out)
-            .with_context(|| format!("creating {}", plan.out.display()))?;
+        std::fs::create_dir_all(&plan.results)
+            .with_context(|| format!("creating {}", plan.results.display()))?;
     }
     let started = Instant::now();
     let mut listed = Vec::new();
@@ -383,15 +456,29 @@ fn execute(plan: &Plan, log: &mut dyn Write) -> Result<()> {
         )?;
         table::append_csv(&csv, &rec)?;
         records.push(rec);
-        write_table(plan, &records)?;
+        write_table(
+            &plan.name,
+            &plan.grid,
+            &plan.model,
+            &plan.rows,
+            &plan.results,
+            &records,
+        )?;
     }
     if !plan.dry_run {
-        write_table(plan, &records)?;
+        write_table(
+            &plan.name,
+            &plan.grid,
+            &plan.model,
+            &plan.rows,
+            &plan.results,
+            &records,
+        )?;
         writeln!(
             log,
             "wrote {} and {}",
             csv.display(),
-            plan.out.join("table.md").display()
+            plan.results.join("table.md").display()
         )?;
     }
     Ok(())
@@ -410,6 +497,16 @@ mod tests {
         assert!(format!("{:#}", a(&[]).unwrap_err()).contains("--grid FILE.toml is required"));
         assert!(format!("{:#}", a(&["--grid"]).unwrap_err()).contains("needs a value"));
         assert!(format!("{:#}", a(&["--grid", "g", "--x"]).unwrap_err()).contains("`--x`"));
+        assert_eq!(
+            a(&["--grid", "g", "--shard", "2/3"]).unwrap().shard,
+            Some((2, 3))
+        );
+        assert!(a(&["--grid", "g", "--merge"]).unwrap().merge);
+        for bad in ["3/3", "1/0", "x/2", "1"] {
+            let e = format!("{:#}", a(&["--grid", "g", "--shard", bad]).unwrap_err());
+            assert!(e.contains("expected I/N"), "{bad}: {e}");
+        }
+        assert!(a(&["--grid", "g", "--merge", "--shard", "0/2"]).is_err());
     }
 
     #[test]
@@ -460,7 +557,7 @@ mod tests {
     /// A stand-in for `aqpim`: logs each call, makes the calibration
     /// directory and prints a perplexity that depends on the `--kv`.
     #[cfg(unix)]
-    fn fake_aqpim(dir: &Path) -> PathBuf {
+    pub(super) fn fake_aqpim(dir: &Path) -> PathBuf {
         use std::os::unix::fs::PermissionsExt;
         let path = dir.join("fake-aqpim");
         let script = r#"#!/bin/sh
@@ -501,6 +598,7 @@ printf '{\n  "perplexity": %s,\n  "nll": 3.4,\n  "bits_per_element": 2.5,\n  "sc
                 rows: grid.rows(&dir).unwrap(),
                 grid,
                 out: dir.join("out"),
+                results: dir.join("out"),
                 aqpim: aqpim.clone(),
                 dry_run,
             }
