@@ -61,7 +61,7 @@ pub use checker::check_trace;
 pub use command::{Command, Level, Scope};
 pub use error::{PimError, Result};
 pub use isa::{BankSel, CodeBits, Instr, Program, Strides};
-pub use isa::{MAX_LOOP_COUNT, MAX_LOOP_DEPTH, MAX_PROGRAM_COMMANDS};
+pub use isa::{MAX_LOOP_COUNT, MAX_LOOP_DEPTH, MAX_PROGRAM_COMMANDS, MAX_PROGRAM_STEPS};
 pub use resolve::{Device, Organisation, PimParams, Rule};
 pub use sim::{Mode, SimOptions, Simulator, Timer, TraceEntry, MAX_REFRESHES, MAX_TRACE_ENTRIES};
 pub use spec::{

@@ -1,10 +1,11 @@
-//! Programs are bounded by design: the expanded command count, the loop
-//! nesting and a recorded trace each have a documented limit, checked with
-//! checked arithmetic before anything runs.
+//! Programs are bounded by design: the expanded command count, the
+//! instructions a run executes, the loop nesting and a recorded trace each
+//! have a documented limit, checked with checked arithmetic before anything
+//! runs.
 
 use aqpim_pim::{
     Device, Mode, PimError, Program, SimOptions, Simulator, MAX_LOOP_DEPTH, MAX_PROGRAM_COMMANDS,
-    MAX_TRACE_ENTRIES,
+    MAX_PROGRAM_STEPS, MAX_TRACE_ENTRIES,
 };
 
 fn opts(record_trace: bool) -> SimOptions {
@@ -88,4 +89,37 @@ PREAB ch=0",
         matches!(e, PimError::Limit { limit, .. } if limit == MAX_TRACE_ENTRIES),
         "{e}"
     );
+}
+
+/// Loops that issue no command are bounded too: two nested maximal loops
+/// around a BARRIER, or around nothing, are refused before they run (they
+/// used to run for hours: the command limit counts none of their steps).
+#[test]
+fn loops_that_issue_nothing_are_refused_before_they_run() {
+    let d = Device::preset("hbm3-aqpim-5.2").unwrap();
+    for body in ["BARRIER", ""] {
+        let p = Program::assemble(&nested(&[16_777_215; 2], body)).unwrap();
+        assert_eq!(p.checked_command_count().unwrap(), 0);
+        let e = Simulator::new(&d, opts(false)).run(&p).unwrap_err();
+        assert!(
+            matches!(e, PimError::Limit { limit, .. } if limit == MAX_PROGRAM_STEPS),
+            "{body:?}: {e}"
+        );
+    }
+}
+
+/// The step count by hand: LOOP 4 (runs once), LOOP 3 (4 times), BARRIER
+/// (12), the inner ENDLOOP (12), the outer ENDLOOP (4): 33 steps; a limit
+/// of 33 runs it, 32 refuses it.
+#[test]
+fn the_step_limit_is_exact_and_settable() {
+    let p = Program::assemble(&nested(&[4, 3], "BARRIER")).unwrap();
+    assert_eq!(p.checked_step_count(u64::MAX).unwrap(), 33);
+    let d = Device::preset("hbm3-aqpim-5.2").unwrap();
+    let mut s = Simulator::new(&d, opts(false));
+    s.set_step_limit(32);
+    let e = s.run(&p).unwrap_err();
+    assert!(matches!(e, PimError::Limit { limit: 32, .. }), "{e}");
+    s.set_step_limit(33);
+    s.run(&p).unwrap();
 }

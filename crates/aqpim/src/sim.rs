@@ -11,7 +11,7 @@ use aqpim_pim::bench::{
 };
 use aqpim_pim::isa::encode::is_binary;
 use aqpim_pim::limits::MAX_BENCH_ROWS;
-use aqpim_pim::{check_trace, Device, Mode, Program, SimOptions, Simulator, Stats};
+use aqpim_pim::{check_trace, Device, Mode, PimError, Program, SimOptions, Simulator, Stats};
 use clap::Subcommand;
 use serde::Serialize;
 
@@ -34,37 +34,7 @@ pub enum SimCommand {
         out: Option<PathBuf>,
     },
     /// Run a program (text or binary) on a device and print its statistics.
-    Run {
-        /// Program file, assembly text or binary.
-        program: PathBuf,
-        /// Device preset name (hbm3-aqpim-5.2, with every PIM unit;
-        /// hbm3-attacc-5.2, AttAcc's MAC only; hbm3-aqpim-equal-area;
-        /// hbm3-jedec-6.4) or a TOML spec file.
-        #[arg(long, default_value = "hbm3-aqpim-5.2")]
-        device: String,
-        /// Apply the stack's PIM power budget: each all-bank command's
-        /// interval stretches until its power fits (the device's `[die]`).
-        #[arg(long)]
-        power_limited: bool,
-        /// Host data file that WR and WRGB read (their `data` operands are byte offsets).
-        #[arg(long)]
-        host_data: Option<PathBuf>,
-        /// Skip functional work (identical cycle counts).
-        #[arg(long)]
-        timing_only: bool,
-        /// Do not insert refresh.
-        #[arg(long)]
-        no_refresh: bool,
-        /// Validate the command trace with the independent checker.
-        #[arg(long)]
-        check: bool,
-        /// Write the command trace as JSON lines (one TraceEntry per line).
-        #[arg(long)]
-        trace: Option<PathBuf>,
-        /// Print one JSON object instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
+    Run(RunArgs),
     /// Simulated commands per second on the standard mix, and the analytic bandwidth checks.
     Bench {
         /// Device preset name or TOML spec file.
@@ -86,31 +56,51 @@ pub enum SimCommand {
     },
 }
 
+/// `aqpim sim run`'s arguments.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Program file, assembly text or binary.
+    program: PathBuf,
+    /// Device preset name (hbm3-aqpim-5.2, with every PIM unit;
+    /// hbm3-attacc-5.2, AttAcc's MAC only; hbm3-aqpim-equal-area;
+    /// hbm3-jedec-6.4) or a TOML spec file.
+    #[arg(long, default_value = "hbm3-aqpim-5.2")]
+    device: String,
+    /// Apply the stack's PIM power budget: each all-bank command's
+    /// interval stretches until its power fits (the device's `[die]`).
+    #[arg(long)]
+    power_limited: bool,
+    /// Host data file that WR and WRGB read (their `data` operands are byte offsets).
+    #[arg(long)]
+    host_data: Option<PathBuf>,
+    /// Skip functional work (identical cycle counts).
+    #[arg(long)]
+    timing_only: bool,
+    /// Do not insert refresh.
+    #[arg(long)]
+    no_refresh: bool,
+    /// Validate the command trace with the independent checker.
+    #[arg(long)]
+    check: bool,
+    /// Write the command trace as JSON lines (one TraceEntry per line).
+    #[arg(long)]
+    trace: Option<PathBuf>,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Most instructions the run may execute, loops expanded (every
+    /// command, BARRIER, LOOP and ENDLOOP each time it runs); a program past
+    /// it is refused before it runs. Default: aqpim-pim's MAX_PROGRAM_STEPS
+    /// (2^33).
+    #[arg(long)]
+    pub max_steps: Option<u64>,
+}
+
 pub fn run(cmd: SimCommand) -> Result<()> {
     match cmd {
         SimCommand::Asm { file, out } => asm(&file, out),
         SimCommand::Disasm { file, out } => disasm(&file, out),
-        SimCommand::Run {
-            program,
-            device,
-            power_limited,
-            host_data,
-            timing_only,
-            no_refresh,
-            check,
-            trace,
-            json,
-        } => run_program(
-            &program,
-            &device,
-            power_limited,
-            host_data,
-            timing_only,
-            no_refresh,
-            check,
-            trace,
-            json,
-        ),
+        SimCommand::Run(a) => run_program(a),
         SimCommand::Bench {
             device,
             power_limited,
@@ -256,19 +246,21 @@ fn print_stats(s: &Stats) {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run_program(
-    path: &Path,
-    device_name: &str,
-    power_limited: bool,
-    host_data: Option<PathBuf>,
-    timing_only: bool,
-    no_refresh: bool,
-    check: bool,
-    trace: Option<PathBuf>,
-    json: bool,
-) -> Result<()> {
-    let d = device(device_name, power_limited)?;
+fn run_program(a: RunArgs) -> Result<()> {
+    let RunArgs {
+        program: path,
+        device: device_name,
+        power_limited,
+        host_data,
+        timing_only,
+        no_refresh,
+        check,
+        trace,
+        json,
+        max_steps,
+    } = a;
+    let path = path.as_path();
+    let d = device(&device_name, power_limited)?;
     let p = load_program(path)?;
     let mode = if timing_only {
         Mode::TimingOnly
@@ -287,9 +279,18 @@ fn run_program(
     if let Some(h) = host_data {
         sim.set_host_data(std::fs::read(&h).with_context(|| format!("reading {}", h.display()))?);
     }
+    if let Some(n) = max_steps {
+        sim.set_step_limit(n);
+    }
     let t0 = Instant::now();
     let stats = sim
         .run(&p)
+        .map_err(|e| match e {
+            PimError::Limit { what, .. } if what.starts_with("instructions executed") => {
+                anyhow::anyhow!("{e} (--max-steps N raises the limit)")
+            }
+            e => e.into(),
+        })
         .with_context(|| format!("running {}", path.display()))?;
     let wall_s = t0.elapsed().as_secs_f64();
     if check {

@@ -439,3 +439,27 @@ fn stale_temporaries_of_killed_writers_are_cleaned_and_reported() {
     assert!(!stale.exists());
     assert!(r.stderr.contains("removed"), "{}", r.stderr);
 }
+
+/// Nested maximal loops that issue no command (around a BARRIER, or around
+/// nothing) are refused before they run, naming the step limit and the flag
+/// that raises it; `--max-steps` lets a small one through.
+#[test]
+fn loops_that_issue_nothing_are_refused() {
+    let dir = common::tempdir();
+    for (name, body) in [("barrier", "BARRIER\n"), ("empty", "")] {
+        let f = dir.path().join(format!("{name}.pim"));
+        std::fs::write(
+            &f,
+            format!("LOOP 16777215\nLOOP 16777215\n{body}ENDLOOP\nENDLOOP\n"),
+        )
+        .unwrap();
+        refused(&["sim", "run", p(&f)], "--max-steps");
+    }
+    let f = dir.path().join("small.pim");
+    std::fs::write(&f, "LOOP 4\nLOOP 3\nBARRIER\nENDLOOP\nENDLOOP\n").unwrap();
+    refused(&["sim", "run", p(&f), "--max-steps", "32"], "limit of 32");
+    assert_eq!(
+        run(&["sim", "run", p(&f), "--max-steps", "33"]).code,
+        Some(0)
+    );
+}

@@ -29,6 +29,18 @@ pub const MAX_LOOP_DEPTH: usize = 4;
 /// run refuse them.
 pub const MAX_PROGRAM_COMMANDS: u64 = 1 << 32;
 
+/// Most instructions one run may execute by default, loops expanded: every
+/// command, `BARRIER`, `LOOP` and `ENDLOOP`, each time it runs (2^33). The
+/// command limit alone leaves loops that issue nothing unbounded (two nested
+/// `LOOP 16777215` around a `BARRIER`, or around nothing, run 2.8 x 10^14
+/// iterations); this one bounds the work of every run. A program within
+/// [`MAX_PROGRAM_COMMANDS`] executes at most about twice as many steps as
+/// it issues commands plus its barriers, so every program the lowering
+/// writes (a Llama-2-7B layer at 128K: about 10^7 steps) is far inside it.
+/// [`Simulator::set_step_limit`](crate::Simulator::set_step_limit) (`aqpim
+/// sim run --max-steps`) changes it for a run.
+pub const MAX_PROGRAM_STEPS: u64 = 1 << 33;
+
 /// One bank of a channel: `(pseudo-channel, SID, bank group, bank)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 pub struct BankSel {
@@ -511,6 +523,39 @@ impl Program {
                 what: "commands issued by the program (loops expanded)",
                 limit: MAX_PROGRAM_COMMANDS,
             })
+    }
+
+    /// Number of instructions a run executes (loops expanded: every command,
+    /// `BARRIER`, `LOOP` and `ENDLOOP` each time it runs), or an error naming
+    /// `limit` when it executes more. Decided before the run, from the loop
+    /// counts, with checked arithmetic.
+    pub fn checked_step_count(&self, limit: u64) -> Result<u64> {
+        let over = PimError::Limit {
+            what: "instructions executed by the program (loops expanded; BARRIER, LOOP and \
+                   ENDLOOP counted each time they run)",
+            limit,
+        };
+        let mut mult: Vec<u64> = vec![1];
+        let mut total = 0u64;
+        for ins in &self.instrs {
+            let m = mult.last().copied().unwrap_or(1);
+            let runs = match ins {
+                Instr::Loop { count, .. } => {
+                    mult.push(m.saturating_mul(u64::from(*count)));
+                    m
+                }
+                Instr::EndLoop => {
+                    mult.pop();
+                    m
+                }
+                _ => m,
+            };
+            total = total
+                .checked_add(runs)
+                .filter(|&t| t <= limit)
+                .ok_or_else(|| over.clone())?;
+        }
+        Ok(total)
     }
 
     /// The expanded command count, `None` past `limit`.

@@ -32,6 +32,14 @@ impl Simulator {
         self.host_data = data;
     }
 
+    /// Sets the most instructions a run may execute, loops expanded
+    /// ([`MAX_PROGRAM_STEPS`](crate::MAX_PROGRAM_STEPS) by default): a run
+    /// past it is refused before it starts, with
+    /// [`PimError::Limit`](crate::PimError::Limit).
+    pub fn set_step_limit(&mut self, steps: u64) {
+        self.step_limit = steps;
+    }
+
     /// Writes `bytes` into a bank's row starting at byte `offset` (untimed).
     pub fn write_bank(
         &mut self,

@@ -127,6 +127,9 @@ pub struct Simulator {
     func: Functional,
     opts: SimOptions,
     host_data: Vec<u8>,
+    /// Most instructions one run may execute ([`MAX_PROGRAM_STEPS`] unless
+    /// [`Simulator::set_step_limit`] says otherwise).
+    step_limit: u64,
     /// Counters of the current run per region (see [`Simulator::run_regions`]),
     /// the last one for the commands the simulator inserts.
     counters: Vec<Counters>,
@@ -193,6 +196,7 @@ impl Simulator {
             tables,
             opts,
             host_data: Vec::new(),
+            step_limit: crate::isa::MAX_PROGRAM_STEPS,
             counters: Vec::new(),
             region: 0,
             advance: Vec::new(),
@@ -256,7 +260,7 @@ impl Simulator {
     }
 
     fn run_inner(&mut self, program: &Program, region_of: Option<&[u16]>) -> Result<RegionStats> {
-        let checked = check_program(program, &self.device, self.host_data.len())?;
+        let checked = check_program(program, &self.device, self.host_data.len(), self.step_limit)?;
         if self.opts.record_trace {
             let commands = program.checked_command_count()?;
             if (self.trace.len() as u64).saturating_add(commands) > MAX_TRACE_ENTRIES {

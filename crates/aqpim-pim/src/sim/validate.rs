@@ -1,5 +1,7 @@
 //! Checks a program against a device before it runs: the expanded command
-//! count is within [`MAX_PROGRAM_COMMANDS`](crate::isa::MAX_PROGRAM_COMMANDS),
+//! count is within [`MAX_PROGRAM_COMMANDS`](crate::isa::MAX_PROGRAM_COMMANDS)
+//! and the executed instructions within the run's step limit
+//! ([`MAX_PROGRAM_STEPS`](crate::isa::MAX_PROGRAM_STEPS) by default),
 //! and every address, with every loop offset it can take, stays inside the
 //! organisation, the buffers, the registers, the buffer die and the host
 //! data. Which fields are addresses, in which space and under which stride
@@ -197,8 +199,14 @@ fn check_bank(b: &BankSel, d: &Device) -> std::result::Result<(), String> {
     }
 }
 
-pub(crate) fn check_program(p: &Program, d: &Device, host_bytes: usize) -> Result<Checked> {
+pub(crate) fn check_program(
+    p: &Program,
+    d: &Device,
+    host_bytes: usize,
+    step_limit: u64,
+) -> Result<Checked> {
     p.checked_command_count()?;
+    p.checked_step_count(step_limit)?;
     let instrs = p.instrs().to_vec();
     let l = Limits::new(d, host_bytes);
     // Offset range of each stride class under the enclosing loops.
