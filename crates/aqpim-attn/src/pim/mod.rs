@@ -39,6 +39,7 @@ mod placement;
 mod program;
 mod scalar;
 mod scalar_run;
+mod slice_cost;
 mod timing;
 
 use aqpim_pim::Stats;

@@ -11,7 +11,8 @@ use serde::Serialize;
 use crate::error::{AttnError, Result};
 use crate::pim::layout::Geom;
 use crate::pim::program::{self, NewToken, Rows};
-use crate::pim::{analytic, CodebookScope, LayerJob, PimKind, Placement};
+use crate::pim::slice_cost;
+use crate::pim::{CodebookScope, LayerJob, PimKind, Placement};
 
 /// Hands out rows of every bank, channel by channel, from row 0 up: the one
 /// allocator behind every placement of this module and the functional runs.
@@ -179,7 +180,7 @@ fn slices_per_cache(device: &Device, job: &LayerJob) -> Result<usize> {
     for s in lo..=hi {
         let geom = Geom::new(device, job.kind, d, job.ctx.div_ceil(s))?;
         let waves = (caches * s).div_ceil(channels) as u64;
-        let est = waves * analytic::group_cycles(device, &geom, job.group);
+        let est = waves * slice_cost::group_cycles(device, &geom, job.group);
         if est < best.0 {
             best = (est, s);
         }
