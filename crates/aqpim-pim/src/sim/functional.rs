@@ -268,246 +268,310 @@ impl Functional {
     /// instructions (RD, WR, WRGB, STC) have their own methods above; on
     /// anything else this does nothing.
     pub(crate) fn exec(&mut self, ins: &Instr, open: &[Option<u32>]) {
-        let banks = self.banks_per_channel;
-        let lanes = self.lanes;
         match *ins {
-            // reg[reg + l] += x[l] * y[l], or reduced reg[reg] += sum_l x[l] * y[l]
-            // (FP16 inputs, FP32 products and sums, lanes in order); with
-            // `bcast` every lane reads buffer element `buf`.
-            Instr::Mac {
-                ch,
-                col,
-                buf,
-                reg,
-                reduce,
-                bcast,
-            } => {
-                let (buf, reg, step) = (usize::from(buf), usize::from(reg), usize::from(!bcast));
-                self.each_bank(ch, open, col, |x, y, r| {
-                    if reduce {
-                        let mut sum = 0f32;
-                        for l in 0..lanes {
-                            sum += f16_at(x, l) * f16_at(y, buf + l * step);
-                        }
-                        r[reg] += sum;
-                    } else {
-                        for l in 0..lanes {
-                            r[reg + l] += f16_at(x, l) * f16_at(y, buf + l * step);
-                        }
-                    }
-                });
-            }
-            // For lanes l ascending, reg[out + l % dsub] += reg[bins + l / dsub] * x[l]
-            // (FP32; x the column's FP16 values widened).
-            Instr::BinMac {
-                ch,
-                col,
-                dsub,
-                bins,
-                out,
-            } => {
-                let (dsub, bins, out) = (usize::from(dsub), usize::from(bins), usize::from(out));
-                self.each_bank(ch, open, col, |x, _, r| {
-                    for l in 0..lanes {
-                        let w = r[bins + l / dsub];
-                        r[out + l % dsub] += w * f16_at(x, l);
-                    }
-                });
-            }
-            // For code p of the column (p ascending),
-            // reg[reg + p / group] += buffer[table + (p % group) * 2^bits + code_p].
-            Instr::LutAcc {
-                ch,
-                col,
-                bits,
-                group,
-                table,
-                reg,
-            } => {
-                let n = self.column_bytes * 8 / bits.bits() as usize;
-                let (tlen, group) = (bits.table_len(), usize::from(group));
-                let (table, reg) = (usize::from(table), usize::from(reg));
-                self.each_bank(ch, open, col, |x, y, r| {
-                    for p in 0..n {
-                        r[reg + p / group] +=
-                            f16_at(y, table + (p % group) * tlen + code_at(x, bits, p));
-                    }
-                });
-            }
-            // For code p of the column (p ascending),
-            // reg[reg + (p % group) * 2^bits + code_p] += buffer[weights + p / group].
-            Instr::HistAcc {
-                ch,
-                col,
-                bits,
-                group,
-                weights,
-                reg,
-            } => {
-                let n = self.column_bytes * 8 / bits.bits() as usize;
-                let (tlen, group) = (bits.table_len(), usize::from(group));
-                let (weights, reg) = (usize::from(weights), usize::from(reg));
-                self.each_bank(ch, open, col, |x, y, r| {
-                    for p in 0..n {
-                        r[reg + (p % group) * tlen + code_at(x, bits, p)] +=
-                            f16_at(y, weights + p / group);
-                    }
-                });
-            }
-            // x = column lanes start..start + dsub; centroid j is
-            // buffer[cb + j * dsub ..][..dsub]; reg[reg] = argmin_j sum_i (x_i - c_ji)^2
-            // (FP32, i ascending; the lowest j wins ties; NaN distances never win).
-            Instr::ArgMin {
-                ch,
-                col,
-                start,
-                dsub,
-                nbits,
-                cb,
-                reg,
-            } => {
-                let (start, dsub, cb) = (usize::from(start), usize::from(dsub), usize::from(cb));
-                let (ksub, reg) = (argmin_centroids(nbits) as usize, usize::from(reg));
-                self.each_bank(ch, open, col, |x, y, r| {
-                    let mut xs = [0f32; 64];
-                    for (i, v) in xs.iter_mut().enumerate().take(dsub) {
-                        *v = f16_at(x, start + i);
-                    }
-                    let mut best = 0usize;
-                    let mut best_d = f32::INFINITY;
-                    for j in 0..ksub {
-                        let mut d = 0f32;
-                        for (i, xv) in xs[..dsub].iter().enumerate() {
-                            let t = xv - f16_at(y, cb + j * dsub + i);
-                            d += t * t;
-                        }
-                        if d < best_d {
-                            best_d = d;
-                            best = j;
-                        }
-                    }
-                    r[reg] = best as f32;
-                });
-            }
-            // Every bank's reg[off..off + len] = 0, or with `die` the
-            // channel's die[off..off + len] = 0.
-            Instr::Clr { ch, off, len, die } => {
-                let (ch, off, len) = (usize::from(ch), usize::from(off), usize::from(len));
-                if die {
-                    if let Some(d) = self.die[ch].as_deref_mut() {
-                        d[off..off + len].fill(0.0);
-                    }
-                    return;
-                }
-                for gb in ch * banks..(ch + 1) * banks {
-                    if let Some(r) = self.regs[gb].as_deref_mut() {
-                        r[off..off + len].fill(0.0);
-                    }
-                }
-            }
-            // die[dst + i] = die[src + i] + die[src + len + i] + ... over the
-            // channel's banks in order (FP32, computed before any element is written).
-            Instr::Red { ch, src, len, dst } => {
-                let (src, len, dst) = (usize::from(src), usize::from(len), usize::from(dst));
-                let Some(d) = self.die[usize::from(ch)].as_deref_mut() else {
-                    return; // all zero: the sums are zero too
-                };
-                let sums: Vec<f32> = (0..len)
-                    .map(|i| {
-                        let mut acc = d[src + i];
-                        for b in 1..banks {
-                            acc += d[src + b * len + i];
-                        }
-                        acc
-                    })
-                    .collect();
-                d[dst..dst + len].copy_from_slice(&sums);
-            }
-            // Append die[die..die + len] to the read log as FP32 little-endian bytes.
-            Instr::Rdd { ch, die, len } => {
-                let (die, len) = (usize::from(die), usize::from(len));
-                match self.die[usize::from(ch)].as_deref() {
-                    Some(d) => {
-                        for v in &d[die..die + len] {
-                            self.read_log.extend_from_slice(&v.to_le_bytes());
-                        }
-                    }
-                    None => self.read_log.extend(std::iter::repeat_n(0u8, 4 * len)),
-                }
-            }
-            // die[die + b * len + i] = reg_b[reg + i] for every bank b of the channel.
-            Instr::Mvd { ch, reg, len, die } => {
-                let (ch, reg, len, die) = (
-                    usize::from(ch),
-                    usize::from(reg),
-                    usize::from(len),
-                    usize::from(die),
-                );
-                for b in 0..banks {
-                    let src: Vec<f32> = match &self.regs[ch * banks + b] {
-                        Some(r) => r[reg..reg + len].to_vec(),
-                        None => vec![0.0; len],
-                    };
-                    self.die_mut(ch)[die + b * len..die + (b + 1) * len].copy_from_slice(&src);
-                }
-            }
-            // buf_b[buf + i] = f16(die[die + b * len + i]) (or die[die + i] broadcast).
-            Instr::Mvb {
-                ch,
-                die,
-                len,
-                buf,
-                broadcast,
-            } => {
-                let (ch, die, len, buf) = (
-                    usize::from(ch),
-                    usize::from(die),
-                    usize::from(len),
-                    usize::from(buf),
-                );
-                let src = self.die(ch);
-                for b in 0..banks {
-                    let base = if broadcast { die } else { die + b * len };
-                    let dst = self.buffer_mut(ch * banks + b);
-                    for i in 0..len {
-                        let bits = f16::from_f32(src[base + i]).to_bits().to_le_bytes();
-                        dst[2 * (buf + i)..2 * (buf + i) + 2].copy_from_slice(&bits);
-                    }
-                }
-            }
-            // In place over die[die..die + len]: y_i = x_i * scale, m = max_i y_i,
-            // e_i = exp(y_i - m), x_i = e_i / sum_i e_i (FP32, i ascending).
-            // With `stats`, also die[die + len] = m and die[die + len + 1] = sum_i e_i.
-            Instr::Sfm {
-                ch,
-                die,
-                len,
-                scale,
-                stats,
-            } => {
-                let (die, len, scale) = (usize::from(die), usize::from(len), scale.to_f32());
-                let all = self.die_mut(usize::from(ch));
-                let x = &mut all[die..die + len];
-                let m = x
-                    .iter()
-                    .map(|v| v * scale)
-                    .fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0f32;
-                for v in x.iter_mut() {
-                    *v = (*v * scale - m).exp();
-                    sum += *v;
-                }
-                for v in x.iter_mut() {
-                    *v /= sum;
-                }
-                if stats {
-                    all[die + len] = m;
-                    all[die + len + 1] = sum;
-                }
-            }
+            Instr::Mac { .. } => self.mac(ins, open),
+            Instr::BinMac { .. } => self.bin_mac(ins, open),
+            Instr::LutAcc { .. } => self.lut_acc(ins, open),
+            Instr::HistAcc { .. } => self.hist_acc(ins, open),
+            Instr::ArgMin { .. } => self.arg_min(ins, open),
+            Instr::Clr { .. } => self.clr(ins),
+            Instr::Red { .. } => self.red(ins),
+            Instr::Rdd { .. } => self.rdd(ins),
+            Instr::Mvd { .. } => self.mvd(ins),
+            Instr::Mvb { .. } => self.mvb(ins),
+            Instr::Sfm { .. } => self.sfm(ins),
             Instr::Ldp { ch, col, slot } => self.ldp(ch, open, col, slot),
             Instr::QMac { .. } => self.qmac(ins, open),
             _ => {}
+        }
+    }
+
+    /// reg[reg + l] += x[l] * y[l], or reduced reg[reg] += sum_l x[l] * y[l]
+    /// (FP16 inputs, FP32 products and sums, lanes in order); with
+    /// `bcast` every lane reads buffer element `buf`.
+    fn mac(&mut self, ins: &Instr, open: &[Option<u32>]) {
+        let Instr::Mac {
+            ch,
+            col,
+            buf,
+            reg,
+            reduce,
+            bcast,
+        } = *ins
+        else {
+            return;
+        };
+        let lanes = self.lanes;
+        let (buf, reg, step) = (usize::from(buf), usize::from(reg), usize::from(!bcast));
+        self.each_bank(ch, open, col, |x, y, r| {
+            if reduce {
+                let mut sum = 0f32;
+                for l in 0..lanes {
+                    sum += f16_at(x, l) * f16_at(y, buf + l * step);
+                }
+                r[reg] += sum;
+            } else {
+                for l in 0..lanes {
+                    r[reg + l] += f16_at(x, l) * f16_at(y, buf + l * step);
+                }
+            }
+        });
+    }
+
+    /// For lanes l ascending, reg[out + l % dsub] += reg[bins + l / dsub] * x[l]
+    /// (FP32; x the column's FP16 values widened).
+    fn bin_mac(&mut self, ins: &Instr, open: &[Option<u32>]) {
+        let Instr::BinMac {
+            ch,
+            col,
+            dsub,
+            bins,
+            out,
+        } = *ins
+        else {
+            return;
+        };
+        let lanes = self.lanes;
+        let (dsub, bins, out) = (usize::from(dsub), usize::from(bins), usize::from(out));
+        self.each_bank(ch, open, col, |x, _, r| {
+            for l in 0..lanes {
+                let w = r[bins + l / dsub];
+                r[out + l % dsub] += w * f16_at(x, l);
+            }
+        });
+    }
+
+    /// For code p of the column (p ascending),
+    /// reg[reg + p / group] += buffer[table + (p % group) * 2^bits + code_p].
+    fn lut_acc(&mut self, ins: &Instr, open: &[Option<u32>]) {
+        let Instr::LutAcc {
+            ch,
+            col,
+            bits,
+            group,
+            table,
+            reg,
+        } = *ins
+        else {
+            return;
+        };
+        let n = self.column_bytes * 8 / bits.bits() as usize;
+        let (tlen, group) = (bits.table_len(), usize::from(group));
+        let (table, reg) = (usize::from(table), usize::from(reg));
+        self.each_bank(ch, open, col, |x, y, r| {
+            for p in 0..n {
+                r[reg + p / group] += f16_at(y, table + (p % group) * tlen + code_at(x, bits, p));
+            }
+        });
+    }
+
+    /// For code p of the column (p ascending),
+    /// reg[reg + (p % group) * 2^bits + code_p] += buffer[weights + p / group].
+    fn hist_acc(&mut self, ins: &Instr, open: &[Option<u32>]) {
+        let Instr::HistAcc {
+            ch,
+            col,
+            bits,
+            group,
+            weights,
+            reg,
+        } = *ins
+        else {
+            return;
+        };
+        let n = self.column_bytes * 8 / bits.bits() as usize;
+        let (tlen, group) = (bits.table_len(), usize::from(group));
+        let (weights, reg) = (usize::from(weights), usize::from(reg));
+        self.each_bank(ch, open, col, |x, y, r| {
+            for p in 0..n {
+                r[reg + (p % group) * tlen + code_at(x, bits, p)] += f16_at(y, weights + p / group);
+            }
+        });
+    }
+
+    /// x = column lanes start..start + dsub; centroid j is
+    /// buffer[cb + j * dsub ..][..dsub]; reg[reg] = argmin_j sum_i (x_i - c_ji)^2
+    /// (FP32, i ascending; the lowest j wins ties; NaN distances never win).
+    fn arg_min(&mut self, ins: &Instr, open: &[Option<u32>]) {
+        let Instr::ArgMin {
+            ch,
+            col,
+            start,
+            dsub,
+            nbits,
+            cb,
+            reg,
+        } = *ins
+        else {
+            return;
+        };
+        let (start, dsub, cb) = (usize::from(start), usize::from(dsub), usize::from(cb));
+        let (ksub, reg) = (argmin_centroids(nbits) as usize, usize::from(reg));
+        self.each_bank(ch, open, col, |x, y, r| {
+            let mut xs = [0f32; 64];
+            for (i, v) in xs.iter_mut().enumerate().take(dsub) {
+                *v = f16_at(x, start + i);
+            }
+            let mut best = 0usize;
+            let mut best_d = f32::INFINITY;
+            for j in 0..ksub {
+                let mut d = 0f32;
+                for (i, xv) in xs[..dsub].iter().enumerate() {
+                    let t = xv - f16_at(y, cb + j * dsub + i);
+                    d += t * t;
+                }
+                if d < best_d {
+                    best_d = d;
+                    best = j;
+                }
+            }
+            r[reg] = best as f32;
+        });
+    }
+
+    /// Every bank's reg[off..off + len] = 0, or with `die` the
+    /// channel's die[off..off + len] = 0.
+    fn clr(&mut self, ins: &Instr) {
+        let Instr::Clr { ch, off, len, die } = *ins else {
+            return;
+        };
+        let banks = self.banks_per_channel;
+        let (ch, off, len) = (usize::from(ch), usize::from(off), usize::from(len));
+        if die {
+            if let Some(d) = self.die[ch].as_deref_mut() {
+                d[off..off + len].fill(0.0);
+            }
+            return;
+        }
+        for gb in ch * banks..(ch + 1) * banks {
+            if let Some(r) = self.regs[gb].as_deref_mut() {
+                r[off..off + len].fill(0.0);
+            }
+        }
+    }
+
+    /// die[dst + i] = die[src + i] + die[src + len + i] + ... over the
+    /// channel's banks in order (FP32, computed before any element is written).
+    fn red(&mut self, ins: &Instr) {
+        let Instr::Red { ch, src, len, dst } = *ins else {
+            return;
+        };
+        let banks = self.banks_per_channel;
+        let (src, len, dst) = (usize::from(src), usize::from(len), usize::from(dst));
+        let Some(d) = self.die[usize::from(ch)].as_deref_mut() else {
+            return; // all zero: the sums are zero too
+        };
+        let sums: Vec<f32> = (0..len)
+            .map(|i| {
+                let mut acc = d[src + i];
+                for b in 1..banks {
+                    acc += d[src + b * len + i];
+                }
+                acc
+            })
+            .collect();
+        d[dst..dst + len].copy_from_slice(&sums);
+    }
+
+    /// Append die[die..die + len] to the read log as FP32 little-endian bytes.
+    fn rdd(&mut self, ins: &Instr) {
+        let Instr::Rdd { ch, die, len } = *ins else {
+            return;
+        };
+        let (die, len) = (usize::from(die), usize::from(len));
+        match self.die[usize::from(ch)].as_deref() {
+            Some(d) => {
+                for v in &d[die..die + len] {
+                    self.read_log.extend_from_slice(&v.to_le_bytes());
+                }
+            }
+            None => self.read_log.extend(std::iter::repeat_n(0u8, 4 * len)),
+        }
+    }
+
+    /// die[die + b * len + i] = reg_b[reg + i] for every bank b of the channel.
+    fn mvd(&mut self, ins: &Instr) {
+        let Instr::Mvd { ch, reg, len, die } = *ins else {
+            return;
+        };
+        let banks = self.banks_per_channel;
+        let (ch, reg, len, die) = (
+            usize::from(ch),
+            usize::from(reg),
+            usize::from(len),
+            usize::from(die),
+        );
+        for b in 0..banks {
+            let src: Vec<f32> = match &self.regs[ch * banks + b] {
+                Some(r) => r[reg..reg + len].to_vec(),
+                None => vec![0.0; len],
+            };
+            self.die_mut(ch)[die + b * len..die + (b + 1) * len].copy_from_slice(&src);
+        }
+    }
+
+    /// buf_b[buf + i] = f16(die[die + b * len + i]) (or die[die + i] broadcast).
+    fn mvb(&mut self, ins: &Instr) {
+        let Instr::Mvb {
+            ch,
+            die,
+            len,
+            buf,
+            broadcast,
+        } = *ins
+        else {
+            return;
+        };
+        let banks = self.banks_per_channel;
+        let (ch, die, len, buf) = (
+            usize::from(ch),
+            usize::from(die),
+            usize::from(len),
+            usize::from(buf),
+        );
+        let src = self.die(ch);
+        for b in 0..banks {
+            let base = if broadcast { die } else { die + b * len };
+            let dst = self.buffer_mut(ch * banks + b);
+            for i in 0..len {
+                let bits = f16::from_f32(src[base + i]).to_bits().to_le_bytes();
+                dst[2 * (buf + i)..2 * (buf + i) + 2].copy_from_slice(&bits);
+            }
+        }
+    }
+
+    /// In place over die[die..die + len]: y_i = x_i * scale, m = max_i y_i,
+    /// e_i = exp(y_i - m), x_i = e_i / sum_i e_i (FP32, i ascending).
+    /// With `stats`, also die[die + len] = m and die[die + len + 1] = sum_i e_i.
+    fn sfm(&mut self, ins: &Instr) {
+        let Instr::Sfm {
+            ch,
+            die,
+            len,
+            scale,
+            stats,
+        } = *ins
+        else {
+            return;
+        };
+        let (die, len, scale) = (usize::from(die), usize::from(len), scale.to_f32());
+        let all = self.die_mut(usize::from(ch));
+        let x = &mut all[die..die + len];
+        let m = x
+            .iter()
+            .map(|v| v * scale)
+            .fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0f32;
+        for v in x.iter_mut() {
+            *v = (*v * scale - m).exp();
+            sum += *v;
+        }
+        for v in x.iter_mut() {
+            *v /= sum;
+        }
+        if stats {
+            all[die + len] = m;
+            all[die + len + 1] = sum;
         }
     }
 
