@@ -241,6 +241,46 @@ pub fn eval_latency(
 impl DeviceSpec {
     /// Resolves the spec into runtime tables, rejecting inconsistent specs.
     pub fn resolve(&self) -> Result<Device> {
+        let org = self.resolve_organisation()?;
+        if self.clock.t_ck_ps == 0 || self.clock.data_rate_mtps == 0 {
+            return Err(spec_err(
+                "clock",
+                "t_ck_ps and data_rate_mtps must be positive",
+            ));
+        }
+
+        let mut params = self.resolve_timing()?;
+        let (pim, units) = self.resolve_pim(&org)?;
+        params.insert("nCCDAB".to_string(), pim.n_ccdab);
+        self.check_energy()?;
+        let rules = self.resolve_rules(&params)?;
+        let refresh_interval = self.refresh_interval(&params, &rules, pim.n_ccdab)?;
+        let device = Device {
+            name: self.name.clone(),
+            org,
+            t_ck_ps: self.clock.t_ck_ps,
+            data_rate_mtps: self.clock.data_rate_mtps,
+            params,
+            rules,
+            refresh_interval,
+            pim,
+            units,
+            energy: self.energy.clone(),
+        };
+        // Every unit's interval on its widest column must stay a bounded gate.
+        for kind in UnitKind::ALL {
+            if device.units.get(kind).is_some() {
+                let cycles = device.pim_interval(kind.command(), device.widest_work(kind));
+                if cycles > MAX_INTERVAL {
+                    return Err(interval_too_long(kind, cycles));
+                }
+            }
+        }
+        Ok(device)
+    }
+
+    /// The organisation, each count within the ISA's fields.
+    fn resolve_organisation(&self) -> Result<Organisation> {
         let o = &self.organisation;
         let limits: [(&str, u32, u32); 10] = [
             ("stacks", o.stacks, 256),
@@ -279,7 +319,7 @@ impl DeviceSpec {
                 "must be even and at least 4 (FP16 lanes)",
             ));
         }
-        let org = Organisation {
+        Ok(Organisation {
             stacks: o.stacks as usize,
             channels,
             pseudo_channels: o.pseudo_channels as usize,
@@ -292,15 +332,12 @@ impl DeviceSpec {
             columns: o.columns as usize,
             column_bytes: o.column_bytes as usize,
             dq_bits_per_pseudo_channel: o.dq_bits_per_pseudo_channel as usize,
-        };
-        if self.clock.t_ck_ps == 0 || self.clock.data_rate_mtps == 0 {
-            return Err(spec_err(
-                "clock",
-                "t_ck_ps and data_rate_mtps must be positive",
-            ));
-        }
+        })
+    }
 
-        // Parameters to cycles.
+    /// The `[timing]` parameters in whole cycles (`nCCDAB` comes from
+    /// `[pim]`: [`DeviceSpec::resolve`] adds it).
+    fn resolve_timing(&self) -> Result<BTreeMap<String, u32>> {
         if self.timing.len() > MAX_TIMING_PARAMS {
             return Err(spec_err(
                 "timing",
@@ -349,6 +386,11 @@ impl DeviceSpec {
             }
             params.insert(name.clone(), cycles);
         }
+        Ok(params)
+    }
+
+    /// The PIM parameters and units, checked against the organisation.
+    fn resolve_pim(&self, org: &Organisation) -> Result<(PimParams, Units)> {
         let p = &self.pim;
         for (name, v) in [
             ("n_ccdab", p.n_ccdab),
@@ -362,7 +404,6 @@ impl DeviceSpec {
             }
         }
         let n_ccdab = p.n_ccdab;
-        params.insert("nCCDAB".to_string(), n_ccdab);
 
         if p.lanes as usize * 2 != org.column_bytes {
             return Err(spec_err(
@@ -430,7 +471,11 @@ impl DeviceSpec {
             sfm_latency: p.sfm_latency,
             latch_bytes,
         };
+        Ok((pim, units))
+    }
 
+    /// Every energy figure finite and within its bound.
+    fn check_energy(&self) -> Result<()> {
         let e = &self.energy;
         for (name, v) in [
             ("act_pj", e.act_pj),
@@ -446,74 +491,59 @@ impl DeviceSpec {
                 ));
             }
         }
+        Ok(())
+    }
 
-        let rules = self.resolve_rules(&params)?;
-
-        let refresh_interval = if self.refresh.enabled {
-            let v = *params.get(&self.refresh.interval).ok_or_else(|| {
-                spec_err(
-                    "refresh.interval",
-                    format!("unknown timing parameter `{}`", self.refresh.interval),
-                )
-            })?;
-            let max_ref_latency = rules
-                .iter()
-                .filter(|r| r.preceding.contains(&Command::Ref))
-                .map(|r| r.latency)
-                .max()
-                .unwrap_or(0);
-            if v <= max_ref_latency {
-                return Err(spec_err(
-                    "refresh.interval",
-                    format!("{v} cycles is not longer than the refresh latency {max_ref_latency}"),
-                ));
-            }
-            // Longer than every gate: then any wait holds at most one
-            // refresh, and the simulator's refresh work stays proportional
-            // to the program, not to the device's timing values.
-            let longest = rules
-                .iter()
-                .map(|r| (r.latency, r.name.as_str()))
-                .chain([(n_ccdab, "nCCDAB"), (p.sfm_latency, "sfm_latency")])
-                .max_by_key(|(l, _)| *l)
-                .unwrap_or((0, ""));
-            if v <= longest.0 {
-                return Err(spec_err(
-                    "refresh.interval",
-                    format!(
-                        "{v} cycles is not longer than {} ({} cycles); refresh would dominate every wait",
-                        cut(longest.1),
-                        longest.0
-                    ),
-                ));
-            }
-            Some(v)
-        } else {
-            None
-        };
-
-        let device = Device {
-            name: self.name.clone(),
-            org,
-            t_ck_ps: self.clock.t_ck_ps,
-            data_rate_mtps: self.clock.data_rate_mtps,
-            params,
-            rules,
-            refresh_interval,
-            pim,
-            units,
-            energy: self.energy.clone(),
-        };
-        // Every unit's interval on its widest column must stay a bounded gate.
-        for kind in UnitKind::ALL {
-            if device.units.get(kind).is_some() {
-                let cycles = device.pim_interval(kind.command(), device.widest_work(kind));
-                if cycles > MAX_INTERVAL {
-                    return Err(interval_too_long(kind, cycles));
-                }
-            }
+    /// The refresh interval in cycles (`None` without refresh), longer than
+    /// the refresh latency and every gate.
+    fn refresh_interval(
+        &self,
+        params: &BTreeMap<String, u32>,
+        rules: &[Rule],
+        n_ccdab: u32,
+    ) -> Result<Option<u32>> {
+        let p = &self.pim;
+        if !self.refresh.enabled {
+            return Ok(None);
         }
-        Ok(device)
+        let v = *params.get(&self.refresh.interval).ok_or_else(|| {
+            spec_err(
+                "refresh.interval",
+                format!("unknown timing parameter `{}`", self.refresh.interval),
+            )
+        })?;
+        let max_ref_latency = rules
+            .iter()
+            .filter(|r| r.preceding.contains(&Command::Ref))
+            .map(|r| r.latency)
+            .max()
+            .unwrap_or(0);
+        if v <= max_ref_latency {
+            return Err(spec_err(
+                "refresh.interval",
+                format!("{v} cycles is not longer than the refresh latency {max_ref_latency}"),
+            ));
+        }
+        // Longer than every gate: then any wait holds at most one
+        // refresh, and the simulator's refresh work stays proportional
+        // to the program, not to the device's timing values.
+        let longest = rules
+            .iter()
+            .map(|r| (r.latency, r.name.as_str()))
+            .chain([(n_ccdab, "nCCDAB"), (p.sfm_latency, "sfm_latency")])
+            .max_by_key(|(l, _)| *l)
+            .unwrap_or((0, ""));
+        if v <= longest.0 {
+            return Err(spec_err(
+                "refresh.interval",
+                format!(
+                    "{v} cycles is not longer than {} ({} cycles); refresh would dominate every wait",
+                    cut(longest.1),
+                    longest.0
+                ),
+            ));
+        }
+        Ok(Some(v))
     }
 
     fn resolve_rules(&self, params: &BTreeMap<String, u32>) -> Result<Vec<Rule>> {
