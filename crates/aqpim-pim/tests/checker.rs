@@ -383,12 +383,14 @@ fn checker_catches_hand_made_violations() {
     };
     use aqpim_pim::Command::*;
     let cases: Vec<(Vec<TraceEntry>, &str)> = vec![
-        (vec![e(0, Act, 0, 1), e(18, Rd, 0, 0)], "tRCDRD"),
+        (vec![e(0, Act, 0, 1), e(18, Rd, 0, 1)], "tRCDRD"),
         (
-            vec![e(0, Act, 0, 1), e(19, Rd, 0, 0), e(19, Rd, 4, 0)],
+            vec![e(0, Act, 0, 1), e(19, Rd, 0, 1), e(19, Rd, 4, 0)],
             "command-bus",
         ),
         (vec![e(0, Rd, 0, 0)], "row-open"),
+        // A column access records the row it reads: it must be the open one.
+        (vec![e(0, Act, 0, 1), e(19, Rd, 0, 2)], "row-open"),
         (vec![e(0, Act, 0, 1), e(100, Act, 0, 1)], "bank-closed"),
         (
             vec![
@@ -412,7 +414,7 @@ fn checker_catches_hand_made_violations() {
             other => panic!("{rule}: expected a violation, got {other:?}"),
         }
     }
-    check_trace(&d, &[e(0, Act, 0, 1), e(19, Rd, 0, 0), e(23, Rd, 0, 0)]).unwrap();
+    check_trace(&d, &[e(0, Act, 0, 1), e(19, Rd, 0, 1), e(23, Rd, 0, 1)]).unwrap();
 }
 
 #[test]
