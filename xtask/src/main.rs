@@ -20,6 +20,8 @@ tasks:
   accuracy         a grid of `aqpim eval ppl` rows (calibrating each codebook spec once)
                    into a CSV and a Markdown table; reruns skip finished rows
                    --grid FILE.toml [--out DIR] [--aqpim BIN] [--dry-run]
+                   [--shard I/N (the rows whose index is I mod N, into OUT/shards/I-of-N)]
+                   [--merge (every shard's rows into OUT/rows.csv and OUT/table.md)]
   faiss-compare    PQ train/encode/ADC speed and MSE against faiss, same data and machine
                    [--n 65536 --d 128 --m 32 --nbits 8 --iters 25 --threads 1]
   fetch-assets     SmolLM2-135M-Instruct (GGUF) and the Jane Austen novels into assets/
@@ -28,6 +30,8 @@ tasks:
                    summary.md, figures [--quick (a small grid, into target/reproduce-quick)]
                    [--out DIR] [--model M] [--system S] [--ctx LIST] [--batch LIST]
                    [--pim-model simulated|analytic]
+                   [--check (rerun the default grid into target/reproduce-check and fail
+                   naming every published file that differs)]
   plot             the reproduce figures from CSV files `aqpim simulate serve|sweep` wrote
                    [--serve FILE.csv] [--sweep FILE.csv] [--offload FILE.csv] --out DIR";
 

@@ -154,7 +154,7 @@ pub fn models_run(aqpim: &Path, out: &Path, pim_model: &str, ctx: &str) -> Resul
 /// Runs each `aqpim simulate` argument list into a part file under
 /// `out/<name>.parts`, then joins the parts (one header) into
 /// `out/<name>.csv` and removes the parts.
-fn run_parts(aqpim: &Path, out: &Path, name: &str, jobs: &[Vec<&str>]) -> Result<Serve> {
+pub(super) fn run_parts(aqpim: &Path, out: &Path, name: &str, jobs: &[Vec<&str>]) -> Result<Serve> {
     let dir = out.join(format!("{name}.parts"));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut header: Option<String> = None;

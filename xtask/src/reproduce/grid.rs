@@ -27,6 +27,10 @@ pub struct Grid {
     pub serve_pim_model: String,
     /// Contexts of the cross-model serve run.
     pub models_ctx: String,
+    /// Models of the sensitivity runs (one setting changed at a time).
+    pub sensitivity_models: Vec<String>,
+    /// Contexts of the sensitivity runs.
+    pub sensitivity_ctx: String,
 }
 
 /// The policies of the serve run and the equal-batch sweep, in plot order.
@@ -59,6 +63,8 @@ impl Grid {
             pim_model: "simulated".into(),
             serve_pim_model: "simulated".into(),
             models_ctx: "8K,32K,128K".into(),
+            sensitivity_models: vec!["llama2-7b".into(), "llama3-8b".into()],
+            sensitivity_ctx: "4K,32K,64K".into(),
         }
     }
 
@@ -73,6 +79,8 @@ impl Grid {
             offload_batch: "1,8".into(),
             serve_pim_model: "analytic".into(),
             models_ctx: "32K".into(),
+            sensitivity_models: vec!["llama2-7b".into()],
+            sensitivity_ctx: "32K".into(),
             ..Grid::full()
         }
     }

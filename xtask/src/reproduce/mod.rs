@@ -10,11 +10,17 @@
 //! Without `--quick` the outputs go to `docs/results/` (the CLI built
 //! `--release`); `--quick` runs a small grid (CI runs it, debug build) and
 //! writes to `target/reproduce-quick/` unless `--out` says otherwise.
+//! `--check` reruns the default grid into `target/reproduce-check/` and
+//! fails naming every published file that differs from the rerun. The
+//! Markdown and the figures are a function of the CSV files alone
+//! ([`render`]); a test renders them from the published CSV files and
+//! compares them with the published ones.
 
 mod frontier;
 mod grid;
 mod plot;
 mod rows;
+mod sensitivity;
 mod style;
 mod summary;
 
@@ -27,9 +33,10 @@ use grid::Grid;
 use rows::{Serve, Sweep};
 
 const REPRODUCE_USAGE: &str =
-    "cargo xtask reproduce [--quick] [--out DIR] [--model M] [--system S] \
+    "cargo xtask reproduce [--quick | --check] [--out DIR] [--model M] [--system S] \
 [--ctx LIST] [--batch LIST] [--pim-model simulated|analytic] (without --out: docs/results for the \
-default grid, target/reproduce-quick for --quick, target/reproduce-custom otherwise)";
+default grid, target/reproduce-quick for --quick, target/reproduce-check for --check, \
+target/reproduce-custom otherwise)";
 
 const PLOT_USAGE: &str =
     "cargo xtask plot [--serve FILE.csv] [--sweep FILE.csv] [--offload FILE.csv] --out DIR";
@@ -38,6 +45,7 @@ const PLOT_USAGE: &str =
 #[derive(Debug, Default, PartialEq)]
 struct Options {
     quick: bool,
+    check: bool,
     out: Option<PathBuf>,
     model: Option<String>,
     system: Option<String>,
@@ -60,6 +68,7 @@ fn parse(args: &[String]) -> Result<Options> {
     while let Some(a) = it.next() {
         match a.as_str() {
             "--quick" => o.quick = true,
+            "--check" => o.check = true,
             "--out" => o.out = Some(value(&mut it, a, u)?.into()),
             "--model" => o.model = Some(value(&mut it, a, u)?),
             "--system" => o.system = Some(value(&mut it, a, u)?),
@@ -75,6 +84,9 @@ fn parse(args: &[String]) -> Result<Options> {
             other => bail!("reproduce: unknown argument `{other}`\nusage: {u}"),
         }
     }
+    if o.check && (o.quick || o.custom()) {
+        bail!("--check reruns the published default grid: it takes none of --quick, --model, --system, --ctx, --batch, --pim-model\nusage: {u}");
+    }
     Ok(o)
 }
 
@@ -87,6 +99,7 @@ impl Options {
         };
         if let Some(m) = &self.model {
             g.model = m.clone();
+            g.sensitivity_models = vec![m.clone()];
         }
         if let Some(s) = &self.system {
             g.system = s.clone();
@@ -94,6 +107,7 @@ impl Options {
         if let Some(c) = &self.ctx {
             g.ctx = c.clone();
             g.serve_ctx = c.clone();
+            g.sensitivity_ctx = c.clone();
         }
         if let Some(b) = &self.batch {
             g.batch = b.clone();
@@ -113,16 +127,22 @@ impl Options {
     fn default_out(&self) -> &'static str {
         if self.quick {
             "target/reproduce-quick"
-        } else if self.model.is_some()
-            || self.system.is_some()
-            || self.ctx.is_some()
-            || self.batch.is_some()
-            || self.pim_model.is_some()
-        {
+        } else if self.check {
+            "target/reproduce-check"
+        } else if self.custom() {
             "target/reproduce-custom"
         } else {
             "docs/results"
         }
+    }
+
+    /// Whether any argument changes the default grid.
+    fn custom(&self) -> bool {
+        self.model.is_some()
+            || self.system.is_some()
+            || self.ctx.is_some()
+            || self.batch.is_some()
+            || self.pim_model.is_some()
     }
 
     /// The command line, as the summary quotes it.
@@ -148,7 +168,9 @@ impl Options {
 
 /// Builds the CLI and returns the path of its binary.
 fn build_cli(root: &Path, release: bool) -> Result<PathBuf> {
-    let mut args = vec!["build", "--quiet", "-p", "aqpim"];
+    // Not `--quiet`: the first build takes minutes, and cargo's progress
+    // is the only sign of life.
+    let mut args = vec!["build", "-p", "aqpim"];
     if release {
         args.push("--release");
     }
@@ -207,60 +229,62 @@ pub fn run(args: &[String], root: &Path) -> Result<()> {
     let out = o.out.clone().unwrap_or_else(|| root.join(o.default_out()));
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let aqpim = build_cli(root, !o.quick)?;
-    let mut notes = Vec::new();
+    simulate_all(&aqpim, &g, &out)?;
+    let written = render(&o, &g, &out, &out)?;
+    eprintln!(
+        "wrote serve.csv, serve_equal_area.csv, pim.csv, offload.csv, frontier.csv, serve_models.csv, \
+         sensitivity.csv, {} to {}",
+        written.join(", "),
+        out.display()
+    );
+    if o.check {
+        let published = root.join("docs/results");
+        let differ = differing(&out, &published)?;
+        if !differ.is_empty() {
+            bail!(
+                "{} published file(s) differ from the rerun in {}: {}",
+                differ.len(),
+                out.display(),
+                differ.join(", ")
+            );
+        }
+        eprintln!(
+            "every file of the rerun equals its published copy in {}",
+            published.display()
+        );
+    }
+    Ok(())
+}
 
-    // 1. The serving view.
-    let serve_path = out.join("serve.csv");
-    serve_run(&aqpim, &g, &g.system, grid::POLICIES, &serve_path)?;
-    let mut serve = rows::read_serve(&serve_path)?;
+/// Every `aqpim simulate` run of the grid, each into its CSV file in `out`.
+fn simulate_all(aqpim: &Path, g: &Grid, out: &Path) -> Result<()> {
+    // 1. The serving view; on the paper's system, attacc checked against
+    // its own system (kept as `serve_attacc.csv` only where they differ).
+    serve_run(aqpim, g, &g.system, grid::POLICIES, &out.join("serve.csv"))?;
+    let kept = out.join("serve_attacc.csv");
+    if kept.exists() {
+        std::fs::remove_file(&kept).with_context(|| format!("removing {}", kept.display()))?;
+    }
     if g.system == "h100+aqpim" {
         let check = out.join("serve_attacc_check.csv");
-        serve_run(&aqpim, &g, grid::ATTACC_SYSTEM, "attacc", &check)?;
-        let other = rows::read_serve(&check)?;
-        if same_attacc(&serve, &other) {
-            notes.push(format!(
-                "attacc on `{}` (the FP16 PIM baseline on the same stacks) gives the same best batch \
-                 and tokens/s as on `{}` at every context of the serve run (checked by this run).",
-                g.system,
-                grid::ATTACC_SYSTEM
-            ));
+        serve_run(aqpim, g, grid::ATTACC_SYSTEM, "attacc", &check)?;
+        if same_attacc(
+            &rows::read_serve(&out.join("serve.csv"))?,
+            &rows::read_serve(&check)?,
+        ) {
             std::fs::remove_file(&check)
                 .with_context(|| format!("removing {}", check.display()))?;
         } else {
-            notes.push(format!(
-                "attacc on `{}` differs from attacc on `{}`; the summary and figures use \
-                 attacc's rows on `{}` (`serve_attacc.csv`, the baseline's own system).",
-                g.system,
-                grid::ATTACC_SYSTEM,
-                grid::ATTACC_SYSTEM
-            ));
-            let kept = out.join("serve_attacc.csv");
             std::fs::rename(&check, &kept)
                 .with_context(|| format!("renaming {}", check.display()))?;
-            serve.0.retain(|r| r.step.policy != "attacc");
-            serve.0.extend(other.0);
         }
-    }
-    // 1b. AQPIM at AttAcc's PIM area per die (the paper's system only).
-    let equal_area = if g.system == "h100+aqpim" {
+        // 1b. AQPIM at AttAcc's PIM area per die.
         let path = out.join("serve_equal_area.csv");
-        serve_run(&aqpim, &g, grid::EQUAL_AREA_SYSTEM, "aqpim", &path)?;
-        Some(rows::read_serve(&path)?)
-    } else {
-        None
-    };
-    if g.serve_pim_model == "analytic" {
-        notes.push(
-            "The serve run uses `--pim-model analytic` (the closed form of the lowered programs) \
-             to keep the quick run short; the full run simulates."
-                .into(),
-        );
+        serve_run(aqpim, g, grid::EQUAL_AREA_SYSTEM, "aqpim", &path)?;
     }
-
     // 2. Equal batch, and 3. offload.
-    let pim_path = out.join("pim.csv");
     simulate(
-        &aqpim,
+        aqpim,
         &[
             "sweep",
             "--model",
@@ -276,11 +300,10 @@ pub fn run(args: &[String], root: &Path) -> Result<()> {
             "--pim-model",
             &g.pim_model,
         ],
-        &pim_path,
+        &out.join("pim.csv"),
     )?;
-    let off_path = out.join("offload.csv");
     simulate(
-        &aqpim,
+        aqpim,
         &[
             "sweep",
             "--model",
@@ -294,16 +317,60 @@ pub fn run(args: &[String], root: &Path) -> Result<()> {
             "--batch",
             &g.offload_batch,
         ],
-        &off_path,
+        &out.join("offload.csv"),
     )?;
-    let pim = rows::read_steps(&pim_path)?;
-    let off = rows::read_steps(&off_path)?;
-
     // 4. The accuracy-throughput frontier of every design and format.
-    let frontier = frontier::run(&aqpim, &out, &g.serve_pim_model, &frontier::MODELS)?;
+    frontier::run(aqpim, out, &g.serve_pim_model, &frontier::MODELS)?;
     // 5. attacc and aqpim across multi-head and grouped-query models.
-    let models = frontier::models_run(&aqpim, &out, &g.serve_pim_model, &g.models_ctx)?;
+    frontier::models_run(aqpim, out, &g.serve_pim_model, &g.models_ctx)?;
+    // 6. One setting changed at a time.
+    sensitivity::run(aqpim, out, &g.sensitivity_models, &g.sensitivity_ctx)?;
+    Ok(())
+}
 
+/// `summary.md` and the figures from the CSV files in `input`, written to
+/// `output`; returns the names written. Nothing here runs the CLI, so the
+/// published Markdown and figures can be checked against the published CSV
+/// files alone.
+fn render(o: &Options, g: &Grid, input: &Path, output: &Path) -> Result<Vec<String>> {
+    let mut notes = Vec::new();
+    let mut serve = rows::read_serve(&input.join("serve.csv"))?;
+    let mut equal_area = None;
+    if g.system == "h100+aqpim" {
+        let kept = input.join("serve_attacc.csv");
+        if kept.exists() {
+            notes.push(format!(
+                "attacc on `{}` differs from attacc on `{}`; the summary and figures use \
+                 attacc's rows on `{}` (`serve_attacc.csv`, the baseline's own system).",
+                g.system,
+                grid::ATTACC_SYSTEM,
+                grid::ATTACC_SYSTEM
+            ));
+            serve.0.retain(|r| r.step.policy != "attacc");
+            serve.0.extend(rows::read_serve(&kept)?.0);
+        } else {
+            notes.push(format!(
+                "attacc on `{}` (the FP16 PIM baseline on the same stacks) gives the same best batch \
+                 and tokens/s as on `{}` at every context of the serve run (checked by the run that \
+                 wrote `serve.csv`).",
+                g.system,
+                grid::ATTACC_SYSTEM
+            ));
+        }
+        equal_area = Some(rows::read_serve(&input.join("serve_equal_area.csv"))?);
+    }
+    if g.serve_pim_model == "analytic" {
+        notes.push(
+            "The serve run uses `--pim-model analytic` (the closed form of the lowered programs) \
+             to keep the quick run short; the full run simulates."
+                .into(),
+        );
+    }
+    let pim = rows::read_steps(&input.join("pim.csv"))?;
+    let off = rows::read_steps(&input.join("offload.csv"))?;
+    let frontier = rows::read_serve(&input.join("frontier.csv"))?;
+    let models = rows::read_serve(&input.join("serve_models.csv"))?;
+    let sens = rows::read_serve(&input.join("sensitivity.csv"))?;
     let header = summary::Header {
         command: o.command(),
         model: g.model.clone(),
@@ -312,13 +379,17 @@ pub fn run(args: &[String], root: &Path) -> Result<()> {
         pim_model: g.pim_model.clone(),
         notes,
     };
+    let path = output.join("summary.md");
     std::fs::write(
-        out.join("summary.md"),
+        &path,
         summary::summarize(&header, &serve, equal_area.as_ref(), &pim, &off)
             + &frontier::section(&frontier)
-            + &frontier::models_section(&models),
-    )?;
-    let figs = plot::write_all(
+            + &frontier::models_section(&models)
+            + &sensitivity::section(&sens),
+    )
+    .with_context(|| format!("writing {}", path.display()))?;
+    let mut written = vec!["summary.md".to_string()];
+    written.extend(plot::write_all(
         &plot::Figures {
             serve: Some(&serve),
             sweep: Some(&pim),
@@ -326,14 +397,31 @@ pub fn run(args: &[String], root: &Path) -> Result<()> {
             model: g.model.clone(),
             frontier: Some(&frontier),
         },
-        &out,
-    )?;
-    eprintln!(
-        "wrote serve.csv, serve_equal_area.csv, pim.csv, offload.csv, frontier.csv, serve_models.csv, summary.md, {} to {}",
-        figs.join(", "),
-        out.display()
-    );
-    Ok(())
+        output,
+    )?);
+    Ok(written)
+}
+
+/// The files of `rerun` whose published copy in `published` is missing or
+/// differs, by name; files only in `published` (hand-written notes) are
+/// not compared.
+fn differing(rerun: &Path, published: &Path) -> Result<Vec<String>> {
+    let mut differ = Vec::new();
+    let mut names: Vec<_> = std::fs::read_dir(rerun)
+        .with_context(|| format!("reading {}", rerun.display()))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_file())
+        .map(|e| e.file_name())
+        .collect();
+    names.sort();
+    for name in names {
+        let new = std::fs::read(rerun.join(&name))?;
+        let old = std::fs::read(published.join(&name)).ok();
+        if old.as_deref() != Some(new.as_slice()) {
+            differ.push(name.to_string_lossy().into_owned());
+        }
+    }
+    Ok(differ)
 }
 
 /// `aqpim simulate serve` of the grid's model and contexts on `system` for
@@ -465,6 +553,40 @@ mod tests {
         );
         assert_eq!(parse(&[]).unwrap().grid(), Grid::full());
         assert_eq!(parse(&args(&["--quick"])).unwrap().grid(), Grid::quick());
+    }
+
+    /// The published Markdown and figures are what the published CSV files
+    /// render to: no table or figure in `docs/results` is edited by hand or
+    /// left behind by a format change.
+    #[test]
+    fn published_tables_and_figures_render_from_the_published_csv() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let published = root.join("docs/results");
+        let tmp = std::env::temp_dir().join(format!("aqpim-render-{}", std::process::id()));
+        std::fs::create_dir_all(&tmp).unwrap();
+        let o = Options::default();
+        let written = render(&o, &o.grid(), &published, &tmp).unwrap();
+        assert!(written.len() > 3, "{written:?}");
+        let differ = differing(&tmp, &published).unwrap();
+        std::fs::remove_dir_all(&tmp).unwrap();
+        assert!(
+            differ.is_empty(),
+            "{differ:?} in docs/results differ from what its CSV files render to \
+             (rerun `cargo xtask reproduce`)"
+        );
+    }
+
+    #[test]
+    fn check_takes_only_the_default_grid() {
+        let o = parse(&args(&["--check"])).unwrap();
+        assert_eq!(o.default_out(), "target/reproduce-check");
+        assert_eq!(o.grid(), Grid::full());
+        for bad in [
+            &["--check", "--quick"][..],
+            &["--check", "--model", "llama3-8b"],
+        ] {
+            assert!(parse(&args(bad)).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

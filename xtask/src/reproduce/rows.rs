@@ -72,6 +72,10 @@ pub struct StepRow {
     /// System preset (absent in CSV files written before issue 23).
     #[serde(default)]
     pub system: String,
+    /// The `--set` overrides the row ran with, `;`-separated (empty: none;
+    /// absent in CSV files written before issue 27).
+    #[serde(default)]
+    pub overrides: String,
     /// The format the policy holds (canonical cache spec).
     #[serde(default)]
     pub kv: String,

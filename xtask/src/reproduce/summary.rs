@@ -512,6 +512,7 @@ pub(super) mod tests {
             pim_peak_power_w: 0.0,
             pim_power_budget_w: 0.0,
             system: String::new(),
+            overrides: String::new(),
             kv: String::new(),
             ppl_delta: None,
             kv_bits_per_element: 16.0,
