@@ -335,10 +335,12 @@ pub fn oversized_modules(root: &Path) -> Result<Vec<(PathBuf, usize)>> {
     Ok(big)
 }
 
-/// Import cycles between the top-level modules of each crate: module `a`
-/// depends on module `b` when a file of `a` names a `crate::b` path (its own
-/// `crate::b::...` or `use crate::{b, ...}` items; re-exports at the crate
-/// root are not followed). Each cycle is `crate: a -> b -> ... -> a`.
+/// Import cycles between sibling modules, at every level of each crate:
+/// module `a` depends on its sibling `b` when a file of `a` names a path
+/// through `b` (`crate::b::...`, `use crate::{b, ...}`; one level down
+/// `crate::pim::b`, and `super::b` from `a`'s own file). Comments are not
+/// read; re-exports at a parent are not followed. Each cycle is `crate
+/// path: a -> b -> ... -> a`.
 pub fn module_cycles(root: &Path) -> Result<Vec<String>> {
     let mut cycles = Vec::new();
     for dir in ["crates", "xtask"] {
@@ -352,53 +354,127 @@ pub fn module_cycles(root: &Path) -> Result<Vec<String>> {
                 .collect()
         };
         for krate in crate_dirs {
-            let src = krate.join("src");
-            let mut modules: Vec<String> = Vec::new();
-            for e in std::fs::read_dir(&src)? {
-                let path = e?.path();
-                let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
-                if !["lib", "main"].contains(&stem) && (path.is_dir() || stem_is_rs(&path)) {
-                    modules.push(stem.to_string());
-                }
-            }
-            modules.sort();
-            modules.dedup();
-            let mut deps: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); modules.len()];
-            for (i, m) in modules.iter().enumerate() {
-                let mut texts = Vec::new();
-                let file = src.join(format!("{m}.rs"));
-                if file.is_file() {
-                    texts.push(std::fs::read_to_string(&file)?);
-                }
-                let sub = src.join(m);
-                if sub.is_dir() {
-                    walk(&sub, &mut |p| {
-                        if stem_is_rs(p) {
-                            texts.push(std::fs::read_to_string(p)?);
-                        }
-                        Ok(())
-                    })?;
-                }
-                for text in &texts {
-                    for (j, other) in modules.iter().enumerate() {
-                        let named = text.contains(&format!("crate::{other}::"))
-                            || text.contains(&format!("crate::{other};"))
-                            || text.contains(&format!("crate::{{{other},"))
-                            || text.contains(&format!("crate::{{{other}::"));
-                        if j != i && named {
-                            deps[i].insert(j);
-                        }
-                    }
-                }
-            }
             let name = krate.file_name().and_then(|n| n.to_str()).unwrap_or("?");
-            for cycle in find_cycles(&deps) {
-                let path: Vec<&str> = cycle.iter().map(|&k| modules[k].as_str()).collect();
-                cycles.push(format!("{name}: {} -> {}", path.join(" -> "), path[0]));
-            }
+            sibling_cycles(&krate.join("src"), "crate", name, &mut cycles)?;
         }
     }
     Ok(cycles)
+}
+
+/// The cycles among the modules of `dir` (whose path is `path`), then
+/// among those of each module folder below it.
+fn sibling_cycles(dir: &Path, path: &str, label: &str, cycles: &mut Vec<String>) -> Result<()> {
+    let mut modules: Vec<String> = Vec::new();
+    for e in std::fs::read_dir(dir)? {
+        let p = e?.path();
+        let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+        if !["lib", "main", "mod"].contains(&stem) && (p.is_dir() || stem_is_rs(&p)) {
+            modules.push(stem.to_string());
+        }
+    }
+    modules.sort();
+    modules.dedup();
+    let mut deps: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); modules.len()];
+    for (i, m) in modules.iter().enumerate() {
+        // (text, whether `super::` in it means `path`)
+        let mut texts: Vec<(String, bool)> = Vec::new();
+        let file = dir.join(format!("{m}.rs"));
+        if file.is_file() {
+            texts.push((std::fs::read_to_string(&file)?, true));
+        }
+        let sub = dir.join(m);
+        if sub.is_dir() {
+            walk(&sub, &mut |p| {
+                if stem_is_rs(p) {
+                    let own = p == sub.join("mod.rs");
+                    texts.push((std::fs::read_to_string(p)?, own));
+                }
+                Ok(())
+            })?;
+        }
+        for (text, own) in &texts {
+            let code = without_comments(text);
+            let mut named = first_segments(&code, path);
+            if *own {
+                named.extend(first_segments(&code, "super"));
+            }
+            for (j, other) in modules.iter().enumerate() {
+                if j != i && named.contains(other) {
+                    deps[i].insert(j);
+                }
+            }
+        }
+    }
+    let at = if path == "crate" {
+        label.to_string()
+    } else {
+        format!("{label} {}", path.trim_start_matches("crate::"))
+    };
+    for cycle in find_cycles(&deps) {
+        let p: Vec<&str> = cycle.iter().map(|&k| modules[k].as_str()).collect();
+        cycles.push(format!("{at}: {} -> {}", p.join(" -> "), p[0]));
+    }
+    for m in &modules {
+        let sub = dir.join(m);
+        if sub.is_dir() {
+            sibling_cycles(&sub, &format!("{path}::{m}"), label, cycles)?;
+        }
+    }
+    Ok(())
+}
+
+/// `text` without its `//` comments (doc comments included).
+fn without_comments(text: &str) -> String {
+    text.lines()
+        .map(|l| l.find("//").map_or(l, |k| &l[..k]))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The names that follow `prefix::` in `code`: the identifier, or each
+/// first identifier of a `{...}` group (`prefix::{a, b::c}` gives `a`, `b`).
+fn first_segments(code: &str, prefix: &str) -> BTreeSet<String> {
+    let ident = |s: &str| -> String {
+        s.chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect()
+    };
+    let mut out = BTreeSet::new();
+    let pat = format!("{prefix}::");
+    let mut at = 0;
+    while let Some(k) = code[at..].find(&pat) {
+        // Only a path's first segment: not `xcrate::`, not `super::super::`.
+        let before = code[..at + k].chars().last();
+        let rest = &code[at + k + pat.len()..];
+        at += k + pat.len();
+        if before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':') {
+            continue;
+        }
+        if let Some(group) = rest.strip_prefix('{') {
+            let mut depth = 1;
+            let mut item = String::new();
+            for c in group.chars() {
+                match c {
+                    '{' => depth += 1,
+                    '}' => depth -= 1,
+                    _ => {}
+                }
+                if depth == 0 || (depth == 1 && c == ',') {
+                    out.insert(ident(item.trim_start()));
+                    item.clear();
+                    if depth == 0 {
+                        break;
+                    }
+                } else if depth == 1 {
+                    item.push(c);
+                }
+            }
+        } else {
+            out.insert(ident(rest));
+        }
+    }
+    out.remove("");
+    out
 }
 
 fn stem_is_rs(path: &Path) -> bool {
@@ -566,6 +642,41 @@ mod tests {
     fn no_crate_has_an_import_cycle() {
         let cycles = module_cycles(&workspace_root()).unwrap();
         assert!(cycles.is_empty(), "import cycles: {cycles:#?}");
+    }
+
+    #[test]
+    fn paths_name_their_first_segment() {
+        let code = "use crate::pim::{layout::Geom, scalar_geom::{self, Role}};\n\
+                    use super::program; let x = super::super::style::f(); xcrate::a;";
+        let names = |p: &str| first_segments(&without_comments(code), p);
+        assert_eq!(
+            names("crate::pim"),
+            ["layout", "scalar_geom"].map(String::from).into()
+        );
+        assert_eq!(
+            names("super"),
+            ["program", "super"].map(String::from).into()
+        );
+        assert!(names("crate").contains("pim") && !names("crate").contains("a"));
+        assert!(first_segments(&without_comments("// use crate::b::x;"), "crate").is_empty());
+    }
+
+    /// A cycle one level down (`crate::m::a` <-> `crate::m::b`) is found,
+    /// through `super::` in a file and a `crate::` path in the other.
+    #[test]
+    fn nested_cycles_are_found() {
+        let dir = std::env::temp_dir().join(format!("tidy-nested-{}", std::process::id()));
+        let src = dir.join("crates/k/src");
+        std::fs::create_dir_all(src.join("m")).unwrap();
+        std::fs::write(src.join("lib.rs"), "mod m;\n").unwrap();
+        std::fs::write(src.join("m/mod.rs"), "mod a;\nmod b;\n").unwrap();
+        std::fs::write(src.join("m/a.rs"), "use super::b::X;\n").unwrap();
+        std::fs::write(src.join("m/b.rs"), "use crate::m::a::Y;\n").unwrap();
+        std::fs::create_dir_all(dir.join("xtask/src")).unwrap();
+        std::fs::write(dir.join("xtask/src/main.rs"), "").unwrap();
+        let cycles = module_cycles(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(cycles, vec!["k m: a -> b -> a".to_string()]);
     }
 
     #[test]

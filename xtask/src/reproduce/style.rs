@@ -172,3 +172,12 @@ pub(super) fn log2_range(ctxs: &[usize]) -> (f64, f64) {
     let hi = ctxs.last().copied().unwrap_or(131072).max(1) as f64;
     (lo.log2() - 0.3, hi.log2() + 0.3)
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn log2_axis_labels() {
+        assert_eq!(super::log2_label(&12.0), "4K");
+        assert_eq!(super::log2_label(&12.5), "");
+    }
+}

@@ -659,7 +659,5 @@ pim_capacity_bytes,ctx_in_pim,ctx_on_gpu,ctx_spilled,prefill_ms";
     fn labels() {
         assert_eq!(ctx_label(4096), "4K");
         assert_eq!(ctx_label(1000), "1000");
-        assert_eq!(super::super::style::log2_label(&12.0), "4K");
-        assert_eq!(super::super::style::log2_label(&12.5), "");
     }
 }

@@ -20,7 +20,7 @@
 use aqpim_pim::{CodeBits, Device};
 
 use crate::error::{AttnError, Result};
-use crate::pim::scalar::{self, ScalarGeom};
+use crate::pim::scalar_geom::{self as scalar, ScalarGeom};
 use crate::pim::{PimKind, PqCodes};
 
 /// How one part (keys or values) of a slice lies in a bank.
@@ -221,9 +221,18 @@ impl Geom {
                 (part(device, kt, Some(kq))?, part(device, vt, Some(vq))?)
             }
             PimKind::Scalar(c) => {
-                let (k, v, s) = scalar::geom(device, d, c)?;
+                let (s, tb) = scalar::geom(device, d, c)?;
                 sc = Some(s);
-                (k, v)
+                // A part's tokens: `tb` bytes of codes each, columns from
+                // the scalar geometry.
+                let tokens = |p: &scalar::ScalarPart| Part {
+                    tb,
+                    tpc: 1,
+                    cpt: p.cpt,
+                    rows: 0,
+                    pq: None,
+                };
+                (tokens(&s.k), tokens(&s.v))
             }
         };
         // Whole columns per bank for both parts: a column's every slot is a

@@ -38,6 +38,7 @@ mod layout;
 mod placement;
 mod program;
 mod scalar;
+mod scalar_geom;
 mod scalar_run;
 mod slice_cost;
 mod timing;

@@ -15,7 +15,8 @@ use crate::pim::functional::{
 use crate::pim::layout::Geom;
 use crate::pim::placement::RowAlloc;
 use crate::pim::program::{self, bank_sel, Out};
-use crate::pim::scalar::{self, Role, ScalarPart};
+use crate::pim::scalar;
+use crate::pim::scalar_geom::{Role, ScalarPart};
 use crate::pim::{PimKind, PimRun, ScalarCodes, ScalarScale};
 
 /// One head's scalar-coded tokens as the host holds them (the store's

@@ -31,7 +31,7 @@ use std::cell::RefCell;
 use aqpim_pim::{column_work, Command, Device};
 
 use super::layout::{Geom, Part};
-use super::scalar::{self, ScalarPart};
+use super::scalar_geom::{self as scalar, ScalarPart};
 
 struct Params {
     rcd: u64,

@@ -15,8 +15,6 @@
 //! reference is the FP16 cache on the same windows; a cache compared with
 //! itself scores exactly 0, 0 and 1.
 
-use crate::model::eval::{argmax, nll_of};
-
 /// `(max, ln sum_i exp(l_i - max))` of a row of logits, in f64: `log
 /// softmax(l)_i = l_i - max - ln_z`.
 fn log_normalizer(logits: &[f32]) -> (f64, f64) {
@@ -123,6 +121,24 @@ impl DivergenceAccumulator {
             reference_nll: self.reference_nll / n as f64,
         })
     }
+}
+
+/// `-log softmax(logits)[target]`, in f64.
+pub fn nll_of(logits: &[f32], target: u32) -> f64 {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+    let z: f64 = logits.iter().map(|&l| (l as f64 - max).exp()).sum();
+    max + z.ln() - logits[target as usize] as f64
+}
+
+/// The index of the largest logit (lowest index on ties).
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &l) in logits.iter().enumerate() {
+        if l > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
 }
 
 #[cfg(test)]

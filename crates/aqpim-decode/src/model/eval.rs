@@ -26,6 +26,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::error::{DecodeError, Result};
 use crate::model::cache::AttentionCache;
+pub use crate::model::divergence::{argmax, nll_of};
 use crate::model::divergence::{Divergence, DivergenceAccumulator};
 use crate::model::llama::{Llama, Logits};
 
@@ -143,13 +144,6 @@ pub enum Reference<'a> {
     Itself,
     /// A second pass over the same windows through caches from this maker.
     Cache(CacheFactory<'a>),
-}
-
-/// `-log softmax(logits)[target]`, in f64.
-pub fn nll_of(logits: &[f32], target: u32) -> f64 {
-    let max = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
-    let z: f64 = logits.iter().map(|&l| (l as f64 - max).exp()).sum();
-    max + z.ln() - logits[target as usize] as f64
 }
 
 /// Evaluates perplexity of `model` on `tokens` (see the module docs for the
@@ -294,17 +288,6 @@ pub enum Sampling {
         /// Random seed.
         seed: u64,
     },
-}
-
-/// The index of the largest logit (lowest index on ties).
-pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &l) in logits.iter().enumerate() {
-        if l > logits[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
 
 fn sample_top_p(logits: &[f32], temperature: f32, top_p: f32, rng: &mut ChaCha8Rng) -> u32 {
