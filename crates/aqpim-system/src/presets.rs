@@ -411,12 +411,25 @@ impl SystemSpec {
     /// Checks every figure: positive capacities and bandwidths, achieved
     /// bandwidths not above the peak, link and host given together.
     pub fn validate(&self) -> Result<()> {
-        let bad = |reason: String| {
-            Err(SystemError::Preset {
-                name: self.name.clone(),
-                reason,
-            })
-        };
+        self.validate_gpu()?;
+        self.validate_host()?;
+        if let Some(p) = &self.pim {
+            self.validate_pim(p)?;
+        }
+        Ok(())
+    }
+
+    /// A `Preset` error of this system.
+    fn bad(&self, reason: String) -> Result<()> {
+        Err(SystemError::Preset {
+            name: self.name.clone(),
+            reason,
+        })
+    }
+
+    /// `[gpu]`: capacities, bandwidths within the peak, optional figures.
+    fn validate_gpu(&self) -> Result<()> {
+        let bad = |reason: String| self.bad(reason);
         let g = &self.gpu;
         if g.memory_bytes == 0 || g.memory_bytes > MAX_MEMORY_BYTES {
             return bad(format!(
@@ -446,24 +459,6 @@ impl SystemSpec {
                 "gpu.attn_fixed_ms = {} must be a number in 0..={MAX_FIGURE}",
                 g.attn_fixed_ms
             ));
-        }
-        match (&self.link, &self.host) {
-            (Some(l), Some(h)) => {
-                if !(l.gbps.is_finite() && l.gbps > 0.0 && l.gbps <= MAX_FIGURE) {
-                    return bad(format!(
-                        "link.gbps = {} must be a positive number up to {MAX_FIGURE}",
-                        l.gbps
-                    ));
-                }
-                if h.memory_bytes == 0 || h.memory_bytes > MAX_MEMORY_BYTES {
-                    return bad(format!(
-                        "host.memory_bytes = {} must be in 1..={MAX_MEMORY_BYTES}",
-                        h.memory_bytes
-                    ));
-                }
-            }
-            (None, None) => {}
-            _ => return bad("[link] and [host] go together".into()),
         }
         for (field, v) in [
             ("gpu.pq_attn_fixed_ms", g.pq_attn_fixed_ms),
@@ -495,42 +490,70 @@ impl SystemSpec {
                 return bad(format!("gpu.compute_efficiency = {e} exceeds 1"));
             }
         }
-        if let Some(p) = &self.pim {
-            for (field, v) in [
-                ("pim.sync_ms", p.sync_ms),
-                ("pim.link_latency_us", p.link_latency_us),
-            ] {
-                if !(v.is_finite() && (0.0..=MAX_FIGURE).contains(&v)) {
+        Ok(())
+    }
+
+    /// `[link]` and `[host]`: together or not at all, positive figures.
+    fn validate_host(&self) -> Result<()> {
+        let bad = |reason: String| self.bad(reason);
+        match (&self.link, &self.host) {
+            (Some(l), Some(h)) => {
+                if !(l.gbps.is_finite() && l.gbps > 0.0 && l.gbps <= MAX_FIGURE) {
                     return bad(format!(
-                        "{field} = {v} must be a number in 0..={MAX_FIGURE}"
+                        "link.gbps = {} must be a positive number up to {MAX_FIGURE}",
+                        l.gbps
+                    ));
+                }
+                if h.memory_bytes == 0 || h.memory_bytes > MAX_MEMORY_BYTES {
+                    return bad(format!(
+                        "host.memory_bytes = {} must be in 1..={MAX_MEMORY_BYTES}",
+                        h.memory_bytes
                     ));
                 }
             }
-            if !(p.link_gbps.is_finite() && p.link_gbps > 0.0 && p.link_gbps <= MAX_FIGURE) {
+            (None, None) => {}
+            _ => return bad("[link] and [host] go together".into()),
+        }
+        Ok(())
+    }
+
+    /// `[pim]`: link figures, scopes, devices with capacity, the format.
+    fn validate_pim(&self, p: &PimStacksSpec) -> Result<()> {
+        let bad = |reason: String| self.bad(reason);
+        for (field, v) in [
+            ("pim.sync_ms", p.sync_ms),
+            ("pim.link_latency_us", p.link_latency_us),
+        ] {
+            if !(v.is_finite() && (0.0..=MAX_FIGURE).contains(&v)) {
                 return bad(format!(
-                    "pim.link_gbps = {} must be a positive number up to {MAX_FIGURE}",
-                    p.link_gbps
+                    "{field} = {v} must be a number in 0..={MAX_FIGURE}"
                 ));
             }
-            p.codebook_scope()?;
-            p.placement()?;
-            let d = p.device().map_err(|e| SystemError::Preset {
-                name: self.name.clone(),
-                reason: format!("[pim]: {e}"),
-            })?;
-            p.device_for(crate::Policy::Attacc)
-                .map_err(|e| SystemError::Preset {
-                    name: self.name.clone(),
-                    reason: format!("[pim] attacc_device: {e}"),
-                })?;
-            if device_bytes(&d) == 0 {
-                return bad(format!("PIM device `{}` has no capacity", d.name));
-            }
-            p.kv_spec().map_err(|e| SystemError::Preset {
-                name: self.name.clone(),
-                reason: format!("[pim]: {e}"),
-            })?;
         }
+        if !(p.link_gbps.is_finite() && p.link_gbps > 0.0 && p.link_gbps <= MAX_FIGURE) {
+            return bad(format!(
+                "pim.link_gbps = {} must be a positive number up to {MAX_FIGURE}",
+                p.link_gbps
+            ));
+        }
+        p.codebook_scope()?;
+        p.placement()?;
+        let d = p.device().map_err(|e| SystemError::Preset {
+            name: self.name.clone(),
+            reason: format!("[pim]: {e}"),
+        })?;
+        p.device_for(crate::Policy::Attacc)
+            .map_err(|e| SystemError::Preset {
+                name: self.name.clone(),
+                reason: format!("[pim] attacc_device: {e}"),
+            })?;
+        if device_bytes(&d) == 0 {
+            return bad(format!("PIM device `{}` has no capacity", d.name));
+        }
+        p.kv_spec().map_err(|e| SystemError::Preset {
+            name: self.name.clone(),
+            reason: format!("[pim]: {e}"),
+        })?;
         Ok(())
     }
 }
