@@ -456,19 +456,7 @@ fn retrieval(a: RetrievalArgs) -> Result<()> {
         }
     }
     bar.finish_and_clear();
-    let per_depth: Vec<DepthOutput> = depths
-        .iter()
-        .map(|&d| {
-            let of: Vec<&TrialOutput> = runs.iter().filter(|r| r.depth_tokens == d).collect();
-            let correct = of.iter().filter(|r| r.correct).count();
-            DepthOutput {
-                depth_tokens: d,
-                trials: of.len(),
-                correct,
-                accuracy: correct as f64 / of.len().max(1) as f64,
-            }
-        })
-        .collect();
+    let per_depth = per_depth(&depths, &runs);
     let correct = runs.iter().filter(|r| r.correct).count();
     let out = RetrievalOutput {
         model: a.model.display().to_string(),
@@ -491,8 +479,32 @@ fn retrieval(a: RetrievalArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&out)?);
         return Ok(());
     }
+    print_retrieval(&out, tokens.len())?;
+    eprintln!("[{:.1} s]", out.seconds);
+    Ok(())
+}
+
+/// Accuracy per depth, depths in the order given.
+fn per_depth(depths: &[usize], runs: &[TrialOutput]) -> Vec<DepthOutput> {
+    depths
+        .iter()
+        .map(|&d| {
+            let of: Vec<&TrialOutput> = runs.iter().filter(|r| r.depth_tokens == d).collect();
+            let correct = of.iter().filter(|r| r.correct).count();
+            DepthOutput {
+                depth_tokens: d,
+                trials: of.len(),
+                correct,
+                accuracy: correct as f64 / of.len().max(1) as f64,
+            }
+        })
+        .collect()
+}
+
+/// The human-readable report: the setup, accuracy per depth, every trial.
+fn print_retrieval(out: &RetrievalOutput, text_tokens: usize) -> Result<()> {
     println!("model     {}", out.model);
-    println!("text      {} ({} tokens)", out.text, tokens.len());
+    println!("text      {} ({} tokens)", out.text, text_tokens);
     println!(
         "kv cache  {} ({:.2} bits/element at the last trial's end)",
         out.kv, out.bits_per_element
@@ -534,7 +546,6 @@ fn retrieval(a: RetrievalArgs) -> Result<()> {
             if r.correct { "yes" } else { "no" }
         );
     }
-    eprintln!("[{:.1} s]", out.seconds);
     Ok(())
 }
 

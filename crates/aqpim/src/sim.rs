@@ -469,32 +469,23 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&back).unwrap(), PROGRAM);
         assert_eq!(load_program(&bin).unwrap(), load_program(&text).unwrap());
         let trace = dir.path().join("t.jsonl");
-        run_program(
-            &bin,
-            "hbm3-aqpim-5.2",
-            true,
-            None,
-            false,
-            false,
-            true,
-            Some(trace.clone()),
-            true,
-        )
-        .unwrap();
+        let args =
+            |device: &str, power_limited: bool, check: bool, trace: Option<PathBuf>| RunArgs {
+                program: bin.clone(),
+                device: device.into(),
+                power_limited,
+                host_data: None,
+                timing_only: false,
+                no_refresh: false,
+                check,
+                trace,
+                json: true,
+                max_steps: None,
+            };
+        run_program(args("hbm3-aqpim-5.2", true, true, Some(trace.clone()))).unwrap();
         assert_eq!(std::fs::read_to_string(&trace).unwrap().lines().count(), 34);
         // Errors: unknown device, text that is not a program, disasm of text.
-        assert!(run_program(
-            &bin,
-            "no-such-device",
-            false,
-            None,
-            false,
-            false,
-            false,
-            None,
-            true
-        )
-        .is_err());
+        assert!(run_program(args("no-such-device", false, false, None)).is_err());
         std::fs::write(&text, "FOO ch=0").unwrap();
         assert!(load_program(&text).is_err());
         assert!(disasm(&text, None).is_err());
