@@ -60,11 +60,11 @@ pub(crate) fn accumulate_values(
     if std::arch::is_x86_feature_detected!("avx512f") {
         match dsub {
             // SAFETY: AVX-512F is available (checked above).
-            1 => unsafe { avx512::accumulate::<1>(&blocks[..nb * block], m, cols, weights, o) },
+            1 => unsafe { avx512::accumulate::<1, 8>(&blocks[..nb * block], m, cols, weights, o) },
             // SAFETY: as above.
-            2 => unsafe { avx512::accumulate::<2>(&blocks[..nb * block], m, cols, weights, o) },
+            2 => unsafe { avx512::accumulate::<2, 4>(&blocks[..nb * block], m, cols, weights, o) },
             // SAFETY: as above.
-            4 => unsafe { avx512::accumulate::<4>(&blocks[..nb * block], m, cols, weights, o) },
+            4 => unsafe { avx512::accumulate::<4, 2>(&blocks[..nb * block], m, cols, weights, o) },
             _ => accumulate_portable(&blocks[..nb * block], m, dsub, cols, weights, o),
         }
         return;
@@ -102,15 +102,19 @@ mod avx512 {
     use std::arch::x86_64::*;
 
     /// [`super::accumulate_values`] for `DSUB` components a subspace, 16
-    /// tokens a register: subspace-major, so that the `DSUB` centroid
-    /// columns and accumulators stay in registers over all blocks.
+    /// tokens a register: `S` subspaces a pass (`S x DSUB` centroid columns
+    /// and as many accumulators in registers over all blocks), so that each
+    /// 16 tokens' weights are loaded once for `S` subspaces and `S x DSUB`
+    /// independent FMA chains hide the FMA latency (one subspace a pass has
+    /// only `DSUB` chains and waits on them). Subspaces past the last whole
+    /// pass go one at a time.
     ///
     /// A safe `#[target_feature]` function: code compiled without AVX-512F
     /// calls it only after checking for it at run time (its `unsafe` call
     /// site). Needs `weights.len() >= 64 x blocks`, `cols.len() >= M x DSUB
     /// x 16` and `o.len() >= M x DSUB`; panics otherwise.
     #[target_feature(enable = "avx512f")]
-    pub(super) fn accumulate<const DSUB: usize>(
+    pub(super) fn accumulate<const DSUB: usize, const S: usize>(
         blocks: &[u8],
         m: usize,
         cols: &[f32],
@@ -120,31 +124,61 @@ mod avx512 {
         let n = aqpim_pq::SCAN_BLOCK;
         let nb = blocks.len() / (m * n);
         assert!(weights.len() >= nb * n && cols.len() >= m * DSUB * 16 && o.len() >= m * DSUB);
+        let mut s = 0;
+        while s + S <= m {
+            pass::<DSUB, S>(blocks, m, s, cols, weights, o);
+            s += S;
+        }
+        while s < m {
+            pass::<DSUB, 1>(blocks, m, s, cols, weights, o);
+            s += 1;
+        }
+    }
+
+    /// Subspaces `s0 .. s0 + S` of [`accumulate`].
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn pass<const DSUB: usize, const S: usize>(
+        blocks: &[u8],
+        m: usize,
+        s0: usize,
+        cols: &[f32],
+        weights: &[f32],
+        o: &mut [f32],
+    ) {
+        let n = aqpim_pq::SCAN_BLOCK;
+        let nb = blocks.len() / (m * n);
         let load16 = |s: &[f32]| {
             let s: &[f32; 16] = s.try_into().expect("16 floats");
             // SAFETY: `s` holds exactly 16 readable floats.
             unsafe { _mm512_loadu_ps(s.as_ptr()) }
         };
-        for s in 0..m {
-            let tables: [__m512; DSUB] = std::array::from_fn(|j| {
-                load16(&cols[(s * DSUB + j) * 16..(s * DSUB + j + 1) * 16])
-            });
-            let mut acc = [_mm512_setzero_ps(); DSUB];
-            for b in 0..nb {
-                let codes = &blocks[b * m * n + s * n..b * m * n + (s + 1) * n];
-                for c in 0..4 {
-                    let bytes: &[u8; 16] = codes[16 * c..16 * c + 16].try_into().expect("16");
+        let tables: [[__m512; DSUB]; S] = std::array::from_fn(|k| {
+            std::array::from_fn(|j| {
+                let c = ((s0 + k) * DSUB + j) * 16;
+                load16(&cols[c..c + 16])
+            })
+        });
+        let mut acc = [[_mm512_setzero_ps(); DSUB]; S];
+        for (b, blk) in blocks.chunks_exact(m * n).take(nb).enumerate() {
+            let codes = &blk[s0 * n..(s0 + S) * n];
+            for c in 0..4 {
+                let p = load16(&weights[b * n + 16 * c..b * n + 16 * c + 16]);
+                for (k, (a, t)) in acc.iter_mut().zip(&tables).enumerate() {
+                    let at = k * n + 16 * c;
+                    let bytes: &[u8; 16] = codes[at..at + 16].try_into().expect("16");
                     // SAFETY: `bytes` holds exactly 16 readable bytes.
                     let idx =
                         _mm512_cvtepu8_epi32(unsafe { _mm_loadu_si128(bytes.as_ptr().cast()) });
-                    let p = load16(&weights[b * n + 16 * c..b * n + 16 * c + 16]);
-                    for (a, t) in acc.iter_mut().zip(&tables) {
+                    for (a, t) in a.iter_mut().zip(t) {
                         *a = _mm512_fmadd_ps(p, _mm512_permutexvar_ps(idx, *t), *a);
                     }
                 }
             }
-            for (j, a) in acc.iter().enumerate() {
-                o[s * DSUB + j] += _mm512_reduce_add_ps(*a);
+        }
+        for (k, a) in acc.iter().enumerate() {
+            for (j, a) in a.iter().enumerate() {
+                o[(s0 + k) * DSUB + j] += _mm512_reduce_add_ps(*a);
             }
         }
     }
@@ -164,6 +198,9 @@ mod tests {
             (8, 4, 16, 3),
             (5, 3, 8, 2),
             (64, 2, 16, 4),
+            (7, 2, 16, 2),
+            (11, 1, 16, 3),
+            (5, 4, 16, 2),
         ] {
             let cents: Vec<Vec<f32>> = (0..m)
                 .map(|_| {
