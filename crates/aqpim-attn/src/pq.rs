@@ -260,8 +260,8 @@ fn transpose_rows(rows: &[u8], codes: Codes<'_>, b: usize, out: &mut Vec<u8>) ->
 /// The store's transposed blocks of tokens `start .. start + b` of `codes`
 /// (`start` a multiple of 64, `start + b <= codes.block_tokens()`).
 fn cached_blocks<'a>(codes: Codes<'a>, start: usize, b: usize) -> &'a [u8] {
-    let m = codes.num_subspaces();
-    &codes.blocks()[start * m..(start + b).div_ceil(SCAN_BLOCK) * SCAN_BLOCK * m]
+    let block = codes.block_bytes();
+    &codes.blocks()[start / SCAN_BLOCK * block..(start + b).div_ceil(SCAN_BLOCK) * block]
 }
 
 /// The lookup tables of a group's query heads.
@@ -357,22 +357,21 @@ fn encoded_tokens(
     let n = kcodes.tokens();
     let (kb, vb) = (kcodes.row_bytes(), vcodes.row_bytes());
     scratch.scores.resize(CODE_BLOCK.min(n), 0.0);
-    // The store keeps whole 64-token blocks transposed (`Codes::blocks`):
-    // chunks end where those blocks end, so that a chunk reads either the
-    // store's blocks or its own transposition (only the partial block at
-    // the end, normally).
-    let kcached = if scorer.transposed() {
-        kcodes.block_tokens()
-    } else {
-        0
+    // The store keeps whole 64-token blocks transposed (`Codes::blocks`,
+    // keys one code a byte, values in lane nibbles): chunks end where those
+    // blocks end, so that a chunk reads either the store's blocks or its
+    // own transposition (only the partial block at the end, normally).
+    let kcached = match scorer.transposed() && !kcodes.lane_nibbles() {
+        true => kcodes.block_tokens(),
+        false => 0,
     };
-    let vcached = if lanes.is_some() {
-        vcodes.block_tokens()
-    } else {
-        0
+    let vcached = match lanes.is_some() && vcodes.lane_nibbles() {
+        true => vcodes.block_tokens(),
+        false => 0,
     };
     let Scratch {
         codes: kscratch,
+        vbytes,
         vcodes: vscratch,
         scores: score_buf,
         weights,
@@ -403,7 +402,9 @@ fn encoded_tokens(
             false => &[],
             true if start + b <= vcached => cached_blocks(vcodes, start, b),
             true => {
-                transpose_rows(vblock, vcodes, b, vscratch)?;
+                transpose_rows(vblock, vcodes, b, vbytes)?;
+                vscratch.resize(vbytes.len() / 2, 0);
+                aqpim_pq::pack_lane_nibbles(vbytes, vscratch)?;
                 vscratch
             }
         };

@@ -39,6 +39,7 @@ fn part_index(part: KvPart) -> usize {
 pub struct Codes<'a> {
     data: &'a [u8],
     blocks: &'a [u8],
+    lane_nibbles: bool,
     num_subspaces: usize,
     row_bytes: usize,
     width: CodeWidth,
@@ -50,19 +51,31 @@ impl<'a> Codes<'a> {
         self.data
     }
     /// The codes of the first [`Codes::block_tokens`] tokens (whole blocks
-    /// of 64) transposed, one code a byte: block `b` is `M x 64` bytes, the
-    /// code of token `64 b + t` in subspace `m` at `b * M * 64 + m * 64 + t`
-    /// (the layout of [`aqpim_pq::transpose_block`]). Kept by the store for
-    /// one-byte and 4-bit key codes and for such value codes of at most 16
-    /// centroids; empty otherwise.
+    /// of 64) transposed. Keys: one code a byte, block `b` is `M x 64`
+    /// bytes, the code of token `64 b + t` in subspace `m` at
+    /// `b * M * 64 + m * 64 + t` (the layout of
+    /// [`aqpim_pq::transpose_block`]). Values ([`Codes::lane_nibbles`]): two
+    /// codes a byte, `M x 32` bytes a block in the layout of
+    /// [`aqpim_pq::pack_lane_nibbles`]. Kept by the store for one-byte and
+    /// 4-bit key codes and for such value codes of at most 16 centroids;
+    /// empty otherwise.
     pub fn blocks(&self) -> &'a [u8] {
         self.blocks
     }
+    /// Whether [`Codes::blocks`] holds lane nibbles (values) rather than one
+    /// code a byte (keys).
+    pub fn lane_nibbles(&self) -> bool {
+        self.lane_nibbles
+    }
+    /// Bytes of one 64-token block of [`Codes::blocks`].
+    pub fn block_bytes(&self) -> usize {
+        blocks::block_bytes(self.num_subspaces, self.lane_nibbles)
+    }
     /// Tokens that [`Codes::blocks`] covers (a multiple of 64).
     pub fn block_tokens(&self) -> usize {
-        match self.num_subspaces {
+        match self.block_bytes() {
             0 => 0,
-            m => self.blocks.len() / m,
+            b => self.blocks.len() / b * aqpim_pq::SCAN_BLOCK,
         }
     }
     /// Number of encoded tokens.
@@ -358,6 +371,7 @@ impl PqStore {
         let codes = |p: usize| Codes {
             data: &h.codes[p],
             blocks: &h.blocks[p],
+            lane_nibbles: blocks::lane_nibbles(p),
             num_subspaces: self.params[p].num_subspaces(),
             row_bytes: self.row_bytes[p],
             width: self.widths[p],
@@ -599,7 +613,8 @@ impl PqStore {
                     let codes = encode_append(pq, &xt, widths[p], &mut head.codes[p])?;
                     if keep[p] {
                         let m = pq.params().num_subspaces();
-                        blocks::sync(&head.codes[p], widths[p], m, &mut head.blocks[p])?;
+                        let lanes = blocks::lane_nibbles(p);
+                        blocks::sync(&head.codes[p], widths[p], m, lanes, &mut head.blocks[p])?;
                     }
                     if spec.outliers_per_mille > 0 {
                         let approx = pq.decode(&codes)?;
@@ -777,7 +792,8 @@ impl PqStore {
                     head.codes[p] = codes;
                     head.blocks[p].clear();
                     if keep[p] {
-                        blocks::sync(&head.codes[p], s.widths[p], m, &mut head.blocks[p])?;
+                        let (w, lanes) = (s.widths[p], blocks::lane_nibbles(p));
+                        blocks::sync(&head.codes[p], w, m, lanes, &mut head.blocks[p])?;
                     }
                     head.recent[p] = TokenRing::from_vec(recent, d);
                 }
@@ -996,7 +1012,8 @@ impl KvStore for PqStore {
                 c.reserve_exact((encoded * rows[p]).saturating_sub(c.len()));
                 if keep[p] {
                     let b = &mut head.blocks[p];
-                    b.reserve_exact((encoded / 64 * 64 * m[p]).saturating_sub(b.len()));
+                    let block = blocks::block_bytes(m[p], blocks::lane_nibbles(p));
+                    b.reserve_exact((encoded / 64 * block).saturating_sub(b.len()));
                 }
                 head.recent[p].reserve_tokens(recent);
             }
