@@ -267,3 +267,63 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+    use rand::{Rng, SeedableRng};
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: 64,
+            rng_seed: proptest::test_runner::RngSeed::Fixed(0x1A7E5),
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
+        /// Every path (the AVX-512 passes of several subspaces and their
+        /// remainder, the portable loop) against f64 with a relative
+        /// tolerance of a few f32 roundings of the summed magnitudes.
+        #[test]
+        fn lanes_equal_f64(
+            m in 1usize..80,
+            dsub in prop::sample::select(vec![1usize, 2, 3, 4]),
+            ksub in 1usize..=16,
+            nb in 1usize..5,
+            seed in 0u64..1_000_000,
+        ) {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            let cents: Vec<Vec<f32>> = (0..m)
+                .map(|_| (0..ksub * dsub).map(|_| rng.gen_range(-3.0f32..3.0)).collect())
+                .collect();
+            let cols = centroid_columns(m, ksub, dsub, |s| &cents[s]);
+            let codes: Vec<u8> = (0..nb * m * 64).map(|_| rng.gen_range(0..ksub) as u8).collect();
+            let mut lanes = vec![0u8; codes.len() / 2];
+            aqpim_pq::pack_lane_nibbles(&codes, &mut lanes).unwrap();
+            let weights: Vec<f32> = (0..nb * 64).map(|_| rng.gen_range(0.0f32..1.0)).collect();
+            let mut got = vec![0f32; m * dsub];
+            accumulate_values(&lanes, m, dsub, &cols, &weights, &mut got);
+            let mut portable = vec![0f32; m * dsub];
+            accumulate_portable(&lanes, m, dsub, &cols, &weights, &mut portable);
+            for s in 0..m {
+                for j in 0..dsub {
+                    let (mut want, mut mag) = (0f64, 0f64);
+                    for b in 0..nb {
+                        for t in 0..64 {
+                            let c = usize::from(codes[b * m * 64 + s * 64 + t]);
+                            let term = f64::from(weights[b * 64 + t]) * f64::from(cents[s][c * dsub + j]);
+                            want += term;
+                            mag += term.abs();
+                        }
+                    }
+                    for g in [got[s * dsub + j], portable[s * dsub + j]] {
+                        prop_assert!(
+                            (f64::from(g) - want).abs() <= 4e-6 * mag + 1e-30,
+                            "m={} dsub={} s={} j={}: {} vs {}", m, dsub, s, j, g, want
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
