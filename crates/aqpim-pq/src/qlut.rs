@@ -445,11 +445,9 @@ mod vbmi {
     use std::arch::x86_64::*;
 
     /// Adds the 16-bit lanes `even` (tokens `0, 2, .., 62`) and `odd`
-    /// (`1, 3, .., 63`) into 32-bit accumulators in the same order. `even`
-    /// comes as the sum of whole 16-bit words (each even byte plus 256
-    /// times the odd byte after it, modulo 2^16); the odd bytes' part is
-    /// taken off here, which leaves the even bytes' sum exactly (it is
-    /// below 2^16).
+    /// (`1, 3, .., 63`) into 32-bit accumulators in the same order. `words`
+    /// sums whole words (even byte + 256 x odd byte, modulo 2^16): taking
+    /// the odd part off leaves the even bytes' sum (below 2^16) exactly.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw")]
     fn flush(words: __m512i, odd: __m512i, wide: &mut [__m512i; 4]) {
@@ -470,10 +468,8 @@ mod vbmi {
     /// 256-entry row is four, two `vpermi2b` (entries `0..128` and
     /// `128..256`, each indexed by the low 7 bits) and a select on bit 7.
     /// Even and odd tokens add up in separate 16-bit lanes (no shuffle to
-    /// widen a byte), flushed to 32 bits every 256 subspaces: the odd bytes
-    /// shifted down, the even ones as whole words, whose odd part `flush`
-    /// subtracts once (faiss's trick: one instruction less a subspace than
-    /// masking the even bytes).
+    /// widen a byte), flushed to 32 bits every 256 subspaces; even tokens as
+    /// whole words, whose odd part `flush` subtracts (faiss's trick).
     ///
     /// A safe `#[target_feature]` function: code compiled without these
     /// features calls it only after checking for them at run time (its
