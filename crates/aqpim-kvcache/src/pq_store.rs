@@ -681,6 +681,22 @@ impl PqStore {
         Ok(())
     }
 
+    /// Heap bytes of the transposed blocks kept for the CPU kernel
+    /// ([`Codes::blocks`]): a derived copy of the codes (as many bytes as
+    /// the packed rows of 4-bit values, as many as one-byte key rows),
+    /// rebuilt on load and never written, so outside
+    /// [`KvStore::heap_bytes`], which holds to the accounting of
+    /// [`KvStore::memory_report`].
+    pub fn block_bytes(&self) -> HeapBytes {
+        let mut b = HeapBytes::default();
+        for head in self.layers.iter().flat_map(|l| &l.heads) {
+            for blocks in &head.blocks {
+                b.add(blocks);
+            }
+        }
+        b
+    }
+
     /// `[part]`: whether the part keeps transposed blocks of its codes
     /// ([`blocks::keeps_blocks`]).
     fn keeps_blocks(&self) -> [bool; 2] {
@@ -978,7 +994,6 @@ impl KvStore for PqStore {
             for p in 0..2 {
                 b.add(&head.sinks[p]);
                 b.add(&head.codes[p]);
-                b.add(&head.blocks[p]);
                 b.add_raw(head.recent[p].used_bytes(), head.recent[p].capacity_bytes());
             }
             for t in &head.outliers {
