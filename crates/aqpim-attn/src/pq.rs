@@ -19,11 +19,13 @@
 //! query heads of a group while they are in cache.
 //!
 //! With quantized score tables ([`ScoreTables::U8`], [`ScoreTables::U16`]),
-//! step 2 changes for one-byte and 4-bit codes: each block's key codes are
-//! transposed once for the group into 64-token blocks and scored with tables
-//! of byte entries resolved in registers ([`aqpim_pq::QuantLut`]); values of
-//! at most 16 centroids are transposed too and weighed in SIMD lanes into
-//! the output ([`crate::lanes`]), so step 4 has no bins to multiply.
+//! step 2 changes for one-byte and 4-bit codes: key codes are read in
+//! transposed 64-token blocks (the store's [`Codes::blocks`]; the partial
+//! block at the end is transposed here, once for the group) and scored with
+//! tables of byte entries resolved in registers ([`aqpim_pq::QuantLut`]);
+//! values of at most 16 centroids are read from the store's lane nibbles
+//! and weighed in SIMD lanes into the output ([`crate::lanes`]), so step 4
+//! has no bins to multiply.
 //!
 //! Pre-transforms (`x' = A (x - mu)`, see [`aqpim_pq::PreTransform`]) fold
 //! away: a key transform builds the lookup table from `A^-T q` and adds
