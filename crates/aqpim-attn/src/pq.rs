@@ -19,11 +19,13 @@
 //! query heads of a group while they are in cache.
 //!
 //! With quantized score tables ([`ScoreTables::U8`], [`ScoreTables::U16`]),
-//! step 2 changes for one-byte and 4-bit codes: each block's key codes are
-//! transposed once for the group into 64-token blocks and scored with tables
-//! of byte entries resolved in registers ([`aqpim_pq::QuantLut`]); values of
-//! at most 16 centroids are transposed too and weighed in SIMD lanes into
-//! the output ([`crate::lanes`]), so step 4 has no bins to multiply.
+//! step 2 changes for one-byte and 4-bit codes: key codes are read in
+//! transposed 64-token blocks (the store's [`Codes::blocks`]; the partial
+//! block at the end is transposed here, once for the group) and scored with
+//! tables of byte entries resolved in registers ([`aqpim_pq::QuantLut`]);
+//! values of at most 16 centroids are read from the store's lane nibbles
+//! and weighed in SIMD lanes into the output ([`crate::lanes`]), so step 4
+//! has no bins to multiply.
 //!
 //! Pre-transforms (`x' = A (x - mu)`, see [`aqpim_pq::PreTransform`]) fold
 //! away: a key transform builds the lookup table from `A^-T q` and adds
@@ -257,6 +259,13 @@ fn transpose_rows(rows: &[u8], codes: Codes<'_>, b: usize, out: &mut Vec<u8>) ->
     Ok(())
 }
 
+/// The store's transposed blocks of tokens `start .. start + b` of `codes`
+/// (`start` a multiple of 64, `start + b <= codes.block_tokens()`).
+fn cached_blocks<'a>(codes: Codes<'a>, start: usize, b: usize) -> &'a [u8] {
+    let block = codes.block_bytes();
+    &codes.blocks()[start / SCAN_BLOCK * block..(start + b).div_ceil(SCAN_BLOCK) * block]
+}
+
 /// The lookup tables of a group's query heads.
 enum Scorer {
     /// Exact f32 tables, scanned on the stored rows.
@@ -266,24 +275,14 @@ enum Scorer {
 }
 
 impl Scorer {
-    /// Prepares a block of key codes (`b` tokens of `rows`) for
-    /// [`Scorer::scores`]: transposed blocks for the quantized tables
-    /// (once for every query head of the group), nothing for the exact ones.
-    fn prepare(
-        &self,
-        rows: &[u8],
-        kcodes: Codes<'_>,
-        b: usize,
-        scratch: &mut Scratch,
-    ) -> Result<()> {
-        if let Scorer::Quantized(_) = self {
-            transpose_rows(rows, kcodes, b, &mut scratch.codes)?;
-        }
-        Ok(())
+    /// Whether [`Scorer::scores`] reads transposed blocks.
+    fn transposed(&self) -> bool {
+        matches!(self, Scorer::Quantized(_))
     }
 
     /// Scores of query head `i` for the `scores.len()` tokens of the block
-    /// `rows` (prepared by [`Scorer::prepare`]).
+    /// `rows` (`prepared`: the same tokens transposed, when
+    /// [`Scorer::transposed`]).
     fn scores(
         &self,
         i: usize,
@@ -360,21 +359,60 @@ fn encoded_tokens(
     let n = kcodes.tokens();
     let (kb, vb) = (kcodes.row_bytes(), vcodes.row_bytes());
     scratch.scores.resize(CODE_BLOCK.min(n), 0.0);
+    // The store keeps whole 64-token blocks transposed (`Codes::blocks`,
+    // keys one code a byte, values in lane nibbles): chunks end where those
+    // blocks end, so that a chunk reads either the store's blocks or its
+    // own transposition (only the partial block at the end, normally).
+    let kcached = match scorer.transposed() && !kcodes.lane_nibbles() {
+        true => kcodes.block_tokens(),
+        false => 0,
+    };
+    let vcached = match lanes.is_some() && vcodes.lane_nibbles() {
+        true => vcodes.block_tokens(),
+        false => 0,
+    };
+    let Scratch {
+        codes: kscratch,
+        vbytes,
+        vcodes: vscratch,
+        scores: score_buf,
+        weights,
+        ..
+    } = scratch;
     let mut start = 0;
     while start < n {
-        let b = CODE_BLOCK.min(n - start);
+        let mut b = CODE_BLOCK.min(n - start);
+        for cached in [kcached, vcached] {
+            if start < cached {
+                b = b.min(cached - start);
+            }
+        }
         let kblock = &kcodes.data()[start * kb..(start + b) * kb];
         let vblock = &vcodes.data()[start * vb..(start + b) * vb];
         let lo = exact.outliers.partition_point(|o| o.index < start);
         let hi = exact.outliers.partition_point(|o| o.index < start + b);
         let block_outliers = &exact.outliers[lo..hi];
-        scorer.prepare(kblock, kcodes, b, scratch)?;
-        if lanes.is_some() {
-            transpose_rows(vblock, vcodes, b, &mut scratch.vcodes)?;
-        }
+        let kprep: &[u8] = match scorer.transposed() {
+            false => &[],
+            true if start + b <= kcached => cached_blocks(kcodes, start, b),
+            true => {
+                transpose_rows(kblock, kcodes, b, kscratch)?;
+                kscratch
+            }
+        };
+        let vprep: &[u8] = match lanes.is_some() {
+            false => &[],
+            true if start + b <= vcached => cached_blocks(vcodes, start, b),
+            true => {
+                transpose_rows(vblock, vcodes, b, vbytes)?;
+                vscratch.resize(vbytes.len() / 2, 0);
+                aqpim_pq::pack_lane_nibbles(vbytes, vscratch)?;
+                vscratch
+            }
+        };
         for (i, (acc, &off)) in accs.iter_mut().zip(offsets).enumerate().take(scorer.len()) {
-            let scores = &mut scratch.scores[..b];
-            scorer.scores(i, kblock, kcodes.width(), &scratch.codes, scores)?;
+            let scores = &mut score_buf[..b];
+            scorer.scores(i, kblock, kcodes.width(), kprep, scores)?;
             if off != 0.0 {
                 scores.iter_mut().for_each(|s| *s += off);
             }
@@ -392,11 +430,11 @@ fn encoded_tokens(
             }
             let m = vcodes.num_subspaces();
             if let Some(l) = lanes {
-                let w = &mut scratch.weights;
+                let w = &mut *weights;
                 w.clear();
                 w.extend_from_slice(scores);
                 w.resize(b.div_ceil(SCAN_BLOCK) * SCAN_BLOCK, 0.0);
-                crate::lanes::accumulate_values(&scratch.vcodes, m, l.dsub, &l.cols, w, &mut acc.o);
+                crate::lanes::accumulate_values(vprep, m, l.dsub, &l.cols, w, &mut acc.o);
                 continue;
             }
             match vcodes.width() {

@@ -53,8 +53,10 @@ pub(crate) struct Scratch {
     /// Key codes of a block transposed for the quantized-table scan
     /// (`ceil(block / 64)` blocks of `M x 64` bytes).
     pub(crate) codes: Vec<u8>,
-    /// Value codes of a block transposed the same way, for values weighed
-    /// in SIMD lanes.
+    /// Value codes of a block transposed the same way, then packed into
+    /// lane nibbles ([`aqpim_pq::pack_lane_nibbles`], in `vcodes`), for
+    /// values weighed in SIMD lanes.
+    pub(crate) vbytes: Vec<u8>,
     pub(crate) vcodes: Vec<u8>,
     /// The block's softmax weights, padded with zeros to whole 64-token
     /// blocks.

@@ -32,9 +32,14 @@ fn part_index(part: KvPart) -> usize {
 /// [`CodeWidth::Crumb`] (`nbits <= 2`, packed): `row_bytes = ceil(M / 4)`,
 /// byte `i` holds subspace `4i + j` in bits `2j .. 2j + 2`
 /// ([`aqpim_pq::pack_2bit`]). Padding bits are zero.
+///
+/// One-byte and 4-bit codes come with the same codes transposed in whole
+/// blocks of 64 tokens as well ([`Codes::blocks`]), for the CPU kernel.
 #[derive(Debug, Clone, Copy)]
 pub struct Codes<'a> {
     data: &'a [u8],
+    blocks: &'a [u8],
+    lane_nibbles: bool,
     num_subspaces: usize,
     row_bytes: usize,
     width: CodeWidth,
@@ -44,6 +49,34 @@ impl<'a> Codes<'a> {
     /// The raw bytes, `tokens x row_bytes`.
     pub fn data(&self) -> &'a [u8] {
         self.data
+    }
+    /// The codes of the first [`Codes::block_tokens`] tokens (whole blocks
+    /// of 64) transposed. Keys: one code a byte, block `b` is `M x 64`
+    /// bytes, the code of token `64 b + t` in subspace `m` at
+    /// `b * M * 64 + m * 64 + t` (the layout of
+    /// [`aqpim_pq::transpose_block`]). Values ([`Codes::lane_nibbles`]): two
+    /// codes a byte, `M x 32` bytes a block in the layout of
+    /// [`aqpim_pq::pack_lane_nibbles`]. Kept by the store for one-byte and
+    /// 4-bit key codes and for such value codes of at most 16 centroids;
+    /// empty otherwise.
+    pub fn blocks(&self) -> &'a [u8] {
+        self.blocks
+    }
+    /// Whether [`Codes::blocks`] holds lane nibbles (values) rather than one
+    /// code a byte (keys).
+    pub fn lane_nibbles(&self) -> bool {
+        self.lane_nibbles
+    }
+    /// Bytes of one 64-token block of [`Codes::blocks`].
+    pub fn block_bytes(&self) -> usize {
+        blocks::block_bytes(self.num_subspaces, self.lane_nibbles)
+    }
+    /// Tokens that [`Codes::blocks`] covers (a multiple of 64).
+    pub fn block_tokens(&self) -> usize {
+        match self.block_bytes() {
+            0 => 0,
+            b => self.blocks.len() / b * aqpim_pq::SCAN_BLOCK,
+        }
     }
     /// Number of encoded tokens.
     pub fn tokens(&self) -> usize {
@@ -138,6 +171,9 @@ struct PqHead {
     sinks: [Vec<f16>; 2],
     /// `[part]`: codes, `encoded x row_bytes[part]`.
     codes: [Vec<u8>; 2],
+    /// `[part]`: the whole 64-token blocks of `codes` transposed (see
+    /// [`Codes::blocks`]; empty for parts that keep none).
+    blocks: [Vec<u8>; 2],
     /// `[part]`: recent tokens.
     recent: [TokenRing; 2],
     /// Outlier tokens, by ascending index.
@@ -273,6 +309,7 @@ impl PqStore {
         let head = PqHead {
             sinks: Default::default(),
             codes: Default::default(),
+            blocks: Default::default(),
             recent: [TokenRing::new(d), TokenRing::new(d)],
             outliers: Vec::new(),
         };
@@ -333,6 +370,8 @@ impl PqStore {
         let d = self.shape.head_dim();
         let codes = |p: usize| Codes {
             data: &h.codes[p],
+            blocks: &h.blocks[p],
+            lane_nibbles: blocks::lane_nibbles(p),
             num_subspaces: self.params[p].num_subspaces(),
             row_bytes: self.row_bytes[p],
             width: self.widths[p],
@@ -541,6 +580,7 @@ impl PqStore {
 
         let (shape, share, d) = (self.shape, self.pq.share, self.shape.head_dim());
         let spec = self.pq;
+        let keep = self.keeps_blocks();
         let PqStore {
             codebooks,
             transforms,
@@ -571,6 +611,11 @@ impl PqStore {
                         None => buf.clone(),
                     };
                     let codes = encode_append(pq, &xt, widths[p], &mut head.codes[p])?;
+                    if keep[p] {
+                        let m = pq.params().num_subspaces();
+                        let lanes = blocks::lane_nibbles(p);
+                        blocks::sync(&head.codes[p], widths[p], m, lanes, &mut head.blocks[p])?;
+                    }
                     if spec.outliers_per_mille > 0 {
                         let approx = pq.decode(&codes)?;
                         for ((e, x), a) in errors
@@ -636,6 +681,28 @@ impl PqStore {
         Ok(())
     }
 
+    /// Heap bytes of the transposed blocks kept for the CPU kernel
+    /// ([`Codes::blocks`]): a derived copy of the codes (as many bytes as
+    /// the packed rows of 4-bit values, as many as one-byte key rows),
+    /// rebuilt on load and never written, so outside
+    /// [`KvStore::heap_bytes`], which holds to the accounting of
+    /// [`KvStore::memory_report`].
+    pub fn block_bytes(&self) -> HeapBytes {
+        let mut b = HeapBytes::default();
+        for head in self.layers.iter().flat_map(|l| &l.heads) {
+            for blocks in &head.blocks {
+                b.add(blocks);
+            }
+        }
+        b
+    }
+
+    /// `[part]`: whether the part keeps transposed blocks of its codes
+    /// ([`blocks::keeps_blocks`]).
+    fn keeps_blocks(&self) -> [bool; 2] {
+        [0, 1].map(|p| blocks::keeps_blocks(p, self.widths[p], self.params[p].ksub()))
+    }
+
     /// Whether files of this spec carry transforms and outliers (specs
     /// without them keep the original layout).
     fn has_extras(&self) -> bool {
@@ -672,6 +739,7 @@ impl PqStore {
             w => w,
         });
         let d = shape.head_dim();
+        let keep = s.keeps_blocks();
         if s.has_extras() {
             for p in 0..2 {
                 for g in 0..s.transforms[p].len() {
@@ -738,6 +806,11 @@ impl PqStore {
                     let head = &mut s.layers[layer].heads[h];
                     head.sinks[p] = sinks;
                     head.codes[p] = codes;
+                    head.blocks[p].clear();
+                    if keep[p] {
+                        let (w, lanes) = (s.widths[p], blocks::lane_nibbles(p));
+                        blocks::sync(&head.codes[p], w, m, lanes, &mut head.blocks[p])?;
+                    }
                     head.recent[p] = TokenRing::from_vec(recent, d);
                 }
                 if s.has_extras() {
@@ -944,12 +1017,19 @@ impl KvStore for PqStore {
         // The window holds up to `R + B - 1` tokens between flushes.
         let recent = tokens.saturating_sub(s).min(r + self.pq.flush.max(1) - 1);
         let rows = self.row_bytes;
+        let keep = self.keeps_blocks();
+        let m = self.params.map(|p| p.num_subspaces());
         for head in self.layers.iter_mut().flat_map(|l| &mut l.heads) {
             for p in 0..2 {
                 let v = &mut head.sinks[p];
                 v.reserve_exact((tokens.min(s) * d).saturating_sub(v.len()));
                 let c = &mut head.codes[p];
                 c.reserve_exact((encoded * rows[p]).saturating_sub(c.len()));
+                if keep[p] {
+                    let b = &mut head.blocks[p];
+                    let block = blocks::block_bytes(m[p], blocks::lane_nibbles(p));
+                    b.reserve_exact((encoded / 64 * block).saturating_sub(b.len()));
+                }
                 head.recent[p].reserve_tokens(recent);
             }
         }
@@ -959,6 +1039,7 @@ impl KvStore for PqStore {
             for p in 0..2 {
                 head.sinks[p].shrink_to_fit();
                 head.codes[p].shrink_to_fit();
+                head.blocks[p].shrink_to_fit();
                 head.recent[p].shrink_to_fit();
             }
         }
@@ -1022,5 +1103,6 @@ impl KvStore for PqStore {
     }
 }
 
+mod blocks;
 #[cfg(test)]
 mod tests;

@@ -445,10 +445,13 @@ mod vbmi {
     use std::arch::x86_64::*;
 
     /// Adds the 16-bit lanes `even` (tokens `0, 2, .., 62`) and `odd`
-    /// (`1, 3, .., 63`) into 32-bit accumulators in the same order.
+    /// (`1, 3, .., 63`) into 32-bit accumulators in the same order. `words`
+    /// sums whole words (even byte + 256 x odd byte, modulo 2^16): taking
+    /// the odd part off leaves the even bytes' sum (below 2^16) exactly.
     #[inline]
-    #[target_feature(enable = "avx512f")]
-    fn flush(even: __m512i, odd: __m512i, wide: &mut [__m512i; 4]) {
+    #[target_feature(enable = "avx512f,avx512bw")]
+    fn flush(words: __m512i, odd: __m512i, wide: &mut [__m512i; 4]) {
+        let even = _mm512_sub_epi16(words, _mm512_slli_epi16::<8>(odd));
         let parts = [
             _mm512_extracti64x4_epi64::<0>(even),
             _mm512_extracti64x4_epi64::<1>(even),
@@ -465,7 +468,8 @@ mod vbmi {
     /// 256-entry row is four, two `vpermi2b` (entries `0..128` and
     /// `128..256`, each indexed by the low 7 bits) and a select on bit 7.
     /// Even and odd tokens add up in separate 16-bit lanes (no shuffle to
-    /// widen a byte), flushed to 32 bits every 256 subspaces.
+    /// widen a byte), flushed to 32 bits every 256 subspaces; even tokens as
+    /// whole words, whose odd part `flush` subtracts (faiss's trick).
     ///
     /// A safe `#[target_feature]` function: code compiled without these
     /// features calls it only after checking for them at run time (its
@@ -475,7 +479,6 @@ mod vbmi {
     pub(super) fn sum_plane(plane: &[u8], row: usize, codes: &[u8], sums: &mut [u32; BLOCK]) {
         let m = codes.len() / BLOCK;
         assert!(plane.len() == m * row && (row == 64 || row == 256));
-        let low_byte = _mm512_set1_epi16(0x00ff);
         let load = |s: &[u8]| {
             let s: &[u8; 64] = s.try_into().expect("64 bytes");
             // SAFETY: `s` holds exactly 64 readable bytes.
@@ -497,7 +500,7 @@ mod vbmi {
                 let hi = _mm512_permutex2var_epi8(load(&table[128..192]), c, load(&table[192..]));
                 _mm512_mask_blend_epi8(_mm512_movepi8_mask(c), lo, hi)
             };
-            even = _mm512_add_epi16(even, _mm512_and_si512(v, low_byte));
+            even = _mm512_add_epi16(even, v);
             odd = _mm512_add_epi16(odd, _mm512_srli_epi16::<8>(v));
             if (s + 1) % FLUSH_EVERY == 0 {
                 flush(even, odd, &mut wide);

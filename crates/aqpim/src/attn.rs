@@ -537,24 +537,33 @@ fn interleaved_medians_ms(
     Ok((median(ta), median(tb)))
 }
 
-/// Scores `rows` (row-major codes in `width`'s layout) with a quantized
-/// table as the kernel does: 64 tokens at a time, transposed, then scanned.
+/// Scores `codes` with a quantized table as the kernel does: 64 tokens at a
+/// time, from the store's transposed blocks (the rows past them
+/// transposed here), then scanned.
 fn scan_quantized(
     q: &aqpim_pq::QuantLut,
-    rows: &[u8],
-    width: aqpim_pq::CodeWidth,
+    codes: aqpim_kvcache::Codes<'_>,
     scores: &mut [f32],
 ) -> Result<()> {
     use aqpim_pq::SCAN_BLOCK;
-    let (m, rb) = (q.num_subspaces(), width.row_bytes(q.num_subspaces()));
+    let (m, width) = (q.num_subspaces(), codes.width());
+    let rb = width.row_bytes(m);
+    let cached = match codes.lane_nibbles() {
+        true => 0,
+        false => codes.block_tokens(),
+    };
     let mut block = vec![0u8; m * SCAN_BLOCK];
     let mut tmp = [0f32; SCAN_BLOCK];
-    for (chunk, s) in rows
-        .chunks(SCAN_BLOCK * rb)
-        .zip(scores.chunks_mut(SCAN_BLOCK))
-    {
-        aqpim_pq::transpose_block(chunk, width, m, s.len(), &mut block)?;
-        q.scan_block(&block, &mut tmp)?;
+    for (i, s) in scores.chunks_mut(SCAN_BLOCK).enumerate() {
+        let t0 = i * SCAN_BLOCK;
+        let blk = if t0 < cached {
+            &codes.blocks()[t0 * m..(t0 + SCAN_BLOCK) * m]
+        } else {
+            let rows = &codes.data()[t0 * rb..(t0 + s.len()) * rb];
+            aqpim_pq::transpose_block(rows, width, m, s.len(), &mut block)?;
+            &block
+        };
+        q.scan_block(blk, &mut tmp)?;
         s.copy_from_slice(&tmp[..s.len()]);
     }
     Ok(())
@@ -719,7 +728,7 @@ fn bench(a: &BenchArgs) -> Result<BenchReport> {
             .install(|| {
                 median_ms(a.reps.max(5), || {
                     match (quant.as_ref(), width) {
-                        (Some(q), _) => scan_quantized(q, data, width, &mut scores)?,
+                        (Some(q), _) => scan_quantized(q, view.key_codes, &mut scores)?,
                         (None, aqpim_pq::CodeWidth::Byte) => lut.scan_u8(data, &mut scores)?,
                         (None, aqpim_pq::CodeWidth::Nibble) => {
                             lut.scan_packed4(data, &mut scores)?

@@ -170,3 +170,80 @@ fn set_padding_bits_and_wide_codes_are_refused() {
         "{e}"
     );
 }
+
+/// Every head's transposed blocks equal the transposition of its rows.
+fn assert_blocks_match_rows(s: &PqStore, what: &str) {
+    let keep = s.keeps_blocks();
+    for layer in 0..s.shape.num_layers() {
+        for h in 0..s.shape.num_kv_heads() {
+            let view = s.head(layer, h).unwrap();
+            for (p, codes) in [view.key_codes, view.value_codes].into_iter().enumerate() {
+                let m = codes.num_subspaces();
+                let want = if keep[p] { codes.tokens() / 64 * 64 } else { 0 };
+                assert_eq!(codes.block_tokens(), want, "{what}: layer {layer} head {h}");
+                assert_eq!(codes.lane_nibbles(), p == 1);
+                let one = codes.to_u8();
+                let row = codes.block_bytes() / m.max(1);
+                for (b, blk) in codes.blocks().chunks_exact(m * row).enumerate() {
+                    for t in 0..64 {
+                        for j in 0..m {
+                            let got = match p {
+                                1 => aqpim_pq::lane_nibble(&blk[j * row..], t),
+                                _ => blk[j * 64 + t],
+                            };
+                            assert_eq!(got, one[(b * 64 + t) * m + j], "{what}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn transposed_blocks_follow_appends_and_loads() {
+    // One-byte keys and 4-bit values (both kept), 8-bit values (keys only),
+    // 2-bit codes (neither); 400 + 3 + 70 appended tokens cross block
+    // edges.
+    for spec in [
+        "pq:dsub=2,kbits=8,vbits=4,sinks=2,window=4,iters=2,outliers=50",
+        "pq:dsub=4,nbits=8,sinks=2,window=4,iters=2",
+        "pq:dsub=1,nbits=2,sinks=1,window=3,iters=2",
+    ] {
+        let mut s = filled(spec, shape(), 400);
+        assert_blocks_match_rows(&s, spec);
+        let (h, d) = (SHAPE.1, SHAPE.2);
+        for t in 0..70 {
+            let k = aqpim_pq::synth::kv_like(h, d, 100 + t);
+            let v = aqpim_pq::synth::kv_like(h, d, 200 + t);
+            s.append(0, &k, &v).unwrap();
+        }
+        assert_blocks_match_rows(&s, spec);
+        let kept = s.head(0, 0).unwrap().key_codes.block_tokens();
+        assert_eq!(
+            kept > 0,
+            !spec.contains("nbits=2"),
+            "{spec}: {kept} tokens in blocks"
+        );
+        let loaded = from_bytes(&s.to_bytes(), Path::new("mem")).unwrap();
+        assert_blocks_match_rows(loaded.as_pq().unwrap(), spec);
+    }
+}
+
+#[test]
+fn blocks_stay_outside_the_accounted_heap() {
+    // 400 + 3 tokens: whole blocks exist, and the heap still equals the
+    // accounting; the blocks are reported apart.
+    let s = filled(
+        "pq:dsub=2,kbits=8,vbits=4,sinks=2,window=4,iters=2",
+        shape(),
+        400,
+    );
+    assert_eq!(s.memory_report().total_bytes, s.heap_bytes().used);
+    let m = [s.params[0].num_subspaces(), s.params[1].num_subspaces()];
+    let view = s.head(0, 0).unwrap();
+    let tokens = view.key_codes.block_tokens();
+    assert_eq!(tokens, 384, "{} encoded", view.key_codes.tokens());
+    let per_head = (tokens * m[0] + tokens * m[1] / 2) as u64;
+    assert_eq!(s.block_bytes().used, per_head * (SHAPE.0 * SHAPE.1) as u64);
+}
