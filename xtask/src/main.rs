@@ -3,6 +3,8 @@
 //! Tasks shell out to the release-built `aqpim` binary for heavy work, so this
 //! crate keeps few dependencies and depends on no workspace library.
 
+#![forbid(unsafe_code)]
+
 mod accuracy;
 mod corpus;
 mod faiss_compare;

@@ -37,6 +37,7 @@
 
 // Keys and values live in parallel `[_; 2]` arrays indexed by part; index loops read best.
 #![allow(clippy::needless_range_loop)]
+#![forbid(unsafe_code)]
 
 mod accounting;
 pub mod bench;

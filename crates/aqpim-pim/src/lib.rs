@@ -43,6 +43,8 @@
 //! # Ok::<(), aqpim_pim::PimError>(())
 //! ```
 
+#![forbid(unsafe_code)]
+
 pub mod bench;
 mod checker;
 mod command;

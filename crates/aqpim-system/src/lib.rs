@@ -24,6 +24,8 @@
 //! datasheet) or "estimate" beside it. It never depends on the real-model
 //! code of `aqpim-decode`.
 
+#![forbid(unsafe_code)]
+
 pub mod accuracy;
 pub mod decode;
 pub mod error;
