@@ -37,6 +37,7 @@ mod fastscan;
 mod file;
 pub mod io;
 mod kmeans;
+mod kmeans_bounds;
 pub mod limits;
 mod lut;
 mod nearest;
