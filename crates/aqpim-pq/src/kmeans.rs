@@ -1,11 +1,10 @@
-//! Lloyd's k-means with fast assignment (bounded: [`crate::kmeans_bounds`]),
-//! sampling, k-means++ and empty-cluster repair.
+//! Lloyd's k-means with fast assignment, sampling, k-means++ and empty-cluster repair.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::error::{PqError, Result};
-use crate::kmeans_bounds::BoundedAssign;
+use crate::nearest::CentroidTable;
 
 /// How the initial centroids are chosen.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -183,11 +182,8 @@ pub fn kmeans(
     let mut mass = vec![0f64; k];
     let mut objective_per_iteration = Vec::with_capacity(opts.iterations);
     let mut empty_cluster_repairs = 0;
-    // Bit for bit the full search of every point, skipping the points whose
-    // nearest centroid cannot have changed.
-    let mut bounded = BoundedAssign::new(&points, d);
     for _ in 0..opts.iterations {
-        bounded.assign(&centroids, k, &points, &mut idx, &mut dist);
+        CentroidTable::new(&centroids, d, k).assign(&points, &mut idx, &mut dist);
         objective_per_iteration.push(objective(&dist, wts));
 
         sums.iter_mut().for_each(|s| *s = 0.0);
@@ -210,7 +206,7 @@ pub fn kmeans(
             }
         }
     }
-    bounded.assign(&centroids, k, &points, &mut idx, &mut dist);
+    CentroidTable::new(&centroids, d, k).assign(&points, &mut idx, &mut dist);
     let final_objective = objective(&dist, wts);
     Ok(KMeansResult {
         centroids,

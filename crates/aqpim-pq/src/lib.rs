@@ -37,7 +37,6 @@ mod fastscan;
 mod file;
 pub mod io;
 mod kmeans;
-mod kmeans_bounds;
 pub mod limits;
 mod lut;
 mod nearest;

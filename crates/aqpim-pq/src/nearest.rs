@@ -18,10 +18,6 @@ pub(crate) struct CentroidTable {
     k_padded: usize,
     ct: Vec<f32>,
     norms: Vec<f32>,
-    /// Whether [`Self::assign`] runs the AVX-512 kernel (fused multiply-adds)
-    /// rather than the portable one (a multiply, then an add): the two round
-    /// differently, and [`Self::distance`] must round as `assign` does.
-    fused: bool,
 }
 
 const LANES: usize = 16;
@@ -48,30 +44,7 @@ impl CentroidTable {
             k_padded,
             ct,
             norms,
-            fused: fused_kernel(dsub),
         }
-    }
-
-    /// The squared distance of `x` (`dsub` values) to centroid `j` exactly
-    /// as [`Self::assign`] computes it for its nearest centroid: `|c_j|^2`,
-    /// then `-2 x_t c_jt` added element by element (fused on the AVX-512
-    /// path, multiply then add on the portable one), then `|x|^2`, clamped at
-    /// 0. So a caller that knows `j` is the nearest gets `assign`'s `dist`
-    /// bit for bit without searching.
-    pub(crate) fn distance(&self, x: &[f32], j: usize) -> f32 {
-        debug_assert_eq!(x.len(), self.dsub);
-        let kp = self.k_padded;
-        let mut acc = self.norms[j];
-        for (t, &v) in x.iter().enumerate() {
-            let c = self.ct[t * kp + j];
-            acc = if self.fused {
-                (-2.0 * v).mul_add(c, acc)
-            } else {
-                acc + (-2.0 * v) * c
-            };
-        }
-        let xn: f32 = x.iter().map(|v| v * v).sum();
-        (acc + xn).max(0.0)
     }
 
     /// `out[j] = q . c_j` for every real centroid (`q`: `dsub`, `out`: `k`),
@@ -175,31 +148,6 @@ impl CentroidTable {
     /// For each point of `points` (`n * dsub`, row-major) writes the index of
     /// its nearest centroid to `idx[i]` and the squared distance to `dist[i]`.
     pub(crate) fn assign(&self, points: &[f32], idx: &mut [u32], dist: &mut [f32]) {
-        self.search(points, idx, dist, None);
-    }
-
-    /// [`Self::assign`] (the same `idx` and `dist`, bit for bit), and in
-    /// `second[i]` the second-smallest squared distance of point `i` over
-    /// all centroids, computed the same way but not clamped (`+inf` when
-    /// `k == 1`). Bounded k-means keeps it as a lower bound.
-    pub(crate) fn assign_with_second(
-        &self,
-        points: &[f32],
-        idx: &mut [u32],
-        dist: &mut [f32],
-        second: &mut [f32],
-    ) {
-        debug_assert_eq!(second.len(), idx.len());
-        self.search(points, idx, dist, Some(second));
-    }
-
-    fn search(
-        &self,
-        points: &[f32],
-        idx: &mut [u32],
-        dist: &mut [f32],
-        second: Option<&mut [f32]>,
-    ) {
         let n = idx.len();
         debug_assert_eq!(points.len(), n * self.dsub);
         debug_assert_eq!(dist.len(), n);
@@ -207,42 +155,22 @@ impl CentroidTable {
             return;
         }
         #[cfg(target_arch = "x86_64")]
-        if self.fused {
+        if std::arch::is_x86_feature_detected!("avx512f") {
             macro_rules! go {
                 ($($d:literal)*) => {
-                    match (self.dsub, second) {
-                        $(($d, None) => {
-                            // SAFETY: the CPU supports AVX-512F (`fused`).
-                            unsafe { avx512::assign::<$d, false>(self, points, idx, dist, &mut []) };
+                    match self.dsub {
+                        $($d => {
+                            // SAFETY: the CPU supports AVX-512F (checked above).
+                            unsafe { avx512::assign::<$d>(self, points, idx, dist) };
                             return;
                         })*
-                        $(($d, Some(sec)) => {
-                            // SAFETY: as above.
-                            unsafe { avx512::assign::<$d, true>(self, points, idx, dist, sec) };
-                            return;
-                        })*
-                        _ => unreachable!("fused_kernel lists every width go! has"),
+                        _ => {}
                     }
                 };
             }
             go!(1 2 3 4 5 6 7 8 16);
         }
-        portable_assign(self, points, idx, dist, second);
-    }
-}
-
-/// Whether [`CentroidTable::assign`] runs the AVX-512 kernel for sub-vectors
-/// of `dsub` elements: on a CPU with AVX-512F, for the widths it is
-/// compiled for.
-fn fused_kernel(dsub: usize) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        matches!(dsub, 1..=8 | 16) && std::arch::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = dsub;
-        false
+        portable_assign(self, points, idx, dist);
     }
 }
 
@@ -262,13 +190,7 @@ pub fn nearest_centroids(points: &[f32], centroids: &[f32], dsub: usize) -> (Vec
     (idx, dist)
 }
 
-fn portable_assign(
-    tab: &CentroidTable,
-    points: &[f32],
-    idx: &mut [u32],
-    dist: &mut [f32],
-    mut second: Option<&mut [f32]>,
-) {
+fn portable_assign(tab: &CentroidTable, points: &[f32], idx: &mut [u32], dist: &mut [f32]) {
     let d = tab.dsub;
     let kp = tab.k_padded;
     let mut xs = vec![0f32; d];
@@ -277,7 +199,6 @@ fn portable_assign(
             *m2 = -2.0 * v;
         }
         let mut best = [f32::INFINITY; LANES];
-        let mut best2 = [f32::INFINITY; LANES];
         let mut bidx = [0u32; LANES];
         for c in (0..kp).step_by(LANES) {
             let mut acc = [0f32; LANES];
@@ -289,7 +210,6 @@ fn portable_assign(
                 }
             }
             for l in 0..LANES {
-                best2[l] = best2[l].min(best[l].max(acc[l]));
                 if acc[l] < best[l] {
                     best[l] = acc[l];
                     bidx[l] = (c + l) as u32;
@@ -300,23 +220,7 @@ fn portable_assign(
         let xn: f32 = x.iter().map(|v| v * v).sum();
         idx[i] = j;
         dist[i] = (partial + xn).max(0.0);
-        if let Some(sec) = second.as_deref_mut() {
-            sec[i] = second_over_lanes(&best, &best2, j) + xn;
-        }
     }
-}
-
-/// The second-smallest value over all lanes, given each lane's smallest
-/// (`best`) and second-smallest (`best2`) and the index `j` of the overall
-/// smallest: the winning lane's runner-up or another lane's best. Lane `l`
-/// scores centroids `l, l + 16, ...`, so `j` won in lane `j % 16`.
-fn second_over_lanes(best: &[f32; LANES], best2: &[f32; LANES], j: u32) -> f32 {
-    let win = j as usize % LANES;
-    let mut v = f32::INFINITY;
-    for l in 0..LANES {
-        v = v.min(if l == win { best2[l] } else { best[l] });
-    }
-    v
 }
 
 /// Picks the smallest value over lanes, and among equal values the smallest index.
@@ -343,27 +247,24 @@ mod avx512 {
     ///
     /// # Safety
     /// The CPU must support AVX-512F.
-    /// With `SECOND`, also the second-smallest distance of each point
-    /// into `second` (`n` values); without, `second` is not touched.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn assign<const D: usize, const SECOND: bool>(
+    pub(super) unsafe fn assign<const D: usize>(
         tab: &CentroidTable,
         points: &[f32],
         idx: &mut [u32],
         dist: &mut [f32],
-        second: &mut [f32],
     ) {
         let n = idx.len();
         let full = n / GROUP * GROUP;
         let mut i = 0;
         while i < full {
             // SAFETY: AVX-512F is available (this function's contract).
-            unsafe { assign_group::<D, GROUP, SECOND>(tab, points, i, idx, dist, second) };
+            unsafe { assign_group::<D, GROUP>(tab, points, i, idx, dist) };
             i += GROUP;
         }
         while i < n {
             // SAFETY: as above.
-            unsafe { assign_group::<D, 1, SECOND>(tab, points, i, idx, dist, second) };
+            unsafe { assign_group::<D, 1>(tab, points, i, idx, dist) };
             i += 1;
         }
     }
@@ -373,13 +274,12 @@ mod avx512 {
     /// # Safety
     /// The CPU must support AVX-512F; `i + P <= idx.len()`.
     #[target_feature(enable = "avx512f")]
-    unsafe fn assign_group<const D: usize, const P: usize, const SECOND: bool>(
+    unsafe fn assign_group<const D: usize, const P: usize>(
         tab: &CentroidTable,
         points: &[f32],
         i: usize,
         idx: &mut [u32],
         dist: &mut [f32],
-        second: &mut [f32],
     ) {
         let kp = tab.k_padded;
         let iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
@@ -390,7 +290,6 @@ mod avx512 {
             }
         }
         let mut best = [_mm512_set1_ps(f32::INFINITY); P];
-        let mut best2 = [_mm512_set1_ps(f32::INFINITY); P];
         let mut bidx = [_mm512_setzero_si512(); P];
         let mut c = 0;
         while c < kp {
@@ -408,9 +307,6 @@ mod avx512 {
                 for t in 0..D {
                     d = _mm512_fmadd_ps(xs[p][t], cv[t], d);
                 }
-                if SECOND {
-                    best2[p] = _mm512_min_ps(best2[p], _mm512_max_ps(best[p], d));
-                }
                 let lt = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(d, best[p]);
                 best[p] = _mm512_mask_blend_ps(lt, best[p], d);
                 bidx[p] = _mm512_mask_blend_epi32(lt, bidx[p], lanes);
@@ -425,16 +321,6 @@ mod avx512 {
             let xn: f32 = x.iter().map(|v| v * v).sum();
             idx[i + p] = j;
             dist[i + p] = (mn + xn).max(0.0);
-            if SECOND {
-                let mut b = [0f32; LANES];
-                let mut b2 = [0f32; LANES];
-                // SAFETY: each array holds exactly one 512-bit vector.
-                unsafe {
-                    _mm512_storeu_ps(b.as_mut_ptr(), best[p]);
-                    _mm512_storeu_ps(b2.as_mut_ptr(), best2[p]);
-                }
-                second[i + p] = super::second_over_lanes(&b, &b2, j) + xn;
-            }
         }
     }
 }
