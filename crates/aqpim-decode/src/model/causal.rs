@@ -11,8 +11,8 @@
 //! `O += P V` (an SGEMM). At the end `out = O / l`. Row `i` at position `p`
 //! sees keys `0..=p` (causal).
 //!
-//! Blocks run in parallel (rayon); each writes its own rows, so the result
-//! does not depend on the thread count. On request a block also returns the
+//! Query blocks run in parallel (rayon), each over every KV head, writing
+//! its own output rows, so the result does not depend on the thread count. On request a block also returns the
 //! query statistics calibration fits transforms to: the second moment of
 //! its queries (`sum q q^T`, f64) and, per key, the attention it received
 //! from queries at least `window` positions later (a second pass over the
@@ -24,7 +24,7 @@ use rayon::prelude::*;
 use crate::error::{DecodeError, Result};
 
 /// Query positions per block.
-pub const QUERY_BLOCK: usize = 64;
+pub const QUERY_BLOCK: usize = 128;
 /// Keys per score tile.
 pub const KEY_TILE: usize = 256;
 
@@ -124,24 +124,31 @@ pub fn causal_attention(
             ),
         });
     }
-    let blocks = n.div_ceil(QUERY_BLOCK);
-    let tasks: Vec<(usize, usize)> = (0..n_kv_heads)
-        .flat_map(|g| (0..blocks).map(move |b| (g, b)))
-        .collect();
-    let results: Vec<(Vec<f32>, HeadStats)> = tasks
-        .par_iter()
-        .map(|&(g, b)| block(q, k, v, &dims, stats, g, b))
-        .collect();
+    // One task per query block, all KV heads: it owns the block's output
+    // rows, so it writes them in place.
     let group = n_heads / n_kv_heads;
+    let results: Vec<Vec<HeadStats>> = out
+        .par_chunks_mut(QUERY_BLOCK * n_heads * d)
+        .enumerate()
+        .map(|(b, out_rows)| {
+            (0..n_kv_heads)
+                .map(|g| {
+                    let (o, st) = block(q, k, v, &dims, stats, g, b);
+                    // `o` rows are (position, head of the group), as the output's.
+                    for (t, row) in o.chunks_exact(group * d).enumerate() {
+                        let at = t * n_heads * d + g * group * d;
+                        out_rows[at..at + group * d].copy_from_slice(row);
+                    }
+                    st
+                })
+                .collect()
+        })
+        .collect();
     let mut per_head = vec![HeadStats::default(); n_kv_heads];
-    for (&(g, b), (o, st)) in tasks.iter().zip(results) {
-        let r0 = b * QUERY_BLOCK;
-        // `o` rows are (position, head of the group), as the output's.
-        for (t, row) in o.chunks_exact(group * d).enumerate() {
-            let at = (r0 + t) * n_heads * d + g * group * d;
-            out[at..at + group * d].copy_from_slice(row);
+    for block_stats in results {
+        for (acc, st) in per_head.iter_mut().zip(block_stats) {
+            acc.add(st);
         }
-        per_head[g].add(st);
     }
     Ok(per_head)
 }

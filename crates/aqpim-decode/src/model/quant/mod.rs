@@ -452,8 +452,14 @@ impl QMatrix {
 }
 
 /// Input rows from which [`QMatrix::matmul`] takes [`QMatrix::matmul_long`]'s
-/// path, and the rows of X per task there.
+/// path.
 const LONG_BLOCK_TOKENS: usize = 256;
+
+/// Rows of X per task on [`QMatrix::matmul_long`]'s path. The SGEMM packs
+/// all of `W^T` once per task, so a task of 512 rows packs each weight
+/// half as often per token as one of 256; a 2,048-token chunk still gives
+/// four tasks.
+const LONG_TASK_TOKENS: usize = 512;
 
 impl QMatrix {
     /// `Y = X W^T` for many input rows (`n >= LONG_BLOCK_TOKENS`): `W^T` is
@@ -477,8 +483,8 @@ impl QMatrix {
             });
         let wt = transpose(&w, rows, k);
         drop(w);
-        out.par_chunks_mut(LONG_BLOCK_TOKENS * rows)
-            .zip(x.par_chunks(LONG_BLOCK_TOKENS * k))
+        out.par_chunks_mut(LONG_TASK_TOKENS * rows)
+            .zip(x.par_chunks(LONG_TASK_TOKENS * k))
             .for_each(|(oc, xc)| {
                 let m = xc.len() / k;
                 // SAFETY: `xc` is m x k row-major (strides k, 1), `wt` is
@@ -700,7 +706,7 @@ mod tests {
         ] {
             let m = QMatrix::from_f32(ty, rows, cols, &w).unwrap();
             let wd = m.to_f32();
-            for n in [1usize, 2, 5, LONG_BLOCK_TOKENS + 44] {
+            for n in [1usize, 2, 5, LONG_BLOCK_TOKENS + 44, LONG_TASK_TOKENS + 44] {
                 let x = randv(n * cols, 3 + n as u64);
                 let y = m.matmul(&x, n);
                 if n >= LONG_BLOCK_TOKENS {
