@@ -522,19 +522,37 @@ fn transpose(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 
 /// Writes the transpose of `a` (`rows x cols`) into `t` (`cols x rows`), in
 /// 32 x 32 tiles so that reads and writes both stay within a few cache lines.
+/// Bands of 32 rows of `t` run in parallel for a large matrix (a weight
+/// matrix's transpose would otherwise be a serial step of every long
+/// product).
 fn transpose_into(a: &[f32], rows: usize, cols: usize, t: &mut [f32]) {
     const TILE: usize = 32;
+    /// Elements from which bands run in parallel.
+    const PAR_ELEMENTS: usize = 1 << 16;
     assert!(a.len() == rows * cols && t.len() == a.len());
-    for r0 in (0..rows).step_by(TILE) {
-        let r1 = (r0 + TILE).min(rows);
-        for c0 in (0..cols).step_by(TILE) {
-            let c1 = (c0 + TILE).min(cols);
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    let band = |b: usize, tb: &mut [f32]| {
+        let c0 = b * TILE;
+        let c1 = (c0 + TILE).min(cols);
+        for r0 in (0..rows).step_by(TILE) {
+            let r1 = (r0 + TILE).min(rows);
             for (r, row) in a[r0 * cols..r1 * cols].chunks_exact(cols).enumerate() {
                 for (c, &v) in row[c0..c1].iter().enumerate() {
-                    t[(c0 + c) * rows + r0 + r] = v;
+                    tb[c * rows + r0 + r] = v;
                 }
             }
         }
+    };
+    if a.len() >= PAR_ELEMENTS {
+        t.par_chunks_mut(TILE * rows)
+            .enumerate()
+            .for_each(|(b, tb)| band(b, tb));
+    } else {
+        t.chunks_mut(TILE * rows)
+            .enumerate()
+            .for_each(|(b, tb)| band(b, tb));
     }
 }
 
@@ -603,6 +621,24 @@ mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
+
+    #[test]
+    fn transpose_moves_every_element_serial_and_parallel() {
+        // Small (serial), large (parallel bands), ragged tiles both ways.
+        for (rows, cols) in [(1, 1), (3, 70), (333, 257), (1000, 70)] {
+            let a: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
+            let t = transpose(&a, rows, cols);
+            for r in 0..rows {
+                for c in 0..cols {
+                    assert_eq!(
+                        t[c * rows + r],
+                        a[r * cols + c],
+                        "{rows} x {cols}: ({r}, {c})"
+                    );
+                }
+            }
+        }
+    }
 
     fn randv(n: usize, seed: u64) -> Vec<f32> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
