@@ -279,7 +279,7 @@ fn repair_empty(
 
 /// k-means++ seeding. Points are copied dimension-major once so that updating
 /// every point's distance to the newest centroid is a vectorizable pass per
-/// dimension; each step then costs one pass over the points, block by block.
+/// dimension; each step then costs a few passes over the points.
 fn kmeans_plus_plus(
     points: &[f32],
     d: usize,
@@ -300,7 +300,7 @@ fn kmeans_plus_plus(
     };
     let mut centroids = Vec::with_capacity(k * d);
     let mut best = vec![f32::INFINITY; n];
-    let mut dist = [0f32; SAMPLE_BLOCK];
+    let mut dist = vec![0f32; n];
     let mut block_sums = vec![0f64; n.div_ceil(SAMPLE_BLOCK)];
     let mut next = first;
     loop {
@@ -309,30 +309,26 @@ fn kmeans_plus_plus(
         if centroids.len() == k * d {
             return centroids;
         }
-        // Block by block, while the block is in cache: distances to the new
-        // centroid, the best distances, and the block's sum for sampling
-        // proportional to the (weighted) best distance.
+        dist.iter_mut().for_each(|v| *v = 0.0);
+        for (t, &ct) in c.iter().enumerate() {
+            for (acc, &x) in dist.iter_mut().zip(&soa[t * n..(t + 1) * n]) {
+                let diff = x - ct;
+                *acc += diff * diff;
+            }
+        }
+        for (b, &v) in best.iter_mut().zip(&dist) {
+            *b = if v < *b { v } else { *b };
+        }
+        // Sampling proportional to (weighted) best distance: block sums first,
+        // then a scan inside the chosen block only.
+        let score = |i: usize| f64::from(best[i]) * w.map_or(1.0, |w| f64::from(w[i]));
         for (bi, s) in block_sums.iter_mut().enumerate() {
             let range = bi * SAMPLE_BLOCK..((bi + 1) * SAMPLE_BLOCK).min(n);
-            let dist = &mut dist[..range.len()];
-            dist.fill(0.0);
-            for (t, &ct) in c.iter().enumerate() {
-                let xs = &soa[t * n + range.start..t * n + range.end];
-                for (acc, &x) in dist.iter_mut().zip(xs) {
-                    let diff = x - ct;
-                    *acc += diff * diff;
-                }
-            }
-            for (b, &v) in best[range.clone()].iter_mut().zip(dist.iter()) {
-                *b = if v < *b { v } else { *b };
-            }
             *s = match w {
                 None => lane_sum(&best[range]),
-                Some(w) => range.map(|i| f64::from(best[i]) * f64::from(w[i])).sum(),
+                Some(_) => range.map(score).sum(),
             };
         }
-        // Then a scan inside the chosen block only.
-        let score = |i: usize| f64::from(best[i]) * w.map_or(1.0, |w| f64::from(w[i]));
         next = match sample_weighted(block_sums.iter().copied(), rng) {
             Some(bi) => {
                 let start = bi * SAMPLE_BLOCK;
@@ -400,72 +396,6 @@ mod tests {
             }
         }
         (v, centers)
-    }
-
-    /// k-means++ as a plain sequence of whole passes (distance, best,
-    /// block sums), to check the blocked seeding against.
-    fn plus_plus_reference(
-        points: &[f32],
-        d: usize,
-        k: usize,
-        w: Option<&[f32]>,
-        rng: &mut ChaCha8Rng,
-    ) -> Vec<f32> {
-        let n = points.len() / d;
-        let first = match w {
-            None => rng.gen_range(0..n),
-            Some(w) => sample_weighted(w.iter().map(|&v| f64::from(v)), rng).unwrap_or(0),
-        };
-        let mut centroids = Vec::new();
-        let mut best = vec![f32::INFINITY; n];
-        let mut next = first;
-        loop {
-            let c = &points[next * d..(next + 1) * d];
-            centroids.extend_from_slice(c);
-            if centroids.len() == k * d {
-                return centroids;
-            }
-            for (i, b) in best.iter_mut().enumerate() {
-                let mut acc = 0f32;
-                for t in 0..d {
-                    let diff = points[i * d + t] - c[t];
-                    acc += diff * diff;
-                }
-                *b = if acc < *b { acc } else { *b };
-            }
-            let score = |i: usize| f64::from(best[i]) * w.map_or(1.0, |w| f64::from(w[i]));
-            let sums: Vec<f64> = (0..n.div_ceil(SAMPLE_BLOCK))
-                .map(|bi| {
-                    let range = bi * SAMPLE_BLOCK..((bi + 1) * SAMPLE_BLOCK).min(n);
-                    match w {
-                        None => lane_sum(&best[range]),
-                        Some(_) => range.map(score).sum(),
-                    }
-                })
-                .collect();
-            next = match sample_weighted(sums.iter().copied(), rng) {
-                Some(bi) => {
-                    let start = bi * SAMPLE_BLOCK;
-                    let end = (start + SAMPLE_BLOCK).min(n);
-                    start + sample_weighted((start..end).map(score), rng).unwrap_or(0)
-                }
-                None => rng.gen_range(0..n),
-            };
-        }
-    }
-
-    #[test]
-    fn blocked_plus_plus_equals_whole_passes() {
-        let mut gen = ChaCha8Rng::seed_from_u64(17);
-        for (n, d, k) in [(1000, 2, 64), (700, 3, 16), (SAMPLE_BLOCK, 1, 8)] {
-            let pts: Vec<f32> = (0..n * d).map(|_| gen.gen_range(-4.0..4.0)).collect();
-            let wts: Vec<f32> = (0..n).map(|_| gen.gen_range(0.0..2.0)).collect();
-            for w in [None, Some(&wts[..])] {
-                let got = kmeans_plus_plus(&pts, d, k, w, &mut ChaCha8Rng::seed_from_u64(5));
-                let want = plus_plus_reference(&pts, d, k, w, &mut ChaCha8Rng::seed_from_u64(5));
-                assert_eq!(got, want, "n={n} d={d} k={k} weighted={}", w.is_some());
-            }
-        }
     }
 
     #[test]
