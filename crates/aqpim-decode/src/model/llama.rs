@@ -17,6 +17,8 @@
 //! and finally `logits = Wout (rmsnorm(x) * w_out_norm)`, `Wout` being the
 //! token embedding when embeddings are tied.
 
+use rayon::prelude::*;
+
 use crate::error::{DecodeError, Result};
 use crate::model::cache::AttentionCache;
 use crate::model::config::{LlamaConfig, RopeMode};
@@ -67,10 +69,13 @@ impl<const N: usize> Stacked<N> {
         let mut start = 0;
         std::array::from_fn(|i| {
             let rows = self.parts[i].rows();
-            let out = all
-                .chunks_exact(total)
-                .flat_map(|r| r[start..start + rows].iter().copied())
-                .collect();
+            let mut out = vec![0f32; n * rows];
+            each_rows(&mut out, rows, |t0, chunk| {
+                for (t, r) in chunk.chunks_exact_mut(rows).enumerate() {
+                    let at = (t0 + t) * total + start;
+                    r.copy_from_slice(&all[at..at + rows]);
+                }
+            });
             start += rows;
             out
         })
@@ -209,13 +214,16 @@ impl Llama {
     fn rmsnorm(&self, x: &[f32], w: &[f32]) -> Vec<f32> {
         let d = self.config.dim;
         let mut out = vec![0f32; x.len()];
-        for (xr, or) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
-            let ms = xr.iter().map(|&a| (a as f64) * (a as f64)).sum::<f64>() / d as f64;
-            let inv = (1.0 / (ms + self.config.norm_eps).sqrt()) as f32;
-            for ((o, &a), &g) in or.iter_mut().zip(xr).zip(w) {
-                *o = a * inv * g;
+        each_rows(&mut out, d, |t0, rows| {
+            for (t, or) in rows.chunks_exact_mut(d).enumerate() {
+                let xr = &x[(t0 + t) * d..(t0 + t + 1) * d];
+                let ms = xr.iter().map(|&a| (a as f64) * (a as f64)).sum::<f64>() / d as f64;
+                let inv = (1.0 / (ms + self.config.norm_eps).sqrt()) as f32;
+                for ((o, &a), &g) in or.iter_mut().zip(xr).zip(w) {
+                    *o = a * inv * g;
+                }
             }
-        }
+        });
         out
     }
 
@@ -338,27 +346,32 @@ impl Llama {
         let half = self.inv_freq.len();
         let h = self.rmsnorm(x, &layer.attn_norm);
         let [mut q, mut k, v] = layer.wqkv.apply(&h, n);
-        for t in 0..n {
-            for head in q[t * nh * hd..(t + 1) * nh * hd].chunks_exact_mut(hd) {
-                self.rope_with(head, &rot[t * half..(t + 1) * half]);
-            }
-            for head in k[t * nkv * hd..(t + 1) * nkv * hd].chunks_exact_mut(hd) {
-                self.rope_with(head, &rot[t * half..(t + 1) * half]);
-            }
+        for (m, heads) in [(&mut q, nh), (&mut k, nkv)] {
+            each_rows(m, heads * hd, |t0, rows| {
+                for (t, row) in rows.chunks_exact_mut(heads * hd).enumerate() {
+                    let r = &rot[(t0 + t) * half..(t0 + t + 1) * half];
+                    for head in row.chunks_exact_mut(hd) {
+                        self.rope_with(head, r);
+                    }
+                }
+            });
         }
         let mut attn = vec![0f32; n * nh * hd];
         attention(&q, &k, &v, &mut attn)?;
         drop((q, k, v));
         let o = layer.wo.matmul(&attn, n);
-        x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+        add_rows(x, &o, c.dim);
         let h = self.rmsnorm(x, &layer.ffn_norm);
         let [mut gate, up] = layer.w_gate_up.apply(&h, n);
-        for (g, u) in gate.iter_mut().zip(&up) {
-            *g = *g / (1.0 + (-*g).exp()) * u;
-        }
+        let ffn = up.len() / n.max(1);
+        each_rows(&mut gate, ffn, |t0, rows| {
+            for (g, u) in rows.iter_mut().zip(&up[t0 * ffn..]) {
+                *g = *g / (1.0 + (-*g).exp()) * u;
+            }
+        });
         drop(up);
         let down = layer.w_down.matmul(&gate, n);
-        x.iter_mut().zip(&down).for_each(|(a, b)| *a += b);
+        add_rows(x, &down, c.dim);
         Ok(())
     }
 
@@ -367,5 +380,59 @@ impl Llama {
         let h = self.rmsnorm(rows, &self.output_norm);
         let out = self.output.as_ref().unwrap_or(&self.token_embd);
         out.matmul(&h, h.len() / self.config.dim)
+    }
+}
+
+/// Rows from which a block's per-row steps (norms, RoPE, SwiGLU, residual
+/// adds) run in parallel, and rows per task there. A decode step's few rows
+/// stay on the calling thread, where a hand-off would cost more than the
+/// work; the long blocks of prefill and calibration use every thread.
+const PAR_MIN_ROWS: usize = 256;
+const ROW_TASK: usize = 64;
+
+/// `f(first_row, rows)` over `data` (rows of `width` values) cut into tasks
+/// of [`ROW_TASK`] rows, in parallel from [`PAR_MIN_ROWS`] rows. Each row is
+/// computed the same way either way, so the result does not depend on it.
+fn each_rows(data: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    if width == 0 || data.len() < PAR_MIN_ROWS * width {
+        f(0, data);
+        return;
+    }
+    data.par_chunks_mut(ROW_TASK * width)
+        .enumerate()
+        .for_each(|(c, rows)| f(c * ROW_TASK, rows));
+}
+
+/// `x += y` (both rows of `width` values), rows in parallel as [`each_rows`].
+fn add_rows(x: &mut [f32], y: &[f32], width: usize) {
+    each_rows(x, width, |t0, rows| {
+        let ys = &y[t0 * width..t0 * width + rows.len()];
+        rows.iter_mut().zip(ys).for_each(|(a, b)| *a += b);
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn row_steps_see_every_row_once_with_its_index() {
+        // Below, at and well past the parallel threshold, with a ragged last task.
+        for n in [1, PAR_MIN_ROWS - 1, PAR_MIN_ROWS, 3 * PAR_MIN_ROWS + 17] {
+            let width = 5;
+            let mut data = vec![0f32; n * width];
+            each_rows(&mut data, width, |t0, rows| {
+                for (t, row) in rows.chunks_exact_mut(width).enumerate() {
+                    for (j, v) in row.iter_mut().enumerate() {
+                        *v += ((t0 + t) * width + j) as f32;
+                    }
+                }
+            });
+            let want: Vec<f32> = (0..n * width).map(|i| i as f32).collect();
+            assert_eq!(data, want, "n = {n}");
+            let mut x = want.clone();
+            add_rows(&mut x, &want, width);
+            assert!(x.iter().zip(&want).all(|(a, b)| *a == 2.0 * b), "n = {n}");
+        }
     }
 }

@@ -452,8 +452,14 @@ impl QMatrix {
 }
 
 /// Input rows from which [`QMatrix::matmul`] takes [`QMatrix::matmul_long`]'s
-/// path, and the rows of X per task there.
+/// path.
 const LONG_BLOCK_TOKENS: usize = 256;
+
+/// Rows of X per task on [`QMatrix::matmul_long`]'s path. The SGEMM packs
+/// all of `W^T` once per task, so a task of 512 rows packs each weight
+/// half as often per token as one of 256; a 2,048-token chunk still gives
+/// four tasks.
+const LONG_TASK_TOKENS: usize = 512;
 
 impl QMatrix {
     /// `Y = X W^T` for many input rows (`n >= LONG_BLOCK_TOKENS`): `W^T` is
@@ -477,8 +483,8 @@ impl QMatrix {
             });
         let wt = transpose(&w, rows, k);
         drop(w);
-        out.par_chunks_mut(LONG_BLOCK_TOKENS * rows)
-            .zip(x.par_chunks(LONG_BLOCK_TOKENS * k))
+        out.par_chunks_mut(LONG_TASK_TOKENS * rows)
+            .zip(x.par_chunks(LONG_TASK_TOKENS * k))
             .for_each(|(oc, xc)| {
                 let m = xc.len() / k;
                 // SAFETY: `xc` is m x k row-major (strides k, 1), `wt` is
@@ -516,19 +522,37 @@ fn transpose(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 
 /// Writes the transpose of `a` (`rows x cols`) into `t` (`cols x rows`), in
 /// 32 x 32 tiles so that reads and writes both stay within a few cache lines.
+/// Bands of 32 rows of `t` run in parallel for a large matrix (a weight
+/// matrix's transpose would otherwise be a serial step of every long
+/// product).
 fn transpose_into(a: &[f32], rows: usize, cols: usize, t: &mut [f32]) {
     const TILE: usize = 32;
+    /// Elements from which bands run in parallel.
+    const PAR_ELEMENTS: usize = 1 << 16;
     assert!(a.len() == rows * cols && t.len() == a.len());
-    for r0 in (0..rows).step_by(TILE) {
-        let r1 = (r0 + TILE).min(rows);
-        for c0 in (0..cols).step_by(TILE) {
-            let c1 = (c0 + TILE).min(cols);
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    let band = |b: usize, tb: &mut [f32]| {
+        let c0 = b * TILE;
+        let c1 = (c0 + TILE).min(cols);
+        for r0 in (0..rows).step_by(TILE) {
+            let r1 = (r0 + TILE).min(rows);
             for (r, row) in a[r0 * cols..r1 * cols].chunks_exact(cols).enumerate() {
                 for (c, &v) in row[c0..c1].iter().enumerate() {
-                    t[(c0 + c) * rows + r0 + r] = v;
+                    tb[c * rows + r0 + r] = v;
                 }
             }
         }
+    };
+    if a.len() >= PAR_ELEMENTS {
+        t.par_chunks_mut(TILE * rows)
+            .enumerate()
+            .for_each(|(b, tb)| band(b, tb));
+    } else {
+        t.chunks_mut(TILE * rows)
+            .enumerate()
+            .for_each(|(b, tb)| band(b, tb));
     }
 }
 
@@ -597,6 +621,24 @@ mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
+
+    #[test]
+    fn transpose_moves_every_element_serial_and_parallel() {
+        // Small (serial), large (parallel bands), ragged tiles both ways.
+        for (rows, cols) in [(1, 1), (3, 70), (333, 257), (1000, 70)] {
+            let a: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
+            let t = transpose(&a, rows, cols);
+            for r in 0..rows {
+                for c in 0..cols {
+                    assert_eq!(
+                        t[c * rows + r],
+                        a[r * cols + c],
+                        "{rows} x {cols}: ({r}, {c})"
+                    );
+                }
+            }
+        }
+    }
 
     fn randv(n: usize, seed: u64) -> Vec<f32> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -700,7 +742,7 @@ mod tests {
         ] {
             let m = QMatrix::from_f32(ty, rows, cols, &w).unwrap();
             let wd = m.to_f32();
-            for n in [1usize, 2, 5, LONG_BLOCK_TOKENS + 44] {
+            for n in [1usize, 2, 5, LONG_BLOCK_TOKENS + 44, LONG_TASK_TOKENS + 44] {
                 let x = randv(n * cols, 3 + n as u64);
                 let y = m.matmul(&x, n);
                 if n >= LONG_BLOCK_TOKENS {
