@@ -418,6 +418,16 @@ fn execute(plan: &Plan, log: &mut dyn Write) -> Result<()> {
         std::fs::create_dir_all(&plan.results)
             .with_context(|| format!("creating {}", plan.results.display()))?;
     }
+    let table_md = |records: &[Record]| {
+        write_table(
+            &plan.name,
+            &plan.grid,
+            &plan.model,
+            &plan.rows,
+            &plan.results,
+            records,
+        )
+    };
     let started = Instant::now();
     let mut listed = Vec::new();
     for (i, row) in todo.iter().enumerate() {
@@ -456,24 +466,10 @@ fn execute(plan: &Plan, log: &mut dyn Write) -> Result<()> {
         )?;
         table::append_csv(&csv, &rec)?;
         records.push(rec);
-        write_table(
-            &plan.name,
-            &plan.grid,
-            &plan.model,
-            &plan.rows,
-            &plan.results,
-            &records,
-        )?;
+        table_md(&records)?;
     }
     if !plan.dry_run {
-        write_table(
-            &plan.name,
-            &plan.grid,
-            &plan.model,
-            &plan.rows,
-            &plan.results,
-            &records,
-        )?;
+        table_md(&records)?;
         writeln!(
             log,
             "wrote {} and {}",

@@ -100,19 +100,7 @@ pub fn run(aqpim: &Path, out: &Path, pim_model: &str, models: &[&str]) -> Result
     let mut jobs = Vec::new();
     for model in models {
         for design in DESIGNS {
-            let mut args = vec![
-                "serve",
-                "--model",
-                model,
-                "--system",
-                design.system,
-                "--policy",
-                design.policy,
-                "--ctx",
-                CTX,
-                "--pim-model",
-                pim_model,
-            ];
+            let mut args = serve_args(model, design.system, design.policy, CTX, pim_model);
             if let Some(kv) = design.kv {
                 args.extend(["--kv", kv]);
             }
@@ -132,23 +120,33 @@ pub const SERVE_MODELS: [&str; 4] = ["llama2-7b", "llama2-13b", "llama3-8b", "mi
 pub fn models_run(aqpim: &Path, out: &Path, pim_model: &str, ctx: &str) -> Result<Serve> {
     let jobs: Vec<Vec<&str>> = SERVE_MODELS
         .iter()
-        .map(|m| {
-            vec![
-                "serve",
-                "--model",
-                m,
-                "--system",
-                "h100+aqpim",
-                "--policy",
-                "attacc,aqpim",
-                "--ctx",
-                ctx,
-                "--pim-model",
-                pim_model,
-            ]
-        })
+        .map(|m| serve_args(m, "h100+aqpim", "attacc,aqpim", ctx, pim_model))
         .collect();
     run_parts(aqpim, out, "serve_models", &jobs)
+}
+
+/// The arguments of `aqpim simulate serve` for one model, system, policy
+/// list, context list and PIM model.
+pub(super) fn serve_args<'a>(
+    model: &'a str,
+    system: &'a str,
+    policy: &'a str,
+    ctx: &'a str,
+    pim_model: &'a str,
+) -> Vec<&'a str> {
+    vec![
+        "serve",
+        "--model",
+        model,
+        "--system",
+        system,
+        "--policy",
+        policy,
+        "--ctx",
+        ctx,
+        "--pim-model",
+        pim_model,
+    ]
 }
 
 /// Runs each `aqpim simulate` argument list into a part file under

@@ -429,19 +429,7 @@ fn differing(rerun: &Path, published: &Path) -> Result<Vec<String>> {
 fn serve_run(aqpim: &Path, g: &grid::Grid, system: &str, policy: &str, out: &Path) -> Result<()> {
     simulate(
         aqpim,
-        &[
-            "serve",
-            "--model",
-            &g.model,
-            "--system",
-            system,
-            "--policy",
-            policy,
-            "--ctx",
-            &g.serve_ctx,
-            "--pim-model",
-            &g.serve_pim_model,
-        ],
+        &frontier::serve_args(&g.model, system, policy, &g.serve_ctx, &g.serve_pim_model),
         out,
     )
 }

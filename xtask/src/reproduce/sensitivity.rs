@@ -57,19 +57,8 @@ pub fn run(aqpim: &Path, out: &Path, models: &[String], ctx: &str) -> Result<Ser
     let mut jobs = Vec::new();
     for model in models {
         for v in VARIANTS {
-            let mut args = vec![
-                "serve",
-                "--model",
-                model,
-                "--system",
-                "h100+aqpim",
-                "--policy",
-                "attacc,aqpim",
-                "--ctx",
-                ctx,
-                "--pim-model",
-                "analytic",
-            ];
+            let mut args =
+                super::frontier::serve_args(model, "h100+aqpim", "attacc,aqpim", ctx, "analytic");
             args.extend(v.args);
             jobs.push(args);
         }
