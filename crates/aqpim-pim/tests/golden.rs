@@ -31,18 +31,24 @@ ACTAB ch=0 row=4
 MAC ch=0 col=0 buf=0 reg=0 reduce
 ";
 
-fn check(device: &str, file: &str) {
-    let d = Device::preset(device).unwrap();
+/// The program run on `device` with its trace recorded.
+fn traced(d: &Device, refresh: bool) -> Simulator {
     let mut s = Simulator::new(
-        &d,
+        d,
         SimOptions {
             mode: Mode::Functional,
-            refresh: true,
+            refresh,
             record_trace: true,
         },
     );
     s.set_host_data(vec![5; 64]);
     s.run(&Program::assemble(PROGRAM).unwrap()).unwrap();
+    s
+}
+
+fn check(device: &str, file: &str) {
+    let d = Device::preset(device).unwrap();
+    let s = traced(&d, true);
     check_trace(&d, s.trace()).unwrap();
     let text: String = s
         .trace()
@@ -74,17 +80,7 @@ fn jedec_trace_matches_golden() {
 /// program opens row 3 for its RD/WR, row 9 for LUTACC and row 4 for MAC.
 #[test]
 fn column_commands_record_the_open_row() {
-    let d = Device::preset("hbm3-aqpim-5.2").unwrap();
-    let mut s = Simulator::new(
-        &d,
-        SimOptions {
-            mode: Mode::Functional,
-            refresh: false,
-            record_trace: true,
-        },
-    );
-    s.set_host_data(vec![5; 64]);
-    s.run(&Program::assemble(PROGRAM).unwrap()).unwrap();
+    let s = traced(&Device::preset("hbm3-aqpim-5.2").unwrap(), false);
     let rows = |name: &str| -> Vec<u32> {
         s.trace()
             .iter()
