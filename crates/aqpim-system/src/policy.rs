@@ -56,10 +56,12 @@ impl Policy {
     /// `offload`, and a GPU alone `gpu`.
     pub fn own(system: &crate::presets::SystemSpec) -> Policy {
         match (&system.pim, &system.gpu.kv, &system.host) {
-            (Some(p), ..) => match p.kv.as_deref() {
-                Some(kv) if kv.trim_start().starts_with("scalar") => Policy::ScalarPim,
-                Some(_) => Policy::Aqpim,
-                None => Policy::Attacc,
+            // A preset's format was parsed when it loaded; one that does not
+            // parse is left to the policy's own error.
+            (Some(p), ..) => match p.kv_spec() {
+                Ok(Some(aqpim_kvcache::KvSpec::Scalar(_))) => Policy::ScalarPim,
+                Ok(None) => Policy::Attacc,
+                _ => Policy::Aqpim,
             },
             (None, Some(_), _) => Policy::GpuQuant,
             (None, None, Some(_)) => Policy::Offload { overlap: false },
