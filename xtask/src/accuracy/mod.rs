@@ -110,6 +110,16 @@ struct Plan {
     dry_run: bool,
 }
 
+/// The rows of shard `(i, n)`: those whose index in the grid is `i`
+/// modulo `n`, in grid order.
+fn shard_rows(rows: Vec<Row>, (i, n): (usize, usize)) -> Vec<Row> {
+    rows.into_iter()
+        .enumerate()
+        .filter(|(k, _)| k % n == i)
+        .map(|(_, r)| r)
+        .collect()
+}
+
 /// A shard's results folder under the grid's.
 fn shard_dir(out: &Path, (i, n): (usize, usize)) -> PathBuf {
     out.join("shards").join(format!("{i}-of-{n}"))
@@ -143,13 +153,9 @@ pub fn run(args: &[String], root: &Path) -> Result<()> {
         None => build_release(root)?,
     };
     let results = match o.shard {
-        Some((i, n)) => {
-            let mut k = 0;
-            rows.retain(|_| {
-                k += 1;
-                (k - 1) % n == i
-            });
-            shard_dir(&out, (i, n))
+        Some(shard) => {
+            rows = shard_rows(rows, shard);
+            shard_dir(&out, shard)
         }
         None => out.clone(),
     };

@@ -124,14 +124,9 @@ mod tests {
             let mut rows = grid.rows(&dir).unwrap();
             let out = dir.join(out);
             let results = match shard {
-                Some((i, n)) => {
-                    rows = rows
-                        .into_iter()
-                        .enumerate()
-                        .filter(|(k, _)| k % n == i)
-                        .map(|(_, r)| r)
-                        .collect();
-                    shard_dir(&out, (i, n))
+                Some(shard) => {
+                    rows = shard_rows(rows, shard);
+                    shard_dir(&out, shard)
                 }
                 None => out.clone(),
             };
