@@ -11,7 +11,7 @@
 //! accumulator that stays in a register for the whole block. The
 //! accumulators are summed across lanes once a block. Nothing is stored per
 //! token and no bin is read back, unlike the histogram of
-//! [`crate::stages::histogram_u8_full`] (a scattered add a code), and the
+//! [`crate::pq::histogram_u8_full`] (a scattered add a code), and the
 //! per-centroid weights `W[m][j]` are never formed: the result equals
 //! `sum_m W[m] x C_V[m]` up to float rounding.
 
