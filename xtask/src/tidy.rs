@@ -7,6 +7,9 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
+mod functions;
+pub use functions::{function_problems, long_functions, LONG_FUNCTIONS, MAX_FN_LINES};
+
 /// The allowed edges between workspace crates, read from the table under
 /// "Architecture invariants" in ARCHITECTURE.md (one row per crate: the
 /// crate in backticks, then the crates it may depend on in backticks, or
@@ -546,6 +549,7 @@ pub fn run() -> Result<()> {
         ));
     }
     problems.extend(packaging_problems(&root)?);
+    problems.extend(function_problems(&root)?);
     for c in module_cycles(&root)? {
         problems.push(format!("import cycle between modules: {c}"));
     }

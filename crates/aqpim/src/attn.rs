@@ -158,6 +158,64 @@ fn pim_format(
     }
 }
 
+impl SimReport {
+    /// The report of `attn sim` before any layer runs: what is simulated,
+    /// with every measured total at zero.
+    fn empty(
+        a: &SimArgs,
+        shape: &crate::args::Shape,
+        spec: &KvSpec,
+        kind: aqpim_attn::pim::PimKind,
+        device: &aqpim_pim::Device,
+        (encoded, fp_tokens, rows): (usize, usize, usize),
+    ) -> Self {
+        use aqpim_attn::pim::PimKind;
+        let (layers, kv_heads, head_dim) = (shape.layers, shape.kv_heads, shape.head_dim);
+        SimReport {
+            model: shape.name.clone(),
+            device: device.name.clone(),
+            overrides: a
+                .set
+                .iter()
+                .map(|o| format!("device.{o}"))
+                .collect::<Vec<_>>()
+                .join(";"),
+            kv: crate::args::kv_name(&spec),
+            kind: match kind {
+                PimKind::Fp16 => "fp16",
+                PimKind::Pq { .. } => "pq",
+                PimKind::Scalar(_) => "scalar",
+            },
+            layers,
+            kv_heads,
+            q_heads: shape.q_heads,
+            head_dim,
+            batch: a.batch,
+            ctx: a.ctx,
+            encoded_tokens: encoded,
+            fp_tokens,
+            quantize: a.quantize,
+            mode: if a.functional {
+                "functional"
+            } else {
+                "timing-only"
+            },
+            cycles: 0,
+            time_ms: 0.0,
+            energy_uj: 0.0,
+            internal_bytes: 0,
+            external_bytes: 0,
+            buffer_die_bytes: 0,
+            commands: 0,
+            channels_used: 0,
+            rows_per_bank_per_layer: rows,
+            price: crate::price::DevicePrice::of(&device),
+            wall_s: 0.0,
+            phases: None,
+        }
+    }
+}
+
 fn sim(a: &SimArgs) -> Result<SimReport> {
     use aqpim_attn::pim::{layer_rows_per_bank, LayerJob, PimKind};
     use aqpim_kvcache::limits::{MAX_CTX, MAX_HEAD_DIM, MAX_KV_HEADS, MAX_LAYERS};
@@ -228,48 +286,7 @@ fn sim(a: &SimArgs) -> Result<SimReport> {
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let start = Instant::now();
-    let mut report = SimReport {
-        model: shape.name.clone(),
-        device: device.name.clone(),
-        overrides: a
-            .set
-            .iter()
-            .map(|o| format!("device.{o}"))
-            .collect::<Vec<_>>()
-            .join(";"),
-        kv: crate::args::kv_name(&spec),
-        kind: match kind {
-            PimKind::Fp16 => "fp16",
-            PimKind::Pq { .. } => "pq",
-            PimKind::Scalar(_) => "scalar",
-        },
-        layers,
-        kv_heads,
-        q_heads: shape.q_heads,
-        head_dim,
-        batch: a.batch,
-        ctx: a.ctx,
-        encoded_tokens: encoded,
-        fp_tokens,
-        quantize: a.quantize,
-        mode: if a.functional {
-            "functional"
-        } else {
-            "timing-only"
-        },
-        cycles: 0,
-        time_ms: 0.0,
-        energy_uj: 0.0,
-        internal_bytes: 0,
-        external_bytes: 0,
-        buffer_die_bytes: 0,
-        commands: 0,
-        channels_used: 0,
-        rows_per_bank_per_layer: rows,
-        price: crate::price::DevicePrice::of(&device),
-        wall_s: 0.0,
-        phases: None,
-    };
+    let mut report = SimReport::empty(a, &shape, &spec, kind, &device, (encoded, fp_tokens, rows));
     if let Some(dir) = &a.dump {
         crate::attn_inspect::dump(&device, &job, dir)?;
     }
@@ -569,6 +586,139 @@ fn scan_quantized(
     Ok(())
 }
 
+/// The `--kv` spec `attn bench` times, with the keys it sets where the
+/// user did not (one codebook for every head, 10 iterations: set-up stays
+/// short and the kernel's work does not depend on them), and a note of each.
+fn bench_spec(kv: &str) -> Result<(KvSpec, Vec<String>)> {
+    let mut differs: Vec<String> = Vec::new();
+    let spec = match kv
+        .parse::<KvSpec>()
+        .with_context(|| format!("--kv `{}`", limits::cut(kv)))?
+    {
+        KvSpec::Pq(mut p) => {
+            if !kv.contains("share=") {
+                use aqpim_kvcache::CodebookSharing as S;
+                let elsewhere = match p.share {
+                    S::None => "none",
+                    S::Heads => "heads",
+                    S::Layers => "layers",
+                    S::All => "all",
+                };
+                differs.push(format!("share=all (elsewhere: {elsewhere})"));
+                p.share = aqpim_kvcache::CodebookSharing::All;
+            }
+            if !kv.contains("iters=") {
+                differs.push(format!("iters=10 (elsewhere: {})", p.iterations));
+                p.iterations = 10;
+            }
+            KvSpec::Pq(p)
+        }
+        other => bail!("--kv {other}: `attn bench` times a `pq:` cache against fp16"),
+    };
+    Ok((spec, differs))
+}
+
+/// Checks `attn bench`'s outputs: PQ with exact tables against f64
+/// attention on the decoded cache (must be float rounding), the timed tables
+/// against the exact ones (the table quantization), and the timed output
+/// against the uncompressed cache (the PQ error). Returns the three errors:
+/// worst against the decoded cache, worst against exact tables, mean
+/// against fp16.
+fn check_bench_outputs(
+    shape: KvShape,
+    dense: &dyn aqpim_kvcache::KvStore,
+    pq: &dyn aqpim_kvcache::KvStore,
+    queries: &[f32],
+    out_dense: &[f32],
+    out_pq: &[f32],
+) -> Result<(f64, f64, f64)> {
+    let (h, d) = (shape.num_q_heads(), shape.head_dim());
+    let pq_store = pq.as_pq().context("PQ cache")?;
+    let tables = aqpim_attn::score_tables();
+    let scale = 1.0 / (d as f64).sqrt();
+    let (mut worst, mut worst_tables, mut fp_err) = (0f64, 0f64, 0f64);
+    let mut out_exact = vec![0f32; h * d];
+    aqpim_attn::attend_pq_with(
+        pq_store,
+        0,
+        &queries,
+        &mut out_exact,
+        aqpim_attn::ScoreTables::Exact,
+    )?;
+    for qh in 0..h {
+        let kv = pq.reconstruct(0, shape.kv_head_of(qh))?;
+        let q = &queries[qh * d..(qh + 1) * d];
+        let exact_tables = &out_exact[qh * d..(qh + 1) * d];
+        worst = worst.max(relative_error(
+            exact_tables,
+            &attention_f64(q, &kv.keys, &kv.values, scale),
+        ));
+        let exact64: Vec<f64> = exact_tables.iter().map(|&v| f64::from(v)).collect();
+        worst_tables = worst_tables.max(relative_error(&out_pq[qh * d..(qh + 1) * d], &exact64));
+        let exact = dense.reconstruct(0, shape.kv_head_of(qh))?;
+        let want = attention_f64(q, &exact.keys, &exact.values, scale);
+        fp_err += relative_error(&out_pq[qh * d..(qh + 1) * d], &want) / h as f64;
+        if qh == 0 {
+            let dense_err = relative_error(&out_dense[..d], &want);
+            if dense_err > 1e-4 {
+                bail!("the dense kernel disagrees with the f64 reference (relative error {dense_err:e})");
+            }
+        }
+    }
+    if worst > 1e-4 {
+        bail!("the PQ kernel disagrees with attention on the decoded cache (relative error {worst:e})");
+    }
+    // Quantized tables move each score by at most M s / 2 (docs/results/
+    // attn-cpu.md); on these synthetic caches that is a relative error of
+    // about 1e-3 with one-byte entries. Ten times that is a wrong kernel.
+    if worst_tables > 1e-2 {
+        bail!("the PQ kernel with {tables} tables disagrees with exact tables (relative error {worst_tables:e})");
+    }
+    Ok((worst, worst_tables, fp_err))
+}
+
+/// Scoring alone, one thread: codes per second of the lookup-table scan
+/// over `view`'s key codes with the query `q` (the median of `reps`, at
+/// least 5). Zero when the head has no encoded tokens.
+fn score_rate(
+    view: &aqpim_kvcache::PqHeadView<'_>,
+    q: &[f32],
+    tables: aqpim_attn::ScoreTables,
+    reps: usize,
+) -> Result<f64> {
+    let encoded = view.key_codes.tokens();
+    if encoded == 0 {
+        return Ok(0.0);
+    }
+    let kpq = view.key_codebook.context("codebook")?;
+    let lut = kpq.inner_product_table(q)?;
+    let mut scores = vec![0f32; encoded];
+    let data = view.key_codes.data();
+    let width = view.key_codes.width();
+    // The kernel scans quantized tables on one-byte and 4-bit codes only.
+    let quant = match (tables.precision(), width) {
+        (Some(p), aqpim_pq::CodeWidth::Byte | aqpim_pq::CodeWidth::Nibble) => {
+            Some(aqpim_pq::QuantLut::new(&lut, p)?)
+        }
+        _ => None,
+    };
+    let ms = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()?
+        .install(|| {
+            median_ms(reps.max(5), || {
+                match (quant.as_ref(), width) {
+                    (Some(q), _) => scan_quantized(q, view.key_codes, &mut scores)?,
+                    (None, aqpim_pq::CodeWidth::Byte) => lut.scan_u8(data, &mut scores)?,
+                    (None, aqpim_pq::CodeWidth::Nibble) => lut.scan_packed4(data, &mut scores)?,
+                    (None, aqpim_pq::CodeWidth::Crumb) => lut.scan_packed2(data, &mut scores)?,
+                }
+                Ok(())
+            })
+        })?;
+    Ok(encoded as f64 / (ms / 1e3))
+}
+
 fn bench(a: &BenchArgs) -> Result<BenchReport> {
     let model = a.shape.resolve(Some("llama2-7b"))?;
     // One layer is timed: the model's layer count does not enter.
@@ -582,35 +732,7 @@ fn bench(a: &BenchArgs) -> Result<BenchReport> {
         &[g, ctx, d],
         aqpim_kvcache::limits::MAX_BENCH_ELEMENTS,
     )?;
-    let mut differs: Vec<String> = Vec::new();
-    let spec = match a
-        .kv
-        .parse::<KvSpec>()
-        .with_context(|| format!("--kv `{}`", limits::cut(&a.kv)))?
-    {
-        // One codebook shared by every head keeps set-up short (a single
-        // k-means per subspace); the kernel's work does not depend on the
-        // sharing.
-        KvSpec::Pq(mut p) => {
-            if !a.kv.contains("share=") {
-                use aqpim_kvcache::CodebookSharing as S;
-                let elsewhere = match p.share {
-                    S::None => "none",
-                    S::Heads => "heads",
-                    S::Layers => "layers",
-                    S::All => "all",
-                };
-                differs.push(format!("share=all (elsewhere: {elsewhere})"));
-                p.share = aqpim_kvcache::CodebookSharing::All;
-            }
-            if !a.kv.contains("iters=") {
-                differs.push(format!("iters=10 (elsewhere: {})", p.iterations));
-                p.iterations = 10;
-            }
-            KvSpec::Pq(p)
-        }
-        other => bail!("--kv {other}: `attn bench` times a `pq:` cache against fp16"),
-    };
+    let (spec, differs) = bench_spec(&a.kv)?;
     spec.validate(&shape)?;
     let bar =
         indicatif::ProgressBar::new_spinner().with_message("generating KV-like keys and values");
@@ -660,90 +782,21 @@ fn bench(a: &BenchArgs) -> Result<BenchReport> {
         || Ok(aqpim_attn::attend(pq.as_ref(), 0, &queries, &mut out_pq)?),
     )?;
 
-    // Check the outputs: PQ with exact tables against f64 attention on the
-    // decoded cache (must be float rounding), the timed tables against the
-    // exact ones (the table quantization), and the timed output against the
-    // uncompressed cache (the PQ error).
-    let scale = 1.0 / (d as f64).sqrt();
-    let (mut worst, mut worst_tables, mut fp_err) = (0f64, 0f64, 0f64);
+    let (worst, worst_tables, fp_err) = check_bench_outputs(
+        shape,
+        dense.as_ref(),
+        pq.as_ref(),
+        &queries,
+        &out_dense,
+        &out_pq,
+    )?;
     let pq_store = pq.as_pq().context("PQ cache")?;
     let tables = aqpim_attn::score_tables();
-    let mut out_exact = vec![0f32; h * d];
-    aqpim_attn::attend_pq_with(
-        pq_store,
-        0,
-        &queries,
-        &mut out_exact,
-        aqpim_attn::ScoreTables::Exact,
-    )?;
-    for qh in 0..h {
-        let kv = pq.reconstruct(0, shape.kv_head_of(qh))?;
-        let q = &queries[qh * d..(qh + 1) * d];
-        let exact_tables = &out_exact[qh * d..(qh + 1) * d];
-        worst = worst.max(relative_error(
-            exact_tables,
-            &attention_f64(q, &kv.keys, &kv.values, scale),
-        ));
-        let exact64: Vec<f64> = exact_tables.iter().map(|&v| f64::from(v)).collect();
-        worst_tables = worst_tables.max(relative_error(&out_pq[qh * d..(qh + 1) * d], &exact64));
-        let exact = dense.reconstruct(0, shape.kv_head_of(qh))?;
-        let want = attention_f64(q, &exact.keys, &exact.values, scale);
-        fp_err += relative_error(&out_pq[qh * d..(qh + 1) * d], &want) / h as f64;
-        if qh == 0 {
-            let dense_err = relative_error(&out_dense[..d], &want);
-            if dense_err > 1e-4 {
-                bail!("the dense kernel disagrees with the f64 reference (relative error {dense_err:e})");
-            }
-        }
-    }
-    if worst > 1e-4 {
-        bail!("the PQ kernel disagrees with attention on the decoded cache (relative error {worst:e})");
-    }
-    // Quantized tables move each score by at most M s / 2 (docs/results/
-    // attn-cpu.md); on these synthetic caches that is a relative error of
-    // about 1e-3 with one-byte entries. Ten times that is a wrong kernel.
-    if worst_tables > 1e-2 {
-        bail!("the PQ kernel with {tables} tables disagrees with exact tables (relative error {worst_tables:e})");
-    }
 
     // Scoring alone, one thread: the lookup-table scan over one head's key codes.
     let view = pq_store.head(0, 0)?;
     let encoded = view.key_codes.tokens();
-    let score_codes_per_s_per_thread = if encoded > 0 {
-        let kpq = view.key_codebook.context("codebook")?;
-        let lut = kpq.inner_product_table(&queries[..d])?;
-        let mut scores = vec![0f32; encoded];
-        let data = view.key_codes.data();
-        let width = view.key_codes.width();
-        // The kernel scans quantized tables on one-byte and 4-bit codes only.
-        let quant = match (tables.precision(), width) {
-            (Some(p), aqpim_pq::CodeWidth::Byte | aqpim_pq::CodeWidth::Nibble) => {
-                Some(aqpim_pq::QuantLut::new(&lut, p)?)
-            }
-            _ => None,
-        };
-        let ms = rayon::ThreadPoolBuilder::new()
-            .num_threads(1)
-            .build()?
-            .install(|| {
-                median_ms(a.reps.max(5), || {
-                    match (quant.as_ref(), width) {
-                        (Some(q), _) => scan_quantized(q, view.key_codes, &mut scores)?,
-                        (None, aqpim_pq::CodeWidth::Byte) => lut.scan_u8(data, &mut scores)?,
-                        (None, aqpim_pq::CodeWidth::Nibble) => {
-                            lut.scan_packed4(data, &mut scores)?
-                        }
-                        (None, aqpim_pq::CodeWidth::Crumb) => {
-                            lut.scan_packed2(data, &mut scores)?
-                        }
-                    }
-                    Ok(())
-                })
-            })?;
-        encoded as f64 / (ms / 1e3)
-    } else {
-        0.0
-    };
+    let score_codes_per_s_per_thread = score_rate(&view, &queries[..d], tables, a.reps)?;
     let report = pq.memory_report();
     if !(dense_ms > 0.0 && pq_ms > 0.0 && dense_ms.is_finite() && pq_ms.is_finite()) {
         bail!("a kernel's median time came out as {dense_ms} / {pq_ms} ms; raise --ctx or --reps");

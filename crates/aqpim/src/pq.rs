@@ -1,6 +1,6 @@
 //! `aqpim pq ...`: train, encode and benchmark product quantizers on `.npy` data.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -200,85 +200,18 @@ impl TrainArgs {
 
 pub fn run(cmd: PqCommand) -> Result<()> {
     match cmd {
-        PqCommand::Train { train, out } => with_threads(train.threads, || {
-            let x = npy::read_matrix(&train.input)?;
-            let params = PqParams::new(x.cols, train.m, train.nbits)?;
-            let (pq, secs) = train_with_spinner(params, &x.data, &train.options()?)?;
-            pq.save(&out)?;
-            eprintln!(
-                "trained d={} M={} nbits={} on {} vectors in {secs:.2} s -> {}",
-                x.cols,
-                train.m,
-                train.nbits,
-                x.rows,
-                out.display()
-            );
-            Ok(())
-        }),
+        PqCommand::Train { train, out } => with_threads(train.threads, || train_cmd(&train, &out)),
         PqCommand::Encode {
             codebook,
             input,
             out,
             threads,
-        } => with_threads(threads, || {
-            let pq = ProductQuantizer::load(&codebook)?;
-            let x = npy::read_matrix(&input)?;
-            if x.cols != pq.params().dim() {
-                bail!(
-                    "{}: vectors have d = {}, the codebook expects d = {}",
-                    input.display(),
-                    x.cols,
-                    pq.params().dim()
-                );
-            }
-            let codes = pq.encode(&x.data)?;
-            npy::write_u8(&out, x.rows, pq.params().num_subspaces(), &codes)?;
-            eprintln!(
-                "encoded {} vectors of d = {} into {} x {} codes -> {}",
-                x.rows,
-                x.cols,
-                x.rows,
-                pq.params().num_subspaces(),
-                out.display()
-            );
-            Ok(())
-        }),
+        } => with_threads(threads, || encode(&codebook, &input, &out)),
         PqCommand::Decode {
             codebook,
             codes,
             out,
-        } => {
-            let pq = ProductQuantizer::load(&codebook)?;
-            let c = npy::read_codes(&codes)?;
-            let p = pq.params();
-            if c.cols != p.num_subspaces() {
-                bail!(
-                    "{}: codes have M = {} columns, the codebook has M = {}",
-                    codes.display(),
-                    c.cols,
-                    p.num_subspaces()
-                );
-            }
-            if let Some(bad) = c.data.iter().find(|&&v| usize::from(v) >= p.ksub()) {
-                bail!(
-                    "{}: code {bad} is out of range for {}-bit codes (ksub = {})",
-                    codes.display(),
-                    p.nbits(),
-                    p.ksub()
-                );
-            }
-            let x = pq.decode(&c.data)?;
-            npy::write_f32(&out, c.rows, p.dim(), &x)?;
-            eprintln!(
-                "decoded {} x {} codes into {} vectors of d = {} -> {}",
-                c.rows,
-                c.cols,
-                c.rows,
-                p.dim(),
-                out.display()
-            );
-            Ok(())
-        }
+        } => decode(&codebook, &codes, &out),
         PqCommand::Info { file, json } => {
             let info = info(&file)?;
             if json {
@@ -288,23 +221,7 @@ pub fn run(cmd: PqCommand) -> Result<()> {
             }
             Ok(())
         }
-        PqCommand::Export { codebook, out } => {
-            let pq = ProductQuantizer::load(&codebook)?;
-            let p = pq.params();
-            npy::write_f32_nd(
-                &out,
-                &[p.num_subspaces(), p.ksub(), p.dsub()],
-                pq.centroids(),
-            )?;
-            eprintln!(
-                "exported {} x {} x {} centroids (subspaces x centroids x sub-vector) -> {}",
-                p.num_subspaces(),
-                p.ksub(),
-                p.dsub(),
-                out.display()
-            );
-            Ok(())
-        }
+        PqCommand::Export { codebook, out } => export(&codebook, &out),
         PqCommand::Bench { train, json } => with_threads(train.threads, || {
             let report = bench(&train)?;
             if json {
@@ -323,90 +240,202 @@ pub fn run(cmd: PqCommand) -> Result<()> {
             out,
             threads,
         } => with_threads(threads, || {
-            limits::in_range("--tokens", tokens, aqpim_kvcache::limits::MAX_CTX)?;
-            for &c in &chunk {
-                limits::in_range("--chunk", c, aqpim_kvcache::limits::MAX_CTX)?;
-            }
-            let spec = match kv
-                .parse::<aqpim_kvcache::KvSpec>()
-                .with_context(|| format!("--kv {}", limits::cut(&kv)))?
-            {
-                aqpim_kvcache::KvSpec::Pq(p) => p,
-                other => bail!("--kv {other}: calibration trains PQ codebooks; give a `pq:` spec"),
-            };
-            let (llama, tok) = aqpim_decode::model::load(&model)
-                .with_context(|| format!("loading model {}", model.display()))?;
-            let text = match text {
-                Some(t) => t,
-                None => default_corpus()?,
-            };
-            let body = std::fs::read_to_string(&text)
-                .with_context(|| format!("reading text {} (UTF-8 expected)", text.display()))?;
-            let mut ids = tok.encode(&body)?;
-            if ids.len() < tokens {
-                bail!(
-                    "{} holds {} tokens, fewer than --tokens {tokens}",
-                    text.display(),
-                    ids.len()
-                );
-            }
-            ids.truncate(tokens);
-            let bar = indicatif::ProgressBar::new(1);
-            bar.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{msg} [{bar:30}] {pos}/{len} layers, {elapsed} (eta {eta})",
-                )
-                .expect("valid template"),
-            );
-            // Redrawn every second: a layer of a long text takes many seconds.
-            bar.enable_steady_tick(Duration::from_secs(1));
-            let t = Instant::now();
-            let books = aqpim_decode::model::calibrate::calibrate(
-                &llama,
-                &ids,
-                &spec,
-                &if chunk.is_empty() {
-                    default_chunks(llama.config().context_length)
-                } else {
-                    chunk
-                },
-                &mut |what, done, total| {
-                    bar.set_message(what.to_string());
-                    bar.set_length(total as u64);
-                    bar.set_position(done as u64);
-                },
-            )?;
-            bar.finish_and_clear();
-            aqpim_decode::model::calibrate::save(&books, &out)?;
-            eprintln!(
-                "calibrated {} layers x {} KV heads on {tokens} tokens of {} in {:.1} s -> {}",
-                books.len(),
-                books.first().map_or(0, Vec::len),
-                text.display(),
-                t.elapsed().as_secs_f64(),
-                out.display()
-            );
-            Ok(())
+            calibrate(&model, text, tokens, &kv, chunk, &out)
         }),
-        PqCommand::Synth { n, d, seed, out } => {
-            if n == 0 || d == 0 {
-                bail!("--n and --d must be positive");
-            }
-            if d > aqpim_pq::limits::MAX_DIM {
-                bail!(
-                    "--d {d} is larger than the limit of {}",
-                    aqpim_pq::limits::MAX_DIM
-                );
-            }
-            aqpim_pq::limits::elements(n, d, "--n x --d")?;
-            npy::write_f32(&out, n, d, &aqpim_pq::synth::kv_like(n, d, seed))?;
-            eprintln!(
-                "wrote {n} x {d} KV-like float32 vectors (seed {seed}) -> {}",
-                out.display()
-            );
-            Ok(())
-        }
+        PqCommand::Synth { n, d, seed, out } => synth(n, d, seed, &out),
     }
+}
+
+/// `pq train`: a codebook trained on a `.npy` matrix, saved to `out`.
+fn train_cmd(train: &TrainArgs, out: &Path) -> Result<()> {
+    let x = npy::read_matrix(&train.input)?;
+    let params = PqParams::new(x.cols, train.m, train.nbits)?;
+    let (pq, secs) = train_with_spinner(params, &x.data, &train.options()?)?;
+    pq.save(out)?;
+    eprintln!(
+        "trained d={} M={} nbits={} on {} vectors in {secs:.2} s -> {}",
+        x.cols,
+        train.m,
+        train.nbits,
+        x.rows,
+        out.display()
+    );
+    Ok(())
+}
+
+/// `pq encode`: a `.npy` matrix encoded with a saved codebook.
+fn encode(codebook: &Path, input: &Path, out: &Path) -> Result<()> {
+    let pq = ProductQuantizer::load(codebook)?;
+    let x = npy::read_matrix(input)?;
+    if x.cols != pq.params().dim() {
+        bail!(
+            "{}: vectors have d = {}, the codebook expects d = {}",
+            input.display(),
+            x.cols,
+            pq.params().dim()
+        );
+    }
+    let codes = pq.encode(&x.data)?;
+    npy::write_u8(out, x.rows, pq.params().num_subspaces(), &codes)?;
+    eprintln!(
+        "encoded {} vectors of d = {} into {} x {} codes -> {}",
+        x.rows,
+        x.cols,
+        x.rows,
+        pq.params().num_subspaces(),
+        out.display()
+    );
+    Ok(())
+}
+
+/// `pq decode`: codes decoded with their codebook into vectors.
+fn decode(codebook: &Path, codes: &Path, out: &Path) -> Result<()> {
+    let pq = ProductQuantizer::load(codebook)?;
+    let c = npy::read_codes(codes)?;
+    let p = pq.params();
+    if c.cols != p.num_subspaces() {
+        bail!(
+            "{}: codes have M = {} columns, the codebook has M = {}",
+            codes.display(),
+            c.cols,
+            p.num_subspaces()
+        );
+    }
+    if let Some(bad) = c.data.iter().find(|&&v| usize::from(v) >= p.ksub()) {
+        bail!(
+            "{}: code {bad} is out of range for {}-bit codes (ksub = {})",
+            codes.display(),
+            p.nbits(),
+            p.ksub()
+        );
+    }
+    let x = pq.decode(&c.data)?;
+    npy::write_f32(out, c.rows, p.dim(), &x)?;
+    eprintln!(
+        "decoded {} x {} codes into {} vectors of d = {} -> {}",
+        c.rows,
+        c.cols,
+        c.rows,
+        p.dim(),
+        out.display()
+    );
+    Ok(())
+}
+
+/// `pq export`: a codebook's centroids as an M x ksub x dsub `.npy` array.
+fn export(codebook: &Path, out: &Path) -> Result<()> {
+    let pq = ProductQuantizer::load(codebook)?;
+    let p = pq.params();
+    npy::write_f32_nd(
+        out,
+        &[p.num_subspaces(), p.ksub(), p.dsub()],
+        pq.centroids(),
+    )?;
+    eprintln!(
+        "exported {} x {} x {} centroids (subspaces x centroids x sub-vector) -> {}",
+        p.num_subspaces(),
+        p.ksub(),
+        p.dsub(),
+        out.display()
+    );
+    Ok(())
+}
+
+/// `pq synth`: KV-like synthetic vectors as a float32 `.npy` matrix.
+fn synth(n: usize, d: usize, seed: u64, out: &Path) -> Result<()> {
+    if n == 0 || d == 0 {
+        bail!("--n and --d must be positive");
+    }
+    if d > aqpim_pq::limits::MAX_DIM {
+        bail!(
+            "--d {d} is larger than the limit of {}",
+            aqpim_pq::limits::MAX_DIM
+        );
+    }
+    aqpim_pq::limits::elements(n, d, "--n x --d")?;
+    npy::write_f32(out, n, d, &aqpim_pq::synth::kv_like(n, d, seed))?;
+    eprintln!(
+        "wrote {n} x {d} KV-like float32 vectors (seed {seed}) -> {}",
+        out.display()
+    );
+    Ok(())
+}
+
+/// `pq calibrate`: K and V codebooks for every layer and KV head of a model,
+/// trained on the keys and values of `tokens` tokens of a text.
+fn calibrate(
+    model: &Path,
+    text: Option<PathBuf>,
+    tokens: usize,
+    kv: &str,
+    chunk: Vec<usize>,
+    out: &Path,
+) -> Result<()> {
+    limits::in_range("--tokens", tokens, aqpim_kvcache::limits::MAX_CTX)?;
+    for &c in &chunk {
+        limits::in_range("--chunk", c, aqpim_kvcache::limits::MAX_CTX)?;
+    }
+    let spec = match kv
+        .parse::<aqpim_kvcache::KvSpec>()
+        .with_context(|| format!("--kv {}", limits::cut(kv)))?
+    {
+        aqpim_kvcache::KvSpec::Pq(p) => p,
+        other => bail!("--kv {other}: calibration trains PQ codebooks; give a `pq:` spec"),
+    };
+    let (llama, tok) = aqpim_decode::model::load(model)
+        .with_context(|| format!("loading model {}", model.display()))?;
+    let text = match text {
+        Some(t) => t,
+        None => default_corpus()?,
+    };
+    let body = std::fs::read_to_string(&text)
+        .with_context(|| format!("reading text {} (UTF-8 expected)", text.display()))?;
+    let mut ids = tok.encode(&body)?;
+    if ids.len() < tokens {
+        bail!(
+            "{} holds {} tokens, fewer than --tokens {tokens}",
+            text.display(),
+            ids.len()
+        );
+    }
+    ids.truncate(tokens);
+    let bar = indicatif::ProgressBar::new(1);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:30}] {pos}/{len} layers, {elapsed} (eta {eta})",
+        )
+        .expect("valid template"),
+    );
+    // Redrawn every second: a layer of a long text takes many seconds.
+    bar.enable_steady_tick(Duration::from_secs(1));
+    let t = Instant::now();
+    let chunks = if chunk.is_empty() {
+        default_chunks(llama.config().context_length)
+    } else {
+        chunk
+    };
+    let books = aqpim_decode::model::calibrate::calibrate(
+        &llama,
+        &ids,
+        &spec,
+        &chunks,
+        &mut |what, done, total| {
+            bar.set_message(what.to_string());
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        },
+    )?;
+    bar.finish_and_clear();
+    aqpim_decode::model::calibrate::save(&books, out)?;
+    eprintln!(
+        "calibrated {} layers x {} KV heads on {tokens} tokens of {} in {:.1} s -> {}",
+        books.len(),
+        books.first().map_or(0, Vec::len),
+        text.display(),
+        t.elapsed().as_secs_f64(),
+        out.display()
+    );
+    Ok(())
 }
 
 /// Where `pq calibrate` reads its text without `--text`: the corpus of
