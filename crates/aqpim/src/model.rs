@@ -256,44 +256,8 @@ fn ppl(a: PplArgs) -> Result<()> {
     let text = std::fs::read_to_string(&a.text)
         .with_context(|| format!("reading text {} (UTF-8 expected)", a.text.display()))?;
     let (model, tok) = load(&a.model)?;
-    let doc_start = match a.bos_token.as_str() {
-        "none" => None,
-        "auto" => tok.token_id("<|endoftext|>").or(tok.eos),
-        id => {
-            let id: u32 = id.parse().with_context(|| {
-                format!(
-                    "--bos-token {}: expected `auto`, `none` or a token id",
-                    crate::limits::cut(id)
-                )
-            })?;
-            if id as usize >= tok.vocab_size() {
-                bail!(
-                    "--bos-token {id} is outside the vocabulary of {} tokens",
-                    tok.vocab_size()
-                );
-            }
-            Some(id)
-        }
-    };
-    let mut tokens = tok.encode(&text).context("tokenizing the text")?;
-    if a.skip > 0 && a.skip >= tokens.len() {
-        bail!(
-            "--skip {}: the text has only {} tokens",
-            a.skip,
-            tokens.len()
-        );
-    }
-    tokens.drain(..a.skip);
-    if let Some(n) = a.tokens {
-        if n > tokens.len() {
-            bail!(
-                "--tokens {n}: the text has only {} tokens{}",
-                tokens.len(),
-                if a.skip > 0 { " after --skip" } else { "" }
-            );
-        }
-        tokens.truncate(n);
-    }
+    let doc_start = doc_start_token(&a.bos_token, &tok)?;
+    let tokens = scored_text(&tok, &text, a.skip, a.tokens)?;
     let max_window = model.config().context_length - usize::from(doc_start.is_some());
     if a.window > max_window {
         bail!(
@@ -356,35 +320,13 @@ fn ppl(a: PplArgs) -> Result<()> {
     let lead = usize::from(doc_start.is_some());
     let breakdown_tokens = (a.window.min(tokens.len()) + lead).saturating_sub(1);
     let breakdown = breakdown(&model, &choice, breakdown_tokens)?;
-    let compressed = matches!(&choice, CacheChoice::Store(s, _) if !matches!(s, KvSpec::Dense));
-    if compressed && report.decode_tokens == 0 {
-        eprintln!(
-            "warning: no token was decoded through the compressed cache (--prefill {} covers every window of {} tokens); \
-             perplexity then shows prefill attention, not the cache: lower --prefill",
-            opts.prefill,
-            opts.window
-        );
-    } else if compressed
-        && breakdown
-            .as_ref()
-            .is_some_and(|b| b.tokens_by_region.encoded == 0)
-    {
-        eprintln!(
-            "warning: a window of {} tokens fits in the cache's FP16 sinks and recent window; no token is read from codes",
-            opts.window
-        );
-    }
-    if let CacheChoice::Store(KvSpec::Pq(p), None) = &choice {
-        // Online training waits for `train_min` tokens (2^nbits by default);
-        // until then every token stays in the FP16 window.
-        let threshold = p.train_threshold();
-        if report.decode_tokens > 0 && breakdown_tokens <= threshold + p.sinks + p.window {
-            eprintln!(
-                "warning: online codebooks train once a layer holds {threshold} tokens, and a window holds {breakdown_tokens}: \
-                 few or no decoded tokens are read from codes; use a longer --window, `train_min=` in --kv, or calibrated --codebooks"
-            );
-        }
-    }
+    warn_unread_cache(
+        &choice,
+        &opts,
+        report.decode_tokens,
+        breakdown.as_ref(),
+        breakdown_tokens,
+    );
     let bits = breakdown.as_ref().map(|b| &b.bits_per_element);
     let out = PplOutput {
         model: a.model.display().to_string(),
@@ -426,6 +368,100 @@ fn ppl(a: PplArgs) -> Result<()> {
         print_ppl(&out);
     }
     Ok(())
+}
+
+/// The document-start token of `--bos-token`: `auto` (the tokenizer's
+/// `<|endoftext|>`, or its EOS), `none`, or a token id of the vocabulary.
+fn doc_start_token(bos: &str, tok: &aqpim_decode::Tokenizer) -> Result<Option<u32>> {
+    Ok(match bos {
+        "none" => None,
+        "auto" => tok.token_id("<|endoftext|>").or(tok.eos),
+        id => {
+            let id: u32 = id.parse().with_context(|| {
+                format!(
+                    "--bos-token {}: expected `auto`, `none` or a token id",
+                    crate::limits::cut(id)
+                )
+            })?;
+            if id as usize >= tok.vocab_size() {
+                bail!(
+                    "--bos-token {id} is outside the vocabulary of {} tokens",
+                    tok.vocab_size()
+                );
+            }
+            Some(id)
+        }
+    })
+}
+
+/// The tokens `eval ppl` scores: the text's, less the first `skip`, cut to
+/// `limit` when given.
+fn scored_text(
+    tok: &aqpim_decode::Tokenizer,
+    text: &str,
+    skip: usize,
+    limit: Option<usize>,
+) -> Result<Vec<u32>> {
+    let mut tokens = tok.encode(&text).context("tokenizing the text")?;
+    if skip > 0 && skip >= tokens.len() {
+        bail!(
+            "--skip {}: the text has only {} tokens",
+            skip,
+            tokens.len()
+        );
+    }
+    tokens.drain(..skip);
+    if let Some(n) = limit {
+        if n > tokens.len() {
+            bail!(
+                "--tokens {n}: the text has only {} tokens{}",
+                tokens.len(),
+                if skip > 0 { " after --skip" } else { "" }
+            );
+        }
+        tokens.truncate(n);
+    }
+    Ok(tokens)
+}
+
+/// Warns when the evaluated cache was not read: no decoded token, a
+/// window that fits in the FP16 regions, or online codebooks that train
+/// after the window ends.
+fn warn_unread_cache(
+    choice: &CacheChoice,
+    opts: &PplOptions,
+    decode_tokens: usize,
+    breakdown: Option<&aqpim_kvcache::MemoryReport>,
+    breakdown_tokens: usize,
+) {
+    let compressed = matches!(choice, CacheChoice::Store(s, _) if !matches!(s, KvSpec::Dense));
+    if compressed && decode_tokens == 0 {
+        eprintln!(
+            "warning: no token was decoded through the compressed cache (--prefill {} covers every window of {} tokens); \
+             perplexity then shows prefill attention, not the cache: lower --prefill",
+            opts.prefill,
+            opts.window
+        );
+    } else if compressed
+        && breakdown
+            .is_some_and(|b| b.tokens_by_region.encoded == 0)
+    {
+        eprintln!(
+            "warning: a window of {} tokens fits in the cache's FP16 sinks and recent window; no token is read from codes",
+            opts.window
+        );
+    }
+    if let CacheChoice::Store(KvSpec::Pq(p), None) = choice {
+        // Online training waits for `train_min` tokens (2^nbits by default);
+        // until then every token stays in the FP16 window.
+        let threshold = p.train_threshold();
+        if decode_tokens > 0 && breakdown_tokens <= threshold + p.sinks + p.window {
+            eprintln!(
+                "warning: online codebooks train once a layer holds {threshold} tokens, and a window holds {breakdown_tokens}: \
+                 few or no decoded tokens are read from codes; use a longer --window, `train_min=` in --kv, or calibrated --codebooks"
+            );
+        }
+    }
 }
 
 /// The default `--prefill`: 64 tokens, and at most half the window, so that
@@ -533,17 +569,10 @@ pub fn run_generate(a: GenerateArgs) -> Result<()> {
     in_pool(a.threads, || generate(a))
 }
 
-fn generate(a: GenerateArgs) -> Result<()> {
-    let choice = cache_choice(&a.kv, a.codebooks.as_deref())?;
-    let sampling = match a.temperature {
-        None => Sampling::Greedy,
-        Some(temperature) => Sampling::TopP {
-            temperature,
-            top_p: a.top_p,
-            seed: a.seed,
-        },
-    };
-    let (model, tok) = load(&a.model)?;
+/// The prompt's token ids (in the chat template with `--chat`, after BOS
+/// when the tokenizer adds one), refused when they and `--max-tokens` do
+/// not fit in the model's context.
+fn prompt_ids(a: &GenerateArgs, model: &Llama, tok: &aqpim_decode::Tokenizer) -> Result<Vec<u32>> {
     let prompt = if a.chat {
         format!(
             "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n",
@@ -578,6 +607,21 @@ fn generate(a: GenerateArgs) -> Result<()> {
             context - ids.len() + 1
         );
     }
+    Ok(ids)
+}
+
+fn generate(a: GenerateArgs) -> Result<()> {
+    let choice = cache_choice(&a.kv, a.codebooks.as_deref())?;
+    let sampling = match a.temperature {
+        None => Sampling::Greedy,
+        Some(temperature) => Sampling::TopP {
+            temperature,
+            top_p: a.top_p,
+            seed: a.seed,
+        },
+    };
+    let (model, tok) = load(&a.model)?;
+    let ids = prompt_ids(&a, &model, &tok)?;
     let stop: Vec<u32> = tok
         .eos
         .into_iter()
