@@ -8,7 +8,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 mod functions;
-pub use functions::{function_problems, long_functions, LONG_FUNCTIONS, MAX_FN_LINES};
+use functions::function_problems;
 
 /// The allowed edges between workspace crates, read from the table under
 /// "Architecture invariants" in ARCHITECTURE.md (one row per crate: the

@@ -52,7 +52,7 @@ fn bench_variant(c: &mut Criterion, variant: &str) {
     }
     let (k, v) = synth::layer_tokens(&shape, 1, 99);
     let before = store.regions(0).expect("layer 0");
-    let flush = spec.flush;
+    let flush = spec.regions.flush;
     c.bench_function(
         &format!(
             "append/{}x{}x{}/pq-dsub4-nbits8/{variant}",

@@ -8,7 +8,7 @@
 //! `aqpim kv bench --alloc-ctx 131072 --json` does, plus the same step with
 //! `flush=16`.
 
-use aqpim_kvcache::{bench, KvShape, KvSpec, PqSpec};
+use aqpim_kvcache::{bench, KvShape, KvSpec};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
@@ -27,7 +27,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "append, flush=1: median {:.2} ms per step",
         append.median_step_ms
     );
-    let batched = bench::append_latency(shape, PqSpec { flush: 16, ..spec }, 256, 64, 1)?;
+    let mut flushed = spec;
+    flushed.regions.flush = 16;
+    let batched = bench::append_latency(shape, flushed, 256, 64, 1)?;
     eprintln!(
         "append, flush=16: median {:.2} ms per step",
         batched.median_step_ms

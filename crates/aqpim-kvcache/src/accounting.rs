@@ -62,7 +62,7 @@ impl Regions {
                 recent: ctx,
             },
             KvSpec::Pq(p) => {
-                let sinks = ctx.min(p.sinks);
+                let sinks = ctx.min(p.regions.sinks);
                 let rest = ctx - sinks;
                 let encoded = if ctx >= p.train_threshold() {
                     p.encoded_target(ctx, layer, num_layers)
@@ -179,10 +179,10 @@ pub fn account(shape: &KvShape, spec: &KvSpec, ctx: usize) -> Result<MemoryRepor
     // A codebook exists once a (layer, head) using it has encoded a token.
     let codebooks = match spec {
         KvSpec::Pq(p) => {
-            let mut used = vec![false; p.share.num_groups(shape)];
+            let mut used = vec![false; p.training.share.num_groups(shape)];
             for (l, r) in layers.iter().enumerate() {
                 for h in 0..shape.num_kv_heads() {
-                    used[p.share.group_of(shape, l, h)] |= r.encoded > 0;
+                    used[p.training.share.group_of(shape, l, h)] |= r.encoded > 0;
                 }
             }
             used.iter().filter(|u| **u).count()
@@ -255,15 +255,15 @@ pub fn account_regions(
         match spec {
             KvSpec::Dense => {}
             KvSpec::Pq(p) => {
-                let pk = p.params(shape.head_dim(), crate::KvPart::Keys)?;
-                let pv = p.params(shape.head_dim(), crate::KvPart::Values)?;
+                p.params(shape.head_dim(), crate::KvPart::Keys)?;
+                p.params(shape.head_dim(), crate::KvPart::Values)?;
                 add(
                     &mut b.key_codes,
-                    mul(&[e, h, p.code_row_bytes(&pk) as u64])?,
+                    mul(&[e, h, p.key.row_bytes(shape.head_dim()) as u64])?,
                 )?;
                 add(
                     &mut b.value_codes,
-                    mul(&[e, h, p.code_row_bytes(&pv) as u64])?,
+                    mul(&[e, h, p.value.row_bytes(shape.head_dim()) as u64])?,
                 )?;
                 add(
                     &mut b.outliers,
@@ -287,7 +287,7 @@ pub fn account_regions(
     if let KvSpec::Pq(p) = spec {
         let pk = p.params(shape.head_dim(), crate::KvPart::Keys)?;
         let pv = p.params(shape.head_dim(), crate::KvPart::Values)?;
-        let cb = if p.fp16_codebooks { 2 } else { 4 };
+        let cb = if p.training.fp16_codebooks { 2 } else { 4 };
         let (tk, tv) = (
             p.transform_bytes(crate::KvPart::Keys, shape.head_dim()) as u64,
             p.transform_bytes(crate::KvPart::Values, shape.head_dim()) as u64,

@@ -91,7 +91,7 @@ pub fn append_latency(
     // when `steps > window`; it must decode to its codebook's encoding.
     let reg = store.regions(0)?;
     let last = reg.sinks + reg.encoded;
-    if last > prefill.max(spec.sinks) {
+    if last > prefill.max(spec.regions.sinks) {
         let s = last - 1 - prefill;
         let x = crate::tokens::round_f16(&inputs[s].0[..d]);
         let pq = store

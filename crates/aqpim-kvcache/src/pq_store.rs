@@ -233,7 +233,7 @@ pub fn fit_transform(
         return Ok(None);
     }
     let dsub = spec.params(d, part)?.dsub();
-    let mean = if spec.center {
+    let mean = if spec.transforms.center {
         channel_mean(data, d, None)
     } else {
         vec![0.0; d]
@@ -243,7 +243,7 @@ pub fn fit_transform(
         v.iter().enumerate().for_each(|(i, &x)| m[i * d + i] = x);
         m
     };
-    let whiten = part == KvPart::Keys && spec.whiten != KeyMetric::Euclidean;
+    let whiten = part == KvPart::Keys && spec.transforms.whiten != KeyMetric::Euclidean;
     let mut m: Option<Vec<f32>> = None;
     if whiten {
         let s = query_moment.ok_or_else(|| KvError::Incompatible {
@@ -254,7 +254,7 @@ pub fn fit_transform(
         if s.len() != d * d {
             return Err(KvError::shape("fit_transform", d * d, s.len()));
         }
-        m = Some(match spec.whiten {
+        m = Some(match spec.transforms.whiten {
             KeyMetric::QueryDiagonal => {
                 let top = (0..d).map(|i| s[i * d + i]).fold(0f64, f64::max).max(1e-30);
                 diag(
@@ -265,7 +265,7 @@ pub fn fit_transform(
             }
             _ => sym_sqrt(s, d, 1e-6),
         });
-    } else if spec.scale {
+    } else if spec.transforms.scale {
         let mu = channel_mean(data, d, None);
         let sq: Vec<f32> = data
             .iter()
@@ -280,8 +280,8 @@ pub fn fit_transform(
                 .collect::<Vec<_>>(),
         ));
     }
-    if spec.layout != crate::spec::SubspaceLayout::Contiguous {
-        let p = permutation_matrix(&spec.layout.permutation(d, dsub));
+    if spec.transforms.layout != crate::spec::SubspaceLayout::Contiguous {
+        let p = permutation_matrix(&spec.transforms.layout.permutation(d, dsub));
         m = Some(match m {
             None => p,
             Some(m) => matmul(&p, &m, d),
@@ -313,17 +313,14 @@ impl PqStore {
             recent: [TokenRing::new(d), TokenRing::new(d)],
             outliers: Vec::new(),
         };
-        let groups = pq.share.num_groups(&shape);
+        let groups = pq.training.share.num_groups(&shape);
         Ok(PqStore {
             shape,
             spec,
             pq,
             params,
-            row_bytes: [pq.code_row_bytes(&params[0]), pq.code_row_bytes(&params[1])],
-            widths: [
-                pq.code_width(params[0].nbits()),
-                pq.code_width(params[1].nbits()),
-            ],
+            row_bytes: [pq.key.row_bytes(d), pq.value.row_bytes(d)],
+            widths: [pq.key.width(), pq.value.width()],
             codebooks: [vec![None; groups], vec![None; groups]],
             transforms: [vec![None; groups], vec![None; groups]],
             layers: vec![
@@ -359,7 +356,7 @@ impl PqStore {
     /// The codebook and transform group of `(layer, head)`, once the head is checked.
     fn group(&self, layer: usize, head: usize) -> Result<usize> {
         self.shape.check_head(layer, head)?;
-        Ok(self.pq.share.group_of(&self.shape, layer, head))
+        Ok(self.pq.training.share.group_of(&self.shape, layer, head))
     }
 
     /// Borrowed view of one head: sinks, codes, recent window, codebooks.
@@ -376,7 +373,7 @@ impl PqStore {
             row_bytes: self.row_bytes[p],
             width: self.widths[p],
         };
-        let g = self.pq.share.group_of(&self.shape, layer, head);
+        let g = self.pq.training.share.group_of(&self.shape, layer, head);
         Ok(PqHeadView {
             regions: l.regions,
             sink_keys: TokenSlices::new(&h.sinks[0], &[], d),
@@ -420,7 +417,7 @@ impl PqStore {
                 return Err(KvError::shape("set_transforms", d, t.dim()));
             }
         }
-        let g = self.pq.share.group_of(&self.shape, layer, head);
+        let g = self.pq.training.share.group_of(&self.shape, layer, head);
         let in_use = self.group_encoded(g);
         if in_use > 0 {
             return Err(KvError::CodebookInUse {
@@ -440,7 +437,7 @@ impl PqStore {
         (0..self.shape.num_layers())
             .filter(|&l| {
                 (0..self.shape.num_kv_heads())
-                    .any(|h| self.pq.share.group_of(&self.shape, l, h) == g)
+                    .any(|h| self.pq.training.share.group_of(&self.shape, l, h) == g)
             })
             .map(|l| self.layers[l].regions.encoded)
             .sum()
@@ -476,7 +473,7 @@ impl PqStore {
                 });
             }
         }
-        let g = self.pq.share.group_of(&self.shape, layer, head);
+        let g = self.pq.training.share.group_of(&self.shape, layer, head);
         let in_use = self.group_encoded(g);
         if in_use > 0 {
             return Err(KvError::CodebookInUse {
@@ -486,7 +483,7 @@ impl PqStore {
                 tokens: in_use,
             });
         }
-        let (keys, values) = if self.pq.fp16_codebooks {
+        let (keys, values) = if self.pq.training.fp16_codebooks {
             (round_codebook(keys)?, round_codebook(values)?)
         } else {
             (keys, values)
@@ -499,7 +496,7 @@ impl PqStore {
     /// Whether every head of `layer` has both codebooks.
     fn layer_ready(&self, layer: usize) -> bool {
         (0..self.shape.num_kv_heads()).all(|h| {
-            let g = self.pq.share.group_of(&self.shape, layer, h);
+            let g = self.pq.training.share.group_of(&self.shape, layer, h);
             self.codebooks[0][g].is_some() && self.codebooks[1][g].is_some()
         })
     }
@@ -515,7 +512,7 @@ impl PqStore {
                 reason: "whiten= and vweight= need calibrated codebooks (aqpim pq calibrate); online training cannot use them".into(),
             });
         }
-        let share = self.pq.share;
+        let share = self.pq.training.share;
         let mut groups: Vec<usize> = (0..h_count)
             .map(|h| share.group_of(&self.shape, layer, h))
             .collect();
@@ -534,8 +531,8 @@ impl PqStore {
                     data.extend(round_f16(&input[h * n * d..(h + 1) * n * d]));
                 }
                 let opts = TrainOptions {
-                    iterations: self.pq.iterations,
-                    seed: self.pq.seed
+                    iterations: self.pq.training.iterations,
+                    seed: self.pq.training.seed
                         ^ ((2 * g + p + 1) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
                     ..TrainOptions::default()
                 };
@@ -545,7 +542,7 @@ impl PqStore {
                     None => data,
                 };
                 let mut pq = ProductQuantizer::train(self.params[p], &data, &opts)?;
-                if self.pq.fp16_codebooks {
+                if self.pq.training.fp16_codebooks {
                     pq = round_codebook(pq)?;
                 }
                 self.codebooks[p][g] = Some(pq);
@@ -561,7 +558,7 @@ impl PqStore {
             return Ok(());
         }
         let reg = self.layers[layer].regions;
-        let to_sinks = self.pq.sinks.saturating_sub(reg.sinks).min(n);
+        let to_sinks = self.pq.regions.sinks.saturating_sub(reg.sinks).min(n);
         let to_recent = n - to_sinks;
         let target = self
             .pq
@@ -578,7 +575,7 @@ impl PqStore {
         let from_ring = overflow.min(reg.recent);
         let from_new = overflow - from_ring;
 
-        let (shape, share, d) = (self.shape, self.pq.share, self.shape.head_dim());
+        let (shape, share, d) = (self.shape, self.pq.training.share, self.shape.head_dim());
         let spec = self.pq;
         let keep = self.keeps_blocks();
         let PqStore {
@@ -616,7 +613,7 @@ impl PqStore {
                         let lanes = blocks::lane_nibbles(p);
                         blocks::sync(&head.codes[p], widths[p], m, lanes, &mut head.blocks[p])?;
                     }
-                    if spec.outliers_per_mille > 0 {
+                    if spec.regions.outliers_per_mille > 0 {
                         let approx = pq.decode(&codes)?;
                         for ((e, x), a) in errors
                             .iter_mut()
@@ -632,7 +629,7 @@ impl PqStore {
                 }
                 head.recent[p].push_f32(&fresh[from_new * d..]);
             }
-            if spec.outliers_per_mille > 0 {
+            if spec.regions.outliers_per_mille > 0 {
                 for (i, &e) in errors.iter().enumerate() {
                     let index = first_encoded + i;
                     let budget = spec.outlier_budget(index + 1);
@@ -708,7 +705,7 @@ impl PqStore {
     fn has_extras(&self) -> bool {
         self.pq.transforms(KvPart::Keys)
             || self.pq.transforms(KvPart::Values)
-            || self.pq.outliers_per_mille > 0
+            || self.pq.regions.outliers_per_mille > 0
     }
 
     pub(crate) fn read_body(shape: KvShape, pq: PqSpec, r: &mut Reader<'_>) -> Result<Self> {
@@ -775,8 +772,8 @@ impl PqStore {
                 .checked_add(reg.encoded)
                 .and_then(|t| t.checked_add(reg.recent));
             let ok = total.is_some()
-                && reg.sinks <= pq.sinks
-                && (reg.sinks == pq.sinks || reg.encoded + reg.recent == 0)
+                && reg.sinks <= pq.regions.sinks
+                && (reg.sinks == pq.regions.sinks || reg.encoded + reg.recent == 0)
                 && (reg.encoded == 0
                     || (reg.encoded
                         == pq.encoded_target(total.unwrap_or(0), layer, shape.num_layers())
@@ -1011,11 +1008,13 @@ impl KvStore for PqStore {
         b
     }
     fn reserve(&mut self, tokens: usize) {
-        let (s, r) = (self.pq.sinks, self.pq.window);
+        let (s, r) = (self.pq.regions.sinks, self.pq.regions.window);
         let d = self.shape.head_dim();
         let encoded = tokens.saturating_sub(s + r);
         // The window holds up to `R + B - 1` tokens between flushes.
-        let recent = tokens.saturating_sub(s).min(r + self.pq.flush.max(1) - 1);
+        let recent = tokens
+            .saturating_sub(s)
+            .min(r + self.pq.regions.flush.max(1) - 1);
         let rows = self.row_bytes;
         let keep = self.keeps_blocks();
         let m = self.params.map(|p| p.num_subspaces());

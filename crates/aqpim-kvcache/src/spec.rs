@@ -5,7 +5,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use aqpim_pq::{CodeWidth, PqParams};
+use aqpim_pq::{CodeFormat, PqParams};
 
 use crate::error::{KvError, Result};
 use crate::shape::KvShape;
@@ -175,34 +175,32 @@ impl KeyMetric {
     }
 }
 
-/// Parameters of the PQ store.
+/// Parameters of the PQ store: the key and value code formats, then the
+/// FP16 regions beside the codes, how codebooks are trained and held, and
+/// the pre-transforms of keys and values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PqSpec {
-    /// Elements per key sub-vector (`kdsub`, or `dsub` for both parts); `M = head_dim / dsub`.
-    /// Read it through [`PqSpec::params`].
-    pub key_dsub: usize,
-    /// Elements per value sub-vector (`vdsub`).
-    pub value_dsub: usize,
-    /// Bits per key code (nbits of the K codebooks), 1..=8.
-    pub key_bits: u32,
-    /// Bits per value code (nbits of the V codebooks), 1..=8.
-    pub value_bits: u32,
+    /// Key codes (`kdsub`/`dsub`, `kbits`/`nbits`, `pack`).
+    pub key: CodeFormat,
+    /// Value codes (`vdsub`/`dsub`, `vbits`/`nbits`, `pack`). The spec
+    /// string has one `pack` for both parts, so both formats pack alike.
+    pub value: CodeFormat,
+    /// Which tokens stay in FP16 beside the codes.
+    pub regions: PqRegions,
+    /// How codebooks are trained and held.
+    pub training: PqTraining,
+    /// Pre-transforms of keys and values before k-means and encoding.
+    pub transforms: PqTransforms,
+}
+
+/// The tokens a PQ cache keeps in FP16 beside its codes, and when tokens
+/// leave the window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PqRegions {
     /// Leading tokens kept in FP16 (attention sinks, S).
     pub sinks: usize,
     /// Most recent tokens kept in FP16 (R).
     pub window: usize,
-    /// Codebook sharing across heads or layers.
-    pub share: CodebookSharing,
-    /// Store codes packed: four per byte for `nbits <= 2`, two per byte
-    /// (nibbles) for `nbits <= 4`; otherwise, and with `pack=false`, one byte per code.
-    pub pack: bool,
-    /// k-means iterations of online training.
-    pub iterations: usize,
-    /// Seed of online training.
-    pub seed: u64,
-    /// Online training waits until a layer holds this many tokens (default:
-    /// `ksub`, the fewest k-means accepts); until then tokens stay in FP16.
-    pub train_min: Option<usize>,
     /// Tokens leave the window in batches of `B` (`flush=B`, default 1): a
     /// layer encodes only at its flush points, the token counts `n` with
     /// `(n + offset) % B == 0`, `offset = layer * B / num_layers`, so that
@@ -211,6 +209,34 @@ pub struct PqSpec {
     /// bound by reading every head's codebook), and the window holds between
     /// `R` and `R + B - 1` tokens.
     pub flush: usize,
+    /// Outlier tokens per 1,000 encoded tokens (`outliers=N`, per head): the
+    /// encoded tokens with the largest relative quantization error keep an
+    /// FP16 copy (keys and values) that attention uses instead of their codes.
+    pub outliers_per_mille: usize,
+}
+
+/// How a PQ cache's codebooks are trained (online, or by `aqpim pq
+/// calibrate`) and held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PqTraining {
+    /// Codebook sharing across heads or layers.
+    pub share: CodebookSharing,
+    /// k-means iterations of online training.
+    pub iterations: usize,
+    /// Seed of online training.
+    pub seed: u64,
+    /// Online training waits until a layer holds this many tokens (default:
+    /// `ksub`, the fewest k-means accepts); until then tokens stay in FP16.
+    pub train_min: Option<usize>,
+    /// Codebooks held as FP16 (`cb16=true`): centroids rounded to FP16 and
+    /// counted at 2 bytes.
+    pub fp16_codebooks: bool,
+}
+
+/// Pre-transforms of keys and values before k-means and encoding, and how
+/// calibration weighs them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PqTransforms {
     /// Mean centering (`center=true`): keys and values minus their
     /// per-channel mean (per codebook group) before k-means and encoding.
     /// Scores drop nothing (the key mean's score `q . mu` is added to every
@@ -228,72 +254,60 @@ pub struct PqSpec {
     /// Value codebooks weighted by the attention mass each calibration token
     /// receives (`vweight=true`); calibration only.
     pub value_weighting: bool,
-    /// Outlier tokens per 1,000 encoded tokens (`outliers=N`, per head): the
-    /// encoded tokens with the largest relative quantization error keep an
-    /// FP16 copy (keys and values) that attention uses instead of their codes.
-    pub outliers_per_mille: usize,
-    /// Codebooks held as FP16 (`cb16=true`): centroids rounded to FP16 and
-    /// counted at 2 bytes.
-    pub fp16_codebooks: bool,
 }
 
 impl Default for PqSpec {
     fn default() -> Self {
         PqSpec {
-            key_dsub: 4,
-            value_dsub: 4,
-            key_bits: 8,
-            value_bits: 8,
-            sinks: 4,
-            window: 128,
-            share: CodebookSharing::None,
-            pack: true,
-            iterations: 25,
-            seed: 1234,
-            train_min: None,
-            flush: 1,
-            center: false,
-            scale: false,
-            layout: SubspaceLayout::Contiguous,
-            whiten: KeyMetric::Euclidean,
-            value_weighting: false,
-            outliers_per_mille: 0,
-            fp16_codebooks: false,
+            key: CodeFormat::new(4, 8, true),
+            value: CodeFormat::new(4, 8, true),
+            regions: PqRegions {
+                sinks: 4,
+                window: 128,
+                flush: 1,
+                outliers_per_mille: 0,
+            },
+            training: PqTraining {
+                share: CodebookSharing::None,
+                iterations: 25,
+                seed: 1234,
+                train_min: None,
+                fp16_codebooks: false,
+            },
+            transforms: PqTransforms {
+                center: false,
+                scale: false,
+                layout: SubspaceLayout::Contiguous,
+                whiten: KeyMetric::Euclidean,
+                value_weighting: false,
+            },
         }
     }
 }
 
 impl PqSpec {
-    /// PQ parameters of the key (`Keys`) or value codebooks for head size `head_dim`.
-    pub fn params(&self, head_dim: usize, part: crate::KvPart) -> Result<PqParams> {
-        let (dsub, bits) = match part {
-            crate::KvPart::Keys => (self.key_dsub, self.key_bits),
-            crate::KvPart::Values => (self.value_dsub, self.value_bits),
-        };
-        Ok(PqParams::with_dsub(head_dim, dsub, bits)?)
-    }
-
-    /// How codes of `nbits` bits are stored: with `pack=true`, the tightest
-    /// width ([`CodeWidth::tightest`]: four codes per byte for `nbits <= 2`,
-    /// two for `nbits <= 4`); with `pack=false`, one byte per code.
-    pub fn code_width(&self, nbits: u32) -> CodeWidth {
-        if self.pack {
-            CodeWidth::tightest(nbits)
-        } else {
-            CodeWidth::Byte
+    /// The code format of keys (`Keys`) or values.
+    pub fn format(&self, part: crate::KvPart) -> CodeFormat {
+        match part {
+            crate::KvPart::Keys => self.key,
+            crate::KvPart::Values => self.value,
         }
     }
 
-    /// Bytes per token of codes with these parameters: `ceil(M / 4)` packed
-    /// with `nbits <= 2`, `ceil(M / 2)` packed with `nbits <= 4`, `M` otherwise.
-    pub fn code_row_bytes(&self, params: &PqParams) -> usize {
-        self.code_width(params.nbits())
-            .row_bytes(params.num_subspaces())
+    /// PQ parameters of the key (`Keys`) or value codebooks for head size `head_dim`.
+    pub fn params(&self, head_dim: usize, part: crate::KvPart) -> Result<PqParams> {
+        Ok(self.format(part).params(head_dim)?)
     }
 
-    /// The latest flush point of `layer` at or before `n` tokens (see [`PqSpec::flush`]).
+    /// Bytes per token of one part's codes for head size `head_dim`, as
+    /// stored ([`CodeFormat::row_bytes`]).
+    pub fn code_row_bytes(&self, head_dim: usize, part: crate::KvPart) -> usize {
+        self.format(part).row_bytes(head_dim)
+    }
+
+    /// The latest flush point of `layer` at or before `n` tokens (see [`PqRegions::flush`]).
     pub fn flush_point(&self, n: usize, layer: usize, num_layers: usize) -> usize {
-        let b = self.flush.max(1);
+        let b = self.regions.flush.max(1);
         let offset = layer * b / num_layers.max(1);
         // Before the first flush point (`n < offset`) nothing is due.
         n.saturating_sub((n % b + offset) % b)
@@ -304,28 +318,34 @@ impl PqSpec {
     /// the latest flush point.
     pub fn encoded_target(&self, n: usize, layer: usize, num_layers: usize) -> usize {
         self.flush_point(n, layer, num_layers)
-            .saturating_sub(self.sinks + self.window)
+            .saturating_sub(self.regions.sinks + self.regions.window)
     }
 
     /// Whether the spec asks for a pre-transform of `part` (centering,
     /// scaling, a non-contiguous layout or, for keys, a query metric).
     pub fn transforms(&self, part: crate::KvPart) -> bool {
-        self.center
-            || self.scale
-            || self.layout != SubspaceLayout::Contiguous
-            || (part == crate::KvPart::Keys && self.whiten != KeyMetric::Euclidean)
+        self.transforms.center || self.transform_matrix(part)
+    }
+
+    /// Whether the pre-transform of `part` has a matrix (scaling, a
+    /// non-contiguous layout or, for keys, a query metric).
+    fn transform_matrix(&self, part: crate::KvPart) -> bool {
+        let t = &self.transforms;
+        t.scale
+            || t.layout != SubspaceLayout::Contiguous
+            || (part == crate::KvPart::Keys && t.whiten != KeyMetric::Euclidean)
     }
 
     /// Whether codebooks must come from calibration (query metric or
     /// attention-weighted values).
     pub fn needs_calibration(&self) -> bool {
-        self.whiten != KeyMetric::Euclidean || self.value_weighting
+        self.transforms.whiten != KeyMetric::Euclidean || self.transforms.value_weighting
     }
 
     /// Outlier tokens kept in FP16 per head when `encoded` tokens are encoded
     /// (`floor(encoded * outliers / 1000)`).
     pub fn outlier_budget(&self, encoded: usize) -> usize {
-        encoded * self.outliers_per_mille / 1000
+        encoded * self.regions.outliers_per_mille / 1000
     }
 
     /// Bytes of the pre-transform of one `part` codebook, as the store holds
@@ -335,16 +355,59 @@ impl PqSpec {
         if !self.transforms(part) {
             return 0;
         }
-        let matrix = self.scale
-            || self.layout != SubspaceLayout::Contiguous
-            || (part == crate::KvPart::Keys && self.whiten != KeyMetric::Euclidean);
-        4 * d + if matrix { 8 * d * d } else { 0 }
+        4 * d
+            + if self.transform_matrix(part) {
+                8 * d * d
+            } else {
+                0
+            }
     }
 
     /// Tokens a layer must hold before online training runs.
     pub fn train_threshold(&self) -> usize {
-        self.train_min
-            .unwrap_or(1 << self.key_bits.max(self.value_bits))
+        self.training
+            .train_min
+            .unwrap_or(self.key.ksub().max(self.value.ksub()))
+    }
+
+    /// Why the spec cannot hold caches of `shape`, if it cannot.
+    fn validate(&self, shape: &KvShape) -> std::result::Result<(), String> {
+        for (name, bits) in [("kbits", self.key.nbits), ("vbits", self.value.nbits)] {
+            if !(1..=8).contains(&bits) {
+                return Err(format!("{name} = {bits} is not in 1..=8"));
+            }
+        }
+        if self.key.packed != self.value.packed {
+            return Err("keys and values pack alike (one `pack` key)".into());
+        }
+        if self.regions.flush == 0 {
+            return Err("flush must be at least 1".into());
+        }
+        if self.training.iterations == 0 {
+            return Err("iters must be at least 1".into());
+        }
+        for (name, dsub) in [("kdsub", self.key.dsub), ("vdsub", self.value.dsub)] {
+            if dsub == 0 || !shape.head_dim().is_multiple_of(dsub) {
+                return Err(format!(
+                    "{name} = {dsub} does not divide head_dim = {}",
+                    shape.head_dim()
+                ));
+            }
+        }
+        if self.regions.outliers_per_mille > 1000 {
+            return Err(format!(
+                "outliers = {} per mille is above 1000",
+                self.regions.outliers_per_mille
+            ));
+        }
+        let ksub = self.key.ksub().max(self.value.ksub());
+        if self.train_threshold() < ksub {
+            return Err(format!(
+                "train_min = {} is below ksub = {ksub}",
+                self.train_threshold()
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -371,41 +434,7 @@ impl KvSpec {
                 }
                 Ok(())
             }
-            KvSpec::Pq(p) => {
-                for (name, bits) in [("kbits", p.key_bits), ("vbits", p.value_bits)] {
-                    if !(1..=8).contains(&bits) {
-                        return Err(bad(format!("{name} = {bits} is not in 1..=8")));
-                    }
-                }
-                if p.flush == 0 {
-                    return Err(bad("flush must be at least 1".into()));
-                }
-                if p.iterations == 0 {
-                    return Err(bad("iters must be at least 1".into()));
-                }
-                for (name, dsub) in [("kdsub", p.key_dsub), ("vdsub", p.value_dsub)] {
-                    if dsub == 0 || !shape.head_dim().is_multiple_of(dsub) {
-                        return Err(bad(format!(
-                            "{name} = {dsub} does not divide head_dim = {}",
-                            shape.head_dim()
-                        )));
-                    }
-                }
-                if p.outliers_per_mille > 1000 {
-                    return Err(bad(format!(
-                        "outliers = {} per mille is above 1000",
-                        p.outliers_per_mille
-                    )));
-                }
-                let ksub = 1usize << p.key_bits.max(p.value_bits);
-                if p.train_threshold() < ksub {
-                    return Err(bad(format!(
-                        "train_min = {} is below ksub = {ksub}",
-                        p.train_threshold()
-                    )));
-                }
-                Ok(())
-            }
+            KvSpec::Pq(p) => p.validate(shape).map_err(bad),
         }
     }
 
@@ -435,57 +464,338 @@ impl fmt::Display for KvSpec {
                 }
                 Ok(())
             }
-            KvSpec::Pq(p) => {
-                if p.key_dsub == p.value_dsub {
-                    write!(f, "pq:dsub={},", p.key_dsub)?;
+            KvSpec::Pq(p) => p.fmt(f),
+        }
+    }
+}
+
+impl fmt::Display for PqSpec {
+    /// The canonical `pq:` form: formats, regions and training always,
+    /// the rest when they differ from the defaults.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (k, v, r, t, x) = (
+            &self.key,
+            &self.value,
+            &self.regions,
+            &self.training,
+            &self.transforms,
+        );
+        if k.dsub == v.dsub {
+            write!(f, "pq:dsub={},", k.dsub)?;
+        } else {
+            write!(f, "pq:kdsub={},vdsub={},", k.dsub, v.dsub)?;
+        }
+        if k.nbits == v.nbits {
+            write!(f, "nbits={}", k.nbits)?;
+        } else {
+            write!(f, "kbits={},vbits={}", k.nbits, v.nbits)?;
+        }
+        write!(
+            f,
+            ",sinks={},window={},share={},pack={},iters={},seed={}",
+            r.sinks,
+            r.window,
+            t.share.name(),
+            k.packed,
+            t.iterations,
+            t.seed
+        )?;
+        if r.flush != 1 {
+            write!(f, ",flush={}", r.flush)?;
+        }
+        if let Some(n) = t.train_min {
+            write!(f, ",train_min={n}")?;
+        }
+        if x.center {
+            f.write_str(",center=true")?;
+        }
+        if x.scale {
+            f.write_str(",scale=true")?;
+        }
+        if x.layout != SubspaceLayout::Contiguous {
+            write!(f, ",layout={}", x.layout.name())?;
+        }
+        if x.whiten != KeyMetric::Euclidean {
+            write!(f, ",whiten={}", x.whiten.name())?;
+        }
+        if x.value_weighting {
+            f.write_str(",vweight=true")?;
+        }
+        if r.outliers_per_mille > 0 {
+            write!(f, ",outliers={}", r.outliers_per_mille)?;
+        }
+        if t.fp16_codebooks {
+            f.write_str(",cb16=true")?;
+        }
+        Ok(())
+    }
+}
+
+/// Keys a `scalar:` spec takes.
+const SCALAR_KEYS: &[&str] = &["bits", "group", "window", "sinks", "mx"];
+
+/// Keys a `pq:` spec takes.
+const PQ_KEYS: &[&str] = &[
+    "dsub",
+    "kdsub",
+    "vdsub",
+    "nbits",
+    "kbits",
+    "vbits",
+    "sinks",
+    "window",
+    "share",
+    "pack",
+    "iters",
+    "seed",
+    "train_min",
+    "flush",
+    "center",
+    "scale",
+    "layout",
+    "whiten",
+    "vweight",
+    "outliers",
+    "cb16",
+];
+
+/// Token counts (window, sinks, train_min) are bounded by the longest
+/// context a cache may hold.
+const BIG: u64 = crate::limits::MAX_CTX as u64;
+
+/// The `key=value` items of one spec string, each key at most once.
+struct Items<'a> {
+    /// The whole spec, for errors.
+    spec: &'a str,
+    pairs: Vec<(&'a str, &'a str)>,
+}
+
+impl<'a> Items<'a> {
+    /// Splits `rest` (what follows `kind:`) into items.
+    fn parse(spec: &'a str, rest: Option<&'a str>) -> Result<Self> {
+        let mut items = Items {
+            spec,
+            pairs: Vec::new(),
+        };
+        for item in rest.into_iter().flat_map(|r| r.split(',')) {
+            let item = item.trim();
+            if item.is_empty() {
+                return Err(items.err("empty `key=value` item (stray comma?)".into()));
+            }
+            let (k, v) = item
+                .split_once('=')
+                .ok_or_else(|| items.err(format!("`{item}` is not `key=value`")))?;
+            let (k, v) = (k.trim(), v.trim());
+            if items.pairs.iter().any(|(p, _)| *p == k) {
+                return Err(items.err(format!("key `{k}` given twice")));
+            }
+            items.pairs.push((k, v));
+        }
+        Ok(items)
+    }
+
+    fn err(&self, reason: String) -> KvError {
+        KvError::Spec {
+            spec: crate::limits::cut(self.spec),
+            reason,
+        }
+    }
+
+    /// Fails on the first key that `kind` does not take.
+    fn only(&self, kind: &str, allowed: &[&str]) -> Result<()> {
+        for (k, _) in &self.pairs {
+            if !allowed.contains(k) {
+                return Err(if allowed.is_empty() {
+                    self.err(format!("`{kind}` takes no parameters, got `{k}`"))
                 } else {
-                    write!(f, "pq:kdsub={},vdsub={},", p.key_dsub, p.value_dsub)?;
-                }
-                if p.key_bits == p.value_bits {
-                    write!(f, "nbits={}", p.key_bits)?;
-                } else {
-                    write!(f, "kbits={},vbits={}", p.key_bits, p.value_bits)?;
-                }
-                write!(
-                    f,
-                    ",sinks={},window={},share={},pack={},iters={},seed={}",
-                    p.sinks,
-                    p.window,
-                    p.share.name(),
-                    p.pack,
-                    p.iterations,
-                    p.seed
-                )?;
-                if p.flush != 1 {
-                    write!(f, ",flush={}", p.flush)?;
-                }
-                if let Some(t) = p.train_min {
-                    write!(f, ",train_min={t}")?;
-                }
-                if p.center {
-                    f.write_str(",center=true")?;
-                }
-                if p.scale {
-                    f.write_str(",scale=true")?;
-                }
-                if p.layout != SubspaceLayout::Contiguous {
-                    write!(f, ",layout={}", p.layout.name())?;
-                }
-                if p.whiten != KeyMetric::Euclidean {
-                    write!(f, ",whiten={}", p.whiten.name())?;
-                }
-                if p.value_weighting {
-                    f.write_str(",vweight=true")?;
-                }
-                if p.outliers_per_mille > 0 {
-                    write!(f, ",outliers={}", p.outliers_per_mille)?;
-                }
-                if p.fp16_codebooks {
-                    f.write_str(",cb16=true")?;
-                }
-                Ok(())
+                    self.err(format!(
+                        "unknown key `{k}` for `{kind}` (expected one of {})",
+                        allowed.join(", ")
+                    ))
+                });
             }
         }
+        Ok(())
+    }
+
+    fn get(&self, k: &str) -> Option<&'a str> {
+        self.pairs.iter().find(|(p, _)| *p == k).map(|(_, v)| *v)
+    }
+
+    /// An integer in `min..=max`, if given.
+    fn num(&self, k: &str, min: u64, max: u64) -> Result<Option<u64>> {
+        match self.get(k) {
+            None => Ok(None),
+            Some(v) => match v.parse::<u64>() {
+                Ok(n) if (min..=max).contains(&n) => Ok(Some(n)),
+                _ => Err(self.err(format!(
+                    "bad value `{}` for `{k}`: expected an integer in {min}..={max}",
+                    crate::limits::cut(v)
+                ))),
+            },
+        }
+    }
+
+    /// A count in `min..=max`, or `default`.
+    fn count(&self, k: &str, min: u64, max: u64, default: usize) -> Result<usize> {
+        Ok(self.num(k, min, max)?.map_or(default, |v| v as usize))
+    }
+
+    fn flag(&self, k: &str, default: bool) -> Result<bool> {
+        match self.get(k) {
+            None => Ok(default),
+            Some("true" | "1" | "yes") => Ok(true),
+            Some("false" | "0" | "no") => Ok(false),
+            Some(v) => Err(self.err(format!("bad value `{v}` for `{k}`: expected true or false"))),
+        }
+    }
+
+    /// One of `choices` (`(name, value)`), or `default` when not given.
+    fn choice<T: Copy>(
+        &self,
+        k: &str,
+        default: T,
+        choices: &[(&str, T)],
+        expected: &str,
+    ) -> Result<T> {
+        match self.get(k) {
+            None => Ok(default),
+            Some(v) => choices
+                .iter()
+                .find(|(name, _)| *name == v)
+                .map(|(_, t)| *t)
+                .ok_or_else(|| self.err(format!("bad value `{v}` for `{k}`: expected {expected}"))),
+        }
+    }
+
+    fn scalar(&self) -> Result<ScalarSpec> {
+        let d = ScalarSpec::default();
+        let bits = self.num("bits", 0, BIG)?.map_or(d.bits, |b| b as u32);
+        if ![2, 4, 8].contains(&bits) {
+            return Err(self.err(format!("bad value `{bits}` for `bits`: expected 2, 4 or 8")));
+        }
+        Ok(ScalarSpec {
+            bits,
+            group: self.count("group", 1, 65536, d.group)?,
+            window: self.count("window", 0, BIG, d.window)?,
+            sinks: self.count("sinks", 0, BIG, d.sinks)?,
+            mx: self.flag("mx", d.mx)?,
+        })
+    }
+
+    fn pq(&self) -> Result<PqSpec> {
+        use CodebookSharing as S;
+        let d = PqSpec::default();
+        let nbits = self.num("nbits", 1, 8)?.map(|b| b as u32);
+        let share = self.choice(
+            "share",
+            d.training.share,
+            &[
+                ("none", S::None),
+                ("head", S::None),
+                ("heads", S::Heads),
+                ("layers", S::Layers),
+                ("all", S::All),
+            ],
+            "none, heads, layers or all",
+        )?;
+        let packed = self.flag("pack", d.key.packed)?;
+        let layout = self.choice(
+            "layout",
+            SubspaceLayout::Contiguous,
+            &[
+                ("contig", SubspaceLayout::Contiguous),
+                ("halves", SubspaceLayout::Halves),
+            ],
+            "contig or halves",
+        )?;
+        let whiten = self.choice(
+            "whiten",
+            KeyMetric::Euclidean,
+            &[
+                ("none", KeyMetric::Euclidean),
+                ("diag", KeyMetric::QueryDiagonal),
+                ("full", KeyMetric::QueryFull),
+            ],
+            "none, diag or full",
+        )?;
+        let dsub = self.num("dsub", 1, 65536)?.map(|v| v as usize);
+        let part_dsub = |k: &str, default: usize| -> Result<usize> {
+            Ok(self
+                .num(k, 1, 65536)?
+                .map(|v| v as usize)
+                .or(dsub)
+                .unwrap_or(default))
+        };
+        let (key_dsub, value_dsub) = (
+            part_dsub("kdsub", d.key.dsub)?,
+            part_dsub("vdsub", d.value.dsub)?,
+        );
+        let part_bits = |k: &str, default: u32| -> Result<u32> {
+            Ok(self
+                .num(k, 1, 8)?
+                .map(|b| b as u32)
+                .or(nbits)
+                .unwrap_or(default))
+        };
+        let (key_bits, value_bits) = (
+            part_bits("kbits", d.key.nbits)?,
+            part_bits("vbits", d.value.nbits)?,
+        );
+        let (sinks, window) = (
+            self.count("sinks", 0, BIG, d.regions.sinks)?,
+            self.count("window", 0, BIG, d.regions.window)?,
+        );
+        let iterations = self.count(
+            "iters",
+            1,
+            crate::limits::MAX_KMEANS_ITERATIONS as u64,
+            d.training.iterations,
+        )?;
+        let seed = match self.get("seed") {
+            None => d.training.seed,
+            Some(v) => v.parse().map_err(|_| {
+                self.err(format!(
+                    "bad value `{v}` for `seed`: expected an unsigned integer"
+                ))
+            })?,
+        };
+        let train_min = self.num("train_min", 1, BIG)?.map(|v| v as usize);
+        let flush = self.count("flush", 1, 65536, d.regions.flush)?;
+        let (center, scale) = (
+            self.flag("center", d.transforms.center)?,
+            self.flag("scale", d.transforms.scale)?,
+        );
+        let value_weighting = self.flag("vweight", d.transforms.value_weighting)?;
+        Ok(PqSpec {
+            key: CodeFormat::new(key_dsub, key_bits, packed),
+            value: CodeFormat::new(value_dsub, value_bits, packed),
+            regions: PqRegions {
+                sinks,
+                window,
+                flush,
+                outliers_per_mille: self.count(
+                    "outliers",
+                    0,
+                    1000,
+                    d.regions.outliers_per_mille,
+                )?,
+            },
+            training: PqTraining {
+                share,
+                iterations,
+                seed,
+                train_min,
+                fp16_codebooks: self.flag("cb16", d.training.fp16_codebooks)?,
+            },
+            transforms: PqTransforms {
+                center,
+                scale,
+                layout,
+                whiten,
+                value_weighting,
+            },
+        })
     }
 }
 
@@ -494,196 +804,26 @@ impl FromStr for KvSpec {
 
     fn from_str(s: &str) -> Result<Self> {
         let spec = s.trim();
-        let err = |reason: String| KvError::Spec {
-            spec: crate::limits::cut(s),
-            reason,
-        };
         let (kind, rest) = match spec.split_once(':') {
             Some((k, r)) => (k.trim(), Some(r)),
             None => (spec, None),
         };
-        let mut pairs: Vec<(&str, &str)> = Vec::new();
-        if let Some(rest) = rest {
-            for item in rest.split(',') {
-                let item = item.trim();
-                if item.is_empty() {
-                    return Err(err("empty `key=value` item (stray comma?)".into()));
-                }
-                let (k, v) = item
-                    .split_once('=')
-                    .ok_or_else(|| err(format!("`{item}` is not `key=value`")))?;
-                let (k, v) = (k.trim(), v.trim());
-                if pairs.iter().any(|(p, _)| *p == k) {
-                    return Err(err(format!("key `{k}` given twice")));
-                }
-                pairs.push((k, v));
-            }
-        }
+        let items = Items::parse(s, rest)?;
         let allowed: &[&str] = match kind {
             "dense" | "fp16" => &[],
-            "scalar" => &["bits", "group", "window", "sinks", "mx"],
-            "pq" => &[
-                "dsub",
-                "kdsub",
-                "vdsub",
-                "nbits",
-                "kbits",
-                "vbits",
-                "sinks",
-                "window",
-                "share",
-                "pack",
-                "iters",
-                "seed",
-                "train_min",
-                "flush",
-                "center",
-                "scale",
-                "layout",
-                "whiten",
-                "vweight",
-                "outliers",
-                "cb16",
-            ],
+            "scalar" => SCALAR_KEYS,
+            "pq" => PQ_KEYS,
             other => {
-                return Err(err(format!(
+                return Err(items.err(format!(
                     "unknown store `{other}` (expected dense, fp16, scalar or pq)"
                 )))
             }
         };
-        for (k, _) in &pairs {
-            if !allowed.contains(k) {
-                return Err(if allowed.is_empty() {
-                    err(format!("`{kind}` takes no parameters, got `{k}`"))
-                } else {
-                    err(format!(
-                        "unknown key `{k}` for `{kind}` (expected one of {})",
-                        allowed.join(", ")
-                    ))
-                });
-            }
-        }
-        let get = |k: &str| pairs.iter().find(|(p, _)| *p == k).map(|(_, v)| *v);
-        let num = |k: &str, min: u64, max: u64| -> Result<Option<u64>> {
-            match get(k) {
-                None => Ok(None),
-                Some(v) => match v.parse::<u64>() {
-                    Ok(n) if (min..=max).contains(&n) => Ok(Some(n)),
-                    _ => Err(err(format!(
-                        "bad value `{}` for `{k}`: expected an integer in {min}..={max}",
-                        crate::limits::cut(v)
-                    ))),
-                },
-            }
-        };
-        // Token counts (window, sinks, train_min) are bounded by the longest
-        // context a cache may hold.
-        const BIG: u64 = crate::limits::MAX_CTX as u64;
-        let flag = |k: &str, default: bool| match get(k) {
-            None => Ok(default),
-            Some("true" | "1" | "yes") => Ok(true),
-            Some("false" | "0" | "no") => Ok(false),
-            Some(v) => Err(err(format!(
-                "bad value `{v}` for `{k}`: expected true or false"
-            ))),
-        };
+        items.only(kind, allowed)?;
         match kind {
             "dense" | "fp16" => Ok(KvSpec::Dense),
-            "scalar" => {
-                let d = ScalarSpec::default();
-                let bits = num("bits", 0, BIG)?.map_or(d.bits, |b| b as u32);
-                if ![2, 4, 8].contains(&bits) {
-                    return Err(err(format!(
-                        "bad value `{bits}` for `bits`: expected 2, 4 or 8"
-                    )));
-                }
-                Ok(KvSpec::Scalar(ScalarSpec {
-                    bits,
-                    group: num("group", 1, 65536)?.map_or(d.group, |v| v as usize),
-                    window: num("window", 0, BIG)?.map_or(d.window, |v| v as usize),
-                    sinks: num("sinks", 0, BIG)?.map_or(d.sinks, |v| v as usize),
-                    mx: flag("mx", d.mx)?,
-                }))
-            }
-            _ => {
-                let d = PqSpec::default();
-                let nbits = num("nbits", 1, 8)?.map(|b| b as u32);
-                let share = match get("share") {
-                    None => d.share,
-                    Some("none" | "head") => CodebookSharing::None,
-                    Some("heads") => CodebookSharing::Heads,
-                    Some("layers") => CodebookSharing::Layers,
-                    Some("all") => CodebookSharing::All,
-                    Some(v) => {
-                        return Err(err(format!(
-                            "bad value `{v}` for `share`: expected none, heads, layers or all"
-                        )))
-                    }
-                };
-                let pack = flag("pack", d.pack)?;
-                let layout = match get("layout") {
-                    None | Some("contig") => SubspaceLayout::Contiguous,
-                    Some("halves") => SubspaceLayout::Halves,
-                    Some(v) => {
-                        return Err(err(format!(
-                            "bad value `{v}` for `layout`: expected contig or halves"
-                        )))
-                    }
-                };
-                let whiten = match get("whiten") {
-                    None | Some("none") => KeyMetric::Euclidean,
-                    Some("diag") => KeyMetric::QueryDiagonal,
-                    Some("full") => KeyMetric::QueryFull,
-                    Some(v) => {
-                        return Err(err(format!(
-                            "bad value `{v}` for `whiten`: expected none, diag or full"
-                        )))
-                    }
-                };
-                let dsub = num("dsub", 1, 65536)?.map(|v| v as usize);
-                Ok(KvSpec::Pq(PqSpec {
-                    key_dsub: num("kdsub", 1, 65536)?
-                        .map(|v| v as usize)
-                        .or(dsub)
-                        .unwrap_or(d.key_dsub),
-                    value_dsub: num("vdsub", 1, 65536)?
-                        .map(|v| v as usize)
-                        .or(dsub)
-                        .unwrap_or(d.value_dsub),
-                    key_bits: num("kbits", 1, 8)?
-                        .map(|b| b as u32)
-                        .or(nbits)
-                        .unwrap_or(d.key_bits),
-                    value_bits: num("vbits", 1, 8)?
-                        .map(|b| b as u32)
-                        .or(nbits)
-                        .unwrap_or(d.value_bits),
-                    sinks: num("sinks", 0, BIG)?.map_or(d.sinks, |v| v as usize),
-                    window: num("window", 0, BIG)?.map_or(d.window, |v| v as usize),
-                    share,
-                    pack,
-                    iterations: num("iters", 1, crate::limits::MAX_KMEANS_ITERATIONS as u64)?
-                        .map_or(d.iterations, |v| v as usize),
-                    seed: match get("seed") {
-                        None => d.seed,
-                        Some(v) => v.parse().map_err(|_| {
-                            err(format!(
-                                "bad value `{v}` for `seed`: expected an unsigned integer"
-                            ))
-                        })?,
-                    },
-                    train_min: num("train_min", 1, BIG)?.map(|v| v as usize),
-                    flush: num("flush", 1, 65536)?.map_or(d.flush, |v| v as usize),
-                    center: flag("center", d.center)?,
-                    scale: flag("scale", d.scale)?,
-                    layout,
-                    whiten,
-                    value_weighting: flag("vweight", d.value_weighting)?,
-                    outliers_per_mille: num("outliers", 0, 1000)?
-                        .map_or(d.outliers_per_mille, |v| v as usize),
-                    fp16_codebooks: flag("cb16", d.fp16_codebooks)?,
-                }))
-            }
+            "scalar" => Ok(KvSpec::Scalar(items.scalar()?)),
+            _ => Ok(KvSpec::Pq(items.pq()?)),
         }
     }
 }
@@ -714,7 +854,13 @@ mod tests {
             .unwrap();
         let KvSpec::Pq(q) = q else { panic!("not pq") };
         assert_eq!(
-            (q.key_bits, q.value_bits, q.share, q.pack, q.train_min),
+            (
+                q.key.nbits,
+                q.value.nbits,
+                q.training.share,
+                q.key.packed,
+                q.training.train_min
+            ),
             (4, 2, CodebookSharing::Layers, false, Some(512))
         );
     }
@@ -727,14 +873,16 @@ mod tests {
         else {
             panic!("not pq")
         };
-        assert_eq!((p.key_dsub, p.value_dsub), (2, 4));
+        assert_eq!((p.key.dsub, p.value.dsub), (2, 4));
         let k = p.params(64, crate::KvPart::Keys).unwrap();
         let v = p.params(64, crate::KvPart::Values).unwrap();
         assert_eq!(
             (k.dsub(), v.dsub(), k.num_subspaces(), v.num_subspaces()),
             (2, 4, 32, 16)
         );
-        assert!(p.center && p.needs_calibration() && p.transforms(crate::KvPart::Values));
+        assert!(
+            p.transforms.center && p.needs_calibration() && p.transforms(crate::KvPart::Values)
+        );
         assert_eq!(p.outlier_budget(2000), 10);
         // Mean (4 d) for values; mean plus A and A^-1 (8 d^2) for whitened keys.
         assert_eq!(p.transform_bytes(crate::KvPart::Values, 64), 256);
@@ -858,15 +1006,14 @@ mod tests {
         .validate(&shape)
         .is_err());
         assert!(KvSpec::Pq(PqSpec {
-            value_dsub: 0,
+            value: CodeFormat::new(0, 8, true),
             ..PqSpec::default()
         })
         .validate(&shape)
         .is_err());
         assert!(KvSpec::Pq(PqSpec {
-            key_dsub: 2,
-            value_dsub: 2,
-            key_bits: 9,
+            key: CodeFormat::new(2, 9, true),
+            value: CodeFormat::new(2, 8, true),
             ..PqSpec::default()
         })
         .validate(&shape)

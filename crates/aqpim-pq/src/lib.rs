@@ -57,7 +57,7 @@ pub use kmeans::{kmeans, Init, KMeansOptions, KMeansResult};
 pub use lanes::{lane_nibble, pack_lane_nibbles, LANE_ROW};
 pub use lut::Lut;
 pub use nearest::nearest_centroids;
-pub use params::PqParams;
+pub use params::{CodeFormat, PqParams};
 pub use qlut::{transpose_block, LutPrecision, QuantLut, ScanKernel, BLOCK as SCAN_BLOCK};
 pub use quantizer::{ProductQuantizer, TrainOptions};
 pub use transform::PreTransform;

@@ -100,9 +100,79 @@ impl PqParams {
     }
 }
 
+/// A code format: sub-vector length `dsub`, bits per code `nbits` and
+/// whether codes are stored packed, independent of the vector dimension.
+/// With a dimension `d` it gives the quantizer's shape ([`CodeFormat::params`])
+/// and the stored row ([`CodeFormat::row_bytes`]); every derived value is
+/// computed here or in [`PqParams`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CodeFormat {
+    /// Elements per sub-vector (`M = d / dsub`).
+    pub dsub: usize,
+    /// Bits per code, `1..=8`.
+    pub nbits: u32,
+    /// Codes stored in the tightest width (four a byte for `nbits <= 2`, two
+    /// for `nbits <= 4`); otherwise one byte a code.
+    pub packed: bool,
+}
+
+impl CodeFormat {
+    /// A format of `dsub` elements per sub-vector and `nbits` bits per code.
+    pub fn new(dsub: usize, nbits: u32, packed: bool) -> Self {
+        CodeFormat {
+            dsub,
+            nbits,
+            packed,
+        }
+    }
+
+    /// The quantizer's shape for vectors of `dim` elements (`M = dim / dsub`).
+    pub fn params(&self, dim: usize) -> Result<PqParams> {
+        PqParams::with_dsub(dim, self.dsub, self.nbits)
+    }
+
+    /// Centroids per subspace, `2^nbits` (as [`PqParams::ksub`]).
+    pub fn ksub(&self) -> usize {
+        1 << self.nbits
+    }
+
+    /// How codes are stored: the tightest width when packed
+    /// ([`crate::CodeWidth::tightest`]), one byte a code otherwise.
+    pub fn width(&self) -> crate::CodeWidth {
+        if self.packed {
+            crate::CodeWidth::tightest(self.nbits)
+        } else {
+            crate::CodeWidth::Byte
+        }
+    }
+
+    /// Bytes of one stored row of codes of a `dim`-element vector:
+    /// `ceil(M / 4)` packed with `nbits <= 2`, `ceil(M / 2)` packed with
+    /// `nbits <= 4`, `M` otherwise.
+    pub fn row_bytes(&self, dim: usize) -> usize {
+        self.width().row_bytes(dim / self.dsub.max(1))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn formats_derive_what_params_derive() {
+        for (dsub, nbits, packed) in [(2, 8, true), (2, 4, true), (4, 2, true), (4, 4, false)] {
+            let f = CodeFormat::new(dsub, nbits, packed);
+            let p = f.params(128).unwrap();
+            assert_eq!((p.dsub(), p.nbits(), p.ksub()), (dsub, nbits, f.ksub()));
+            let width = if packed {
+                p.code_width()
+            } else {
+                crate::CodeWidth::Byte
+            };
+            assert_eq!(f.row_bytes(128), width.row_bytes(p.num_subspaces()));
+        }
+        assert!(CodeFormat::new(3, 8, true).params(128).is_err());
+    }
 
     #[test]
     fn packed_code_bytes_follow_the_tightest_width() {

@@ -107,7 +107,7 @@ pub fn codebook_training_ms(
     for part in [aqpim_kvcache::KvPart::Keys, aqpim_kvcache::KvPart::Values] {
         let ksub = spec.params(model.head_dim, part)?.ksub();
         let n = encoded.min(KMEANS_POINTS_PER_CENTROID * ksub) as f64;
-        flops += 2.0 * n * ksub as f64 * model.head_dim as f64 * spec.iterations as f64;
+        flops += 2.0 * n * ksub as f64 * model.head_dim as f64 * spec.training.iterations as f64;
     }
     Ok(Some(
         flops * (model.layers * model.kv_heads * batch) as f64 / f,

@@ -119,7 +119,7 @@ fn format(
     // stays where it was; the banks' columns do not follow the host store's
     // 2-bit rows.
     let bank_row = |nbits: u32, m: usize| {
-        if spec.pack && nbits <= 4 {
+        if spec.key.packed && nbits <= 4 {
             m.div_ceil(2)
         } else {
             m

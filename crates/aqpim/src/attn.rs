@@ -598,18 +598,18 @@ fn bench_spec(kv: &str) -> Result<(KvSpec, Vec<String>)> {
         KvSpec::Pq(mut p) => {
             if !kv.contains("share=") {
                 use aqpim_kvcache::CodebookSharing as S;
-                let elsewhere = match p.share {
+                let elsewhere = match p.training.share {
                     S::None => "none",
                     S::Heads => "heads",
                     S::Layers => "layers",
                     S::All => "all",
                 };
                 differs.push(format!("share=all (elsewhere: {elsewhere})"));
-                p.share = aqpim_kvcache::CodebookSharing::All;
+                p.training.share = aqpim_kvcache::CodebookSharing::All;
             }
             if !kv.contains("iters=") {
-                differs.push(format!("iters=10 (elsewhere: {})", p.iterations));
-                p.iterations = 10;
+                differs.push(format!("iters=10 (elsewhere: {})", p.training.iterations));
+                p.training.iterations = 10;
             }
             KvSpec::Pq(p)
         }

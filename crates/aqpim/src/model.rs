@@ -404,11 +404,7 @@ fn scored_text(
 ) -> Result<Vec<u32>> {
     let mut tokens = tok.encode(&text).context("tokenizing the text")?;
     if skip > 0 && skip >= tokens.len() {
-        bail!(
-            "--skip {}: the text has only {} tokens",
-            skip,
-            tokens.len()
-        );
+        bail!("--skip {}: the text has only {} tokens", skip, tokens.len());
     }
     tokens.drain(..skip);
     if let Some(n) = limit {
@@ -442,10 +438,7 @@ fn warn_unread_cache(
             opts.prefill,
             opts.window
         );
-    } else if compressed
-        && breakdown
-            .is_some_and(|b| b.tokens_by_region.encoded == 0)
-    {
+    } else if compressed && breakdown.is_some_and(|b| b.tokens_by_region.encoded == 0) {
         eprintln!(
             "warning: a window of {} tokens fits in the cache's FP16 sinks and recent window; no token is read from codes",
             opts.window
@@ -455,7 +448,7 @@ fn warn_unread_cache(
         // Online training waits for `train_min` tokens (2^nbits by default);
         // until then every token stays in the FP16 window.
         let threshold = p.train_threshold();
-        if decode_tokens > 0 && breakdown_tokens <= threshold + p.sinks + p.window {
+        if decode_tokens > 0 && breakdown_tokens <= threshold + p.regions.sinks + p.regions.window {
             eprintln!(
                 "warning: online codebooks train once a layer holds {threshold} tokens, and a window holds {breakdown_tokens}: \
                  few or no decoded tokens are read from codes; use a longer --window, `train_min=` in --kv, or calibrated --codebooks"
@@ -717,7 +710,7 @@ fn warn_if_no_codes(model: &Llama, choice: &CacheChoice, tokens: usize) -> Resul
         );
     } else if let (KvSpec::Pq(p), None) = (spec, books) {
         let threshold = p.train_threshold();
-        if tokens <= threshold + p.sinks + p.window {
+        if tokens <= threshold + p.regions.sinks + p.regions.window {
             eprintln!(
                 "warning: online codebooks train once a layer holds {threshold} tokens, and this generation has {tokens}: no token was read from codes (the output is --kv fp16's); pass calibrated --codebooks (aqpim pq calibrate)"
             );

@@ -144,8 +144,11 @@ pub fn calibrate(
         });
     }
     let request = StatsRequest {
-        moments: spec.whiten != aqpim_kvcache::KeyMetric::Euclidean,
-        mass_window: spec.value_weighting.then_some(spec.window),
+        moments: spec.transforms.whiten != aqpim_kvcache::KeyMetric::Euclidean,
+        mass_window: spec
+            .transforms
+            .value_weighting
+            .then_some(spec.regions.window),
     };
     let plan = Plan::new(
         tokens.len(),
@@ -168,8 +171,8 @@ pub fn calibrate(
         kp: spec.params(d, KvPart::Keys)?,
         vp: spec.params(d, KvPart::Values)?,
         opts: TrainOptions {
-            iterations: spec.iterations,
-            seed: spec.seed,
+            iterations: spec.training.iterations,
+            seed: spec.training.seed,
             init: Init::KMeansPlusPlus,
             ..TrainOptions::default()
         },
@@ -318,12 +321,12 @@ impl Trainer<'_> {
         }
         // Values: with `vweight`, only tokens a decode step would see
         // encoded, weighted by the mean attention they received.
-        let (v_rows, weights) = if spec.value_weighting {
+        let (v_rows, weights) = if spec.transforms.value_weighting {
             let mut kept = Vec::new();
             let mut w = Vec::new();
             let mut start = 0;
             for &(_, len) in &self.plan.chunks {
-                for t in start + spec.sinks.min(len)..start + len {
+                for t in start + spec.regions.sinks.min(len)..start + len {
                     if let Some(&(m, c)) = st.mass.get(t) {
                         if c > 0 {
                             kept.extend_from_slice(&rows[t * d..(t + 1) * d]);
