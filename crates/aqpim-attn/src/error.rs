@@ -38,6 +38,9 @@ pub enum AttnError {
     /// An error from the KV cache.
     #[error(transparent)]
     Kv(#[from] aqpim_kvcache::KvError),
+    /// A cache format the PIM banks do not hold.
+    #[error("PIM code format: {0}")]
+    PimFormat(String),
     /// A cache (or a slice of it) that does not fit the PIM device.
     #[error("PIM placement: {0}")]
     Placement(String),

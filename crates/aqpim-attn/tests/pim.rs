@@ -11,13 +11,13 @@
 use aqpim_attn::pim::{
     analytic_layer, fp16_head_on_pim, layer_rows_per_bank, pq_head_on_pim, quantize_block,
     quantize_on_pim, run_layer, simulate_layer, CacheData, CodebookScope, LayerJob, NewTokens,
-    PimKind, PqCodes,
+    PimKind,
 };
 use aqpim_attn::reference::{attention_f64, relative_error};
 use aqpim_attn::{dense_head_attention, pq_head_attention};
 use aqpim_kvcache::{build, KvPart, KvShape, KvSpec, KvStore};
 use aqpim_pim::{Device, Mode, SimOptions, Simulator};
-use aqpim_pq::{PqParams, ProductQuantizer};
+use aqpim_pq::{CodeFormat, PqParams, ProductQuantizer};
 use half::f16;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed};
@@ -355,8 +355,8 @@ fn keys_and_values_in_their_own_formats_equal_attention_on_codes() {
         placement: aqpim_attn::pim::Placement::Spread,
     };
     let mixed = PimKind::Pq {
-        key: PqCodes { dsub: 4, nbits: 8 },
-        value: PqCodes { dsub: 2, nbits: 4 },
+        key: CodeFormat::new(4, 8, true),
+        value: CodeFormat::new(2, 4, true),
     };
     let sim = simulate_layer(&dev, &job(mixed)).unwrap();
     let ana = analytic_layer(&dev, &job(mixed)).unwrap();
@@ -573,8 +573,8 @@ fn check_layer(case: LayerCase) -> Result<(), TestCaseError> {
     let (kind, ctx, fp_tokens) = match (format, &data[0]) {
         (Some((dsub, kbits, vbits)), CacheData::Pq(v)) => (
             PimKind::Pq {
-                key: PqCodes { dsub, nbits: kbits },
-                value: PqCodes { dsub, nbits: vbits },
+                key: CodeFormat::new(dsub, kbits, true),
+                value: CodeFormat::new(dsub, vbits, true),
             },
             v.key_codes.tokens(),
             v.sink_keys.len() + v.recent_keys.len(),

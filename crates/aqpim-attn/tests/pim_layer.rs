@@ -5,9 +5,9 @@
 
 use aqpim_attn::pim::{
     lower_layer, simulate_layer, simulate_layer_breakdown, CodebookScope, LayerJob, Phase, PimKind,
-    PqCodes,
 };
 use aqpim_pim::{Device, Mode, SimOptions, Simulator};
+use aqpim_pq::CodeFormat;
 
 fn device() -> Device {
     Device::preset("hbm3-aqpim-5.2").unwrap()
@@ -47,8 +47,8 @@ fn phases_sum_to_the_layer_within_one_percent() {
         (PimKind::pq(4, 8), 132, true, 32768),
         (
             PimKind::Pq {
-                key: PqCodes { dsub: 4, nbits: 8 },
-                value: PqCodes { dsub: 2, nbits: 4 },
+                key: CodeFormat::new(4, 8, true),
+                value: CodeFormat::new(2, 4, true),
             },
             20,
             true,
@@ -163,8 +163,8 @@ fn a_query_group_reads_each_row_once_per_pass() {
         n
     };
     let shipped = PimKind::Pq {
-        key: PqCodes { dsub: 2, nbits: 8 },
-        value: PqCodes { dsub: 2, nbits: 4 },
+        key: CodeFormat::new(2, 8, true),
+        value: CodeFormat::new(2, 4, true),
     };
     for (kind, passes, column_ops) in [
         (PimKind::Fp16, 1, &["MAC"][..]),

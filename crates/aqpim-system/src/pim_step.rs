@@ -43,7 +43,8 @@
 //!   `--pipeopt`, off by default there and here) pipelines them too.
 
 use aqpim_attn::pim::{
-    CodebookScope, LayerJob, PimCost, PimKind, Placement, PqCodes, ScalarCodes, ScalarScale,
+    bank_code_bytes, bank_table_entries, BankFormat, CodebookScope, LayerJob, PimCost, PimKind,
+    Placement, ScalarCodes, ScalarScale,
 };
 use aqpim_kvcache::{KvPart, KvShape, KvSpec, PqSpec, Regions, ScalarSpec};
 
@@ -113,38 +114,18 @@ fn format(
     })?;
     let pk = spec.params(model.head_dim, KvPart::Keys)?;
     let pv = spec.params(model.head_dim, KvPart::Values)?;
-    let regions = Regions::nominal(&KvSpec::Pq(spec), ctx);
-    // Code bytes a token moves: as before 2-bit packing (codes of
-    // `nbits <= 4` two per byte under `pack=true`), so that the timing model
-    // stays where it was; the banks' columns do not follow the host store's
-    // 2-bit rows.
-    let bank_row = |nbits: u32, m: usize| {
-        if spec.key.packed && nbits <= 4 {
-            m.div_ceil(2)
-        } else {
-            m
-        }
-    };
-    let code_bytes = (bank_row(pk.nbits(), pk.num_subspaces())
-        + bank_row(pv.nbits(), pv.num_subspaces())) as u64;
-    // Table entries per subspace: the banks' code width (4 or 8 bits).
-    let stride = if pk.nbits() <= 4 { 16 } else { 256 };
+    let bank = BankFormat::of(&KvSpec::Pq(spec), model.head_dim, ctx)?;
+    let regions = bank.regions;
+    let code_bytes = (bank_code_bytes(spec.key, model.head_dim)
+        + bank_code_bytes(spec.value, model.head_dim)) as u64;
+    let stride = bank_table_entries(spec.key);
     Ok(Format {
-        kind: PimKind::Pq {
-            key: PqCodes {
-                dsub: pk.dsub(),
-                nbits: pk.nbits(),
-            },
-            value: PqCodes {
-                dsub: pv.dsub(),
-                nbits: pv.nbits(),
-            },
-        },
+        kind: bank.kind,
         // FP16 sinks, window and outlier copies (`outliers=`): one FP16
         // slice per cache. An outlier also keeps its codes; masking their
         // code slots out of the scores is not modelled (a few CLRs).
-        fp_tokens: regions.sinks + regions.recent + spec.outlier_budget(regions.encoded),
-        movable: regions.encoded,
+        fp_tokens: bank.fp_tokens,
+        movable: bank.encoded,
         token_bytes: code_bytes * model.kv_heads as u64,
         pq: Some(Pq {
             spec,

@@ -117,47 +117,6 @@ struct SimReport {
     phases: Option<Vec<crate::attn_inspect::PhaseRow>>,
 }
 
-/// The PIM kind, the FP16 tokens per sequence and the encoded tokens of
-/// `ctx` tokens in the format `kv`.
-fn pim_format(
-    kv: &KvSpec,
-    head_dim: usize,
-    ctx: usize,
-) -> Result<(aqpim_attn::pim::PimKind, usize, usize)> {
-    use aqpim_attn::pim::{PimKind, PqCodes};
-    match kv {
-        KvSpec::Dense => Ok((PimKind::Fp16, 0, ctx)),
-        KvSpec::Pq(spec) => {
-            let pk = spec.params(head_dim, aqpim_kvcache::KvPart::Keys)?;
-            let pv = spec.params(head_dim, aqpim_kvcache::KvPart::Values)?;
-            for p in [&pk, &pv] {
-                if p.nbits() != 4 && p.nbits() != 8 {
-                    bail!(
-                        "--kv {kv}: {}-bit codes; the PIM kernels take 4- or 8-bit codes",
-                        p.nbits()
-                    );
-                }
-            }
-            let regions = aqpim_kvcache::Regions::nominal(kv, ctx);
-            let kind = PimKind::Pq {
-                key: PqCodes {
-                    dsub: pk.dsub(),
-                    nbits: pk.nbits(),
-                },
-                value: PqCodes {
-                    dsub: pv.dsub(),
-                    nbits: pv.nbits(),
-                },
-            };
-            let fp = regions.sinks + regions.recent + spec.outlier_budget(regions.encoded);
-            Ok((kind, fp, regions.encoded))
-        }
-        KvSpec::Scalar(_) => {
-            bail!("--kv {kv}: the PIM kernels hold `fp16` or `pq:` caches, not scalar codes")
-        }
-    }
-}
-
 impl SimReport {
     /// The report of `attn sim` before any layer runs: what is simulated,
     /// with every measured total at zero.
@@ -244,7 +203,10 @@ fn sim(a: &SimArgs) -> Result<SimReport> {
             head_dim,
         )?)?;
     }
-    let (kind, fp_tokens, encoded) = pim_format(&spec, head_dim, a.ctx)?;
+    let bank = aqpim_attn::pim::BankFormat::of(&spec, head_dim, a.ctx)
+        .and_then(|b| b.require_column_bits().map(|()| b))
+        .with_context(|| format!("--kv {spec}"))?;
+    let (kind, fp_tokens, encoded) = (bank.kind, bank.fp_tokens, bank.encoded);
     // At most MAX_BATCH x MAX_KV_HEADS = 2^22 heads: no overflow.
     let heads = a.batch * kv_heads;
     let default_device = match kind {

@@ -7,14 +7,14 @@
 
 use aqpim_kvcache::PqHeadView;
 use aqpim_pim::{CodeBits, Device, Program, SimOptions, Simulator, Stats};
-use aqpim_pq::{CodeWidth, ProductQuantizer};
+use aqpim_pq::{CodeFormat, CodeWidth, ProductQuantizer};
 use half::f16;
 
 use crate::error::{AttnError, Result};
 use crate::pim::layout::{Geom, Part};
 use crate::pim::placement::{quantizable, split, RowAlloc};
 use crate::pim::program::{self, bank_sel, NewToken, Out, Phase, Rows};
-use crate::pim::{merge, Partial, PimKind, PimRun, PqCodes};
+use crate::pim::{merge, Partial, PimKind, PimRun};
 
 pub(crate) fn row_bytes(device: &Device) -> usize {
     device.org.columns * device.org.column_bytes
@@ -263,10 +263,8 @@ pub(crate) fn load_code_tokens(
 
 /// The bank format of a key and a value quantizer.
 pub(crate) fn pq_kind(key: &ProductQuantizer, value: &ProductQuantizer) -> PimKind {
-    let codes = |pq: &ProductQuantizer| PqCodes {
-        dsub: pq.params().dsub(),
-        nbits: pq.params().nbits(),
-    };
+    let codes =
+        |pq: &ProductQuantizer| CodeFormat::new(pq.params().dsub(), pq.params().nbits(), true);
     PimKind::Pq {
         key: codes(key),
         value: codes(value),

@@ -18,10 +18,11 @@
 //! channel.
 
 use aqpim_pim::{CodeBits, Device};
+use aqpim_pq::CodeFormat;
 
 use crate::error::{AttnError, Result};
 use crate::pim::scalar_geom::{self as scalar, ScalarGeom};
-use crate::pim::{PimKind, PqCodes};
+use crate::pim::PimKind;
 
 /// How one part (keys or values) of a slice lies in a bank.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,16 +106,19 @@ fn unfit(what: impl Into<String>) -> AttnError {
 }
 
 /// Bytes per token and the PQ geometry of one part in `codes`' format.
-fn pq_part(device: &Device, d: usize, codes: PqCodes) -> Result<(usize, PqGeom)> {
+fn pq_part(device: &Device, d: usize, codes: CodeFormat) -> Result<(usize, PqGeom)> {
     let org = &device.org;
     let cw = org.column_bytes;
     let lanes = device.pim.lanes;
-    let PqCodes { dsub, nbits } = codes;
+    let CodeFormat { dsub, nbits, .. } = codes;
     if dsub == 0 || !d.is_multiple_of(dsub) {
         return Err(unfit(format!(
             "dsub {dsub} does not divide head dimension {d}"
         )));
     }
+    // 4-bit codes lie in nibble columns; every other width up to 8 bits in
+    // byte columns (a store's 2-bit rows are unpacked on the way in). Specs
+    // reach the banks as 4- or 8-bit codes only (`BankFormat::of`).
     if nbits == 0 || nbits > 8 {
         return Err(unfit(format!(
             "{nbits}-bit codes: the PIM code columns hold 4- or 8-bit codes"
@@ -127,9 +131,7 @@ fn pq_part(device: &Device, d: usize, codes: PqCodes) -> Result<(usize, PqGeom)>
         CodeBits::Eight
     };
     let stride = bits.table_len();
-    let ksub = aqpim_pq::PqParams::with_dsub(d, dsub, nbits)
-        .map_err(|e| unfit(e.to_string()))?
-        .ksub();
+    let ksub = codes.ksub();
     if nbits == 4 && !m.is_multiple_of(2) {
         return Err(unfit(format!(
             "{m} subspaces of 4-bit codes do not fill whole bytes"
@@ -423,8 +425,8 @@ mod tests {
     #[test]
     fn heads_per_pass_of_a_group_of_four_at_d_128() {
         let shipped = PimKind::Pq {
-            key: PqCodes { dsub: 2, nbits: 8 },
-            value: PqCodes { dsub: 2, nbits: 4 },
+            key: CodeFormat::new(2, 8, true),
+            value: CodeFormat::new(2, 4, true),
         };
         let kivi4 = PimKind::Scalar(ScalarCodes {
             bits: 4,

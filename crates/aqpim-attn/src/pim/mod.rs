@@ -32,6 +32,7 @@
 //! takes it, and [`analytic_layer`] is the closed form.
 
 mod analytic;
+mod format;
 mod functional;
 mod layer_run;
 mod layout;
@@ -44,11 +45,13 @@ mod slice_cost;
 mod timing;
 
 use aqpim_pim::Stats;
+use aqpim_pq::CodeFormat;
 use serde::Serialize;
 
 use crate::error::{AttnError, Result};
 
 pub use analytic::analytic_layer;
+pub use format::{bank_code_bytes, bank_table_entries, BankFormat, PIM_CODE_BITS};
 pub use functional::{fp16_head_on_pim, pq_head_on_pim, quantize_on_pim, QuantizeRun};
 pub use layer_run::{run_layer, CacheData, LayerRun, NewCodes, NewTokens};
 pub use placement::{layer_footprint, layer_rows_per_bank, quantize_block, Footprint};
@@ -60,17 +63,16 @@ pub use timing::{
 };
 
 /// What the banks hold for each token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PimKind {
     /// FP16 keys and values (AttAcc).
     Fp16,
     /// PQ codes of keys and values (AQPIM), each part in its own format.
     Pq {
-        /// The key codes.
-        key: PqCodes,
+        /// The key codes (the banks read `dsub` and `nbits`, 4 or 8).
+        key: CodeFormat,
         /// The value codes.
-        value: PqCodes,
+        value: CodeFormat,
     },
     /// Scalar codes of keys and values with their group parameters,
     /// attended by dequantize-and-MAC units (a Pimba-style design: `QMAC`,
@@ -105,27 +107,18 @@ pub enum ScalarScale {
 }
 
 impl PimKind {
-    /// PQ codes in one format for keys and values.
+    /// PQ codes in one format for keys and values (packed: the banks hold
+    /// 4-bit codes two a column byte).
     pub fn pq(dsub: usize, nbits: u32) -> PimKind {
-        let c = PqCodes { dsub, nbits };
+        let c = CodeFormat::new(dsub, nbits, true);
         PimKind::Pq { key: c, value: c }
     }
-}
-
-/// A PQ code format in the banks: `2^nbits` centroids per subspace of
-/// `dsub` elements.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-pub struct PqCodes {
-    /// Sub-vector length.
-    pub dsub: usize,
-    /// Bits per code (4 or 8).
-    pub nbits: u32,
 }
 
 /// One layer's decode attention on a PIM device: `heads` independent
 /// (sequence, KV head) caches of `ctx` tokens each, every one read by `group`
 /// query heads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct LayerJob {
     /// What the banks hold per token.
     pub kind: PimKind,

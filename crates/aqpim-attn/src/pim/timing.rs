@@ -2,6 +2,7 @@
 //! simulator (timing-only by default), its cost in total and per
 //! [`Phase`], and the program itself as text for `aqpim sim run`.
 
+use aqpim_pq::CodeFormat;
 use std::collections::BTreeMap;
 
 use aqpim_pim::{Device, Mode, Program, RegionStats, SimOptions, Simulator, Stats};
@@ -12,7 +13,7 @@ use crate::error::{AttnError, Result};
 use crate::pim::placement::{plan, PlacedSlice, Plan};
 use crate::pim::program::{self, Out, Phase};
 use crate::pim::scalar;
-use crate::pim::{LayerJob, PimCost, PimKind, PqCodes};
+use crate::pim::{LayerJob, PimCost, PimKind};
 
 /// A layer's generated instructions, the (slice index, query head) of
 /// every record its programs leave for the host, in program order, and the
@@ -92,7 +93,7 @@ fn timing_host_data(job: &LayerJob) -> Result<Vec<u8>> {
         PimKind::Fp16 | PimKind::Scalar(_) => 4 * d,
         PimKind::Pq { key, value } => {
             // Both codebooks (FP16), or a table of M x 256 entries.
-            let book = |c: PqCodes| -> Result<(usize, usize)> {
+            let book = |c: CodeFormat| -> Result<(usize, usize)> {
                 let p = PqParams::with_dsub(d, c.dsub, c.nbits)
                     .map_err(|e| AttnError::Placement(e.to_string()))?;
                 Ok((p.num_subspaces(), p.codebook_len() * 2))
