@@ -222,21 +222,6 @@ pub fn account_regions(
     // Every count below is checked: a shape or context past the limits of
     // `crate::limits` is refused before this point, and a caller-built
     // `layers` that still overflows 64 bits is an error, never a wrapped total.
-    let overflow = || KvError::BadShape("the cache's size overflows 64 bits".into());
-    let mul = |factors: &[u64]| -> Result<u64> {
-        factors
-            .iter()
-            .try_fold(1u64, |a, &f| a.checked_mul(f))
-            .ok_or_else(overflow)
-    };
-    let add = |acc: &mut u64, v: u64| -> Result<()> {
-        *acc = acc.checked_add(v).ok_or_else(overflow)?;
-        Ok(())
-    };
-    let add_tokens = |acc: &mut usize, v: usize| -> Result<()> {
-        *acc = acc.checked_add(v).ok_or_else(overflow)?;
-        Ok(())
-    };
     let mut b = ComponentBytes::default();
     let mut by_region = Regions::default();
     let mut elements = 0u64;
@@ -251,55 +236,10 @@ pub fn account_regions(
         add(&mut elements, mul(&[2, total, h, d])?)?;
         add(&mut b.sinks, mul(&[2, r.sinks as u64, h, d, 2])?)?;
         add(&mut b.recent, mul(&[2, r.recent as u64, h, d, 2])?)?;
-        let e = r.encoded as u64;
-        match spec {
-            KvSpec::Dense => {}
-            KvSpec::Pq(p) => {
-                p.params(shape.head_dim(), crate::KvPart::Keys)?;
-                p.params(shape.head_dim(), crate::KvPart::Values)?;
-                add(
-                    &mut b.key_codes,
-                    mul(&[e, h, p.key.row_bytes(shape.head_dim()) as u64])?,
-                )?;
-                add(
-                    &mut b.value_codes,
-                    mul(&[e, h, p.value.row_bytes(shape.head_dim()) as u64])?,
-                )?;
-                add(
-                    &mut b.outliers,
-                    mul(&[2, p.outlier_budget(r.encoded) as u64, h, d, 2])?,
-                )?;
-            }
-            KvSpec::Scalar(s) => {
-                let row = mul(&[d, u64::from(s.bits)])?.div_ceil(8);
-                add(&mut b.key_codes, mul(&[e, h, row])?)?;
-                add(&mut b.value_codes, mul(&[e, h, row])?)?;
-                let g = s.group as u64;
-                if s.mx {
-                    add(&mut b.metadata, mul(&[2, e, h, d / g])?)?;
-                } else {
-                    add(&mut b.metadata, mul(&[e / g, h, d, 4])?)?;
-                    add(&mut b.metadata, mul(&[e, h, d / g, 4])?)?;
-                }
-            }
-        }
+        add_encoded(shape, spec, r, &mut b)?;
     }
     if let KvSpec::Pq(p) = spec {
-        let pk = p.params(shape.head_dim(), crate::KvPart::Keys)?;
-        let pv = p.params(shape.head_dim(), crate::KvPart::Values)?;
-        let cb = if p.training.fp16_codebooks { 2 } else { 4 };
-        let (tk, tv) = (
-            p.transform_bytes(crate::KvPart::Keys, shape.head_dim()) as u64,
-            p.transform_bytes(crate::KvPart::Values, shape.head_dim()) as u64,
-        );
-        let book = |n: usize, len: usize, t: u64| -> Result<u64> {
-            let one = mul(&[len as u64, cb])?
-                .checked_add(t)
-                .ok_or_else(overflow)?;
-            mul(&[n as u64, one])
-        };
-        b.key_codebooks = book(key_codebooks, pk.codebook_len(), tk)?;
-        b.value_codebooks = book(value_codebooks, pv.codebook_len(), tv)?;
+        add_codebooks(shape, p, key_codebooks, value_codebooks, &mut b)?;
     }
     [
         b.key_codes,
@@ -315,6 +255,107 @@ pub fn account_regions(
     .try_fold(0u64, |a, &v| a.checked_add(v))
     .ok_or_else(overflow)?;
     mul(&[2, elements])?;
+    Ok(report(shape, spec, layers, by_region, elements, b))
+}
+
+fn overflow() -> KvError {
+    KvError::BadShape("the cache's size overflows 64 bits".into())
+}
+
+/// The product of `factors`, or an error when it overflows 64 bits.
+fn mul(factors: &[u64]) -> Result<u64> {
+    factors
+        .iter()
+        .try_fold(1u64, |a, &f| a.checked_mul(f))
+        .ok_or_else(overflow)
+}
+
+fn add(acc: &mut u64, v: u64) -> Result<()> {
+    *acc = acc.checked_add(v).ok_or_else(overflow)?;
+    Ok(())
+}
+
+fn add_tokens(acc: &mut usize, v: usize) -> Result<()> {
+    *acc = acc.checked_add(v).ok_or_else(overflow)?;
+    Ok(())
+}
+
+/// Adds the bytes of one layer's encoded tokens (`r.encoded` per head):
+/// codes, outlier copies and scalar metadata.
+fn add_encoded(shape: &KvShape, spec: &KvSpec, r: &Regions, b: &mut ComponentBytes) -> Result<()> {
+    let (h, d) = (shape.num_kv_heads() as u64, shape.head_dim() as u64);
+    let e = r.encoded as u64;
+    match spec {
+        KvSpec::Dense => {}
+        KvSpec::Pq(p) => {
+            p.params(shape.head_dim(), crate::KvPart::Keys)?;
+            p.params(shape.head_dim(), crate::KvPart::Values)?;
+            add(
+                &mut b.key_codes,
+                mul(&[e, h, p.key.row_bytes(shape.head_dim()) as u64])?,
+            )?;
+            add(
+                &mut b.value_codes,
+                mul(&[e, h, p.value.row_bytes(shape.head_dim()) as u64])?,
+            )?;
+            add(
+                &mut b.outliers,
+                mul(&[2, p.outlier_budget(r.encoded) as u64, h, d, 2])?,
+            )?;
+        }
+        KvSpec::Scalar(s) => {
+            let row = mul(&[d, u64::from(s.bits)])?.div_ceil(8);
+            add(&mut b.key_codes, mul(&[e, h, row])?)?;
+            add(&mut b.value_codes, mul(&[e, h, row])?)?;
+            let g = s.group as u64;
+            if s.mx {
+                add(&mut b.metadata, mul(&[2, e, h, d / g])?)?;
+            } else {
+                add(&mut b.metadata, mul(&[e / g, h, d, 4])?)?;
+                add(&mut b.metadata, mul(&[e, h, d / g, 4])?)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Sets the bytes of `key_codebooks` K and `value_codebooks` V codebooks,
+/// each with its pre-transform.
+fn add_codebooks(
+    shape: &KvShape,
+    p: &crate::PqSpec,
+    key_codebooks: usize,
+    value_codebooks: usize,
+    b: &mut ComponentBytes,
+) -> Result<()> {
+    let pk = p.params(shape.head_dim(), crate::KvPart::Keys)?;
+    let pv = p.params(shape.head_dim(), crate::KvPart::Values)?;
+    let cb = if p.training.fp16_codebooks { 2 } else { 4 };
+    let (tk, tv) = (
+        p.transform_bytes(crate::KvPart::Keys, shape.head_dim()) as u64,
+        p.transform_bytes(crate::KvPart::Values, shape.head_dim()) as u64,
+    );
+    let book = |n: usize, len: usize, t: u64| -> Result<u64> {
+        let one = mul(&[len as u64, cb])?
+            .checked_add(t)
+            .ok_or_else(overflow)?;
+        mul(&[n as u64, one])
+    };
+    b.key_codebooks = book(key_codebooks, pk.codebook_len(), tk)?;
+    b.value_codebooks = book(value_codebooks, pv.codebook_len(), tv)?;
+    Ok(())
+}
+
+/// The report of checked totals: bits per element by component and the
+/// compression against FP16.
+fn report(
+    shape: &KvShape,
+    spec: &KvSpec,
+    layers: &[Regions],
+    by_region: Regions,
+    elements: u64,
+    b: ComponentBytes,
+) -> MemoryReport {
     let total = b.total();
     let per = |bytes: u64| {
         if elements == 0 {
@@ -323,7 +364,7 @@ pub fn account_regions(
             8.0 * bytes as f64 / elements as f64
         }
     };
-    Ok(MemoryReport {
+    MemoryReport {
         spec: spec.to_string(),
         shape: *shape,
         ctx: layers.iter().map(Regions::total).max().unwrap_or(0),
@@ -344,7 +385,7 @@ pub fn account_regions(
         } else {
             (2 * elements) as f64 / total as f64
         },
-    })
+    }
 }
 
 /// Heap bytes a store actually holds, counted by walking its buffers.
