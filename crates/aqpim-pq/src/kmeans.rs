@@ -2,6 +2,7 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use std::borrow::Cow;
 
 use crate::error::{PqError, Result};
 use crate::nearest::CentroidTable;
@@ -71,6 +72,75 @@ pub fn kmeans(
     weights: Option<&[f32]>,
     opts: &KMeansOptions,
 ) -> Result<KMeansResult> {
+    check_inputs(data, d, k, weights)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
+
+    let (points, wts) = sample(
+        data,
+        d,
+        weights,
+        k.saturating_mul(opts.max_points_per_centroid.max(1)),
+        &mut rng,
+    );
+    let n = points.len() / d;
+    let wts = wts.as_deref();
+    if let Some(w) = wts {
+        if w.iter().all(|&v| v == 0.0) {
+            return Err(PqError::OutOfRange {
+                name: "total sample weight",
+                value: 0,
+                allowed: "> 0",
+            });
+        }
+    }
+
+    let mut centroids = initial_centroids(&opts.init, &points, d, k, wts, &mut rng)?;
+
+    let mut idx = vec![0u32; n];
+    let mut dist = vec![0f32; n];
+    let mut sums = vec![0f64; k * d];
+    let mut mass = vec![0f64; k];
+    let mut objective_per_iteration = Vec::with_capacity(opts.iterations);
+    let mut empty_cluster_repairs = 0;
+    for _ in 0..opts.iterations {
+        CentroidTable::new(&centroids, d, k).assign(&points, &mut idx, &mut dist);
+        objective_per_iteration.push(objective(&dist, wts));
+
+        sums.iter_mut().for_each(|s| *s = 0.0);
+        mass.iter_mut().for_each(|s| *s = 0.0);
+        for (i, x) in points.chunks_exact(d).enumerate() {
+            let w = wts.map_or(1.0, |w| f64::from(w[i]));
+            let a = idx[i] as usize;
+            mass[a] += w;
+            for (s, &v) in sums[a * d..(a + 1) * d].iter_mut().zip(x) {
+                *s += w * f64::from(v);
+            }
+        }
+        empty_cluster_repairs +=
+            repair_empty(&points, d, wts, &idx, &mut dist, &mut sums, &mut mass);
+        for j in 0..k {
+            if mass[j] > 0.0 {
+                for t in 0..d {
+                    centroids[j * d + t] = (sums[j * d + t] / mass[j]) as f32;
+                }
+            }
+        }
+    }
+    CentroidTable::new(&centroids, d, k).assign(&points, &mut idx, &mut dist);
+    let final_objective = objective(&dist, wts);
+    Ok(KMeansResult {
+        centroids,
+        objective_per_iteration,
+        final_objective,
+        points_used: n,
+        empty_cluster_repairs,
+    })
+}
+
+/// Checks `kmeans`'s inputs: positive `d` and `k`, whole rows, at least
+/// `k` points, finite values and non-negative finite weights, one a point.
+/// Returns the number of points.
+fn check_inputs(data: &[f32], d: usize, k: usize, weights: Option<&[f32]>) -> Result<usize> {
     if d == 0 {
         return Err(PqError::OutOfRange {
             name: "d",
@@ -114,14 +184,22 @@ pub fn kmeans(
             });
         }
     }
-    let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
+    Ok(n)
+}
 
-    // Sampling cap, as faiss's max_points_per_centroid.
-    let cap = k.saturating_mul(opts.max_points_per_centroid.max(1));
-    let (points, wts): (
-        std::borrow::Cow<'_, [f32]>,
-        Option<std::borrow::Cow<'_, [f32]>>,
-    ) = if n > cap {
+/// At most `cap` points of `data` (and their weights), drawn without
+/// replacement in their original order (faiss's `max_points_per_centroid`);
+/// all of them, borrowed, when there are no more.
+#[allow(clippy::type_complexity)]
+fn sample<'a>(
+    data: &'a [f32],
+    d: usize,
+    weights: Option<&'a [f32]>,
+    cap: usize,
+    rng: &mut ChaCha8Rng,
+) -> (Cow<'a, [f32]>, Option<Cow<'a, [f32]>>) {
+    let n = data.len() / d;
+    if n > cap {
         let mut perm: Vec<usize> = (0..n).collect();
         for i in 0..cap {
             let j = rng.gen_range(i..n);
@@ -137,20 +215,21 @@ pub fn kmeans(
         (p.into(), w)
     } else {
         (data.into(), weights.map(Into::into))
-    };
-    let n = points.len() / d;
-    let wts = wts.as_deref();
-    if let Some(w) = wts {
-        if w.iter().all(|&v| v == 0.0) {
-            return Err(PqError::OutOfRange {
-                name: "total sample weight",
-                value: 0,
-                allowed: "> 0",
-            });
-        }
     }
+}
 
-    let mut centroids = match &opts.init {
+/// The starting centroids (`k x d`): given, `k` distinct random points, or
+/// k-means++ seeding.
+fn initial_centroids(
+    init: &Init,
+    points: &[f32],
+    d: usize,
+    k: usize,
+    wts: Option<&[f32]>,
+    rng: &mut ChaCha8Rng,
+) -> Result<Vec<f32>> {
+    let n = points.len() / d;
+    Ok(match init {
         Init::Precomputed(c) => {
             if c.len() != k * d {
                 return Err(PqError::shape(
@@ -173,47 +252,7 @@ pub fn kmeans(
                 .flat_map(|&i| points[i * d..(i + 1) * d].iter().copied())
                 .collect()
         }
-        Init::KMeansPlusPlus => kmeans_plus_plus(&points, d, k, wts, &mut rng),
-    };
-
-    let mut idx = vec![0u32; n];
-    let mut dist = vec![0f32; n];
-    let mut sums = vec![0f64; k * d];
-    let mut mass = vec![0f64; k];
-    let mut objective_per_iteration = Vec::with_capacity(opts.iterations);
-    let mut empty_cluster_repairs = 0;
-    for _ in 0..opts.iterations {
-        CentroidTable::new(&centroids, d, k).assign(&points, &mut idx, &mut dist);
-        objective_per_iteration.push(objective(&dist, wts));
-
-        sums.iter_mut().for_each(|s| *s = 0.0);
-        mass.iter_mut().for_each(|s| *s = 0.0);
-        for (i, x) in points.chunks_exact(d).enumerate() {
-            let w = wts.map_or(1.0, |w| f64::from(w[i]));
-            let a = idx[i] as usize;
-            mass[a] += w;
-            for (s, &v) in sums[a * d..(a + 1) * d].iter_mut().zip(x) {
-                *s += w * f64::from(v);
-            }
-        }
-        empty_cluster_repairs +=
-            repair_empty(&points, d, wts, &idx, &mut dist, &mut sums, &mut mass);
-        for j in 0..k {
-            if mass[j] > 0.0 {
-                for t in 0..d {
-                    centroids[j * d + t] = (sums[j * d + t] / mass[j]) as f32;
-                }
-            }
-        }
-    }
-    CentroidTable::new(&centroids, d, k).assign(&points, &mut idx, &mut dist);
-    let final_objective = objective(&dist, wts);
-    Ok(KMeansResult {
-        centroids,
-        objective_per_iteration,
-        final_objective,
-        points_used: n,
-        empty_cluster_repairs,
+        Init::KMeansPlusPlus => kmeans_plus_plus(points, d, k, wts, rng),
     })
 }
 
