@@ -328,6 +328,120 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// A tensor's entry in the header: name, dims, type code and data offset.
+type RawInfo = (String, Vec<u64>, u32, u64);
+
+/// Reads the header's `n_tensors` tensor entries.
+fn read_tensor_infos(c: &mut Cursor<'_>, n_tensors: u64) -> Result<Vec<RawInfo>> {
+    c.check_count(n_tensors, 24, &|| "the header's tensor count".into())?;
+    let mut infos = Vec::with_capacity(n_tensors as usize);
+    for i in 0..n_tensors {
+        let name = c.string(&|| format!("name of tensor {i}"))?;
+        let at = c.pos as u64;
+        let n_dims = c.u32(&|| format!("dims of tensor `{name}`"))?;
+        if n_dims == 0 || n_dims > 4 {
+            return Err(DecodeError::Malformed {
+                offset: at,
+                reason: format!("tensor `{name}` has {n_dims} dims (1..=4 allowed)"),
+            });
+        }
+        let mut dims = Vec::with_capacity(n_dims as usize);
+        for _ in 0..n_dims {
+            dims.push(c.u64(&|| format!("dims of tensor `{name}`"))?);
+        }
+        let code = c.u32(&|| format!("type of tensor `{name}`"))?;
+        let offset = c.u64(&|| format!("offset of tensor `{name}`"))?;
+        infos.push((name, dims, code, offset));
+    }
+    Ok(infos)
+}
+
+/// The file's data alignment: `general.alignment`, a power of two up to
+/// 1 MiB, or the default.
+fn alignment_of(metadata: &BTreeMap<String, MetaValue>) -> Result<u64> {
+    Ok(match metadata.get("general.alignment") {
+        None => DEFAULT_ALIGNMENT,
+        Some(v) => match v.as_u64() {
+            Some(a) if a > 0 && a.is_power_of_two() && a <= 1 << 20 => a,
+            _ => {
+                return Err(DecodeError::Malformed {
+                    offset: 0,
+                    reason: format!("general.alignment is {v:?}, not a power of two"),
+                })
+            }
+        },
+    })
+}
+
+/// Where the tensor data lies in the file.
+struct DataLayout {
+    alignment: u64,
+    data_start: u64,
+    data_len: u64,
+    file_len: u64,
+}
+
+/// A tensor's entry, checked: a known type, whole blocks per row, no
+/// overflow, aligned data inside the file.
+fn tensor_info(
+    name: String,
+    dims: Vec<u64>,
+    code: u32,
+    offset: u64,
+    l: &DataLayout,
+) -> Result<TensorInfo> {
+    let ty = GgmlType::from_code(code).ok_or_else(|| DecodeError::UnsupportedTensorType {
+        tensor: name.clone(),
+        code,
+        type_name: GgmlType::name_of_code(code),
+    })?;
+    let bad = |reason: String| DecodeError::BadTensor {
+        tensor: name.clone(),
+        reason,
+    };
+    let n_elements = dims
+        .iter()
+        .try_fold(1u64, |a, &d| a.checked_mul(d))
+        .filter(|&n| n <= u32::MAX as u64 * 64)
+        .ok_or_else(|| bad(format!("dims {dims:?} overflow")))? as usize;
+    if !(dims[0] as usize).is_multiple_of(ty.block_len()) {
+        return Err(bad(format!(
+            "row length {} is not a multiple of the {:?} block of {}",
+            dims[0],
+            ty,
+            ty.block_len()
+        )));
+    }
+    let n_bytes = ty
+        .bytes_for(n_elements)
+        .ok_or_else(|| bad(format!("{n_elements} elements overflow")))?;
+    if offset % l.alignment != 0 {
+        return Err(bad(format!(
+            "data offset {offset} is not aligned to {}",
+            l.alignment
+        )));
+    }
+    if offset
+        .checked_add(n_bytes as u64)
+        .is_none_or(|end| end > l.data_len)
+    {
+        return Err(DecodeError::Truncated {
+            what: format!("data of tensor `{name}`"),
+            offset: l.data_start + offset,
+            needed: n_bytes as u64,
+            len: l.file_len,
+        });
+    }
+    Ok(TensorInfo {
+        name,
+        dims,
+        ty,
+        offset,
+        n_elements,
+        n_bytes,
+    })
+}
+
 impl GgufFile {
     /// Reads and parses a file.
     pub fn open(path: &Path) -> Result<Self> {
@@ -369,93 +483,19 @@ impl GgufFile {
             let value = c.value(code, &key, 0)?;
             metadata.insert(key, value);
         }
-        c.check_count(n_tensors, 24, &|| "the header's tensor count".into())?;
-        let mut infos = Vec::with_capacity(n_tensors as usize);
-        for i in 0..n_tensors {
-            let name = c.string(&|| format!("name of tensor {i}"))?;
-            let at = c.pos as u64;
-            let n_dims = c.u32(&|| format!("dims of tensor `{name}`"))?;
-            if n_dims == 0 || n_dims > 4 {
-                return Err(DecodeError::Malformed {
-                    offset: at,
-                    reason: format!("tensor `{name}` has {n_dims} dims (1..=4 allowed)"),
-                });
-            }
-            let mut dims = Vec::with_capacity(n_dims as usize);
-            for _ in 0..n_dims {
-                dims.push(c.u64(&|| format!("dims of tensor `{name}`"))?);
-            }
-            let code = c.u32(&|| format!("type of tensor `{name}`"))?;
-            let offset = c.u64(&|| format!("offset of tensor `{name}`"))?;
-            infos.push((name, dims, code, offset));
-        }
-        let alignment = match metadata.get("general.alignment") {
-            None => DEFAULT_ALIGNMENT,
-            Some(v) => match v.as_u64() {
-                Some(a) if a > 0 && a.is_power_of_two() && a <= 1 << 20 => a,
-                _ => {
-                    return Err(DecodeError::Malformed {
-                        offset: 0,
-                        reason: format!("general.alignment is {v:?}, not a power of two"),
-                    })
-                }
-            },
-        };
+        let infos = read_tensor_infos(&mut c, n_tensors)?;
+        let alignment = alignment_of(&metadata)?;
         let data_start = (c.pos as u64).div_ceil(alignment) * alignment;
         let data_len = (data.len() as u64).saturating_sub(data_start);
         let mut tensors = Vec::with_capacity(infos.len());
+        let layout = DataLayout {
+            alignment,
+            data_start,
+            data_len,
+            file_len: data.len() as u64,
+        };
         for (name, dims, code, offset) in infos {
-            let ty =
-                GgmlType::from_code(code).ok_or_else(|| DecodeError::UnsupportedTensorType {
-                    tensor: name.clone(),
-                    code,
-                    type_name: GgmlType::name_of_code(code),
-                })?;
-            let bad = |reason: String| DecodeError::BadTensor {
-                tensor: name.clone(),
-                reason,
-            };
-            let n_elements = dims
-                .iter()
-                .try_fold(1u64, |a, &d| a.checked_mul(d))
-                .filter(|&n| n <= u32::MAX as u64 * 64)
-                .ok_or_else(|| bad(format!("dims {dims:?} overflow")))?
-                as usize;
-            if !(dims[0] as usize).is_multiple_of(ty.block_len()) {
-                return Err(bad(format!(
-                    "row length {} is not a multiple of the {:?} block of {}",
-                    dims[0],
-                    ty,
-                    ty.block_len()
-                )));
-            }
-            let n_bytes = ty
-                .bytes_for(n_elements)
-                .ok_or_else(|| bad(format!("{n_elements} elements overflow")))?;
-            if offset % alignment != 0 {
-                return Err(bad(format!(
-                    "data offset {offset} is not aligned to {alignment}"
-                )));
-            }
-            if offset
-                .checked_add(n_bytes as u64)
-                .is_none_or(|end| end > data_len)
-            {
-                return Err(DecodeError::Truncated {
-                    what: format!("data of tensor `{name}`"),
-                    offset: data_start + offset,
-                    needed: n_bytes as u64,
-                    len: data.len() as u64,
-                });
-            }
-            tensors.push(TensorInfo {
-                name,
-                dims,
-                ty,
-                offset,
-                n_elements,
-                n_bytes,
-            });
+            tensors.push(tensor_info(name, dims, code, offset, &layout)?);
         }
         // No two tensors may share bytes: a tensor whose data aliases
         // another's would load another tensor's weights.
