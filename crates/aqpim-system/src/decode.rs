@@ -111,45 +111,18 @@ pub fn decode_step_with(
             )?;
             (0.0, 0.0, weight_bytes + kv_bytes, 0)
         }
-        Policy::Offload { overlap } => {
-            let (Some(link), Some(host)) = (&system.link, &system.host) else {
-                return Err(SystemError::InvalidArgument {
-                    name: "system",
-                    reason: format!(
-                        "`{}` has no host link: offload needs one (try h100+host)",
-                        system.name
-                    ),
-                });
-            };
-            // Weights plus one layer's KV cache staged on the GPU (two with overlap).
-            let staged = if overlap { 2 * kv_layer } else { kv_layer };
-            capacity(
-                format!(
-                    "{} weights and {staged} bytes of staged KV cache",
-                    model.name
-                ),
-                "GPU memory",
-                weight_bytes + staged,
-                g.memory_bytes,
-            )?;
-            capacity(
-                format!("the KV cache of {batch} x {ctx} tokens"),
-                "host memory",
+        Policy::Offload { overlap } => offload(
+            model,
+            system,
+            OffloadCache {
+                batch,
+                ctx,
+                kv_layer,
                 kv_bytes,
-                host.memory_bytes,
-            )?;
-            let per_layer_copy = ms(kv_layer, link.gbps);
-            let transfer = layers * per_layer_copy;
-            let hidden = if overlap {
-                // Layer l+1's copy runs under layer l's compute; the first copy is exposed.
-                let per_layer_compute =
-                    layer_linear_ms(model, system, batch) + attention_ms / layers;
-                (layers - 1.0) * per_layer_copy.min(per_layer_compute)
-            } else {
-                0.0
-            };
-            (transfer, hidden, weight_bytes + staged, kv_bytes)
-        }
+                overlap,
+            },
+            attention_ms,
+        )?,
     };
     let step = Step {
         linear_ms,
@@ -165,6 +138,73 @@ pub fn decode_step_with(
     let step = finish(model, system, step);
     step.check_finite()?;
     Ok(step)
+}
+
+/// The offloaded cache of one decode step.
+struct OffloadCache {
+    batch: usize,
+    ctx: usize,
+    /// KV bytes of one layer, every sequence.
+    kv_layer: u64,
+    /// KV bytes of every layer.
+    kv_bytes: u64,
+    /// Whether layer `l + 1`'s copy runs under layer `l`'s compute.
+    overlap: bool,
+}
+
+/// The `offload` policy's link time, the part hidden under compute, and the
+/// GPU and host bytes used: the cache lives in host memory and each layer's
+/// share crosses the link every step.
+fn offload(
+    model: &ModelSpec,
+    system: &SystemSpec,
+    c: OffloadCache,
+    attention_ms: f64,
+) -> Result<(f64, f64, u64, u64)> {
+    let OffloadCache {
+        batch,
+        ctx,
+        kv_layer,
+        kv_bytes,
+        overlap,
+    } = c;
+    let (g, layers, weight_bytes) = (&system.gpu, model.layers as f64, model.weight_bytes());
+    let (Some(link), Some(host)) = (&system.link, &system.host) else {
+        return Err(SystemError::InvalidArgument {
+            name: "system",
+            reason: format!(
+                "`{}` has no host link: offload needs one (try h100+host)",
+                system.name
+            ),
+        });
+    };
+    // Weights plus one layer's KV cache staged on the GPU (two with overlap).
+    let staged = if overlap { 2 * kv_layer } else { kv_layer };
+    capacity(
+        format!(
+            "{} weights and {staged} bytes of staged KV cache",
+            model.name
+        ),
+        "GPU memory",
+        weight_bytes + staged,
+        g.memory_bytes,
+    )?;
+    capacity(
+        format!("the KV cache of {batch} x {ctx} tokens"),
+        "host memory",
+        kv_bytes,
+        host.memory_bytes,
+    )?;
+    let per_layer_copy = ms(kv_layer, link.gbps);
+    let transfer = layers * per_layer_copy;
+    let hidden = if overlap {
+        // Layer l+1's copy runs under layer l's compute; the first copy is exposed.
+        let per_layer_compute = layer_linear_ms(model, system, batch) + attention_ms / layers;
+        (layers - 1.0) * per_layer_copy.min(per_layer_compute)
+    } else {
+        0.0
+    };
+    Ok((transfer, hidden, weight_bytes + staged, kv_bytes))
 }
 
 /// The `gpu-quant` step: weights and the scalar-quantized cache of the
