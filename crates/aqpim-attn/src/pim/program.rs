@@ -395,42 +395,14 @@ pub(crate) fn fp16_slice(
     reduce_out(out, g, ch, 0, h);
 }
 
-/// AQPIM attention on codes for a pass of query heads whose FP16 lookup
-/// tables (`M x 2^bits`, subspace-major) sit in host data at bytes `heads`:
-/// `WRGB` the tables, `LUTACC` scores, softmax, per chunk of subspaces
-/// `HISTACC` bins and `BINMAC` bins times the value codebook, cross-bank
-/// reduction. Each row (codes or codebook) is activated once for the pass
-/// and each of its columns read by one command per head: head `i`'s table
-/// at buffer `i T` (`T = M x 2^bits`), its scores at registers `i n_b`, its
-/// weights at buffer `i n_b`, its bins at registers `i bins` and its
-/// outputs at registers `h bins + i d` for a pass of `h` heads.
-pub(crate) fn pq_slice(
-    out: &mut Out,
-    g: &Geom,
-    ch: u8,
-    rows: Rows,
-    heads: &[u32],
-    lanes: usize,
-    cw: usize,
-) {
-    let (Some(kp), Some(p)) = (g.k.pq, g.v.pq) else {
-        unreachable!("pq_slice on a PQ geometry")
+/// `LUTACC` over a slice's key-code rows for `h` heads: head `i`'s table at
+/// buffer `i table_len`, its scores at registers `i n_b`.
+fn pq_scores(out: &mut Out, g: &Geom, ch: u8, k_row: u32, h: usize, table_len: usize) {
+    let Some(kp) = g.k.pq else {
+        unreachable!("pq_scores on a PQ geometry")
     };
-    let (h, n_b) = (heads.len(), g.n_b);
-    let (tpc, cpt) = (g.k.tpc, g.k.cpt);
-    let bits = kp.bits;
-    let group = kp.group as u8;
-    let table_len = kp.m * kp.stride;
-    out.phase(Phase::Broadcast);
-    write_heads(out, ch, table_len, heads, lanes, cw);
-    out.phase(Phase::Scoring);
-    out.push(Instr::Clr {
-        ch,
-        off: 0,
-        len: (h * n_b) as u16,
-        die: false,
-    });
-    rows_of(out, g, &g.k, ch, rows.k, |o, first, slots| {
+    let (n_b, tpc, cpt, bits, group) = (g.n_b, g.k.tpc, g.k.cpt, kp.bits, kp.group as u8);
+    rows_of(out, g, &g.k, ch, k_row, |o, first, slots| {
         if tpc > 1 {
             looped(o, slots.div_ceil(tpc), strides(1, 0, tpc as i16, 0), |o| {
                 for i in 0..h {
@@ -461,6 +433,96 @@ pub(crate) fn pq_slice(
             })
         }
     });
+}
+
+/// `BINMAC` of chunk `chunk`'s subspaces for `h` heads: each codebook row
+/// (from `cb_row`) activated once, head `i`'s bins at registers `i bins`,
+/// its outputs at registers `out_reg + i d`.
+fn pq_bins_codebook(
+    out: &mut Out,
+    g: &Geom,
+    ch: u8,
+    (cb_row, chunk): (u32, usize),
+    (h, lanes): (usize, usize),
+    out_reg: usize,
+) {
+    let Some(p) = g.v.pq else {
+        unreachable!("pq_bins_codebook on a PQ geometry")
+    };
+    let per_col = lanes / p.dsub;
+    let subspaces = chunk * p.group..((chunk + 1) * p.group).min(p.m);
+    let mut open: Option<usize> = None;
+    for m in subspaces {
+        let local = m - chunk * p.group;
+        let start = m * p.cb_cols_per_sub;
+        let end = start + p.cb_cols_per_sub;
+        let mut u = start;
+        while u < end {
+            let (row, col) = (u / g.columns, u % g.columns);
+            let seg = (end - u).min(g.columns - col);
+            if open != Some(row) {
+                if open.is_some() {
+                    out.push(Instr::PreAb { ch });
+                }
+                out.push(Instr::ActAb {
+                    ch,
+                    row: cb_row + row as u32,
+                });
+                open = Some(row);
+            }
+            let bins = local * p.stride + (u - start) * per_col;
+            looped(out, seg, strides(1, 0, per_col as i16, 0), |o| {
+                for i in 0..h {
+                    o.push(Instr::BinMac {
+                        ch,
+                        col: col as u8,
+                        dsub: p.dsub as u8,
+                        bins: (i * p.bins + bins) as u16,
+                        out: (out_reg + i * g.d + m * p.dsub) as u16,
+                    })
+                }
+            });
+            u += seg;
+        }
+    }
+    if open.is_some() {
+        out.push(Instr::PreAb { ch });
+    }
+}
+
+/// AQPIM attention on codes for a pass of query heads whose FP16 lookup
+/// tables (`M x 2^bits`, subspace-major) sit in host data at bytes `heads`:
+/// `WRGB` the tables, `LUTACC` scores, softmax, per chunk of subspaces
+/// `HISTACC` bins and `BINMAC` bins times the value codebook, cross-bank
+/// reduction. Each row (codes or codebook) is activated once for the pass
+/// and each of its columns read by one command per head: head `i`'s table
+/// at buffer `i T` (`T = M x 2^bits`), its scores at registers `i n_b`, its
+/// weights at buffer `i n_b`, its bins at registers `i bins` and its
+/// outputs at registers `h bins + i d` for a pass of `h` heads.
+pub(crate) fn pq_slice(
+    out: &mut Out,
+    g: &Geom,
+    ch: u8,
+    rows: Rows,
+    heads: &[u32],
+    lanes: usize,
+    cw: usize,
+) {
+    let (Some(kp), Some(p)) = (g.k.pq, g.v.pq) else {
+        unreachable!("pq_slice on a PQ geometry")
+    };
+    let (h, n_b) = (heads.len(), g.n_b);
+    let table_len = kp.m * kp.stride;
+    out.phase(Phase::Broadcast);
+    write_heads(out, ch, table_len, heads, lanes, cw);
+    out.phase(Phase::Scoring);
+    out.push(Instr::Clr {
+        ch,
+        off: 0,
+        len: (h * n_b) as u16,
+        die: false,
+    });
+    pq_scores(out, g, ch, rows.k, h, table_len);
     out.phase(Phase::Softmax);
     softmax(out, g, ch, h);
     out.phase(Phase::Histogram);
@@ -471,7 +533,6 @@ pub(crate) fn pq_slice(
         len: (h * g.d) as u16,
         die: false,
     });
-    let per_col = lanes / p.dsub;
     // The values in their own code format.
     let (tpc, cpt, bits, group) = (g.v.tpc, g.v.cpt, p.bits, p.group as u8);
     for chunk in 0..p.chunks {
@@ -503,44 +564,7 @@ pub(crate) fn pq_slice(
             })
         });
         out.phase(Phase::BinsCodebook);
-        let subspaces = chunk * p.group..((chunk + 1) * p.group).min(p.m);
-        let mut open: Option<usize> = None;
-        for m in subspaces {
-            let local = m - chunk * p.group;
-            let start = m * p.cb_cols_per_sub;
-            let end = start + p.cb_cols_per_sub;
-            let mut u = start;
-            while u < end {
-                let (row, col) = (u / g.columns, u % g.columns);
-                let seg = (end - u).min(g.columns - col);
-                if open != Some(row) {
-                    if open.is_some() {
-                        out.push(Instr::PreAb { ch });
-                    }
-                    out.push(Instr::ActAb {
-                        ch,
-                        row: rows.cb + row as u32,
-                    });
-                    open = Some(row);
-                }
-                let bins = local * p.stride + (u - start) * per_col;
-                looped(out, seg, strides(1, 0, per_col as i16, 0), |o| {
-                    for i in 0..h {
-                        o.push(Instr::BinMac {
-                            ch,
-                            col: col as u8,
-                            dsub: p.dsub as u8,
-                            bins: (i * p.bins + bins) as u16,
-                            out: (out_reg + i * g.d + m * p.dsub) as u16,
-                        })
-                    }
-                });
-                u += seg;
-            }
-        }
-        if open.is_some() {
-            out.push(Instr::PreAb { ch });
-        }
+        pq_bins_codebook(out, g, ch, (rows.cb, chunk), (h, lanes), out_reg);
     }
     out.phase(Phase::Reduction);
     reduce_out(out, g, ch, out_reg, h);
