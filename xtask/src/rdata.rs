@@ -202,39 +202,7 @@ impl Reader<'_> {
                 self.refs.push(v.clone());
                 return Ok(v);
             }
-            2 | 6 | 17 => {
-                // A pairlist, read iteratively along its CDRs.
-                let mut items = Vec::new();
-                let mut attrs = Vec::new();
-                let (mut has_attr, mut has_tag) = (has_attr, has_tag);
-                loop {
-                    if has_attr {
-                        attrs = self.attributes(depth)?;
-                    }
-                    let tag = if has_tag {
-                        match self.item(depth + 1)?.obj {
-                            RObj::Symbol(s) => Some(s),
-                            _ => None,
-                        }
-                    } else {
-                        None
-                    };
-                    items.push((tag, self.item(depth + 1)?));
-                    let next = self.int()?;
-                    match next & 0xff {
-                        2 | 6 | 17 => {
-                            has_attr = next & (1 << 9) != 0;
-                            has_tag = next & (1 << 10) != 0;
-                        }
-                        254 => break,
-                        other => bail!("pairlist ends in type {other}, not NULL"),
-                    }
-                }
-                return Ok(RValue {
-                    obj: RObj::Pairlist(items),
-                    attrs,
-                });
-            }
+            2 | 6 | 17 => return self.pairlist(depth, has_attr, has_tag),
             4 => {
                 let v = RValue::bare(RObj::Env);
                 self.refs.push(v.clone());
@@ -298,6 +266,40 @@ impl Reader<'_> {
             Vec::new()
         };
         Ok(RValue { obj, attrs })
+    }
+
+    /// A pairlist (types 2, 6 and 17), read iteratively along its CDRs.
+    fn pairlist(&mut self, depth: u32, has_attr: bool, has_tag: bool) -> Result<RValue> {
+        let mut items = Vec::new();
+        let mut attrs = Vec::new();
+        let (mut has_attr, mut has_tag) = (has_attr, has_tag);
+        loop {
+            if has_attr {
+                attrs = self.attributes(depth)?;
+            }
+            let tag = if has_tag {
+                match self.item(depth + 1)?.obj {
+                    RObj::Symbol(s) => Some(s),
+                    _ => None,
+                }
+            } else {
+                None
+            };
+            items.push((tag, self.item(depth + 1)?));
+            let next = self.int()?;
+            match next & 0xff {
+                2 | 6 | 17 => {
+                    has_attr = next & (1 << 9) != 0;
+                    has_tag = next & (1 << 10) != 0;
+                }
+                254 => break,
+                other => bail!("pairlist ends in type {other}, not NULL"),
+            }
+        }
+        Ok(RValue {
+            obj: RObj::Pairlist(items),
+            attrs,
+        })
     }
 
     fn attributes(&mut self, depth: u32) -> Result<Vec<(String, RValue)>> {
