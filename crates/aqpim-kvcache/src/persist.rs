@@ -25,6 +25,7 @@
 
 use std::path::{Path, PathBuf};
 
+use aqpim_pq::sealed::Frame;
 use half::f16;
 
 use crate::error::{KvError, Result};
@@ -41,6 +42,13 @@ pub(crate) const MX_VERSION: u32 = 3;
 /// The oldest format version this crate reads.
 pub const KV_MIN_VERSION: u32 = 1;
 const FIXED_HEADER: usize = 24;
+
+/// The cache file's frame (magic, version, CRC-32).
+const FRAME: Frame = Frame {
+    magic: KV_MAGIC,
+    kind: "aqpim KV-cache",
+    versions: KV_MIN_VERSION..=KV_VERSION,
+};
 /// Longest spec string a cache file may hold.
 const MAX_SPEC_BYTES: usize = 1024;
 
@@ -78,8 +86,7 @@ impl Writer {
 pub(crate) fn header(spec: &KvSpec, shape: &KvShape) -> Writer {
     let mut w = Writer::default();
     let s = spec.to_string();
-    w.bytes(KV_MAGIC);
-    w.bytes(&KV_VERSION.to_le_bytes());
+    w.out = FRAME.start();
     w.u64(0); // length, patched by `finish`
     w.bytes(&(s.len() as u32).to_le_bytes());
     w.bytes(s.as_bytes());
@@ -98,9 +105,7 @@ pub(crate) fn header(spec: &KvSpec, shape: &KvShape) -> Writer {
 pub(crate) fn finish(mut w: Writer) -> Vec<u8> {
     let len = (w.out.len() + 4) as u64;
     w.out[12..20].copy_from_slice(&len.to_le_bytes());
-    let crc = crc32fast::hash(&w.out);
-    w.out.extend_from_slice(&crc.to_le_bytes());
-    w.out
+    Frame::seal(w.out)
 }
 
 /// A bounds-checked reader over a file's body.
@@ -210,35 +215,19 @@ pub(crate) fn open<'a>(bytes: &'a [u8], path: &Path) -> Result<(KvSpec, KvShape,
         path: path.to_path_buf(),
         reason,
     };
-    if bytes.len() < FIXED_HEADER + 4 {
-        return Err(bad(format!(
-            "truncated: {} bytes, the header alone takes at least {}",
-            bytes.len(),
-            FIXED_HEADER + 4
-        )));
-    }
-    if &bytes[..8] != KV_MAGIC {
-        return Err(bad("not an aqpim KV-cache file (bad magic)".into()));
-    }
-    let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
-    if !(KV_MIN_VERSION..=KV_VERSION).contains(&version) {
-        return Err(bad(format!(
-            "format version {version} is not supported (this build reads {KV_MIN_VERSION} to {KV_VERSION})"
-        )));
-    }
-    let len = u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes"));
-    if len != bytes.len() as u64 {
-        return Err(bad(format!(
-            "the header says {len} bytes but the file has {}: truncated or corrupted",
-            bytes.len()
-        )));
-    }
-    let (body, tail) = bytes.split_at(bytes.len() - 4);
-    let stored = u32::from_le_bytes(tail.try_into().expect("4 bytes"));
-    let actual = crc32fast::hash(body);
-    if stored != actual {
-        return Err(bad(format!("checksum mismatch (stored {stored:#010x}, computed {actual:#010x}): the file is corrupted")));
-    }
+    let length_field = |_: u32, bytes: &[u8]| {
+        let len = u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes"));
+        if len != bytes.len() as u64 {
+            return Err(format!(
+                "the header says {len} bytes but the file has {}: truncated or corrupted",
+                bytes.len()
+            ));
+        }
+        Ok(())
+    };
+    let (version, body) = FRAME
+        .open(bytes, FIXED_HEADER + 4, length_field)
+        .map_err(bad)?;
     let mut r = Reader {
         data: &body[FIXED_HEADER - 4..],
         pos: 0,

@@ -19,6 +19,7 @@ use std::path::Path;
 use crate::error::{PqError, Result};
 use crate::params::PqParams;
 use crate::quantizer::ProductQuantizer;
+use crate::sealed::Frame;
 
 /// The 8 bytes every codebook file starts with.
 pub const CODEBOOK_MAGIC: &[u8; 8] = b"AQPIMCB\0";
@@ -26,15 +27,21 @@ pub const CODEBOOK_MAGIC: &[u8; 8] = b"AQPIMCB\0";
 pub const CODEBOOK_VERSION: u32 = 1;
 const HEADER: usize = 28;
 
+/// The codebook file's frame (magic, version, CRC-32).
+const FRAME: Frame = Frame {
+    magic: CODEBOOK_MAGIC,
+    kind: "aqpim codebook",
+    versions: CODEBOOK_VERSION..=CODEBOOK_VERSION,
+};
+
 impl ProductQuantizer {
     /// Serializes the codebook in the format above.
     pub fn to_bytes(&self) -> Vec<u8> {
         let p = self.params();
         let c = self.centroids();
-        let mut out = Vec::with_capacity(HEADER + 4 * c.len() + 4);
-        out.extend_from_slice(CODEBOOK_MAGIC);
+        let mut out = FRAME.start();
+        out.reserve(HEADER + 4 * c.len() + 4);
         for v in [
-            CODEBOOK_VERSION,
             p.dim() as u32,
             p.num_subspaces() as u32,
             p.nbits(),
@@ -45,9 +52,7 @@ impl ProductQuantizer {
         for v in c {
             out.extend_from_slice(&v.to_le_bytes());
         }
-        let crc = crc32fast::hash(&out);
-        out.extend_from_slice(&crc.to_le_bytes());
-        out
+        Frame::seal(out)
     }
 
     /// Parses a codebook; `path` only names the source in errors.
@@ -56,30 +61,9 @@ impl ProductQuantizer {
             path: path.to_path_buf(),
             reason,
         };
-        if bytes.len() < HEADER + 4 {
-            return Err(bad(format!(
-                "truncated: {} bytes, a header alone takes {}",
-                bytes.len(),
-                HEADER + 4
-            )));
-        }
-        if &bytes[..8] != CODEBOOK_MAGIC {
-            return Err(bad("not an aqpim codebook (bad magic)".into()));
-        }
-        let (body, tail) = bytes.split_at(bytes.len() - 4);
-        let stored = u32::from_le_bytes(tail.try_into().expect("4 bytes"));
-        let actual = crc32fast::hash(body);
-        if stored != actual {
-            return Err(bad(format!("checksum mismatch (stored {stored:#010x}, computed {actual:#010x}): the file is corrupted or truncated")));
-        }
+        let (_, body) = FRAME.open(bytes, HEADER + 4, |_, _| Ok(())).map_err(bad)?;
         let word =
             |i: usize| u32::from_le_bytes(body[8 + 4 * i..12 + 4 * i].try_into().expect("4 bytes"));
-        let version = word(0);
-        if version != CODEBOOK_VERSION {
-            return Err(bad(format!(
-                "format version {version} is not supported (this build reads {CODEBOOK_VERSION})"
-            )));
-        }
         let dim = word(1) as usize;
         if dim > crate::limits::MAX_DIM {
             return Err(bad(format!(

@@ -44,6 +44,7 @@ mod nearest;
 mod params;
 mod qlut;
 mod quantizer;
+pub mod sealed;
 pub mod synth;
 pub mod transform;
 

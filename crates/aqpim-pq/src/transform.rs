@@ -22,10 +22,18 @@
 use std::path::Path;
 
 use crate::error::{PqError, Result};
+use crate::sealed::Frame;
 
 /// Magic of transform files.
 pub const TRANSFORM_MAGIC: &[u8; 8] = b"AQPIMXF\0";
 const VERSION: u32 = 1;
+
+/// The transform file's frame (magic, version, CRC-32).
+const FRAME: Frame = Frame {
+    magic: TRANSFORM_MAGIC,
+    kind: "aqpim transform",
+    versions: VERSION..=VERSION,
+};
 
 /// `x' = A (x - mu)`; `A = None` is the identity.
 #[derive(Debug, Clone, PartialEq)]
@@ -179,9 +187,8 @@ impl PreTransform {
 
     /// Serializes the transform (format in the module docs).
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        out.extend_from_slice(TRANSFORM_MAGIC);
-        for v in [VERSION, self.dim as u32, u32::from(self.matrix.is_some())] {
+        let mut out = FRAME.start();
+        for v in [self.dim as u32, u32::from(self.matrix.is_some())] {
             out.extend_from_slice(&v.to_le_bytes());
         }
         let mut put = |xs: &[f32]| {
@@ -193,9 +200,7 @@ impl PreTransform {
             put(a);
             put(inv);
         }
-        let crc = crc32fast::hash(&out);
-        out.extend_from_slice(&crc.to_le_bytes());
-        out
+        Frame::seal(out)
     }
 
     /// Parses a transform; `path` only names the source in errors.
@@ -204,21 +209,8 @@ impl PreTransform {
             path: path.to_path_buf(),
             reason,
         };
-        if bytes.len() < 24 {
-            return Err(bad(format!("{} bytes is too short", bytes.len())));
-        }
-        let (body, crc) = bytes.split_at(bytes.len() - 4);
-        let want = u32::from_le_bytes(crc.try_into().expect("4 bytes"));
-        if crc32fast::hash(body) != want {
-            return Err(bad("CRC mismatch (corrupted file)".into()));
-        }
-        if &body[..8] != TRANSFORM_MAGIC {
-            return Err(bad("not a transform file (bad magic)".into()));
-        }
+        let (_, body) = FRAME.open(bytes, 24, |_, _| Ok(())).map_err(bad)?;
         let word = |i: usize| u32::from_le_bytes(body[i..i + 4].try_into().expect("4 bytes"));
-        if word(8) != VERSION {
-            return Err(bad(format!("version {} (expected {VERSION})", word(8))));
-        }
         let (d, flags) = (word(12) as usize, word(16));
         if flags > 1 {
             return Err(bad(format!("flags {flags} (expected 0 or 1)")));
