@@ -26,6 +26,24 @@ pub enum PimError {
         /// The presets that exist.
         known: String,
     },
+    /// A device name that is neither a preset nor an existing file.
+    #[error("device `{name}`: not a device preset (known: {known}) and no such file (tried {tried})")]
+    UnknownDevice {
+        /// The name asked for.
+        name: String,
+        /// The presets that exist.
+        known: String,
+        /// The path looked up (joined to the working directory when relative).
+        tried: String,
+    },
+    /// A device preset or file that did not load, with what it was taken as.
+    #[error("{taken_as}: {reason}")]
+    DeviceSource {
+        /// "device preset `NAME`" or "device `NAME` (taken as a file path)".
+        taken_as: String,
+        /// Why it did not load.
+        reason: String,
+    },
     /// Assembly text is malformed.
     #[error("assembly line {line}: {reason}")]
     Asm {

@@ -317,15 +317,46 @@ impl DeviceSpec {
         }
     }
 
-    /// A preset name or a path to a TOML file.
-    pub fn preset_or_file(name_or_path: &str) -> Result<Self> {
+    /// A device preset by name, or else a device TOML file, with
+    /// `overrides` set before it is read. The one resolver of device names:
+    /// errors say what the name was taken as, and, for a name that is
+    /// neither, the presets that exist and the path that was tried.
+    pub fn preset_or_file(name_or_path: &str, overrides: &[Override]) -> Result<Self> {
+        let shown = crate::limits::cut(name_or_path);
+        let known = || {
+            PRESETS
+                .iter()
+                .map(|(n, _)| *n)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let source = |taken_as: String| {
+            move |e: PimError| PimError::DeviceSource {
+                taken_as,
+                reason: e.to_string(),
+            }
+        };
         if PRESETS.iter().any(|(n, _)| *n == name_or_path) {
-            Self::preset(name_or_path)
-        } else if Path::new(name_or_path).exists() {
-            Self::from_file(Path::new(name_or_path))
-        } else {
-            Self::preset(name_or_path)
+            return Self::preset_with(name_or_path, overrides)
+                .map_err(source(format!("device preset `{shown}`")));
         }
+        let path = Path::new(name_or_path);
+        if path.exists() {
+            return Self::from_file_with(path, overrides)
+                .map_err(source(format!("device `{shown}` (taken as a file path)")));
+        }
+        let tried = if path.is_absolute() {
+            path.display().to_string()
+        } else {
+            std::env::current_dir()
+                .map(|d| d.join(path).display().to_string())
+                .unwrap_or_else(|_| path.display().to_string())
+        };
+        Err(PimError::UnknownDevice {
+            name: shown,
+            known: known(),
+            tried: crate::limits::cut(&tried),
+        })
     }
 
     /// AttAcc's HBM3 5.2 Gbps device.

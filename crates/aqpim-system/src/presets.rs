@@ -282,7 +282,8 @@ impl PimStacksSpec {
                     .into(),
             ));
         }
-        let spec = device_spec(name, &self.device_overrides).map_err(bad)?;
+        let spec = aqpim_pim::DeviceSpec::preset_or_file(name, &self.device_overrides)
+            .map_err(|e| bad(e.to_string()))?;
         spec.resolve().map_err(|e| bad(e.to_string()))
     }
 
@@ -342,36 +343,6 @@ impl PimStacksSpec {
             _ => None,
         })
     }
-}
-
-/// A device preset of `aqpim-pim` by name, or a device TOML file, with
-/// `overrides` set before it is read; the error says which the name was
-/// taken as, and what was tried.
-fn device_spec(
-    name_or_path: &str,
-    overrides: &[aqpim_pim::Override],
-) -> std::result::Result<aqpim_pim::DeviceSpec, String> {
-    let presets = || {
-        aqpim_pim::PRESETS
-            .iter()
-            .map(|(n, _)| *n)
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    if aqpim_pim::PRESETS.iter().any(|(n, _)| *n == name_or_path) {
-        return aqpim_pim::DeviceSpec::preset_with(name_or_path, overrides)
-            .map_err(|e| format!("device preset `{name_or_path}`: {e}"));
-    }
-    let path = std::path::Path::new(name_or_path);
-    if path.exists() {
-        return aqpim_pim::DeviceSpec::from_file_with(path, overrides)
-            .map_err(|e| format!("device `{name_or_path}` (taken as a file path): {e}"));
-    }
-    Err(format!(
-        "device `{name_or_path}`: not a device preset (known: {}) and no such file (tried {})",
-        presets(),
-        tried(path)
-    ))
 }
 
 /// `path` as it was looked up: joined to the working directory when relative.

@@ -2,7 +2,6 @@
 //! (`--model NAME|FILE` or `--model-shape L,KVH,D` with `--q-heads`), sizes
 //! with `K`/`M` suffixes, and devices taken as a preset or a file.
 
-use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -85,31 +84,7 @@ pub fn device_spec(
     name_or_path: &str,
     overrides: &[aqpim_pim::Override],
 ) -> Result<aqpim_pim::DeviceSpec> {
-    let known = || {
-        aqpim_pim::PRESETS
-            .iter()
-            .map(|(n, _)| *n)
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let shown = limits::cut(name_or_path);
-    if aqpim_pim::PRESETS.iter().any(|(n, _)| *n == name_or_path) {
-        return aqpim_pim::DeviceSpec::preset_with(name_or_path, overrides)
-            .with_context(|| format!("device preset `{shown}`"));
-    }
-    let path = Path::new(name_or_path);
-    if path.exists() {
-        return aqpim_pim::DeviceSpec::from_file_with(path, overrides)
-            .with_context(|| format!("device `{shown}` (taken as a file path)"));
-    }
-    let tried = std::env::current_dir()
-        .map(|d| d.join(path).display().to_string())
-        .unwrap_or_else(|_| name_or_path.to_string());
-    bail!(
-        "device `{shown}`: not a device preset (known: {}) and no such file (tried {})",
-        known(),
-        limits::cut(&tried)
-    )
+    Ok(aqpim_pim::DeviceSpec::preset_or_file(name_or_path, overrides)?)
 }
 
 /// The name of a cache spec as output shows it: the dense cache is `fp16`.
