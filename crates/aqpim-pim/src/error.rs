@@ -27,7 +27,9 @@ pub enum PimError {
         known: String,
     },
     /// A device name that is neither a preset nor an existing file.
-    #[error("device `{name}`: not a device preset (known: {known}) and no such file (tried {tried})")]
+    #[error(
+        "device `{name}`: not a device preset (known: {known}) and no such file (tried {tried})"
+    )]
     UnknownDevice {
         /// The name asked for.
         name: String,

@@ -2,7 +2,6 @@
 //! (`--model NAME|FILE` or `--model-shape L,KVH,D` with `--q-heads`), sizes
 //! with `K`/`M` suffixes, and devices taken as a preset or a file.
 
-
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
@@ -84,7 +83,10 @@ pub fn device_spec(
     name_or_path: &str,
     overrides: &[aqpim_pim::Override],
 ) -> Result<aqpim_pim::DeviceSpec> {
-    Ok(aqpim_pim::DeviceSpec::preset_or_file(name_or_path, overrides)?)
+    Ok(aqpim_pim::DeviceSpec::preset_or_file(
+        name_or_path,
+        overrides,
+    )?)
 }
 
 /// The name of a cache spec as output shows it: the dense cache is `fp16`.

@@ -20,6 +20,16 @@ pub trait AttentionCache: Sync {
     /// RoPE) for `(layer, kv_head)`.
     fn append(&mut self, layer: usize, kv_head: usize, key: &[f32], value: &[f32]) -> Result<()>;
 
+    /// Makes every token appended to `layer` visible to attention. The
+    /// forward pass calls it once a layer's tokens are appended for every KV
+    /// head, before attending. Caches that store an append at once need not
+    /// do anything (the default); [`CompressedCache`](super::compressed::CompressedCache)
+    /// stages appends and stores the layer's tokens here, all heads together.
+    fn commit(&mut self, layer: usize) -> Result<()> {
+        let _ = layer;
+        Ok(())
+    }
+
     /// Tokens cached for `(layer, kv_head)`.
     fn len(&self, layer: usize, kv_head: usize) -> usize;
 

@@ -12,10 +12,9 @@
 //! - every later token is appended to the store one step at a time and attends
 //!   over the whole compressed cache (codes, FP16 sinks and recent window).
 //!
-//! Tokens arrive per (layer, KV head) and are staged until a layer's first
-//! attention call, which commits them to the store for every head at once.
-
-use std::sync::RwLock;
+//! Tokens arrive per (layer, KV head) and are staged until the forward pass
+//! commits the layer ([`AttentionCache::commit`]), which stores them for
+//! every head at once; attention reads the store and never writes.
 
 use aqpim_kvcache::{build, KvShape, KvSpec, KvStore};
 
@@ -28,22 +27,16 @@ fn cache_err(reason: impl Into<String>) -> DecodeError {
     }
 }
 
-/// Per-layer state behind the lock.
+/// A compressed KV cache for the model (see the module docs).
 #[derive(Debug)]
-struct Inner {
+pub struct CompressedCache {
+    shape: KvShape,
     store: Box<dyn KvStore>,
     /// `[layer][kv_head]`: staged keys and values, `tokens x head_dim` each.
     staged: Vec<Vec<(Vec<f32>, Vec<f32>)>>,
     /// `[layer]`: queries seeing at most this many tokens attend exactly
     /// (the first prefill block).
     exact_until: Vec<usize>,
-}
-
-/// A compressed KV cache for the model (see the module docs).
-#[derive(Debug)]
-pub struct CompressedCache {
-    shape: KvShape,
-    inner: RwLock<Inner>,
     /// The first prefill block of every layer, exact, for its own attention.
     exact: DenseCache,
 }
@@ -61,70 +54,28 @@ impl CompressedCache {
         let (l, g, d) = (shape.num_layers(), shape.num_kv_heads(), shape.head_dim());
         CompressedCache {
             shape,
-            inner: RwLock::new(Inner {
-                store,
-                staged: vec![vec![(Vec::new(), Vec::new()); g]; l],
-                exact_until: vec![0; l],
-            }),
+            store,
+            staged: vec![vec![(Vec::new(), Vec::new()); g]; l],
+            exact_until: vec![0; l],
             exact: DenseCache::new(l, g, d, DensePrecision::F32),
         }
     }
 
     /// Runs `f` on the store (after committing every staged token).
-    pub fn with_store<T>(&self, f: impl FnOnce(&dyn KvStore) -> T) -> Result<T> {
+    pub fn with_store<T>(&mut self, f: impl FnOnce(&dyn KvStore) -> T) -> Result<T> {
         for l in 0..self.shape.num_layers() {
             self.commit(l)?;
         }
-        let inner = self
-            .inner
-            .read()
-            .map_err(|_| cache_err("cache lock poisoned"))?;
-        Ok(f(inner.store.as_ref()))
+        Ok(f(self.store.as_ref()))
     }
 
-    /// Moves `layer`'s staged tokens into the store, if any.
-    fn commit(&self, layer: usize) -> Result<()> {
-        {
-            let inner = self
-                .inner
-                .read()
-                .map_err(|_| cache_err("cache lock poisoned"))?;
-            if inner.staged[layer].iter().all(|(k, _)| k.is_empty()) {
-                return Ok(());
-            }
-        }
-        let mut inner = self
-            .inner
-            .write()
-            .map_err(|_| cache_err("cache lock poisoned"))?;
-        let d = self.shape.head_dim();
-        let counts: Vec<usize> = inner.staged[layer]
+    /// Tokens of `layer` appended but not yet committed.
+    fn staged_tokens(&self, layer: usize) -> usize {
+        self.staged[layer]
             .iter()
-            .map(|(k, _)| k.len() / d)
-            .collect();
-        let n = counts[0];
-        if n == 0 {
-            return Ok(()); // another thread committed first
-        }
-        if counts.iter().any(|&c| c != n) {
-            return Err(cache_err(format!(
-                "layer {layer}: KV heads hold different numbers of staged tokens {counts:?}"
-            )));
-        }
-        let was_empty = inner.store.num_tokens(layer)? == 0;
-        let mut keys = Vec::with_capacity(counts.len() * n * d);
-        let mut values = Vec::with_capacity(counts.len() * n * d);
-        for (k, v) in &mut inner.staged[layer] {
-            keys.append(k);
-            values.append(v);
-        }
-        if n == 1 {
-            inner.store.append(layer, &keys, &values)?;
-        } else {
-            inner.store.prefill(layer, &keys, &values)?;
-        }
-        inner.exact_until[layer] = if was_empty && n > 1 { n } else { 0 };
-        Ok(())
+            .map(|(k, _)| k.len() / self.shape.head_dim())
+            .max()
+            .unwrap_or(0)
     }
 }
 
@@ -138,31 +89,63 @@ impl AttentionCache for CompressedCache {
                 self.shape.num_layers()
             )));
         }
-        let inner = self
-            .inner
-            .get_mut()
-            .map_err(|_| cache_err("cache lock poisoned"))?;
         // Tokens of a block that starts an empty layer are also kept exactly,
         // for the block's own (causal) attention.
-        if inner.store.num_tokens(layer)? == 0 {
+        if self.store.num_tokens(layer)? == 0 {
             self.exact.append(layer, kv_head, key, value)?;
         }
-        let (k, v) = &mut inner.staged[layer][kv_head];
+        let (k, v) = &mut self.staged[layer][kv_head];
         k.extend_from_slice(key);
         v.extend_from_slice(value);
         Ok(())
     }
 
+    /// Moves `layer`'s staged tokens into the store: one `prefill` for a
+    /// block, one `append` for a single token, every KV head at once.
+    fn commit(&mut self, layer: usize) -> Result<()> {
+        if layer >= self.shape.num_layers() {
+            return Err(cache_err(format!(
+                "commit of layer {layer} out of range ({} layers)",
+                self.shape.num_layers()
+            )));
+        }
+        let d = self.shape.head_dim();
+        let counts: Vec<usize> = self.staged[layer]
+            .iter()
+            .map(|(k, _)| k.len() / d)
+            .collect();
+        let n = counts[0];
+        if counts.iter().all(|&c| c == 0) {
+            return Ok(());
+        }
+        if counts.iter().any(|&c| c != n) {
+            return Err(cache_err(format!(
+                "layer {layer}: KV heads hold different numbers of staged tokens {counts:?}"
+            )));
+        }
+        let was_empty = self.store.num_tokens(layer)? == 0;
+        let mut keys = Vec::with_capacity(counts.len() * n * d);
+        let mut values = Vec::with_capacity(counts.len() * n * d);
+        for (k, v) in &mut self.staged[layer] {
+            keys.append(k);
+            values.append(v);
+        }
+        if n == 1 {
+            self.store.append(layer, &keys, &values)?;
+        } else {
+            self.store.prefill(layer, &keys, &values)?;
+        }
+        self.exact_until[layer] = if was_empty && n > 1 { n } else { 0 };
+        Ok(())
+    }
+
     fn len(&self, layer: usize, kv_head: usize) -> usize {
-        let Ok(inner) = self.inner.read() else {
-            return 0;
-        };
-        let staged = inner
+        let staged = self
             .staged
             .get(layer)
             .and_then(|h| h.get(kv_head))
             .map_or(0, |(k, _)| k.len() / self.shape.head_dim());
-        inner.store.num_tokens(layer).unwrap_or(0) + staged
+        self.store.num_tokens(layer).unwrap_or(0) + staged
     }
 
     /// The whole group goes to one kernel call, which builds each KV head's
@@ -183,14 +166,14 @@ impl AttentionCache for CompressedCache {
                 self.shape.num_layers()
             )));
         }
-        self.commit(layer)?;
-        let inner = self
-            .inner
-            .read()
-            .map_err(|_| cache_err("cache lock poisoned"))?;
-        let len = inner.store.num_tokens(layer)?;
-        if visible <= inner.exact_until[layer] {
-            drop(inner);
+        let staged = self.staged_tokens(layer);
+        if staged > 0 {
+            return Err(cache_err(format!(
+                "layer {layer} holds {staged} appended tokens not yet committed: commit the layer before attending"
+            )));
+        }
+        let len = self.store.num_tokens(layer)?;
+        if visible <= self.exact_until[layer] {
             return self
                 .exact
                 .attend_group(layer, kv_head, query, visible, scale, out);
@@ -201,7 +184,7 @@ impl AttentionCache for CompressedCache {
             )));
         }
         Ok(aqpim_attn::attend_head(
-            inner.store.as_ref(),
+            self.store.as_ref(),
             layer,
             kv_head,
             query,
@@ -211,15 +194,11 @@ impl AttentionCache for CompressedCache {
     }
 
     fn bytes(&self) -> usize {
-        self.inner
-            .read()
-            .map_or(0, |i| i.store.memory_report().total_bytes as usize)
+        self.store.memory_report().total_bytes as usize
     }
 
     fn bits_per_element(&self) -> f64 {
-        self.inner
-            .read()
-            .map_or(0.0, |i| i.store.memory_report().bits_per_element.total)
+        self.store.memory_report().bits_per_element.total
     }
 }
 
@@ -258,6 +237,7 @@ mod tests {
                             .unwrap();
                     }
                 }
+                cache.commit(l).unwrap();
                 for i in 0..n {
                     for g in 0..heads {
                         let q = random(d, 99 + (t + i) as u64);
@@ -321,9 +301,8 @@ mod tests {
         assert!(comp.append(0, 0, &[0.0; 3], &[0.0; 4]).is_err());
         comp.append(0, 0, &[f32::NAN; 4], &[0.0; 4]).unwrap();
         let mut o = vec![0f32; 4];
-        assert!(
-            comp.attend(0, 0, &[0.0; 4], 1, 1.0, &mut o).is_err(),
-            "NaN keys are refused at commit"
-        );
+        let e = comp.attend(0, 0, &[0.0; 4], 1, 1.0, &mut o).unwrap_err();
+        assert!(e.to_string().contains("not yet committed"), "{e}");
+        assert!(comp.commit(0).is_err(), "NaN keys are refused at commit");
     }
 }

@@ -259,6 +259,7 @@ impl Llama {
                         cache.append(l, g, &k[s..s + hd], &v[s..s + hd])?;
                     }
                 }
+                cache.commit(l)?;
                 let cache_ref: &dyn AttentionCache = cache;
                 // One task per (token, KV head): the group's query heads are
                 // adjacent in `q` and read their KV head together.
