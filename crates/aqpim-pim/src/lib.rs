@@ -46,31 +46,35 @@
 #![forbid(unsafe_code)]
 
 pub mod bench;
+mod bounds;
 mod checker;
 mod command;
 mod energy;
 mod error;
-pub mod isa;
+mod isa;
 pub mod limits;
 mod pricing;
 mod resolve;
 mod sim;
 mod spec;
 mod stats;
+mod trace;
 mod units;
 
+pub use bounds::{MAX_PROGRAM_COMMANDS, MAX_PROGRAM_STEPS, MAX_REFRESHES, MAX_TRACE_ENTRIES};
 pub use checker::check_trace;
 pub use command::{Command, Level, Scope};
 pub use error::{PimError, Result};
-pub use isa::{BankSel, CodeBits, Instr, Program, Strides};
-pub use isa::{MAX_LOOP_COUNT, MAX_LOOP_DEPTH, MAX_PROGRAM_COMMANDS, MAX_PROGRAM_STEPS};
+pub use isa::{is_binary, BankSel, CodeBits, Instr, Program, Strides};
+pub use isa::{MAX_LOOP_COUNT, MAX_LOOP_DEPTH};
 pub use resolve::{Device, Organisation, PimParams, Rule};
-pub use sim::{Mode, SimOptions, Simulator, Timer, TraceEntry, MAX_REFRESHES, MAX_TRACE_ENTRIES};
+pub use sim::{Mode, SimOptions, Simulator, Timer};
 pub use spec::{
     ClockSpec, DeviceSpec, EnergySpec, OrganisationSpec, Override, PimSpec, RefreshSpec, RuleSpec,
     TimingValue, PRESETS,
 };
 pub use stats::{EnergyBreakdown, RegionStats, Stats};
+pub use trace::TraceEntry;
 pub use units::{
     column_work, AreaReport, DieSpec, MemorySpec, PowerReport, Unit, UnitKind, UnitSpec, Units,
     UnitsSpec,

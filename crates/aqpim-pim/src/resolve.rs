@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::command::{Command, Level, Scope};
 use crate::error::{PimError, Result};
+use crate::isa::BankSel;
 use crate::limits::{
     cut, MAX_ENERGY_PJ, MAX_RULES, MAX_RULE_LATENCY, MAX_RULE_WINDOW, MAX_TIMING_CYCLES,
     MAX_TIMING_PARAMS,
@@ -57,6 +58,20 @@ impl Organisation {
     /// Channel-local bank index of `(pc, sid, bg, bank)`, row-major in that order.
     pub fn local_bank(&self, pc: usize, sid: usize, bg: usize, bank: usize) -> usize {
         ((pc * self.sids + sid) * self.bank_groups + bg) * self.banks_per_group + bank
+    }
+
+    /// Channel-local index of a bank select, `None` when a part of it is
+    /// outside the organisation.
+    pub(crate) fn bank_index(&self, b: BankSel) -> Option<usize> {
+        let parts = [b.pc, b.sid, b.bg, b.bank].map(usize::from);
+        let sizes = [
+            self.pseudo_channels,
+            self.sids,
+            self.bank_groups,
+            self.banks_per_group,
+        ];
+        let [pc, sid, bg, bank] = parts;
+        (parts.iter().zip(sizes).all(|(&p, n)| p < n)).then(|| self.local_bank(pc, sid, bg, bank))
     }
 
     /// Index of a channel-local bank's node at each level (channel-local).

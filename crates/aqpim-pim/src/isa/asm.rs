@@ -23,7 +23,7 @@ use crate::error::{PimError, Result};
 
 /// Formats one instruction in canonical form (operands in table order,
 /// strides and flags only when set).
-pub fn format_instr(ins: &Instr) -> String {
+pub(crate) fn format_instr(ins: &Instr) -> String {
     use std::fmt::Write;
     let spec = ins.spec();
     let mut s = String::from(spec.mnemonic);
@@ -51,24 +51,6 @@ pub fn format_instr(ins: &Instr) -> String {
         };
     }
     s
-}
-
-/// Disassembles a program, indenting loop bodies by two spaces.
-pub fn disassemble(p: &Program) -> String {
-    let mut out = String::new();
-    let mut depth = 0usize;
-    for ins in p.instrs() {
-        if matches!(ins, Instr::EndLoop) {
-            depth = depth.saturating_sub(1);
-        }
-        out.push_str(&"  ".repeat(depth));
-        out.push_str(&format_instr(ins));
-        out.push('\n');
-        if matches!(ins, Instr::Loop { .. }) {
-            depth += 1;
-        }
-    }
-    out
 }
 
 /// Operands of one line: `key=value` pairs and bare flags.
@@ -215,7 +197,7 @@ fn parse_int(text: &str) -> Option<i64> {
 }
 
 /// Parses one line; `None` for blank and comment-only lines.
-pub fn parse_line(text: &str, line: usize) -> Result<Option<Instr>> {
+fn parse_line(text: &str, line: usize) -> Result<Option<Instr>> {
     let code = text.split(['#', ';']).next().unwrap_or("");
     let mut words = code.split_whitespace();
     let Some(mnemonic) = words.next() else {
@@ -269,13 +251,34 @@ fn clip(text: &str) -> String {
     }
 }
 
-/// Assembles a program from text.
-pub fn assemble(text: &str) -> Result<Program> {
-    let mut instrs = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if let Some(ins) = parse_line(line, i + 1)? {
-            instrs.push(ins);
+impl Program {
+    /// Assembles text: one instruction per line (see the module's format).
+    pub fn assemble(text: &str) -> Result<Program> {
+        let mut instrs = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            if let Some(ins) = parse_line(line, i + 1)? {
+                instrs.push(ins);
+            }
         }
+        Program::new(instrs)
     }
-    Program::new(instrs)
+
+    /// Disassembles to text that [`Program::assemble`] reads back unchanged,
+    /// indenting loop bodies by two spaces.
+    pub fn disassemble(&self) -> String {
+        let mut out = String::new();
+        let mut depth = 0usize;
+        for ins in self.instrs() {
+            if matches!(ins, Instr::EndLoop) {
+                depth = depth.saturating_sub(1);
+            }
+            out.push_str(&"  ".repeat(depth));
+            out.push_str(&format_instr(ins));
+            out.push('\n');
+            if matches!(ins, Instr::Loop { .. }) {
+                depth += 1;
+            }
+        }
+        out
+    }
 }

@@ -9,18 +9,12 @@ use crate::isa::BankSel;
 
 impl Simulator {
     pub(super) fn local(&self, ch: usize, bank: BankSel) -> Result<usize> {
-        let o = &self.device.org;
-        if ch >= o.channels
-            || usize::from(bank.pc) >= o.pseudo_channels
-            || usize::from(bank.sid) >= o.sids
-            || usize::from(bank.bg) >= o.bank_groups
-            || usize::from(bank.bank) >= o.banks_per_group
-        {
-            return Err(PimError::Load(format!(
+        let b = self.device.org.bank_index(bank);
+        b.filter(|_| ch < self.device.org.channels).ok_or_else(|| {
+            PimError::Load(format!(
                 "channel {ch} bank {bank:?} is outside the organisation"
-            )));
-        }
-        Ok(self.bank_of(&bank))
+            ))
+        })
     }
 
     fn global(&self, ch: usize, bank: BankSel) -> Result<usize> {

@@ -15,26 +15,15 @@ pub use timing::Timer;
 use self::functional::Functional;
 use self::timing::{ChannelTiming, Tables};
 use self::validate::{check_program, Checked};
+use crate::bounds::{trace_limit, MAX_PROGRAM_STEPS, MAX_REFRESHES, MAX_TRACE_ENTRIES};
 use crate::command::{Command, Scope};
 use crate::energy::energy;
 use crate::error::{PimError, Result};
 use crate::isa::{argmin_centroids, asm::format_instr, BankSel, Instr, Program};
 use crate::resolve::Device;
 use crate::stats::{Counters, RegionStats, Stats};
+use crate::trace::TraceEntry;
 use crate::units::{column_work, UnitKind};
-
-/// Most entries a recorded trace may hold (2^24, about 0.5 GiB of
-/// [`TraceEntry`]s): a run with `record_trace` that would record more is an
-/// error, refused before it starts when the program alone issues more. A
-/// design limit, sized to keep `sim run --check` within a few GiB.
-pub const MAX_TRACE_ENTRIES: u64 = 1 << 24;
-
-/// Most refreshes one run may insert (2^28). Refreshes follow simulated
-/// time, not the program, so a device whose timing values stretch time far
-/// past its refresh interval could otherwise make a short program run for
-/// hours; the limit turns that into an error. A design limit: a one-second
-/// run of a 32-channel HBM3 device at tREFI = 3.9 us needs about 2^23.
-pub const MAX_REFRESHES: u64 = 1 << 28;
 
 /// What the simulator computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,40 +55,6 @@ impl Default for SimOptions {
             record_trace: false,
         }
     }
-}
-
-/// One issued command. `bank` is the channel-local bank index
-/// (`((pc * sids + sid) * bank_groups + bg) * banks_per_group + bank`) for
-/// single-bank commands and 0 for all-bank ones; `row` is set for ACT and
-/// ACTAB, `col` for column commands, `len` for MVD, MVB, SFM, CLR, RED and RDD
-/// (elements per bank for MVD/MVB, with `broadcast` MVB recorded as `len` with
-/// bit 31 set, and a buffer-die CLR likewise with bit 31 set).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TraceEntry {
-    /// Issue cycle.
-    pub cycle: u64,
-    /// Command.
-    pub cmd: Command,
-    /// Device-wide channel index.
-    pub channel: u16,
-    /// Channel-local bank index.
-    pub bank: u16,
-    /// Row: the one opened (ACT, ACTAB) or the open one a column command
-    /// reads or writes (RD, WR, STC, the PIM column commands).
-    pub row: u32,
-    /// Column (column commands).
-    pub col: u16,
-    /// Length operand (MVD, MVB, SFM, CLR, RED, RDD).
-    pub len: u32,
-    /// Inserted by the simulator (refresh and the row restores after it).
-    pub auto: bool,
-}
-
-impl TraceEntry {
-    /// Whether an MVB entry was a broadcast.
-    pub const BROADCAST: u32 = 1 << 31;
-    /// Whether a CLR entry cleared the buffer die (same bit as [`Self::BROADCAST`]).
-    pub const DIE: u32 = 1 << 31;
 }
 
 #[derive(Debug, Clone)]
@@ -196,7 +151,7 @@ impl Simulator {
             tables,
             opts,
             host_data: Vec::new(),
-            step_limit: crate::isa::MAX_PROGRAM_STEPS,
+            step_limit: MAX_PROGRAM_STEPS,
             counters: Vec::new(),
             region: 0,
             advance: Vec::new(),
@@ -334,12 +289,6 @@ impl Simulator {
         }
     }
 
-    fn bank_of(&self, b: &BankSel) -> usize {
-        self.device
-            .org
-            .local_bank(b.pc.into(), b.sid.into(), b.bg.into(), b.bank.into())
-    }
-
     /// Runs one command instruction under loop offsets `offs`: the
     /// concrete instruction (offsets applied) is checked, timed, issued,
     /// counted and, in functional mode, computed.
@@ -355,7 +304,9 @@ impl Simulator {
             return Ok(()); // BARRIER, LOOP and ENDLOOP are handled by `execute`
         };
         let ch = usize::from(ch);
-        let bank = bank.map_or(0, |b| self.bank_of(&b));
+        let bank = bank
+            .and_then(|b| self.device.org.bank_index(b))
+            .unwrap_or(0);
         let functional = self.opts.mode == Mode::Functional;
         // STC checks its codes before anything issues, so that on an error
         // the state is that of the commands before this one.
@@ -781,13 +732,5 @@ impl Simulator {
             external_gbps: gbps(k.bytes_external),
             energy: energy(&self.device, k, refreshes),
         }
-    }
-}
-
-/// The error of a trace that would pass [`MAX_TRACE_ENTRIES`].
-fn trace_limit() -> PimError {
-    PimError::Limit {
-        what: "trace entries (commands and refreshes) recorded",
-        limit: MAX_TRACE_ENTRIES,
     }
 }

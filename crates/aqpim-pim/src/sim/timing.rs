@@ -254,19 +254,10 @@ impl Timer {
     fn bank_index(&self, cmd: Command, bank: Option<BankSel>) -> Result<usize> {
         match (cmd.scope(), bank) {
             (Scope::Channel, _) => Ok(0),
-            (Scope::Bank, Some(b)) => {
-                let o = &self.org;
-                if usize::from(b.pc) >= o.pseudo_channels
-                    || usize::from(b.sid) >= o.sids
-                    || usize::from(b.bg) >= o.bank_groups
-                    || usize::from(b.bank) >= o.banks_per_group
-                {
-                    return Err(PimError::Load(format!(
-                        "bank {b:?} is outside the organisation"
-                    )));
-                }
-                Ok(o.local_bank(b.pc.into(), b.sid.into(), b.bg.into(), b.bank.into()))
-            }
+            (Scope::Bank, Some(b)) => self
+                .org
+                .bank_index(b)
+                .ok_or_else(|| PimError::Load(format!("bank {b:?} is outside the organisation"))),
             (Scope::Bank, None) => Err(PimError::Load(format!("{} needs a bank", cmd.name()))),
         }
     }

@@ -1,7 +1,7 @@
 //! Checks a program against a device before it runs: the expanded command
-//! count is within [`MAX_PROGRAM_COMMANDS`](crate::isa::MAX_PROGRAM_COMMANDS)
+//! count is within [`MAX_PROGRAM_COMMANDS`](crate::MAX_PROGRAM_COMMANDS)
 //! and the executed instructions within the run's step limit
-//! ([`MAX_PROGRAM_STEPS`](crate::isa::MAX_PROGRAM_STEPS) by default),
+//! ([`MAX_PROGRAM_STEPS`](crate::MAX_PROGRAM_STEPS) by default),
 //! and every address, with every loop offset it can take, stays inside the
 //! organisation, the buffers, the registers, the buffer die and the host
 //! data. Which fields are addresses, in which space and under which stride
@@ -11,7 +11,7 @@
 
 use crate::error::{PimError, Result};
 use crate::isa::table::Space;
-use crate::isa::{argmin_centroids, asm::format_instr, BankSel, Instr, Program};
+use crate::isa::{argmin_centroids, asm::format_instr, Instr, Program};
 use crate::resolve::Device;
 
 /// A program ready to run: every address checked for every loop offset.
@@ -183,22 +183,6 @@ fn constraints(ins: &Instr, l: &Limits) -> std::result::Result<(), String> {
     }
 }
 
-fn check_bank(b: &BankSel, d: &Device) -> std::result::Result<(), String> {
-    let o = &d.org;
-    if usize::from(b.pc) >= o.pseudo_channels
-        || usize::from(b.sid) >= o.sids
-        || usize::from(b.bg) >= o.bank_groups
-        || usize::from(b.bank) >= o.banks_per_group
-    {
-        Err(format!(
-            "bank pc={} sid={} bg={} bank={} is outside {}x{}x{}x{}",
-            b.pc, b.sid, b.bg, b.bank, o.pseudo_channels, o.sids, o.bank_groups, o.banks_per_group
-        ))
-    } else {
-        Ok(())
-    }
-}
-
 pub(crate) fn check_program(
     p: &Program,
     d: &Device,
@@ -231,8 +215,19 @@ pub(crate) fn check_program(
                 )));
             }
         }
-        if let Some(b) = bank {
-            check_bank(&b, d).map_err(err)?;
+        if let Some(b) = bank.filter(|&b| d.org.bank_index(b).is_none()) {
+            let o = &d.org;
+            return Err(err(format!(
+                "bank pc={} sid={} bg={} bank={} is outside {}x{}x{}x{}",
+                b.pc,
+                b.sid,
+                b.bg,
+                b.bank,
+                o.pseudo_channels,
+                o.sids,
+                o.bank_groups,
+                o.banks_per_group
+            )));
         }
         if let Some(cmd) = ins.spec().command {
             if let Some(kind) = crate::units::UnitKind::of(cmd) {
