@@ -49,7 +49,6 @@ pub mod bench;
 mod bounds;
 mod checker;
 mod command;
-mod energy;
 mod error;
 mod isa;
 pub mod limits;

@@ -639,6 +639,13 @@ impl Instr {
         }
     }
 
+    /// The table value of field `name`, `None` when the instruction has none.
+    pub(crate) fn value(&self, name: &str) -> Option<u128> {
+        let v = self.values();
+        let mut fields = self.spec().fields.iter().zip(v);
+        fields.find(|(f, _)| f.name == name).map(|(_, x)| x)
+    }
+
     /// Whether the flag field `name` is set (false when there is none).
     pub(crate) fn flag(&self, name: &str) -> bool {
         let v = self.values();

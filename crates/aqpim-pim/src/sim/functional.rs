@@ -262,13 +262,26 @@ impl Functional {
         (x, y, r)
     }
 
-    /// Runs the data semantics of one concrete all-bank or buffer-die
-    /// instruction (loop offsets already applied) on its channel, whose
-    /// banks have the rows `open` open. Single-bank and host-data
-    /// instructions (RD, WR, WRGB, STC) have their own methods above; on
-    /// anything else this does nothing.
-    pub(crate) fn exec(&mut self, ins: &Instr, open: &[Option<u32>]) {
+    /// Runs the data semantics of one concrete instruction (loop offsets
+    /// already applied) on its channel, whose banks have the rows `open`
+    /// open; `bank` is the channel-local bank of a single-bank instruction
+    /// and `host` the host data that WR and WRGB read. STC writes the
+    /// column [`Functional::stc_column`] checked; BARRIER, LOOP and ENDLOOP
+    /// do nothing.
+    pub(crate) fn exec(&mut self, ins: &Instr, bank: usize, open: &[Option<u32>], host: &[u8]) {
+        let n = self.column_bytes;
+        let gb = |ch: u8| usize::from(ch) * self.banks_per_channel + bank;
+        let row = open[bank].unwrap_or(0);
         match *ins {
+            Instr::Rd { ch, col, .. } => self.rd(gb(ch), row, col.into()),
+            Instr::Wr { ch, col, data, .. } => {
+                let data = &host[data as usize..][..n];
+                self.wr(gb(ch), row, col.into(), data);
+            }
+            Instr::Wrgb { ch, buf, data } => {
+                let data = &host[data as usize..][..n];
+                self.wrgb(ch.into(), buf.into(), data);
+            }
             Instr::Mac { .. } => self.mac(ins, open),
             Instr::BinMac { .. } => self.bin_mac(ins, open),
             Instr::LutAcc { .. } => self.lut_acc(ins, open),
