@@ -45,6 +45,7 @@
 
 #![forbid(unsafe_code)]
 
+mod asm;
 pub mod bench;
 mod bounds;
 mod checker;

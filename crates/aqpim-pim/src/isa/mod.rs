@@ -1,19 +1,23 @@
 //! The PIM instruction set: the [`Instr`] enum, programs, and their checks.
 //!
 //! Every instruction is one 64-bit word except `LOOP`, which takes two
-//! ([`encode`]); [`asm`] reads and writes the text form. `docs/pim.md` is the
+//! ([`encode`]); an instruction's `Display` is its canonical text, which the
+//! crate's assembler (`asm.rs`) reads back. Both, with the field checks, are
+//! derived from the instruction table ([`table`]). `docs/pim.md` is the
 //! reference for the bit layout and each instruction's semantics.
 
-pub(crate) mod asm;
 mod encode;
 pub(crate) mod table;
 
 pub use encode::is_binary;
 pub use table::MAX_LOOP_COUNT;
 
+use std::fmt;
+
 use half::f16;
 use serde::{Deserialize, Serialize};
 
+use self::table::{bank_parts, stride_parts, Kind, BANK_PARTS, STRIDE_NAMES};
 use crate::error::{PimError, Result};
 
 /// Maximum nesting depth of `LOOP` (a design choice of this ISA: four levels
@@ -406,6 +410,39 @@ impl Instr {
     }
 }
 
+/// The canonical text of an instruction, as the assembler reads it back:
+/// the mnemonic, then operands in table order, strides and flags only when
+/// set.
+impl fmt::Display for Instr {
+    fn fmt(&self, out: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let spec = self.spec();
+        out.write_str(spec.mnemonic)?;
+        for (f, &v) in spec.fields.iter().zip(&self.values()) {
+            match f.kind {
+                Kind::Uint | Kind::Channel | Kind::CodeBits | Kind::Pow2 => {
+                    write!(out, " {}={v}", f.name)
+                }
+                Kind::Count => write!(out, " {v}"),
+                Kind::Flag | Kind::AltOpcode(_) if v != 0 => write!(out, " {}", f.name),
+                Kind::Flag | Kind::AltOpcode(_) => Ok(()),
+                // f32's Display is the shortest text that parses back to the same
+                // f32, and every f16 is exact in f32, so the scale round-trips.
+                Kind::Scale => write!(out, " {}={}", f.name, f16::from_bits(v as u16).to_f32()),
+                Kind::Bank => BANK_PARTS
+                    .iter()
+                    .zip(bank_parts(v))
+                    .try_for_each(|((name, _, _), part)| write!(out, " {name}={part}")),
+                Kind::Strides => STRIDE_NAMES
+                    .iter()
+                    .zip(stride_parts(v))
+                    .filter(|(_, x)| *x != 0)
+                    .try_for_each(|(name, x)| write!(out, " {name}={x}")),
+            }?;
+        }
+        Ok(())
+    }
+}
+
 /// A program: a sequence of instructions whose fields fit their encodings
 /// and whose loops are balanced and at most [`MAX_LOOP_DEPTH`] deep.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -420,7 +457,7 @@ impl Program {
         for (i, ins) in instrs.iter().enumerate() {
             let err = |reason: String| PimError::Program {
                 index: i,
-                instr: asm::format_instr(ins),
+                instr: ins.to_string(),
                 reason,
             };
             ins.check_fields().map_err(err)?;

@@ -206,9 +206,9 @@ pub(crate) trait FieldValue: Sized + Copy {
     fn shifted(self, d: i64) -> Option<Self> {
         (d == 0).then_some(self)
     }
-    /// The value as a channel, for the field of kind [`Kind::Channel`].
+    /// The value of an integer field (`None` for any other).
     #[inline]
-    fn as_channel(self) -> Option<u8> {
+    fn as_uint(self) -> Option<u64> {
         None
     }
     /// The value as a bank select, for the field of kind [`Kind::Bank`].
@@ -232,8 +232,8 @@ macro_rules! int_field_value {
                 <$t>::try_from(i64::from(self).checked_add(d)?).ok()
             }
             #[inline]
-            fn as_channel(self) -> Option<u8> {
-                u8::try_from(self).ok()
+            fn as_uint(self) -> Option<u64> {
+                Some(self.into())
             }
         }
     )*};
@@ -349,18 +349,21 @@ macro_rules! instruction_table {
                 v
             }
 
-            /// The channel and the bank select the instruction addresses, where
-            /// it has them (`(None, None)` for BARRIER, LOOP and ENDLOOP).
+            /// What the instruction addresses: its channel and bank select,
+            /// where it has them (none for BARRIER, LOOP and ENDLOOP), and
+            /// the row it opens or the column it reads or writes.
             #[inline]
-            pub(crate) fn target(&self) -> (Option<u8>, Option<BankSel>) {
-                let mut t = (None, None);
+            pub(crate) fn target(&self) -> Target {
+                let mut t = Target::default();
                 match *self {
                     $(Instr::$Variant { $($f),* } => {
                         #[allow(unused_mut, unused_variables)]
                         let mut fields = TABLE[Row::$Variant as usize].fields.iter();
-                        $(match fields.next().map(|f| f.kind) {
-                            Some(Kind::Channel) => t.0 = $f.as_channel(),
-                            Some(Kind::Bank) => t.1 = $f.as_bank(),
+                        $(match fields.next().map(|f| (f.kind, f.space)) {
+                            Some((Kind::Channel, _)) => t.ch = $f.as_uint().map(|c| c as u8),
+                            Some((Kind::Bank, _)) => t.bank = $f.as_bank(),
+                            Some((_, Some(Space::Row))) => t.row = $f.as_uint().unwrap_or(0) as u32,
+                            Some((_, Some(Space::Col))) => t.col = $f.as_uint().unwrap_or(0) as u16,
                             _ => {}
                         })*
                     })*
@@ -600,6 +603,19 @@ pub(crate) fn check_value(f: &Field, v: u128) -> Result<(), String> {
     }
 }
 
+/// What an instruction addresses (see [`Instr::target`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Target {
+    /// The channel, where the instruction has one.
+    pub(crate) ch: Option<u8>,
+    /// The bank select of a single-bank instruction.
+    pub(crate) bank: Option<BankSel>,
+    /// The row it opens (ACT, ACTAB), else 0.
+    pub(crate) row: u32,
+    /// The column it reads or writes (column commands), else 0.
+    pub(crate) col: u16,
+}
+
 /// One address field of an instruction, as validation and execution see it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Address {
@@ -637,13 +653,6 @@ impl Instr {
                 strided: f.strided,
             });
         }
-    }
-
-    /// The table value of field `name`, `None` when the instruction has none.
-    pub(crate) fn value(&self, name: &str) -> Option<u128> {
-        let v = self.values();
-        let mut fields = self.spec().fields.iter().zip(v);
-        fields.find(|(f, _)| f.name == name).map(|(_, x)| x)
     }
 
     /// Whether the flag field `name` is set (false when there is none).

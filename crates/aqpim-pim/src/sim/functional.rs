@@ -189,15 +189,8 @@ impl Functional {
     /// RD: append column `col` of the open row to the read log.
     pub(crate) fn rd(&mut self, gb: usize, row: u32, col: usize) {
         let c = self.column_bytes;
-        let start = col * c;
-        let data = self
-            .rows
-            .get(&Self::key(gb, row))
-            .map(|r| r[start..start + c].to_vec());
-        match data {
-            Some(d) => self.read_log.extend_from_slice(&d),
-            None => self.read_log.extend(std::iter::repeat_n(0u8, c)),
-        }
+        let data = self.row(gb, row)[col * c..(col + 1) * c].to_vec();
+        self.read_log.extend_from_slice(&data);
     }
 
     /// WR: column `col` of the open row = `data` (one column).

@@ -18,7 +18,8 @@ use self::validate::{check_program, Checked};
 use crate::bounds::{trace_limit, MAX_PROGRAM_STEPS, MAX_REFRESHES, MAX_TRACE_ENTRIES};
 use crate::command::{Command, Scope};
 use crate::error::{PimError, Result};
-use crate::isa::{argmin_centroids, asm::format_instr, BankSel, CodeBits, Instr, Program};
+use crate::isa::table::Target;
+use crate::isa::{argmin_centroids, BankSel, CodeBits, Instr, Program};
 use crate::resolve::Device;
 use crate::stats::{Counters, RegionStats, Stats};
 use crate::trace::TraceEntry;
@@ -300,16 +301,17 @@ impl Simulator {
     fn exec(&mut self, ins: &Instr, offs: &[i64; 6]) -> Result<()> {
         let concrete = ins.offset_by(offs).ok_or_else(|| PimError::Program {
             index: 0,
-            instr: format_instr(ins),
+            instr: ins.to_string(),
             reason: "an address leaves its field under the loop strides".into(),
         })?;
         let ins = &concrete;
-        let (ch, bank) = ins.target();
-        let (Some(cmd), Some(ch)) = (ins.spec().command, ch) else {
+        let target = ins.target();
+        let (Some(cmd), Some(ch)) = (ins.spec().command, target.ch) else {
             return Ok(()); // BARRIER, LOOP and ENDLOOP are handled by `execute`
         };
         let ch = usize::from(ch);
-        let bank = bank
+        let bank = target
+            .bank
             .and_then(|b| self.device.org.bank_index(b))
             .unwrap_or(0);
         let functional = self.opts.mode == Mode::Functional;
@@ -322,7 +324,7 @@ impl Simulator {
             }
             _ => None,
         };
-        let op = self.operand(cmd, ins);
+        let op = self.operand(cmd, ins, &target);
         self.schedule(cmd, ch, bank, op)?;
         if functional {
             let open = &self.channels[ch].open;
@@ -351,7 +353,7 @@ impl Simulator {
         self.func
             .stc_column(gb, reg, bits)
             .map_err(|(r, v)| PimError::Data {
-                instr: format_instr(ins),
+                instr: ins.to_string(),
                 target: self.target_text(Command::Stc, ch, bank),
                 reason: format!(
                     "register {r} holds {v}, not a {}-bit code (an integer in 0..{})",
@@ -365,7 +367,7 @@ impl Simulator {
     /// commands record their work per bank in `len` (the operations their
     /// unit performs for one column); MVB's `broadcast` and CLR's `die` set
     /// bit 31 of it.
-    fn operand(&self, cmd: Command, ins: &Instr) -> Operand {
+    fn operand(&self, cmd: Command, ins: &Instr, target: &Target) -> Operand {
         let d = &self.device;
         let (banks, cb) = (d.org.banks_per_channel as u64, d.org.column_bytes as u64);
         let work = unit_work(d, ins);
@@ -417,8 +419,8 @@ impl Simulator {
             0
         };
         Operand {
-            row: ins.value("row").unwrap_or(0) as u32,
-            col: ins.value("col").unwrap_or(0) as u16,
+            row: target.row,
+            col: target.col,
             len: len as u32,
             busy,
             pim_busy,

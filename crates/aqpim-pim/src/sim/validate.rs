@@ -10,8 +10,8 @@
 //! programs that cannot go out of range.
 
 use crate::error::{PimError, Result};
-use crate::isa::table::Space;
-use crate::isa::{argmin_centroids, asm::format_instr, Instr, Program};
+use crate::isa::table::{Space, Target};
+use crate::isa::{argmin_centroids, Instr, Program};
 use crate::resolve::Device;
 
 /// A program ready to run: every address checked for every loop offset.
@@ -200,13 +200,13 @@ pub(crate) fn check_program(
     for (i, ins) in instrs.iter().enumerate() {
         let err = |reason: String| PimError::Program {
             index: i,
-            instr: format_instr(ins),
+            instr: ins.to_string(),
             reason,
         };
         // Programs built through `Program::new` are already checked; a
         // deserialized one may not be.
         ins.check_fields().map_err(err)?;
-        let (ch, bank) = ins.target();
+        let Target { ch, bank, .. } = ins.target();
         if let Some(c) = ch {
             if usize::from(c) >= d.org.channels {
                 return Err(err(format!(
