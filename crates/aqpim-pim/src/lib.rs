@@ -58,6 +58,7 @@ mod resolve;
 mod sim;
 mod spec;
 mod stats;
+mod timing;
 mod trace;
 mod units;
 
@@ -68,12 +69,13 @@ pub use error::{PimError, Result};
 pub use isa::{is_binary, BankSel, CodeBits, Instr, Program, Strides};
 pub use isa::{MAX_LOOP_COUNT, MAX_LOOP_DEPTH};
 pub use resolve::{Device, Organisation, PimParams, Rule};
-pub use sim::{Mode, SimOptions, Simulator, Timer};
+pub use sim::{Mode, SimOptions, Simulator};
 pub use spec::{
     ClockSpec, DeviceSpec, EnergySpec, OrganisationSpec, Override, PimSpec, RefreshSpec, RuleSpec,
     TimingValue, PRESETS,
 };
 pub use stats::{EnergyBreakdown, RegionStats, Stats};
+pub use timing::Timer;
 pub use trace::TraceEntry;
 pub use units::{
     column_work, AreaReport, DieSpec, MemorySpec, PowerReport, Unit, UnitKind, UnitSpec, Units,

@@ -5,15 +5,11 @@
 
 mod functional;
 mod loader;
-mod timing;
 mod validate;
 
 use serde::{Deserialize, Serialize};
 
-pub use timing::Timer;
-
 use self::functional::Functional;
-use self::timing::{ChannelTiming, Tables};
 use self::validate::{check_program, Checked};
 use crate::bounds::{trace_limit, MAX_PROGRAM_STEPS, MAX_REFRESHES, MAX_TRACE_ENTRIES};
 use crate::command::{Command, Scope};
@@ -22,6 +18,7 @@ use crate::isa::table::Target;
 use crate::isa::{argmin_centroids, BankSel, CodeBits, Instr, Program};
 use crate::resolve::Device;
 use crate::stats::{Counters, RegionStats, Stats};
+use crate::timing::{ChannelTiming, Tables};
 use crate::trace::TraceEntry;
 use crate::units::{column_work, UnitKind};
 

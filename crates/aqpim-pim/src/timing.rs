@@ -1,6 +1,10 @@
-//! The timing engine of one channel, Ramulator 2 style: every node of every
-//! level keeps, per command, the earliest cycle at which that command may
-//! issue there; issuing a command raises those cycles along the rule rows.
+//! DRAM timing: the rule engine of one channel, Ramulator 2 style. Every
+//! node of every level keeps, per command, the earliest cycle at which that
+//! command may issue there; issuing a command raises those cycles along the
+//! rule rows. It knows commands, banks and a device's rule rows, nothing of
+//! instructions or programs: the simulator (`sim/`) asks it when each
+//! command may issue, and [`Timer`] exposes it alone for gate tests. The
+//! trace checker (`checker.rs`) evaluates the same rows by its own algorithm.
 //!
 //! All-bank (channel-scope) commands act on every bank of the channel, so:
 //! a rule whose preceding command is all-bank raises the channel node (the
