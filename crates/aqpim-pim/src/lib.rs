@@ -46,6 +46,7 @@
 #![forbid(unsafe_code)]
 
 mod asm;
+mod banks;
 pub mod bench;
 mod bounds;
 mod checker;

@@ -616,42 +616,25 @@ pub(crate) struct Target {
     pub(crate) col: u16,
 }
 
-/// One address field of an instruction, as validation and execution see it.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Address {
-    /// The text key.
-    pub(crate) name: &'static str,
-    /// Its value.
-    pub(crate) base: u64,
-    /// The space it points into.
-    pub(crate) space: Space,
-    /// Whether loop strides move it.
-    pub(crate) strided: bool,
-}
-
 impl Instr {
     /// The instruction's row of the table.
     pub(crate) fn spec(&self) -> &'static Spec {
         &TABLE[self.row()]
     }
 
-    /// Visits every address field (table order) with its value and space.
-    pub(crate) fn for_each_address(&self, mut visit: impl FnMut(Address)) {
-        let spec = self.spec();
-        let v = self.values();
-        for (f, &x) in spec.fields.iter().zip(&v) {
-            let Some(mut space) = f.space else { continue };
-            if let Some((flag, alt)) = f.space_if {
-                if self.flag(flag) {
-                    space = alt;
-                }
-            }
-            visit(Address {
-                name: f.name,
-                base: x as u64,
-                space,
-                strided: f.strided,
-            });
+    /// Every address field, in table order: the field, its value and the
+    /// space it points into.
+    pub(crate) fn addresses(&self) -> impl Iterator<Item = (&'static Field, u64, Space)> + '_ {
+        let fields = self.spec().fields.iter().zip(self.values());
+        fields.filter_map(|(f, x)| Some((f, x as u64, self.space_of(f)?)))
+    }
+
+    /// The space field `f` points into (`None` for a non-address): its
+    /// `space_if` alternative when that flag is set.
+    fn space_of(&self, f: &Field) -> Option<Space> {
+        match f.space_if {
+            Some((flag, alt)) if self.flag(flag) => Some(alt),
+            _ => f.space,
         }
     }
 
@@ -671,11 +654,6 @@ impl Instr {
         if !f.strided {
             return 0;
         }
-        let space = match (f.space, f.space_if) {
-            (_, Some((flag, alt))) if self.flag(flag) => alt,
-            (Some(space), _) => space,
-            (None, _) => return 0,
-        };
-        offs[space as usize]
+        self.space_of(f).map_or(0, |s| offs[s as usize])
     }
 }

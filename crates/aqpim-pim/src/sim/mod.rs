@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use self::functional::Functional;
 use self::validate::{check_program, Checked};
+use crate::banks::Banks;
 use crate::bounds::{trace_limit, MAX_PROGRAM_STEPS, MAX_REFRESHES, MAX_TRACE_ENTRIES};
 use crate::command::{Command, Scope};
 use crate::error::{PimError, Result};
@@ -57,8 +58,7 @@ impl Default for SimOptions {
 #[derive(Debug, Clone)]
 struct Channel {
     timing: ChannelTiming,
-    open: Vec<Option<u32>>,
-    open_count: usize,
+    banks: Banks,
     last_issue: Option<u64>,
     /// No command may issue before this cycle (barriers, occupancy).
     floor: u64,
@@ -139,8 +139,7 @@ impl Simulator {
         let interval = device.refresh_interval.map_or(u64::MAX, u64::from);
         let ch = Channel {
             timing: ChannelTiming::new(&tables),
-            open: vec![None; device.org.banks_per_channel],
-            open_count: 0,
+            banks: Banks::new(device.org.banks_per_channel),
             last_issue: None,
             floor: 0,
             next_refresh: interval,
@@ -188,7 +187,7 @@ impl Simulator {
     /// The row open in a bank, if any.
     pub fn open_row(&self, ch: usize, bank: BankSel) -> Result<Option<u32>> {
         let b = self.local(ch, bank)?;
-        Ok(self.channels[ch].open[b])
+        Ok(self.channels[ch].banks.open()[b])
     }
 
     /// Runs a program to completion and returns its statistics. State (open
@@ -324,7 +323,7 @@ impl Simulator {
         let op = self.operand(cmd, ins, &target);
         self.schedule(cmd, ch, bank, op)?;
         if functional {
-            let open = &self.channels[ch].open;
+            let open = self.channels[ch].banks.open();
             match (codes, *ins) {
                 (Some(d), Instr::Stc { col, .. }) => {
                     let gb = ch * self.device.org.banks_per_channel + bank;
@@ -438,48 +437,14 @@ impl Simulator {
 
     /// State prerequisites: the rules that no amount of waiting satisfies.
     fn prerequisite(&self, cmd: Command, ch: usize, bank: usize) -> Result<()> {
-        let c = &self.channels[ch];
-        let banks = self.device.org.banks_per_channel;
-        let fail = |rule: &'static str, reason: String| PimError::State {
+        let state = self.channels[ch].banks.prerequisite(cmd, bank);
+        state.map_err(|(rule, reason)| PimError::State {
             cmd: cmd.name(),
             target: self.target_text(cmd, ch, bank),
             rule,
             reason,
             earliest: None,
-        };
-        match cmd {
-            Command::Act => {
-                if let Some(r) = c.open[bank] {
-                    return Err(fail(
-                        "bank-closed",
-                        format!("row {r} is open; PRE it first"),
-                    ));
-                }
-            }
-            Command::ActAb | Command::Ref if c.open_count > 0 => {
-                return Err(fail(
-                    "all-banks-closed",
-                    format!("{} bank(s) are open; PREAB first", c.open_count),
-                ));
-            }
-            Command::Rd | Command::Wr | Command::Stc if c.open[bank].is_none() => {
-                return Err(fail(
-                    "row-open",
-                    "the bank has no open row; ACT first".into(),
-                ));
-            }
-            _ if cmd.is_pim_column() && c.open_count < banks => {
-                return Err(fail(
-                    "all-banks-open",
-                    format!(
-                        "{} of {banks} banks have an open row; ACTAB first",
-                        c.open_count
-                    ),
-                ));
-            }
-            _ => {}
-        }
-        Ok(())
+        })
     }
 
     #[inline]
@@ -514,10 +479,11 @@ impl Simulator {
     /// (one ACTAB if every bank had the same row open, else one ACT per bank).
     fn refresh(&mut self, ch: usize, until: u64) -> Result<()> {
         let interval = self.device.refresh_interval.map_or(u64::MAX, u64::from);
-        let snapshot = (self.channels[ch].open_count > 0).then(|| self.channels[ch].open.clone());
+        let banks = &self.channels[ch].banks;
+        let snapshot = banks.any_open().then(|| banks.open().to_vec());
         while until >= self.channels[ch].next_refresh {
             let due = self.channels[ch].next_refresh;
-            if self.channels[ch].open_count > 0 {
+            if self.channels[ch].banks.any_open() {
                 let t = self.earliest(Command::PreAb, ch, 0).max(due);
                 self.issue(Command::PreAb, ch, 0, t, Operand::default(), true);
             }
@@ -559,7 +525,6 @@ impl Simulator {
     /// state move on, the command is counted (in the inserted commands'
     /// region when `auto`) and recorded in the trace.
     fn issue(&mut self, cmd: Command, ch: usize, bank: usize, t: u64, op: Operand, auto: bool) {
-        let banks = self.device.org.banks_per_channel;
         let region = if auto {
             self.counters.len() - 1
         } else {
@@ -578,29 +543,7 @@ impl Simulator {
             c.pim_free = c.pim_free.max(t + op.pim_busy);
         }
         self.advance[region][ch] += c.end - before;
-        match cmd {
-            Command::Act => {
-                c.open[bank] = Some(op.row);
-                c.open_count += 1;
-            }
-            Command::Pre if c.open[bank].take().is_some() => c.open_count -= 1,
-            Command::ActAb => {
-                c.open.iter_mut().for_each(|r| *r = Some(op.row));
-                c.open_count = banks;
-            }
-            Command::PreAb if c.open_count > 0 => {
-                c.open.iter_mut().for_each(|r| *r = None);
-                c.open_count = 0;
-            }
-            _ => {}
-        }
-        // A column command reads or writes the row open in its bank (an
-        // all-bank one: the row ACTAB opened in every bank).
-        let row = match cmd {
-            Command::Rd | Command::Wr | Command::Stc => c.open[bank].unwrap_or(op.row),
-            _ if cmd.is_pim_column() => c.open.first().copied().flatten().unwrap_or(op.row),
-            _ => op.row,
-        };
+        let row = c.banks.apply(cmd, bank, op.row);
         self.count(region, cmd, &op);
         if self.opts.record_trace {
             if self.trace.len() as u64 >= MAX_TRACE_ENTRIES {

@@ -13,6 +13,7 @@ use crate::error::{PimError, Result};
 use crate::isa::table::{Space, Target};
 use crate::isa::{argmin_centroids, Instr, Program};
 use crate::resolve::Device;
+use crate::units::{missing_unit, UnitKind};
 
 /// A program ready to run: every address checked for every loop offset.
 #[derive(Debug, Clone)]
@@ -75,45 +76,58 @@ fn extent(ins: &Instr, field: &str, l: &Limits) -> i64 {
     match (*ins, field) {
         (Instr::Wr { .. } | Instr::Wrgb { .. }, "data") => l.col_bytes,
         (Instr::Wrgb { .. }, "buf") => lanes,
-        (Instr::Mac { bcast, .. }, "buf") => {
-            if bcast {
-                1
-            } else {
-                lanes
-            }
+        (Instr::Mac { bcast: false, .. }, "buf") | (Instr::Mac { reduce: false, .. }, "reg") => {
+            lanes
         }
-        (Instr::Mac { reduce, .. }, "reg") => {
-            if reduce {
-                1
-            } else {
-                lanes
-            }
-        }
-        (Instr::LutAcc { bits, group, .. }, "table") => i64::from(group) * bits.table_len() as i64,
-        (Instr::LutAcc { bits, group, .. }, "reg") => ceil_div(l.codes(bits), group.into()),
-        (Instr::HistAcc { bits, group, .. }, "weights") => ceil_div(l.codes(bits), group.into()),
-        (Instr::HistAcc { bits, group, .. }, "reg") => i64::from(group) * bits.table_len() as i64,
+        (Instr::LutAcc { bits, group, .. }, "table")
+        | (Instr::HistAcc { bits, group, .. }, "reg") => i64::from(group) * bits.table_len() as i64,
+        (Instr::LutAcc { bits, group, .. }, "reg")
+        | (Instr::HistAcc { bits, group, .. }, "weights") => ceil_div(l.codes(bits), group.into()),
         (Instr::ArgMin { dsub, nbits, .. }, "cb") => {
             argmin_centroids(nbits) as i64 * i64::from(dsub)
         }
-        (Instr::Mvd { len, .. }, "reg") => len.into(),
-        (Instr::Mvd { len, .. }, "die") => banks * i64::from(len),
-        (Instr::Mvb { len, broadcast, .. }, "die") => {
-            if broadcast {
-                len.into()
-            } else {
-                banks * i64::from(len)
-            }
-        }
-        (Instr::Mvb { len, .. }, "buf") => len.into(),
-        (Instr::Sfm { len, stats, .. }, "die") => i64::from(len) + if stats { 2 } else { 0 },
+        (Instr::Mvd { len, .. }, "die")
+        | (
+            Instr::Mvb {
+                len,
+                broadcast: false,
+                ..
+            },
+            "die",
+        )
+        | (Instr::Red { len, .. }, "src") => banks * i64::from(len),
+        (
+            Instr::Sfm {
+                len, stats: true, ..
+            },
+            "die",
+        ) => i64::from(len) + 2,
+        (
+            Instr::Mvd { len, .. }
+            | Instr::Mvb { len, .. }
+            | Instr::Sfm { len, .. }
+            | Instr::Clr { len, .. }
+            | Instr::Red { len, .. }
+            | Instr::Rdd { len, .. },
+            _,
+        ) => len.into(),
         (Instr::BinMac { dsub, .. }, "bins") => lanes / i64::from(dsub),
         (Instr::BinMac { dsub, .. }, "out") => dsub.into(),
-        (Instr::Red { len, .. }, "src") => banks * i64::from(len),
-        (Instr::Clr { len, .. } | Instr::Red { len, .. } | Instr::Rdd { len, .. }, _) => len.into(),
         (Instr::Stc { bits, .. }, "reg") => l.codes(bits),
-        (Instr::QMac { bits, reduce, .. }, "buf") if reduce => qmac_codes(bits, l),
-        (Instr::QMac { bits, reduce, .. }, "reg") if !reduce => qmac_codes(bits, l),
+        (
+            Instr::QMac {
+                bits, reduce: true, ..
+            },
+            "buf",
+        )
+        | (
+            Instr::QMac {
+                bits,
+                reduce: false,
+                ..
+            },
+            "reg",
+        ) => qmac_codes(bits, l),
         _ => 1,
     }
 }
@@ -183,6 +197,8 @@ fn constraints(ins: &Instr, l: &Limits) -> std::result::Result<(), String> {
     }
 }
 
+/// Checks `p` for a run on `d` with `host_bytes` of host data and at most
+/// `step_limit` executed instructions.
 pub(crate) fn check_program(
     p: &Program,
     d: &Device,
@@ -191,13 +207,11 @@ pub(crate) fn check_program(
 ) -> Result<Checked> {
     p.checked_command_count()?;
     p.checked_step_count(step_limit)?;
-    let instrs = p.instrs().to_vec();
     let l = Limits::new(d, host_bytes);
     // Offset range of each stride class under the enclosing loops.
     let mut stack: Vec<([i64; 6], [i64; 6])> = Vec::new();
-    let mut lo = [0i64; 6];
-    let mut hi = [0i64; 6];
-    for (i, ins) in instrs.iter().enumerate() {
+    let (mut lo, mut hi) = ([0i64; 6], [0i64; 6]);
+    for (i, ins) in p.instrs().iter().enumerate() {
         let err = |reason: String| PimError::Program {
             index: i,
             instr: ins.to_string(),
@@ -206,62 +220,10 @@ pub(crate) fn check_program(
         // Programs built through `Program::new` are already checked; a
         // deserialized one may not be.
         ins.check_fields().map_err(err)?;
-        let Target { ch, bank, .. } = ins.target();
-        if let Some(c) = ch {
-            if usize::from(c) >= d.org.channels {
-                return Err(err(format!(
-                    "channel {c} does not exist ({} channels)",
-                    d.org.channels
-                )));
-            }
-        }
-        if let Some(b) = bank.filter(|&b| d.org.bank_index(b).is_none()) {
-            let o = &d.org;
-            return Err(err(format!(
-                "bank pc={} sid={} bg={} bank={} is outside {}x{}x{}x{}",
-                b.pc,
-                b.sid,
-                b.bg,
-                b.bank,
-                o.pseudo_channels,
-                o.sids,
-                o.bank_groups,
-                o.banks_per_group
-            )));
-        }
-        if let Some(cmd) = ins.spec().command {
-            if let Some(kind) = crate::units::UnitKind::of(cmd) {
-                if d.units.get(kind).is_none() {
-                    return Err(err(crate::units::missing_unit(&d.name, cmd)));
-                }
-            }
-        }
-        let mut result = Ok(());
-        ins.for_each_address(|a| {
-            if result.is_err() {
-                return;
-            }
-            let k = a.space as usize;
-            let (off_lo, off_hi) = if a.strided { (lo[k], hi[k]) } else { (0, 0) };
-            let base = i64::try_from(a.base).unwrap_or(i64::MAX);
-            let (first, last) = (base + off_lo, base + off_hi);
-            let (ext, limit) = (extent(ins, a.name, &l), l.size[k]);
-            result = if first < 0 {
-                Err(format!(
-                    "`{}` goes negative ({first}) under the loop strides",
-                    a.name
-                ))
-            } else if last + ext > limit {
-                Err(format!(
-                    "`{}` reaches {last} (+{ext}) past the {} ({limit})",
-                    a.name,
-                    space_name(a.space)
-                ))
-            } else {
-                Ok(())
-            };
-        });
-        result.and_then(|()| constraints(ins, &l)).map_err(err)?;
+        check_target(ins, d)
+            .and_then(|()| check_addresses(ins, &l, &lo, &hi))
+            .and_then(|()| constraints(ins, &l))
+            .map_err(err)?;
         match ins {
             Instr::Loop { count, strides } => {
                 stack.push((lo, hi));
@@ -282,10 +244,68 @@ pub(crate) fn check_program(
     }
     if !stack.is_empty() {
         return Err(PimError::Program {
-            index: instrs.len(),
+            index: p.instrs().len(),
             instr: String::new(),
             reason: "LOOP without ENDLOOP".into(),
         });
     }
-    Ok(Checked { instrs })
+    Ok(Checked {
+        instrs: p.instrs().to_vec(),
+    })
+}
+
+/// The instruction's channel and bank exist, and the device has the unit its
+/// command runs on.
+fn check_target(ins: &Instr, d: &Device) -> std::result::Result<(), String> {
+    let o = &d.org;
+    let Target { ch, bank, .. } = ins.target();
+    if let Some(c) = ch.filter(|&c| usize::from(c) >= o.channels) {
+        return Err(format!(
+            "channel {c} does not exist ({} channels)",
+            o.channels
+        ));
+    }
+    if let Some(b) = bank.filter(|&b| o.bank_index(b).is_none()) {
+        return Err(format!(
+            "bank pc={} sid={} bg={} bank={} is outside {}x{}x{}x{}",
+            b.pc, b.sid, b.bg, b.bank, o.pseudo_channels, o.sids, o.bank_groups, o.banks_per_group
+        ));
+    }
+    match ins.spec().command {
+        Some(cmd) if UnitKind::of(cmd).is_some_and(|k| d.units.get(k).is_none()) => {
+            Err(missing_unit(&d.name, cmd))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Every address of the instruction, from its lowest to its highest loop
+/// offset (`lo`, `hi` per space) and over its extent, stays in its space.
+fn check_addresses(
+    ins: &Instr,
+    l: &Limits,
+    lo: &[i64; 6],
+    hi: &[i64; 6],
+) -> std::result::Result<(), String> {
+    for (f, base, space) in ins.addresses() {
+        let k = space as usize;
+        let (off_lo, off_hi) = if f.strided { (lo[k], hi[k]) } else { (0, 0) };
+        let base = i64::try_from(base).unwrap_or(i64::MAX);
+        let (first, last) = (base + off_lo, base + off_hi);
+        let (ext, limit) = (extent(ins, f.name, l), l.size[k]);
+        if first < 0 {
+            return Err(format!(
+                "`{}` goes negative ({first}) under the loop strides",
+                f.name
+            ));
+        }
+        if last + ext > limit {
+            return Err(format!(
+                "`{}` reaches {last} (+{ext}) past the {} ({limit})",
+                f.name,
+                space_name(space)
+            ));
+        }
+    }
+    Ok(())
 }
