@@ -54,6 +54,7 @@ mod command;
 mod error;
 mod isa;
 pub mod limits;
+mod memory;
 mod pricing;
 mod resolve;
 mod sim;

@@ -1,71 +1,11 @@
-//! Functional state and semantics: bank arrays (rows allocated on first
-//! write, so a 16 GB stack costs only what a program touches), per-bank
-//! buffers and registers, per-channel buffer dies, and what each command
-//! computes. Timing never depends on any of it, which is what makes the
-//! timing-only mode exact.
-
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+//! What each instruction computes, on the device's [`Memory`]: the data
+//! semantics of every command, bank by bank. Timing never depends on any of
+//! it, which is what makes the timing-only mode exact.
 
 use half::f16;
 
 use crate::isa::{argmin_centroids, CodeBits, Instr};
-use crate::resolve::Device;
-
-/// A fast hasher for the `u64` row keys (a multiply-xorshift; the keys are
-/// not adversarial).
-#[derive(Debug, Default, Clone, Copy)]
-struct KeyHasher(u64);
-
-impl Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(self.0 ^ u64::from(b));
-        }
-    }
-
-    fn write_u64(&mut self, v: u64) {
-        let h = (v ^ (v >> 32)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        self.0 = h ^ (h >> 29);
-    }
-}
-
-type RowMap = HashMap<u64, Box<[u8]>, BuildHasherDefault<KeyHasher>>;
-
-/// Functional state of a device.
-#[derive(Debug, Clone)]
-pub(crate) struct Functional {
-    column_bytes: usize,
-    row_bytes: usize,
-    lanes: usize,
-    buffer_bytes: usize,
-    registers: usize,
-    die_elements: usize,
-    banks_per_channel: usize,
-    zeros: Vec<u8>,
-    /// Rows that were written: key `global_bank << 24 | row`, `row_bytes` each.
-    rows: RowMap,
-    /// Per global bank: buffer bytes (allocated on first write).
-    buffers: Vec<Option<Box<[u8]>>>,
-    /// Per global bank: FP32 registers (allocated on first write).
-    regs: Vec<Option<Box<[f32]>>>,
-    /// Per channel: FP32 buffer-die elements (allocated on first write).
-    die: Vec<Option<Box<[f32]>>>,
-    /// Bytes of each bank's parameter latch.
-    latch_bytes: usize,
-    /// Per global bank: the dequantizer's parameter latch (allocated on
-    /// first LDP).
-    latches: Vec<Option<Box<[u8]>>>,
-    /// Bytes returned by RD, in issue order.
-    pub(crate) read_log: Vec<u8>,
-}
-
-/// A shared zero page as large as any buffer (at most 128 KiB, checked by resolve()).
-static ZEROS: [u8; 131072] = [0; 131072];
+use crate::memory::{Memory, ZEROS};
 
 /// FP16 to FP32 for every bit pattern, built once (exact: every FP16 is an FP32).
 fn f16_table() -> &'static [f32] {
@@ -103,89 +43,7 @@ fn dequantize_mx(q: u32, bits: u32, e: u8) -> f32 {
     signed as f32 * (f32::from(e) - 127.0).exp2()
 }
 
-/// A copy of lazily allocated FP32 state (`n` zeros when never written).
-fn copied(slot: &Option<Box<[f32]>>, n: usize) -> Vec<f32> {
-    slot.as_deref()
-        .map_or_else(|| vec![0.0; n], <[f32]>::to_vec)
-}
-
-/// Lazily allocated FP32 state, allocated (zeroed, `n` long) on first use.
-fn allocated(slot: &mut Option<Box<[f32]>>, n: usize) -> &mut [f32] {
-    slot.get_or_insert_with(|| vec![0.0; n].into_boxed_slice())
-}
-
-impl Functional {
-    pub(crate) fn new(device: &Device) -> Self {
-        let o = &device.org;
-        let banks = o.channels * o.banks_per_channel;
-        Functional {
-            column_bytes: o.column_bytes,
-            row_bytes: o.column_bytes * o.columns,
-            lanes: device.pim.lanes,
-            buffer_bytes: device.pim.buffer_bytes,
-            registers: device.pim.registers,
-            die_elements: device.pim.buffer_die_elements,
-            banks_per_channel: o.banks_per_channel,
-            zeros: vec![0; o.column_bytes * o.columns],
-            rows: RowMap::default(),
-            buffers: vec![None; banks],
-            regs: vec![None; banks],
-            die: vec![None; o.channels],
-            latch_bytes: device.pim.latch_bytes,
-            latches: vec![None; banks],
-            read_log: Vec::new(),
-        }
-    }
-
-    fn key(gb: usize, row: u32) -> u64 {
-        ((gb as u64) << 24) | u64::from(row)
-    }
-
-    /// The whole row (zeros if never written).
-    pub(crate) fn row(&self, gb: usize, row: u32) -> &[u8] {
-        self.rows
-            .get(&Self::key(gb, row))
-            .map_or(&self.zeros[..], |r| &r[..])
-    }
-
-    pub(crate) fn row_mut(&mut self, gb: usize, row: u32) -> &mut [u8] {
-        let n = self.row_bytes;
-        self.rows
-            .entry(Self::key(gb, row))
-            .or_insert_with(|| vec![0; n].into_boxed_slice())
-    }
-
-    pub(crate) fn buffer(&self, gb: usize) -> &[u8] {
-        self.buffers[gb].as_deref().unwrap_or(self.zeros_buffer())
-    }
-
-    fn zeros_buffer(&self) -> &'static [u8] {
-        &ZEROS[..self.buffer_bytes]
-    }
-
-    pub(crate) fn buffer_mut(&mut self, gb: usize) -> &mut [u8] {
-        let n = self.buffer_bytes;
-        self.buffers[gb].get_or_insert_with(|| vec![0; n].into_boxed_slice())
-    }
-
-    pub(crate) fn registers(&self, gb: usize) -> Vec<f32> {
-        copied(&self.regs[gb], self.registers)
-    }
-
-    pub(crate) fn regs_mut(&mut self, gb: usize) -> &mut [f32] {
-        allocated(&mut self.regs[gb], self.registers)
-    }
-
-    pub(crate) fn die(&self, ch: usize) -> Vec<f32> {
-        copied(&self.die[ch], self.die_elements)
-    }
-
-    pub(crate) fn die_mut(&mut self, ch: usize) -> &mut [f32] {
-        allocated(&mut self.die[ch], self.die_elements)
-    }
-
-    // ---- commands ------------------------------------------------------
-
+impl Memory {
     /// RD: append column `col` of the open row to the read log.
     pub(crate) fn rd(&mut self, gb: usize, row: u32, col: usize) {
         let c = self.column_bytes;
@@ -238,28 +96,11 @@ impl Functional {
         Ok(col)
     }
 
-    /// The open row's column `col`, the bank's buffer and its registers, borrowed together.
-    #[inline]
-    fn operands(&mut self, gb: usize, row: u32, col: usize) -> (&[u8], &[u8], &mut [f32]) {
-        let c = self.column_bytes;
-        let n = self.registers;
-        let x = match self.rows.get(&Self::key(gb, row)) {
-            Some(r) => &r[col * c..(col + 1) * c],
-            None => &self.zeros[..c],
-        };
-        let y: &[u8] = match &self.buffers[gb] {
-            Some(b) => b,
-            None => &ZEROS[..self.buffer_bytes],
-        };
-        let r = self.regs[gb].get_or_insert_with(|| vec![0.0; n].into_boxed_slice());
-        (x, y, r)
-    }
-
     /// Runs the data semantics of one concrete instruction (loop offsets
     /// already applied) on its channel, whose banks have the rows `open`
     /// open; `bank` is the channel-local bank of a single-bank instruction
     /// and `host` the host data that WR and WRGB read. STC writes the
-    /// column [`Functional::stc_column`] checked; BARRIER, LOOP and ENDLOOP
+    /// column [`Memory::stc_column`] checked; BARRIER, LOOP and ENDLOOP
     /// do nothing.
     pub(crate) fn exec(&mut self, ins: &Instr, bank: usize, open: &[Option<u32>], host: &[u8]) {
         let n = self.column_bytes;
@@ -588,12 +429,9 @@ impl Functional {
         let (col, at) = (usize::from(col) * c, usize::from(slot) * c);
         for (b, row) in open.iter().enumerate() {
             let gb = usize::from(ch) * self.banks_per_channel + b;
-            let src = match self.rows.get(&Self::key(gb, row.unwrap_or(0))) {
-                Some(r) => &r[col..col + c],
-                None => &self.zeros[..c],
-            };
+            let src = self.row(gb, row.unwrap_or(0))[col..col + c].to_vec();
             let latch = self.latches[gb].get_or_insert_with(|| vec![0; n].into_boxed_slice());
-            latch[at..at + c].copy_from_slice(src);
+            latch[at..at + c].copy_from_slice(&src);
         }
     }
 

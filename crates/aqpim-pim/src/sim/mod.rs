@@ -9,7 +9,6 @@ mod validate;
 
 use serde::{Deserialize, Serialize};
 
-use self::functional::Functional;
 use self::validate::{check_program, Checked};
 use crate::banks::Banks;
 use crate::bounds::{trace_limit, MAX_PROGRAM_STEPS, MAX_REFRESHES, MAX_TRACE_ENTRIES};
@@ -17,6 +16,7 @@ use crate::command::{Command, Scope};
 use crate::error::{PimError, Result};
 use crate::isa::table::Target;
 use crate::isa::{argmin_centroids, BankSel, CodeBits, Instr, Program};
+use crate::memory::Memory;
 use crate::resolve::Device;
 use crate::stats::{Counters, RegionStats, Stats};
 use crate::timing::{ChannelTiming, Tables};
@@ -76,7 +76,7 @@ pub struct Simulator {
     device: Device,
     tables: Tables,
     channels: Vec<Channel>,
-    func: Functional,
+    func: Memory,
     opts: SimOptions,
     host_data: Vec<u8>,
     /// Most instructions one run may execute ([`MAX_PROGRAM_STEPS`] unless
@@ -148,7 +148,7 @@ impl Simulator {
         };
         Simulator {
             channels: vec![ch; device.org.channels],
-            func: Functional::new(device),
+            func: Memory::new(device),
             device: device.clone(),
             tables,
             opts,
