@@ -64,8 +64,12 @@ pub(crate) struct Memory {
     pub(crate) read_log: Vec<u8>,
 }
 
+/// One bank's operands of a column command: `(column, buffer, latch,
+/// registers)`.
+pub(crate) type Operands<'a> = (&'a [u8], &'a [u8], &'a [u8], &'a mut [f32]);
+
 /// A shared zero page as large as any buffer (at most 128 KiB, checked by resolve()).
-pub(crate) static ZEROS: [u8; 131072] = [0; 131072];
+static ZEROS: [u8; 131072] = [0; 131072];
 
 /// A copy of lazily allocated FP32 state (`n` zeros when never written).
 fn copied(slot: &Option<Box<[f32]>>, n: usize) -> Vec<f32> {
@@ -148,25 +152,22 @@ impl Memory {
         allocated(&mut self.die[ch], self.die_elements)
     }
 
-    /// The open row's column `col`, the bank's buffer and its registers, borrowed together.
+    /// Bank `gb`'s operands of a column command, borrowed together: column
+    /// `col` of row `row`, the buffer, the parameter latch and the registers.
     #[inline]
-    pub(crate) fn operands(
-        &mut self,
-        gb: usize,
-        row: u32,
-        col: usize,
-    ) -> (&[u8], &[u8], &mut [f32]) {
-        let c = self.column_bytes;
-        let n = self.registers;
+    pub(crate) fn operands(&mut self, gb: usize, row: u32, col: usize) -> Operands<'_> {
+        let (c, n) = (self.column_bytes, self.registers);
         let x = match self.rows.get(&Self::key(gb, row)) {
             Some(r) => &r[col * c..(col + 1) * c],
             None => &self.zeros[..c],
         };
-        let y: &[u8] = match &self.buffers[gb] {
-            Some(b) => b,
-            None => &ZEROS[..self.buffer_bytes],
-        };
+        let y = self.buffers[gb]
+            .as_deref()
+            .unwrap_or(&ZEROS[..self.buffer_bytes]);
+        let latch = self.latches[gb]
+            .as_deref()
+            .unwrap_or(&ZEROS[..self.latch_bytes]);
         let r = self.regs[gb].get_or_insert_with(|| vec![0.0; n].into_boxed_slice());
-        (x, y, r)
+        (x, y, latch, r)
     }
 }

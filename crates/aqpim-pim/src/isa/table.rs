@@ -538,17 +538,8 @@ instruction_table! {
 /// it was the alternative.
 pub(crate) fn by_opcode(op: u8) -> Option<(usize, &'static Spec, bool)> {
     TABLE.iter().enumerate().find_map(|(i, s)| {
-        if s.opcode == op {
-            Some((i, s, false))
-        } else if s
-            .fields
-            .iter()
-            .any(|f| matches!(f.kind, Kind::AltOpcode(a) if a == op))
-        {
-            Some((i, s, true))
-        } else {
-            None
-        }
+        let alt = s.fields.iter().any(|f| f.kind == Kind::AltOpcode(op));
+        (s.opcode == op || alt).then_some((i, s, s.opcode != op))
     })
 }
 

@@ -5,7 +5,7 @@
 use half::f16;
 
 use crate::isa::{argmin_centroids, CodeBits, Instr};
-use crate::memory::{Memory, ZEROS};
+use crate::memory::Memory;
 
 /// FP16 to FP32 for every bit pattern, built once (exact: every FP16 is an FP32).
 fn f16_table() -> &'static [f32] {
@@ -150,7 +150,7 @@ impl Memory {
         };
         let lanes = self.lanes;
         let (buf, reg, step) = (usize::from(buf), usize::from(reg), usize::from(!bcast));
-        self.each_bank(ch, open, col, |x, y, r| {
+        self.each_bank(ch, open, col, |x, y, _, r| {
             if reduce {
                 let mut sum = 0f32;
                 for l in 0..lanes {
@@ -180,7 +180,7 @@ impl Memory {
         };
         let lanes = self.lanes;
         let (dsub, bins, out) = (usize::from(dsub), usize::from(bins), usize::from(out));
-        self.each_bank(ch, open, col, |x, _, r| {
+        self.each_bank(ch, open, col, |x, _, _, r| {
             for l in 0..lanes {
                 let w = r[bins + l / dsub];
                 r[out + l % dsub] += w * f16_at(x, l);
@@ -205,7 +205,7 @@ impl Memory {
         let n = self.column_bytes * 8 / bits.bits() as usize;
         let (tlen, group) = (bits.table_len(), usize::from(group));
         let (table, reg) = (usize::from(table), usize::from(reg));
-        self.each_bank(ch, open, col, |x, y, r| {
+        self.each_bank(ch, open, col, |x, y, _, r| {
             for p in 0..n {
                 r[reg + p / group] += f16_at(y, table + (p % group) * tlen + code_at(x, bits, p));
             }
@@ -229,7 +229,7 @@ impl Memory {
         let n = self.column_bytes * 8 / bits.bits() as usize;
         let (tlen, group) = (bits.table_len(), usize::from(group));
         let (weights, reg) = (usize::from(weights), usize::from(reg));
-        self.each_bank(ch, open, col, |x, y, r| {
+        self.each_bank(ch, open, col, |x, y, _, r| {
             for p in 0..n {
                 r[reg + (p % group) * tlen + code_at(x, bits, p)] += f16_at(y, weights + p / group);
             }
@@ -254,7 +254,7 @@ impl Memory {
         };
         let (start, dsub, cb) = (usize::from(start), usize::from(dsub), usize::from(cb));
         let (ksub, reg) = (argmin_centroids(nbits) as usize, usize::from(reg));
-        self.each_bank(ch, open, col, |x, y, r| {
+        self.each_bank(ch, open, col, |x, y, _, r| {
             let mut xs = [0f32; 64];
             for (i, v) in xs.iter_mut().enumerate().take(dsub) {
                 *v = f16_at(x, start + i);
@@ -454,32 +454,25 @@ impl Memory {
         else {
             return;
         };
-        let c = self.column_bytes;
-        let n = c * 8 / usize::from(bits);
+        let n = self.column_bytes * 8 / usize::from(bits);
         let (buf, reg, group, pslot) = (
             usize::from(buf),
             usize::from(reg),
             usize::from(group),
             usize::from(pslot),
         );
+        let bits = u32::from(bits);
         let mut x = vec![0f32; n];
-        for (b, row) in open.iter().enumerate() {
-            let gb = usize::from(ch) * self.banks_per_channel + b;
-            let row = row.unwrap_or(0);
-            let latch: &[u8] = self.latches[gb]
-                .as_deref()
-                .unwrap_or(&ZEROS[..self.latch_bytes]);
-            let codes = &self.row(gb, row)[usize::from(col) * c..][..c];
+        self.each_bank(ch, open, col, |codes, y, latch, r| {
             for (i, xi) in x.iter_mut().enumerate() {
-                let q = code_bits_at(codes, u32::from(bits), i);
+                let q = code_bits_at(codes, bits, i);
                 let p = pslot + i / group;
                 *xi = if mx {
-                    dequantize_mx(q, u32::from(bits), latch[p])
+                    dequantize_mx(q, bits, latch[p])
                 } else {
                     f16_at(latch, 2 * p) + q as f32 * f16_at(latch, 2 * p + 1)
                 };
             }
-            let (_, y, r) = self.operands(gb, row, col.into());
             if reduce {
                 let mut acc = 0f32;
                 for (i, xi) in x.iter().enumerate() {
@@ -492,24 +485,24 @@ impl Memory {
                     r[reg + i] += w * xi;
                 }
             }
-        }
+        });
     }
 
-    /// Runs `f(column, buffer, registers)` on every bank of channel `ch`
-    /// (banks ascending), with `column` the open row's column `col`.
+    /// Runs `f(column, buffer, latch, registers)` on every bank of channel
+    /// `ch` (banks ascending), with `column` the open row's column `col`.
     #[inline]
     fn each_bank(
         &mut self,
         ch: u8,
         open: &[Option<u32>],
         col: u8,
-        mut f: impl FnMut(&[u8], &[u8], &mut [f32]),
+        mut f: impl FnMut(&[u8], &[u8], &[u8], &mut [f32]),
     ) {
         let ch = usize::from(ch);
         for (b, row) in open.iter().enumerate() {
             let gb = ch * self.banks_per_channel + b;
-            let (x, y, r) = self.operands(gb, row.unwrap_or(0), col.into());
-            f(x, y, r);
+            let (x, y, latch, r) = self.operands(gb, row.unwrap_or(0), col.into());
+            f(x, y, latch, r);
         }
     }
 }

@@ -116,20 +116,18 @@ struct Operand {
     bytes: [u64; 3],
 }
 
-/// The work one bank does for an all-bank column instruction: lanes for MAC
-/// and BINMAC, codes per column for LUTACC, HISTACC and QMAC (none for LDP), `dsub x 2^nbits`
-/// distance terms for ARGMIN.
-fn unit_work(d: &Device, ins: &Instr) -> u64 {
-    let cb = d.org.column_bytes as u64;
-    match *ins {
-        Instr::LutAcc { bits, .. } => column_work(Command::LutAcc, cb, bits.bits(), 0),
-        Instr::HistAcc { bits, .. } => column_work(Command::HistAcc, cb, bits.bits(), 0),
-        Instr::ArgMin { dsub, nbits, .. } => argmin_centroids(nbits) * u64::from(dsub),
-        Instr::Mac { .. } => column_work(Command::Mac, cb, 16, 0),
-        Instr::BinMac { .. } => column_work(Command::BinMac, cb, 16, 0),
-        Instr::QMac { bits, .. } => column_work(Command::QMac, cb, bits.into(), 0),
-        _ => 0,
-    }
+/// The work one bank does for an all-bank column instruction of command
+/// `cmd` ([`column_work`]): lanes for MAC and BINMAC, codes per column for
+/// LUTACC, HISTACC and QMAC (none for LDP), `dsub x 2^nbits` distance terms
+/// for ARGMIN.
+fn unit_work(d: &Device, cmd: Command, ins: &Instr) -> u64 {
+    let (bits, terms) = match *ins {
+        Instr::LutAcc { bits, .. } | Instr::HistAcc { bits, .. } => (bits.bits(), 0),
+        Instr::QMac { bits, .. } => (bits.into(), 0),
+        Instr::ArgMin { dsub, nbits, .. } => (0, argmin_centroids(nbits) * u64::from(dsub)),
+        _ => (16, 0),
+    };
+    column_work(cmd, d.org.column_bytes as u64, bits, terms)
 }
 
 impl Simulator {
@@ -366,7 +364,7 @@ impl Simulator {
     fn operand(&self, cmd: Command, ins: &Instr, target: &Target) -> Operand {
         let d = &self.device;
         let (banks, cb) = (d.org.banks_per_channel as u64, d.org.column_bytes as u64);
-        let work = unit_work(d, ins);
+        let work = unit_work(d, cmd, ins);
         let flagged = |len: u16, flag: bool| u64::from(len) | if flag { 1 << 31 } else { 0 };
         // (trace len, busy cycles, bytes [external, buffer, buffer die])
         let (len, busy, bytes) = match *ins {

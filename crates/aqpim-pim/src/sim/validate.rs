@@ -53,8 +53,8 @@ impl Limits {
     }
 
     /// Codes of `bits` bits in one column.
-    fn codes(&self, bits: crate::CodeBits) -> i64 {
-        self.col_bytes * 8 / i64::from(bits.bits())
+    fn codes(&self, bits: u32) -> i64 {
+        self.col_bytes * 8 / i64::from(bits)
     }
 }
 
@@ -76,32 +76,20 @@ fn extent(ins: &Instr, field: &str, l: &Limits) -> i64 {
     match (*ins, field) {
         (Instr::Wr { .. } | Instr::Wrgb { .. }, "data") => l.col_bytes,
         (Instr::Wrgb { .. }, "buf") => lanes,
-        (Instr::Mac { bcast: false, .. }, "buf") | (Instr::Mac { reduce: false, .. }, "reg") => {
-            lanes
-        }
+        (Instr::Mac { bcast, .. }, "buf") if !bcast => lanes,
+        (Instr::Mac { reduce, .. }, "reg") if !reduce => lanes,
         (Instr::LutAcc { bits, group, .. }, "table")
         | (Instr::HistAcc { bits, group, .. }, "reg") => i64::from(group) * bits.table_len() as i64,
         (Instr::LutAcc { bits, group, .. }, "reg")
-        | (Instr::HistAcc { bits, group, .. }, "weights") => ceil_div(l.codes(bits), group.into()),
+        | (Instr::HistAcc { bits, group, .. }, "weights") => {
+            ceil_div(l.codes(bits.bits()), group.into())
+        }
         (Instr::ArgMin { dsub, nbits, .. }, "cb") => {
             argmin_centroids(nbits) as i64 * i64::from(dsub)
         }
-        (Instr::Mvd { len, .. }, "die")
-        | (
-            Instr::Mvb {
-                len,
-                broadcast: false,
-                ..
-            },
-            "die",
-        )
-        | (Instr::Red { len, .. }, "src") => banks * i64::from(len),
-        (
-            Instr::Sfm {
-                len, stats: true, ..
-            },
-            "die",
-        ) => i64::from(len) + 2,
+        (Instr::Mvd { len, .. }, "die") | (Instr::Red { len, .. }, "src") => banks * i64::from(len),
+        (Instr::Mvb { len, broadcast, .. }, "die") if !broadcast => banks * i64::from(len),
+        (Instr::Sfm { len, stats, .. }, "die") if stats => i64::from(len) + 2,
         (
             Instr::Mvd { len, .. }
             | Instr::Mvb { len, .. }
@@ -113,28 +101,11 @@ fn extent(ins: &Instr, field: &str, l: &Limits) -> i64 {
         ) => len.into(),
         (Instr::BinMac { dsub, .. }, "bins") => lanes / i64::from(dsub),
         (Instr::BinMac { dsub, .. }, "out") => dsub.into(),
-        (Instr::Stc { bits, .. }, "reg") => l.codes(bits),
-        (
-            Instr::QMac {
-                bits, reduce: true, ..
-            },
-            "buf",
-        )
-        | (
-            Instr::QMac {
-                bits,
-                reduce: false,
-                ..
-            },
-            "reg",
-        ) => qmac_codes(bits, l),
+        (Instr::Stc { bits, .. }, "reg") => l.codes(bits.bits()),
+        (Instr::QMac { bits, reduce, .. }, "buf") if reduce => l.codes(bits.into()),
+        (Instr::QMac { bits, reduce, .. }, "reg") if !reduce => l.codes(bits.into()),
         _ => 1,
     }
-}
-
-/// Codes of `bits` bits (2, 4 or 8) in one column, for QMAC.
-fn qmac_codes(bits: u8, l: &Limits) -> i64 {
-    l.col_bytes * 8 / i64::from(bits)
 }
 
 /// `a / b` rounded up (`a >= 0`, `b > 0`).
@@ -146,11 +117,11 @@ fn ceil_div(a: i64, b: i64) -> i64 {
 fn constraints(ins: &Instr, l: &Limits) -> std::result::Result<(), String> {
     match *ins {
         Instr::LutAcc { bits, group, .. } | Instr::HistAcc { bits, group, .. }
-            if i64::from(group) > l.codes(bits) =>
+            if i64::from(group) > l.codes(bits.bits()) =>
         {
             Err(format!(
                 "group {group} exceeds the {} codes of a column",
-                l.codes(bits)
+                l.codes(bits.bits())
             ))
         }
         Instr::ArgMin { start, dsub, .. } if i64::from(start) + i64::from(dsub) > l.lanes => {
@@ -177,7 +148,7 @@ fn constraints(ins: &Instr, l: &Limits) -> std::result::Result<(), String> {
             mx,
             ..
         } => {
-            let codes = qmac_codes(bits, l);
+            let codes = l.codes(bits.into());
             let per = if mx { 1 } else { 4 };
             let end = (i64::from(pslot) + ceil_div(codes, group.into())) * per;
             if i64::from(group) > codes {
