@@ -35,7 +35,7 @@ pub const MAX_PROGRAM_COMMANDS: u64 = 1 << 32;
 pub const MAX_PROGRAM_STEPS: u64 = 1 << 33;
 
 /// Most entries a recorded trace may hold (2^24, about 0.5 GiB of
-/// [`TraceEntry`]s): a run with `record_trace` that would record more is an
+/// [`TraceEntry`](crate::TraceEntry)s): a run with `record_trace` that would record more is an
 /// error, refused before it starts when the program alone issues more. A
 /// design limit, sized to keep `sim run --check` within a few GiB.
 pub const MAX_TRACE_ENTRIES: u64 = 1 << 24;

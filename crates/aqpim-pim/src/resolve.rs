@@ -9,15 +9,11 @@ use crate::command::{Command, Level, Scope};
 use crate::error::{PimError, Result};
 use crate::isa::BankSel;
 use crate::limits::{
-    cut, MAX_ENERGY_PJ, MAX_RULES, MAX_RULE_LATENCY, MAX_RULE_WINDOW, MAX_TIMING_CYCLES,
-    MAX_TIMING_PARAMS,
+    cut, MAX_ENERGY_PJ, MAX_LATCH_BYTES, MAX_RULES, MAX_RULE_LATENCY, MAX_RULE_WINDOW,
+    MAX_TIMING_CYCLES, MAX_TIMING_PARAMS,
 };
 use crate::spec::{DeviceSpec, EnergySpec, RuleSpec, TimingValue};
 use crate::units::{interval_too_long, UnitKind, Units, MAX_INTERVAL};
-
-/// Largest parameter latch accepted, bytes: 256 columns of 32 B, what LDP's
-/// 8-bit `slot` addresses on the shipped organisation.
-pub const MAX_LATCH_BYTES: usize = 8192;
 
 /// Runtime organisation: counts per level and derived sizes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -179,7 +175,7 @@ fn spec_err(field: impl Into<String>, reason: impl Into<String>) -> PimError {
 
 /// Evaluates a latency expression: integers and parameter names joined by `+`
 /// and `-`, left to right. A negative result is an error.
-pub fn eval_latency(
+pub(crate) fn eval_latency(
     expr: &str,
     params: &BTreeMap<String, u32>,
 ) -> std::result::Result<u32, String> {
