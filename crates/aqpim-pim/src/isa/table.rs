@@ -1,8 +1,9 @@
 //! The instruction table: every instruction declared once, as its mnemonic,
 //! opcode, the timing-model command it issues, and its fields (text key,
 //! kind, bit range, allowed values, and the loop stride that moves it).
-//! Encoding, decoding, assembly, formatting, field checks, loop offsets and
-//! the address visitor used by validation are all derived from these rows;
+//! Encoding, decoding, assembly, formatting, field checks, loop offsets, an
+//! instruction's target and the address iterator used by validation are all
+//! derived from these rows;
 //! adding an instruction is one row here, one variant of
 //! [`Instr`](super::Instr), and its semantics in `sim/`.
 
