@@ -16,7 +16,7 @@ use std::collections::VecDeque;
 use crate::command::{Command, Scope, NUM_COMMANDS};
 use crate::error::{PimError, Result};
 use crate::resolve::Device;
-use crate::sim::TraceEntry;
+use crate::trace::TraceEntry;
 
 /// Checks `trace` (in issue order, as [`Simulator::trace`](crate::Simulator::trace)
 /// records it, from a fresh device) against `device`: per channel, one command

@@ -129,7 +129,7 @@ commands! {
 }
 
 /// Number of commands.
-pub const NUM_COMMANDS: usize = 22;
+pub(crate) const NUM_COMMANDS: usize = 22;
 
 impl Command {
     /// Dense id, `0..NUM_COMMANDS`.

@@ -16,6 +16,34 @@
 //! trace against the device's rules by a separate code path. `docs/pim.md` is
 //! the ISA reference.
 //!
+//! # API
+//!
+//! Everything is exported here, at the root, once; the modules are private
+//! but for [`bench`](mod@bench) and [`limits`].
+//!
+//! - Devices: [`DeviceSpec`] (with its sections [`OrganisationSpec`],
+//!   [`ClockSpec`], [`RefreshSpec`], [`PimSpec`], [`EnergySpec`],
+//!   [`RuleSpec`], [`TimingValue`], and [`Override`]; the presets
+//!   [`PRESETS`]) resolved into a [`Device`] ([`Organisation`],
+//!   [`PimParams`], [`Rule`]); the levels and commands of the timing model,
+//!   [`Level`], [`Command`], [`Scope`].
+//! - Units and their price: [`UnitsSpec`], [`UnitSpec`], [`MemorySpec`],
+//!   [`DieSpec`], resolved into [`Units`] of [`Unit`]s by [`UnitKind`];
+//!   [`column_work`]; the reports [`AreaReport`] and [`PowerReport`].
+//! - Programs: [`Instr`] (with [`BankSel`], [`CodeBits`], [`Strides`]) and
+//!   [`Program`] (assemble, disassemble, encode, decode, the binary file form
+//!   and [`is_binary`]); the bounds [`MAX_LOOP_DEPTH`], [`MAX_LOOP_COUNT`],
+//!   [`MAX_PROGRAM_COMMANDS`] and [`MAX_PROGRAM_STEPS`].
+//! - Running: [`Simulator`] with [`SimOptions`] and [`Mode`]; its results
+//!   [`Stats`], [`RegionStats`], [`EnergyBreakdown`]; its trace of
+//!   [`TraceEntry`]s, bounded by [`MAX_TRACE_ENTRIES`], and its refreshes by
+//!   [`MAX_REFRESHES`].
+//! - Checking: [`check_trace`] (a whole trace) and [`Timer`] (the timing
+//!   rules of one channel, probed command by command).
+//! - Errors: [`PimError`] and [`Result`].
+//! - [`bench`](mod@bench): the standard benchmark mix and the analytic bandwidths;
+//!   [`limits`]: the ceilings on a device file's values.
+//!
 //! ```
 //! use aqpim_pim::{BankSel, Device, Program, SimOptions, Simulator};
 //! use half::f16;
@@ -45,32 +73,40 @@
 
 #![forbid(unsafe_code)]
 
+mod asm;
+mod banks;
 pub mod bench;
+mod bounds;
 mod checker;
 mod command;
-mod energy;
 mod error;
-pub mod isa;
+mod isa;
 pub mod limits;
+mod memory;
 mod pricing;
 mod resolve;
 mod sim;
 mod spec;
 mod stats;
+mod timing;
+mod trace;
 mod units;
 
+pub use bounds::{MAX_PROGRAM_COMMANDS, MAX_PROGRAM_STEPS, MAX_REFRESHES, MAX_TRACE_ENTRIES};
 pub use checker::check_trace;
 pub use command::{Command, Level, Scope};
 pub use error::{PimError, Result};
-pub use isa::{BankSel, CodeBits, Instr, Program, Strides};
-pub use isa::{MAX_LOOP_COUNT, MAX_LOOP_DEPTH, MAX_PROGRAM_COMMANDS, MAX_PROGRAM_STEPS};
+pub use isa::{is_binary, BankSel, CodeBits, Instr, Program, Strides};
+pub use isa::{MAX_LOOP_COUNT, MAX_LOOP_DEPTH};
 pub use resolve::{Device, Organisation, PimParams, Rule};
-pub use sim::{Mode, SimOptions, Simulator, Timer, TraceEntry, MAX_REFRESHES, MAX_TRACE_ENTRIES};
+pub use sim::{Mode, SimOptions, Simulator};
 pub use spec::{
     ClockSpec, DeviceSpec, EnergySpec, OrganisationSpec, Override, PimSpec, RefreshSpec, RuleSpec,
     TimingValue, PRESETS,
 };
 pub use stats::{EnergyBreakdown, RegionStats, Stats};
+pub use timing::Timer;
+pub use trace::TraceEntry;
 pub use units::{
     column_work, AreaReport, DieSpec, MemorySpec, PowerReport, Unit, UnitKind, UnitSpec, Units,
     UnitsSpec,

@@ -9,6 +9,10 @@
 //! simulator's work proportional to the program: with the refresh interval
 //! longer than every rule latency, at most one refresh falls in any wait.
 
+/// Largest parameter latch accepted, bytes: 256 columns of 32 B, what LDP's
+/// 8-bit `slot` addresses on the shipped organisation.
+pub const MAX_LATCH_BYTES: usize = 8192;
+
 /// Largest `[timing]` value, in cycles (2^16; tREFI at 3.9 us is 6240 cycles at 6.4 Gbps).
 pub const MAX_TIMING_CYCLES: u32 = 1 << 16;
 

@@ -1,22 +1,19 @@
 //! `DeviceSpec::resolve`: from the on-disk spec to the runtime [`Device`]:
 //! every time in cycles, every name an integer id, every rule checked.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
 use crate::command::{Command, Level, Scope};
 use crate::error::{PimError, Result};
+use crate::isa::BankSel;
 use crate::limits::{
-    cut, MAX_ENERGY_PJ, MAX_RULES, MAX_RULE_LATENCY, MAX_RULE_WINDOW, MAX_TIMING_CYCLES,
-    MAX_TIMING_PARAMS,
+    cut, MAX_ENERGY_PJ, MAX_LATCH_BYTES, MAX_RULES, MAX_RULE_LATENCY, MAX_RULE_WINDOW,
+    MAX_TIMING_CYCLES, MAX_TIMING_PARAMS,
 };
-use crate::spec::{DeviceSpec, EnergySpec, TimingValue};
+use crate::spec::{DeviceSpec, EnergySpec, RuleSpec, TimingValue};
 use crate::units::{interval_too_long, UnitKind, Units, MAX_INTERVAL};
-
-/// Largest parameter latch accepted, bytes: 256 columns of 32 B, what LDP's
-/// 8-bit `slot` addresses on the shipped organisation.
-pub const MAX_LATCH_BYTES: usize = 8192;
 
 /// Runtime organisation: counts per level and derived sizes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -57,6 +54,20 @@ impl Organisation {
     /// Channel-local bank index of `(pc, sid, bg, bank)`, row-major in that order.
     pub fn local_bank(&self, pc: usize, sid: usize, bg: usize, bank: usize) -> usize {
         ((pc * self.sids + sid) * self.bank_groups + bg) * self.banks_per_group + bank
+    }
+
+    /// Channel-local index of a bank select, `None` when a part of it is
+    /// outside the organisation.
+    pub(crate) fn bank_index(&self, b: BankSel) -> Option<usize> {
+        let parts = [b.pc, b.sid, b.bg, b.bank].map(usize::from);
+        let sizes = [
+            self.pseudo_channels,
+            self.sids,
+            self.bank_groups,
+            self.banks_per_group,
+        ];
+        let [pc, sid, bg, bank] = parts;
+        (parts.iter().zip(sizes).all(|(&p, n)| p < n)).then(|| self.local_bank(pc, sid, bg, bank))
     }
 
     /// Index of a channel-local bank's node at each level (channel-local).
@@ -164,7 +175,7 @@ fn spec_err(field: impl Into<String>, reason: impl Into<String>) -> PimError {
 
 /// Evaluates a latency expression: integers and parameter names joined by `+`
 /// and `-`, left to right. A negative result is an error.
-pub fn eval_latency(
+pub(crate) fn eval_latency(
     expr: &str,
     params: &BTreeMap<String, u32>,
 ) -> std::result::Result<u32, String> {
@@ -557,7 +568,7 @@ impl DeviceSpec {
             ));
         }
         let mut rules: Vec<Rule> = Vec::with_capacity(self.rules.len());
-        let mut seen = std::collections::BTreeSet::new();
+        let mut seen = BTreeSet::new();
         for (i, r) in self.rules.iter().enumerate() {
             let field = format!("rules[{i}] ({})", cut(&r.name));
             if r.name.is_empty() {
@@ -566,91 +577,89 @@ impl DeviceSpec {
             if rules.iter().any(|x| x.name == r.name) {
                 return Err(spec_err(field, "duplicate rule name"));
             }
-            let names = |list: &[String], what: &str| -> Result<Vec<Command>> {
-                if list.is_empty() {
-                    return Err(spec_err(field.clone(), format!("`{what}` is empty")));
-                }
-                let mut out = Vec::new();
-                for n in list {
-                    let c = Command::from_name(n).ok_or_else(|| {
-                        spec_err(
-                            field.clone(),
-                            format!("unknown command `{}` in `{what}`", cut(n)),
-                        )
-                    })?;
-                    if out.contains(&c) {
-                        return Err(spec_err(
-                            field.clone(),
-                            format!("`{n}` listed twice in `{what}`"),
-                        ));
-                    }
-                    out.push(c);
-                }
-                Ok(out)
-            };
-            let preceding = names(&r.preceding, "preceding")?;
-            let following = names(&r.following, "following")?;
-            let latency =
-                eval_latency(&r.latency, params).map_err(|m| spec_err(field.clone(), m))?;
-            if latency > MAX_RULE_LATENCY {
-                return Err(spec_err(
-                    field,
-                    format!(
-                        "latency {latency} cycles is more than the limit of {MAX_RULE_LATENCY}"
-                    ),
-                ));
-            }
-            if r.window == 0 || r.window > MAX_RULE_WINDOW {
-                return Err(spec_err(
-                    field,
-                    format!("window {} is outside 1..={MAX_RULE_WINDOW}", r.window),
-                ));
-            }
-            if r.window > 1 {
-                if let Some(c) = preceding
-                    .iter()
-                    .chain(&following)
-                    .find(|c| c.scope() == Scope::Channel)
-                {
-                    return Err(spec_err(
-                        field,
-                        format!(
-                            "windowed rules may relate single-bank commands only, not `{}`",
-                            c.name()
-                        ),
-                    ));
-                }
-            } else {
-                for p in &preceding {
-                    for f in &following {
-                        if !seen.insert((r.level, *p, *f)) {
-                            return Err(spec_err(
-                                field,
-                                format!(
-                                    "pair {} -> {} already has a rule at level {}",
-                                    p.name(),
-                                    f.name(),
-                                    r.level.name()
-                                ),
-                            ));
-                        }
-                    }
-                }
-            }
-            rules.push(Rule {
-                name: r.name.clone(),
-                level: r.level,
-                preceding,
-                following,
-                latency,
-                window: r.window,
-            });
+            rules.push(resolve_rule(r, params, &mut seen).map_err(|m| spec_err(field, m))?);
         }
         if rules.len() > usize::from(u16::MAX) {
             return Err(spec_err("rules", "too many rules"));
         }
         Ok(rules)
     }
+}
+
+/// One rule row resolved: its commands named, its latency evaluated and
+/// within [`MAX_RULE_LATENCY`], its window within [`MAX_RULE_WINDOW`], and
+/// each of its (preceding, following) pairs the first at its level (`seen`
+/// holds the pairs of the rows before it); what is wrong otherwise.
+fn resolve_rule(
+    r: &RuleSpec,
+    params: &BTreeMap<String, u32>,
+    seen: &mut BTreeSet<(Level, Command, Command)>,
+) -> std::result::Result<Rule, String> {
+    let preceding = rule_commands(&r.preceding, "preceding")?;
+    let following = rule_commands(&r.following, "following")?;
+    let latency = eval_latency(&r.latency, params)?;
+    if latency > MAX_RULE_LATENCY {
+        return Err(format!(
+            "latency {latency} cycles is more than the limit of {MAX_RULE_LATENCY}"
+        ));
+    }
+    if r.window == 0 || r.window > MAX_RULE_WINDOW {
+        return Err(format!(
+            "window {} is outside 1..={MAX_RULE_WINDOW}",
+            r.window
+        ));
+    }
+    if r.window > 1 {
+        let all_bank = preceding
+            .iter()
+            .chain(&following)
+            .find(|c| c.scope() == Scope::Channel);
+        if let Some(c) = all_bank {
+            return Err(format!(
+                "windowed rules may relate single-bank commands only, not `{}`",
+                c.name()
+            ));
+        }
+    } else {
+        for p in &preceding {
+            for f in &following {
+                if !seen.insert((r.level, *p, *f)) {
+                    return Err(format!(
+                        "pair {} -> {} already has a rule at level {}",
+                        p.name(),
+                        f.name(),
+                        r.level.name()
+                    ));
+                }
+            }
+        }
+    }
+    Ok(Rule {
+        name: r.name.clone(),
+        level: r.level,
+        preceding,
+        following,
+        latency,
+        window: r.window,
+    })
+}
+
+/// The commands a rule lists under `what`: a non-empty list of known
+/// commands, each named once.
+fn rule_commands(list: &[String], what: &str) -> std::result::Result<Vec<Command>, String> {
+    if list.is_empty() {
+        return Err(format!("`{what}` is empty"));
+    }
+    let mut out = Vec::new();
+    for n in list {
+        let c = Command::from_name(n)
+            .ok_or_else(|| format!("unknown command `{}` in `{what}`", cut(n)))?;
+        if out.contains(&c) {
+            return Err(format!("`{n}` listed twice in `{what}`"));
+        }
+        out.push(c);
+    }
+    Ok(out)
 }
 
 impl Device {

@@ -1,11 +1,14 @@
 //! Run statistics: cycles and time, commands by type, row hits and misses,
-//! bytes moved, energy by component.
+//! bytes moved, and energy by component (each component a count times the
+//! per-operation figure of the device spec).
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use crate::command::{Command, NUM_COMMANDS};
+use crate::resolve::Device;
+use crate::units::UnitKind;
 
 /// Counters the simulator bumps while it runs.
 #[derive(Debug, Clone, Default)]
@@ -131,5 +134,65 @@ impl Counters {
             .filter(|c| self.commands[c.index()] > 0)
             .map(|c| (c.name().to_string(), self.commands[c.index()]))
             .collect()
+    }
+
+    /// Statistics of these counters with `refreshes` refreshes over `cycles`.
+    pub(crate) fn stats(&self, device: &Device, refreshes: u64, cycles: u64) -> Stats {
+        let ns = cycles as f64 * device.t_ck_ns();
+        let bytes_internal = self.bank_column_accesses * device.org.column_bytes as u64;
+        let row_misses = self.bank_activations.min(self.bank_column_accesses);
+        let gbps = |bytes: u64| if ns > 0.0 { bytes as f64 / ns } else { 0.0 };
+        Stats {
+            device: device.name.clone(),
+            cycles,
+            ns,
+            commands: self.commands_map(),
+            total_commands: self.commands.iter().sum(),
+            refreshes,
+            bank_activations: self.bank_activations,
+            bank_column_accesses: self.bank_column_accesses,
+            row_hits: self.bank_column_accesses - row_misses,
+            row_misses,
+            bytes_internal,
+            bytes_external: self.bytes_external,
+            bytes_buffer: self.bytes_buffer,
+            bytes_buffer_die: self.bytes_buffer_die,
+            lane_ops: self.lane_ops,
+            internal_gbps: gbps(bytes_internal),
+            external_gbps: gbps(self.bytes_external),
+            energy: self.energy(device, refreshes),
+        }
+    }
+
+    /// Energy of a run with these counters and `refreshes` all-bank refreshes.
+    fn energy(&self, device: &Device, refreshes: u64) -> EnergyBreakdown {
+        let e = &device.energy;
+        let bits = |bytes: u64| bytes as f64 * 8.0;
+        let col_bytes = device.org.column_bytes as u64;
+        let mut b = EnergyBreakdown {
+            activate_pj: self.bank_activations as f64 * e.act_pj,
+            column_pj: bits(self.bank_column_accesses * col_bytes) * e.column_pj_per_bit,
+            io_pj: bits(self.bytes_external) * e.io_pj_per_bit,
+            pim_pj: UnitKind::ALL
+                .iter()
+                .map(|&k| {
+                    self.unit_ops[k as usize] as f64
+                        * device.units.get(k).map_or(0.0, |u| u.energy_pj)
+                })
+                .sum(),
+            buffer_pj: bits(self.bytes_buffer) * device.units.spec.buffer.energy_pj_per_bit,
+            buffer_die_pj: bits(self.bytes_buffer_die) * e.buffer_die_pj_per_bit
+                + self.sfm_elements as f64 * device.units.spec.softmax.energy_pj,
+            refresh_pj: refreshes as f64 * e.refresh_pj,
+            total_pj: 0.0,
+        };
+        b.total_pj = b.activate_pj
+            + b.column_pj
+            + b.io_pj
+            + b.pim_pj
+            + b.buffer_pj
+            + b.buffer_die_pj
+            + b.refresh_pj;
+        b
     }
 }

@@ -2,7 +2,7 @@
 //! random programs, and random bytes, words and text into the decoder and the
 //! assembler never panic (over 10^4 cases in all, fixed seeds).
 
-use aqpim_pim::isa::encode::is_binary;
+use aqpim_pim::is_binary;
 use aqpim_pim::{BankSel, CodeBits, Instr, PimError, Program, Strides};
 use half::f16;
 use proptest::prelude::*;

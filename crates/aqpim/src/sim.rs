@@ -9,7 +9,7 @@ use aqpim_pim::bench::{
     external_bandwidth, internal_bandwidth, standard_mix, BandwidthCheck, MIX_DESCRIPTION,
     MIX_HOST_BYTES,
 };
-use aqpim_pim::isa::encode::is_binary;
+use aqpim_pim::is_binary;
 use aqpim_pim::limits::MAX_BENCH_ROWS;
 use aqpim_pim::{check_trace, Device, Mode, PimError, Program, SimOptions, Simulator, Stats};
 use clap::Subcommand;

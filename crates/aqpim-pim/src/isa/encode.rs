@@ -53,7 +53,7 @@ fn get_strides(w: u64) -> Strides {
 /// Encodes one instruction into one or two words (fields must be in range:
 /// [`Instr::check_fields`]). The layout of every field is its row of the
 /// instruction table.
-pub fn encode_instr(ins: &Instr, out: &mut Vec<u64>) {
+fn encode_instr(ins: &Instr, out: &mut Vec<u64>) {
     let spec = ins.spec();
     let mut opcode = spec.opcode;
     let mut w = 0u64;
@@ -97,17 +97,8 @@ pub fn encode_instr(ins: &Instr, out: &mut Vec<u64>) {
     out.extend(second);
 }
 
-/// Encodes a program.
-pub fn encode_program(p: &Program) -> Vec<u64> {
-    let mut out = Vec::with_capacity(p.instrs().len());
-    for ins in p.instrs() {
-        encode_instr(ins, &mut out);
-    }
-    out
-}
-
 /// Decodes one instruction at `words[i]`; returns it and the number of words used.
-pub fn decode_instr(words: &[u64], i: usize) -> Result<(Instr, usize)> {
+fn decode_instr(words: &[u64], i: usize) -> Result<(Instr, usize)> {
     let err = |reason: String| PimError::Decode { word: i, reason };
     let Some(&w) = words.get(i) else {
         return Err(err("past the end of the program".into()));
@@ -174,63 +165,76 @@ pub fn decode_instr(words: &[u64], i: usize) -> Result<(Instr, usize)> {
     Ok((ins, n))
 }
 
-/// Decodes a program.
-pub fn decode_program(words: &[u64]) -> Result<Program> {
-    let mut instrs = Vec::with_capacity(words.len());
-    let mut i = 0;
-    while i < words.len() {
-        let (ins, n) = decode_instr(words, i)?;
-        instrs.push(ins);
-        i += n;
-    }
-    Program::new(instrs)
-}
-
-/// The binary file form (see [`Program::to_bytes`]).
-pub fn to_bytes(p: &Program) -> Vec<u8> {
-    let words = encode_program(p);
-    let mut out = Vec::with_capacity(16 + 8 * words.len());
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&VERSION.to_le_bytes());
-    out.extend_from_slice(&(words.len() as u32).to_le_bytes());
-    for w in words {
-        out.extend_from_slice(&w.to_le_bytes());
-    }
-    out
-}
-
-/// Reads the binary file form.
-pub fn from_bytes(bytes: &[u8]) -> Result<Program> {
-    let err = |reason: String| PimError::Decode { word: 0, reason };
-    if bytes.len() < 16 || &bytes[..8] != MAGIC {
-        return Err(err(
-            "not an aqpim PIM program (magic `AQPIMPRG` missing)".into()
-        ));
-    }
-    let version = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
-    if version != VERSION {
-        return Err(err(format!(
-            "version {version}; this build reads version {VERSION}"
-        )));
-    }
-    let n = u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]) as usize;
-    let body = &bytes[16..];
-    if body.len() != n.saturating_mul(8) {
-        return Err(err(format!(
-            "header says {n} words, file holds {} bytes after the header",
-            body.len()
-        )));
-    }
-    let words: Vec<u64> = body
-        .chunks_exact(8)
-        .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
-        .collect();
-    decode_program(&words)
-}
-
-/// Whether `bytes` start with the binary program magic.
+/// Whether `bytes` start with the binary program magic (`AQPIMPRG`): a
+/// file for [`Program::from_bytes`] rather than [`Program::assemble`].
 pub fn is_binary(bytes: &[u8]) -> bool {
     bytes.len() >= 8 && &bytes[..8] == MAGIC
+}
+
+impl Program {
+    /// Encodes to 64-bit words: one per instruction, two for `LOOP`.
+    pub fn encode(&self) -> Vec<u64> {
+        let mut out = Vec::with_capacity(self.instrs().len());
+        for ins in self.instrs() {
+            encode_instr(ins, &mut out);
+        }
+        out
+    }
+
+    /// Decodes 64-bit words.
+    pub fn decode(words: &[u64]) -> Result<Program> {
+        let mut instrs = Vec::with_capacity(words.len());
+        let mut i = 0;
+        while i < words.len() {
+            let (ins, n) = decode_instr(words, i)?;
+            instrs.push(ins);
+            i += n;
+        }
+        Program::new(instrs)
+    }
+
+    /// The binary file form: magic `AQPIMPRG`, version 1 (u32 LE), word
+    /// count (u32 LE), then the words (u64 LE).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let words = self.encode();
+        let mut out = Vec::with_capacity(16 + 8 * words.len());
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&VERSION.to_le_bytes());
+        out.extend_from_slice(&(words.len() as u32).to_le_bytes());
+        for w in words {
+            out.extend_from_slice(&w.to_le_bytes());
+        }
+        out
+    }
+
+    /// Reads the binary file form.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Program> {
+        let err = |reason: String| PimError::Decode { word: 0, reason };
+        if bytes.len() < 16 || &bytes[..8] != MAGIC {
+            return Err(err(
+                "not an aqpim PIM program (magic `AQPIMPRG` missing)".into()
+            ));
+        }
+        let version = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
+        if version != VERSION {
+            return Err(err(format!(
+                "version {version}; this build reads version {VERSION}"
+            )));
+        }
+        let n = u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]) as usize;
+        let body = &bytes[16..];
+        if body.len() != n.saturating_mul(8) {
+            return Err(err(format!(
+                "header says {n} words, file holds {} bytes after the header",
+                body.len()
+            )));
+        }
+        let words: Vec<u64> = body
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+            .collect();
+        Program::decode(&words)
+    }
 }
 
 #[cfg(test)]
@@ -252,6 +256,6 @@ mod tests {
 
     #[test]
     fn zero_word_is_rejected() {
-        assert!(decode_program(&[0]).is_err());
+        assert!(Program::decode(&[0]).is_err());
     }
 }

@@ -1,48 +1,28 @@
 //! The PIM instruction set: the [`Instr`] enum, programs, and their checks.
 //!
 //! Every instruction is one 64-bit word except `LOOP`, which takes two
-//! ([`encode`]); [`asm`] reads and writes the text form. `docs/pim.md` is the
+//! ([`encode`]); an instruction's `Display` is its canonical text, which the
+//! crate's assembler (`asm.rs`) reads back. Both, with the field checks, are
+//! derived from the instruction table ([`table`]). `docs/pim.md` is the
 //! reference for the bit layout and each instruction's semantics.
 
-pub mod asm;
-pub mod encode;
+mod encode;
 pub(crate) mod table;
 
+pub use encode::is_binary;
 pub use table::MAX_LOOP_COUNT;
+
+use std::fmt;
 
 use half::f16;
 use serde::{Deserialize, Serialize};
 
+use self::table::{bank_parts, stride_parts, Kind, BANK_PARTS, STRIDE_NAMES};
 use crate::error::{PimError, Result};
 
 /// Maximum nesting depth of `LOOP` (a design choice of this ISA: four levels
 /// cover heads x tokens x sub-vectors x columns).
 pub const MAX_LOOP_DEPTH: usize = 4;
-
-/// Most commands one program may issue when run, loops expanded (2^32). A
-/// design limit, sized so that a run ends in minutes: the simulator issues
-/// on the order of 10^7 commands per second on one core (`aqpim sim bench`),
-/// and a recorded trace is bounded separately by
-/// [`MAX_TRACE_ENTRIES`](crate::MAX_TRACE_ENTRIES). Encodable programs may
-/// describe more (four nested `LOOP 16777215` describe 2^96); they assemble,
-/// decode and disassemble, but [`Program::checked_command_count`] and every
-/// run refuse them.
-pub const MAX_PROGRAM_COMMANDS: u64 = 1 << 32;
-
-/// Most instructions one run may execute by default, loops expanded: every
-/// command, `BARRIER`, `LOOP` and `ENDLOOP`, each time it runs (2^33). The
-/// command limit alone leaves loops that issue nothing unbounded (two nested
-/// `LOOP 16777215` around a `BARRIER`, or around nothing, run 2.8 x 10^14
-/// iterations); this one bounds the work of every run. A program within
-/// [`MAX_PROGRAM_COMMANDS`] whose loops all issue commands executes at most
-/// about twice as many steps as it issues commands, plus its barriers: the
-/// lowered Llama-2-7B layer at 128K, batch 1, shipped PQ format executes
-/// 745,280 steps for 405,600 commands (measured: `aqpim attn sim --dump`,
-/// then `aqpim sim run --max-steps` bisected), four orders of magnitude
-/// inside the limit.
-/// [`Simulator::set_step_limit`](crate::Simulator::set_step_limit) (`aqpim
-/// sim run --max-steps`) changes it for a run.
-pub const MAX_PROGRAM_STEPS: u64 = 1 << 33;
 
 /// One bank of a channel: `(pseudo-channel, SID, bank group, bank)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -409,7 +389,7 @@ pub enum Instr {
 
 /// Centroids an `ARGMIN` searches: `ksub = 2^nbits` (the ISA's own copy of
 /// the PQ symbol; `aqpim-pim` depends on no PQ crate).
-pub fn argmin_centroids(nbits: u8) -> u64 {
+pub(crate) fn argmin_centroids(nbits: u8) -> u64 {
     1u64 << nbits
 }
 
@@ -430,6 +410,39 @@ impl Instr {
     }
 }
 
+/// The canonical text of an instruction, as the assembler reads it back:
+/// the mnemonic, then operands in table order, strides and flags only when
+/// set.
+impl fmt::Display for Instr {
+    fn fmt(&self, out: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let spec = self.spec();
+        out.write_str(spec.mnemonic)?;
+        for (f, &v) in spec.fields.iter().zip(&self.values()) {
+            match f.kind {
+                Kind::Uint | Kind::Channel | Kind::CodeBits | Kind::Pow2 => {
+                    write!(out, " {}={v}", f.name)
+                }
+                Kind::Count => write!(out, " {v}"),
+                Kind::Flag | Kind::AltOpcode(_) if v != 0 => write!(out, " {}", f.name),
+                Kind::Flag | Kind::AltOpcode(_) => Ok(()),
+                // f32's Display is the shortest text that parses back to the same
+                // f32, and every f16 is exact in f32, so the scale round-trips.
+                Kind::Scale => write!(out, " {}={}", f.name, f16::from_bits(v as u16).to_f32()),
+                Kind::Bank => BANK_PARTS
+                    .iter()
+                    .zip(bank_parts(v))
+                    .try_for_each(|((name, _, _), part)| write!(out, " {name}={part}")),
+                Kind::Strides => STRIDE_NAMES
+                    .iter()
+                    .zip(stride_parts(v))
+                    .filter(|(_, x)| *x != 0)
+                    .try_for_each(|(name, x)| write!(out, " {name}={x}")),
+            }?;
+        }
+        Ok(())
+    }
+}
+
 /// A program: a sequence of instructions whose fields fit their encodings
 /// and whose loops are balanced and at most [`MAX_LOOP_DEPTH`] deep.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -444,7 +457,7 @@ impl Program {
         for (i, ins) in instrs.iter().enumerate() {
             let err = |reason: String| PimError::Program {
                 index: i,
-                instr: asm::format_instr(ins),
+                instr: ins.to_string(),
                 reason,
             };
             ins.check_fields().map_err(err)?;
@@ -477,110 +490,5 @@ impl Program {
     /// The instructions.
     pub fn instrs(&self) -> &[Instr] {
         &self.instrs
-    }
-
-    /// Assembles text (see [`asm`]).
-    pub fn assemble(text: &str) -> Result<Program> {
-        asm::assemble(text)
-    }
-
-    /// Disassembles to text that [`Program::assemble`] reads back unchanged.
-    pub fn disassemble(&self) -> String {
-        asm::disassemble(self)
-    }
-
-    /// Encodes to 64-bit words (see [`encode`]).
-    pub fn encode(&self) -> Vec<u64> {
-        encode::encode_program(self)
-    }
-
-    /// Decodes 64-bit words.
-    pub fn decode(words: &[u64]) -> Result<Program> {
-        encode::decode_program(words)
-    }
-
-    /// The binary file form: magic `AQPIMPRG`, version 1 (u32 LE), word
-    /// count (u32 LE), then the words (u64 LE).
-    pub fn to_bytes(&self) -> Vec<u8> {
-        encode::to_bytes(self)
-    }
-
-    /// Reads the binary file form.
-    pub fn from_bytes(bytes: &[u8]) -> Result<Program> {
-        encode::from_bytes(bytes)
-    }
-
-    /// Number of commands the program issues when run (loops expanded;
-    /// refresh not counted), saturating at `u64::MAX`. See
-    /// [`Program::checked_command_count`] for the bounded count.
-    pub fn command_count(&self) -> u64 {
-        self.count_commands(u64::MAX).unwrap_or(u64::MAX)
-    }
-
-    /// Number of commands the program issues when run (loops expanded;
-    /// refresh not counted), or an error naming [`MAX_PROGRAM_COMMANDS`]
-    /// when it issues more. Computed with checked arithmetic.
-    pub fn checked_command_count(&self) -> Result<u64> {
-        self.count_commands(MAX_PROGRAM_COMMANDS)
-            .ok_or(PimError::Limit {
-                what: "commands issued by the program (loops expanded)",
-                limit: MAX_PROGRAM_COMMANDS,
-            })
-    }
-
-    /// Number of instructions a run executes (loops expanded: every command,
-    /// `BARRIER`, `LOOP` and `ENDLOOP` each time it runs), or an error naming
-    /// `limit` when it executes more. Decided before the run, from the loop
-    /// counts, with checked arithmetic.
-    pub fn checked_step_count(&self, limit: u64) -> Result<u64> {
-        let over = PimError::Limit {
-            what: "instructions executed by the program (loops expanded; BARRIER, LOOP and \
-                   ENDLOOP counted each time they run)",
-            limit,
-        };
-        let mut mult: Vec<u64> = vec![1];
-        let mut total = 0u64;
-        for ins in &self.instrs {
-            let m = mult.last().copied().unwrap_or(1);
-            let runs = match ins {
-                Instr::Loop { count, .. } => {
-                    mult.push(m.saturating_mul(u64::from(*count)));
-                    m
-                }
-                Instr::EndLoop => {
-                    mult.pop();
-                    m
-                }
-                _ => m,
-            };
-            total = total
-                .checked_add(runs)
-                .filter(|&t| t <= limit)
-                .ok_or_else(|| over.clone())?;
-        }
-        Ok(total)
-    }
-
-    /// The expanded command count, `None` past `limit`.
-    fn count_commands(&self, limit: u64) -> Option<u64> {
-        // Multiplicity of the current loop body, per nesting level.
-        let mut mult: Vec<u64> = vec![1];
-        let mut total = 0u64;
-        for ins in &self.instrs {
-            let m = mult.last().copied().unwrap_or(1);
-            match ins {
-                // A body that issues nothing costs nothing however often it
-                // repeats; its multiplicity is checked when it issues.
-                Instr::Loop { count, .. } => mult.push(m.saturating_mul(u64::from(*count))),
-                Instr::EndLoop => {
-                    mult.pop();
-                }
-                Instr::Barrier => {}
-                _ => {
-                    total = total.checked_add(m).filter(|&t| t <= limit)?;
-                }
-            }
-        }
-        Some(total)
     }
 }

@@ -1,8 +1,9 @@
 //! The instruction table: every instruction declared once, as its mnemonic,
 //! opcode, the timing-model command it issues, and its fields (text key,
 //! kind, bit range, allowed values, and the loop stride that moves it).
-//! Encoding, decoding, assembly, formatting, field checks, loop offsets and
-//! the address visitor used by validation are all derived from these rows;
+//! Encoding, decoding, assembly, formatting, field checks, loop offsets, an
+//! instruction's target and the address iterator used by validation are all
+//! derived from these rows;
 //! adding an instruction is one row here, one variant of
 //! [`Instr`](super::Instr), and its semantics in `sim/`.
 
@@ -206,9 +207,9 @@ pub(crate) trait FieldValue: Sized + Copy {
     fn shifted(self, d: i64) -> Option<Self> {
         (d == 0).then_some(self)
     }
-    /// The value as a channel, for the field of kind [`Kind::Channel`].
+    /// The value of an integer field (`None` for any other).
     #[inline]
-    fn as_channel(self) -> Option<u8> {
+    fn as_uint(self) -> Option<u64> {
         None
     }
     /// The value as a bank select, for the field of kind [`Kind::Bank`].
@@ -232,8 +233,8 @@ macro_rules! int_field_value {
                 <$t>::try_from(i64::from(self).checked_add(d)?).ok()
             }
             #[inline]
-            fn as_channel(self) -> Option<u8> {
-                u8::try_from(self).ok()
+            fn as_uint(self) -> Option<u64> {
+                Some(self.into())
             }
         }
     )*};
@@ -349,18 +350,21 @@ macro_rules! instruction_table {
                 v
             }
 
-            /// The channel and the bank select the instruction addresses, where
-            /// it has them (`(None, None)` for BARRIER, LOOP and ENDLOOP).
+            /// What the instruction addresses: its channel and bank select,
+            /// where it has them (none for BARRIER, LOOP and ENDLOOP), and
+            /// the row it opens or the column it reads or writes.
             #[inline]
-            pub(crate) fn target(&self) -> (Option<u8>, Option<BankSel>) {
-                let mut t = (None, None);
+            pub(crate) fn target(&self) -> Target {
+                let mut t = Target::default();
                 match *self {
                     $(Instr::$Variant { $($f),* } => {
                         #[allow(unused_mut, unused_variables)]
                         let mut fields = TABLE[Row::$Variant as usize].fields.iter();
-                        $(match fields.next().map(|f| f.kind) {
-                            Some(Kind::Channel) => t.0 = $f.as_channel(),
-                            Some(Kind::Bank) => t.1 = $f.as_bank(),
+                        $(match fields.next().map(|f| (f.kind, f.space)) {
+                            Some((Kind::Channel, _)) => t.ch = $f.as_uint().map(|c| c as u8),
+                            Some((Kind::Bank, _)) => t.bank = $f.as_bank(),
+                            Some((_, Some(Space::Row))) => t.row = $f.as_uint().unwrap_or(0) as u32,
+                            Some((_, Some(Space::Col))) => t.col = $f.as_uint().unwrap_or(0) as u16,
                             _ => {}
                         })*
                     })*
@@ -535,17 +539,8 @@ instruction_table! {
 /// it was the alternative.
 pub(crate) fn by_opcode(op: u8) -> Option<(usize, &'static Spec, bool)> {
     TABLE.iter().enumerate().find_map(|(i, s)| {
-        if s.opcode == op {
-            Some((i, s, false))
-        } else if s
-            .fields
-            .iter()
-            .any(|f| matches!(f.kind, Kind::AltOpcode(a) if a == op))
-        {
-            Some((i, s, true))
-        } else {
-            None
-        }
+        let alt = s.fields.iter().any(|f| f.kind == Kind::AltOpcode(op));
+        (s.opcode == op || alt).then_some((i, s, s.opcode != op))
     })
 }
 
@@ -600,17 +595,17 @@ pub(crate) fn check_value(f: &Field, v: u128) -> Result<(), String> {
     }
 }
 
-/// One address field of an instruction, as validation and execution see it.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Address {
-    /// The text key.
-    pub(crate) name: &'static str,
-    /// Its value.
-    pub(crate) base: u64,
-    /// The space it points into.
-    pub(crate) space: Space,
-    /// Whether loop strides move it.
-    pub(crate) strided: bool,
+/// What an instruction addresses (see [`Instr::target`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Target {
+    /// The channel, where the instruction has one.
+    pub(crate) ch: Option<u8>,
+    /// The bank select of a single-bank instruction.
+    pub(crate) bank: Option<BankSel>,
+    /// The row it opens (ACT, ACTAB), else 0.
+    pub(crate) row: u32,
+    /// The column it reads or writes (column commands), else 0.
+    pub(crate) col: u16,
 }
 
 impl Instr {
@@ -619,23 +614,19 @@ impl Instr {
         &TABLE[self.row()]
     }
 
-    /// Visits every address field (table order) with its value and space.
-    pub(crate) fn for_each_address(&self, mut visit: impl FnMut(Address)) {
-        let spec = self.spec();
-        let v = self.values();
-        for (f, &x) in spec.fields.iter().zip(&v) {
-            let Some(mut space) = f.space else { continue };
-            if let Some((flag, alt)) = f.space_if {
-                if self.flag(flag) {
-                    space = alt;
-                }
-            }
-            visit(Address {
-                name: f.name,
-                base: x as u64,
-                space,
-                strided: f.strided,
-            });
+    /// Every address field, in table order: the field, its value and the
+    /// space it points into.
+    pub(crate) fn addresses(&self) -> impl Iterator<Item = (&'static Field, u64, Space)> + '_ {
+        let fields = self.spec().fields.iter().zip(self.values());
+        fields.filter_map(|(f, x)| Some((f, x as u64, self.space_of(f)?)))
+    }
+
+    /// The space field `f` points into (`None` for a non-address): its
+    /// `space_if` alternative when that flag is set.
+    fn space_of(&self, f: &Field) -> Option<Space> {
+        match f.space_if {
+            Some((flag, alt)) if self.flag(flag) => Some(alt),
+            _ => f.space,
         }
     }
 
@@ -655,11 +646,6 @@ impl Instr {
         if !f.strided {
             return 0;
         }
-        let space = match (f.space, f.space_if) {
-            (_, Some((flag, alt))) if self.flag(flag) => alt,
-            (Some(space), _) => space,
-            (None, _) => return 0,
-        };
-        offs[space as usize]
+        self.space_of(f).map_or(0, |s| offs[s as usize])
     }
 }

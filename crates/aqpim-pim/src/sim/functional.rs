@@ -1,71 +1,11 @@
-//! Functional state and semantics: bank arrays (rows allocated on first
-//! write, so a 16 GB stack costs only what a program touches), per-bank
-//! buffers and registers, per-channel buffer dies, and what each command
-//! computes. Timing never depends on any of it, which is what makes the
-//! timing-only mode exact.
-
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+//! What each instruction computes, on the device's [`Memory`]: the data
+//! semantics of every command, bank by bank. Timing never depends on any of
+//! it, which is what makes the timing-only mode exact.
 
 use half::f16;
 
 use crate::isa::{argmin_centroids, CodeBits, Instr};
-use crate::resolve::Device;
-
-/// A fast hasher for the `u64` row keys (a multiply-xorshift; the keys are
-/// not adversarial).
-#[derive(Debug, Default, Clone, Copy)]
-struct KeyHasher(u64);
-
-impl Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(self.0 ^ u64::from(b));
-        }
-    }
-
-    fn write_u64(&mut self, v: u64) {
-        let h = (v ^ (v >> 32)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        self.0 = h ^ (h >> 29);
-    }
-}
-
-type RowMap = HashMap<u64, Box<[u8]>, BuildHasherDefault<KeyHasher>>;
-
-/// Functional state of a device.
-#[derive(Debug, Clone)]
-pub(crate) struct Functional {
-    column_bytes: usize,
-    row_bytes: usize,
-    lanes: usize,
-    buffer_bytes: usize,
-    registers: usize,
-    die_elements: usize,
-    banks_per_channel: usize,
-    zeros: Vec<u8>,
-    /// Rows that were written: key `global_bank << 24 | row`, `row_bytes` each.
-    rows: RowMap,
-    /// Per global bank: buffer bytes (allocated on first write).
-    buffers: Vec<Option<Box<[u8]>>>,
-    /// Per global bank: FP32 registers (allocated on first write).
-    regs: Vec<Option<Box<[f32]>>>,
-    /// Per channel: FP32 buffer-die elements (allocated on first write).
-    die: Vec<Option<Box<[f32]>>>,
-    /// Bytes of each bank's parameter latch.
-    latch_bytes: usize,
-    /// Per global bank: the dequantizer's parameter latch (allocated on
-    /// first LDP).
-    latches: Vec<Option<Box<[u8]>>>,
-    /// Bytes returned by RD, in issue order.
-    pub(crate) read_log: Vec<u8>,
-}
-
-/// A shared zero page as large as any buffer (at most 128 KiB, checked by resolve()).
-static ZEROS: [u8; 131072] = [0; 131072];
+use crate::memory::Memory;
 
 /// FP16 to FP32 for every bit pattern, built once (exact: every FP16 is an FP32).
 fn f16_table() -> &'static [f32] {
@@ -103,101 +43,12 @@ fn dequantize_mx(q: u32, bits: u32, e: u8) -> f32 {
     signed as f32 * (f32::from(e) - 127.0).exp2()
 }
 
-/// A copy of lazily allocated FP32 state (`n` zeros when never written).
-fn copied(slot: &Option<Box<[f32]>>, n: usize) -> Vec<f32> {
-    slot.as_deref()
-        .map_or_else(|| vec![0.0; n], <[f32]>::to_vec)
-}
-
-/// Lazily allocated FP32 state, allocated (zeroed, `n` long) on first use.
-fn allocated(slot: &mut Option<Box<[f32]>>, n: usize) -> &mut [f32] {
-    slot.get_or_insert_with(|| vec![0.0; n].into_boxed_slice())
-}
-
-impl Functional {
-    pub(crate) fn new(device: &Device) -> Self {
-        let o = &device.org;
-        let banks = o.channels * o.banks_per_channel;
-        Functional {
-            column_bytes: o.column_bytes,
-            row_bytes: o.column_bytes * o.columns,
-            lanes: device.pim.lanes,
-            buffer_bytes: device.pim.buffer_bytes,
-            registers: device.pim.registers,
-            die_elements: device.pim.buffer_die_elements,
-            banks_per_channel: o.banks_per_channel,
-            zeros: vec![0; o.column_bytes * o.columns],
-            rows: RowMap::default(),
-            buffers: vec![None; banks],
-            regs: vec![None; banks],
-            die: vec![None; o.channels],
-            latch_bytes: device.pim.latch_bytes,
-            latches: vec![None; banks],
-            read_log: Vec::new(),
-        }
-    }
-
-    fn key(gb: usize, row: u32) -> u64 {
-        ((gb as u64) << 24) | u64::from(row)
-    }
-
-    /// The whole row (zeros if never written).
-    pub(crate) fn row(&self, gb: usize, row: u32) -> &[u8] {
-        self.rows
-            .get(&Self::key(gb, row))
-            .map_or(&self.zeros[..], |r| &r[..])
-    }
-
-    pub(crate) fn row_mut(&mut self, gb: usize, row: u32) -> &mut [u8] {
-        let n = self.row_bytes;
-        self.rows
-            .entry(Self::key(gb, row))
-            .or_insert_with(|| vec![0; n].into_boxed_slice())
-    }
-
-    pub(crate) fn buffer(&self, gb: usize) -> &[u8] {
-        self.buffers[gb].as_deref().unwrap_or(self.zeros_buffer())
-    }
-
-    fn zeros_buffer(&self) -> &'static [u8] {
-        &ZEROS[..self.buffer_bytes]
-    }
-
-    pub(crate) fn buffer_mut(&mut self, gb: usize) -> &mut [u8] {
-        let n = self.buffer_bytes;
-        self.buffers[gb].get_or_insert_with(|| vec![0; n].into_boxed_slice())
-    }
-
-    pub(crate) fn registers(&self, gb: usize) -> Vec<f32> {
-        copied(&self.regs[gb], self.registers)
-    }
-
-    pub(crate) fn regs_mut(&mut self, gb: usize) -> &mut [f32] {
-        allocated(&mut self.regs[gb], self.registers)
-    }
-
-    pub(crate) fn die(&self, ch: usize) -> Vec<f32> {
-        copied(&self.die[ch], self.die_elements)
-    }
-
-    pub(crate) fn die_mut(&mut self, ch: usize) -> &mut [f32] {
-        allocated(&mut self.die[ch], self.die_elements)
-    }
-
-    // ---- commands ------------------------------------------------------
-
+impl Memory {
     /// RD: append column `col` of the open row to the read log.
     pub(crate) fn rd(&mut self, gb: usize, row: u32, col: usize) {
         let c = self.column_bytes;
-        let start = col * c;
-        let data = self
-            .rows
-            .get(&Self::key(gb, row))
-            .map(|r| r[start..start + c].to_vec());
-        match data {
-            Some(d) => self.read_log.extend_from_slice(&d),
-            None => self.read_log.extend(std::iter::repeat_n(0u8, c)),
-        }
+        let data = self.row(gb, row)[col * c..(col + 1) * c].to_vec();
+        self.read_log.extend_from_slice(&data);
     }
 
     /// WR: column `col` of the open row = `data` (one column).
@@ -245,30 +96,26 @@ impl Functional {
         Ok(col)
     }
 
-    /// The open row's column `col`, the bank's buffer and its registers, borrowed together.
-    #[inline]
-    fn operands(&mut self, gb: usize, row: u32, col: usize) -> (&[u8], &[u8], &mut [f32]) {
-        let c = self.column_bytes;
-        let n = self.registers;
-        let x = match self.rows.get(&Self::key(gb, row)) {
-            Some(r) => &r[col * c..(col + 1) * c],
-            None => &self.zeros[..c],
-        };
-        let y: &[u8] = match &self.buffers[gb] {
-            Some(b) => b,
-            None => &ZEROS[..self.buffer_bytes],
-        };
-        let r = self.regs[gb].get_or_insert_with(|| vec![0.0; n].into_boxed_slice());
-        (x, y, r)
-    }
-
-    /// Runs the data semantics of one concrete all-bank or buffer-die
-    /// instruction (loop offsets already applied) on its channel, whose
-    /// banks have the rows `open` open. Single-bank and host-data
-    /// instructions (RD, WR, WRGB, STC) have their own methods above; on
-    /// anything else this does nothing.
-    pub(crate) fn exec(&mut self, ins: &Instr, open: &[Option<u32>]) {
+    /// Runs the data semantics of one concrete instruction (loop offsets
+    /// already applied) on its channel, whose banks have the rows `open`
+    /// open; `bank` is the channel-local bank of a single-bank instruction
+    /// and `host` the host data that WR and WRGB read. STC writes the
+    /// column [`Memory::stc_column`] checked; BARRIER, LOOP and ENDLOOP
+    /// do nothing.
+    pub(crate) fn exec(&mut self, ins: &Instr, bank: usize, open: &[Option<u32>], host: &[u8]) {
+        let n = self.column_bytes;
+        let gb = |ch: u8| usize::from(ch) * self.banks_per_channel + bank;
+        let row = open[bank].unwrap_or(0);
         match *ins {
+            Instr::Rd { ch, col, .. } => self.rd(gb(ch), row, col.into()),
+            Instr::Wr { ch, col, data, .. } => {
+                let data = &host[data as usize..][..n];
+                self.wr(gb(ch), row, col.into(), data);
+            }
+            Instr::Wrgb { ch, buf, data } => {
+                let data = &host[data as usize..][..n];
+                self.wrgb(ch.into(), buf.into(), data);
+            }
             Instr::Mac { .. } => self.mac(ins, open),
             Instr::BinMac { .. } => self.bin_mac(ins, open),
             Instr::LutAcc { .. } => self.lut_acc(ins, open),
@@ -303,7 +150,7 @@ impl Functional {
         };
         let lanes = self.lanes;
         let (buf, reg, step) = (usize::from(buf), usize::from(reg), usize::from(!bcast));
-        self.each_bank(ch, open, col, |x, y, r| {
+        self.each_bank(ch, open, col, |x, y, _, r| {
             if reduce {
                 let mut sum = 0f32;
                 for l in 0..lanes {
@@ -333,7 +180,7 @@ impl Functional {
         };
         let lanes = self.lanes;
         let (dsub, bins, out) = (usize::from(dsub), usize::from(bins), usize::from(out));
-        self.each_bank(ch, open, col, |x, _, r| {
+        self.each_bank(ch, open, col, |x, _, _, r| {
             for l in 0..lanes {
                 let w = r[bins + l / dsub];
                 r[out + l % dsub] += w * f16_at(x, l);
@@ -358,7 +205,7 @@ impl Functional {
         let n = self.column_bytes * 8 / bits.bits() as usize;
         let (tlen, group) = (bits.table_len(), usize::from(group));
         let (table, reg) = (usize::from(table), usize::from(reg));
-        self.each_bank(ch, open, col, |x, y, r| {
+        self.each_bank(ch, open, col, |x, y, _, r| {
             for p in 0..n {
                 r[reg + p / group] += f16_at(y, table + (p % group) * tlen + code_at(x, bits, p));
             }
@@ -382,7 +229,7 @@ impl Functional {
         let n = self.column_bytes * 8 / bits.bits() as usize;
         let (tlen, group) = (bits.table_len(), usize::from(group));
         let (weights, reg) = (usize::from(weights), usize::from(reg));
-        self.each_bank(ch, open, col, |x, y, r| {
+        self.each_bank(ch, open, col, |x, y, _, r| {
             for p in 0..n {
                 r[reg + (p % group) * tlen + code_at(x, bits, p)] += f16_at(y, weights + p / group);
             }
@@ -407,7 +254,7 @@ impl Functional {
         };
         let (start, dsub, cb) = (usize::from(start), usize::from(dsub), usize::from(cb));
         let (ksub, reg) = (argmin_centroids(nbits) as usize, usize::from(reg));
-        self.each_bank(ch, open, col, |x, y, r| {
+        self.each_bank(ch, open, col, |x, y, _, r| {
             let mut xs = [0f32; 64];
             for (i, v) in xs.iter_mut().enumerate().take(dsub) {
                 *v = f16_at(x, start + i);
@@ -582,12 +429,9 @@ impl Functional {
         let (col, at) = (usize::from(col) * c, usize::from(slot) * c);
         for (b, row) in open.iter().enumerate() {
             let gb = usize::from(ch) * self.banks_per_channel + b;
-            let src = match self.rows.get(&Self::key(gb, row.unwrap_or(0))) {
-                Some(r) => &r[col..col + c],
-                None => &self.zeros[..c],
-            };
+            let src = self.row(gb, row.unwrap_or(0))[col..col + c].to_vec();
             let latch = self.latches[gb].get_or_insert_with(|| vec![0; n].into_boxed_slice());
-            latch[at..at + c].copy_from_slice(src);
+            latch[at..at + c].copy_from_slice(&src);
         }
     }
 
@@ -610,32 +454,25 @@ impl Functional {
         else {
             return;
         };
-        let c = self.column_bytes;
-        let n = c * 8 / usize::from(bits);
+        let n = self.column_bytes * 8 / usize::from(bits);
         let (buf, reg, group, pslot) = (
             usize::from(buf),
             usize::from(reg),
             usize::from(group),
             usize::from(pslot),
         );
+        let bits = u32::from(bits);
         let mut x = vec![0f32; n];
-        for (b, row) in open.iter().enumerate() {
-            let gb = usize::from(ch) * self.banks_per_channel + b;
-            let row = row.unwrap_or(0);
-            let latch: &[u8] = self.latches[gb]
-                .as_deref()
-                .unwrap_or(&ZEROS[..self.latch_bytes]);
-            let codes = &self.row(gb, row)[usize::from(col) * c..][..c];
+        self.each_bank(ch, open, col, |codes, y, latch, r| {
             for (i, xi) in x.iter_mut().enumerate() {
-                let q = code_bits_at(codes, u32::from(bits), i);
+                let q = code_bits_at(codes, bits, i);
                 let p = pslot + i / group;
                 *xi = if mx {
-                    dequantize_mx(q, u32::from(bits), latch[p])
+                    dequantize_mx(q, bits, latch[p])
                 } else {
                     f16_at(latch, 2 * p) + q as f32 * f16_at(latch, 2 * p + 1)
                 };
             }
-            let (_, y, r) = self.operands(gb, row, col.into());
             if reduce {
                 let mut acc = 0f32;
                 for (i, xi) in x.iter().enumerate() {
@@ -648,24 +485,24 @@ impl Functional {
                     r[reg + i] += w * xi;
                 }
             }
-        }
+        });
     }
 
-    /// Runs `f(column, buffer, registers)` on every bank of channel `ch`
-    /// (banks ascending), with `column` the open row's column `col`.
+    /// Runs `f(column, buffer, latch, registers)` on every bank of channel
+    /// `ch` (banks ascending), with `column` the open row's column `col`.
     #[inline]
     fn each_bank(
         &mut self,
         ch: u8,
         open: &[Option<u32>],
         col: u8,
-        mut f: impl FnMut(&[u8], &[u8], &mut [f32]),
+        mut f: impl FnMut(&[u8], &[u8], &[u8], &mut [f32]),
     ) {
         let ch = usize::from(ch);
         for (b, row) in open.iter().enumerate() {
             let gb = ch * self.banks_per_channel + b;
-            let (x, y, r) = self.operands(gb, row.unwrap_or(0), col.into());
-            f(x, y, r);
+            let (x, y, latch, r) = self.operands(gb, row.unwrap_or(0), col.into());
+            f(x, y, latch, r);
         }
     }
 }

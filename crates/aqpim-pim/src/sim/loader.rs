@@ -9,22 +9,37 @@ use crate::isa::BankSel;
 
 impl Simulator {
     pub(super) fn local(&self, ch: usize, bank: BankSel) -> Result<usize> {
-        let o = &self.device.org;
-        if ch >= o.channels
-            || usize::from(bank.pc) >= o.pseudo_channels
-            || usize::from(bank.sid) >= o.sids
-            || usize::from(bank.bg) >= o.bank_groups
-            || usize::from(bank.bank) >= o.banks_per_group
-        {
-            return Err(PimError::Load(format!(
+        let b = self.device.org.bank_index(bank);
+        b.filter(|_| ch < self.device.org.channels).ok_or_else(|| {
+            PimError::Load(format!(
                 "channel {ch} bank {bank:?} is outside the organisation"
-            )));
-        }
-        Ok(self.bank_of(&bank))
+            ))
+        })
     }
 
     fn global(&self, ch: usize, bank: BankSel) -> Result<usize> {
         Ok(ch * self.device.org.banks_per_channel + self.local(ch, bank)?)
+    }
+
+    /// The global bank of `(ch, bank)` when `len` bytes from byte `offset`
+    /// of its row `row` exist.
+    fn row_range(
+        &self,
+        ch: usize,
+        bank: BankSel,
+        row: u32,
+        offset: usize,
+        len: usize,
+    ) -> Result<usize> {
+        let gb = self.global(ch, bank)?;
+        let o = &self.device.org;
+        if row as usize >= o.rows || offset.saturating_add(len) > o.columns * o.column_bytes {
+            return Err(PimError::Load(format!(
+                "row {row}, bytes {offset}..{} exceed the bank",
+                offset.saturating_add(len)
+            )));
+        }
+        Ok(gb)
     }
 
     /// Sets the host data that WR and WRGB read (`data` operands are byte offsets into it).
@@ -49,14 +64,7 @@ impl Simulator {
         offset: usize,
         bytes: &[u8],
     ) -> Result<()> {
-        let gb = self.global(ch, bank)?;
-        let row_bytes = self.device.org.columns * self.device.org.column_bytes;
-        if row as usize >= self.device.org.rows || offset.saturating_add(bytes.len()) > row_bytes {
-            return Err(PimError::Load(format!(
-                "row {row}, bytes {offset}..{} exceed the bank",
-                offset.saturating_add(bytes.len())
-            )));
-        }
+        let gb = self.row_range(ch, bank, row, offset, bytes.len())?;
         self.func.row_mut(gb, row)[offset..offset + bytes.len()].copy_from_slice(bytes);
         Ok(())
     }
@@ -70,14 +78,7 @@ impl Simulator {
         offset: usize,
         len: usize,
     ) -> Result<Vec<u8>> {
-        let gb = self.global(ch, bank)?;
-        let row_bytes = self.device.org.columns * self.device.org.column_bytes;
-        if row as usize >= self.device.org.rows || offset.saturating_add(len) > row_bytes {
-            return Err(PimError::Load(format!(
-                "row {row}, bytes {offset}..{} exceed the bank",
-                offset.saturating_add(len)
-            )));
-        }
+        let gb = self.row_range(ch, bank, row, offset, len)?;
         Ok(self.func.row(gb, row)[offset..offset + len].to_vec())
     }
 

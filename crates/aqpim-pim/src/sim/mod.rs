@@ -5,36 +5,23 @@
 
 mod functional;
 mod loader;
-mod timing;
 mod validate;
 
 use serde::{Deserialize, Serialize};
 
-pub use timing::Timer;
-
-use self::functional::Functional;
-use self::timing::{ChannelTiming, Tables};
 use self::validate::{check_program, Checked};
+use crate::banks::Banks;
+use crate::bounds::{trace_limit, MAX_PROGRAM_STEPS, MAX_REFRESHES, MAX_TRACE_ENTRIES};
 use crate::command::{Command, Scope};
-use crate::energy::energy;
 use crate::error::{PimError, Result};
-use crate::isa::{argmin_centroids, asm::format_instr, BankSel, Instr, Program};
+use crate::isa::table::Target;
+use crate::isa::{argmin_centroids, BankSel, CodeBits, Instr, Program};
+use crate::memory::Memory;
 use crate::resolve::Device;
 use crate::stats::{Counters, RegionStats, Stats};
+use crate::timing::{ChannelTiming, Tables};
+use crate::trace::TraceEntry;
 use crate::units::{column_work, UnitKind};
-
-/// Most entries a recorded trace may hold (2^24, about 0.5 GiB of
-/// [`TraceEntry`]s): a run with `record_trace` that would record more is an
-/// error, refused before it starts when the program alone issues more. A
-/// design limit, sized to keep `sim run --check` within a few GiB.
-pub const MAX_TRACE_ENTRIES: u64 = 1 << 24;
-
-/// Most refreshes one run may insert (2^28). Refreshes follow simulated
-/// time, not the program, so a device whose timing values stretch time far
-/// past its refresh interval could otherwise make a short program run for
-/// hours; the limit turns that into an error. A design limit: a one-second
-/// run of a 32-channel HBM3 device at tREFI = 3.9 us needs about 2^23.
-pub const MAX_REFRESHES: u64 = 1 << 28;
 
 /// What the simulator computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,45 +55,10 @@ impl Default for SimOptions {
     }
 }
 
-/// One issued command. `bank` is the channel-local bank index
-/// (`((pc * sids + sid) * bank_groups + bg) * banks_per_group + bank`) for
-/// single-bank commands and 0 for all-bank ones; `row` is set for ACT and
-/// ACTAB, `col` for column commands, `len` for MVD, MVB, SFM, CLR, RED and RDD
-/// (elements per bank for MVD/MVB, with `broadcast` MVB recorded as `len` with
-/// bit 31 set, and a buffer-die CLR likewise with bit 31 set).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TraceEntry {
-    /// Issue cycle.
-    pub cycle: u64,
-    /// Command.
-    pub cmd: Command,
-    /// Device-wide channel index.
-    pub channel: u16,
-    /// Channel-local bank index.
-    pub bank: u16,
-    /// Row: the one opened (ACT, ACTAB) or the open one a column command
-    /// reads or writes (RD, WR, STC, the PIM column commands).
-    pub row: u32,
-    /// Column (column commands).
-    pub col: u16,
-    /// Length operand (MVD, MVB, SFM, CLR, RED, RDD).
-    pub len: u32,
-    /// Inserted by the simulator (refresh and the row restores after it).
-    pub auto: bool,
-}
-
-impl TraceEntry {
-    /// Whether an MVB entry was a broadcast.
-    pub const BROADCAST: u32 = 1 << 31;
-    /// Whether a CLR entry cleared the buffer die (same bit as [`Self::BROADCAST`]).
-    pub const DIE: u32 = 1 << 31;
-}
-
 #[derive(Debug, Clone)]
 struct Channel {
     timing: ChannelTiming,
-    open: Vec<Option<u32>>,
-    open_count: usize,
+    banks: Banks,
     last_issue: Option<u64>,
     /// No command may issue before this cycle (barriers, occupancy).
     floor: u64,
@@ -124,7 +76,7 @@ pub struct Simulator {
     device: Device,
     tables: Tables,
     channels: Vec<Channel>,
-    func: Functional,
+    func: Memory,
     opts: SimOptions,
     host_data: Vec<u8>,
     /// Most instructions one run may execute ([`MAX_PROGRAM_STEPS`] unless
@@ -144,7 +96,8 @@ pub struct Simulator {
     trace_full: bool,
 }
 
-/// Operand of one scheduled command.
+/// Operand and cost of one scheduled command: what its trace entry
+/// records, how long it holds the channel, and what it adds to the counters.
 #[derive(Debug, Clone, Copy, Default)]
 struct Operand {
     row: u32,
@@ -156,22 +109,25 @@ struct Operand {
     /// All-bank column commands: cycles until the next one may issue
     /// ([`Device::pim_interval`]); 0 otherwise.
     pim_busy: u64,
+    /// Operations each bank's unit performs (all-bank column commands).
+    work: u64,
+    /// Bytes across the external interface, through the bank buffers, and
+    /// between the banks and the buffer die.
+    bytes: [u64; 3],
 }
 
-/// The work one bank does for an all-bank column instruction: lanes for MAC
-/// and BINMAC, codes per column for LUTACC, HISTACC and QMAC (none for LDP), `dsub x 2^nbits`
-/// distance terms for ARGMIN.
-fn unit_work(d: &Device, ins: &Instr) -> u64 {
-    let cb = d.org.column_bytes as u64;
-    match *ins {
-        Instr::LutAcc { bits, .. } => column_work(Command::LutAcc, cb, bits.bits(), 0),
-        Instr::HistAcc { bits, .. } => column_work(Command::HistAcc, cb, bits.bits(), 0),
-        Instr::ArgMin { dsub, nbits, .. } => argmin_centroids(nbits) * u64::from(dsub),
-        Instr::Mac { .. } => column_work(Command::Mac, cb, 16, 0),
-        Instr::BinMac { .. } => column_work(Command::BinMac, cb, 16, 0),
-        Instr::QMac { bits, .. } => column_work(Command::QMac, cb, bits.into(), 0),
-        _ => 0,
-    }
+/// The work one bank does for an all-bank column instruction of command
+/// `cmd` ([`column_work`]): lanes for MAC and BINMAC, codes per column for
+/// LUTACC, HISTACC and QMAC (none for LDP), `dsub x 2^nbits` distance terms
+/// for ARGMIN.
+fn unit_work(d: &Device, cmd: Command, ins: &Instr) -> u64 {
+    let (bits, terms) = match *ins {
+        Instr::LutAcc { bits, .. } | Instr::HistAcc { bits, .. } => (bits.bits(), 0),
+        Instr::QMac { bits, .. } => (bits.into(), 0),
+        Instr::ArgMin { dsub, nbits, .. } => (0, argmin_centroids(nbits) * u64::from(dsub)),
+        _ => (16, 0),
+    };
+    column_work(cmd, d.org.column_bytes as u64, bits, terms)
 }
 
 impl Simulator {
@@ -181,8 +137,7 @@ impl Simulator {
         let interval = device.refresh_interval.map_or(u64::MAX, u64::from);
         let ch = Channel {
             timing: ChannelTiming::new(&tables),
-            open: vec![None; device.org.banks_per_channel],
-            open_count: 0,
+            banks: Banks::new(device.org.banks_per_channel),
             last_issue: None,
             floor: 0,
             next_refresh: interval,
@@ -191,12 +146,12 @@ impl Simulator {
         };
         Simulator {
             channels: vec![ch; device.org.channels],
-            func: Functional::new(device),
+            func: Memory::new(device),
             device: device.clone(),
             tables,
             opts,
             host_data: Vec::new(),
-            step_limit: crate::isa::MAX_PROGRAM_STEPS,
+            step_limit: MAX_PROGRAM_STEPS,
             counters: Vec::new(),
             region: 0,
             advance: Vec::new(),
@@ -230,7 +185,7 @@ impl Simulator {
     /// The row open in a bank, if any.
     pub fn open_row(&self, ch: usize, bank: BankSel) -> Result<Option<u32>> {
         let b = self.local(ch, bank)?;
-        Ok(self.channels[ch].open[b])
+        Ok(self.channels[ch].banks.open()[b])
     }
 
     /// Runs a program to completion and returns its statistics. State (open
@@ -334,180 +289,137 @@ impl Simulator {
         }
     }
 
-    fn bank_of(&self, b: &BankSel) -> usize {
-        self.device
-            .org
-            .local_bank(b.pc.into(), b.sid.into(), b.bg.into(), b.bank.into())
-    }
-
     /// Runs one command instruction under loop offsets `offs`: the
     /// concrete instruction (offsets applied) is checked, timed, issued,
     /// counted and, in functional mode, computed.
     fn exec(&mut self, ins: &Instr, offs: &[i64; 6]) -> Result<()> {
         let concrete = ins.offset_by(offs).ok_or_else(|| PimError::Program {
             index: 0,
-            instr: format_instr(ins),
+            instr: ins.to_string(),
             reason: "an address leaves its field under the loop strides".into(),
         })?;
         let ins = &concrete;
-        let (ch, bank) = ins.target();
-        let (Some(cmd), Some(ch)) = (ins.spec().command, ch) else {
+        let target = ins.target();
+        let (Some(cmd), Some(ch)) = (ins.spec().command, target.ch) else {
             return Ok(()); // BARRIER, LOOP and ENDLOOP are handled by `execute`
         };
         let ch = usize::from(ch);
-        let bank = bank.map_or(0, |b| self.bank_of(&b));
+        let bank = target
+            .bank
+            .and_then(|b| self.device.org.bank_index(b))
+            .unwrap_or(0);
         let functional = self.opts.mode == Mode::Functional;
         // STC checks its codes before anything issues, so that on an error
         // the state is that of the commands before this one.
         let codes = match *ins {
             Instr::Stc { reg, bits, .. } if functional => {
                 self.prerequisite(cmd, ch, bank)?;
-                let gb = ch * self.device.org.banks_per_channel + bank;
-                Some(
-                    self.func
-                        .stc_column(gb, reg.into(), bits)
-                        .map_err(|(r, v)| PimError::Data {
-                            instr: format_instr(ins),
-                            target: self.target_text(cmd, ch, bank),
-                            reason: format!(
-                                "register {r} holds {v}, not a {}-bit code (an integer in 0..{})",
-                                bits.bits(),
-                                bits.table_len()
-                            ),
-                        })?,
-                )
+                Some(self.stc_codes(ins, ch, bank, reg.into(), bits)?)
             }
             _ => None,
         };
-        let op = self.operand(ins);
+        let op = self.operand(cmd, ins, &target);
         self.schedule(cmd, ch, bank, op)?;
-        self.count(ins);
         if functional {
-            let gb = ch * self.device.org.banks_per_channel + bank;
-            let row = self.channels[ch].open[bank].unwrap_or(0);
-            let n = self.device.org.column_bytes;
-            match *ins {
-                Instr::Rd { col, .. } => self.func.rd(gb, row, col.into()),
-                Instr::Wr { col, data, .. } => {
-                    let data = data as usize;
-                    self.func
-                        .wr(gb, row, col.into(), &self.host_data[data..data + n]);
+            let open = self.channels[ch].banks.open();
+            match (codes, *ins) {
+                (Some(d), Instr::Stc { col, .. }) => {
+                    let gb = ch * self.device.org.banks_per_channel + bank;
+                    self.func.wr(gb, open[bank].unwrap_or(0), col.into(), &d);
                 }
-                Instr::Wrgb { buf, data, .. } => {
-                    let data = data as usize;
-                    self.func
-                        .wrgb(ch, buf.into(), &self.host_data[data..data + n]);
-                }
-                Instr::Stc { col, .. } => {
-                    if let Some(d) = codes {
-                        self.func.wr(gb, row, col.into(), &d);
-                    }
-                }
-                _ => self.func.exec(ins, &self.channels[ch].open),
+                _ => self.func.exec(ins, bank, open, &self.host_data),
             }
         }
         Ok(())
     }
 
-    /// The trace operand and channel occupancy of a concrete instruction.
-    /// All-bank column commands record their work per bank in `len` (the
-    /// operations their unit performs for one column).
-    fn operand(&self, ins: &Instr) -> Operand {
-        let d = &self.device;
-        let banks = d.org.banks_per_channel as u64;
-        let flagged = |len: u16, flag: bool| u32::from(len) | if flag { 1 << 31 } else { 0 };
-        let (row, col, len, busy) = match *ins {
-            Instr::Act { row, .. } | Instr::ActAb { row, .. } => (row, 0, 0, 0),
-            Instr::Rd { col, .. } | Instr::Wr { col, .. } | Instr::Stc { col, .. } => {
-                (0, col, 0, 0)
-            }
-            Instr::Mac { col, .. }
-            | Instr::LutAcc { col, .. }
-            | Instr::HistAcc { col, .. }
-            | Instr::ArgMin { col, .. }
-            | Instr::BinMac { col, .. }
-            | Instr::Ldp { col, .. }
-            | Instr::QMac { col, .. } => (0, col, unit_work(d, ins) as u32, 0),
-            Instr::Mvd { len, .. } => (0, 0, len.into(), d.mv_cycles(banks * u64::from(len) * 4)),
-            Instr::Mvb { len, broadcast, .. } => {
-                let per = if broadcast { 1 } else { banks };
-                let busy = d.mv_cycles(per * u64::from(len) * 2);
-                (0, 0, flagged(len, broadcast), busy)
-            }
-            Instr::Sfm { len, .. } => (0, 0, len.into(), d.sfm_cycles(len.into())),
-            Instr::Clr { len, die, .. } => (0, 0, flagged(len, die), d.clr_cycles(len.into(), die)),
-            Instr::Red { len, .. } => (0, 0, len.into(), d.red_cycles(len.into())),
-            Instr::Rdd { len, .. } => (0, 0, len.into(), d.rdd_cycles(len.into())),
-            _ => (0, 0, 0, 0),
-        };
-        let pim_busy = match ins.spec().command {
-            Some(cmd) if cmd.is_pim_column() => d.pim_interval(cmd, u64::from(len)),
-            _ => 0,
-        };
-        Operand {
-            row,
-            col: col.into(),
-            len,
-            busy,
-            pim_busy,
-        }
+    /// STC's column: the codes that registers `reg..` of the bank hold, or
+    /// an error naming the first register that is not a `bits`-bit code.
+    fn stc_codes(
+        &self,
+        ins: &Instr,
+        ch: usize,
+        bank: usize,
+        reg: usize,
+        bits: CodeBits,
+    ) -> Result<Vec<u8>> {
+        let gb = ch * self.device.org.banks_per_channel + bank;
+        self.func
+            .stc_column(gb, reg, bits)
+            .map_err(|(r, v)| PimError::Data {
+                instr: ins.to_string(),
+                target: self.target_text(Command::Stc, ch, bank),
+                reason: format!(
+                    "register {r} holds {v}, not a {}-bit code (an integer in 0..{})",
+                    bits.bits(),
+                    bits.table_len()
+                ),
+            })
     }
 
-    /// Adds a concrete instruction's bytes and lane operations to the counters.
-    fn count(&mut self, ins: &Instr) {
-        let banks = self.device.org.banks_per_channel as u64;
-        let col_bytes = self.device.org.column_bytes as u64;
-        let lanes = self.device.pim.lanes as u64;
-        let k = &mut self.counters[self.region];
-        match *ins {
-            Instr::Rd { .. } | Instr::Wr { .. } => k.bytes_external += col_bytes,
-            Instr::Wrgb { .. } => {
-                k.bytes_external += col_bytes;
-                k.bytes_buffer += banks * col_bytes;
+    /// The operand and cost of a concrete instruction. All-bank column
+    /// commands record their work per bank in `len` (the operations their
+    /// unit performs for one column); MVB's `broadcast` and CLR's `die` set
+    /// bit 31 of it.
+    fn operand(&self, cmd: Command, ins: &Instr, target: &Target) -> Operand {
+        let d = &self.device;
+        let (banks, cb) = (d.org.banks_per_channel as u64, d.org.column_bytes as u64);
+        let work = unit_work(d, cmd, ins);
+        let flagged = |len: u16, flag: bool| u64::from(len) | if flag { 1 << 31 } else { 0 };
+        // (trace len, busy cycles, bytes [external, buffer, buffer die])
+        let (len, busy, bytes) = match *ins {
+            Instr::Rd { .. } | Instr::Wr { .. } => (0, 0, [cb, 0, 0]),
+            Instr::Wrgb { .. } => (0, 0, [cb, banks * cb, 0]),
+            Instr::Mac { bcast, .. } => (work, 0, [0, banks * if bcast { 2 } else { 2 * work }, 0]),
+            Instr::LutAcc { .. } | Instr::ArgMin { .. } => (work, 0, [0, banks * work * 2, 0]),
+            Instr::HistAcc { group, .. } => {
+                (work, 0, [0, banks * work.div_ceil(group.into()) * 2, 0])
             }
-            Instr::Mac { bcast, .. } => {
-                k.lane_ops += banks * lanes;
-                k.unit_ops[UnitKind::Mac as usize] += banks * lanes;
-                k.bytes_buffer += banks * if bcast { 2 } else { lanes * 2 };
+            Instr::QMac { reduce, .. } => {
+                (work, 0, [0, banks * if reduce { 2 * work } else { 2 }, 0])
             }
-            Instr::BinMac { .. } => {
-                k.lane_ops += banks * lanes;
-                k.unit_ops[UnitKind::Binmac as usize] += banks * lanes;
+            Instr::BinMac { .. } | Instr::Ldp { .. } => (work, 0, [0; 3]),
+            Instr::Mvd { len, .. } => {
+                let to_die = banks * u64::from(len) * 4;
+                (len.into(), d.mv_cycles(to_die), [0, 0, to_die])
             }
-            Instr::LutAcc { bits, .. } => {
-                let n = col_bytes * 8 / u64::from(bits.bits());
-                k.lane_ops += banks * n;
-                k.unit_ops[UnitKind::Lookup as usize] += banks * n;
-                k.bytes_buffer += banks * n * 2;
-            }
-            Instr::HistAcc { bits, group, .. } => {
-                let n = col_bytes * 8 / u64::from(bits.bits());
-                k.lane_ops += banks * n;
-                k.unit_ops[UnitKind::Histogram as usize] += banks * n;
-                k.bytes_buffer += banks * n.div_ceil(group.into()) * 2;
-            }
-            Instr::ArgMin { dsub, nbits, .. } => {
-                let work = argmin_centroids(nbits) * u64::from(dsub);
-                k.lane_ops += banks * work;
-                k.unit_ops[UnitKind::Argmin as usize] += banks * work;
-                k.bytes_buffer += banks * work * 2;
-            }
-            Instr::QMac { bits, reduce, .. } => {
-                let n = col_bytes * 8 / u64::from(bits);
-                k.lane_ops += banks * n;
-                k.unit_ops[UnitKind::Dqmac as usize] += banks * n;
-                k.bytes_buffer += banks * if reduce { n * 2 } else { 2 };
-            }
-            Instr::Mvd { len, .. } => k.bytes_buffer_die += banks * u64::from(len) * 4,
             Instr::Mvb { len, broadcast, .. } => {
-                let per = if broadcast { 1 } else { banks };
-                k.bytes_buffer_die += per * u64::from(len) * 2;
-                k.bytes_buffer += banks * u64::from(len) * 2;
+                let from_die = if broadcast { 1 } else { banks } * u64::from(len) * 2;
+                let to_banks = banks * u64::from(len) * 2;
+                (
+                    flagged(len, broadcast),
+                    d.mv_cycles(from_die),
+                    [0, to_banks, from_die],
+                )
             }
-            Instr::Red { len, .. } => k.bytes_buffer_die += 4 * banks * u64::from(len),
-            Instr::Rdd { len, .. } => k.bytes_external += 4 * u64::from(len),
-            Instr::Sfm { len, .. } => k.sfm_elements += u64::from(len),
-            _ => {}
+            Instr::Sfm { len, .. } => (len.into(), d.sfm_cycles(len.into()), [0; 3]),
+            Instr::Clr { len, die, .. } => {
+                (flagged(len, die), d.clr_cycles(len.into(), die), [0; 3])
+            }
+            Instr::Red { len, .. } => {
+                let bytes = [0, 0, 4 * banks * u64::from(len)];
+                (len.into(), d.red_cycles(len.into()), bytes)
+            }
+            Instr::Rdd { len, .. } => (
+                len.into(),
+                d.rdd_cycles(len.into()),
+                [4 * u64::from(len), 0, 0],
+            ),
+            _ => (0, 0, [0; 3]),
+        };
+        let pim_busy = if cmd.is_pim_column() {
+            d.pim_interval(cmd, work)
+        } else {
+            0
+        };
+        Operand {
+            row: target.row,
+            col: target.col,
+            len: len as u32,
+            busy,
+            pim_busy,
+            work,
+            bytes,
         }
     }
 
@@ -523,48 +435,14 @@ impl Simulator {
 
     /// State prerequisites: the rules that no amount of waiting satisfies.
     fn prerequisite(&self, cmd: Command, ch: usize, bank: usize) -> Result<()> {
-        let c = &self.channels[ch];
-        let banks = self.device.org.banks_per_channel;
-        let fail = |rule: &'static str, reason: String| PimError::State {
+        let state = self.channels[ch].banks.prerequisite(cmd, bank);
+        state.map_err(|(rule, reason)| PimError::State {
             cmd: cmd.name(),
             target: self.target_text(cmd, ch, bank),
             rule,
             reason,
             earliest: None,
-        };
-        match cmd {
-            Command::Act => {
-                if let Some(r) = c.open[bank] {
-                    return Err(fail(
-                        "bank-closed",
-                        format!("row {r} is open; PRE it first"),
-                    ));
-                }
-            }
-            Command::ActAb | Command::Ref if c.open_count > 0 => {
-                return Err(fail(
-                    "all-banks-closed",
-                    format!("{} bank(s) are open; PREAB first", c.open_count),
-                ));
-            }
-            Command::Rd | Command::Wr | Command::Stc if c.open[bank].is_none() => {
-                return Err(fail(
-                    "row-open",
-                    "the bank has no open row; ACT first".into(),
-                ));
-            }
-            _ if cmd.is_pim_column() && c.open_count < banks => {
-                return Err(fail(
-                    "all-banks-open",
-                    format!(
-                        "{} of {banks} banks have an open row; ACTAB first",
-                        c.open_count
-                    ),
-                ));
-            }
-            _ => {}
-        }
-        Ok(())
+        })
     }
 
     #[inline]
@@ -599,10 +477,11 @@ impl Simulator {
     /// (one ACTAB if every bank had the same row open, else one ACT per bank).
     fn refresh(&mut self, ch: usize, until: u64) -> Result<()> {
         let interval = self.device.refresh_interval.map_or(u64::MAX, u64::from);
-        let snapshot = (self.channels[ch].open_count > 0).then(|| self.channels[ch].open.clone());
+        let banks = &self.channels[ch].banks;
+        let snapshot = banks.any_open().then(|| banks.open().to_vec());
         while until >= self.channels[ch].next_refresh {
             let due = self.channels[ch].next_refresh;
-            if self.channels[ch].open_count > 0 {
+            if self.channels[ch].banks.any_open() {
                 let t = self.earliest(Command::PreAb, ch, 0).max(due);
                 self.issue(Command::PreAb, ch, 0, t, Operand::default(), true);
             }
@@ -618,45 +497,37 @@ impl Simulator {
             self.channels[ch].next_refresh = due.saturating_add(interval);
         }
         if let Some(open) = snapshot {
+            // One ACTAB when every bank had the same row open, else one ACT
+            // per open bank.
             let uniform = open.iter().all(|r| r.is_some() && *r == open[0]);
-            if uniform {
-                let row = open[0].unwrap_or(0);
-                let t = self.earliest(Command::ActAb, ch, 0);
-                self.issue(
-                    Command::ActAb,
-                    ch,
-                    0,
-                    t,
-                    Operand {
+            let (cmd, n) = if uniform {
+                (Command::ActAb, 1)
+            } else {
+                (Command::Act, open.len())
+            };
+            for (b, r) in open.iter().enumerate().take(n) {
+                if let Some(row) = *r {
+                    let t = self.earliest(cmd, ch, b);
+                    let op = Operand {
                         row,
                         ..Default::default()
-                    },
-                    true,
-                );
-            } else {
-                for (b, r) in open.iter().enumerate() {
-                    if let Some(row) = *r {
-                        let t = self.earliest(Command::Act, ch, b);
-                        self.issue(
-                            Command::Act,
-                            ch,
-                            b,
-                            t,
-                            Operand {
-                                row,
-                                ..Default::default()
-                            },
-                            true,
-                        );
-                    }
+                    };
+                    self.issue(cmd, ch, b, t, op, true);
                 }
             }
         }
         Ok(())
     }
 
+    /// Issues `cmd` at cycle `t`: the channel's timing, occupancy and bank
+    /// state move on, the command is counted (in the inserted commands'
+    /// region when `auto`) and recorded in the trace.
     fn issue(&mut self, cmd: Command, ch: usize, bank: usize, t: u64, op: Operand, auto: bool) {
-        let banks = self.device.org.banks_per_channel;
+        let region = if auto {
+            self.counters.len() - 1
+        } else {
+            self.region
+        };
         let c = &mut self.channels[ch];
         c.timing.issue(&self.tables, cmd, bank, t);
         c.last_issue = Some(t);
@@ -669,64 +540,55 @@ impl Simulator {
         if op.pim_busy > 0 {
             c.pim_free = c.pim_free.max(t + op.pim_busy);
         }
-        let region = if auto {
-            self.counters.len() - 1
-        } else {
-            self.region
-        };
         self.advance[region][ch] += c.end - before;
-        let k = &mut self.counters[region];
-        k.commands[cmd.index()] += 1;
-        match cmd {
-            Command::Act => {
-                c.open[bank] = Some(op.row);
-                c.open_count += 1;
-                k.bank_activations += 1;
-            }
-            Command::Pre if c.open[bank].take().is_some() => {
-                c.open_count -= 1;
-            }
-            Command::ActAb => {
-                c.open.iter_mut().for_each(|r| *r = Some(op.row));
-                c.open_count = banks;
-                k.bank_activations += banks as u64;
-            }
-            Command::PreAb if c.open_count > 0 => {
-                c.open.iter_mut().for_each(|r| *r = None);
-                c.open_count = 0;
-            }
-            Command::Rd | Command::Wr | Command::Stc => k.bank_column_accesses += 1,
-            _ if cmd.is_pim_column() => {
-                k.bank_column_accesses += banks as u64;
-            }
-            _ => {}
-        }
-        // A column command reads or writes the row open in its bank (an
-        // all-bank one: the row ACTAB opened in every bank).
-        let row = match cmd {
-            Command::Rd | Command::Wr | Command::Stc => c.open[bank].unwrap_or(op.row),
-            _ if cmd.is_pim_column() => c.open.first().copied().flatten().unwrap_or(op.row),
-            _ => op.row,
-        };
+        let row = c.banks.apply(cmd, bank, op.row);
+        self.count(region, cmd, &op);
         if self.opts.record_trace {
             if self.trace.len() as u64 >= MAX_TRACE_ENTRIES {
                 self.trace_full = true;
                 return;
             }
+            let bank = if cmd.scope() == Scope::Bank {
+                bank as u16
+            } else {
+                0
+            };
             self.trace.push(TraceEntry {
                 cycle: t,
                 cmd,
                 channel: ch as u16,
-                bank: if cmd.scope() == Scope::Bank {
-                    bank as u16
-                } else {
-                    0
-                },
+                bank,
                 row,
                 col: op.col,
                 len: op.len,
                 auto,
             });
+        }
+    }
+
+    /// Adds an issued command to region `region`'s counters: the command,
+    /// the bank activations and column accesses it makes, its units'
+    /// operations and the bytes it moves.
+    fn count(&mut self, region: usize, cmd: Command, op: &Operand) {
+        let banks = self.device.org.banks_per_channel as u64;
+        let k = &mut self.counters[region];
+        k.commands[cmd.index()] += 1;
+        match cmd {
+            Command::Act => k.bank_activations += 1,
+            Command::ActAb => k.bank_activations += banks,
+            Command::Rd | Command::Wr | Command::Stc => k.bank_column_accesses += 1,
+            _ if cmd.is_pim_column() => k.bank_column_accesses += banks,
+            _ => {}
+        }
+        if let Some(kind) = UnitKind::of(cmd) {
+            k.lane_ops += banks * op.work;
+            k.unit_ops[kind as usize] += banks * op.work;
+        }
+        k.bytes_external += op.bytes[0];
+        k.bytes_buffer += op.bytes[1];
+        k.bytes_buffer_die += op.bytes[2];
+        if cmd == Command::Sfm {
+            k.sfm_elements += u64::from(op.len);
         }
     }
 
@@ -742,52 +604,16 @@ impl Simulator {
         }
         let inserted = self.counters.len() - 1;
         let regions = (0..inserted)
-            .map(|r| self.stats(&self.counters[r], 0, self.advance[r][critical]))
+            .map(|r| self.counters[r].stats(&self.device, 0, self.advance[r][critical]))
             .collect();
         RegionStats {
-            total: self.stats(&all, self.refreshes, end.saturating_sub(start)),
+            total: all.stats(&self.device, self.refreshes, end.saturating_sub(start)),
             regions,
-            inserted: self.stats(
-                &self.counters[inserted],
+            inserted: self.counters[inserted].stats(
+                &self.device,
                 self.refreshes,
                 self.advance[inserted][critical],
             ),
         }
-    }
-
-    /// Statistics of counters `k` with `refreshes` refreshes over `cycles`.
-    fn stats(&self, k: &Counters, refreshes: u64, cycles: u64) -> Stats {
-        let ns = cycles as f64 * self.device.t_ck_ns();
-        let bytes_internal = k.bank_column_accesses * self.device.org.column_bytes as u64;
-        let row_misses = k.bank_activations.min(k.bank_column_accesses);
-        let gbps = |bytes: u64| if ns > 0.0 { bytes as f64 / ns } else { 0.0 };
-        Stats {
-            device: self.device.name.clone(),
-            cycles,
-            ns,
-            commands: k.commands_map(),
-            total_commands: k.commands.iter().sum(),
-            refreshes,
-            bank_activations: k.bank_activations,
-            bank_column_accesses: k.bank_column_accesses,
-            row_hits: k.bank_column_accesses - row_misses,
-            row_misses,
-            bytes_internal,
-            bytes_external: k.bytes_external,
-            bytes_buffer: k.bytes_buffer,
-            bytes_buffer_die: k.bytes_buffer_die,
-            lane_ops: k.lane_ops,
-            internal_gbps: gbps(bytes_internal),
-            external_gbps: gbps(k.bytes_external),
-            energy: energy(&self.device, k, refreshes),
-        }
-    }
-}
-
-/// The error of a trace that would pass [`MAX_TRACE_ENTRIES`].
-fn trace_limit() -> PimError {
-    PimError::Limit {
-        what: "trace entries (commands and refreshes) recorded",
-        limit: MAX_TRACE_ENTRIES,
     }
 }

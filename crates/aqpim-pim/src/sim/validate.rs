@@ -1,7 +1,7 @@
 //! Checks a program against a device before it runs: the expanded command
-//! count is within [`MAX_PROGRAM_COMMANDS`](crate::isa::MAX_PROGRAM_COMMANDS)
+//! count is within [`MAX_PROGRAM_COMMANDS`](crate::MAX_PROGRAM_COMMANDS)
 //! and the executed instructions within the run's step limit
-//! ([`MAX_PROGRAM_STEPS`](crate::isa::MAX_PROGRAM_STEPS) by default),
+//! ([`MAX_PROGRAM_STEPS`](crate::MAX_PROGRAM_STEPS) by default),
 //! and every address, with every loop offset it can take, stays inside the
 //! organisation, the buffers, the registers, the buffer die and the host
 //! data. Which fields are addresses, in which space and under which stride
@@ -10,9 +10,10 @@
 //! programs that cannot go out of range.
 
 use crate::error::{PimError, Result};
-use crate::isa::table::Space;
-use crate::isa::{argmin_centroids, asm::format_instr, BankSel, Instr, Program};
+use crate::isa::table::{Space, Target};
+use crate::isa::{argmin_centroids, Instr, Program};
 use crate::resolve::Device;
+use crate::units::{missing_unit, UnitKind};
 
 /// A program ready to run: every address checked for every loop offset.
 #[derive(Debug, Clone)]
@@ -52,8 +53,8 @@ impl Limits {
     }
 
     /// Codes of `bits` bits in one column.
-    fn codes(&self, bits: crate::CodeBits) -> i64 {
-        self.col_bytes * 8 / i64::from(bits.bits())
+    fn codes(&self, bits: u32) -> i64 {
+        self.col_bytes * 8 / i64::from(bits)
     }
 }
 
@@ -75,52 +76,36 @@ fn extent(ins: &Instr, field: &str, l: &Limits) -> i64 {
     match (*ins, field) {
         (Instr::Wr { .. } | Instr::Wrgb { .. }, "data") => l.col_bytes,
         (Instr::Wrgb { .. }, "buf") => lanes,
-        (Instr::Mac { bcast, .. }, "buf") => {
-            if bcast {
-                1
-            } else {
-                lanes
-            }
+        (Instr::Mac { bcast, .. }, "buf") if !bcast => lanes,
+        (Instr::Mac { reduce, .. }, "reg") if !reduce => lanes,
+        (Instr::LutAcc { bits, group, .. }, "table")
+        | (Instr::HistAcc { bits, group, .. }, "reg") => i64::from(group) * bits.table_len() as i64,
+        (Instr::LutAcc { bits, group, .. }, "reg")
+        | (Instr::HistAcc { bits, group, .. }, "weights") => {
+            ceil_div(l.codes(bits.bits()), group.into())
         }
-        (Instr::Mac { reduce, .. }, "reg") => {
-            if reduce {
-                1
-            } else {
-                lanes
-            }
-        }
-        (Instr::LutAcc { bits, group, .. }, "table") => i64::from(group) * bits.table_len() as i64,
-        (Instr::LutAcc { bits, group, .. }, "reg") => ceil_div(l.codes(bits), group.into()),
-        (Instr::HistAcc { bits, group, .. }, "weights") => ceil_div(l.codes(bits), group.into()),
-        (Instr::HistAcc { bits, group, .. }, "reg") => i64::from(group) * bits.table_len() as i64,
         (Instr::ArgMin { dsub, nbits, .. }, "cb") => {
             argmin_centroids(nbits) as i64 * i64::from(dsub)
         }
-        (Instr::Mvd { len, .. }, "reg") => len.into(),
-        (Instr::Mvd { len, .. }, "die") => banks * i64::from(len),
-        (Instr::Mvb { len, broadcast, .. }, "die") => {
-            if broadcast {
-                len.into()
-            } else {
-                banks * i64::from(len)
-            }
-        }
-        (Instr::Mvb { len, .. }, "buf") => len.into(),
-        (Instr::Sfm { len, stats, .. }, "die") => i64::from(len) + if stats { 2 } else { 0 },
+        (Instr::Mvd { len, .. }, "die") | (Instr::Red { len, .. }, "src") => banks * i64::from(len),
+        (Instr::Mvb { len, broadcast, .. }, "die") if !broadcast => banks * i64::from(len),
+        (Instr::Sfm { len, stats, .. }, "die") if stats => i64::from(len) + 2,
+        (
+            Instr::Mvd { len, .. }
+            | Instr::Mvb { len, .. }
+            | Instr::Sfm { len, .. }
+            | Instr::Clr { len, .. }
+            | Instr::Red { len, .. }
+            | Instr::Rdd { len, .. },
+            _,
+        ) => len.into(),
         (Instr::BinMac { dsub, .. }, "bins") => lanes / i64::from(dsub),
         (Instr::BinMac { dsub, .. }, "out") => dsub.into(),
-        (Instr::Red { len, .. }, "src") => banks * i64::from(len),
-        (Instr::Clr { len, .. } | Instr::Red { len, .. } | Instr::Rdd { len, .. }, _) => len.into(),
-        (Instr::Stc { bits, .. }, "reg") => l.codes(bits),
-        (Instr::QMac { bits, reduce, .. }, "buf") if reduce => qmac_codes(bits, l),
-        (Instr::QMac { bits, reduce, .. }, "reg") if !reduce => qmac_codes(bits, l),
+        (Instr::Stc { bits, .. }, "reg") => l.codes(bits.bits()),
+        (Instr::QMac { bits, reduce, .. }, "buf") if reduce => l.codes(bits.into()),
+        (Instr::QMac { bits, reduce, .. }, "reg") if !reduce => l.codes(bits.into()),
         _ => 1,
     }
-}
-
-/// Codes of `bits` bits (2, 4 or 8) in one column, for QMAC.
-fn qmac_codes(bits: u8, l: &Limits) -> i64 {
-    l.col_bytes * 8 / i64::from(bits)
 }
 
 /// `a / b` rounded up (`a >= 0`, `b > 0`).
@@ -132,11 +117,11 @@ fn ceil_div(a: i64, b: i64) -> i64 {
 fn constraints(ins: &Instr, l: &Limits) -> std::result::Result<(), String> {
     match *ins {
         Instr::LutAcc { bits, group, .. } | Instr::HistAcc { bits, group, .. }
-            if i64::from(group) > l.codes(bits) =>
+            if i64::from(group) > l.codes(bits.bits()) =>
         {
             Err(format!(
                 "group {group} exceeds the {} codes of a column",
-                l.codes(bits)
+                l.codes(bits.bits())
             ))
         }
         Instr::ArgMin { start, dsub, .. } if i64::from(start) + i64::from(dsub) > l.lanes => {
@@ -163,7 +148,7 @@ fn constraints(ins: &Instr, l: &Limits) -> std::result::Result<(), String> {
             mx,
             ..
         } => {
-            let codes = qmac_codes(bits, l);
+            let codes = l.codes(bits.into());
             let per = if mx { 1 } else { 4 };
             let end = (i64::from(pslot) + ceil_div(codes, group.into())) * per;
             if i64::from(group) > codes {
@@ -183,22 +168,8 @@ fn constraints(ins: &Instr, l: &Limits) -> std::result::Result<(), String> {
     }
 }
 
-fn check_bank(b: &BankSel, d: &Device) -> std::result::Result<(), String> {
-    let o = &d.org;
-    if usize::from(b.pc) >= o.pseudo_channels
-        || usize::from(b.sid) >= o.sids
-        || usize::from(b.bg) >= o.bank_groups
-        || usize::from(b.bank) >= o.banks_per_group
-    {
-        Err(format!(
-            "bank pc={} sid={} bg={} bank={} is outside {}x{}x{}x{}",
-            b.pc, b.sid, b.bg, b.bank, o.pseudo_channels, o.sids, o.bank_groups, o.banks_per_group
-        ))
-    } else {
-        Ok(())
-    }
-}
-
+/// Checks `p` for a run on `d` with `host_bytes` of host data and at most
+/// `step_limit` executed instructions.
 pub(crate) fn check_program(
     p: &Program,
     d: &Device,
@@ -207,66 +178,23 @@ pub(crate) fn check_program(
 ) -> Result<Checked> {
     p.checked_command_count()?;
     p.checked_step_count(step_limit)?;
-    let instrs = p.instrs().to_vec();
     let l = Limits::new(d, host_bytes);
     // Offset range of each stride class under the enclosing loops.
     let mut stack: Vec<([i64; 6], [i64; 6])> = Vec::new();
-    let mut lo = [0i64; 6];
-    let mut hi = [0i64; 6];
-    for (i, ins) in instrs.iter().enumerate() {
+    let (mut lo, mut hi) = ([0i64; 6], [0i64; 6]);
+    for (i, ins) in p.instrs().iter().enumerate() {
         let err = |reason: String| PimError::Program {
             index: i,
-            instr: format_instr(ins),
+            instr: ins.to_string(),
             reason,
         };
         // Programs built through `Program::new` are already checked; a
         // deserialized one may not be.
         ins.check_fields().map_err(err)?;
-        let (ch, bank) = ins.target();
-        if let Some(c) = ch {
-            if usize::from(c) >= d.org.channels {
-                return Err(err(format!(
-                    "channel {c} does not exist ({} channels)",
-                    d.org.channels
-                )));
-            }
-        }
-        if let Some(b) = bank {
-            check_bank(&b, d).map_err(err)?;
-        }
-        if let Some(cmd) = ins.spec().command {
-            if let Some(kind) = crate::units::UnitKind::of(cmd) {
-                if d.units.get(kind).is_none() {
-                    return Err(err(crate::units::missing_unit(&d.name, cmd)));
-                }
-            }
-        }
-        let mut result = Ok(());
-        ins.for_each_address(|a| {
-            if result.is_err() {
-                return;
-            }
-            let k = a.space as usize;
-            let (off_lo, off_hi) = if a.strided { (lo[k], hi[k]) } else { (0, 0) };
-            let base = i64::try_from(a.base).unwrap_or(i64::MAX);
-            let (first, last) = (base + off_lo, base + off_hi);
-            let (ext, limit) = (extent(ins, a.name, &l), l.size[k]);
-            result = if first < 0 {
-                Err(format!(
-                    "`{}` goes negative ({first}) under the loop strides",
-                    a.name
-                ))
-            } else if last + ext > limit {
-                Err(format!(
-                    "`{}` reaches {last} (+{ext}) past the {} ({limit})",
-                    a.name,
-                    space_name(a.space)
-                ))
-            } else {
-                Ok(())
-            };
-        });
-        result.and_then(|()| constraints(ins, &l)).map_err(err)?;
+        check_target(ins, d)
+            .and_then(|()| check_addresses(ins, &l, &lo, &hi))
+            .and_then(|()| constraints(ins, &l))
+            .map_err(err)?;
         match ins {
             Instr::Loop { count, strides } => {
                 stack.push((lo, hi));
@@ -287,10 +215,68 @@ pub(crate) fn check_program(
     }
     if !stack.is_empty() {
         return Err(PimError::Program {
-            index: instrs.len(),
+            index: p.instrs().len(),
             instr: String::new(),
             reason: "LOOP without ENDLOOP".into(),
         });
     }
-    Ok(Checked { instrs })
+    Ok(Checked {
+        instrs: p.instrs().to_vec(),
+    })
+}
+
+/// The instruction's channel and bank exist, and the device has the unit its
+/// command runs on.
+fn check_target(ins: &Instr, d: &Device) -> std::result::Result<(), String> {
+    let o = &d.org;
+    let Target { ch, bank, .. } = ins.target();
+    if let Some(c) = ch.filter(|&c| usize::from(c) >= o.channels) {
+        return Err(format!(
+            "channel {c} does not exist ({} channels)",
+            o.channels
+        ));
+    }
+    if let Some(b) = bank.filter(|&b| o.bank_index(b).is_none()) {
+        return Err(format!(
+            "bank pc={} sid={} bg={} bank={} is outside {}x{}x{}x{}",
+            b.pc, b.sid, b.bg, b.bank, o.pseudo_channels, o.sids, o.bank_groups, o.banks_per_group
+        ));
+    }
+    match ins.spec().command {
+        Some(cmd) if UnitKind::of(cmd).is_some_and(|k| d.units.get(k).is_none()) => {
+            Err(missing_unit(&d.name, cmd))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Every address of the instruction, from its lowest to its highest loop
+/// offset (`lo`, `hi` per space) and over its extent, stays in its space.
+fn check_addresses(
+    ins: &Instr,
+    l: &Limits,
+    lo: &[i64; 6],
+    hi: &[i64; 6],
+) -> std::result::Result<(), String> {
+    for (f, base, space) in ins.addresses() {
+        let k = space as usize;
+        let (off_lo, off_hi) = if f.strided { (lo[k], hi[k]) } else { (0, 0) };
+        let base = i64::try_from(base).unwrap_or(i64::MAX);
+        let (first, last) = (base + off_lo, base + off_hi);
+        let (ext, limit) = (extent(ins, f.name, l), l.size[k]);
+        if first < 0 {
+            return Err(format!(
+                "`{}` goes negative ({first}) under the loop strides",
+                f.name
+            ));
+        }
+        if last + ext > limit {
+            return Err(format!(
+                "`{}` reaches {last} (+{ext}) past the {} ({limit})",
+                f.name,
+                space_name(space)
+            ));
+        }
+    }
+    Ok(())
 }

@@ -1,4 +1,7 @@
-//! The assembly text form. One instruction per line: a mnemonic
+//! The assembler: the assembly text form read into a [`Program`], and a
+//! program written back as text (each line an instruction's canonical
+//! [`Display`](std::fmt::Display) form, from the instruction table). One
+//! instruction per line: a mnemonic
 //! (case-insensitive) then `key=value` operands in any order, plus bare flags
 //! (`reduce`, `bcast`, `stats`, `die`); `#` or `;` start a comment. Numbers are decimal or
 //! `0x` hex; strides may be negative; `scale` is a decimal float.
@@ -14,62 +17,11 @@ use std::collections::BTreeMap;
 
 use half::f16;
 
-use super::table::{
-    bank_parts, by_mnemonic, check_value, stride_parts, Field, FieldValue, Kind, Values,
-    BANK_PARTS, MAX_FIELDS, STRIDE_NAMES,
-};
-use super::{Instr, Program, Strides};
 use crate::error::{PimError, Result};
-
-/// Formats one instruction in canonical form (operands in table order,
-/// strides and flags only when set).
-pub fn format_instr(ins: &Instr) -> String {
-    use std::fmt::Write;
-    let spec = ins.spec();
-    let mut s = String::from(spec.mnemonic);
-    for (f, &v) in spec.fields.iter().zip(&ins.values()) {
-        // Writing to a String cannot fail.
-        let _ = match f.kind {
-            Kind::Uint | Kind::Channel | Kind::CodeBits | Kind::Pow2 => {
-                write!(s, " {}={v}", f.name)
-            }
-            Kind::Count => write!(s, " {v}"),
-            Kind::Flag | Kind::AltOpcode(_) if v != 0 => write!(s, " {}", f.name),
-            Kind::Flag | Kind::AltOpcode(_) => Ok(()),
-            // f32's Display is the shortest text that parses back to the same
-            // f32, and every f16 is exact in f32, so the scale round-trips.
-            Kind::Scale => write!(s, " {}={}", f.name, f16::from_bits(v as u16).to_f32()),
-            Kind::Bank => BANK_PARTS
-                .iter()
-                .zip(bank_parts(v))
-                .try_for_each(|((name, _, _), part)| write!(s, " {name}={part}")),
-            Kind::Strides => STRIDE_NAMES
-                .iter()
-                .zip(stride_parts(v))
-                .filter(|(_, x)| *x != 0)
-                .try_for_each(|(name, x)| write!(s, " {name}={x}")),
-        };
-    }
-    s
-}
-
-/// Disassembles a program, indenting loop bodies by two spaces.
-pub fn disassemble(p: &Program) -> String {
-    let mut out = String::new();
-    let mut depth = 0usize;
-    for ins in p.instrs() {
-        if matches!(ins, Instr::EndLoop) {
-            depth = depth.saturating_sub(1);
-        }
-        out.push_str(&"  ".repeat(depth));
-        out.push_str(&format_instr(ins));
-        out.push('\n');
-        if matches!(ins, Instr::Loop { .. }) {
-            depth += 1;
-        }
-    }
-    out
-}
+use crate::isa::table::{
+    by_mnemonic, check_value, Field, FieldValue, Kind, Values, BANK_PARTS, MAX_FIELDS, STRIDE_NAMES,
+};
+use crate::isa::{Instr, Program, Strides};
 
 /// Operands of one line: `key=value` pairs and bare flags.
 struct Operands<'a> {
@@ -215,7 +167,7 @@ fn parse_int(text: &str) -> Option<i64> {
 }
 
 /// Parses one line; `None` for blank and comment-only lines.
-pub fn parse_line(text: &str, line: usize) -> Result<Option<Instr>> {
+fn parse_line(text: &str, line: usize) -> Result<Option<Instr>> {
     let code = text.split(['#', ';']).next().unwrap_or("");
     let mut words = code.split_whitespace();
     let Some(mnemonic) = words.next() else {
@@ -269,13 +221,34 @@ fn clip(text: &str) -> String {
     }
 }
 
-/// Assembles a program from text.
-pub fn assemble(text: &str) -> Result<Program> {
-    let mut instrs = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if let Some(ins) = parse_line(line, i + 1)? {
-            instrs.push(ins);
+impl Program {
+    /// Assembles text: one instruction per line (see the module's format).
+    pub fn assemble(text: &str) -> Result<Program> {
+        let mut instrs = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            if let Some(ins) = parse_line(line, i + 1)? {
+                instrs.push(ins);
+            }
         }
+        Program::new(instrs)
     }
-    Program::new(instrs)
+
+    /// Disassembles to text that [`Program::assemble`] reads back unchanged,
+    /// indenting loop bodies by two spaces.
+    pub fn disassemble(&self) -> String {
+        let mut out = String::new();
+        let mut depth = 0usize;
+        for ins in self.instrs() {
+            if matches!(ins, Instr::EndLoop) {
+                depth = depth.saturating_sub(1);
+            }
+            out.push_str(&"  ".repeat(depth));
+            out.push_str(&ins.to_string());
+            out.push('\n');
+            if matches!(ins, Instr::Loop { .. }) {
+                depth += 1;
+            }
+        }
+        out
+    }
 }

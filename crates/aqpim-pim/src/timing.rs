@@ -1,6 +1,10 @@
-//! The timing engine of one channel, Ramulator 2 style: every node of every
-//! level keeps, per command, the earliest cycle at which that command may
-//! issue there; issuing a command raises those cycles along the rule rows.
+//! DRAM timing: the rule engine of one channel, Ramulator 2 style. Every
+//! node of every level keeps, per command, the earliest cycle at which that
+//! command may issue there; issuing a command raises those cycles along the
+//! rule rows. It knows commands, banks and a device's rule rows, nothing of
+//! instructions or programs: the simulator (`sim/`) asks it when each
+//! command may issue, and [`Timer`] exposes it alone for gate tests. The
+//! trace checker (`checker.rs`) evaluates the same rows by its own algorithm.
 //!
 //! All-bank (channel-scope) commands act on every bank of the channel, so:
 //! a rule whose preceding command is all-bank raises the channel node (the
@@ -254,19 +258,10 @@ impl Timer {
     fn bank_index(&self, cmd: Command, bank: Option<BankSel>) -> Result<usize> {
         match (cmd.scope(), bank) {
             (Scope::Channel, _) => Ok(0),
-            (Scope::Bank, Some(b)) => {
-                let o = &self.org;
-                if usize::from(b.pc) >= o.pseudo_channels
-                    || usize::from(b.sid) >= o.sids
-                    || usize::from(b.bg) >= o.bank_groups
-                    || usize::from(b.bank) >= o.banks_per_group
-                {
-                    return Err(PimError::Load(format!(
-                        "bank {b:?} is outside the organisation"
-                    )));
-                }
-                Ok(o.local_bank(b.pc.into(), b.sid.into(), b.bg.into(), b.bank.into()))
-            }
+            (Scope::Bank, Some(b)) => self
+                .org
+                .bank_index(b)
+                .ok_or_else(|| PimError::Load(format!("bank {b:?} is outside the organisation"))),
             (Scope::Bank, None) => Err(PimError::Load(format!("{} needs a bank", cmd.name()))),
         }
     }
