@@ -27,7 +27,7 @@
 //! and weighed in SIMD lanes into the output ([`crate::lanes`]), so step 4
 //! has no bins to multiply.
 //!
-//! Pre-transforms (`x' = A (x - mu)`, see [`aqpim_pq::PreTransform`]) fold
+//! Pre-transforms (`x' = A (x - mu)`, see [`aqpim_pq::transform::PreTransform`]) fold
 //! away: a key transform builds the lookup table from `A^-T q` and adds
 //! `q . mu` to every encoded score; a value transform turns step 4's sum into
 //! `A^-1 (sum_m W[m] x C_V[m]) + w mu`, `w` the encoded tokens' weight. Outlier

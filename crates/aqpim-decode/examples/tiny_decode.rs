@@ -4,11 +4,11 @@
 //!
 //! Run with `cargo run -p aqpim-decode --example tiny_decode`.
 
-use aqpim_decode::model::cache::{DenseCache, DensePrecision};
-use aqpim_decode::model::compressed::CompressedCache;
-use aqpim_decode::model::gguf::{string_array, GgufFile, GgufWriter, MetaValue};
-use aqpim_decode::model::llama::{Llama, Logits};
-use aqpim_decode::model::quant::{quantize, GgmlType};
+use aqpim_decode::gguf::{string_array, GgufFile, GgufWriter, MetaValue};
+use aqpim_decode::quant::{quantize, GgmlType};
+use aqpim_decode::CompressedCache;
+use aqpim_decode::{DenseCache, DensePrecision};
+use aqpim_decode::{Llama, Logits};
 use aqpim_kvcache::{KvShape, KvSpec};
 
 const LAYERS: usize = 2;

@@ -4,17 +4,32 @@
 //!
 //! Only the `aqpim` CLI and `xtask` sit above it.
 //!
-//! [`model`] holds the real model: a GGUF reader, dequantization, the
-//! byte-level BPE tokenizer, the Llama forward pass with its KV-cache
-//! interface, perplexity evaluation and generation.
+//! The API, each item at one path. At the root: the model ([`load`],
+//! [`Llama`], [`Logits`], [`LlamaConfig`], [`RopeMode`], [`Tokenizer`],
+//! [`byte_level_alphabet`], [`Weight`]), its KV-cache interface
+//! ([`AttentionCache`], [`DenseCache`], [`DensePrecision`],
+//! [`CompressedCache`]) and [`DecodeError`]. As namespaces:
+//!
+//! - [`eval`]: perplexity (with the KL divergence against an FP16 pass) and
+//!   generation;
+//! - [`calibrate`]: PQ codebooks calibrated on a model's keys and values;
+//! - [`divergence`]: KL divergence, percentiles and top-1 agreement of
+//!   next-token distributions;
+//! - [`gguf`] and [`hf`]: the GGUF reader and Hugging Face checkpoints;
+//! - [`quant`]: the GGML block formats and their dequantization.
+//!
+//! The private `model` module holds the implementation (the forward pass,
+//! `causal` attention, the spin pool, limits).
 
-pub mod error;
-pub mod model;
+mod error;
+mod model;
 
 pub use error::{DecodeError, Result};
 pub use model::cache::{AttentionCache, DenseCache, DensePrecision};
 pub use model::compressed::CompressedCache;
-pub use model::eval::{generate, perplexity, GenerateReport, PplOptions, PplReport, Sampling};
+pub use model::config::{LlamaConfig, RopeMode};
 pub use model::llama::{Llama, Logits};
 pub use model::load;
-pub use model::tokenizer::Tokenizer;
+pub use model::tokenizer::{byte_level_alphabet, Tokenizer};
+pub use model::weights::Weight;
+pub use model::{calibrate, divergence, eval, gguf, hf, quant};

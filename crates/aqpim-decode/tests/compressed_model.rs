@@ -6,12 +6,12 @@
 
 mod common;
 
-use aqpim_decode::model::cache::{AttentionCache, DenseCache, DensePrecision};
-use aqpim_decode::model::calibrate;
-use aqpim_decode::model::compressed::CompressedCache;
-use aqpim_decode::model::eval::{self, PplOptions, PplReport};
-use aqpim_decode::model::gguf::GgufFile;
-use aqpim_decode::model::llama::Llama;
+use aqpim_decode::calibrate;
+use aqpim_decode::eval::{self, PplOptions, PplReport};
+use aqpim_decode::gguf::GgufFile;
+use aqpim_decode::CompressedCache;
+use aqpim_decode::Llama;
+use aqpim_decode::{AttentionCache, DenseCache, DensePrecision};
 use aqpim_kvcache::{build, KvShape, KvSpec};
 use common::*;
 

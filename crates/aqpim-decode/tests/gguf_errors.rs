@@ -3,10 +3,10 @@
 
 mod common;
 
-use aqpim_decode::model::gguf::{GgufFile, GgufWriter, MetaValue};
-use aqpim_decode::model::llama::Llama;
-use aqpim_decode::model::quant::GgmlType;
+use aqpim_decode::gguf::{GgufFile, GgufWriter, MetaValue};
+use aqpim_decode::quant::GgmlType;
 use aqpim_decode::DecodeError;
+use aqpim_decode::Llama;
 use common::*;
 use proptest::prelude::*;
 

@@ -6,11 +6,11 @@
 
 mod common;
 
-use aqpim_decode::model::cache::{DenseCache, DensePrecision};
-use aqpim_decode::model::gguf::{GgufFile, GgufWriter, MetaValue};
-use aqpim_decode::model::llama::{Llama, Logits};
-use aqpim_decode::model::quant::GgmlType;
+use aqpim_decode::gguf::{GgufFile, GgufWriter, MetaValue};
+use aqpim_decode::quant::GgmlType;
 use aqpim_decode::DecodeError;
+use aqpim_decode::{DenseCache, DensePrecision};
+use aqpim_decode::{Llama, Logits};
 use common::*;
 use proptest::prelude::*;
 
@@ -132,7 +132,7 @@ type Corruption = Box<dyn Fn(&std::path::Path)>;
 
 #[test]
 fn calibrated_folders_with_bad_files_are_errors() {
-    use aqpim_decode::model::calibrate::{load_into, save};
+    use aqpim_decode::calibrate::{load_into, save};
     use aqpim_kvcache::{KvShape, KvSpec, PqStore};
     use aqpim_pq::{PqParams, ProductQuantizer, TrainOptions};
     let shape = KvShape::new(2, 2, 8).unwrap();
@@ -145,7 +145,7 @@ fn calibrated_folders_with_bad_files_are_errors() {
         ..TrainOptions::default()
     };
     let pq = ProductQuantizer::train(PqParams::new(8, 2, 2).unwrap(), &data, &opts).unwrap();
-    let head = aqpim_decode::model::calibrate::HeadBooks {
+    let head = aqpim_decode::calibrate::HeadBooks {
         keys: pq.clone(),
         values: pq,
         key_transform: None,

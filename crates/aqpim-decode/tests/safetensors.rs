@@ -9,13 +9,13 @@ mod common;
 use std::collections::HashMap;
 use std::path::Path;
 
-use aqpim_decode::model::cache::{DenseCache, DensePrecision};
-use aqpim_decode::model::config::RopeMode;
-use aqpim_decode::model::gguf::{string_array, GgufWriter, MetaValue};
-use aqpim_decode::model::hf::Checkpoint;
-use aqpim_decode::model::llama::{Llama, Logits};
-use aqpim_decode::model::quant::{quantize, GgmlType};
-use aqpim_decode::model::weights::Weight;
+use aqpim_decode::gguf::{string_array, GgufWriter, MetaValue};
+use aqpim_decode::hf::Checkpoint;
+use aqpim_decode::quant::{quantize, GgmlType};
+use aqpim_decode::RopeMode;
+use aqpim_decode::Weight;
+use aqpim_decode::{DenseCache, DensePrecision};
+use aqpim_decode::{Llama, Logits};
 use common::{random_tokens, vocab, CONTEXT, DIM, EPS, FFN, HEADS, HEAD_DIM, KV_HEADS, LAYERS};
 use half::{bf16, f16};
 use rand::{Rng, SeedableRng};
@@ -276,7 +276,7 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 }
 
 fn load_err(dir: &Path) -> String {
-    match aqpim_decode::model::load(dir) {
+    match aqpim_decode::load(dir) {
         Ok(_) => panic!("{} loaded", dir.display()),
         Err(e) => e.to_string(),
     }
@@ -289,7 +289,7 @@ fn hf_and_gguf_copies_give_the_same_logits() {
         let tensors = weights(seed, tied);
         let gguf = tmp.path().join(format!("m{seed}.gguf"));
         std::fs::write(&gguf, gguf_bytes(&tensors)).unwrap();
-        let (g_model, g_tok) = aqpim_decode::model::load(&gguf).unwrap();
+        let (g_model, g_tok) = aqpim_decode::load(&gguf).unwrap();
         assert_eq!(g_model.config().rope_mode, RopeMode::Normal);
         let tokens = random_tokens(seed, 40, g_model.config().vocab_size);
         let want = logits(&g_model, &tokens);
@@ -299,7 +299,7 @@ fn hf_and_gguf_copies_give_the_same_logits() {
             let dir = tmp.path().join(format!("hf{seed}-{dtype}"));
             std::fs::create_dir(&dir).unwrap();
             write_hf(&dir, &tensors, dtype, tied);
-            let (model, tok) = aqpim_decode::model::load(&dir).unwrap();
+            let (model, tok) = aqpim_decode::load(&dir).unwrap();
             assert_eq!(model.config().rope_mode, RopeMode::Neox);
             assert_eq!(model.config().tied_embeddings, tied);
             assert_eq!(
@@ -358,11 +358,11 @@ fn sharded_checkpoint_loads_the_same() {
     )
     .unwrap();
     let tokens = random_tokens(5, 24, vocab().0.len());
-    let (m1, _) = aqpim_decode::model::load(&single).unwrap();
-    let (m2, _) = aqpim_decode::model::load(&sharded).unwrap();
+    let (m1, _) = aqpim_decode::load(&single).unwrap();
+    let (m2, _) = aqpim_decode::load(&sharded).unwrap();
     assert_eq!(logits(&m1, &tokens), logits(&m2, &tokens));
     // A file of the directory stands for the directory.
-    let (m3, _) = aqpim_decode::model::load(&sharded.join("config.json")).unwrap();
+    let (m3, _) = aqpim_decode::load(&sharded.join("config.json")).unwrap();
     assert_eq!(logits(&m1, &tokens), logits(&m3, &tokens));
 
     // A shard named in the index but absent is named in the error.

@@ -4,11 +4,11 @@
 
 mod common;
 
-use aqpim_decode::model::cache::{AttentionCache, DenseCache, DensePrecision};
-use aqpim_decode::model::config::{LlamaConfig, RopeMode};
-use aqpim_decode::model::eval::{self, PplOptions, Sampling};
-use aqpim_decode::model::gguf::GgufFile;
-use aqpim_decode::model::llama::{Llama, Logits};
+use aqpim_decode::eval::{self, PplOptions, Sampling};
+use aqpim_decode::gguf::GgufFile;
+use aqpim_decode::{AttentionCache, DenseCache, DensePrecision};
+use aqpim_decode::{Llama, Logits};
+use aqpim_decode::{LlamaConfig, RopeMode};
 use common::*;
 
 fn cache(precision: DensePrecision) -> DenseCache {
@@ -261,7 +261,7 @@ fn bad_inputs_are_errors() {
 
 #[test]
 fn divergence_against_a_reference_follows_its_definition() {
-    use aqpim_decode::model::divergence::kl_divergence;
+    use aqpim_decode::divergence::kl_divergence;
     let file = GgufFile::parse(tiny_model(13, true)).unwrap();
     let model = Llama::from_gguf(&file).unwrap();
     let vocab = model.config().vocab_size;
@@ -333,7 +333,7 @@ fn divergence_against_a_reference_follows_its_definition() {
         "{} vs {mean}",
         all.kld_mean
     );
-    let p99 = aqpim_decode::model::divergence::percentile_sorted(&want, 0.99);
+    let p99 = aqpim_decode::divergence::percentile_sorted(&want, 0.99);
     assert!((all.kld_p99 - p99).abs() <= 1e-12 * p99);
     assert_eq!(all.top1_agreement, same as f64 / want.len() as f64);
     // Most inputs decoded one at a time: equal to rounding.

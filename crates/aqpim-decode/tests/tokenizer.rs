@@ -3,8 +3,8 @@
 
 mod common;
 
-use aqpim_decode::model::gguf::{GgufFile, GgufWriter, MetaValue};
-use aqpim_decode::model::tokenizer::{byte_level_alphabet, Tokenizer};
+use aqpim_decode::gguf::{GgufFile, GgufWriter, MetaValue};
+use aqpim_decode::{byte_level_alphabet, Tokenizer};
 use common::*;
 
 fn tokenizer() -> Tokenizer {

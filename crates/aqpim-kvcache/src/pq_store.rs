@@ -2,7 +2,8 @@
 //! PQ codes of the middle tokens, and an FP16 recent window; separate K and V
 //! codebooks, per layer and head unless shared.
 
-use aqpim_pq::{CodeWidth, PqParams, PreTransform, ProductQuantizer};
+use aqpim_pq::transform::PreTransform;
+use aqpim_pq::{CodeWidth, PqParams, ProductQuantizer};
 use half::f16;
 
 use crate::accounting::{account_regions, HeapBytes, MemoryReport, Regions};

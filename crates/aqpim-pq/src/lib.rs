@@ -61,7 +61,6 @@ pub use nearest::nearest_centroids;
 pub use params::{CodeFormat, PqParams};
 pub use qlut::{transpose_block, LutPrecision, QuantLut, ScanKernel, BLOCK as SCAN_BLOCK};
 pub use quantizer::{ProductQuantizer, TrainOptions};
-pub use transform::PreTransform;
 
 /// Checks that every value of a row-major `rows x cols` matrix is finite.
 ///

@@ -4,20 +4,29 @@
 //! their banks (FP16 as AttAcc does, or PQ codes as AQPIM does), and the
 //! serving view that compares designs at the largest batch each one fits.
 //!
-//! - [`presets`]: model shapes and systems (`presets/models/*.toml`,
-//!   `presets/systems/*.toml`, compiled in), loaded and validated;
-//! - [`policy`]: the policies; [`decode`]: the entry point [`decode_step`]
-//!   and the `gpu` and `offload` steps; [`gpu`]: linear layers on a
-//!   roofline, the capacity rule, prefill and k-means estimates;
-//! - `step.rs`: [`Step`], the itemized step;
-//! - [`pim_step`](crate::policy): the PIM policies' placement, link and
-//!   overlap (module `pim_step`);
-//! - [`pim`]: the PIM attention cost and footprint, from the lowered
-//!   programs of `aqpim_attn::pim` (simulated or closed form, memoized);
+//! The API, each item at one path:
+//!
+//! - [`presets`]: model shapes and systems
+//!   ([`presets::ModelSpec`], [`presets::SystemSpec`] and their parts),
+//!   the compiled-in preset files (`presets/models/*.toml`,
+//!   `presets/systems/*.toml`) and their loaders ([`presets::model`],
+//!   [`presets::system`], [`presets::system_with`]);
+//! - [`decode_step`] and [`decode_step_with`]: one decode step of a
+//!   [`Policy`] at a context and batch, itemized as a [`Step`]
+//!   ([`MAX_CTX`], [`MAX_BATCH`] bound them);
 //! - [`serve`]: the highest-throughput batch per context with nothing
-//!   spilled to host memory;
-//! - [`accuracy`]: each format's measured perplexity delta, printed beside
-//!   its tokens/s.
+//!   spilled to host memory, as [`ServePoint`]s;
+//! - [`PimTimer`], [`SimTimer`] and [`PimMode`]: where the PIM attention
+//!   cost comes from (the simulator or the closed form, memoized);
+//! - [`accuracy`]: each format's measured perplexity delta
+//!   (`presets/data/accuracy.toml`), printed beside its tokens/s;
+//! - [`SystemError`] and [`Result`].
+//!
+//! Private modules: `policy`, `decode` (the `gpu` and `offload` steps),
+//! `gpu` (linear layers on a roofline, the capacity rule, prefill and
+//! k-means estimates), `step`, `pim_step` (the PIM policies' placement,
+//! link and overlap), `pim` (the PIM attention cost and footprint from the
+//! lowered programs of `aqpim_attn::pim`), and `serve`.
 //!
 //! Every hardware figure comes from a preset file, each with its source (the
 //! measured H100 anchors in `presets/data/h100_anchors.jsonl`, a paper or a
@@ -27,21 +36,20 @@
 #![forbid(unsafe_code)]
 
 pub mod accuracy;
-pub mod decode;
-pub mod error;
-pub mod gpu;
-pub mod pim;
+mod decode;
+mod error;
+mod gpu;
+mod pim;
 mod pim_step;
-pub mod policy;
+mod policy;
 pub mod presets;
-pub mod serve;
+mod serve;
 mod step;
 
 pub use decode::{decode_step, decode_step_with, MAX_BATCH, MAX_CTX};
 pub use error::{Result, SystemError};
 pub use pim::{PimMode, PimTimer, SimTimer};
 pub use policy::Policy;
-pub use presets::{ModelSpec, SystemSpec};
 pub use serve::{serve, ServePoint};
 pub use step::Step;
 

@@ -229,7 +229,7 @@ fn policy_names_round_trip() {
 /// the timer, the best of every batch up to capacity, by brute force.
 #[test]
 fn serve_finds_the_best_batch_of_all() {
-    use aqpim_system::pim::{PimMode, SimTimer};
+    use aqpim_system::{PimMode, SimTimer};
     let model = presets::model("llama2-7b").unwrap();
     let system = presets::system("h100+aqpim").unwrap();
     for policy in [Policy::Attacc, Policy::Aqpim] {

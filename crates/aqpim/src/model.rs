@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use aqpim_decode::model::cache::{AttentionCache, DenseCache, DensePrecision};
-use aqpim_decode::model::compressed::CompressedCache;
-use aqpim_decode::model::eval::{self, PplOptions, Sampling};
-use aqpim_decode::model::llama::{Llama, Logits};
-use aqpim_decode::model::tokenizer::Tokenizer;
+use aqpim_decode::eval::{self, PplOptions, Sampling};
+use aqpim_decode::CompressedCache;
+use aqpim_decode::Tokenizer;
+use aqpim_decode::{AttentionCache, DenseCache, DensePrecision};
+use aqpim_decode::{Llama, Logits};
 use aqpim_kvcache::{KvShape, KvSpec};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -169,7 +169,7 @@ pub(crate) fn make_cache(model: &Llama, choice: &CacheChoice) -> Result<Box<dyn 
             let mut store = aqpim_kvcache::build(shape, spec)?;
             if let Some(dir) = books {
                 let pq = store.as_pq_mut().context("--codebooks needs a pq cache")?;
-                aqpim_decode::model::calibrate::load_into(dir, pq)?;
+                aqpim_decode::calibrate::load_into(dir, pq)?;
             }
             Box::new(CompressedCache::from_store(store))
         }
@@ -191,8 +191,7 @@ pub(crate) fn in_pool<T: Send>(
 pub(crate) fn load(path: &Path) -> Result<(Llama, Tokenizer)> {
     let spinner = ProgressBar::new_spinner().with_message(format!("loading {}", path.display()));
     spinner.enable_steady_tick(std::time::Duration::from_millis(120));
-    let out = aqpim_decode::model::load(path)
-        .with_context(|| format!("loading model {}", path.display()));
+    let out = aqpim_decode::load(path).with_context(|| format!("loading model {}", path.display()));
     spinner.finish_and_clear();
     out
 }

@@ -382,8 +382,8 @@ fn calibrate(
         aqpim_kvcache::KvSpec::Pq(p) => p,
         other => bail!("--kv {other}: calibration trains PQ codebooks; give a `pq:` spec"),
     };
-    let (llama, tok) = aqpim_decode::model::load(model)
-        .with_context(|| format!("loading model {}", model.display()))?;
+    let (llama, tok) =
+        aqpim_decode::load(model).with_context(|| format!("loading model {}", model.display()))?;
     let text = match text {
         Some(t) => t,
         None => default_corpus()?,
@@ -414,7 +414,7 @@ fn calibrate(
     } else {
         chunk
     };
-    let books = aqpim_decode::model::calibrate::calibrate(
+    let books = aqpim_decode::calibrate::calibrate(
         &llama,
         &ids,
         &spec,
@@ -426,7 +426,7 @@ fn calibrate(
         },
     )?;
     bar.finish_and_clear();
-    aqpim_decode::model::calibrate::save(&books, out)?;
+    aqpim_decode::calibrate::save(&books, out)?;
     eprintln!(
         "calibrated {} layers x {} KV heads on {tokens} tokens of {} in {:.1} s -> {}",
         books.len(),

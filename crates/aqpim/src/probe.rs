@@ -28,9 +28,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use aqpim_decode::model::eval::{self, Sampling};
-use aqpim_decode::model::llama::{Llama, Logits};
-use aqpim_decode::model::tokenizer::Tokenizer;
+use aqpim_decode::eval::{self, Sampling};
+use aqpim_decode::Tokenizer;
+use aqpim_decode::{Llama, Logits};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::{Rng, SeedableRng};
@@ -552,7 +552,7 @@ fn print_retrieval(out: &RetrievalOutput, text_tokens: usize) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use aqpim_decode::model::tokenizer::byte_level_alphabet;
+    use aqpim_decode::byte_level_alphabet;
 
     /// A byte-level tokenizer with the ChatML and document-start tokens and
     /// no merges: one token per byte, so token counts are byte counts.

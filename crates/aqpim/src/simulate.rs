@@ -16,9 +16,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use aqpim_pim::Override;
-use aqpim_system::pim::{PimMode, PimTimer, SimTimer};
 use aqpim_system::presets::{self, ModelSpec, SystemSpec};
 use aqpim_system::{decode_step_with, serve, Policy, ServePoint, Step, SystemError};
+use aqpim_system::{PimMode, PimTimer, SimTimer};
 use clap::{Args, Subcommand};
 use rayon::prelude::*;
 use serde_json::Value;

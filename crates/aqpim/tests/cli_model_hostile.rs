@@ -51,7 +51,7 @@ fn max_tokens_past_the_context_is_refused_before_streaming() {
 
 #[test]
 fn a_model_whose_tensors_alias_is_refused() {
-    use aqpim_decode::model::gguf::GgufFile;
+    use aqpim_decode::gguf::GgufFile;
     let dir = common::tempdir();
     let bytes = tiny::tiny_model(1, true);
     let f = GgufFile::parse(bytes.clone()).unwrap();

@@ -21,7 +21,8 @@
 use std::path::{Path, PathBuf};
 
 use aqpim_kvcache::{fit_transform, KvPart, PqSpec, PqStore};
-use aqpim_pq::{Init, PreTransform, ProductQuantizer, TrainOptions};
+use aqpim_pq::transform::PreTransform;
+use aqpim_pq::{Init, ProductQuantizer, TrainOptions};
 use rayon::prelude::*;
 
 use crate::error::{DecodeError, Result};

@@ -3,10 +3,10 @@
 
 #![allow(dead_code)]
 
-use aqpim_decode::model::config::RopeMode;
-use aqpim_decode::model::gguf::{string_array, GgufFile, GgufWriter, MetaValue};
-use aqpim_decode::model::quant::{quantize, GgmlType};
-use aqpim_decode::model::tokenizer::byte_level_alphabet;
+use aqpim_decode::byte_level_alphabet;
+use aqpim_decode::gguf::{string_array, GgufFile, GgufWriter, MetaValue};
+use aqpim_decode::quant::{quantize, GgmlType};
+use aqpim_decode::RopeMode;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 

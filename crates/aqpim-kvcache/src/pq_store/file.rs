@@ -2,7 +2,8 @@
 //! [`crate::persist`] writes and checks (codebooks, transforms, then every
 //! layer's regions and heads), and the checks on what is read back.
 
-use aqpim_pq::{CodeWidth, PqParams, PreTransform, ProductQuantizer};
+use aqpim_pq::transform::PreTransform;
+use aqpim_pq::{CodeWidth, PqParams, ProductQuantizer};
 
 use super::{blocks, OutlierToken, PqStore, PARTS};
 use crate::accounting::Regions;

@@ -3,7 +3,8 @@
 //! (at the layer's flush points) are encoded, with the worst-encoded kept
 //! as FP16 outliers under `outliers=`.
 
-use aqpim_pq::{CodeWidth, PreTransform, ProductQuantizer};
+use aqpim_pq::transform::PreTransform;
+use aqpim_pq::{CodeWidth, ProductQuantizer};
 use half::f16;
 use rayon::prelude::*;
 

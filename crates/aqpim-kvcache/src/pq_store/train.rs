@@ -3,8 +3,9 @@
 //! ([`PqStore::set_codebooks`], [`PqStore::set_transforms`]), and the
 //! pre-transform a spec asks for ([`fit_transform`]).
 
+use aqpim_pq::transform::PreTransform;
 use aqpim_pq::transform::{channel_mean, matmul, permutation_matrix, sym_sqrt};
-use aqpim_pq::{PqParams, PreTransform, ProductQuantizer, TrainOptions};
+use aqpim_pq::{PqParams, ProductQuantizer, TrainOptions};
 
 use super::{PqStore, PARTS};
 use crate::error::{KvError, KvPart, Result};
