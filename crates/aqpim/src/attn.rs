@@ -139,7 +139,7 @@ impl SimReport {
                 .map(|o| format!("device.{o}"))
                 .collect::<Vec<_>>()
                 .join(";"),
-            kv: crate::args::kv_name(&spec),
+            kv: crate::args::kv_name(spec),
             kind: match kind {
                 PimKind::Fp16 => "fp16",
                 PimKind::Pq { .. } => "pq",
@@ -168,7 +168,7 @@ impl SimReport {
             commands: 0,
             channels_used: 0,
             rows_per_bank_per_layer: rows,
-            price: crate::price::DevicePrice::of(&device),
+            price: crate::price::DevicePrice::of(device),
             wall_s: 0.0,
             phases: None,
         }
@@ -603,7 +603,7 @@ fn check_bench_outputs(
     aqpim_attn::attend_pq_with(
         pq_store,
         0,
-        &queries,
+        queries,
         &mut out_exact,
         aqpim_attn::ScoreTables::Exact,
     )?;

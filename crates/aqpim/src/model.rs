@@ -401,7 +401,7 @@ fn scored_text(
     skip: usize,
     limit: Option<usize>,
 ) -> Result<Vec<u32>> {
-    let mut tokens = tok.encode(&text).context("tokenizing the text")?;
+    let mut tokens = tok.encode(text).context("tokenizing the text")?;
     if skip > 0 && skip >= tokens.len() {
         bail!("--skip {}: the text has only {} tokens", skip, tokens.len());
     }

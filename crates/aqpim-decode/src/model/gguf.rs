@@ -415,7 +415,7 @@ fn tensor_info(
     let n_bytes = ty
         .bytes_for(n_elements)
         .ok_or_else(|| bad(format!("{n_elements} elements overflow")))?;
-    if offset % l.alignment != 0 {
+    if !offset.is_multiple_of(l.alignment) {
         return Err(bad(format!(
             "data offset {offset} is not aligned to {}",
             l.alignment
