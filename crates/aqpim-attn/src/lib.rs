@@ -21,7 +21,7 @@
 //!
 //! Entry points: [`attend`] (any [`aqpim_kvcache::KvStore`]), the per-store
 //! kernels [`attend_dense`], [`attend_pq`] and [`attend_scalar`], and the plain f64
-//! [`reference`] that tests hold them to.
+//! [`reference`](mod@reference) that tests hold them to.
 
 mod dense;
 mod error;

@@ -6,7 +6,7 @@
 //!
 //! The API, each item at one path. At the root: the model ([`load`],
 //! [`Llama`], [`Logits`], [`LlamaConfig`], [`RopeMode`], [`Tokenizer`],
-//! [`byte_level_alphabet`], [`Weight`]), its KV-cache interface
+//! [`byte_level_alphabet`], [`Weight`], [`WeightSource`]), its KV-cache interface
 //! ([`AttentionCache`], [`DenseCache`], [`DensePrecision`],
 //! [`CompressedCache`]) and [`DecodeError`]. As namespaces:
 //!
@@ -31,5 +31,5 @@ pub use model::config::{LlamaConfig, RopeMode};
 pub use model::llama::{Llama, Logits};
 pub use model::load;
 pub use model::tokenizer::{byte_level_alphabet, Tokenizer};
-pub use model::weights::Weight;
+pub use model::weights::{Weight, WeightSource};
 pub use model::{calibrate, divergence, eval, gguf, hf, quant};

@@ -77,7 +77,7 @@ struct PqLayer {
 ///
 /// Token life cycle, per layer: the first `S` tokens become FP16 sinks; the
 /// others enter the FP16 recent window; when the window holds more than `R`
-/// (at the layer's flush points when `flush = B > 1`, see [`PqSpec::flush`]),
+/// (at the layer's flush points when `flush = B > 1`, see [`PqRegions::flush`](crate::PqRegions::flush)),
 /// its oldest tokens are encoded with the current codebooks (of their FP16
 /// values, so that encoding does not depend on when it happens). A layer
 /// without codebooks trains them (online, one k-means per subspace, K and V

@@ -43,7 +43,7 @@ pub fn decode_step(
 }
 
 /// [`decode_step`] with the PIM attention cost taken from `pim` (for the
-/// PIM policies; `None` builds a simulating [`SimTimer`] on the system's device).
+/// PIM policies; `None` builds a simulating [`SimTimer`](crate::SimTimer) on the system's device).
 pub fn decode_step_with(
     model: &ModelSpec,
     system: &SystemSpec,

@@ -382,7 +382,7 @@ pub fn layer_rows_per_bank(device: &Device, job: &LayerJob) -> Result<usize> {
 }
 
 /// What one layer of a job occupies in the banks and moves over the
-/// GPU-PIM link, read off its placement (the same [`plan`] that
+/// GPU-PIM link, read off its placement (the same `plan` that
 /// [`simulate_layer`](crate::pim::simulate_layer) times).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Footprint {

@@ -6,7 +6,7 @@
 //! before it sees any token.
 //!
 //! The recording forward pass runs layer by layer over every chunk at once
-//! (whole-sequence causal attention, [`causal`](super::causal)), and a
+//! (whole-sequence causal attention, `causal`), and a
 //! layer's codebooks train while the next layer runs: the keys and values of
 //! two layers are held at a time, not of the whole model.
 //!
@@ -117,7 +117,7 @@ struct LayerRecord {
 /// pass and chunk order.
 ///
 /// The model runs layer by layer over every sequence at once (blocked
-/// causal attention, [`causal`]), and the codebooks of layer `l` train while
+/// causal attention, `causal`), and the codebooks of layer `l` train while
 /// layer `l + 1` runs, so only two layers' keys and values are held at a
 /// time. Chunks that start at the same token run once when no query
 /// statistics are needed (the 2K pass's first chunk is the 8K chunk's
