@@ -27,7 +27,9 @@ fn config(cases: u32, seed: u64) -> Config {
     Config {
         cases,
         rng_seed: RngSeed::Fixed(seed),
-        failure_persistence: None,
+        failure_persistence: Some(Box::new(
+            proptest::test_runner::FileFailurePersistence::WithSource("proptest-regressions"),
+        )),
         ..Config::default()
     }
 }

@@ -348,7 +348,9 @@ mod tests {
         #![proptest_config(proptest::test_runner::Config {
             cases: 256,
             rng_seed: proptest::test_runner::RngSeed::Fixed(17),
-            failure_persistence: None,
+            failure_persistence: Some(Box::new(
+                proptest::test_runner::FileFailurePersistence::WithSource("proptest-regressions")
+            )),
             ..Default::default()
         })]
 
