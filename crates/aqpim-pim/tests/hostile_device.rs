@@ -179,9 +179,14 @@ fn oversized_device_files_are_refused() {
 }
 
 proptest! {
-    #![proptest_config(Config { cases: 96, rng_seed: RngSeed::Fixed(17), failure_persistence: Some(Box::new(proptest::test_runner::FileFailurePersistence::WithSource(
-            "proptest-regressions",
-        ))), ..Config::default() })]
+    #![proptest_config(Config {
+        cases: 96,
+        rng_seed: RngSeed::Fixed(17),
+        failure_persistence: Some(Box::new(
+            proptest::test_runner::FileFailurePersistence::WithSource("proptest-regressions")
+        )),
+        ..Config::default()
+    })]
 
     #[test]
     fn hostile_device_specs_resolve_within_limits_or_fail(
