@@ -10,11 +10,11 @@
 
 use aqpim_attn::pim::{
     analytic_layer, fp16_head_on_pim, layer_rows_per_bank, pq_head_on_pim, quantize_block,
-    quantize_on_pim, run_layer, simulate_layer, CacheData, CodebookScope, LayerJob, NewTokens,
-    PimKind,
+    quantize_on_pim, run_layer, simulate_layer, CacheData, LayerJob, NewTokens, PimKind,
 };
 use aqpim_attn::reference::{attention_f64, relative_error};
 use aqpim_attn::{dense_head_attention, pq_head_attention};
+use aqpim_kvcache::CodebookScope;
 use aqpim_kvcache::{build, KvPart, KvShape, KvSpec, KvStore};
 use aqpim_pim::{Device, Mode, SimOptions, Simulator};
 use aqpim_pq::{CodeFormat, PqParams, ProductQuantizer};
@@ -209,7 +209,7 @@ fn analytic_layer_cost_tracks_the_simulator_within_5_percent() {
                     ctx,
                     fp_tokens: if pq { 132 } else { 0 },
                     quantize: pq,
-                    codebooks: aqpim_attn::pim::CodebookScope::Model,
+                    codebooks: aqpim_kvcache::CodebookScope::Model,
                     placement: aqpim_attn::pim::Placement::Spread,
                 };
                 let sim = simulate_layer(&dev, &job).unwrap();
@@ -243,7 +243,7 @@ fn analytic_layer_cost_tracks_the_simulator_within_5_percent() {
             ctx,
             fp_tokens: 132,
             quantize: true,
-            codebooks: aqpim_attn::pim::CodebookScope::Model,
+            codebooks: aqpim_kvcache::CodebookScope::Model,
             placement: aqpim_attn::pim::Placement::Spread,
         };
         let sim = simulate_layer(&dev, &job).unwrap();
@@ -274,7 +274,7 @@ fn placements_that_do_not_fit_say_by_how_much() {
         ctx: 131_072,
         fp_tokens: 0,
         quantize: false,
-        codebooks: aqpim_attn::pim::CodebookScope::Model,
+        codebooks: aqpim_kvcache::CodebookScope::Model,
         placement: aqpim_attn::pim::Placement::Spread,
     };
     let e = layer_rows_per_bank(&dev, &job).unwrap_err().to_string();
@@ -353,7 +353,7 @@ fn keys_and_values_in_their_own_formats_equal_attention_on_codes() {
         ctx: 8192,
         fp_tokens: 132,
         quantize: true,
-        codebooks: aqpim_attn::pim::CodebookScope::Model,
+        codebooks: aqpim_kvcache::CodebookScope::Model,
         placement: aqpim_attn::pim::Placement::Spread,
     };
     let mixed = PimKind::Pq {

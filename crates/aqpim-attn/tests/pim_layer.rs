@@ -4,8 +4,9 @@
 //! each row once per pass of query heads.
 
 use aqpim_attn::pim::{
-    lower_layer, simulate_layer, simulate_layer_breakdown, CodebookScope, LayerJob, Phase, PimKind,
+    lower_layer, simulate_layer, simulate_layer_breakdown, LayerJob, Phase, PimKind,
 };
+use aqpim_kvcache::CodebookScope;
 use aqpim_pim::{Device, Mode, SimOptions, Simulator};
 use aqpim_pq::CodeFormat;
 
@@ -25,7 +26,7 @@ fn pq_attention_is_faster_than_fp16_attention_at_long_context() {
         ctx: 32768,
         fp_tokens: 0,
         quantize: false,
-        codebooks: aqpim_attn::pim::CodebookScope::Model,
+        codebooks: aqpim_kvcache::CodebookScope::Model,
         placement: aqpim_attn::pim::Placement::Spread,
     };
     let fp = simulate_layer(&dev, &job(PimKind::Fp16)).unwrap();

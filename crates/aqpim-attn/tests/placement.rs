@@ -19,7 +19,7 @@ fn caches_spread_over_idle_channels() {
         ctx: 65536,
         fp_tokens: 0,
         quantize: false,
-        codebooks: aqpim_attn::pim::CodebookScope::Model,
+        codebooks: aqpim_kvcache::CodebookScope::Model,
         placement,
     };
     let spread = job(aqpim_attn::pim::Placement::Spread);

@@ -6,10 +6,11 @@
 
 use aqpim_attn::pim::{
     analytic_layer, kivi_head_on_pim, scalar_head_on_pim, simulate_layer, simulate_layer_breakdown,
-    CodebookScope, LayerJob, Phase, PimKind, Placement, ScalarCodes, ScalarHead, ScalarScale,
+    LayerJob, Phase, PimKind, Placement, ScalarCodes, ScalarHead, ScalarScale,
 };
 use aqpim_attn::reference::{attention_f64, relative_error};
 use aqpim_attn::scalar_head_attention;
+use aqpim_kvcache::CodebookScope;
 use aqpim_kvcache::{KvShape, KvStore, ScalarSpec, ScalarStore};
 use aqpim_pim::{Device, Mode};
 use half::f16;

@@ -118,6 +118,45 @@ impl CodebookSharing {
     }
 }
 
+/// Whose PQ codebooks they are, across sequences: the other axis of
+/// sharing beside [`CodebookSharing`] (which layer and KV-head pairs share
+/// within one model). System presets name it in `[pim] codebooks`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CodebookScope {
+    /// Calibrated offline, one key and one value codebook per layer and KV
+    /// head, shared by every sequence: a channel holds one copy of a KV
+    /// head's value codebook for all the caches of that head it serves.
+    #[default]
+    Model,
+    /// Trained online per cache (sequence, layer, KV head): every cache's
+    /// value codebook takes its own rows on each channel that holds it.
+    Sequence,
+}
+
+impl fmt::Display for CodebookScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CodebookScope::Model => "model",
+            CodebookScope::Sequence => "sequence",
+        })
+    }
+}
+
+impl std::str::FromStr for CodebookScope {
+    type Err = KvError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "model" => Ok(CodebookScope::Model),
+            "sequence" => Ok(CodebookScope::Sequence),
+            other => Err(KvError::Spec {
+                spec: crate::limits::cut(other),
+                reason: "not a codebook scope (model, sequence)".into(),
+            }),
+        }
+    }
+}
+
 /// How a head's channels are grouped into PQ subspaces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SubspaceLayout {

@@ -43,9 +43,10 @@
 //!   `--pipeopt`, off by default there and here) pipelines them too.
 
 use aqpim_attn::pim::{
-    bank_code_bytes, bank_table_entries, BankFormat, CodebookScope, LayerJob, PimCost, PimKind,
-    Placement, ScalarCodes, ScalarScale,
+    bank_code_bytes, bank_table_entries, BankFormat, LayerJob, PimCost, PimKind, Placement,
+    ScalarCodes, ScalarScale,
 };
+use aqpim_kvcache::CodebookScope;
 use aqpim_kvcache::{KvPart, KvShape, KvSpec, PqSpec, Regions, ScalarSpec};
 
 use crate::error::{Result, SystemError};

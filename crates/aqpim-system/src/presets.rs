@@ -1,9 +1,8 @@
 //! Model and system presets: serde structs for the TOML files in this
 //! crate's `presets/`, compiled in by name, validated before use.
 
+use aqpim_kvcache::CodebookScope;
 use serde::{Deserialize, Serialize};
-
-use aqpim_attn::pim::CodebookScope;
 
 use crate::error::{Result, SystemError};
 

@@ -4,7 +4,8 @@
 //! the rotation that balances channels across layers, and end-to-end steps
 //! and serving points through the real lowering (`aqpim_attn::pim`).
 
-use aqpim_attn::pim::{CodebookScope, Footprint, LayerJob, PimCost};
+use aqpim_attn::pim::{Footprint, LayerJob, PimCost};
+use aqpim_kvcache::CodebookScope;
 use aqpim_pim::Device;
 
 use crate::decode::{decode_step, decode_step_with};

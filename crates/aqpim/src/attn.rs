@@ -225,7 +225,7 @@ fn sim(a: &SimArgs) -> Result<SimReport> {
         ctx: encoded,
         fp_tokens,
         quantize: a.quantize,
-        codebooks: aqpim_attn::pim::CodebookScope::Model,
+        codebooks: aqpim_kvcache::CodebookScope::Model,
         placement: aqpim_attn::pim::Placement::Spread,
     };
     let rows = layer_rows_per_bank(&device, &job)?;

@@ -45,7 +45,7 @@ fn sim_json_is_layers_times_the_library_layer_cost() {
             ctx: 3000,
             fp_tokens: 0,
             quantize: false,
-            codebooks: aqpim_attn::pim::CodebookScope::Model,
+            codebooks: aqpim_kvcache::CodebookScope::Model,
             placement: aqpim_attn::pim::Placement::Spread,
         };
         // Each design's own device by default.

@@ -123,7 +123,7 @@ fn check_cache(job: &LayerJob, c: usize, data: &CacheData<'_>) -> Result<()> {
 /// codebooks are loaded where the plan puts them, the host data holds each
 /// query head's lookup table (PQ) and FP16 query (FP16 slices), and the
 /// read log is merged per query head. `queries` are scaled, `heads x group
-/// x d`. Under [`CodebookScope::Model`](crate::pim::CodebookScope) the
+/// x d`. Under [`CodebookScope::Model`](aqpim_kvcache::CodebookScope) the
 /// caches of one KV head must share their value codebook (the banks hold
 /// one copy). A job with `quantize` takes `new` tokens, which its
 /// quantization programs encode with the codebooks of their caches (the

@@ -44,6 +44,7 @@ mod scalar_run;
 mod slice_cost;
 mod timing;
 
+use aqpim_kvcache::CodebookScope;
 use aqpim_pim::Stats;
 use aqpim_pq::CodeFormat;
 use serde::Serialize;
@@ -182,42 +183,6 @@ impl std::str::FromStr for Placement {
             "one-per-cache" => Ok(Placement::OnePerCache),
             other => Err(AttnError::Placement(format!(
                 "`{other}` is not a placement (spread, one-per-cache)"
-            ))),
-        }
-    }
-}
-
-/// The scope of PQ codebooks: what the placement stores once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CodebookScope {
-    /// Calibrated offline, one key and one value codebook per layer and KV
-    /// head, shared by every sequence: a channel holds one copy of a KV
-    /// head's value codebook for all the caches of that head it serves.
-    #[default]
-    Model,
-    /// Trained online per cache (sequence, layer, KV head): every cache's
-    /// value codebook takes its own rows on each channel that holds it.
-    Sequence,
-}
-
-impl std::fmt::Display for CodebookScope {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            CodebookScope::Model => "model",
-            CodebookScope::Sequence => "sequence",
-        })
-    }
-}
-
-impl std::str::FromStr for CodebookScope {
-    type Err = AttnError;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "model" => Ok(CodebookScope::Model),
-            "sequence" => Ok(CodebookScope::Sequence),
-            other => Err(AttnError::Placement(format!(
-                "`{other}` is not a codebook scope (model, sequence)"
             ))),
         }
     }

@@ -3,6 +3,7 @@
 //! runs use, and what it occupies ([`layer_rows_per_bank`],
 //! [`layer_footprint`]).
 
+use aqpim_kvcache::CodebookScope;
 use std::collections::BTreeMap;
 
 use aqpim_pim::Device;
@@ -12,7 +13,7 @@ use crate::error::{AttnError, Result};
 use crate::pim::layout::Geom;
 use crate::pim::program::{self, NewToken, Rows};
 use crate::pim::slice_cost;
-use crate::pim::{CodebookScope, LayerJob, PimKind, Placement};
+use crate::pim::{LayerJob, PimKind, Placement};
 
 /// Hands out rows of every bank, channel by channel, from row 0 up: the one
 /// allocator behind every placement of this module and the functional runs.
