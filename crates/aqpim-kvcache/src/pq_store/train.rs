@@ -110,6 +110,16 @@ impl PqStore {
                 return Err(KvError::shape("set_transforms", d, t.dim()));
             }
         }
+        let g = self.unused_group(layer, head)?;
+        self.transforms[0][g] = keys;
+        self.transforms[1][g] = values;
+        Ok(())
+    }
+
+    /// The codebook group of `(layer, head)`, refused when its codebooks
+    /// already encoded tokens (supplied codebooks and transforms replace
+    /// a group's before it encodes anything).
+    fn unused_group(&self, layer: usize, head: usize) -> Result<usize> {
         let g = self.pq.training.share.group_of(&self.shape, layer, head);
         let in_use = self.group_encoded(g);
         if in_use > 0 {
@@ -120,9 +130,7 @@ impl PqStore {
                 tokens: in_use,
             });
         }
-        self.transforms[0][g] = keys;
-        self.transforms[1][g] = values;
-        Ok(())
+        Ok(g)
     }
 
     /// Encoded tokens of every layer using codebook group `g`.
@@ -166,16 +174,7 @@ impl PqStore {
                 });
             }
         }
-        let g = self.pq.training.share.group_of(&self.shape, layer, head);
-        let in_use = self.group_encoded(g);
-        if in_use > 0 {
-            return Err(KvError::CodebookInUse {
-                part: KvPart::Keys,
-                layer,
-                head,
-                tokens: in_use,
-            });
-        }
+        let g = self.unused_group(layer, head)?;
         let (keys, values) = if self.pq.training.fp16_codebooks {
             (round_codebook(keys)?, round_codebook(values)?)
         } else {
