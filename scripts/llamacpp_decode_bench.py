@@ -33,15 +33,22 @@ import numpy as np
 from llama_cpp import Llama
 
 
+def next_token(llm):
+    """Greedy pick from the logits of the last evaluated token (without
+    logits_all, llama-cpp-python 0.3.36 keeps no scores of its own)."""
+    logits = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),))
+    return int(np.argmax(logits))
+
+
 def llama_run(llm, prompt_ids, tokens):
     """One greedy run on a fresh context: (decode tokens/s, generated ids)."""
     llm.reset()
     llm.eval(prompt_ids)
-    out = [int(np.argmax(llm.scores[llm.n_tokens - 1]))]
+    out = [next_token(llm)]
     start = time.perf_counter()
     for _ in range(tokens - 1):
         llm.eval([out[-1]])
-        out.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+        out.append(next_token(llm))
     seconds = time.perf_counter() - start
     return (tokens - 1) / seconds, out
 
@@ -55,6 +62,15 @@ def aqpim_run(a, prompt):
     ]
     res = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def common_prefix(a, b):
+    """Leading tokens two greedy runs share (the two programs round the
+    same quantized weights differently, so long runs part at some token)."""
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
 
 
 def main():
@@ -71,7 +87,7 @@ def main():
     llm = Llama(
         model_path=a.model,
         n_ctx=a.prompt_tokens + a.tokens + 16,
-        n_batch=max(a.prompt_tokens, 1),
+        n_batch=512,
         n_threads=a.threads,
         n_threads_batch=a.threads,
         verbose=False,
@@ -92,7 +108,8 @@ def main():
         out = aqpim_run(a, prompt)
         rows.append({"run": run, "program": "aqpim", "decode_tokens_per_s": out["decode_tokens_per_s"],
                      "tokens": len(out["tokens"]), "prompt_tokens": len(out["prompt_ids"]),
-                     "same_tokens_as_llama_cpp": out["tokens"] == llama_ids, "load_avg_1m": load})
+                     "prefix_equal_to_llama_cpp": common_prefix(out["tokens"], llama_ids),
+                     "load_avg_1m": load})
 
     def median(program):
         return statistics.median(r["decode_tokens_per_s"] for r in rows if r["program"] == program)
