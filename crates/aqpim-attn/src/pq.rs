@@ -24,8 +24,11 @@
 //! block at the end is transposed here, once for the group) and scored with
 //! tables of byte entries resolved in registers ([`aqpim_pq::QuantLut`]);
 //! values of at most 16 centroids are read from the store's lane nibbles
-//! and weighed in SIMD lanes into the output ([`crate::lanes`]), so step 4
-//! has no bins to multiply.
+//! and weighed in SIMD lanes into the output ([`crate::lanes`]), and values
+//! of 256 centroids (one-byte codes) are added centroid by centroid from the
+//! rows into register accumulators ([`rows`]), so step 4 has no bins to
+//! multiply. Without a value transform only; other value codes keep the
+//! bins ([`bins`]).
 //!
 //! Pre-transforms (`x' = A (x - mu)`, see [`aqpim_pq::transform::PreTransform`]) fold
 //! away: a key transform builds the lookup table from `A^-T q` and adds
@@ -42,6 +45,16 @@ use half::f16;
 use crate::error::{AttnError, Result};
 use crate::stream::{finish, fp_tokens, Acc, Scratch};
 use crate::tables::{score_tables, ScoreTables};
+
+mod bins;
+mod rows;
+#[cfg(test)]
+mod tests;
+
+pub use bins::{
+    add_bins_times_codebook, fold_pair_bins, histogram_packed2, histogram_packed4, histogram_u8,
+    histogram_u8_full,
+};
 
 /// Decode attention over a PQ cache for one layer: `queries` holds `H x d`,
 /// `out` receives `H x d` (query head `h` reads KV head `h / (H / G)`).
@@ -86,55 +99,14 @@ pub fn pq_head_attention_with(
     out: &mut [f32],
     tables: ScoreTables,
 ) -> Result<()> {
-    let d = view.sink_keys.head_dim();
-    if queries.len() != out.len() || !queries.len().is_multiple_of(d) || queries.is_empty() {
-        return Err(AttnError::shape(
-            "pq_head_attention",
-            format!("g x {d} queries and outputs"),
-            format!("{} and {}", queries.len(), out.len()),
-        ));
-    }
-    let encoded = view.key_codes.tokens();
-    let codebooks = match (view.key_codebook, view.value_codebook) {
-        (Some(k), Some(v)) if encoded > 0 => Some((k, v)),
-        (_, _) if encoded > 0 => {
-            return Err(AttnError::Unsupported(
-                "PQ head with codes but no codebooks",
-            ))
-        }
-        _ => None,
+    let d = check_head_shapes(view, queries, out)?;
+    let codebooks = codebooks(view)?;
+    let values = match codebooks {
+        Some((_, v)) => value_path(view, v, tables),
+        None => Values::Bins,
     };
-    // Packed 4-bit values are binned by whole bytes (pairs of subspaces, 256
-    // bins each), then folded into per-subspace bins at the end.
-    let value_bins = |v: &ProductQuantizer| match view.value_codes.width() {
-        CodeWidth::Nibble => view.value_codes.row_bytes() * 256,
-        CodeWidth::Byte | CodeWidth::Crumb => v.params().num_subspaces() * v.params().ksub(),
-    };
-    // With the fast kernels, values of at most 16 centroids (one-byte or
-    // 4-bit codes, no value transform) are weighed in SIMD lanes straight
-    // into the output; the others go through per-centroid bins.
-    let lanes = match codebooks {
-        Some((_, v))
-            if tables.precision().is_some()
-                && v.params().ksub() <= 16
-                && view.value_transform.is_none()
-                && matches!(
-                    view.value_codes.width(),
-                    CodeWidth::Byte | CodeWidth::Nibble
-                ) =>
-        {
-            let (m, dsub) = (v.params().num_subspaces(), v.params().dsub());
-            Some(Lanes {
-                cols: crate::lanes::centroid_columns(m, v.params().ksub(), dsub, |s| {
-                    v.subspace_centroids(s)
-                }),
-                dsub,
-            })
-        }
-        _ => None,
-    };
-    let bins = match (codebooks, &lanes) {
-        (Some((_, v)), None) => value_bins(v),
+    let bins = match (codebooks, &values) {
+        (Some((_, v)), Values::Bins) => bin_count(view, v),
         _ => 0,
     };
     let mut accs = vec![Acc::new(d, bins); queries.len() / d];
@@ -143,94 +115,191 @@ pub fn pq_head_attention_with(
     // clearing the transposed blocks each time showed in profiles.
     let mut scratch = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
 
-    fp_tokens(
-        queries,
-        view.sink_keys,
-        view.sink_values,
-        &mut accs,
-        &mut scratch,
-    );
+    let (sk, sv) = (view.sink_keys, view.sink_values);
+    fp_tokens(queries, sk, sv, &mut accs, &mut scratch);
     if let Some((kpq, vpq)) = codebooks {
-        let mut luts = Vec::with_capacity(accs.len());
-        let mut offsets = Vec::with_capacity(accs.len());
-        for q in queries.chunks_exact(d) {
-            match view.key_transform {
-                Some(t) => {
-                    let (tq, off) = t.query(q)?;
-                    luts.push(kpq.inner_product_table(&tq)?);
-                    offsets.push(off);
-                }
-                None => {
-                    luts.push(kpq.inner_product_table(q)?);
-                    offsets.push(0.0);
-                }
-            }
-        }
-        let scorer = match tables.precision() {
-            Some(p) if matches!(view.key_codes.width(), CodeWidth::Byte | CodeWidth::Nibble) => {
-                // A non-finite table (from a non-finite query) keeps the
-                // exact tables, whose scores carry the NaN through.
-                match luts
-                    .iter()
-                    .map(|l| QuantLut::new(l, p))
-                    .collect::<aqpim_pq::Result<Vec<_>>>()
-                {
-                    Ok(q) => Scorer::Quantized(q),
-                    Err(_) => Scorer::Exact(luts),
-                }
-            }
-            _ => Scorer::Exact(luts),
+        let (scorer, offsets) = scorer(view, kpq, queries, d, tables)?;
+        let exact = Exact {
+            queries,
+            d,
+            outliers: view.outliers,
         };
+        let codes = [view.key_codes, view.value_codes];
+        let ksub_v = vpq.params().ksub();
         encoded_tokens(
             &scorer,
             &offsets,
-            Exact {
-                queries,
-                d,
-                outliers: view.outliers,
-            },
-            view.key_codes,
-            view.value_codes,
-            vpq.params().ksub(),
-            lanes.as_ref(),
+            exact,
+            codes,
+            ksub_v,
+            &values,
             &mut accs,
             &mut scratch,
         )?;
     }
-    fp_tokens(
-        queries,
-        view.recent_keys,
-        view.recent_values,
-        &mut accs,
-        &mut scratch,
-    );
-
-    if let (Some((_, vpq)), None) = (codebooks, &lanes) {
-        let (m, ksub) = (vpq.params().num_subspaces(), vpq.params().ksub());
-        let mut folded = Vec::new();
-        for acc in &mut accs {
-            let bins = if view.value_codes.width() == CodeWidth::Nibble {
-                folded.clear();
-                folded.resize(m * ksub, 0.0);
-                fold_pair_bins(&acc.w, m, ksub, &mut folded);
-                &folded
-            } else {
-                &acc.w
-            };
-            match view.value_transform {
-                None => add_bins_times_codebook(bins, vpq, &mut acc.o)?,
-                Some(t) => {
-                    let mut s = vec![0f32; d];
-                    add_bins_times_codebook(bins, vpq, &mut s)?;
-                    // Every encoded token adds its weight once per subspace.
-                    let w: f32 = bins[..ksub].iter().sum();
-                    t.undo_sum(&s, w, &mut acc.o)?;
-                }
-            }
-        }
+    let (rk, rv) = (view.recent_keys, view.recent_values);
+    fp_tokens(queries, rk, rv, &mut accs, &mut scratch);
+    if let (Some((_, vpq)), Values::Bins) = (codebooks, &values) {
+        bins_into_outputs(view, vpq, &mut accs)?;
     }
     finish(&accs, out);
     SCRATCH.with(|s| *s.borrow_mut() = scratch);
+    Ok(())
+}
+
+/// The head dimension `d`, after checking that `queries` and `out` both
+/// hold `g x d` values (`g >= 1`).
+fn check_head_shapes(view: &PqHeadView<'_>, queries: &[f32], out: &[f32]) -> Result<usize> {
+    let d = view.sink_keys.head_dim();
+    if queries.len() != out.len() || !queries.len().is_multiple_of(d) || queries.is_empty() {
+        return Err(AttnError::shape(
+            "pq_head_attention",
+            format!("g x {d} queries and outputs"),
+            format!("{} and {}", queries.len(), out.len()),
+        ));
+    }
+    Ok(d)
+}
+
+/// The key and value codebooks of a view that holds encoded tokens (`None`
+/// without encoded tokens); an error if it holds codes but no codebooks.
+fn codebooks<'a>(
+    view: &PqHeadView<'a>,
+) -> Result<Option<(&'a ProductQuantizer, &'a ProductQuantizer)>> {
+    match (view.key_codebook, view.value_codebook) {
+        (_, _) if view.key_codes.tokens() == 0 => Ok(None),
+        (Some(k), Some(v)) => Ok(Some((k, v))),
+        _ => Err(AttnError::Unsupported(
+            "PQ head with codes but no codebooks",
+        )),
+    }
+}
+
+/// How the encoded tokens' values reach the outputs.
+enum Values<'a> {
+    /// Per-centroid bins `W` ([`bins`]), multiplied by the value codebook at
+    /// the end ([`bins_into_outputs`]).
+    Bins,
+    /// Weighed in SIMD lanes from the store's lane nibbles ([`crate::lanes`]):
+    /// the value codebook as centroid columns and its `dsub`.
+    Lanes { cols: Vec<f32>, dsub: usize },
+    /// Centroids read by their one-byte codes from the rows and added
+    /// ([`rows`]): the value codebook (`M x 256 x dsub`) and its `dsub`.
+    Rows { centroids: &'a [f32], dsub: usize },
+}
+
+/// The value path of the fast kernels (quantized score tables), without a
+/// value transform: lanes for one-byte or 4-bit codes of at most 16
+/// centroids, rows for one-byte codes of 256 centroids; bins otherwise and
+/// with exact tables.
+fn value_path<'a>(
+    view: &PqHeadView<'_>,
+    v: &'a ProductQuantizer,
+    tables: ScoreTables,
+) -> Values<'a> {
+    let (m, ksub, dsub) = (
+        v.params().num_subspaces(),
+        v.params().ksub(),
+        v.params().dsub(),
+    );
+    if tables.precision().is_none() || view.value_transform.is_some() {
+        return Values::Bins;
+    }
+    match view.value_codes.width() {
+        CodeWidth::Byte | CodeWidth::Nibble if ksub <= 16 => Values::Lanes {
+            cols: crate::lanes::centroid_columns(m, ksub, dsub, |s| v.subspace_centroids(s)),
+            dsub,
+        },
+        CodeWidth::Byte if ksub == 256 => Values::Rows {
+            centroids: v.centroids(),
+            dsub,
+        },
+        _ => Values::Bins,
+    }
+}
+
+/// Bins a query head needs: packed 4-bit values are binned by whole bytes
+/// (pairs of subspaces, 256 bins each) and folded into per-subspace bins at
+/// the end; other widths have `M x ksub`.
+fn bin_count(view: &PqHeadView<'_>, v: &ProductQuantizer) -> usize {
+    match view.value_codes.width() {
+        CodeWidth::Nibble => view.value_codes.row_bytes() * 256,
+        CodeWidth::Byte | CodeWidth::Crumb => v.params().num_subspaces() * v.params().ksub(),
+    }
+}
+
+/// The lookup tables of the group's query heads (from `A^-T q` under a key
+/// transform) and each query's score offset (`q . mu`, zero without one),
+/// quantized when `tables` asks for it and the key codes allow it.
+fn scorer(
+    view: &PqHeadView<'_>,
+    kpq: &ProductQuantizer,
+    queries: &[f32],
+    d: usize,
+    tables: ScoreTables,
+) -> Result<(Scorer, Vec<f32>)> {
+    let mut luts = Vec::with_capacity(queries.len() / d);
+    let mut offsets = Vec::with_capacity(queries.len() / d);
+    for q in queries.chunks_exact(d) {
+        match view.key_transform {
+            Some(t) => {
+                let (tq, off) = t.query(q)?;
+                luts.push(kpq.inner_product_table(&tq)?);
+                offsets.push(off);
+            }
+            None => {
+                luts.push(kpq.inner_product_table(q)?);
+                offsets.push(0.0);
+            }
+        }
+    }
+    let scorer = match tables.precision() {
+        Some(p) if matches!(view.key_codes.width(), CodeWidth::Byte | CodeWidth::Nibble) => {
+            // A non-finite table (from a non-finite query) keeps the exact
+            // tables, whose scores carry the NaN through.
+            match luts
+                .iter()
+                .map(|l| QuantLut::new(l, p))
+                .collect::<aqpim_pq::Result<Vec<_>>>()
+            {
+                Ok(q) => Scorer::Quantized(q),
+                Err(_) => Scorer::Exact(luts),
+            }
+        }
+        _ => Scorer::Exact(luts),
+    };
+    Ok((scorer, offsets))
+}
+
+/// Step 4 with bins: `o += sum_m W[m] x C_V[m]` for every query head (packed
+/// 4-bit bins folded first), through the value transform's inverse if any.
+fn bins_into_outputs(
+    view: &PqHeadView<'_>,
+    vpq: &ProductQuantizer,
+    accs: &mut [Acc],
+) -> Result<()> {
+    let (m, ksub) = (vpq.params().num_subspaces(), vpq.params().ksub());
+    let mut folded = Vec::new();
+    for acc in accs {
+        let bins = if view.value_codes.width() == CodeWidth::Nibble {
+            folded.clear();
+            folded.resize(m * ksub, 0.0);
+            fold_pair_bins(&acc.w, m, ksub, &mut folded);
+            &folded
+        } else {
+            &acc.w
+        };
+        match view.value_transform {
+            None => add_bins_times_codebook(bins, vpq, &mut acc.o)?,
+            Some(t) => {
+                let mut s = vec![0f32; acc.o.len()];
+                add_bins_times_codebook(bins, vpq, &mut s)?;
+                // Every encoded token adds its weight once per subspace.
+                let w: f32 = bins[..ksub].iter().sum();
+                t.undo_sum(&s, w, &mut acc.o)?;
+            }
+        }
+    }
     Ok(())
 }
 
@@ -322,13 +391,6 @@ impl Scorer {
     }
 }
 
-/// Values weighed in SIMD lanes ([`crate::lanes`]): the value codebook as
-/// centroid columns and its `dsub`.
-struct Lanes {
-    cols: Vec<f32>,
-    dsub: usize,
-}
-
 /// What outlier tokens need: the (scaled) queries and the FP16 copies.
 struct Exact<'a> {
     queries: &'a [f32],
@@ -340,22 +402,33 @@ fn dot_f16(q: &[f32], k: &[f16]) -> f32 {
     q.iter().zip(k).map(|(a, b)| a * b.to_f32()).sum()
 }
 
-/// Streams the encoded tokens block by block: scores from the lookup tables
-/// (plus each query's offset), online softmax, weights into per-centroid
-/// bins; outlier tokens are scored on their FP16 keys and their weights go to
-/// their FP16 values.
+/// What the value side reads of one chunk of encoded tokens, `start ..
+/// start + b`: the stored rows of its value codes, the same tokens in lane
+/// nibbles (empty when the values do not go through lanes), and its outlier
+/// tokens.
+struct Chunk<'a> {
+    start: usize,
+    vrows: &'a [u8],
+    vprep: &'a [u8],
+    outliers: &'a [OutlierToken],
+}
+
+/// Streams the encoded tokens chunk by chunk (`codes`: keys and values):
+/// scores from the lookup tables (plus each query's offset), online softmax,
+/// weights into the outputs along `values`; outlier tokens are scored on
+/// their FP16 keys and their weights go to their FP16 values.
 #[allow(clippy::too_many_arguments)]
 fn encoded_tokens(
     scorer: &Scorer,
     offsets: &[f32],
     exact: Exact<'_>,
-    kcodes: Codes<'_>,
-    vcodes: Codes<'_>,
+    codes: [Codes<'_>; 2],
     ksub_v: usize,
-    lanes: Option<&Lanes>,
+    values: &Values<'_>,
     accs: &mut [Acc],
     scratch: &mut Scratch,
 ) -> Result<()> {
+    let [kcodes, vcodes] = codes;
     let n = kcodes.tokens();
     let (kb, vb) = (kcodes.row_bytes(), vcodes.row_bytes());
     scratch.scores.resize(CODE_BLOCK.min(n), 0.0);
@@ -363,11 +436,12 @@ fn encoded_tokens(
     // keys one code a byte, values in lane nibbles): chunks end where those
     // blocks end, so that a chunk reads either the store's blocks or its
     // own transposition (only the partial block at the end, normally).
+    let lanes = matches!(values, Values::Lanes { .. });
     let kcached = match scorer.transposed() && !kcodes.lane_nibbles() {
         true => kcodes.block_tokens(),
         false => 0,
     };
-    let vcached = match lanes.is_some() && vcodes.lane_nibbles() {
+    let vcached = match lanes && vcodes.lane_nibbles() {
         true => vcodes.block_tokens(),
         false => 0,
     };
@@ -375,7 +449,7 @@ fn encoded_tokens(
         codes: kscratch,
         vbytes,
         vcodes: vscratch,
-        scores: score_buf,
+        scores,
         weights,
         ..
     } = scratch;
@@ -391,7 +465,6 @@ fn encoded_tokens(
         let vblock = &vcodes.data()[start * vb..(start + b) * vb];
         let lo = exact.outliers.partition_point(|o| o.index < start);
         let hi = exact.outliers.partition_point(|o| o.index < start + b);
-        let block_outliers = &exact.outliers[lo..hi];
         let kprep: &[u8] = match scorer.transposed() {
             false => &[],
             true if start + b <= kcached => cached_blocks(kcodes, start, b),
@@ -400,7 +473,7 @@ fn encoded_tokens(
                 kscratch
             }
         };
-        let vprep: &[u8] = match lanes.is_some() {
+        let vprep: &[u8] = match lanes {
             false => &[],
             true if start + b <= vcached => cached_blocks(vcodes, start, b),
             true => {
@@ -410,353 +483,72 @@ fn encoded_tokens(
                 vscratch
             }
         };
+        let chunk = Chunk {
+            start,
+            vrows: vblock,
+            vprep,
+            outliers: &exact.outliers[lo..hi],
+        };
         for (i, (acc, &off)) in accs.iter_mut().zip(offsets).enumerate().take(scorer.len()) {
-            let scores = &mut score_buf[..b];
-            scorer.scores(i, kblock, kcodes.width(), kprep, scores)?;
-            if off != 0.0 {
-                scores.iter_mut().for_each(|s| *s += off);
-            }
             let q = &exact.queries[i * exact.d..(i + 1) * exact.d];
-            for o in block_outliers {
-                scores[o.index - start] = dot_f16(q, &o.key);
-            }
-            let f = acc.softmax.absorb(scores);
-            acc.rescale(f);
-            for o in block_outliers {
-                let w = std::mem::take(&mut scores[o.index - start]);
-                for (a, v) in acc.o.iter_mut().zip(&o.value) {
-                    *a += w * v.to_f32();
-                }
-            }
-            let m = vcodes.num_subspaces();
-            if let Some(l) = lanes {
-                let w = &mut *weights;
-                w.clear();
-                w.extend_from_slice(scores);
-                w.resize(b.div_ceil(SCAN_BLOCK) * SCAN_BLOCK, 0.0);
-                crate::lanes::accumulate_values(vprep, m, l.dsub, &l.cols, w, &mut acc.o);
-                continue;
-            }
-            match vcodes.width() {
-                // One byte holds two subspaces' codes: bin the byte.
-                CodeWidth::Nibble => histogram_u8_full(vblock, vb, scores, &mut acc.w),
-                CodeWidth::Crumb => histogram_packed2(vblock, m, ksub_v, scores, &mut acc.w),
-                CodeWidth::Byte if ksub_v == 256 => {
-                    histogram_u8_full(vblock, m, scores, &mut acc.w)
-                }
-                CodeWidth::Byte => histogram_u8(vblock, m, ksub_v, scores, &mut acc.w),
-            }
+            let scores = &mut scores[..b];
+            scorer.scores(i, kblock, kcodes.width(), kprep, scores)?;
+            head_chunk(q, off, &chunk, codes, ksub_v, values, scores, weights, acc);
         }
         start += b;
     }
     Ok(())
 }
 
-/// `W[m][code_t[m]] += p_t` for one-byte codes with `ksub = 256`
-/// (`bins`: `M x 256`, flat). Each subspace's row is a `[f32; 256]`, so a
-/// byte code indexes it without a bounds check; tokens go in order, so
-/// every bin receives its additions in token order. (A 16-lane AVX-512
-/// gather/add/scatter version was no faster on the project machine, 0-15 %
-/// slower in isolation: a scatter costs about as much as the 16 scalar
-/// stores it replaces.)
-pub fn histogram_u8_full(codes: &[u8], m: usize, weights: &[f32], bins: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: AVX2 is available (checked above).
-        unsafe { histogram_u8_full_vex(codes, m, weights, bins) };
-        return;
-    }
-    histogram_u8_full_body(codes, m, weights, bins);
-}
-
-/// The same loop compiled with VEX-encoded scalar instructions, which do not
-/// stall when the vector kernels before it leave the upper register halves
-/// in use.
-///
-/// A safe `#[target_feature]` function: code compiled without AVX2
-/// calls it only after checking for it at run time (its `unsafe` call site).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn histogram_u8_full_vex(codes: &[u8], m: usize, weights: &[f32], bins: &mut [f32]) {
-    histogram_u8_full_body(codes, m, weights, bins);
-}
-
-#[inline(always)]
-fn histogram_u8_full_body(codes: &[u8], m: usize, weights: &[f32], bins: &mut [f32]) {
-    if m == 0 {
-        return;
-    }
-    let (rows, _) = bins.as_chunks_mut::<256>();
-    let keep = m.min(rows.len());
-    let rows = &mut rows[..keep];
-    for (code, &p) in codes.chunks_exact(m).zip(weights) {
-        for (row, &c) in rows.iter_mut().zip(code) {
-            row[usize::from(c)] += p;
-        }
-    }
-}
-
-/// `W[m][code_t[m]] += p_t` for one-byte codes with `ksub < 256` (codes were
-/// validated by the store; an out-of-range code is skipped, never a panic).
-pub fn histogram_u8(codes: &[u8], m: usize, ksub: usize, weights: &[f32], bins: &mut [f32]) {
-    for (row, &p) in codes.chunks_exact(m).zip(weights) {
-        for (bin_row, &c) in bins.chunks_exact_mut(ksub).zip(row) {
-            if let Some(b) = bin_row.get_mut(usize::from(c)) {
-                *b += p;
-            }
-        }
-    }
-}
-
-/// Folds byte bins of packed 4-bit codes into per-subspace bins: byte `b`
-/// holds subspace `2b`'s code in its low nibble and `2b + 1`'s in its high
-/// nibble, so `W[2b][lo] += sum_hi P[b][hi * 16 + lo]` and
-/// `W[2b + 1][hi] += sum_lo P[b][hi * 16 + lo]` (`pairs`: `ceil(M / 2) x 256`,
-/// `bins`: `M x ksub`, `ksub <= 16`). Nibbles past `ksub` (never written for
-/// validated codes) are ignored.
-pub fn fold_pair_bins(pairs: &[f32], m: usize, ksub: usize, bins: &mut [f32]) {
-    let ksub = ksub.min(16);
-    if ksub == 0 {
-        return;
-    }
-    let (rows, _) = pairs.as_chunks::<256>();
-    let mut subspaces = bins.chunks_exact_mut(ksub);
-    for pair in rows.iter().take(m.div_ceil(2)) {
-        let grid: &[[f32; 16]; 16] = pair.as_chunks::<16>().0.try_into().expect("256 = 16 x 16");
-        if let Some(even) = subspaces.next() {
-            for row in &grid[..ksub] {
-                for (w, &v) in even.iter_mut().zip(row) {
-                    *w += v;
-                }
-            }
-        }
-        if let Some(odd) = subspaces.next() {
-            for (w, row) in odd.iter_mut().zip(&grid[..ksub]) {
-                *w += row[..ksub].iter().sum::<f32>();
-            }
-        }
-    }
-}
-
-/// `W[m][code_t[m]] += p_t` for packed 4-bit codes (`ksub <= 16`; bins rows of
-/// `ksub`, codes validated by the store): the direct loop, which the kernel
-/// replaces by byte bins and [`fold_pair_bins`].
-pub fn histogram_packed4(codes: &[u8], m: usize, weights: &[f32], bins: &mut [f32]) {
-    let ksub = bins.len() / m;
-    let row_bytes = m.div_ceil(2);
-    for (row, &p) in codes.chunks_exact(row_bytes).zip(weights) {
-        for (i, &byte) in row.iter().enumerate() {
-            if let Some(b) = bins.get_mut(2 * i * ksub + usize::from(byte & 0x0f)) {
-                *b += p;
-            }
-            if 2 * i + 1 < m {
-                if let Some(b) = bins.get_mut((2 * i + 1) * ksub + usize::from(byte >> 4)) {
-                    *b += p;
-                }
-            }
-        }
-    }
-}
-
-/// `W[m][code_t[m]] += p_t` for packed 2-bit codes (`ceil(M / 4)` bytes a
-/// token, subspace `4i + j` in bits `2j .. 2j + 2` of byte `i`; bins rows of
-/// `ksub <= 4`). Every bin receives its additions in token order, as with
-/// one-byte codes ([`histogram_u8`]), so both layouts give the same bins bit
-/// for bit. Codes were validated by the store; one past `ksub` is skipped,
-/// never a panic.
-///
-/// With AVX-512, groups of 16 subspaces keep their bins in registers (one
-/// register per code value, a lane per subspace) and each token adds its
-/// weight under a mask of the lanes whose code matches. Scattered scalar
-/// updates of so few bins stall instead: consecutive tokens often hit the
-/// same bin, and each load waits for (or is replayed after) the store
-/// before it, about 5x slower on the project machine for `M = 128`.
-pub fn histogram_packed2(codes: &[u8], m: usize, ksub: usize, weights: &[f32], bins: &mut [f32]) {
-    let row_bytes = m.div_ceil(4);
-    if row_bytes == 0 || ksub == 0 {
-        return;
-    }
-    let mut done = 0;
-    #[cfg(target_arch = "x86_64")]
-    if m >= 16 && bins.len() >= m * ksub && std::arch::is_x86_feature_detected!("avx512f") {
-        match ksub {
-            // SAFETY: AVX-512F is available (checked above).
-            2 => unsafe { histogram_packed2_avx512::<2>(codes, m, weights, bins) },
-            // SAFETY: as above.
-            4 => unsafe { histogram_packed2_avx512::<4>(codes, m, weights, bins) },
-            _ => {}
-        }
-        if ksub == 2 || ksub == 4 {
-            done = m / 16 * 16;
-        }
-    }
-    // The subspaces past the vector groups (all of them without AVX-512).
-    for (code, &p) in codes.chunks_exact(row_bytes).zip(weights) {
-        for (s, row) in bins.chunks_exact_mut(ksub).enumerate().take(m).skip(done) {
-            if let Some(b) = row.get_mut(usize::from(code[s / 4] >> (2 * (s % 4))) & 3) {
-                *b += p;
-            }
-        }
-    }
-}
-
-/// The vector part of [`histogram_packed2`] for `KSUB` (2 or 4) bins a
-/// subspace: subspaces `0 .. M / 16 * 16`, 16 at a time (bytes
-/// `4g .. 4g + 4` of each row hold group `g`'s codes). Each lane adds the
-/// weights of the tokens whose code matches, in token order, with the same
-/// f32 additions as the scalar loop; the `KSUB` accumulators stay in
-/// registers (a constant count, so that the loops unroll).
-///
-/// A safe `#[target_feature]` function: code compiled without AVX-512F
-/// calls it only after checking for it at run time (its `unsafe` call site).
-/// Needs `bins.len() >= M * KSUB`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn histogram_packed2_avx512<const KSUB: usize>(
-    codes: &[u8],
-    m: usize,
-    weights: &[f32],
-    bins: &mut [f32],
+/// One query head `q` over one chunk whose (table) scores are in `scores`:
+/// the score offset, the outliers' exact scores, the online softmax, the
+/// outliers' FP16 values, then the other tokens' values along `values`
+/// (`weights`: scratch for the lanes' zero-padded weights).
+#[allow(clippy::too_many_arguments)]
+fn head_chunk(
+    q: &[f32],
+    off: f32,
+    chunk: &Chunk<'_>,
+    codes: [Codes<'_>; 2],
+    ksub_v: usize,
+    values: &Values<'_>,
+    scores: &mut [f32],
+    weights: &mut Vec<f32>,
+    acc: &mut Acc,
 ) {
-    use std::arch::x86_64::*;
-    let row_bytes = m.div_ceil(4);
-    let shifts = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    let three = _mm512_set1_epi32(3);
-    let values: [__m512i; KSUB] = std::array::from_fn(|c| _mm512_set1_epi32(c as i32));
-    for g in 0..m / 16 {
-        let lane = |i: usize, c: usize| (16 * g + i) * KSUB + c;
-        let mut acc: [__m512; KSUB] = std::array::from_fn(|c| {
-            let v: [f32; 16] = std::array::from_fn(|i| bins[lane(i, c)]);
-            // SAFETY: `v` holds 16 floats.
-            unsafe { _mm512_loadu_ps(v.as_ptr()) }
-        });
-        for (row, &p) in codes.chunks_exact(row_bytes).zip(weights) {
-            // `16 (g + 1) <= M`, so `4g + 4 <= ceil(M / 4)`: inside the row.
-            let w =
-                u32::from_le_bytes([row[4 * g], row[4 * g + 1], row[4 * g + 2], row[4 * g + 3]]);
-            let code = _mm512_and_si512(
-                _mm512_srlv_epi32(_mm512_set1_epi32(w as i32), shifts),
-                three,
-            );
-            let pv = _mm512_set1_ps(p);
-            for c in 0..KSUB {
-                let hit = _mm512_cmpeq_epi32_mask(code, values[c]);
-                acc[c] = _mm512_mask_add_ps(acc[c], hit, acc[c], pv);
-            }
-        }
-        for (c, a) in acc.iter().enumerate() {
-            let mut v = [0f32; 16];
-            // SAFETY: `v` holds 16 floats.
-            unsafe { _mm512_storeu_ps(v.as_mut_ptr(), *a) };
-            for (i, x) in v.into_iter().enumerate() {
-                bins[lane(i, c)] = x;
-            }
+    let (start, b) = (chunk.start, scores.len());
+    if off != 0.0 {
+        scores.iter_mut().for_each(|s| *s += off);
+    }
+    for o in chunk.outliers {
+        scores[o.index - start] = dot_f16(q, &o.key);
+    }
+    let f = acc.softmax.absorb(scores);
+    acc.rescale(f);
+    for o in chunk.outliers {
+        let w = std::mem::take(&mut scores[o.index - start]);
+        for (a, v) in acc.o.iter_mut().zip(&o.value) {
+            *a += w * v.to_f32();
         }
     }
-}
-
-/// `o[m * dsub + j] += sum_c W[m][c] C_V[m][c][j]`: the bins times the value
-/// codebook, subspace by subspace (bins: `M x ksub`, `o`: `M x dsub`).
-pub fn add_bins_times_codebook(bins: &[f32], vpq: &ProductQuantizer, o: &mut [f32]) -> Result<()> {
-    let (ksub, dsub) = (vpq.params().ksub(), vpq.params().dsub());
-    for (m, (w, om)) in bins
-        .chunks_exact(ksub)
-        .zip(o.chunks_exact_mut(dsub))
-        .enumerate()
-    {
-        vpq.add_weighted_centroids(m, w, om)?;
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod histogram_tests {
-    use rand::{Rng, SeedableRng};
-
-    use super::{
-        fold_pair_bins, histogram_packed2, histogram_packed4, histogram_u8, histogram_u8_full,
-    };
-
-    #[test]
-    fn histogram_equals_the_indexed_loop_bit_for_bit() {
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
-        for m in [1, 15, 16, 32, 48, 64] {
-            for tokens in [0, 1, 17, 300] {
-                // Few distinct codes: repeated bins across consecutive tokens.
-                let codes: Vec<u8> = (0..tokens * m)
-                    .map(|_| rng.gen_range(0..4u8) * 61)
-                    .collect();
-                let weights: Vec<f32> = (0..tokens).map(|_| rng.gen_range(0.0f32..1.0)).collect();
-                let mut a = vec![0.5f32; m * 256];
-                let mut b = a.clone();
-                histogram_u8_full(&codes, m, &weights, &mut a);
-                for (row, &p) in codes.chunks_exact(m).zip(&weights) {
-                    for (j, &c) in row.iter().enumerate() {
-                        b[j * 256 + usize::from(c)] += p;
-                    }
-                }
-                assert!(
-                    a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
-                    "m={m} tokens={tokens}"
-                );
-            }
+    let vcodes = codes[1];
+    let (m, vblock) = (vcodes.num_subspaces(), chunk.vrows);
+    match values {
+        Values::Lanes { cols, dsub } => {
+            weights.clear();
+            weights.extend_from_slice(scores);
+            weights.resize(b.div_ceil(SCAN_BLOCK) * SCAN_BLOCK, 0.0);
+            crate::lanes::accumulate_values(chunk.vprep, m, *dsub, cols, weights, &mut acc.o);
         }
-    }
-
-    #[test]
-    fn packed2_histogram_equals_one_byte_codes_bit_for_bit() {
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(13);
-        for m in [1, 2, 3, 4, 5, 7, 8, 31, 32, 128] {
-            for ksub in [2, 4] {
-                for tokens in [0, 1, 17, 300] {
-                    let codes: Vec<u8> = (0..tokens * m)
-                        .map(|_| rng.gen_range(0..ksub as u8))
-                        .collect();
-                    let packed = aqpim_pq::pack_2bit(&codes, m).unwrap();
-                    // Arbitrary weights: the order of additions must match.
-                    let weights: Vec<f32> =
-                        (0..tokens).map(|_| rng.gen_range(0.0f32..1.0)).collect();
-                    let mut a = vec![0.25f32; m * ksub];
-                    let mut b = a.clone();
-                    histogram_packed2(&packed, m, ksub, &weights, &mut a);
-                    histogram_u8(&codes, m, ksub, &weights, &mut b);
-                    assert!(
-                        a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
-                        "m={m} ksub={ksub} tokens={tokens}"
-                    );
-                }
-            }
+        Values::Rows { centroids, dsub } => {
+            rows::accumulate_rows(vblock, m, *dsub, centroids, scores, &mut acc.o)
         }
-        // A code past ksub (3 with ksub = 2) is skipped, not a panic.
-        let mut bins = vec![0f32; 4];
-        histogram_packed2(&[0b11_01], 2, 2, &[1.0], &mut bins);
-        assert_eq!(bins, [0.0, 1.0, 0.0, 0.0]);
-    }
-
-    #[test]
-    fn byte_bins_folded_equal_the_packed_histogram() {
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
-        for m in [1, 2, 7, 8, 31, 32] {
-            for ksub in [2, 4, 16] {
-                let tokens = 300;
-                let codes: Vec<u8> = (0..tokens * m)
-                    .map(|_| rng.gen_range(0..ksub as u8))
-                    .collect();
-                let packed = aqpim_pq::pack_4bit(&codes, m).unwrap();
-                // Weights that are multiples of 2^-10: every sum is exact, so
-                // the two orders of addition agree bit for bit.
-                let weights: Vec<f32> = (0..tokens)
-                    .map(|_| f32::from(rng.gen_range(0..1024u16)) / 1024.0)
-                    .collect();
-                let mut direct = vec![0f32; m * ksub];
-                histogram_packed4(&packed, m, &weights, &mut direct);
-                let row_bytes = m.div_ceil(2);
-                let mut pairs = vec![0f32; row_bytes * 256];
-                histogram_u8_full(&packed, row_bytes, &weights, &mut pairs);
-                let mut folded = vec![0f32; m * ksub];
-                fold_pair_bins(&pairs, m, ksub, &mut folded);
-                assert_eq!(folded, direct, "m={m} ksub={ksub}");
-            }
-        }
+        Values::Bins => match vcodes.width() {
+            // One byte holds two subspaces' codes: bin the byte.
+            CodeWidth::Nibble => histogram_u8_full(vblock, vcodes.row_bytes(), scores, &mut acc.w),
+            CodeWidth::Crumb => histogram_packed2(vblock, m, ksub_v, scores, &mut acc.w),
+            CodeWidth::Byte if ksub_v == 256 => histogram_u8_full(vblock, m, scores, &mut acc.w),
+            CodeWidth::Byte => histogram_u8(vblock, m, ksub_v, scores, &mut acc.w),
+        },
     }
 }
