@@ -278,7 +278,9 @@ mod proptests {
         #![proptest_config(ProptestConfig {
             cases: 64,
             rng_seed: proptest::test_runner::RngSeed::Fixed(0x1A7E5),
-            failure_persistence: None,
+            failure_persistence: Some(Box::new(
+                proptest::test_runner::FileFailurePersistence::WithSource("proptest-regressions")
+            )),
             ..ProptestConfig::default()
         })]
         /// Every path (the AVX-512 passes of several subspaces and their

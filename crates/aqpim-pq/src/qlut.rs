@@ -861,7 +861,9 @@ mod tests {
         #![proptest_config(ProptestConfig {
             cases: 48,
             rng_seed: proptest::test_runner::RngSeed::Fixed(0x5CA7),
-            failure_persistence: None,
+            failure_persistence: Some(Box::new(
+                proptest::test_runner::FileFailurePersistence::WithSource("proptest-regressions")
+            )),
             ..ProptestConfig::default()
         })]
         #[test]

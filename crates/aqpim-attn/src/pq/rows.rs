@@ -219,7 +219,9 @@ mod proptests {
         #![proptest_config(ProptestConfig {
             cases: 64,
             rng_seed: proptest::test_runner::RngSeed::Fixed(0x256C0DE),
-            failure_persistence: None,
+            failure_persistence: Some(Box::new(
+                proptest::test_runner::FileFailurePersistence::WithSource("proptest-regressions")
+            )),
             ..ProptestConfig::default()
         })]
         /// Every path (passes of eight subspaces and the rest, each `dsub`

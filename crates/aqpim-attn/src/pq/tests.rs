@@ -99,7 +99,9 @@ proptest! {
     #![proptest_config(ProptestConfig {
         cases: 12,
         rng_seed: proptest::test_runner::RngSeed::Fixed(0x8B175),
-        failure_persistence: None,
+        failure_persistence: Some(Box::new(
+            proptest::test_runner::FileFailurePersistence::WithSource("proptest-regressions")
+        )),
         ..ProptestConfig::default()
     })]
     #[test]

@@ -14,6 +14,10 @@ use crate::shape::KvShape;
 use crate::spec::PqSpec;
 use crate::tokens::{check_layer_input, extend_f16, round_f16};
 
+/// Tokens a head that a push must encode before its heads are encoded in
+/// parallel (the same codes either way).
+const PARALLEL_ENCODE: usize = 16;
+
 /// Where one push's `n` tokens per head go, the same for every head of the
 /// layer.
 #[derive(Debug, Clone, Copy)]
@@ -94,11 +98,14 @@ impl PqStore {
         };
         let work = |(h, head): (usize, &mut PqHead)| push_head(&shared, h, head, keys, values);
         let heads = &mut self.layers[layer].heads;
-        if overflow > 0 {
-            // Encoding: nearest-centroid searches, worth spreading over threads.
+        if overflow >= PARALLEL_ENCODE {
+            // A block to encode: nearest-centroid searches, worth spreading
+            // over threads.
             heads.par_iter_mut().enumerate().try_for_each(work)?;
         } else {
-            // Copies only: cheaper than waking the thread pool.
+            // Copies, or a decode step's few tokens a head (microseconds of
+            // encoding): cheaper than waking the thread pool, whose threads
+            // would also wait on a decode loop's busy workers for the cores.
             heads.iter_mut().enumerate().try_for_each(work)?;
         }
         let r = &mut self.layers[layer].regions;
