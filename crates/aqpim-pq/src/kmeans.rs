@@ -187,17 +187,19 @@ fn check_inputs(data: &[f32], d: usize, k: usize, weights: Option<&[f32]>) -> Re
     Ok(n)
 }
 
+/// Training points and their weights, borrowed or drawn.
+type Sample<'a> = (Cow<'a, [f32]>, Option<Cow<'a, [f32]>>);
+
 /// At most `cap` points of `data` (and their weights), drawn without
 /// replacement in their original order (faiss's `max_points_per_centroid`);
 /// all of them, borrowed, when there are no more.
-#[allow(clippy::type_complexity)]
 fn sample<'a>(
     data: &'a [f32],
     d: usize,
     weights: Option<&'a [f32]>,
     cap: usize,
     rng: &mut ChaCha8Rng,
-) -> (Cow<'a, [f32]>, Option<Cow<'a, [f32]>>) {
+) -> Sample<'a> {
     let n = data.len() / d;
     if n > cap {
         let mut perm: Vec<usize> = (0..n).collect();
