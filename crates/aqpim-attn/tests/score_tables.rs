@@ -3,7 +3,9 @@
 //! (`QuantLut::score` on each token's codes) and the FP16 tokens exactly,
 //! within float rounding; and it stays within the stated bound of the kernel
 //! with exact tables. Fixed seeds; one-byte, 4-bit and 2-bit key codes
-//! (2-bit codes keep the exact tables), grouped-query shapes, block tails.
+//! (2-bit codes keep the exact tables), values of 16 centroids (weighed in
+//! lanes) and of 256 (added from the codebook's rows), grouped-query shapes,
+//! block tails.
 
 mod common;
 
@@ -147,6 +149,24 @@ proptest! {
         let tables = if u16 { ScoreTables::U16 } else { ScoreTables::U8 };
         check(shape, &spec, ctx, seed, tables)?;
     }
+
+    #[test]
+    fn byte_values_equal_their_reference(
+        dsub in prop::sample::select(vec![1usize, 2, 4, 8]),
+        ctx in 300usize..700,
+        gqa in any::<bool>(),
+        u16 in any::<bool>(),
+        seed in 0u64..1000,
+    ) {
+        let shape = if gqa {
+            KvShape::with_query_heads(1, 2, 6, 16).unwrap()
+        } else {
+            KvShape::new(1, 2, 16).unwrap()
+        };
+        let spec = format!("pq:dsub={dsub},nbits=8,sinks=2,window=8,iters=4");
+        let tables = if u16 { ScoreTables::U16 } else { ScoreTables::U8 };
+        check(shape, &spec, ctx, seed, tables)?;
+    }
 }
 
 #[test]
@@ -161,4 +181,11 @@ fn blocks_longer_than_the_kernel_block() {
         ScoreTables::U8,
     )
     .unwrap();
+}
+
+#[test]
+fn byte_values_over_more_than_one_kernel_block() {
+    let shape = KvShape::with_query_heads(1, 1, 2, 16).unwrap();
+    let spec = "pq:dsub=4,nbits=8,sinks=1,window=3,iters=2";
+    check(shape, spec, 4096 + 64 + 37 + 4, 5, ScoreTables::U8).unwrap();
 }
