@@ -200,7 +200,7 @@ pub fn account(shape: &KvShape, spec: &KvSpec, ctx: usize) -> Result<MemoryRepor
 /// - FP16 tokens: `(s + r) * H * d * 2` bytes for keys and again for values;
 /// - PQ codes: `e * H * row` with, under `pack=true`, `row = ceil(M / 4)` for
 ///   `nbits <= 2` (four codes per byte) and `ceil(M / 2)` for `nbits <= 4`
-///   (two per byte), and `row = M` otherwise ([`crate::PqSpec::code_row_bytes`]);
+///   (two per byte), and `row = M` otherwise ([`aqpim_pq::CodeFormat::row_bytes`]);
 ///   codebooks `M * ksub * dsub * 4`
 ///   each (`* 2` with `cb16=true`), plus their pre-transform if any (`mu`, and
 ///   `A` and `A^-1` when there is a matrix, f32, see [`crate::PqSpec::transform_bytes`]);
@@ -288,8 +288,7 @@ fn add_encoded(shape: &KvShape, spec: &KvSpec, r: &Regions, b: &mut ComponentByt
     match spec {
         KvSpec::Dense => {}
         KvSpec::Pq(p) => {
-            p.params(shape.head_dim(), crate::KvPart::Keys)?;
-            p.params(shape.head_dim(), crate::KvPart::Values)?;
+            // `account_regions` validated the spec against the shape.
             add(
                 &mut b.key_codes,
                 mul(&[e, h, p.key.row_bytes(shape.head_dim()) as u64])?,

@@ -108,7 +108,8 @@ impl CodebookSharing {
         }
     }
 
-    fn name(self) -> &'static str {
+    /// The name `share=` takes.
+    pub fn name(self) -> &'static str {
         match self {
             CodebookSharing::None => "none",
             CodebookSharing::Heads => "heads",
@@ -335,12 +336,6 @@ impl PqSpec {
     /// PQ parameters of the key (`Keys`) or value codebooks for head size `head_dim`.
     pub fn params(&self, head_dim: usize, part: crate::KvPart) -> Result<PqParams> {
         Ok(self.format(part).params(head_dim)?)
-    }
-
-    /// Bytes per token of one part's codes for head size `head_dim`, as
-    /// stored ([`CodeFormat::row_bytes`]).
-    pub fn code_row_bytes(&self, head_dim: usize, part: crate::KvPart) -> usize {
-        self.format(part).row_bytes(head_dim)
     }
 
     /// The latest flush point of `layer` at or before `n` tokens (see [`PqRegions::flush`]).

@@ -559,13 +559,7 @@ fn bench_spec(kv: &str) -> Result<(KvSpec, Vec<String>)> {
     {
         KvSpec::Pq(mut p) => {
             if !kv.contains("share=") {
-                use aqpim_kvcache::CodebookSharing as S;
-                let elsewhere = match p.training.share {
-                    S::None => "none",
-                    S::Heads => "heads",
-                    S::Layers => "layers",
-                    S::All => "all",
-                };
+                let elsewhere = p.training.share.name();
                 differs.push(format!("share=all (elsewhere: {elsewhere})"));
                 p.training.share = aqpim_kvcache::CodebookSharing::All;
             }
