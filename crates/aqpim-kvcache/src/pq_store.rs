@@ -100,6 +100,9 @@ pub struct PqStore {
     codebooks: [Vec<Option<ProductQuantizer>>; 2],
     /// `[part][group]`: pre-transforms (`None`: identity).
     transforms: [Vec<Option<PreTransform>>; 2],
+    /// `[part][group]`: each centroid's weight under `refine=` (`M * ksub`;
+    /// empty until the group's first refinement).
+    refine_counts: [Vec<Vec<f32>>; 2],
     layers: Vec<PqLayer>,
 }
 
@@ -130,6 +133,7 @@ impl PqStore {
             widths: [pq.key.width(), pq.value.width()],
             codebooks: [vec![None; groups], vec![None; groups]],
             transforms: [vec![None; groups], vec![None; groups]],
+            refine_counts: [vec![Vec::new(); groups], vec![Vec::new(); groups]],
             layers: vec![
                 PqLayer {
                     regions: Regions::default(),

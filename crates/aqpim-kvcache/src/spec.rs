@@ -270,6 +270,14 @@ pub struct PqTraining {
     /// Codebooks held as FP16 (`cb16=true`): centroids rounded to FP16 and
     /// counted at 2 bytes.
     pub fp16_codebooks: bool,
+    /// Online refinement (`refine=W`, `W >= 1`; default 0, off): every
+    /// token a cache encodes moves the centroids its codes name toward it,
+    /// so that each centroid is the mean of its calibrated (or trained)
+    /// value, weighted `W`, and of the cache's tokens assigned to it
+    /// (MacQueen's online k-means). The cache's codebooks become its own
+    /// (one copy per sequence), and the codes a token gets depend on the
+    /// tokens encoded before it.
+    pub refine: u32,
 }
 
 /// Pre-transforms of keys and values before k-means and encoding, and how
@@ -295,6 +303,11 @@ pub struct PqTransforms {
     pub value_weighting: bool,
 }
 
+/// Online refinement unless `refine=` says otherwise: off. `refine=1` (a
+/// centroid's calibrated value weighs as much as one token) is the weight
+/// measured in `docs/results/accuracy.md`, chosen before the measurement.
+const DEFAULT_REFINE: u32 = 0;
+
 impl Default for PqSpec {
     fn default() -> Self {
         PqSpec {
@@ -312,6 +325,7 @@ impl Default for PqSpec {
                 seed: 1234,
                 train_min: None,
                 fp16_codebooks: false,
+                refine: DEFAULT_REFINE,
             },
             transforms: PqTransforms {
                 center: false,
@@ -556,6 +570,9 @@ impl fmt::Display for PqSpec {
         }
         if r.outliers_per_mille > 0 {
             write!(f, ",outliers={}", r.outliers_per_mille)?;
+        }
+        if t.refine != DEFAULT_REFINE {
+            write!(f, ",refine={}", t.refine)?;
         }
         if t.fp16_codebooks {
             f.write_str(",cb16=true")?;

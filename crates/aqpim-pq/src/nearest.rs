@@ -139,6 +139,16 @@ impl CentroidTable {
         }
     }
 
+    /// Replaces centroid `j` (`c`: `dsub` values), as [`new`](Self::new)
+    /// would have prepared it.
+    pub(crate) fn set(&mut self, j: usize, c: &[f32]) {
+        debug_assert!(j < self.k && c.len() == self.dsub);
+        for (t, &v) in c.iter().enumerate() {
+            self.ct[t * self.k_padded + j] = v;
+        }
+        self.norms[j] = c.iter().map(|v| v * v).sum();
+    }
+
     /// Number of real centroids.
     #[cfg(test)]
     pub(crate) fn k(&self) -> usize {

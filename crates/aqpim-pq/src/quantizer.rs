@@ -188,6 +188,56 @@ impl ProductQuantizer {
         Ok(())
     }
 
+    /// Moves the centroids that `codes` name to the mean of what they encode:
+    /// for every vector of `data` (`n * d`, the vectors `codes` encode, `n *
+    /// M` codes one per byte) and subspace `m`, centroid `j = code` becomes
+    /// `c + (x - c) / w`, where `w = counts[m * ksub + j] + 1` becomes its
+    /// new count. A centroid that started as `c0` with count `w0` is then
+    /// `(w0 c0 + sum x) / (w0 + n_j)`, the mean of its prior and of the
+    /// `n_j` vectors assigned to it (online k-means with a prior, MacQueen's
+    /// update). Vectors are taken in order, so the result does not depend
+    /// on how they were batched. With `round_f16`, each moved centroid is
+    /// rounded to FP16 (for FP16 codebooks).
+    pub fn refine(
+        &mut self,
+        data: &[f32],
+        codes: &[u8],
+        counts: &mut [f32],
+        round_f16: bool,
+    ) -> Result<()> {
+        let (d, m_all) = (self.params.dim(), self.params.num_subspaces());
+        let (ksub, dsub) = (self.params.ksub(), self.params.dsub());
+        let n = check_matrix(data, d, "vectors to refine with")?;
+        if codes.len() != n * m_all || counts.len() != m_all * ksub {
+            return Err(PqError::shape(
+                "refinement",
+                format!("{} codes and {} counts", n * m_all, m_all * ksub),
+                format!("{} and {}", codes.len(), counts.len()),
+            ));
+        }
+        if let Some(&bad) = codes.iter().find(|&&c| usize::from(c) >= ksub) {
+            return Err(PqError::shape("code", format!("< {ksub}"), bad));
+        }
+        for (x, row) in data.chunks_exact(d).zip(codes.chunks_exact(m_all)) {
+            for (m, &code) in row.iter().enumerate() {
+                let j = usize::from(code);
+                let w = &mut counts[m * ksub + j];
+                *w += 1.0;
+                let step = 1.0 / *w;
+                let at = (m * ksub + j) * dsub;
+                let c = &mut self.centroids[at..at + dsub];
+                for (cv, &xv) in c.iter_mut().zip(&x[m * dsub..(m + 1) * dsub]) {
+                    *cv += (xv - *cv) * step;
+                    if round_f16 {
+                        *cv = half::f16::from_f32(*cv).to_f32();
+                    }
+                }
+                self.tables[m].set(j, c);
+            }
+        }
+        Ok(())
+    }
+
     /// Encodes `data` (`n * d` values) into `n * M` codes, one byte each,
     /// row-major. Runs in parallel over blocks of rows on the current rayon pool.
     pub fn encode(&self, data: &[f32]) -> Result<Vec<u8>> {

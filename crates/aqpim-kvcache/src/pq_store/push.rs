@@ -98,15 +98,26 @@ impl PqStore {
         };
         let work = |(h, head): (usize, &mut PqHead)| push_head(&shared, h, head, keys, values);
         let heads = &mut self.layers[layer].heads;
-        if overflow >= PARALLEL_ENCODE {
+        let encoded = if overflow >= PARALLEL_ENCODE {
             // A block to encode: nearest-centroid searches, worth spreading
             // over threads.
-            heads.par_iter_mut().enumerate().try_for_each(work)?;
+            heads
+                .par_iter_mut()
+                .enumerate()
+                .map(work)
+                .collect::<Result<Vec<_>>>()?
         } else {
             // Copies, or a decode step's few tokens a head (microseconds of
             // encoding): cheaper than waking the thread pool, whose threads
             // would also wait on a decode loop's busy workers for the cores.
-            heads.iter_mut().enumerate().try_for_each(work)?;
+            heads
+                .iter_mut()
+                .enumerate()
+                .map(work)
+                .collect::<Result<Vec<_>>>()?
+        };
+        if overflow > 0 {
+            self.refine_codebooks(layer, encoded)?;
         }
         let r = &mut self.layers[layer].regions;
         r.sinks += to_sinks;
@@ -123,7 +134,7 @@ fn push_head(
     head: &mut PqHead,
     keys: &[f32],
     values: &[f32],
-) -> Result<()> {
+) -> Result<[Encoded; 2]> {
     let Split {
         layer,
         n,
@@ -134,6 +145,7 @@ fn push_head(
     } = c.split;
     let d = c.shape.head_dim();
     let mut rows: [Vec<f32>; 2] = Default::default();
+    let mut encoded: [Encoded; 2] = Default::default();
     let mut errors = vec![0f32; overflow];
     for p in 0..2 {
         let x = &[keys, values][p][h * n * d..(h + 1) * n * d];
@@ -141,20 +153,23 @@ fn push_head(
         let fresh = &x[to_sinks * d..];
         if overflow > 0 {
             let g = c.spec.training.share.group_of(&c.shape, layer, h);
-            rows[p] = encode_part(c, p, g, head, &fresh[..from_new * d], &mut errors)?;
+            let (buf, e) = encode_part(c, p, g, head, &fresh[..from_new * d], &mut errors)?;
+            rows[p] = buf;
+            encoded[p] = e;
         }
         head.recent[p].push_f32(&fresh[from_new * d..]);
     }
     if c.spec.regions.outliers_per_mille > 0 {
         keep_outliers(c, head, &errors, &rows);
     }
-    Ok(())
+    Ok(encoded)
 }
 
 /// Encodes part `p` of the split's overflow (the window's oldest tokens,
 /// then `fresh`) with group `g`'s codebook, appends the codes (and whole
 /// transposed blocks), adds each token's relative error to `errors` under
-/// `outliers=`, and returns the encoded rows (FP16-exact).
+/// `outliers=`, and returns the encoded rows (FP16-exact) and what was
+/// encoded.
 fn encode_part(
     c: &Shared<'_>,
     p: usize,
@@ -162,7 +177,7 @@ fn encode_part(
     head: &mut PqHead,
     fresh: &[f32],
     errors: &mut [f32],
-) -> Result<Vec<f32>> {
+) -> Result<(Vec<f32>, Encoded)> {
     let d = c.shape.head_dim();
     let pq = c.codebooks[p][g]
         .as_ref()
@@ -192,7 +207,71 @@ fn encode_part(
             *e += err / norm.max(f32::MIN_POSITIVE);
         }
     }
-    Ok(buf)
+    Ok((buf, Encoded { inputs: xt, codes }))
+}
+
+/// What one head's push encoded for one part: the codebook's inputs (after
+/// the pre-transform, `k x d`) and their codes (one per byte).
+#[derive(Debug, Default)]
+pub(super) struct Encoded {
+    inputs: Vec<f32>,
+    codes: Vec<u8>,
+}
+
+impl PqStore {
+    /// Refines (`refine=W`) the codebooks of `layer`'s heads with what this
+    /// push encoded, head by head in order (the same result for any thread
+    /// count): every centroid a code names moves to the mean of its prior
+    /// weight `W` and the tokens encoded with it ([`ProductQuantizer::refine`]).
+    fn refine_codebooks(&mut self, layer: usize, encoded: Vec<[Encoded; 2]>) -> Result<()> {
+        if self.pq.training.refine == 0 {
+            return Ok(());
+        }
+        let round = self.pq.training.fp16_codebooks;
+        for (h, parts) in encoded.into_iter().enumerate() {
+            let g = self.pq.training.share.group_of(&self.shape, layer, h);
+            for (p, e) in parts.into_iter().enumerate() {
+                if e.codes.is_empty() || self.codebooks[p][g].is_none() {
+                    continue;
+                }
+                if self.refine_counts[p][g].is_empty() {
+                    self.refine_counts[p][g] = self.initial_counts(p, g, layer, &e)?;
+                }
+                let counts = &mut self.refine_counts[p][g];
+                if let Some(pq) = self.codebooks[p][g].as_mut() {
+                    pq.refine(&e.inputs, &e.codes, counts, round)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Each centroid's weight before group `g`'s first refinement in this
+    /// store: the prior `W`, plus one for every code that names it among the
+    /// tokens the group encoded before this push (a store read from a file
+    /// goes on as if it had never been saved). The codes of the push being
+    /// refined (as many a head as `now` holds, in every head of `layer`) are
+    /// left out: each head's refinement counts its own.
+    fn initial_counts(&self, p: usize, g: usize, layer: usize, now: &Encoded) -> Result<Vec<f32>> {
+        let params = self.params[p];
+        let (m_all, ksub) = (params.num_subspaces(), params.ksub());
+        let mut counts = vec![self.pq.training.refine as f32; m_all * ksub];
+        for (l, held) in self.layers.iter().enumerate() {
+            for (h, head) in held.heads.iter().enumerate() {
+                if self.pq.training.share.group_of(&self.shape, l, h) != g {
+                    continue;
+                }
+                let codes = self.widths[p].unpack(&head.codes[p], m_all)?;
+                let fresh = if l == layer { now.codes.len() } else { 0 };
+                for row in codes[..codes.len().saturating_sub(fresh)].chunks_exact(m_all) {
+                    for (m, &j) in row.iter().enumerate() {
+                        counts[m * ksub + usize::from(j)] += 1.0;
+                    }
+                }
+            }
+        }
+        Ok(counts)
+    }
 }
 
 /// Keeps the worst-encoded tokens of this push as FP16 outliers, within the

@@ -37,6 +37,7 @@ const PQ_KEYS: &[&str] = &[
     "vweight",
     "outliers",
     "cb16",
+    "refine",
 ];
 
 /// Token counts (window, sinks, train_min) are bounded by the longest
@@ -267,6 +268,7 @@ impl<'a> Items<'a> {
                 seed,
                 train_min,
                 fp16_codebooks: self.flag("cb16", d.training.fp16_codebooks)?,
+                refine: self.count("refine", 0, 1 << 20, d.training.refine as usize)? as u32,
             },
             transforms: PqTransforms {
                 center,
