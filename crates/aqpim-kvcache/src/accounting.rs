@@ -202,8 +202,10 @@ pub fn account(shape: &KvShape, spec: &KvSpec, ctx: usize) -> Result<MemoryRepor
 ///   `nbits <= 2` (four codes per byte) and `ceil(M / 2)` for `nbits <= 4`
 ///   (two per byte), and `row = M` otherwise ([`aqpim_pq::CodeFormat::row_bytes`]);
 ///   codebooks `M * ksub * dsub * 4`
-///   each (`* 2` with `cb16=true`), plus their pre-transform if any (`mu`, and
-///   `A` and `A^-1` when there is a matrix, f32, see [`crate::PqSpec::transform_bytes`]);
+///   each (`* 2` with `cb16=true`), plus their pre-transform if any (`4 d`
+///   for `mu`, f32, and for a matrix `6 d` when it is monomial, a `u16`
+///   permutation and an f32 diagonal, or `8 d^2` for `A` and `A^-1` under
+///   `whiten=full`; see [`crate::PqSpec::transform_bytes`]);
 ///   outlier tokens (`outliers=`): `floor(e * outliers / 1000) * H * d * 2`
 ///   bytes for keys and again for values, on top of their codes;
 /// - scalar codes: `e * H * ceil(d * bits / 8)` per part; metadata (min and

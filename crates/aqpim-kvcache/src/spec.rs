@@ -396,17 +396,22 @@ impl PqSpec {
     }
 
     /// Bytes of the pre-transform of one `part` codebook, as the store holds
-    /// it: `4 d` for the mean, plus `8 d^2` for `A` and `A^-1` when there is
-    /// a matrix (scaling, a query metric or a non-contiguous layout); 0 without one.
+    /// it: `4 d` for the mean, plus, when there is a matrix, `6 d` for a
+    /// monomial one or `8 d^2` for a dense one; 0 without a transform.
+    /// Scaling, a diagonal metric (`whiten=diag`) and a non-contiguous
+    /// layout, alone or together, give `A = D P`, held as a `u16`
+    /// permutation and an f32 diagonal (`A^-1` is derived, not stored); the
+    /// full metric of keys (`whiten=full`) is held as `A` and `A^-1`, f32.
     pub fn transform_bytes(&self, part: crate::KvPart, d: usize) -> usize {
         if !self.transforms(part) {
             return 0;
         }
+        let dense = part == crate::KvPart::Keys && self.transforms.whiten == KeyMetric::QueryFull;
         4 * d
-            + if self.transform_matrix(part) {
-                8 * d * d
-            } else {
-                0
+            + match (self.transform_matrix(part), dense) {
+                (false, _) => 0,
+                (true, false) => 6 * d,
+                (true, true) => 8 * d * d,
             }
     }
 
@@ -639,12 +644,37 @@ mod tests {
             p.transforms.center && p.needs_calibration() && p.transforms(crate::KvPart::Values)
         );
         assert_eq!(p.outlier_budget(2000), 10);
-        // Mean (4 d) for values; mean plus A and A^-1 (8 d^2) for whitened keys.
+        // Mean (4 d) for values; mean plus A and A^-1 (8 d^2) for keys
+        // under a full metric; mean plus a u16 permutation and an f32
+        // diagonal (6 d) for a monomial matrix.
         assert_eq!(p.transform_bytes(crate::KvPart::Values, 64), 256);
         assert_eq!(
             p.transform_bytes(crate::KvPart::Keys, 64),
             256 + 8 * 64 * 64
         );
+        for (spec, keys, values) in [
+            ("pq:layout=halves,whiten=diag", 256 + 6 * 64, 256 + 6 * 64),
+            ("pq:scale=true", 256 + 6 * 64, 256 + 6 * 64),
+            ("pq:whiten=diag", 256 + 6 * 64, 0),
+            (
+                "pq:layout=halves,whiten=full",
+                256 + 8 * 64 * 64,
+                256 + 6 * 64,
+            ),
+            ("pq:center=true", 256, 256),
+        ] {
+            let KvSpec::Pq(p) = spec.parse().unwrap() else {
+                panic!("not pq")
+            };
+            assert_eq!(
+                (
+                    p.transform_bytes(crate::KvPart::Keys, 64),
+                    p.transform_bytes(crate::KvPart::Values, 64)
+                ),
+                (keys, values),
+                "{spec}"
+            );
+        }
         for (bad, needle) in [
             ("pq:whiten=yes", "`whiten`"),
             ("pq:layout=rope", "`layout`"),

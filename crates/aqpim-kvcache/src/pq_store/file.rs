@@ -39,7 +39,9 @@ impl PqStore {
     }
 
     /// Reads the pre-transforms: per part and group, a flag (0 none, 1 a
-    /// mean, 2 a mean and a matrix) and its data.
+    /// mean, 2 a mean and a matrix, `d x d` f32) and its data. A monomial
+    /// matrix (a layout, a scaling, a diagonal metric) is held compactly
+    /// again ([`PreTransform::new`]), as it was before it was saved.
     fn read_transforms(&mut self, r: &mut Reader<'_>) -> Result<()> {
         let d = self.shape.head_dim();
         for p in 0..2 {
@@ -163,8 +165,10 @@ impl PqStore {
                     Some(t) => {
                         w.u8(1 + u8::from(t.matrix().is_some()));
                         w.f32s(t.mean());
+                        // The file holds `A` dense whatever its form in
+                        // memory; reading it back recognises a monomial `A`.
                         if let Some(a) = t.matrix() {
-                            w.f32s(a);
+                            w.f32s(&a);
                         }
                     }
                 }

@@ -1,11 +1,13 @@
 //! Unit tests of the PQ store's code layouts: 2-bit rows against one byte per
-//! code, version-1 files (2-bit codes as nibbles), corrupted padding bits.
+//! code, version-1 files (2-bit codes as nibbles), corrupted padding bits;
+//! and of its pre-transforms: the form they are held in and its bytes.
 
 use std::path::Path;
 
 use aqpim_pq::CodeWidth;
 
 use super::*;
+use crate::spec::KeyMetric;
 use crate::store::from_bytes;
 
 /// A store of `spec` with `n` prefilled tokens and 3 appended ones in every
@@ -246,4 +248,82 @@ fn blocks_stay_outside_the_accounted_heap() {
     assert_eq!(tokens, 384, "{} encoded", view.key_codes.tokens());
     let per_head = (tokens * m[0] + tokens * m[1] / 2) as u64;
     assert_eq!(s.block_bytes().used, per_head * (SHAPE.0 * SHAPE.1) as u64);
+}
+
+#[test]
+fn monomial_transforms_are_held_compactly_and_counted_as_held() {
+    // d = 12: scaling and the halves layout give `A = D P`; the heap holds
+    // `4 d + 6 d` bytes per transform, as the accounting counts them, and a
+    // saved store reads back with the same (compact) transforms.
+    let spec = "pq:dsub=2,nbits=4,sinks=2,window=4,iters=2,center=true,scale=true,layout=halves";
+    let s = filled(spec, shape(), 60);
+    let held: Vec<_> = s.transforms.iter().flatten().flatten().collect();
+    assert_eq!(held.len(), 2 * SHAPE.0 * SHAPE.1);
+    for t in &held {
+        assert!(t.monomial_parts().is_some(), "{spec}: a dense transform");
+        assert_eq!(t.bytes(), 10 * SHAPE.2);
+    }
+    assert_eq!(s.memory_report().total_bytes, s.heap_bytes().used);
+    let loaded = from_bytes(&s.to_bytes(), Path::new("mem")).unwrap();
+    let loaded = loaded.as_pq().unwrap();
+    assert_eq!(loaded.transforms, s.transforms);
+    assert_eq!(loaded.heap_bytes().used, s.heap_bytes().used);
+}
+
+#[test]
+fn fitted_monomial_transforms_equal_the_dense_products_they_replace() {
+    // The transform `fit_transform` builds compactly is the matrix `P M`
+    // it built densely before (`matmul` of the layout's permutation and the
+    // diagonal `M`), so codebooks trained on it and codes encoded with it
+    // are unchanged.
+    use aqpim_pq::transform::{matmul, permutation_matrix, second_moment};
+    let d = SHAPE.2;
+    let data = aqpim_pq::synth::kv_like(200, d, 5);
+    let queries = aqpim_pq::synth::kv_like(300, d, 6);
+    let moment = second_moment(&queries, d);
+    for spec in [
+        "pq:dsub=2,nbits=4,layout=halves,whiten=diag",
+        "pq:dsub=3,nbits=4,center=true,scale=true,layout=halves",
+        "pq:dsub=2,nbits=4,whiten=diag",
+        "pq:dsub=2,nbits=4,layout=halves",
+    ] {
+        let KvSpec::Pq(pq) = spec.parse::<KvSpec>().unwrap() else {
+            panic!("{spec} is not a PQ spec")
+        };
+        let dsub = pq.params(d, KvPart::Keys).unwrap().dsub();
+        let t = fit_transform(&pq, KvPart::Keys, &data, d, Some(&moment))
+            .unwrap()
+            .unwrap();
+        let (perm, diag) = t.monomial_parts().expect("monomial");
+        // The diagonal `M` as the dense path computed it.
+        let m: Vec<f32> = if pq.transforms.whiten != KeyMetric::Euclidean {
+            let top = (0..d).map(|i| moment[i * d + i]).fold(0f64, f64::max);
+            (0..d)
+                .map(|i| moment[i * d + i].max(1e-6 * top).sqrt() as f32)
+                .collect()
+        } else if pq.transforms.scale {
+            let mu = aqpim_pq::transform::channel_mean(&data, d, None);
+            let sq: Vec<f32> = data
+                .iter()
+                .zip(mu.iter().cycle())
+                .map(|(x, m)| (x - m) * (x - m))
+                .collect();
+            let var = aqpim_pq::transform::channel_mean(&sq, d, None);
+            let top = var.iter().cloned().fold(0f32, f32::max);
+            var.iter()
+                .map(|&v| 1.0 / v.max(1e-6 * top).sqrt())
+                .collect()
+        } else {
+            vec![1.0; d]
+        };
+        let mut dm = vec![0f32; d * d];
+        m.iter().enumerate().for_each(|(i, &v)| dm[i * d + i] = v);
+        let p = pq.transforms.layout.permutation(d, dsub);
+        let dense = matmul(&permutation_matrix(&p), &dm, d);
+        assert_eq!(t.matrix().unwrap().as_ref(), dense.as_slice(), "{spec}");
+        for i in 0..d {
+            assert_eq!(usize::from(perm[i]), p[i], "{spec}");
+            assert_eq!(diag[i], m[p[i]], "{spec}");
+        }
+    }
 }

@@ -17,7 +17,9 @@ use crate::tokens::{extend_f32, round_f16};
 /// (`center`), `M` the per-channel `1 / std` (`scale`) or, for keys under
 /// `whiten`, the query metric's square root (`diag`: per-channel RMS of the
 /// queries, `full`: `S^(1/2)` of `S = E[q q^T]`, which `query_moment` holds,
-/// `d x d` row-major), and `P` the subspace layout's permutation.
+/// `d x d` row-major), and `P` the subspace layout's permutation. Without a
+/// full metric `P M` is monomial and held compactly (a permutation and a
+/// diagonal, see [`PreTransform::monomial`]); with one, dense.
 pub fn fit_transform(
     spec: &PqSpec,
     part: KvPart,
@@ -34,13 +36,10 @@ pub fn fit_transform(
     } else {
         vec![0.0; d]
     };
-    let diag = |v: &[f32]| {
-        let mut m = vec![0f32; d * d];
-        v.iter().enumerate().for_each(|(i, &x)| m[i * d + i] = x);
-        m
-    };
     let whiten = part == KvPart::Keys && spec.transforms.whiten != KeyMetric::Euclidean;
-    let mut m: Option<Vec<f32>> = None;
+    // `M` is a diagonal (`scaling`, its entries) or, for a full metric, dense.
+    let mut scaling: Option<Vec<f32>> = None;
+    let mut dense: Option<Vec<f32>> = None;
     if whiten {
         let s = query_moment.ok_or_else(|| KvError::Incompatible {
             spec: KvSpec::Pq(*spec).to_string(),
@@ -50,17 +49,17 @@ pub fn fit_transform(
         if s.len() != d * d {
             return Err(KvError::shape("fit_transform", d * d, s.len()));
         }
-        m = Some(match spec.transforms.whiten {
+        match spec.transforms.whiten {
             KeyMetric::QueryDiagonal => {
                 let top = (0..d).map(|i| s[i * d + i]).fold(0f64, f64::max).max(1e-30);
-                diag(
-                    &(0..d)
+                scaling = Some(
+                    (0..d)
                         .map(|i| s[i * d + i].max(1e-6 * top).sqrt() as f32)
-                        .collect::<Vec<_>>(),
-                )
+                        .collect(),
+                );
             }
-            _ => sym_sqrt(s, d, 1e-6),
-        });
+            _ => dense = Some(sym_sqrt(s, d, 1e-6)),
+        }
     } else if spec.transforms.scale {
         let mu = channel_mean(data, d, None);
         let sq: Vec<f32> = data
@@ -70,20 +69,39 @@ pub fn fit_transform(
             .collect();
         let var = channel_mean(&sq, d, None);
         let top = var.iter().cloned().fold(0f32, f32::max).max(1e-30);
-        m = Some(diag(
-            &var.iter()
+        scaling = Some(
+            var.iter()
                 .map(|&v| 1.0 / v.max(1e-6 * top).sqrt())
-                .collect::<Vec<_>>(),
-        ));
+                .collect(),
+        );
     }
-    if spec.transforms.layout != crate::spec::SubspaceLayout::Contiguous {
-        let p = permutation_matrix(&spec.transforms.layout.permutation(d, dsub));
-        m = Some(match m {
-            None => p,
-            Some(m) => matmul(&p, &m, d),
-        });
-    }
-    Ok(Some(PreTransform::new(mean, m)?))
+    let layout = (spec.transforms.layout != crate::spec::SubspaceLayout::Contiguous)
+        .then(|| spec.transforms.layout.permutation(d, dsub));
+    let xf = match (dense, scaling, layout) {
+        (None, None, None) => PreTransform::new(mean, None)?,
+        (Some(m), _, None) => PreTransform::new(mean, Some(m))?,
+        (Some(m), _, Some(p)) => {
+            PreTransform::new(mean, Some(matmul(&permutation_matrix(&p), &m, d)))?
+        }
+        // `P M` with `M` diagonal is monomial: row `i` holds `M[perm[i]]`
+        // at column `perm[i]`, held as the permutation and that diagonal.
+        (None, scaling, layout) => {
+            let perm = layout.unwrap_or_else(|| (0..d).collect());
+            let diag = match &scaling {
+                Some(m) => perm.iter().map(|&j| m[j]).collect(),
+                None => vec![1.0; d],
+            };
+            let perm = perm
+                .into_iter()
+                .map(|j| {
+                    u16::try_from(j)
+                        .map_err(|_| KvError::shape("fit_transform", "head_dim <= 65536", d))
+                })
+                .collect::<Result<Vec<u16>>>()?;
+            PreTransform::monomial(mean, perm, diag)?
+        }
+    };
+    Ok(Some(xf))
 }
 
 /// Rounds a codebook's centroids to FP16 (`cb16=true`).
