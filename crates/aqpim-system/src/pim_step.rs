@@ -25,6 +25,11 @@
 //!   for the lookup tables and for in-memory quantization, and one value
 //!   codebook copy per channel and KV head in the banks; `sequence` scope
 //!   multiplies both by the batch and charges online k-means (beside the step).
+//!   A `refine=` spec holds its codebooks at `sequence` scope (each cache
+//!   refines its own copy) without k-means unless the preset asks for
+//!   `sequence`; each step the GPU reads and writes the centroids the
+//!   leaving token names, reads its codes back and sends the refined value
+//!   centroids to the banks (estimates, not simulated).
 //! - **Link.** Per layer the GPU sends each query head's lookup table
 //!   (`aqpim`) or query (`attacc`, and `aqpim`'s FP16 slice) and the new
 //!   token, and reads back each slice's statistics and outputs; in-memory
@@ -76,7 +81,14 @@ struct Format {
 struct Pq {
     spec: PqSpec,
     regions: Regions,
+    /// Whose codebooks they are: the preset's scope, or `sequence` under
+    /// `refine=` (each cache refines its own copy).
     scope: CodebookScope,
+    /// Online k-means per cache (the preset's `sequence` scope); refinement
+    /// alone starts from the model's calibrated codebooks.
+    train: bool,
+    /// Online refinement (`refine=W`, `W > 0`).
+    refine: bool,
     /// FP16 bytes of one key and one value codebook of one KV head.
     key_book_bytes: u64,
     value_book_bytes: u64,
@@ -131,7 +143,13 @@ fn format(
         pq: Some(Pq {
             spec,
             regions,
-            scope: stacks.codebook_scope()?,
+            scope: if spec.training.refine > 0 {
+                CodebookScope::Sequence
+            } else {
+                stacks.codebook_scope()?
+            },
+            train: stacks.codebook_scope()? == CodebookScope::Sequence,
+            refine: spec.training.refine > 0,
             key_book_bytes: pk.codebook_len() as u64 * FP16_BYTES,
             value_book_bytes: pv.codebook_len() as u64 * FP16_BYTES,
             table_bytes: (pk.num_subspaces() * stride) as u64 * FP16_BYTES,
@@ -563,7 +581,19 @@ fn pim_costs(
         }
         _ => 0.0,
     };
-    let bytes = (fp.link_in_bytes + fp.link_out_bytes) as f64 + flush_share + requant;
+    // refine=: per cache and step, the leaving token's codes come back from
+    // the banks and the value centroids they name (`d` FP16 elements) go to
+    // the banks' copies of the value codebook (an estimate of the traffic,
+    // one payload per cache as the device broadcasts it).
+    let refine = match &f.pq {
+        Some(p) if p.refine && p.regions.encoded > 0 => {
+            let caches = (batch * model.kv_heads) as f64;
+            let codes = (f.token_bytes / model.kv_heads as u64) as f64;
+            caches * (codes + (model.head_dim as u64 * FP16_BYTES) as f64)
+        }
+        _ => 0.0,
+    };
+    let bytes = (fp.link_in_bytes + fp.link_out_bytes) as f64 + flush_share + requant + refine;
     // Each direction carries half the link's bandwidth, as AttAcc's
     // simulator charges its interface (`INTERFACE_BW / 2` each way); the
     // inbound tables and the outbound results of a layer follow each other.
@@ -601,10 +631,21 @@ fn pq_parts(
         let tables = (batch * model.heads) as u64 * p.table_bytes;
         table_layer = ms(books + tables, system.gpu.attn_gbps);
     }
+    if p.refine && p.regions.encoded > 0 {
+        // Refinement (an estimate, not simulated): per cache and step the
+        // GPU reads and writes the key and value centroids the leaving
+        // token's codes name (`d` FP16 elements of each codebook), beside
+        // the tables.
+        let named = 2 * 2 * model.head_dim as u64 * FP16_BYTES;
+        table_layer += ms(
+            (batch * model.kv_heads) as u64 * named,
+            system.gpu.attn_gbps,
+        );
+    }
     step.table_ms = layers as f64 * table_layer;
     step.kv_bytes =
         sequence_bytes(model, &KvSpec::Pq(p.spec), p.regions)? * batch as u64 + gpu_books;
-    if p.scope == CodebookScope::Sequence {
+    if p.train {
         step.codebook_training_ms =
             codebook_training_ms(model, system, &p.spec, p.regions.encoded, batch)?;
     }

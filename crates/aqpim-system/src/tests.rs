@@ -224,6 +224,33 @@ fn aqpim_counts_codebooks_once_at_model_scope() {
 }
 
 #[test]
+fn refined_codebooks_are_each_sequences_own_without_training() {
+    let (m, mut s) = tiny(100_000);
+    let base = decode_step_with(&m, &s, Policy::Aqpim, 13, 3, Some(&Fake::new())).unwrap();
+    let pim = s.pim.as_mut().unwrap();
+    pim.kv = Some(format!("{},refine=1", pim.kv.as_ref().unwrap()));
+    let st = decode_step_with(&m, &s, Policy::Aqpim, 13, 3, Some(&Fake::new())).unwrap();
+    // Each sequence holds its own codebooks (3 sets on the GPU), trained by
+    // no k-means: they start from the model's.
+    assert_eq!(st.codebooks, "sequence");
+    assert_eq!(st.gpu_bytes_used, WEIGHTS + 3 * 128);
+    assert!(
+        st.codebook_training_ms.is_none(),
+        "refinement trains nothing"
+    );
+    // Tables read every sequence's key codebook (3 x 32 B), and refinement
+    // reads and writes the named centroids: 3 caches x 2 codebooks x 2
+    // (read, write) x 4 elements x 2 B.
+    close(
+        st.table_ms,
+        2.0 * (3.0 * 32.0 + 6.0 * 64.0 + 3.0 * 32.0) / 1e6,
+    );
+    // Link: per cache the token's codes (2 subspaces of 2 bits, a nibble
+    // column each: 1 B per part) back, and 4 FP16 value elements out.
+    close(st.link_ms - base.link_ms, 2.0 * 3.0 * (2.0 + 8.0) / 0.5e6);
+}
+
+#[test]
 fn sequence_scope_multiplies_codebooks_and_charges_training() {
     let (m, mut s) = tiny(100_000);
     s.pim.as_mut().unwrap().codebooks = Some("sequence".into());
