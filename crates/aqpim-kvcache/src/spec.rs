@@ -270,14 +270,15 @@ pub struct PqTraining {
     /// Codebooks held as FP16 (`cb16=true`): centroids rounded to FP16 and
     /// counted at 2 bytes.
     pub fp16_codebooks: bool,
-    /// Online refinement (`refine=W`, `W >= 1`; default 0, off): every
-    /// token a cache encodes moves the centroids its codes name toward it,
-    /// so that each centroid is the mean of its calibrated (or trained)
-    /// value, weighted `W`, and of the cache's tokens assigned to it
-    /// (MacQueen's online k-means). The cache's codebooks become its own
-    /// (one copy per sequence), and the codes a token gets depend on the
-    /// tokens encoded before it.
-    pub refine: u32,
+    /// Online refinement, `[keys, values]` (`refine=W` both, `krefine=`,
+    /// `vrefine=` each; default 0, off): every token a cache encodes moves
+    /// the centroids its codes name toward it, so that each centroid is the
+    /// mean of its calibrated (or trained) value, weighted `W`, and of the
+    /// cache's tokens assigned to it (MacQueen's online k-means). The
+    /// cache's codebooks of that part become its own (one copy per
+    /// sequence), and the codes a token gets depend on the tokens encoded
+    /// before it.
+    pub refine: [u32; 2],
 }
 
 /// Pre-transforms of keys and values before k-means and encoding, and how
@@ -325,7 +326,7 @@ impl Default for PqSpec {
                 seed: 1234,
                 train_min: None,
                 fp16_codebooks: false,
-                refine: DEFAULT_REFINE,
+                refine: [DEFAULT_REFINE; 2],
             },
             transforms: PqTransforms {
                 center: false,
@@ -576,8 +577,10 @@ impl fmt::Display for PqSpec {
         if r.outliers_per_mille > 0 {
             write!(f, ",outliers={}", r.outliers_per_mille)?;
         }
-        if t.refine != DEFAULT_REFINE {
-            write!(f, ",refine={}", t.refine)?;
+        match t.refine {
+            [k, v] if k == v && k != DEFAULT_REFINE => write!(f, ",refine={k}")?,
+            [k, v] if k != v => write!(f, ",krefine={k},vrefine={v}")?,
+            _ => {}
         }
         if t.fp16_codebooks {
             f.write_str(",cb16=true")?;

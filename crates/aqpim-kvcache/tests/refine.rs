@@ -140,6 +140,23 @@ fn a_reloaded_cache_refines_as_if_never_saved() {
 }
 
 #[test]
+fn vrefine_moves_value_centroids_only() {
+    let mut store = calibrated("pq:dsub=2,kbits=8,vbits=3,sinks=1,window=2,vrefine=1");
+    let shape = *store.shape();
+    let (k, v) = layer_input(&shape, 20, 4);
+    feed(store.as_mut(), 0, &k, &v, 20, 8);
+    let pq = store.as_pq().unwrap();
+    assert_eq!(
+        pq.codebook(0, 0, KvPart::Keys).unwrap(),
+        Some(&trained(8, 4, 8, 0))
+    );
+    assert_ne!(
+        pq.codebook(0, 0, KvPart::Values).unwrap(),
+        Some(&trained(8, 4, 3, 10))
+    );
+}
+
+#[test]
 fn without_refine_calibrated_codebooks_stay_as_given() {
     let mut store = calibrated("pq:dsub=2,kbits=8,vbits=3,sinks=1,window=2");
     let shape = *store.shape();
@@ -162,6 +179,11 @@ fn refine_is_parsed_printed_and_bounded() {
     let s: KvSpec = "pq:dsub=2,nbits=4,refine=3".parse().unwrap();
     assert!(s.to_string().contains(",refine=3"), "{s}");
     assert_eq!(s.to_string().parse::<KvSpec>().unwrap(), s);
+    let v: KvSpec = "pq:dsub=2,nbits=4,vrefine=2".parse().unwrap();
+    assert!(v.to_string().contains(",krefine=0,vrefine=2"), "{v}");
+    assert_eq!(v.to_string().parse::<KvSpec>().unwrap(), v);
+    let both: KvSpec = "pq:dsub=2,nbits=4,refine=2,krefine=1".parse().unwrap();
+    assert!(both.to_string().contains(",krefine=1,vrefine=2"), "{both}");
     let off: KvSpec = "pq:dsub=2,nbits=4".parse().unwrap();
     assert!(!off.to_string().contains("refine"), "{off}");
     for bad in ["refine=-1", "refine=x", "refine=99999999"] {

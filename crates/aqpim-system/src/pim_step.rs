@@ -81,14 +81,15 @@ struct Format {
 struct Pq {
     spec: PqSpec,
     regions: Regions,
-    /// Whose codebooks they are: the preset's scope, or `sequence` under
-    /// `refine=` (each cache refines its own copy).
-    scope: CodebookScope,
+    /// Whose codebooks they are, `[keys, values]`: the preset's scope, or
+    /// `sequence` for a part the spec refines (each cache refines its own
+    /// copy).
+    scope: [CodebookScope; 2],
     /// Online k-means per cache (the preset's `sequence` scope); refinement
     /// alone starts from the model's calibrated codebooks.
     train: bool,
-    /// Online refinement (`refine=W`, `W > 0`).
-    refine: bool,
+    /// Online refinement of keys and values (`krefine=`, `vrefine=`).
+    refine: [bool; 2],
     /// FP16 bytes of one key and one value codebook of one KV head.
     key_book_bytes: u64,
     value_book_bytes: u64,
@@ -132,6 +133,7 @@ fn format(
     let code_bytes = (bank_code_bytes(spec.key, model.head_dim)
         + bank_code_bytes(spec.value, model.head_dim)) as u64;
     let stride = bank_table_entries(spec.key);
+    let preset_scope = stacks.codebook_scope()?;
     Ok(Format {
         kind: bank.kind,
         // FP16 sinks, window and outlier copies (`outliers=`): one FP16
@@ -143,13 +145,12 @@ fn format(
         pq: Some(Pq {
             spec,
             regions,
-            scope: if spec.training.refine > 0 {
-                CodebookScope::Sequence
-            } else {
-                stacks.codebook_scope()?
-            },
-            train: stacks.codebook_scope()? == CodebookScope::Sequence,
-            refine: spec.training.refine > 0,
+            scope: spec.training.refine.map(|w| match w {
+                0 => preset_scope,
+                _ => CodebookScope::Sequence,
+            }),
+            train: preset_scope == CodebookScope::Sequence,
+            refine: spec.training.refine.map(|w| w > 0),
             key_book_bytes: pk.codebook_len() as u64 * FP16_BYTES,
             value_book_bytes: pv.codebook_len() as u64 * FP16_BYTES,
             table_bytes: (pk.num_subspaces() * stride) as u64 * FP16_BYTES,
@@ -247,7 +248,8 @@ fn job(model: &ModelSpec, f: &Format, batch: usize, n: usize, quantize: bool) ->
         ctx: n,
         fp_tokens: f.fp_tokens,
         quantize: quantize && f.pq.as_ref().is_some_and(|p| p.regions.encoded > 0),
-        codebooks: f.pq.as_ref().map_or(CodebookScope::Model, |p| p.scope),
+        // The banks hold value codebooks only.
+        codebooks: f.pq.as_ref().map_or(CodebookScope::Model, |p| p.scope[1]),
         placement: f.placement,
     }
 }
@@ -333,11 +335,12 @@ pub(crate) fn place(
         .map_or(0, |fp| balanced_rows(&fp.rows_per_channel, layers));
     let gpu_books = match &f.pq {
         Some(p) => {
-            let sets = match p.scope {
+            let sets = |scope| match scope {
                 CodebookScope::Model => 1,
                 CodebookScope::Sequence => batch as u64,
             };
-            sets * (layers * model.kv_heads) as u64 * (p.key_book_bytes + p.value_book_bytes)
+            (layers * model.kv_heads) as u64
+                * (sets(p.scope[0]) * p.key_book_bytes + sets(p.scope[1]) * p.value_book_bytes)
         }
         None => 0,
     };
@@ -586,10 +589,15 @@ fn pim_costs(
     // the banks' copies of the value codebook (an estimate of the traffic,
     // one payload per cache as the device broadcasts it).
     let refine = match &f.pq {
-        Some(p) if p.refine && p.regions.encoded > 0 => {
+        Some(p) if p.refine.contains(&true) && p.regions.encoded > 0 => {
             let caches = (batch * model.kv_heads) as f64;
             let codes = (f.token_bytes / model.kv_heads as u64) as f64;
-            caches * (codes + (model.head_dim as u64 * FP16_BYTES) as f64)
+            let values = if p.refine[1] {
+                (model.head_dim as u64 * FP16_BYTES) as f64
+            } else {
+                0.0
+            };
+            caches * (codes + values)
         }
         _ => 0.0,
     };
@@ -618,25 +626,28 @@ fn pq_parts(
     gpu_books: u64,
 ) -> Result<f64> {
     let layers = model.layers;
-    step.codebooks = p.scope.to_string();
+    step.codebooks = match p.scope {
+        [k, v] if k == v => k.to_string(),
+        [k, v] => format!("keys {k}, values {v}"),
+    };
     let mut table_layer = 0.0;
     if p.regions.encoded > 0 {
         // The GPU reads each KV head's key codebook once per layer (every
         // sequence's under `sequence` scope) and writes one table per
         // query head and cache.
-        let books = match p.scope {
+        let books = match p.scope[0] {
             CodebookScope::Model => model.kv_heads as u64,
             CodebookScope::Sequence => (batch * model.kv_heads) as u64,
         } * p.key_book_bytes;
         let tables = (batch * model.heads) as u64 * p.table_bytes;
         table_layer = ms(books + tables, system.gpu.attn_gbps);
     }
-    if p.refine && p.regions.encoded > 0 {
+    let refined = p.refine.iter().filter(|&&r| r).count() as u64;
+    if refined > 0 && p.regions.encoded > 0 {
         // Refinement (an estimate, not simulated): per cache and step the
-        // GPU reads and writes the key and value centroids the leaving
-        // token's codes name (`d` FP16 elements of each codebook), beside
-        // the tables.
-        let named = 2 * 2 * model.head_dim as u64 * FP16_BYTES;
+        // GPU reads and writes the centroids the leaving token's codes name
+        // (`d` FP16 elements of each refined codebook), beside the tables.
+        let named = refined * 2 * model.head_dim as u64 * FP16_BYTES;
         table_layer += ms(
             (batch * model.kv_heads) as u64 * named,
             system.gpu.attn_gbps,

@@ -38,6 +38,8 @@ const PQ_KEYS: &[&str] = &[
     "outliers",
     "cb16",
     "refine",
+    "krefine",
+    "vrefine",
 ];
 
 /// Token counts (window, sinks, train_min) are bounded by the longest
@@ -120,6 +122,20 @@ impl<'a> Items<'a> {
     /// A count in `min..=max`, or `default`.
     fn count(&self, k: &str, min: u64, max: u64, default: usize) -> Result<usize> {
         Ok(self.num(k, min, max)?.map_or(default, |v| v as usize))
+    }
+
+    /// `[keys, values]` refinement weights: `refine=` both, `krefine=` and
+    /// `vrefine=` each.
+    fn refine(&self, default: [u32; 2]) -> Result<[u32; 2]> {
+        const MAX: u64 = 1 << 20;
+        let both = self.num("refine", 0, MAX)?;
+        let mut out = default;
+        for (p, k) in ["krefine", "vrefine"].into_iter().enumerate() {
+            if let Some(w) = self.num(k, 0, MAX)?.or(both) {
+                out[p] = w as u32;
+            }
+        }
+        Ok(out)
     }
 
     fn flag(&self, k: &str, default: bool) -> Result<bool> {
@@ -268,7 +284,7 @@ impl<'a> Items<'a> {
                 seed,
                 train_min,
                 fp16_codebooks: self.flag("cb16", d.training.fp16_codebooks)?,
-                refine: self.count("refine", 0, 1 << 20, d.training.refine as usize)? as u32,
+                refine: self.refine(d.training.refine)?,
             },
             transforms: PqTransforms {
                 center,
