@@ -560,6 +560,7 @@ fn transpose_into(a: &[f32], rows: usize, cols: usize, t: &mut [f32]) {
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+pub(crate) mod gemm;
 mod scalar;
 #[cfg(target_arch = "x86_64")]
 mod x86;
