@@ -463,6 +463,58 @@ mod tests {
         }
     }
 
+    /// The search's own formula, one centroid at a time with a strict `<`:
+    /// `|c_j|^2 + sum_t (-2 x_t) c_jt`, fused where the AVX-512 kernel runs.
+    fn same_formula(x: &[f32], cents: &[f32], d: usize) -> (u32, f32) {
+        let fused = cfg!(target_arch = "x86_64") && std::arch::is_x86_feature_detected!("avx512f");
+        let mut best = (0u32, f32::INFINITY);
+        for (j, c) in cents.chunks_exact(d).enumerate() {
+            let mut v: f32 = c.iter().map(|v| v * v).sum();
+            for (&xt, &ct) in x.iter().zip(c) {
+                v = if fused {
+                    (-2.0 * xt).mul_add(ct, v)
+                } else {
+                    v + -2.0 * xt * ct
+                };
+            }
+            if v < best.1 {
+                best = (j as u32, v);
+            }
+        }
+        let xn: f32 = x.iter().map(|v| v * v).sum();
+        (best.0, (best.1 + xn).max(0.0))
+    }
+
+    #[test]
+    fn equals_a_scalar_scan_bit_for_bit_with_ties() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(29);
+        for &d in &[1usize, 2, 3, 4, 8, 16] {
+            for &k in &[1usize, 2, 16, 17, 40, 256] {
+                // Coarse values, so that distances tie often, and
+                // duplicated centroids at indices in different lanes and blocks.
+                let mut cents: Vec<f32> = (0..k * d)
+                    .map(|_| rng.gen_range(-3i32..=3) as f32)
+                    .collect();
+                for (from, to) in [(0usize, 35usize), (3, 19), (5, 250), (1, 16)] {
+                    if to < k {
+                        let c = cents[from * d..(from + 1) * d].to_vec();
+                        cents[to * d..(to + 1) * d].copy_from_slice(&c);
+                    }
+                }
+                let n = 23;
+                let pts: Vec<f32> = (0..n * d)
+                    .map(|_| rng.gen_range(-4i32..=4) as f32 * 0.5)
+                    .collect();
+                let (idx, dist) = nearest_centroids(&pts, &cents, d);
+                for (i, x) in pts.chunks_exact(d).enumerate() {
+                    let (j, dd) = same_formula(x, &cents, d);
+                    assert_eq!(idx[i], j, "d={d} k={k} point {i}");
+                    assert_eq!(dist[i].to_bits(), dd.to_bits(), "d={d} k={k} point {i}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn ties_pick_the_smallest_index() {
         let cents = vec![1.0f32, 1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0];
