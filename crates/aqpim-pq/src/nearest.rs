@@ -339,11 +339,13 @@ mod avx512 {
         }
         for p in 0..P {
             let mn = _mm512_reduce_min_ps(best[p]);
-            // SAFETY: AVX-512F is available (this function's contract).
             let j = if mn == f32::INFINITY {
                 // No finite distance: the strict scan never moves off 0.
                 0
             } else {
+                // SAFETY: AVX-512F is available (this function's contract),
+                // and `mn` is the value of some centroid (the first pass's
+                // minimum, recomputed the same way).
                 unsafe { first_index_of::<D>(tab, &xs[p], best[p], mn) }
             };
             let x = &points[(i + p) * D..(i + p + 1) * D];

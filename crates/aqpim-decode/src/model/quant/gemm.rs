@@ -190,21 +190,34 @@ mod avx512 {
         let vecs = cols.div_ceil(16);
         let rem = cols - 16 * (vecs - 1);
         let mask: __mmask16 = if rem == 16 { !0 } else { (1u16 << rem) - 1 };
-        macro_rules! go {
+        type Kernel = unsafe fn(
+            usize,
+            *const f32,
+            usize,
+            *const f32,
+            usize,
+            *mut f32,
+            usize,
+            __mmask16,
+            Store,
+        );
+        macro_rules! pick {
             ($($r:literal)*) => {
                 match (rows, vecs) {
                     $(
-                        // SAFETY: the caller's contract.
-                        ($r, 1) => unsafe { tile::<$r, 1>(k, a, lda, b, ldb, c, ldc, mask, st) },
-                        ($r, 2) => unsafe { tile::<$r, 2>(k, a, lda, b, ldb, c, ldc, mask, st) },
-                        ($r, 3) => unsafe { tile::<$r, 3>(k, a, lda, b, ldb, c, ldc, mask, st) },
-                        ($r, 4) => unsafe { tile::<$r, 4>(k, a, lda, b, ldb, c, ldc, mask, st) },
+                        ($r, 1) => tile::<$r, 1> as Kernel,
+                        ($r, 2) => tile::<$r, 2> as Kernel,
+                        ($r, 3) => tile::<$r, 3> as Kernel,
+                        ($r, 4) => tile::<$r, 4> as Kernel,
                     )*
                     _ => unreachable!("tile of {rows} x {cols}"),
                 }
             };
         }
-        go!(1 2 3 4 5 6);
+        let kernel = pick!(1 2 3 4 5 6);
+        // SAFETY: the caller's contract is the kernel's, with `rows` and
+        // `vecs` (and `mask` for the last vector) its shape.
+        unsafe { kernel(k, a, lda, b, ldb, c, ldc, mask, st) };
     }
 
     /// One output tile of `R` rows and `V` vectors of 16 columns, the last
