@@ -468,7 +468,10 @@ mod tests {
     /// The search's own formula, one centroid at a time with a strict `<`:
     /// `|c_j|^2 + sum_t (-2 x_t) c_jt`, fused where the AVX-512 kernel runs.
     fn same_formula(x: &[f32], cents: &[f32], d: usize) -> (u32, f32) {
-        let fused = cfg!(target_arch = "x86_64") && std::arch::is_x86_feature_detected!("avx512f");
+        #[cfg(target_arch = "x86_64")]
+        let fused = std::arch::is_x86_feature_detected!("avx512f");
+        #[cfg(not(target_arch = "x86_64"))]
+        let fused = false;
         let mut best = (0u32, f32::INFINITY);
         for (j, c) in cents.chunks_exact(d).enumerate() {
             let mut v: f32 = c.iter().map(|v| v * v).sum();
