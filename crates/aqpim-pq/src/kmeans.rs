@@ -106,16 +106,7 @@ pub fn kmeans(
         CentroidTable::new(&centroids, d, k).assign(&points, &mut idx, &mut dist);
         objective_per_iteration.push(objective(&dist, wts));
 
-        sums.iter_mut().for_each(|s| *s = 0.0);
-        mass.iter_mut().for_each(|s| *s = 0.0);
-        for (i, x) in points.chunks_exact(d).enumerate() {
-            let w = wts.map_or(1.0, |w| f64::from(w[i]));
-            let a = idx[i] as usize;
-            mass[a] += w;
-            for (s, &v) in sums[a * d..(a + 1) * d].iter_mut().zip(x) {
-                *s += w * f64::from(v);
-            }
-        }
+        accumulate(&points, d, wts, &idx, &mut sums, &mut mass);
         empty_cluster_repairs +=
             repair_empty(&points, d, wts, &idx, &mut dist, &mut sums, &mut mass);
         for j in 0..k {
@@ -258,15 +249,92 @@ fn initial_centroids(
     })
 }
 
-fn objective(dist: &[f32], w: Option<&[f32]>) -> f64 {
-    match w {
-        None => dist.iter().map(|&v| f64::from(v)).sum(),
-        Some(w) => dist
-            .iter()
-            .zip(w)
-            .map(|(&v, &w)| f64::from(v) * f64::from(w))
-            .sum(),
+/// The Lloyd update's sums: `mass[j] = sum_{i: idx_i = j} w_i` and
+/// `sums[j] = sum_{i: idx_i = j} w_i x_i` (f64, points in order, so the
+/// centroids do not depend on how the work is split). Without weights
+/// `w_i = 1` and the products are skipped (`1 * x` is `x`, bit for bit); a
+/// copy per small `d` lets the compiler keep the sums' row in registers.
+fn accumulate(
+    points: &[f32],
+    d: usize,
+    wts: Option<&[f32]>,
+    idx: &[u32],
+    sums: &mut [f64],
+    mass: &mut [f64],
+) {
+    sums.fill(0.0);
+    mass.fill(0.0);
+    if let Some(w) = wts {
+        for ((x, &a), &wi) in points.chunks_exact(d).zip(idx).zip(w) {
+            let (a, wi) = (a as usize, f64::from(wi));
+            mass[a] += wi;
+            for (s, &v) in sums[a * d..(a + 1) * d].iter_mut().zip(x) {
+                *s += wi * f64::from(v);
+            }
+        }
+        return;
     }
+    fn fixed<const D: usize>(points: &[f32], idx: &[u32], sums: &mut [f64], mass: &mut [f64]) {
+        let (rows, _) = points.as_chunks::<D>();
+        let (cells, _) = sums.as_chunks_mut::<D>();
+        for (x, &a) in rows.iter().zip(idx) {
+            let a = a as usize;
+            mass[a] += 1.0;
+            let s = &mut cells[a];
+            for t in 0..D {
+                s[t] += f64::from(x[t]);
+            }
+        }
+    }
+    match d {
+        1 => fixed::<1>(points, idx, sums, mass),
+        2 => fixed::<2>(points, idx, sums, mass),
+        3 => fixed::<3>(points, idx, sums, mass),
+        4 => fixed::<4>(points, idx, sums, mass),
+        8 => fixed::<8>(points, idx, sums, mass),
+        _ => {
+            for (x, &a) in points.chunks_exact(d).zip(idx) {
+                let a = a as usize;
+                mass[a] += 1.0;
+                for (s, &v) in sums[a * d..(a + 1) * d].iter_mut().zip(x) {
+                    *s += f64::from(v);
+                }
+            }
+        }
+    }
+}
+
+/// The objective `sum_i w_i dist_i`, in f64 over 8 interleaved partial
+/// sums (a single running sum is bound by the latency of each addition).
+fn objective(dist: &[f32], w: Option<&[f32]>) -> f64 {
+    const PARTS: usize = 8;
+    let mut acc = [0f64; PARTS];
+    match w {
+        None => {
+            let (c, rest) = dist.as_chunks::<PARTS>();
+            for c in c {
+                for (a, &v) in acc.iter_mut().zip(c) {
+                    *a += f64::from(v);
+                }
+            }
+            acc[0] += rest.iter().map(|&v| f64::from(v)).sum::<f64>();
+        }
+        Some(w) => {
+            let (c, rest) = dist.as_chunks::<PARTS>();
+            let (wc, wrest) = w.as_chunks::<PARTS>();
+            for (c, wc) in c.iter().zip(wc) {
+                for ((a, &v), &wi) in acc.iter_mut().zip(c).zip(wc) {
+                    *a += f64::from(v) * f64::from(wi);
+                }
+            }
+            acc[0] += rest
+                .iter()
+                .zip(wrest)
+                .map(|(&v, &wi)| f64::from(v) * f64::from(wi))
+                .sum::<f64>();
+        }
+    }
+    acc.iter().sum()
 }
 
 /// Gives every empty cluster (zero mass) a point: the point farthest from its
@@ -341,7 +409,6 @@ fn kmeans_plus_plus(
     };
     let mut centroids = Vec::with_capacity(k * d);
     let mut best = vec![f32::INFINITY; n];
-    let mut dist = vec![0f32; n];
     let mut block_sums = vec![0f64; n.div_ceil(SAMPLE_BLOCK)];
     let mut next = first;
     loop {
@@ -350,25 +417,15 @@ fn kmeans_plus_plus(
         if centroids.len() == k * d {
             return centroids;
         }
-        dist.iter_mut().for_each(|v| *v = 0.0);
-        for (t, &ct) in c.iter().enumerate() {
-            for (acc, &x) in dist.iter_mut().zip(&soa[t * n..(t + 1) * n]) {
-                let diff = x - ct;
-                *acc += diff * diff;
-            }
-        }
-        for (b, &v) in best.iter_mut().zip(&dist) {
-            *b = if v < *b { v } else { *b };
-        }
         // Sampling proportional to (weighted) best distance: block sums first,
         // then a scan inside the chosen block only.
+        pp_step(&soa, n, c, &mut best, &mut block_sums);
         let score = |i: usize| f64::from(best[i]) * w.map_or(1.0, |w| f64::from(w[i]));
-        for (bi, s) in block_sums.iter_mut().enumerate() {
-            let range = bi * SAMPLE_BLOCK..((bi + 1) * SAMPLE_BLOCK).min(n);
-            *s = match w {
-                None => lane_sum(&best[range]),
-                Some(_) => range.map(score).sum(),
-            };
+        if w.is_some() {
+            for (bi, s) in block_sums.iter_mut().enumerate() {
+                let range = bi * SAMPLE_BLOCK..((bi + 1) * SAMPLE_BLOCK).min(n);
+                *s = range.map(score).sum();
+            }
         }
         next = match sample_weighted(block_sums.iter().copied(), rng) {
             Some(bi) => {
@@ -382,18 +439,73 @@ fn kmeans_plus_plus(
     }
 }
 
-/// Sum of a short slice in 16 f32 lanes (vectorizes; f32 is ample for one
-/// sampling block), returned as f64.
-fn lane_sum(xs: &[f32]) -> f64 {
-    let mut acc = [0f32; 16];
-    let mut chunks = xs.chunks_exact(16);
-    for c in &mut chunks {
-        for (a, &v) in acc.iter_mut().zip(c) {
-            *a += v;
-        }
+/// One k-means++ step over blocks of [`SAMPLE_BLOCK`] points:
+/// `best[i] = min(best[i], |x_i - c|^2)` (the squared distance summed over
+/// dimensions in order, from `soa`, `d x n` dimension-major) and
+/// `block_sums[b]` = the sum of block `b` of `best`, in 16 f32 lanes (f32
+/// is ample for one sampling block) then f64. The AVX-512 build of the same
+/// code where the CPU has it (element-wise operations in the same order,
+/// so the same bits).
+fn pp_step(soa: &[f32], n: usize, c: &[f32], best: &mut [f32], block_sums: &mut [f64]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: AVX-512F is available (checked just above).
+        unsafe { pp_step_avx512(soa, n, c, best, block_sums) };
+        return;
     }
-    let tail: f64 = chunks.remainder().iter().map(|&v| f64::from(v)).sum();
-    acc.iter().map(|&v| f64::from(v)).sum::<f64>() + tail
+    pp_step_body(soa, n, c, best, block_sums);
+}
+
+/// [`pp_step`] compiled for AVX-512.
+///
+/// A safe `#[target_feature]` function: code compiled without AVX-512F
+/// calls it only after checking for it at run time (its `unsafe` call site).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn pp_step_avx512(soa: &[f32], n: usize, c: &[f32], best: &mut [f32], block_sums: &mut [f64]) {
+    pp_step_body(soa, n, c, best, block_sums);
+}
+
+#[inline(always)]
+fn pp_step_body(soa: &[f32], n: usize, c: &[f32], best: &mut [f32], block_sums: &mut [f64]) {
+    for (bi, (bb, s)) in best
+        .chunks_mut(SAMPLE_BLOCK)
+        .zip(block_sums.iter_mut())
+        .enumerate()
+    {
+        let i0 = bi * SAMPLE_BLOCK;
+        // Whole 16-point chunks in registers, each point's distance summed
+        // into lane `i % 16`; the ragged end of the last block one by one.
+        let mut acc = [0f32; 16];
+        let (chunks, tail) = bb.as_chunks_mut::<16>();
+        for (j, b) in chunks.iter_mut().enumerate() {
+            let mut v = [0f32; 16];
+            for (t, &ct) in c.iter().enumerate() {
+                let at = t * n + i0 + 16 * j;
+                let xs = &soa[at..at + 16];
+                for (vl, &x) in v.iter_mut().zip(xs) {
+                    let diff = x - ct;
+                    *vl += diff * diff;
+                }
+            }
+            for l in 0..16 {
+                b[l] = if v[l] < b[l] { v[l] } else { b[l] };
+                acc[l] += b[l];
+            }
+        }
+        let done = chunks.len() * 16;
+        let mut rest = 0f64;
+        for (r, b) in tail.iter_mut().enumerate() {
+            let mut v = 0f32;
+            for (t, &ct) in c.iter().enumerate() {
+                let diff = soa[t * n + i0 + done + r] - ct;
+                v += diff * diff;
+            }
+            *b = if v < *b { v } else { *b };
+            rest += f64::from(*b);
+        }
+        *s = acc.iter().map(|&v| f64::from(v)).sum::<f64>() + rest;
+    }
 }
 
 /// Points per block in k-means++ sampling.
@@ -519,6 +631,23 @@ mod tests {
             "{e}"
         );
         assert!(kmeans(&[1.0, 2.0, 3.0], 2, 1, None, &KMeansOptions::default()).is_err());
+    }
+
+    #[test]
+    fn unweighted_sums_equal_the_weighted_loop_with_unit_weights() {
+        let mut rng = ChaCha8Rng::seed_from_u64(17);
+        for d in [1usize, 2, 3, 4, 5, 8] {
+            let (n, k) = (500, 7);
+            let points: Vec<f32> = (0..n * d).map(|_| rng.gen_range(-5.0..5.0)).collect();
+            let idx: Vec<u32> = (0..n).map(|_| rng.gen_range(0..k as u32)).collect();
+            let ones = vec![1.0f32; n];
+            let (mut s1, mut m1) = (vec![1.0; k * d], vec![1.0; k]);
+            let (mut s2, mut m2) = (vec![0.0; k * d], vec![0.0; k]);
+            accumulate(&points, d, None, &idx, &mut s1, &mut m1);
+            accumulate(&points, d, Some(&ones), &idx, &mut s2, &mut m2);
+            assert_eq!(s1, s2, "d={d}");
+            assert_eq!(m1, m2, "d={d}");
+        }
     }
 
     #[test]

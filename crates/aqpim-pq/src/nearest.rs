@@ -11,6 +11,12 @@
 /// `ct` holds `dsub * k_padded` values, dimension-major (`ct[t * k_padded + j]`
 /// is element `t` of centroid `j`); `norms` holds `|c_j|^2` for `j < k` and
 /// `+inf` for the padding lanes, so padding is never the nearest.
+///
+/// `lane_ct` and `lane_norms` hold the same values grouped by SIMD lane:
+/// with `blocks = k_padded / 16`, centroid `j = b * 16 + l` sits at
+/// `lane_norms[l * blocks + b]` and `lane_ct[t * k_padded + l * blocks + b]`,
+/// so that the centroids one lane of the search visited are adjacent (the
+/// AVX-512 search finds the lane of the minimum first, then its block).
 #[derive(Debug, Clone)]
 pub(crate) struct CentroidTable {
     dsub: usize,
@@ -18,6 +24,8 @@ pub(crate) struct CentroidTable {
     k_padded: usize,
     ct: Vec<f32>,
     norms: Vec<f32>,
+    lane_ct: Vec<f32>,
+    lane_norms: Vec<f32>,
 }
 
 const LANES: usize = 16;
@@ -38,12 +46,24 @@ impl CentroidTable {
             }
             norms[j] = c.iter().map(|v| v * v).sum();
         }
+        let blocks = k_padded / LANES;
+        let mut lane_ct = vec![0.0f32; dsub * k_padded];
+        let mut lane_norms = vec![f32::INFINITY; k_padded];
+        for j in 0..k_padded {
+            let at = (j % LANES) * blocks + j / LANES;
+            lane_norms[at] = norms[j];
+            for t in 0..dsub {
+                lane_ct[t * k_padded + at] = ct[t * k_padded + j];
+            }
+        }
         CentroidTable {
             dsub,
             k,
             k_padded,
             ct,
             norms,
+            lane_ct,
+            lane_norms,
         }
     }
 
@@ -279,7 +299,14 @@ mod avx512 {
         }
     }
 
-    /// Points `i..i + P` against every centroid.
+    /// Points `i..i + P` against every centroid, in two passes. The first
+    /// keeps, per lane, the smallest of `|c_j|^2 - 2 x.c_j` over the blocks
+    /// of 16 centroids (one `min` a block instead of a compare and two
+    /// blends); the second finds the smallest index `j` whose value equals
+    /// the minimum, recomputing the values of the lanes that hold it with
+    /// the same fused multiply-adds in the same order (so the same bits).
+    /// The result is that of a strict `<` scan: the smallest index among
+    /// equal distances.
     ///
     /// # Safety
     /// The CPU must support AVX-512F; `i + P <= idx.len()`.
@@ -292,7 +319,6 @@ mod avx512 {
         dist: &mut [f32],
     ) {
         let kp = tab.k_padded;
-        let iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
         let mut xs = [[_mm512_setzero_ps(); D]; P];
         for (p, x) in xs.iter_mut().enumerate() {
             for (t, v) in x.iter_mut().enumerate() {
@@ -300,7 +326,6 @@ mod avx512 {
             }
         }
         let mut best = [_mm512_set1_ps(f32::INFINITY); P];
-        let mut bidx = [_mm512_setzero_si512(); P];
         let mut c = 0;
         while c < kp {
             // SAFETY: `c + LANES <= kp`, and `norms` has `kp` values and
@@ -311,27 +336,88 @@ mod avx512 {
                 // SAFETY: `t < D` and `c + LANES <= kp`, inside `ct` (above).
                 *v = unsafe { _mm512_loadu_ps(tab.ct.as_ptr().add(t * kp + c)) };
             }
-            let lanes = _mm512_add_epi32(iota, _mm512_set1_epi32(c as i32));
             for p in 0..P {
                 let mut d = norm;
                 for t in 0..D {
                     d = _mm512_fmadd_ps(xs[p][t], cv[t], d);
                 }
-                let lt = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(d, best[p]);
-                best[p] = _mm512_mask_blend_ps(lt, best[p], d);
-                bidx[p] = _mm512_mask_blend_epi32(lt, bidx[p], lanes);
+                // `min(d, best)` returns `best` on equal values, so a lane
+                // keeps its first minimum (and never takes a NaN).
+                best[p] = _mm512_min_ps(d, best[p]);
             }
             c += LANES;
         }
         for p in 0..P {
             let mn = _mm512_reduce_min_ps(best[p]);
-            let eq = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(best[p], _mm512_set1_ps(mn));
-            let j = _mm512_mask_reduce_min_epi32(eq, bidx[p]) as u32;
+            let j = if mn == f32::INFINITY {
+                // No finite distance: the strict scan never moves off 0.
+                0
+            } else {
+                // SAFETY: AVX-512F is available (this function's contract),
+                // and `mn` is the value of some centroid (the first pass's
+                // minimum, recomputed the same way).
+                unsafe { first_index_of::<D>(tab, &xs[p], best[p], mn) }
+            };
             let x = &points[(i + p) * D..(i + p + 1) * D];
             let xn: f32 = x.iter().map(|v| v * v).sum();
             idx[i + p] = j;
             dist[i + p] = (mn + xn).max(0.0);
         }
+    }
+
+    /// The smallest centroid index `j` with `|c_j|^2 - 2 x.c_j == mn`
+    /// (`xs`: `-2 x` broadcast), given the per-lane minima `best` of the
+    /// first pass: over the lanes whose minimum is `mn`, in lane order, the
+    /// first block where the recomputed value equals `mn`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F; some centroid's value equals `mn`.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn first_index_of<const D: usize>(
+        tab: &CentroidTable,
+        xs: &[__m512; D],
+        best: __m512,
+        mn: f32,
+    ) -> u32 {
+        let kp = tab.k_padded;
+        let blocks = kp / LANES;
+        let target = _mm512_set1_ps(mn);
+        let mut lanes = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(best, target);
+        let mut found = u32::MAX;
+        while lanes != 0 {
+            let l = lanes.trailing_zeros() as usize;
+            lanes &= lanes - 1;
+            let base = l * blocks;
+            let mut b0 = 0;
+            while b0 < blocks {
+                let take = (blocks - b0).min(LANES);
+                let mask: __mmask16 = if take == LANES {
+                    !0
+                } else {
+                    (1u16 << take) - 1
+                };
+                // SAFETY: `base + b0 + take <= (l + 1) * blocks <= kp`, inside
+                // `lane_norms` (`kp` values) and each `lane_ct` row (`kp`
+                // values); masked-off lanes are not read.
+                let mut d =
+                    unsafe { _mm512_maskz_loadu_ps(mask, tab.lane_norms.as_ptr().add(base + b0)) };
+                for (t, x) in xs.iter().enumerate() {
+                    // SAFETY: as above.
+                    let cv = unsafe {
+                        _mm512_maskz_loadu_ps(mask, tab.lane_ct.as_ptr().add(t * kp + base + b0))
+                    };
+                    d = _mm512_fmadd_ps(*x, cv, d);
+                }
+                let hit = _mm512_mask_cmp_ps_mask::<_CMP_EQ_OQ>(mask, d, target);
+                if hit != 0 {
+                    let b = b0 + hit.trailing_zeros() as usize;
+                    found = found.min((b * LANES + l) as u32);
+                    break;
+                }
+                b0 += LANES;
+            }
+        }
+        found
     }
 }
 
@@ -384,6 +470,61 @@ mod tests {
                         "distance {} vs {dj}",
                         dist[i]
                     );
+                }
+            }
+        }
+    }
+
+    /// The search's own formula, one centroid at a time with a strict `<`:
+    /// `|c_j|^2 + sum_t (-2 x_t) c_jt`, fused where the AVX-512 kernel runs.
+    fn same_formula(x: &[f32], cents: &[f32], d: usize) -> (u32, f32) {
+        #[cfg(target_arch = "x86_64")]
+        let fused = std::arch::is_x86_feature_detected!("avx512f");
+        #[cfg(not(target_arch = "x86_64"))]
+        let fused = false;
+        let mut best = (0u32, f32::INFINITY);
+        for (j, c) in cents.chunks_exact(d).enumerate() {
+            let mut v: f32 = c.iter().map(|v| v * v).sum();
+            for (&xt, &ct) in x.iter().zip(c) {
+                v = if fused {
+                    (-2.0 * xt).mul_add(ct, v)
+                } else {
+                    v + -2.0 * xt * ct
+                };
+            }
+            if v < best.1 {
+                best = (j as u32, v);
+            }
+        }
+        let xn: f32 = x.iter().map(|v| v * v).sum();
+        (best.0, (best.1 + xn).max(0.0))
+    }
+
+    #[test]
+    fn equals_a_scalar_scan_bit_for_bit_with_ties() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(29);
+        for &d in &[1usize, 2, 3, 4, 8, 16] {
+            for &k in &[1usize, 2, 16, 17, 40, 256] {
+                // Coarse values, so that distances tie often, and
+                // duplicated centroids at indices in different lanes and blocks.
+                let mut cents: Vec<f32> = (0..k * d)
+                    .map(|_| rng.gen_range(-3i32..=3) as f32)
+                    .collect();
+                for (from, to) in [(0usize, 35usize), (3, 19), (5, 250), (1, 16)] {
+                    if to < k {
+                        let c = cents[from * d..(from + 1) * d].to_vec();
+                        cents[to * d..(to + 1) * d].copy_from_slice(&c);
+                    }
+                }
+                let n = 23;
+                let pts: Vec<f32> = (0..n * d)
+                    .map(|_| rng.gen_range(-4i32..=4) as f32 * 0.5)
+                    .collect();
+                let (idx, dist) = nearest_centroids(&pts, &cents, d);
+                for (i, x) in pts.chunks_exact(d).enumerate() {
+                    let (j, dd) = same_formula(x, &cents, d);
+                    assert_eq!(idx[i], j, "d={d} k={k} point {i}");
+                    assert_eq!(dist[i].to_bits(), dd.to_bits(), "d={d} k={k} point {i}");
                 }
             }
         }

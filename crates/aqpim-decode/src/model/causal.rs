@@ -22,6 +22,7 @@
 use rayon::prelude::*;
 
 use crate::error::{DecodeError, Result};
+use crate::model::quant::gemm::{gemm, Store};
 
 /// Query positions per block.
 pub const QUERY_BLOCK: usize = 128;
@@ -127,13 +128,15 @@ pub fn causal_attention(
     // One task per query block, all KV heads: it owns the block's output
     // rows, so it writes them in place.
     let group = n_heads / n_kv_heads;
+    let kt = keys_transposed(k, n, n_kv_heads, d);
     let results: Vec<Vec<HeadStats>> = out
         .par_chunks_mut(QUERY_BLOCK * n_heads * d)
         .enumerate()
         .map(|(b, out_rows)| {
             (0..n_kv_heads)
                 .map(|g| {
-                    let (o, st) = block(q, k, v, &dims, stats, g, b);
+                    let ktg = &kt[g * d * n..(g + 1) * d * n];
+                    let (o, st) = block(q, ktg, v, &dims, stats, g, b);
                     // `o` rows are (position, head of the group), as the output's.
                     for (t, row) in o.chunks_exact(group * d).enumerate() {
                         let at = t * n_heads * d + g * group * d;
@@ -153,52 +156,30 @@ pub fn causal_attention(
     Ok(per_head)
 }
 
-/// `C = alpha A B + beta C` for row-major `A` (`m x k`, row stride `lda`),
-/// `B` given by its strides, and row-major `C` (`m x n`).
-#[allow(clippy::too_many_arguments)]
-fn gemm(
-    m: usize,
-    kk: usize,
-    nn: usize,
-    alpha: f32,
-    a: &[f32],
-    lda: usize,
-    b: &[f32],
-    (rsb, csb): (usize, usize),
-    beta: f32,
-    c: &mut [f32],
-) {
-    assert!(m == 0 || a.len() >= (m - 1) * lda + kk);
-    assert!(kk == 0 || nn == 0 || b.len() > (kk - 1) * rsb + (nn - 1) * csb);
-    assert!(c.len() >= m * nn);
-    // SAFETY: the asserts above keep every element of A (m x k, strides
-    // lda, 1), B (k x n, strides rsb, csb) and C (m x n, strides n, 1)
-    // inside its slice; C is a unique borrow and so aliases neither input.
-    unsafe {
-        matrixmultiply::sgemm(
-            m,
-            kk,
-            nn,
-            alpha,
-            a.as_ptr(),
-            lda as isize,
-            1,
-            b.as_ptr(),
-            rsb as isize,
-            csb as isize,
-            beta,
-            c.as_mut_ptr(),
-            nn as isize,
-            1,
-        );
-    }
+/// Each KV head's keys transposed, `n_kv_heads` matrices of `d x n` (row
+/// `j` holds element `j` of every key), so that a score tile reads 16 keys'
+/// element `j` as one vector. Formed once per call instead of once per
+/// (query block, key tile), which is what packing them for a general SGEMM
+/// cost.
+fn keys_transposed(k: &[f32], n: usize, n_kv_heads: usize, d: usize) -> Vec<f32> {
+    let mut kt = vec![0f32; k.len()];
+    kt.par_chunks_mut(d * n.max(1))
+        .enumerate()
+        .for_each(|(g, ktg)| {
+            for (t, row) in k.chunks_exact(n_kv_heads * d).enumerate() {
+                for (j, &x) in row[g * d..(g + 1) * d].iter().enumerate() {
+                    ktg[j * n + t] = x;
+                }
+            }
+        });
+    kt
 }
 
 /// One (KV head, query block) task: the block's output rows (`rows x
 /// group*d`, rows by position) and its statistics.
 fn block(
     q: &[f32],
-    k: &[f32],
+    ktg: &[f32],
     v: &[f32],
     dims: &Dims,
     stats: StatsRequest,
@@ -224,7 +205,7 @@ fn block(
         qb.extend_from_slice(&q[at..at + group * d]);
     }
     let kv_stride = n_kv_heads * d;
-    let (kg, vg) = (&k[g * d..], &v[g * d..]);
+    let vg = &v[g * d..];
     let mut o = vec![0f32; rows * d];
     let mut m = vec![f32::NEG_INFINITY; rows];
     let mut l = vec![0f32; rows];
@@ -233,18 +214,16 @@ fn block(
         let c1 = (c0 + KEY_TILE).min(r1);
         let w = c1 - c0;
         let st = &mut s[..rows * w];
-        // S = scale Q K^T: K^T of the tile is d x w with strides (1, kv_stride).
+        // S = scale Q K^T: K^T of the tile is columns c0..c1 of `ktg`.
         gemm(
-            rows,
-            d,
-            w,
-            scale,
+            (rows, d, w),
             &qb,
             d,
-            &kg[c0 * kv_stride..],
-            (1, kv_stride),
-            0.0,
+            &ktg[c0..],
+            n,
             st,
+            w,
+            Store::Scale(scale),
         );
         for (i, srow) in st.chunks_exact_mut(w).enumerate() {
             let pos = r0 + i / group;
@@ -267,18 +246,16 @@ fn block(
             }
             l[i] += exp_shifted(live, m[i]);
         }
-        // O += P V: the tile of V is w x d with strides (kv_stride, 1).
+        // O += P V: the tile of V is w x d with rows of stride kv_stride.
         gemm(
-            rows,
-            w,
-            d,
-            1.0,
+            (rows, w, d),
             st,
             w,
             &vg[c0 * kv_stride..],
-            (kv_stride, 1),
-            1.0,
+            kv_stride,
             &mut o,
+            d,
+            Store::Add,
         );
     }
     for (orow, &li) in o.chunks_exact_mut(d).zip(&l) {
@@ -291,7 +268,7 @@ fn block(
         hs.queries = rows;
     }
     if let Some(window) = stats.mass_window {
-        hs.mass = mass(&qb, kg, kv_stride, dims, r0, r1, window, &m, &l);
+        hs.mass = mass(&qb, ktg, dims, r0, r1, window, &m, &l);
     }
     (o, hs)
 }
@@ -316,8 +293,7 @@ fn moment(qb: &[f32], d: usize) -> Vec<f64> {
 #[allow(clippy::too_many_arguments)]
 fn mass(
     qb: &[f32],
-    kg: &[f32],
-    kv_stride: usize,
+    ktg: &[f32],
     dims: &Dims,
     r0: usize,
     r1: usize,
@@ -335,16 +311,14 @@ fn mass(
         let w = c1 - c0;
         let st = &mut s[..rows * w];
         gemm(
-            rows,
-            d,
-            w,
-            dims.scale,
+            (rows, d, w),
             qb,
             d,
-            &kg[c0 * kv_stride..],
-            (1, kv_stride),
-            0.0,
+            &ktg[c0..],
+            dims.n,
             st,
+            w,
+            Store::Scale(dims.scale),
         );
         for (i, srow) in st.chunks_exact(w).enumerate() {
             let seen = (r0 + i / group + 1).saturating_sub(window);

@@ -487,28 +487,16 @@ impl QMatrix {
             .zip(x.par_chunks(LONG_TASK_TOKENS * k))
             .for_each(|(oc, xc)| {
                 let m = xc.len() / k;
-                // SAFETY: `xc` is m x k row-major (strides k, 1), `wt` is
-                // k x rows row-major (strides rows, 1), `oc` is m x rows
-                // row-major (strides rows, 1); all three hold exactly those
-                // elements and `oc` aliases neither input.
-                unsafe {
-                    matrixmultiply::sgemm(
-                        m,
-                        k,
-                        rows,
-                        1.0,
-                        xc.as_ptr(),
-                        k as isize,
-                        1,
-                        wt.as_ptr(),
-                        rows as isize,
-                        1,
-                        0.0,
-                        oc.as_mut_ptr(),
-                        rows as isize,
-                        1,
-                    );
-                }
+                gemm::gemm(
+                    (m, k, rows),
+                    xc,
+                    k,
+                    &wt,
+                    rows,
+                    oc,
+                    rows,
+                    gemm::Store::Scale(1.0),
+                );
             });
     }
 }
@@ -560,6 +548,7 @@ fn transpose_into(a: &[f32], rows: usize, cols: usize, t: &mut [f32]) {
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+pub(crate) mod gemm;
 mod scalar;
 #[cfg(target_arch = "x86_64")]
 mod x86;
