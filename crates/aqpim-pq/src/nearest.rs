@@ -163,10 +163,16 @@ impl CentroidTable {
     /// would have prepared it.
     pub(crate) fn set(&mut self, j: usize, c: &[f32]) {
         debug_assert!(j < self.k && c.len() == self.dsub);
+        let kp = self.k_padded;
+        // The lane-major copy holds centroid `j` at lane `j % LANES` of
+        // block `j / LANES`, as `new` lays it out.
+        let at = (j % LANES) * (kp / LANES) + j / LANES;
         for (t, &v) in c.iter().enumerate() {
-            self.ct[t * self.k_padded + j] = v;
+            self.ct[t * kp + j] = v;
+            self.lane_ct[t * kp + at] = v;
         }
         self.norms[j] = c.iter().map(|v| v * v).sum();
+        self.lane_norms[at] = self.norms[j];
     }
 
     /// Number of real centroids.
