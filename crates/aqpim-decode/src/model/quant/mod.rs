@@ -570,6 +570,7 @@ mod avx512;
 mod q8;
 #[cfg(target_arch = "x86_64")]
 mod q8_avx2;
+mod q8_gemv;
 mod scalar;
 #[cfg(target_arch = "x86_64")]
 mod vnni;

@@ -4,6 +4,8 @@
 //! f32 additions.
 
 use super::*;
+use crate::model::quant::f16_at;
+use half::f16;
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
