@@ -7,7 +7,7 @@
 //! Also the quantizer of the activations, 8 lanes at a time.
 //!
 //! Safe `#[target_feature]` functions: [`dot_rows`], [`quantize`] and
-//! [`block_isums`] may be called only where `x86::has_avx2` holds (inside
+//! `block_isums` may be called only where `x86::has_avx2` holds (inside
 //! `unsafe`, with that check as the SAFETY argument).
 
 use std::arch::x86_64::*;

@@ -3,7 +3,7 @@
 //! 8 i32 lanes) per weight block, the lanes scaled by `d_w * d_x` and
 //! accumulated in f32, one row at a time.
 //!
-//! Safe `#[target_feature]` functions: [`dot_rows`] and [`block_isums`]
+//! Safe `#[target_feature]` functions: [`dot_rows`] and `block_isums`
 //! may be called only where [`available`] holds (inside `unsafe`, with that
 //! check as the SAFETY argument).
 
