@@ -15,8 +15,9 @@ are timed. llama.cpp runs in this process (llama-cpp-python, built as
 scripts/llamacpp_kv_ppl.py says: the default build crashed on the project's
 machine) with its f16 KV cache and flash attention off, its default; aqpim
 runs as a subprocess with `--kv fp16 --json` (its startup and prefill are
-outside the timed steps). Prints one JSON object. Not a workspace
-dependency (like scripts/faiss_pq_bench.py).
+outside the timed steps); `--aqpim-args` appends arguments to its command
+line (`--aqpim-args "--activations f32"`). Prints one JSON object. Not a
+workspace dependency (like scripts/faiss_pq_bench.py).
 
     python3 scripts/llamacpp_decode_bench.py --aqpim target/release/aqpim \\
         --model assets/SmolLM2-135M-Instruct.Q4_1.gguf \\
@@ -25,6 +26,7 @@ dependency (like scripts/faiss_pq_bench.py).
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import time
@@ -59,7 +61,7 @@ def aqpim_run(a, prompt):
         a.aqpim, "generate", "--model", a.model, "--prompt", prompt,
         "--max-tokens", str(a.tokens), "--kv", "fp16",
         "--threads", str(a.threads), "--json",
-    ]
+    ] + shlex.split(a.aqpim_args)
     res = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(res.stdout.strip().splitlines()[-1])
 
@@ -82,6 +84,8 @@ def main():
     ap.add_argument("--tokens", type=int, default=256)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--aqpim-args", default="",
+                    help="more arguments for `aqpim generate`, one shell-quoted string")
     a = ap.parse_args()
 
     llm = Llama(
@@ -121,6 +125,7 @@ def main():
         "tokens": a.tokens,
         "threads": a.threads,
         "runs": a.runs,
+        "aqpim_args": a.aqpim_args,
         "llama_cpp_decode_tokens_per_s": llama_tps,
         "aqpim_decode_tokens_per_s": aqpim_tps,
         "aqpim_over_llama_cpp": aqpim_tps / llama_tps,

@@ -27,7 +27,7 @@ mod model;
 pub use error::{DecodeError, Result};
 pub use model::cache::{AttentionCache, DenseCache, DensePrecision};
 pub use model::compressed::CompressedCache;
-pub use model::config::{LlamaConfig, RopeMode};
+pub use model::config::{ActivationPrecision, LlamaConfig, RopeMode};
 pub use model::llama::{Llama, Logits};
 pub use model::load;
 pub use model::tokenizer::{byte_level_alphabet, Tokenizer};

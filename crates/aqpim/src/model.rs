@@ -10,8 +10,8 @@ use anyhow::{bail, Context, Result};
 use aqpim_decode::eval::{self, PplOptions, Sampling};
 use aqpim_decode::CompressedCache;
 use aqpim_decode::Tokenizer;
+use aqpim_decode::{ActivationPrecision, Llama, Logits};
 use aqpim_decode::{AttentionCache, DenseCache, DensePrecision};
-use aqpim_decode::{Llama, Logits};
 use aqpim_kvcache::{KvShape, KvSpec};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -75,6 +75,13 @@ pub struct PplArgs {
     /// costs one more FP16 pass for any cache but `fp16`.
     #[arg(long)]
     no_kld: bool,
+    /// Arithmetic of the one-token decode steps' matrix products: `f32`
+    /// (activations kept in f32) or `q8` (activations quantized to 8 bits
+    /// per block of 32, integer block dot products: llama.cpp's CPU
+    /// arithmetic). Prefill is f32 either way; `f32` keeps every accuracy
+    /// table comparable.
+    #[arg(long, default_value = "f32", value_parser = parse_activations)]
+    activations: ActivationPrecision,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -113,6 +120,12 @@ pub struct GenerateArgs {
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Arithmetic of the decode steps' matrix products: `q8` (activations
+    /// quantized to 8 bits per block of 32, integer block dot products, as
+    /// llama.cpp computes) or `f32` (activations kept in f32, as `eval ppl`
+    /// by default). The prompt's prefill is f32 either way.
+    #[arg(long, default_value = "q8", value_parser = parse_activations)]
+    activations: ActivationPrecision,
     /// Print one JSON object on one line (prompt ids, generated ids, text, the
     /// five most likely first tokens with their logits) instead of streaming.
     #[arg(long)]
@@ -128,6 +141,14 @@ struct GenerateOutput {
     first_top5: Vec<(u32, f32)>,
     prefill_tokens_per_s: f64,
     decode_tokens_per_s: f64,
+    /// `--activations` (`f32` or `q8`).
+    activations: &'static str,
+}
+
+/// `--activations`: `f32` or `q8`.
+fn parse_activations(s: &str) -> std::result::Result<ActivationPrecision, String> {
+    s.parse()
+        .map_err(|e: aqpim_decode::DecodeError| e.to_string())
 }
 
 /// The cache a run uses, from `--kv` and `--codebooks`.
@@ -242,6 +263,8 @@ struct PplOutput {
     /// Perplexity of the FP16 reference pass on the same tokens (equal to
     /// `perplexity` for `--kv fp16`; null with `--no-kld`).
     fp16_perplexity: Option<f64>,
+    /// `--activations` (`f32` or `q8`).
+    activations: &'static str,
     threads: usize,
 }
 
@@ -254,7 +277,8 @@ fn ppl(a: PplArgs) -> Result<()> {
     let choice = cache_choice(&a.kv, a.codebooks.as_deref())?;
     let text = std::fs::read_to_string(&a.text)
         .with_context(|| format!("reading text {} (UTF-8 expected)", a.text.display()))?;
-    let (model, tok) = load(&a.model)?;
+    let (mut model, tok) = load(&a.model)?;
+    model.set_activations(a.activations);
     let doc_start = doc_start_token(&a.bos_token, &tok)?;
     let tokens = scored_text(&tok, &text, a.skip, a.tokens)?;
     let max_window = model.config().context_length - usize::from(doc_start.is_some());
@@ -359,6 +383,7 @@ fn ppl(a: PplArgs) -> Result<()> {
         kld_p99: report.divergence.map(|d| d.kld_p99),
         top1_agreement: report.divergence.map(|d| d.top1_agreement),
         fp16_perplexity: report.divergence.map(|d| d.reference_nll.exp()),
+        activations: a.activations.name(),
         threads: rayon::current_num_threads(),
     };
     if a.json {
@@ -508,6 +533,10 @@ fn print_ppl(out: &PplOutput) {
         "{:<14} {}, {} bytes at most",
         "kv cache", out.kv, out.cache_bytes
     );
+    println!(
+        "{:<14} {} in decode steps (prefill f32)",
+        "activations", out.activations
+    );
     match (
         out.bits_codes,
         out.bits_codebooks,
@@ -612,7 +641,8 @@ fn generate(a: GenerateArgs) -> Result<()> {
             seed: a.seed,
         },
     };
-    let (model, tok) = load(&a.model)?;
+    let (mut model, tok) = load(&a.model)?;
+    model.set_activations(a.activations);
     let ids = prompt_ids(&a, &model, &tok)?;
     let stop: Vec<u32> = tok
         .eos
@@ -670,6 +700,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
                 .collect(),
             prefill_tokens_per_s: prefill_tps,
             decode_tokens_per_s: decode_tps,
+            activations: a.activations.name(),
         };
         println!("{}", serde_json::to_string(&out)?);
         warn_if_no_codes(&model, &choice, ids.len() + report.tokens.len())?;

@@ -15,6 +15,50 @@ pub enum RopeMode {
     Neox,
 }
 
+/// The arithmetic of a single-token (decode) matrix-vector product, the
+/// model's one numerics option (prefill products are f32 either way).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum ActivationPrecision {
+    /// Activations stay f32; the weights' blocks are converted to f32 and
+    /// multiplied in f32 (exact up to the order of the sums).
+    #[default]
+    F32,
+    /// llama.cpp's CPU arithmetic: the activation vector is quantized to 8
+    /// bits per block of 32 (`d = max|x| / 127`, `q = round(x / d)`, and
+    /// for 4-bit weights with a minimum also `s = d * sum(q)`), each
+    /// block's dot product is an integer sum and blocks are accumulated in
+    /// f32 (`quant::q8`).
+    Q8,
+}
+
+impl ActivationPrecision {
+    /// The name the command line uses (`f32`, `q8`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::Q8 => "q8",
+        }
+    }
+}
+
+impl std::str::FromStr for ActivationPrecision {
+    type Err = DecodeError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" => Ok(Self::F32),
+            "q8" => Ok(Self::Q8),
+            other => Err(DecodeError::InvalidArgument {
+                name: "activations",
+                reason: format!(
+                    "`{}` is not an activation precision (f32 or q8)",
+                    other.chars().take(40).collect::<String>()
+                ),
+            }),
+        }
+    }
+}
+
 /// Architecture of a Llama-family decoder.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LlamaConfig {

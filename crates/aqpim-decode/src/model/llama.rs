@@ -21,9 +21,9 @@ use rayon::prelude::*;
 
 use crate::error::{DecodeError, Result};
 use crate::model::cache::AttentionCache;
-use crate::model::config::{LlamaConfig, RopeMode};
+use crate::model::config::{ActivationPrecision, LlamaConfig, RopeMode};
 use crate::model::gguf::GgufFile;
-use crate::model::quant::QMatrix;
+use crate::model::quant::{Q8Activations, QMatrix};
 use crate::model::weights::{Weight, WeightSource};
 
 /// Weights of one transformer block.
@@ -59,15 +59,25 @@ impl<const N: usize> Stacked<N> {
         self.parts.iter().map(QMatrix::bytes).sum()
     }
 
-    /// `X W_i^T` for each part: `x` is `n x cols`, result `i` is `n x rows_i`.
-    fn apply(&self, x: &[f32], n: usize) -> [Vec<f32>; N] {
+    /// `X W_i^T` for each part: `x` is `n x cols`, result `i` is `n x rows_i`
+    /// (a single row with `activations`' arithmetic, see [`product`]).
+    fn apply(
+        &self,
+        x: &[f32],
+        n: usize,
+        activations: ActivationPrecision,
+    ) -> Result<[Vec<f32>; N]> {
         let Some(f) = &self.fused else {
-            return std::array::from_fn(|i| self.parts[i].matmul(x, n));
+            let mut out: [Vec<f32>; N] = std::array::from_fn(|_| Vec::new());
+            for (o, part) in out.iter_mut().zip(&self.parts) {
+                *o = product(part, x, n, activations)?;
+            }
+            return Ok(out);
         };
-        let all = f.matmul(x, n);
+        let all = product(f, x, n, activations)?;
         let total = f.rows();
         let mut start = 0;
-        std::array::from_fn(|i| {
+        Ok(std::array::from_fn(|i| {
             let rows = self.parts[i].rows();
             let mut out = vec![0f32; n * rows];
             each_rows(&mut out, rows, |t0, chunk| {
@@ -78,8 +88,22 @@ impl<const N: usize> Stacked<N> {
             });
             start += rows;
             out
-        })
+        }))
     }
+}
+
+/// `X W^T` for `n` rows of `x` (`n x cols`): [`QMatrix::matmul`], except
+/// that a single row with [`ActivationPrecision::Q8`] goes through
+/// [`QMatrix::gemv_q8`] (8-bit activations, integer block dot products)
+/// when `w`'s storage type has such a product. Prefill (`n > 1`) is f32
+/// either way.
+fn product(w: &QMatrix, x: &[f32], n: usize, activations: ActivationPrecision) -> Result<Vec<f32>> {
+    if n == 1 && activations == ActivationPrecision::Q8 && w.ty().takes_q8_activations() {
+        let mut y = vec![0f32; w.rows()];
+        w.gemv_q8(&Q8Activations::quantize(x)?, &mut y)?;
+        return Ok(y);
+    }
+    Ok(w.matmul(x, n))
 }
 
 /// The attention of [`Llama::block`]: `(q, k, v, out)`, see there.
@@ -105,6 +129,8 @@ pub struct Llama {
     layers: Vec<Layer>,
     /// `inv_freq[i] = base^(-2i / n_rot)`, `n_rot / 2` values.
     inv_freq: Vec<f64>,
+    /// The arithmetic of single-token products (f32 unless set).
+    activations: ActivationPrecision,
 }
 
 impl Llama {
@@ -160,7 +186,19 @@ impl Llama {
             output,
             layers,
             inv_freq,
+            activations: ActivationPrecision::F32,
         })
+    }
+
+    /// The arithmetic of single-token (decode) matrix-vector products.
+    pub fn activations(&self) -> ActivationPrecision {
+        self.activations
+    }
+
+    /// Sets the arithmetic of single-token (decode) matrix-vector products;
+    /// prefill blocks of several tokens stay f32.
+    pub fn set_activations(&mut self, activations: ActivationPrecision) {
+        self.activations = activations;
     }
 
     /// The architecture.
@@ -287,7 +325,7 @@ impl Llama {
             Logits::All => &x[..],
             Logits::Last => &x[(n - 1) * dim..],
         };
-        Ok(self.logits(rows))
+        self.logits(rows)
     }
 
     /// Refuses `n` tokens after `p0` cached ones when they pass the context.
@@ -346,7 +384,7 @@ impl Llama {
         let layer = &self.layers[l];
         let half = self.inv_freq.len();
         let h = self.rmsnorm(x, &layer.attn_norm);
-        let [mut q, mut k, v] = layer.wqkv.apply(&h, n);
+        let [mut q, mut k, v] = layer.wqkv.apply(&h, n, self.activations)?;
         for (m, heads) in [(&mut q, nh), (&mut k, nkv)] {
             each_rows(m, heads * hd, |t0, rows| {
                 for (t, row) in rows.chunks_exact_mut(heads * hd).enumerate() {
@@ -360,10 +398,10 @@ impl Llama {
         let mut attn = vec![0f32; n * nh * hd];
         attention(&q, &k, &v, &mut attn)?;
         drop((q, k, v));
-        let o = layer.wo.matmul(&attn, n);
+        let o = product(&layer.wo, &attn, n, self.activations)?;
         add_rows(x, &o, c.dim);
         let h = self.rmsnorm(x, &layer.ffn_norm);
-        let [mut gate, up] = layer.w_gate_up.apply(&h, n);
+        let [mut gate, up] = layer.w_gate_up.apply(&h, n, self.activations)?;
         let ffn = up.len() / n.max(1);
         each_rows(&mut gate, ffn, |t0, rows| {
             for (g, u) in rows.iter_mut().zip(&up[t0 * ffn..]) {
@@ -371,16 +409,16 @@ impl Llama {
             }
         });
         drop(up);
-        let down = layer.w_down.matmul(&gate, n);
+        let down = product(&layer.w_down, &gate, n, self.activations)?;
         add_rows(x, &down, c.dim);
         Ok(())
     }
 
     /// Logits of the final hidden rows `rows` (`m x dim`): `m x vocab`.
-    pub(crate) fn logits(&self, rows: &[f32]) -> Vec<f32> {
+    pub(crate) fn logits(&self, rows: &[f32]) -> Result<Vec<f32>> {
         let h = self.rmsnorm(rows, &self.output_norm);
         let out = self.output.as_ref().unwrap_or(&self.token_embd);
-        out.matmul(&h, h.len() / self.config.dim)
+        product(out, &h, h.len() / self.config.dim, self.activations)
     }
 }
 

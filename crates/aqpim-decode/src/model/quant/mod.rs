@@ -17,7 +17,10 @@
 //!
 //! The dot-product kernels of [`QMatrix::gemv`] live in their own files:
 //! `scalar` (portable), `avx2` and `avx512` (hand-written, picked at run
-//! time), with what the two x86 kernels share in `x86`.
+//! time), with what the two x86 kernels share in `x86`. Those of
+//! [`QMatrix::gemv_q8`] (8-bit activations, integer block dot products as
+//! llama.cpp computes them) are in `q8` (quantizer, portable reference),
+//! `vnni` (AVX-512 VNNI) and `q8_avx2`.
 
 use half::f16;
 use rayon::prelude::*;
@@ -367,20 +370,24 @@ impl QMatrix {
         // sum_j (q_j d + m) x_j = d sum_j q_j x_j + m sum_j x_j.
         let xsum: Vec<f32> = x.chunks(QK).map(|c| c.iter().sum()).collect();
         let rb = self.row_bytes();
-        // A few tasks per thread (multiples of 4 rows for the 4-row kernels):
-        // fewer, larger tasks than in `matmul`, since a GEMV is only tens of
-        // microseconds of work and task hand-offs would dominate.
-        let threads = rayon::current_num_threads().max(1);
-        let chunk = self
-            .rows
-            .div_ceil(4 * threads)
-            .next_multiple_of(4)
-            .max(GEMV_MIN_ROWS);
+        let chunk = self.gemv_rows_per_task();
         super::spin::for_each_chunk_mut(y, chunk, &|c, yc| {
             let r0 = c * chunk;
             let rows = &self.bytes[r0 * rb..(r0 + yc.len()) * rb];
             dot_rows(self.ty, rows, rb, x, &xsum, yc);
         });
+    }
+
+    /// Rows per parallel task of a GEMV: a few tasks per thread (multiples
+    /// of 4 rows for the 4-row kernels), fewer and larger than in `matmul`,
+    /// since a GEMV is only tens of microseconds of work and task hand-offs
+    /// would dominate.
+    fn gemv_rows_per_task(&self) -> usize {
+        let threads = rayon::current_num_threads().max(1);
+        self.rows
+            .div_ceil(4 * threads)
+            .next_multiple_of(4)
+            .max(GEMV_MIN_ROWS)
     }
 
     /// `Y = X W^T` for `n` input rows: `x` is `n x cols` row-major, the
@@ -549,9 +556,17 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 pub(crate) mod gemm;
+mod q8;
+#[cfg(target_arch = "x86_64")]
+mod q8_avx2;
+mod q8_gemv;
 mod scalar;
 #[cfg(target_arch = "x86_64")]
+mod vnni;
+#[cfg(target_arch = "x86_64")]
 mod x86;
+
+pub use q8::Q8Activations;
 
 /// `y[i] = row_i . x` for the rows packed in `rows` (`row_bytes` each), by
 /// the widest kernel this CPU runs.
