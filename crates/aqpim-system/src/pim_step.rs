@@ -90,6 +90,8 @@ struct Pq {
     train: bool,
     /// Online refinement of keys and values (`krefine=`, `vrefine=`).
     refine: [bool; 2],
+    /// Bytes of one token's codes in the banks, keys and values.
+    code_bytes: [u64; 2],
     /// FP16 bytes of one key and one value codebook of one KV head.
     key_book_bytes: u64,
     value_book_bytes: u64,
@@ -130,8 +132,8 @@ fn format(
     let pv = spec.params(model.head_dim, KvPart::Values)?;
     let bank = BankFormat::of(&KvSpec::Pq(spec), model.head_dim, ctx)?;
     let regions = bank.regions;
-    let code_bytes = (bank_code_bytes(spec.key, model.head_dim)
-        + bank_code_bytes(spec.value, model.head_dim)) as u64;
+    let part_code_bytes = [spec.key, spec.value].map(|c| bank_code_bytes(c, model.head_dim) as u64);
+    let code_bytes = part_code_bytes[0] + part_code_bytes[1];
     let stride = bank_table_entries(spec.key);
     let preset_scope = stacks.codebook_scope()?;
     Ok(Format {
@@ -151,6 +153,7 @@ fn format(
             }),
             train: preset_scope == CodebookScope::Sequence,
             refine: spec.training.refine.map(|w| w > 0),
+            code_bytes: part_code_bytes,
             key_book_bytes: pk.codebook_len() as u64 * FP16_BYTES,
             value_book_bytes: pv.codebook_len() as u64 * FP16_BYTES,
             table_bytes: (pk.num_subspaces() * stride) as u64 * FP16_BYTES,
@@ -584,20 +587,24 @@ fn pim_costs(
         }
         _ => 0.0,
     };
-    // refine=: per cache and step, the leaving token's codes come back from
-    // the banks and the value centroids they name (`d` FP16 elements) go to
-    // the banks' copies of the value codebook (an estimate of the traffic,
-    // one payload per cache as the device broadcasts it).
+    // refine=: per cache and step, the leaving token's codes of each refined
+    // part come back from the banks, and under `vrefine` the value centroids
+    // they name (`d` FP16 elements) go to the banks' copies of the value
+    // codebook (an estimate of the traffic, one payload per cache as the
+    // device broadcasts it).
     let refine = match &f.pq {
-        Some(p) if p.refine.contains(&true) && p.regions.encoded > 0 => {
-            let caches = (batch * model.kv_heads) as f64;
-            let codes = (f.token_bytes / model.kv_heads as u64) as f64;
+        Some(p) if p.regions.encoded > 0 => {
+            let caches = (batch * model.kv_heads) as u64;
+            let codes: u64 = (0..2)
+                .filter(|&i| p.refine[i])
+                .map(|i| p.code_bytes[i])
+                .sum();
             let values = if p.refine[1] {
-                (model.head_dim as u64 * FP16_BYTES) as f64
+                model.head_dim as u64 * FP16_BYTES
             } else {
-                0.0
+                0
             };
-            caches * (codes + values)
+            (caches * (codes + values)) as f64
         }
         _ => 0.0,
     };

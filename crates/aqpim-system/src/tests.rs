@@ -248,6 +248,18 @@ fn refined_codebooks_are_each_sequences_own_without_training() {
     // Link: per cache the token's codes (2 subspaces of 2 bits, a nibble
     // column each: 1 B per part) back, and 4 FP16 value elements out.
     close(st.link_ms - base.link_ms, 2.0 * 3.0 * (2.0 + 8.0) / 0.5e6);
+    // Values alone: key codebooks stay the model's (one set of 32 B on the
+    // GPU), value codebooks are each sequence's (3 sets of 32 B); refinement
+    // touches the value centroids only (3 caches x 2 x 4 x 2 B), and only
+    // the value codes (1 B) come back.
+    let pim = s.pim.as_mut().unwrap();
+    pim.kv = Some(pim.kv.as_ref().unwrap().replace("refine=1", "vrefine=1"));
+    let v = decode_step_with(&m, &s, Policy::Aqpim, 13, 3, Some(&Fake::new())).unwrap();
+    assert_eq!(v.codebooks, "keys model, values sequence");
+    assert_eq!(v.gpu_bytes_used, WEIGHTS + 2 * (32 + 3 * 32));
+    assert!(v.codebook_training_ms.is_none());
+    close(v.table_ms, 2.0 * (32.0 + 6.0 * 64.0 + 3.0 * 16.0) / 1e6);
+    close(v.link_ms - base.link_ms, 2.0 * 3.0 * (1.0 + 8.0) / 0.5e6);
 }
 
 #[test]
