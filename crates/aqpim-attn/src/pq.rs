@@ -471,13 +471,18 @@ fn encoded_tokens(
         true => cached_blocks(kcodes, start, b),
         false => &kcodes.data()[start * kb..(start + b) * kb],
     };
+    // The value codes the value side reads: lane nibbles or rows.
+    let vread = |start: usize, b: usize| match lanes && start + b <= vcached {
+        true => cached_blocks(vcodes, start, b),
+        false => &vcodes.data()[start * vb..(start + b) * vb],
+    };
     let mut start = 0;
     while start < n {
         let b = chunk_len(start);
         let ahead = match start + b < n {
             true => {
                 let (next, nb) = (start + b, chunk_len(start + b));
-                [kread(next, nb), &vcodes.data()[next * vb..(next + nb) * vb]]
+                [kread(next, nb), vread(next, nb)]
             }
             false => [&[][..]; 2],
         };
@@ -567,7 +572,8 @@ fn head_chunk(
             weights.clear();
             weights.extend_from_slice(scores);
             weights.resize(b.div_ceil(SCAN_BLOCK) * SCAN_BLOCK, 0.0);
-            crate::lanes::accumulate_values(chunk.vprep, m, *dsub, cols, weights, &mut acc.o);
+            let (vprep, ahead) = (chunk.vprep, chunk.ahead);
+            crate::lanes::accumulate_values(vprep, m, *dsub, cols, weights, ahead, &mut acc.o);
         }
         Values::Rows { centroids, dsub } => {
             rows::accumulate_rows(vblock, m, *dsub, centroids, scores, chunk.ahead, &mut acc.o)
