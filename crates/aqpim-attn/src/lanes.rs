@@ -45,13 +45,17 @@ pub(crate) fn centroid_columns<'a>(
 /// over the tokens of `blocks` (`blocks.len() / (M x 32)` blocks of 64
 /// tokens in lane nibbles, [`aqpim_pq::pack_lane_nibbles`]; `weights`: 64 a
 /// block, zero past the last token; `cols` from [`centroid_columns`]; `o`:
-/// `M x dsub`).
+/// `M x dsub`). `ahead`: bytes the caller reads next (the next chunk's key
+/// blocks and value blocks), prefetched into L2 over the passes (the first
+/// half of the passes the first region, the second half the second); they
+/// do not change the result.
 pub(crate) fn accumulate_values(
     blocks: &[u8],
     m: usize,
     dsub: usize,
     cols: &[f32],
     weights: &[f32],
+    ahead: [&[u8]; 2],
     o: &mut [f32],
 ) {
     let block = m * LANE_ROW;
@@ -65,11 +69,11 @@ pub(crate) fn accumulate_values(
     if std::arch::is_x86_feature_detected!("avx512f") {
         match dsub {
             // SAFETY: AVX-512F is available (checked above).
-            1 => unsafe { avx512::accumulate::<1, 8>(blocks, m, cols, weights, o) },
+            1 => unsafe { avx512::accumulate::<1, 8>(blocks, m, cols, weights, ahead, o) },
             // SAFETY: as above.
-            2 => unsafe { avx512::accumulate::<2, 4>(blocks, m, cols, weights, o) },
+            2 => unsafe { avx512::accumulate::<2, 4>(blocks, m, cols, weights, ahead, o) },
             // SAFETY: as above.
-            4 => unsafe { avx512::accumulate::<4, 2>(blocks, m, cols, weights, o) },
+            4 => unsafe { avx512::accumulate::<4, 2>(blocks, m, cols, weights, ahead, o) },
             _ => accumulate_portable(blocks, m, dsub, cols, weights, o),
         }
         return;
@@ -130,24 +134,38 @@ mod avx512 {
         m: usize,
         cols: &[f32],
         weights: &[f32],
+        ahead: [&[u8]; 2],
         o: &mut [f32],
     ) {
         let nb = blocks.len() / (m * LANE_ROW);
         assert!(
             weights.len() >= nb * SCAN_BLOCK && cols.len() >= m * DSUB * 16 && o.len() >= m * DSUB
         );
-        let mut s = 0;
-        while s + S <= m {
-            pass::<DSUB, S>(blocks, m, s, cols, weights, o);
-            s += S;
+        let full = m / S;
+        for p in 0..full {
+            let ahead = share(ahead, p, full);
+            pass::<DSUB, S>(blocks, m, p * S, cols, weights, ahead, o);
         }
-        while s < m {
-            pass::<DSUB, 1>(blocks, m, s, cols, weights, o);
-            s += 1;
+        for s in full * S..m {
+            pass::<DSUB, 1>(blocks, m, s, cols, weights, &[], o);
         }
     }
 
-    /// Subspaces `s0 .. s0 + S` of [`accumulate`].
+    /// The part of `ahead` that pass `p` of `passes` prefetches: region 0
+    /// over the first half of the passes, region 1 over the second, each
+    /// cut in equal parts.
+    fn share(ahead: [&[u8]; 2], p: usize, passes: usize) -> &[u8] {
+        let r = p * 2 / passes;
+        let first = (r * passes).div_ceil(2);
+        let count = ((r + 1) * passes).div_ceil(2) - first;
+        let bytes = ahead[r];
+        let part = bytes.len().div_ceil(count.max(1));
+        let at = ((p - first) * part).min(bytes.len());
+        &bytes[at..(at + part).min(bytes.len())]
+    }
+
+    /// Subspaces `s0 .. s0 + S` of [`accumulate`], prefetching `ahead`
+    /// into L2 over the blocks (a few lines a block).
     #[inline]
     #[target_feature(enable = "avx512f")]
     fn pass<const DSUB: usize, const S: usize>(
@@ -156,8 +174,12 @@ mod avx512 {
         s0: usize,
         cols: &[f32],
         weights: &[f32],
+        ahead: &[u8],
         o: &mut [f32],
     ) {
+        const LINE: usize = 64;
+        let lines = ahead.len().div_ceil(LINE);
+        let per = lines.div_ceil((blocks.len() / (m * LANE_ROW)).max(1));
         let n = SCAN_BLOCK;
         let load16 = |s: &[f32]| {
             let s: &[f32; 16] = s.try_into().expect("16 floats");
@@ -179,6 +201,9 @@ mod avx512 {
         });
         let mut acc = [[_mm512_setzero_ps(); DSUB]; S];
         for (b, blk) in blocks.chunks_exact(m * LANE_ROW).enumerate() {
+            for j in b * per..((b + 1) * per).min(lines) {
+                _mm_prefetch::<_MM_HINT_T1>(ahead.as_ptr().wrapping_add(j * LINE).cast());
+            }
             let rows: [__m512i; S] = std::array::from_fn(|k| {
                 let at = (s0 + k) * LANE_ROW;
                 let bytes: &[u8; LANE_ROW] = blk[at..at + LANE_ROW].try_into().expect("32");
@@ -236,7 +261,15 @@ mod tests {
             aqpim_pq::pack_lane_nibbles(&blocks, &mut lanes).unwrap();
             let weights: Vec<f32> = (0..nb * 64).map(|_| rng.gen_range(0.0f32..1.0)).collect();
             let mut got = vec![0.5f32; m * dsub];
-            accumulate_values(&lanes, m, dsub, &cols, &weights, &mut got);
+            accumulate_values(
+                &lanes,
+                m,
+                dsub,
+                &cols,
+                &weights,
+                [&lanes[..], &lanes[lanes.len() / 3..]],
+                &mut got,
+            );
             // Per-centroid bins, then bins times the codebook, in f64.
             let mut want = vec![0.5f64; m * dsub];
             for s in 0..m {
@@ -304,7 +337,7 @@ mod proptests {
             aqpim_pq::pack_lane_nibbles(&codes, &mut lanes).unwrap();
             let weights: Vec<f32> = (0..nb * 64).map(|_| rng.gen_range(0.0f32..1.0)).collect();
             let mut got = vec![0f32; m * dsub];
-            accumulate_values(&lanes, m, dsub, &cols, &weights, &mut got);
+            accumulate_values(&lanes, m, dsub, &cols, &weights, [&lanes[..], &lanes[lanes.len() / 3..]], &mut got);
             let mut portable = vec![0f32; m * dsub];
             accumulate_portable(&lanes, m, dsub, &cols, &weights, &mut portable);
             for s in 0..m {

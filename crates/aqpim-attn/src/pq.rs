@@ -404,13 +404,16 @@ fn dot_f16(q: &[f32], k: &[f16]) -> f32 {
 
 /// What the value side reads of one chunk of encoded tokens, `start ..
 /// start + b`: the stored rows of its value codes, the same tokens in lane
-/// nibbles (empty when the values do not go through lanes), and its outlier
-/// tokens.
+/// nibbles (empty when the values do not go through lanes), its outlier
+/// tokens, and what the next chunk reads first (its key codes as the scorer
+/// reads them and its value rows), for the value side to prefetch.
+#[derive(Clone, Copy)]
 struct Chunk<'a> {
     start: usize,
     vrows: &'a [u8],
     vprep: &'a [u8],
     outliers: &'a [OutlierToken],
+    ahead: [&'a [u8]; 2],
 }
 
 /// Streams the encoded tokens chunk by chunk (`codes`: keys and values):
@@ -453,14 +456,36 @@ fn encoded_tokens(
         weights,
         ..
     } = scratch;
-    let mut start = 0;
-    while start < n {
+    // Chunks end where the store's blocks end (see above).
+    let chunk_len = |start: usize| {
         let mut b = CODE_BLOCK.min(n - start);
         for cached in [kcached, vcached] {
             if start < cached {
                 b = b.min(cached - start);
             }
         }
+        b
+    };
+    // The key codes the scorer reads of tokens `start .. start + b`.
+    let kread = |start: usize, b: usize| match scorer.transposed() && start + b <= kcached {
+        true => cached_blocks(kcodes, start, b),
+        false => &kcodes.data()[start * kb..(start + b) * kb],
+    };
+    // The value codes the value side reads: lane nibbles or rows.
+    let vread = |start: usize, b: usize| match lanes && start + b <= vcached {
+        true => cached_blocks(vcodes, start, b),
+        false => &vcodes.data()[start * vb..(start + b) * vb],
+    };
+    let mut start = 0;
+    while start < n {
+        let b = chunk_len(start);
+        let ahead = match start + b < n {
+            true => {
+                let (next, nb) = (start + b, chunk_len(start + b));
+                [kread(next, nb), vread(next, nb)]
+            }
+            false => [&[][..]; 2],
+        };
         let kblock = &kcodes.data()[start * kb..(start + b) * kb];
         let vblock = &vcodes.data()[start * vb..(start + b) * vb];
         let lo = exact.outliers.partition_point(|o| o.index < start);
@@ -488,11 +513,20 @@ fn encoded_tokens(
             vrows: vblock,
             vprep,
             outliers: &exact.outliers[lo..hi],
+            ahead,
         };
         for (i, (acc, &off)) in accs.iter_mut().zip(offsets).enumerate().take(scorer.len()) {
             let q = &exact.queries[i * exact.d..(i + 1) * exact.d];
             let scores = &mut scores[..b];
             scorer.scores(i, kblock, kcodes.width(), kprep, scores)?;
+            // The group's first query head prefetches the next chunk.
+            let chunk = match i {
+                0 => chunk,
+                _ => Chunk {
+                    ahead: [&[][..]; 2],
+                    ..chunk
+                },
+            };
             head_chunk(q, off, &chunk, codes, ksub_v, values, scores, weights, acc);
         }
         start += b;
@@ -538,10 +572,11 @@ fn head_chunk(
             weights.clear();
             weights.extend_from_slice(scores);
             weights.resize(b.div_ceil(SCAN_BLOCK) * SCAN_BLOCK, 0.0);
-            crate::lanes::accumulate_values(chunk.vprep, m, *dsub, cols, weights, &mut acc.o);
+            let (vprep, ahead) = (chunk.vprep, chunk.ahead);
+            crate::lanes::accumulate_values(vprep, m, *dsub, cols, weights, ahead, &mut acc.o);
         }
         Values::Rows { centroids, dsub } => {
-            rows::accumulate_rows(vblock, m, *dsub, centroids, scores, &mut acc.o)
+            rows::accumulate_rows(vblock, m, *dsub, centroids, scores, chunk.ahead, &mut acc.o)
         }
         Values::Bins => match vcodes.width() {
             // One byte holds two subspaces' codes: bin the byte.

@@ -10,16 +10,19 @@
 //! floats, 16 bytes for `dsub = 4`) and one fused multiply-add into an
 //! accumulator that stays in a register: nothing is stored per token. Eight
 //! subspaces go a pass, so that one 64-bit load brings a token's eight codes
-//! (split by shifts) and the pass's eight codebooks (8 KB each for
-//! `dsub = 4`) stay in L1 while the tokens stream; the accumulators are added
-//! into `o` once a call. About 0.64 of the histogram's time per code in
-//! isolation (4,096 tokens, `M = 32`, `dsub = 4`, best of 5: 0.21 ns against
-//! 0.33 ns a code on the project machine, loaded).
+//! and the pass's eight codebooks (4 KB each for `dsub = 4`) stay in L1
+//! while the tokens stream; the accumulators are added into `o` once a
+//! call. For `dsub = 4` the eight codes become byte offsets (times 16) by
+//! two shifts and two masks, one field extraction a code ([`vex`]), not
+//! three integer instructions a code. The passes after the first, which
+//! read the rows from L2, prefetch what the kernel reads next into L2.
 //!
 //! Register-resident codebooks (the issue's two-level histogram, or
 //! `vpermi2ps` over 16-centroid chunks with tokens in lanes) need about 16
 //! vector instructions per 16 tokens and centroid component, four times the
 //! work per code of the loads above for `dsub = 4`, so they were not built.
+//! Measured figures: `docs/results/attn-cpu.md` (issue 25's third and fourth
+//! passes).
 
 /// `o[s * dsub + j] += sum_t weights[t] centroids[(s * 256 + codes[t * m + s]) * dsub + j]`
 /// over the `min(codes.len() / m, weights.len())` tokens of `codes` (`n x
@@ -30,6 +33,11 @@
 /// added to `o`; the result equals the per-centroid bins times the codebook
 /// up to float rounding.
 ///
+/// `ahead`: bytes the caller reads next (the next chunk's key blocks and
+/// value rows), prefetched into L2 by the passes after the first, which
+/// read only the L2 and leave the memory idle otherwise; they do not change
+/// the result.
+///
 /// # Panics
 /// If `centroids` or `o` is shorter than stated (an internal invariant: the
 /// kernel passes a codebook of 256 centroids and its own outputs).
@@ -39,6 +47,70 @@ pub(crate) fn accumulate_rows(
     dsub: usize,
     centroids: &[f32],
     weights: &[f32],
+    ahead: [&[u8]; 2],
+    o: &mut [f32],
+) {
+    accumulate_with(
+        RowsKernel::detect(),
+        codes,
+        m,
+        dsub,
+        centroids,
+        weights,
+        ahead,
+        o,
+    );
+}
+
+/// The implementations of [`accumulate_rows`]; every one gives the same sums
+/// up to float rounding (the tests run each this machine has).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RowsKernel {
+    /// One subspace at a time, one scalar chain a component.
+    Portable,
+    /// AVX2, FMA and BMI1: eight subspaces a pass, one fused multiply-add a
+    /// code.
+    Vex,
+}
+
+impl RowsKernel {
+    /// The fastest implementation this CPU runs.
+    pub(crate) fn detect() -> RowsKernel {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("bmi1")
+        {
+            return RowsKernel::Vex;
+        }
+        RowsKernel::Portable
+    }
+
+    /// Every implementation this CPU runs, the portable one first.
+    #[cfg(test)]
+    pub(crate) fn available() -> Vec<RowsKernel> {
+        let mut all = vec![RowsKernel::Portable];
+        if RowsKernel::detect() == RowsKernel::Vex {
+            all.push(RowsKernel::Vex);
+        }
+        all
+    }
+}
+
+/// [`accumulate_rows`] with a chosen implementation.
+///
+/// # Panics
+/// As [`accumulate_rows`]; also if `kernel` is [`RowsKernel::Vex`] on a CPU
+/// without AVX2, FMA and BMI1.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn accumulate_with(
+    kernel: RowsKernel,
+    codes: &[u8],
+    m: usize,
+    dsub: usize,
+    centroids: &[f32],
+    weights: &[f32],
+    ahead: [&[u8]; 2],
     o: &mut [f32],
 ) {
     if m == 0 || dsub == 0 {
@@ -50,18 +122,30 @@ pub(crate) fn accumulate_rows(
     );
     let n = (codes.len() / m).min(weights.len());
     let (codes, weights) = (&codes[..n * m], &weights[..n]);
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        match dsub {
-            // SAFETY: AVX2 and FMA are available (checked above).
-            1 => unsafe { vex::accumulate::<1>(codes, m, centroids, weights, o) },
-            // SAFETY: as above.
-            2 => unsafe { vex::accumulate::<2>(codes, m, centroids, weights, o) },
-            // SAFETY: as above.
-            4 => unsafe { vex::accumulate::<4>(codes, m, centroids, weights, o) },
-            _ => accumulate_portable(codes, m, dsub, centroids, weights, o),
+    if kernel == RowsKernel::Vex {
+        #[cfg(target_arch = "x86_64")]
+        {
+            assert!(
+                RowsKernel::detect() == RowsKernel::Vex,
+                "the AVX2 rows kernel on a CPU without AVX2, FMA and BMI1"
+            );
+            let rows = vex::Rows {
+                codes,
+                m,
+                centroids,
+                weights,
+            };
+            match dsub {
+                // SAFETY: AVX2, FMA and BMI1 are available (checked above).
+                1 => unsafe { vex::accumulate::<1>(&rows, ahead, o) },
+                // SAFETY: as above.
+                2 => unsafe { vex::accumulate::<2>(&rows, ahead, o) },
+                // SAFETY: as above.
+                4 => unsafe { vex::accumulate::<4>(&rows, ahead, o) },
+                _ => accumulate_portable(codes, m, dsub, centroids, weights, o),
+            }
+            return;
         }
-        return;
     }
     accumulate_portable(codes, m, dsub, centroids, weights, o);
 }
@@ -93,121 +177,7 @@ pub(crate) fn accumulate_portable(
 }
 
 #[cfg(target_arch = "x86_64")]
-mod vex {
-    use std::arch::x86_64::*;
-
-    /// Subspaces a pass: one 64-bit load holds a token's codes.
-    const PASS: usize = 8;
-
-    /// How far ahead the first pass prefetches the rows, in bytes: the
-    /// hardware prefetcher alone left the loads of a stream from DRAM
-    /// exposed (32 KV heads' rows at 32K tokens, `M = 32`, one thread:
-    /// 0.36 ns a code without, 0.27-0.29 with 1-8 KB ahead, 2 KB the best,
-    /// on the project machine).
-    const PREFETCH: usize = 2048;
-
-    /// [`super::accumulate_rows`] for `DSUB` (1, 2 or 4) floats a centroid,
-    /// each in the low lanes of a 128-bit register: passes of eight
-    /// subspaces, then the rest one at a time.
-    ///
-    /// A safe `#[target_feature]` function: code compiled without AVX2 and
-    /// FMA calls it only after checking for them at run time (its `unsafe`
-    /// call site). Needs `centroids.len() >= M x 256 x DSUB`, `o.len() >= M
-    /// x DSUB` and `weights.len() >= codes.len() / M`; panics otherwise.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) fn accumulate<const DSUB: usize>(
-        codes: &[u8],
-        m: usize,
-        centroids: &[f32],
-        weights: &[f32],
-        o: &mut [f32],
-    ) {
-        let mut s = 0;
-        while s + PASS <= m {
-            pass::<DSUB, PASS>(codes, m, s, centroids, weights, o);
-            s += PASS;
-        }
-        while s < m {
-            pass::<DSUB, 1>(codes, m, s, centroids, weights, o);
-            s += 1;
-        }
-    }
-
-    /// Subspaces `s0 .. s0 + G` (`G` 8 or 1) of [`accumulate`]: `G`
-    /// accumulators, one a subspace, over every token. The first pass
-    /// (`s0 == 0`) reads the rows from memory and prefetches them
-    /// [`PREFETCH`] bytes ahead; the later passes find them in L2.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    fn pass<const DSUB: usize, const G: usize>(
-        codes: &[u8],
-        m: usize,
-        s0: usize,
-        centroids: &[f32],
-        weights: &[f32],
-        o: &mut [f32],
-    ) {
-        // Each subspace's codebook as 256 centroids: a byte code indexes it
-        // without a bounds check.
-        let books: [&[[f32; DSUB]; 256]; G] = std::array::from_fn(|k| {
-            let at = (s0 + k) * 256 * DSUB;
-            let rows = centroids[at..at + 256 * DSUB].as_chunks::<DSUB>().0;
-            rows.try_into().expect("256 centroids")
-        });
-        let mut acc = [_mm_setzero_ps(); G];
-        let first = s0 == 0;
-        for (row, &p) in codes.chunks_exact(m).zip(weights) {
-            if first {
-                // A prefetch never faults, past the end of the rows too.
-                let ahead = row.as_ptr().wrapping_add(PREFETCH);
-                _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
-            }
-            let p = _mm_set1_ps(p);
-            let word = codes_word::<G>(&row[s0..s0 + G]);
-            for (k, (a, book)) in acc.iter_mut().zip(&books).enumerate() {
-                let c = usize::from((word >> (8 * k)) as u8);
-                *a = _mm_fmadd_ps(p, load::<DSUB>(&book[c]), *a);
-            }
-        }
-        for (k, a) in acc.iter().enumerate() {
-            let mut v = [0f32; 4];
-            // SAFETY: `v` holds 4 floats.
-            unsafe { _mm_storeu_ps(v.as_mut_ptr(), *a) };
-            let out = &mut o[(s0 + k) * DSUB..(s0 + k + 1) * DSUB];
-            for (o, x) in out.iter_mut().zip(v) {
-                *o += x;
-            }
-        }
-    }
-
-    /// The `G` (at most 8) codes of `bytes`, little-endian in one word.
-    #[inline(always)]
-    fn codes_word<const G: usize>(bytes: &[u8]) -> u64 {
-        match <&[u8; 8]>::try_from(bytes) {
-            Ok(b) => u64::from_le_bytes(*b),
-            Err(_) => bytes
-                .iter()
-                .take(G)
-                .enumerate()
-                .fold(0, |w, (i, &b)| w | u64::from(b) << (8 * i)),
-        }
-    }
-
-    /// One centroid of `DSUB` (1, 2 or 4) floats in the low lanes of a
-    /// register, the others zero.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    fn load<const DSUB: usize>(c: &[f32; DSUB]) -> __m128 {
-        match DSUB {
-            // SAFETY: `c` holds DSUB readable floats: 4, 2 (8 bytes) or 1.
-            4 => unsafe { _mm_loadu_ps(c.as_ptr()) },
-            // SAFETY: as above.
-            2 => unsafe { _mm_castpd_ps(_mm_load_sd(c.as_ptr().cast())) },
-            // SAFETY: as above.
-            _ => unsafe { _mm_load_ss(c.as_ptr()) },
-        }
-    }
-}
+mod vex;
 
 #[cfg(test)]
 mod proptests {
@@ -225,14 +195,15 @@ mod proptests {
             ..ProptestConfig::default()
         })]
         /// Every path (passes of eight subspaces and the rest, each `dsub`
-        /// with a vector path and one without, the portable loop) against
-        /// f64 with a relative tolerance of a few f32 roundings of the
-        /// summed magnitudes.
+        /// with a vector path and one without, the portable loop; with and
+        /// without bytes to prefetch) against f64 with a relative tolerance
+        /// of a few f32 roundings of the summed magnitudes.
         #[test]
         fn rows_equal_f64(
             m in 1usize..40,
             dsub in prop::sample::select(vec![1usize, 2, 3, 4, 8]),
             n in 0usize..300,
+            ahead_len in 0usize..20_000,
             seed in 0u64..1_000_000,
         ) {
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
@@ -240,10 +211,18 @@ mod proptests {
             let codes: Vec<u8> = (0..n * m).map(|_| rng.gen()).collect();
             let weights: Vec<f32> = (0..n).map(|_| rng.gen_range(0.0f32..1.0)).collect();
             let start: Vec<f32> = (0..m * dsub).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
-            let mut got = start.clone();
-            accumulate_rows(&codes, m, dsub, &cents, &weights, &mut got);
-            let mut portable = start.clone();
-            accumulate_portable(&codes, m, dsub, &cents, &weights, &mut portable);
+            let ahead = vec![7u8; ahead_len];
+            let mut outs = Vec::new();
+            for kernel in RowsKernel::available() {
+                for regions in [[&[][..], &[][..]], [&ahead[..], &ahead[ahead_len / 3..]]] {
+                    let mut got = start.clone();
+                    accumulate_with(kernel, &codes, m, dsub, &cents, &weights, regions, &mut got);
+                    outs.push(got);
+                }
+            }
+            let mut default = start.clone();
+            accumulate_rows(&codes, m, dsub, &cents, &weights, [&ahead[..]; 2], &mut default);
+            outs.push(default);
             for s in 0..m {
                 for j in 0..dsub {
                     let i = s * dsub + j;
@@ -254,7 +233,7 @@ mod proptests {
                         want += term;
                         mag += term.abs();
                     }
-                    for g in [got[i], portable[i]] {
+                    for g in outs.iter().map(|o| o[i]) {
                         prop_assert!(
                             (f64::from(g) - want).abs() <= 4e-6 * mag + 1e-30,
                             "m={} dsub={} n={} s={} j={}: {} vs {}", m, dsub, n, s, j, g, want
