@@ -248,3 +248,27 @@ fn serve_finds_the_best_batch_of_all() {
         assert_eq!(p.step.pim_device, stacks.device_for(policy).unwrap().name);
     }
 }
+
+#[test]
+fn every_pq_preset_has_a_measured_format_and_the_headline_refines_its_values() {
+    for (name, _) in SYSTEM_PRESETS {
+        let s = presets::system(name).unwrap();
+        let Some(pim) = s.pim.as_ref() else { continue };
+        let Some(spec) = pim.pq_spec().unwrap() else {
+            continue;
+        };
+        let kv = aqpim_kvcache::KvSpec::Pq(spec);
+        // The accuracy axis beside tokens/s: a preset's format is measured
+        // (presets/data/accuracy.toml), never a format without a row.
+        let delta = aqpim_system::accuracy::ppl_delta(&kv)
+            .unwrap_or_else(|| panic!("{name}: `{kv}` has no row in accuracy.toml"));
+        assert!(delta < 0.02, "{name}: `{kv}` is {delta} over FP16");
+    }
+    // The headline format holds held-out text within +2 % only with its
+    // value codebooks refined online (docs/results/accuracy.md).
+    for name in ["h100+aqpim", "h100+aqpim-equal-area"] {
+        let s = presets::system(name).unwrap();
+        let spec = s.pim.as_ref().unwrap().pq_spec().unwrap().unwrap();
+        assert_eq!(spec.training.refine, [0, 8], "{name}");
+    }
+}
