@@ -264,7 +264,7 @@ fn every_pq_preset_has_a_measured_format_and_the_headline_refines_its_values() {
             .unwrap_or_else(|| panic!("{name}: `{kv}` has no row in accuracy.toml"));
         assert!(delta < 0.02, "{name}: `{kv}` is {delta} over FP16");
     }
-    // The headline format holds held-out text within +2 % only with its
+    // The headline format holds held-out prose within +2 % only with its
     // value codebooks refined online (docs/results/accuracy.md).
     for name in ["h100+aqpim", "h100+aqpim-equal-area"] {
         let s = presets::system(name).unwrap();
