@@ -5,7 +5,7 @@
 //!
 //! It is built from files `cargo xtask fetch-assets` has just verified, none
 //! of which any evaluation reads: *Pride and Prejudice* and one module of a
-//! Python package other than the held-out one. Segments of about
+//! Python package other than the held-out ones. Segments of about
 //! [`SEGMENT_BYTES`] bytes, cut at line ends, follow each other in groups of
 //! one prose segment and [`CODE_PER_PROSE`] code segments, until either
 //! source runs out: a third of the corpus is prose, two thirds code.
