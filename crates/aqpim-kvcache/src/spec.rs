@@ -252,6 +252,19 @@ pub struct PqRegions {
     /// encoded tokens with the largest relative quantization error keep an
     /// FP16 copy (keys and values) that attention uses instead of their codes.
     pub outliers_per_mille: usize,
+    /// Layers that keep every token in FP16 (`fp16_layers=0+3`, bit `l` for
+    /// layer `l`; layers 0..128): they never encode, so their tokens all stay
+    /// in the recent window. A diagnostic of where a format's loss lives
+    /// (`docs/results/accuracy.md`), and the mixed-precision layouts of KV
+    /// quantization papers that keep the first layers exact.
+    pub fp16_layers: u128,
+}
+
+impl PqRegions {
+    /// Whether `layer` keeps every token in FP16 (`fp16_layers=`).
+    pub fn keeps_fp16(&self, layer: usize) -> bool {
+        layer < 128 && self.fp16_layers >> layer & 1 == 1
+    }
 }
 
 /// How a PQ cache's codebooks are trained (online, or by `aqpim pq
@@ -319,6 +332,7 @@ impl Default for PqSpec {
                 window: 128,
                 flush: 1,
                 outliers_per_mille: 0,
+                fp16_layers: 0,
             },
             training: PqTraining {
                 share: CodebookSharing::None,
@@ -365,6 +379,9 @@ impl PqSpec {
     /// codebooks: every token past the sinks and older than the last `R` at
     /// the latest flush point.
     pub fn encoded_target(&self, n: usize, layer: usize, num_layers: usize) -> usize {
+        if self.regions.keeps_fp16(layer) {
+            return 0;
+        }
         self.flush_point(n, layer, num_layers)
             .saturating_sub(self.regions.sinks + self.regions.window)
     }
@@ -446,6 +463,12 @@ impl PqSpec {
                     shape.head_dim()
                 ));
             }
+        }
+        if let Some(l) = (shape.num_layers()..128).find(|&l| self.regions.keeps_fp16(l)) {
+            return Err(format!(
+                "fp16_layers names layer {l}, but the model has {} layers",
+                shape.num_layers()
+            ));
         }
         if self.regions.outliers_per_mille > 1000 {
             return Err(format!(
@@ -577,6 +600,13 @@ impl fmt::Display for PqSpec {
         if r.outliers_per_mille > 0 {
             write!(f, ",outliers={}", r.outliers_per_mille)?;
         }
+        if r.fp16_layers != 0 {
+            let layers: Vec<String> = (0..128)
+                .filter(|&l| r.keeps_fp16(l))
+                .map(|l| l.to_string())
+                .collect();
+            write!(f, ",fp16_layers={}", layers.join("+"))?;
+        }
         match t.refine {
             [k, v] if k == v && k != DEFAULT_REFINE => write!(f, ",refine={k}")?,
             [k, v] if k != v => write!(f, ",krefine={k},vrefine={v}")?,
@@ -700,7 +730,7 @@ mod tests {
 
     #[test]
     fn canonical_form_round_trips() {
-        for s in ["dense", "scalar:bits=4,group=64,window=0,sinks=2", "scalar:bits=2,mx=true", "scalar:mx=false", "pq:dsub=2,kbits=4,vbits=3,sinks=0,window=0,share=all,pack=true,iters=5,seed=9,flush=8,train_min=300", "pq", "pq:kdsub=2,vdsub=4,center=true,scale=true,layout=halves,whiten=full,vweight=true,outliers=5,cb16=true", "pq:dsub=2,whiten=diag"] {
+        for s in ["dense", "scalar:bits=4,group=64,window=0,sinks=2", "scalar:bits=2,mx=true", "scalar:mx=false", "pq:dsub=2,kbits=4,vbits=3,sinks=0,window=0,share=all,pack=true,iters=5,seed=9,flush=8,train_min=300", "pq", "pq:kdsub=2,vdsub=4,center=true,scale=true,layout=halves,whiten=full,vweight=true,outliers=5,cb16=true", "pq:dsub=2,whiten=diag", "pq:dsub=2,fp16_layers=0+3-5+127"] {
             let spec: KvSpec = s.parse().unwrap();
             assert_eq!(spec.to_string().parse::<KvSpec>().unwrap(), spec, "{s}");
         }
@@ -750,11 +780,40 @@ mod tests {
             ("dense:window=4", "takes no parameters"),
             ("kivi:bits=2", "unknown store `kivi`"),
             ("pq:share=some", "`share`"),
+            ("pq:fp16_layers=4-2", "runs backwards"),
+            ("pq:fp16_layers=128", "`128` is not a layer index below 128"),
+            ("pq:fp16_layers=1+x", "`x` is not a layer index"),
+            ("pq:fp16_layers=", "`` is not a layer index"),
         ];
         for (spec, needle) in cases {
             let e = spec.parse::<KvSpec>().unwrap_err().to_string();
             assert!(e.contains(needle), "{spec}: {e}");
         }
+    }
+
+    #[test]
+    fn fp16_layers_never_encode_and_name_real_layers() {
+        let KvSpec::Pq(p) = "pq:dsub=2,window=4,sinks=1,fp16_layers=0+2-3"
+            .parse::<KvSpec>()
+            .unwrap()
+        else {
+            panic!("not pq")
+        };
+        assert_eq!(
+            (0..5).map(|l| p.regions.keeps_fp16(l)).collect::<Vec<_>>(),
+            [true, false, true, true, false]
+        );
+        assert_eq!(p.encoded_target(100, 0, 5), 0);
+        assert_eq!(p.encoded_target(100, 1, 5), 95);
+        assert!(p.to_string().ends_with(",fp16_layers=0+2+3"), "{p}");
+        let e = KvSpec::Pq(p)
+            .validate(&KvShape::new(3, 1, 4).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("fp16_layers names layer 3, but the model has 3 layers"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -618,3 +618,19 @@ fn scalar_pim_holds_codes_in_the_stacks() {
     let e = decode_step_with(&model, &bare, Policy::ScalarPim, ctx, 1, Some(&ana)).unwrap_err();
     assert!(e.to_string().contains("scalar-pim needs one"), "{e}");
 }
+
+#[test]
+fn fp16_layers_are_refused_not_priced_as_coded() {
+    // One format for every layer is what the model prices; a spec that keeps
+    // some layers in FP16 would be priced as if all were coded.
+    let (m, mut s) = tiny(100_000);
+    let pim = s.pim.as_mut().unwrap();
+    pim.kv = Some(format!("{},fp16_layers=1", pim.kv.as_ref().unwrap()));
+    let e = decode_step_with(&m, &s, Policy::Aqpim, 13, 3, Some(&Fake::new()))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("`fp16_layers`") && e.contains("does not price"),
+        "{e}"
+    );
+}

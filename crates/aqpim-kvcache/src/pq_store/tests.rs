@@ -327,3 +327,37 @@ fn fitted_monomial_transforms_equal_the_dense_products_they_replace() {
         }
     }
 }
+
+#[test]
+fn fp16_layers_hold_every_token_exactly() {
+    // Layer 1 kept in FP16: it encodes nothing and reconstructs the FP16
+    // rounding of what it was given; layer 0 encodes as without the key.
+    let s = filled(
+        "pq:dsub=2,nbits=4,sinks=2,window=4,iters=3,fp16_layers=1",
+        shape(),
+        40,
+    );
+    let plain = filled("pq:dsub=2,nbits=4,sinks=2,window=4,iters=3", shape(), 40);
+    assert_eq!(s.layers[1].regions.encoded, 0);
+    assert_eq!(s.layers[1].regions.total(), 43);
+    assert_eq!(s.layers[0].regions, plain.layers[0].regions);
+    assert!(s.layers[0].regions.encoded > 0);
+    let (h, d) = (SHAPE.1, SHAPE.2);
+    // `filled` prefills layer 1 with keys of seed 11 + 1.
+    let given = aqpim_pq::synth::kv_like(h * 40, d, 12);
+    let kv = s.reconstruct(1, 1).unwrap();
+    for (t, row) in kv.keys.chunks_exact(d).take(40).enumerate() {
+        let want = &given[(40 + t) * d..(41 + t) * d];
+        for (a, b) in row.iter().zip(want) {
+            assert_eq!(*a, f16::from_f32(*b).to_f32(), "token {t}");
+        }
+    }
+    assert_eq!(
+        s.reconstruct(0, 0).unwrap(),
+        plain.reconstruct(0, 0).unwrap()
+    );
+    // Saved and read back, the layer stays FP16 and goes on as before.
+    let back = from_bytes(&s.to_bytes(), Path::new("fp16.kv")).unwrap();
+    assert_eq!(back.regions(1).unwrap(), s.layers[1].regions);
+    assert_eq!(back.reconstruct(1, 1).unwrap(), kv);
+}

@@ -40,6 +40,7 @@ const PQ_KEYS: &[&str] = &[
     "refine",
     "krefine",
     "vrefine",
+    "fp16_layers",
 ];
 
 /// Token counts (window, sinks, train_min) are bounded by the longest
@@ -180,6 +181,43 @@ impl<'a> Items<'a> {
         })
     }
 
+    /// A set of layers, `a+b+c` or ranges `a-b` (inclusive) joined by `+`,
+    /// as a bitmask (layers 0..128); empty when the key is absent.
+    fn layer_set(&self, key: &str) -> Result<u128> {
+        let Some(v) = self.get(key) else {
+            return Ok(0);
+        };
+        let bad = |why: &str| {
+            self.err(format!(
+                "bad value `{v}` for `{key}`: {why} (expected layer indices 0..127 joined by `+`, ranges `a-b` allowed, e.g. `0+1+28-29`)"
+            ))
+        };
+        let index = |t: &str| -> Result<u32> {
+            t.trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|&l| l < 128)
+                .ok_or_else(|| bad(&format!("`{}` is not a layer index below 128", t.trim())))
+        };
+        let mut mask = 0u128;
+        for item in v.split('+') {
+            let (a, b) = match item.split_once('-') {
+                Some((a, b)) => (index(a)?, index(b)?),
+                None => {
+                    let l = index(item)?;
+                    (l, l)
+                }
+            };
+            if a > b {
+                return Err(bad(&format!("the range `{}` runs backwards", item.trim())));
+            }
+            for l in a..=b {
+                mask |= 1u128 << l;
+            }
+        }
+        Ok(mask)
+    }
+
     fn pq(&self) -> Result<PqSpec> {
         use CodebookSharing as S;
         let d = PqSpec::default();
@@ -277,6 +315,7 @@ impl<'a> Items<'a> {
                     1000,
                     d.regions.outliers_per_mille,
                 )?,
+                fp16_layers: self.layer_set("fp16_layers")?,
             },
             training: PqTraining {
                 share,
