@@ -10,6 +10,7 @@ mod attn;
 mod attn_inspect;
 mod csv_rows;
 mod kv;
+mod layers;
 mod limits;
 mod model;
 mod npy;

@@ -23,6 +23,9 @@ use crate::args::count;
 pub enum EvalCommand {
     /// Perplexity of a model on a UTF-8 text, in sliding windows.
     Ppl(PplArgs),
+    /// Where a PQ format's perplexity loss lives: each layer coded alone,
+    /// the others in FP16, on `eval ppl`'s windows.
+    Layers(crate::layers::LayersArgs),
 }
 
 #[derive(Debug, Args)]
@@ -269,8 +272,10 @@ struct PplOutput {
 }
 
 pub fn run_eval(cmd: EvalCommand) -> Result<()> {
-    let EvalCommand::Ppl(a) = cmd;
-    in_pool(a.threads, || ppl(a))
+    match cmd {
+        EvalCommand::Ppl(a) => in_pool(a.threads, || ppl(a)),
+        EvalCommand::Layers(a) => crate::layers::run(a),
+    }
 }
 
 fn ppl(a: PplArgs) -> Result<()> {
@@ -396,7 +401,7 @@ fn ppl(a: PplArgs) -> Result<()> {
 
 /// The document-start token of `--bos-token`: `auto` (the tokenizer's
 /// `<|endoftext|>`, or its EOS), `none`, or a token id of the vocabulary.
-fn doc_start_token(bos: &str, tok: &aqpim_decode::Tokenizer) -> Result<Option<u32>> {
+pub(crate) fn doc_start_token(bos: &str, tok: &aqpim_decode::Tokenizer) -> Result<Option<u32>> {
     Ok(match bos {
         "none" => None,
         "auto" => tok.token_id("<|endoftext|>").or(tok.eos),
@@ -420,7 +425,7 @@ fn doc_start_token(bos: &str, tok: &aqpim_decode::Tokenizer) -> Result<Option<u3
 
 /// The tokens `eval ppl` scores: the text's, less the first `skip`, cut to
 /// `limit` when given.
-fn scored_text(
+pub(crate) fn scored_text(
     tok: &aqpim_decode::Tokenizer,
     text: &str,
     skip: usize,
@@ -483,7 +488,7 @@ fn warn_unread_cache(
 
 /// The default `--prefill`: 64 tokens, and at most half the window, so that
 /// most of each window is decoded through the cache.
-fn default_prefill(window: usize) -> usize {
+pub(crate) fn default_prefill(window: usize) -> usize {
     64.min(window / 2).max(1)
 }
 

@@ -280,3 +280,76 @@ fn a_compressed_cache_that_decodes_nothing_is_warned_about() {
     .sum();
     assert!(sum > 0.0, "{v}");
 }
+
+#[test]
+fn eval_layers_splits_the_loss_as_eval_ppl_measures_it() {
+    // The tiny model has two layers: `eval layers` must give, for each, what
+    // `eval ppl` gives with the other layer kept in FP16, and for FP16 and
+    // the whole format what `eval ppl` gives for them.
+    let dir = common::tempdir();
+    let model = dir.path().join("tiny.gguf");
+    std::fs::write(&model, tiny::tiny_model(3, true)).unwrap();
+    let text = dir.path().join("t.txt");
+    std::fs::write(&text, "the and the and and the the and ".repeat(8)).unwrap();
+    let (m, t) = (path(&model), path(&text));
+    let kv = "pq:dsub=4,nbits=4,sinks=0,window=4,train_min=16";
+    let common_args = [
+        "--model", m, "--text", t, "--window", "32", "--tokens", "64",
+    ];
+    let ppl = |kv: &str| {
+        let mut args = vec!["eval", "ppl", "--kv", kv, "--no-kld", "--json"];
+        args.extend_from_slice(&common_args);
+        json_line(&aqpim(&args), kv)["perplexity"].as_f64().unwrap()
+    };
+    let mut args = vec!["eval", "layers", "--kv", kv, "--threads", "2", "--json"];
+    args.extend_from_slice(&common_args);
+    let v = json_line(&aqpim(&args), "eval layers");
+    assert_eq!(v["fp16_perplexity"].as_f64().unwrap(), ppl("fp16"), "{v}");
+    assert_eq!(v["all_coded_perplexity"].as_f64().unwrap(), ppl(kv), "{v}");
+    let rows = v["layers"].as_array().unwrap();
+    assert_eq!(rows.len(), tiny::LAYERS, "{v}");
+    for (l, other) in [(0, 1), (1, 0)] {
+        assert_eq!(rows[l]["layer"], l);
+        let alone = ppl(&format!("{kv},fp16_layers={other}"));
+        assert_eq!(
+            rows[l]["perplexity"].as_f64().unwrap(),
+            alone,
+            "layer {l}: {v}"
+        );
+    }
+    // The loss is the format's: a coded layer strays from FP16.
+    assert_ne!(v["all_coded_perplexity"], v["fp16_perplexity"], "{v}");
+    // One layer by `--layers`; a layer the model lacks, a `--kv` that is not
+    // PQ or already names FP16 layers, are refused.
+    let mut one = args.clone();
+    one.extend_from_slice(&["--layers", "1"]);
+    let w = json_line(&aqpim(&one), "eval layers --layers 1");
+    assert_eq!(w["layers"].as_array().unwrap().len(), 1);
+    assert_eq!(w["layers"][0], rows[1]);
+    for (bad, needle) in [
+        (
+            vec!["--layers", "2"],
+            "names layer 2, but the model has 2 layers",
+        ),
+        (vec!["--layers", "1-0"], "runs backwards"),
+    ] {
+        let mut a = args.clone();
+        a.extend_from_slice(&bad);
+        let out = aqpim(&a);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{err}");
+    }
+    for (bad_kv, needle) in [
+        ("fp16", "splits a `pq:` format's loss"),
+        ("scalar:bits=4", "splits a `pq:` format's loss"),
+        ("pq:dsub=4,fp16_layers=0", "names `fp16_layers`"),
+    ] {
+        let mut a = vec!["eval", "layers", "--kv", bad_kv, "--json"];
+        a.extend_from_slice(&common_args);
+        let out = aqpim(&a);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{bad_kv}: {err}");
+    }
+}
