@@ -7,18 +7,17 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{bail, Context, Result};
-use aqpim_decode::eval::{self, PplOptions};
+use aqpim_decode::eval;
 use aqpim_decode::DensePrecision;
 use aqpim_kvcache::KvSpec;
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::args::count;
 use crate::model::{
-    cache_choice, default_prefill, doc_start_token, in_pool, load, make_cache, scored_text,
-    CacheChoice,
+    cache_choice, doc_start_token, in_pool, load, make_cache, ppl_options, scored_text, to_decode,
+    token_bar, CacheChoice,
 };
 
 #[derive(Debug, Args)]
@@ -138,20 +137,7 @@ fn layers(a: LayersArgs) -> Result<()> {
     };
     let doc_start = doc_start_token("auto", &tok)?;
     let tokens = scored_text(&tok, &text, a.skip, a.tokens)?;
-    let max_window = model.config().context_length - usize::from(doc_start.is_some());
-    if a.window > max_window {
-        bail!(
-            "--window {} exceeds the model's context of {} tokens",
-            a.window,
-            model.config().context_length
-        );
-    }
-    let opts = PplOptions {
-        window: a.window,
-        stride: a.window,
-        prefill: a.prefill.unwrap_or_else(|| default_prefill(a.window)),
-        doc_start,
-    };
+    let opts = ppl_options(&model, a.window, None, a.prefill, doc_start)?;
     let mut runs = vec![Run::Fp16, Run::AllCoded];
     runs.extend(chosen.iter().map(|&l| Run::Layer(l)));
     let choice_of = |run: Run| -> CacheChoice {
@@ -167,19 +153,8 @@ fn layers(a: LayersArgs) -> Result<()> {
             }
         }
     };
-    let bar = ProgressBar::new(0);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{msg} [{bar:40}] {pos}/{len} tokens ({per_sec}, {elapsed} elapsed, eta {eta})",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    bar.set_message(format!("{} runs", runs.len()));
-    bar.enable_steady_tick(std::time::Duration::from_secs(1));
+    let bar = token_bar(format!("{} runs", runs.len()));
     let length = AtomicU64::new(0);
-    let to_decode = |e: anyhow::Error| aqpim_decode::DecodeError::Cache {
-        reason: format!("{e:#}"),
-    };
     let ppl: Vec<f64> = runs
         .par_iter()
         .with_max_len(1)

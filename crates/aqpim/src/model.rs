@@ -286,34 +286,8 @@ fn ppl(a: PplArgs) -> Result<()> {
     model.set_activations(a.activations);
     let doc_start = doc_start_token(&a.bos_token, &tok)?;
     let tokens = scored_text(&tok, &text, a.skip, a.tokens)?;
-    let max_window = model.config().context_length - usize::from(doc_start.is_some());
-    if a.window > max_window {
-        bail!(
-            "--window {} exceeds the model's context of {} tokens",
-            a.window,
-            model.config().context_length
-        );
-    }
-    let opts = PplOptions {
-        window: a.window,
-        stride: a.stride.unwrap_or(a.window),
-        prefill: a.prefill.unwrap_or_else(|| default_prefill(a.window)),
-        doc_start,
-    };
-    let bar = ProgressBar::new(0);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{msg} [{bar:40}] {pos}/{len} tokens ({per_sec}, {elapsed} elapsed, eta {eta})",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    bar.set_message("perplexity");
-    // Redrawn every second (elapsed time and ETA move between tokens too);
-    // hidden when stderr is not a terminal, so `--json` stays one line.
-    bar.enable_steady_tick(std::time::Duration::from_secs(1));
-    let to_decode = |e: anyhow::Error| aqpim_decode::DecodeError::Cache {
-        reason: format!("{e:#}"),
-    };
+    let opts = ppl_options(&model, a.window, a.stride, a.prefill, doc_start)?;
+    let bar = token_bar("perplexity");
     let mut cache = || make_cache(&model, &choice).map_err(to_decode);
     // The FP16 reference of the KL divergence: the evaluated cache itself
     // when it is FP16, else a second FP16 pass over the same windows.
@@ -397,6 +371,55 @@ fn ppl(a: PplArgs) -> Result<()> {
         print_ppl(&out);
     }
     Ok(())
+}
+
+/// The windows of `eval ppl` and `eval layers`: `--window` (within the
+/// model's context), `--stride` (default: the window) and `--prefill`
+/// (default: [`default_prefill`]).
+pub(crate) fn ppl_options(
+    model: &Llama,
+    window: usize,
+    stride: Option<usize>,
+    prefill: Option<usize>,
+    doc_start: Option<u32>,
+) -> Result<PplOptions> {
+    let max_window = model.config().context_length - usize::from(doc_start.is_some());
+    if window > max_window {
+        bail!(
+            "--window {} exceeds the model's context of {} tokens",
+            window,
+            model.config().context_length
+        );
+    }
+    Ok(PplOptions {
+        window,
+        stride: stride.unwrap_or(window),
+        prefill: prefill.unwrap_or_else(|| default_prefill(window)),
+        doc_start,
+    })
+}
+
+/// A progress bar over tokens, redrawn every second (elapsed time and ETA
+/// move between tokens too); hidden when stderr is not a terminal, so that
+/// `--json` stays one line.
+pub(crate) fn token_bar(message: impl Into<std::borrow::Cow<'static, str>>) -> ProgressBar {
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{msg} [{bar:40}] {pos}/{len} tokens ({per_sec}, {elapsed} elapsed, eta {eta})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_message(message);
+    bar.enable_steady_tick(std::time::Duration::from_secs(1));
+    bar
+}
+
+/// A cache that could not be built, as the evaluation loop reports it.
+pub(crate) fn to_decode(e: anyhow::Error) -> aqpim_decode::DecodeError {
+    aqpim_decode::DecodeError::Cache {
+        reason: format!("{e:#}"),
+    }
 }
 
 /// The document-start token of `--bos-token`: `auto` (the tokenizer's
@@ -488,7 +511,7 @@ fn warn_unread_cache(
 
 /// The default `--prefill`: 64 tokens, and at most half the window, so that
 /// most of each window is decoded through the cache.
-pub(crate) fn default_prefill(window: usize) -> usize {
+fn default_prefill(window: usize) -> usize {
     64.min(window / 2).max(1)
 }
 
