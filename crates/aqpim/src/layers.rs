@@ -17,7 +17,7 @@ use serde::Serialize;
 use crate::args::count;
 use crate::model::{
     cache_choice, doc_start_token, in_pool, load, make_cache, ppl_options, scored_text, to_decode,
-    token_bar, CacheChoice,
+    token_bar, CacheChoice, Scored,
 };
 
 #[derive(Debug, Args)]
@@ -42,16 +42,8 @@ pub struct LayersArgs {
     /// Text tokens per window (W; K/M suffixes).
     #[arg(long, default_value = "512", value_parser = count)]
     window: usize,
-    /// Inputs of each window run as one batched prefill (default: 64, at
-    /// most half the window); the rest are decoded through the cache.
-    #[arg(long, value_parser = count)]
-    prefill: Option<usize>,
-    /// Score only the text's first N tokens (after `--skip`; K/M suffixes).
-    #[arg(long, value_parser = count)]
-    tokens: Option<usize>,
-    /// Leave out the text's first N tokens (K/M suffixes).
-    #[arg(long, value_parser = count, default_value = "0")]
-    skip: usize,
+    #[command(flatten)]
+    span: Scored,
     /// Worker threads (default: all cores). Runs of different layers go
     /// on at once, one a thread.
     #[arg(long)]
@@ -136,8 +128,8 @@ fn layers(a: LayersArgs) -> Result<()> {
         }
     };
     let doc_start = doc_start_token("auto", &tok)?;
-    let tokens = scored_text(&tok, &text, a.skip, a.tokens)?;
-    let opts = ppl_options(&model, a.window, None, a.prefill, doc_start)?;
+    let tokens = scored_text(&tok, &text, a.span.skip, a.span.tokens)?;
+    let opts = ppl_options(&model, a.window, None, a.span.prefill, doc_start)?;
     let mut runs = vec![Run::Fp16, Run::AllCoded];
     runs.extend(chosen.iter().map(|&l| Run::Layer(l)));
     let choice_of = |run: Run| -> CacheChoice {
@@ -206,7 +198,7 @@ fn layers(a: LayersArgs) -> Result<()> {
         codebooks: a.codebooks.as_ref().map(|p| p.display().to_string()),
         window: opts.window,
         prefill: opts.prefill.min(opts.window),
-        skip: a.skip,
+        skip: a.span.skip,
         text_tokens: tokens.len(),
         fp16_perplexity: fp16,
         all_coded_perplexity: ppl[1],

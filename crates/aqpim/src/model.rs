@@ -52,18 +52,8 @@ pub struct PplArgs {
     /// Start-to-start distance of windows (default: the window, i.e. disjoint windows).
     #[arg(long, value_parser = count)]
     stride: Option<usize>,
-    /// Inputs of each window run as one batched prefill; the rest are decoded
-    /// one token at a time through the cache, so that a compressed cache's
-    /// error shows (default: 64, and at most half the window).
-    #[arg(long, value_parser = count)]
-    prefill: Option<usize>,
-    /// Score only the text's first N tokens (default: all; K/M suffixes).
-    #[arg(long, value_parser = count)]
-    tokens: Option<usize>,
-    /// Leave out the text's first N tokens (K/M suffixes); `--tokens` then
-    /// counts from there (`--skip 8K --tokens 8K`: the text's second 8K tokens).
-    #[arg(long, value_parser = count, default_value = "0")]
-    skip: usize,
+    #[command(flatten)]
+    span: Scored,
     /// Token placed before each window: `auto` (the `<|endoftext|>` separator,
     /// or EOS), `none`, or a token id.
     #[arg(long, default_value = "auto")]
@@ -88,6 +78,24 @@ pub struct PplArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+}
+
+/// What `eval ppl` and `eval layers` score beside the window: the prefill
+/// of each window and the span of the text.
+#[derive(Debug, Args)]
+pub(crate) struct Scored {
+    /// Inputs of each window run as one batched prefill; the rest are decoded
+    /// one token at a time through the cache, so that a compressed cache's
+    /// error shows (default: 64, and at most half the window).
+    #[arg(long, value_parser = count)]
+    pub(crate) prefill: Option<usize>,
+    /// Score only the text's first N tokens (default: all; K/M suffixes).
+    #[arg(long, value_parser = count)]
+    pub(crate) tokens: Option<usize>,
+    /// Leave out the text's first N tokens (K/M suffixes); `--tokens` then
+    /// counts from there (`--skip 8K --tokens 8K`: the text's second 8K tokens).
+    #[arg(long, value_parser = count, default_value = "0")]
+    pub(crate) skip: usize,
 }
 
 #[derive(Debug, Args)]
@@ -285,8 +293,8 @@ fn ppl(a: PplArgs) -> Result<()> {
     let (mut model, tok) = load(&a.model)?;
     model.set_activations(a.activations);
     let doc_start = doc_start_token(&a.bos_token, &tok)?;
-    let tokens = scored_text(&tok, &text, a.skip, a.tokens)?;
-    let opts = ppl_options(&model, a.window, a.stride, a.prefill, doc_start)?;
+    let tokens = scored_text(&tok, &text, a.span.skip, a.span.tokens)?;
+    let opts = ppl_options(&model, a.window, a.stride, a.span.prefill, doc_start)?;
     let bar = token_bar("perplexity");
     let mut cache = || make_cache(&model, &choice).map_err(to_decode);
     // The FP16 reference of the KL divergence: the evaluated cache itself
@@ -339,7 +347,7 @@ fn ppl(a: PplArgs) -> Result<()> {
         stride: opts.stride,
         prefill: opts.prefill.min(opts.window),
         doc_start,
-        skip: a.skip,
+        skip: a.span.skip,
         text_tokens: tokens.len(),
         scored_tokens: report.scored_tokens,
         windows: report.windows,
