@@ -54,7 +54,7 @@ enum Command {
     /// Attention kernels on compressed KV caches: benchmark.
     #[command(subcommand)]
     Attn(attn::AttnCommand),
-    /// Evaluate a real model (GGUF or Hugging Face safetensors): perplexity on a text, retrieval probe.
+    /// Evaluate a real model (GGUF or Hugging Face safetensors): perplexity on a text, its loss layer by layer, retrieval probe.
     #[command(subcommand)]
     Eval(EvalCommand),
     /// Latency of a decode step on a system (GPU, host offload, FP16 PIM, AQPIM), itemized; `sweep` for grids.
@@ -66,11 +66,15 @@ enum Command {
     Presets(presets::PresetsCommand),
 }
 
-/// `aqpim eval`: the model evaluations of `model.rs` and the retrieval probe.
+/// `aqpim eval`: the model evaluations of `model.rs`, the per-layer loss of
+/// `layers.rs` and the retrieval probe.
 #[derive(Debug, Subcommand)]
 enum EvalCommand {
     #[command(flatten)]
     Model(model::EvalCommand),
+    /// Where a PQ format's perplexity loss lives: each layer coded alone,
+    /// the others in FP16, on `eval ppl`'s windows.
+    Layers(layers::LayersArgs),
     /// Retrieval probe: a number hidden in a novel at a chosen depth, asked for at the end.
     Retrieval(probe::RetrievalArgs),
 }
@@ -98,6 +102,7 @@ fn main() {
         Command::Kv(cmd) => kv::run(cmd),
         Command::Attn(cmd) => attn::run(cmd),
         Command::Eval(EvalCommand::Model(cmd)) => model::run_eval(cmd),
+        Command::Eval(EvalCommand::Layers(args)) => layers::run(args),
         Command::Eval(EvalCommand::Retrieval(args)) => probe::run(args),
         Command::Simulate(args) => simulate::run(*args),
         Command::Generate(args) => model::run_generate(args),

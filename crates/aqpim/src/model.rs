@@ -23,9 +23,6 @@ use crate::args::count;
 pub enum EvalCommand {
     /// Perplexity of a model on a UTF-8 text, in sliding windows.
     Ppl(PplArgs),
-    /// Where a PQ format's perplexity loss lives: each layer coded alone,
-    /// the others in FP16, on `eval ppl`'s windows.
-    Layers(crate::layers::LayersArgs),
 }
 
 #[derive(Debug, Args)]
@@ -280,10 +277,8 @@ struct PplOutput {
 }
 
 pub fn run_eval(cmd: EvalCommand) -> Result<()> {
-    match cmd {
-        EvalCommand::Ppl(a) => in_pool(a.threads, || ppl(a)),
-        EvalCommand::Layers(a) => crate::layers::run(a),
-    }
+    let EvalCommand::Ppl(a) = cmd;
+    in_pool(a.threads, || ppl(a))
 }
 
 fn ppl(a: PplArgs) -> Result<()> {
