@@ -64,8 +64,8 @@ pub use pq_store::{fit_transform, Codes, OutlierToken, PqHeadView, PqStore};
 pub use scalar::{ScalarHeadView, ScalarStore};
 pub use shape::KvShape;
 pub use spec::{
-    CodebookScope, CodebookSharing, KeyMetric, KvSpec, PqRegions, PqSpec, PqTraining, PqTransforms,
-    ScalarSpec, SubspaceLayout,
+    CodebookScope, CodebookSharing, KeyMetric, KvSpec, LayerSet, PqRegions, PqSpec, PqTraining,
+    PqTransforms, ScalarSpec, SubspaceLayout,
 };
 pub use store::{build, from_bytes, load, DenseKv, KvStore};
 pub use tokens::TokenSlices;

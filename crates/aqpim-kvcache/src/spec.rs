@@ -252,18 +252,96 @@ pub struct PqRegions {
     /// encoded tokens with the largest relative quantization error keep an
     /// FP16 copy (keys and values) that attention uses instead of their codes.
     pub outliers_per_mille: usize,
-    /// Layers that keep every token in FP16 (`fp16_layers=0+3`, bit `l` for
-    /// layer `l`; layers 0..128): they never encode, so their tokens all stay
-    /// in the recent window. A diagnostic of where a format's loss lives
-    /// (`docs/results/accuracy.md`), and the mixed-precision layouts of KV
-    /// quantization papers that keep the first layers exact.
-    pub fp16_layers: u128,
+    /// Layers that keep every token in FP16 (`fp16_layers=0+3`): they never
+    /// encode, so their tokens all stay in the recent window. A diagnostic of
+    /// where a format's loss lives (`docs/results/accuracy.md`), and the
+    /// mixed-precision layouts of KV quantization papers that keep the first
+    /// layers exact.
+    pub fp16_layers: LayerSet,
 }
 
 impl PqRegions {
     /// Whether `layer` keeps every token in FP16 (`fp16_layers=`).
     pub fn keeps_fp16(&self, layer: usize) -> bool {
-        layer < 128 && self.fp16_layers >> layer & 1 == 1
+        self.fp16_layers.contains(layer)
+    }
+}
+
+/// A set of layer indices below [`LayerSet::LIMIT`], written `a+b` or with
+/// inclusive ranges `a-b` joined by `+` (`0+1+28-29`); `Display` writes
+/// every index, `+`-joined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LayerSet(u128);
+
+impl LayerSet {
+    /// Layer indices a set can hold: `0..LIMIT`.
+    pub const LIMIT: usize = 128;
+
+    /// The empty set.
+    pub const EMPTY: LayerSet = LayerSet(0);
+
+    /// Every layer of `0..n` but `layer` (`n` at most [`LayerSet::LIMIT`]).
+    pub fn all_but(n: usize, layer: usize) -> LayerSet {
+        (0..n.min(Self::LIMIT))
+            .filter(|&l| l != layer)
+            .fold(LayerSet::EMPTY, |s, l| LayerSet(s.0 | 1 << l))
+    }
+
+    /// Whether `layer` is in the set.
+    pub fn contains(&self, layer: usize) -> bool {
+        layer < Self::LIMIT && self.0 >> layer & 1 == 1
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0 == 0
+    }
+
+    /// The layers, ascending.
+    pub fn iter(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..Self::LIMIT).filter(|&l| self.contains(l))
+    }
+}
+
+impl std::str::FromStr for LayerSet {
+    type Err = String;
+
+    /// Parses `a+b` and inclusive ranges `a-b` joined by `+`; the error says
+    /// which item is wrong.
+    fn from_str(v: &str) -> std::result::Result<Self, String> {
+        let index = |t: &str| -> std::result::Result<usize, String> {
+            t.trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|&l| l < Self::LIMIT)
+                .ok_or_else(|| format!("`{}` is not a layer index below {}", t.trim(), Self::LIMIT))
+        };
+        let mut set = LayerSet::EMPTY;
+        for item in v.split('+') {
+            let (a, b) = match item.split_once('-') {
+                Some((a, b)) => (index(a)?, index(b)?),
+                None => (index(item)?, index(item)?),
+            };
+            if a > b {
+                return Err(format!("the range `{}` runs backwards", item.trim()));
+            }
+            for l in a..=b {
+                set.0 |= 1 << l;
+            }
+        }
+        Ok(set)
+    }
+}
+
+impl fmt::Display for LayerSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, l) in self.iter().enumerate() {
+            if i > 0 {
+                f.write_str("+")?;
+            }
+            write!(f, "{l}")?;
+        }
+        Ok(())
     }
 }
 
@@ -332,7 +410,7 @@ impl Default for PqSpec {
                 window: 128,
                 flush: 1,
                 outliers_per_mille: 0,
-                fp16_layers: 0,
+                fp16_layers: LayerSet::EMPTY,
             },
             training: PqTraining {
                 share: CodebookSharing::None,
@@ -464,7 +542,12 @@ impl PqSpec {
                 ));
             }
         }
-        if let Some(l) = (shape.num_layers()..128).find(|&l| self.regions.keeps_fp16(l)) {
+        if let Some(l) = self
+            .regions
+            .fp16_layers
+            .iter()
+            .find(|&l| l >= shape.num_layers())
+        {
             return Err(format!(
                 "fp16_layers names layer {l}, but the model has {} layers",
                 shape.num_layers()
@@ -600,12 +683,8 @@ impl fmt::Display for PqSpec {
         if r.outliers_per_mille > 0 {
             write!(f, ",outliers={}", r.outliers_per_mille)?;
         }
-        if r.fp16_layers != 0 {
-            let layers: Vec<String> = (0..128)
-                .filter(|&l| r.keeps_fp16(l))
-                .map(|l| l.to_string())
-                .collect();
-            write!(f, ",fp16_layers={}", layers.join("+"))?;
+        if !r.fp16_layers.is_empty() {
+            write!(f, ",fp16_layers={}", r.fp16_layers)?;
         }
         match t.refine {
             [k, v] if k == v && k != DEFAULT_REFINE => write!(f, ",refine={k}")?,
@@ -806,6 +885,12 @@ mod tests {
         assert_eq!(p.encoded_target(100, 0, 5), 0);
         assert_eq!(p.encoded_target(100, 1, 5), 95);
         assert!(p.to_string().ends_with(",fp16_layers=0+2+3"), "{p}");
+        let all_but = LayerSet::all_but(5, 2);
+        assert_eq!(all_but.iter().collect::<Vec<_>>(), [0, 1, 3, 4]);
+        assert_eq!(all_but.to_string(), "0+1+3+4");
+        assert_eq!("0-1+3-4".parse::<LayerSet>().unwrap(), all_but);
+        assert!(LayerSet::EMPTY.is_empty() && !LayerSet::EMPTY.contains(0));
+        assert!(!all_but.contains(LayerSet::LIMIT));
         let e = KvSpec::Pq(p)
             .validate(&KvShape::new(3, 1, 4).unwrap())
             .unwrap_err()

@@ -316,7 +316,7 @@ impl PimStacksSpec {
             reason: format!("pim.kv = `{kv}`: {reason}"),
         };
         match kv.parse::<aqpim_kvcache::KvSpec>() {
-            Ok(aqpim_kvcache::KvSpec::Pq(p)) if p.regions.fp16_layers != 0 => Err(bad(
+            Ok(aqpim_kvcache::KvSpec::Pq(p)) if !p.regions.fp16_layers.is_empty() => Err(bad(
                 "the system model gives every layer one format; `fp16_layers` (FP16 layers beside coded ones) is an accuracy diagnostic it does not price".into(),
             )),
             Ok(s @ (aqpim_kvcache::KvSpec::Pq(_) | aqpim_kvcache::KvSpec::Scalar(_))) => {

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use anyhow::{bail, Context, Result};
 use aqpim_decode::eval;
 use aqpim_decode::DensePrecision;
-use aqpim_kvcache::KvSpec;
+use aqpim_kvcache::{KvSpec, LayerSet};
 use clap::Args;
 use rayon::prelude::*;
 use serde::Serialize;
@@ -103,28 +103,29 @@ fn layers(a: LayersArgs) -> Result<()> {
             crate::limits::cut(&a.kv)
         );
     };
-    if pq.regions.fp16_layers != 0 {
+    if !pq.regions.fp16_layers.is_empty() {
         bail!("--kv names `fp16_layers`; give the format alone, every layer coded");
     }
     let text = std::fs::read_to_string(&a.text)
         .with_context(|| format!("reading text {} (UTF-8 expected)", a.text.display()))?;
     let (model, tok) = load(&a.model)?;
     let n_layers = model.config().n_layers;
+    if n_layers > LayerSet::LIMIT {
+        bail!(
+            "the model has {n_layers} layers; `fp16_layers` names layers below {}",
+            LayerSet::LIMIT
+        );
+    }
     let chosen: Vec<usize> = match &a.layers {
         None => (0..n_layers).collect(),
         Some(s) => {
-            let mask = format!("pq:fp16_layers={s}")
-                .parse::<KvSpec>()
-                .map_err(|e| anyhow::anyhow!("--layers {}: {e}", crate::limits::cut(s)))
-                .map(|k| match k {
-                    KvSpec::Pq(p) => p.regions.fp16_layers,
-                    _ => 0,
-                })?;
-            let l: Vec<usize> = (0..128).filter(|&l| mask >> l & 1 == 1).collect();
-            if let Some(bad) = l.iter().find(|&&l| l >= n_layers) {
+            let set: LayerSet = s
+                .parse()
+                .map_err(|why| anyhow::anyhow!("--layers {}: {why}", crate::limits::cut(s)))?;
+            if let Some(bad) = set.iter().find(|&l| l >= n_layers) {
                 bail!("--layers names layer {bad}, but the model has {n_layers} layers");
             }
-            l
+            set.iter().collect()
         }
     };
     let doc_start = doc_start_token("auto", &tok)?;
@@ -138,9 +139,7 @@ fn layers(a: LayersArgs) -> Result<()> {
             Run::AllCoded => choice.clone(),
             Run::Layer(l) => {
                 let mut p = *pq;
-                p.regions.fp16_layers = (0..n_layers)
-                    .filter(|&k| k != l)
-                    .fold(0u128, |m, k| m | 1u128 << k);
+                p.regions.fp16_layers = LayerSet::all_but(n_layers, l);
                 CacheChoice::Store(KvSpec::Pq(p), books.clone())
             }
         }

@@ -6,8 +6,8 @@ use std::str::FromStr;
 use aqpim_pq::CodeFormat;
 
 use super::{
-    CodebookSharing, KeyMetric, KvSpec, PqRegions, PqSpec, PqTraining, PqTransforms, ScalarSpec,
-    SubspaceLayout,
+    CodebookSharing, KeyMetric, KvSpec, LayerSet, PqRegions, PqSpec, PqTraining, PqTransforms,
+    ScalarSpec, SubspaceLayout,
 };
 use crate::error::{KvError, Result};
 
@@ -181,41 +181,16 @@ impl<'a> Items<'a> {
         })
     }
 
-    /// A set of layers, `a+b+c` or ranges `a-b` (inclusive) joined by `+`,
-    /// as a bitmask (layers 0..128); empty when the key is absent.
-    fn layer_set(&self, key: &str) -> Result<u128> {
+    /// A set of layers ([`LayerSet`]); empty when the key is absent.
+    fn layer_set(&self, key: &str) -> Result<LayerSet> {
         let Some(v) = self.get(key) else {
-            return Ok(0);
+            return Ok(LayerSet::EMPTY);
         };
-        let bad = |why: &str| {
+        v.parse().map_err(|why| {
             self.err(format!(
                 "bad value `{v}` for `{key}`: {why} (expected layer indices 0..127 joined by `+`, ranges `a-b` allowed, e.g. `0+1+28-29`)"
             ))
-        };
-        let index = |t: &str| -> Result<u32> {
-            t.trim()
-                .parse::<u32>()
-                .ok()
-                .filter(|&l| l < 128)
-                .ok_or_else(|| bad(&format!("`{}` is not a layer index below 128", t.trim())))
-        };
-        let mut mask = 0u128;
-        for item in v.split('+') {
-            let (a, b) = match item.split_once('-') {
-                Some((a, b)) => (index(a)?, index(b)?),
-                None => {
-                    let l = index(item)?;
-                    (l, l)
-                }
-            };
-            if a > b {
-                return Err(bad(&format!("the range `{}` runs backwards", item.trim())));
-            }
-            for l in a..=b {
-                mask |= 1u128 << l;
-            }
-        }
-        Ok(mask)
+        })
     }
 
     fn pq(&self) -> Result<PqSpec> {
