@@ -186,3 +186,63 @@ fn mx_scalar_caches_decode_the_tiny_model() {
     let (d8, d2) = ((mx8.nll - fp16.nll).abs(), (mx2.nll - fp16.nll).abs());
     assert!(d8 < 0.02 && d8 < d2, "8 bits {d8}, 2 bits {d2}");
 }
+
+#[test]
+fn wide_layers_calibrate_in_their_own_format() {
+    // Layer 1 with 4-bit values beside the others' 2-bit ones: calibration
+    // trains that layer's codebooks in the wide shape and every other layer's
+    // exactly as the base spec does (same data, same seed); the codebooks of
+    // one spec do not load into the other; the cache decodes end to end.
+    let file = GgufFile::parse(tiny_model(31, true)).unwrap();
+    let model = Llama::from_gguf(&file).unwrap();
+    let calib = random_tokens(32, 200, model.config().vocab_size);
+    let pq = |s: &str| match s.parse::<KvSpec>().unwrap() {
+        KvSpec::Pq(p) => p,
+        other => panic!("{other} is not pq"),
+    };
+    let base = "pq:dsub=2,kbits=4,vbits=2,iters=5,window=8";
+    let wide = format!("{base},wide_layers=1,wide_vbits=4");
+    let dirs = [base, wide.as_str()].map(|spec| {
+        let books =
+            calibrate::calibrate(&model, &calib, &pq(spec), &[200], &mut |_, _, _| {}).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        calibrate::save(&books, dir.path()).unwrap();
+        dir
+    });
+    let read = |d: &tempfile::TempDir, l: usize, part: &str| {
+        std::fs::read(d.path().join(format!("layer{l:03}_head00_{part}.pqcb"))).unwrap()
+    };
+    for l in 0..LAYERS {
+        assert_eq!(
+            read(&dirs[0], l, "k"),
+            read(&dirs[1], l, "k"),
+            "layer {l} keys"
+        );
+        assert_eq!(
+            l != 1,
+            read(&dirs[0], l, "v") == read(&dirs[1], l, "v"),
+            "layer {l}"
+        );
+    }
+    let spec = KvSpec::Pq(pq(&wide));
+    let mut store = build(shape(), &spec).unwrap();
+    let e = calibrate::load_into(dirs[0].path(), store.as_pq_mut().unwrap()).unwrap_err();
+    assert!(format!("{e:#}").contains("layer 1"), "{e:#}");
+    let tokens = random_tokens(33, 160, model.config().vocab_size);
+    let r = ppl(&model, &tokens, &mut || {
+        let mut store = build(shape(), &spec)?;
+        calibrate::load_into(dirs[1].path(), store.as_pq_mut().unwrap())?;
+        Ok(Box::new(CompressedCache::from_store(store)) as Box<dyn AttentionCache>)
+    });
+    assert!(r.nll.is_finite() && r.bits_per_element < 16.0, "{r:?}");
+    // A wide layer the model lacks is refused before the forward pass.
+    let e = calibrate::calibrate(
+        &model,
+        &calib,
+        &pq(&format!("{base},wide_layers={LAYERS}")),
+        &[200],
+        &mut |_, _, _| {},
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("wide_layers names layer"), "{e}");
+}

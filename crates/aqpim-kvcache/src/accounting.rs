@@ -176,20 +176,24 @@ pub fn account(shape: &KvShape, spec: &KvSpec, ctx: usize) -> Result<MemoryRepor
     let layers: Vec<Regions> = (0..l_count)
         .map(|l| Regions::nominal_layer(spec, ctx, l, l_count))
         .collect();
-    // A codebook exists once a (layer, head) using it has encoded a token.
-    let codebooks = match spec {
-        KvSpec::Pq(p) => {
-            let mut used = vec![false; p.training.share.num_groups(shape)];
-            for (l, r) in layers.iter().enumerate() {
-                for h in 0..shape.num_kv_heads() {
-                    used[p.training.share.group_of(shape, l, h)] |= r.encoded > 0;
+    // A codebook exists once a (layer, head) using it has encoded a token;
+    // it has the format of that layer's class (a group never spans classes).
+    let mut books = [0usize; 2];
+    if let KvSpec::Pq(p) = spec {
+        let mut used = vec![None; p.training.share.num_groups(shape)];
+        for (l, r) in layers.iter().enumerate() {
+            for h in 0..shape.num_kv_heads() {
+                let g = p.training.share.group_of(shape, l, h);
+                if r.encoded > 0 {
+                    used[g] = Some(p.class_of(l));
                 }
             }
-            used.iter().filter(|u| **u).count()
         }
-        _ => 0,
-    };
-    account_regions(shape, spec, &layers, codebooks, codebooks)
+        for c in used.into_iter().flatten() {
+            books[c] += 1;
+        }
+    }
+    account_regions_by_class(shape, spec, &layers, [books, books])
 }
 
 /// The accounting of a cache whose layer `l` is split as `layers[l]`, holding
@@ -219,6 +223,24 @@ pub fn account_regions(
     key_codebooks: usize,
     value_codebooks: usize,
 ) -> Result<MemoryReport> {
+    account_regions_by_class(
+        shape,
+        spec,
+        layers,
+        [[key_codebooks, 0], [value_codebooks, 0]],
+    )
+}
+
+/// [`account_regions`] for a spec whose layers differ in format
+/// (`wide_layers=`): `books[part][class]` codebooks of each part and format
+/// class (0 the base format, 1 the wide layers'; [`crate::PqSpec::class_of`]).
+/// `layers[l]` is layer `l`, whose codes take its class's row bytes.
+pub fn account_regions_by_class(
+    shape: &KvShape,
+    spec: &KvSpec,
+    layers: &[Regions],
+    books: [[usize; 2]; 2],
+) -> Result<MemoryReport> {
     spec.validate(shape)?;
     let (h, d) = (shape.num_kv_heads() as u64, shape.head_dim() as u64);
     // Every count below is checked: a shape or context past the limits of
@@ -238,10 +260,12 @@ pub fn account_regions(
         add(&mut elements, mul(&[2, total, h, d])?)?;
         add(&mut b.sinks, mul(&[2, r.sinks as u64, h, d, 2])?)?;
         add(&mut b.recent, mul(&[2, r.recent as u64, h, d, 2])?)?;
-        add_encoded(shape, spec, r, &mut b)?;
+    }
+    for (l, r) in layers.iter().enumerate() {
+        add_encoded(shape, spec, l, r, &mut b)?;
     }
     if let KvSpec::Pq(p) = spec {
-        add_codebooks(shape, p, key_codebooks, value_codebooks, &mut b)?;
+        add_codebooks(shape, p, books, &mut b)?;
     }
     [
         b.key_codes,
@@ -282,22 +306,26 @@ fn add_tokens(acc: &mut usize, v: usize) -> Result<()> {
     Ok(())
 }
 
-/// Adds the bytes of one layer's encoded tokens (`r.encoded` per head):
+/// Adds the bytes of layer `layer`'s encoded tokens (`r.encoded` per head):
 /// codes, outlier copies and scalar metadata.
-fn add_encoded(shape: &KvShape, spec: &KvSpec, r: &Regions, b: &mut ComponentBytes) -> Result<()> {
+fn add_encoded(
+    shape: &KvShape,
+    spec: &KvSpec,
+    layer: usize,
+    r: &Regions,
+    b: &mut ComponentBytes,
+) -> Result<()> {
     let (h, d) = (shape.num_kv_heads() as u64, shape.head_dim() as u64);
     let e = r.encoded as u64;
     match spec {
         KvSpec::Dense => {}
         KvSpec::Pq(p) => {
             // `account_regions` validated the spec against the shape.
-            add(
-                &mut b.key_codes,
-                mul(&[e, h, p.key.row_bytes(shape.head_dim()) as u64])?,
-            )?;
+            let row = |part| p.format_at(layer, part).row_bytes(shape.head_dim()) as u64;
+            add(&mut b.key_codes, mul(&[e, h, row(crate::KvPart::Keys)])?)?;
             add(
                 &mut b.value_codes,
-                mul(&[e, h, p.value.row_bytes(shape.head_dim()) as u64])?,
+                mul(&[e, h, row(crate::KvPart::Values)])?,
             )?;
             add(
                 &mut b.outliers,
@@ -320,17 +348,19 @@ fn add_encoded(shape: &KvShape, spec: &KvSpec, r: &Regions, b: &mut ComponentByt
     Ok(())
 }
 
-/// Sets the bytes of `key_codebooks` K and `value_codebooks` V codebooks,
-/// each with its pre-transform.
+/// Sets the bytes of `books[part][class]` codebooks, each with its
+/// pre-transform.
 fn add_codebooks(
     shape: &KvShape,
     p: &crate::PqSpec,
-    key_codebooks: usize,
-    value_codebooks: usize,
+    books: [[usize; 2]; 2],
     b: &mut ComponentBytes,
 ) -> Result<()> {
-    let pk = p.params(shape.head_dim(), crate::KvPart::Keys)?;
-    let pv = p.params(shape.head_dim(), crate::KvPart::Values)?;
+    let len = |class, part| {
+        p.class_format(class, part)
+            .params(shape.head_dim())
+            .map(|x| x.codebook_len())
+    };
     let cb = if p.training.fp16_codebooks { 2 } else { 4 };
     let (tk, tv) = (
         p.transform_bytes(crate::KvPart::Keys, shape.head_dim()) as u64,
@@ -342,8 +372,13 @@ fn add_codebooks(
             .ok_or_else(overflow)?;
         mul(&[n as u64, one])
     };
-    b.key_codebooks = book(key_codebooks, pk.codebook_len(), tk)?;
-    b.value_codebooks = book(value_codebooks, pv.codebook_len(), tv)?;
+    let (k, v) = (crate::KvPart::Keys, crate::KvPart::Values);
+    b.key_codebooks = book(books[0][0], len(0, k)?, tk)?
+        .checked_add(book(books[0][1], len(1, k)?, tk)?)
+        .ok_or_else(overflow)?;
+    b.value_codebooks = book(books[1][0], len(0, v)?, tv)?
+        .checked_add(book(books[1][1], len(1, v)?, tv)?)
+        .ok_or_else(overflow)?;
     Ok(())
 }
 

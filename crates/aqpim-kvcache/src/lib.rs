@@ -55,7 +55,8 @@ pub mod synth;
 mod tokens;
 
 pub use accounting::{
-    account, account_regions, BitsPerElement, ComponentBytes, HeapBytes, MemoryReport, Regions,
+    account, account_regions, account_regions_by_class, BitsPerElement, ComponentBytes, HeapBytes,
+    MemoryReport, Regions,
 };
 pub use dense::DenseStore;
 pub use error::{KvError, KvPart, Result};
@@ -65,7 +66,7 @@ pub use scalar::{ScalarHeadView, ScalarStore};
 pub use shape::KvShape;
 pub use spec::{
     CodebookScope, CodebookSharing, KeyMetric, KvSpec, LayerSet, PqRegions, PqSpec, PqTraining,
-    PqTransforms, ScalarSpec, SubspaceLayout,
+    PqTransforms, ScalarSpec, SubspaceLayout, WideLayers,
 };
 pub use store::{build, from_bytes, load, DenseKv, KvStore};
 pub use tokens::TokenSlices;

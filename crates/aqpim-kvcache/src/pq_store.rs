@@ -6,10 +6,10 @@ use aqpim_pq::transform::PreTransform;
 use aqpim_pq::{CodeWidth, PqParams, ProductQuantizer};
 use half::f16;
 
-use crate::accounting::{account_regions, HeapBytes, MemoryReport, Regions};
+use crate::accounting::{account_regions_by_class, HeapBytes, MemoryReport, Regions};
 use crate::error::{KvError, KvPart, Result};
 use crate::shape::KvShape;
-use crate::spec::{KvSpec, PqSpec};
+use crate::spec::{CodebookSharing, KvSpec, PqSpec};
 use crate::store::{DenseKv, KvStore};
 use crate::tokens::{TokenRing, TokenSlices};
 
@@ -91,11 +91,13 @@ pub struct PqStore {
     shape: KvShape,
     spec: KvSpec,
     pq: PqSpec,
-    /// `[part]`
-    params: [PqParams; 2],
-    row_bytes: [usize; 2],
-    /// `[part]`: how codes are stored (one, two or four per byte).
-    widths: [CodeWidth; 2],
+    /// `[class][part]`, class 0 the base format and 1 the wide layers'
+    /// ([`PqSpec::class_of`]; both the base format's without `wide_layers`).
+    params: [[PqParams; 2]; 2],
+    /// `[class][part]`
+    row_bytes: [[usize; 2]; 2],
+    /// `[class][part]`: how codes are stored (one, two or four per byte).
+    widths: [[CodeWidth; 2]; 2],
     /// `[part][group]`
     codebooks: [Vec<Option<ProductQuantizer>>; 2],
     /// `[part][group]`: pre-transforms (`None`: identity).
@@ -111,11 +113,14 @@ impl PqStore {
     pub fn new(shape: KvShape, pq: PqSpec) -> Result<Self> {
         let spec = KvSpec::Pq(pq);
         spec.validate(&shape)?;
-        let params = [
-            pq.params(shape.head_dim(), KvPart::Keys)?,
-            pq.params(shape.head_dim(), KvPart::Values)?,
-        ];
         let d = shape.head_dim();
+        let format = |c: usize, p: usize| pq.class_format(c, PARTS[p]);
+        let mut params = [[PqParams::with_dsub(d, d, 1)?; 2]; 2];
+        for (c, row) in params.iter_mut().enumerate() {
+            for (p, x) in row.iter_mut().enumerate() {
+                *x = format(c, p).params(d)?;
+            }
+        }
         let head = PqHead {
             sinks: Default::default(),
             codes: Default::default(),
@@ -129,8 +134,8 @@ impl PqStore {
             spec,
             pq,
             params,
-            row_bytes: [pq.key.row_bytes(d), pq.value.row_bytes(d)],
-            widths: [pq.key.width(), pq.value.width()],
+            row_bytes: [0, 1].map(|c| [0, 1].map(|p| format(c, p).row_bytes(d))),
+            widths: [0, 1].map(|c| [0, 1].map(|p| format(c, p).width())),
             codebooks: [vec![None; groups], vec![None; groups]],
             transforms: [vec![None; groups], vec![None; groups]],
             refine_counts: [vec![Vec::new(); groups], vec![Vec::new(); groups]],
@@ -149,9 +154,31 @@ impl PqStore {
         &self.pq
     }
 
-    /// PQ shape of the key or value codebooks.
+    /// PQ shape of the key or value codebooks (of the layers not in
+    /// `wide_layers`; [`PqStore::params_at`] for any layer).
     pub fn params(&self, part: KvPart) -> PqParams {
-        self.params[part_index(part)]
+        self.params[0][part_index(part)]
+    }
+
+    /// PQ shape of `layer`'s key or value codebooks.
+    pub fn params_at(&self, layer: usize, part: KvPart) -> Result<PqParams> {
+        self.shape.check_layer(layer)?;
+        Ok(self.params[self.class(layer)][part_index(part)])
+    }
+
+    /// The format class of `layer` (0 the base format, 1 `wide_layers`).
+    fn class(&self, layer: usize) -> usize {
+        self.pq.class_of(layer)
+    }
+
+    /// The format class of codebook group `g`: a group never spans classes,
+    /// since wide layers share codebooks only within a layer.
+    fn group_class(&self, g: usize) -> usize {
+        match self.pq.training.share {
+            CodebookSharing::None => self.class(g / self.shape.num_kv_heads()),
+            CodebookSharing::Heads => self.class(g),
+            CodebookSharing::Layers | CodebookSharing::All => 0,
+        }
     }
 
     /// The codebook `(layer, head)` encodes `part` with, if trained or supplied.
@@ -176,13 +203,14 @@ impl PqStore {
         let l = &self.layers[layer];
         let h = &l.heads[head];
         let d = self.shape.head_dim();
+        let c = self.class(layer);
         let codes = |p: usize| Codes {
             data: &h.codes[p],
             blocks: &h.blocks[p],
             lane_nibbles: blocks::lane_nibbles(p),
-            num_subspaces: self.params[p].num_subspaces(),
-            row_bytes: self.row_bytes[p],
-            width: self.widths[p],
+            num_subspaces: self.params[c][p].num_subspaces(),
+            row_bytes: self.row_bytes[c][p],
+            width: self.widths[c][p],
         };
         let g = self.pq.training.share.group_of(&self.shape, layer, head);
         Ok(PqHeadView {
@@ -227,10 +255,10 @@ impl PqStore {
         b
     }
 
-    /// `[part]`: whether the part keeps transposed blocks of its codes
-    /// ([`blocks::keeps_blocks`]).
-    fn keeps_blocks(&self) -> [bool; 2] {
-        [0, 1].map(|p| blocks::keeps_blocks(p, self.widths[p], self.params[p].ksub()))
+    /// `[part]`: whether the part keeps transposed blocks of its codes in
+    /// format class `c` ([`blocks::keeps_blocks`]).
+    fn keeps_blocks(&self, c: usize) -> [bool; 2] {
+        [0, 1].map(|p| blocks::keeps_blocks(p, self.widths[c][p], self.params[c][p].ksub()))
     }
 
     /// Whether files of this spec carry transforms and outliers (specs
@@ -318,12 +346,17 @@ impl KvStore for PqStore {
     }
     fn memory_report(&self) -> MemoryReport {
         let layers: Vec<Regions> = self.layers.iter().map(|l| l.regions).collect();
-        let count = |p: usize| self.codebooks[p].iter().filter(|c| c.is_some()).count();
+        let count = |p: usize, c: usize| {
+            (0..self.codebooks[p].len())
+                .filter(|&g| self.codebooks[p][g].is_some() && self.group_class(g) == c)
+                .count()
+        };
         debug_assert!(self.layers.iter().all(|l| l
             .heads
             .iter()
             .all(|h| h.outliers.len() == self.pq.outlier_budget(l.regions.encoded))));
-        account_regions(&self.shape, &self.spec, &layers, count(0), count(1))
+        let books = [[count(0, 0), count(0, 1)], [count(1, 0), count(1, 1)]];
+        account_regions_by_class(&self.shape, &self.spec, &layers, books)
             .expect("the spec was validated at construction")
     }
     fn heap_bytes(&self) -> HeapBytes {
@@ -356,21 +389,24 @@ impl KvStore for PqStore {
         let recent = tokens
             .saturating_sub(s)
             .min(r + self.pq.regions.flush.max(1) - 1);
-        let rows = self.row_bytes;
-        let keep = self.keeps_blocks();
-        let m = self.params.map(|p| p.num_subspaces());
-        for head in self.layers.iter_mut().flat_map(|l| &mut l.heads) {
-            for p in 0..2 {
-                let v = &mut head.sinks[p];
-                v.reserve_exact((tokens.min(s) * d).saturating_sub(v.len()));
-                let c = &mut head.codes[p];
-                c.reserve_exact((encoded * rows[p]).saturating_sub(c.len()));
-                if keep[p] {
-                    let b = &mut head.blocks[p];
-                    let block = blocks::block_bytes(m[p], blocks::lane_nibbles(p));
-                    b.reserve_exact((encoded / 64 * block).saturating_sub(b.len()));
+        let keep = [0, 1].map(|c| self.keeps_blocks(c));
+        let m = self.params.map(|c| c.map(|p| p.num_subspaces()));
+        for (l, layer) in self.layers.iter_mut().enumerate() {
+            let c = self.pq.class_of(l);
+            let (rows, keep, m) = (self.row_bytes[c], keep[c], m[c]);
+            for head in &mut layer.heads {
+                for p in 0..2 {
+                    let v = &mut head.sinks[p];
+                    v.reserve_exact((tokens.min(s) * d).saturating_sub(v.len()));
+                    let c = &mut head.codes[p];
+                    c.reserve_exact((encoded * rows[p]).saturating_sub(c.len()));
+                    if keep[p] {
+                        let b = &mut head.blocks[p];
+                        let block = blocks::block_bytes(m[p], blocks::lane_nibbles(p));
+                        b.reserve_exact((encoded / 64 * block).saturating_sub(b.len()));
+                    }
+                    head.recent[p].reserve_tokens(recent);
                 }
-                head.recent[p].reserve_tokens(recent);
             }
         }
     }

@@ -230,6 +230,25 @@ pub struct PqSpec {
     pub training: PqTraining,
     /// Pre-transforms of keys and values before k-means and encoding.
     pub transforms: PqTransforms,
+    /// Layers coded in a second, wider format (`wide_layers=`), if any.
+    pub wide: Option<WideLayers>,
+}
+
+/// Layers whose keys and values are coded in their own format
+/// (`wide_layers=18,wide_kdsub=1,wide_vbits=8`; every `wide_` part not
+/// given is the base format's): a per-layer bit allocation, more bits where
+/// a layer's codes cost the most accuracy (`docs/results/accuracy.md`,
+/// "Where the loss on code lives"). Codebooks of those layers have the wide
+/// shape, so sharing stays within a layer (`share=none|heads`) and the
+/// subspaces stay contiguous. A layer also in `fp16_layers` stays FP16.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WideLayers {
+    /// The layers.
+    pub layers: LayerSet,
+    /// Their key codes (`wide_kdsub`, `wide_kbits`).
+    pub key: CodeFormat,
+    /// Their value codes (`wide_vdsub`, `wide_vbits`).
+    pub value: CodeFormat,
 }
 
 /// The tokens a PQ cache keeps in FP16 beside its codes, and when tokens
@@ -427,6 +446,7 @@ impl Default for PqSpec {
                 whiten: KeyMetric::Euclidean,
                 value_weighting: false,
             },
+            wide: None,
         }
     }
 }
@@ -443,6 +463,42 @@ impl PqSpec {
     /// PQ parameters of the key (`Keys`) or value codebooks for head size `head_dim`.
     pub fn params(&self, head_dim: usize, part: crate::KvPart) -> Result<PqParams> {
         Ok(self.format(part).params(head_dim)?)
+    }
+
+    /// Whether `layer` is coded in the wide format (`wide_layers=`).
+    pub fn is_wide(&self, layer: usize) -> bool {
+        self.wide.is_some_and(|w| w.layers.contains(layer))
+    }
+
+    /// The format class of `layer`: 0 for the base format, 1 for the wide one.
+    pub fn class_of(&self, layer: usize) -> usize {
+        usize::from(self.is_wide(layer))
+    }
+
+    /// The code format of `part` in format class `class` (see [`PqSpec::class_of`]).
+    pub fn class_format(&self, class: usize, part: crate::KvPart) -> CodeFormat {
+        match (class, self.wide) {
+            (1, Some(w)) => match part {
+                crate::KvPart::Keys => w.key,
+                crate::KvPart::Values => w.value,
+            },
+            _ => self.format(part),
+        }
+    }
+
+    /// The code format of `part` in `layer`.
+    pub fn format_at(&self, layer: usize, part: crate::KvPart) -> CodeFormat {
+        self.class_format(self.class_of(layer), part)
+    }
+
+    /// PQ parameters of `part` in `layer`, for head size `head_dim`.
+    pub fn params_at(
+        &self,
+        head_dim: usize,
+        layer: usize,
+        part: crate::KvPart,
+    ) -> Result<PqParams> {
+        Ok(self.format_at(layer, part).params(head_dim)?)
     }
 
     /// The latest flush point of `layer` at or before `n` tokens (see [`PqRegions::flush`]).
@@ -513,9 +569,13 @@ impl PqSpec {
 
     /// Tokens a layer must hold before online training runs.
     pub fn train_threshold(&self) -> usize {
-        self.training
-            .train_min
-            .unwrap_or(self.key.ksub().max(self.value.ksub()))
+        self.training.train_min.unwrap_or(self.max_ksub())
+    }
+
+    /// The most centroids any codebook of the spec has.
+    fn max_ksub(&self) -> usize {
+        let wide = self.wide.map_or(0, |w| w.key.ksub().max(w.value.ksub()));
+        self.key.ksub().max(self.value.ksub()).max(wide)
     }
 
     /// Why the spec cannot hold caches of `shape`, if it cannot.
@@ -559,7 +619,10 @@ impl PqSpec {
                 self.regions.outliers_per_mille
             ));
         }
-        let ksub = self.key.ksub().max(self.value.ksub());
+        if let Some(w) = &self.wide {
+            validate_wide(w, self, shape)?;
+        }
+        let ksub = self.max_ksub();
         if self.train_threshold() < ksub {
             return Err(format!(
                 "train_min = {} is below ksub = {ksub}",
@@ -568,6 +631,51 @@ impl PqSpec {
         }
         Ok(())
     }
+}
+
+/// Why the wide layers `w` of `p` cannot hold caches of `shape`, if they cannot.
+fn validate_wide(w: &WideLayers, p: &PqSpec, shape: &KvShape) -> std::result::Result<(), String> {
+    for (name, bits) in [("wide_kbits", w.key.nbits), ("wide_vbits", w.value.nbits)] {
+        if !(1..=8).contains(&bits) {
+            return Err(format!("{name} = {bits} is not in 1..=8"));
+        }
+    }
+    for (name, dsub) in [("wide_kdsub", w.key.dsub), ("wide_vdsub", w.value.dsub)] {
+        if dsub == 0 || !shape.head_dim().is_multiple_of(dsub) {
+            return Err(format!(
+                "{name} = {dsub} does not divide head_dim = {}",
+                shape.head_dim()
+            ));
+        }
+    }
+    if w.key.packed != p.key.packed || w.value.packed != p.key.packed {
+        return Err("wide layers pack as the others do (one `pack` key)".into());
+    }
+    if w.layers.is_empty() {
+        return Err("wide_layers names no layer".into());
+    }
+    if let Some(l) = w.layers.iter().find(|&l| l >= shape.num_layers()) {
+        return Err(format!(
+            "wide_layers names layer {l}, but the model has {} layers",
+            shape.num_layers()
+        ));
+    }
+    if matches!(
+        p.training.share,
+        CodebookSharing::Layers | CodebookSharing::All
+    ) {
+        return Err(format!(
+            "wide_layers needs codebooks of their own per layer (share=none or heads), not share={}",
+            p.training.share.name()
+        ));
+    }
+    if p.transforms.layout != SubspaceLayout::Contiguous {
+        return Err(format!(
+            "wide_layers needs contiguous subspaces, not layout={} (its permutation depends on dsub)",
+            p.transforms.layout.name()
+        ));
+    }
+    Ok(())
 }
 
 impl KvSpec {
@@ -685,6 +793,13 @@ impl fmt::Display for PqSpec {
         }
         if !r.fp16_layers.is_empty() {
             write!(f, ",fp16_layers={}", r.fp16_layers)?;
+        }
+        if let Some(w) = &self.wide {
+            write!(
+                f,
+                ",wide_layers={},wide_kdsub={},wide_kbits={},wide_vdsub={},wide_vbits={}",
+                w.layers, w.key.dsub, w.key.nbits, w.value.dsub, w.value.nbits
+            )?;
         }
         match t.refine {
             [k, v] if k == v && k != DEFAULT_REFINE => write!(f, ",refine={k}")?,
@@ -899,6 +1014,92 @@ mod tests {
             e.contains("fp16_layers names layer 3, but the model has 3 layers"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn wide_layers_take_their_own_format_and_name_real_layers() {
+        let KvSpec::Pq(p) = "pq:dsub=2,kbits=8,vbits=4,wide_layers=1+3,wide_kdsub=1,wide_vbits=8"
+            .parse::<KvSpec>()
+            .unwrap()
+        else {
+            panic!("not pq")
+        };
+        let w = p.wide.unwrap();
+        // Parts not given are the base format's.
+        assert_eq!((w.key.dsub, w.key.nbits), (1, 8));
+        assert_eq!((w.value.dsub, w.value.nbits), (2, 8));
+        assert_eq!(
+            (0..5).map(|l| p.class_of(l)).collect::<Vec<_>>(),
+            [0, 1, 0, 1, 0]
+        );
+        assert_eq!(p.format_at(3, crate::KvPart::Keys), w.key);
+        assert_eq!(p.format_at(2, crate::KvPart::Keys), p.key);
+        assert_eq!(
+            p.params_at(8, 1, crate::KvPart::Values).unwrap().ksub(),
+            256
+        );
+        // Canonical, and round-trips.
+        let text = p.to_string();
+        assert!(
+            text.contains(",wide_layers=1+3,wide_kdsub=1,wide_kbits=8,wide_vdsub=2,wide_vbits=8"),
+            "{text}"
+        );
+        assert_eq!(text.parse::<KvSpec>().unwrap(), KvSpec::Pq(p));
+        let shape = KvShape::new(4, 1, 8).unwrap();
+        assert!(KvSpec::Pq(p).validate(&shape).is_ok());
+        for (spec, why) in [
+            (
+                "pq:wide_layers=4",
+                "wide_layers names layer 4, but the model has 4 layers",
+            ),
+            (
+                "pq:dsub=2,wide_kbits=4",
+                "`wide_kbits` needs `wide_layers=`",
+            ),
+            (
+                "pq:wide_layers=1,wide_kdsub=3",
+                "wide_kdsub = 3 does not divide head_dim = 8",
+            ),
+            (
+                "pq:wide_layers=1,share=all",
+                "share=none or heads), not share=all",
+            ),
+            (
+                "pq:wide_layers=1,layout=halves",
+                "contiguous subspaces, not layout=halves",
+            ),
+            (
+                "pq:wide_layers=1,wide_vbits=9",
+                "expected an integer in 1..=8",
+            ),
+            ("pq:wide_layers=2-1", "runs backwards"),
+        ] {
+            let e = spec
+                .parse::<KvSpec>()
+                .and_then(|s| s.validate(&shape))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(why), "{spec}: {e}");
+        }
+        // A wide layer's codebooks count at the wide size: one layer of
+        // four, 8-bit keys over 8 subspaces (8 x 256 x 1 f32) against
+        // 4 x 256 x 2.
+        let r = crate::account(&shape, &KvSpec::Pq(p), 1000).unwrap();
+        let plain = crate::account(
+            &shape,
+            &"pq:dsub=2,kbits=8,vbits=4".parse::<KvSpec>().unwrap(),
+            1000,
+        )
+        .unwrap();
+        assert_eq!(r.bytes.key_codebooks, plain.bytes.key_codebooks);
+        assert_eq!(
+            r.bytes.value_codebooks,
+            plain.bytes.value_codebooks + 2 * 4 * (256 - 16) * 2 * 4
+        );
+        // Codes: keys of layers 1 and 3 take 8 bytes a token, not 4; values 4, not 2.
+        let e = r.tokens_by_region.encoded as u64 / 4;
+        assert_eq!(r.bytes.key_codes, plain.bytes.key_codes + 2 * e * 4);
+        assert_eq!(r.bytes.value_codes, plain.bytes.value_codes + 2 * e * 2);
     }
 
     #[test]

@@ -319,6 +319,9 @@ impl PimStacksSpec {
             Ok(aqpim_kvcache::KvSpec::Pq(p)) if !p.regions.fp16_layers.is_empty() => Err(bad(
                 "the system model gives every layer one format; `fp16_layers` (FP16 layers beside coded ones) is an accuracy diagnostic it does not price".into(),
             )),
+            Ok(aqpim_kvcache::KvSpec::Pq(p)) if p.wide.is_some() => Err(bad(
+                "the system model gives every layer one format; `wide_layers` (a second code format in some layers) is measured for accuracy only, not priced".into(),
+            )),
             Ok(s @ (aqpim_kvcache::KvSpec::Pq(_) | aqpim_kvcache::KvSpec::Scalar(_))) => {
                 Ok(Some(s))
             }

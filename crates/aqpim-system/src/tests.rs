@@ -633,4 +633,18 @@ fn fp16_layers_are_refused_not_priced_as_coded() {
         e.contains("`fp16_layers`") && e.contains("does not price"),
         "{e}"
     );
+    // Likewise a second code format in some layers.
+    let (m, mut s) = tiny(100_000);
+    let pim = s.pim.as_mut().unwrap();
+    pim.kv = Some(format!(
+        "{},wide_layers=1,wide_vbits=8",
+        pim.kv.as_ref().unwrap()
+    ));
+    let e = decode_step_with(&m, &s, Policy::Aqpim, 13, 3, Some(&Fake::new()))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("`wide_layers`") && e.contains("not priced"),
+        "{e}"
+    );
 }

@@ -161,6 +161,9 @@ fn parse_activations(s: &str) -> std::result::Result<ActivationPrecision, String
 
 /// The cache a run uses, from `--kv` and `--codebooks`.
 #[derive(Debug, Clone)]
+// One value per command: the spec's size (a `pq:` spec holds two formats
+// under `wide_layers=`) costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum CacheChoice {
     /// The model crate's exact dense cache.
     Dense(DensePrecision),

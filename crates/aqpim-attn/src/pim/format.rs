@@ -18,6 +18,12 @@ impl PimKind {
     /// The banks' kind for a `pq:` spec and head size: its key and value
     /// formats, refused unless each divides the head.
     pub fn from_pq_spec(spec: &PqSpec, head_dim: usize) -> Result<PimKind> {
+        if let Some(w) = &spec.wide {
+            return Err(AttnError::PimFormat(format!(
+                "wide_layers={} gives some layers a second code format; the banks are lowered for one format per cache",
+                w.layers
+            )));
+        }
         for part in [KvPart::Keys, KvPart::Values] {
             spec.format(part).params(head_dim)?;
         }
@@ -146,5 +152,11 @@ mod tests {
         assert!(e.contains("not scalar"), "{e}");
         let kv: KvSpec = "pq:dsub=3,nbits=8".parse().unwrap();
         assert!(BankFormat::of(&kv, 128, 1024).is_err());
+        // Two code formats in one cache are not lowered as if one.
+        let kv: KvSpec = "pq:dsub=2,nbits=4,wide_layers=3,wide_vbits=8"
+            .parse()
+            .unwrap();
+        let e = BankFormat::of(&kv, 128, 1024).unwrap_err().to_string();
+        assert!(e.contains("wide_layers=3"), "{e}");
     }
 }

@@ -132,6 +132,11 @@ pub fn calibrate(
 ) -> Result<Codebooks> {
     let c = model.config();
     let (layers, d) = (c.n_layers, c.head_dim);
+    // A spec the model cannot hold (a `wide_layers=` or `fp16_layers=`
+    // layer it lacks, a dsub that does not divide the head) is refused
+    // before the forward pass, not after it.
+    let shape = aqpim_kvcache::KvShape::with_query_heads(layers, c.n_kv_heads, c.n_heads, d)?;
+    aqpim_kvcache::KvSpec::Pq(*spec).validate(&shape)?;
     if tokens.is_empty() {
         return Err(DecodeError::InvalidArgument {
             name: "tokens",
@@ -169,8 +174,6 @@ pub fn calibrate(
         spec,
         d,
         plan: &plan,
-        kp: spec.params(d, KvPart::Keys)?,
-        vp: spec.params(d, KvPart::Values)?,
         opts: TrainOptions {
             iterations: spec.training.iterations,
             seed: spec.training.seed,
@@ -253,8 +256,6 @@ struct Trainer<'a> {
     spec: &'a PqSpec,
     d: usize,
     plan: &'a Plan,
-    kp: aqpim_pq::PqParams,
-    vp: aqpim_pq::PqParams,
     opts: TrainOptions,
 }
 
@@ -268,7 +269,7 @@ impl Trainer<'_> {
             .map(|job| {
                 let (h, part) = (job / 2, [KvPart::Keys, KvPart::Values][job % 2]);
                 let rows = self.sample(&rec, h, part);
-                self.part(&rows, &rec.stats[h], part)
+                self.part(l, &rows, &rec.stats[h], part)
                     .map_err(|e| DecodeError::Calibration {
                         layer: l,
                         kv_head: h,
@@ -306,9 +307,11 @@ impl Trainer<'_> {
         rows
     }
 
-    /// The codebook and transform of one part from its sample.
-    fn part(&self, rows: &[f32], st: &HeadStats, part: KvPart) -> Result<PartBooks> {
+    /// The codebook and transform of one part of layer `l` from its sample,
+    /// in the layer's format (`wide_layers=` gives some layers their own).
+    fn part(&self, l: usize, rows: &[f32], st: &HeadStats, part: KvPart) -> Result<PartBooks> {
         let (spec, d) = (self.spec, self.d);
+        let params = spec.params_at(d, l, part)?;
         if part == KvPart::Keys {
             let moment: Option<Vec<f64>> = (!st.moment.is_empty() && st.queries > 0)
                 .then(|| st.moment.iter().map(|m| m / st.queries as f64).collect());
@@ -317,7 +320,7 @@ impl Trainer<'_> {
                 Some(t) => t.apply(rows)?,
                 None => rows.to_vec(),
             };
-            let keys = ProductQuantizer::train(self.kp, &k_in, &self.opts)?;
+            let keys = ProductQuantizer::train(params, &k_in, &self.opts)?;
             return Ok((keys, kt));
         }
         // Values: with `vweight`, only tokens a decode step would see
@@ -349,8 +352,8 @@ impl Trainer<'_> {
             None => v_rows,
         };
         let values = match &weights {
-            Some(w) => ProductQuantizer::train_weighted(self.vp, &v_in, w, &self.opts),
-            None => ProductQuantizer::train(self.vp, &v_in, &self.opts),
+            Some(w) => ProductQuantizer::train_weighted(params, &v_in, w, &self.opts),
+            None => ProductQuantizer::train(params, &v_in, &self.opts),
         }?;
         Ok((values, vt))
     }

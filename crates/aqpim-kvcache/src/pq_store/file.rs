@@ -21,8 +21,9 @@ impl PqStore {
                 match r.u8("codebook flag")? {
                     0 => {}
                     1 => {
-                        let c = r.f32s(self.params[p].codebook_len(), "codebook")?;
-                        let q = ProductQuantizer::from_centroids(self.params[p], c)
+                        let params = self.params[self.group_class(g)][p];
+                        let c = r.f32s(params.codebook_len(), "codebook")?;
+                        let q = ProductQuantizer::from_centroids(params, c)
                             .map_err(|e| r.bad(format!("{} codebook {g}: {e}", PARTS[p])))?;
                         self.codebooks[p][g] = Some(q);
                     }
@@ -74,16 +75,19 @@ impl PqStore {
         s.read_codebooks(r)?;
         // Version 1 stored codes of `nbits <= 2` as nibbles (it had no 2-bit
         // layout); they are repacked four per byte as they are read.
-        let widths = s.widths.map(|w| match w {
-            CodeWidth::Crumb if r.version() < 2 => CodeWidth::Nibble,
-            w => w,
+        let all_widths = s.widths.map(|c| {
+            c.map(|w| match w {
+                CodeWidth::Crumb if r.version() < 2 => CodeWidth::Nibble,
+                w => w,
+            })
         });
         let d = shape.head_dim();
-        let keep = s.keeps_blocks();
         if s.has_extras() {
             s.read_transforms(r)?;
         }
         for layer in 0..shape.num_layers() {
+            let c = s.class(layer);
+            let (widths, keep, params) = (all_widths[c], s.keeps_blocks(c), s.params[c]);
             let reg = Regions {
                 sinks: r.u64("sink count")?,
                 encoded: r.u64("encoded count")?,
@@ -109,17 +113,17 @@ impl PqStore {
             for h in 0..shape.num_kv_heads() {
                 for p in 0..2 {
                     let sinks = r.f16s(r.mul(reg.sinks, d, "sinks")?, "sink tokens")?;
-                    let m = s.params[p].num_subspaces();
+                    let m = params[p].num_subspaces();
                     let bytes = r.take(reg.encoded, widths[p].row_bytes(m), "codes")?;
-                    check_codes(bytes, &s.params[p], widths[p]).map_err(|why| {
+                    check_codes(bytes, &params[p], widths[p]).map_err(|why| {
                         r.bad(format!("layer {layer}, head {h}, {}: {why}", PARTS[p]))
                     })?;
-                    let codes = if widths[p] == s.widths[p] {
+                    let codes = if widths[p] == s.widths[c][p] {
                         bytes.to_vec()
                     } else {
                         // A version-1 file: 2-bit codes stored as nibbles.
                         let one_per_byte = widths[p].unpack(bytes, m)?;
-                        s.widths[p].pack(&one_per_byte, m)?
+                        s.widths[c][p].pack(&one_per_byte, m)?
                     };
                     let recent = r.f16s(r.mul(reg.recent, d, "recent")?, "recent tokens")?;
                     let head = &mut s.layers[layer].heads[h];
@@ -127,7 +131,7 @@ impl PqStore {
                     head.codes[p] = codes;
                     head.blocks[p].clear();
                     if keep[p] {
-                        let (w, lanes) = (s.widths[p], blocks::lane_nibbles(p));
+                        let (w, lanes) = (s.widths[c][p], blocks::lane_nibbles(p));
                         blocks::sync(&head.codes[p], w, m, lanes, &mut head.blocks[p])?;
                     }
                     head.recent[p] = TokenRing::from_vec(recent, d);

@@ -90,8 +90,8 @@ impl PqStore {
         let shared = Shared {
             shape: self.shape,
             spec: self.pq,
-            keep: self.keeps_blocks(),
-            widths: self.widths,
+            keep: self.keeps_blocks(self.class(layer)),
+            widths: self.widths[self.class(layer)],
             codebooks: &self.codebooks,
             transforms: &self.transforms,
             split,
@@ -256,7 +256,9 @@ impl PqStore {
     /// refined (as many a head as `now` holds, in every head of `layer`) are
     /// left out: each head's refinement counts its own.
     fn initial_counts(&self, p: usize, g: usize, layer: usize, now: &Encoded) -> Result<Vec<f32>> {
-        let params = self.params[p];
+        // A group never spans format classes, so `layer`'s is the group's.
+        let c = self.class(layer);
+        let params = self.params[c][p];
         let (m_all, ksub) = (params.num_subspaces(), params.ksub());
         let mut counts = vec![self.pq.training.refine[p] as f32; m_all * ksub];
         for (l, held) in self.layers.iter().enumerate() {
@@ -264,7 +266,7 @@ impl PqStore {
                 if self.pq.training.share.group_of(&self.shape, l, h) != g {
                     continue;
                 }
-                let codes = self.widths[p].unpack(&head.codes[p], m_all)?;
+                let codes = self.widths[c][p].unpack(&head.codes[p], m_all)?;
                 let fresh = if l == layer { now.codes.len() } else { 0 };
                 for row in codes[..codes.len().saturating_sub(fresh)].chunks_exact(m_all) {
                     for (m, &j) in row.iter().enumerate() {

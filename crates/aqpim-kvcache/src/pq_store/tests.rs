@@ -107,9 +107,9 @@ fn version_1_files_with_nibble_codes_load_as_2_bit_rows() {
         // The same store as version 1 wrote it: 2-bit codes as nibbles.
         let mut old = store.clone();
         for p in 0..2 {
-            let m = old.params[p].num_subspaces();
-            old.widths[p] = CodeWidth::Nibble;
-            old.row_bytes[p] = m.div_ceil(2);
+            let m = old.params[0][p].num_subspaces();
+            old.widths[0][p] = CodeWidth::Nibble;
+            old.row_bytes[0][p] = m.div_ceil(2);
             for head in old.layers.iter_mut().flat_map(|l| &mut l.heads) {
                 let codes = CodeWidth::Crumb.unpack(&head.codes[p], m).unwrap();
                 head.codes[p] = aqpim_pq::pack_4bit(&codes, m).unwrap();
@@ -175,8 +175,8 @@ fn set_padding_bits_and_wide_codes_are_refused() {
 
 /// Every head's transposed blocks equal the transposition of its rows.
 fn assert_blocks_match_rows(s: &PqStore, what: &str) {
-    let keep = s.keeps_blocks();
     for layer in 0..s.shape.num_layers() {
+        let keep = s.keeps_blocks(s.class(layer));
         for h in 0..s.shape.num_kv_heads() {
             let view = s.head(layer, h).unwrap();
             for (p, codes) in [view.key_codes, view.value_codes].into_iter().enumerate() {
@@ -242,7 +242,10 @@ fn blocks_stay_outside_the_accounted_heap() {
         400,
     );
     assert_eq!(s.memory_report().total_bytes, s.heap_bytes().used);
-    let m = [s.params[0].num_subspaces(), s.params[1].num_subspaces()];
+    let m = [
+        s.params[0][0].num_subspaces(),
+        s.params[0][1].num_subspaces(),
+    ];
     let view = s.head(0, 0).unwrap();
     let tokens = view.key_codes.block_tokens();
     assert_eq!(tokens, 384, "{} encoded", view.key_codes.tokens());
@@ -360,4 +363,75 @@ fn fp16_layers_hold_every_token_exactly() {
     let back = from_bytes(&s.to_bytes(), Path::new("fp16.kv")).unwrap();
     assert_eq!(back.regions(1).unwrap(), s.layers[1].regions);
     assert_eq!(back.reconstruct(1, 1).unwrap(), kv);
+}
+
+#[test]
+fn wide_layers_code_as_a_store_of_their_format_would() {
+    // Layer 1 in the wide format: each layer holds exactly what a store of
+    // its own format holds (same data, same training), and the memory
+    // report adds the two formats' codes and codebooks layer by layer.
+    let base = "pq:dsub=2,nbits=4,sinks=2,window=4,iters=3";
+    let wide = filled(
+        &format!("{base},wide_layers=1,wide_kdsub=1,wide_kbits=5,wide_vbits=2"),
+        shape(),
+        40,
+    );
+    let plain = filled(base, shape(), 40);
+    let other = filled(
+        "pq:kdsub=1,kbits=5,vdsub=2,vbits=2,sinks=2,window=4,iters=3",
+        shape(),
+        40,
+    );
+    for h in 0..SHAPE.1 {
+        assert_eq!(
+            wide.reconstruct(0, h).unwrap(),
+            plain.reconstruct(0, h).unwrap()
+        );
+        assert_eq!(
+            wide.reconstruct(1, h).unwrap(),
+            other.reconstruct(1, h).unwrap()
+        );
+        let v = wide.head(1, h).unwrap();
+        assert_eq!(v.key_codes.row_bytes(), 12);
+        assert_eq!(v.key_codebook.unwrap().params().ksub(), 32);
+        assert_eq!(v.value_codebook.unwrap().params().ksub(), 4);
+    }
+    assert_eq!(wide.params_at(1, KvPart::Keys).unwrap().num_subspaces(), 12);
+    assert_eq!(wide.params_at(0, KvPart::Keys).unwrap().num_subspaces(), 6);
+    assert!(wide.params_at(2, KvPart::Keys).is_err());
+    let (w, p, o) = (
+        wide.memory_report().bytes,
+        plain.memory_report().bytes,
+        other.memory_report().bytes,
+    );
+    assert_eq!(2 * w.key_codes, p.key_codes + o.key_codes);
+    assert_eq!(2 * w.value_codes, p.value_codes + o.value_codes);
+    assert_eq!(2 * w.key_codebooks, p.key_codebooks + o.key_codebooks);
+    assert_eq!(2 * w.value_codebooks, p.value_codebooks + o.value_codebooks);
+    // The analytic accounting of a full cache agrees with the store's.
+    let analytic = crate::account(&shape(), wide.spec(), 43).unwrap();
+    assert_eq!(analytic.bytes.key_codes, w.key_codes);
+    assert_eq!(analytic.bytes.key_codebooks, w.key_codebooks);
+    assert_eq!(analytic.bytes.value_codebooks, w.value_codebooks);
+    // Saved and read back, each layer keeps its format.
+    let back = from_bytes(&wide.to_bytes(), Path::new("wide.kv")).unwrap();
+    for l in 0..2 {
+        assert_eq!(
+            back.reconstruct(l, 1).unwrap(),
+            wide.reconstruct(l, 1).unwrap()
+        );
+    }
+    // A codebook of the base shape is refused for a wide layer.
+    let mut empty = PqStore::new(shape(), *wide.pq_spec()).unwrap();
+    let cb = plain.codebook(1, 0, KvPart::Keys).unwrap().unwrap().clone();
+    let vb = plain
+        .codebook(1, 0, KvPart::Values)
+        .unwrap()
+        .unwrap()
+        .clone();
+    let e = empty
+        .set_codebooks(1, 0, cb.clone(), vb.clone())
+        .unwrap_err();
+    assert!(e.to_string().contains("M = 12"), "{e}");
+    empty.set_codebooks(0, 0, cb, vb).unwrap();
 }

@@ -173,8 +173,9 @@ impl PqStore {
         values: ProductQuantizer,
     ) -> Result<()> {
         self.shape.check_head(layer, head)?;
+        let c = self.class(layer);
         for (p, pq) in [&keys, &values].into_iter().enumerate() {
-            if pq.params() != self.params[p] {
+            if pq.params() != self.params[c][p] {
                 let show = |x: PqParams| {
                     format!(
                         "d = {}, M = {}, nbits = {}",
@@ -187,7 +188,7 @@ impl PqStore {
                     part: PARTS[p],
                     layer,
                     head,
-                    expected: show(self.params[p]),
+                    expected: show(self.params[c][p]),
                     got: show(pq.params()),
                 });
             }
@@ -257,7 +258,8 @@ impl PqStore {
                     Some(t) => t.apply(&data)?,
                     None => data,
                 };
-                let mut pq = ProductQuantizer::train(self.params[p], &data, &opts)?;
+                let c = self.class(layer);
+                let mut pq = ProductQuantizer::train(self.params[c][p], &data, &opts)?;
                 if self.pq.training.fp16_codebooks {
                     pq = round_codebook(pq)?;
                 }

@@ -7,7 +7,7 @@ use aqpim_pq::CodeFormat;
 
 use super::{
     CodebookSharing, KeyMetric, KvSpec, LayerSet, PqRegions, PqSpec, PqTraining, PqTransforms,
-    ScalarSpec, SubspaceLayout,
+    ScalarSpec, SubspaceLayout, WideLayers,
 };
 use crate::error::{KvError, Result};
 
@@ -41,6 +41,11 @@ const PQ_KEYS: &[&str] = &[
     "krefine",
     "vrefine",
     "fp16_layers",
+    "wide_layers",
+    "wide_kdsub",
+    "wide_kbits",
+    "wide_vdsub",
+    "wide_vbits",
 ];
 
 /// Token counts (window, sinks, train_min) are bounded by the longest
@@ -277,9 +282,12 @@ impl<'a> Items<'a> {
             self.flag("scale", d.transforms.scale)?,
         );
         let value_weighting = self.flag("vweight", d.transforms.value_weighting)?;
+        let key = CodeFormat::new(key_dsub, key_bits, packed);
+        let value = CodeFormat::new(value_dsub, value_bits, packed);
+        let wide = self.wide(key, value)?;
         Ok(PqSpec {
-            key: CodeFormat::new(key_dsub, key_bits, packed),
-            value: CodeFormat::new(value_dsub, value_bits, packed),
+            key,
+            value,
             regions: PqRegions {
                 sinks,
                 window,
@@ -307,7 +315,40 @@ impl<'a> Items<'a> {
                 whiten,
                 value_weighting,
             },
+            wide,
         })
+    }
+
+    /// The wide layers (`wide_layers=` and the `wide_` parts, each part
+    /// not given the base format's `key` or `value`).
+    fn wide(&self, key: CodeFormat, value: CodeFormat) -> Result<Option<WideLayers>> {
+        let layers = self.layer_set("wide_layers")?;
+        let parts = ["wide_kdsub", "wide_kbits", "wide_vdsub", "wide_vbits"];
+        if layers.is_empty() {
+            if let Some(k) = parts.iter().find(|k| self.get(k).is_some()) {
+                return Err(self.err(format!("`{k}` needs `wide_layers=`")));
+            }
+            return Ok(None);
+        }
+        let dsub = |k: &str, base: usize| -> Result<usize> {
+            Ok(self.num(k, 1, 65536)?.map_or(base, |v| v as usize))
+        };
+        let bits = |k: &str, base: u32| -> Result<u32> {
+            Ok(self.num(k, 1, 8)?.map_or(base, |v| v as u32))
+        };
+        Ok(Some(WideLayers {
+            layers,
+            key: CodeFormat::new(
+                dsub(parts[0], key.dsub)?,
+                bits(parts[1], key.nbits)?,
+                key.packed,
+            ),
+            value: CodeFormat::new(
+                dsub(parts[2], value.dsub)?,
+                bits(parts[3], value.nbits)?,
+                value.packed,
+            ),
+        }))
     }
 }
 
