@@ -249,6 +249,11 @@ pub struct WideLayers {
     pub key: CodeFormat,
     /// Their value codes (`wide_vdsub`, `wide_vbits`).
     pub value: CodeFormat,
+    /// Their online refinement, `[keys, values]` (`wide_krefine`,
+    /// `wide_vrefine`; the base's `refine` unless given): refining
+    /// 256-centroid codebooks gains nothing measurable and costs each
+    /// sequence its own copies in PIM (`docs/results/accuracy.md`).
+    pub refine: [u32; 2],
 }
 
 /// The tokens a PQ cache keeps in FP16 beside its codes, and when tokens
@@ -463,6 +468,15 @@ impl PqSpec {
     /// PQ parameters of the key (`Keys`) or value codebooks for head size `head_dim`.
     pub fn params(&self, head_dim: usize, part: crate::KvPart) -> Result<PqParams> {
         Ok(self.format(part).params(head_dim)?)
+    }
+
+    /// Online refinement weights of `layer`, `[keys, values]`
+    /// ([`PqTraining::refine`], or the wide layers' own).
+    pub fn refine_at(&self, layer: usize) -> [u32; 2] {
+        match self.wide {
+            Some(w) if w.layers.contains(layer) => w.refine,
+            _ => self.training.refine,
+        }
     }
 
     /// Whether `layer` is coded in the wide format (`wide_layers=`).
@@ -800,6 +814,13 @@ impl fmt::Display for PqSpec {
                 ",wide_layers={},wide_kdsub={},wide_kbits={},wide_vdsub={},wide_vbits={}",
                 w.layers, w.key.dsub, w.key.nbits, w.value.dsub, w.value.nbits
             )?;
+            if w.refine != t.refine {
+                write!(
+                    f,
+                    ",wide_krefine={},wide_vrefine={}",
+                    w.refine[0], w.refine[1]
+                )?;
+            }
         }
         match t.refine {
             [k, v] if k == v && k != DEFAULT_REFINE => write!(f, ",refine={k}")?,
@@ -1045,6 +1066,19 @@ mod tests {
             "{text}"
         );
         assert_eq!(text.parse::<KvSpec>().unwrap(), KvSpec::Pq(p));
+        // Refinement: the base's unless the wide layers say otherwise.
+        let KvSpec::Pq(r) = "pq:vrefine=8,wide_layers=1,wide_vbits=8,wide_vrefine=0"
+            .parse::<KvSpec>()
+            .unwrap()
+        else {
+            panic!("not pq")
+        };
+        assert_eq!((r.refine_at(0), r.refine_at(1)), ([0, 8], [0, 0]));
+        assert!(r
+            .to_string()
+            .ends_with(",wide_krefine=0,wide_vrefine=0,krefine=0,vrefine=8"));
+        assert_eq!(r.to_string().parse::<KvSpec>().unwrap(), KvSpec::Pq(r));
+        assert_eq!(p.refine_at(1), p.training.refine);
         let shape = KvShape::new(4, 1, 8).unwrap();
         assert!(KvSpec::Pq(p).validate(&shape).is_ok());
         for (spec, why) in [

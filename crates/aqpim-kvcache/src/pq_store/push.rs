@@ -224,17 +224,15 @@ impl PqStore {
     /// count): every centroid a code names moves to the mean of its prior
     /// weight `W` and the tokens encoded with it ([`ProductQuantizer::refine`]).
     fn refine_codebooks(&mut self, layer: usize, encoded: Vec<[Encoded; 2]>) -> Result<()> {
-        if self.pq.training.refine == [0, 0] {
+        let refine = self.pq.refine_at(layer);
+        if refine == [0, 0] {
             return Ok(());
         }
         let round = self.pq.training.fp16_codebooks;
         for (h, parts) in encoded.into_iter().enumerate() {
             let g = self.pq.training.share.group_of(&self.shape, layer, h);
             for (p, e) in parts.into_iter().enumerate() {
-                if self.pq.training.refine[p] == 0
-                    || e.codes.is_empty()
-                    || self.codebooks[p][g].is_none()
-                {
+                if refine[p] == 0 || e.codes.is_empty() || self.codebooks[p][g].is_none() {
                     continue;
                 }
                 if self.refine_counts[p][g].is_empty() {
@@ -260,7 +258,7 @@ impl PqStore {
         let c = self.class(layer);
         let params = self.params[c][p];
         let (m_all, ksub) = (params.num_subspaces(), params.ksub());
-        let mut counts = vec![self.pq.training.refine[p] as f32; m_all * ksub];
+        let mut counts = vec![self.pq.refine_at(layer)[p] as f32; m_all * ksub];
         for (l, held) in self.layers.iter().enumerate() {
             for (h, head) in held.heads.iter().enumerate() {
                 if self.pq.training.share.group_of(&self.shape, l, h) != g {

@@ -435,3 +435,15 @@ fn wide_layers_code_as_a_store_of_their_format_would() {
     assert!(e.to_string().contains("M = 12"), "{e}");
     empty.set_codebooks(0, 0, cb, vb).unwrap();
 }
+
+#[test]
+fn wide_layers_refine_as_their_own_keys_say() {
+    // Values refined in layer 0 only: layer 1 (wide, `wide_vrefine=0`) keeps
+    // its trained codebook, as a store without refinement does.
+    let base = "pq:dsub=2,nbits=4,sinks=2,window=4,iters=3,wide_layers=1,wide_vbits=3";
+    let refined = filled(&format!("{base},vrefine=1,wide_vrefine=0"), shape(), 40);
+    let fixed = filled(base, shape(), 40);
+    let book = |s: &PqStore, l| s.codebook(l, 0, KvPart::Values).unwrap().unwrap().clone();
+    assert_eq!(book(&refined, 1), book(&fixed, 1));
+    assert_ne!(book(&refined, 0), book(&fixed, 0));
+}

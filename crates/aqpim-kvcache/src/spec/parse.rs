@@ -46,7 +46,12 @@ const PQ_KEYS: &[&str] = &[
     "wide_kbits",
     "wide_vdsub",
     "wide_vbits",
+    "wide_krefine",
+    "wide_vrefine",
 ];
+
+/// The largest refinement weight (`refine=`, `wide_vrefine=`, ...).
+const MAX_REFINE: u64 = 1 << 20;
 
 /// Token counts (window, sinks, train_min) are bounded by the longest
 /// context a cache may hold.
@@ -133,11 +138,10 @@ impl<'a> Items<'a> {
     /// `[keys, values]` refinement weights: `refine=` both, `krefine=` and
     /// `vrefine=` each.
     fn refine(&self, default: [u32; 2]) -> Result<[u32; 2]> {
-        const MAX: u64 = 1 << 20;
-        let both = self.num("refine", 0, MAX)?;
+        let both = self.num("refine", 0, MAX_REFINE)?;
         let mut out = default;
         for (p, k) in ["krefine", "vrefine"].into_iter().enumerate() {
-            if let Some(w) = self.num(k, 0, MAX)?.or(both) {
+            if let Some(w) = self.num(k, 0, MAX_REFINE)?.or(both) {
                 out[p] = w as u32;
             }
         }
@@ -284,7 +288,8 @@ impl<'a> Items<'a> {
         let value_weighting = self.flag("vweight", d.transforms.value_weighting)?;
         let key = CodeFormat::new(key_dsub, key_bits, packed);
         let value = CodeFormat::new(value_dsub, value_bits, packed);
-        let wide = self.wide(key, value)?;
+        let refine = self.refine(d.training.refine)?;
+        let wide = self.wide(key, value, refine)?;
         Ok(PqSpec {
             key,
             value,
@@ -306,7 +311,7 @@ impl<'a> Items<'a> {
                 seed,
                 train_min,
                 fp16_codebooks: self.flag("cb16", d.training.fp16_codebooks)?,
-                refine: self.refine(d.training.refine)?,
+                refine,
             },
             transforms: PqTransforms {
                 center,
@@ -320,10 +325,22 @@ impl<'a> Items<'a> {
     }
 
     /// The wide layers (`wide_layers=` and the `wide_` parts, each part
-    /// not given the base format's `key` or `value`).
-    fn wide(&self, key: CodeFormat, value: CodeFormat) -> Result<Option<WideLayers>> {
+    /// not given the base's `key`, `value` or `refine`).
+    fn wide(
+        &self,
+        key: CodeFormat,
+        value: CodeFormat,
+        refine: [u32; 2],
+    ) -> Result<Option<WideLayers>> {
         let layers = self.layer_set("wide_layers")?;
-        let parts = ["wide_kdsub", "wide_kbits", "wide_vdsub", "wide_vbits"];
+        let parts = [
+            "wide_kdsub",
+            "wide_kbits",
+            "wide_vdsub",
+            "wide_vbits",
+            "wide_krefine",
+            "wide_vrefine",
+        ];
         if layers.is_empty() {
             if let Some(k) = parts.iter().find(|k| self.get(k).is_some()) {
                 return Err(self.err(format!("`{k}` needs `wide_layers=`")));
@@ -348,6 +365,12 @@ impl<'a> Items<'a> {
                 bits(parts[3], value.nbits)?,
                 value.packed,
             ),
+            refine: [
+                self.num(parts[4], 0, MAX_REFINE)?
+                    .map_or(refine[0], |w| w as u32),
+                self.num(parts[5], 0, MAX_REFINE)?
+                    .map_or(refine[1], |w| w as u32),
+            ],
         }))
     }
 }
