@@ -261,10 +261,6 @@ impl<'a> Items<'a> {
             part_bits("kbits", d.key.nbits)?,
             part_bits("vbits", d.value.nbits)?,
         );
-        let (sinks, window) = (
-            self.count("sinks", 0, BIG, d.regions.sinks)?,
-            self.count("window", 0, BIG, d.regions.window)?,
-        );
         let iterations = self.count(
             "iters",
             1,
@@ -280,7 +276,6 @@ impl<'a> Items<'a> {
             })?,
         };
         let train_min = self.num("train_min", 1, BIG)?.map(|v| v as usize);
-        let flush = self.count("flush", 1, 65536, d.regions.flush)?;
         let (center, scale) = (
             self.flag("center", d.transforms.center)?,
             self.flag("scale", d.transforms.scale)?,
@@ -293,18 +288,7 @@ impl<'a> Items<'a> {
         Ok(PqSpec {
             key,
             value,
-            regions: PqRegions {
-                sinks,
-                window,
-                flush,
-                outliers_per_mille: self.count(
-                    "outliers",
-                    0,
-                    1000,
-                    d.regions.outliers_per_mille,
-                )?,
-                fp16_layers: self.layer_set("fp16_layers")?,
-            },
+            regions: self.regions(&d.regions)?,
             training: PqTraining {
                 share,
                 iterations,
@@ -321,6 +305,17 @@ impl<'a> Items<'a> {
                 value_weighting,
             },
             wide,
+        })
+    }
+
+    /// The FP16 regions beside the codes, each not given `d`'s.
+    fn regions(&self, d: &PqRegions) -> Result<PqRegions> {
+        Ok(PqRegions {
+            sinks: self.count("sinks", 0, BIG, d.sinks)?,
+            window: self.count("window", 0, BIG, d.window)?,
+            flush: self.count("flush", 1, 65536, d.flush)?,
+            outliers_per_mille: self.count("outliers", 0, 1000, d.outliers_per_mille)?,
+            fp16_layers: self.layer_set("fp16_layers")?,
         })
     }
 
