@@ -171,3 +171,62 @@ fn bad_input_is_one_line_and_names_it() {
         );
     }
 }
+
+#[test]
+fn wide_layers_are_counted_and_refused_where_unpriced() {
+    // One layer of 32 with 8-bit values beside 4-bit ones: every encoded
+    // token of that layer takes 64 value-code bytes a head, not 32.
+    let stats = |kv: &str| {
+        let out = aqpim(&[
+            "kv",
+            "stats",
+            "--model",
+            "llama2-7b",
+            "--ctx",
+            "32K",
+            "--kv",
+            kv,
+            "--json",
+        ]);
+        common::json_line(&out, "kv stats")
+    };
+    let base = "pq:dsub=2,kbits=8,vbits=4";
+    let (plain, wide) = (
+        stats(base),
+        stats(&format!("{base},wide_layers=18,wide_vbits=8")),
+    );
+    assert!(
+        wide["spec"]
+            .as_str()
+            .unwrap()
+            .contains("wide_layers=18,wide_kdsub=2,wide_kbits=8,wide_vdsub=2,wide_vbits=8"),
+        "{wide}"
+    );
+    let encoded = plain["tokens_by_region"]["encoded"].as_u64().unwrap() / 32;
+    let codes = |v: &serde_json::Value| v["bytes"]["value_codes"].as_u64().unwrap();
+    assert_eq!(codes(&wide) - codes(&plain), encoded * 32 * 32);
+    // The system model prices one format per cache and says so.
+    let out = aqpim(&[
+        "simulate",
+        "--model",
+        "llama2-7b",
+        "--system",
+        "h100+aqpim",
+        "--policy",
+        "aqpim",
+        "--ctx",
+        "4K",
+        "--batch",
+        "1",
+        "--kv",
+        &format!("{base},wide_layers=18,wide_vbits=8"),
+        "--pim-model",
+        "analytic",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("wide_layers") && err.lines().count() == 1,
+        "{err}"
+    );
+}
