@@ -14,7 +14,7 @@ use crate::error::{KvError, Result};
 /// Keys a `scalar:` spec takes.
 const SCALAR_KEYS: &[&str] = &["bits", "group", "window", "sinks", "mx"];
 
-/// Keys a `pq:` spec takes.
+/// Keys a `pq:` spec takes (beside [`WIDE_KEYS`]).
 const PQ_KEYS: &[&str] = &[
     "dsub",
     "kdsub",
@@ -41,6 +41,11 @@ const PQ_KEYS: &[&str] = &[
     "krefine",
     "vrefine",
     "fp16_layers",
+];
+
+/// The keys of a `pq:` spec's wide layers ([`WideLayers`]): the set, then
+/// the parts, each defaulting to the base's.
+const WIDE_KEYS: [&str; 7] = [
     "wide_layers",
     "wide_kdsub",
     "wide_kbits",
@@ -327,15 +332,8 @@ impl<'a> Items<'a> {
         value: CodeFormat,
         refine: [u32; 2],
     ) -> Result<Option<WideLayers>> {
-        let layers = self.layer_set("wide_layers")?;
-        let parts = [
-            "wide_kdsub",
-            "wide_kbits",
-            "wide_vdsub",
-            "wide_vbits",
-            "wide_krefine",
-            "wide_vrefine",
-        ];
+        let layers = self.layer_set(WIDE_KEYS[0])?;
+        let parts = &WIDE_KEYS[1..];
         if layers.is_empty() {
             if let Some(k) = parts.iter().find(|k| self.get(k).is_some()) {
                 return Err(self.err(format!("`{k}` needs `wide_layers=`")));
@@ -380,10 +378,11 @@ impl FromStr for KvSpec {
             None => (spec, None),
         };
         let items = Items::parse(s, rest)?;
+        let pq_keys: Vec<&str> = PQ_KEYS.iter().chain(&WIDE_KEYS).copied().collect();
         let allowed: &[&str] = match kind {
             "dense" | "fp16" => &[],
             "scalar" => SCALAR_KEYS,
-            "pq" => PQ_KEYS,
+            "pq" => &pq_keys,
             other => {
                 return Err(items.err(format!(
                     "unknown store `{other}` (expected dense, fp16, scalar or pq)"
