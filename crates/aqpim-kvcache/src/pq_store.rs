@@ -115,12 +115,8 @@ impl PqStore {
         spec.validate(&shape)?;
         let d = shape.head_dim();
         let format = |c: usize, p: usize| pq.class_format(c, PARTS[p]);
-        let mut params = [[PqParams::with_dsub(d, d, 1)?; 2]; 2];
-        for (c, row) in params.iter_mut().enumerate() {
-            for (p, x) in row.iter_mut().enumerate() {
-                *x = format(c, p).params(d)?;
-            }
-        }
+        let at = |c: usize, p: usize| format(c, p).params(d);
+        let params = [[at(0, 0)?, at(0, 1)?], [at(1, 0)?, at(1, 1)?]];
         let head = PqHead {
             sinks: Default::default(),
             codes: Default::default(),

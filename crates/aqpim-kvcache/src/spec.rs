@@ -494,11 +494,7 @@ impl PqSpec {
 
     /// Why the spec cannot hold caches of `shape`, if it cannot.
     fn validate(&self, shape: &KvShape) -> std::result::Result<(), String> {
-        for (name, bits) in [("kbits", self.key.nbits), ("vbits", self.value.nbits)] {
-            if !(1..=8).contains(&bits) {
-                return Err(format!("{name} = {bits} is not in 1..=8"));
-            }
-        }
+        check_formats("", self.key, self.value, shape)?;
         if self.key.packed != self.value.packed {
             return Err("keys and values pack alike (one `pack` key)".into());
         }
@@ -508,25 +504,9 @@ impl PqSpec {
         if self.training.iterations == 0 {
             return Err("iters must be at least 1".into());
         }
-        for (name, dsub) in [("kdsub", self.key.dsub), ("vdsub", self.value.dsub)] {
-            if dsub == 0 || !shape.head_dim().is_multiple_of(dsub) {
-                return Err(format!(
-                    "{name} = {dsub} does not divide head_dim = {}",
-                    shape.head_dim()
-                ));
-            }
-        }
-        if let Some(l) = self
-            .regions
+        self.regions
             .fp16_layers
-            .iter()
-            .find(|&l| l >= shape.num_layers())
-        {
-            return Err(format!(
-                "fp16_layers names layer {l}, but the model has {} layers",
-                shape.num_layers()
-            ));
-        }
+            .check_within("fp16_layers", shape)?;
         if self.regions.outliers_per_mille > 1000 {
             return Err(format!(
                 "outliers = {} per mille is above 1000",
@@ -692,7 +672,7 @@ impl fmt::Display for PqSpec {
 mod layers;
 mod parse;
 
-use layers::validate_wide;
+use layers::{check_formats, validate_wide};
 pub use layers::{LayerSet, WideLayers};
 
 #[cfg(test)]

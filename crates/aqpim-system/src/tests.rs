@@ -620,31 +620,20 @@ fn scalar_pim_holds_codes_in_the_stacks() {
 }
 
 #[test]
-fn fp16_layers_are_refused_not_priced_as_coded() {
+fn mixed_formats_are_refused_not_priced_as_coded() {
     // One format for every layer is what the model prices; a spec that keeps
-    // some layers in FP16 would be priced as if all were coded.
-    let (m, mut s) = tiny(100_000);
-    let pim = s.pim.as_mut().unwrap();
-    pim.kv = Some(format!("{},fp16_layers=1", pim.kv.as_ref().unwrap()));
-    let e = decode_step_with(&m, &s, Policy::Aqpim, 13, 3, Some(&Fake::new()))
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("`fp16_layers`") && e.contains("does not price"),
-        "{e}"
-    );
-    // Likewise a second code format in some layers.
-    let (m, mut s) = tiny(100_000);
-    let pim = s.pim.as_mut().unwrap();
-    pim.kv = Some(format!(
-        "{},wide_layers=1,wide_vbits=8",
-        pim.kv.as_ref().unwrap()
-    ));
-    let e = decode_step_with(&m, &s, Policy::Aqpim, 13, 3, Some(&Fake::new()))
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("`wide_layers`") && e.contains("not priced"),
-        "{e}"
-    );
+    // some layers in FP16, or codes some in a second format, would be priced
+    // as if every layer held the base format.
+    for (suffix, needle) in [
+        ("fp16_layers=1", "`fp16_layers`"),
+        ("wide_layers=1,wide_vbits=8", "`wide_layers`"),
+    ] {
+        let (m, mut s) = tiny(100_000);
+        let pim = s.pim.as_mut().unwrap();
+        pim.kv = Some(format!("{},{suffix}", pim.kv.as_ref().unwrap()));
+        let e = decode_step_with(&m, &s, Policy::Aqpim, 13, 3, Some(&Fake::new()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(needle) && e.contains("price"), "{e}");
+    }
 }
