@@ -74,21 +74,20 @@ impl<const N: usize> Stacked<N> {
             }
             return Ok(out);
         };
-        let all = product(f, x, n, activations)?;
-        let total = f.rows();
-        let mut start = 0;
-        Ok(std::array::from_fn(|i| {
-            let rows = self.parts[i].rows();
-            let mut out = vec![0f32; n * rows];
-            each_rows(&mut out, rows, |t0, chunk| {
-                for (t, r) in chunk.chunks_exact_mut(rows).enumerate() {
-                    let at = (t0 + t) * total + start;
-                    r.copy_from_slice(&all[at..at + rows]);
-                }
-            });
-            start += rows;
-            out
-        }))
+        if n == 1 {
+            // A single row may take the 8-bit product; the parts are then
+            // cut from the one row.
+            let all = product(f, x, n, activations)?;
+            let mut start = 0;
+            return Ok(std::array::from_fn(|i| {
+                let rows = self.parts[i].rows();
+                start += rows;
+                all[start - rows..start].to_vec()
+            }));
+        }
+        let rows: [usize; N] = std::array::from_fn(|i| self.parts[i].rows());
+        let mut outs = f.matmul_parts(x, n, &rows).into_iter();
+        Ok(std::array::from_fn(|_| outs.next().unwrap_or_default()))
     }
 }
 

@@ -396,6 +396,9 @@ impl QMatrix {
     /// multiplied with a blocked SGEMM (matrixmultiply), chunks in parallel.
     pub fn matmul(&self, x: &[f32], n: usize) -> Vec<f32> {
         assert_eq!(x.len(), n * self.cols, "matmul input shape");
+        if n >= LONG_BLOCK_TOKENS {
+            return self.matmul_long(x, n, &[self.rows]).remove(0);
+        }
         let mut out = vec![0f32; n * self.rows];
         if n <= 2 {
             for (xi, oi) in x
@@ -404,10 +407,6 @@ impl QMatrix {
             {
                 self.gemv(xi, oi);
             }
-            return out;
-        }
-        if n >= LONG_BLOCK_TOKENS {
-            self.matmul_long(x, &mut out);
             return out;
         }
         // out^T (rows x n): contiguous chunks of rows of W give contiguous
@@ -458,53 +457,34 @@ impl QMatrix {
     }
 }
 
-/// Input rows from which [`QMatrix::matmul`] takes [`QMatrix::matmul_long`]'s
-/// path.
-const LONG_BLOCK_TOKENS: usize = 256;
-
-/// Rows of X per task on [`QMatrix::matmul_long`]'s path. The SGEMM packs
-/// all of `W^T` once per task, so a task of 512 rows packs each weight
-/// half as often per token as one of 256; a 2,048-token chunk still gives
-/// four tasks.
-const LONG_TASK_TOKENS: usize = 512;
-
 impl QMatrix {
-    /// `Y = X W^T` for many input rows (`n >= LONG_BLOCK_TOKENS`): `W^T` is
-    /// dequantized once (`cols x rows`, row major, chunks in parallel), then
-    /// blocks of rows of `X` are multiplied by it in parallel, each writing
-    /// its own rows of `out`. Every operand is read along its rows, so the
-    /// SGEMM packs without gathering; each output is the same sum, in the
-    /// same order, as on the row-chunk path.
-    fn matmul_long(&self, x: &[f32], out: &mut [f32]) {
-        let (rows, k) = (self.rows, self.cols);
-        let rb = self.row_bytes();
-        let mut w = vec![0f32; rows * k];
-        w.par_chunks_mut(ROW_CHUNK * k)
-            .enumerate()
-            .for_each(|(c, wc)| {
-                let r0 = c * ROW_CHUNK;
-                for (i, wr) in wc.chunks_exact_mut(k).enumerate() {
-                    let r = r0 + i;
-                    let _ = dequantize(self.ty, &self.bytes[r * rb..(r + 1) * rb], wr);
-                }
-            });
-        let wt = transpose(&w, rows, k);
-        drop(w);
-        out.par_chunks_mut(LONG_TASK_TOKENS * rows)
-            .zip(x.par_chunks(LONG_TASK_TOKENS * k))
-            .for_each(|(oc, xc)| {
-                let m = xc.len() / k;
-                gemm::gemm(
-                    (m, k, rows),
-                    xc,
-                    k,
-                    &wt,
-                    rows,
-                    oc,
-                    rows,
-                    gemm::Store::Scale(1.0),
-                );
-            });
+    /// [`matmul`](Self::matmul) of a matrix stacked by rows from parts of
+    /// `parts[i]` rows each (summing to `rows`), result `i` being `X W_i^T`
+    /// (`n x parts[i]`): each part's columns of the one product. From
+    /// [`LONG_BLOCK_TOKENS`] rows they are written straight into the parts.
+    pub fn matmul_parts(&self, x: &[f32], n: usize, parts: &[usize]) -> Vec<Vec<f32>> {
+        assert_eq!(
+            parts.iter().sum::<usize>(),
+            self.rows,
+            "parts of the stacked rows"
+        );
+        if n >= LONG_BLOCK_TOKENS {
+            return self.matmul_long(x, n, parts);
+        }
+        let all = self.matmul(x, n);
+        let mut start = 0;
+        parts
+            .iter()
+            .map(|&rows| {
+                let out: Vec<f32> = all
+                    .chunks_exact(self.rows.max(1))
+                    .flat_map(|r| &r[start..start + rows])
+                    .copied()
+                    .collect();
+                start += rows;
+                out
+            })
+            .collect()
     }
 }
 
@@ -556,6 +536,8 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 pub(crate) mod gemm;
+mod long;
+use long::LONG_BLOCK_TOKENS;
 mod q8;
 #[cfg(target_arch = "x86_64")]
 mod q8_avx2;
@@ -746,7 +728,13 @@ mod tests {
         ] {
             let m = QMatrix::from_f32(ty, rows, cols, &w).unwrap();
             let wd = m.to_f32();
-            for n in [1usize, 2, 5, LONG_BLOCK_TOKENS + 44, LONG_TASK_TOKENS + 44] {
+            for n in [
+                1usize,
+                2,
+                5,
+                LONG_BLOCK_TOKENS + 44,
+                long::LONG_TASK_TOKENS + 44,
+            ] {
                 let x = randv(n * cols, 3 + n as u64);
                 let y = m.matmul(&x, n);
                 if n >= LONG_BLOCK_TOKENS {
