@@ -72,6 +72,31 @@ pub fn kmeans(
     weights: Option<&[f32]>,
     opts: &KMeansOptions,
 ) -> Result<KMeansResult> {
+    run(data, d, k, weights, opts, true)
+}
+
+/// [`kmeans`]'s centroids alone: the same centroids, bit for bit, without
+/// the assignment pass that only the final objective needs (a
+/// twenty-sixth of a default run).
+pub(crate) fn kmeans_centroids(
+    data: &[f32],
+    d: usize,
+    k: usize,
+    weights: Option<&[f32]>,
+    opts: &KMeansOptions,
+) -> Result<Vec<f32>> {
+    Ok(run(data, d, k, weights, opts, false)?.centroids)
+}
+
+/// [`kmeans`], with the final objective (NaN without `final_pass`).
+fn run(
+    data: &[f32],
+    d: usize,
+    k: usize,
+    weights: Option<&[f32]>,
+    opts: &KMeansOptions,
+    final_pass: bool,
+) -> Result<KMeansResult> {
     check_inputs(data, d, k, weights)?;
     let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
 
@@ -117,8 +142,12 @@ pub fn kmeans(
             }
         }
     }
-    CentroidTable::new(&centroids, d, k).assign(&points, &mut idx, &mut dist);
-    let final_objective = objective(&dist, wts);
+    let final_objective = if final_pass {
+        CentroidTable::new(&centroids, d, k).assign(&points, &mut idx, &mut dist);
+        objective(&dist, wts)
+    } else {
+        f64::NAN
+    };
     Ok(KMeansResult {
         centroids,
         objective_per_iteration,

@@ -3,7 +3,7 @@
 use rayon::prelude::*;
 
 use crate::error::{PqError, Result};
-use crate::kmeans::{kmeans, Init, KMeansOptions};
+use crate::kmeans::{kmeans_centroids, Init, KMeansOptions};
 use crate::lut::Lut;
 use crate::nearest::CentroidTable;
 use crate::params::PqParams;
@@ -144,7 +144,7 @@ impl ProductQuantizer {
                     init,
                     max_points_per_centroid: opts.max_points_per_centroid,
                 };
-                Ok(kmeans(&sub, dsub, ksub, weights, &kopts)?.centroids)
+                kmeans_centroids(&sub, dsub, ksub, weights, &kopts)
             })
             .collect::<Result<_>>()?;
         Self::from_centroids(params, per_sub.concat())
