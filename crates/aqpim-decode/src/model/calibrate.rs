@@ -222,7 +222,15 @@ fn record_layer(
             head_dim: c.head_dim,
             scale: 1.0 / (c.head_dim as f32).sqrt(),
         };
-        model.block(l, x, len, &rot[..len * half], &mut |q, k, v, out| {
+        let rot = &rot[..len * half];
+        if l + 1 == c.n_layers && request == StatsRequest::default() {
+            // Nothing reads the last block's output: its keys and values
+            // are all calibration needs.
+            let [_, k, v] = model.qkv(l, x, len, rot)?;
+            kv.push((k, v));
+            continue;
+        }
+        model.block(l, x, len, rot, &mut |q, k, v, out| {
             kv.push((k.to_vec(), v.to_vec()));
             seq_stats.push(causal::causal_attention(q, k, v, dims, request, out)?);
             Ok(())

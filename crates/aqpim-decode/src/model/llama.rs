@@ -364,20 +364,15 @@ impl Llama {
         self.rotations(pos, n)
     }
 
-    /// Transformer block `l` on the `n` rows of `x` (`n x dim`), in place.
-    /// `rot` holds the RoPE pairs of the rows' positions
-    /// ([`Llama::rope_table`]). `attention(q, k, v, out)` receives the
-    /// post-RoPE queries (`n x n_heads*head_dim`), keys and values (`n x
-    /// n_kv_heads*head_dim`, rows by token, heads adjacent) and writes the
-    /// attention output into `out` (`n x n_heads*head_dim`, zeroed).
-    pub(crate) fn block(
+    /// The post-RoPE queries, keys and values of block `l` for the `n` rows
+    /// of `x` (`n x dim`), as [`Llama::block`] hands them to its attention.
+    pub(crate) fn qkv(
         &self,
         l: usize,
-        x: &mut [f32],
+        x: &[f32],
         n: usize,
         rot: &[(f64, f64)],
-        attention: &mut BlockAttention<'_>,
-    ) -> Result<()> {
+    ) -> Result<[Vec<f32>; 3]> {
         let c = &self.config;
         let (hd, nh, nkv) = (c.head_dim, c.n_heads, c.n_kv_heads);
         let layer = &self.layers[l];
@@ -394,6 +389,27 @@ impl Llama {
                 }
             });
         }
+        Ok([q, k, v])
+    }
+
+    /// Transformer block `l` on the `n` rows of `x` (`n x dim`), in place.
+    /// `rot` holds the RoPE pairs of the rows' positions
+    /// ([`Llama::rope_table`]). `attention(q, k, v, out)` receives the
+    /// post-RoPE queries (`n x n_heads*head_dim`), keys and values (`n x
+    /// n_kv_heads*head_dim`, rows by token, heads adjacent) and writes the
+    /// attention output into `out` (`n x n_heads*head_dim`, zeroed).
+    pub(crate) fn block(
+        &self,
+        l: usize,
+        x: &mut [f32],
+        n: usize,
+        rot: &[(f64, f64)],
+        attention: &mut BlockAttention<'_>,
+    ) -> Result<()> {
+        let c = &self.config;
+        let (hd, nh) = (c.head_dim, c.n_heads);
+        let layer = &self.layers[l];
+        let [q, k, v] = self.qkv(l, x, n, rot)?;
         let mut attn = vec![0f32; n * nh * hd];
         attention(&q, &k, &v, &mut attn)?;
         drop((q, k, v));
