@@ -285,7 +285,7 @@ mod avx512 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use proptest::prelude::*;
 
@@ -319,7 +319,8 @@ mod tests {
         }
     }
 
-    fn values(len: usize, seed: u64) -> Vec<f32> {
+    /// Values in `[-2, 2)` from a xorshift generator seeded by `seed`.
+    pub(crate) fn values(len: usize, seed: u64) -> Vec<f32> {
         let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
         (0..len)
             .map(|_| {

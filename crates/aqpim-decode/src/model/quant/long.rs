@@ -16,7 +16,7 @@
 use rayon::prelude::*;
 
 use super::gemm::{self, Store};
-use super::{dequantize, QMatrix, ROW_CHUNK};
+use super::{dequantize, QMatrix};
 
 /// Input rows from which [`QMatrix::matmul`] takes this path.
 pub(super) const LONG_BLOCK_TOKENS: usize = 256;
@@ -122,24 +122,11 @@ impl QMatrix {
     }
 }
 
-const _: () = assert!(ROW_CHUNK > 0 && LONG_TASK_TOKENS >= LONG_BLOCK_TOKENS);
-
 #[cfg(test)]
 mod tests {
+    use super::super::gemm::tests::values;
     use super::super::GgmlType;
     use super::*;
-
-    fn values(len: usize, seed: u64) -> Vec<f32> {
-        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-            })
-            .collect()
-    }
 
     #[test]
     fn parts_are_the_columns_of_one_product_bit_for_bit() {

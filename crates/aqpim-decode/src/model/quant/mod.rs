@@ -392,8 +392,11 @@ impl QMatrix {
 
     /// `Y = X W^T` for `n` input rows: `x` is `n x cols` row-major, the
     /// result `n x rows` row-major. For `n <= 2` this runs [`gemv`](Self::gemv)
-    /// per row; otherwise chunks of rows of `W` are dequantized to f32 and
+    /// per row; from 256 rows (`LONG_BLOCK_TOKENS`) `W^T` is dequantized once
+    /// into panels and blocks of rows of `X` run in parallel (`long.rs`);
+    /// in between, chunks of rows of `W` are dequantized to f32 and
     /// multiplied with a blocked SGEMM (matrixmultiply), chunks in parallel.
+    /// Each row of the result is the same bits on either of the last two.
     pub fn matmul(&self, x: &[f32], n: usize) -> Vec<f32> {
         assert_eq!(x.len(), n * self.cols, "matmul input shape");
         if n >= LONG_BLOCK_TOKENS {
@@ -461,7 +464,7 @@ impl QMatrix {
     /// [`matmul`](Self::matmul) of a matrix stacked by rows from parts of
     /// `parts[i]` rows each (summing to `rows`), result `i` being `X W_i^T`
     /// (`n x parts[i]`): each part's columns of the one product. From
-    /// [`LONG_BLOCK_TOKENS`] rows they are written straight into the parts.
+    /// 256 rows (`LONG_BLOCK_TOKENS`) they are written straight into the parts.
     pub fn matmul_parts(&self, x: &[f32], n: usize, parts: &[usize]) -> Vec<Vec<f32>> {
         assert_eq!(
             parts.iter().sum::<usize>(),
