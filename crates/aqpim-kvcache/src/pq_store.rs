@@ -94,8 +94,6 @@ pub struct PqStore {
     /// `[class][part]`, class 0 the base format and 1 the wide layers'
     /// ([`PqSpec::class_of`]; both the base format's without `wide_layers`).
     params: [[PqParams; 2]; 2],
-    /// `[class][part]`
-    row_bytes: [[usize; 2]; 2],
     /// `[class][part]`: how codes are stored (one, two or four per byte).
     widths: [[CodeWidth; 2]; 2],
     /// `[part][group]`
@@ -130,7 +128,6 @@ impl PqStore {
             spec,
             pq,
             params,
-            row_bytes: [0, 1].map(|c| [0, 1].map(|p| format(c, p).row_bytes(d))),
             widths: [0, 1].map(|c| [0, 1].map(|p| format(c, p).width())),
             codebooks: [vec![None; groups], vec![None; groups]],
             transforms: [vec![None; groups], vec![None; groups]],
@@ -205,7 +202,7 @@ impl PqStore {
             blocks: &h.blocks[p],
             lane_nibbles: blocks::lane_nibbles(p),
             num_subspaces: self.params[c][p].num_subspaces(),
-            row_bytes: self.row_bytes[c][p],
+            row_bytes: self.row_bytes(c, p),
             width: self.widths[c][p],
         };
         let g = self.pq.training.share.group_of(&self.shape, layer, head);
@@ -249,6 +246,12 @@ impl PqStore {
             }
         }
         b
+    }
+
+    /// Bytes of one token's codes of `part` in format class `c`, as its
+    /// code width stores them.
+    fn row_bytes(&self, c: usize, part: usize) -> usize {
+        self.widths[c][part].row_bytes(self.params[c][part].num_subspaces())
     }
 
     /// `[part]`: whether the part keeps transposed blocks of its codes in
@@ -387,9 +390,10 @@ impl KvStore for PqStore {
             .min(r + self.pq.regions.flush.max(1) - 1);
         let keep = [0, 1].map(|c| self.keeps_blocks(c));
         let m = self.params.map(|c| c.map(|p| p.num_subspaces()));
+        let row_bytes = [0, 1].map(|c| [0, 1].map(|p| self.row_bytes(c, p)));
         for (l, layer) in self.layers.iter_mut().enumerate() {
             let c = self.pq.class_of(l);
-            let (rows, keep, m) = (self.row_bytes[c], keep[c], m[c]);
+            let (rows, keep, m) = (row_bytes[c], keep[c], m[c]);
             for head in &mut layer.heads {
                 for p in 0..2 {
                     let v = &mut head.sinks[p];

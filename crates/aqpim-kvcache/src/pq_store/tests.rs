@@ -109,7 +109,6 @@ fn version_1_files_with_nibble_codes_load_as_2_bit_rows() {
         for p in 0..2 {
             let m = old.params[0][p].num_subspaces();
             old.widths[0][p] = CodeWidth::Nibble;
-            old.row_bytes[0][p] = m.div_ceil(2);
             for head in old.layers.iter_mut().flat_map(|l| &mut l.heads) {
                 let codes = CodeWidth::Crumb.unpack(&head.codes[p], m).unwrap();
                 head.codes[p] = aqpim_pq::pack_4bit(&codes, m).unwrap();
