@@ -23,7 +23,7 @@ use crate::error::{DecodeError, Result};
 use crate::model::cache::AttentionCache;
 use crate::model::config::{ActivationPrecision, LlamaConfig, RopeMode};
 use crate::model::gguf::GgufFile;
-use crate::model::quant::{Q8Activations, QMatrix};
+use crate::model::quant::{split_columns, Q8Activations, QMatrix};
 use crate::model::weights::{Weight, WeightSource};
 
 /// Weights of one transformer block.
@@ -74,19 +74,15 @@ impl<const N: usize> Stacked<N> {
             }
             return Ok(out);
         };
-        if n == 1 {
-            // A single row may take the 8-bit product; the parts are then
-            // cut from the one row.
-            let all = product(f, x, n, activations)?;
-            let mut start = 0;
-            return Ok(std::array::from_fn(|i| {
-                let rows = self.parts[i].rows();
-                start += rows;
-                all[start - rows..start].to_vec()
-            }));
-        }
         let rows: [usize; N] = std::array::from_fn(|i| self.parts[i].rows());
-        let mut outs = f.matmul_parts(x, n, &rows).into_iter();
+        // A single row may take the 8-bit product, cut into the parts
+        // after; longer inputs write the parts directly.
+        let outs = if n == 1 {
+            split_columns(&product(f, x, n, activations)?, &rows)
+        } else {
+            f.matmul_parts(x, n, &rows)
+        };
+        let mut outs = outs.into_iter();
         Ok(std::array::from_fn(|_| outs.next().unwrap_or_default()))
     }
 }

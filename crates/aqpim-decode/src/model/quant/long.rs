@@ -44,12 +44,6 @@ impl QMatrix {
     /// `parts` summing to `rows`.
     pub(super) fn matmul_long(&self, x: &[f32], n: usize, parts: &[usize]) -> Vec<Vec<f32>> {
         let k = self.cols;
-        assert_eq!(x.len(), n * k, "matmul input shape");
-        assert_eq!(
-            parts.iter().sum::<usize>(),
-            self.rows,
-            "parts of the stacked rows"
-        );
         let mut panels = Vec::new();
         let mut r0 = 0;
         for (part, &rows) in parts.iter().enumerate() {
@@ -129,33 +123,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parts_are_the_columns_of_one_product_bit_for_bit() {
-        // Parts narrower than a panel, not a multiple of one, and whole
-        // panels; terms over two of gemm's blocks; a ragged last task.
+    fn parts_equal_their_own_matrices_products_bit_for_bit() {
+        // Each part of a stacked matrix against the same rows as a matrix
+        // of their own (blocks lie within rows, so quantizing a part alone
+        // gives the same bytes): parts narrower than a panel, not a
+        // multiple of one, and whole panels; terms over two of gemm's
+        // blocks; a ragged last task; both the row-chunk and the panel path.
         let (cols, parts) = (320, [70usize, 16, 64, 129]);
         let rows: usize = parts.iter().sum();
+        let w = values(rows * cols, 7);
         for ty in [GgmlType::F32, GgmlType::Q4_1, GgmlType::Q8_0] {
-            let m = QMatrix::from_f32(ty, rows, cols, &values(rows * cols, 7)).unwrap();
-            for n in [3, 5, LONG_BLOCK_TOKENS, LONG_TASK_TOKENS + 37] {
+            let stacked = QMatrix::from_f32(ty, rows, cols, &w).unwrap();
+            let mut r0 = 0;
+            let alone: Vec<QMatrix> = parts
+                .iter()
+                .map(|&p| {
+                    r0 += p;
+                    QMatrix::from_f32(ty, p, cols, &w[(r0 - p) * cols..r0 * cols]).unwrap()
+                })
+                .collect();
+            for n in [5, LONG_BLOCK_TOKENS, LONG_TASK_TOKENS + 37] {
                 let x = values(n * cols, n as u64);
-                let whole = m.matmul(&x, n);
-                let split = m.matmul_parts(&x, n, &parts);
+                let split = stacked.matmul_parts(&x, n, &parts);
                 assert_eq!(split.len(), parts.len());
-                let mut start = 0;
-                for (got, &w) in split.iter().zip(&parts) {
-                    let want: Vec<f32> = whole
-                        .chunks_exact(rows)
-                        .flat_map(|r| &r[start..start + w])
-                        .copied()
-                        .collect();
+                for (i, (got, m)) in split.iter().zip(&alone).enumerate() {
+                    let want = m.matmul(&x, n);
+                    assert_eq!(got.len(), want.len());
                     assert!(
                         got.iter()
                             .zip(&want)
                             .all(|(a, b)| a.to_bits() == b.to_bits()),
-                        "{ty:?} n={n}: part at column {start}"
+                        "{ty:?} n={n}: part {i}"
                     );
-                    assert_eq!(got.len(), want.len());
-                    start += w;
                 }
             }
         }

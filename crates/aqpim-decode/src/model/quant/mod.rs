@@ -474,21 +474,27 @@ impl QMatrix {
         if n >= LONG_BLOCK_TOKENS {
             return self.matmul_long(x, n, parts);
         }
-        let all = self.matmul(x, n);
-        let mut start = 0;
-        parts
-            .iter()
-            .map(|&rows| {
-                let out: Vec<f32> = all
-                    .chunks_exact(self.rows.max(1))
-                    .flat_map(|r| &r[start..start + rows])
-                    .copied()
-                    .collect();
-                start += rows;
-                out
-            })
-            .collect()
+        split_columns(&self.matmul(x, n), parts)
     }
+}
+
+/// The rows of `all` (each `parts` values summed, row major) cut by
+/// columns into one row-major matrix per part.
+pub(crate) fn split_columns(all: &[f32], parts: &[usize]) -> Vec<Vec<f32>> {
+    let total: usize = parts.iter().sum();
+    let mut start = 0;
+    parts
+        .iter()
+        .map(|&w| {
+            let out = all
+                .chunks_exact(total.max(1))
+                .flat_map(|r| &r[start..start + w])
+                .copied()
+                .collect();
+            start += w;
+            out
+        })
+        .collect()
 }
 
 /// The transpose of `a` (`rows x cols`, row major): `cols x rows`.
